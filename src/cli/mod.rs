@@ -1,0 +1,152 @@
+//! The command line: raw clap flags -> config overrides -> the chosen command.
+
+use crate::config::{self, ClockMode, Overrides};
+use crate::run::{self, RunOptions};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Thread-per-core IoT device simulator: a realistic fleet on one box, with numbers you can trust.
+#[derive(Parser, Debug)]
+#[command(name = "iot-sim", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `run` is the default command: `iot-sim --config fleet.toml` runs the fleet.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a fleet to its end (or until Ctrl-C) and print the report (the default command).
+    Run(RunArgs),
+    /// Check a fleet file without running it; lists every problem.
+    Validate(ValidateArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ClockArg {
+    Realtime,
+    Virtual,
+}
+
+/// Flags of `iot-sim run`; each overrides the file's `[run]` value.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The fleet file (TOML).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Number of shards (one pinned thread each). Default: the file's, else all cores.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub cores: Option<u16>,
+    /// Master seed; the same seed, config and start time replay the same bytes.
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Sim time to run, such as 90s, 10m, 1h30m.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub duration: Option<u64>,
+    /// realtime: sim time follows the wall clock; virtual: as fast as possible.
+    #[arg(long, value_enum)]
+    pub clock: Option<ClockArg>,
+    /// Realtime only: sim seconds per wall second.
+    #[arg(long, value_name = "X", value_parser = parse_speed)]
+    pub speed: Option<f64>,
+    /// Where report.json and the .hgrm files go.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// The fleet file (TOML).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    match crate::sim::time::parse_duration_ms(s)? {
+        0 => Err("must be greater than 0".into()),
+        ms => Ok(ms),
+    }
+}
+
+fn parse_speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1e6 => Ok(x),
+        _ => Err(format!("expected a number greater than 0 (at most 1e6), got {s:?}")),
+    }
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            seed: self.seed,
+            cores: self.cores.map(usize::from),
+            duration_ms: self.duration,
+            clock: self.clock.map(|c| match c {
+                ClockArg::Realtime => ClockMode::Realtime,
+                ClockArg::Virtual => ClockMode::Virtual,
+            }),
+            speed: self.speed,
+            report_dir: self.report_dir.clone(),
+        }
+    }
+}
+
+/// Exit codes.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const BAD_CONFIG: i32 = 2;
+}
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn main(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Some(Command::Validate(v)) => validate(&v.config),
+        Some(Command::Run(r)) => run_cmd(&r),
+        None => run_cmd(&cli.run),
+    }
+}
+
+fn load(path: &std::path::Path, o: &Overrides) -> Result<config::Config, i32> {
+    config::load(path, o).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::BAD_CONFIG
+    })
+}
+
+fn validate(path: &std::path::Path) -> anyhow::Result<i32> {
+    match load(path, &Overrides::default()) {
+        Ok(c) => {
+            let protos: Vec<&str> = c.fleet.protocols().iter().map(|p| p.name()).collect();
+            println!(
+                "{}: ok — {} devices in {} fleet entries, {} profile(s), sinks: {}",
+                path.display(),
+                c.fleet.device_count(),
+                c.fleet.groups.len(),
+                c.fleet.profiles.len(),
+                protos.join(", ")
+            );
+            Ok(exit::OK)
+        }
+        Err(code) => Ok(code),
+    }
+}
+
+fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
+    let Some(path) = &args.config else {
+        eprintln!("error: no fleet file given; try `iot-sim --config configs/fleet.toml` (see --help)");
+        return Ok(exit::BAD_CONFIG);
+    };
+    let config = match load(path, &args.overrides()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    run::run(config, &RunOptions { quiet: args.quiet }).with_context(|| format!("run of {} failed", path.display()))?;
+    Ok(exit::OK)
+}

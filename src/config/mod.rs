@@ -1,0 +1,774 @@
+//! Configuration: the fleet file (TOML) -> a validated [`Config`].
+//!
+//! Reading goes through [`walk`], which collects **every** problem with its TOML path and the
+//! bad value, so a user fixes a file in one pass. Relative `[sink.*]` paths and `report_dir`
+//! are relative to the working directory; profile files named by `fleet[].profile` are
+//! relative to the fleet file's folder.
+
+pub mod walk;
+
+use crate::sim::generator::{Brownian, GenSpec, Markov};
+use crate::sim::payload;
+use crate::sim::profile::{self, FieldSpec, Fleet, Group, Profile, Protocol, TopicTemplate};
+use crate::sim::time::{SimMs, parse_rfc3339};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Value;
+use walk::{Problems, Table, join, show, type_name};
+
+/// The longest interval accepted (devices keep it in a `u32` of milliseconds).
+pub const MAX_INTERVAL_MS: u64 = 30 * 86_400_000;
+/// The most devices one fleet entry may ask for.
+pub const MAX_COUNT: i64 = 100_000_000;
+
+/// How sim time relates to wall time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockMode {
+    /// Sim time follows the wall clock, scaled by `speed`.
+    Realtime,
+    /// No sleeping: each shard jumps to its next event.
+    Virtual,
+}
+
+impl ClockMode {
+    pub fn parse(s: &str) -> Option<ClockMode> {
+        match s {
+            "realtime" => Some(ClockMode::Realtime),
+            "virtual" => Some(ClockMode::Virtual),
+            _ => None,
+        }
+    }
+}
+
+/// The `[run]` table.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    pub seed: Option<u64>,
+    pub cores: Option<usize>,
+    pub clock: ClockMode,
+    pub speed: f64,
+    pub start_ms: Option<SimMs>,
+    pub duration_ms: Option<u64>,
+    pub report_dir: PathBuf,
+    pub progress_interval_ms: u64,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        RunSettings {
+            seed: None,
+            cores: None,
+            clock: ClockMode::Realtime,
+            speed: 1.0,
+            start_ms: None,
+            duration_ms: None,
+            report_dir: PathBuf::from("iot-sim-report"),
+            progress_interval_ms: 5000,
+        }
+    }
+}
+
+/// `[sink.file]`.
+#[derive(Clone, Debug)]
+pub struct FileSinkSettings {
+    pub path: PathBuf,
+}
+
+/// The `[sink.*]` tables.
+#[derive(Clone, Debug, Default)]
+pub struct SinkSettings {
+    pub file: Option<FileSinkSettings>,
+}
+
+/// A validated fleet file.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub run: RunSettings,
+    pub sinks: SinkSettings,
+    pub fleet: Fleet,
+}
+
+/// Command-line values that override the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub seed: Option<u64>,
+    pub cores: Option<usize>,
+    pub duration_ms: Option<u64>,
+    pub clock: Option<ClockMode>,
+    pub speed: Option<f64>,
+    pub report_dir: Option<PathBuf>,
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid config {path}: {problems}")]
+    Invalid { path: PathBuf, problems: Problems },
+}
+
+/// Reads, validates and compiles a fleet file, then applies the overrides.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut config = parse_str(&text, base).map_err(|e| match e {
+        ParseError::Syntax(message) => ConfigError::Syntax { path: path.into(), message },
+        ParseError::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
+    })?;
+    apply(&mut config.run, overrides);
+    Ok(config)
+}
+
+/// Applies command-line overrides.
+pub fn apply(run: &mut RunSettings, o: &Overrides) {
+    if o.seed.is_some() {
+        run.seed = o.seed;
+    }
+    if o.cores.is_some() {
+        run.cores = o.cores;
+    }
+    if o.duration_ms.is_some() {
+        run.duration_ms = o.duration_ms;
+    }
+    if let Some(c) = o.clock {
+        run.clock = c;
+    }
+    if let Some(s) = o.speed {
+        run.speed = s;
+    }
+    if let Some(d) = &o.report_dir {
+        run.report_dir = d.clone();
+    }
+}
+
+/// A TOML text that failed.
+#[derive(Debug)]
+pub enum ParseError {
+    Syntax(String),
+    Invalid(Problems),
+}
+
+/// Parses and validates a fleet file's text; `base` resolves profile file paths.
+pub fn parse_str(text: &str, base: &Path) -> Result<Config, ParseError> {
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ParseError::Syntax(e.to_string().trim().to_string()))?;
+    let mut p = Problems::default();
+    let config = compile(&doc, base, &mut p);
+    match config {
+        Some(c) if p.is_empty() => Ok(c),
+        _ => Err(ParseError::Invalid(p)),
+    }
+}
+
+fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
+    let mut top = Table::new("", doc);
+    let run = top.table("run", p).map(|t| compile_run(t, p)).unwrap_or_default();
+    let sinks = top.table("sink", p).map(|t| compile_sinks(t, p)).unwrap_or_default();
+
+    // Profiles defined inline, in name order (BTreeMap-like: toml::Table keeps order, so sort).
+    let mut profiles: Vec<Profile> = vec![];
+    let mut by_name: BTreeMap<String, usize> = BTreeMap::new();
+    if let Some(pt) = top.table("profiles", p) {
+        let mut names: Vec<&String> = pt.table.keys().collect();
+        names.sort();
+        for name in names {
+            let path = join(&pt.path, name);
+            if let Some(t) = Table::from_value(path, &pt.table[name.as_str()], p) {
+                if let Some(prof) = compile_profile(name, t, p) {
+                    by_name.insert(name.clone(), profiles.len());
+                    profiles.push(prof);
+                }
+            }
+        }
+    }
+
+    let mut groups: Vec<Group> = vec![];
+    let mut next_ordinal: BTreeMap<usize, u64> = BTreeMap::new();
+    match top.get("fleet") {
+        None => p.add("fleet", "missing: add at least one [[fleet]] entry (profile = ..., count = ...)"),
+        Some(Value::Array(entries)) if entries.is_empty() => p.add("fleet", "must list at least one entry"),
+        Some(Value::Array(entries)) => {
+            for (i, e) in entries.iter().enumerate() {
+                let path = format!("fleet[{i}]");
+                let Some(mut t) = Table::from_value(path, e, p) else { continue };
+                let profile_ix = match t.req_str("profile", p) {
+                    Some(name) if name.ends_with(".toml") || name.contains('/') => {
+                        load_profile_file(&t.path_of("profile"), name, base, &mut profiles, &mut by_name, p)
+                    }
+                    Some(name) => match by_name.get(name) {
+                        Some(ix) => Some(*ix),
+                        None if doc.get("profiles").and_then(|v| v.get(name)).is_some() => None,
+                        None => {
+                            let known: Vec<&str> = by_name.keys().map(String::as_str).collect();
+                            p.add(
+                                t.path_of("profile"),
+                                format!(
+                                    "unknown profile {name:?}; defined profiles: {}",
+                                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                                ),
+                            );
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let count = match t.get("count") {
+                    None => {
+                        p.add(t.path_of("count"), "missing: the number of devices is required");
+                        None
+                    }
+                    Some(Value::Integer(n)) if (1..=MAX_COUNT).contains(n) => Some(*n as u64),
+                    Some(Value::Integer(n)) => {
+                        p.add(t.path_of("count"), format!("must be between 1 and {MAX_COUNT}, got {n}"));
+                        None
+                    }
+                    Some(v) => {
+                        p.add(t.path_of("count"), format!("expected an integer, got {} {}", type_name(v), show(v)));
+                        None
+                    }
+                };
+                let labels = labels(&mut t, p);
+                t.finish_with(&["profile", "count", "labels"], p);
+                if let (Some(ix), Some(count)) = (profile_ix, count) {
+                    let prof = &profiles[ix];
+                    let mut merged = prof.labels.clone();
+                    merged.extend(labels);
+                    merged.insert("device_type".into(), prof.device_type.clone());
+                    let first = next_ordinal.entry(ix).or_insert(0);
+                    groups.push(Group {
+                        profile: ix,
+                        count,
+                        first_ordinal: *first,
+                        labels_json: profile::labels_json(&merged),
+                        labels: merged,
+                    });
+                    *first += count;
+                }
+            }
+        }
+        Some(v) => p.add("fleet", format!("expected an array of tables ([[fleet]]), got {} {}", type_name(v), show(v))),
+    }
+
+    for prof in &profiles {
+        if prof.protocol == Protocol::File && sinks.file.is_none() && groups.iter().any(|g| &profiles[g.profile].name == &prof.name) {
+            p.add("sink.file", format!("missing: profile {:?} publishes to the file sink, so [sink.file] needs a path", prof.name));
+        }
+    }
+    let total: u64 = groups.iter().map(|g| g.count).sum();
+    if total > u32::MAX as u64 {
+        p.add("fleet", format!("{total} devices in all is more than this build supports ({})", u32::MAX));
+    }
+    top.finish_with(&["run", "sink", "profiles", "fleet"], p);
+    Some(Config { run, sinks, fleet: Fleet { profiles, groups } })
+}
+
+fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
+    let mut run = RunSettings::default();
+    match t.get("seed") {
+        None => {}
+        Some(Value::Integer(n)) if *n >= 0 => run.seed = Some(*n as u64),
+        Some(Value::String(s)) if s.parse::<u64>().is_ok() => run.seed = s.parse().ok(),
+        Some(v) => p.add(t.path_of("seed"), format!("expected a non-negative integer, got {}", show(v))),
+    }
+    if let Some(c) = t.int("cores", p) {
+        if (1..=1024).contains(&c) {
+            run.cores = Some(c as usize);
+        } else {
+            p.add(t.path_of("cores"), format!("must be between 1 and 1024, got {c}"));
+        }
+    }
+    if let Some(c) = t.str("clock", p) {
+        match ClockMode::parse(c) {
+            Some(m) => run.clock = m,
+            None => p.add(t.path_of("clock"), format!("expected \"realtime\" or \"virtual\", got {c:?}")),
+        }
+    }
+    if let Some(s) = t.f64("speed", p) {
+        if s > 0.0 && s <= 1e6 {
+            run.speed = s;
+        } else {
+            p.add(t.path_of("speed"), format!("must be greater than 0 (and at most 1e6), got {s}"));
+        }
+    }
+    match t.get("start_time") {
+        None => {}
+        Some(Value::String(s)) => match parse_rfc3339(s) {
+            Ok(ms) => run.start_ms = Some(ms),
+            Err(e) => p.add(t.path_of("start_time"), e),
+        },
+        Some(Value::Datetime(d)) => match parse_rfc3339(&d.to_string()) {
+            Ok(ms) => run.start_ms = Some(ms),
+            Err(e) => p.add(t.path_of("start_time"), format!("{e} (a full date, time and offset is needed)")),
+        },
+        Some(v) => p.add(t.path_of("start_time"), format!("expected an RFC 3339 date-time, got {}", show(v))),
+    }
+    if let Some(d) = t.duration_ms("duration", p) {
+        if d == 0 {
+            p.add(t.path_of("duration"), "must be greater than 0 (leave it out to run until stopped)");
+        } else {
+            run.duration_ms = Some(d);
+        }
+    }
+    if let Some(d) = t.str("report_dir", p) {
+        run.report_dir = PathBuf::from(d);
+    }
+    if let Some(d) = t.duration_ms("progress_interval", p) {
+        if d < 100 {
+            p.add(t.path_of("progress_interval"), format!("must be at least 100ms, got {d}ms"));
+        } else {
+            run.progress_interval_ms = d;
+        }
+    }
+    t.finish_with(&["seed", "cores", "clock", "speed", "start_time", "duration", "report_dir", "progress_interval"], p);
+    run
+}
+
+fn compile_sinks(mut t: Table<'_>, p: &mut Problems) -> SinkSettings {
+    let mut s = SinkSettings::default();
+    if let Some(mut f) = t.table("file", p) {
+        if let Some(path) = f.req_str("path", p) {
+            if path.is_empty() {
+                p.add(f.path_of("path"), "must not be empty");
+            } else {
+                s.file = Some(FileSinkSettings { path: PathBuf::from(path) });
+            }
+        }
+        f.finish_with(&["path"], p);
+    }
+    for name in ["console", "null"] {
+        if let Some(tt) = t.table(name, p) {
+            tt.finish_with(&[], p);
+        }
+    }
+    t.finish_with(&["console", "file", "null"], p);
+    s
+}
+
+fn load_profile_file(
+    path: &str,
+    file: &str,
+    base: &Path,
+    profiles: &mut Vec<Profile>,
+    by_name: &mut BTreeMap<String, usize>,
+    p: &mut Problems,
+) -> Option<usize> {
+    let full = base.join(file);
+    let key = full.display().to_string();
+    if let Some(ix) = by_name.get(&key) {
+        return Some(*ix);
+    }
+    let text = match std::fs::read_to_string(&full) {
+        Ok(t) => t,
+        Err(e) => {
+            p.add(path, format!("cannot read profile file {}: {e}", full.display()));
+            return None;
+        }
+    };
+    let doc: toml::Table = match text.parse() {
+        Ok(d) => d,
+        Err(e) => {
+            p.add(path, format!("profile file {} is not valid TOML: {}", full.display(), e.to_string().trim()));
+            return None;
+        }
+    };
+    let name = full.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let prof = compile_profile(&name, Table::new(format!("{}:", full.display()), &doc), p)?;
+    if let Some(existing) = profiles.iter().position(|q| q.name == prof.name) {
+        p.add(path, format!("profile file {} is named {:?}, like another profile", full.display(), profiles[existing].name));
+        return None;
+    }
+    by_name.insert(key, profiles.len());
+    profiles.push(prof);
+    Some(profiles.len() - 1)
+}
+
+fn labels(t: &mut Table<'_>, p: &mut Problems) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(lt) = t.table("labels", p) else { return out };
+    for (k, v) in lt.table {
+        let path = join(&lt.path, k);
+        if k.is_empty() {
+            p.add(path, "label keys must not be empty");
+            continue;
+        }
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Integer(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::Boolean(b) => b.to_string(),
+            other => {
+                p.add(path, format!("label values must be strings, got {} {}", type_name(other), show(other)));
+                continue;
+            }
+        };
+        out.insert(k.clone(), s);
+    }
+    out
+}
+
+/// Compiles one profile table (inline `[profiles.NAME]`, a profile file, or a spawn request).
+pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option<Profile> {
+    let before = p.0.len();
+    let protocol = match t.req_str("protocol", p) {
+        Some(s) => match Protocol::parse(s) {
+            Some(proto) => Some(proto),
+            None => {
+                let hint = if matches!(s, "mqtt" | "amqp" | "http" | "coap") {
+                    " (network sinks are not in this build yet)"
+                } else {
+                    ""
+                };
+                let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
+                p.add(t.path_of("protocol"), format!("unknown protocol {s:?}{hint}; accepted: {}", known.join(", ")));
+                None
+            }
+        },
+        None => None,
+    };
+    let topic = match t.str("topic", p) {
+        Some(s) => TopicTemplate::parse(s).map_err(|e| p.add(t.path_of("topic"), e)).ok(),
+        None => TopicTemplate::parse("devices/{device_id}/telemetry").ok(),
+    };
+    let interval_ms = match (t.has("interval"), t.duration_ms("interval", p)) {
+        (false, _) => {
+            p.add(t.path_of("interval"), "missing: how often each device sends, such as \"5s\"");
+            None
+        }
+        (true, Some(0)) => {
+            p.add(t.path_of("interval"), "must be greater than 0, got \"0s\"");
+            None
+        }
+        (true, Some(ms)) if ms > MAX_INTERVAL_MS => {
+            p.add(t.path_of("interval"), format!("must be at most 30d, got {ms}ms"));
+            None
+        }
+        (true, ms) => ms,
+    };
+    let seq = t.bool("seq", p).unwrap_or(false);
+    let device_type = t.str("device_type", p).unwrap_or(name).to_string();
+    if device_type.is_empty() {
+        p.add(t.path_of("device_type"), "must not be empty");
+    }
+    let labels = labels(&mut t, p);
+    let mut fields = vec![];
+    match t.table("fields", p) {
+        None if !t.has("fields") => p.add(t.path_of("fields"), "missing: a profile needs at least one field"),
+        None => {}
+        Some(ft) if ft.table.is_empty() => p.add(ft.path.clone(), "a profile needs at least one field"),
+        Some(ft) => {
+            let mut names: Vec<&String> = ft.table.keys().collect();
+            names.sort();
+            for fname in names {
+                let path = join(&ft.path, fname);
+                if let Some(mut f) = Table::from_value(path, &ft.table[fname.as_str()], p) {
+                    let decimals = match f.int("decimals", p) {
+                        Some(d) if (0..=15).contains(&d) => Some(d as u32),
+                        Some(d) => {
+                            p.add(f.path_of("decimals"), format!("must be between 0 and 15, got {d}"));
+                            None
+                        }
+                        None => None,
+                    };
+                    let battery = f.bool("battery", p).unwrap_or(false) || fname == "battery";
+                    if let Some(generator) = compile_generator(f, &["decimals", "battery"], p) {
+                        if battery && !generator.is_numeric() {
+                            p.add(join(&ft.path, fname), "a battery field must be numeric");
+                        }
+                        fields.push(FieldSpec {
+                            name: fname.clone(),
+                            key_json: payload::key_json(fname),
+                            generator,
+                            decimals,
+                            battery,
+                            first_slot: 0,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    t.finish_with(&["protocol", "topic", "interval", "seq", "device_type", "labels", "fields"], p);
+    if p.0.len() > before {
+        return None;
+    }
+    let mut slots = 0;
+    for f in &mut fields {
+        f.first_slot = slots;
+        slots += f.generator.slots();
+    }
+    Some(Profile {
+        name: name.to_string(),
+        type_json: payload::type_json(&device_type),
+        device_type,
+        protocol: protocol?,
+        topic: topic?,
+        interval_ms: interval_ms?,
+        seq,
+        labels,
+        fields,
+        slots,
+    })
+}
+
+/// Compiles one generator table. `extra` names keys the caller reads itself.
+pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> Option<GenSpec> {
+    for k in extra {
+        t.allow(k);
+    }
+    let before = p.0.len();
+    let kind = t.req_str("type", p)?;
+    let mut accepted: Vec<&str> = vec!["type"];
+    accepted.extend_from_slice(extra);
+    let spec = match kind {
+        "gaussian" => {
+            accepted.extend(["mean", "stddev"]);
+            let mean = t.req_f64("mean", p);
+            let stddev = non_negative(&mut t, "stddev", true, p);
+            GenSpec::Gaussian { mean: mean?, stddev: stddev? }
+        }
+        "brownian" => {
+            accepted.extend(["start", "mean", "drift", "volatility", "mean_reversion", "min", "max"]);
+            let start = t.req_f64("start", p);
+            let mean = t.f64("mean", p);
+            let drift = t.f64("drift", p).unwrap_or(0.0);
+            let volatility = non_negative(&mut t, "volatility", true, p);
+            let mean_reversion = non_negative(&mut t, "mean_reversion", false, p).unwrap_or(0.0);
+            let (min, max) = (t.f64("min", p), t.f64("max", p));
+            if let (Some(lo), Some(hi)) = (min, max) {
+                if lo > hi {
+                    p.add(t.path_of("min"), format!("min ({lo}) must not be greater than max ({hi})"));
+                }
+            }
+            if let Some(s) = start {
+                if min.is_some_and(|lo| s < lo) || max.is_some_and(|hi| s > hi) {
+                    p.add(t.path_of("start"), format!("start ({s}) must lie within [min, max]"));
+                }
+            }
+            let start = start?;
+            GenSpec::Brownian(Brownian {
+                start,
+                mean: mean.unwrap_or(start),
+                drift,
+                volatility: volatility?,
+                mean_reversion,
+                min,
+                max,
+            })
+        }
+        "diurnal" => {
+            accepted.extend(["baseline", "amplitude", "peak_hour", "noise_stddev", "stddev"]);
+            let baseline = t.req_f64("baseline", p);
+            let amplitude = t.req_f64("amplitude", p);
+            let peak_hour = t.req_f64("peak_hour", p);
+            if let Some(h) = peak_hour {
+                if !(0.0..24.0).contains(&h) {
+                    p.add(t.path_of("peak_hour"), format!("must be in [0, 24), got {h}"));
+                }
+            }
+            if t.has("noise_stddev") && t.has("stddev") {
+                p.add(t.path_of("stddev"), "give noise_stddev or stddev, not both");
+            }
+            let key = if t.has("stddev") { "stddev" } else { "noise_stddev" };
+            let noise_stddev = non_negative(&mut t, key, false, p).unwrap_or(0.0);
+            GenSpec::Diurnal { baseline: baseline?, amplitude: amplitude?, peak_hour: peak_hour?, noise_stddev }
+        }
+        "markov" => {
+            accepted.extend(["states", "transition_matrix", "initial_state"]);
+            compile_markov(&mut t, p)?
+        }
+        "static" => {
+            accepted.push("value");
+            match t.get("value") {
+                None => {
+                    p.add(t.path_of("value"), "missing: the constant to publish");
+                    return None;
+                }
+                Some(v) => {
+                    let mut json = vec![];
+                    toml_to_json(v, &mut json);
+                    let number = match v {
+                        Value::Integer(i) => Some(*i as f64),
+                        Value::Float(f) => Some(*f),
+                        _ => None,
+                    };
+                    GenSpec::Static { json: String::from_utf8(json).unwrap_or_default(), number }
+                }
+            }
+        }
+        "composite" => {
+            accepted.push("parts");
+            let parts = t.array("parts", p);
+            if !t.has("parts") {
+                p.add(t.path_of("parts"), "missing: a list of numeric generators to add up");
+            }
+            let parts = parts?;
+            if parts.is_empty() {
+                p.add(t.path_of("parts"), "must list at least one generator");
+            }
+            let mut out = vec![];
+            for (i, v) in parts.iter().enumerate() {
+                let path = format!("{}[{i}]", t.path_of("parts"));
+                if let Some(pt) = Table::from_value(path.clone(), v, p) {
+                    if let Some(g) = compile_generator(pt, &[], p) {
+                        if g.is_numeric() {
+                            out.push(g);
+                        } else {
+                            p.add(path, "composite parts must be numeric (gaussian, brownian, diurnal, numeric static, composite)");
+                        }
+                    }
+                }
+            }
+            GenSpec::Composite(out)
+        }
+        other => {
+            p.add(
+                t.path_of("type"),
+                format!("unknown generator {other:?}; accepted: gaussian, brownian, diurnal, markov, static, composite"),
+            );
+            return None;
+        }
+    };
+    t.finish_with(&accepted, p);
+    (p.0.len() == before).then_some(spec)
+}
+
+fn non_negative(t: &mut Table<'_>, key: &str, required: bool, p: &mut Problems) -> Option<f64> {
+    let v = if required { t.req_f64(key, p) } else { t.f64(key, p) }?;
+    if v < 0.0 || !v.is_finite() {
+        p.add(t.path_of(key), format!("must be a non-negative number, got {v}"));
+        return None;
+    }
+    Some(v)
+}
+
+fn compile_markov(t: &mut Table<'_>, p: &mut Problems) -> Option<GenSpec> {
+    let states: Option<Vec<String>> = match t.array("states", p) {
+        None => {
+            if !t.has("states") {
+                p.add(t.path_of("states"), "missing: the list of state names");
+            }
+            None
+        }
+        Some(a) if a.is_empty() => {
+            p.add(t.path_of("states"), "must list at least one state");
+            None
+        }
+        Some(a) => {
+            let mut out = vec![];
+            for (i, v) in a.iter().enumerate() {
+                match v.as_str() {
+                    Some(s) if out.iter().any(|o: &String| o == s) => {
+                        p.add(format!("{}[{i}]", t.path_of("states")), format!("duplicate state {s:?}"))
+                    }
+                    Some(s) => out.push(s.to_string()),
+                    None => p.add(format!("{}[{i}]", t.path_of("states")), format!("expected a string, got {}", show(v))),
+                }
+            }
+            (out.len() == a.len()).then_some(out)
+        }
+    };
+    let n = states.as_ref().map(Vec::len);
+    let mpath = t.path_of("transition_matrix");
+    let matrix: Option<Vec<Vec<f64>>> = match t.array("transition_matrix", p) {
+        None => {
+            if !t.has("transition_matrix") {
+                p.add(mpath.clone(), "missing: one row of probabilities per state");
+            }
+            None
+        }
+        Some(rows) => {
+            let mut ok = true;
+            if let Some(n) = n {
+                if rows.len() != n {
+                    p.add(mpath.clone(), format!("needs {n} rows (one per state), got {}", rows.len()));
+                    ok = false;
+                }
+            }
+            let mut out = vec![];
+            for (i, r) in rows.iter().enumerate() {
+                let rpath = format!("{mpath}[{i}]");
+                let Some(cells) = r.as_array() else {
+                    p.add(rpath, format!("expected an array of probabilities, got {}", show(r)));
+                    ok = false;
+                    continue;
+                };
+                if let Some(n) = n {
+                    if cells.len() != n {
+                        p.add(rpath.clone(), format!("needs {n} entries (one per state), got {} (ragged matrix)", cells.len()));
+                        ok = false;
+                    }
+                }
+                let mut row = vec![];
+                for (j, c) in cells.iter().enumerate() {
+                    match c.as_float().or_else(|| c.as_integer().map(|i| i as f64)) {
+                        Some(x) if (0.0..=1.0).contains(&x) => row.push(x),
+                        _ => {
+                            p.add(format!("{rpath}[{j}]"), format!("expected a probability in [0, 1], got {}", show(c)));
+                            ok = false;
+                        }
+                    }
+                }
+                let sum: f64 = row.iter().sum();
+                if row.len() == cells.len() && (sum - 1.0).abs() > 1e-6 {
+                    p.add(rpath, format!("probabilities must sum to 1, got {sum} ({})", show(r)));
+                    ok = false;
+                }
+                out.push(row);
+            }
+            ok.then_some(out)
+        }
+    };
+    let initial = match (t.str("initial_state", p), &states) {
+        (Some(s), Some(st)) => match st.iter().position(|x| x == s) {
+            Some(i) => Some(i),
+            None => {
+                p.add(t.path_of("initial_state"), format!("{s:?} is not one of the states {st:?}"));
+                None
+            }
+        },
+        (None, Some(_)) => Some(0),
+        _ => None,
+    };
+    Some(GenSpec::Markov(Markov::new(states?, &matrix?, initial?)))
+}
+
+/// Writes a TOML value as JSON (date-times become RFC 3339 strings).
+pub fn toml_to_json(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::String(s) => payload::write_json_str(out, s),
+        Value::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Value::Float(f) => payload::write_f64(out, *f),
+        Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Datetime(d) => payload::write_json_str(out, &d.to_string()),
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                toml_to_json(x, out);
+            }
+            out.push(b']');
+        }
+        Value::Table(t) => {
+            out.push(b'{');
+            let mut keys: Vec<&String> = t.keys().collect();
+            keys.sort();
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                payload::write_json_str(out, k);
+                out.push(b':');
+                toml_to_json(&t[k.as_str()], out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,316 @@
+//! The end-of-run report: per-shard histograms merged, a terminal table, `report.json` and
+//! HdrHistogram percentile-distribution files (`*.hgrm`) that standard plotters read.
+
+use crate::shard::stats::{ProfileStats, ShardStats, histogram};
+use crate::sim::profile::Fleet;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Percentiles of a µs histogram.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            count: h.len(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+        }
+    }
+}
+
+/// One row: a (sink, device type) pair.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub sink: String,
+    pub device_type: String,
+    pub devices: u64,
+    pub messages: u64,
+    pub errors: u64,
+    pub dropped: u64,
+    pub bytes: u64,
+    /// Completed messages per wall-clock second.
+    pub msgs_per_s: f64,
+    /// Intended send time -> completion.
+    pub latency_us: Percentiles,
+    /// Hand-over to the sink -> completion.
+    pub service_us: Percentiles,
+    /// File names (inside the report folder) of the `.hgrm` files.
+    pub hgrm: Vec<String>,
+}
+
+/// The whole report, as written to `report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub cores: usize,
+    pub pinned_shards: usize,
+    pub clock: crate::config::ClockMode,
+    pub speed: f64,
+    pub start_time: String,
+    pub end_time: String,
+    pub devices: u64,
+    pub sim_seconds: f64,
+    pub wall_seconds: f64,
+    /// Sim seconds per wall second.
+    pub sim_speed_ratio: f64,
+    pub spawn_seconds: f64,
+    pub peak_rss_bytes: u64,
+    pub cpu_seconds: f64,
+    pub messages: u64,
+    pub errors: u64,
+    pub dropped: u64,
+    pub msgs_per_s: f64,
+    pub interrupted: bool,
+    pub runs: Vec<Row>,
+    /// Actual fire time - intended time (realtime clock only).
+    pub tick_lateness_us: Option<Percentiles>,
+}
+
+/// Inputs the report needs besides the merged statistics.
+pub struct RunFacts {
+    pub seed: u64,
+    pub cores: usize,
+    pub pinned_shards: usize,
+    pub clock: crate::config::ClockMode,
+    pub speed: f64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub wall_seconds: f64,
+    pub spawn_seconds: f64,
+    pub interrupted: bool,
+}
+
+/// Builds the report and the histograms to write.
+pub fn build(facts: &RunFacts, fleet: &Fleet, stats: &ShardStats) -> (Report, Vec<(String, Histogram<u64>)>) {
+    let mut rows: BTreeMap<(String, String), (ProfileStats, u64)> = BTreeMap::new();
+    for (i, prof) in fleet.profiles.iter().enumerate() {
+        let devices: u64 = fleet.groups.iter().filter(|g| g.profile == i).map(|g| g.count).sum();
+        let e = rows.entry((prof.protocol.name().to_string(), prof.device_type.clone())).or_default();
+        e.0.merge(&stats.profiles[i]);
+        e.1 += devices;
+    }
+    let wall = facts.wall_seconds.max(1e-9);
+    let mut files = vec![];
+    let runs: Vec<Row> = rows
+        .into_iter()
+        .map(|((sink, device_type), (s, devices))| {
+            let base = format!("{sink}_{}", sanitize(&device_type));
+            let hgrm = vec![format!("latency_{base}.hgrm"), format!("service_{base}.hgrm")];
+            files.push((hgrm[0].clone(), s.latency.clone()));
+            files.push((hgrm[1].clone(), s.service.clone()));
+            Row {
+                msgs_per_s: round1(s.messages as f64 / wall),
+                latency_us: Percentiles::of(&s.latency),
+                service_us: Percentiles::of(&s.service),
+                messages: s.messages,
+                errors: s.errors,
+                dropped: s.dropped,
+                bytes: s.bytes,
+                devices,
+                sink,
+                device_type,
+                hgrm,
+            }
+        })
+        .collect();
+    let realtime = facts.clock == crate::config::ClockMode::Realtime;
+    if realtime {
+        files.push(("tick_lateness.hgrm".into(), stats.lateness.clone()));
+    }
+    let sim_seconds = facts.end_ms.saturating_sub(facts.start_ms) as f64 / 1000.0;
+    let report = Report {
+        seed: facts.seed,
+        cores: facts.cores,
+        pinned_shards: facts.pinned_shards,
+        clock: facts.clock,
+        speed: facts.speed,
+        start_time: crate::sim::time::rfc3339_ms(facts.start_ms),
+        end_time: crate::sim::time::rfc3339_ms(facts.end_ms),
+        devices: fleet.device_count(),
+        sim_seconds,
+        wall_seconds: round3(facts.wall_seconds),
+        sim_speed_ratio: round1(sim_seconds / wall),
+        spawn_seconds: round3(facts.spawn_seconds),
+        peak_rss_bytes: peak_rss_bytes(),
+        cpu_seconds: round3(cpu_seconds()),
+        messages: stats.messages(),
+        errors: stats.errors(),
+        dropped: stats.dropped(),
+        msgs_per_s: round1(stats.messages() as f64 / wall),
+        interrupted: facts.interrupted,
+        runs,
+        tick_lateness_us: realtime.then(|| Percentiles::of(&stats.lateness)),
+    };
+    (report, files)
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+/// Writes `report.json` and the `.hgrm` files; returns the report's path.
+pub fn write(dir: &Path, report: &Report, files: &[(String, Histogram<u64>)]) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+    for (name, h) in files {
+        std::fs::write(dir.join(name), percentile_distribution(h))?;
+    }
+    let path = dir.join("report.json");
+    let json = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
+    std::fs::write(&path, json + "\n")?;
+    Ok(path)
+}
+
+/// HdrHistogram's classic percentile-distribution text, values in milliseconds.
+pub fn percentile_distribution(h: &Histogram<u64>) -> String {
+    let mut out = String::from("       Value     Percentile TotalCount 1/(1-Percentile)\n\n");
+    let scale = 1000.0;
+    let mut total = 0u64;
+    if !h.is_empty() {
+        for v in h.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let q = v.quantile_iterated_to();
+            let value = v.value_iterated_to() as f64 / scale;
+            if q < 1.0 {
+                let _ = writeln!(out, "{value:12.3} {q:14.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
+            } else {
+                let _ = writeln!(out, "{value:12.3} {q:14.12} {total:10}");
+            }
+        }
+    }
+    let (mean, sd, max) = if h.is_empty() { (0.0, 0.0, 0.0) } else { (h.mean() / scale, h.stdev() / scale, h.max() as f64 / scale) };
+    let _ = writeln!(out, "#[Mean    = {mean:12.3}, StdDeviation   = {sd:12.3}]");
+    let _ = writeln!(out, "#[Max     = {max:12.3}, Total count    = {:12}]", h.len());
+    let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), h.distinct_values() / h.buckets().max(1) as usize);
+    out
+}
+
+/// Peak resident memory of this process (VmHWM), bytes.
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_kb("VmHWM:") * 1024
+}
+
+/// Current resident memory of this process (VmRSS), bytes.
+pub fn rss_bytes() -> u64 {
+    proc_status_kb("VmRSS:") * 1024
+}
+
+fn proc_status_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of this process, seconds.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the zeroed struct we pass; RUSAGE_SELF always exists.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// The terminal table.
+pub fn render_table(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\niot-sim report  seed={}  cores={}  clock={}  devices={}  sim={:.1}s  wall={:.2}s  ({:.1} sim-s per wall-s)",
+        r.seed,
+        r.cores,
+        serde_json::to_value(r.clock).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        r.devices,
+        r.sim_seconds,
+        r.wall_seconds,
+        r.sim_speed_ratio
+    );
+    let _ = writeln!(
+        out,
+        "{:<8} {:<24} {:>12} {:>8} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "sink", "device_type", "messages", "errors", "drops", "msg/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
+    );
+    for row in &r.runs {
+        let l = &row.latency_us;
+        let _ = writeln!(
+            out,
+            "{:<8} {:<24} {:>12} {:>8} {:>8} {:>12.1} {:>9} {:>9} {:>9} {:>9} {:>10}",
+            row.sink, row.device_type, row.messages, row.errors, row.dropped, row.msgs_per_s, l.p50, l.p90, l.p99, l.p999, l.max
+        );
+    }
+    if let Some(l) = &r.tick_lateness_us {
+        let _ = writeln!(out, "tick lateness µs: p50={} p90={} p99={} p99.9={} max={} (n={})", l.p50, l.p90, l.p99, l.p999, l.max, l.count);
+    }
+    let _ = writeln!(
+        out,
+        "total: {} messages, {} errors, {} dropped, {:.1} msg/s; spawn {:.3}s; peak RSS {:.1} MiB; CPU {:.2}s",
+        r.messages,
+        r.errors,
+        r.dropped,
+        r.msgs_per_s,
+        r.spawn_seconds,
+        r.peak_rss_bytes as f64 / 1048576.0,
+        r.cpu_seconds
+    );
+    if r.interrupted {
+        let _ = writeln!(out, "(stopped early by a signal)");
+    }
+    out
+}
+
+/// An empty latency histogram (for callers that need a placeholder).
+pub fn empty() -> Histogram<u64> {
+    histogram()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_distribution_has_the_hdr_layout() {
+        let mut h = histogram();
+        for v in 1..=1000u64 {
+            h.record(v).unwrap();
+        }
+        let text = percentile_distribution(&h);
+        assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+        assert!(text.contains("#[Max     =        1.000, Total count    =         1000]"));
+        let last_data = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).last().unwrap();
+        assert!(last_data.contains("1.000000000000"), "{last_data}");
+    }
+
+    #[test]
+    fn percentiles_of_an_empty_histogram_are_zero() {
+        assert_eq!(Percentiles::of(&histogram()), Percentiles::default());
+    }
+}

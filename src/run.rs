@@ -1,0 +1,231 @@
+//! `iot-sim run`: start one shard per core, wait for the end (or a signal) while printing
+//! progress, merge what the shards measured and write the report.
+
+use crate::config::{ClockMode, Config};
+use crate::report::{self, Report, RunFacts};
+use crate::shard::clock::mono_ns;
+use crate::shard::stats::{ShardStats, Snapshot, histogram};
+use crate::shard::{self, ShardOutcome, ShardPlan};
+use crate::sim::time::{format_duration_ms, rfc3339_ms};
+use anyhow::{Context, bail};
+use crossbeam_channel::Receiver;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+/// Options of a run besides the config.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// No progress lines.
+    pub quiet: bool,
+}
+
+/// A random seed, for runs that name none.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    // Keep seeds within i64 so they can be written back into a TOML file.
+    RandomState::new().hash_one(nanos ^ std::process::id() as u64) >> 1
+}
+
+/// Wall-clock "now" in ms since the epoch: the default sim start.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs the fleet to its end and returns the report (already printed and written).
+pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
+    let run = &config.run;
+    let seed = match run.seed {
+        Some(s) => s,
+        None => {
+            let s = random_seed();
+            eprintln!("seed: {s} (chosen at random; replay this run with --seed {s})");
+            s
+        }
+    };
+    let start_ms = match run.start_ms {
+        Some(t) => t,
+        None => {
+            let t = now_ms();
+            eprintln!("start_time: {} (now; set [run] start_time to replay timestamps)", rfc3339_ms(t));
+            t
+        }
+    };
+    let cores = run.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    if cores > core_ids.len() {
+        tracing::warn!(
+            shards = cores,
+            cores = core_ids.len(),
+            "more shards than usable cores: shards beyond core {} run unpinned",
+            core_ids.len()
+        );
+    }
+    let end_ms = run.duration_ms.map(|d| start_ms + d);
+    let fleet = Arc::new(config.fleet.clone());
+    let sinks = Arc::new(config.sinks.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Snapshot>(cores * 16);
+    let ready = Arc::new(Barrier::new(cores + 1));
+    let origin = Arc::new(AtomicU64::new(0));
+    if !opts.quiet {
+        eprintln!(
+            "iot-sim: {} devices, {} profile(s), {} shard(s), {:?} clock, from {}{}",
+            fleet.device_count(),
+            fleet.profiles.len(),
+            cores,
+            run.clock,
+            rfc3339_ms(start_ms),
+            run.duration_ms.map(|d| format!(" for {}", format_duration_ms(d))).unwrap_or_else(|| " until stopped".into())
+        );
+    }
+
+    let t0 = mono_ns();
+    let mut handles = Vec::with_capacity(cores);
+    for index in 0..cores {
+        let plan = ShardPlan {
+            index,
+            shards: cores,
+            fleet: fleet.clone(),
+            sinks: sinks.clone(),
+            seed,
+            clock: run.clock,
+            speed: run.speed,
+            start_ms,
+            end_ms,
+            wall_origin_ns: 0,
+            stop: stop.clone(),
+            progress: progress_tx.clone(),
+            core: core_ids.get(index).copied(),
+        };
+        let (ready, origin) = (ready.clone(), origin.clone());
+        handles.push(shard::spawn(plan, ready, origin).context("cannot start a shard thread")?);
+    }
+    drop(progress_tx);
+    // Every shard has built its devices: sim time starts now.
+    ready.wait();
+    let spawn_seconds = (mono_ns() - t0) as f64 / 1e9;
+    let origin_ns = mono_ns();
+    origin.store(origin_ns, Ordering::Release);
+    ready.wait();
+
+    let interrupted = wait(&handles, &stop, &progress_rx, run.progress_interval_ms, opts.quiet, run.clock, start_ms)?;
+    let mut outcomes: Vec<ShardOutcome> = vec![];
+    let mut errors = vec![];
+    for h in handles {
+        match h.join() {
+            Ok(Ok(o)) => outcomes.push(o),
+            Ok(Err(e)) => errors.push(e),
+            Err(_) => errors.push("a shard thread panicked".to_string()),
+        }
+    }
+    let wall_seconds = (mono_ns() - origin_ns) as f64 / 1e9;
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    let mut stats = ShardStats::new(fleet.profiles.len());
+    for o in &outcomes {
+        stats.merge(&o.stats);
+    }
+    let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(start_ms);
+    let facts = RunFacts {
+        seed,
+        cores,
+        pinned_shards: outcomes.iter().filter(|o| o.pinned).count(),
+        clock: run.clock,
+        speed: run.speed,
+        start_ms,
+        end_ms: sim_end.max(start_ms),
+        wall_seconds,
+        spawn_seconds,
+        interrupted,
+    };
+    let (report, files) = report::build(&facts, &fleet, &stats);
+    let table = report::render_table(&report);
+    let console_in_use = fleet.profiles.iter().any(|p| p.protocol == crate::sim::profile::Protocol::Console);
+    if console_in_use {
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
+    let path = report::write(&run.report_dir, &report, &files)
+        .with_context(|| format!("cannot write the report to {}", run.report_dir.display()))?;
+    eprintln!("report: {}", path.display());
+    Ok(report)
+}
+
+/// Waits for the shards to end, handling Ctrl-C/SIGTERM and printing progress. Returns whether
+/// the run was interrupted.
+fn wait(
+    handles: &[std::thread::JoinHandle<Result<ShardOutcome, String>>],
+    stop: &Arc<AtomicBool>,
+    progress: &Receiver<Snapshot>,
+    progress_ms: u64,
+    quiet: bool,
+    clock: ClockMode,
+    start_ms: u64,
+) -> anyhow::Result<bool> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the control runtime")?;
+    rt.block_on(async {
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot install the SIGTERM handler")?;
+        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
+        let mut window = histogram();
+        let (mut last_print, mut last_total) = (mono_ns(), 0u64);
+        let began = last_print;
+        let mut interrupted = false;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    if interrupted {
+                        eprintln!("second interrupt: exiting without a report");
+                        std::process::exit(130);
+                    }
+                    eprintln!("interrupt: stopping shards, flushing sinks (Ctrl-C again to abort)");
+                    interrupted = true;
+                    stop.store(true, Ordering::Relaxed);
+                }
+                _ = sigterm.recv() => {
+                    eprintln!("SIGTERM: stopping shards, flushing sinks");
+                    interrupted = true;
+                    stop.store(true, Ordering::Relaxed);
+                }
+                _ = poll.tick() => {
+                    while let Ok(s) = progress.try_recv() {
+                        let _ = window.add(&s.latency);
+                        let i = s.shard;
+                        latest[i] = Some(s);
+                    }
+                    let now = mono_ns();
+                    if !quiet && now - last_print >= progress_ms * 1_000_000 {
+                        let total: u64 = latest.iter().flatten().map(|s| s.messages).sum();
+                        let secs = (now - last_print) as f64 / 1e9;
+                        let devices: usize = latest.iter().flatten().map(|s| s.devices).sum();
+                        let errors: u64 = latest.iter().flatten().map(|s| s.errors).sum();
+                        let dropped: u64 = latest.iter().flatten().map(|s| s.dropped).sum();
+                        let sim = latest.iter().flatten().map(|s| s.sim_now_ms).min().unwrap_or(start_ms);
+                        let p99 = if window.is_empty() { 0 } else { window.value_at_quantile(0.99) };
+                        let simpart = match clock {
+                            ClockMode::Virtual => format!(" sim={} ({:.0} sim-s/s)", rfc3339_ms(sim), (sim.saturating_sub(start_ms)) as f64 / 1000.0 / ((now - began) as f64 / 1e9)),
+                            ClockMode::Realtime => String::new(),
+                        };
+                        eprintln!(
+                            "[{:>7.1}s] devices={devices} msg/s={:.0} messages={total} errors={errors} drops={dropped} p99={p99}µs{simpart}",
+                            (now - began) as f64 / 1e9,
+                            (total - last_total.min(total)) as f64 / secs,
+                        );
+                        last_print = now;
+                        last_total = total;
+                        window.reset();
+                    }
+                    if handles.iter().all(|h| h.is_finished()) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(interrupted)
+    })
+}

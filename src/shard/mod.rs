@@ -1,0 +1,367 @@
+//! One shard per core: a pinned OS thread running a tokio current-thread runtime that owns its
+//! devices, its timing wheel, its sinks and its statistics, and shares none of them.
+//!
+//! The loop: take every device due by the current sim time off the wheel, tick it (generate,
+//! encode, hand to the sink, record), re-arm it at `due + interval`, then sleep until the next
+//! deadline (realtime) or jump straight to it (virtual).
+
+pub mod clock;
+pub mod stats;
+
+use crate::config::{ClockMode, SinkSettings};
+use crate::sim::device::{DeviceTable, device_seed};
+use crate::sim::generator::Sample;
+use crate::sim::payload;
+use crate::sim::profile::{Fleet, Protocol};
+use crate::sim::seed;
+use crate::sim::time::SimMs;
+use crate::sim::wheel::Wheel;
+use crate::sink::{Message, Outcome, Sink};
+use clock::{PreciseTimer, mono_ns};
+use crossbeam_channel::Sender;
+use stats::{ShardStats, Snapshot};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+
+/// How often a shard reports progress.
+const SNAPSHOT_EVERY_NS: u64 = 1_000_000_000;
+/// Longest a realtime shard sleeps before looking at the stop flag again.
+const MAX_SLEEP_NS: u64 = 50_000_000;
+/// How often a realtime shard flushes buffered file output.
+const FILE_FLUSH_EVERY_NS: u64 = 200_000_000;
+
+/// Everything a shard needs to start.
+pub struct ShardPlan {
+    pub index: usize,
+    pub shards: usize,
+    pub fleet: Arc<Fleet>,
+    pub sinks: Arc<SinkSettings>,
+    pub seed: u64,
+    pub clock: ClockMode,
+    pub speed: f64,
+    pub start_ms: SimMs,
+    pub end_ms: Option<SimMs>,
+    /// Monotonic time that corresponds to `start_ms` (realtime), shared by all shards; set
+    /// from the `origin` handed to [`spawn`] once every shard has built its devices.
+    pub wall_origin_ns: u64,
+    /// Set by the main thread to stop every shard.
+    pub stop: Arc<AtomicBool>,
+    /// Progress snapshots to the main thread; a full channel drops the snapshot.
+    pub progress: Sender<Snapshot>,
+    pub core: Option<core_affinity::CoreId>,
+}
+
+/// What a shard hands back when it ends.
+pub struct ShardOutcome {
+    pub index: usize,
+    pub devices: usize,
+    pub spawn_ns: u64,
+    pub stats: ShardStats,
+    pub sim_end_ms: SimMs,
+    pub pinned: bool,
+}
+
+/// Starts a shard thread. The shard builds its devices, waits on `ready` (twice: once to say
+/// it is built, once for the main thread to publish the common time origin in `origin`), then
+/// runs.
+pub fn spawn(
+    mut plan: ShardPlan,
+    ready: Arc<Barrier>,
+    origin: Arc<AtomicU64>,
+) -> std::io::Result<std::thread::JoinHandle<Result<ShardOutcome, String>>> {
+    std::thread::Builder::new().name(format!("shard-{}", plan.index)).spawn(move || {
+        let pinned = plan.core.is_some_and(core_affinity::set_for_current);
+        let index = plan.index;
+        let stop = plan.stop.clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+        // Build, then meet the others whatever happened, so that no one waits forever.
+        let built = Shard::build_with(&mut plan);
+        ready.wait();
+        ready.wait();
+        plan.wall_origin_ns = origin.load(Ordering::Acquire);
+        let rt = rt.map_err(|e| format!("shard {index}: cannot start its runtime: {e}"));
+        let result = match (rt, built) {
+            (Ok(rt), Ok(parts)) => {
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&rt, async move {
+                    let mut shard = Shard::assemble(plan, parts);
+                    shard.pinned = pinned;
+                    shard.run().await
+                })
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        if result.is_err() {
+            // One shard failing stops the others, so the run ends with a report.
+            stop.store(true, Ordering::Relaxed);
+        }
+        result
+    })
+}
+
+/// The state of one shard.
+pub struct Shard {
+    plan: ShardPlan,
+    table: DeviceTable,
+    wheel: Wheel,
+    sinks: Vec<Option<Sink>>,
+    stats: ShardStats,
+    interval_latency: hdrhistogram::Histogram<u64>,
+    spawn_ns: u64,
+    pinned: bool,
+    // Reused buffers.
+    samples: Vec<Sample>,
+    payload: Vec<u8>,
+    topic: Vec<u8>,
+    id: String,
+    due: Vec<(u32, SimMs)>,
+}
+
+/// A shard's devices, wheel and sinks, built before its time starts.
+pub struct Parts {
+    table: DeviceTable,
+    wheel: Wheel,
+    sinks: Vec<Option<Sink>>,
+    spawn_ns: u64,
+}
+
+impl Shard {
+    /// Builds a shard ready to run (for tests and benches that drive one shard directly).
+    pub fn build(mut plan: ShardPlan) -> Result<Shard, String> {
+        let parts = Shard::build_with(&mut plan)?;
+        Ok(Shard::assemble(plan, parts))
+    }
+
+    /// Creates this shard's devices (those whose id hashes to it) and opens its sinks.
+    pub fn build_with(plan: &mut ShardPlan) -> Result<Parts, String> {
+        let t0 = mono_ns();
+        let fleet = plan.fleet.clone();
+        let mut table = DeviceTable::default();
+        let mut wheel = Wheel::new(plan.start_ms);
+        let expect = fleet.device_count() as usize / plan.shards + 64;
+        let slots: usize = fleet.groups.iter().map(|g| fleet.profiles[g.profile].slots * g.count as usize).sum();
+        table.reserve(expect + expect / 16, slots / plan.shards + slots / plan.shards / 16 + 64);
+        wheel.reserve_keys(expect);
+        let mut id = String::with_capacity(64);
+        for (gi, g) in fleet.groups.iter().enumerate() {
+            let profile = &fleet.profiles[g.profile];
+            for i in 0..g.count {
+                g.device_id(profile, i, &mut id);
+                if plan.shards > 1 && seed::shard_of(&id, plan.shards) != plan.index {
+                    continue;
+                }
+                let ds = device_seed(plan.seed, &id);
+                let key = table.insert(&fleet, gi as u32, i as u32, ds);
+                wheel.insert(key, plan.start_ms + seed::phase_ms(ds, profile.interval_ms));
+            }
+        }
+        let mut sinks: Vec<Option<Sink>> = (0..Protocol::ALL.len()).map(|_| None).collect();
+        for proto in fleet.protocols() {
+            let sink = Sink::open(proto, &plan.sinks, plan.index, plan.shards)
+                .map_err(|e| format!("shard {}: cannot open the {proto} sink: {e}", plan.index))?;
+            sinks[proto.index()] = Some(sink);
+        }
+        Ok(Parts { table, wheel, sinks, spawn_ns: mono_ns() - t0 })
+    }
+
+    fn assemble(plan: ShardPlan, parts: Parts) -> Shard {
+        let Parts { table, wheel, sinks, spawn_ns } = parts;
+        Shard {
+            stats: ShardStats::new(plan.fleet.profiles.len()),
+            interval_latency: stats::histogram(),
+            spawn_ns,
+            pinned: false,
+            table,
+            wheel,
+            sinks,
+            samples: Vec::with_capacity(16),
+            payload: Vec::with_capacity(512),
+            topic: Vec::with_capacity(128),
+            id: String::with_capacity(64),
+            due: Vec::with_capacity(1024),
+            plan,
+        }
+    }
+
+    /// Number of devices on this shard.
+    pub fn devices(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Runs until the end time or the stop flag, flushes the sinks and returns the figures.
+    pub async fn run(mut self) -> Result<ShardOutcome, String> {
+        let sim_end = match self.plan.clock {
+            ClockMode::Virtual => self.run_virtual(),
+            ClockMode::Realtime => self.run_realtime().await?,
+        };
+        for s in self.sinks.iter_mut().flatten() {
+            if let Err(e) = s.flush() {
+                tracing::warn!(shard = self.plan.index, sink = s.name(), error = %e, "flush at shutdown failed");
+            }
+        }
+        self.snapshot(sim_end);
+        Ok(ShardOutcome {
+            index: self.plan.index,
+            devices: self.table.len(),
+            spawn_ns: self.spawn_ns,
+            stats: self.stats,
+            sim_end_ms: sim_end,
+            pinned: self.pinned,
+        })
+    }
+
+    fn run_virtual(&mut self) -> SimMs {
+        let end = self.plan.end_ms.unwrap_or(u64::MAX);
+        let mut last_snapshot = mono_ns();
+        let mut turns = 0u32;
+        loop {
+            turns = turns.wrapping_add(1);
+            if turns % 64 == 0 {
+                if self.plan.stop.load(Ordering::Relaxed) {
+                    return self.wheel.elapsed();
+                }
+                let now = mono_ns();
+                if now - last_snapshot >= SNAPSHOT_EVERY_NS {
+                    last_snapshot = now;
+                    self.snapshot(self.wheel.elapsed());
+                }
+            }
+            let Some(t) = self.wheel.next_expiration() else { return self.wheel.elapsed() };
+            if t >= end {
+                return end;
+            }
+            let mut due = std::mem::take(&mut self.due);
+            self.wheel.poll(t, &mut due);
+            for &(key, at) in &due {
+                self.tick(key, at, None);
+            }
+            due.clear();
+            self.due = due;
+        }
+    }
+
+    async fn run_realtime(&mut self) -> Result<SimMs, String> {
+        let end = self.plan.end_ms.unwrap_or(u64::MAX);
+        let mut timer = PreciseTimer::new().map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        let mut last_snapshot = mono_ns();
+        let mut last_flush = last_snapshot;
+        loop {
+            if self.plan.stop.load(Ordering::Relaxed) {
+                return Ok(self.sim_at(mono_ns()).min(end));
+            }
+            let now_ns = mono_ns();
+            let sim_now = self.sim_at(now_ns);
+            let mut due = std::mem::take(&mut self.due);
+            self.wheel.poll(sim_now.min(end.saturating_sub(1)), &mut due);
+            for (n, &(key, at)) in due.iter().enumerate() {
+                self.tick(key, at, Some(self.wall_at(at)));
+                if n % 4096 == 4095 {
+                    // A large backlog must not starve the sinks' tasks on this thread.
+                    tokio::task::yield_now().await;
+                }
+            }
+            due.clear();
+            self.due = due;
+            if sim_now >= end && self.wheel.next_expiration().is_none_or(|t| t >= end) {
+                // Everything intended before the end has been sent, however late.
+                return Ok(end);
+            }
+            let now_ns = mono_ns();
+            if let Some(Sink::Console(c)) = &mut self.sinks[Protocol::Console.index()] {
+                let _ = c.flush();
+            }
+            if now_ns - last_flush >= FILE_FLUSH_EVERY_NS {
+                last_flush = now_ns;
+                if let Some(s) = &mut self.sinks[Protocol::File.index()] {
+                    let _ = s.flush();
+                }
+            }
+            if now_ns - last_snapshot >= SNAPSHOT_EVERY_NS {
+                last_snapshot = now_ns;
+                self.snapshot(sim_now);
+            }
+            let next_ns = match self.wheel.next_expiration() {
+                Some(t) => self.wall_at(t.min(end)),
+                None => self.wall_at(end),
+            };
+            let deadline = next_ns.min(now_ns + MAX_SLEEP_NS);
+            timer.sleep_until(deadline).await.map_err(|e| format!("shard {}: timer: {e}", self.plan.index))?;
+        }
+    }
+
+    /// Sim time at monotonic time `ns` (realtime clock).
+    fn sim_at(&self, ns: u64) -> SimMs {
+        let elapsed_ns = ns.saturating_sub(self.plan.wall_origin_ns);
+        let sim_elapsed_ms = if self.plan.speed == 1.0 {
+            elapsed_ns / 1_000_000
+        } else {
+            (elapsed_ns as f64 * self.plan.speed / 1e6 + 1e-6) as u64
+        };
+        self.plan.start_ms + sim_elapsed_ms
+    }
+
+    /// Monotonic time at which sim time `t` is reached (realtime clock).
+    fn wall_at(&self, t: SimMs) -> u64 {
+        let sim_elapsed_ms = t.saturating_sub(self.plan.start_ms);
+        if self.plan.speed == 1.0 {
+            self.plan.wall_origin_ns.saturating_add(sim_elapsed_ms.saturating_mul(1_000_000))
+        } else {
+            let ns = sim_elapsed_ms as f64 * 1e6 / self.plan.speed;
+            self.plan.wall_origin_ns.saturating_add(ns.min(u64::MAX as f64 / 2.0) as u64)
+        }
+    }
+
+    /// One device tick: generate, encode, hand to the sink, record, re-arm.
+    /// `intended_ns` is the tick's intended monotonic time (realtime only).
+    fn tick(&mut self, key: u32, due: SimMs, intended_ns: Option<u64>) {
+        let fleet = &*self.plan.fleet;
+        let Some(dev) = self.table.get(key) else { return };
+        let (group_ix, index) = (dev.group as usize, dev.index as u64);
+        let group = &fleet.groups[group_ix];
+        let profile_ix = group.profile;
+        let profile = &fleet.profiles[profile_ix];
+        let fire_ns = mono_ns();
+        if let Some(intended) = intended_ns {
+            self.stats.lateness.saturating_record(fire_ns.saturating_sub(intended) / 1000);
+        }
+        let seq = self.table.generate(fleet, key, due, &mut self.samples);
+        group.device_id(profile, index, &mut self.id);
+        payload::encode(&mut self.payload, &self.id, profile, due, &self.samples, &group.labels_json, profile.seq.then_some(seq));
+        self.topic.clear();
+        profile.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
+        let outcome = match &mut self.sinks[profile.protocol.index()] {
+            Some(sink) => sink.submit(&Message { topic: &self.topic, payload: &self.payload }),
+            None => Outcome::Failed,
+        };
+        let done_ns = mono_ns();
+        let st = &mut self.stats.profiles[profile_ix];
+        match outcome {
+            Outcome::Completed => {
+                st.messages += 1;
+                st.bytes += self.payload.len() as u64;
+                // Realtime: from the intended time. Virtual: sim time does not pass while a
+                // message is handled, so latency is the sink's own service time.
+                let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
+                st.latency.saturating_record(latency_us);
+                st.service.saturating_record(done_ns.saturating_sub(fire_ns) / 1000);
+                self.interval_latency.saturating_record(latency_us);
+            }
+            Outcome::Failed => st.errors += 1,
+        }
+        let interval = self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
+        self.wheel.insert(key, due + interval);
+    }
+
+    fn snapshot(&mut self, sim_now: SimMs) {
+        let snap = Snapshot {
+            shard: self.plan.index,
+            devices: self.table.len(),
+            messages: self.stats.messages(),
+            errors: self.stats.errors(),
+            dropped: self.stats.dropped(),
+            sim_now_ms: sim_now,
+            latency: std::mem::replace(&mut self.interval_latency, stats::histogram()),
+        };
+        let _ = self.plan.progress.try_send(snap);
+    }
+}

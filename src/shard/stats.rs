@@ -1,0 +1,90 @@
+//! Per-shard counters and HDR histograms, merged across shards at report time.
+
+use hdrhistogram::Histogram;
+
+/// Highest value a histogram keeps exactly: one hour in microseconds. Larger values are clamped.
+pub const HIGHEST_US: u64 = 3_600_000_000;
+
+/// A microsecond histogram with 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_US, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// Counters and latency for one profile (one sink and device type) on one shard.
+#[derive(Clone)]
+pub struct ProfileStats {
+    pub messages: u64,
+    pub errors: u64,
+    pub dropped: u64,
+    pub bytes: u64,
+    /// Intended send time -> completion, µs.
+    pub latency: Histogram<u64>,
+    /// Actual hand-over to the sink -> completion, µs.
+    pub service: Histogram<u64>,
+}
+
+impl ProfileStats {
+    pub fn new() -> ProfileStats {
+        ProfileStats { messages: 0, errors: 0, dropped: 0, bytes: 0, latency: histogram(), service: histogram() }
+    }
+
+    /// Adds another shard's figures.
+    pub fn merge(&mut self, o: &ProfileStats) {
+        self.messages += o.messages;
+        self.errors += o.errors;
+        self.dropped += o.dropped;
+        self.bytes += o.bytes;
+        let _ = self.latency.add(&o.latency);
+        let _ = self.service.add(&o.service);
+    }
+}
+
+impl Default for ProfileStats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Everything a shard measured.
+#[derive(Clone)]
+pub struct ShardStats {
+    /// Indexed like `Fleet::profiles`.
+    pub profiles: Vec<ProfileStats>,
+    /// Actual fire time - intended time, µs (realtime clock only).
+    pub lateness: Histogram<u64>,
+}
+
+impl ShardStats {
+    pub fn new(profiles: usize) -> ShardStats {
+        ShardStats { profiles: (0..profiles).map(|_| ProfileStats::new()).collect(), lateness: histogram() }
+    }
+
+    pub fn merge(&mut self, o: &ShardStats) {
+        for (a, b) in self.profiles.iter_mut().zip(&o.profiles) {
+            a.merge(b);
+        }
+        let _ = self.lateness.add(&o.lateness);
+    }
+
+    pub fn messages(&self) -> u64 {
+        self.profiles.iter().map(|p| p.messages).sum()
+    }
+    pub fn errors(&self) -> u64 {
+        self.profiles.iter().map(|p| p.errors).sum()
+    }
+    pub fn dropped(&self) -> u64 {
+        self.profiles.iter().map(|p| p.dropped).sum()
+    }
+}
+
+/// A periodic progress report from a shard to the main thread.
+pub struct Snapshot {
+    pub shard: usize,
+    pub devices: usize,
+    pub messages: u64,
+    pub errors: u64,
+    pub dropped: u64,
+    pub sim_now_ms: u64,
+    /// Latency of the messages completed since the previous snapshot.
+    pub latency: Histogram<u64>,
+}

@@ -1,0 +1,168 @@
+//! Devices as plain structs in a slab, with their generator state in a flat arena.
+//!
+//! A device costs `size_of::<Device>()` (24 B) + 40 B per random stream of its profile + the
+//! wheel's 16 B; its id is not stored but rebuilt from (group, ordinal) when needed.
+
+use super::generator::{Sample, SlotState, round_to};
+use super::profile::Fleet;
+use super::seed;
+use super::time::SimMs;
+use std::collections::BTreeMap;
+
+/// One simulated device.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// Index of its fleet group; `u32::MAX` marks a free slab entry.
+    pub group: u32,
+    /// Index within the group.
+    pub index: u32,
+    /// First arena slot of its generator state.
+    pub slots_at: u32,
+    /// Current interval (may differ from the profile's under backpressure or live updates).
+    pub interval_ms: u32,
+    /// Messages produced so far.
+    pub seq: u64,
+}
+
+const FREE: u32 = u32::MAX;
+
+/// The devices of one shard.
+#[derive(Default)]
+pub struct DeviceTable {
+    devices: Vec<Device>,
+    free: Vec<u32>,
+    slots: Vec<SlotState>,
+    /// Freed slot blocks by size, reused by later spawns.
+    free_blocks: BTreeMap<usize, Vec<u32>>,
+    live: usize,
+}
+
+impl DeviceTable {
+    /// Live devices.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// True when the shard has no device.
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Reserves room for `devices` more devices with `slots` slots in all.
+    pub fn reserve(&mut self, devices: usize, slots: usize) {
+        self.devices.reserve(devices);
+        self.slots.reserve(slots);
+    }
+
+    /// Capacity in keys (for the wheel).
+    pub fn key_capacity(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Adds a device and seeds its generators; returns its key.
+    pub fn insert(&mut self, fleet: &Fleet, group: u32, index: u32, device_seed: u64) -> u32 {
+        let g = &fleet.groups[group as usize];
+        let profile = &fleet.profiles[g.profile];
+        let block = profile.slots;
+        let slots_at = match self.free_blocks.get_mut(&block).and_then(Vec::pop) {
+            Some(at) => {
+                let mut fresh = Vec::with_capacity(block);
+                init_fields(fleet, g.profile, device_seed, &mut fresh);
+                self.slots[at as usize..at as usize + block].clone_from_slice(&fresh);
+                at
+            }
+            None => {
+                let at = self.slots.len() as u32;
+                init_fields(fleet, g.profile, device_seed, &mut self.slots);
+                at
+            }
+        };
+        let device = Device { group, index, slots_at, interval_ms: profile.interval_ms as u32, seq: 0 };
+        self.live += 1;
+        match self.free.pop() {
+            Some(key) => {
+                self.devices[key as usize] = device;
+                key
+            }
+            None => {
+                self.devices.push(device);
+                (self.devices.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Removes a device; its key and slots are reused later.
+    pub fn remove(&mut self, fleet: &Fleet, key: u32) -> Option<Device> {
+        let d = self.devices.get_mut(key as usize)?;
+        if d.group == FREE {
+            return None;
+        }
+        let removed = d.clone();
+        d.group = FREE;
+        let block = fleet.profiles[fleet.groups[removed.group as usize].profile].slots;
+        if block > 0 {
+            self.free_blocks.entry(block).or_default().push(removed.slots_at);
+        }
+        self.free.push(key);
+        self.live -= 1;
+        Some(removed)
+    }
+
+    /// A live device.
+    pub fn get(&self, key: u32) -> Option<&Device> {
+        self.devices.get(key as usize).filter(|d| d.group != FREE)
+    }
+
+    /// Live devices with their keys, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Device)> {
+        self.devices.iter().enumerate().filter(|(_, d)| d.group != FREE).map(|(k, d)| (k as u32, d))
+    }
+
+    /// Generates the next value of every field of device `key` for the tick scheduled at `t`
+    /// into `out`, and advances its sequence number. Returns the sequence number of this
+    /// message.
+    pub fn generate(&mut self, fleet: &Fleet, key: u32, t: SimMs, out: &mut Vec<Sample>) -> u64 {
+        let d = &mut self.devices[key as usize];
+        let profile = &fleet.profiles[fleet.groups[d.group as usize].profile];
+        let dt_s = d.interval_ms as f64 / 1000.0;
+        let base = d.slots_at as usize;
+        out.clear();
+        for f in &profile.fields {
+            let n = f.generator.slots();
+            let at = base + f.first_slot;
+            let mut s = f.generator.next(&mut self.slots[at..at + n], t, dt_s);
+            if let (Some(dec), Sample::Number(v)) = (f.decimals, s) {
+                s = Sample::Number(round_to(v, dec));
+            }
+            out.push(s);
+        }
+        let seq = d.seq;
+        d.seq += 1;
+        seq
+    }
+
+    /// Mutable access to a live device.
+    pub fn get_mut(&mut self, key: u32) -> Option<&mut Device> {
+        self.devices.get_mut(key as usize).filter(|d| d.group != FREE)
+    }
+}
+
+/// The seed of a device.
+pub fn device_seed(master: u64, device_id: &str) -> u64 {
+    seed::derive(master, device_id)
+}
+
+fn init_fields(fleet: &Fleet, profile: usize, device_seed: u64, out: &mut Vec<SlotState>) {
+    for f in &fleet.profiles[profile].fields {
+        f.generator.init_slots(seed::derive(device_seed, &f.name), 0, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_device_is_small() {
+        assert!(std::mem::size_of::<super::Device>() <= 24);
+        assert_eq!(std::mem::size_of::<super::SlotState>(), 40);
+    }
+}

@@ -1,0 +1,10 @@
+//! The deterministic core: time, seeds, generators, devices, the timing wheel and payload
+//! encoding. Nothing in here reads a clock, a global RNG or does I/O.
+
+pub mod device;
+pub mod generator;
+pub mod payload;
+pub mod profile;
+pub mod seed;
+pub mod time;
+pub mod wheel;

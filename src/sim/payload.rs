@@ -1,0 +1,131 @@
+//! JSON payload encoding into reused buffers.
+//!
+//! The envelope keeps the original runtime's field order:
+//! `{"device_id","device_type","timestamp","fields":{sorted},"labels":{sorted}}`, then `"seq"`
+//! when the profile asks for it. Numbers use `ryu`'s shortest round-trip form; a non-finite
+//! number (only a corruption fault makes one) is written as `null`, so the payload stays JSON.
+
+use super::generator::Sample;
+use super::profile::{FieldSpec, Profile};
+use super::time::{SimMs, write_rfc3339_ms};
+
+/// Appends `s` as a JSON string literal.
+pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Appends a number in its shortest round-trip form (`null` if not finite).
+pub fn write_f64(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        let mut b = ryu::Buffer::new();
+        out.extend_from_slice(b.format_finite(v).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Appends one field value.
+pub fn write_sample(out: &mut Vec<u8>, field: &FieldSpec, sample: Sample) {
+    use super::generator::GenSpec;
+    match (sample, &field.generator) {
+        (Sample::Number(v), _) => write_f64(out, v),
+        (Sample::State(i), GenSpec::Markov(m)) => write_json_str(out, &m.states[i]),
+        (Sample::Static, GenSpec::Static { json, .. }) => out.extend_from_slice(json.as_bytes()),
+        _ => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Encodes one message: `payload` is cleared first.
+pub fn encode(
+    payload: &mut Vec<u8>,
+    device_id: &str,
+    profile: &Profile,
+    timestamp: SimMs,
+    samples: &[Sample],
+    labels_json: &str,
+    seq: Option<u64>,
+) {
+    payload.clear();
+    payload.extend_from_slice(b"{\"device_id\":");
+    write_json_str(payload, device_id);
+    payload.push(b',');
+    payload.extend_from_slice(profile.type_json.as_bytes());
+    write_rfc3339_ms(payload, timestamp);
+    payload.extend_from_slice(b"\",\"fields\":{");
+    for (i, (field, sample)) in profile.fields.iter().zip(samples).enumerate() {
+        if i > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(field.key_json.as_bytes());
+        write_sample(payload, field, *sample);
+    }
+    payload.push(b'}');
+    payload.extend_from_slice(labels_json.as_bytes());
+    if let Some(seq) = seq {
+        payload.extend_from_slice(b",\"seq\":");
+        payload.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    }
+    payload.push(b'}');
+}
+
+/// `"device_type":"<t>","timestamp":"` for a profile.
+pub fn type_json(device_type: &str) -> String {
+    let mut v = b"\"device_type\":".to_vec();
+    write_json_str(&mut v, device_type);
+    v.extend_from_slice(b",\"timestamp\":\"");
+    String::from_utf8(v).unwrap_or_default()
+}
+
+/// `"name":` for a field.
+pub fn key_json(name: &str) -> String {
+    let mut v = vec![];
+    write_json_str(&mut v, name);
+    v.push(b':');
+    String::from_utf8(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_escaped_as_json() {
+        let mut v = vec![];
+        write_json_str(&mut v, "a\"b\\c\nd\u{1}é");
+        assert_eq!(String::from_utf8(v).unwrap(), r#""a\"b\\c\nd\u0001é""#);
+    }
+
+    #[test]
+    fn non_finite_numbers_become_null() {
+        let mut v = vec![];
+        write_f64(&mut v, f64::NAN);
+        v.push(b' ');
+        write_f64(&mut v, 22.5);
+        assert_eq!(v, b"null 22.5");
+    }
+}

@@ -1,0 +1,256 @@
+//! Compiled (validated) device profiles and fleet groups: what the shards run.
+
+use super::generator::GenSpec;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Where a profile's messages go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Console,
+    File,
+    Null,
+}
+
+impl Protocol {
+    /// Every protocol this build can publish to.
+    pub const ALL: [Protocol; 3] = [Protocol::Console, Protocol::File, Protocol::Null];
+
+    /// The configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Console => "console",
+            Protocol::File => "file",
+            Protocol::Null => "null",
+        }
+    }
+
+    /// Looks a protocol up by its configuration name.
+    pub fn parse(s: &str) -> Option<Protocol> {
+        Protocol::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    /// Dense index, for per-protocol arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A piece of a topic template.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TopicPart {
+    Literal(String),
+    DeviceId,
+    DeviceType,
+    Label(String),
+}
+
+/// A parsed topic template such as `devices/{device_id}/telemetry`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopicTemplate {
+    pub source: String,
+    pub parts: Vec<TopicPart>,
+}
+
+impl TopicTemplate {
+    /// Parses `{device_id}`, `{device_type}` and `{labels.KEY}` placeholders.
+    pub fn parse(s: &str) -> Result<TopicTemplate, String> {
+        let mut parts = vec![];
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(TopicPart::Literal(rest[..open].to_string()));
+            }
+            let Some(close) = rest[open..].find('}') else {
+                return Err(format!("unclosed '{{' in topic {s:?}"));
+            };
+            let name = &rest[open + 1..open + close];
+            parts.push(match name {
+                "device_id" => TopicPart::DeviceId,
+                "device_type" => TopicPart::DeviceType,
+                _ => match name.strip_prefix("labels.") {
+                    Some(key) if !key.is_empty() => TopicPart::Label(key.to_string()),
+                    _ => {
+                        return Err(format!(
+                            "unknown placeholder {{{name}}} in topic {s:?}; use {{device_id}}, {{device_type}} or {{labels.KEY}}"
+                        ));
+                    }
+                },
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("stray '}}' in topic {s:?}"));
+        }
+        if !rest.is_empty() {
+            parts.push(TopicPart::Literal(rest.to_string()));
+        }
+        Ok(TopicTemplate { source: s.to_string(), parts })
+    }
+
+    /// Appends the topic of one device.
+    pub fn render(&self, out: &mut Vec<u8>, device_id: &str, device_type: &str, labels: &BTreeMap<String, String>) {
+        for p in &self.parts {
+            match p {
+                TopicPart::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                TopicPart::DeviceId => out.extend_from_slice(device_id.as_bytes()),
+                TopicPart::DeviceType => out.extend_from_slice(device_type.as_bytes()),
+                TopicPart::Label(k) => out.extend_from_slice(labels.get(k).map_or("", String::as_str).as_bytes()),
+            }
+        }
+    }
+}
+
+/// One telemetry field of a profile.
+#[derive(Clone, Debug)]
+pub struct FieldSpec {
+    pub name: String,
+    /// `"name":`, JSON-encoded once.
+    pub key_json: String,
+    pub generator: GenSpec,
+    pub decimals: Option<u32>,
+    /// Drained faster by a BATTERY_DRAIN fault.
+    pub battery: bool,
+    /// Index of the field's first slot within the device's slot block.
+    pub first_slot: usize,
+}
+
+/// A validated device profile.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub name: String,
+    pub device_type: String,
+    pub protocol: Protocol,
+    pub topic: TopicTemplate,
+    pub interval_ms: u64,
+    pub seq: bool,
+    /// The profile's own labels (fleet labels are merged per group).
+    pub labels: BTreeMap<String, String>,
+    /// Sorted by name, which is also the order of the payload's `fields` object.
+    pub fields: Vec<FieldSpec>,
+    /// Slots per device: the sum over fields.
+    pub slots: usize,
+    /// `"device_type":"...","timestamp":"`, JSON-encoded once.
+    pub type_json: String,
+}
+
+/// A fleet entry: `count` devices of one profile with the same labels.
+#[derive(Clone, Debug)]
+pub struct Group {
+    pub profile: usize,
+    pub count: u64,
+    /// Ordinal of the group's first device within its profile.
+    pub first_ordinal: u64,
+    /// Profile labels + fleet labels + `device_type`.
+    pub labels: BTreeMap<String, String>,
+    /// `,"labels":{...}`, JSON-encoded once (empty when there are no labels).
+    pub labels_json: String,
+}
+
+impl Group {
+    /// The id of the group's `i`-th device.
+    pub fn device_id(&self, profile: &Profile, i: u64, out: &mut String) {
+        out.clear();
+        out.push_str(&profile.name);
+        out.push('-');
+        let ordinal = self.first_ordinal + i;
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(ordinal);
+        for _ in digits.len()..4 {
+            out.push('0');
+        }
+        out.push_str(digits);
+    }
+}
+
+/// Everything the shards need to build and run the fleet.
+#[derive(Clone, Debug, Default)]
+pub struct Fleet {
+    pub profiles: Vec<Profile>,
+    pub groups: Vec<Group>,
+}
+
+impl Fleet {
+    /// Total number of devices.
+    pub fn device_count(&self) -> u64 {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+
+    /// Protocols some profile uses.
+    pub fn protocols(&self) -> Vec<Protocol> {
+        let mut p: Vec<Protocol> = self.profiles.iter().map(|p| p.protocol).collect();
+        p.sort();
+        p.dedup();
+        p
+    }
+}
+
+/// Builds the labels JSON fragment of a group.
+pub fn labels_json(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let mut out = Vec::from(&b",\"labels\":{"[..]);
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        super::payload::write_json_str(&mut out, k);
+        out.push(b':');
+        super::payload::write_json_str(&mut out, v);
+    }
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_templates_render_placeholders() {
+        let t = TopicTemplate::parse("site/{labels.site}/{device_type}/{device_id}").unwrap();
+        let labels = BTreeMap::from([("site".to_string(), "berlin".to_string())]);
+        let mut out = vec![];
+        t.render(&mut out, "t-0001", "thermo", &labels);
+        assert_eq!(out, b"site/berlin/thermo/t-0001");
+    }
+
+    #[test]
+    fn topic_templates_reject_unknown_placeholders() {
+        assert!(TopicTemplate::parse("a/{nope}").unwrap_err().contains("{nope}"));
+        assert!(TopicTemplate::parse("a/{device_id").is_err());
+        assert!(TopicTemplate::parse("a/}b").is_err());
+    }
+
+    #[test]
+    fn device_ids_are_zero_padded_to_four_digits() {
+        let p = Profile {
+            name: "temperature_sensor".into(),
+            device_type: "temperature_sensor".into(),
+            protocol: Protocol::Null,
+            topic: TopicTemplate::parse("x").unwrap(),
+            interval_ms: 1000,
+            seq: false,
+            labels: BTreeMap::new(),
+            fields: vec![],
+            slots: 0,
+            type_json: String::new(),
+        };
+        let g = Group { profile: 0, count: 3, first_ordinal: 9998, labels: BTreeMap::new(), labels_json: String::new() };
+        let mut s = String::new();
+        g.device_id(&p, 0, &mut s);
+        assert_eq!(s, "temperature_sensor-9998");
+        g.device_id(&p, 2, &mut s);
+        assert_eq!(s, "temperature_sensor-10000");
+        let g0 = Group { first_ordinal: 0, ..g };
+        g0.device_id(&p, 7, &mut s);
+        assert_eq!(s, "temperature_sensor-0007");
+    }
+}

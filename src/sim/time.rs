@@ -1,0 +1,252 @@
+//! Sim time: milliseconds since the Unix epoch, UTC. Formatting and parsing without a clock.
+//!
+//! The core never reads the wall clock; sim time is always passed in.
+
+/// Sim time in milliseconds since the Unix epoch.
+pub type SimMs = u64;
+
+/// Days since 1970-01-01 -> (year, month, day). Howard Hinnant's `civil_from_days`.
+pub const fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = (z - era * 146_097) as u64;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe as i64 + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// (year, month, day) -> days since 1970-01-01. Howard Hinnant's `days_from_civil`.
+pub const fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = (y - era * 400) as u64;
+    let mp = if m > 2 { m - 3 } else { m + 9 } as u64;
+    let doy = (153 * mp + 2) / 5 + d as u64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe as i64 - 719_468
+}
+
+fn push2(out: &mut Vec<u8>, v: u32) {
+    out.push(b'0' + (v / 10) as u8);
+    out.push(b'0' + (v % 10) as u8);
+}
+
+/// Appends `YYYY-MM-DDTHH:MM:SS.mmmZ` (RFC 3339, UTC, millisecond precision).
+pub fn write_rfc3339_ms(out: &mut Vec<u8>, t: SimMs) {
+    let days = (t / 86_400_000) as i64;
+    let ms_of_day = (t % 86_400_000) as u32;
+    let (y, m, d) = civil_from_days(days);
+    let y = y as u32;
+    push2(out, y / 100);
+    push2(out, y % 100);
+    out.push(b'-');
+    push2(out, m);
+    out.push(b'-');
+    push2(out, d);
+    out.push(b'T');
+    let secs = ms_of_day / 1000;
+    push2(out, secs / 3600);
+    out.push(b':');
+    push2(out, secs / 60 % 60);
+    out.push(b':');
+    push2(out, secs % 60);
+    out.push(b'.');
+    let ms = ms_of_day % 1000;
+    out.push(b'0' + (ms / 100) as u8);
+    push2(out, ms % 100);
+    out.push(b'Z');
+}
+
+/// RFC 3339 text of a sim time.
+pub fn rfc3339_ms(t: SimMs) -> String {
+    let mut v = Vec::with_capacity(24);
+    write_rfc3339_ms(&mut v, t);
+    String::from_utf8(v).unwrap_or_default()
+}
+
+/// Fractional hour of the day (UTC), 0 <= h < 24.
+pub fn hour_of_day(t: SimMs) -> f64 {
+    (t % 86_400_000) as f64 / 3_600_000.0
+}
+
+fn digits(s: &[u8]) -> Option<u32> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u32, |acc, &b| acc.checked_mul(10)?.checked_add((b - b'0') as u32))
+}
+
+/// Parses an RFC 3339 date-time (`2026-03-14T00:00:00Z`, `2026-03-14 00:00:00.250+01:00`) into
+/// milliseconds since the epoch. Times before 1970 are refused.
+pub fn parse_rfc3339(s: &str) -> Result<SimMs, String> {
+    let err = || format!("expected an RFC 3339 date-time like 2026-03-14T00:00:00Z, got {s:?}");
+    let b = s.trim().as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return Err(err());
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return Err(err());
+    }
+    let (y, mo, d) = (digits(&b[0..4]), digits(&b[5..7]), digits(&b[8..10]));
+    let (h, mi, se) = (digits(&b[11..13]), digits(&b[14..16]), digits(&b[17..19]));
+    let (Some(y), Some(mo), Some(d), Some(h), Some(mi), Some(se)) = (y, mo, d, h, mi, se) else {
+        return Err(err());
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return Err(err());
+    }
+    let mut rest = &b[19..];
+    let mut ms = 0u64;
+    if rest.first() == Some(&b'.') {
+        let n = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if n == 0 {
+            return Err(err());
+        }
+        let frac = &rest[1..1 + n];
+        for (i, c) in frac.iter().take(3).enumerate() {
+            ms += (c - b'0') as u64 * [100, 10, 1][i];
+        }
+        rest = &rest[1 + n..];
+    }
+    let offset_min: i64 = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let oh = digits(&[*h1, *h2]).ok_or_else(err)? as i64;
+            let om = digits(&[*m1, *m2]).ok_or_else(err)? as i64;
+            if oh > 23 || om > 59 {
+                return Err(err());
+            }
+            if *sign == b'+' { oh * 60 + om } else { -(oh * 60 + om) }
+        }
+        _ => return Err(err()),
+    };
+    let days = days_from_civil(y as i64, mo, d);
+    let (cy, cm, cd) = civil_from_days(days);
+    if (cy, cm, cd) != (y as i64, mo, d) {
+        return Err(format!("{s:?} is not a real calendar date"));
+    }
+    let secs = days * 86_400 + (h * 3600 + mi * 60 + se.min(59)) as i64 - offset_min * 60;
+    if secs < 0 {
+        return Err(format!("{s:?} is before 1970-01-01, which is not supported"));
+    }
+    Ok(secs as u64 * 1000 + ms)
+}
+
+/// Parses a duration: an integer or decimal number followed by a unit (`ms`, `s`, `m`, `h`,
+/// `d`), optionally several in a row (`1h30m`). Returns milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let err = |why: &str| format!("{why}: expected a duration like 500ms, 5s, 2m, 1h30m or 1d, got {s:?}");
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(err("empty duration"));
+    }
+    let b = t.as_bytes();
+    let mut i = 0;
+    let mut total = 0f64;
+    while i < b.len() {
+        let start = i;
+        while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+            i += 1;
+        }
+        if start == i {
+            return Err(err("missing number"));
+        }
+        let num: f64 = t[start..i].parse().map_err(|_| err("bad number"))?;
+        let ustart = i;
+        while i < b.len() && b[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let factor = match &t[ustart..i] {
+            "ms" => 1.0,
+            "s" => 1_000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            "d" => 86_400_000.0,
+            "" => return Err(err("missing unit")),
+            _ => return Err(err("unknown unit")),
+        };
+        total += num * factor;
+    }
+    if !total.is_finite() || total > 1e15 {
+        return Err(err("too large"));
+    }
+    if total.fract() != 0.0 {
+        return Err(err("finer than a millisecond"));
+    }
+    Ok(total as u64)
+}
+
+/// Formats milliseconds as a short human duration (`1h`, `5s`, `250ms`, `1h30m`).
+pub fn format_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    let mut rest = ms;
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_epoch_and_known_dates() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_773_446_625_123), "2026-03-14T00:03:45.123Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn civil_round_trips_over_four_centuries() {
+        for days in (-1000..150_000).step_by(7) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn parses_rfc3339_with_zones_and_fractions() {
+        assert_eq!(parse_rfc3339("2026-03-14T00:03:45.123Z"), Ok(1_773_446_625_123));
+        assert_eq!(parse_rfc3339("2026-03-14T01:03:45.123+01:00"), Ok(1_773_446_625_123));
+        assert_eq!(parse_rfc3339("2026-03-14 00:03:45.1239Z"), Ok(1_773_446_625_123));
+        assert!(parse_rfc3339("2026-02-30T00:00:00Z").is_err());
+        assert!(parse_rfc3339("yesterday").is_err());
+        assert!(parse_rfc3339("1969-12-31T23:59:59Z").is_err());
+    }
+
+    #[test]
+    fn parses_durations_with_every_unit() {
+        assert_eq!(parse_duration_ms("250ms"), Ok(250));
+        assert_eq!(parse_duration_ms("5s"), Ok(5000));
+        assert_eq!(parse_duration_ms("1.5s"), Ok(1500));
+        assert_eq!(parse_duration_ms("2m"), Ok(120_000));
+        assert_eq!(parse_duration_ms("1h30m"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("1d"), Ok(86_400_000));
+        for bad in ["", "5", "5x", "s", "0.5ms", "-1s"] {
+            assert!(parse_duration_ms(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn formats_durations_back() {
+        assert_eq!(format_duration_ms(5_400_000), "1h30m");
+        assert_eq!(format_duration_ms(250), "250ms");
+        assert_eq!(format_duration_ms(0), "0s");
+    }
+
+    #[test]
+    fn hour_of_day_is_fractional_utc() {
+        assert_eq!(hour_of_day(1_773_446_400_000 + 90 * 60_000), 1.5);
+    }
+}

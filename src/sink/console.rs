@@ -1,0 +1,55 @@
+//! The console sink: `[topic] payload` lines on stdout.
+//!
+//! Each shard fills its own buffer and writes whole lines with one `write_all` under the stdout
+//! lock, so lines from different shards never interleave.
+
+use super::{Message, Outcome};
+use std::io::{self, Write};
+
+const FLUSH_AT: usize = 64 * 1024;
+
+pub struct ConsoleSink {
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+impl ConsoleSink {
+    pub fn new() -> ConsoleSink {
+        ConsoleSink { buf: Vec::with_capacity(FLUSH_AT + 4096), failed: false }
+    }
+
+    pub fn submit(&mut self, msg: &Message<'_>) -> Outcome {
+        if self.failed {
+            return Outcome::Failed;
+        }
+        self.buf.push(b'[');
+        self.buf.extend_from_slice(msg.topic);
+        self.buf.extend_from_slice(b"] ");
+        self.buf.extend_from_slice(msg.payload);
+        self.buf.push(b'\n');
+        if self.buf.len() >= FLUSH_AT && self.flush().is_err() {
+            return Outcome::Failed;
+        }
+        Outcome::Completed
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let mut out = io::stdout().lock();
+        let r = out.write_all(&self.buf).and_then(|_| out.flush());
+        self.buf.clear();
+        if r.is_err() {
+            // A closed pipe (`iot-sim ... | head`) must not kill the run; count the rest as errors.
+            self.failed = true;
+        }
+        r
+    }
+}
+
+impl Default for ConsoleSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
