@@ -712,7 +712,7 @@ fn compile_markov(t: &mut Table<'_>, p: &mut Problems) -> Option<GenSpec> {
                     }
                 }
                 let sum: f64 = row.iter().sum();
-                if row.len() == cells.len() && (sum - 1.0).abs() > 1e-6 {
+                if row.len() == cells.len() && n.is_none_or(|n| n == cells.len()) && (sum - 1.0).abs() > 1e-6 {
                     p.add(rpath, format!("probabilities must sum to 1, got {sum} ({})", show(r)));
                     ok = false;
                 }

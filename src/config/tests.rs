@@ -160,8 +160,9 @@ fn ids_continue_across_entries_of_one_profile() {
     let c = parse_str(&text, Path::new(".")).unwrap();
     assert_eq!(c.fleet.groups.len(), 2);
     assert_eq!(c.fleet.groups[1].first_ordinal, 3);
-    // The second group has no site label.
-    assert!(!c.fleet.groups[1].labels.contains_key("site"));
+    // Fleet labels belong to their own entry only.
+    assert!(!c.fleet.groups[0].labels.contains_key("site"));
+    assert_eq!(c.fleet.groups[1].labels["site"], "berlin");
 }
 
 #[test]

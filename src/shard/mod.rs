@@ -27,6 +27,8 @@ use std::sync::{Arc, Barrier};
 const SNAPSHOT_EVERY_NS: u64 = 1_000_000_000;
 /// Longest a realtime shard sleeps before looking at the stop flag again.
 const MAX_SLEEP_NS: u64 = 50_000_000;
+/// A deadline closer than this is waited for awake (a timerfd round trip costs about as much).
+const MIN_SLEEP_NS: u64 = 20_000;
 /// How often a realtime shard flushes buffered file output.
 const FILE_FLUSH_EVERY_NS: u64 = 200_000_000;
 
@@ -285,6 +287,11 @@ impl Shard {
                 None => self.wall_at(end),
             };
             let deadline = next_ns.min(now_ns + MAX_SLEEP_NS);
+            if deadline.saturating_sub(mono_ns()) < MIN_SLEEP_NS {
+                // Closer than a timer wake-up's own cost: stay awake, but let other tasks run.
+                tokio::task::yield_now().await;
+                continue;
+            }
             timer.sleep_until(deadline).await.map_err(|e| format!("shard {}: timer: {e}", self.plan.index))?;
         }
     }

@@ -17,6 +17,8 @@ const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
 const SLOT_MASK: u64 = SLOTS as u64 - 1;
 const MAX_SPAN: u64 = 1 << (SLOT_BITS as usize * LEVELS);
+/// Span of one top-level slot.
+const TOP_SLOT_SPAN: u64 = MAX_SPAN / SLOTS as u64;
 const NONE: u32 = u32::MAX;
 const WHEN_BITS: u32 = 48;
 const WHEN_MASK: u64 = (1 << WHEN_BITS) - 1;
@@ -116,7 +118,8 @@ impl Wheel {
         let when = when.min(WHEN_MASK);
         let tag = if when <= self.elapsed {
             TAG_OVERDUE
-        } else if when - self.elapsed >= MAX_SPAN {
+        } else if when >= (self.elapsed & !(TOP_SLOT_SPAN - 1)) + MAX_SPAN {
+            // Beyond the current top-level rotation's reach: its slot would be ambiguous.
             self.far_min = self.far_min.min(when);
             TAG_FAR
         } else {
@@ -169,7 +172,11 @@ impl Wheel {
 
     /// When the earliest far entry comes within the wheel's span.
     fn far_due(&self) -> Option<SimMs> {
-        (self.far_head != NONE).then(|| self.far_min.saturating_sub(MAX_SPAN - 1).max(self.elapsed))
+        // The first top-slot boundary from which the earliest far entry is in reach.
+        (self.far_head != NONE).then(|| {
+            let reach = (self.far_min.saturating_sub(MAX_SPAN) / TOP_SLOT_SPAN + 1) * TOP_SLOT_SPAN;
+            reach.max(self.elapsed)
+        })
     }
 
     fn migrate_far(&mut self) {
