@@ -496,6 +496,9 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
     }
     let mut slots = 0;
     for f in &mut fields {
+        if let Some(ms) = interval_ms {
+            f.generator.prepare(ms as f64 / 1000.0);
+        }
         f.first_slot = slots;
         slots += f.generator.slots();
     }
@@ -556,6 +559,7 @@ pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> 
                 mean_reversion,
                 min,
                 max,
+                cached: None,
             })
         }
         "diurnal" => {

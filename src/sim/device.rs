@@ -141,6 +141,26 @@ impl DeviceTable {
         seq
     }
 
+    /// Hints the CPU to load a device and its generator state, which will be needed soon.
+    #[inline]
+    pub fn prefetch(&self, key: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(d) = self.devices.get(key as usize) {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            // SAFETY: prefetching is a hint; any address is allowed and nothing is dereferenced.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>((d as *const Device).cast());
+                if let Some(s) = self.slots.get(d.slots_at as usize) {
+                    let p = (s as *const SlotState).cast::<i8>();
+                    _mm_prefetch::<_MM_HINT_T0>(p);
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = key;
+    }
+
     /// Mutable access to a live device.
     pub fn get_mut(&mut self, key: u32) -> Option<&mut Device> {
         self.devices.get_mut(key as usize).filter(|d| d.group != FREE)

@@ -42,6 +42,9 @@ pub struct Brownian {
     pub mean_reversion: f64,
     pub min: Option<f64>,
     pub max: Option<f64>,
+    /// Transition coefficients `(dt, e^{-θ·dt}, σ·√((1−e^{−2θ·dt})/(2θ)))` precomputed for the
+    /// profile's interval, so the common tick costs no `exp`.
+    pub cached: Option<(f64, f64, f64)>,
 }
 
 /// A Markov chain over named states.
@@ -70,6 +73,15 @@ impl GenSpec {
             GenSpec::Static { .. } => 0,
             GenSpec::Composite(parts) => parts.iter().map(GenSpec::slots).sum(),
             _ => 1,
+        }
+    }
+
+    /// Precomputes whatever depends only on the tick interval.
+    pub fn prepare(&mut self, dt: f64) {
+        match self {
+            GenSpec::Brownian(b) => b.prepare(dt),
+            GenSpec::Composite(parts) => parts.iter_mut().for_each(|p| p.prepare(dt)),
+            _ => {}
         }
     }
 
@@ -155,8 +167,10 @@ impl Brownian {
         let z: f64 = normal(slot);
         let theta = self.mean_reversion;
         let next = if theta > 0.0 {
-            let decay = (-theta * dt).exp();
-            let sd = self.volatility * ((1.0 - (-2.0 * theta * dt).exp()) / (2.0 * theta)).sqrt();
+            let (decay, sd) = match self.cached {
+                Some((cdt, decay, sd)) if cdt == dt => (decay, sd),
+                _ => self.coefficients(dt),
+            };
             self.mean + (x - self.mean) * decay + sd * z + self.drift * dt
         } else {
             x + self.drift * dt + self.volatility * dt.sqrt() * z
@@ -168,6 +182,22 @@ impl Brownian {
         };
         slot.x = next;
         next
+    }
+
+    /// `(e^{-θ·dt}, σ·√((1−e^{−2θ·dt})/(2θ)))` for `θ > 0`.
+    pub fn coefficients(&self, dt: f64) -> (f64, f64) {
+        let theta = self.mean_reversion;
+        let decay = (-theta * dt).exp();
+        let sd = self.volatility * ((1.0 - (-2.0 * theta * dt).exp()) / (2.0 * theta)).sqrt();
+        (decay, sd)
+    }
+
+    /// Precomputes the transition for ticks `dt` seconds apart.
+    pub fn prepare(&mut self, dt: f64) {
+        if self.mean_reversion > 0.0 {
+            let (decay, sd) = self.coefficients(dt);
+            self.cached = Some((dt, decay, sd));
+        }
     }
 
     /// The stationary standard deviation, `volatility / sqrt(2 * mean_reversion)`.
@@ -252,14 +282,17 @@ mod tests {
     }
 
     fn ou(theta: f64) -> Brownian {
-        Brownian { start: 55.0, mean: 55.0, drift: 0.0, volatility: 0.5, mean_reversion: theta, min: None, max: None }
+        Brownian { start: 55.0, mean: 55.0, drift: 0.0, volatility: 0.5, mean_reversion: theta, min: None, max: None, cached: None }
     }
 
     #[test]
     fn brownian_stationary_variance_does_not_depend_on_the_interval() {
-        let b = ou(0.1);
-        let want = b.stationary_stddev().unwrap(); // 0.5/sqrt(0.2) = 1.118
-        for interval_ms in [1_000u64, 5_000, 60_000] {
+        let want = ou(0.1).stationary_stddev().unwrap(); // 0.5/sqrt(0.2) = 1.118
+        for (interval_ms, prepared) in [(1_000u64, false), (5_000, true), (60_000, true), (60_000, false)] {
+            let mut b = ou(0.1);
+            if prepared {
+                b.prepare(interval_ms as f64 / 1000.0);
+            }
             // Average over many independent paths, sampled after burn-in.
             let mut tail = vec![];
             for seed in 0..400 {
