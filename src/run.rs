@@ -23,14 +23,18 @@ pub struct RunOptions {
 /// A random seed, for runs that name none.
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     // Keep seeds within i64 so they can be written back into a TOML file.
     RandomState::new().hash_one(nanos ^ std::process::id() as u64) >> 1
 }
 
 /// Wall-clock "now" in ms since the epoch: the default sim start.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs the fleet to its end and returns the report (already printed and written).
@@ -48,11 +52,15 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         Some(t) => t,
         None => {
             let t = now_ms();
-            eprintln!("start_time: {} (now; set [run] start_time to replay timestamps)", rfc3339_ms(t));
+            eprintln!(
+                "start_time: {} (now; set [run] start_time to replay timestamps)",
+                rfc3339_ms(t)
+            );
             t
         }
     };
-    let cores = run.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores =
+        run.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     if cores > core_ids.len() {
         tracing::warn!(
@@ -77,7 +85,9 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             cores,
             run.clock,
             rfc3339_ms(start_ms),
-            run.duration_ms.map(|d| format!(" for {}", format_duration_ms(d))).unwrap_or_else(|| " until stopped".into())
+            run.duration_ms
+                .map(|d| format!(" for {}", format_duration_ms(d)))
+                .unwrap_or_else(|| " until stopped".into())
         );
     }
 
@@ -110,7 +120,15 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     origin.store(origin_ns, Ordering::Release);
     ready.wait();
 
-    let interrupted = wait(&handles, &stop, &progress_rx, run.progress_interval_ms, opts.quiet, run.clock, start_ms)?;
+    let interrupted = wait(
+        &handles,
+        &stop,
+        &progress_rx,
+        run.progress_interval_ms,
+        opts.quiet,
+        run.clock,
+        start_ms,
+    )?;
     let mut outcomes: Vec<ShardOutcome> = vec![];
     let mut errors = vec![];
     for h in handles {
@@ -143,7 +161,8 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     };
     let (report, files) = report::build(&facts, &fleet, &stats);
     let table = report::render_table(&report);
-    let console_in_use = fleet.profiles.iter().any(|p| p.protocol == crate::sim::profile::Protocol::Console);
+    let console_in_use =
+        fleet.profiles.iter().any(|p| p.protocol == crate::sim::profile::Protocol::Console);
     if console_in_use {
         eprint!("{table}");
     } else {
@@ -166,7 +185,10 @@ fn wait(
     clock: ClockMode,
     start_ms: u64,
 ) -> anyhow::Result<bool> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the control runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
     rt.block_on(async {
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot install the SIGTERM handler")?;

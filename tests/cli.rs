@@ -83,7 +83,10 @@ value = {{ vendor = "acme", rev = 3 }}
 /// Runs the fleet with `cores` shards and returns every output line, sorted.
 fn run_sorted(dir: &Path, cores: u16) -> (Vec<String>, Vec<Vec<u8>>) {
     let cfg = fleet(dir);
-    let out = bin().args(["--config", cfg.to_str().unwrap(), "--cores", &cores.to_string(), "--quiet"]).output().unwrap();
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--cores", &cores.to_string(), "--quiet"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "run failed: {}", stderr(&out));
     let mut lines = vec![];
     let mut raw = vec![];
@@ -113,7 +116,9 @@ fn the_same_seed_gives_the_same_bytes_and_any_core_count_the_same_lines() {
     assert_eq!(one, again);
     // 65 thermo devices every 7 s and 30 doors every minute, over 3 hours.
     let thermo = 65 * (3 * 3600 / 7 + 1);
-    assert!((thermo - 65..=thermo).contains(&one.iter().filter(|l| l.contains("\"thermo\"")).count()));
+    assert!(
+        (thermo - 65..=thermo).contains(&one.iter().filter(|l| l.contains("\"thermo\"")).count())
+    );
     assert_eq!(one.iter().filter(|l| l.contains("\"door\"")).count(), 30 * 180);
     for cores in [2, 3] {
         let (n, n_raw) = run_sorted(dir.path(), cores);
@@ -125,7 +130,10 @@ fn the_same_seed_gives_the_same_bytes_and_any_core_count_the_same_lines() {
     }
     // Another seed gives other values.
     let cfg = fleet(dir.path());
-    let out = bin().args(["--config", cfg.to_str().unwrap(), "--cores", "1", "--seed", "8", "--quiet"]).output().unwrap();
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--cores", "1", "--seed", "8", "--quiet"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let other = std::fs::read(dir.path().join("out.jsonl")).unwrap();
     assert_ne!(other, one_raw[0]);
@@ -198,7 +206,8 @@ fn the_report_is_written_with_the_documented_keys() {
         assert_eq!(row["errors"], 0);
         assert_eq!(row["dropped"], 0);
         for f in row["hgrm"].as_array().unwrap() {
-            let h = std::fs::read_to_string(dir.path().join("report").join(f.as_str().unwrap())).unwrap();
+            let h = std::fs::read_to_string(dir.path().join("report").join(f.as_str().unwrap()))
+                .unwrap();
             assert!(h.contains("Percentile"));
         }
     }
@@ -213,7 +222,10 @@ fn a_bad_config_lists_every_problem_and_exits_non_zero() {
         .replace("count = 40", "count = 0")
         .replace("interval = \"7s\"", "interval = \"-7s\"")
         .replace("[[0.9, 0.1], [0.5, 0.5]]", "[[0.9, 0.1], [0.5]]")
-        .replace("protocol = \"file\"\ninterval = \"1m\"", "protocol = \"carrier-pigeon\"\ninterval = \"1m\"");
+        .replace(
+            "protocol = \"file\"\ninterval = \"1m\"",
+            "protocol = \"carrier-pigeon\"\ninterval = \"1m\"",
+        );
     std::fs::write(&cfg, text).unwrap();
     for args in [vec!["validate", "--config"], vec!["--config"], vec!["run", "--config"]] {
         let mut a = args.clone();
@@ -247,7 +259,8 @@ fn a_missing_file_and_bad_flags_are_clear_errors() {
     let out = bin().args(["--config", "/nonexistent/fleet.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("cannot read config /nonexistent/fleet.toml"));
-    let out = bin().args(["--config", "configs/fleet.toml", "--duration", "soon"]).output().unwrap();
+    let out =
+        bin().args(["--config", "configs/fleet.toml", "--duration", "soon"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("expected a duration"));
     let out = bin().args(["--config", "configs/fleet.toml", "--cores", "0"]).output().unwrap();
@@ -261,23 +274,52 @@ fn a_missing_file_and_bad_flags_are_clear_errors() {
 fn without_a_seed_one_is_chosen_and_printed_for_replay() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = fleet(dir.path());
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("seed = 7\n", "").replace("duration = \"3h\"", "duration = \"1m\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("seed = 7\n", "")
+        .replace("duration = \"3h\"", "duration = \"1m\"");
     std::fs::write(&cfg, text).unwrap();
-    let out = bin().args(["--config", cfg.to_str().unwrap(), "--cores", "1", "--quiet"]).output().unwrap();
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--cores", "1", "--quiet"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let e = stderr(&out);
-    let seed: u64 = e.split("--seed ").nth(1).and_then(|s| s.split(')').next()).and_then(|s| s.parse().ok()).expect(&e);
+    let seed: u64 = e
+        .split("--seed ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| s.parse().ok())
+        .expect(&e);
     let first = std::fs::read(dir.path().join("out.jsonl")).unwrap();
-    let out = bin().args(["--config", cfg.to_str().unwrap(), "--cores", "1", "--quiet", "--seed", &seed.to_string()]).output().unwrap();
+    let out = bin()
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--cores",
+            "1",
+            "--quiet",
+            "--seed",
+            &seed.to_string(),
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(std::fs::read(dir.path().join("out.jsonl")).unwrap(), first, "replaying the printed seed");
+    assert_eq!(
+        std::fs::read(dir.path().join("out.jsonl")).unwrap(),
+        first,
+        "replaying the printed seed"
+    );
 }
 
 #[test]
 fn sigterm_stops_a_realtime_run_flushes_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = fleet(dir.path());
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("clock = \"virtual\"", "clock = \"realtime\"").replace("duration = \"3h\"\n", "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("clock = \"virtual\"", "clock = \"realtime\"")
+        .replace("duration = \"3h\"\n", "");
     std::fs::write(&cfg, text).unwrap();
     let child = bin()
         .args(["--config", cfg.to_str().unwrap(), "--cores", "2", "--speed", "60"])
@@ -291,8 +333,10 @@ fn sigterm_stops_a_realtime_run_flushes_and_reports() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "exit {:?}: {}", out.status, stderr(&out));
     assert!(stderr(&out).contains("SIGTERM"));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("report/report.json")).unwrap()).unwrap();
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report/report.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(r["interrupted"], true);
     let reported = r["messages"].as_u64().unwrap();
     assert!(reported > 0);

@@ -8,7 +8,12 @@ use std::path::PathBuf;
 
 /// Thread-per-core IoT device simulator: a realistic fleet on one box, with numbers you can trust.
 #[derive(Parser, Debug)]
-#[command(name = "iot-sim", version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    name = "iot-sim",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -140,13 +145,16 @@ fn validate(path: &std::path::Path) -> anyhow::Result<i32> {
 
 fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
     let Some(path) = &args.config else {
-        eprintln!("error: no fleet file given; try `iot-sim --config configs/fleet.toml` (see --help)");
+        eprintln!(
+            "error: no fleet file given; try `iot-sim --config configs/fleet.toml` (see --help)"
+        );
         return Ok(exit::BAD_CONFIG);
     };
     let config = match load(path, &args.overrides()) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    run::run(config, &RunOptions { quiet: args.quiet }).with_context(|| format!("run of {} failed", path.display()))?;
+    run::run(config, &RunOptions { quiet: args.quiet })
+        .with_context(|| format!("run of {} failed", path.display()))?;
     Ok(exit::OK)
 }

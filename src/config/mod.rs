@@ -113,7 +113,8 @@ pub enum ConfigError {
 
 /// Reads, validates and compiles a fleet file, then applies the overrides.
 pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Io { path: path.into(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut config = parse_str(&text, base).map_err(|e| match e {
         ParseError::Syntax(message) => ConfigError::Syntax { path: path.into(), message },
@@ -154,7 +155,9 @@ pub enum ParseError {
 
 /// Parses and validates a fleet file's text; `base` resolves profile file paths.
 pub fn parse_str(text: &str, base: &Path) -> Result<Config, ParseError> {
-    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ParseError::Syntax(e.to_string().trim().to_string()))?;
+    let doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ParseError::Syntax(e.to_string().trim().to_string()))?;
     let mut p = Problems::default();
     let config = compile(&doc, base, &mut p);
     match config {
@@ -176,11 +179,11 @@ fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
         names.sort();
         for name in names {
             let path = join(&pt.path, name);
-            if let Some(t) = Table::from_value(path, &pt.table[name.as_str()], p) {
-                if let Some(prof) = compile_profile(name, t, p) {
-                    by_name.insert(name.clone(), profiles.len());
-                    profiles.push(prof);
-                }
+            if let Some(t) = Table::from_value(path, &pt.table[name.as_str()], p)
+                && let Some(prof) = compile_profile(name, t, p)
+            {
+                by_name.insert(name.clone(), profiles.len());
+                profiles.push(prof);
             }
         }
     }
@@ -188,15 +191,26 @@ fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let mut groups: Vec<Group> = vec![];
     let mut next_ordinal: BTreeMap<usize, u64> = BTreeMap::new();
     match top.get("fleet") {
-        None => p.add("fleet", "missing: add at least one [[fleet]] entry (profile = ..., count = ...)"),
-        Some(Value::Array(entries)) if entries.is_empty() => p.add("fleet", "must list at least one entry"),
+        None => {
+            p.add("fleet", "missing: add at least one [[fleet]] entry (profile = ..., count = ...)")
+        }
+        Some(Value::Array(entries)) if entries.is_empty() => {
+            p.add("fleet", "must list at least one entry")
+        }
         Some(Value::Array(entries)) => {
             for (i, e) in entries.iter().enumerate() {
                 let path = format!("fleet[{i}]");
                 let Some(mut t) = Table::from_value(path, e, p) else { continue };
                 let profile_ix = match t.req_str("profile", p) {
                     Some(name) if name.ends_with(".toml") || name.contains('/') => {
-                        load_profile_file(&t.path_of("profile"), name, base, &mut profiles, &mut by_name, p)
+                        load_profile_file(
+                            &t.path_of("profile"),
+                            name,
+                            base,
+                            &mut profiles,
+                            &mut by_name,
+                            p,
+                        )
                     }
                     Some(name) => match by_name.get(name) {
                         Some(ix) => Some(*ix),
@@ -207,7 +221,11 @@ fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
                                 t.path_of("profile"),
                                 format!(
                                     "unknown profile {name:?}; defined profiles: {}",
-                                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                                    if known.is_empty() {
+                                        "none".to_string()
+                                    } else {
+                                        known.join(", ")
+                                    }
                                 ),
                             );
                             None
@@ -222,11 +240,17 @@ fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
                     }
                     Some(Value::Integer(n)) if (1..=MAX_COUNT).contains(n) => Some(*n as u64),
                     Some(Value::Integer(n)) => {
-                        p.add(t.path_of("count"), format!("must be between 1 and {MAX_COUNT}, got {n}"));
+                        p.add(
+                            t.path_of("count"),
+                            format!("must be between 1 and {MAX_COUNT}, got {n}"),
+                        );
                         None
                     }
                     Some(v) => {
-                        p.add(t.path_of("count"), format!("expected an integer, got {} {}", type_name(v), show(v)));
+                        p.add(
+                            t.path_of("count"),
+                            format!("expected an integer, got {} {}", type_name(v), show(v)),
+                        );
                         None
                     }
                 };
@@ -249,17 +273,32 @@ fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
                 }
             }
         }
-        Some(v) => p.add("fleet", format!("expected an array of tables ([[fleet]]), got {} {}", type_name(v), show(v))),
+        Some(v) => p.add(
+            "fleet",
+            format!("expected an array of tables ([[fleet]]), got {} {}", type_name(v), show(v)),
+        ),
     }
 
     for prof in &profiles {
-        if prof.protocol == Protocol::File && sinks.file.is_none() && groups.iter().any(|g| &profiles[g.profile].name == &prof.name) {
-            p.add("sink.file", format!("missing: profile {:?} publishes to the file sink, so [sink.file] needs a path", prof.name));
+        if prof.protocol == Protocol::File
+            && sinks.file.is_none()
+            && groups.iter().any(|g| profiles[g.profile].name == prof.name)
+        {
+            p.add(
+                "sink.file",
+                format!(
+                    "missing: profile {:?} publishes to the file sink, so [sink.file] needs a path",
+                    prof.name
+                ),
+            );
         }
     }
     let total: u64 = groups.iter().map(|g| g.count).sum();
     if total > u32::MAX as u64 {
-        p.add("fleet", format!("{total} devices in all is more than this build supports ({})", u32::MAX));
+        p.add(
+            "fleet",
+            format!("{total} devices in all is more than this build supports ({})", u32::MAX),
+        );
     }
     top.finish_with(&["run", "sink", "profiles", "fleet"], p);
     Some(Config { run, sinks, fleet: Fleet { profiles, groups } })
@@ -271,7 +310,9 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
         None => {}
         Some(Value::Integer(n)) if *n >= 0 => run.seed = Some(*n as u64),
         Some(Value::String(s)) if s.parse::<u64>().is_ok() => run.seed = s.parse().ok(),
-        Some(v) => p.add(t.path_of("seed"), format!("expected a non-negative integer, got {}", show(v))),
+        Some(v) => {
+            p.add(t.path_of("seed"), format!("expected a non-negative integer, got {}", show(v)))
+        }
     }
     if let Some(c) = t.int("cores", p) {
         if (1..=1024).contains(&c) {
@@ -283,7 +324,10 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
     if let Some(c) = t.str("clock", p) {
         match ClockMode::parse(c) {
             Some(m) => run.clock = m,
-            None => p.add(t.path_of("clock"), format!("expected \"realtime\" or \"virtual\", got {c:?}")),
+            None => p.add(
+                t.path_of("clock"),
+                format!("expected \"realtime\" or \"virtual\", got {c:?}"),
+            ),
         }
     }
     if let Some(s) = t.f64("speed", p) {
@@ -301,13 +345,22 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
         },
         Some(Value::Datetime(d)) => match parse_rfc3339(&d.to_string()) {
             Ok(ms) => run.start_ms = Some(ms),
-            Err(e) => p.add(t.path_of("start_time"), format!("{e} (a full date, time and offset is needed)")),
+            Err(e) => p.add(
+                t.path_of("start_time"),
+                format!("{e} (a full date, time and offset is needed)"),
+            ),
         },
-        Some(v) => p.add(t.path_of("start_time"), format!("expected an RFC 3339 date-time, got {}", show(v))),
+        Some(v) => p.add(
+            t.path_of("start_time"),
+            format!("expected an RFC 3339 date-time, got {}", show(v)),
+        ),
     }
     if let Some(d) = t.duration_ms("duration", p) {
         if d == 0 {
-            p.add(t.path_of("duration"), "must be greater than 0 (leave it out to run until stopped)");
+            p.add(
+                t.path_of("duration"),
+                "must be greater than 0 (leave it out to run until stopped)",
+            );
         } else {
             run.duration_ms = Some(d);
         }
@@ -322,7 +375,19 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
             run.progress_interval_ms = d;
         }
     }
-    t.finish_with(&["seed", "cores", "clock", "speed", "start_time", "duration", "report_dir", "progress_interval"], p);
+    t.finish_with(
+        &[
+            "seed",
+            "cores",
+            "clock",
+            "speed",
+            "start_time",
+            "duration",
+            "report_dir",
+            "progress_interval",
+        ],
+        p,
+    );
     run
 }
 
@@ -370,14 +435,28 @@ fn load_profile_file(
     let doc: toml::Table = match text.parse() {
         Ok(d) => d,
         Err(e) => {
-            p.add(path, format!("profile file {} is not valid TOML: {}", full.display(), e.to_string().trim()));
+            p.add(
+                path,
+                format!(
+                    "profile file {} is not valid TOML: {}",
+                    full.display(),
+                    e.to_string().trim()
+                ),
+            );
             return None;
         }
     };
     let name = full.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let prof = compile_profile(&name, Table::new(format!("{}:", full.display()), &doc), p)?;
     if let Some(existing) = profiles.iter().position(|q| q.name == prof.name) {
-        p.add(path, format!("profile file {} is named {:?}, like another profile", full.display(), profiles[existing].name));
+        p.add(
+            path,
+            format!(
+                "profile file {} is named {:?}, like another profile",
+                full.display(),
+                profiles[existing].name
+            ),
+        );
         return None;
     }
     by_name.insert(key, profiles.len());
@@ -400,7 +479,14 @@ fn labels(t: &mut Table<'_>, p: &mut Problems) -> BTreeMap<String, String> {
             Value::Float(f) => f.to_string(),
             Value::Boolean(b) => b.to_string(),
             other => {
-                p.add(path, format!("label values must be strings, got {} {}", type_name(other), show(other)));
+                p.add(
+                    path,
+                    format!(
+                        "label values must be strings, got {} {}",
+                        type_name(other),
+                        show(other)
+                    ),
+                );
                 continue;
             }
         };
@@ -422,7 +508,10 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
                     ""
                 };
                 let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
-                p.add(t.path_of("protocol"), format!("unknown protocol {s:?}{hint}; accepted: {}", known.join(", ")));
+                p.add(
+                    t.path_of("protocol"),
+                    format!("unknown protocol {s:?}{hint}; accepted: {}", known.join(", ")),
+                );
                 None
             }
         },
@@ -455,9 +544,13 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
     let labels = labels(&mut t, p);
     let mut fields = vec![];
     match t.table("fields", p) {
-        None if !t.has("fields") => p.add(t.path_of("fields"), "missing: a profile needs at least one field"),
+        None if !t.has("fields") => {
+            p.add(t.path_of("fields"), "missing: a profile needs at least one field")
+        }
         None => {}
-        Some(ft) if ft.table.is_empty() => p.add(ft.path.clone(), "a profile needs at least one field"),
+        Some(ft) if ft.table.is_empty() => {
+            p.add(ft.path.clone(), "a profile needs at least one field")
+        }
         Some(ft) => {
             let mut names: Vec<&String> = ft.table.keys().collect();
             names.sort();
@@ -467,7 +560,10 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
                     let decimals = match f.int("decimals", p) {
                         Some(d) if (0..=15).contains(&d) => Some(d as u32),
                         Some(d) => {
-                            p.add(f.path_of("decimals"), format!("must be between 0 and 15, got {d}"));
+                            p.add(
+                                f.path_of("decimals"),
+                                format!("must be between 0 and 15, got {d}"),
+                            );
                             None
                         }
                         None => None,
@@ -533,22 +629,30 @@ pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> 
             GenSpec::Gaussian { mean: mean?, stddev: stddev? }
         }
         "brownian" => {
-            accepted.extend(["start", "mean", "drift", "volatility", "mean_reversion", "min", "max"]);
+            accepted.extend([
+                "start",
+                "mean",
+                "drift",
+                "volatility",
+                "mean_reversion",
+                "min",
+                "max",
+            ]);
             let start = t.req_f64("start", p);
             let mean = t.f64("mean", p);
             let drift = t.f64("drift", p).unwrap_or(0.0);
             let volatility = non_negative(&mut t, "volatility", true, p);
             let mean_reversion = non_negative(&mut t, "mean_reversion", false, p).unwrap_or(0.0);
             let (min, max) = (t.f64("min", p), t.f64("max", p));
-            if let (Some(lo), Some(hi)) = (min, max) {
-                if lo > hi {
-                    p.add(t.path_of("min"), format!("min ({lo}) must not be greater than max ({hi})"));
-                }
+            if let (Some(lo), Some(hi)) = (min, max)
+                && lo > hi
+            {
+                p.add(t.path_of("min"), format!("min ({lo}) must not be greater than max ({hi})"));
             }
-            if let Some(s) = start {
-                if min.is_some_and(|lo| s < lo) || max.is_some_and(|hi| s > hi) {
-                    p.add(t.path_of("start"), format!("start ({s}) must lie within [min, max]"));
-                }
+            if let Some(s) = start
+                && (min.is_some_and(|lo| s < lo) || max.is_some_and(|hi| s > hi))
+            {
+                p.add(t.path_of("start"), format!("start ({s}) must lie within [min, max]"));
             }
             let start = start?;
             GenSpec::Brownian(Brownian {
@@ -567,17 +671,22 @@ pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> 
             let baseline = t.req_f64("baseline", p);
             let amplitude = t.req_f64("amplitude", p);
             let peak_hour = t.req_f64("peak_hour", p);
-            if let Some(h) = peak_hour {
-                if !(0.0..24.0).contains(&h) {
-                    p.add(t.path_of("peak_hour"), format!("must be in [0, 24), got {h}"));
-                }
+            if let Some(h) = peak_hour
+                && !(0.0..24.0).contains(&h)
+            {
+                p.add(t.path_of("peak_hour"), format!("must be in [0, 24), got {h}"));
             }
             if t.has("noise_stddev") && t.has("stddev") {
                 p.add(t.path_of("stddev"), "give noise_stddev or stddev, not both");
             }
             let key = if t.has("stddev") { "stddev" } else { "noise_stddev" };
             let noise_stddev = non_negative(&mut t, key, false, p).unwrap_or(0.0);
-            GenSpec::Diurnal { baseline: baseline?, amplitude: amplitude?, peak_hour: peak_hour?, noise_stddev }
+            GenSpec::Diurnal {
+                baseline: baseline?,
+                amplitude: amplitude?,
+                peak_hour: peak_hour?,
+                noise_stddev,
+            }
         }
         "markov" => {
             accepted.extend(["states", "transition_matrix", "initial_state"]);
@@ -615,13 +724,13 @@ pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> 
             let mut out = vec![];
             for (i, v) in parts.iter().enumerate() {
                 let path = format!("{}[{i}]", t.path_of("parts"));
-                if let Some(pt) = Table::from_value(path.clone(), v, p) {
-                    if let Some(g) = compile_generator(pt, &[], p) {
-                        if g.is_numeric() {
-                            out.push(g);
-                        } else {
-                            p.add(path, "composite parts must be numeric (gaussian, brownian, diurnal, numeric static, composite)");
-                        }
+                if let Some(pt) = Table::from_value(path.clone(), v, p)
+                    && let Some(g) = compile_generator(pt, &[], p)
+                {
+                    if g.is_numeric() {
+                        out.push(g);
+                    } else {
+                        p.add(path, "composite parts must be numeric (gaussian, brownian, diurnal, numeric static, composite)");
                     }
                 }
             }
@@ -664,11 +773,15 @@ fn compile_markov(t: &mut Table<'_>, p: &mut Problems) -> Option<GenSpec> {
             let mut out = vec![];
             for (i, v) in a.iter().enumerate() {
                 match v.as_str() {
-                    Some(s) if out.iter().any(|o: &String| o == s) => {
-                        p.add(format!("{}[{i}]", t.path_of("states")), format!("duplicate state {s:?}"))
-                    }
+                    Some(s) if out.iter().any(|o: &String| o == s) => p.add(
+                        format!("{}[{i}]", t.path_of("states")),
+                        format!("duplicate state {s:?}"),
+                    ),
                     Some(s) => out.push(s.to_string()),
-                    None => p.add(format!("{}[{i}]", t.path_of("states")), format!("expected a string, got {}", show(v))),
+                    None => p.add(
+                        format!("{}[{i}]", t.path_of("states")),
+                        format!("expected a string, got {}", show(v)),
+                    ),
                 }
             }
             (out.len() == a.len()).then_some(out)
@@ -685,11 +798,11 @@ fn compile_markov(t: &mut Table<'_>, p: &mut Problems) -> Option<GenSpec> {
         }
         Some(rows) => {
             let mut ok = true;
-            if let Some(n) = n {
-                if rows.len() != n {
-                    p.add(mpath.clone(), format!("needs {n} rows (one per state), got {}", rows.len()));
-                    ok = false;
-                }
+            if let Some(n) = n
+                && rows.len() != n
+            {
+                p.add(mpath.clone(), format!("needs {n} rows (one per state), got {}", rows.len()));
+                ok = false;
             }
             let mut out = vec![];
             for (i, r) in rows.iter().enumerate() {
@@ -699,24 +812,36 @@ fn compile_markov(t: &mut Table<'_>, p: &mut Problems) -> Option<GenSpec> {
                     ok = false;
                     continue;
                 };
-                if let Some(n) = n {
-                    if cells.len() != n {
-                        p.add(rpath.clone(), format!("needs {n} entries (one per state), got {} (ragged matrix)", cells.len()));
-                        ok = false;
-                    }
+                if let Some(n) = n
+                    && cells.len() != n
+                {
+                    p.add(
+                        rpath.clone(),
+                        format!(
+                            "needs {n} entries (one per state), got {} (ragged matrix)",
+                            cells.len()
+                        ),
+                    );
+                    ok = false;
                 }
                 let mut row = vec![];
                 for (j, c) in cells.iter().enumerate() {
                     match c.as_float().or_else(|| c.as_integer().map(|i| i as f64)) {
                         Some(x) if (0.0..=1.0).contains(&x) => row.push(x),
                         _ => {
-                            p.add(format!("{rpath}[{j}]"), format!("expected a probability in [0, 1], got {}", show(c)));
+                            p.add(
+                                format!("{rpath}[{j}]"),
+                                format!("expected a probability in [0, 1], got {}", show(c)),
+                            );
                             ok = false;
                         }
                     }
                 }
                 let sum: f64 = row.iter().sum();
-                if row.len() == cells.len() && n.is_none_or(|n| n == cells.len()) && (sum - 1.0).abs() > 1e-6 {
+                if row.len() == cells.len()
+                    && n.is_none_or(|n| n == cells.len())
+                    && (sum - 1.0).abs() > 1e-6
+                {
                     p.add(rpath, format!("probabilities must sum to 1, got {sum} ({})", show(r)));
                     ok = false;
                 }

@@ -62,7 +62,10 @@ fn problems(text: &str) -> Vec<String> {
 fn check(text: &str, expect: &[&str]) {
     let got = problems(text);
     for e in expect {
-        assert!(got.iter().any(|g| g.contains(e)), "expected a problem containing {e:?}, got:\n{got:#?}");
+        assert!(
+            got.iter().any(|g| g.contains(e)),
+            "expected a problem containing {e:?}, got:\n{got:#?}"
+        );
     }
     assert_eq!(got.len(), expect.len(), "unexpected problem count:\n{got:#?}");
 }
@@ -116,37 +119,60 @@ fn markov_rows_must_sum_to_one() {
         &GOOD.replace("[[0.95, 0.05], [0.30, 0.70]]", "[[0.9, 0.05], [0.30, 0.70]]"),
         &["transition_matrix[0]: probabilities must sum to 1, got 0.9500000000000001"],
     );
-    check(&GOOD.replace("[[0.95, 0.05], [0.30, 0.70]]", "[[0.95, 0.05]]"), &["needs 2 rows (one per state), got 1"]);
-    check(&GOOD.replace("initial_state = \"closed\"", "initial_state = \"ajar\""), &["\"ajar\" is not one of the states"]);
+    check(
+        &GOOD.replace("[[0.95, 0.05], [0.30, 0.70]]", "[[0.95, 0.05]]"),
+        &["needs 2 rows (one per state), got 1"],
+    );
+    check(
+        &GOOD.replace("initial_state = \"closed\"", "initial_state = \"ajar\""),
+        &["\"ajar\" is not one of the states"],
+    );
 }
 
 #[test]
 fn unknown_profiles_protocols_and_generators_are_named() {
-    check(&GOOD.replace("profile = \"temperature_sensor\"", "profile = \"thermo\""), &[
-        "fleet[0].profile: unknown profile \"thermo\"; defined profiles: temperature_sensor",
-    ]);
-    check(&GOOD.replace("protocol = \"file\"", "protocol = \"zigbee\""), &["unknown protocol \"zigbee\""]);
-    check(&GOOD.replace("type = \"static\"", "type = \"fractal\""), &["unknown generator \"fractal\""]);
+    check(
+        &GOOD.replace("profile = \"temperature_sensor\"", "profile = \"thermo\""),
+        &["fleet[0].profile: unknown profile \"thermo\"; defined profiles: temperature_sensor"],
+    );
+    check(
+        &GOOD.replace("protocol = \"file\"", "protocol = \"zigbee\""),
+        &["unknown protocol \"zigbee\""],
+    );
+    check(
+        &GOOD.replace("type = \"static\"", "type = \"fractal\""),
+        &["unknown generator \"fractal\""],
+    );
 }
 
 #[test]
 fn missing_generator_parameters_are_reported() {
     check(&GOOD.replace("baseline = 22.0\n", ""), &["fields.temperature.baseline: missing"]);
     check(&GOOD.replace("value = \"1.2.0\"", ""), &["fields.firmware.value: missing"]);
-    check(&GOOD.replace("amplitude = 5.0", "amplitude = 5.0\nvolume = 3"), &[
-        "fields.temperature.volume: unknown key (value 3); accepted keys here:",
-    ]);
+    check(
+        &GOOD.replace("amplitude = 5.0", "amplitude = 5.0\nvolume = 3"),
+        &["fields.temperature.volume: unknown key (value 3); accepted keys here:"],
+    );
 }
 
 #[test]
 fn file_protocol_needs_a_file_sink() {
-    check(&GOOD.replace("[sink.file]\npath = \"out/telemetry.jsonl\"", ""), &["sink.file: missing"]);
+    check(
+        &GOOD.replace("[sink.file]\npath = \"out/telemetry.jsonl\"", ""),
+        &["sink.file: missing"],
+    );
 }
 
 #[test]
 fn wrong_types_and_syntax_errors_are_reported_not_panicked() {
-    check(&GOOD.replace("count = 1000", "count = \"many\""), &["fleet[0].count: expected an integer, got a string \"many\""]);
-    check(&GOOD.replace("cores = 2", "cores = 0"), &["run.cores: must be between 1 and 1024, got 0"]);
+    check(
+        &GOOD.replace("count = 1000", "count = \"many\""),
+        &["fleet[0].count: expected an integer, got a string \"many\""],
+    );
+    check(
+        &GOOD.replace("cores = 2", "cores = 0"),
+        &["run.cores: must be between 1 and 1024, got 0"],
+    );
     assert!(problems("[run\nseed=").iter().any(|p| p.starts_with("syntax:")));
     check("", &["fleet: missing"]);
 }
@@ -175,9 +201,13 @@ fn composite_fields_sum_numeric_parts() {
     let f = c.fleet.profiles[0].fields.iter().find(|f| f.name == "outdoor").unwrap();
     assert_eq!(f.generator.slots(), 2);
     assert_eq!(f.decimals, Some(1));
-    check(&text.replace("type = \"gaussian\", mean = 0, stddev = 0.5", "type = \"markov\", states = [\"a\"], transition_matrix = [[1.0]]"), &[
-        "parts[1]: composite parts must be numeric",
-    ]);
+    check(
+        &text.replace(
+            "type = \"gaussian\", mean = 0, stddev = 0.5",
+            "type = \"markov\", states = [\"a\"], transition_matrix = [[1.0]]",
+        ),
+        &["parts[1]: composite parts must be numeric"],
+    );
 }
 
 #[test]
@@ -192,5 +222,7 @@ fn profiles_can_live_in_their_own_file() {
     let c = parse_str(text, dir.path()).unwrap();
     assert_eq!(c.fleet.profiles[0].name, "thermo");
     let missing = parse_str("[[fleet]]\nprofile = \"nope.toml\"\ncount = 2\n", dir.path());
-    assert!(matches!(missing, Err(ParseError::Invalid(p)) if p.0[0].message.contains("cannot read profile file")));
+    assert!(
+        matches!(missing, Err(ParseError::Invalid(p)) if p.0[0].message.contains("cannot read profile file"))
+    );
 }

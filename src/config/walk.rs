@@ -14,7 +14,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
     }
 }
 
@@ -61,7 +65,11 @@ pub fn show(v: &Value) -> String {
         Value::Table(_) => "a table".to_string(),
         other => other.to_string(),
     };
-    if s.len() > 80 { format!("{}...", &s[..s.char_indices().nth(77).map_or(s.len(), |c| c.0)]) } else { s }
+    if s.len() > 80 {
+        format!("{}...", &s[..s.char_indices().nth(77).map_or(s.len(), |c| c.0)])
+    } else {
+        s
+    }
 }
 
 /// The TOML type name of a value.
@@ -120,7 +128,13 @@ impl<'a> Table<'a> {
         self.table.contains_key(key)
     }
 
-    fn typed<T>(&mut self, key: &str, want: &str, p: &mut Problems, f: impl Fn(&'a Value) -> Option<T>) -> Option<T> {
+    fn typed<T>(
+        &mut self,
+        key: &str,
+        want: &str,
+        p: &mut Problems,
+        f: impl Fn(&'a Value) -> Option<T>,
+    ) -> Option<T> {
         let v = self.get(key)?;
         let r = f(v);
         if r.is_none() {
@@ -205,7 +219,11 @@ impl<'a> Table<'a> {
             if !self.used.contains(&k.as_str()) {
                 p.add(
                     join(&self.path, k),
-                    format!("unknown key (value {}); accepted keys here: {}", show(v), accepted.join(", ")),
+                    format!(
+                        "unknown key (value {}); accepted keys here: {}",
+                        show(v),
+                        accepted.join(", ")
+                    ),
                 );
             }
         }

@@ -104,11 +104,16 @@ pub struct RunFacts {
 }
 
 /// Builds the report and the histograms to write.
-pub fn build(facts: &RunFacts, fleet: &Fleet, stats: &ShardStats) -> (Report, Vec<(String, Histogram<u64>)>) {
+pub fn build(
+    facts: &RunFacts,
+    fleet: &Fleet,
+    stats: &ShardStats,
+) -> (Report, Vec<(String, Histogram<u64>)>) {
     let mut rows: BTreeMap<(String, String), (ProfileStats, u64)> = BTreeMap::new();
     for (i, prof) in fleet.profiles.iter().enumerate() {
         let devices: u64 = fleet.groups.iter().filter(|g| g.profile == i).map(|g| g.count).sum();
-        let e = rows.entry((prof.protocol.name().to_string(), prof.device_type.clone())).or_default();
+        let e =
+            rows.entry((prof.protocol.name().to_string(), prof.device_type.clone())).or_default();
         e.0.merge(&stats.profiles[i]);
         e.1 += devices;
     }
@@ -175,12 +180,19 @@ fn round3(x: f64) -> f64 {
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
 }
 
 /// Writes `report.json` and the `.hgrm` files; returns the report's path.
-pub fn write(dir: &Path, report: &Report, files: &[(String, Histogram<u64>)]) -> io::Result<PathBuf> {
-    std::fs::create_dir_all(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+pub fn write(
+    dir: &Path,
+    report: &Report,
+    files: &[(String, Histogram<u64>)],
+) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
     for (name, h) in files {
         std::fs::write(dir.join(name), percentile_distribution(h))?;
     }
@@ -207,10 +219,19 @@ pub fn percentile_distribution(h: &Histogram<u64>) -> String {
             }
         }
     }
-    let (mean, sd, max) = if h.is_empty() { (0.0, 0.0, 0.0) } else { (h.mean() / scale, h.stdev() / scale, h.max() as f64 / scale) };
+    let (mean, sd, max) = if h.is_empty() {
+        (0.0, 0.0, 0.0)
+    } else {
+        (h.mean() / scale, h.stdev() / scale, h.max() as f64 / scale)
+    };
     let _ = writeln!(out, "#[Mean    = {mean:12.3}, StdDeviation   = {sd:12.3}]");
     let _ = writeln!(out, "#[Max     = {max:12.3}, Total count    = {:12}]", h.len());
-    let _ = writeln!(out, "#[Buckets = {:12}, SubBuckets     = {:12}]", h.buckets(), h.distinct_values() / h.buckets().max(1) as usize);
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:12}, SubBuckets     = {:12}]",
+        h.buckets(),
+        h.distinct_values() / h.buckets().max(1) as usize
+    );
     out
 }
 
@@ -227,7 +248,11 @@ pub fn rss_bytes() -> u64 {
 fn proc_status_kb(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -248,7 +273,10 @@ pub fn render_table(r: &Report) -> String {
         "\niot-sim report  seed={}  cores={}  clock={}  devices={}  sim={:.1}s  wall={:.2}s  ({:.1} sim-s per wall-s)",
         r.seed,
         r.cores,
-        serde_json::to_value(r.clock).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        serde_json::to_value(r.clock)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
         r.devices,
         r.sim_seconds,
         r.wall_seconds,
@@ -257,18 +285,42 @@ pub fn render_table(r: &Report) -> String {
     let _ = writeln!(
         out,
         "{:<8} {:<24} {:>12} {:>8} {:>8} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10}",
-        "sink", "device_type", "messages", "errors", "drops", "msg/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs"
+        "sink",
+        "device_type",
+        "messages",
+        "errors",
+        "drops",
+        "msg/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs"
     );
     for row in &r.runs {
         let l = &row.latency_us;
         let _ = writeln!(
             out,
             "{:<8} {:<24} {:>12} {:>8} {:>8} {:>12.1} {:>9} {:>9} {:>9} {:>9} {:>10}",
-            row.sink, row.device_type, row.messages, row.errors, row.dropped, row.msgs_per_s, l.p50, l.p90, l.p99, l.p999, l.max
+            row.sink,
+            row.device_type,
+            row.messages,
+            row.errors,
+            row.dropped,
+            row.msgs_per_s,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max
         );
     }
     if let Some(l) = &r.tick_lateness_us {
-        let _ = writeln!(out, "tick lateness µs: p50={} p90={} p99={} p99.9={} max={} (n={})", l.p50, l.p90, l.p99, l.p999, l.max, l.count);
+        let _ = writeln!(
+            out,
+            "tick lateness µs: p50={} p90={} p99={} p99.9={} max={} (n={})",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.count
+        );
     }
     let _ = writeln!(
         out,
@@ -305,7 +357,8 @@ mod tests {
         let text = percentile_distribution(&h);
         assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
         assert!(text.contains("#[Max     =        1.000, Total count    =         1000]"));
-        let last_data = text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).last().unwrap();
+        let last_data =
+            text.lines().rfind(|l| !l.starts_with('#') && !l.trim().is_empty()).unwrap();
         assert!(last_data.contains("1.000000000000"), "{last_data}");
     }
 

@@ -25,7 +25,9 @@ impl PreciseTimer {
     /// Creates the timer; must be called inside a tokio runtime.
     pub fn new() -> io::Result<PreciseTimer> {
         // SAFETY: plain syscall; the result is checked before use.
-        let raw = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -50,7 +52,12 @@ impl PreciseTimer {
         };
         // SAFETY: the descriptor is a valid timerfd and `spec` outlives the call.
         let rc = unsafe {
-            libc::timerfd_settime(self.fd.as_raw_fd(), libc::TFD_TIMER_ABSTIME, &spec, std::ptr::null_mut())
+            libc::timerfd_settime(
+                self.fd.as_raw_fd(),
+                libc::TFD_TIMER_ABSTIME,
+                &spec,
+                std::ptr::null_mut(),
+            )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());

@@ -143,7 +143,8 @@ impl Shard {
         let mut table = DeviceTable::default();
         let mut wheel = Wheel::new(plan.start_ms);
         let expect = fleet.device_count() as usize / plan.shards + 64;
-        let slots: usize = fleet.groups.iter().map(|g| fleet.profiles[g.profile].slots * g.count as usize).sum();
+        let slots: usize =
+            fleet.groups.iter().map(|g| fleet.profiles[g.profile].slots * g.count as usize).sum();
         table.reserve(expect + expect / 16, slots / plan.shards + slots / plan.shards / 16 + 64);
         wheel.reserve_keys(expect);
         let mut id = String::with_capacity(64);
@@ -220,7 +221,7 @@ impl Shard {
         let mut turns = 0u32;
         loop {
             turns = turns.wrapping_add(1);
-            if turns % 64 == 0 {
+            if turns.is_multiple_of(64) {
                 if self.plan.stop.load(Ordering::Relaxed) {
                     return self.wheel.elapsed();
                 }
@@ -253,7 +254,8 @@ impl Shard {
 
     async fn run_realtime(&mut self) -> Result<SimMs, String> {
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
-        let mut timer = PreciseTimer::new().map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        let mut timer =
+            PreciseTimer::new().map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
         let mut last_snapshot = mono_ns();
         let mut last_flush = last_snapshot;
         loop {
@@ -305,7 +307,10 @@ impl Shard {
                 tokio::task::yield_now().await;
                 continue;
             }
-            timer.sleep_until(deadline).await.map_err(|e| format!("shard {}: timer: {e}", self.plan.index))?;
+            timer
+                .sleep_until(deadline)
+                .await
+                .map_err(|e| format!("shard {}: timer: {e}", self.plan.index))?;
         }
     }
 
@@ -346,7 +351,15 @@ impl Shard {
         }
         let seq = self.table.generate(fleet, key, due, &mut self.samples);
         group.device_id(profile, index, &mut self.id);
-        payload::encode(&mut self.payload, &self.id, profile, due, &self.samples, &group.labels_json, profile.seq.then_some(seq));
+        payload::encode(
+            &mut self.payload,
+            &self.id,
+            profile,
+            due,
+            &self.samples,
+            &group.labels_json,
+            profile.seq.then_some(seq),
+        );
         self.topic.clear();
         profile.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
         let outcome = match &mut self.sinks[profile.protocol.index()] {

@@ -7,7 +7,8 @@ pub const HIGHEST_US: u64 = 3_600_000_000;
 
 /// A microsecond histogram with 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIGHEST_US, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, HIGHEST_US, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 /// Counters and latency for one profile (one sink and device type) on one shard.
@@ -25,7 +26,14 @@ pub struct ProfileStats {
 
 impl ProfileStats {
     pub fn new() -> ProfileStats {
-        ProfileStats { messages: 0, errors: 0, dropped: 0, bytes: 0, latency: histogram(), service: histogram() }
+        ProfileStats {
+            messages: 0,
+            errors: 0,
+            dropped: 0,
+            bytes: 0,
+            latency: histogram(),
+            service: histogram(),
+        }
     }
 
     /// Adds another shard's figures.
@@ -56,7 +64,10 @@ pub struct ShardStats {
 
 impl ShardStats {
     pub fn new(profiles: usize) -> ShardStats {
-        ShardStats { profiles: (0..profiles).map(|_| ProfileStats::new()).collect(), lateness: histogram() }
+        ShardStats {
+            profiles: (0..profiles).map(|_| ProfileStats::new()).collect(),
+            lateness: histogram(),
+        }
     }
 
     pub fn merge(&mut self, o: &ShardStats) {

@@ -77,7 +77,8 @@ impl DeviceTable {
                 at
             }
         };
-        let device = Device { group, index, slots_at, interval_ms: profile.interval_ms as u32, seq: 0 };
+        let device =
+            Device { group, index, slots_at, interval_ms: profile.interval_ms as u32, seq: 0 };
         self.live += 1;
         match self.free.pop() {
             Some(key) => {

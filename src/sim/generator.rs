@@ -22,12 +22,23 @@ pub struct SlotState {
 /// A generator's parameters, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GenSpec {
-    Gaussian { mean: f64, stddev: f64 },
+    Gaussian {
+        mean: f64,
+        stddev: f64,
+    },
     Brownian(Brownian),
-    Diurnal { baseline: f64, amplitude: f64, peak_hour: f64, noise_stddev: f64 },
+    Diurnal {
+        baseline: f64,
+        amplitude: f64,
+        peak_hour: f64,
+        noise_stddev: f64,
+    },
     Markov(Markov),
     /// A constant: `json` is its JSON encoding; `number` is set when it is numeric.
-    Static { json: String, number: Option<f64> },
+    Static {
+        json: String,
+        number: Option<f64>,
+    },
     /// The sum of numeric generators.
     Composite(Vec<GenSpec>),
 }
@@ -137,7 +148,8 @@ impl GenSpec {
             GenSpec::Diurnal { baseline, amplitude, peak_hour, noise_stddev } => {
                 let h = hour_of_day(t);
                 let wave = (std::f64::consts::TAU * (h - peak_hour + 6.0) / 24.0).sin();
-                let noise = if *noise_stddev > 0.0 { noise_stddev * normal(&mut slots[0]) } else { 0.0 };
+                let noise =
+                    if *noise_stddev > 0.0 { noise_stddev * normal(&mut slots[0]) } else { 0.0 };
                 baseline + amplitude * wave + noise
             }
             GenSpec::Static { number, .. } => number.unwrap_or(0.0),
@@ -213,10 +225,12 @@ impl Markov {
             .iter()
             .map(|row| {
                 let mut acc = 0.0;
-                row.iter().map(|p| {
-                    acc += p;
-                    acc
-                }).collect()
+                row.iter()
+                    .map(|p| {
+                        acc += p;
+                        acc
+                    })
+                    .collect()
             })
             .collect();
         Markov { states, cumulative, initial }
@@ -256,7 +270,9 @@ mod tests {
     }
 
     fn numbers(s: &[Sample]) -> Vec<f64> {
-        s.iter().map(|s| if let Sample::Number(x) = s { *x } else { panic!("not a number") }).collect()
+        s.iter()
+            .map(|s| if let Sample::Number(x) = s { *x } else { panic!("not a number") })
+            .collect()
     }
 
     fn mean_sd(v: &[f64]) -> (f64, f64) {
@@ -282,13 +298,24 @@ mod tests {
     }
 
     fn ou(theta: f64) -> Brownian {
-        Brownian { start: 55.0, mean: 55.0, drift: 0.0, volatility: 0.5, mean_reversion: theta, min: None, max: None, cached: None }
+        Brownian {
+            start: 55.0,
+            mean: 55.0,
+            drift: 0.0,
+            volatility: 0.5,
+            mean_reversion: theta,
+            min: None,
+            max: None,
+            cached: None,
+        }
     }
 
     #[test]
     fn brownian_stationary_variance_does_not_depend_on_the_interval() {
         let want = ou(0.1).stationary_stddev().unwrap(); // 0.5/sqrt(0.2) = 1.118
-        for (interval_ms, prepared) in [(1_000u64, false), (5_000, true), (60_000, true), (60_000, false)] {
+        for (interval_ms, prepared) in
+            [(1_000u64, false), (5_000, true), (60_000, true), (60_000, false)]
+        {
             let mut b = ou(0.1);
             if prepared {
                 b.prepare(interval_ms as f64 / 1000.0);
@@ -323,28 +350,42 @@ mod tests {
 
     #[test]
     fn diurnal_peaks_at_the_peak_hour() {
-        let g = GenSpec::Diurnal { baseline: 22.0, amplitude: 5.0, peak_hour: 14.0, noise_stddev: 0.0 };
+        let g =
+            GenSpec::Diurnal { baseline: 22.0, amplitude: 5.0, peak_hour: 14.0, noise_stddev: 0.0 };
         let v = numbers(&run(&g, 1, 24 * 60, 0, 60_000));
-        let (imax, max) = v.iter().enumerate().fold((0, f64::MIN), |a, (i, x)| if *x > a.1 { (i, *x) } else { a });
+        let (imax, max) = v
+            .iter()
+            .enumerate()
+            .fold((0, f64::MIN), |a, (i, x)| if *x > a.1 { (i, *x) } else { a });
         assert_eq!(imax, 14 * 60);
         assert!((max - 27.0).abs() < 1e-9);
-        let imin = v.iter().enumerate().fold((0, f64::MAX), |a, (i, x)| if *x < a.1 { (i, *x) } else { a }).0;
+        let imin = v
+            .iter()
+            .enumerate()
+            .fold((0, f64::MAX), |a, (i, x)| if *x < a.1 { (i, *x) } else { a })
+            .0;
         assert_eq!(imin, 2 * 60);
     }
 
     #[test]
     fn diurnal_noise_has_the_configured_spread() {
-        let g = GenSpec::Diurnal { baseline: 0.0, amplitude: 0.0, peak_hour: 0.0, noise_stddev: 0.3 };
+        let g =
+            GenSpec::Diurnal { baseline: 0.0, amplitude: 0.0, peak_hour: 0.0, noise_stddev: 0.3 };
         let (m, sd) = mean_sd(&numbers(&run(&g, 9, 50_000, 0, 1000)));
         assert!(m.abs() < 0.01 && (sd - 0.3).abs() < 0.006, "mean {m} sd {sd}");
     }
 
     #[test]
     fn markov_starts_in_the_initial_state_and_follows_the_matrix() {
-        let m = Markov::new(vec!["closed".into(), "open".into()], &[vec![0.95, 0.05], vec![0.30, 0.70]], 0);
+        let m = Markov::new(
+            vec!["closed".into(), "open".into()],
+            &[vec![0.95, 0.05], vec![0.30, 0.70]],
+            0,
+        );
         let s = run(&GenSpec::Markov(m), 11, 200_001, 0, 1000);
         assert_eq!(s[0], Sample::State(0));
-        let idx: Vec<usize> = s.iter().map(|s| if let Sample::State(i) = s { *i } else { 9 }).collect();
+        let idx: Vec<usize> =
+            s.iter().map(|s| if let Sample::State(i) = s { *i } else { 9 }).collect();
         let mut counts = [[0f64; 2]; 2];
         for w in idx.windows(2) {
             counts[w[0]][w[1]] += 1.0;

@@ -95,13 +95,21 @@ impl TopicTemplate {
     }
 
     /// Appends the topic of one device.
-    pub fn render(&self, out: &mut Vec<u8>, device_id: &str, device_type: &str, labels: &BTreeMap<String, String>) {
+    pub fn render(
+        &self,
+        out: &mut Vec<u8>,
+        device_id: &str,
+        device_type: &str,
+        labels: &BTreeMap<String, String>,
+    ) {
         for p in &self.parts {
             match p {
                 TopicPart::Literal(s) => out.extend_from_slice(s.as_bytes()),
                 TopicPart::DeviceId => out.extend_from_slice(device_id.as_bytes()),
                 TopicPart::DeviceType => out.extend_from_slice(device_type.as_bytes()),
-                TopicPart::Label(k) => out.extend_from_slice(labels.get(k).map_or("", String::as_str).as_bytes()),
+                TopicPart::Label(k) => {
+                    out.extend_from_slice(labels.get(k).map_or("", String::as_str).as_bytes())
+                }
             }
         }
     }
@@ -243,7 +251,13 @@ mod tests {
             slots: 0,
             type_json: String::new(),
         };
-        let g = Group { profile: 0, count: 3, first_ordinal: 9998, labels: BTreeMap::new(), labels_json: String::new() };
+        let g = Group {
+            profile: 0,
+            count: 3,
+            first_ordinal: 9998,
+            labels: BTreeMap::new(),
+            labels_json: String::new(),
+        };
         let mut s = String::new();
         g.device_id(&p, 0, &mut s);
         assert_eq!(s, "temperature_sensor-9998");

@@ -139,7 +139,9 @@ pub fn parse_rfc3339(s: &str) -> Result<SimMs, String> {
 /// Parses a duration: an integer or decimal number followed by a unit (`ms`, `s`, `m`, `h`,
 /// `d`), optionally several in a row (`1h30m`). Returns milliseconds.
 pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let err = |why: &str| format!("{why}: expected a duration like 500ms, 5s, 2m, 1h30m or 1d, got {s:?}");
+    let err = |why: &str| {
+        format!("{why}: expected a duration like 500ms, 5s, 2m, 1h30m or 1d, got {s:?}")
+    };
     let t = s.trim();
     if t.is_empty() {
         return Err(err("empty duration"));
@@ -187,7 +189,8 @@ pub fn format_duration_ms(ms: u64) -> String {
     }
     let mut out = String::new();
     let mut rest = ms;
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)] {
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)]
+    {
         if rest >= size {
             out.push_str(&format!("{}{unit}", rest / size));
             rest %= size;

@@ -111,7 +111,11 @@ impl Wheel {
         #[cfg(target_arch = "x86_64")]
         if let Some(n) = self.nodes.get(key as usize) {
             // SAFETY: prefetching is a hint; nothing is dereferenced.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((n as *const Node).cast()) };
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    (n as *const Node).cast(),
+                )
+            };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = key;
@@ -145,7 +149,8 @@ impl Wheel {
         let head = self.head_mut(tag);
         let old = *head;
         *head = key;
-        self.nodes[key as usize] = Node { when_tag: when | (tag as u64) << WHEN_BITS, next: old, prev: NONE };
+        self.nodes[key as usize] =
+            Node { when_tag: when | (tag as u64) << WHEN_BITS, next: old, prev: NONE };
         if old != NONE {
             self.nodes[old as usize].prev = key;
         }
@@ -240,13 +245,15 @@ impl Wheel {
     pub fn poll(&mut self, now: SimMs, out: &mut Vec<(u32, SimMs)>) {
         self.take_overdue(out);
         loop {
-            let next = (0..LEVELS).find_map(|l| self.next_in_level(l).map(|(slot, d)| (l, slot, d)));
-            if let Some(far) = self.far_due() {
-                if far <= now && next.is_none_or(|(_, _, d)| far <= d) {
-                    self.elapsed = far;
-                    self.migrate_far();
-                    continue;
-                }
+            let next =
+                (0..LEVELS).find_map(|l| self.next_in_level(l).map(|(slot, d)| (l, slot, d)));
+            if let Some(far) = self.far_due()
+                && far <= now
+                && next.is_none_or(|(_, _, d)| far <= d)
+            {
+                self.elapsed = far;
+                self.migrate_far();
+                continue;
             }
             let Some((level, slot, deadline)) = next else {
                 break;

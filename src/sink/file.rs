@@ -32,11 +32,19 @@ pub fn shard_path(path: &Path, shard: usize, shards: usize) -> PathBuf {
 impl FileSink {
     pub fn open(path: &Path) -> io::Result<FileSink> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
-        let f = File::create(path).map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display())))?;
-        Ok(FileSink { out: BufWriter::with_capacity(1 << 20, f), line: Vec::with_capacity(512), path: path.into(), failed: false })
+        let f = File::create(path).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot create {}: {e}", path.display()))
+        })?;
+        Ok(FileSink {
+            out: BufWriter::with_capacity(1 << 20, f),
+            line: Vec::with_capacity(512),
+            path: path.into(),
+            failed: false,
+        })
     }
 
     pub fn submit(&mut self, msg: &Message<'_>) -> Outcome {

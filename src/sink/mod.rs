@@ -39,7 +39,12 @@ pub enum Sink {
 
 impl Sink {
     /// Opens the sink for `protocol` on shard `shard` of `shards`.
-    pub fn open(protocol: Protocol, settings: &SinkSettings, shard: usize, shards: usize) -> io::Result<Sink> {
+    pub fn open(
+        protocol: Protocol,
+        settings: &SinkSettings,
+        shard: usize,
+        shards: usize,
+    ) -> io::Result<Sink> {
         Ok(match protocol {
             Protocol::Console => Sink::Console(ConsoleSink::new()),
             Protocol::Null => Sink::Null,
