@@ -10,11 +10,13 @@
 //! - [`shard`]: one pinned thread per core running a tokio current-thread runtime that owns its
 //!   devices, wheel, sinks and statistics; realtime and virtual clocks.
 //! - [`sink`]: where messages go (console, file, null).
+//! - [`control`]: live control over gRPC (`simulator.v1`), label selectors, the client.
 //! - [`report`]: per-shard HDR histograms merged into a table, `report.json` and `.hgrm` files.
 //! - [`run`]: starts the shards, handles signals and progress, builds the report.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod report;
 pub mod run;
 pub mod shard;

@@ -108,6 +108,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             stop: stop.clone(),
             progress: progress_tx.clone(),
             core: core_ids.get(index).copied(),
+            control: None,
         };
         let (ready, origin) = (ready.clone(), origin.clone());
         handles.push(shard::spawn(plan, ready, origin).context("cannot start a shard thread")?);

@@ -5,6 +5,7 @@
 //! are relative to the working directory; profile files named by `fleet[].profile` are
 //! relative to the fleet file's folder.
 
+pub mod sinks;
 pub mod walk;
 
 use crate::sim::generator::{Brownian, GenSpec, Markov};
@@ -69,17 +70,9 @@ impl Default for RunSettings {
     }
 }
 
-/// `[sink.file]`.
-#[derive(Clone, Debug)]
-pub struct FileSinkSettings {
-    pub path: PathBuf,
-}
-
-/// The `[sink.*]` tables.
-#[derive(Clone, Debug, Default)]
-pub struct SinkSettings {
-    pub file: Option<FileSinkSettings>,
-}
+pub use sinks::{
+    AmqpSettings, Backoff, CoapSettings, FileSinkSettings, HttpSettings, MqttSettings, SinkSettings,
+};
 
 /// A validated fleet file.
 #[derive(Clone, Debug)]
@@ -169,7 +162,7 @@ pub fn parse_str(text: &str, base: &Path) -> Result<Config, ParseError> {
 fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let mut top = Table::new("", doc);
     let run = top.table("run", p).map(|t| compile_run(t, p)).unwrap_or_default();
-    let sinks = top.table("sink", p).map(|t| compile_sinks(t, p)).unwrap_or_default();
+    let sinks = top.table("sink", p).map(|t| sinks::compile(t, p)).unwrap_or_default();
 
     // Profiles defined inline, in name order (BTreeMap-like: toml::Table keeps order, so sort).
     let mut profiles: Vec<Profile> = vec![];
@@ -268,6 +261,7 @@ fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
                         first_ordinal: *first,
                         labels_json: profile::labels_json(&merged),
                         labels: merged,
+                        ids: vec![],
                     });
                     *first += count;
                 }
@@ -280,6 +274,20 @@ fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     }
 
     for prof in &profiles {
+        let used = groups.iter().any(|g| profiles[g.profile].name == prof.name);
+        let missing = match prof.protocol {
+            Protocol::Mqtt => sinks.mqtt.is_none(),
+            Protocol::Amqp => sinks.amqp.is_none(),
+            Protocol::Http => sinks.http.is_none(),
+            Protocol::Coap => sinks.coap.is_none(),
+            _ => false,
+        };
+        if used && missing && !p.0.iter().any(|q| q.path.starts_with(&format!("sink.{}", prof.protocol))) {
+            p.add(
+                format!("sink.{}", prof.protocol),
+                format!("missing: profile {:?} publishes over {}, so [sink.{}] is needed", prof.name, prof.protocol, prof.protocol),
+            );
+        }
         if prof.protocol == Protocol::File
             && sinks.file.is_none()
             && groups.iter().any(|g| profiles[g.profile].name == prof.name)
@@ -391,27 +399,6 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
     run
 }
 
-fn compile_sinks(mut t: Table<'_>, p: &mut Problems) -> SinkSettings {
-    let mut s = SinkSettings::default();
-    if let Some(mut f) = t.table("file", p) {
-        if let Some(path) = f.req_str("path", p) {
-            if path.is_empty() {
-                p.add(f.path_of("path"), "must not be empty");
-            } else {
-                s.file = Some(FileSinkSettings { path: PathBuf::from(path) });
-            }
-        }
-        f.finish_with(&["path"], p);
-    }
-    for name in ["console", "null"] {
-        if let Some(tt) = t.table(name, p) {
-            tt.finish_with(&[], p);
-        }
-    }
-    t.finish_with(&["console", "file", "null"], p);
-    s
-}
-
 fn load_profile_file(
     path: &str,
     file: &str,
@@ -502,11 +489,7 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
         Some(s) => match Protocol::parse(s) {
             Some(proto) => Some(proto),
             None => {
-                let hint = if matches!(s, "mqtt" | "amqp" | "http" | "coap") {
-                    " (network sinks are not in this build yet)"
-                } else {
-                    ""
-                };
+                let hint = "";
                 let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
                 p.add(
                     t.path_of("protocol"),
@@ -537,6 +520,7 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
         (true, ms) => ms,
     };
     let seq = t.bool("seq", p).unwrap_or(false);
+    let delivery = compile_delivery(&mut t, protocol, p);
     let device_type = t.str("device_type", p).unwrap_or(name).to_string();
     if device_type.is_empty() {
         p.add(t.path_of("device_type"), "must not be empty");
@@ -586,7 +570,13 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
             }
         }
     }
-    t.finish_with(&["protocol", "topic", "interval", "seq", "device_type", "labels", "fields"], p);
+    t.finish_with(
+        &[
+            "protocol", "topic", "interval", "seq", "device_type", "labels", "fields", "qos", "retain",
+            "backpressure", "endpoint", "confirmable",
+        ],
+        p,
+    );
     if p.0.len() > before {
         return None;
     }
@@ -609,7 +599,41 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
         labels,
         fields,
         slots,
+        delivery,
     })
+}
+
+fn compile_delivery(t: &mut Table<'_>, protocol: Option<Protocol>, p: &mut Problems) -> profile::Delivery {
+    let mut d = profile::Delivery::default();
+    let only = |t: &Table<'_>, key: &str, want: Protocol, p: &mut Problems| {
+        if t.has(key) && protocol.is_some_and(|pr| pr != want) {
+            p.add(t.path_of(key), format!("only applies to protocol \"{}\"", want.name()));
+        }
+    };
+    only(t, "qos", Protocol::Mqtt, p);
+    only(t, "retain", Protocol::Mqtt, p);
+    only(t, "endpoint", Protocol::Http, p);
+    only(t, "confirmable", Protocol::Coap, p);
+    match t.int("qos", p) {
+        Some(q @ 0..=2) => d.qos = Some(q as u8),
+        Some(q) => p.add(t.path_of("qos"), format!("expected 0, 1 or 2, got {q}")),
+        None => {}
+    }
+    d.retain = t.bool("retain", p);
+    d.confirmable = t.bool("confirmable", p);
+    d.endpoint = t.str("endpoint", p).map(str::to_string);
+    match t.str("backpressure", p) {
+        None | Some("drop_oldest") => {}
+        Some("slow_down") => d.backpressure = profile::Backpressure::SlowDown,
+        Some(other) => p.add(
+            t.path_of("backpressure"),
+            format!("expected \"drop_oldest\" or \"slow_down\", got {other:?}"),
+        ),
+    }
+    if t.has("backpressure") && protocol.is_some_and(|pr| !pr.is_network()) {
+        p.add(t.path_of("backpressure"), "only applies to network protocols (mqtt, amqp, http, coap)");
+    }
+    d
 }
 
 /// Compiles one generator table. `extra` names keys the caller reads itself.

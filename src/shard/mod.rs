@@ -6,6 +6,7 @@
 //! deadline (realtime) or jump straight to it (virtual).
 
 pub mod clock;
+pub mod command;
 pub mod stats;
 
 use crate::config::{ClockMode, SinkSettings};
@@ -27,6 +28,8 @@ use std::sync::{Arc, Barrier};
 const SNAPSHOT_EVERY_NS: u64 = 1_000_000_000;
 /// Longest a realtime shard sleeps before looking at the stop flag again.
 const MAX_SLEEP_NS: u64 = 50_000_000;
+/// How long a shard waits at the end for network sinks to settle what they hold.
+const DRAIN_TIMEOUT_NS: u64 = 15_000_000_000;
 /// How many due devices ahead the tick loop prefetches.
 const PREFETCH_AHEAD: usize = 8;
 /// A deadline closer than this is waited for awake (a timerfd round trip costs about as much).
@@ -53,6 +56,8 @@ pub struct ShardPlan {
     /// Progress snapshots to the main thread; a full channel drops the snapshot.
     pub progress: Sender<Snapshot>,
     pub core: Option<core_affinity::CoreId>,
+    /// The live-control link (gRPC): `None` for a plain run.
+    pub control: Option<command::ShardControl>,
 }
 
 /// What a shard hands back when it ends.
@@ -119,6 +124,8 @@ pub struct Shard {
     topic: Vec<u8>,
     id: String,
     due: Vec<(u32, SimMs)>,
+    /// Live control: inbox, faults, pauses, streams (`command.rs`).
+    ctl: command::Control,
 }
 
 /// A shard's devices, wheel and sinks, built before its time starts.
@@ -162,16 +169,18 @@ impl Shard {
         }
         let mut sinks: Vec<Option<Sink>> = (0..Protocol::ALL.len()).map(|_| None).collect();
         for proto in fleet.protocols() {
-            let sink = Sink::open(proto, &plan.sinks, plan.index, plan.shards)
+            let sink = Sink::open(proto, &plan.sinks, plan.index, plan.shards, &plan.fleet)
                 .map_err(|e| format!("shard {}: cannot open the {proto} sink: {e}", plan.index))?;
             sinks[proto.index()] = Some(sink);
         }
         Ok(Parts { table, wheel, sinks, spawn_ns: mono_ns() - t0 })
     }
 
-    fn assemble(plan: ShardPlan, parts: Parts) -> Shard {
+    fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
         let Parts { table, wheel, sinks, spawn_ns } = parts;
+        let ctl = command::Control::new(plan.control.take());
         Shard {
+            ctl,
             stats: ShardStats::new(plan.fleet.profiles.len()),
             interval_latency: stats::histogram(),
             spawn_ns,
@@ -195,13 +204,29 @@ impl Shard {
 
     /// Runs until the end time or the stop flag, flushes the sinks and returns the figures.
     pub async fn run(mut self) -> Result<ShardOutcome, String> {
+        for s in self.sinks.iter_mut().flatten() {
+            s.start().map_err(|e| format!("shard {}: cannot start the {} sink: {e}", self.plan.index, s.name()))?;
+        }
         let sim_end = match self.plan.clock {
-            ClockMode::Virtual => self.run_virtual(),
+            ClockMode::Virtual => self.run_virtual().await,
             ClockMode::Realtime => self.run_realtime().await?,
         };
         for s in self.sinks.iter_mut().flatten() {
             if let Err(e) = s.flush() {
                 tracing::warn!(shard = self.plan.index, sink = s.name(), error = %e, "flush at shutdown failed");
+            }
+        }
+        // Network sinks: wait for what is queued or in flight, then fold their figures in.
+        for s in self.sinks.iter().flatten() {
+            if let Some(net) = s.net_shared() {
+                net.drain(DRAIN_TIMEOUT_NS).await;
+            }
+        }
+        for s in self.sinks.iter().flatten() {
+            if let Some(own) = s.own_stats() {
+                for (a, b) in self.stats.profiles.iter_mut().zip(&own) {
+                    a.merge(b);
+                }
             }
         }
         self.snapshot(sim_end);
@@ -215,7 +240,8 @@ impl Shard {
         })
     }
 
-    fn run_virtual(&mut self) -> SimMs {
+    async fn run_virtual(&mut self) -> SimMs {
+        let networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
         let mut last_snapshot = mono_ns();
         let mut turns = 0u32;
@@ -225,6 +251,7 @@ impl Shard {
                 if self.plan.stop.load(Ordering::Relaxed) {
                     return self.wheel.elapsed();
                 }
+                self.drain_commands();
                 let now = mono_ns();
                 if now - last_snapshot >= SNAPSHOT_EVERY_NS {
                     last_snapshot = now;
@@ -245,10 +272,18 @@ impl Shard {
                     self.table.prefetch(ahead);
                     self.wheel.prefetch(ahead);
                 }
+                if networked && self.net_congested() {
+                    // Virtual time waits for the network instead of dropping.
+                    self.wait_net_room().await;
+                    started_ns = mono_ns();
+                }
                 started_ns = self.tick(key, at, None, started_ns);
             }
             due.clear();
             self.due = due;
+            if networked {
+                tokio::task::yield_now().await;
+            }
         }
     }
 
@@ -262,6 +297,7 @@ impl Shard {
             if self.plan.stop.load(Ordering::Relaxed) {
                 return Ok(self.sim_at(mono_ns()).min(end));
             }
+            self.drain_commands();
             let now_ns = mono_ns();
             let sim_now = self.sim_at(now_ns);
             let mut due = std::mem::take(&mut self.due);
@@ -301,7 +337,7 @@ impl Shard {
                 Some(t) => self.wall_at(t.min(end)),
                 None => self.wall_at(end),
             };
-            let deadline = next_ns.min(now_ns + MAX_SLEEP_NS);
+            let deadline = if self.ctl.busy() { now_ns } else { next_ns.min(now_ns + MAX_SLEEP_NS) };
             if deadline.saturating_sub(mono_ns()) < MIN_SLEEP_NS {
                 // Closer than a timer wake-up's own cost: stay awake, but let other tasks run.
                 tokio::task::yield_now().await;
@@ -340,6 +376,7 @@ impl Shard {
     /// `intended_ns` is the tick's intended monotonic time (realtime only); `fire_ns` is when
     /// handling it began. Returns the monotonic time at which it completed.
     fn tick(&mut self, key: u32, due: SimMs, intended_ns: Option<u64>, fire_ns: u64) -> u64 {
+        let Some((due, intended_ns)) = self.control_gate(key, due, intended_ns) else { return fire_ns };
         let fleet = &*self.plan.fleet;
         let Some(dev) = self.table.get(key) else { return fire_ns };
         let (group_ix, index) = (dev.group as usize, dev.index as u64);
@@ -351,19 +388,45 @@ impl Shard {
         }
         let seq = self.table.generate(fleet, key, due, &mut self.samples);
         group.device_id(profile, index, &mut self.id);
+        let fx = self.ctl.effects(
+            key,
+            due,
+            seq,
+            self.plan.seed,
+            &self.id,
+            group_ix,
+            group,
+            profile,
+            &mut self.samples,
+        );
+        if !fx.publish {
+            self.ctl.count_suppressed();
+            self.wheel.insert(key, due + self.table.get(key).map_or(1, |d| d.interval_ms as u64));
+            return mono_ns();
+        }
         payload::encode(
             &mut self.payload,
             &self.id,
             profile,
-            due,
+            fx.timestamp,
             &self.samples,
             &group.labels_json,
             profile.seq.then_some(seq),
         );
+        if let Some(word) = fx.corrupt_bytes {
+            crate::sim::fault::corrupt_bytes(&mut self.payload, word);
+        }
         self.topic.clear();
         profile.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
+        let device_hash = crate::sim::seed::fnv1a64(self.id.as_bytes());
         let outcome = match &mut self.sinks[profile.protocol.index()] {
-            Some(sink) => sink.submit(&Message { topic: &self.topic, payload: &self.payload }),
+            Some(sink) => sink.submit(&Message {
+                topic: &self.topic,
+                payload: &self.payload,
+                profile: profile_ix,
+                device_hash,
+                intended_ns: intended_ns.unwrap_or(fire_ns),
+            }),
             None => Outcome::Failed,
         };
         let done_ns = mono_ns();
@@ -380,19 +443,51 @@ impl Shard {
                 self.interval_latency.saturating_record(latency_us);
             }
             Outcome::Failed => st.errors += 1,
+            Outcome::Pending => {}
         }
-        let interval = self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
+        let mut interval = self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
+        if let Some(sink) = &self.sinks[profile.protocol.index()] {
+            interval *= sink.interval_factor(profile_ix, device_hash);
+        }
         self.wheel.insert(key, due + interval);
         done_ns
     }
 
+    fn net_congested(&self) -> bool {
+        self.sinks.iter().flatten().any(|s| s.net_shared().is_some_and(|n| n.congested()))
+    }
+
+    async fn wait_net_room(&self) {
+        for s in self.sinks.iter().flatten() {
+            if let Some(n) = s.net_shared() {
+                n.wait_room().await;
+            }
+        }
+    }
+
+    /// Messages, errors and drops recorded by network sinks (not yet folded into `stats`).
+    fn net_totals(&self) -> (u64, u64, u64) {
+        let mut t = (0, 0, 0);
+        for s in self.sinks.iter().flatten() {
+            if let Some(n) = s.net_shared() {
+                for p in n.stats.borrow().iter() {
+                    t.0 += p.messages;
+                    t.1 += p.errors;
+                    t.2 += p.dropped;
+                }
+            }
+        }
+        t
+    }
+
     fn snapshot(&mut self, sim_now: SimMs) {
+        let (net_msgs, net_errors, net_dropped) = self.net_totals();
         let snap = Snapshot {
             shard: self.plan.index,
             devices: self.table.len(),
-            messages: self.stats.messages(),
-            errors: self.stats.errors(),
-            dropped: self.stats.dropped(),
+            messages: self.stats.messages() + net_msgs,
+            errors: self.stats.errors() + net_errors,
+            dropped: self.stats.dropped() + net_dropped,
             sim_now_ms: sim_now,
             latency: std::mem::replace(&mut self.interval_latency, stats::histogram()),
         };

@@ -18,6 +18,10 @@ pub struct ProfileStats {
     pub errors: u64,
     pub dropped: u64,
     pub bytes: u64,
+    /// Errors by kind (`timeout`, `nack`, `http_503`, `shutdown`, ...).
+    pub error_kinds: std::collections::BTreeMap<String, u64>,
+    /// Times a connection entered slow-down (backpressure = "slow_down").
+    pub slowdowns: u64,
     /// Intended send time -> completion, µs.
     pub latency: Histogram<u64>,
     /// Actual hand-over to the sink -> completion, µs.
@@ -31,6 +35,8 @@ impl ProfileStats {
             errors: 0,
             dropped: 0,
             bytes: 0,
+            error_kinds: Default::default(),
+            slowdowns: 0,
             latency: histogram(),
             service: histogram(),
         }
@@ -42,6 +48,10 @@ impl ProfileStats {
         self.errors += o.errors;
         self.dropped += o.dropped;
         self.bytes += o.bytes;
+        self.slowdowns += o.slowdowns;
+        for (k, v) in &o.error_kinds {
+            *self.error_kinds.entry(k.clone()).or_insert(0) += v;
+        }
         let _ = self.latency.add(&o.latency);
         let _ = self.service.add(&o.service);
     }

@@ -162,6 +162,12 @@ impl DeviceTable {
         let _ = key;
     }
 
+    /// The generator state of a live device (`slots` = its profile's slot count).
+    pub fn slots_mut(&mut self, key: u32, slots: usize) -> Option<&mut [SlotState]> {
+        let at = self.get(key)?.slots_at as usize;
+        self.slots.get_mut(at..at + slots)
+    }
+
     /// Mutable access to a live device.
     pub fn get_mut(&mut self, key: u32) -> Option<&mut Device> {
         self.devices.get_mut(key as usize).filter(|d| d.group != FREE)

@@ -2,6 +2,7 @@
 //! encoding. Nothing in here reads a clock, a global RNG or does I/O.
 
 pub mod device;
+pub mod fault;
 pub mod generator;
 pub mod payload;
 pub mod profile;

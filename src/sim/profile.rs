@@ -10,11 +10,23 @@ pub enum Protocol {
     Console,
     File,
     Null,
+    Mqtt,
+    Amqp,
+    Http,
+    Coap,
 }
 
 impl Protocol {
     /// Every protocol this build can publish to.
-    pub const ALL: [Protocol; 3] = [Protocol::Console, Protocol::File, Protocol::Null];
+    pub const ALL: [Protocol; 7] = [
+        Protocol::Console,
+        Protocol::File,
+        Protocol::Null,
+        Protocol::Mqtt,
+        Protocol::Amqp,
+        Protocol::Http,
+        Protocol::Coap,
+    ];
 
     /// The configuration name.
     pub fn name(self) -> &'static str {
@@ -22,6 +34,10 @@ impl Protocol {
             Protocol::Console => "console",
             Protocol::File => "file",
             Protocol::Null => "null",
+            Protocol::Mqtt => "mqtt",
+            Protocol::Amqp => "amqp",
+            Protocol::Http => "http",
+            Protocol::Coap => "coap",
         }
     }
 
@@ -34,6 +50,35 @@ impl Protocol {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// True for sinks that talk to a server and complete asynchronously.
+    pub fn is_network(self) -> bool {
+        matches!(self, Protocol::Mqtt | Protocol::Amqp | Protocol::Http | Protocol::Coap)
+    }
+}
+
+/// What a network sink does when a connection's queue of unsent messages is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backpressure {
+    /// Evict the oldest unsent message and count it as dropped.
+    #[default]
+    DropOldest,
+    /// Double the device's interval while the queue is above 80%, restore it below 50%.
+    SlowDown,
+}
+
+/// Per-profile delivery settings that override the sink's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Delivery {
+    /// MQTT QoS (0, 1, 2).
+    pub qos: Option<u8>,
+    /// MQTT retain flag.
+    pub retain: Option<bool>,
+    pub backpressure: Backpressure,
+    /// HTTP endpoint template (replaces `[sink.http] endpoint`).
+    pub endpoint: Option<String>,
+    /// CoAP confirmable (CON) or not (NON).
+    pub confirmable: Option<bool>,
 }
 
 impl fmt::Display for Protocol {
@@ -146,6 +191,8 @@ pub struct Profile {
     pub slots: usize,
     /// `"device_type":"...","timestamp":"`, JSON-encoded once.
     pub type_json: String,
+    /// Delivery overrides for network sinks.
+    pub delivery: Delivery,
 }
 
 /// A fleet entry: `count` devices of one profile with the same labels.
@@ -159,12 +206,19 @@ pub struct Group {
     pub labels: BTreeMap<String, String>,
     /// `,"labels":{...}`, JSON-encoded once (empty when there are no labels).
     pub labels_json: String,
+    /// Explicit ids of devices spawned over gRPC (index = device ordinal in the group); empty
+    /// for fleet-file groups, whose ids are derived from the profile name and ordinal.
+    pub ids: Vec<String>,
 }
 
 impl Group {
     /// The id of the group's `i`-th device.
     pub fn device_id(&self, profile: &Profile, i: u64, out: &mut String) {
         out.clear();
+        if let Some(id) = self.ids.get(i as usize) {
+            out.push_str(id);
+            return;
+        }
         out.push_str(&profile.name);
         out.push('-');
         let ordinal = self.first_ordinal + i;
@@ -250,6 +304,7 @@ mod tests {
             fields: vec![],
             slots: 0,
             type_json: String::new(),
+            delivery: Delivery::default(),
         };
         let g = Group {
             profile: 0,
@@ -257,6 +312,7 @@ mod tests {
             first_ordinal: 9998,
             labels: BTreeMap::new(),
             labels_json: String::new(),
+            ids: vec![],
         };
         let mut s = String::new();
         g.device_id(&p, 0, &mut s);

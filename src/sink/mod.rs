@@ -1,24 +1,40 @@
 //! Sinks: where a shard's messages go. Each shard owns its own sink instances.
 //!
 //! A sink takes one message at a time through [`Sink::submit`] and says what became of it:
-//! completed now (console, file, null), or — for the network sinks of a later issue — pending,
-//! with completion recorded later into the shard's [`crate::shard::stats`]. Latency is measured
-//! by the shard from each message's intended time, so a sink only reports outcomes.
+//! completed now (console, file, null: the shard records it), or pending — the network sinks
+//! (MQTT, AMQP, HTTP, CoAP) queue it per connection and their tasks on the shard's `LocalSet`
+//! record its completion later, with latency from the message's intended time. See
+//! [`net`] for the queue, the backpressure policy and the recorder they share.
 
+mod amqp;
+mod coap;
 mod console;
 mod file;
+mod http;
+mod mqtt;
+pub mod net;
 
 pub use console::ConsoleSink;
 pub use file::FileSink;
 
 use crate::config::SinkSettings;
-use crate::sim::profile::Protocol;
+use crate::shard::stats::ProfileStats;
+use crate::sim::profile::{Fleet, Protocol};
+use net::{NetShared, Queued};
 use std::io;
+use std::rc::Rc;
+use std::sync::Arc;
 
 /// One message handed to a sink.
 pub struct Message<'a> {
     pub topic: &'a [u8],
     pub payload: &'a [u8],
+    /// Index of the device's profile.
+    pub profile: usize,
+    /// fnv1a64 of the device id: picks the connection.
+    pub device_hash: u64,
+    /// Monotonic time the message was meant to be sent (realtime) or handed over (virtual).
+    pub intended_ns: u64,
 }
 
 /// What became of a submitted message.
@@ -28,6 +44,17 @@ pub enum Outcome {
     Completed,
     /// Not delivered; counted as an error.
     Failed,
+    /// Queued; the sink records the outcome itself.
+    Pending,
+}
+
+type Starter = Box<dyn FnOnce(Rc<NetShared>) -> Result<(), String>>;
+
+/// A network sink on one shard: its shared queues and stats, and how to start its tasks.
+pub struct NetSink {
+    pub protocol: Protocol,
+    pub shared: Rc<NetShared>,
+    starter: Option<Starter>,
 }
 
 /// A shard's sink for one protocol.
@@ -35,35 +62,101 @@ pub enum Sink {
     Console(ConsoleSink),
     File(FileSink),
     Null,
+    Net(NetSink),
 }
 
 impl Sink {
-    /// Opens the sink for `protocol` on shard `shard` of `shards`.
-    pub fn open(
-        protocol: Protocol,
-        settings: &SinkSettings,
-        shard: usize,
-        shards: usize,
-    ) -> io::Result<Sink> {
+    /// Opens the sink for `protocol` on shard `shard` of `shards`. Network sinks start their
+    /// connections later, in [`Sink::start`], on the shard's runtime.
+    pub fn open(protocol: Protocol, settings: &SinkSettings, shard: usize, shards: usize, fleet: &Arc<Fleet>) -> io::Result<Sink> {
+        let missing = |name: &str| io::Error::other(format!("the {name} sink has no [sink.{name}] settings"));
         Ok(match protocol {
             Protocol::Console => Sink::Console(ConsoleSink::new()),
             Protocol::Null => Sink::Null,
             Protocol::File => {
-                let Some(f) = &settings.file else {
-                    return Err(io::Error::other("the file sink has no [sink.file] path"));
-                };
+                let Some(f) = &settings.file else { return Err(missing("file")) };
                 Sink::File(FileSink::open(&file::shard_path(&f.path, shard, shards))?)
+            }
+            Protocol::Mqtt => {
+                let s = settings.mqtt.clone().ok_or_else(|| missing("mqtt"))?;
+                let shared = NetShared::new("mqtt", shard, fleet, s.pool_size, s.queue_size, s.backoff);
+                let fleet = fleet.clone();
+                Sink::net(protocol, shared, Box::new(move |sh| mqtt::start(&s, &fleet, sh)))
+            }
+            Protocol::Amqp => {
+                let s = settings.amqp.clone().ok_or_else(|| missing("amqp"))?;
+                let shared = NetShared::new("amqp", shard, fleet, 1, s.queue_size, s.backoff);
+                Sink::net(protocol, shared, Box::new(move |sh| amqp::start(&s, sh)))
+            }
+            Protocol::Http => {
+                let s = settings.http.clone().ok_or_else(|| missing("http"))?;
+                let shared = NetShared::new("http", shard, fleet, 1, s.queue_size, s.backoff);
+                let fleet = fleet.clone();
+                Sink::net(protocol, shared, Box::new(move |sh| http::start(&s, &fleet, sh)))
+            }
+            Protocol::Coap => {
+                let s = settings.coap.clone().ok_or_else(|| missing("coap"))?;
+                let backoff = crate::config::Backoff { initial_ms: s.ack_timeout_ms, max_ms: s.ack_timeout_ms * 16 };
+                let shared = NetShared::new("coap", shard, fleet, 1, s.queue_size, backoff);
+                let fleet = fleet.clone();
+                Sink::net(protocol, shared, Box::new(move |sh| coap::start(&s, &fleet, sh)))
             }
         })
     }
 
-    /// Hands a message over. Never blocks on the network.
+    fn net(protocol: Protocol, shared: Rc<NetShared>, starter: Starter) -> Sink {
+        Sink::Net(NetSink { protocol, shared, starter: Some(starter) })
+    }
+
+    /// Starts a network sink's connection tasks (inside the shard's `LocalSet`).
+    pub fn start(&mut self) -> Result<(), String> {
+        if let Sink::Net(n) = self {
+            if let Some(start) = n.starter.take() {
+                start(n.shared.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a message over. Never blocks.
     pub fn submit(&mut self, msg: &Message<'_>) -> Outcome {
         match self {
             Sink::Console(c) => c.submit(msg),
             Sink::File(f) => f.submit(msg),
             Sink::Null => Outcome::Completed,
+            Sink::Net(n) => {
+                n.shared.enqueue(Queued {
+                    topic: String::from_utf8_lossy(msg.topic).into_owned(),
+                    payload: msg.payload.to_vec(),
+                    profile: msg.profile as u16,
+                    intended_ns: msg.intended_ns,
+                    sent_ns: 0,
+                    device_hash: msg.device_hash,
+                });
+                Outcome::Pending
+            }
         }
+    }
+
+    /// The factor a device's interval is stretched by (backpressure = "slow_down").
+    pub fn interval_factor(&self, profile: usize, device_hash: u64) -> u64 {
+        match self {
+            Sink::Net(n) => n.shared.interval_factor(profile, device_hash),
+            _ => 1,
+        }
+    }
+
+    /// The network sink's shared state, if this is one.
+    pub fn net_shared(&self) -> Option<&Rc<NetShared>> {
+        match self {
+            Sink::Net(n) => Some(&n.shared),
+            _ => None,
+        }
+    }
+
+    /// Per-profile outcomes recorded by the sink itself (network sinks).
+    pub fn own_stats(&self) -> Option<Vec<ProfileStats>> {
+        self.net_shared().map(|s| s.stats.borrow().clone())
     }
 
     /// Pushes buffered output out; called between wheel turns and at shutdown.
@@ -71,7 +164,7 @@ impl Sink {
         match self {
             Sink::Console(c) => c.flush(),
             Sink::File(f) => f.flush(),
-            Sink::Null => Ok(()),
+            Sink::Null | Sink::Net(_) => Ok(()),
         }
     }
 
@@ -81,6 +174,7 @@ impl Sink {
             Sink::Console(_) => "console",
             Sink::File(_) => "file",
             Sink::Null => "null",
+            Sink::Net(n) => n.protocol.name(),
         }
     }
 }

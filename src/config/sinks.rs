@@ -1,0 +1,448 @@
+//! `[sink.*]` tables: where each protocol connects and how it behaves. Secrets never come from
+//! the file: they are read from environment variables (see [`ENV_VARS`]).
+
+use super::walk::{Problems, Table};
+use std::path::PathBuf;
+
+/// Environment variables read for credentials.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("IOT_SIM_MQTT_USERNAME", "MQTT username"),
+    ("IOT_SIM_MQTT_PASSWORD", "MQTT password"),
+    ("IOT_SIM_AMQP_USERNAME", "AMQP username (replaces the URL's)"),
+    ("IOT_SIM_AMQP_PASSWORD", "AMQP password (replaces the URL's)"),
+    ("IOT_SIM_HTTP_TOKEN", "HTTP bearer token (Authorization: Bearer ...)"),
+];
+
+/// `[sink.file]`.
+#[derive(Clone, Debug)]
+pub struct FileSinkSettings {
+    pub path: PathBuf,
+}
+
+/// Reconnect/retry backoff: exponential from `initial_ms` to `max_ms`, with jitter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Backoff {
+    /// The `attempt`-th delay (0-based), with up to 50% random jitter from `jitter` in [0, 1).
+    pub fn delay_ms(&self, attempt: u32, jitter: f64) -> u64 {
+        let base = self.initial_ms.saturating_mul(1u64 << attempt.min(30)).min(self.max_ms);
+        base / 2 + ((base as f64 / 2.0) * jitter.clamp(0.0, 1.0)) as u64
+    }
+}
+
+/// TLS files for `mqtts://`.
+#[derive(Clone, Debug, Default)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// `[sink.mqtt]`.
+#[derive(Clone, Debug)]
+pub struct MqttSettings {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<TlsFiles>,
+    /// 4 = MQTT 3.1.1, 5 = MQTT 5.
+    pub version: u8,
+    pub qos: u8,
+    pub retain: bool,
+    pub pool_size: usize,
+    pub keep_alive_ms: u64,
+    pub client_id_prefix: String,
+    pub inflight: u16,
+    pub queue_size: usize,
+    pub backoff: Backoff,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// `[sink.amqp]`.
+#[derive(Clone, Debug)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub exchange: String,
+    /// Replaces `/` in topics to make routing keys (`.` by default; empty keeps `/`).
+    pub routing_separator: String,
+    pub confirms: bool,
+    pub confirm_window: usize,
+    pub queue_size: usize,
+    pub backoff: Backoff,
+}
+
+/// `[sink.http]`.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// URL template; `{topic}` and `{device_id}` are replaced.
+    pub endpoint: String,
+    /// Header that carries the topic (none if empty).
+    pub topic_header: String,
+    pub batch_size: usize,
+    pub batch_linger_ms: u64,
+    pub max_retries: u32,
+    pub timeout_ms: u64,
+    pub concurrency: usize,
+    pub queue_size: usize,
+    pub backoff: Backoff,
+    pub token: Option<String>,
+}
+
+/// `[sink.coap]`.
+#[derive(Clone, Debug)]
+pub struct CoapSettings {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub confirmable: bool,
+    pub ack_timeout_ms: u64,
+    pub ack_random_factor: f64,
+    pub max_retransmit: u32,
+    /// Confirmable exchanges in flight at once per shard.
+    pub max_inflight: usize,
+    pub queue_size: usize,
+}
+
+/// The `[sink.*]` tables.
+#[derive(Clone, Debug, Default)]
+pub struct SinkSettings {
+    pub file: Option<FileSinkSettings>,
+    pub mqtt: Option<MqttSettings>,
+    pub amqp: Option<AmqpSettings>,
+    pub http: Option<HttpSettings>,
+    pub coap: Option<CoapSettings>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn usize_in(t: &mut Table<'_>, key: &str, lo: i64, hi: i64, default: usize, p: &mut Problems) -> usize {
+    match t.int(key, p) {
+        Some(n) if (lo..=hi).contains(&n) => n as usize,
+        Some(n) => {
+            p.add(t.path_of(key), format!("must be between {lo} and {hi}, got {n}"));
+            default
+        }
+        None => default,
+    }
+}
+
+fn dur(t: &mut Table<'_>, key: &str, default: u64, p: &mut Problems) -> u64 {
+    match t.duration_ms(key, p) {
+        Some(0) => {
+            p.add(t.path_of(key), "must be greater than 0");
+            default
+        }
+        Some(ms) => ms,
+        None => default,
+    }
+}
+
+fn backoff(t: &mut Table<'_>, p: &mut Problems) -> Backoff {
+    let b = Backoff {
+        initial_ms: dur(t, "backoff_initial", 100, p),
+        max_ms: dur(t, "backoff_max", 10_000, p),
+    };
+    if b.initial_ms > b.max_ms {
+        p.add(t.path_of("backoff_initial"), format!("({}ms) must not exceed backoff_max ({}ms)", b.initial_ms, b.max_ms));
+    }
+    b
+}
+
+/// Splits `scheme://[user[:pass]@]host[:port][/rest]`.
+pub struct UrlParts {
+    pub scheme: String,
+    pub user: Option<String>,
+    pub password: bool,
+    pub host: String,
+    pub port: Option<u16>,
+    pub rest: String,
+}
+
+/// Parses a URL into its parts (no percent-decoding; enough for broker addresses).
+pub fn split_url(url: &str) -> Result<UrlParts, String> {
+    let (scheme, after) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL (scheme://host:port)"))?;
+    let (authority, rest) = match after.find('/') {
+        Some(i) => (&after[..i], after[i..].to_string()),
+        None => (after, String::new()),
+    };
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+            let port = p.parse::<u16>().map_err(|_| format!("{url:?} has a bad port {p:?}"))?;
+            (h.trim_start_matches('[').trim_end_matches(']').to_string(), Some(port))
+        }
+        _ => (hostport.trim_start_matches('[').trim_end_matches(']').to_string(), None),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} names no host"));
+    }
+    let (user, password) = match userinfo {
+        Some(u) => match u.split_once(':') {
+            Some((name, _)) => (Some(name.to_string()), true),
+            None => (Some(u.to_string()), false),
+        },
+        None => (None, false),
+    };
+    Ok(UrlParts { scheme: scheme.to_ascii_lowercase(), user, password, host, port, rest })
+}
+
+fn url_key(t: &mut Table<'_>, default: &str, schemes: &[&str], p: &mut Problems) -> Option<(String, UrlParts)> {
+    let url = t.str("url", p).unwrap_or(default).to_string();
+    match split_url(&url) {
+        Ok(parts) if schemes.contains(&parts.scheme.as_str()) => {
+            if parts.password {
+                p.add(t.path_of("url"), "must not contain a password: set it in the environment instead (see the README)");
+                return None;
+            }
+            Some((url, parts))
+        }
+        Ok(parts) => {
+            p.add(t.path_of("url"), format!("scheme {:?} is not supported here; use {}", parts.scheme, schemes.join(" or ")));
+            None
+        }
+        Err(e) => {
+            p.add(t.path_of("url"), e);
+            None
+        }
+    }
+}
+
+fn existing_file(t: &mut Table<'_>, key: &str, p: &mut Problems) -> Option<PathBuf> {
+    let f = PathBuf::from(t.str(key, p)?);
+    if !f.is_file() {
+        p.add(t.path_of(key), format!("{} is not a readable file", f.display()));
+    }
+    Some(f)
+}
+
+/// Compiles the `[sink]` table.
+pub fn compile(mut t: Table<'_>, p: &mut Problems) -> SinkSettings {
+    let mut s = SinkSettings::default();
+    if let Some(mut f) = t.table("file", p) {
+        if let Some(path) = f.req_str("path", p) {
+            if path.is_empty() {
+                p.add(f.path_of("path"), "must not be empty");
+            } else {
+                s.file = Some(FileSinkSettings { path: PathBuf::from(path) });
+            }
+        }
+        f.finish_with(&["path"], p);
+    }
+    for name in ["console", "null"] {
+        if let Some(tt) = t.table(name, p) {
+            tt.finish_with(&[], p);
+        }
+    }
+    if let Some(m) = t.table("mqtt", p) {
+        s.mqtt = compile_mqtt(m, p);
+    }
+    if let Some(a) = t.table("amqp", p) {
+        s.amqp = compile_amqp(a, p);
+    }
+    if let Some(h) = t.table("http", p) {
+        s.http = compile_http(h, p);
+    }
+    if let Some(c) = t.table("coap", p) {
+        s.coap = compile_coap(c, p);
+    }
+    t.finish_with(&["console", "file", "null", "mqtt", "amqp", "http", "coap"], p);
+    s
+}
+
+fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
+    let before = p.0.len();
+    let parsed = url_key(&mut t, "mqtt://127.0.0.1:1883", &["mqtt", "tcp", "mqtts", "ssl"], p);
+    let version = match t.int("version", p) {
+        None | Some(4) => 4,
+        Some(5) => 5,
+        Some(3) => 4,
+        Some(v) => {
+            p.add(t.path_of("version"), format!("expected 4 (3.1.1) or 5, got {v}"));
+            4
+        }
+    };
+    let qos = usize_in(&mut t, "qos", 0, 2, 1, p) as u8;
+    let retain = t.bool("retain", p).unwrap_or(false);
+    let pool_size = usize_in(&mut t, "pool_size", 1, 1024, 4, p);
+    let keep_alive_ms = dur(&mut t, "keep_alive", 30_000, p);
+    if keep_alive_ms < 1000 {
+        p.add(t.path_of("keep_alive"), "must be at least 1s");
+    }
+    let client_id_prefix = t.str("client_id_prefix", p).unwrap_or("iot-sim").to_string();
+    let inflight = usize_in(&mut t, "inflight", 1, 65_535, 100, p) as u16;
+    let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
+    let backoff = backoff(&mut t, p);
+    let tls_keys = [t.has("ca_file"), t.has("client_cert"), t.has("client_key")];
+    let tls_files = TlsFiles {
+        ca_file: existing_file(&mut t, "ca_file", p),
+        client_cert: existing_file(&mut t, "client_cert", p),
+        client_key: existing_file(&mut t, "client_key", p),
+    };
+    if tls_files.client_cert.is_some() != tls_files.client_key.is_some() {
+        p.add(t.path_of("client_cert"), "client_cert and client_key go together");
+    }
+    t.finish_with(
+        &["url", "version", "qos", "retain", "pool_size", "keep_alive", "client_id_prefix", "inflight", "queue_size", "backoff_initial", "backoff_max", "ca_file", "client_cert", "client_key"],
+        p,
+    );
+    let (url, parts) = parsed?;
+    let tls = matches!(parts.scheme.as_str(), "mqtts" | "ssl");
+    if !tls && tls_keys.iter().any(|k| *k) {
+        p.add(t_path(&url), "TLS files are set but the URL is not mqtts://");
+    }
+    if p.0.len() > before {
+        return None;
+    }
+    Some(MqttSettings {
+        port: parts.port.unwrap_or(if tls { 8883 } else { 1883 }),
+        host: parts.host,
+        tls: tls.then_some(tls_files),
+        url,
+        version,
+        qos,
+        retain,
+        pool_size,
+        keep_alive_ms,
+        client_id_prefix,
+        inflight,
+        queue_size,
+        backoff,
+        username: env("IOT_SIM_MQTT_USERNAME").or(parts.user),
+        password: env("IOT_SIM_MQTT_PASSWORD"),
+    })
+}
+
+fn t_path(_url: &str) -> String {
+    "sink.mqtt.url".to_string()
+}
+
+fn compile_amqp(mut t: Table<'_>, p: &mut Problems) -> Option<AmqpSettings> {
+    let before = p.0.len();
+    let parsed = url_key(&mut t, "amqp://127.0.0.1:5672/%2f", &["amqp", "amqps"], p);
+    let exchange = t.str("exchange", p).unwrap_or("iot.telemetry").to_string();
+    let routing_separator = t.str("routing_separator", p).unwrap_or(".").to_string();
+    let confirms = t.bool("confirms", p).unwrap_or(true);
+    let confirm_window = usize_in(&mut t, "confirm_window", 1, 1_000_000, 1000, p);
+    let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
+    let backoff = backoff(&mut t, p);
+    t.finish_with(&["url", "exchange", "routing_separator", "confirms", "confirm_window", "queue_size", "backoff_initial", "backoff_max"], p);
+    let (url, parts) = parsed?;
+    if p.0.len() > before {
+        return None;
+    }
+    // Credentials from the environment replace the URL's user (the password never is in the file).
+    let url = match (env("IOT_SIM_AMQP_USERNAME").or(parts.user.clone()), env("IOT_SIM_AMQP_PASSWORD")) {
+        (Some(u), Some(pw)) => format!("{}://{u}:{pw}@{}:{}{}", parts.scheme, parts.host, parts.port.unwrap_or(5672), parts.rest),
+        (Some(u), None) => format!("{}://{u}@{}:{}{}", parts.scheme, parts.host, parts.port.unwrap_or(5672), parts.rest),
+        _ => url,
+    };
+    Some(AmqpSettings { url, exchange, routing_separator, confirms, confirm_window, queue_size, backoff })
+}
+
+fn compile_http(mut t: Table<'_>, p: &mut Problems) -> Option<HttpSettings> {
+    let before = p.0.len();
+    let endpoint = t.req_str("endpoint", p).map(str::to_string);
+    if let Some(e) = &endpoint {
+        match split_url(&e.replace("{topic}", "t").replace("{device_id}", "d")) {
+            Ok(u) if u.scheme == "http" || u.scheme == "https" => {}
+            Ok(u) => p.add(t.path_of("endpoint"), format!("scheme {:?} is not supported; use http or https", u.scheme)),
+            Err(err) => p.add(t.path_of("endpoint"), err),
+        }
+    }
+    let topic_header = t.str("topic_header", p).unwrap_or("X-Topic").to_string();
+    let batch_size = usize_in(&mut t, "batch_size", 1, 100_000, 1, p);
+    let batch_linger_ms = dur(&mut t, "batch_linger", 50, p);
+    let max_retries = usize_in(&mut t, "max_retries", 0, 100, 3, p) as u32;
+    let timeout_ms = dur(&mut t, "timeout", 10_000, p);
+    let concurrency = usize_in(&mut t, "concurrency", 1, 10_000, 32, p);
+    let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
+    let backoff = backoff(&mut t, p);
+    t.finish_with(
+        &["endpoint", "topic_header", "batch_size", "batch_linger", "max_retries", "timeout", "concurrency", "queue_size", "backoff_initial", "backoff_max"],
+        p,
+    );
+    if p.0.len() > before {
+        return None;
+    }
+    Some(HttpSettings {
+        endpoint: endpoint?,
+        topic_header,
+        batch_size,
+        batch_linger_ms,
+        max_retries,
+        timeout_ms,
+        concurrency,
+        queue_size,
+        backoff,
+        token: env("IOT_SIM_HTTP_TOKEN"),
+    })
+}
+
+fn compile_coap(mut t: Table<'_>, p: &mut Problems) -> Option<CoapSettings> {
+    let before = p.0.len();
+    let parsed = url_key(&mut t, "coap://127.0.0.1:5683", &["coap"], p);
+    let confirmable = t.bool("confirmable", p).unwrap_or(true);
+    let ack_timeout_ms = dur(&mut t, "ack_timeout", 2000, p);
+    let ack_random_factor = match t.f64("ack_random_factor", p) {
+        Some(f) if (1.0..=4.0).contains(&f) => f,
+        Some(f) => {
+            p.add(t.path_of("ack_random_factor"), format!("must be between 1 and 4, got {f}"));
+            1.5
+        }
+        None => 1.5,
+    };
+    let max_retransmit = usize_in(&mut t, "max_retransmit", 0, 20, 4, p) as u32;
+    let max_inflight = usize_in(&mut t, "max_inflight", 1, 60_000, 256, p);
+    let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
+    t.finish_with(&["url", "confirmable", "ack_timeout", "ack_random_factor", "max_retransmit", "max_inflight", "queue_size"], p);
+    let (url, parts) = parsed?;
+    if p.0.len() > before {
+        return None;
+    }
+    Some(CoapSettings {
+        port: parts.port.unwrap_or(5683),
+        host: parts.host,
+        url,
+        confirmable,
+        ack_timeout_ms,
+        ack_random_factor,
+        max_retransmit,
+        max_inflight,
+        queue_size,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_their_parts() {
+        let u = split_url("mqtts://user@broker.example:8883/x").unwrap();
+        assert_eq!((u.scheme.as_str(), u.user.as_deref(), u.host.as_str(), u.port, u.rest.as_str()), ("mqtts", Some("user"), "broker.example", Some(8883), "/x"));
+        assert!(split_url("amqp://guest:guest@h:5672/%2f").unwrap().password);
+        assert!(split_url("broker:1883").is_err());
+        assert!(split_url("mqtt://h:99999").is_err());
+        assert_eq!(split_url("coap://[::1]:5683").unwrap().host, "::1");
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_a_cap() {
+        let b = Backoff { initial_ms: 100, max_ms: 1000 };
+        assert_eq!(b.delay_ms(0, 0.0), 50);
+        assert_eq!(b.delay_ms(0, 0.999_999), 99);
+        assert_eq!(b.delay_ms(2, 0.0), 200);
+        assert_eq!(b.delay_ms(10, 0.0), 500);
+        assert!(b.delay_ms(10, 0.99) <= 1000);
+    }
+}

@@ -1,0 +1,6 @@
+//! Live control over gRPC: the `simulator.v1.DeviceRuntimeService` server, its client, and the
+//! label selectors both use. The control plane runs on its own tokio runtime and only sends
+//! [`crate::shard::command::ShardCommand`]s to the shards; it never touches a shard's devices.
+
+pub mod proto;
+pub mod selector;

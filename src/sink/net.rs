@@ -1,0 +1,314 @@
+//! What every network sink shares: per-connection bounded queues of unsent messages, the
+//! backpressure policy, and the completion recorder.
+//!
+//! Everything here lives on the shard's thread (`Rc`, `RefCell`, `Cell`): the shard's tick
+//! pushes into a connection's queue and returns at once; the connection's tasks (spawned on
+//! the shard's `LocalSet`) pop, send, and record completions. A shard never waits on a sink in
+//! realtime; in virtual time it waits for room instead of dropping (the sink paces the clock).
+
+use crate::config::Backoff;
+use crate::shard::clock::mono_ns;
+use crate::shard::stats::ProfileStats;
+use crate::sim::profile::{Backpressure, Fleet};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::rc::Rc;
+use tokio::sync::Notify;
+
+/// A message waiting for (or in) transmission.
+#[derive(Clone, Debug)]
+pub struct Queued {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub profile: u16,
+    /// Monotonic time the message was meant to be sent (realtime) or handed over (virtual).
+    pub intended_ns: u64,
+    /// Monotonic time it was handed to the protocol client (set by the connection task).
+    pub sent_ns: u64,
+    pub device_hash: u64,
+}
+
+/// One connection's queue of unsent messages.
+pub struct ConnQueue {
+    items: RefCell<VecDeque<Queued>>,
+    cap: usize,
+    /// Wakes the connection task when a message arrives (a permit is kept if it is busy).
+    pub wake: Notify,
+    /// Wakes whoever waits for the queue to fall below half full.
+    pub room: Notify,
+    slowed: Cell<bool>,
+    /// Messages handed to the protocol client and not yet completed.
+    pub inflight: Cell<usize>,
+    pub connected: Cell<bool>,
+}
+
+impl ConnQueue {
+    fn new(cap: usize) -> ConnQueue {
+        ConnQueue {
+            items: RefCell::new(VecDeque::with_capacity(cap.min(4096))),
+            cap,
+            wake: Notify::new(),
+            room: Notify::new(),
+            slowed: Cell::new(false),
+            inflight: Cell::new(0),
+            connected: Cell::new(false),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.borrow().is_empty()
+    }
+
+    /// Takes the oldest unsent message.
+    pub fn pop(&self) -> Option<Queued> {
+        let m = self.items.borrow_mut().pop_front();
+        if m.is_some() && self.len() * 2 < self.cap {
+            self.slowed.set(false);
+            self.room.notify_waiters();
+        }
+        m
+    }
+
+    /// Puts a message back at the front (it could not be sent yet).
+    pub fn push_front(&self, m: Queued) {
+        self.items.borrow_mut().push_front(m);
+    }
+
+    fn fill(&self) -> f64 {
+        self.len() as f64 / self.cap as f64
+    }
+}
+
+/// Per-profile outcomes of one network sink on one shard.
+pub struct NetShared {
+    pub conns: Vec<ConnQueue>,
+    pub stats: RefCell<Vec<ProfileStats>>,
+    /// Connection-level events: `connect_error`, `reconnect`, `disconnect`.
+    pub events: RefCell<BTreeMap<&'static str, u64>>,
+    /// Set at shutdown: connection tasks finish what is queued, then close.
+    pub closing: Cell<bool>,
+    pub backoff: Backoff,
+    policies: Vec<Backpressure>,
+    name: &'static str,
+    shard: usize,
+}
+
+impl NetShared {
+    pub fn new(name: &'static str, shard: usize, fleet: &Fleet, conns: usize, queue_size: usize, backoff: Backoff) -> Rc<NetShared> {
+        Rc::new(NetShared {
+            conns: (0..conns.max(1)).map(|_| ConnQueue::new(queue_size.max(1))).collect(),
+            stats: RefCell::new((0..fleet.profiles.len()).map(|_| ProfileStats::new()).collect()),
+            events: RefCell::new(BTreeMap::new()),
+            closing: Cell::new(false),
+            backoff,
+            policies: fleet.profiles.iter().map(|p| p.delivery.backpressure).collect(),
+            name,
+            shard,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// The connection a device's messages use.
+    pub fn conn_of(&self, device_hash: u64) -> usize {
+        (crate::sim::seed::mix64(device_hash) % self.conns.len() as u64) as usize
+    }
+
+    /// Queues a message; applies the backpressure policy when the queue is full.
+    pub fn enqueue(&self, m: Queued) {
+        let conn = &self.conns[self.conn_of(m.device_hash)];
+        let profile = m.profile as usize;
+        let policy = self.policies.get(profile).copied().unwrap_or_default();
+        {
+            let mut items = conn.items.borrow_mut();
+            if items.len() >= conn.cap {
+                match policy {
+                    Backpressure::DropOldest => {
+                        if let Some(old) = items.pop_front() {
+                            self.stats.borrow_mut()[old.profile as usize].dropped += 1;
+                        }
+                    }
+                    Backpressure::SlowDown => {
+                        // Still full although devices were slowed: the newest cannot wait.
+                        drop(items);
+                        self.stats.borrow_mut()[profile].dropped += 1;
+                        return;
+                    }
+                }
+            }
+            items.push_back(m);
+        }
+        if policy == Backpressure::SlowDown && !conn.slowed.get() && conn.fill() > 0.8 {
+            conn.slowed.set(true);
+            self.stats.borrow_mut()[profile].slowdowns += 1;
+        }
+        conn.wake.notify_one();
+    }
+
+    /// 2 while the device's connection is in slow-down, else 1.
+    pub fn interval_factor(&self, profile: usize, device_hash: u64) -> u64 {
+        if self.policies.get(profile) == Some(&Backpressure::SlowDown) && self.conns[self.conn_of(device_hash)].slowed.get() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// True when some connection's queue is above 80% (virtual clock waits then).
+    pub fn congested(&self) -> bool {
+        self.conns.iter().any(|c| c.fill() > 0.8)
+    }
+
+    /// Waits until no queue is above half full.
+    pub async fn wait_room(&self) {
+        loop {
+            let Some(c) = self.conns.iter().find(|c| c.len() * 2 >= c.cap) else { return };
+            let notified = c.room.notified();
+            if c.len() * 2 < c.cap {
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records a delivered message.
+    pub fn complete(&self, m: &Queued) {
+        let now = mono_ns();
+        let mut st = self.stats.borrow_mut();
+        let s = &mut st[m.profile as usize];
+        s.messages += 1;
+        s.bytes += m.payload.len() as u64;
+        s.latency.saturating_record(now.saturating_sub(m.intended_ns) / 1000);
+        s.service.saturating_record(now.saturating_sub(m.sent_ns.max(m.intended_ns)) / 1000);
+    }
+
+    /// Records a message that was not delivered, by kind (`timeout`, `nack`, `http_503`, ...).
+    pub fn fail(&self, profile: u16, kind: &str) {
+        let mut st = self.stats.borrow_mut();
+        let s = &mut st[profile as usize];
+        s.errors += 1;
+        *s.error_kinds.entry(kind.to_string()).or_insert(0) += 1;
+    }
+
+    /// Counts a connection-level event.
+    pub fn event(&self, kind: &'static str) {
+        *self.events.borrow_mut().entry(kind).or_insert(0) += 1;
+    }
+
+    /// Messages queued or in flight on every connection.
+    pub fn outstanding(&self) -> usize {
+        self.conns.iter().map(|c| c.len() + c.inflight.get()).sum()
+    }
+
+    /// Called by a task when a message is handed to the protocol client.
+    pub fn sent(&self, conn: usize) {
+        let c = &self.conns[conn];
+        c.inflight.set(c.inflight.get() + 1);
+    }
+
+    /// Called by a task when a handed-over message completed or failed.
+    pub fn settled(&self, conn: usize) {
+        let c = &self.conns[conn];
+        c.inflight.set(c.inflight.get().saturating_sub(1));
+        c.room.notify_waiters();
+    }
+
+    /// Waits (up to `timeout_ns`) for every queued and in-flight message to settle, then counts
+    /// what is left as errors of kind `shutdown` and tells the tasks to close.
+    pub async fn drain(&self, timeout_ns: u64) {
+        let deadline = mono_ns() + timeout_ns;
+        while self.outstanding() > 0 && mono_ns() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        self.closing.set(true);
+        for (i, c) in self.conns.iter().enumerate() {
+            while let Some(m) = c.pop() {
+                self.fail(m.profile, "shutdown");
+            }
+            let lost = c.inflight.get();
+            if lost > 0 {
+                tracing::warn!(sink = self.name, shard = self.shard, conn = i, lost, "messages still in flight at shutdown");
+            }
+            c.wake.notify_one();
+        }
+    }
+
+    /// Random jitter in [0, 1) for backoff, from the monotonic clock (not part of the
+    /// deterministic core: it only spreads reconnect attempts).
+    pub fn jitter() -> f64 {
+        (crate::sim::seed::mix64(mono_ns()) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Sleeps the `attempt`-th backoff delay.
+    pub async fn backoff_sleep(&self, attempt: u32) {
+        let ms = self.backoff.delay_ms(attempt, NetShared::jitter());
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::profile::{Delivery, Fleet, Profile, Protocol, TopicTemplate};
+
+    fn fleet(bp: Backpressure) -> Fleet {
+        let profile = Profile {
+            name: "p".into(),
+            device_type: "p".into(),
+            protocol: Protocol::Mqtt,
+            topic: TopicTemplate::parse("t").unwrap(),
+            interval_ms: 1000,
+            seq: false,
+            labels: Default::default(),
+            fields: vec![],
+            slots: 0,
+            type_json: String::new(),
+            delivery: Delivery { backpressure: bp, ..Delivery::default() },
+        };
+        Fleet { profiles: vec![profile], groups: vec![] }
+    }
+
+    fn msg(i: u64) -> Queued {
+        Queued { topic: "t".into(), payload: i.to_string().into_bytes(), profile: 0, intended_ns: i, sent_ns: 0, device_hash: 7 }
+    }
+
+    #[test]
+    fn drop_oldest_evicts_the_oldest_unsent_message_and_counts_it() {
+        let s = NetShared::new("mqtt", 0, &fleet(Backpressure::DropOldest), 1, 3, Backoff { initial_ms: 1, max_ms: 2 });
+        for i in 0..5 {
+            s.enqueue(msg(i));
+        }
+        assert_eq!(s.stats.borrow()[0].dropped, 2);
+        let left: Vec<u64> = std::iter::from_fn(|| s.conns[0].pop()).map(|m| m.intended_ns).collect();
+        assert_eq!(left, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn slow_down_doubles_the_interval_above_80_percent_and_restores_below_50() {
+        let s = NetShared::new("mqtt", 0, &fleet(Backpressure::SlowDown), 1, 10, Backoff { initial_ms: 1, max_ms: 2 });
+        for i in 0..8 {
+            s.enqueue(msg(i));
+        }
+        assert_eq!(s.interval_factor(0, 7), 1, "80% is not above 80%");
+        s.enqueue(msg(8));
+        assert_eq!(s.interval_factor(0, 7), 2);
+        assert_eq!(s.stats.borrow()[0].slowdowns, 1);
+        for _ in 0..4 {
+            s.conns[0].pop();
+        }
+        assert_eq!(s.interval_factor(0, 7), 2, "hysteresis: 5 of 10 is not below half");
+        s.conns[0].pop();
+        assert_eq!(s.interval_factor(0, 7), 1);
+        assert_eq!(s.stats.borrow()[0].dropped, 0);
+    }
+}
