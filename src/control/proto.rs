@@ -4,4 +4,5 @@
 tonic::include_proto!("simulator.v1");
 
 /// The encoded file descriptor set, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("simulator_v1_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("simulator_v1_descriptor");

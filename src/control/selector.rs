@@ -152,7 +152,10 @@ impl Parser<'_> {
                 None => return Ok(LabelSelector { requirements }),
                 Some(',') => self.pos += 1,
                 Some(_) => {
-                    return Err(self.err(self.pos, format!("expected ',' or the end, found {}", self.found())));
+                    return Err(self.err(
+                        self.pos,
+                        format!("expected ',' or the end, found {}", self.found()),
+                    ));
                 }
             }
         }
@@ -165,7 +168,10 @@ impl Parser<'_> {
         if len == 0 {
             return Err(self.err(
                 start,
-                format!("expected a label key (letters, digits, '.', '_', '-', '/'), found {}", self.found()),
+                format!(
+                    "expected a label key (letters, digits, '.', '_', '-', '/'), found {}",
+                    self.found()
+                ),
             ));
         }
         self.pos += len;
@@ -190,7 +196,8 @@ impl Parser<'_> {
             return Ok(Requirement::Equals(key, self.value()));
         }
         // A word operator needs a space before it, which `key` already stopped at.
-        let word_len = self.rest().find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(self.rest().len());
+        let word_len =
+            self.rest().find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(self.rest().len());
         let word = &self.rest()[..word_len];
         match word {
             "in" | "notin" => {
@@ -225,7 +232,10 @@ impl Parser<'_> {
     fn set(&mut self) -> Result<Vec<String>, SelectorError> {
         self.skip_ws();
         if !self.eat("(") {
-            return Err(self.err(self.pos, format!("expected '(' to open the value set, found {}", self.found())));
+            return Err(self.err(
+                self.pos,
+                format!("expected '(' to open the value set, found {}", self.found()),
+            ));
         }
         let mut values = vec![];
         loop {
@@ -234,10 +244,14 @@ impl Parser<'_> {
             let len = self.rest().find([',', ')', '(']).unwrap_or(self.rest().len());
             let v = self.rest()[..len].trim();
             if v.is_empty() {
-                return Err(self.err(start, format!("expected a value in the set, found {}", self.found())));
+                return Err(
+                    self.err(start, format!("expected a value in the set, found {}", self.found()))
+                );
             }
             if v.contains(char::is_whitespace) {
-                return Err(self.err(start, format!("a set value must not contain spaces, got {v:?}")));
+                return Err(
+                    self.err(start, format!("a set value must not contain spaces, got {v:?}"))
+                );
             }
             values.push(v.to_string());
             self.pos += len;
@@ -247,7 +261,12 @@ impl Parser<'_> {
                     self.pos += 1;
                     return Ok(values);
                 }
-                _ => return Err(self.err(self.pos, format!("expected ',' or ')' in the value set, found {}", self.found()))),
+                _ => {
+                    return Err(self.err(
+                        self.pos,
+                        format!("expected ',' or ')' in the value set, found {}", self.found()),
+                    ));
+                }
             }
         }
     }
@@ -271,7 +290,10 @@ mod tests {
 
     #[test]
     fn the_original_single_equality_still_works() {
-        check("device_type=thermo", &[(&[("device_type", "thermo")], true), (&[("device_type", "x")], false), (&[], false)]);
+        check(
+            "device_type=thermo",
+            &[(&[("device_type", "thermo")], true), (&[("device_type", "x")], false), (&[], false)],
+        );
         check("group=alpha", &[(&[("group", "alpha"), ("x", "y")], true)]);
     }
 
@@ -288,18 +310,38 @@ mod tests {
 
     #[test]
     fn commas_are_and() {
-        check("a=1,b=2", &[(&[("a", "1"), ("b", "2")], true), (&[("a", "1")], false), (&[("a", "1"), ("b", "3")], false)]);
+        check(
+            "a=1,b=2",
+            &[
+                (&[("a", "1"), ("b", "2")], true),
+                (&[("a", "1")], false),
+                (&[("a", "1"), ("b", "3")], false),
+            ],
+        );
     }
 
     #[test]
     fn double_equals_and_not_equals() {
-        check("a==1, b != 2", &[(&[("a", "1")], true), (&[("a", "1"), ("b", "2")], false), (&[("a", "1"), ("b", "3")], true)]);
+        check(
+            "a==1, b != 2",
+            &[
+                (&[("a", "1")], true),
+                (&[("a", "1"), ("b", "2")], false),
+                (&[("a", "1"), ("b", "3")], true),
+            ],
+        );
     }
 
     #[test]
     fn set_membership() {
-        check("site in (berlin, paris)", &[(&[("site", "paris")], true), (&[("site", "rome")], false), (&[], false)]);
-        check("site notin (rome)", &[(&[("site", "paris")], true), (&[("site", "rome")], false), (&[], true)]);
+        check(
+            "site in (berlin, paris)",
+            &[(&[("site", "paris")], true), (&[("site", "rome")], false), (&[], false)],
+        );
+        check(
+            "site notin (rome)",
+            &[(&[("site", "paris")], true), (&[("site", "rome")], false), (&[], true)],
+        );
     }
 
     #[test]

@@ -38,6 +38,9 @@ const CHUNK: usize = 512;
 /// Points a subscription collects before it is handed to its stream.
 const POINTS_PER_SEND: usize = 1024;
 
+/// A device event with the labels of its device (for label-selector filtering).
+pub type Event = Arc<(proto::DeviceEvent, BTreeMap<String, String>)>;
+
 /// Where a reply goes.
 pub type Reply<T> = oneshot::Sender<T>;
 
@@ -92,7 +95,9 @@ pub struct BehaviourUpdate {
 #[derive(Debug)]
 pub enum Action {
     Stop,
-    Status { list: bool },
+    Status {
+        list: bool,
+    },
     Fault(FaultSpec),
     /// Clears faults of one `FaultType` number, or every fault.
     ClearFaults(Option<i32>),
@@ -136,7 +141,7 @@ pub struct ShardControl {
     /// Commands from the control plane (bounded).
     pub inbox: Receiver<ShardCommand>,
     /// Device events to every StreamEvents subscriber; sent only while someone listens.
-    pub events: broadcast::Sender<Arc<proto::DeviceEvent>>,
+    pub events: broadcast::Sender<Event>,
     pub counters: Arc<ShardCounters>,
 }
 
@@ -219,7 +224,15 @@ impl Control {
         self.suppressed += 1;
     }
 
-    fn emit(&self, id: &str, kind: proto::DeviceEventType, message: String, t: SimMs, meta: &[(&str, String)]) {
+    fn emit(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        kind: proto::DeviceEventType,
+        message: String,
+        t: SimMs,
+        meta: &[(&str, String)],
+    ) {
         let Some(link) = &self.link else { return };
         if link.events.receiver_count() == 0 {
             return;
@@ -231,7 +244,7 @@ impl Control {
             timestamp: Some(timestamp(t)),
             metadata: meta.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
-        let _ = link.events.send(Arc::new(event));
+        let _ = link.events.send(Arc::new((event, labels.clone())));
     }
 
     /// Applies the device's active faults to a generated message (`samples`), expiring those
@@ -299,10 +312,14 @@ impl Control {
             for kind in cleared {
                 self.emit(
                     id,
+                    &group.labels,
                     proto::DeviceEventType::FaultCleared,
                     format!("{kind} ended"),
                     due,
-                    &[("fault_type", kind.type_name().to_string()), ("device_type", profile.device_type.clone())],
+                    &[
+                        ("fault_type", kind.type_name().to_string()),
+                        ("device_type", profile.device_type.clone()),
+                    ],
                 );
             }
         }
@@ -312,7 +329,15 @@ impl Control {
         fx
     }
 
-    fn stream(&mut self, id: &str, group_ix: usize, group: &Group, profile: &Profile, samples: &[Sample], t: SimMs) {
+    fn stream(
+        &mut self,
+        id: &str,
+        group_ix: usize,
+        group: &Group,
+        profile: &Profile,
+        samples: &[Sample],
+        t: SimMs,
+    ) {
         for s in &mut self.subs {
             let wanted = match &s.ids {
                 Some(ids) => ids.contains(id),
@@ -439,9 +464,10 @@ impl Shard {
         if !self.ctl.work.is_empty() {
             // Work until shortly before the next device is due, within bounds.
             let budget = match (self.plan.clock, self.wheel.next_expiration()) {
-                (crate::config::ClockMode::Realtime, Some(t)) => {
-                    self.wall_at(t).saturating_sub(start + BUDGET_NS).clamp(BUDGET_NS, IDLE_BUDGET_NS)
-                }
+                (crate::config::ClockMode::Realtime, Some(t)) => self
+                    .wall_at(t)
+                    .saturating_sub(start + BUDGET_NS)
+                    .clamp(BUDGET_NS, IDLE_BUDGET_NS),
                 (crate::config::ClockMode::Realtime, None) => IDLE_BUDGET_NS,
                 (crate::config::ClockMode::Virtual, _) => BUDGET_NS,
             };
@@ -499,7 +525,12 @@ impl Shard {
     /// Before a device's tick: pause and latency-spike deferral. `None` means the tick was
     /// consumed here (the device is re-armed); otherwise the (possibly earlier) intended time
     /// of the message to generate now.
-    pub fn control_gate(&mut self, key: u32, due: SimMs, intended_ns: Option<u64>) -> Option<(SimMs, Option<u64>)> {
+    pub fn control_gate(
+        &mut self,
+        key: u32,
+        due: SimMs,
+        intended_ns: Option<u64>,
+    ) -> Option<(SimMs, Option<u64>)> {
         let c = &self.ctl;
         if c.paused.is_empty() && c.deferred.is_empty() && c.faults.is_empty() {
             return Some((due, intended_ns));
@@ -602,6 +633,7 @@ impl Shard {
         self.wheel.insert(key, now + seed::phase_ms(ds, interval).max(1));
         self.ctl.emit(
             &spec.id,
+            &self.plan.fleet.groups[gi].labels,
             proto::DeviceEventType::Spawned,
             "device started".into(),
             now,
@@ -729,6 +761,7 @@ impl Shard {
                 self.table.remove(&fleet, key);
                 self.ctl.emit(
                     &id,
+                    &group.labels,
                     proto::DeviceEventType::Stopped,
                     "device stopped".into(),
                     now,
@@ -737,7 +770,11 @@ impl Shard {
             }
             Action::Fault(spec) => {
                 let list = self.ctl.faults.entry(key).or_default();
-                list.push(ActiveFault { kind: spec.kind, started_ms: now, duration_ms: spec.duration_ms });
+                list.push(ActiveFault {
+                    kind: spec.kind,
+                    started_ms: now,
+                    duration_ms: spec.duration_ms,
+                });
                 self.ctl.faults_active += 1;
                 let duration = if spec.duration_ms == 0 {
                     "until cleared".to_string()
@@ -746,6 +783,7 @@ impl Shard {
                 };
                 self.ctl.emit(
                     &id,
+                    &group.labels,
                     proto::DeviceEventType::FaultInjected,
                     format!("{} for {duration}", spec.kind),
                     now,
@@ -777,6 +815,7 @@ impl Shard {
                 for k in cleared {
                     self.ctl.emit(
                         &id,
+                        &group.labels,
                         proto::DeviceEventType::FaultCleared,
                         format!("{k} cleared"),
                         now,
@@ -793,7 +832,7 @@ impl Shard {
                     } else {
                         (proto::DeviceEventType::Resumed, "device resumed")
                     };
-                    self.ctl.emit(&id, kind, msg.into(), now, &[]);
+                    self.ctl.emit(&id, &group.labels, kind, msg.into(), now, &[]);
                 } else {
                     scan.acc.affected -= 1;
                 }
@@ -853,8 +892,11 @@ impl Shard {
         }
         if let Some(new_slots) = self.table.slots_mut(new_key, p.slots) {
             for nf in &p.fields {
-                let Some(of) = old_profile.fields.iter().find(|of| of.name == nf.name) else { continue };
-                let same = std::mem::discriminant(&of.generator) == std::mem::discriminant(&nf.generator)
+                let Some(of) = old_profile.fields.iter().find(|of| of.name == nf.name) else {
+                    continue;
+                };
+                let same = std::mem::discriminant(&of.generator)
+                    == std::mem::discriminant(&nf.generator)
                     && of.generator.slots() == nf.generator.slots();
                 if same {
                     let n = nf.generator.slots();
