@@ -18,6 +18,8 @@ use std::time::Duration;
 pub struct RunOptions {
     /// No progress lines.
     pub quiet: bool,
+    /// Serve live gRPC control (`simulator.v1`) on this address while running.
+    pub grpc: Option<std::net::SocketAddr>,
 }
 
 /// A random seed, for runs that name none.
@@ -91,6 +93,24 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         );
     }
 
+    // Live control: bound before the shards start, so a bad address fails the run at once.
+    let (plane, links) = match opts.grpc {
+        Some(_) => {
+            let (p, l) = crate::control::service::ControlPlane::new(cores);
+            (Some(p), l)
+        }
+        None => (None, vec![]),
+    };
+    let mut links = links.into_iter();
+    let _server = match (opts.grpc, &plane) {
+        (Some(addr), Some(p)) => {
+            let s = crate::control::service::start(addr, p.clone())
+                .with_context(|| format!("cannot serve gRPC on {addr}"))?;
+            eprintln!("grpc: listening on {}", s.addr);
+            Some(s)
+        }
+        _ => None,
+    };
     let t0 = mono_ns();
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
@@ -108,7 +128,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             stop: stop.clone(),
             progress: progress_tx.clone(),
             core: core_ids.get(index).copied(),
-            control: None,
+            control: links.next(),
         };
         let (ready, origin) = (ready.clone(), origin.clone());
         handles.push(shard::spawn(plan, ready, origin).context("cannot start a shard thread")?);

@@ -6,6 +6,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+pub mod client;
+
 /// Thread-per-core IoT device simulator: a realistic fleet on one box, with numbers you can trust.
 #[derive(Parser, Debug)]
 #[command(
@@ -28,6 +30,30 @@ pub enum Command {
     Run(RunArgs),
     /// Check a fleet file without running it; lists every problem.
     Validate(ValidateArgs),
+    /// Long-running runtime controlled over gRPC (simulator.v1); starts empty or with --config.
+    Serve(ServeArgs),
+    /// Spawn devices from a profile on one or several runtimes (gRPC client).
+    Spawn(client::SpawnArgs),
+    /// Stop devices (--all, --selector or --ids).
+    Stop(client::SelectCmd),
+    /// Fleet and runtime status, summed over every --runtime.
+    Status(client::SelectCmd),
+    /// Print live telemetry points.
+    Stream(client::StreamArgs),
+    /// Inject or clear faults.
+    #[command(subcommand)]
+    Fault(client::FaultCmd),
+    /// Pause devices (no telemetry until resumed).
+    Pause(client::SelectCmd),
+    /// Resume paused devices.
+    Resume(client::SelectCmd),
+}
+
+/// Flags of `iot-sim serve`.
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -63,6 +89,10 @@ pub struct RunArgs {
     /// No progress lines on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Serve live gRPC control on this address (serve: default 127.0.0.1:50051). Binding
+    /// beyond loopback is an explicit choice.
+    #[arg(long, value_name = "ADDR")]
+    pub grpc: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +143,14 @@ pub mod exit {
 pub fn main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Validate(v)) => validate(&v.config),
+        Some(Command::Serve(s)) => serve_cmd(&s.run),
+        Some(Command::Spawn(a)) => client::spawn(&a),
+        Some(Command::Stop(a)) => client::stop(&a),
+        Some(Command::Status(a)) => client::status(&a),
+        Some(Command::Stream(a)) => client::stream(&a),
+        Some(Command::Fault(c)) => client::fault(&c),
+        Some(Command::Pause(a)) => client::pause(&a, false),
+        Some(Command::Resume(a)) => client::pause(&a, true),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     }
@@ -154,7 +192,35 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    run::run(config, &RunOptions { quiet: args.quiet })
+    run::run(config, &RunOptions { quiet: args.quiet, grpc: args.grpc })
         .with_context(|| format!("run of {} failed", path.display()))?;
+    Ok(exit::OK)
+}
+
+/// `iot-sim serve`: a realtime run with no end (unless --duration), under gRPC control.
+fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
+    let mut config = match &args.config {
+        Some(path) => match load(path, &args.overrides()) {
+            Ok(c) => c,
+            Err(code) => return Ok(code),
+        },
+        None => {
+            let mut run = config::RunSettings::default();
+            config::apply(&mut run, &args.overrides());
+            config::Config {
+                run,
+                sinks: config::SinkSettings::default(),
+                fleet: crate::sim::profile::Fleet::default(),
+            }
+        }
+    };
+    if config.run.clock == ClockMode::Virtual {
+        eprintln!("serve: the virtual clock needs a fixed fleet; serving in realtime");
+        config.run.clock = ClockMode::Realtime;
+    }
+    config.run.duration_ms = args.duration;
+    let grpc = args.grpc.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 50051)));
+    run::run(config, &RunOptions { quiet: args.quiet, grpc: Some(grpc) })
+    .context("serve failed")?;
     Ok(exit::OK)
 }
