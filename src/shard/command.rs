@@ -475,12 +475,12 @@ impl Shard {
             while let Some(work) = self.ctl.work.pop_front() {
                 let done = match work {
                     Work::Spawn { mut specs, mut acc, reply } => {
-                        let mut n = 0;
+                        let mut n = 0usize;
                         let mut finished = true;
                         for spec in specs.by_ref() {
                             self.spawn_one(spec, &mut acc);
                             n += 1;
-                            if n % CHUNK == 0 && mono_ns() >= deadline {
+                            if n.is_multiple_of(CHUNK) && mono_ns() >= deadline {
                                 finished = false;
                                 break;
                             }
@@ -690,7 +690,7 @@ impl Shard {
                         Some(key) => self.apply(scan, key),
                         None => scan.acc.not_found.push(id.clone()),
                     }
-                    if scan.cursor % CHUNK == 0 && mono_ns() >= deadline {
+                    if scan.cursor.is_multiple_of(CHUNK) && mono_ns() >= deadline {
                         return false;
                     }
                 }
@@ -708,7 +708,7 @@ impl Shard {
                             self.apply(scan, key);
                         }
                     }
-                    if scan.cursor % (CHUNK * 8) == 0 && mono_ns() >= deadline {
+                    if scan.cursor.is_multiple_of(CHUNK * 8) && mono_ns() >= deadline {
                         return false;
                     }
                 }
@@ -906,7 +906,8 @@ impl Shard {
             }
         }
         if new_key != key {
-            for map_key in [key] {
+            {
+                let map_key = key;
                 if let Some(v) = self.ctl.faults.remove(&map_key) {
                     self.ctl.faults.insert(new_key, v);
                 }
