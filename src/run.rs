@@ -18,6 +18,8 @@ use std::time::Duration;
 pub struct RunOptions {
     /// No progress lines.
     pub quiet: bool,
+    /// Retry unreachable brokers this long before failing.
+    pub wait_for_sinks_ms: Option<u64>,
     /// Serve live gRPC control (`simulator.v1`) on this address while running.
     pub grpc: Option<std::net::SocketAddr>,
 }
@@ -72,6 +74,12 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             core_ids.len()
         );
     }
+    crate::sink::preflight::check(
+        &config.fleet,
+        &config.sinks,
+        opts.wait_for_sinks_ms.map(std::time::Duration::from_millis),
+    )
+    .map_err(anyhow::Error::msg)?;
     let end_ms = run.duration_ms.map(|d| start_ms + d);
     let fleet = Arc::new(config.fleet.clone());
     let sinks = Arc::new(config.sinks.clone());

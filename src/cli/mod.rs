@@ -89,6 +89,9 @@ pub struct RunArgs {
     /// No progress lines on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Retry unreachable brokers for up to this long before failing (e.g. 60s).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub wait_for_sinks: Option<u64>,
     /// Serve live gRPC control on this address (serve: default 127.0.0.1:50051). Binding
     /// beyond loopback is an explicit choice.
     #[arg(long, value_name = "ADDR")]
@@ -192,8 +195,11 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    run::run(config, &RunOptions { quiet: args.quiet, grpc: args.grpc })
-        .with_context(|| format!("run of {} failed", path.display()))?;
+    run::run(
+        config,
+        &RunOptions { quiet: args.quiet, wait_for_sinks_ms: args.wait_for_sinks, grpc: args.grpc },
+    )
+    .with_context(|| format!("run of {} failed", path.display()))?;
     Ok(exit::OK)
 }
 
@@ -220,7 +226,10 @@ fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
     }
     config.run.duration_ms = args.duration;
     let grpc = args.grpc.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 50051)));
-    run::run(config, &RunOptions { quiet: args.quiet, grpc: Some(grpc) })
+    run::run(
+        config,
+        &RunOptions { quiet: args.quiet, wait_for_sinks_ms: args.wait_for_sinks, grpc: Some(grpc) },
+    )
     .context("serve failed")?;
     Ok(exit::OK)
 }

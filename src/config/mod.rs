@@ -282,10 +282,16 @@ fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
             Protocol::Coap => sinks.coap.is_none(),
             _ => false,
         };
-        if used && missing && !p.0.iter().any(|q| q.path.starts_with(&format!("sink.{}", prof.protocol))) {
+        if used
+            && missing
+            && !p.0.iter().any(|q| q.path.starts_with(&format!("sink.{}", prof.protocol)))
+        {
             p.add(
                 format!("sink.{}", prof.protocol),
-                format!("missing: profile {:?} publishes over {}, so [sink.{}] is needed", prof.name, prof.protocol, prof.protocol),
+                format!(
+                    "missing: profile {:?} publishes over {}, so [sink.{}] is needed",
+                    prof.name, prof.protocol, prof.protocol
+                ),
             );
         }
         if prof.protocol == Protocol::File
@@ -572,8 +578,18 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
     }
     t.finish_with(
         &[
-            "protocol", "topic", "interval", "seq", "device_type", "labels", "fields", "qos", "retain",
-            "backpressure", "endpoint", "confirmable",
+            "protocol",
+            "topic",
+            "interval",
+            "seq",
+            "device_type",
+            "labels",
+            "fields",
+            "qos",
+            "retain",
+            "backpressure",
+            "endpoint",
+            "confirmable",
         ],
         p,
     );
@@ -603,7 +619,11 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
     })
 }
 
-fn compile_delivery(t: &mut Table<'_>, protocol: Option<Protocol>, p: &mut Problems) -> profile::Delivery {
+fn compile_delivery(
+    t: &mut Table<'_>,
+    protocol: Option<Protocol>,
+    p: &mut Problems,
+) -> profile::Delivery {
     let mut d = profile::Delivery::default();
     let only = |t: &Table<'_>, key: &str, want: Protocol, p: &mut Problems| {
         if t.has(key) && protocol.is_some_and(|pr| pr != want) {
@@ -631,7 +651,10 @@ fn compile_delivery(t: &mut Table<'_>, protocol: Option<Protocol>, p: &mut Probl
         ),
     }
     if t.has("backpressure") && protocol.is_some_and(|pr| !pr.is_network()) {
-        p.add(t.path_of("backpressure"), "only applies to network protocols (mqtt, amqp, http, coap)");
+        p.add(
+            t.path_of("backpressure"),
+            "only applies to network protocols (mqtt, amqp, http, coap)",
+        );
     }
     d
 }

@@ -122,7 +122,14 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn usize_in(t: &mut Table<'_>, key: &str, lo: i64, hi: i64, default: usize, p: &mut Problems) -> usize {
+fn usize_in(
+    t: &mut Table<'_>,
+    key: &str,
+    lo: i64,
+    hi: i64,
+    default: usize,
+    p: &mut Problems,
+) -> usize {
     match t.int(key, p) {
         Some(n) if (lo..=hi).contains(&n) => n as usize,
         Some(n) => {
@@ -150,7 +157,10 @@ fn backoff(t: &mut Table<'_>, p: &mut Problems) -> Backoff {
         max_ms: dur(t, "backoff_max", 10_000, p),
     };
     if b.initial_ms > b.max_ms {
-        p.add(t.path_of("backoff_initial"), format!("({}ms) must not exceed backoff_max ({}ms)", b.initial_ms, b.max_ms));
+        p.add(
+            t.path_of("backoff_initial"),
+            format!("({}ms) must not exceed backoff_max ({}ms)", b.initial_ms, b.max_ms),
+        );
     }
     b
 }
@@ -167,7 +177,9 @@ pub struct UrlParts {
 
 /// Parses a URL into its parts (no percent-decoding; enough for broker addresses).
 pub fn split_url(url: &str) -> Result<UrlParts, String> {
-    let (scheme, after) = url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL (scheme://host:port)"))?;
+    let (scheme, after) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} is not a URL (scheme://host:port)"))?;
     let (authority, rest) = match after.find('/') {
         Some(i) => (&after[..i], after[i..].to_string()),
         None => (after, String::new()),
@@ -196,7 +208,12 @@ pub fn split_url(url: &str) -> Result<UrlParts, String> {
     Ok(UrlParts { scheme: scheme.to_ascii_lowercase(), user, password, host, port, rest })
 }
 
-fn url_key(t: &mut Table<'_>, default: &str, schemes: &[&str], p: &mut Problems) -> Option<(String, UrlParts)> {
+fn url_key(
+    t: &mut Table<'_>,
+    default: &str,
+    schemes: &[&str],
+    p: &mut Problems,
+) -> Option<(String, UrlParts)> {
     let url = t.str("url", p).unwrap_or(default).to_string();
     match split_url(&url) {
         Ok(parts) if schemes.contains(&parts.scheme.as_str()) => {
@@ -207,7 +224,14 @@ fn url_key(t: &mut Table<'_>, default: &str, schemes: &[&str], p: &mut Problems)
             Some((url, parts))
         }
         Ok(parts) => {
-            p.add(t.path_of("url"), format!("scheme {:?} is not supported here; use {}", parts.scheme, schemes.join(" or ")));
+            p.add(
+                t.path_of("url"),
+                format!(
+                    "scheme {:?} is not supported here; use {}",
+                    parts.scheme,
+                    schemes.join(" or ")
+                ),
+            );
             None
         }
         Err(e) => {
@@ -292,7 +316,22 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
         p.add(t.path_of("client_cert"), "client_cert and client_key go together");
     }
     t.finish_with(
-        &["url", "version", "qos", "retain", "pool_size", "keep_alive", "client_id_prefix", "inflight", "queue_size", "backoff_initial", "backoff_max", "ca_file", "client_cert", "client_key"],
+        &[
+            "url",
+            "version",
+            "qos",
+            "retain",
+            "pool_size",
+            "keep_alive",
+            "client_id_prefix",
+            "inflight",
+            "queue_size",
+            "backoff_initial",
+            "backoff_max",
+            "ca_file",
+            "client_cert",
+            "client_key",
+        ],
         p,
     );
     let (url, parts) = parsed?;
@@ -335,18 +374,51 @@ fn compile_amqp(mut t: Table<'_>, p: &mut Problems) -> Option<AmqpSettings> {
     let confirm_window = usize_in(&mut t, "confirm_window", 1, 1_000_000, 1000, p);
     let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
     let backoff = backoff(&mut t, p);
-    t.finish_with(&["url", "exchange", "routing_separator", "confirms", "confirm_window", "queue_size", "backoff_initial", "backoff_max"], p);
+    t.finish_with(
+        &[
+            "url",
+            "exchange",
+            "routing_separator",
+            "confirms",
+            "confirm_window",
+            "queue_size",
+            "backoff_initial",
+            "backoff_max",
+        ],
+        p,
+    );
     let (url, parts) = parsed?;
     if p.0.len() > before {
         return None;
     }
     // Credentials from the environment replace the URL's user (the password never is in the file).
-    let url = match (env("IOT_SIM_AMQP_USERNAME").or(parts.user.clone()), env("IOT_SIM_AMQP_PASSWORD")) {
-        (Some(u), Some(pw)) => format!("{}://{u}:{pw}@{}:{}{}", parts.scheme, parts.host, parts.port.unwrap_or(5672), parts.rest),
-        (Some(u), None) => format!("{}://{u}@{}:{}{}", parts.scheme, parts.host, parts.port.unwrap_or(5672), parts.rest),
-        _ => url,
-    };
-    Some(AmqpSettings { url, exchange, routing_separator, confirms, confirm_window, queue_size, backoff })
+    let url =
+        match (env("IOT_SIM_AMQP_USERNAME").or(parts.user.clone()), env("IOT_SIM_AMQP_PASSWORD")) {
+            (Some(u), Some(pw)) => format!(
+                "{}://{u}:{pw}@{}:{}{}",
+                parts.scheme,
+                parts.host,
+                parts.port.unwrap_or(5672),
+                parts.rest
+            ),
+            (Some(u), None) => format!(
+                "{}://{u}@{}:{}{}",
+                parts.scheme,
+                parts.host,
+                parts.port.unwrap_or(5672),
+                parts.rest
+            ),
+            _ => url,
+        };
+    Some(AmqpSettings {
+        url,
+        exchange,
+        routing_separator,
+        confirms,
+        confirm_window,
+        queue_size,
+        backoff,
+    })
 }
 
 fn compile_http(mut t: Table<'_>, p: &mut Problems) -> Option<HttpSettings> {
@@ -355,7 +427,10 @@ fn compile_http(mut t: Table<'_>, p: &mut Problems) -> Option<HttpSettings> {
     if let Some(e) = &endpoint {
         match split_url(&e.replace("{topic}", "t").replace("{device_id}", "d")) {
             Ok(u) if u.scheme == "http" || u.scheme == "https" => {}
-            Ok(u) => p.add(t.path_of("endpoint"), format!("scheme {:?} is not supported; use http or https", u.scheme)),
+            Ok(u) => p.add(
+                t.path_of("endpoint"),
+                format!("scheme {:?} is not supported; use http or https", u.scheme),
+            ),
             Err(err) => p.add(t.path_of("endpoint"), err),
         }
     }
@@ -368,7 +443,18 @@ fn compile_http(mut t: Table<'_>, p: &mut Problems) -> Option<HttpSettings> {
     let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
     let backoff = backoff(&mut t, p);
     t.finish_with(
-        &["endpoint", "topic_header", "batch_size", "batch_linger", "max_retries", "timeout", "concurrency", "queue_size", "backoff_initial", "backoff_max"],
+        &[
+            "endpoint",
+            "topic_header",
+            "batch_size",
+            "batch_linger",
+            "max_retries",
+            "timeout",
+            "concurrency",
+            "queue_size",
+            "backoff_initial",
+            "backoff_max",
+        ],
         p,
     );
     if p.0.len() > before {
@@ -404,7 +490,18 @@ fn compile_coap(mut t: Table<'_>, p: &mut Problems) -> Option<CoapSettings> {
     let max_retransmit = usize_in(&mut t, "max_retransmit", 0, 20, 4, p) as u32;
     let max_inflight = usize_in(&mut t, "max_inflight", 1, 60_000, 256, p);
     let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
-    t.finish_with(&["url", "confirmable", "ack_timeout", "ack_random_factor", "max_retransmit", "max_inflight", "queue_size"], p);
+    t.finish_with(
+        &[
+            "url",
+            "confirmable",
+            "ack_timeout",
+            "ack_random_factor",
+            "max_retransmit",
+            "max_inflight",
+            "queue_size",
+        ],
+        p,
+    );
     let (url, parts) = parsed?;
     if p.0.len() > before {
         return None;
@@ -429,7 +526,10 @@ mod tests {
     #[test]
     fn urls_split_into_their_parts() {
         let u = split_url("mqtts://user@broker.example:8883/x").unwrap();
-        assert_eq!((u.scheme.as_str(), u.user.as_deref(), u.host.as_str(), u.port, u.rest.as_str()), ("mqtts", Some("user"), "broker.example", Some(8883), "/x"));
+        assert_eq!(
+            (u.scheme.as_str(), u.user.as_deref(), u.host.as_str(), u.port, u.rest.as_str()),
+            ("mqtts", Some("user"), "broker.example", Some(8883), "/x")
+        );
         assert!(split_url("amqp://guest:guest@h:5672/%2f").unwrap().password);
         assert!(split_url("broker:1883").is_err());
         assert!(split_url("mqtt://h:99999").is_err());

@@ -57,6 +57,10 @@ pub struct Row {
     pub latency_us: Percentiles,
     /// Hand-over to the sink -> completion.
     pub service_us: Percentiles,
+    /// Errors by kind (`timeout`, `nack`, `http_503`, `shutdown`, ...).
+    pub error_kinds: BTreeMap<String, u64>,
+    /// Times a connection entered slow-down (backpressure = "slow_down").
+    pub slowdowns: u64,
     /// File names (inside the report folder) of the `.hgrm` files.
     pub hgrm: Vec<String>,
 }
@@ -87,6 +91,8 @@ pub struct Report {
     pub runs: Vec<Row>,
     /// Actual fire time - intended time (realtime clock only).
     pub tick_lateness_us: Option<Percentiles>,
+    /// Connection events of network sinks (`mqtt.reconnect`, `amqp.connect_error`, ...).
+    pub sink_events: BTreeMap<String, u64>,
 }
 
 /// Inputs the report needs besides the merged statistics.
@@ -130,6 +136,8 @@ pub fn build(
                 msgs_per_s: round1(s.messages as f64 / wall),
                 latency_us: Percentiles::of(&s.latency),
                 service_us: Percentiles::of(&s.service),
+                error_kinds: s.error_kinds.clone(),
+                slowdowns: s.slowdowns,
                 messages: s.messages,
                 errors: s.errors,
                 dropped: s.dropped,
@@ -168,6 +176,7 @@ pub fn build(
         interrupted: facts.interrupted,
         runs,
         tick_lateness_us: realtime.then(|| Percentiles::of(&stats.lateness)),
+        sink_events: stats.sink_events.clone(),
     };
     (report, files)
 }
@@ -333,6 +342,21 @@ pub fn render_table(r: &Report) -> String {
         r.peak_rss_bytes as f64 / 1048576.0,
         r.cpu_seconds
     );
+    for row in r.runs.iter().filter(|row| !row.error_kinds.is_empty() || row.slowdowns > 0) {
+        let kinds: Vec<String> = row.error_kinds.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            out,
+            "{} {}: errors by kind: {}; slow-downs: {}",
+            row.sink,
+            row.device_type,
+            kinds.join(" "),
+            row.slowdowns
+        );
+    }
+    if !r.sink_events.is_empty() {
+        let ev: Vec<String> = r.sink_events.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(out, "sink events: {}", ev.join(" "));
+    }
     if r.interrupted {
         let _ = writeln!(out, "(stopped early by a signal)");
     }

@@ -205,7 +205,9 @@ impl Shard {
     /// Runs until the end time or the stop flag, flushes the sinks and returns the figures.
     pub async fn run(mut self) -> Result<ShardOutcome, String> {
         for s in self.sinks.iter_mut().flatten() {
-            s.start().map_err(|e| format!("shard {}: cannot start the {} sink: {e}", self.plan.index, s.name()))?;
+            s.start().map_err(|e| {
+                format!("shard {}: cannot start the {} sink: {e}", self.plan.index, s.name())
+            })?;
         }
         let sim_end = match self.plan.clock {
             ClockMode::Virtual => self.run_virtual().await,
@@ -226,6 +228,11 @@ impl Shard {
             if let Some(own) = s.own_stats() {
                 for (a, b) in self.stats.profiles.iter_mut().zip(&own) {
                     a.merge(b);
+                }
+            }
+            if let Some(net) = s.net_shared() {
+                for (k, v) in net.events.borrow().iter() {
+                    *self.stats.sink_events.entry(format!("{}.{k}", s.name())).or_insert(0) += v;
                 }
             }
         }
@@ -337,7 +344,8 @@ impl Shard {
                 Some(t) => self.wall_at(t.min(end)),
                 None => self.wall_at(end),
             };
-            let deadline = if self.ctl.busy() { now_ns } else { next_ns.min(now_ns + MAX_SLEEP_NS) };
+            let deadline =
+                if self.ctl.busy() { now_ns } else { next_ns.min(now_ns + MAX_SLEEP_NS) };
             if deadline.saturating_sub(mono_ns()) < MIN_SLEEP_NS {
                 // Closer than a timer wake-up's own cost: stay awake, but let other tasks run.
                 tokio::task::yield_now().await;
@@ -376,7 +384,9 @@ impl Shard {
     /// `intended_ns` is the tick's intended monotonic time (realtime only); `fire_ns` is when
     /// handling it began. Returns the monotonic time at which it completed.
     fn tick(&mut self, key: u32, due: SimMs, intended_ns: Option<u64>, fire_ns: u64) -> u64 {
-        let Some((due, intended_ns)) = self.control_gate(key, due, intended_ns) else { return fire_ns };
+        let Some((due, intended_ns)) = self.control_gate(key, due, intended_ns) else {
+            return fire_ns;
+        };
         let fleet = &*self.plan.fleet;
         let Some(dev) = self.table.get(key) else { return fire_ns };
         let (group_ix, index) = (dev.group as usize, dev.index as u64);
@@ -445,7 +455,8 @@ impl Shard {
             Outcome::Failed => st.errors += 1,
             Outcome::Pending => {}
         }
-        let mut interval = self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
+        let mut interval =
+            self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
         if let Some(sink) = &self.sinks[profile.protocol.index()] {
             interval *= sink.interval_factor(profile_ix, device_hash);
         }

@@ -70,6 +70,8 @@ pub struct ShardStats {
     pub profiles: Vec<ProfileStats>,
     /// Actual fire time - intended time, µs (realtime clock only).
     pub lateness: Histogram<u64>,
+    /// Connection-level events of network sinks, by `sink.event` (`mqtt.reconnect`, ...).
+    pub sink_events: std::collections::BTreeMap<String, u64>,
 }
 
 impl ShardStats {
@@ -77,6 +79,7 @@ impl ShardStats {
         ShardStats {
             profiles: (0..profiles).map(|_| ProfileStats::new()).collect(),
             lateness: histogram(),
+            sink_events: Default::default(),
         }
     }
 
@@ -85,6 +88,9 @@ impl ShardStats {
             a.merge(b);
         }
         let _ = self.lateness.add(&o.lateness);
+        for (k, v) in &o.sink_events {
+            *self.sink_events.entry(k.clone()).or_insert(0) += v;
+        }
     }
 
     pub fn messages(&self) -> u64 {

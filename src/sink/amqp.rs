@@ -12,7 +12,9 @@ use crate::config::AmqpSettings;
 use crate::shard::clock::mono_ns;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 use std::rc::Rc;
 
 /// Starts the shard's AMQP connection task.
@@ -40,7 +42,11 @@ async fn connect(s: &AmqpSettings) -> Result<(Connection, Channel), lapin::Error
 
 /// The routing key for a topic.
 pub fn routing_key(topic: &str, separator: &str) -> String {
-    if separator.is_empty() || separator == "/" { topic.to_string() } else { topic.replace('/', separator) }
+    if separator.is_empty() || separator == "/" {
+        topic.to_string()
+    } else {
+        topic.replace('/', separator)
+    }
 }
 
 async fn run(s: AmqpSettings, shared: Rc<NetShared>) {
@@ -88,13 +94,30 @@ async fn run(s: AmqpSettings, shared: Rc<NetShared>) {
             let Ok(permit) = window.clone().acquire_owned().await else { return };
             m.sent_ns = mono_ns();
             let key = routing_key(&m.topic, &s.routing_separator);
-            let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
             shared.sent(0);
-            match channel.basic_publish(s.exchange.as_str().into(), key.as_str().into(), BasicPublishOptions::default(), &m.payload, props).await {
+            match channel
+                .basic_publish(
+                    s.exchange.as_str().into(),
+                    key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &m.payload,
+                    props,
+                )
+                .await
+            {
                 Ok(confirm) => {
                     let shared = shared.clone();
                     tokio::task::spawn_local(async move {
-                        settle(&shared, &m, confirm.await);
+                        tokio::select! {
+                            r = confirm => settle(&shared, &m, r),
+                            _ = shared.abandon.notified() => {
+                                shared.fail(m.profile, "unconfirmed");
+                                shared.settled(0);
+                            }
+                        }
                         drop(permit);
                     });
                 }

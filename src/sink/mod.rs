@@ -13,6 +13,9 @@ mod file;
 mod http;
 mod mqtt;
 pub mod net;
+pub mod preflight;
+
+pub use amqp::redact as redact_url;
 
 pub use console::ConsoleSink;
 pub use file::FileSink;
@@ -68,8 +71,15 @@ pub enum Sink {
 impl Sink {
     /// Opens the sink for `protocol` on shard `shard` of `shards`. Network sinks start their
     /// connections later, in [`Sink::start`], on the shard's runtime.
-    pub fn open(protocol: Protocol, settings: &SinkSettings, shard: usize, shards: usize, fleet: &Arc<Fleet>) -> io::Result<Sink> {
-        let missing = |name: &str| io::Error::other(format!("the {name} sink has no [sink.{name}] settings"));
+    pub fn open(
+        protocol: Protocol,
+        settings: &SinkSettings,
+        shard: usize,
+        shards: usize,
+        fleet: &Arc<Fleet>,
+    ) -> io::Result<Sink> {
+        let missing =
+            |name: &str| io::Error::other(format!("the {name} sink has no [sink.{name}] settings"));
         Ok(match protocol {
             Protocol::Console => Sink::Console(ConsoleSink::new()),
             Protocol::Null => Sink::Null,
@@ -79,7 +89,8 @@ impl Sink {
             }
             Protocol::Mqtt => {
                 let s = settings.mqtt.clone().ok_or_else(|| missing("mqtt"))?;
-                let shared = NetShared::new("mqtt", shard, fleet, s.pool_size, s.queue_size, s.backoff);
+                let shared =
+                    NetShared::new("mqtt", shard, fleet, s.pool_size, s.queue_size, s.backoff);
                 let fleet = fleet.clone();
                 Sink::net(protocol, shared, Box::new(move |sh| mqtt::start(&s, &fleet, sh)))
             }
@@ -96,7 +107,10 @@ impl Sink {
             }
             Protocol::Coap => {
                 let s = settings.coap.clone().ok_or_else(|| missing("coap"))?;
-                let backoff = crate::config::Backoff { initial_ms: s.ack_timeout_ms, max_ms: s.ack_timeout_ms * 16 };
+                let backoff = crate::config::Backoff {
+                    initial_ms: s.ack_timeout_ms,
+                    max_ms: s.ack_timeout_ms * 16,
+                };
                 let shared = NetShared::new("coap", shard, fleet, 1, s.queue_size, backoff);
                 let fleet = fleet.clone();
                 Sink::net(protocol, shared, Box::new(move |sh| coap::start(&s, &fleet, sh)))

@@ -26,6 +26,8 @@ use std::time::Duration;
 struct Flight {
     msg: Queued,
     qos: u8,
+    /// Hand-over order, to requeue in the original order after a disconnect.
+    order: u64,
 }
 
 struct ConnState {
@@ -33,11 +35,28 @@ struct ConnState {
     by_pkid: RefCell<HashMap<u16, Flight>>,
     progress: tokio::sync::Notify,
     ever_connected: Cell<bool>,
+    next_order: Cell<u64>,
+}
+
+impl ConnState {
+    /// Everything handed to rumqttc and not acknowledged, oldest first.
+    fn take_all(&self) -> Vec<Flight> {
+        let mut all: Vec<Flight> = self.by_pkid.borrow_mut().drain().map(|(_, f)| f).collect();
+        all.extend(self.handed.borrow_mut().drain(..));
+        all.sort_by_key(|f| f.order);
+        all
+    }
 }
 
 /// Per-profile (qos, retain).
 fn delivery(fleet: &Fleet, s: &MqttSettings) -> Rc<Vec<(u8, bool)>> {
-    Rc::new(fleet.profiles.iter().map(|p| (p.delivery.qos.unwrap_or(s.qos), p.delivery.retain.unwrap_or(s.retain))).collect())
+    Rc::new(
+        fleet
+            .profiles
+            .iter()
+            .map(|p| (p.delivery.qos.unwrap_or(s.qos), p.delivery.retain.unwrap_or(s.retain)))
+            .collect(),
+    )
 }
 
 /// Builds the rustls client configuration for `mqtts://`.
@@ -47,7 +66,9 @@ pub fn tls_config(s: &MqttSettings) -> Result<Arc<rustls::ClientConfig>, String>
     let tls = s.tls.clone().unwrap_or_default();
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &tls.ca_file {
-        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))? {
+        for cert in CertificateDer::pem_file_iter(ca)
+            .map_err(|e| format!("ca_file {}: {e}", ca.display()))?
+        {
             let cert = cert.map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
             roots.add(cert).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
         }
@@ -59,10 +80,15 @@ pub fn tls_config(s: &MqttSettings) -> Result<Arc<rustls::ClientConfig>, String>
         .with_root_certificates(roots);
     let config = match (&tls.client_cert, &tls.client_key) {
         (Some(c), Some(k)) => {
-            let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(c).map_err(|e| format!("client_cert {}: {e}", c.display()))?.collect();
+            let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(c)
+                .map_err(|e| format!("client_cert {}: {e}", c.display()))?
+                .collect();
             let certs = certs.map_err(|e| format!("client_cert {}: {e}", c.display()))?;
-            let key = PrivateKeyDer::from_pem_file(k).map_err(|e| format!("client_key {}: {e}", k.display()))?;
-            builder.with_client_auth_cert(certs, key).map_err(|e| format!("client certificate: {e}"))?
+            let key = PrivateKeyDer::from_pem_file(k)
+                .map_err(|e| format!("client_key {}: {e}", k.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("client certificate: {e}"))?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -74,7 +100,8 @@ pub fn start(s: &MqttSettings, fleet: &Fleet, shared: Rc<NetShared>) -> Result<(
     let tls = if s.tls.is_some() { Some(tls_config(s)?) } else { None };
     let delivery = delivery(fleet, s);
     for conn in 0..shared.conns.len() {
-        let client_id = format!("{}-{}-s{}-c{conn}", s.client_id_prefix, std::process::id(), shared.shard());
+        let client_id =
+            format!("{}-{}-s{}-c{conn}", s.client_id_prefix, std::process::id(), shared.shard());
         if s.version == 5 {
             v5::start(s, client_id, conn, tls.clone(), shared.clone(), delivery.clone());
         } else {
@@ -130,6 +157,7 @@ macro_rules! mqtt_version {
                     by_pkid: RefCell::new(HashMap::new()),
                     progress: tokio::sync::Notify::new(),
                     ever_connected: Cell::new(false),
+                    next_order: Cell::new(0),
                 });
                 tokio::task::spawn_local(pump(client.clone(), conn, shared.clone(), state.clone(), delivery));
                 tokio::task::spawn_local(events(client, eventloop, conn, shared, state));
@@ -156,7 +184,9 @@ macro_rules! mqtt_version {
                     m.sent_ns = mono_ns();
                     let topic = m.topic.clone();
                     let payload = m.payload.clone();
-                    state.handed.borrow_mut().push_back(Flight { msg: m, qos: qos_level });
+                    let order = state.next_order.get();
+                    state.next_order.set(order + 1);
+                    state.handed.borrow_mut().push_back(Flight { msg: m, qos: qos_level, order });
                     shared.sent(conn);
                     if client.publish(topic, qos(qos_level), retain, payload).await.is_err() {
                         // The event loop is gone (only at shutdown).
@@ -173,13 +203,20 @@ macro_rules! mqtt_version {
                 let q = &shared.conns[conn];
                 let mut attempt = 0u32;
                 loop {
+                    if shared.abandoned.get() {
+                        for f in state.take_all() {
+                            shared.fail(f.msg.profile, "unconfirmed");
+                            shared.settled(conn);
+                        }
+                        return;
+                    }
                     if shared.closing.get() && q.is_empty() && q.inflight.get() == 0 {
                         let _ = client.try_disconnect();
                         // Let the DISCONNECT go out.
                         let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
                         return;
                     }
-                    let polled = if shared.closing.get() {
+                    let polled = if shared.closing.get() || shared.abandoned.get() {
                         match tokio::time::timeout(Duration::from_millis(50), eventloop.poll()).await {
                             Ok(r) => r,
                             Err(_) => continue,
@@ -233,6 +270,13 @@ macro_rules! mqtt_version {
                                 tracing::debug!(sink = "mqtt", shard = shared.shard(), conn, error = %e, "connect failed");
                             }
                             shared.event("connect_error");
+                            // rumqttc drops what it held when the broker starts a new session
+                            // (clean session): requeue every unacknowledged message, in order,
+                            // so that it is sent again after the reconnect (at least once).
+                            for f in state.take_all().into_iter().rev() {
+                                q.push_front(f.msg);
+                                shared.settled(conn);
+                            }
                             if shared.closing.get() && !state.ever_connected.get() {
                                 return;
                             }

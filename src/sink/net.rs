@@ -91,6 +91,10 @@ pub struct NetShared {
     pub events: RefCell<BTreeMap<&'static str, u64>>,
     /// Set at shutdown: connection tasks finish what is queued, then close.
     pub closing: Cell<bool>,
+    /// Set when the shutdown drain timed out: tasks count what they still hold as errors of
+    /// kind `unconfirmed` and stop. `abandon` wakes them.
+    pub abandoned: Cell<bool>,
+    pub abandon: Notify,
     pub backoff: Backoff,
     policies: Vec<Backpressure>,
     name: &'static str,
@@ -98,12 +102,21 @@ pub struct NetShared {
 }
 
 impl NetShared {
-    pub fn new(name: &'static str, shard: usize, fleet: &Fleet, conns: usize, queue_size: usize, backoff: Backoff) -> Rc<NetShared> {
+    pub fn new(
+        name: &'static str,
+        shard: usize,
+        fleet: &Fleet,
+        conns: usize,
+        queue_size: usize,
+        backoff: Backoff,
+    ) -> Rc<NetShared> {
         Rc::new(NetShared {
             conns: (0..conns.max(1)).map(|_| ConnQueue::new(queue_size.max(1))).collect(),
             stats: RefCell::new((0..fleet.profiles.len()).map(|_| ProfileStats::new()).collect()),
             events: RefCell::new(BTreeMap::new()),
             closing: Cell::new(false),
+            abandoned: Cell::new(false),
+            abandon: Notify::new(),
             backoff,
             policies: fleet.profiles.iter().map(|p| p.delivery.backpressure).collect(),
             name,
@@ -157,7 +170,9 @@ impl NetShared {
 
     /// 2 while the device's connection is in slow-down, else 1.
     pub fn interval_factor(&self, profile: usize, device_hash: u64) -> u64 {
-        if self.policies.get(profile) == Some(&Backpressure::SlowDown) && self.conns[self.conn_of(device_hash)].slowed.get() {
+        if self.policies.get(profile) == Some(&Backpressure::SlowDown)
+            && self.conns[self.conn_of(device_hash)].slowed.get()
+        {
             2
         } else {
             1
@@ -231,15 +246,28 @@ impl NetShared {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         self.closing.set(true);
-        for (i, c) in self.conns.iter().enumerate() {
+        for c in &self.conns {
             while let Some(m) = c.pop() {
                 self.fail(m.profile, "shutdown");
             }
-            let lost = c.inflight.get();
-            if lost > 0 {
-                tracing::warn!(sink = self.name, shard = self.shard, conn = i, lost, "messages still in flight at shutdown");
-            }
             c.wake.notify_one();
+        }
+        if self.outstanding() > 0 {
+            tracing::warn!(
+                sink = self.name,
+                shard = self.shard,
+                in_flight = self.outstanding(),
+                "messages still unconfirmed at shutdown; counted as errors"
+            );
+            self.abandoned.set(true);
+            self.abandon.notify_waiters();
+            // Give the tasks a moment to count what they hold.
+            for _ in 0..50 {
+                if self.outstanding() == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
         }
     }
 
@@ -279,23 +307,45 @@ mod tests {
     }
 
     fn msg(i: u64) -> Queued {
-        Queued { topic: "t".into(), payload: i.to_string().into_bytes(), profile: 0, intended_ns: i, sent_ns: 0, device_hash: 7 }
+        Queued {
+            topic: "t".into(),
+            payload: i.to_string().into_bytes(),
+            profile: 0,
+            intended_ns: i,
+            sent_ns: 0,
+            device_hash: 7,
+        }
     }
 
     #[test]
     fn drop_oldest_evicts_the_oldest_unsent_message_and_counts_it() {
-        let s = NetShared::new("mqtt", 0, &fleet(Backpressure::DropOldest), 1, 3, Backoff { initial_ms: 1, max_ms: 2 });
+        let s = NetShared::new(
+            "mqtt",
+            0,
+            &fleet(Backpressure::DropOldest),
+            1,
+            3,
+            Backoff { initial_ms: 1, max_ms: 2 },
+        );
         for i in 0..5 {
             s.enqueue(msg(i));
         }
         assert_eq!(s.stats.borrow()[0].dropped, 2);
-        let left: Vec<u64> = std::iter::from_fn(|| s.conns[0].pop()).map(|m| m.intended_ns).collect();
+        let left: Vec<u64> =
+            std::iter::from_fn(|| s.conns[0].pop()).map(|m| m.intended_ns).collect();
         assert_eq!(left, vec![2, 3, 4]);
     }
 
     #[test]
     fn slow_down_doubles_the_interval_above_80_percent_and_restores_below_50() {
-        let s = NetShared::new("mqtt", 0, &fleet(Backpressure::SlowDown), 1, 10, Backoff { initial_ms: 1, max_ms: 2 });
+        let s = NetShared::new(
+            "mqtt",
+            0,
+            &fleet(Backpressure::SlowDown),
+            1,
+            10,
+            Backoff { initial_ms: 1, max_ms: 2 },
+        );
         for i in 0..8 {
             s.enqueue(msg(i));
         }

@@ -1,0 +1,318 @@
+//! The MQTT sink against real brokers: the machine's Mosquitto on 127.0.0.1:1883, and for the
+//! restart tests a `mosquitto` of our own on a free port.
+
+mod common;
+
+use common::*;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Subscribes to `filter` and collects (topic, payload) until dropped.
+struct Subscriber {
+    got: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    client: Client,
+}
+
+impl Subscriber {
+    fn start(port: u16, filter: &str) -> Subscriber {
+        let mut opts = MqttOptions::new(unique("sub"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut conn) = Client::new(opts, 1000);
+        client.subscribe(filter, QoS::ExactlyOnce).unwrap();
+        let got = Arc::new(Mutex::new(vec![]));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("no SUBACK from the broker");
+        Subscriber { got, client }
+    }
+
+    /// Waits until `n` messages arrived (or a generous while passed), then returns them.
+    fn wait_for(&self, n: usize) -> Vec<(String, Vec<u8>)> {
+        for _ in 0..200 {
+            if self.got.lock().unwrap().len() >= n {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A little longer, to catch duplicates or extras.
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = self.client.disconnect();
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn fleet(
+    port: u16,
+    topic_root: &str,
+    extra_sink: &str,
+    devices: u32,
+    interval: &str,
+    duration: &str,
+) -> String {
+    format!(
+        r#"
+[run]
+seed = 3
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+duration = "{duration}"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+pool_size = 3
+{extra_sink}
+
+[[fleet]]
+profile = "probe"
+count = {devices}
+
+[profiles.probe]
+protocol = "mqtt"
+topic = "{topic_root}/{{device_id}}/telemetry"
+interval = "{interval}"
+seq = true
+[profiles.probe.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 1
+decimals = 2
+"#
+    )
+}
+
+/// Checks every received payload and that each device's sequence is complete: 0..per_device.
+fn check_delivery(got: &[(String, Vec<u8>)], topic_root: &str, devices: u32, per_device: u64) {
+    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (topic, payload) in got {
+        let v: serde_json::Value = serde_json::from_slice(payload).expect("payload is JSON");
+        let id = v["device_id"].as_str().unwrap().to_string();
+        assert_eq!(topic, &format!("{topic_root}/{id}/telemetry"));
+        assert_eq!(v["device_type"], "probe");
+        assert!(v["fields"]["t"].is_f64());
+        seqs.entry(id).or_default().push(v["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs.len(), devices as usize, "every device published");
+    for (id, mut s) in seqs {
+        s.sort_unstable();
+        let want: Vec<u64> = (0..per_device).collect();
+        assert_eq!(s, want, "{id}: messages lost or duplicated");
+    }
+}
+
+fn qos_run(qos: u8, version: u8) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique(&format!("iotsim-q{qos}-v{version}"));
+    let sub = Subscriber::start(1883, &format!("{root}/#"));
+    // 40 devices every 50 ms for 3 s: exactly 60 messages each (first tick phased inside the
+    // first interval, last one before the end).
+    let toml = fleet(1883, &root, &format!("qos = {qos}\nversion = {version}"), 40, "50ms", "3s");
+    let r = run_ok(dir.path(), &toml, &["--cores", "2"]);
+    let row = &r["runs"][0];
+    assert_eq!(row["sink"], "mqtt");
+    assert_eq!(row["messages"], 2400, "report: {row}");
+    assert_eq!(row["errors"], 0);
+    assert_eq!(row["dropped"], 0);
+    assert!(row["latency_us"]["p99"].as_u64().unwrap() > 0);
+    let got = sub.wait_for(2400);
+    assert_eq!(got.len(), 2400, "the subscriber counts what the report says was sent");
+    check_delivery(&got, &root, 40, 60);
+}
+
+#[test]
+fn qos1_loses_nothing() {
+    qos_run(1, 4);
+}
+
+#[test]
+fn qos2_loses_nothing() {
+    qos_run(2, 4);
+}
+
+#[test]
+fn mqtt5_works() {
+    qos_run(1, 5);
+}
+
+#[test]
+fn qos0_messages_arrive() {
+    qos_run(0, 4);
+}
+
+/// A broker of our own that the test can kill and restart.
+struct Broker {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    fn start(port: u16) -> Broker {
+        let mut b = Broker { port, child: None };
+        b.up();
+        b
+    }
+    fn up(&mut self) {
+        let child = std::process::Command::new("mosquitto")
+            .args(["-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (Debian package mosquitto)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mosquitto did not start on port {}", self.port);
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a 6 s realtime fleet against our own broker, killing it at 1.5 s and restarting it at
+/// 3 s. Returns the report.
+fn restart_run(extra_sink: &str, extra_profile: &str) -> serde_json::Value {
+    let port = free_port();
+    let mut broker = Broker::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("iotsim-restart");
+    let toml = fleet(port, &root, extra_sink, 20, "100ms", "6s")
+        .replace("seq = true", &format!("seq = true\n{extra_profile}"));
+    std::fs::write(dir.path().join("fleet.toml"), &toml).unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    let rd = dir.path().join("report");
+    let child = bin()
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--quiet",
+            "--cores",
+            "2",
+            "--report-dir",
+            rd.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.up();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    report(dir.path())
+}
+
+#[test]
+fn a_broker_restart_is_survived_and_nothing_queued_is_lost() {
+    let r = restart_run("qos = 1\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"", "");
+    let row = &r["runs"][0];
+    // 20 devices every 100 ms for 6 s.
+    assert_eq!(row["messages"], 1200, "{r}");
+    assert_eq!(row["errors"], 0, "{row}");
+    assert_eq!(row["dropped"], 0, "{row}");
+    let ev = &r["sink_events"];
+    assert!(ev["mqtt.reconnect"].as_u64().unwrap() >= 1, "{ev}");
+    assert!(ev["mqtt.connect_error"].as_u64().unwrap() >= 1, "{ev}");
+    // Messages held during the outage waited: latency shows it.
+    assert!(row["latency_us"]["max"].as_u64().unwrap() > 1_000_000, "{row}");
+}
+
+#[test]
+fn drop_oldest_counts_what_a_full_queue_evicts_during_an_outage() {
+    let r = restart_run(
+        "qos = 1\nqueue_size = 10\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"",
+        "backpressure = \"drop_oldest\"",
+    );
+    let row = &r["runs"][0];
+    let (m, e, d) = (
+        row["messages"].as_u64().unwrap(),
+        row["errors"].as_u64().unwrap(),
+        row["dropped"].as_u64().unwrap(),
+    );
+    assert!(d > 0, "a 1.5 s outage at 200 msg/s overflows 3 x 10 slots: {row}");
+    assert_eq!(m + e + d, 1200, "every message is accounted for: {row}");
+}
+
+#[test]
+fn slow_down_stretches_intervals_while_the_queue_is_full() {
+    let r = restart_run(
+        "qos = 1\nqueue_size = 10\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"",
+        "backpressure = \"slow_down\"",
+    );
+    let row = &r["runs"][0];
+    assert!(row["slowdowns"].as_u64().unwrap() >= 1, "{row}");
+    let total = row["messages"].as_u64().unwrap()
+        + row["dropped"].as_u64().unwrap()
+        + row["errors"].as_u64().unwrap();
+    assert!(total < 1200, "slowed devices produce fewer messages: {row}");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_naming_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = run(dir.path(), &fleet(port, "x", "", 1, "1s", "2s"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(e.contains(&format!("cannot reach the mqtt server at mqtt://127.0.0.1:{port}")), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn bad_urls_and_tls_files_are_config_errors_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = fleet(1883, "x", "", 1, "1s", "2s").replace(
+        "url = \"mqtt://127.0.0.1:1883\"",
+        "url = \"mqtts://127.0.0.1:8883\"\nca_file = \"/nonexistent/ca.pem\"\nqos = 3",
+    );
+    let out = run(dir.path(), &toml, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = stderr(&out);
+    assert!(e.contains("sink.mqtt.ca_file: /nonexistent/ca.pem is not a readable file"), "{e}");
+    assert!(e.contains("sink.mqtt.qos: must be between 0 and 2, got 3"), "{e}");
+    let toml = fleet(1883, "x", "", 1, "1s", "2s")
+        .replace("mqtt://127.0.0.1:1883", "mqtt://user:secret@127.0.0.1:1883");
+    let out = run(dir.path(), &toml, &[]);
+    assert!(
+        stderr(&out).contains("sink.mqtt.url: must not contain a password"),
+        "{}",
+        stderr(&out)
+    );
+    let toml =
+        fleet(1883, "x", "", 1, "1s", "2s").replace("mqtt://127.0.0.1:1883", "carrier://pigeon");
+    let out = run(dir.path(), &toml, &[]);
+    assert!(
+        stderr(&out).contains("sink.mqtt.url: scheme \"carrier\" is not supported"),
+        "{}",
+        stderr(&out)
+    );
+}
