@@ -364,9 +364,11 @@ async fn run(
     loop {
         if shared.closing.get() {
             // The shard stopped waiting: what is left is not in the report any more.
-            for m in ex.take_all() {
-                shared.fail(m.profile, "shutdown");
-                shared.settled(0);
+            if !ex.is_empty() {
+                for m in ex.take_all() {
+                    shared.fail(m.profile, "shutdown");
+                    shared.settled(0);
+                }
             }
             return;
         }
