@@ -348,7 +348,7 @@ fn lossy(mid: u16, nth: usize, request: bool) -> bool {
     if mid % 17 == 5 {
         return request;
     }
-    nth == 0 && if request { mid % 3 == 0 } else { mid % 3 == 1 }
+    nth == 0 && if request { mid.is_multiple_of(3) } else { mid % 3 == 1 }
 }
 
 #[test]

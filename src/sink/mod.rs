@@ -124,10 +124,10 @@ impl Sink {
 
     /// Starts a network sink's connection tasks (inside the shard's `LocalSet`).
     pub fn start(&mut self) -> Result<(), String> {
-        if let Sink::Net(n) = self {
-            if let Some(start) = n.starter.take() {
-                start(n.shared.clone())?;
-            }
+        if let Sink::Net(n) = self
+            && let Some(start) = n.starter.take()
+        {
+            start(n.shared.clone())?;
         }
         Ok(())
     }
