@@ -4,7 +4,7 @@
 use crate::config::{ClockMode, Config};
 use crate::report::{self, Report, RunFacts};
 use crate::shard::clock::mono_ns;
-use crate::shard::stats::{ShardStats, Snapshot, histogram};
+use crate::shard::stats::{Snapshot, histogram};
 use crate::shard::{self, ShardOutcome, ShardPlan};
 use crate::sim::time::{format_duration_ms, rfc3339_ms};
 use anyhow::{Context, bail};
@@ -171,10 +171,9 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     if !errors.is_empty() {
         bail!("{}", errors.join("\n"));
     }
-    let mut stats = ShardStats::new(fleet.profiles.len());
-    for o in &outcomes {
-        stats.merge(&o.stats);
-    }
+    // Each shard's fleet includes the devices spawned on it over gRPC.
+    let parts: Vec<_> = outcomes.iter().map(|o| (&*o.fleet, &o.stats)).collect();
+    let (fleet, stats) = shard::command::merge_outcomes(&fleet, &parts);
     let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(start_ms);
     let facts = RunFacts {
         seed,

@@ -39,6 +39,8 @@ const STREAM_BUFFER: usize = 64;
 /// Default StreamTelemetry batch size and flush interval (the original's).
 const DEFAULT_BATCH: usize = 100;
 const DEFAULT_FLUSH: Duration = Duration::from_millis(500);
+/// How long a shutdown waits for open gRPC calls (streams) before cutting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
 /// Default interval of a spec without one (the original's).
 const DEFAULT_INTERVAL_MS: u64 = 5000;
 
@@ -817,13 +819,23 @@ pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<Cont
                 .add_service(svc)
                 .add_optional_service(reflection);
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = rx.await;
-                })
-                .await
-            {
-                tracing::error!(error = %e, "gRPC server failed");
+            let stopping = Arc::new(tokio::sync::Notify::new());
+            let signal = stopping.clone();
+            let serve = router.serve_with_incoming_shutdown(incoming, async move {
+                let _ = rx.await;
+                signal.notify_one();
+            });
+            // A graceful shutdown waits for open calls, and a telemetry or event stream never
+            // ends by itself: after a grace period the remaining ones are cut.
+            let grace = async {
+                stopping.notified().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
+            tokio::select! {
+                r = serve => if let Err(e) = r {
+                    tracing::error!(error = %e, "gRPC server failed");
+                },
+                () = grace => tracing::info!("gRPC: closing the streams still open at shutdown"),
             }
         });
     })?;

@@ -274,7 +274,9 @@ impl Control {
                 }
                 keep
             });
-            for f in list.iter() {
+            // A fault applies to messages intended from its injection on (a device ticked late
+            // for an earlier time is not affected).
+            for f in list.iter().filter(|f| f.started_ms <= due) {
                 match f.kind {
                     FaultKind::Disconnect => fx.publish = false,
                     FaultKind::LatencySpike { .. } => {}
@@ -512,8 +514,9 @@ impl Shard {
         if let Some(link) = &self.ctl.link {
             let c = &link.counters;
             c.devices.store(self.table.len() as u64, Ordering::Relaxed);
-            c.messages.store(self.stats.messages(), Ordering::Relaxed);
-            c.errors.store(self.stats.errors(), Ordering::Relaxed);
+            let (net_messages, net_errors, _) = self.net_totals();
+            c.messages.store(self.stats.messages() + net_messages, Ordering::Relaxed);
+            c.errors.store(self.stats.errors() + net_errors, Ordering::Relaxed);
             c.suppressed.store(self.ctl.suppressed, Ordering::Relaxed);
             c.faults_active.store(self.ctl.faults_active, Ordering::Relaxed);
             if !self.stats.lateness.is_empty() {
@@ -546,7 +549,7 @@ impl Shard {
             return None;
         }
         if let Some(list) = c.faults.get(&key) {
-            let live = || list.iter().filter(|f| !f.expired(due));
+            let live = || list.iter().filter(|f| f.started_ms <= due && !f.expired(due));
             let disconnected = live().any(|f| f.kind == FaultKind::Disconnect);
             let spike: u64 = live()
                 .filter_map(|f| match f.kind {
@@ -601,6 +604,9 @@ impl Shard {
             acc.failed.push((spec.id, reason));
             return;
         }
+        // The profile first, so that a sink opened now knows it (HTTP endpoints, per-profile
+        // statistics of network sinks).
+        let profile_ix = self.intern_profile(&spec.profile);
         let proto_ix = spec.profile.protocol.index();
         if self.sinks[proto_ix].is_none() {
             let opened = Sink::open(
@@ -619,7 +625,6 @@ impl Shard {
                 }
             }
         }
-        let profile_ix = self.intern_profile(&spec.profile);
         let gi = self.intern_group(profile_ix, spec.labels);
         let fleet = Arc::make_mut(&mut self.plan.fleet);
         let group = &mut fleet.groups[gi];
@@ -654,6 +659,15 @@ impl Shard {
         fleet.profiles.push((**p).clone());
         let ix = fleet.profiles.len() - 1;
         self.stats.profiles.push(ProfileStats::new());
+        // Network sinks record per profile too: make room for the new one.
+        for sink in self.sinks.iter().flatten() {
+            if let Some(net) = sink.net_shared() {
+                let mut st = net.stats.borrow_mut();
+                if st.len() <= ix {
+                    st.resize_with(ix + 1, ProfileStats::new);
+                }
+            }
+        }
         self.ctl.profiles.insert(addr, ix);
         self.ctl.kept.push(p.clone());
         ix
@@ -882,6 +896,9 @@ impl Shard {
         let deadline = self.wheel.remove(key);
         self.table.remove(&fleet, key);
         let f = Arc::make_mut(&mut self.plan.fleet);
+        // The device moves to the new group: the report counts it once.
+        let old_count = &mut f.groups[old.group as usize].count;
+        *old_count = old_count.saturating_sub(1);
         let index = f.groups[gi].ids.len() as u32;
         f.groups[gi].ids.push(id.to_string());
         f.groups[gi].count += 1;
@@ -925,4 +942,49 @@ impl Shard {
         let now = self.control_now();
         self.wheel.insert(new_key, deadline.unwrap_or(now + old.interval_ms as u64));
     }
+}
+
+/// Merges the shards' outcomes into one fleet and one set of statistics for the report.
+/// `base` is the run's fleet, which every shard started from. What a shard created at runtime
+/// (the profiles and groups of devices spawned or changed over gRPC) is appended, with its
+/// statistics; the count of a fleet-file group is corrected by what shards moved out of it.
+pub fn merge_outcomes(
+    base: &profile::Fleet,
+    shards: &[(&profile::Fleet, &super::stats::ShardStats)],
+) -> (profile::Fleet, super::stats::ShardStats) {
+    let mut fleet = base.clone();
+    let mut stats = super::stats::ShardStats::new(base.profiles.len());
+    for (f, st) in shards {
+        // Shard profile index -> merged index.
+        let mut map: Vec<usize> = (0..base.profiles.len().min(f.profiles.len())).collect();
+        for p in f.profiles.iter().skip(map.len()) {
+            fleet.profiles.push(p.clone());
+            stats.profiles.push(ProfileStats::new());
+            map.push(fleet.profiles.len() - 1);
+        }
+        for (i, g) in f.groups.iter().enumerate() {
+            match base.groups.get(i) {
+                Some(b) => {
+                    let moved = b.count.saturating_sub(g.count);
+                    fleet.groups[i].count = fleet.groups[i].count.saturating_sub(moved);
+                }
+                None => {
+                    let mut g = g.clone();
+                    g.profile = map.get(g.profile).copied().unwrap_or(g.profile);
+                    g.ids = vec![];
+                    fleet.groups.push(g);
+                }
+            }
+        }
+        for (i, p) in st.profiles.iter().enumerate() {
+            if let Some(&m) = map.get(i) {
+                stats.profiles[m].merge(p);
+            }
+        }
+        let _ = stats.lateness.add(&st.lateness);
+        for (k, v) in &st.sink_events {
+            *stats.sink_events.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    (fleet, stats)
 }

@@ -68,6 +68,9 @@ pub struct ShardOutcome {
     pub stats: ShardStats,
     pub sim_end_ms: SimMs,
     pub pinned: bool,
+    /// The shard's fleet at the end: the run's fleet plus the profiles and groups of devices
+    /// spawned or changed over gRPC (`stats.profiles` is indexed like its `profiles`).
+    pub fleet: Arc<Fleet>,
 }
 
 /// Starts a shard thread. The shard builds its devices, waits on `ready` (twice: once to say
@@ -244,6 +247,7 @@ impl Shard {
             stats: self.stats,
             sim_end_ms: sim_end,
             pinned: self.pinned,
+            fleet: self.plan.fleet.clone(),
         })
     }
 

@@ -158,8 +158,8 @@ pub fn drained(v: f64, multiplier: f64, started: SimMs, t: SimMs) -> f64 {
 
 /// The published-timestamp offset under CLOCK_DRIFT, in ms.
 pub fn drift_ms(rate_ms_per_s: f64, started: SimMs, t: SimMs) -> i64 {
-    let seconds = t.saturating_sub(started) as f64 / 1000.0;
-    (rate_ms_per_s * seconds).trunc() as i64
+    // rate x ms first, then / 1000: 100 ms/s over 2070 ms is exactly 207 (not 206.99..).
+    (rate_ms_per_s * t.saturating_sub(started) as f64 / 1000.0).trunc() as i64
 }
 
 #[cfg(test)]
@@ -197,6 +197,7 @@ mod tests {
         assert_eq!(drift_ms(100.0, 0, 10_000), 1000);
         assert_eq!(drift_ms(-2.5, 0, 3_000), -7);
         assert_eq!(drift_ms(100.0, 5_000, 5_000), 0);
+        assert_eq!(drift_ms(100.0, 0, 2_070), 207);
     }
 
     #[test]
