@@ -708,6 +708,7 @@ impl server::DeviceRuntimeService for Service {
             telemetry_points_dropped_total: p.dropped_points.load(Ordering::Relaxed) as i64,
             errors_total: sum(|c| &c.errors) as i64,
             faults_active: sum(|c| &c.faults_active) as i64,
+            tick_lateness_us_max: p.take_lateness_us_max() as i64,
         }))
     }
 

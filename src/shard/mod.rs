@@ -398,7 +398,9 @@ impl Shard {
         let profile_ix = group.profile;
         let profile = &fleet.profiles[profile_ix];
         if let Some(intended) = intended_ns {
-            self.stats.lateness.saturating_record(fire_ns.saturating_sub(intended) / 1000);
+            let late_us = fire_ns.saturating_sub(intended) / 1000;
+            self.stats.lateness.saturating_record(late_us);
+            self.ctl.lateness_max_us = self.ctl.lateness_max_us.max(late_us);
         }
         let seq = self.table.generate(fleet, key, due, &mut self.samples);
         group.device_id(profile, index, &mut self.id);
