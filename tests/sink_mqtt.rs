@@ -9,9 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// (topic, payload) pairs a subscriber received.
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// Subscribes to `filter` and collects (topic, payload) until dropped.
 struct Subscriber {
-    got: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    got: Received,
     client: Client,
 }
 

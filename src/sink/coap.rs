@@ -458,7 +458,7 @@ mod tests {
     fn msg(i: u64) -> Queued {
         Queued {
             topic: "t".into(),
-            payload: vec![],
+            payload: Default::default(),
             profile: 0,
             intended_ns: i,
             sent_ns: 0,

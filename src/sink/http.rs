@@ -337,7 +337,7 @@ async fn request(
 ) {
     let shared = &ctx.shared;
     let body = if ctx.batch_size == 1 && items.len() == 1 {
-        Bytes::copy_from_slice(&items[0].payload)
+        items[0].payload.clone()
     } else {
         batch_body(&items)
     };
@@ -422,7 +422,7 @@ mod tests {
     fn batches_are_json_arrays_of_the_payloads() {
         let m = |p: &str| Queued {
             topic: "t".into(),
-            payload: p.as_bytes().to_vec(),
+            payload: p.as_bytes().to_vec().into(),
             profile: 0,
             intended_ns: 0,
             sent_ns: 0,

@@ -141,7 +141,7 @@ impl Sink {
             Sink::Net(n) => {
                 n.shared.enqueue(Queued {
                     topic: String::from_utf8_lossy(msg.topic).into_owned(),
-                    payload: msg.payload.to_vec(),
+                    payload: bytes::Bytes::copy_from_slice(msg.payload),
                     profile: msg.profile as u16,
                     intended_ns: msg.intended_ns,
                     sent_ns: 0,

@@ -18,9 +18,28 @@ use crate::shard::clock::mono_ns;
 use crate::sim::profile::Fleet;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Packet ids are small distinct integers: hashing them is wasted work.
+#[derive(Default)]
+struct PkidHasher(u64);
+
+impl Hasher for PkidHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0 << 8 | *b as u64;
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.0 = n as u64;
+    }
+}
 
 /// What a connection remembers about a handed-over message.
 struct Flight {
@@ -32,7 +51,7 @@ struct Flight {
 
 struct ConnState {
     handed: RefCell<VecDeque<Flight>>,
-    by_pkid: RefCell<HashMap<u16, Flight>>,
+    by_pkid: RefCell<HashMap<u16, Flight, BuildHasherDefault<PkidHasher>>>,
     progress: tokio::sync::Notify,
     ever_connected: Cell<bool>,
     next_order: Cell<u64>,
@@ -154,7 +173,7 @@ macro_rules! mqtt_version {
                 let (client, eventloop) = AsyncClient::new(opts, 64);
                 let state = Rc::new(ConnState {
                     handed: RefCell::new(VecDeque::new()),
-                    by_pkid: RefCell::new(HashMap::new()),
+                    by_pkid: RefCell::new(HashMap::default()),
                     progress: tokio::sync::Notify::new(),
                     ever_connected: Cell::new(false),
                     next_order: Cell::new(0),
@@ -188,7 +207,7 @@ macro_rules! mqtt_version {
                     state.next_order.set(order + 1);
                     state.handed.borrow_mut().push_back(Flight { msg: m, qos: qos_level, order });
                     shared.sent(conn);
-                    if client.publish(topic, qos(qos_level), retain, payload).await.is_err() {
+                    if client.publish_bytes(topic, qos(qos_level), retain, payload).await.is_err() {
                         // The event loop is gone (only at shutdown).
                         if let Some(f) = state.handed.borrow_mut().pop_back() {
                             shared.fail(f.msg.profile, "client_closed");
@@ -245,7 +264,6 @@ macro_rules! mqtt_version {
                                     }
                                 }
                             }
-                            state.progress.notify_one();
                         }
                         Ok(Event::Incoming(Packet::PubAck(ack))) => {
                             let ok: fn(&_) -> bool = $ack_ok;
@@ -296,7 +314,6 @@ macro_rules! mqtt_version {
                     }
                     shared.settled(conn);
                 }
-                state.progress.notify_one();
             }
         }
     };

@@ -19,7 +19,8 @@ use tokio::sync::Notify;
 #[derive(Clone, Debug)]
 pub struct Queued {
     pub topic: String,
-    pub payload: Vec<u8>,
+    /// Shared, so that keeping a copy for a retry costs a reference count.
+    pub payload: bytes::Bytes,
     pub profile: u16,
     /// Monotonic time the message was meant to be sent (realtime) or handed over (virtual).
     pub intended_ns: u64,
@@ -309,7 +310,7 @@ mod tests {
     fn msg(i: u64) -> Queued {
         Queued {
             topic: "t".into(),
-            payload: i.to_string().into_bytes(),
+            payload: i.to_string().into_bytes().into(),
             profile: 0,
             intended_ns: i,
             sent_ns: 0,
