@@ -4,7 +4,10 @@
 mod common;
 
 use common::*;
-use lapin::options::{BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use std::collections::BTreeMap;
@@ -43,15 +46,34 @@ stddev = 0.5
 
 /// Declares `exchange` (as iot-sim does) and a queue bound to it with `#`.
 async fn bind(exchange: &str, queue: &str) -> Connection {
-    let conn = Connection::connect(URL, ConnectionProperties::default()).await.expect("RabbitMQ on 127.0.0.1:5672");
+    let conn = Connection::connect(URL, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ on 127.0.0.1:5672");
     let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
-    ch.queue_declare(queue.into(), QueueDeclareOptions { durable: false, auto_delete: false, ..Default::default() }, FieldTable::default())
-        .await
-        .unwrap();
-    ch.queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+    ch.exchange_declare(
+        exchange.into(),
+        ExchangeKind::Topic,
+        ExchangeDeclareOptions { durable: true, ..Default::default() },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions { durable: false, auto_delete: false, ..Default::default() },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
     conn
 }
 
@@ -59,7 +81,8 @@ async fn bind(exchange: &str, queue: &str) -> Connection {
 async fn drain(conn: &Connection, queue: &str) -> Vec<(String, Vec<u8>)> {
     let ch = conn.create_channel().await.unwrap();
     let mut out = vec![];
-    while let Some(m) = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+    while let Some(m) = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.unwrap()
+    {
         out.push((m.delivery.routing_key.to_string(), m.delivery.data.clone()));
     }
     ch.queue_delete(queue.into(), QueueDeleteOptions::default()).await.unwrap();
@@ -85,7 +108,11 @@ fn the_bound_queue_receives_exactly_what_was_confirmed() {
     assert_eq!(row["errors"], 0);
     assert_eq!(row["dropped"], 0, "virtual time waits for the broker instead of dropping");
     let got = rt.block_on(drain(&conn, &queue));
-    assert_eq!(got.len() as u64, row["messages"].as_u64().unwrap(), "queue count = confirmed count");
+    assert_eq!(
+        got.len() as u64,
+        row["messages"].as_u64().unwrap(),
+        "queue count = confirmed count"
+    );
     let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for (key, payload) in &got {
         let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
@@ -118,8 +145,14 @@ fn realtime_publishing_is_confirmed_with_measured_latency() {
 fn an_unreachable_amqp_broker_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let toml = fleet("x", 1, "virtual", "1m", "1s").replace("127.0.0.1:5672", &format!("127.0.0.1:{port}"));
+    let toml = fleet("x", 1, "virtual", "1m", "1s")
+        .replace("127.0.0.1:5672", &format!("127.0.0.1:{port}"));
     let out = run(dir.path(), &toml, &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains(&format!("cannot reach the amqp server at amqp://127.0.0.1:{port}/%2f")), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .contains(&format!("cannot reach the amqp server at amqp://127.0.0.1:{port}/%2f")),
+        "{}",
+        stderr(&out)
+    );
 }
