@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): formatting, lints, then every test.
-# The engine's tests need no broker; network-sink tests (a later issue) will check their
-# services in .ci/run before this runs.
+# The network-sink tests need Mosquitto on 127.0.0.1:1883 and RabbitMQ on 127.0.0.1:5672
+# (guest/guest), and libcoap's coap-server and python3 installed: .ci/run checks and starts them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
