@@ -180,6 +180,8 @@ fn classify_error(e: &reqwest::Error) -> Failure {
 struct Ctx {
     client: reqwest::Client,
     endpoints: Vec<Endpoint>,
+    /// `sink.http.endpoint`, for profiles the sink did not know when it started.
+    default: Endpoint,
     /// Per profile: the URL when it does not depend on the message.
     fixed: Vec<Option<String>>,
     topic_header: Option<HeaderName>,
@@ -196,7 +198,8 @@ impl Ctx {
         if let Some(Some(u)) = self.fixed.get(p) {
             return u.clone();
         }
-        let Some(e) = self.endpoints.get(p) else { return String::new() };
+        // A profile created after the sink started (spawned over gRPC) uses the sink's endpoint.
+        let e = self.endpoints.get(p).unwrap_or(&self.default);
         let id = if e.needs_device_id() { device_id_of(&m.payload) } else { None };
         e.render(&m.topic, id.as_deref())
     }
@@ -214,6 +217,7 @@ pub fn start(s: &HttpSettings, fleet: &Fleet, shared: Rc<NetShared>) -> Result<(
         );
     }
     let fixed = endpoints.iter().map(|e| e.is_fixed().then(|| e.render("", None))).collect();
+    let default = Endpoint::parse(&s.endpoint).map_err(|e| format!("sink.http.endpoint: {e}"))?;
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(token) = &s.token {
@@ -241,6 +245,7 @@ pub fn start(s: &HttpSettings, fleet: &Fleet, shared: Rc<NetShared>) -> Result<(
     let ctx = Rc::new(Ctx {
         client,
         endpoints,
+        default,
         fixed,
         topic_header,
         batch_size: s.batch_size.max(1),
