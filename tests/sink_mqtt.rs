@@ -319,3 +319,106 @@ fn bad_urls_and_tls_files_are_config_errors_with_their_path() {
         stderr(&out)
     );
 }
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn mqtts_with_a_private_ca_and_a_client_certificate_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=iot-sim test CA",
+        ],
+    );
+    std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["server", "client"] {
+        openssl(
+            d,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        let mut args = vec!["x509", "-req", "-in", &format!("{name}.csr")]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        args.extend(
+            ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-out"]
+                .map(String::from),
+        );
+        args.push(format!("{name}.pem"));
+        // Extensions make it an X.509 v3 certificate, which webpki requires.
+        args.extend(["-extfile".to_string(), format!("{name}.ext")]);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        openssl(d, &a);
+    }
+    // Mosquitto started as root drops to its own user: it must be able to read these files.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let port = free_port();
+    let conf = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+        d.display()
+    );
+    std::fs::write(d.join("mosquitto.conf"), conf).unwrap();
+    let mut child = std::process::Command::new("mosquitto")
+        .args(["-c", d.join("mosquitto.conf").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tls = format!(
+        "qos = 1\nca_file = \"{0}/ca.pem\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"",
+        d.display()
+    );
+    let toml = fleet(port, "tls", &tls, 10, "100ms", "2s")
+        .replace("mqtt://127.0.0.1", "mqtts://127.0.0.1");
+    let r = run_ok(d, &toml, &["--cores", "1"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let row = &r["runs"][0];
+    assert_eq!(row["messages"], 200, "{r}");
+    assert_eq!(row["errors"], 0);
+    assert!(r["sink_events"].get("mqtt.connect_error").is_none(), "TLS handshake failed: {r}");
+}

@@ -499,6 +499,13 @@ impl Shard {
 
     fn snapshot(&mut self, sim_now: SimMs) {
         let (net_msgs, net_errors, net_dropped) = self.net_totals();
+        for s in self.sinks.iter().flatten() {
+            if let Some(n) = s.net_shared() {
+                let mut w = n.window.borrow_mut();
+                let _ = self.interval_latency.add(&*w);
+                w.reset();
+            }
+        }
         let snap = Snapshot {
             shard: self.plan.index,
             devices: self.table.len(),

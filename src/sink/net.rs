@@ -88,6 +88,8 @@ impl ConnQueue {
 pub struct NetShared {
     pub conns: Vec<ConnQueue>,
     pub stats: RefCell<Vec<ProfileStats>>,
+    /// Latency of completions since the last progress snapshot (taken by the shard).
+    pub window: RefCell<hdrhistogram::Histogram<u64>>,
     /// Connection-level events: `connect_error`, `reconnect`, `disconnect`.
     pub events: RefCell<BTreeMap<&'static str, u64>>,
     /// Set at shutdown: connection tasks finish what is queued, then close.
@@ -114,6 +116,7 @@ impl NetShared {
         Rc::new(NetShared {
             conns: (0..conns.max(1)).map(|_| ConnQueue::new(queue_size.max(1))).collect(),
             stats: RefCell::new((0..fleet.profiles.len()).map(|_| ProfileStats::new()).collect()),
+            window: RefCell::new(crate::shard::stats::histogram()),
             events: RefCell::new(BTreeMap::new()),
             closing: Cell::new(false),
             abandoned: Cell::new(false),
@@ -204,7 +207,9 @@ impl NetShared {
         let s = &mut st[m.profile as usize];
         s.messages += 1;
         s.bytes += m.payload.len() as u64;
-        s.latency.saturating_record(now.saturating_sub(m.intended_ns) / 1000);
+        let latency_us = now.saturating_sub(m.intended_ns) / 1000;
+        s.latency.saturating_record(latency_us);
+        self.window.borrow_mut().saturating_record(latency_us);
         s.service.saturating_record(now.saturating_sub(m.sent_ns.max(m.intended_ns)) / 1000);
     }
 
