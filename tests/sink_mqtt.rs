@@ -422,3 +422,30 @@ fn mqtts_with_a_private_ca_and_a_client_certificate_delivers_everything() {
     assert_eq!(row["errors"], 0);
     assert!(r["sink_events"].get("mqtt.connect_error").is_none(), "TLS handshake failed: {r}");
 }
+
+#[test]
+fn wait_for_sinks_waits_for_a_broker_that_starts_late() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, fleet(port, "late", "qos = 1", 5, "100ms", "1s")).unwrap();
+    let rd = dir.path().join("report");
+    let child = bin()
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "--quiet",
+            "--wait-for-sinks",
+            "30s",
+            "--report-dir",
+            rd.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _broker = Broker::start(port);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report(dir.path())["runs"][0]["messages"], 50);
+}
