@@ -30,6 +30,8 @@ const SNAPSHOT_EVERY_NS: u64 = 1_000_000_000;
 const MAX_SLEEP_NS: u64 = 50_000_000;
 /// How long a shard waits at the end for network sinks to settle what they hold.
 const DRAIN_TIMEOUT_NS: u64 = 15_000_000_000;
+/// The same after Ctrl-C or SIGTERM.
+const DRAIN_ON_STOP_NS: u64 = 3_000_000_000;
 /// How many due devices ahead the tick loop prefetches.
 const PREFETCH_AHEAD: usize = 8;
 /// A deadline closer than this is waited for awake (a timerfd round trip costs about as much).
@@ -222,9 +224,15 @@ impl Shard {
             }
         }
         // Network sinks: wait for what is queued or in flight, then fold their figures in.
+        // A run stopped by a signal should exit within a few seconds, so it drains for less.
+        let drain_ns = if self.plan.stop.load(Ordering::Relaxed) {
+            DRAIN_ON_STOP_NS
+        } else {
+            DRAIN_TIMEOUT_NS
+        };
         for s in self.sinks.iter().flatten() {
             if let Some(net) = s.net_shared() {
-                net.drain(DRAIN_TIMEOUT_NS).await;
+                net.drain(drain_ns).await;
             }
         }
         for s in self.sinks.iter().flatten() {
