@@ -346,7 +346,14 @@ pub fn start(s: &CoapSettings, fleet: &Fleet, shared: Rc<NetShared>) -> Result<(
     };
     let seed = crate::sim::seed::mix64(mono_ns() ^ ((shared.shard() as u64) << 48));
     let ex = Exchanges::new(params, seed);
-    tokio::task::spawn_local(run(sock, ex, confirmable, s.max_inflight.max(1), shared));
+    tokio::task::spawn_local(run(
+        sock,
+        ex,
+        confirmable,
+        s.confirmable,
+        s.max_inflight.max(1),
+        shared,
+    ));
     Ok(())
 }
 
@@ -354,6 +361,7 @@ async fn run(
     sock: tokio::net::UdpSocket,
     mut ex: Exchanges,
     confirmable: Vec<bool>,
+    default_confirmable: bool,
     max_inflight: usize,
     shared: Rc<NetShared>,
 ) {
@@ -375,7 +383,8 @@ async fn run(
         while ex.len() < max_inflight {
             let Some(mut m) = q.pop() else { break };
             shared.sent(0);
-            let con = confirmable.get(m.profile as usize).copied().unwrap_or(true);
+            // Profiles spawned at run time (gRPC) take the sink's setting.
+            let con = confirmable.get(m.profile as usize).copied().unwrap_or(default_confirmable);
             let (mid, token) = ex.next_ids();
             let datagram = match encode_post(&m.topic, &m.payload, con, mid, token) {
                 Ok(d) => d,

@@ -178,11 +178,11 @@ macro_rules! mqtt_version {
                     ever_connected: Cell::new(false),
                     next_order: Cell::new(0),
                 });
-                tokio::task::spawn_local(pump(client.clone(), conn, shared.clone(), state.clone(), delivery));
+                tokio::task::spawn_local(pump(client.clone(), conn, shared.clone(), state.clone(), delivery, (s.qos, s.retain)));
                 tokio::task::spawn_local(events(client, eventloop, conn, shared, state));
             }
 
-            async fn pump(client: AsyncClient, conn: usize, shared: Rc<NetShared>, state: Rc<ConnState>, delivery: Rc<Vec<(u8, bool)>>) {
+            async fn pump(client: AsyncClient, conn: usize, shared: Rc<NetShared>, state: Rc<ConnState>, delivery: Rc<Vec<(u8, bool)>>, fallback: (u8, bool)) {
                 let q = &shared.conns[conn];
                 loop {
                     if shared.closing.get() && q.is_empty() {
@@ -199,7 +199,7 @@ macro_rules! mqtt_version {
                         }
                         continue;
                     };
-                    let (qos_level, retain) = delivery.get(m.profile as usize).copied().unwrap_or((1, false));
+                    let (qos_level, retain) = delivery.get(m.profile as usize).copied().unwrap_or(fallback);
                     m.sent_ns = mono_ns();
                     let topic = m.topic.clone();
                     let payload = m.payload.clone();
