@@ -504,6 +504,7 @@ impl Shard {
                             }
                         }
                         if finished {
+                            self.publish_counters();
                             let _ = reply.send(acc);
                             true
                         } else {
@@ -513,6 +514,7 @@ impl Shard {
                     }
                     Work::Scan(mut scan) => {
                         if self.scan_step(&mut scan, deadline) {
+                            self.publish_counters();
                             let _ = scan.reply.send(scan.acc);
                             true
                         } else {
@@ -527,6 +529,12 @@ impl Shard {
             }
         }
         self.ctl.flush_streams();
+        self.publish_counters();
+    }
+
+    /// Publishes this shard's figures for GetRuntimeStatus. Also called before a command's
+    /// reply is sent, so that a status read right after the reply already reflects it.
+    fn publish_counters(&mut self) {
         if let Some(link) = &self.ctl.link {
             let c = &link.counters;
             c.devices.store(self.table.len() as u64, Ordering::Relaxed);
