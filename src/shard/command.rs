@@ -439,7 +439,54 @@ impl Shard {
 
     /// Takes new commands from the inbox and works on pending ones within this turn's budget;
     /// hands collected telemetry points to their streams and refreshes the shared counters.
+    /// Forwards network sinks' connection events to `StreamEvents` subscribers. A pooled
+    /// connection serves many devices, so these events name the connection, not a device:
+    /// `device_id` is empty and `metadata` holds `sink`, `shard`, `conn`, `url` (and `error`).
+    fn forward_sink_events(&mut self) {
+        for s in self.sinks.iter().flatten() {
+            let Some(net) = s.net_shared() else { continue };
+            let events = std::mem::take(&mut *net.conn_events.borrow_mut());
+            for e in events {
+                use crate::sink::net::ConnEvent;
+                let (kind, conn, url, error) = match e {
+                    ConnEvent::Connected { conn, url } => {
+                        (proto::DeviceEventType::Connected, conn, url, None)
+                    }
+                    ConnEvent::Disconnected { conn, url, error } => {
+                        (proto::DeviceEventType::Disconnected, conn, url, Some(error))
+                    }
+                    ConnEvent::ConnectFailed { conn, url, error } => {
+                        (proto::DeviceEventType::Error, conn, url, Some(error))
+                    }
+                };
+                let mut meta = vec![
+                    ("sink", s.name().to_string()),
+                    ("shard", self.plan.index.to_string()),
+                    ("conn", conn.to_string()),
+                    ("url", url),
+                ];
+                let message = match &error {
+                    Some(err) => format!(
+                        "{} connection {conn} of shard {}: {err}",
+                        s.name(),
+                        self.plan.index
+                    ),
+                    None => format!(
+                        "{} connection {conn} of shard {} connected",
+                        s.name(),
+                        self.plan.index
+                    ),
+                };
+                if let Some(err) = error {
+                    meta.push(("error", err));
+                }
+                self.ctl.emit("", &BTreeMap::new(), kind, message, self.wheel.elapsed(), &meta);
+            }
+        }
+    }
+
     pub fn drain_commands(&mut self) {
+        self.forward_sink_events();
         let Some(link) = &self.ctl.link else { return };
         let start = mono_ns();
         while self.ctl.work.len() < 64 {

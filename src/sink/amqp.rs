@@ -7,7 +7,7 @@
 //! ones awaiting a confirm are counted as `connection_lost` (the broker may or may not have
 //! them), and the task reconnects with exponential backoff plus jitter.
 
-use super::net::{NetShared, Queued};
+use super::net::{ConnEvent, NetShared, Queued};
 use crate::config::AmqpSettings;
 use crate::shard::clock::mono_ns;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
@@ -54,6 +54,7 @@ async fn run(s: AmqpSettings, shared: Rc<NetShared>) {
     let window = std::sync::Arc::new(tokio::sync::Semaphore::new(s.confirm_window));
     let mut attempt = 0u32;
     let mut ever = false;
+    let mut failing = false;
     'connect: loop {
         if shared.closing.get() && q.is_empty() {
             return;
@@ -62,6 +63,14 @@ async fn run(s: AmqpSettings, shared: Rc<NetShared>) {
             Ok(c) => c,
             Err(e) => {
                 shared.event("connect_error");
+                if !failing {
+                    failing = true;
+                    shared.conn_event(ConnEvent::ConnectFailed {
+                        conn: 0,
+                        url: redact(&s.url),
+                        error: e.to_string(),
+                    });
+                }
                 tracing::warn!(sink = "amqp", shard = shared.shard(), url = %redact(&s.url), error = %e, "connect failed; retrying with backoff");
                 if shared.closing.get() {
                     return;
@@ -77,6 +86,7 @@ async fn run(s: AmqpSettings, shared: Rc<NetShared>) {
         ever = true;
         attempt = 0;
         q.connected.set(true);
+        shared.conn_event(ConnEvent::Connected { conn: 0, url: redact(&s.url) });
         loop {
             if shared.closing.get() && q.is_empty() {
                 // Wait for outstanding confirms, then close.
@@ -128,6 +138,12 @@ async fn run(s: AmqpSettings, shared: Rc<NetShared>) {
                     drop(permit);
                     q.connected.set(false);
                     shared.event("disconnect");
+                    failing = true;
+                    shared.conn_event(ConnEvent::Disconnected {
+                        conn: 0,
+                        url: redact(&s.url),
+                        error: e.to_string(),
+                    });
                     tracing::warn!(sink = "amqp", shard = shared.shard(), error = %e, "publish failed; reconnecting");
                     shared.backoff_sleep(0).await;
                     continue 'connect;

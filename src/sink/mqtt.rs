@@ -12,7 +12,7 @@
 //! - A connection error is counted, and the loop retries with exponential backoff plus jitter;
 //!   rumqttc keeps unacknowledged QoS 1/2 messages and resends them after the reconnect.
 
-use super::net::{NetShared, Queued};
+use super::net::{ConnEvent, NetShared, Queued};
 use crate::config::MqttSettings;
 use crate::shard::clock::mono_ns;
 use crate::sim::profile::Fleet;
@@ -183,7 +183,7 @@ macro_rules! mqtt_version {
                     next_order: Cell::new(0),
                 });
                 tokio::task::spawn_local(pump(client.clone(), conn, shared.clone(), state.clone(), delivery, (s.qos, s.retain)));
-                tokio::task::spawn_local(events(client, eventloop, conn, shared, state));
+                tokio::task::spawn_local(events(client, eventloop, conn, shared, state, s.url.clone()));
             }
 
             async fn pump(client: AsyncClient, conn: usize, shared: Rc<NetShared>, state: Rc<ConnState>, delivery: Rc<Vec<(u8, bool)>>, fallback: (u8, bool)) {
@@ -222,9 +222,10 @@ macro_rules! mqtt_version {
                 }
             }
 
-            async fn events(client: AsyncClient, mut eventloop: EventLoop, conn: usize, shared: Rc<NetShared>, state: Rc<ConnState>) {
+            async fn events(client: AsyncClient, mut eventloop: EventLoop, conn: usize, shared: Rc<NetShared>, state: Rc<ConnState>, url: String) {
                 let q = &shared.conns[conn];
                 let mut attempt = 0u32;
+                let mut failing = false;
                 loop {
                     if shared.abandoned.get() {
                         for f in state.take_all() {
@@ -255,6 +256,8 @@ macro_rules! mqtt_version {
                                 tracing::info!(sink = "mqtt", shard = shared.shard(), conn, "reconnected");
                             }
                             q.connected.set(true);
+                            failing = false;
+                            shared.conn_event(ConnEvent::Connected { conn, url: url.clone() });
                             state.progress.notify_one();
                         }
                         Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -287,8 +290,14 @@ macro_rules! mqtt_version {
                         Err(e) => {
                             if q.connected.replace(false) {
                                 shared.event("disconnect");
+                                shared.conn_event(ConnEvent::Disconnected { conn, url: url.clone(), error: e.to_string() });
+                                failing = true;
                                 tracing::warn!(sink = "mqtt", shard = shared.shard(), conn, error = %e, "connection lost; reconnecting with backoff");
                             } else {
+                                if !failing {
+                                    failing = true;
+                                    shared.conn_event(ConnEvent::ConnectFailed { conn, url: url.clone(), error: e.to_string() });
+                                }
                                 tracing::debug!(sink = "mqtt", shard = shared.shard(), conn, error = %e, "connect failed");
                             }
                             shared.event("connect_error");

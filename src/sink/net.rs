@@ -84,6 +84,20 @@ impl ConnQueue {
     }
 }
 
+/// A connection-level happening, forwarded to gRPC `StreamEvents` subscribers by the shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// A connection (re)established: `conn` index, server URL.
+    Connected { conn: usize, url: String },
+    /// An established connection was lost.
+    Disconnected { conn: usize, url: String, error: String },
+    /// A connection attempt failed (reported once per outage, not per retry).
+    ConnectFailed { conn: usize, url: String, error: String },
+}
+
+/// At most this many connection events wait for the shard to forward them.
+const CONN_EVENTS_MAX: usize = 1024;
+
 /// Per-profile outcomes of one network sink on one shard.
 pub struct NetShared {
     pub conns: Vec<ConnQueue>,
@@ -92,6 +106,8 @@ pub struct NetShared {
     pub window: RefCell<hdrhistogram::Histogram<u64>>,
     /// Connection-level events: `connect_error`, `reconnect`, `disconnect`.
     pub events: RefCell<BTreeMap<&'static str, u64>>,
+    /// Connection events not yet forwarded to event subscribers (bounded; oldest kept).
+    pub conn_events: RefCell<Vec<ConnEvent>>,
     /// Set at shutdown: connection tasks finish what is queued, then close.
     pub closing: Cell<bool>,
     /// Set when the shutdown drain timed out: tasks count what they still hold as errors of
@@ -118,6 +134,7 @@ impl NetShared {
             stats: RefCell::new((0..fleet.profiles.len()).map(|_| ProfileStats::new()).collect()),
             window: RefCell::new(crate::shard::stats::histogram()),
             events: RefCell::new(BTreeMap::new()),
+            conn_events: RefCell::new(Vec::new()),
             closing: Cell::new(false),
             abandoned: Cell::new(false),
             abandon: Notify::new(),
@@ -219,6 +236,14 @@ impl NetShared {
         let s = &mut st[profile as usize];
         s.errors += 1;
         *s.error_kinds.entry(kind.to_string()).or_insert(0) += 1;
+    }
+
+    /// Records a connection event for the event stream.
+    pub fn conn_event(&self, e: ConnEvent) {
+        let mut v = self.conn_events.borrow_mut();
+        if v.len() < CONN_EVENTS_MAX {
+            v.push(e);
+        }
     }
 
     /// Counts a connection-level event.
