@@ -142,19 +142,38 @@ impl DeviceTable {
         seq
     }
 
-    /// Hints the CPU to load a device and its generator state, which will be needed soon.
+    /// Hints the CPU to load a device's struct (stage 1 of a two-stage prefetch: no load of
+    /// the device itself, so it never stalls).
     #[inline]
-    pub fn prefetch(&self, key: u32) {
+    pub fn prefetch_device(&self, key: u32) {
+        #[cfg(target_arch = "x86_64")]
+        if (key as usize) < self.devices.len() {
+            // SAFETY: the pointer is inside the slab; prefetching dereferences nothing.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    self.devices.as_ptr().add(key as usize).cast(),
+                )
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = key;
+    }
+
+    /// Hints the CPU to load a device's generator state (stage 2: reads the device, which
+    /// stage 1 brought into cache a few iterations earlier).
+    #[inline]
+    pub fn prefetch_state(&self, key: u32) {
         #[cfg(target_arch = "x86_64")]
         if let Some(d) = self.devices.get(key as usize) {
             use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            // SAFETY: prefetching is a hint; any address is allowed and nothing is dereferenced.
-            unsafe {
-                _mm_prefetch::<_MM_HINT_T0>((d as *const Device).cast());
-                if let Some(s) = self.slots.get(d.slots_at as usize) {
-                    let p = (s as *const SlotState).cast::<i8>();
+            if let Some(s) = self.slots.get(d.slots_at as usize) {
+                let p = (s as *const SlotState).cast::<i8>();
+                // SAFETY: prefetching is a hint; nothing is dereferenced. A block of up to three
+                // slots spans at most three cache lines.
+                unsafe {
                     _mm_prefetch::<_MM_HINT_T0>(p);
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(119));
                 }
             }
         }
