@@ -15,7 +15,8 @@
 //! non-empty slot is found through occupancy bitmaps (with a summary bitmap for level 0).
 //!
 //! Entries are keyed by `u32` (the shard's device slab index). Each key costs 16 bytes:
-//! deadline (46 bits) + slot tag (18 bits), next, prev.
+//! deadline (46 bits) + slot tag (18 bits), next, prev (the links serve the upper levels and
+//! side lists; level-0 slots hold their keys in arrays, +4 bytes per armed key).
 
 use super::time::SimMs;
 
@@ -42,6 +43,11 @@ const TAG_OVERDUE: u32 = TAG_IDLE - 1;
 const TAG_FAR: u32 = TAG_IDLE - 2;
 /// Number of slot heads: level 0, then the upper levels.
 const HEADS: usize = L0_SLOTS + UPPER_LEVELS * UPPER_SLOTS;
+/// How far ahead a bucket drain prefetches nodes.
+const BUCKET_PREFETCH: usize = 8;
+/// Emptied bucket allocations kept for reuse, and the largest kept.
+const MAX_SPARE_BUCKETS: usize = 8192;
+const MAX_SPARE_CAPACITY: usize = 4096;
 
 #[derive(Clone, Copy)]
 struct Node {
@@ -73,6 +79,13 @@ enum Next {
 pub struct Wheel {
     nodes: Vec<Node>,
     heads: Vec<u32>,
+    /// Level 0: the keys of each one-millisecond slot, in arrays rather than linked lists, so
+    /// that draining a slot reads keys sequentially and can prefetch their nodes. Removal is
+    /// lazy: a removed or moved key stays in its old bucket and is skipped when the bucket is
+    /// drained (its node no longer names this slot).
+    buckets: Vec<Vec<u32>>,
+    /// Emptied bucket allocations, reused by the next slots that fill.
+    spare: Vec<Vec<u32>>,
     l0_bits: Box<[u64; L0_SLOTS / 64]>,
     l0_summary: [u64; L0_SLOTS / 64 / 64],
     upper_bits: [[u64; UPPER_SLOTS / 64]; UPPER_LEVELS],
@@ -90,6 +103,8 @@ impl Wheel {
         Wheel {
             nodes: Vec::new(),
             heads: vec![NONE; HEADS],
+            buckets: (0..L0_SLOTS).map(|_| Vec::new()).collect(),
+            spare: Vec::new(),
             l0_bits: Box::new([0; L0_SLOTS / 64]),
             l0_summary: [0; L0_SLOTS / 64 / 64],
             upper_bits: [[0; UPPER_SLOTS / 64]; UPPER_LEVELS],
@@ -162,7 +177,17 @@ impl Wheel {
         } else if when - self.elapsed <= L0_MASK {
             let slot = (when & L0_MASK) as usize;
             self.l0_set(slot);
-            slot as u32
+            let bucket = &mut self.buckets[slot];
+            if bucket.capacity() == 0
+                && let Some(spare) = self.spare.pop()
+            {
+                *bucket = spare;
+            }
+            bucket.push(key);
+            self.nodes[key as usize] =
+                Node { when_tag: when | (slot as u64) << WHEN_BITS, next: NONE, prev: NONE };
+            self.len += 1;
+            return;
         } else if when >= (self.elapsed & !(TOP_SLOT_SPAN - 1)) + MAX_SPAN {
             // Beyond the top level's current rotation: its slot would be ambiguous.
             self.far_min = self.far_min.min(when);
@@ -190,6 +215,12 @@ impl Wheel {
         let tag = node.tag();
         if tag == TAG_IDLE {
             return None;
+        }
+        if (tag as usize) < L0_SLOTS {
+            // Lazy: the key stays in its bucket and is skipped when the bucket is drained.
+            self.nodes[key as usize] = Node::IDLE;
+            self.len -= 1;
+            return Some(node.when());
         }
         if node.prev != NONE {
             self.nodes[node.prev as usize].next = node.next;
@@ -291,6 +322,10 @@ impl Wheel {
     /// The time at which the wheel next has work: an entry's deadline, or an upper slot that
     /// must be cascaded. `None` when empty. Never earlier than `elapsed`.
     pub fn next_expiration(&self) -> Option<SimMs> {
+        if self.len == 0 {
+            // Only stale bucket entries (if any) are left.
+            return None;
+        }
         if self.overdue_head != NONE {
             return Some(self.elapsed);
         }
@@ -321,15 +356,25 @@ impl Wheel {
                     self.reinsert(list, now, out);
                 }
                 Next::Level0 { slot } => {
-                    let mut key = std::mem::replace(&mut self.heads[slot], NONE);
+                    let mut bucket = std::mem::take(&mut self.buckets[slot]);
                     self.clear_bit(slot as u32);
-                    while key != NONE {
+                    for (i, &key) in bucket.iter().enumerate() {
+                        if let Some(&ahead) = bucket.get(i + BUCKET_PREFETCH) {
+                            self.prefetch(ahead);
+                        }
                         let node = self.nodes[key as usize];
-                        self.nodes[key as usize] = Node::IDLE;
-                        self.len -= 1;
-                        debug_assert_eq!(node.when(), deadline);
-                        out.push((key, node.when()));
-                        key = node.next;
+                        // Skip keys removed or moved since they were put here.
+                        if node.tag() == slot as u32 && node.when() == deadline {
+                            self.nodes[key as usize] = Node::IDLE;
+                            self.len -= 1;
+                            out.push((key, deadline));
+                        }
+                    }
+                    bucket.clear();
+                    if self.spare.len() < MAX_SPARE_BUCKETS
+                        && bucket.capacity() <= MAX_SPARE_CAPACITY
+                    {
+                        self.spare.push(bucket);
                     }
                 }
             }
