@@ -52,6 +52,8 @@ impl DeviceTable {
     pub fn reserve(&mut self, devices: usize, slots: usize) {
         self.devices.reserve(devices);
         self.slots.reserve(slots);
+        super::mem::advise_huge_pages(&self.devices);
+        super::mem::advise_huge_pages(&self.slots);
     }
 
     /// Capacity in keys (for the wheel).

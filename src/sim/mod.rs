@@ -4,6 +4,7 @@
 pub mod device;
 pub mod fault;
 pub mod generator;
+pub mod mem;
 pub mod payload;
 pub mod profile;
 pub mod seed;

@@ -134,6 +134,10 @@ impl Wheel {
     /// Makes room for keys below `n`.
     pub fn reserve_keys(&mut self, n: usize) {
         if self.nodes.len() < n {
+            if self.nodes.capacity() < n {
+                self.nodes.reserve(n - self.nodes.len());
+                super::mem::advise_huge_pages(&self.nodes);
+            }
             self.nodes.resize(n, Node::IDLE);
         }
     }
