@@ -22,6 +22,8 @@ pub struct RunOptions {
     pub wait_for_sinks_ms: Option<u64>,
     /// Serve live gRPC control (`simulator.v1`) on this address while running.
     pub grpc: Option<std::net::SocketAddr>,
+    /// Serve the admin HTTP endpoints (`/healthz`, `/metrics`, `/status`) on this address.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// A random seed, for runs that name none.
@@ -102,7 +104,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     }
 
     // Live control: bound before the shards start, so a bad address fails the run at once.
-    let (plane, links) = match opts.grpc {
+    let (plane, links) = match opts.grpc.or(opts.admin) {
         Some(_) => {
             let (p, l) = crate::control::service::ControlPlane::new(cores);
             (Some(p), l)
@@ -115,6 +117,15 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             let s = crate::control::service::start(addr, p.clone())
                 .with_context(|| format!("cannot serve gRPC on {addr}"))?;
             eprintln!("grpc: listening on {}", s.addr);
+            Some(s)
+        }
+        _ => None,
+    };
+    let _admin = match (opts.admin, &plane) {
+        (Some(addr), Some(p)) => {
+            let s = crate::control::admin::start(addr, p.clone())
+                .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
+            eprintln!("admin: listening on http://{}", s.addr);
             Some(s)
         }
         _ => None,

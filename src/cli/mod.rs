@@ -96,6 +96,9 @@ pub struct RunArgs {
     /// beyond loopback is an explicit choice.
     #[arg(long, value_name = "ADDR")]
     pub grpc: Option<std::net::SocketAddr>,
+    /// Serve admin HTTP on this address: /healthz, /metrics (Prometheus), /status (JSON).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -197,7 +200,12 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
     };
     run::run(
         config,
-        &RunOptions { quiet: args.quiet, wait_for_sinks_ms: args.wait_for_sinks, grpc: args.grpc },
+        &RunOptions {
+            quiet: args.quiet,
+            wait_for_sinks_ms: args.wait_for_sinks,
+            grpc: args.grpc,
+            admin: args.admin,
+        },
     )
     .with_context(|| format!("run of {} failed", path.display()))?;
     Ok(exit::OK)
@@ -228,7 +236,12 @@ fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
     let grpc = args.grpc.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 50051)));
     run::run(
         config,
-        &RunOptions { quiet: args.quiet, wait_for_sinks_ms: args.wait_for_sinks, grpc: Some(grpc) },
+        &RunOptions {
+            quiet: args.quiet,
+            wait_for_sinks_ms: args.wait_for_sinks,
+            grpc: Some(grpc),
+            admin: args.admin,
+        },
     )
     .context("serve failed")?;
     Ok(exit::OK)

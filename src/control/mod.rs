@@ -2,6 +2,7 @@
 //! label selectors both use. The control plane runs on its own tokio runtime and only sends
 //! [`crate::shard::command::ShardCommand`]s to the shards; it never touches a shard's devices.
 
+pub mod admin;
 pub mod client;
 pub mod proto;
 pub mod selector;

@@ -45,6 +45,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
 const DEFAULT_INTERVAL_MS: u64 = 5000;
 
 /// What the control plane holds: the shards' inboxes, counters and the event fan-out.
+/// The runtime's figures, per shard where they are counted per shard.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Figures {
+    pub devices: Vec<u64>,
+    pub messages: Vec<u64>,
+    pub errors: Vec<u64>,
+    pub suppressed: Vec<u64>,
+    pub faults_active: Vec<u64>,
+    pub messages_per_second: f64,
+    pub telemetry_points_dropped: u64,
+    pub uptime_seconds: f64,
+}
+
 pub struct ControlPlane {
     inboxes: Vec<Sender<ShardCommand>>,
     counters: Vec<Arc<ShardCounters>>,
@@ -153,6 +166,23 @@ impl ControlPlane {
             acc.devices.extend(r.devices);
         }
         Ok(acc)
+    }
+
+    /// A snapshot of the runtime's figures, for the admin HTTP server (`/metrics`, `/status`).
+    pub fn figures(&self) -> Figures {
+        let per = |f: fn(&ShardCounters) -> &AtomicU64| -> Vec<u64> {
+            self.counters.iter().map(|c| f(c).load(Ordering::Relaxed)).collect()
+        };
+        Figures {
+            devices: per(|c| &c.devices),
+            messages: per(|c| &c.messages),
+            errors: per(|c| &c.errors),
+            suppressed: per(|c| &c.suppressed),
+            faults_active: per(|c| &c.faults_active),
+            messages_per_second: self.messages_per_second(),
+            telemetry_points_dropped: self.dropped_points.load(Ordering::Relaxed),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+        }
     }
 
     fn messages_total(&self) -> u64 {
