@@ -449,3 +449,37 @@ fn wait_for_sinks_waits_for_a_broker_that_starts_late() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(report(dir.path())["runs"][0]["messages"], 50);
 }
+
+#[test]
+fn retained_messages_are_kept_by_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("iotsim-retain");
+    // One device, 5 messages, per-profile retain overriding the sink's default.
+    let toml = fleet(1883, &root, "qos = 1", 1, "100ms", "500ms")
+        .replace("seq = true", "seq = true\nretain = true");
+    let r = run_ok(dir.path(), &toml, &["--cores", "1"]);
+    assert_eq!(r["runs"][0]["messages"], 5);
+    // A subscriber that arrives afterwards still gets the last message, flagged as retained.
+    let mut opts = MqttOptions::new(unique("late-sub"), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut conn) = Client::new(opts, 10);
+    client.subscribe(format!("{root}/#"), QoS::AtLeastOnce).unwrap();
+    let mut got = None;
+    for ev in conn.iter().take(50) {
+        if let Ok(Event::Incoming(Packet::Publish(p))) = ev {
+            got = Some(p);
+            break;
+        }
+    }
+    let p = got.expect("the retained message");
+    assert!(p.retain);
+    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(v["seq"], 4, "the last message is the retained one");
+    // Clear it, as a polite test does.
+    client.publish(p.topic.clone(), QoS::AtLeastOnce, true, Vec::<u8>::new()).unwrap();
+    for ev in conn.iter().take(10) {
+        if let Ok(Event::Incoming(Packet::PubAck(_))) = ev {
+            break;
+        }
+    }
+}
