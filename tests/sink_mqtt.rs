@@ -483,3 +483,39 @@ fn retained_messages_are_kept_by_the_broker() {
         }
     }
 }
+
+#[test]
+fn a_virtual_run_waiting_on_a_dead_broker_still_stops_on_sigterm() {
+    let port = free_port();
+    let mut broker = Broker::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    // Virtual clock, no end: the sink paces the run; then the broker goes away for good.
+    let toml = fleet(port, "dead", "qos = 1\nqueue_size = 100", 50, "1s", "1h")
+        .replace("clock = \"realtime\"", "clock = \"virtual\"")
+        .replace("duration = \"1h\"\n", "");
+    std::fs::write(&cfg, toml).unwrap();
+    let rd = dir.path().join("report");
+    let child = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--quiet", "--report-dir", rd.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(800));
+    unsafe { sigterm(child.id() as i32, 15) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = report(dir.path());
+    let row = &r["runs"][0];
+    assert_eq!(r["interrupted"], true);
+    assert!(row["messages"].as_u64().unwrap() > 0, "{row}");
+    // What the dead broker never took is counted, not lost from the books.
+    assert!(row["errors"].as_u64().unwrap() > 0, "{row}");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn sigterm(pid: i32, sig: i32) -> i32;
+}

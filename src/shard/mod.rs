@@ -497,10 +497,22 @@ impl Shard {
         self.sinks.iter().flatten().any(|s| s.net_shared().is_some_and(|n| n.congested()))
     }
 
+    /// Waits until every network sink's queues have room again — or until the run is stopped:
+    /// a broker that stays down must not keep a virtual run from answering Ctrl-C.
     async fn wait_net_room(&self) {
-        for s in self.sinks.iter().flatten() {
-            if let Some(n) = s.net_shared() {
-                n.wait_room().await;
+        loop {
+            if self.plan.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let all = async {
+                for s in self.sinks.iter().flatten() {
+                    if let Some(n) = s.net_shared() {
+                        n.wait_room().await;
+                    }
+                }
+            };
+            if tokio::time::timeout(std::time::Duration::from_millis(100), all).await.is_ok() {
+                return;
             }
         }
     }
