@@ -354,3 +354,33 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[test]
+fn the_console_sink_prints_topic_and_payload_lines_and_keeps_stdout_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("console.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nseed = 1\nclock = \"virtual\"\nstart_time = \"2026-03-14T00:00:00Z\"\nduration = \"3s\"\nreport_dir = \"{}/r\"\n\n[[fleet]]\nprofile = \"c\"\ncount = 2\n\n[profiles.c]\nprotocol = \"console\"\ninterval = \"1s\"\n[profiles.c.fields.v]\ntype = \"static\"\nvalue = 1\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--cores", "2", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "2 devices x 3 messages, and nothing else on stdout:\n{stdout}");
+    for l in lines {
+        let (topic, payload) = l.split_once(' ').unwrap();
+        assert!(topic.starts_with("[devices/c-000") && topic.ends_with("/telemetry]"), "{l}");
+        let v: serde_json::Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(v["fields"]["v"], 1);
+    }
+    // With a console sink the report goes to stderr.
+    assert!(stderr(&out).contains("iot-sim report"));
+}

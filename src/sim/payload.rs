@@ -53,6 +53,10 @@ pub fn write_f64(out: &mut Vec<u8>, v: f64) {
 pub fn write_sample(out: &mut Vec<u8>, field: &FieldSpec, sample: Sample) {
     use super::generator::GenSpec;
     match (sample, &field.generator) {
+        // A numeric constant is published as written (`1` stays `1`), unless a fault changed it.
+        (Sample::Number(v), GenSpec::Static { json, number: Some(n) }) if v == *n => {
+            out.extend_from_slice(json.as_bytes())
+        }
         (Sample::Number(v), _) => write_f64(out, v),
         (Sample::State(i), GenSpec::Markov(m)) => write_json_str(out, &m.states[i]),
         (Sample::Static, GenSpec::Static { json, .. }) => out.extend_from_slice(json.as_bytes()),
