@@ -3,6 +3,9 @@
 //! it records every datagram each way (so the test sees what reached the server) and can drop
 //! chosen ones, which exercises retransmission.
 
+mod common;
+use common::{assert_same, sink_row};
+
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, UdpSocket};
@@ -266,25 +269,8 @@ fn delivered(requests: &[Datagram]) -> Vec<(String, String)> {
     out
 }
 
-fn assert_same(got: &[(String, String)], want: &[(String, String)]) {
-    if got != want {
-        let first =
-            got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-        panic!(
-            "got {} messages, want {}; first difference at {first}: {:?} vs {:?}",
-            got.len(),
-            want.len(),
-            got.get(first),
-            want.get(first)
-        );
-    }
-}
-
 fn coap_row(r: &serde_json::Value) -> serde_json::Value {
-    let rows: Vec<&serde_json::Value> =
-        r["runs"].as_array().unwrap().iter().filter(|x| x["sink"] == "coap").collect();
-    assert_eq!(rows.len(), 1, "{r}");
-    rows[0].clone()
+    sink_row(r, "coap")
 }
 
 fn count(v: &serde_json::Value, key: &str) -> u64 {

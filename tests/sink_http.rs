@@ -2,6 +2,9 @@
 //! through the built binary. Every body the server accepted is compared with what the same
 //! fleet writes to a file sink (the envelope is deterministic in virtual time).
 
+mod common;
+use common::{assert_same, sink_row};
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::Command;
@@ -190,27 +193,8 @@ fn expected_messages(devices: usize) -> Vec<(String, String)> {
     out
 }
 
-/// Asserts that two sorted lists are equal, showing only the sizes and the first difference.
-fn assert_same(got: &[(String, String)], want: &[(String, String)]) {
-    if got != want {
-        let first =
-            got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-        panic!(
-            "got {} messages, want {}; first difference at {first}: {:?} vs {:?}",
-            got.len(),
-            want.len(),
-            got.get(first),
-            want.get(first)
-        );
-    }
-}
-
-/// The single `runs[]` row of the http sink.
 fn http_row(r: &serde_json::Value) -> serde_json::Value {
-    let rows: Vec<&serde_json::Value> =
-        r["runs"].as_array().unwrap().iter().filter(|x| x["sink"] == "http").collect();
-    assert_eq!(rows.len(), 1, "{r}");
-    rows[0].clone()
+    sink_row(r, "http")
 }
 
 fn count(row: &serde_json::Value, key: &str) -> u64 {

@@ -178,13 +178,7 @@ impl Broker {
             .spawn()
             .expect("mosquitto must be installed (Debian package mosquitto)");
         self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mosquitto did not start on port {}", self.port);
+        assert!(wait_port(self.port), "mosquitto did not start on port {}", self.port);
     }
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -211,20 +205,7 @@ fn restart_run(extra_sink: &str, extra_profile: &str) -> serde_json::Value {
         .replace("seq = true", &format!("seq = true\n{extra_profile}"));
     std::fs::write(dir.path().join("fleet.toml"), &toml).unwrap();
     let cfg = dir.path().join("fleet.toml");
-    let rd = dir.path().join("report");
-    let child = bin()
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--quiet",
-            "--cores",
-            "2",
-            "--report-dir",
-            rd.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "2"]);
     std::thread::sleep(Duration::from_millis(1500));
     broker.kill();
     std::thread::sleep(Duration::from_millis(1500));
@@ -402,12 +383,7 @@ fn mqtts_with_a_private_ca_and_a_client_certificate_delivers_everything() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(wait_port(port), "the TLS mosquitto did not start");
     let tls = format!(
         "qos = 1\nca_file = \"{0}/ca.pem\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"",
         d.display()
@@ -429,20 +405,7 @@ fn wait_for_sinks_waits_for_a_broker_that_starts_late() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, fleet(port, "late", "qos = 1", 5, "100ms", "1s")).unwrap();
-    let rd = dir.path().join("report");
-    let child = bin()
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--quiet",
-            "--wait-for-sinks",
-            "30s",
-            "--report-dir",
-            rd.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--wait-for-sinks", "30s"]);
     std::thread::sleep(Duration::from_millis(1500));
     let _broker = Broker::start(port);
     let out = child.wait_with_output().unwrap();
@@ -495,12 +458,7 @@ fn a_virtual_run_waiting_on_a_dead_broker_still_stops_on_sigterm() {
         .replace("clock = \"realtime\"", "clock = \"virtual\"")
         .replace("duration = \"1h\"\n", "");
     std::fs::write(&cfg, toml).unwrap();
-    let rd = dir.path().join("report");
-    let child = bin()
-        .args(["--config", cfg.to_str().unwrap(), "--quiet", "--report-dir", rd.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(dir.path(), &cfg, &[]);
     std::thread::sleep(Duration::from_millis(800));
     broker.kill();
     std::thread::sleep(Duration::from_millis(800));

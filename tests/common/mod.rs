@@ -46,3 +46,48 @@ pub fn unique(prefix: &str) -> String {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
+
+/// Asserts that two sorted lists are equal, showing only the sizes and the first difference.
+pub fn assert_same(got: &[(String, String)], want: &[(String, String)]) {
+    if got != want {
+        let first =
+            got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        panic!(
+            "got {} messages, want {}; first difference at {first}: {:?} vs {:?}",
+            got.len(),
+            want.len(),
+            got.get(first),
+            want.get(first)
+        );
+    }
+}
+
+/// The single `runs[]` row of `sink` in a report.
+pub fn sink_row(r: &serde_json::Value, sink: &str) -> serde_json::Value {
+    let rows: Vec<&serde_json::Value> =
+        r["runs"].as_array().unwrap().iter().filter(|x| x["sink"] == sink).collect();
+    assert_eq!(rows.len(), 1, "{r}");
+    rows[0].clone()
+}
+
+/// Starts the binary on `cfg` in the background (quiet, report in `dir/report`, stderr piped).
+pub fn spawn_run(dir: &Path, cfg: &Path, extra: &[&str]) -> std::process::Child {
+    let rd = dir.join("report");
+    bin()
+        .args(["--config", cfg.to_str().unwrap(), "--quiet", "--report-dir", rd.to_str().unwrap()])
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (up to 5 s) until something listens on 127.0.0.1:`port`; true if it does.
+pub fn wait_port(port: u16) -> bool {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
