@@ -201,19 +201,7 @@ impl<'a> Table<'a> {
         }
     }
 
-    /// Reports every key that was not read, naming the accepted ones.
-    pub fn finish(self, p: &mut Problems) {
-        let mut accepted: Vec<&str> = self.used.clone();
-        accepted.sort_unstable();
-        accepted.dedup();
-        for (k, v) in self.table {
-            if !self.used.contains(&k.as_str()) {
-                p.add(join(&self.path, k), format!("unknown key (value {})", show(v)));
-            }
-        }
-    }
-
-    /// Like [`finish`](Self::finish), but lists the accepted keys in the message.
+    /// Reports every key that was not read, listing the accepted ones.
     pub fn finish_with(self, accepted: &[&str], p: &mut Problems) {
         for (k, v) in self.table {
             if !self.used.contains(&k.as_str()) {

@@ -1,7 +1,7 @@
 //! The end-of-run report: per-shard histograms merged, a terminal table, `report.json` and
 //! HdrHistogram percentile-distribution files (`*.hgrm`) that standard plotters read.
 
-use crate::shard::stats::{ProfileStats, ShardStats, histogram};
+use crate::shard::stats::{ProfileStats, ShardStats};
 use crate::sim::profile::Fleet;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -363,14 +363,10 @@ pub fn render_table(r: &Report) -> String {
     out
 }
 
-/// An empty latency histogram (for callers that need a placeholder).
-pub fn empty() -> Histogram<u64> {
-    histogram()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::stats::histogram;
 
     #[test]
     fn percentile_distribution_has_the_hdr_layout() {

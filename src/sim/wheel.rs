@@ -142,11 +142,6 @@ impl Wheel {
         }
     }
 
-    /// Bytes used per key (for memory accounting).
-    pub const fn bytes_per_key() -> usize {
-        std::mem::size_of::<Node>()
-    }
-
     /// Hints the CPU to load a key's node, which will be needed soon.
     #[inline]
     pub fn prefetch(&self, key: u32) {
