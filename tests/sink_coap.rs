@@ -4,7 +4,7 @@
 //! chosen ones, which exercises retransmission.
 
 mod common;
-use common::{assert_same, sink_row};
+use common::{assert_same, run_env, sink_row};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
 use std::collections::{BTreeMap, HashMap};
@@ -226,15 +226,9 @@ stddev = 5.0
 }
 
 fn run(dir: &Path, toml: &str, cores: &str) -> serde_json::Value {
-    let cfg = dir.join("fleet.toml");
-    std::fs::write(&cfg, toml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_iot-sim"))
-        .args(["--config", cfg.to_str().unwrap(), "--quiet", "--cores", cores, "--report-dir"])
-        .arg(dir.join("report"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "iot-sim failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(&std::fs::read_to_string(dir.join("report/report.json")).unwrap()).unwrap()
+    let out = run_env(dir, toml, &["--cores", cores], &[]);
+    assert!(out.status.success(), "iot-sim failed: {}", common::stderr(&out));
+    common::report(dir)
 }
 
 /// The (topic, payload) pairs the same fleet writes to a file sink, sorted.

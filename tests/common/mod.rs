@@ -22,13 +22,18 @@ pub fn run_ok(dir: &Path, toml: &str, extra: &[&str]) -> serde_json::Value {
 
 /// Writes `fleet.toml` into `dir` and runs it.
 pub fn run(dir: &Path, toml: &str, extra: &[&str]) -> Output {
+    run_env(dir, toml, extra, &[])
+}
+
+/// Writes `fleet.toml` into `dir` and runs it with extra environment variables.
+pub fn run_env(dir: &Path, toml: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let cfg = dir.join("fleet.toml");
     std::fs::write(&cfg, toml).unwrap();
     let mut args = vec!["--config", cfg.to_str().unwrap(), "--quiet", "--report-dir"];
     let rd = dir.join("report");
     args.push(rd.to_str().unwrap());
     args.extend_from_slice(extra);
-    bin().args(&args).output().unwrap()
+    bin().args(&args).envs(env.iter().copied()).output().unwrap()
 }
 
 pub fn report(dir: &Path) -> serde_json::Value {
