@@ -3,63 +3,11 @@
 
 mod common;
 
+use common::mqtt::Subscriber;
 use common::*;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// (topic, payload) pairs a subscriber received.
-type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// Subscribes to `filter` and collects (topic, payload) until dropped.
-struct Subscriber {
-    got: Received,
-    client: Client,
-}
-
-impl Subscriber {
-    fn start(port: u16, filter: &str) -> Subscriber {
-        let mut opts = MqttOptions::new(unique("sub"), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut conn) = Client::new(opts, 1000);
-        client.subscribe(filter, QoS::ExactlyOnce).unwrap();
-        let got = Arc::new(Mutex::new(vec![]));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = got.clone();
-        std::thread::spawn(move || {
-            for ev in conn.iter() {
-                match ev {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = tx.send(());
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        sink.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(10)).expect("no SUBACK from the broker");
-        Subscriber { got, client }
-    }
-
-    /// Waits until `n` messages arrived (or a generous while passed), then returns them.
-    fn wait_for(&self, n: usize) -> Vec<(String, Vec<u8>)> {
-        for _ in 0..200 {
-            if self.got.lock().unwrap().len() >= n {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // A little longer, to catch duplicates or extras.
-        std::thread::sleep(Duration::from_millis(200));
-        let _ = self.client.disconnect();
-        self.got.lock().unwrap().clone()
-    }
-}
 
 fn fleet(
     port: u16,

@@ -2,6 +2,8 @@
 //! report, find free ports.
 #![allow(dead_code)]
 
+pub mod mqtt;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
