@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::mqtt::Subscriber;
+use common::mqtt::{Broker, Subscriber};
 use common::*;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
@@ -106,42 +106,6 @@ fn qos0_messages_arrive() {
     qos_run(0, 4);
 }
 
-/// A broker of our own that the test can kill and restart.
-struct Broker {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Broker {
-    fn start(port: u16) -> Broker {
-        let mut b = Broker { port, child: None };
-        b.up();
-        b
-    }
-    fn up(&mut self) {
-        let child = std::process::Command::new("mosquitto")
-            .args(["-p", &self.port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (Debian package mosquitto)");
-        self.child = Some(child);
-        assert!(wait_port(self.port), "mosquitto did not start on port {}", self.port);
-    }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Runs a 6 s realtime fleet against our own broker, killing it at 1.5 s and restarting it at
 /// 3 s. Returns the report.
 fn restart_run(extra_sink: &str, extra_profile: &str) -> serde_json::Value {
@@ -158,7 +122,7 @@ fn restart_run(extra_sink: &str, extra_profile: &str) -> serde_json::Value {
     broker.kill();
     std::thread::sleep(Duration::from_millis(1500));
     broker.up();
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, 120);
     assert!(out.status.success(), "{}", stderr(&out));
     report(dir.path())
 }
@@ -356,7 +320,7 @@ fn wait_for_sinks_waits_for_a_broker_that_starts_late() {
     let child = spawn_run(dir.path(), &cfg, &["--wait-for-sinks", "30s"]);
     std::thread::sleep(Duration::from_millis(1500));
     let _broker = Broker::start(port);
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, 120);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(report(dir.path())["runs"][0]["messages"], 50);
 }
@@ -410,8 +374,8 @@ fn a_virtual_run_waiting_on_a_dead_broker_still_stops_on_sigterm() {
     std::thread::sleep(Duration::from_millis(800));
     broker.kill();
     std::thread::sleep(Duration::from_millis(800));
-    unsafe { sigterm(child.id() as i32, 15) };
-    let out = child.wait_with_output().unwrap();
+    sigterm(&child);
+    let out = output_within(child, 120);
     assert!(out.status.success(), "{}", stderr(&out));
     let r = report(dir.path());
     let row = &r["runs"][0];
@@ -419,9 +383,4 @@ fn a_virtual_run_waiting_on_a_dead_broker_still_stops_on_sigterm() {
     assert!(row["messages"].as_u64().unwrap() > 0, "{row}");
     // What the dead broker never took is counted, not lost from the books.
     assert!(row["errors"].as_u64().unwrap() > 0, "{row}");
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn sigterm(pid: i32, sig: i32) -> i32;
 }

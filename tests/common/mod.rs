@@ -98,3 +98,61 @@ pub fn wait_port(port: u16) -> bool {
     }
     false
 }
+
+/// Sends SIGTERM to a child (a run then stops, flushes and writes its report).
+pub fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// Waits at most `secs` for a child to exit and returns its output (stdout and stderr read
+/// as it runs, when piped). A child still running then is killed and the test fails with
+/// what it printed, instead of hanging.
+pub fn output_within(mut child: std::process::Child, secs: u64) -> Output {
+    use std::io::Read;
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = vec![];
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+            panic!("iot-sim did not exit within {secs} s; stderr:\n{stderr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// The (topic, payload) pairs of a file sink's JSON Lines output, sorted.
+pub fn file_messages(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out: Vec<(String, String)> = text
+        .lines()
+        .map(|l| {
+            // {"topic":"...","payload":<the payload as sent>}
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at = l.find(",\"payload\":").unwrap() + 11;
+            (v["topic"].as_str().unwrap().to_string(), l[at..l.len() - 1].to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}

@@ -1,4 +1,5 @@
-//! A real MQTT subscriber for tests: collects what the broker delivers.
+//! Real MQTT peers for tests: a subscriber that collects what the broker delivers, and a
+//! mosquitto of a test's own on a port of its own (for outages and restarts).
 
 use super::unique;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
@@ -54,5 +55,41 @@ impl Subscriber {
         std::thread::sleep(Duration::from_millis(200));
         let _ = self.client.disconnect();
         self.got.lock().unwrap().clone()
+    }
+}
+
+/// A broker of our own that the test can kill and restart.
+pub struct Broker {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Broker {
+    pub fn start(port: u16) -> Broker {
+        let mut b = Broker { port, child: None };
+        b.up();
+        b
+    }
+    pub fn up(&mut self) {
+        let child = std::process::Command::new("mosquitto")
+            .args(["-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (Debian package mosquitto)");
+        self.child = Some(child);
+        assert!(super::wait_port(self.port), "mosquitto did not start on port {}", self.port);
+    }
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
