@@ -5,6 +5,7 @@
 //! are relative to the working directory; profile files named by `fleet[].profile` are
 //! relative to the fleet file's folder.
 
+mod behaviour;
 pub mod sinks;
 pub mod walk;
 
@@ -582,6 +583,8 @@ pub fn compile_profile_with(
     }
     let labels = labels(&mut t, p);
     let mut fields = vec![];
+    let (mut groups, mut derived) = (vec![], vec![]);
+    let mut fields_path = t.path_of("fields");
     match t.table("fields", p) {
         None if !t.has("fields") && !allow_no_fields => {
             p.add(t.path_of("fields"), "missing: a profile needs at least one field")
@@ -591,6 +594,7 @@ pub fn compile_profile_with(
             p.add(ft.path.clone(), "a profile needs at least one field")
         }
         Some(ft) => {
+            fields_path = ft.path.clone();
             let mut names: Vec<&String> = ft.table.keys().collect();
             names.sort();
             for fname in names {
@@ -607,10 +611,35 @@ pub fn compile_profile_with(
                         }
                         None => None,
                     };
+                    match behaviour::field_type(&f) {
+                        Some("derived") => {
+                            let db = behaviour::deadband(&mut f, p);
+                            if let Some(d) = behaviour::derived(fname, f, p) {
+                                derived.push((d, decimals, db));
+                            }
+                            continue;
+                        }
+                        Some("correlated_gaussian") => {
+                            if let Some(g) = behaviour::correlated(fname, f, decimals, p) {
+                                groups.push(g);
+                            }
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let deadband = behaviour::deadband(&mut f, p);
                     let battery = f.bool("battery", p).unwrap_or(false) || fname == "battery";
-                    if let Some(generator) = compile_generator(f, &["decimals", "battery"], p) {
+                    if let Some(generator) =
+                        compile_generator(f, &["decimals", "battery", "deadband"], p)
+                    {
                         if battery && !generator.is_numeric() {
                             p.add(join(&ft.path, fname), "a battery field must be numeric");
+                        }
+                        if deadband.is_some() && !generator.is_numeric() {
+                            p.add(
+                                join(&join(&ft.path, fname), "deadband"),
+                                "only numeric fields take a deadband",
+                            );
                         }
                         fields.push(FieldSpec {
                             name: fname.clone(),
@@ -619,12 +648,30 @@ pub fn compile_profile_with(
                             decimals,
                             battery,
                             first_slot: 0,
+                            deadband,
                         });
                     }
                 }
             }
         }
     }
+    let derived_meta: Vec<(String, Option<u32>, Option<f64>)> =
+        derived.iter().map(|(d, dec, db)| (d.name.clone(), *dec, *db)).collect();
+    let (mut correlated, derived_order) = behaviour::finish_fields(
+        &mut fields,
+        std::mem::take(&mut groups),
+        derived.drain(..).map(|d| d.0).collect(),
+        &fields_path,
+        p,
+    );
+    for (name, dec, db) in derived_meta {
+        if let Some(f) = fields.iter_mut().find(|f| f.name == name) {
+            f.decimals = dec;
+            f.deadband = db;
+        }
+    }
+    let mut behaviour =
+        behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
     t.finish_with(
         &[
             "protocol",
@@ -639,6 +686,10 @@ pub fn compile_profile_with(
             "backpressure",
             "endpoint",
             "confirmable",
+            "report",
+            "events",
+            "availability",
+            "sleep",
         ],
         p,
     );
@@ -653,6 +704,11 @@ pub fn compile_profile_with(
         f.first_slot = slots;
         slots += f.generator.slots();
     }
+    for g in &mut correlated {
+        g.slot = slots;
+        slots += 1;
+    }
+    slots += behaviour.lay_out(slots);
     Some(Profile {
         name: name.to_string(),
         type_json: payload::type_json(&device_type),
@@ -666,6 +722,9 @@ pub fn compile_profile_with(
         slots,
         delivery,
         requested_protocol: None,
+        correlated,
+        derived: derived_order,
+        behaviour,
     })
 }
 

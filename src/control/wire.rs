@@ -23,6 +23,8 @@ pub(crate) fn event_type(kind: EventKind) -> proto::DeviceEventType {
         EventKind::Paused => T::Paused,
         EventKind::Resumed => T::Resumed,
         EventKind::Warning => T::Warning,
+        EventKind::Offline => T::Disconnected,
+        EventKind::Online => T::Connected,
     }
 }
 

@@ -74,14 +74,56 @@ pub fn encode(
     labels_json: &str,
     seq: Option<u64>,
 ) {
+    encode_with(payload, device_id, profile, "", &profile.fields, timestamp, samples, labels_json, seq)
+}
+
+/// Encodes one event message: the envelope with `"event":"NAME"` after the timestamp and the
+/// event's own fields.
+pub fn encode_event(
+    payload: &mut Vec<u8>,
+    device_id: &str,
+    profile: &Profile,
+    event: &super::behaviour::EventSpec,
+    timestamp: SimMs,
+    samples: &[Sample],
+    labels_json: &str,
+) {
+    encode_with(
+        payload,
+        device_id,
+        profile,
+        &event.event_json,
+        &event.fields,
+        timestamp,
+        samples,
+        labels_json,
+        None,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn encode_with(
+    payload: &mut Vec<u8>,
+    device_id: &str,
+    profile: &Profile,
+    event_json: &str,
+    fields: &[FieldSpec],
+    timestamp: SimMs,
+    samples: &[Sample],
+    labels_json: &str,
+    seq: Option<u64>,
+) {
     payload.clear();
     payload.extend_from_slice(b"{\"device_id\":");
     write_json_str(payload, device_id);
     payload.push(b',');
     payload.extend_from_slice(profile.type_json.as_bytes());
     write_rfc3339_ms(payload, timestamp);
-    payload.extend_from_slice(b"\",\"fields\":{");
-    for (i, (field, sample)) in profile.fields.iter().zip(samples).enumerate() {
+    payload.extend_from_slice(b"\",");
+    payload.extend_from_slice(event_json.as_bytes());
+    payload.extend_from_slice(b"\"fields\":{");
+    for (i, (field, sample)) in fields.iter().zip(samples).enumerate() {
         if i > 0 {
             payload.push(b',');
         }

@@ -172,6 +172,9 @@ pub struct FieldSpec {
     pub battery: bool,
     /// Index of the field's first slot within the device's slot block.
     pub first_slot: usize,
+    /// Report-on-change: publish when the value moved more than this since it was last
+    /// published.
+    pub deadband: Option<f64>,
 }
 
 /// A validated device profile.
@@ -196,6 +199,12 @@ pub struct Profile {
     /// Set when a device spawned over gRPC asked for a protocol this runtime has no sink for
     /// and is published to the fallback sink (`protocol`) instead: what it asked for.
     pub requested_protocol: Option<String>,
+    /// Correlated gaussian groups, drawn after the plain fields.
+    pub correlated: Vec<super::correlated::CorrelatedGroup>,
+    /// Derived fields (indices into `fields`) in evaluation order (dependencies first).
+    pub derived: Vec<usize>,
+    /// Report mode, events, availability, sleep (the default: periodic, always on).
+    pub behaviour: super::behaviour::Behaviour,
 }
 
 impl Profile {
@@ -215,6 +224,9 @@ impl Profile {
             type_json: String::new(),
             delivery: Delivery::default(),
             requested_protocol: None,
+            correlated: vec![],
+            derived: vec![],
+            behaviour: Default::default(),
         }
     }
 }
