@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | each event | 1 + its fields' | the next event time (ms) |
 //! | availability | 1 | the next transition: `T` (up, goes down at `T`) or `-(U + 1)` (down, back at `U`) |
-//! | sleep | 1 | the phase of the awake window (ms) |
+//! | sleep | 1 | the phase of the awake window (ms; `-(phase + 1)` before the first tick) |
 //! | on_change | 1 + one per watched field | the last publish time, then the last published values |
 //!
 //! A slot not yet started holds NaN: the first tick draws its first time from that tick on.
@@ -172,8 +172,10 @@ impl Behaviour {
         }
         if let Some(s) = self.sleep {
             let ss = seed::derive(device_seed, SLEEP_SALT);
+            // Negative until the first tick (which counts sleep from itself, not from before
+            // the device existed).
             let phase = seed::mix64(ss) % s.period_ms.max(1);
-            out.push(fresh(ss, phase as f64));
+            out.push(fresh(ss, -(phase as f64) - 1.0));
         }
         if self.report != ReportMode::Periodic {
             for _ in 0..1 + self.watch.len() {
@@ -235,12 +237,15 @@ impl Behaviour {
             }
         }
         if let Some(s) = self.sleep {
-            let phase = block[self.sleep_at].x as u64;
+            let x = block[self.sleep_at].x;
+            let first = x < 0.0;
+            let phase = if first { (-x - 1.0) as u64 } else { x as u64 };
+            block[self.sleep_at].x = phase as f64;
             let period = s.period_ms;
             let pos = (t + period - phase % period) % period;
             if pos >= s.awake_ms {
                 let wake = t - pos + period;
-                let slept_from = t - pos + s.awake_ms;
+                let slept_from = if first { t } else { t - pos + s.awake_ms };
                 log.asleep_ms += wake.min(end).saturating_sub(slept_from.min(end));
                 return Presence::Away { until: wake, on_grid: false };
             }
@@ -439,7 +444,7 @@ mod tests {
         };
         b.lay_out(0);
         let mut s = block(&b, 9);
-        let phase = s[0].x as u64;
+        let phase = (-s[0].x - 1.0) as u64;
         let mut log = StepLog::default();
         assert_eq!(b.step(&mut s, phase + 900_000, u64::MAX, &mut log), Presence::Here);
         assert_eq!(b.step(&mut s, phase + 929_999, u64::MAX, &mut log), Presence::Here);
