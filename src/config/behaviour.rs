@@ -75,13 +75,14 @@ fn numbers(t: &mut Table<'_>, key: &str, p: &mut Problems) -> Option<Vec<f64>> {
 
 /// A `type = "correlated_gaussian"` field: `fields`, `means`, `stddevs`, `correlation`
 /// (symmetric, positive semi-definite, unit diagonal), optional `decimals` and `deadband` for
-/// every member.
+/// every member. A group with problems still names its members (`Err`), so that expressions
+/// reading them are not reported as well.
 pub(super) fn correlated(
     name: &str,
     mut t: Table<'_>,
     decimals: Option<u32>,
     p: &mut Problems,
-) -> Option<GroupDraft> {
+) -> Result<GroupDraft, Vec<String>> {
     let before = p.0.len();
     t.allow("type");
     t.allow("decimals");
@@ -201,17 +202,18 @@ pub(super) fn correlated(
         &["type", "fields", "means", "stddevs", "correlation", "decimals", "deadband"],
         p,
     );
-    if p.0.len() > before {
-        return None;
-    }
-    let (members, means, stddevs, mut factor) = (members?, means?, stddevs?, factor?);
+    let (Some(members), Some(means), Some(stddevs), Some(mut factor), true) =
+        (members.clone(), means, stddevs, factor, p.0.len() == before)
+    else {
+        return Err(members.unwrap_or_default());
+    };
     let n = members.len();
     for i in 0..n {
         for k in 0..n {
             factor[i * n + k] *= stddevs[i];
         }
     }
-    Some(GroupDraft {
+    Ok(GroupDraft {
         name: name.to_string(),
         path,
         members,
@@ -518,4 +520,143 @@ fn event(
         topic: topic?,
         event_json: String::from_utf8(event_json).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ParseError, parse_str};
+    use crate::sim::behaviour::{ReportMode, Watch};
+    use crate::sim::generator::GenSpec;
+    use std::path::Path;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse_str(text, Path::new(".")) {
+            Ok(_) => vec![],
+            Err(ParseError::Invalid(p)) => p.0.iter().map(|p| p.to_string()).collect(),
+            Err(ParseError::Syntax(s)) => vec![format!("syntax: {s}")],
+        }
+    }
+
+    /// Asserts one problem per entry of `expect` (each contained in one problem), no others.
+    fn check(text: &str, expect: &[&str]) {
+        let got = problems(text);
+        for e in expect {
+            assert!(got.iter().any(|g| g.contains(e)), "expected {e:?} in:\n{got:#?}");
+        }
+        assert_eq!(got.len(), expect.len(), "unexpected problem count:\n{got:#?}");
+    }
+
+    fn example() -> String {
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/realistic.toml"))
+            .unwrap()
+    }
+
+    #[test]
+    fn the_example_fleet_compiles_with_every_feature() {
+        let c = parse_str(&example(), Path::new(".")).unwrap();
+        let profile = |n: &str| c.fleet.profiles.iter().find(|p| p.name == n).unwrap();
+        let meter = profile("meter");
+        assert_eq!(meter.behaviour.report, ReportMode::OnChange { max_silence_ms: Some(900_000) });
+        let names: Vec<&str> = meter.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["current", "power"]);
+        // power has a deadband; current is derived and follows it.
+        assert_eq!(meter.behaviour.watch, vec![(1, Watch::Deadband(0.5))]);
+        assert!(!meter.behaviour.always_changed);
+        assert_eq!(meter.derived, vec![0]);
+        assert_eq!(meter.behaviour.events[0].topic.source, "devices/{device_id}/telemetry/events/overheat");
+        // power 1 + overheat timer 1 + availability 1 + on_change (time + power) 2.
+        assert_eq!(meter.slots, 5);
+        let room = profile("room");
+        let names: Vec<&str> = room.fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["dew_gap", "humidity", "temperature"]);
+        assert_eq!(room.correlated[0].members, vec![2, 1]);
+        assert!(matches!(room.fields[1].generator, GenSpec::Correlated { group: 0, member: 1 }));
+        assert_eq!(room.slots, 1);
+    }
+
+    #[test]
+    fn every_bad_behaviour_value_is_listed_with_its_path() {
+        let text = example()
+            .replace("deadband = 0.5", "deadband = -0.5")
+            .replace("max_silence = \"15m\"", "max_silence = \"5s\"")
+            .replace("rate_per_hour = 0.5", "rate_per_hour = -2")
+            .replace("mtbf = \"6h\"", "mtbf = \"0s\"")
+            .replace("mttr = \"30m\"", "mttr = \"0s\"")
+            .replace("awake = \"30s\"", "awake = \"16m\"")
+            .replace("[[1.0, -0.7], [-0.7, 1.0]]", "[[1.0, -0.7], [0.7, 1.0]]")
+            .replace("expr = \"power * 1000 / 230\"", "expr = \"power * 1000 / (230 - 230)\"");
+        check(
+            &text,
+            &[
+                "profiles.meter.fields.power.deadband: must be a non-negative number, got -0.5",
+                "profiles.meter.report.max_silence: must not be shorter than the interval (10000ms), got 5000ms",
+                "profiles.meter.events.overheat.rate_per_hour: must be a non-negative number, got -2",
+                "profiles.meter.availability.mtbf: must be greater than 0, got \"0s\"",
+                "profiles.meter.availability.mttr: must be greater than 0, got \"0s\"",
+                "profiles.tracker.sleep.awake: must not be longer than the period (900000ms), got 960000ms",
+                "profiles.room.fields.climate.correlation: must be symmetric: [1][0] = 0.7 but [0][1] = -0.7",
+                "profiles.meter.fields.current.expr: division by a constant 0 at position 13 in \"power * 1000 / (230 - 230)\"",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_correlation_matrix_must_be_positive_semi_definite() {
+        let text = example()
+            .replace("fields = [\"temperature\", \"humidity\"]", "fields = [\"temperature\", \"humidity\", \"co2\"]")
+            .replace("means = [22.0, 45.0]", "means = [22.0, 45.0, 600]")
+            .replace("stddevs = [1.5, 5.0]", "stddevs = [1.5, 5.0, 50]")
+            .replace(
+                "correlation = [[1.0, -0.7], [-0.7, 1.0]]",
+                "correlation = [[1.0, 0.9, 0.9], [0.9, 1.0, -0.9], [0.9, -0.9, 1.0]]",
+            );
+        check(
+            &text,
+            &["profiles.room.fields.climate.correlation: is not positive semi-definite (pivot 2 is"],
+        );
+        let text = example().replace("[[1.0, -0.7], [-0.7, 1.0]]", "[[1.0, -1.7], [-1.7, 0.5]]");
+        check(
+            &text,
+            &[
+                "correlation[0][1]: expected a correlation in [-1, 1], got -1.7",
+                "correlation[1][0]: expected a correlation in [-1, 1], got -1.7",
+                "correlation[1][1]: a diagonal entry must be 1, got 0.5",
+            ],
+        );
+    }
+
+    #[test]
+    fn expressions_that_refer_to_themselves_unknown_fields_or_cycles_are_refused() {
+        let expr = |e: &str| example().replace("expr = \"power * 1000 / 230\"", &format!("expr = {e:?}"));
+        check(
+            &expr("current * 2"),
+            &["profiles.meter.fields.current.expr: field \"current\" refers to itself at position 0"],
+        );
+        check(
+            &expr("power + watts"),
+            &["profiles.meter.fields.current.expr: unknown field \"watts\"; fields: power at position 8"],
+        );
+        check(&expr("power *"), &["profiles.meter.fields.current.expr: expected a number, a field name or '(', found the end at position 7"]);
+        check(&expr("power ^ 2"), &["unexpected character '^' at position 6"]);
+        let cycle = example().replace(
+            "expr = \"temperature - (100 - humidity) / 5\"",
+            "expr = \"temperature - other\"\n[profiles.room.fields.other]\ntype = \"derived\"\nexpr = \"dew_gap * 2\"",
+        );
+        check(&cycle, &["cycle between derived fields: dew_gap -> other -> dew_gap"]);
+    }
+
+    #[test]
+    fn member_names_must_not_clash_and_deadbands_need_numbers() {
+        let text = example().replace(
+            "[profiles.room.fields.dew_gap]",
+            "[profiles.room.fields.humidity]\ntype = \"static\"\nvalue = 1\n[profiles.room.fields.state]\ntype = \"markov\"\nstates = [\"a\"]\ntransition_matrix = [[1.0]]\ndeadband = 1\n[profiles.room.fields.dew_gap]",
+        );
+        check(
+            &text,
+            &[
+                "profiles.room.fields.climate.fields: field \"humidity\" is defined twice",
+                "profiles.room.fields.state.deadband: only numeric fields take a deadband",
+            ],
+        );
+    }
 }

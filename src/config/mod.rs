@@ -620,8 +620,18 @@ pub fn compile_profile_with(
                             continue;
                         }
                         Some("correlated_gaussian") => {
-                            if let Some(g) = behaviour::correlated(fname, f, decimals, p) {
-                                groups.push(g);
+                            match behaviour::correlated(fname, f, decimals, p) {
+                                Ok(g) => groups.push(g),
+                                // Stand-ins, so expressions reading them are not reported too.
+                                Err(members) => fields.extend(members.iter().map(|m| FieldSpec {
+                                    name: m.clone(),
+                                    key_json: String::new(),
+                                    generator: GenSpec::Static { json: "0".into(), number: Some(0.0) },
+                                    decimals: None,
+                                    battery: false,
+                                    first_slot: 0,
+                                    deadband: None,
+                                })),
                             }
                             continue;
                         }
