@@ -3,7 +3,7 @@
 //! (`derived`, `correlated_gaussian`). Every problem is recorded with its TOML path and value.
 
 use super::walk::{Problems, Table, join, show};
-use crate::sim::behaviour::{Availability, Behaviour, EventSpec, ReportMode, Sleep, Watch};
+use crate::sim::behaviour::{Availability, Behaviour, EventSpec, ReportMode, Sleep};
 use crate::sim::correlated::{CorrelatedGroup, MAX_MEMBERS, cholesky_psd};
 use crate::sim::expr::Expr;
 use crate::sim::generator::GenSpec;
@@ -392,15 +392,7 @@ pub(super) fn compile(
         }
         r.finish_with(&["mode", "max_silence"], p);
     }
-    for (i, f) in fields.iter().enumerate() {
-        match (f.deadband, &f.generator) {
-            (Some(d), _) => b.watch.push((i, Watch::Deadband(d))),
-            (None, GenSpec::Markov(_)) => b.watch.push((i, Watch::Differs)),
-            // Constants never change; a derived field follows the fields it reads.
-            (None, GenSpec::Static { .. } | GenSpec::Derived(_)) => {}
-            (None, _) => b.always_changed = true,
-        }
-    }
+    b.watch_fields(fields);
     if let Some(et) = t.table("events", p) {
         let mut names: Vec<&String> = et.table.keys().collect();
         names.sort();
@@ -477,6 +469,7 @@ fn event(
         }
         other => other,
     };
+    let topic_is_default = !e.has("topic");
     let topic = match e.str("topic", p) {
         Some(s) => TopicTemplate::parse(s).map_err(|err| p.add(e.path_of("topic"), err)).ok(),
         None => topic.and_then(|t| TopicTemplate::parse(&format!("{}/events/{name}", t.source)).ok()),
@@ -518,6 +511,7 @@ fn event(
         fields,
         field_slots: 0,
         topic: topic?,
+        topic_is_default,
         event_json: String::from_utf8(event_json).unwrap_or_default(),
     })
 }

@@ -667,7 +667,7 @@ pub fn compile_profile_with(
     }
     let derived_meta: Vec<(String, Option<u32>, Option<f64>)> =
         derived.iter().map(|(d, dec, db)| (d.name.clone(), *dec, *db)).collect();
-    let (mut correlated, derived_order) = behaviour::finish_fields(
+    let (correlated, derived_order) = behaviour::finish_fields(
         &mut fields,
         std::mem::take(&mut groups),
         derived.drain(..).map(|d| d.0).collect(),
@@ -680,8 +680,7 @@ pub fn compile_profile_with(
             f.deadband = db;
         }
     }
-    let mut behaviour =
-        behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
+    let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
     t.finish_with(
         &[
             "protocol",
@@ -706,20 +705,7 @@ pub fn compile_profile_with(
     if p.0.len() > before {
         return None;
     }
-    let mut slots = 0;
-    for f in &mut fields {
-        if let Some(ms) = interval_ms {
-            f.generator.prepare(ms as f64 / 1000.0);
-        }
-        f.first_slot = slots;
-        slots += f.generator.slots();
-    }
-    for g in &mut correlated {
-        g.slot = slots;
-        slots += 1;
-    }
-    slots += behaviour.lay_out(slots);
-    Some(Profile {
+    let mut profile = Profile {
         name: name.to_string(),
         type_json: payload::type_json(&device_type),
         device_type,
@@ -729,13 +715,15 @@ pub fn compile_profile_with(
         seq,
         labels,
         fields,
-        slots,
         delivery,
         requested_protocol: None,
         correlated,
         derived: derived_order,
         behaviour,
-    })
+        slots: 0,
+    };
+    profile.lay_out();
+    Some(profile)
 }
 
 fn compile_delivery(

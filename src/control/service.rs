@@ -7,7 +7,7 @@ use super::plane::{ControlPlane, PlaneError};
 use super::proto::{self, device_runtime_service_server as server};
 use super::spec::{self, selection};
 use super::wire;
-use crate::shard::command::{Action, BehaviourUpdate, Selection, SpawnSpec};
+use crate::shard::command::{Action, Selection, SpawnSpec};
 use crate::sim::profile::Profile;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -138,8 +138,7 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::UpdateDeviceBehaviorRequest>,
     ) -> Result<Response<()>, Status> {
         let req = req.into_inner();
-        let fields = spec::behaviour_update(req.behavior_params.as_ref())?;
-        let update = Arc::new(BehaviourUpdate { fields });
+        let update = Arc::new(spec::behaviour_update(req.behavior_params.as_ref())?);
         let sel = selection(req.selector, false)?;
         self.plane.scan(sel, Action::Behaviour(update)).await?;
         Ok(Response::new(()))

@@ -91,10 +91,24 @@ impl ScanReply {
     }
 }
 
-/// New generator fields for UpdateDeviceBehavior, compiled by the control plane.
-#[derive(Debug)]
+/// New generator fields and behaviour for UpdateDeviceBehavior, compiled by the control plane.
+/// `None` keeps what the device's profile has.
+#[derive(Debug, Default)]
 pub(crate) struct BehaviourUpdate {
+    /// The new fields with their correlated groups and derived evaluation order.
+    pub fields: Option<FieldsUpdate>,
+    pub report: Option<crate::sim::behaviour::ReportMode>,
+    pub events: Option<Vec<crate::sim::behaviour::EventSpec>>,
+    pub availability: Option<Option<crate::sim::behaviour::Availability>>,
+    pub sleep: Option<Option<crate::sim::behaviour::Sleep>>,
+}
+
+/// A profile's fields, as compiled together.
+#[derive(Debug, Clone)]
+pub(crate) struct FieldsUpdate {
     pub fields: Vec<FieldSpec>,
+    pub correlated: Vec<crate::sim::correlated::CorrelatedGroup>,
+    pub derived: Vec<usize>,
 }
 
 /// What a selection command does to each selected device.

@@ -618,14 +618,26 @@ impl Shard {
             Some(&ix) => ix,
             None => {
                 let mut p = old_profile.clone();
-                p.fields = update.fields.clone();
-                let mut slots = 0;
-                for f in &mut p.fields {
-                    f.generator.prepare(p.interval_ms as f64 / 1000.0);
-                    f.first_slot = slots;
-                    slots += f.generator.slots();
+                if let Some(f) = &update.fields {
+                    p.fields = f.fields.clone();
+                    p.correlated = f.correlated.clone();
+                    p.derived = f.derived.clone();
                 }
-                p.slots = slots;
+                let b = &mut p.behaviour;
+                if let Some(r) = update.report {
+                    b.report = r;
+                }
+                if let Some(e) = &update.events {
+                    b.events = e.clone();
+                    b.retopic(&p.topic);
+                }
+                if let Some(a) = update.availability {
+                    b.availability = a;
+                }
+                if let Some(s) = update.sleep {
+                    b.sleep = s;
+                }
+                p.lay_out();
                 let ix = self.intern_profile(&Arc::new(p));
                 remap.insert(old_group.profile, ix);
                 ix
@@ -661,6 +673,24 @@ impl Shard {
                     new_slots[nf.first_slot..nf.first_slot + n]
                         .clone_from_slice(&old_slots[of.first_slot..of.first_slot + n]);
                 }
+            }
+            // Event clocks, outages and sleep phases carry over where the feature stays.
+            let (ob, nb) = (&old_profile.behaviour, &p.behaviour);
+            for (ne, &nat) in nb.events.iter().zip(&nb.event_at) {
+                if let Some((oe, &oat)) =
+                    ob.events.iter().zip(&ob.event_at).find(|(oe, _)| oe.name == ne.name)
+                    && oe.fields.len() == ne.fields.len()
+                    && oe.field_slots == ne.field_slots
+                {
+                    new_slots[nat..nat + 1 + ne.field_slots]
+                        .clone_from_slice(&old_slots[oat..oat + 1 + oe.field_slots]);
+                }
+            }
+            if ob.availability.is_some() && nb.availability.is_some() {
+                new_slots[nb.availability_at] = old_slots[ob.availability_at].clone();
+            }
+            if ob.sleep == nb.sleep && nb.sleep.is_some() {
+                new_slots[nb.sleep_at] = old_slots[ob.sleep_at].clone();
             }
         }
         if new_key != key {

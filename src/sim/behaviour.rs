@@ -52,6 +52,9 @@ pub struct EventSpec {
     /// Slots of its fields.
     pub field_slots: usize,
     pub topic: TopicTemplate,
+    /// True when `topic` is the profile's topic + `/events/NAME` (re-derived when the event
+    /// moves to another profile by a behaviour update).
+    pub topic_is_default: bool,
     /// `"event":"NAME",`, JSON-encoded once.
     pub event_json: String,
 }
@@ -117,6 +120,33 @@ impl Behaviour {
     #[inline]
     pub fn has_presence(&self) -> bool {
         !self.events.is_empty() || self.availability.is_some() || self.sleep.is_some()
+    }
+
+    /// Which fields on_change watches, and whether some field always counts as changed: a
+    /// deadband field by its deadband, a Markov field when its state differs, a random numeric
+    /// field without a deadband always; constants never, and a derived field without a
+    /// deadband follows the fields it reads.
+    pub fn watch_fields(&mut self, fields: &[FieldSpec]) {
+        use super::generator::GenSpec;
+        self.watch.clear();
+        self.always_changed = false;
+        for (i, f) in fields.iter().enumerate() {
+            match (f.deadband, &f.generator) {
+                (Some(d), _) => self.watch.push((i, Watch::Deadband(d))),
+                (None, GenSpec::Markov(_)) => self.watch.push((i, Watch::Differs)),
+                (None, GenSpec::Static { .. } | GenSpec::Derived(_)) => {}
+                (None, _) => self.always_changed = true,
+            }
+        }
+    }
+
+    /// Gives events with the default topic the one of a profile whose topic is `topic`.
+    pub fn retopic(&mut self, topic: &TopicTemplate) {
+        for e in self.events.iter_mut().filter(|e| e.topic_is_default) {
+            if let Ok(t) = TopicTemplate::parse(&format!("{}/events/{}", topic.source, e.name)) {
+                e.topic = t;
+            }
+        }
     }
 
     /// Lays the features' slots out from `first` on; returns the count.
@@ -378,6 +408,7 @@ mod tests {
             fields: vec![],
             field_slots: 0,
             topic: TopicTemplate::parse("x").unwrap(),
+            topic_is_default: false,
             event_json: String::new(),
         }
     }

@@ -208,6 +208,26 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// Prepares the generators for the interval and lays out a device's slot block: the
+    /// fields' streams, one per correlated group, then the behaviour's state (on_change
+    /// watches follow the fields). Sets `slots`.
+    pub fn lay_out(&mut self) {
+        let dt = self.interval_ms as f64 / 1000.0;
+        let mut slots = 0;
+        for f in &mut self.fields {
+            f.generator.prepare(dt);
+            f.first_slot = slots;
+            slots += f.generator.slots();
+        }
+        for g in &mut self.correlated {
+            g.slot = slots;
+            slots += 1;
+        }
+        self.behaviour.watch_fields(&self.fields);
+        slots += self.behaviour.lay_out(slots);
+        self.slots = slots;
+    }
+
     /// A minimal profile for unit tests: null sink, 1 s interval, no fields.
     #[cfg(test)]
     pub fn for_tests(name: &str) -> Profile {
