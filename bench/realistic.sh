@@ -4,6 +4,8 @@
 #   bench/realistic.sh                     every case, 1M devices, 2 sim minutes each, 1 core
 #   BENCH_SPAN=10m BENCH_DEVICES=1000000   longer runs / other fleet sizes
 #   BENCH_ROUNDS=2                         rounds; each round runs every case once, in turn
+#   BENCH_BASELINE_BIN=/path/to/iot-sim    also run the periodic case with another build (such
+#                                          as main's) in every round: "periodic_baseline_bin"
 #
 # Every case is the 3-field profile of bench/million.toml (5 s interval, null sink, virtual
 # clock, one shard) plus one feature; "periodic" is the unchanged profile, run in the same
@@ -17,6 +19,7 @@ SPAN=${BENCH_SPAN:-2m}
 N=${BENCH_DEVICES:-1000000}
 ROUNDS=${BENCH_ROUNDS:-2}
 OUT=target/bench-realistic
+rm -rf "$OUT"
 mkdir -p "$OUT"
 cargo build --release --quiet
 BIN=target/release/iot-sim
@@ -98,6 +101,10 @@ for r in $(seq 1 "$ROUNDS"); do
     "$BIN" --config "$OUT/$c.toml" --quiet --cores 1 --clock virtual --duration "$SPAN" \
       --report-dir "$OUT/$c.r$r" > "$OUT/$c.r$r.txt" 2>&1
   done
+  if [[ -n ${BENCH_BASELINE_BIN:-} ]]; then
+    "$BENCH_BASELINE_BIN" --config "$OUT/periodic.toml" --quiet --cores 1 --clock virtual \
+      --duration "$SPAN" --report-dir "$OUT/periodic_baseline_bin.r$r" > /dev/null 2>&1
+  fi
 done
 for c in $CASES; do
   "$BIN" --config "$OUT/$c.toml" --quiet --cores 1 --clock virtual --duration 1ms \
@@ -136,7 +143,18 @@ for c in cases:
     s, b = rep(f"{c}_spawn"), rep(f"{c}_base")
     best["bytes_per_device"] = round((s["peak_rss_bytes"] - b["peak_rss_bytes"]) / n, 1)
     res["cases"][c] = best
+if os.path.isdir(os.path.join(out, "periodic_baseline_bin.r1")):
+    # Another build on the same fleet: its report has no samples counter, messages = samples.
+    best = max((rep(f"periodic_baseline_bin.r{r}") for r in range(1, rounds + 1)),
+               key=lambda x: x["messages"] / x["wall_seconds"])
+    res["periodic_baseline_bin"] = {
+        "wall_seconds": best["wall_seconds"],
+        "samples_per_s": round(best["messages"] / best["wall_seconds"], 1),
+    }
 base = res["cases"]["periodic"]
+if "periodic_baseline_bin" in res:
+    b = res["periodic_baseline_bin"]
+    b["periodic_vs_baseline_bin"] = round(base["samples_per_s"] / b["samples_per_s"], 3)
 for c in cases:
     x = res["cases"][c]
     x["samples_per_s_vs_periodic"] = round(x["samples_per_s"] / base["samples_per_s"], 3)

@@ -19,7 +19,15 @@ fn availability(mtbf: &str, mttr: &str) -> prost_types::Value {
 async fn outages_are_device_events_and_updates_change_them_per_selector() {
     // 600 sim seconds per wall second: a 1-minute mtbf gives ~10 outages a second per device.
     let server = Runtime::start(&[
-        "serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--seed", "5", "--speed", "600",
+        "serve",
+        "--cores",
+        "2",
+        "--grpc",
+        "127.0.0.1:0",
+        "--seed",
+        "5",
+        "--speed",
+        "600",
         "--quiet",
     ]);
     let mut c = DeviceRuntimeServiceClient::connect(server.url()).await.unwrap();
@@ -51,11 +59,18 @@ async fn outages_are_device_events_and_updates_change_them_per_selector() {
         .into_inner();
     assert_eq!(r.spawned, 8, "{r:?}");
 
-    let outage = |e: &proto::DeviceEvent| e.metadata.get("cause").is_some_and(|c| c == "availability");
+    let outage =
+        |e: &proto::DeviceEvent| e.metadata.get("cause").is_some_and(|c| c == "availability");
     wait_until(20, "offline and online events", || {
         let s = seen.lock().unwrap();
-        let down = s.iter().filter(|e| outage(e) && e.event_type == proto::DeviceEventType::Disconnected as i32).count();
-        let up = s.iter().filter(|e| outage(e) && e.event_type == proto::DeviceEventType::Connected as i32).count();
+        let down = s
+            .iter()
+            .filter(|e| outage(e) && e.event_type == proto::DeviceEventType::Disconnected as i32)
+            .count();
+        let up = s
+            .iter()
+            .filter(|e| outage(e) && e.event_type == proto::DeviceEventType::Connected as i32)
+            .count();
         down >= 8 && up >= 8
     })
     .await;
@@ -86,7 +101,11 @@ async fn outages_are_device_events_and_updates_change_them_per_selector() {
         })
         .await
         .unwrap_err();
-    assert!(e.message().contains("events.alarm.rate_per_hour: must be a non-negative number, got -1"), "{}", e.message());
+    assert!(
+        e.message().contains("events.alarm.rate_per_hour: must be a non-negative number, got -1"),
+        "{}",
+        e.message()
+    );
 
     // Turning availability off (keeping the fields): the outages stop.
     c.update_device_behavior(proto::UpdateDeviceBehaviorRequest {

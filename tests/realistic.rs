@@ -261,12 +261,13 @@ fn realistic_fleets_follow_their_configured_statistics() {
         let t0 = ms(&series[0]);
         for p in series {
             let pos = (ms(p) - t0).rem_euclid(600_000.0);
-            assert!(pos < 60_000.0 || pos > 540_000.0, "outside the window: {p}");
+            assert!(!(60_000.0..=540_000.0).contains(&pos), "outside the window: {p}");
         }
         // 288 windows of six 10 s samples (the first and last windows may be cut by the run).
         assert!((6 * 287..=6 * 289).contains(&series.len()), "{} samples", series.len());
     }
-    let asleep = row(&report, "sleeper")["asleep_s"].as_f64().unwrap() * 1000.0 / (50.0 * 2.0 * DAY_MS);
+    let asleep =
+        row(&report, "sleeper")["asleep_s"].as_f64().unwrap() * 1000.0 / (50.0 * 2.0 * DAY_MS);
     assert!((asleep - 0.9).abs() < 0.005, "asleep share {asleep}");
 
     // Correlated fields: sample correlation, means and spreads match; derived equals its
@@ -319,4 +320,38 @@ fn realistic_fleets_give_the_same_bytes_whatever_the_core_count() {
     // Another seed gives other events and outages.
     let (other, _, _) = run(dir.path(), &toml.replace("seed = 11", "seed = 12"), 1);
     assert!(sorted(other) != one);
+}
+
+#[test]
+fn a_derived_value_that_is_not_finite_is_published_as_null_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[run]
+seed = 1
+clock = "virtual"
+start_time = "2026-03-14T00:00:00Z"
+duration = "1m"
+[sink.file]
+path = "{dir}/out.jsonl"
+[[fleet]]
+profile = "p"
+count = 3
+[profiles.p]
+protocol = "file"
+interval = "10s"
+[profiles.p.fields.x]
+type = "gaussian"
+mean = 1
+stddev = 1
+[profiles.p.fields.ratio]
+type = "derived"
+expr = "1 / (x - x)"
+"#,
+        dir = dir.path().display()
+    );
+    let (msgs, _, report) = run(dir.path(), &toml, 1);
+    assert_eq!(msgs.len(), 18);
+    assert!(msgs.iter().all(|(_, p)| p["fields"]["ratio"].is_null() && p["fields"]["x"].is_f64()));
+    assert_eq!(row(&report, "p")["nonfinite_values"], 18);
 }

@@ -67,7 +67,10 @@ fn numbers(t: &mut Table<'_>, key: &str, p: &mut Problems) -> Option<Vec<f64>> {
     for (i, v) in a.iter().enumerate() {
         match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
             Some(x) if x.is_finite() => out.push(x),
-            _ => p.add(format!("{}[{i}]", t.path_of(key)), format!("expected a number, got {}", show(v))),
+            _ => p.add(
+                format!("{}[{i}]", t.path_of(key)),
+                format!("expected a number, got {}", show(v)),
+            ),
         }
     }
     (out.len() == a.len()).then_some(out)
@@ -129,7 +132,10 @@ pub(super) fn correlated(
     if let Some(sd) = &stddevs {
         for (i, s) in sd.iter().enumerate() {
             if *s < 0.0 {
-                p.add(format!("{}[{i}]", t.path_of("stddevs")), format!("must be non-negative, got {s}"));
+                p.add(
+                    format!("{}[{i}]", t.path_of("stddevs")),
+                    format!("must be non-negative, got {s}"),
+                );
             }
         }
     }
@@ -158,14 +164,20 @@ pub(super) fn correlated(
                     continue;
                 };
                 if cells.len() != rows.len() {
-                    p.add(rpath.clone(), format!("needs {} entries, got {}", rows.len(), cells.len()));
+                    p.add(
+                        rpath.clone(),
+                        format!("needs {} entries, got {}", rows.len(), cells.len()),
+                    );
                     ok = false;
                 }
                 let mut row = vec![];
                 for (j, c) in cells.iter().enumerate() {
                     match c.as_float().or_else(|| c.as_integer().map(|i| i as f64)) {
                         Some(x) if i == j && x != 1.0 => {
-                            p.add(format!("{rpath}[{j}]"), format!("a diagonal entry must be 1, got {x}"));
+                            p.add(
+                                format!("{rpath}[{j}]"),
+                                format!("a diagonal entry must be 1, got {x}"),
+                            );
                             ok = false;
                         }
                         Some(x) if (-1.0..=1.0).contains(&x) => row.push(x),
@@ -189,7 +201,9 @@ pub(super) fn correlated(
             Err(e) => {
                 let rows: Vec<String> = m
                     .iter()
-                    .map(|r| format!("[{}]", r.iter().map(f64::to_string).collect::<Vec<_>>().join(", ")))
+                    .map(|r| {
+                        format!("[{}]", r.iter().map(f64::to_string).collect::<Vec<_>>().join(", "))
+                    })
                     .collect();
                 p.add(cpath, format!("{e}; got [{}]", rows.join(", ")));
                 None
@@ -326,9 +340,13 @@ pub(super) fn finish_fields(
             2 => return true,
             1 => {
                 let from = path.iter().position(|&x| x == i).unwrap_or(0);
-                let mut names: Vec<&str> = path[from..].iter().map(|&x| fields[x].name.as_str()).collect();
+                let mut names: Vec<&str> =
+                    path[from..].iter().map(|&x| fields[x].name.as_str()).collect();
                 names.push(&fields[i].name);
-                p.add(exprs[k].2.clone(), format!("cycle between derived fields: {}", names.join(" -> ")));
+                p.add(
+                    exprs[k].2.clone(),
+                    format!("cycle between derived fields: {}", names.join(" -> ")),
+                );
                 return false;
             }
             _ => {}
@@ -472,7 +490,9 @@ fn event(
     let topic_is_default = !e.has("topic");
     let topic = match e.str("topic", p) {
         Some(s) => TopicTemplate::parse(s).map_err(|err| p.add(e.path_of("topic"), err)).ok(),
-        None => topic.and_then(|t| TopicTemplate::parse(&format!("{}/events/{name}", t.source)).ok()),
+        None => {
+            topic.and_then(|t| TopicTemplate::parse(&format!("{}/events/{name}", t.source)).ok())
+        }
     };
     let mut fields = vec![];
     if let Some(ft) = e.table("fields", p) {
@@ -482,7 +502,10 @@ fn event(
             let path = join(&ft.path, fname);
             if let Some(f) = Table::from_value(path.clone(), &ft.table[fname.as_str()], p) {
                 if matches!(field_type(&f), Some("derived" | "correlated_gaussian")) {
-                    p.add(join(&path, "type"), "event fields take plain generators (not derived or correlated_gaussian)");
+                    p.add(
+                        join(&path, "type"),
+                        "event fields take plain generators (not derived or correlated_gaussian)",
+                    );
                     continue;
                 }
                 if let Some(generator) = super::compile_generator(f, &[], p) {
@@ -557,7 +580,10 @@ mod tests {
         assert_eq!(meter.behaviour.watch, vec![(1, Watch::Deadband(0.5))]);
         assert!(!meter.behaviour.always_changed);
         assert_eq!(meter.derived, vec![0]);
-        assert_eq!(meter.behaviour.events[0].topic.source, "devices/{device_id}/telemetry/events/overheat");
+        assert_eq!(
+            meter.behaviour.events[0].topic.source,
+            "devices/{device_id}/telemetry/events/overheat"
+        );
         // power 1 + overheat timer 1 + availability 1 + on_change (time + power) 2.
         assert_eq!(meter.slots, 5);
         let room = profile("room");
@@ -597,7 +623,10 @@ mod tests {
     #[test]
     fn a_correlation_matrix_must_be_positive_semi_definite() {
         let text = example()
-            .replace("fields = [\"temperature\", \"humidity\"]", "fields = [\"temperature\", \"humidity\", \"co2\"]")
+            .replace(
+                "fields = [\"temperature\", \"humidity\"]",
+                "fields = [\"temperature\", \"humidity\", \"co2\"]",
+            )
             .replace("means = [22.0, 45.0]", "means = [22.0, 45.0, 600]")
             .replace("stddevs = [1.5, 5.0]", "stddevs = [1.5, 5.0, 50]")
             .replace(
@@ -606,7 +635,9 @@ mod tests {
             );
         check(
             &text,
-            &["profiles.room.fields.climate.correlation: is not positive semi-definite (pivot 2 is"],
+            &[
+                "profiles.room.fields.climate.correlation: is not positive semi-definite (pivot 2 is",
+            ],
         );
         let text = example().replace("[[1.0, -0.7], [-0.7, 1.0]]", "[[1.0, -1.7], [-1.7, 0.5]]");
         check(
@@ -621,16 +652,26 @@ mod tests {
 
     #[test]
     fn expressions_that_refer_to_themselves_unknown_fields_or_cycles_are_refused() {
-        let expr = |e: &str| example().replace("expr = \"power * 1000 / 230\"", &format!("expr = {e:?}"));
+        let expr =
+            |e: &str| example().replace("expr = \"power * 1000 / 230\"", &format!("expr = {e:?}"));
         check(
             &expr("current * 2"),
-            &["profiles.meter.fields.current.expr: field \"current\" refers to itself at position 0"],
+            &[
+                "profiles.meter.fields.current.expr: field \"current\" refers to itself at position 0",
+            ],
         );
         check(
             &expr("power + watts"),
-            &["profiles.meter.fields.current.expr: unknown field \"watts\"; fields: power at position 8"],
+            &[
+                "profiles.meter.fields.current.expr: unknown field \"watts\"; fields: power at position 8",
+            ],
         );
-        check(&expr("power *"), &["profiles.meter.fields.current.expr: expected a number, a field name or '(', found the end at position 7"]);
+        check(
+            &expr("power *"),
+            &[
+                "profiles.meter.fields.current.expr: expected a number, a field name or '(', found the end at position 7",
+            ],
+        );
         check(&expr("power ^ 2"), &["unexpected character '^' at position 6"]);
         let cycle = example().replace(
             "expr = \"temperature - (100 - humidity) / 5\"",

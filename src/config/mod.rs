@@ -626,7 +626,10 @@ pub fn compile_profile_with(
                                 Err(members) => fields.extend(members.iter().map(|m| FieldSpec {
                                     name: m.clone(),
                                     key_json: String::new(),
-                                    generator: GenSpec::Static { json: "0".into(), number: Some(0.0) },
+                                    generator: GenSpec::Static {
+                                        json: "0".into(),
+                                        number: Some(0.0),
+                                    },
                                     decimals: None,
                                     battery: false,
                                     first_slot: 0,

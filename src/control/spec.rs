@@ -186,7 +186,7 @@ pub(crate) fn behaviour_update(
     let keeps_fields = !given("fields") && BEHAVIOUR_KEYS.iter().any(|k| given(k));
     let b = profile.behaviour;
     Ok(BehaviourUpdate {
-        fields: (!keeps_fields).then(|| FieldsUpdate {
+        fields: (!keeps_fields).then_some(FieldsUpdate {
             fields: profile.fields,
             correlated: profile.correlated,
             derived: profile.derived,

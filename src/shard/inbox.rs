@@ -297,6 +297,19 @@ impl Shard {
                 Some((intended, intended_ns.map(|_| self.wall_at(intended))))
             }
             Gate::Rearm { at } => {
+                if self.ctl.states.is_paused(key) {
+                    // A paused device publishes nothing, events included: those due before
+                    // its next look are dropped, not sent in a burst when it resumes.
+                    let fleet = &*self.plan.fleet;
+                    if let Some(d) = self.table.get(key) {
+                        let b = &fleet.profiles[fleet.groups[d.group as usize].profile].behaviour;
+                        if !b.events.is_empty()
+                            && let Some(block) = self.table.block_mut(fleet, key)
+                        {
+                            b.skip_events(block, at);
+                        }
+                    }
+                }
                 self.wheel.insert(key, at);
                 None
             }

@@ -14,10 +14,10 @@ mod streams;
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
 use crate::measure::stats::{self, ShardStats, Snapshot};
+use crate::sim::behaviour::{Presence, ReportMode, StepLog};
 use crate::sim::device::{DeviceTable, device_seed};
 use crate::sim::generator::Sample;
 use crate::sim::payload;
-use crate::sim::behaviour::{Presence, ReportMode, StepLog};
 use crate::sim::profile::{Fleet, Profile, Protocol};
 use crate::sim::seed;
 use crate::sim::time::SimMs;
@@ -412,7 +412,8 @@ impl Shard {
             }
             if let Presence::Away { until, on_grid } = presence {
                 let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
-                let at = if on_grid { due + (until - due).div_ceil(interval) * interval } else { until };
+                let at =
+                    if on_grid { due + (until - due).div_ceil(interval) * interval } else { until };
                 self.wheel.insert(key, at);
                 return mono_ns();
             }
@@ -460,16 +461,15 @@ impl Shard {
         let group = &fleet.groups[group_ix];
         let profile = &fleet.profiles[profile_ix];
         let behaviour = &profile.behaviour;
-        if !plain {
-            if behaviour.report != ReportMode::Periodic
-                && let Some(block) = self.table.block_mut(fleet, key)
-                && !behaviour.publishes(block, &self.samples, due)
-            {
-                self.stats.profiles[profile_ix].suppressed += 1;
-                let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
-                self.wheel.insert(key, due + interval);
-                return mono_ns();
-            }
+        if !plain
+            && behaviour.report != ReportMode::Periodic
+            && let Some(block) = self.table.block_mut(fleet, key)
+            && !behaviour.publishes(block, &self.samples, due)
+        {
+            self.stats.profiles[profile_ix].suppressed += 1;
+            let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
+            self.wheel.insert(key, due + interval);
+            return mono_ns();
         }
         if !self.ctl.streams.is_empty() {
             self.ctl.streams.feed(&self.id, group_ix, group, profile, &self.samples, fx.timestamp);
@@ -570,7 +570,10 @@ impl Shard {
     /// back, as `step_log` says.
     fn emit_availability(&self, group: &crate::sim::profile::Group, profile: &Profile) {
         let meta = || {
-            vec![("cause", "availability".to_string()), ("device_type", profile.device_type.clone())]
+            vec![
+                ("cause", "availability".to_string()),
+                ("device_type", profile.device_type.clone()),
+            ]
         };
         for &(down, back) in &self.step_log.went_down {
             self.ctl.emit(
@@ -583,7 +586,14 @@ impl Shard {
             );
         }
         for &back in &self.step_log.came_up {
-            self.ctl.emit(&self.id, &group.labels, event::EventKind::Online, "back online".into(), back, meta());
+            self.ctl.emit(
+                &self.id,
+                &group.labels,
+                event::EventKind::Online,
+                "back online".into(),
+                back,
+                meta(),
+            );
         }
     }
 

@@ -217,7 +217,13 @@ impl Behaviour {
     /// Where the device is at its tick at `t` (`block` = its slot block, `end` = the run's end,
     /// for clipping the time counted offline or asleep); fills `log` with what happened since
     /// the last tick: outages begun and ended, events due, time offline and asleep.
-    pub fn step(&self, block: &mut [SlotState], t: SimMs, end: SimMs, log: &mut StepLog) -> Presence {
+    pub fn step(
+        &self,
+        block: &mut [SlotState],
+        t: SimMs,
+        end: SimMs,
+        log: &mut StepLog,
+    ) -> Presence {
         log.clear();
         for (e, &at) in self.events.iter().zip(&self.event_at) {
             if block[at].x.is_nan() {
@@ -296,8 +302,8 @@ impl Behaviour {
         }
     }
 
-    /// Draws past every event time before `t`, delivering none.
-    fn skip_events(&self, block: &mut [SlotState], t: SimMs) {
+    /// Draws past every event time before `t`, delivering none (an outage, a pause).
+    pub fn skip_events(&self, block: &mut [SlotState], t: SimMs) {
         for (i, &at) in self.event_at.iter().enumerate() {
             let gap = self.events[i].mean_gap_ms();
             let s = &mut block[at];
@@ -435,6 +441,20 @@ mod tests {
         let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
         assert!((mean / 60_000.0 - 1.0).abs() < 0.01, "mean gap {mean}");
         assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn skipped_events_are_never_delivered() {
+        let mut b = Behaviour { events: vec![event(3600.0)], ..Default::default() };
+        b.lay_out(0);
+        let mut s = block(&b, 2);
+        let mut log = StepLog::default();
+        b.step(&mut s, 0, u64::MAX, &mut log);
+        // A pause from 0 to 60 s: about 60 events fall inside it and are dropped.
+        b.skip_events(&mut s, 60_000);
+        b.step(&mut s, 61_000, u64::MAX, &mut log);
+        assert!(log.events.iter().all(|e| e.1 >= 60_000), "{:?}", log.events);
+        assert!(log.events.len() < 10, "{} events", log.events.len());
     }
 
     #[test]

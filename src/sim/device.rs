@@ -156,7 +156,8 @@ impl DeviceTable {
         for &i in &profile.derived {
             let f = &profile.fields[i];
             if let GenSpec::Derived(e) = &f.generator {
-                let slot = if e.uses_noise { self.slots.get_mut(base + f.first_slot) } else { None };
+                let slot =
+                    if e.uses_noise { self.slots.get_mut(base + f.first_slot) } else { None };
                 let mut v = e.eval(out, slot);
                 if !v.is_finite() {
                     nonfinite += 1;

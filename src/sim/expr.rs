@@ -105,10 +105,9 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 }
             }
             let text = &src[start..i];
-            let v: f64 = text.parse().map_err(|_| ExprError {
-                pos: start,
-                message: format!("bad number {text:?}"),
-            })?;
+            let v: f64 = text
+                .parse()
+                .map_err(|_| ExprError { pos: start, message: format!("bad number {text:?}") })?;
             out.push((Tok::Num(v), start));
         } else if c.is_ascii_alphabetic() || c == b'_' {
             let start = i;
@@ -235,7 +234,10 @@ impl<R: FnMut(&str) -> Result<usize, String>> Parser<'_, R> {
                     Err(why) => Self::err(pos, why),
                 }
             }
-            (t, pos) => Self::err(pos, format!("expected a number, a field name or '(', found {}", show(&t))),
+            (t, pos) => Self::err(
+                pos,
+                format!("expected a number, a field name or '(', found {}", show(&t)),
+            ),
         }
     }
 
@@ -264,7 +266,10 @@ impl<R: FnMut(&str) -> Result<usize, String>> Parser<'_, R> {
                 return Self::err(pos, format!("{name} takes {n} arguments, got {}", args.len()));
             }
             None if args.len() < 2 || args.len() > 255 => {
-                return Self::err(pos, format!("{name} takes 2 or more arguments, got {}", args.len()));
+                return Self::err(
+                    pos,
+                    format!("{name} takes 2 or more arguments, got {}", args.len()),
+                );
             }
             _ => {}
         }
@@ -327,11 +332,7 @@ fn apply_bin(op: u8, x: f64, y: f64) -> f64 {
 }
 
 fn clamp(x: f64, lo: f64, hi: f64) -> f64 {
-    if lo > hi || x.is_nan() {
-        f64::NAN
-    } else {
-        x.max(lo).min(hi)
-    }
+    if lo > hi || x.is_nan() { f64::NAN } else { x.max(lo).min(hi) }
 }
 
 fn emit(n: &Node, ops: &mut Vec<Op>) {

@@ -46,7 +46,10 @@ pub enum GenSpec {
     Derived(Box<super::expr::Expr>),
     /// Member `member` of the profile's correlated group `group`; the group draws all its
     /// members at once from the group's slot (`DeviceTable::generate`).
-    Correlated { group: usize, member: usize },
+    Correlated {
+        group: usize,
+        member: usize,
+    },
 }
 
 /// Ornstein–Uhlenbeck parameters.

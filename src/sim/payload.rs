@@ -74,7 +74,17 @@ pub fn encode(
     labels_json: &str,
     seq: Option<u64>,
 ) {
-    encode_with(payload, device_id, profile, "", &profile.fields, timestamp, samples, labels_json, seq)
+    encode_with(
+        payload,
+        device_id,
+        profile,
+        "",
+        &profile.fields,
+        timestamp,
+        samples,
+        labels_json,
+        seq,
+    )
 }
 
 /// Encodes one event message: the envelope with `"event":"NAME"` after the timestamp and the
