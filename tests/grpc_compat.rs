@@ -18,19 +18,7 @@ type Client = DeviceRuntimeServiceClient<Channel>;
 fn serve(dir: &std::path::Path, fleet: &str, extra: &[&str]) -> Runtime {
     let cfg = dir.join("fleet.toml");
     std::fs::write(&cfg, fleet).unwrap();
-    let report = dir.join("report");
-    let mut args = vec![
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--grpc",
-        "127.0.0.1:0",
-        "--quiet",
-        "--report-dir",
-        report.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Runtime::start(&args)
+    Runtime::with_config("serve", &cfg, Some(&dir.join("report")), extra)
 }
 
 async fn spawn(c: &mut Client, specs: Vec<proto::DeviceSpec>) -> proto::SpawnDevicesResponse {

@@ -41,16 +41,7 @@ stddev = 1
         ),
     )
     .unwrap();
-    let server = Runtime::start(&[
-        "serve",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--cores",
-        "1",
-        "--grpc",
-        "127.0.0.1:0",
-        "--quiet",
-    ]);
+    let server = Runtime::with_config("serve", &cfg, None, &["--cores", "1"]);
     let mut client = DeviceRuntimeServiceClient::connect(server.url()).await.unwrap();
     let mut events = client
         .stream_events(proto::StreamEventsRequest { selector: None })
