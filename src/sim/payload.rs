@@ -2,8 +2,10 @@
 //!
 //! The envelope keeps the original runtime's field order:
 //! `{"device_id","device_type","timestamp","fields":{sorted},"labels":{sorted}}`, then `"seq"`
-//! when the profile asks for it. Numbers use `ryu`'s shortest round-trip form; a non-finite
-//! number (only a corruption fault makes one) is written as `null`, so the payload stays JSON.
+//! when the profile asks for it; an event message (`sim/behaviour.rs`) has `"event":"NAME"`
+//! between the timestamp and its own `fields`. Numbers use `ryu`'s shortest round-trip form; a
+//! non-finite number (a corruption fault, or a derived field's expression) is written as
+//! `null`, so the payload stays JSON.
 
 use super::generator::Sample;
 use super::profile::{FieldSpec, Profile};
