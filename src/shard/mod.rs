@@ -490,7 +490,6 @@ impl Shard {
         profile.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
         self.stats.profiles[profile_ix].published += 1;
         let device_hash = device_hash(profile, &self.id);
-        let started_ns = if done_ns == fire_ns { fire_ns } else { done_ns };
         let done_ns = submit(
             &mut self.sinks,
             &mut self.stats,
@@ -501,7 +500,8 @@ impl Shard {
             &self.payload,
             device_hash,
             intended_ns,
-            started_ns,
+            // After events, the sample's handling starts when the last event's ended.
+            done_ns,
         );
         let mut interval =
             self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);

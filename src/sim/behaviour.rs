@@ -98,6 +98,9 @@ pub struct Behaviour {
     pub watch_at: usize,
     /// Slots these features add after the generator slots.
     pub slots: usize,
+    /// Set by [`Behaviour::lay_out`] when any feature is on (the tick's one test on the plain
+    /// path).
+    pub active: bool,
 }
 
 /// Salts of the features' streams (mixed into the device seed by name).
@@ -110,10 +113,7 @@ impl Behaviour {
     /// True when the device is periodic and always on: the tick skips everything here.
     #[inline]
     pub fn is_plain(&self) -> bool {
-        self.report == ReportMode::Periodic
-            && self.events.is_empty()
-            && self.availability.is_none()
-            && self.sleep.is_none()
+        !self.active
     }
 
     /// True when a tick must ask [`Behaviour::step`] first.
@@ -177,6 +177,10 @@ impl Behaviour {
             at += 1 + self.watch.len();
         }
         self.slots = at - first;
+        self.active = self.report != ReportMode::Periodic
+            || !self.events.is_empty()
+            || self.availability.is_some()
+            || self.sleep.is_some();
         self.slots
     }
 
@@ -278,7 +282,8 @@ impl Behaviour {
             let phase = if first { (-x - 1.0) as u64 } else { x as u64 };
             block[self.sleep_at].x = phase as f64;
             let period = s.period_ms;
-            let pos = (t + period - phase % period) % period;
+            // `phase < period` (drawn so at init): one division per tick.
+            let pos = (t + period - phase) % period;
             if pos >= s.awake_ms {
                 let wake = t - pos + period;
                 let slept_from = if first { t } else { t - pos + s.awake_ms };

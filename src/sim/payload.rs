@@ -132,9 +132,13 @@ fn encode_with(
     payload.push(b',');
     payload.extend_from_slice(profile.type_json.as_bytes());
     write_rfc3339_ms(payload, timestamp);
-    payload.extend_from_slice(b"\",");
-    payload.extend_from_slice(event_json.as_bytes());
-    payload.extend_from_slice(b"\"fields\":{");
+    if event_json.is_empty() {
+        payload.extend_from_slice(b"\",\"fields\":{");
+    } else {
+        payload.extend_from_slice(b"\",");
+        payload.extend_from_slice(event_json.as_bytes());
+        payload.extend_from_slice(b"\"fields\":{");
+    }
     for (i, (field, sample)) in fields.iter().zip(samples).enumerate() {
         if i > 0 {
             payload.push(b',');
