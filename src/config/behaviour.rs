@@ -17,7 +17,6 @@ pub(super) struct GroupDraft {
     pub path: String,
     pub members: Vec<String>,
     pub means: Vec<f64>,
-    pub stddevs: Vec<f64>,
     pub factor: Vec<f64>,
     pub decimals: Option<u32>,
     pub deadband: Option<f64>,
@@ -232,7 +231,6 @@ pub(super) fn correlated(
         path,
         members,
         means,
-        stddevs,
         factor,
         decimals,
         deadband,
@@ -297,7 +295,6 @@ pub(super) fn finish_fields(
                 slot: 0,
             });
         }
-        let _ = g.stddevs;
     }
     // Compile each expression against the final field order.
     let mut exprs: Vec<(usize, Expr, String)> = vec![];
