@@ -12,6 +12,8 @@
 //! - [`sink`]: where messages go (console, file, null).
 //! - [`control`]: live control over gRPC (`simulator.v1`), label selectors, the client.
 //! - [`report`]: per-shard HDR histograms merged into a table, `report.json` and `.hgrm` files.
+//! - [`scenario`]: scenario files (timed steps, phases, thresholds) -> a timeline of actions
+//!   at sim times that every shard applies to its own devices.
 //! - [`run`]: starts the shards, handles signals and progress, builds the report.
 
 pub mod cli;
@@ -19,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod report;
 pub mod run;
+pub mod scenario;
 pub mod shard;
 pub mod sim;
 pub mod sink;

@@ -225,6 +225,7 @@ fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
                 run,
                 sinks: config::SinkSettings::default(),
                 fleet: crate::sim::profile::Fleet::default(),
+                thresholds: vec![],
             }
         }
     };
