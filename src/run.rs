@@ -3,6 +3,8 @@
 
 use crate::config::{ClockMode, Config};
 use crate::report::{self, Report, RunFacts};
+use crate::scenario::Scenario;
+use crate::scenario::threshold::{Span, Threshold};
 use crate::shard::clock::mono_ns;
 use crate::shard::stats::{Snapshot, histogram};
 use crate::shard::{self, ShardOutcome, ShardPlan};
@@ -24,6 +26,8 @@ pub struct RunOptions {
     pub grpc: Option<std::net::SocketAddr>,
     /// Serve the admin HTTP endpoints (`/healthz`, `/metrics`, `/status`) on this address.
     pub admin: Option<std::net::SocketAddr>,
+    /// The scenario that drives the run (its timeline goes to every shard).
+    pub scenario: Option<Arc<Scenario>>,
 }
 
 /// A random seed, for runs that name none.
@@ -198,7 +202,21 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         spawn_seconds,
         interrupted,
     };
-    let (report, files) = report::build(&facts, &fleet, &stats);
+    let (mut report, files) = report::build(&facts, &fleet, &stats);
+    let thresholds: Vec<&Threshold> = config
+        .thresholds
+        .iter()
+        .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
+        .collect();
+    let seconds = match run.clock {
+        ClockMode::Realtime => wall_seconds,
+        ClockMode::Virtual => report.sim_seconds,
+    };
+    let whole = Span { profiles: &stats.profiles, lateness: &stats.lateness, seconds };
+    report.thresholds = thresholds.iter().map(|t| t.judge(&fleet, &whole)).collect();
+    if let Some(sc) = &opts.scenario {
+        report.scenario = Some(scenario_facts(sc, start_ms, facts.end_ms));
+    }
     let table = report::render_table(&report);
     let console_in_use =
         fleet.profiles.iter().any(|p| p.protocol == crate::sim::profile::Protocol::Console);
@@ -211,6 +229,33 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         .with_context(|| format!("cannot write the report to {}", run.report_dir.display()))?;
     eprintln!("report: {}", path.display());
     Ok(report)
+}
+
+/// The report's scenario section: the actions reached by the end of the run and the log.
+fn scenario_facts(sc: &Scenario, start_ms: u64, end_ms: u64) -> report::ScenarioFacts {
+    let reached = |t: u64| start_ms + t <= end_ms;
+    report::ScenarioFacts {
+        name: sc.name.clone(),
+        file: sc.path.display().to_string(),
+        steps: sc.steps,
+        actions: sc.timeline.len(),
+        actions_applied: sc.timeline.iter().filter(|a| reached(a.at_ms)).count(),
+        log: sc
+            .timeline
+            .iter()
+            .filter(|a| reached(a.at_ms))
+            .filter_map(|a| match &a.action {
+                crate::scenario::Action::Log(m) => Some(report::LogLine {
+                    sim_time: rfc3339_ms(start_ms + a.at_ms),
+                    step: a.step,
+                    message: m.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
+        step_lateness_us: None,
+        aborted_by: None,
+    }
 }
 
 /// Waits for the shards to end, handling Ctrl-C/SIGTERM and printing progress. Returns whether

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 pub mod client;
+pub mod scenario;
 
 /// Thread-per-core IoT device simulator: a realistic fleet on one box, with numbers you can trust.
 #[derive(Parser, Debug)]
@@ -14,7 +15,8 @@ pub mod client;
     name = "iot-sim",
     version,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -47,7 +49,15 @@ pub enum Command {
     Pause(client::SelectCmd),
     /// Resume paused devices.
     Resume(client::SelectCmd),
+    /// Run, check or list scenarios (timed steps, phases, thresholds).
+    #[command(subcommand)]
+    Scenario(scenario::ScenarioCmd),
 }
+
+/// The exit codes, for --help.
+pub const EXIT_CODES: &str = "Exit codes: 0 done (every threshold passed), 1 run failure (a sink \
+file cannot be created, a runtime is down), 2 bad config, scenario or flags (nothing started), \
+3 a threshold failed (the report says which).";
 
 /// Flags of `iot-sim serve`.
 #[derive(Args, Debug, Clone)]
@@ -123,7 +133,8 @@ fn parse_speed(s: &str) -> Result<f64, String> {
 }
 
 impl RunArgs {
-    fn overrides(&self) -> Overrides {
+    /// The flags that override the file's `[run]` values.
+    pub fn overrides(&self) -> Overrides {
         Overrides {
             seed: self.seed,
             cores: self.cores.map(usize::from),
@@ -143,6 +154,7 @@ pub mod exit {
     pub const OK: i32 = 0;
     pub const FAILED: i32 = 1;
     pub const BAD_CONFIG: i32 = 2;
+    pub const THRESHOLD_FAILED: i32 = 3;
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -157,6 +169,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Fault(c)) => client::fault(&c),
         Some(Command::Pause(a)) => client::pause(&a, false),
         Some(Command::Resume(a)) => client::pause(&a, true),
+        Some(Command::Scenario(c)) => scenario::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     }
@@ -198,17 +211,40 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    run::run(
-        config,
-        &RunOptions {
-            quiet: args.quiet,
-            wait_for_sinks_ms: args.wait_for_sinks,
-            grpc: args.grpc,
-            admin: args.admin,
-        },
-    )
-    .with_context(|| format!("run of {} failed", path.display()))?;
-    Ok(exit::OK)
+    if let Some(sc) = config.run.scenario.clone() {
+        // `[run] scenario = "path"`: the fleet file names the scenario to run on it.
+        return scenario::run_local(&sc, Some(path), args);
+    }
+    if let Some(t) = config.thresholds.iter().find_map(|t| t.phase.as_ref()) {
+        eprintln!(
+            "error: invalid config {}: a threshold names phase {t:?}, but no scenario runs (phases come from a scenario's steps)",
+            path.display()
+        );
+        return Ok(exit::BAD_CONFIG);
+    }
+    let report = run::run(config, &run_options(args, args.grpc, None))
+        .with_context(|| format!("run of {} failed", path.display()))?;
+    Ok(verdict_code(&report))
+}
+
+/// The run options of `run`-like commands.
+pub fn run_options(
+    args: &RunArgs,
+    grpc: Option<std::net::SocketAddr>,
+    scenario: Option<std::sync::Arc<crate::scenario::Scenario>>,
+) -> RunOptions {
+    RunOptions {
+        quiet: args.quiet,
+        wait_for_sinks_ms: args.wait_for_sinks,
+        grpc,
+        admin: args.admin,
+        scenario,
+    }
+}
+
+/// 3 when a threshold failed, else 0.
+pub fn verdict_code(report: &crate::report::Report) -> i32 {
+    if report.thresholds.iter().any(|v| !v.passed) { exit::THRESHOLD_FAILED } else { exit::OK }
 }
 
 /// `iot-sim serve`: a realtime run with no end (unless --duration), under gRPC control.
@@ -235,15 +271,6 @@ fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
     }
     config.run.duration_ms = args.duration;
     let grpc = args.grpc.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 50051)));
-    run::run(
-        config,
-        &RunOptions {
-            quiet: args.quiet,
-            wait_for_sinks_ms: args.wait_for_sinks,
-            grpc: Some(grpc),
-            admin: args.admin,
-        },
-    )
-    .context("serve failed")?;
+    run::run(config, &run_options(args, Some(grpc), None)).context("serve failed")?;
     Ok(exit::OK)
 }
