@@ -25,6 +25,10 @@ pub struct ScenarioRunArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub run: RunArgs,
+    /// Drive runtimes that are already serving (host:port, comma separated) over gRPC, in
+    /// realtime, instead of running the fleet in this process.
+    #[arg(short, long, value_name = "HOST:PORT", value_delimiter = ',')]
+    pub runtime: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +50,7 @@ pub struct ScenarioListArgs {
 
 pub fn main(cmd: &ScenarioCmd) -> anyhow::Result<i32> {
     match cmd {
+        ScenarioCmd::Run(a) if !a.runtime.is_empty() => run_remote(a),
         ScenarioCmd::Run(a) => run_local(&a.file, a.run.config.as_deref(), &a.run),
         ScenarioCmd::Validate(a) => validate(&a.file, a.config.as_deref()),
         ScenarioCmd::List(a) => list(&a.dir),
@@ -78,6 +83,39 @@ pub fn run_local(file: &Path, fleet: Option<&Path>, args: &RunArgs) -> anyhow::R
     let report = crate::run::run(config, &opts)
         .with_context(|| format!("scenario {} failed", file.display()))?;
     Ok(verdict_code(&report))
+}
+
+fn run_remote(a: &ScenarioRunArgs) -> anyhow::Result<i32> {
+    let (config, sc) = match load(&a.file, a.run.config.as_deref(), &a.run.overrides()) {
+        Ok(x) => x,
+        Err(code) => return Ok(code),
+    };
+    if matches!(a.run.clock, Some(super::ClockArg::Virtual)) {
+        eprintln!(
+            "error: a remote run is realtime (the runtimes serve in realtime); drop --clock virtual or --runtime"
+        );
+        return Ok(exit::BAD_CONFIG);
+    }
+    let thresholds: Vec<_> = config.thresholds.iter().chain(&sc.thresholds).cloned().collect();
+    let bad = scenario::remote::unsupported(&thresholds);
+    if !bad.is_empty() {
+        eprintln!("error: invalid scenario {} for a remote run:", a.file.display());
+        for b in bad {
+            eprintln!("  - {b}");
+        }
+        return Ok(exit::BAD_CONFIG);
+    }
+    let report = scenario::remote::run(&sc, &config, &thresholds, &a.runtime, a.run.quiet)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("remote scenario {} failed", a.file.display()))?;
+    print!("{}", scenario::remote::render(&report));
+    let dir = &config.run.report_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("report: {}", path.display());
+    Ok(if report.thresholds.iter().any(|v| !v.passed) { exit::THRESHOLD_FAILED } else { exit::OK })
 }
 
 fn validate(file: &Path, fleet: Option<&Path>) -> anyhow::Result<i32> {

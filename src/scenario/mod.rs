@@ -14,6 +14,7 @@
 //! `[run]` and `[sink.*]`; a profile defined in both is an error).
 
 mod parse;
+pub mod remote;
 pub mod threshold;
 
 use crate::config::walk::Problems;
@@ -42,6 +43,8 @@ pub struct Update {
     pub interval_ms: Option<u64>,
     pub labels: BTreeMap<String, String>,
     pub fields: Vec<FieldSpec>,
+    /// The `fields` table as written (a remote run sends it over `UpdateDeviceBehavior`).
+    pub fields_toml: Option<toml::Table>,
 }
 
 /// What a step does to the devices it selects.
@@ -114,6 +117,9 @@ pub struct Scenario {
     pub phases: Vec<Phase>,
     /// The scenario's own thresholds (the fleet file's are in [`Config::thresholds`]).
     pub thresholds: Vec<Threshold>,
+    /// Every profile's table as written, by profile name (a remote run sends the fields as a
+    /// spec's `behavior_params`).
+    pub profile_sources: BTreeMap<String, Arc<toml::Table>>,
 }
 
 impl Scenario {

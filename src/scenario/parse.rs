@@ -51,6 +51,8 @@ struct Ctx<'a> {
     /// One shared `Arc` per fleet profile, so each shard interns it once.
     shared: BTreeMap<usize, Arc<Profile>>,
     files: BTreeMap<PathBuf, Arc<Profile>>,
+    /// Profile tables as written, by name.
+    sources: BTreeMap<String, Arc<toml::Table>>,
     /// Next device ordinal per profile name.
     next_ordinal: BTreeMap<String, u64>,
 }
@@ -71,7 +73,15 @@ pub(super) fn compile(
             return Err(q);
         }
     };
-    let scenario = compile_steps(path, doc, base, &mut config, fleet.map(|f| f.0), &mut p);
+    let mut sources = BTreeMap::new();
+    if let Some(Value::Table(pt)) = merged.get("profiles") {
+        for (k, v) in pt {
+            if let Value::Table(t) = v {
+                sources.insert(k.clone(), Arc::new(t.clone()));
+            }
+        }
+    }
+    let scenario = compile_steps(path, doc, base, &mut config, fleet.map(|f| f.0), sources, &mut p);
     match scenario {
         Some(s) if p.is_empty() => Ok((config, s)),
         _ => Err(p),
@@ -158,6 +168,7 @@ fn compile_steps(
     base: &Path,
     config: &mut Config,
     fleet_path: Option<&Path>,
+    sources: BTreeMap<String, Arc<toml::Table>>,
     p: &mut Problems,
 ) -> Option<Scenario> {
     let mut top = Table::new("", doc);
@@ -184,6 +195,7 @@ fn compile_steps(
         base,
         shared: BTreeMap::new(),
         files: BTreeMap::new(),
+        sources,
         next_ordinal: BTreeMap::new(),
     };
     for g in &config.fleet.groups {
@@ -351,6 +363,7 @@ fn compile_steps(
         timeline: Arc::new(timeline),
         phases,
         thresholds,
+        profile_sources: ctx.sources,
     })
 }
 
@@ -717,6 +730,7 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Update> {
     }
     u.labels = labels(t, p);
     if let Some(ft) = t.table("fields", p) {
+        u.fields_toml = Some(ft.table.clone());
         // Compile the fields through a throwaway profile, exactly like a spawn's.
         let mut synthetic = toml::Table::new();
         synthetic.insert("protocol".into(), "null".into());
@@ -832,6 +846,7 @@ fn lookup_profile(
             p,
         )?);
         ctx.files.insert(full, pr.clone());
+        ctx.sources.insert(pr.name.clone(), Arc::new(doc));
         pr
     } else {
         match ctx.fleet.profiles.iter().position(|x| x.name == name) {
