@@ -64,6 +64,11 @@ file cannot be created, a runtime is down), 2 bad config, scenario or flags (not
 pub struct ServeArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    /// Refuse to spawn devices whose protocol has no sink here (no [sink.NAME] settings, or
+    /// an unknown protocol). By default they publish to the console, as the original runtime
+    /// did, with one warning per protocol.
+    #[arg(long)]
+    pub strict_protocols: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -161,7 +166,7 @@ pub mod exit {
 pub fn main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Validate(v)) => validate(&v.config),
-        Some(Command::Serve(s)) => serve_cmd(&s.run),
+        Some(Command::Serve(s)) => serve_cmd(&s),
         Some(Command::Spawn(a)) => client::spawn(&a),
         Some(Command::Stop(a)) => client::stop(&a),
         Some(Command::Status(a)) => client::status(&a),
@@ -201,36 +206,45 @@ fn validate(path: &std::path::Path) -> anyhow::Result<i32> {
 }
 
 fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
-    let Some(path) = &args.config else {
-        eprintln!(
-            "error: no fleet file given; try `iot-sim --config configs/fleet.toml` (see --help)"
-        );
-        return Ok(exit::BAD_CONFIG);
-    };
-    let config = match load(path, &args.overrides()) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
+    let (config, name) = match &args.config {
+        Some(path) => match load(path, &args.overrides()) {
+            Ok(c) => (c, path.display().to_string()),
+            Err(code) => return Ok(code),
+        },
+        None => match config::load_default(&args.overrides()) {
+            Ok(c) => {
+                eprintln!(
+                    "no --config given: running the built-in fleet (configs/fleet.toml: \
+                     telemetry to out/telemetry.jsonl, report in out/report)"
+                );
+                (c, config::DEFAULT_FLEET_NAME.to_string())
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::BAD_CONFIG);
+            }
+        },
     };
     if let Some(sc) = config.run.scenario.clone() {
         // `[run] scenario = "path"`: the fleet file names the scenario to run on it.
-        return scenario::run_local(&sc, Some(path), args);
+        return scenario::run_local(&sc, args.config.as_deref(), args);
     }
     if let Some(t) = config.thresholds.iter().find_map(|t| t.phase.as_ref()) {
         eprintln!(
-            "error: invalid config {}: a threshold names phase {t:?}, but no scenario runs (phases come from a scenario's steps)",
-            path.display()
+            "error: invalid config {name}: a threshold names phase {t:?}, but no scenario runs (phases come from a scenario's steps)"
         );
         return Ok(exit::BAD_CONFIG);
     }
-    let report = run::run(config, &run_options(args, args.grpc, None))
-        .with_context(|| format!("run of {} failed", path.display()))?;
+    let report = run::run(config, &run_options(args, args.grpc, false, None))
+        .with_context(|| format!("run of {name} failed"))?;
     Ok(verdict_code(&report))
 }
 
 /// The run options of `run`-like commands.
-pub fn run_options(
+pub(crate) fn run_options(
     args: &RunArgs,
     grpc: Option<std::net::SocketAddr>,
+    strict_protocols: bool,
     scenario: Option<std::sync::Arc<crate::scenario::Scenario>>,
 ) -> RunOptions {
     RunOptions {
@@ -238,17 +252,19 @@ pub fn run_options(
         wait_for_sinks_ms: args.wait_for_sinks,
         grpc,
         admin: args.admin,
+        strict_protocols,
         scenario,
     }
 }
 
 /// 3 when a threshold failed, else 0.
-pub fn verdict_code(report: &crate::report::Report) -> i32 {
+pub(crate) fn verdict_code(report: &crate::report::Report) -> i32 {
     if report.thresholds.iter().any(|v| !v.passed) { exit::THRESHOLD_FAILED } else { exit::OK }
 }
 
 /// `iot-sim serve`: a realtime run with no end (unless --duration), under gRPC control.
-fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
+fn serve_cmd(s: &ServeArgs) -> anyhow::Result<i32> {
+    let args = &s.run;
     let mut config = match &args.config {
         Some(path) => match load(path, &args.overrides()) {
             Ok(c) => c,
@@ -271,6 +287,7 @@ fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
     }
     config.run.duration_ms = args.duration;
     let grpc = args.grpc.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 50051)));
-    run::run(config, &run_options(args, Some(grpc), None)).context("serve failed")?;
+    run::run(config, &run_options(args, Some(grpc), s.strict_protocols, None))
+        .context("serve failed")?;
     Ok(exit::OK)
 }

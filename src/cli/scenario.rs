@@ -79,7 +79,7 @@ pub fn run_local(file: &Path, fleet: Option<&Path>, args: &RunArgs) -> anyhow::R
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
-    let opts = run_options(args, args.grpc, Some(Arc::new(sc)));
+    let opts = run_options(args, args.grpc, false, Some(Arc::new(sc)));
     let report = crate::run::run(config, &opts)
         .with_context(|| format!("scenario {} failed", file.display()))?;
     Ok(verdict_code(&report))

@@ -19,7 +19,7 @@ pub mod threshold;
 
 use crate::config::walk::Problems;
 use crate::config::{Config, ConfigError, Overrides};
-use crate::control::selector::LabelSelector;
+use crate::sim::selector::LabelSelector;
 use crate::sim::fault::FaultSpec;
 use crate::sim::profile::{FieldSpec, Profile};
 use std::collections::BTreeMap;

@@ -6,7 +6,7 @@ use super::{Action, Op, Phase, Scenario, Target, TimedAction, Update};
 use crate::config::walk::{Problems, Table, show, type_name};
 use crate::config::{Config, MAX_COUNT, MAX_INTERVAL_MS, SinkSettings};
 use crate::control::proto;
-use crate::control::selector::LabelSelector;
+use crate::sim::selector::LabelSelector;
 use crate::sim::profile::{Fleet, Profile, Protocol};
 use crate::sim::time::{format_duration_ms, parse_duration_ms};
 use std::collections::{BTreeMap, BTreeSet};
@@ -707,7 +707,7 @@ fn fault(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
         }),
         parameters: Some(params),
     };
-    match crate::control::service::fault_spec(&req) {
+    match crate::control::spec::fault_spec(&req) {
         Ok(spec) => Some(Op::Fault { spec, reason }),
         Err(status) => {
             p.add(t.path.clone(), status.message().replace("parameters.", "params."));

@@ -183,7 +183,7 @@ async fn run_async(
     let before = status(&pool).await?;
     let speed = config.run.speed;
     let wall = |sim_ms: u64| Duration::from_secs_f64(sim_ms as f64 / 1000.0 / speed);
-    let mut lateness = crate::shard::stats::histogram();
+    let mut lateness = crate::measure::stats::histogram();
     let mut report = RemoteReport {
         scenario: sc.name.clone(),
         runtimes: addrs.to_vec(),

@@ -6,7 +6,7 @@
 //! makes a realtime run check it at every progress interval and stop early when it fails.
 
 use crate::config::walk::{Problems, Table, show, type_name};
-use crate::shard::stats::{ProfileStats, histogram};
+use crate::measure::stats::{ProfileStats, histogram};
 use crate::sim::profile::{Fleet, Protocol};
 use hdrhistogram::Histogram;
 use serde::Serialize;
