@@ -159,6 +159,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             progress: progress_tx.clone(),
             core: core_ids.get(index).copied(),
             control: links.next(),
+            scenario: opts.scenario.clone(),
         };
         let (ready, origin) = (ready.clone(), origin.clone());
         handles.push(shard::spawn(plan, ready, origin).context("cannot start a shard thread")?);
@@ -215,14 +216,62 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         .iter()
         .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
         .collect();
+    let realtime_run = run.clock == ClockMode::Realtime;
     let seconds = match run.clock {
         ClockMode::Realtime => wall_seconds,
         ClockMode::Virtual => report.sim_seconds,
     };
     let whole = Span { profiles: &stats.profiles, lateness: &stats.lateness, seconds };
-    report.thresholds = thresholds.iter().map(|t| t.judge(&fleet, &whole)).collect();
+    let no_profiles = vec![];
+    let no_lateness = histogram();
+    // A phase's span ends with the run (an interrupted run cuts the last ones short).
+    let phase_span = |i: usize| -> (u64, u64) {
+        let ph = &opts.scenario.as_ref().map(|s| s.phases[i].clone()).unwrap_or_else(|| {
+            crate::scenario::Phase { name: String::new(), start_ms: 0, end_ms: 0 }
+        });
+        let a = (start_ms + ph.start_ms).min(facts.end_ms);
+        (a, (start_ms + ph.end_ms).min(facts.end_ms).max(a))
+    };
+    report.thresholds = thresholds
+        .iter()
+        .map(|t| {
+            let ix = t.phase.as_ref().and_then(|name| {
+                opts.scenario.as_ref()?.phases.iter().position(|p| &p.name == name)
+            });
+            match ix {
+                None => t.judge(&fleet, &whole),
+                Some(i) => {
+                    let (a, b) = phase_span(i);
+                    let sim_s = (b - a) as f64 / 1000.0;
+                    let span = Span {
+                        profiles: stats.phases.get(i).unwrap_or(&no_profiles),
+                        // Tick lateness is not kept per phase: the whole run's.
+                        lateness: if realtime_run { &stats.lateness } else { &no_lateness },
+                        seconds: if realtime_run { sim_s / run.speed } else { sim_s },
+                    };
+                    t.judge(&fleet, &span)
+                }
+            }
+        })
+        .collect();
     if let Some(sc) = &opts.scenario {
-        report.scenario = Some(scenario_facts(sc, start_ms, facts.end_ms));
+        report.phases = (0..sc.phases.len())
+            .map(|i| {
+                let (a, b) = phase_span(i);
+                report::phase_rows(
+                    &sc.phases[i].name,
+                    a,
+                    b,
+                    &fleet,
+                    stats.phases.get(i).unwrap_or(&no_profiles),
+                )
+            })
+            .collect();
+        let mut facts_sc = scenario_facts(sc, start_ms, facts.end_ms);
+        if realtime_run {
+            facts_sc.step_lateness_us = Some(report::Percentiles::of(&stats.step_lateness));
+        }
+        report.scenario = Some(facts_sc);
     }
     let table = report::render_table(&report);
     let console_in_use =

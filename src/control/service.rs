@@ -139,7 +139,7 @@ impl server::DeviceRuntimeService for Service {
     ) -> Result<Response<()>, Status> {
         let req = req.into_inner();
         let fields = spec::behaviour_update(req.behavior_params.as_ref())?;
-        let update = Arc::new(BehaviourUpdate { fields });
+        let update = Arc::new(BehaviourUpdate { fields, ..BehaviourUpdate::default() });
         let sel = selection(req.selector, false)?;
         self.plane.scan(sel, Action::Behaviour(update)).await?;
         Ok(Response::new(()))

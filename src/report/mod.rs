@@ -153,7 +153,6 @@ pub struct PhaseRows {
     pub runs: Vec<Row>,
 }
 
-
 /// Inputs the report needs besides the merged statistics.
 pub struct RunFacts {
     pub seed: u64,

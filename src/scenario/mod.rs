@@ -19,9 +19,9 @@ pub mod threshold;
 
 use crate::config::walk::Problems;
 use crate::config::{Config, ConfigError, Overrides};
-use crate::sim::selector::LabelSelector;
 use crate::sim::fault::FaultSpec;
 use crate::sim::profile::{FieldSpec, Profile};
+use crate::sim::selector::LabelSelector;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -227,7 +227,7 @@ fn every_bad_step_is_reported_at_once_with_its_index_path_and_value() {
         repeat = { times = 0, every = "1s" }
         [[step]]
         at = "1s"
-        fault = { all = true, type = "latency_spike" }
+        fault = { all = true, type = "latency_spike", params = { latency_ms = -5 } }
         [[step]]
         at = "1s"
         fault = { all = true, type = "data_corruption", params = { mode = "melt", colour = 1 } }
@@ -250,7 +250,7 @@ fn every_bad_step_is_reported_at_once_with_its_index_path_and_value() {
         "step[6].explode: unknown key",
         "step[6]: no action",
         "step[7].repeat.times: must be between 1 and 1000000, got 0",
-        "step[8].fault: params.latency_ms: missing",
+        "step[8].fault: params.latency_ms: must be between 0 and 3600000, got -5",
         "step[9].fault.params.colour: unknown parameter",
         "step[9].fault: params.mode: unknown mode \"melt\"",
         "threshold[0].metric: unknown metric \"latency_p42\"",

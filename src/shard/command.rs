@@ -91,10 +91,18 @@ impl ScanReply {
     }
 }
 
-/// New generator fields for UpdateDeviceBehavior, compiled by the control plane.
-#[derive(Debug)]
+/// New generator fields for UpdateDeviceBehavior, compiled by the control plane; a scenario's
+/// `update` may also change the interval and labels.
+#[derive(Debug, Default)]
 pub(crate) struct BehaviourUpdate {
     pub fields: Vec<FieldSpec>,
+    /// false: `fields` replace every field (UpdateDeviceBehavior); true: they replace the
+    /// fields of the same name, or are added (a scenario's `update`).
+    pub merge: bool,
+    /// A new telemetry interval.
+    pub interval_ms: Option<u64>,
+    /// Labels merged into the device's labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a selection command does to each selected device.

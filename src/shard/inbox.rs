@@ -22,6 +22,13 @@ use crate::sink::Sink;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use tokio::sync::oneshot;
+
+/// A scenario step for this shard, in the control plane's terms.
+pub(super) enum ScenarioCommand {
+    Spawn(Vec<SpawnSpec>),
+    Scan(Selection, Action),
+}
 
 /// Longest a shard spends on commands in one wheel turn when a device is due soon.
 const BUDGET_NS: u64 = 300_000;
@@ -74,6 +81,9 @@ pub(crate) struct Control {
     fallback_devices: BTreeMap<String, u64>,
     /// Largest tick lateness (µs) since the counters were last published.
     pub lateness_max_us: u64,
+    /// The sim time commands take effect at, while a scenario step is applied at its own
+    /// time (instead of the wheel's or the wall clock's "now").
+    pub now_override: Option<SimMs>,
 }
 
 impl Control {
@@ -115,6 +125,9 @@ impl Control {
 impl Shard {
     /// Sim time now, as far as commands are concerned.
     fn control_now(&self) -> SimMs {
+        if let Some(t) = self.ctl.now_override {
+            return t;
+        }
         match self.plan.clock {
             crate::config::ClockMode::Virtual => self.wheel.elapsed(),
             crate::config::ClockMode::Realtime => self.sim_at(mono_ns()).max(self.wheel.elapsed()),
@@ -169,9 +182,13 @@ impl Shard {
 
     pub fn drain_commands(&mut self) {
         self.forward_sink_events();
-        let Some(link) = &self.ctl.link else { return };
+        if self.ctl.link.is_none() && self.ctl.work.is_empty() {
+            return;
+        }
         let start = mono_ns();
-        while self.ctl.work.len() < 64 {
+        while let Some(link) = &self.ctl.link
+            && self.ctl.work.len() < 64
+        {
             match link.inbox.try_recv() {
                 Ok(ShardCommand::Spawn { specs, reply }) => self.ctl.work.push_back(Work::Spawn {
                     specs: specs.into_iter(),
@@ -350,6 +367,53 @@ impl Shard {
         self.ctl.ids_ready
     }
 
+    /// A scenario's spawn or selection command, through the same code as the control plane's.
+    /// Virtual clock: done at once, at sim time `at` (so the result is the same whatever the
+    /// machine does meanwhile). Realtime: queued like a gRPC command and worked through under
+    /// the tick budget, taking effect when it is reached.
+    pub(super) fn scenario_command(&mut self, cmd: ScenarioCommand, at: SimMs) {
+        // Nobody waits for the reply.
+        let work = match cmd {
+            ScenarioCommand::Spawn(specs) => Work::Spawn {
+                specs: specs.into_iter(),
+                acc: SpawnReply::default(),
+                reply: oneshot::channel().0,
+            },
+            ScenarioCommand::Scan(selection, action) => Work::Scan(Scan {
+                selection: Arc::new(selection),
+                action,
+                cursor: 0,
+                group_match: vec![],
+                acc: ScanReply::default(),
+                reply: oneshot::channel().0,
+                remap: HashMap::new(),
+            }),
+        };
+        if self.plan.clock == crate::config::ClockMode::Realtime {
+            self.ctl.work.push_back(work);
+            return;
+        }
+        self.ctl.now_override = Some(at);
+        let needs_ids = match &work {
+            Work::Spawn { .. } => true,
+            Work::Scan(s) => matches!(&*s.selection, Selection::Ids(_)),
+        };
+        if needs_ids {
+            self.id_index_step(u64::MAX);
+        }
+        match work {
+            Work::Spawn { specs, mut acc, .. } => {
+                for spec in specs {
+                    self.spawn_one(spec, &mut acc);
+                }
+            }
+            Work::Scan(mut scan) => {
+                self.scan_step(&mut scan, u64::MAX);
+            }
+        }
+        self.ctl.now_override = None;
+    }
+
     fn spawn_one(&mut self, spec: SpawnSpec, acc: &mut SpawnReply) {
         // The caller completed the id index first (`id_index_step`).
         if self.ctl.ids.as_ref().is_some_and(|m| m.contains_key(&spec.id)) {
@@ -419,6 +483,9 @@ impl Shard {
         fleet.profiles.push((**p).clone());
         let ix = fleet.profiles.len() - 1;
         self.stats.profiles.push(ProfileStats::new());
+        for ph in &mut self.stats.phases {
+            ph.push(ProfileStats::new());
+        }
         // Network sinks record per profile too: make room for the new one.
         for sink in self.sinks.iter().flatten() {
             if let Some(net) = sink.net_shared() {
@@ -618,7 +685,21 @@ impl Shard {
             Some(&ix) => ix,
             None => {
                 let mut p = old_profile.clone();
-                p.fields = update.fields.clone();
+                if update.merge {
+                    for f in &update.fields {
+                        match p.fields.iter_mut().find(|x| x.name == f.name) {
+                            Some(x) => *x = f.clone(),
+                            None => p.fields.push(f.clone()),
+                        }
+                    }
+                    // The payload lists fields in name order.
+                    p.fields.sort_by(|a, b| a.name.cmp(&b.name));
+                } else {
+                    p.fields = update.fields.clone();
+                }
+                if let Some(ms) = update.interval_ms {
+                    p.interval_ms = ms;
+                }
                 let mut slots = 0;
                 for f in &mut p.fields {
                     f.generator.prepare(p.interval_ms as f64 / 1000.0);
@@ -632,7 +713,8 @@ impl Shard {
             }
         };
         let p = self.plan.fleet.profiles[profile_ix].clone();
-        let labels = old_group.labels.clone();
+        let mut labels = old_group.labels.clone();
+        labels.extend(update.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let gi = self.intern_group(profile_ix, labels);
         let deadline = self.wheel.remove(key);
         self.table.remove(&fleet, key);
@@ -646,7 +728,10 @@ impl Shard {
         let new_key = self.table.insert(f, gi as u32, index, device_seed(self.plan.seed, id));
         if let Some(dev) = self.table.get_mut(new_key) {
             dev.seq = old.seq;
-            dev.interval_ms = old.interval_ms;
+            dev.interval_ms = match update.interval_ms {
+                Some(ms) => ms as u32,
+                None => old.interval_ms,
+            };
         }
         if let Some(new_slots) = self.table.slots_mut(new_key, p.slots) {
             for nf in &p.fields {

@@ -9,6 +9,7 @@ pub(crate) mod command;
 pub(crate) mod event;
 mod faults;
 mod inbox;
+mod scenario;
 mod streams;
 
 use crate::config::{ClockMode, SinkSettings};
@@ -64,6 +65,8 @@ pub struct ShardPlan {
     pub core: Option<core_affinity::CoreId>,
     /// The live-control link (gRPC): `None` for a plain run.
     pub control: Option<command::ShardControl>,
+    /// The scenario's compiled timeline (shared by every shard), if a scenario drives the run.
+    pub scenario: Option<Arc<crate::scenario::Scenario>>,
 }
 
 /// What a shard hands back when it ends.
@@ -131,6 +134,8 @@ pub struct Shard {
     due: Vec<(u32, SimMs)>,
     /// Live control: inbox, faults, pauses, streams (`command.rs`).
     ctl: inbox::Control,
+    /// Where this shard is in the scenario, if one drives the run (`scenario.rs`).
+    scn: Option<scenario::ScenarioCursor>,
 }
 
 /// A shard's devices, wheel and sinks, built before its time starts.
@@ -176,9 +181,19 @@ impl Shard {
     fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
         let Parts { table, wheel, sinks } = parts;
         let ctl = inbox::Control::new(plan.control.take());
+        let scn = plan.scenario.take().map(|s| scenario::ScenarioCursor::new(s, plan.start_ms));
+        let mut stats = ShardStats::new(plan.fleet.profiles.len());
+        if let Some(c) = &scn {
+            stats.phases = (0..c.phase_bounds.len())
+                .map(|_| {
+                    (0..plan.fleet.profiles.len()).map(|_| stats::ProfileStats::new()).collect()
+                })
+                .collect();
+        }
         Shard {
             ctl,
-            stats: ShardStats::new(plan.fleet.profiles.len()),
+            scn,
+            stats,
             interval_latency: stats::histogram(),
             pinned: false,
             table,
@@ -234,6 +249,9 @@ impl Shard {
             }
         }
         self.snapshot(sim_end);
+        if let Some(c) = &self.scn {
+            self.stats.step_lateness = c.lateness.clone();
+        }
         Ok(ShardOutcome {
             stats: self.stats,
             sim_end_ms: sim_end,
@@ -243,7 +261,7 @@ impl Shard {
     }
 
     async fn run_virtual(&mut self) -> SimMs {
-        let networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
+        let mut networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
         let mut last_snapshot = mono_ns();
         let mut turns = 0u32;
@@ -260,7 +278,25 @@ impl Shard {
                     self.snapshot(self.wheel.elapsed());
                 }
             }
-            let Some(t) = self.wheel.next_expiration() else { return self.wheel.elapsed() };
+            let next = self.wheel.next_expiration();
+            // Scenario steps take effect before the devices due at their time tick.
+            if let Some(at) = self.scenario_next_at()
+                && at < end
+                && next.is_none_or(|t| at <= t)
+            {
+                self.apply_scenario(at, None);
+                // A spawn may have opened a network sink.
+                networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
+                continue;
+            }
+            let Some(t) = next else {
+                // A scenario's run lasts its duration even when no device is left.
+                return if self.scn.is_some() && end < u64::MAX {
+                    end
+                } else {
+                    self.wheel.elapsed()
+                };
+            };
             if t >= end {
                 return end;
             }
@@ -296,9 +332,14 @@ impl Shard {
             if self.plan.stop.load(Ordering::Relaxed) {
                 return Ok(self.sim_at(mono_ns()).min(end));
             }
-            self.drain_commands();
             let now_ns = mono_ns();
             let sim_now = self.sim_at(now_ns);
+            // Scenario steps due by now are queued (and worked through under the tick budget
+            // below, like gRPC commands); their lateness is measured here.
+            if self.scn.is_some() {
+                self.apply_scenario(sim_now.min(end.saturating_sub(1)), Some(now_ns));
+            }
+            self.drain_commands();
             let mut due = std::mem::take(&mut self.due);
             self.wheel.poll(sim_now.min(end.saturating_sub(1)), &mut due);
             for (n, &(key, at)) in due.iter().enumerate() {
@@ -329,7 +370,11 @@ impl Shard {
                 last_snapshot = now_ns;
                 self.snapshot(sim_now);
             }
-            let next_ns = match self.wheel.next_expiration() {
+            let next = match (self.wheel.next_expiration(), self.scenario_next_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next_ns = match next {
                 Some(t) => self.wall_at(t.min(end)),
                 None => self.wall_at(end),
             };
@@ -448,20 +493,29 @@ impl Shard {
             None => Outcome::Failed,
         };
         let done_ns = mono_ns();
-        let st = &mut self.stats.profiles[profile_ix];
-        match outcome {
+        // A scenario's phases count each message by its intended sim time.
+        let phase = self.scn.as_ref().and_then(|c| c.phase_of(due));
+        let bytes = self.payload.len() as u64;
+        // Realtime: from the intended time. Virtual: sim time does not pass while a
+        // message is handled, so latency is the sink's own service time.
+        let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
+        let service_us = done_ns.saturating_sub(fire_ns) / 1000;
+        let record = |st: &mut stats::ProfileStats| match outcome {
             Outcome::Completed => {
                 st.messages += 1;
-                st.bytes += self.payload.len() as u64;
-                // Realtime: from the intended time. Virtual: sim time does not pass while a
-                // message is handled, so latency is the sink's own service time.
-                let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
+                st.bytes += bytes;
                 st.latency.saturating_record(latency_us);
-                st.service.saturating_record(done_ns.saturating_sub(fire_ns) / 1000);
-                self.interval_latency.saturating_record(latency_us);
+                st.service.saturating_record(service_us);
             }
             Outcome::Failed => st.errors += 1,
             Outcome::Pending => {}
+        };
+        record(&mut self.stats.profiles[profile_ix]);
+        if let Some(ph) = phase {
+            record(&mut self.stats.phases[ph][profile_ix]);
+        }
+        if outcome == Outcome::Completed {
+            self.interval_latency.saturating_record(latency_us);
         }
         let mut interval =
             self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
