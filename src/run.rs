@@ -172,14 +172,25 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     origin.store(origin_ns, Ordering::Release);
     ready.wait();
 
-    let interrupted = wait(
+    // `abort = true` thresholds are checked on the running figures at every progress interval
+    // (realtime only: a virtual run is judged at its end).
+    let aborts: Vec<&Threshold> = config
+        .thresholds
+        .iter()
+        .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
+        .filter(|t| t.abort && run.clock == ClockMode::Realtime)
+        .collect();
+    let (interrupted, aborted_by) = wait(
         &handles,
         &stop,
         &progress_rx,
-        run.progress_interval_ms,
-        opts.quiet,
-        run.clock,
-        start_ms,
+        Progress {
+            every_ms: run.progress_interval_ms,
+            quiet: opts.quiet,
+            clock: run.clock,
+            start_ms,
+        },
+        &aborts,
     )?;
     let mut outcomes: Vec<ShardOutcome> = vec![];
     let mut errors = vec![];
@@ -211,6 +222,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         interrupted,
     };
     let (mut report, files) = report::build(&facts, &fleet, &stats);
+    report.aborted_by = aborted_by;
     let thresholds: Vec<&Threshold> = config
         .thresholds
         .iter()
@@ -310,21 +322,48 @@ fn scenario_facts(sc: &Scenario, start_ms: u64, end_ms: u64) -> report::Scenario
             })
             .collect(),
         step_lateness_us: None,
-        aborted_by: None,
     }
 }
 
 /// Waits for the shards to end, handling Ctrl-C/SIGTERM and printing progress. Returns whether
 /// the run was interrupted.
+/// How `wait` reports progress.
+struct Progress {
+    every_ms: u64,
+    quiet: bool,
+    clock: ClockMode,
+    start_ms: u64,
+}
+
+/// Judges the `abort` thresholds on the latest snapshots; the first that fails.
+fn check_aborts(
+    aborts: &[&Threshold],
+    latest: &[Option<Snapshot>],
+    latency: &hdrhistogram::Histogram<u64>,
+    seconds: f64,
+) -> Option<crate::scenario::threshold::Verdict> {
+    let mut totals = crate::measure::stats::ProfileStats::new();
+    let mut lateness = histogram();
+    for s in latest.iter().flatten() {
+        totals.messages += s.messages;
+        totals.errors += s.errors;
+        totals.dropped += s.dropped;
+        if let Some(l) = &s.lateness {
+            let _ = lateness.add(l);
+        }
+    }
+    totals.latency = latency.clone();
+    aborts.iter().map(|t| t.judge_totals(&totals, &lateness, seconds)).find(|v| !v.passed)
+}
+
 fn wait(
     handles: &[std::thread::JoinHandle<Result<ShardOutcome, String>>],
     stop: &Arc<AtomicBool>,
     progress: &Receiver<Snapshot>,
-    progress_ms: u64,
-    quiet: bool,
-    clock: ClockMode,
-    start_ms: u64,
-) -> anyhow::Result<bool> {
+    pr: Progress,
+    aborts: &[&Threshold],
+) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>)> {
+    let Progress { every_ms: progress_ms, quiet, clock, start_ms } = pr;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -335,9 +374,13 @@ fn wait(
         let mut poll = tokio::time::interval(Duration::from_millis(50));
         let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
         let mut window = histogram();
+        // Every completed message's latency since the start (for `abort` thresholds).
+        let mut cumulative = histogram();
         let (mut last_print, mut last_total) = (mono_ns(), 0u64);
+        let mut last_check = last_print;
         let began = last_print;
         let mut interrupted = false;
+        let mut aborted = None;
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {
@@ -357,10 +400,25 @@ fn wait(
                 _ = poll.tick() => {
                     while let Ok(s) = progress.try_recv() {
                         let _ = window.add(&s.latency);
+                        if !aborts.is_empty() {
+                            let _ = cumulative.add(&s.latency);
+                        }
                         let i = s.shard;
                         latest[i] = Some(s);
                     }
                     let now = mono_ns();
+                    if !aborts.is_empty() && aborted.is_none() && now - last_check >= progress_ms * 1_000_000 {
+                        last_check = now;
+                        let secs = (now - began) as f64 / 1e9;
+                        if let Some(v) = check_aborts(aborts, &latest, &cumulative, secs) {
+                            eprintln!(
+                                "abort: threshold {} = {} {} crossed {}; stopping the run",
+                                v.metric, v.value, v.unit, v.limit
+                            );
+                            stop.store(true, Ordering::Relaxed);
+                            aborted = Some(v);
+                        }
+                    }
                     if !quiet && now - last_print >= progress_ms * 1_000_000 {
                         let total: u64 = latest.iter().flatten().map(|s| s.messages).sum();
                         let secs = (now - last_print) as f64 / 1e9;
@@ -388,6 +446,6 @@ fn wait(
                 }
             }
         }
-        Ok(interrupted)
+        Ok((interrupted, aborted))
     })
 }

@@ -259,7 +259,8 @@ pub(crate) fn run_options(
 
 /// 3 when a threshold failed, else 0.
 pub(crate) fn verdict_code(report: &crate::report::Report) -> i32 {
-    if report.thresholds.iter().any(|v| !v.passed) { exit::THRESHOLD_FAILED } else { exit::OK }
+    let failed = report.thresholds.iter().any(|v| !v.passed) || report.aborted_by.is_some();
+    if failed { exit::THRESHOLD_FAILED } else { exit::OK }
 }
 
 /// `iot-sim serve`: a realtime run with no end (unless --duration), under gRPC control.

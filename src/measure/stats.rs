@@ -110,4 +110,6 @@ pub struct Snapshot {
     pub sim_now_ms: u64,
     /// Latency of the messages completed since the previous snapshot.
     pub latency: Histogram<u64>,
+    /// Realtime: the shard's tick lateness since the start (for `abort` thresholds).
+    pub lateness: Option<Histogram<u64>>,
 }

@@ -108,6 +108,9 @@ pub struct Report {
     pub phases: Vec<PhaseRows>,
     /// Every threshold with its measured value and verdict.
     pub thresholds: Vec<crate::scenario::threshold::Verdict>,
+    /// Set when a threshold with `abort = true` stopped a realtime run early: what it measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted_by: Option<crate::scenario::threshold::Verdict>,
 }
 
 /// What the report says about the scenario.
@@ -125,9 +128,6 @@ pub struct ScenarioFacts {
     /// Realtime: how late each action took effect against its intended wall time (µs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_lateness_us: Option<Percentiles>,
-    /// Set when a threshold with `abort = true` stopped the run early.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub aborted_by: Option<String>,
 }
 
 /// One `log` step that was reached.
@@ -207,6 +207,7 @@ pub fn build(
         scenario: None,
         phases: vec![],
         thresholds: vec![],
+        aborted_by: None,
     };
     (report, files)
 }
@@ -529,11 +530,15 @@ pub fn render_table(r: &Report) -> String {
         for line in &sc.log {
             let _ = writeln!(out, "  log {} step[{}]: {}", line.sim_time, line.step, line.message);
         }
-        if let Some(t) = &sc.aborted_by {
-            let _ = writeln!(out, "(aborted early: threshold {t} failed)");
-        }
     }
     out.push_str(&crate::scenario::threshold::render(&r.thresholds));
+    if let Some(v) = &r.aborted_by {
+        let _ = writeln!(
+            out,
+            "(aborted early: threshold {} = {} {} crossed {} during the run)",
+            v.metric, v.value, v.unit, v.limit
+        );
+    }
     if r.interrupted {
         let _ = writeln!(out, "(stopped early by a signal)");
     }

@@ -242,6 +242,12 @@ pub fn parse_list(
         };
         let device_type = t.str("device_type", p).map(str::to_string);
         let abort = t.bool("abort", p).unwrap_or(false);
+        if abort && (phase.is_some() || t.has("sink") || t.has("device_type")) {
+            p.add(
+                t.path_of("abort"),
+                "an abort threshold is checked on the whole run's running figures; give it no phase, sink or device_type",
+            );
+        }
         let key_path = |k: &str| t.path_of(k);
         let limit_path = bound.as_ref().map(|b| key_path(b.2)).unwrap_or_default();
         t.finish_with(&["metric", "max", "min", "phase", "sink", "device_type", "abort"], p);
@@ -324,6 +330,17 @@ impl Threshold {
                 merged.merge(st);
             }
         }
+        self.judge_totals(&merged, span.lateness, span.seconds)
+    }
+
+    /// Judges this threshold on figures already merged (an `abort` check on the progress
+    /// snapshots of a running run).
+    pub fn judge_totals(
+        &self,
+        merged: &ProfileStats,
+        lateness: &Histogram<u64>,
+        seconds: f64,
+    ) -> Verdict {
         let total = merged.messages + merged.errors + merged.dropped;
         let mut note = None;
         let (value, unit) = match self.metric {
@@ -334,10 +351,10 @@ impl Threshold {
                 (q.value(&merged.latency) as f64, "µs")
             }
             Metric::TickLatenessP99 => {
-                if span.lateness.is_empty() {
+                if lateness.is_empty() {
                     note = Some("no tick lateness measured (virtual clock)".to_string());
                 }
-                (Quantile::P99.value(span.lateness) as f64, "µs")
+                (Quantile::P99.value(lateness) as f64, "µs")
             }
             Metric::ErrorRate | Metric::DropRate => {
                 let n =
@@ -347,7 +364,7 @@ impl Threshold {
                 }
                 (if total == 0 { 0.0 } else { n as f64 / total as f64 }, "ratio")
             }
-            Metric::MessagesPerSecond => (merged.messages as f64 / span.seconds.max(1e-9), "msg/s"),
+            Metric::MessagesPerSecond => (merged.messages as f64 / seconds.max(1e-9), "msg/s"),
         };
         let value = (value * 1e6).round() / 1e6;
         let passed = match self.bound {

@@ -596,6 +596,7 @@ impl Shard {
             dropped: self.stats.dropped() + net_dropped,
             sim_now_ms: sim_now,
             latency: std::mem::replace(&mut self.interval_latency, stats::histogram()),
+            lateness: (self.plan.clock == ClockMode::Realtime).then(|| self.stats.lateness.clone()),
         };
         let _ = self.plan.progress.try_send(snap);
     }
