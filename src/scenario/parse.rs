@@ -247,6 +247,13 @@ fn compile_steps(
         }
         let (apath_base, table) = (t.path.clone(), t.table);
         t.finish_with(STEP_KEYS, p);
+        if present.len() > 1 {
+            // Still check each action, so that every problem is listed at once.
+            for kind in &present {
+                let path = crate::config::walk::join(&apath_base, kind);
+                action(kind, &table[*kind], &path, batches.is_some(), &mut ctx, p);
+            }
+        }
         let [kind] = present[..] else { continue };
         let apath = crate::config::walk::join(&apath_base, kind);
         let raw = &table[kind];
@@ -912,10 +919,13 @@ fn template(v: &Value, i: u64) -> Value {
     }
 }
 
+type Member = (String, Rc<BTreeMap<String, String>>);
+
 /// Who exists when, for resolving batches: the fleet's devices and the scenario's spawns,
 /// less those stopped, with labels as updated.
 struct Roster {
-    members: Vec<Option<(String, Rc<BTreeMap<String, String>>)>>,
+    /// (id, labels); `None` once stopped.
+    members: Vec<Option<Member>>,
     by_id: BTreeMap<String, usize>,
 }
 

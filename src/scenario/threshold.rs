@@ -129,8 +129,9 @@ pub fn parse_time_us(s: &str) -> Result<f64, String> {
         "ms" => 1_000.0,
         "s" => 1_000_000.0,
         "m" => 60_000_000.0,
+        "h" => 3_600_000_000.0,
         "" => return Err(format!("missing unit: expected a duration such as \"50ms\", got {s:?}")),
-        u => return Err(format!("unknown unit {u:?}: accepted us, ms, s, m (got {s:?})")),
+        u => return Err(format!("unknown unit {u:?}: accepted us, ms, s, m, h (got {s:?})")),
     };
     Ok(n * f)
 }
