@@ -610,3 +610,64 @@ max = 0
     let bad = dead.split(',').nth(1).unwrap();
     assert!(stderr(&down).contains(&format!("runtime {bad} is unavailable")), "{}", stderr(&down));
 }
+
+#[test]
+fn phases_count_the_messages_of_network_sinks_too() {
+    // Mosquitto on 127.0.0.1:1883 (started by .ci/run when it is down).
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("mqtt.toml");
+    std::fs::write(
+        &s,
+        format!(
+            r#"
+duration = "2m"
+[run]
+seed = 5
+clock = "virtual"
+start_time = "2026-01-01T00:00:00Z"
+[sink.mqtt]
+url = "mqtt://127.0.0.1:1883"
+qos = 1
+client_id_prefix = "{}"
+[profiles.m]
+protocol = "mqtt"
+interval = "1s"
+topic = "iot-sim-test/scenario/{{device_id}}"
+fields.t = {{ type = "gaussian", mean = 0, stddev = 1 }}
+[[step]]
+at = "0s"
+spawn = {{ profile = "m", count = 20 }}
+[[step]]
+at = "0s"
+phase = "one"
+[[step]]
+at = "1m"
+phase = "two"
+[[step]]
+at = "1m"
+stop = {{ ids = ["m-0000", "m-0001", "m-0002", "m-0003", "m-0004", "m-0005", "m-0006", "m-0007", "m-0008", "m-0009"] }}
+[[threshold]]
+metric = "error_rate"
+max = 0
+phase = "two"
+"#,
+            common::unique("scn")
+        ),
+    )
+    .unwrap();
+    let rd = dir.path().join("report");
+    let mut cmd = bin();
+    cmd.args(["scenario", "run", s.to_str().unwrap(), "--quiet", "--cores", "2"])
+        .args(["--report-dir", rd.to_str().unwrap()]);
+    let out = output_within(&mut cmd, LIMIT_S);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(dir.path());
+    let p = r["phases"].as_array().unwrap();
+    let (one, two) = (p[0]["messages"].as_u64().unwrap(), p[1]["messages"].as_u64().unwrap());
+    // 20 devices for 60 s, then 10: each message once, counted by its intended time.
+    assert_eq!(one, 20 * 60, "{p:?}");
+    assert_eq!(two, 10 * 60, "{p:?}");
+    assert_eq!(one + two, r["messages"].as_u64().unwrap());
+    assert_eq!(p[0]["runs"][0]["sink"], "mqtt");
+    assert!(p[1]["runs"][0]["latency_us"]["count"].as_u64().unwrap() == two);
+}

@@ -242,6 +242,13 @@ impl Shard {
                     a.merge(b);
                 }
             }
+            if let Some(own) = s.own_phase_stats() {
+                for (a, b) in self.stats.phases.iter_mut().zip(&own) {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        x.merge(y);
+                    }
+                }
+            }
             if let Some(net) = s.net_shared() {
                 for (k, v) in net.events.borrow().iter() {
                     *self.stats.sink_events.entry(format!("{}.{k}", s.name())).or_insert(0) += v;
@@ -482,6 +489,8 @@ impl Shard {
         } else {
             0
         };
+        // A scenario's phases count each message by its intended sim time.
+        let phase = self.scn.as_ref().and_then(|c| c.phase_of(due));
         let outcome = match &mut self.sinks[profile.protocol.index()] {
             Some(sink) => sink.submit(&Message {
                 topic: &self.topic,
@@ -489,12 +498,11 @@ impl Shard {
                 profile: profile_ix,
                 device_hash,
                 intended_ns: intended_ns.unwrap_or(fire_ns),
+                phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
             }),
             None => Outcome::Failed,
         };
         let done_ns = mono_ns();
-        // A scenario's phases count each message by its intended sim time.
-        let phase = self.scn.as_ref().and_then(|c| c.phase_of(due));
         let bytes = self.payload.len() as u64;
         // Realtime: from the intended time. Virtual: sim time does not pass while a
         // message is handled, so latency is the sink's own service time.
