@@ -5,7 +5,13 @@
 
 mod common;
 
-use common::{bin, output_within, stderr};
+use common::{bin, stderr};
+
+/// Runs `cmd` to its end with its output piped, failing the test if it outlives `secs`.
+fn output_within(cmd: &mut std::process::Command, secs: u64) -> std::process::Output {
+    use std::process::Stdio;
+    common::output_within(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(), secs)
+}
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

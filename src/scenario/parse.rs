@@ -66,7 +66,7 @@ pub(super) fn compile(
 ) -> Result<(Config, Scenario), Problems> {
     let mut p = Problems::default();
     let (merged, config_base) = merge_docs(doc, base, fleet.as_ref().map(|(f, d)| (*f, d)), &mut p);
-    let mut config = match crate::config::compile_doc(&merged, &config_base, false) {
+    let mut config = match crate::config::compile_doc(&merged, &config_base, true) {
         Ok(c) => c,
         Err(mut q) => {
             q.0.splice(0..0, p.0);

@@ -2,6 +2,8 @@
 //! report, find free ports.
 #![allow(dead_code)]
 
+pub mod mqtt;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -97,40 +99,60 @@ pub fn wait_port(port: u16) -> bool {
     false
 }
 
-/// Runs `cmd` to its end, but kills it after `secs` seconds: a run that hangs fails the test
-/// (with its stderr so far) instead of hanging CI.
-pub fn output_within(cmd: &mut Command, secs: u64) -> Output {
+/// Sends SIGTERM to a child (a run then stops, flushes and writes its report).
+pub fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// Waits at most `secs` for a child to exit and returns its output (stdout and stderr read
+/// as it runs, when piped). A child still running then is killed and the test fails with
+/// what it printed, instead of hanging.
+pub fn output_within(mut child: std::process::Child, secs: u64) -> Output {
     use std::io::Read;
-    use std::process::Stdio;
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = err.read_to_end(&mut v);
-        v
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = vec![];
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let t0 = std::time::Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        if std::time::Instant::now() > deadline {
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
             let _ = child.kill();
             let _ = child.wait();
-            let e = t_err.join().unwrap_or_default();
-            panic!("still running after {secs}s, killed; stderr:\n{}", String::from_utf8_lossy(&e));
+            let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+            panic!("iot-sim did not exit within {secs} s; stderr:\n{stderr}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     Output {
         status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
+}
+
+/// The (topic, payload) pairs of a file sink's JSON Lines output, sorted.
+pub fn file_messages(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out: Vec<(String, String)> = text
+        .lines()
+        .map(|l| {
+            // {"topic":"...","payload":<the payload as sent>}
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at = l.find(",\"payload\":").unwrap() + 11;
+            (v["topic"].as_str().unwrap().to_string(), l[at..l.len() - 1].to_string())
+        })
+        .collect();
+    out.sort();
+    out
 }
