@@ -83,8 +83,19 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             core_ids.len()
         );
     }
+    // A scenario's spawns may use profiles (and brokers) the fleet's own devices do not.
+    let mut reachable = config.fleet.clone();
+    if let Some(sc) = &opts.scenario {
+        for ta in sc.timeline.iter() {
+            if let crate::scenario::Action::Spawn { profile, .. } = &ta.action
+                && !reachable.profiles.iter().any(|p| p.name == profile.name)
+            {
+                reachable.profiles.push((**profile).clone());
+            }
+        }
+    }
     crate::sink::preflight::check(
-        &config.fleet,
+        &reachable,
         &config.sinks,
         opts.wait_for_sinks_ms.map(std::time::Duration::from_millis),
     )

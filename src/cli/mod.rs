@@ -57,7 +57,7 @@ pub enum Command {
 /// The exit codes, for --help.
 pub const EXIT_CODES: &str = "Exit codes: 0 done (every threshold passed), 1 run failure (a sink \
 file cannot be created, a runtime is down), 2 bad config, scenario or flags (nothing started), \
-3 a threshold failed (the report says which).";
+3 a threshold failed or an abort threshold stopped the run (the report says which).";
 
 /// Flags of `iot-sim serve`.
 #[derive(Args, Debug, Clone)]
