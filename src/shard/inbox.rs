@@ -26,7 +26,9 @@ use tokio::sync::oneshot;
 
 /// A scenario step for this shard, in the control plane's terms.
 pub(super) enum ScenarioCommand {
-    Spawn(Vec<SpawnSpec>),
+    /// Specs made as they are taken (a scenario's spawn of 100,000 would otherwise build
+    /// every spec in one go, outside the tick budget).
+    Spawn(Box<dyn Iterator<Item = SpawnSpec>>),
     Scan(Selection, Action),
 }
 
@@ -42,7 +44,7 @@ const SCAN_CHUNK: usize = 256;
 
 /// Work taken from the inbox and not finished yet.
 enum Work {
-    Spawn { specs: std::vec::IntoIter<SpawnSpec>, acc: SpawnReply, reply: Reply<SpawnReply> },
+    Spawn { specs: Box<dyn Iterator<Item = SpawnSpec>>, acc: SpawnReply, reply: Reply<SpawnReply> },
     Scan(Scan),
 }
 
@@ -191,7 +193,7 @@ impl Shard {
         {
             match link.inbox.try_recv() {
                 Ok(ShardCommand::Spawn { specs, reply }) => self.ctl.work.push_back(Work::Spawn {
-                    specs: specs.into_iter(),
+                    specs: Box::new(specs.into_iter()),
                     acc: SpawnReply::default(),
                     reply,
                 }),
@@ -353,7 +355,8 @@ impl Shard {
                 if map.capacity() == map.len() {
                     // Grow once to the full size rather than by doubling (each doubling
                     // rehashes everything so far in one go).
-                    map.reserve(self.table.len().max(1024));
+                    // A quarter of headroom: spawns that follow then do not rehash a full map.
+                    map.reserve((self.table.len() + self.table.len() / 4).max(1024));
                 }
                 map.insert(id.clone(), k);
             }
@@ -374,11 +377,9 @@ impl Shard {
     pub(super) fn scenario_command(&mut self, cmd: ScenarioCommand, at: SimMs) {
         // Nobody waits for the reply.
         let work = match cmd {
-            ScenarioCommand::Spawn(specs) => Work::Spawn {
-                specs: specs.into_iter(),
-                acc: SpawnReply::default(),
-                reply: oneshot::channel().0,
-            },
+            ScenarioCommand::Spawn(specs) => {
+                Work::Spawn { specs, acc: SpawnReply::default(), reply: oneshot::channel().0 }
+            }
             ScenarioCommand::Scan(selection, action) => Work::Scan(Scan {
                 selection: Arc::new(selection),
                 action,
@@ -661,6 +662,8 @@ impl Shard {
             }
             Action::Behaviour(update) => {
                 let update = update.clone();
+                // No second reference to the fleet while it is changed (see update_behaviour).
+                drop(fleet);
                 self.update_behaviour(key, &id, &update, &mut scan.remap)
             }
         }
@@ -675,13 +678,17 @@ impl Shard {
         update: &BehaviourUpdate,
         remap: &mut HashMap<usize, usize>,
     ) {
-        let fleet = self.plan.fleet.clone();
+        // Copies of what is needed from the old group and profile: holding a second reference
+        // to the fleet here would make every `Arc::make_mut` below clone the whole fleet (with
+        // the ids of every spawned device), once per updated device.
         let Some(old) = self.table.get(key).cloned() else { return };
-        let old_group = &fleet.groups[old.group as usize];
-        let old_profile = &fleet.profiles[old_group.profile];
+        let (old_profile_ix, old_labels, old_profile) = {
+            let g = &self.plan.fleet.groups[old.group as usize];
+            (g.profile, g.labels.clone(), self.plan.fleet.profiles[g.profile].clone())
+        };
         let old_slots: Vec<_> =
             self.table.slots_mut(key, old_profile.slots).map(|s| s.to_vec()).unwrap_or_default();
-        let profile_ix = match remap.get(&old_group.profile) {
+        let profile_ix = match remap.get(&old_profile_ix) {
             Some(&ix) => ix,
             None => {
                 let mut p = old_profile.clone();
@@ -708,16 +715,16 @@ impl Shard {
                 }
                 p.slots = slots;
                 let ix = self.intern_profile(&Arc::new(p));
-                remap.insert(old_group.profile, ix);
+                remap.insert(old_profile_ix, ix);
                 ix
             }
         };
         let p = self.plan.fleet.profiles[profile_ix].clone();
-        let mut labels = old_group.labels.clone();
+        let mut labels = old_labels;
         labels.extend(update.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let gi = self.intern_group(profile_ix, labels);
         let deadline = self.wheel.remove(key);
-        self.table.remove(&fleet, key);
+        self.table.remove(&self.plan.fleet, key);
         let f = Arc::make_mut(&mut self.plan.fleet);
         // The device moves to the new group: the report counts it once.
         let old_count = &mut f.groups[old.group as usize].count;

@@ -151,9 +151,23 @@ impl Shard {
         let fleet = plan.fleet.clone();
         let mut table = DeviceTable::default();
         let mut wheel = Wheel::new(plan.start_ms);
-        let expect = fleet.device_count() as usize / plan.shards + 64;
-        let slots: usize =
-            fleet.groups.iter().map(|g| fleet.profiles[g.profile].slots * g.count as usize).sum();
+        // Room for the devices a scenario will spawn too, reserved now: growing the device,
+        // slot and wheel arrays of a million-device shard mid-run stalls its ticks.
+        let (spawns, spawn_slots) = plan.scenario.as_ref().map_or((0, 0), |s| {
+            s.timeline.iter().fold((0, 0), |acc, a| match &a.action {
+                crate::scenario::Action::Spawn { ids, profile, .. } => {
+                    (acc.0 + ids.len(), acc.1 + ids.len() * profile.slots)
+                }
+                _ => acc,
+            })
+        });
+        let expect = (fleet.device_count() as usize + spawns) / plan.shards + 64;
+        let slots: usize = fleet
+            .groups
+            .iter()
+            .map(|g| fleet.profiles[g.profile].slots * g.count as usize)
+            .sum::<usize>()
+            + spawn_slots;
         table.reserve(expect + expect / 16, slots / plan.shards + slots / plan.shards / 16 + 64);
         wheel.reserve_keys(expect);
         let mut id = String::with_capacity(64);

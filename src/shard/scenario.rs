@@ -65,28 +65,34 @@ impl Shard {
                     c.lateness.saturating_record(late_us);
                 }
             }
-            let ta = &sc.timeline[ix];
-            self.apply_action(&sc, ta.step, &ta.action, at);
+            self.apply_action(&sc, ix, at);
         }
     }
 
-    fn apply_action(&mut self, sc: &Scenario, step: usize, action: &scenario::Action, at: SimMs) {
+    fn apply_action(&mut self, sc: &Arc<Scenario>, ix: usize, at: SimMs) {
+        let (step, action) = (sc.timeline[ix].step, &sc.timeline[ix].action);
         let (index, shards) = (self.plan.index, self.plan.shards);
         let mine = |id: &String| shards <= 1 || seed::shard_of(id, shards) == index;
         match action {
-            scenario::Action::Spawn { profile, labels, ids } => {
-                let specs: Vec<SpawnSpec> = ids
-                    .iter()
-                    .filter(|id| mine(id))
-                    .map(|id| SpawnSpec {
+            scenario::Action::Spawn { ids, .. } => {
+                if !ids.iter().any(|id| mine(id)) {
+                    return;
+                }
+                // The specs are made as the inbox takes them, under the tick budget.
+                let sc = sc.clone();
+                let specs = (0..ids.len()).filter_map(move |k| {
+                    let scenario::Action::Spawn { profile, labels, ids } = &sc.timeline[ix].action
+                    else {
+                        return None;
+                    };
+                    let id = &ids[k];
+                    (shards <= 1 || seed::shard_of(id, shards) == index).then(|| SpawnSpec {
                         id: id.clone(),
                         profile: profile.clone(),
                         labels: labels.clone(),
                     })
-                    .collect();
-                if !specs.is_empty() {
-                    self.scenario_command(ScenarioCommand::Spawn(specs), at);
-                }
+                });
+                self.scenario_command(ScenarioCommand::Spawn(Box::new(specs)), at);
             }
             scenario::Action::Apply { target, op } => {
                 let selection = match target {
