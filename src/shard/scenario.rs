@@ -75,7 +75,7 @@ impl Shard {
         let mine = |id: &String| shards <= 1 || seed::shard_of(id, shards) == index;
         match action {
             scenario::Action::Spawn { ids, .. } => {
-                if !ids.iter().any(|id| mine(id)) {
+                if !ids.iter().any(mine) {
                     return;
                 }
                 // The specs are made as the inbox takes them, under the tick budget.
