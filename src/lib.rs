@@ -12,11 +12,13 @@
 //! - [`sink`]: where messages go (console, file, null).
 //! - [`control`]: live control over gRPC (`simulator.v1`), label selectors, the client.
 //! - [`report`]: per-shard HDR histograms merged into a table, `report.json` and `.hgrm` files.
+//! - [`limits`]: every bound on what a fleet file or a gRPC client may ask for.
 //! - [`run`]: starts the shards, handles signals and progress, builds the report.
 
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod limits;
 pub mod report;
 pub mod run;
 pub mod shard;

@@ -6,7 +6,7 @@ use crate::report::{self, Report, RunFacts};
 use crate::shard::clock::mono_ns;
 use crate::shard::stats::{Snapshot, histogram};
 use crate::shard::{self, ShardOutcome, ShardPlan};
-use crate::sim::time::{format_duration_ms, rfc3339_ms};
+use crate::sim::time::{LAST_SIM_MS, format_duration_ms, rfc3339_ms};
 use anyhow::{Context, bail};
 use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -82,7 +82,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         opts.wait_for_sinks_ms.map(std::time::Duration::from_millis),
     )
     .map_err(anyhow::Error::msg)?;
-    let end_ms = run.duration_ms.map(|d| start_ms + d);
+    // The end never passes the last time the sim clock holds: a run with no duration (or a
+    // virtual one that outruns the calendar) stops there instead of repeating one timestamp.
+    crate::sim::time::check_span(start_ms, run.duration_ms).map_err(anyhow::Error::msg)?;
+    let end_ms = Some(run.duration_ms.map_or(LAST_SIM_MS, |d| start_ms + d));
     let fleet = Arc::new(config.fleet.clone());
     let sinks = Arc::new(config.sinks.clone());
     let stop = Arc::new(AtomicBool::new(false));
