@@ -13,12 +13,14 @@
 //! - [`control`]: live control over gRPC (`simulator.v1`), label selectors, the client.
 //! - [`report`]: per-shard HDR histograms merged into a table, `report.json` and `.hgrm` files.
 //! - [`limits`]: every bound on what a fleet file or a gRPC client may ask for.
+//! - [`memcheck`]: the memory a fleet needs, against what the process may use.
 //! - [`run`]: starts the shards, handles signals and progress, builds the report.
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod limits;
+pub mod memcheck;
 pub mod report;
 pub mod run;
 pub mod shard;

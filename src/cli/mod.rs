@@ -162,11 +162,24 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// Loads a fleet file and checks that it fits in memory (before anything is allocated).
 fn load(path: &std::path::Path, o: &Overrides) -> Result<config::Config, i32> {
-    config::load(path, o).map_err(|e| {
+    let config = config::load(path, o).map_err(|e| {
         eprintln!("error: {e}");
         exit::BAD_CONFIG
-    })
+    })?;
+    let shards = config
+        .run
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let need = crate::memcheck::fleet_bytes(&config.fleet, shards);
+    let what =
+        format!("{} ({} devices on {shards} shards)", path.display(), config.fleet.device_count());
+    crate::memcheck::check(need, &what).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::BAD_CONFIG
+    })?;
+    Ok(config)
 }
 
 fn validate(path: &std::path::Path) -> anyhow::Result<i32> {
@@ -198,7 +211,7 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    run::run(
+    let report = run::run(
         config,
         &RunOptions {
             quiet: args.quiet,
@@ -208,7 +221,24 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
         },
     )
     .with_context(|| format!("run of {} failed", path.display()))?;
-    Ok(exit::OK)
+    Ok(local_sink_losses(&report))
+}
+
+/// Exit code of a finished run: `FAILED` when a local sink (file, console) lost messages, so
+/// a script never takes incomplete output for a good run. Network sinks' errors are what a
+/// load test measures; they are in the report and do not fail the run.
+fn local_sink_losses(report: &crate::report::Report) -> i32 {
+    let mut code = exit::OK;
+    for sink in ["file", "console"] {
+        let lost: u64 = report.runs.iter().filter(|r| r.sink == sink).map(|r| r.errors).sum();
+        if lost > 0 {
+            eprintln!(
+                "error: the {sink} sink lost {lost} messages (write failures; see the report)"
+            );
+            code = exit::FAILED;
+        }
+    }
+    code
 }
 
 /// `iot-sim serve`: a realtime run with no end (unless --duration), under gRPC control.
@@ -234,7 +264,7 @@ fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
     }
     config.run.duration_ms = args.duration;
     let grpc = args.grpc.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 50051)));
-    run::run(
+    let report = run::run(
         config,
         &RunOptions {
             quiet: args.quiet,
@@ -244,5 +274,5 @@ fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
         },
     )
     .context("serve failed")?;
-    Ok(exit::OK)
+    Ok(local_sink_losses(&report))
 }

@@ -96,3 +96,59 @@ pub fn wait_port(port: u16) -> bool {
     }
     false
 }
+
+/// Runs `cmd` to its end, waiting at most `secs`: on time out the child is killed and the test
+/// fails (a regression must fail, not hang CI). stdout and stderr are captured.
+pub fn output_within(mut cmd: Command, secs: u64) -> Output {
+    use std::process::Stdio;
+    let mut child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Drain the pipes on their own threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = vec![];
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = vec![];
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let e = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
+            panic!("the child did not end within {secs} s; stderr:\n{e}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
+}
+
+/// Writes `fleet.toml` into `dir` and runs it (quiet, report in `dir/report`) for at most
+/// `secs`.
+pub fn run_within(dir: &Path, toml: &str, extra: &[&str], secs: u64) -> Output {
+    let cfg = dir.join("fleet.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let rd = dir.join("report");
+    let mut cmd = bin();
+    cmd.args(["--config", cfg.to_str().unwrap(), "--quiet", "--report-dir", rd.to_str().unwrap()])
+        .args(extra);
+    output_within(cmd, secs)
+}
+
+/// `iot-sim validate` of `toml` (written to `dir/fleet.toml`), for at most `secs`.
+pub fn validate_within(dir: &Path, toml: &str, secs: u64) -> Output {
+    let cfg = dir.join("fleet.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut cmd = bin();
+    cmd.args(["validate", "--config", cfg.to_str().unwrap()]);
+    output_within(cmd, secs)
+}
