@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod incoming;
 pub mod proto;
 pub mod selector;
 pub mod service;
