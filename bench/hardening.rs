@@ -84,8 +84,9 @@ async fn churn(addr: &str, cycles: usize, count: usize) -> serde_json::Value {
     let mut after = vec![];
     for cycle in 0..cycles {
         for start in (0..count).step_by(10_000) {
-            let specs =
-                (start..(start + 10_000).min(count)).map(|i| spec(format!("c-{i}"), 20.0)).collect();
+            let specs = (start..(start + 10_000).min(count))
+                .map(|i| spec(format!("c-{i}"), 20.0))
+                .collect();
             let r = c
                 .spawn_devices(proto::SpawnDevicesRequest { specs, scenario_id: String::new() })
                 .await
@@ -156,7 +157,8 @@ async fn streams(addr: &str, n: usize, seconds: u64) -> serde_json::Value {
     let (mut refused, mut other) = (0, 0);
     for i in 0..n {
         let mut cc = conns[i / 100].clone();
-        let req = proto::StreamTelemetryRequest { selector: None, batch_size: 0, flush_interval: None };
+        let req =
+            proto::StreamTelemetryRequest { selector: None, batch_size: 0, flush_interval: None };
         match cc.stream_telemetry(req).await {
             Ok(r) => open.push(r.into_inner()),
             Err(s) if s.code() == tonic::Code::ResourceExhausted => refused += 1,
@@ -190,15 +192,16 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let out = match args.get(1).map(String::as_str) {
         Some("churn") if args.len() == 5 => {
-            churn(&args[2], args[3].parse().expect("CYCLES"), args[4].parse().expect("COUNT"))
-                .await
+            churn(&args[2], args[3].parse().expect("CYCLES"), args[4].parse().expect("COUNT")).await
         }
         Some("streams") if args.len() == 5 => {
             streams(&args[2], args[3].parse().expect("STREAMS"), args[4].parse().expect("SECONDS"))
                 .await
         }
         _ => {
-            eprintln!("usage: hardening_bench churn ADDR CYCLES COUNT | streams ADDR STREAMS SECONDS");
+            eprintln!(
+                "usage: hardening_bench churn ADDR CYCLES COUNT | streams ADDR STREAMS SECONDS"
+            );
             std::process::exit(2);
         }
     };

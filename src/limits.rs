@@ -21,6 +21,22 @@ pub const MAX_FIELDS: usize = 256;
 /// Largest profile file a fleet file may name (`fleet[].profile = "x.toml"`), in bytes.
 pub const MAX_PROFILE_FILE_BYTES: u64 = 1 << 20;
 
+/// Largest `StreamTelemetry.batch_size` (points per batch; 0 = the default, 100).
+pub const MAX_STREAM_BATCH: usize = 10_000;
+/// Longest `StreamTelemetry.flush_interval`, in seconds.
+pub const MAX_FLUSH_INTERVAL_S: u64 = 3600;
+/// Most telemetry streams open at once on one runtime; more get `RESOURCE_EXHAUSTED`.
+pub const MAX_STREAMS: usize = 256;
+/// Memory all telemetry streams together may hold in points not yet sent to their clients.
+/// A stream whose client reads too slowly drops (and counts) what would exceed it.
+pub const STREAM_BUDGET_BYTES: usize = 256 << 20;
+/// Longest label selector, in bytes.
+pub const MAX_SELECTOR_BYTES: usize = 64 << 10;
+/// Most values in all the `in (...)` / `notin (...)` lists of one selector together.
+pub const MAX_SELECTOR_VALUES: usize = 4096;
+/// Longest fault duration, in seconds (365 days of sim time; 0 = until cleared).
+pub const MAX_FAULT_DURATION_S: u64 = 365 * 86_400;
+
 /// Why a name, id or label was refused.
 fn check_text(what: &str, s: &str, max_bytes: usize) -> Result<(), String> {
     if s.is_empty() {

@@ -5,7 +5,8 @@
 //! failed`, exit 134). The estimate comes from measured figures (`bench/run.sh`: 167.5 B per
 //! device of a 3-field profile, 10 MiB for an idle process), and the limit is the smallest of
 //! the cgroup's `memory.max` (minus what the cgroup already uses), `RLIMIT_AS` (minus this
-//! process's current address space) and the kernel's `MemAvailable`. `validate`, `run` and
+//! process's current address space), the kernel's `MemAvailable` and, if set,
+//! `IOT_SIM_MEMORY_LIMIT` (minus this process's resident memory). `validate`, `run` and
 //! `serve` refuse a fleet whose estimate exceeds the limit (exit 2), and `SpawnDevices` answers
 //! `RESOURCE_EXHAUSTED`; the message names the estimate and the limit.
 //!
@@ -50,6 +51,27 @@ pub fn fleet_bytes(fleet: &Fleet, shards: usize) -> u64 {
         .saturating_add(devices)
 }
 
+/// An environment variable that caps the memory this process assumes it may use (resident),
+/// for boxes whose limits it cannot read: bytes, or with a `K`/`M`/`G` (or `KiB`/`MiB`/`GiB`)
+/// suffix (powers of 1024).
+pub const LIMIT_VAR: &str = "IOT_SIM_MEMORY_LIMIT";
+
+/// `512MiB`, `2G`, `1048576` -> bytes.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().ok()?;
+    let shift = match s[digits..].trim() {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
+}
+
 /// How much more memory this process may use, and which limit says so.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Room {
@@ -83,6 +105,9 @@ pub fn room() -> Option<Room> {
             lim.rlim_cur.saturating_sub(proc_kb("/proc/self/status", "VmSize:") * 1024),
             "RLIMIT_AS",
         );
+    }
+    if let Some(limit) = std::env::var(LIMIT_VAR).ok().and_then(|v| parse_bytes(&v)) {
+        offer(limit.saturating_sub(proc_kb("/proc/self/status", "VmRSS:") * 1024), LIMIT_VAR);
     }
     let avail = proc_kb("/proc/meminfo", "MemAvailable:");
     if avail > 0 {
@@ -182,6 +207,15 @@ mod tests {
         assert!(e.contains("8.0 GiB (cgroup memory.max)"), "{e}");
         assert!(check_against(devices_bytes(1_000_000, 3), "x", room).is_ok());
         assert!(check_against(u64::MAX, "x", None).is_ok());
+    }
+
+    #[test]
+    fn memory_sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("512MiB"), Some(512 << 20));
+        assert_eq!(parse_bytes("2G"), Some(2 << 30));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("99999999999T"), None);
     }
 
     #[test]
