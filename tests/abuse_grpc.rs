@@ -351,8 +351,10 @@ async fn reflection_serves_v1_and_v1alpha_and_lists_health() {
             String::new(),
         )),
     };
-    let mut c1 =
-        v1::server_reflection_client::ServerReflectionClient::connect(rt.url()).await.unwrap();
+    let channel = || async {
+        tonic::transport::Endpoint::from_shared(rt.url()).unwrap().connect().await.unwrap()
+    };
+    let mut c1 = v1::server_reflection_client::ServerReflectionClient::new(channel().await);
     let mut s =
         c1.server_reflection_info(tokio_stream::iter([list_v1])).await.unwrap().into_inner();
     let r = s.message().await.unwrap().unwrap();
@@ -372,8 +374,7 @@ async fn reflection_serves_v1_and_v1alpha_and_lists_health() {
             String::new(),
         )),
     };
-    let mut ca =
-        v1alpha::server_reflection_client::ServerReflectionClient::connect(rt.url()).await.unwrap();
+    let mut ca = v1alpha::server_reflection_client::ServerReflectionClient::new(channel().await);
     let mut s = ca
         .server_reflection_info(tokio_stream::iter([list_alpha]))
         .await

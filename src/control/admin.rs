@@ -8,7 +8,7 @@
 //! A deliberately small HTTP/1.1 server: one request per connection, GET only; anything else
 //! gets 404 or 405, never a panic.
 
-use super::service::{ControlPlane, Figures};
+use super::plane::{ControlPlane, Figures};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -164,6 +164,7 @@ mod tests {
             messages_per_second: 2.5,
             telemetry_points_dropped: 0,
             uptime_seconds: 1.0,
+            fallback_devices: Default::default(),
         };
         let text = prometheus(&f);
         assert!(text.contains("# TYPE iot_sim_messages_total counter\n"));

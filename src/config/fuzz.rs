@@ -3,13 +3,13 @@
 //! holds, bounded names and labels).
 //!
 //! Bounded in CI (256 cases per property); run longer on demand with
-//! `PROPTEST_CASES=20000 cargo test --release --test abuse_fuzz`.
+//! `PROPTEST_CASES=20000 cargo test --release --lib fuzz`.
 
-use iot_sim::config::{ParseError, parse_str};
-use iot_sim::limits;
-use iot_sim::sim::generator::GenSpec;
-use iot_sim::sim::profile::TopicPart;
-use iot_sim::sim::time::LAST_SIM_MS;
+use super::{ParseError, parse_str};
+use crate::limits;
+use crate::sim::generator::GenSpec;
+use crate::sim::profile::TopicPart;
+use crate::sim::time::LAST_SIM_MS;
 use proptest::prelude::*;
 use std::path::Path;
 
