@@ -14,7 +14,7 @@ use tonic::Status;
 /// Default interval of a spec without one (the original's).
 const DEFAULT_INTERVAL_MS: u64 = 5000;
 /// Longest fault duration a request may ask for (0 = until cleared has no limit).
-const MAX_FAULT_MS: u64 = 365 * 24 * 3600 * 1000;
+const MAX_FAULT_MS: u64 = crate::limits::MAX_FAULT_DURATION_S * 1000;
 /// Delay of a LATENCY_SPIKE without `latency_ms`: none, as in the original.
 const DEFAULT_SPIKE_MS: u64 = 0;
 

@@ -6,7 +6,8 @@
 //! telemetry points go out over channels whose sends never block (a full channel drops and
 //! counts).
 
-use super::event::{Event, Point};
+use super::event::Event;
+use super::streams::{PointBatch, StreamBudget};
 use crate::sim::fault::FaultSpec;
 use crate::sim::profile::{FieldSpec, Profile};
 use crate::sim::selector::LabelSelector;
@@ -117,7 +118,9 @@ pub(crate) struct Subscription {
     pub id: u64,
     pub selection: Arc<Selection>,
     /// Batches of points; `try_send` only.
-    pub tx: mpsc::Sender<Vec<Point>>,
+    pub tx: mpsc::Sender<PointBatch>,
+    /// The budget every stream's points are charged to.
+    pub budget: Arc<StreamBudget>,
     /// Points dropped because `tx` was full.
     pub dropped: Arc<AtomicU64>,
 }

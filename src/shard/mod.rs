@@ -9,7 +9,7 @@ pub(crate) mod command;
 pub(crate) mod event;
 mod faults;
 mod inbox;
-mod streams;
+pub(crate) mod streams;
 
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
@@ -209,6 +209,7 @@ impl Shard {
                 tracing::warn!(shard = self.plan.index, sink = s.name(), error = %e, "flush at shutdown failed");
             }
         }
+        self.account_lost();
         // Network sinks: wait for what is queued or in flight, then fold their figures in.
         // A run stopped by a signal should exit within a few seconds, so it drains for less.
         let drain_ns = if self.plan.stop.load(Ordering::Relaxed) {
@@ -525,7 +526,22 @@ impl Shard {
         t
     }
 
+    /// Moves the messages a failed file write lost from delivered to errors (kind `write`):
+    /// the file sink counts a message as delivered when it is buffered.
+    fn account_lost(&mut self) {
+        for s in self.sinks.iter_mut().flatten() {
+            for (profile, n) in s.take_lost() {
+                if let Some(st) = self.stats.profiles.get_mut(profile) {
+                    st.messages = st.messages.saturating_sub(n);
+                    st.errors += n;
+                    *st.error_kinds.entry("write".to_string()).or_insert(0) += n;
+                }
+            }
+        }
+    }
+
     fn snapshot(&mut self, sim_now: SimMs) {
+        self.account_lost();
         let (net_msgs, net_errors, net_dropped) = self.net_totals();
         for s in self.sinks.iter().flatten() {
             if let Some(n) = s.net_shared() {
