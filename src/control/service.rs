@@ -8,6 +8,7 @@ use super::proto::{self, device_runtime_service_server as server};
 use super::spec::{self, selection};
 use super::wire;
 use crate::limits;
+use crate::memcheck;
 use crate::shard::command::{Action, BehaviourUpdate, Selection, SpawnSpec};
 use crate::shard::streams::Charge;
 use crate::sim::profile::Profile;
@@ -111,18 +112,47 @@ impl server::DeviceRuntimeService for Service {
             let id = std::mem::take(&mut spec.device_id);
             let labels: BTreeMap<String, String> =
                 std::mem::take(&mut spec.labels).into_iter().collect();
-            let key = spec.encode_to_vec();
-            let compiled = cache
-                .entry(key)
-                .or_insert_with(|| spec::compile_spec(&spec, &self.plane).map(Arc::new));
+            let compiled = match spec::check_identity(&id, &labels) {
+                Err(reason) => Err(reason),
+                Ok(()) => {
+                    let key = spec.encode_to_vec();
+                    cache
+                        .entry(key)
+                        .or_insert_with(|| spec::compile_spec(&spec, &self.plane).map(Arc::new))
+                        .clone()
+                }
+            };
+            let compiled = compiled.and_then(|profile| {
+                match crate::config::missing_topic_label(&profile.topic, &labels) {
+                    Some(k) => Err(format!(
+                        "the topic {:?} uses {{labels.{k}}}, which this device does not have",
+                        profile.topic.source
+                    )),
+                    None => Ok(profile),
+                }
+            });
             match compiled {
-                Ok(profile) => specs.push(SpawnSpec { id, profile: profile.clone(), labels }),
+                Ok(profile) => specs.push(SpawnSpec { id, profile, labels }),
                 Err(reason) => {
-                    out.failure_reasons.insert(id.clone(), reason.clone());
+                    // An id too long to echo is answered by its beginning.
+                    let id =
+                        if id.len() > limits::MAX_ID_BYTES { limits::shorten(&id) } else { id };
+                    out.failure_reasons.insert(id.clone(), reason);
                     out.failed_device_ids.push(id);
                 }
             }
         }
+        // The memory pre-check, before the shards allocate anything.
+        let mut profiles: Vec<&Arc<Profile>> = specs.iter().map(|s| &s.profile).collect();
+        profiles.sort_by_key(|p| Arc::as_ptr(p));
+        profiles.dedup_by_key(|p| Arc::as_ptr(p));
+        let need = specs
+            .iter()
+            .map(|s| memcheck::devices_bytes(1, s.profile.slots))
+            .chain(profiles.iter().map(|_| memcheck::PROFILE_BYTES * self.plane.shards() as u64))
+            .fold(0u64, u64::saturating_add);
+        let what = format!("spawning {} devices", specs.len());
+        memcheck::check(need, &what).map_err(Status::resource_exhausted)?;
         let r = self.plane.spawn(specs).await?;
         out.spawned = r.spawned as i32;
         for (id, reason) in r.failed {

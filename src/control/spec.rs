@@ -5,10 +5,12 @@
 use super::plane::ControlPlane;
 use super::proto;
 use crate::config::walk::{Problems, Table};
+use crate::limits;
 use crate::shard::command::Selection;
 use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
 use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
+use std::collections::BTreeMap;
 use tonic::Status;
 
 /// Default interval of a spec without one (the original's).
@@ -169,6 +171,16 @@ pub(crate) fn behaviour_update(
 
 pub(crate) fn problems_text(p: &Problems) -> String {
     p.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Checks a spec's id and labels against [`crate::limits`]: the reason it is refused, if it is.
+pub(crate) fn check_identity(id: &str, labels: &BTreeMap<String, String>) -> Result<(), String> {
+    limits::check_device_id(id)?;
+    limits::check_label_count(labels.len())?;
+    for (k, v) in labels {
+        limits::check_label(k, v)?;
+    }
+    Ok(())
 }
 
 /// Validates one spec (everything but its id and labels) into a profile. A protocol this
