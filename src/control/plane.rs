@@ -16,7 +16,7 @@ use crate::sim::profile::Protocol;
 use crate::sim::seed;
 use crossbeam_channel::{Sender, TrySendError};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -73,6 +73,8 @@ pub(crate) struct TelemetryFeed {
     pub rx: mpsc::Receiver<PointBatch>,
     /// Points the shards dropped because this feed was not read fast enough.
     pub dropped: Arc<AtomicU64>,
+    /// Set by the reader of `rx` while its client is not keeping up (the shards then skip it).
+    pub congested: Arc<AtomicBool>,
     /// Holds one of the runtime's stream slots until the feed is dropped.
     _slot: StreamSlot,
 }
@@ -250,6 +252,7 @@ impl ControlPlane {
         }
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let dropped = Arc::new(AtomicU64::new(0));
+        let congested = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<PointBatch>(STREAM_BUFFER);
         let n = self.shards();
         for shard in 0..n {
@@ -265,10 +268,11 @@ impl ControlPlane {
                 tx: tx.clone(),
                 dropped: dropped.clone(),
                 budget: self.stream_budget.clone(),
+                congested: congested.clone(),
             };
             self.send(shard, ShardCommand::Subscribe(sub)).await?;
         }
-        Ok(TelemetryFeed { id, rx, dropped, _slot: slot })
+        Ok(TelemetryFeed { id, rx, dropped, congested, _slot: slot })
     }
 
     /// Ends a telemetry subscription on every shard.

@@ -29,6 +29,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Default StreamTelemetry batch size and flush interval (the original's).
 const DEFAULT_BATCH: usize = 100;
 const DEFAULT_FLUSH: Duration = Duration::from_millis(500);
+/// How often a telemetry stream whose client fell behind looks whether it caught up.
+const CONGESTION_CHECK: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for open gRPC calls (streams) before cutting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
 
@@ -243,6 +245,10 @@ impl server::DeviceRuntimeService for Service {
             let mut held = 0usize;
             let mut ticker = tokio::time::interval(flush);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // How often the client's queue is looked at to lift congestion.
+            let mut check = tokio::time::interval(CONGESTION_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let congested = feed.congested.clone();
             let mut counted = 0u64;
             let dropped = feed.dropped.clone();
             // Hands the batch to the client's queue, or drops and counts it; false once the
@@ -263,6 +269,7 @@ impl server::DeviceRuntimeService for Service {
                         Ok(()) => true,
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             dropped.fetch_add(n as u64, Ordering::Relaxed);
+                            congested.store(true, Ordering::Relaxed);
                             true
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -288,6 +295,9 @@ impl server::DeviceRuntimeService for Service {
                         if !batch.is_empty() && !emit(&mut batch, &mut charge, &mut held) {
                             break;
                         }
+                    }
+                    _ = check.tick() => {
+                        feed.congested.store(out_tx.capacity() == 0, Ordering::Relaxed);
                     }
                 }
                 let d = feed.dropped.load(Ordering::Relaxed);

@@ -13,7 +13,7 @@ use crate::sim::profile::{FieldSpec, Profile};
 use crate::sim::selector::LabelSelector;
 use crossbeam_channel::Receiver;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -121,6 +121,9 @@ pub(crate) struct Subscription {
     pub tx: mpsc::Sender<PointBatch>,
     /// The budget every stream's points are charged to.
     pub budget: Arc<StreamBudget>,
+    /// Set while the stream's client is not taking what it was sent: the shard then drops
+    /// (and counts) the stream's points without building them.
+    pub congested: Arc<AtomicBool>,
     /// Points dropped because `tx` was full.
     pub dropped: Arc<AtomicU64>,
 }

@@ -6,7 +6,9 @@
 //! the moment a shard builds it until the stream's client has taken it (the [`Charge`] travels
 //! with the points and is released when they are dropped, wherever that happens). A point that
 //! does not fit in the budget is never built: it is dropped and counted, so unread streams cost
-//! at most the budget in memory and little shard time.
+//! at most the budget in memory. While a stream's client is not reading, its subscription is
+//! marked congested and the shard drops its points without building them, so unread streams
+//! cost little shard time.
 
 use super::command::{Selection, Subscription};
 use super::event::{Point, PointValue};
@@ -157,6 +159,10 @@ impl Streams {
                 None => group_matches(&mut s.group_match, group_ix, group, &s.sub.selection),
             };
             if !wanted {
+                continue;
+            }
+            if s.sub.congested.load(Ordering::Relaxed) {
+                s.sub.dropped.fetch_add(profile.fields.len() as u64, Ordering::Relaxed);
                 continue;
             }
             let bytes = *bytes.get_or_insert_with(|| message_bytes(id, group, profile));

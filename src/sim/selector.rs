@@ -70,7 +70,12 @@ impl LabelSelector {
                 ),
             });
         }
-        Parser { input, pos: 0, values: 0 }.selector()
+        // Errors quote the selector's beginning only: a long one would not fit in a gRPC
+        // status (a header), which clients then report as INTERNAL.
+        Parser { input, pos: 0, values: 0 }.selector().map_err(|mut e| {
+            e.input = shorten(&e.input);
+            e
+        })
     }
 
     /// True when every requirement holds for `labels`.
