@@ -385,7 +385,7 @@ impl Shard {
         let profile = &fleet.profiles[profile_ix];
         if let Some(intended) = intended_ns {
             let late_us = fire_ns.saturating_sub(intended) / 1000;
-            self.stats.lateness.saturating_record(late_us);
+            stats::record(&mut self.stats.lateness, late_us);
             self.ctl.lateness_max_us = self.ctl.lateness_max_us.max(late_us);
         }
         let seq = self.table.generate(fleet, key, due, &mut self.samples);
@@ -457,9 +457,9 @@ impl Shard {
                 // Realtime: from the intended time. Virtual: sim time does not pass while a
                 // message is handled, so latency is the sink's own service time.
                 let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
-                st.latency.saturating_record(latency_us);
-                st.service.saturating_record(done_ns.saturating_sub(fire_ns) / 1000);
-                self.interval_latency.saturating_record(latency_us);
+                stats::record(&mut st.latency, latency_us);
+                stats::record(&mut st.service, done_ns.saturating_sub(fire_ns) / 1000);
+                stats::record(&mut self.interval_latency, latency_us);
             }
             Outcome::Failed => st.errors += 1,
             Outcome::Pending => {}

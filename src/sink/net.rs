@@ -221,9 +221,12 @@ impl NetShared {
         s.messages += 1;
         s.bytes += m.payload.len() as u64;
         let latency_us = now.saturating_sub(m.intended_ns) / 1000;
-        s.latency.saturating_record(latency_us);
-        self.window.borrow_mut().saturating_record(latency_us);
-        s.service.saturating_record(now.saturating_sub(m.sent_ns.max(m.intended_ns)) / 1000);
+        crate::measure::stats::record(&mut s.latency, latency_us);
+        crate::measure::stats::record(&mut self.window.borrow_mut(), latency_us);
+        crate::measure::stats::record(
+            &mut s.service,
+            now.saturating_sub(m.sent_ns.max(m.intended_ns)) / 1000,
+        );
     }
 
     /// Records a message that was not delivered, by kind (`timeout`, `nack`, `http_503`, ...).
