@@ -12,12 +12,12 @@ use crate::shard::command::{
 };
 use crate::shard::event::{DeviceEvent, Event, EventKind};
 use crate::shard::streams::{PointBatch, StreamBudget};
-use crate::sim::profile::Protocol;
+use crate::sim::profile::{Profile, Protocol};
 use crate::sim::seed;
 use crossbeam_channel::{Sender, TrySendError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -107,6 +107,11 @@ pub struct ControlPlane {
     pub(crate) dropped_points: Arc<AtomicU64>,
     pub(crate) threads: usize,
     pub(crate) options: PlaneOptions,
+    /// Compiled spawn profiles by the bytes of the spec they came from (without id and
+    /// labels), so that every request spawning the same behaviour hands the shards the same
+    /// `Arc`: shards keep one profile (and one set of statistics) per distinct `Arc`, and a
+    /// fresh compile per request made every "spawn, stop all" cycle grow the runtime.
+    profiles: Mutex<BTreeMap<Vec<u8>, Weak<Profile>>>,
     /// Protocols already warned about falling back (once per protocol).
     warned: Mutex<BTreeSet<String>>,
 }
@@ -141,6 +146,7 @@ impl ControlPlane {
             threads: shards + 3,
             options,
             warned: Mutex::new(BTreeSet::new()),
+            profiles: Mutex::new(BTreeMap::new()),
         };
         (Arc::new(plane), links)
     }
@@ -333,6 +339,21 @@ impl ControlPlane {
         Ok((Protocol::Console, Some(asked.to_string())))
     }
 
+    /// The profile already compiled from the same spec bytes, if one is still in use, else
+    /// `compiled` (remembered for the next request).
+    pub(crate) fn shared_profile(&self, key: &[u8], compiled: Profile) -> Arc<Profile> {
+        let mut cache = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(key).and_then(Weak::upgrade) {
+            return p;
+        }
+        if cache.len() >= 4096 {
+            cache.retain(|_, w| w.strong_count() > 0);
+        }
+        let p = Arc::new(compiled);
+        cache.insert(key.to_vec(), Arc::downgrade(&p));
+        p
+    }
+
     /// Sums one published counter over the shards.
     pub(crate) fn sum(&self, f: fn(&ShardCounters) -> &AtomicU64) -> u64 {
         self.counters.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
@@ -384,5 +405,23 @@ impl ControlPlane {
             *r = (Instant::now(), total, r.2);
         }
         r.2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_spec_in_two_requests_shares_one_profile_until_it_is_unused() {
+        let (plane, _links) = ControlPlane::new(2, PlaneOptions::default());
+        let a = plane.shared_profile(b"spec-a", Profile::for_tests("a"));
+        let again = plane.shared_profile(b"spec-a", Profile::for_tests("a"));
+        assert!(Arc::ptr_eq(&a, &again));
+        let b = plane.shared_profile(b"spec-b", Profile::for_tests("b"));
+        assert!(!Arc::ptr_eq(&a, &b));
+        drop((a, again));
+        let fresh = plane.shared_profile(b"spec-a", Profile::for_tests("a2"));
+        assert_eq!(fresh.name, "a2");
     }
 }

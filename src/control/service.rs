@@ -108,7 +108,8 @@ impl server::DeviceRuntimeService for Service {
         }
         let mut specs = Vec::with_capacity(req.specs.len());
         let mut out = proto::SpawnDevicesResponse::default();
-        // Specs that differ only in id and labels share one compiled profile.
+        // Specs that differ only in id and labels share one compiled profile, within this
+        // request and with earlier ones (see `ControlPlane::shared_profile`).
         let mut cache: HashMap<Vec<u8>, Result<Arc<Profile>, String>> = HashMap::new();
         for mut spec in req.specs {
             let id = std::mem::take(&mut spec.device_id);
@@ -118,9 +119,12 @@ impl server::DeviceRuntimeService for Service {
                 Err(reason) => Err(reason),
                 Ok(()) => {
                     let key = spec.encode_to_vec();
+                    let plane = &self.plane;
                     cache
                         .entry(key)
-                        .or_insert_with(|| spec::compile_spec(&spec, &self.plane).map(Arc::new))
+                        .or_insert_with_key(|key| {
+                            spec::compile_spec(&spec, plane).map(|p| plane.shared_profile(key, p))
+                        })
                         .clone()
                 }
             };
