@@ -9,7 +9,13 @@
 //!   never read, after SECONDS; how many of them were refused (RESOURCE_EXHAUSTED); and the
 //!   RSS after the calls are cancelled.
 //!
-//! Usage: hardening_bench churn|streams ADDR ...
+//! - `selector ADDR DEVICES`: spawns DEVICES devices with distinct `zone` labels (60 s
+//!   interval, null sink), then times GetFleetStatus (counts) with the largest selector the
+//!   limits allow (`zone in (...)` with `MAX_SELECTOR_VALUES` values, at most
+//!   `MAX_SELECTOR_BYTES`) against a one-value selector in the same run, and the latency of a
+//!   one-value call made while the large one runs (one call must not block the others).
+//!
+//! Usage: hardening_bench churn|streams|selector ADDR ...
 
 use iot_sim::control::proto::{self, device_runtime_service_client::DeviceRuntimeServiceClient};
 use proto::device_selector::Selector;
@@ -56,6 +62,7 @@ fn spec(id: String, mean: f64) -> proto::DeviceSpec {
 }
 
 fn all() -> Option<proto::DeviceSelector> {
+    // Every device the bench spawned carries bench=churn.
     Some(proto::DeviceSelector { selector: Some(Selector::LabelSelector("bench=churn".into())) })
 }
 
@@ -187,6 +194,90 @@ async fn streams(addr: &str, n: usize, seconds: u64) -> serde_json::Value {
     })
 }
 
+fn labels(s: String) -> Option<proto::DeviceSelector> {
+    Some(proto::DeviceSelector { selector: Some(Selector::LabelSelector(s)) })
+}
+
+/// Wall time of a counts-only GetFleetStatus with `sel`, ms, and the devices it counted.
+async fn count(c: &mut Client, sel: &str) -> (f64, i32) {
+    let t0 = Instant::now();
+    let r = c
+        .get_fleet_status(proto::GetFleetStatusRequest {
+            selector: labels(sel.to_string()),
+            counts_only: true,
+        })
+        .await
+        .expect("fleet status")
+        .into_inner();
+    ((t0.elapsed().as_secs_f64() * 1e4).round() / 10.0, r.total_devices)
+}
+
+async fn selector(addr: &str, devices: usize) -> serde_json::Value {
+    use iot_sim::limits::{MAX_SELECTOR_BYTES, MAX_SELECTOR_VALUES};
+    let mut c = connect(addr).await;
+    let t0 = Instant::now();
+    for start in (0..devices).step_by(100_000) {
+        let specs = (start..(start + 100_000).min(devices))
+            .map(|i| {
+                let mut s = spec(format!("s-{i}"), 20.0);
+                s.labels.insert("zone".into(), format!("z{i:07}"));
+                s.telemetry_interval = Some(prost_types::Duration { seconds: 60, nanos: 0 });
+                s
+            })
+            .collect();
+        let r = c
+            .spawn_devices(proto::SpawnDevicesRequest { specs, scenario_id: String::new() })
+            .await
+            .expect("spawn")
+            .into_inner();
+        assert!(r.failed_device_ids.is_empty(), "{:?}", r.failure_reasons.iter().next());
+    }
+    let spawn_s = t0.elapsed().as_secs_f64();
+    // The largest set the limits allow: MAX_SELECTOR_VALUES values as long as the byte limit
+    // leaves room for; every other one names a device.
+    let per = (MAX_SELECTOR_BYTES - 16) / MAX_SELECTOR_VALUES - 1;
+    let step = (devices / MAX_SELECTOR_VALUES).max(1);
+    let values: Vec<String> = (0..MAX_SELECTOR_VALUES)
+        .map(|i| if i % 2 == 0 { format!("z{:07}", i * step) } else { format!("{:x<per$}", i) })
+        .collect();
+    let big = format!("zone in ({})", values.join(","));
+    assert!(big.len() <= MAX_SELECTOR_BYTES, "{} bytes", big.len());
+    let one = "zone=z0000000";
+    let mut big_ms = vec![];
+    let mut one_ms = vec![];
+    let (mut big_n, mut one_n) = (0, 0);
+    for _ in 0..3 {
+        let (ms, n) = count(&mut c, &big).await;
+        big_ms.push(ms);
+        big_n = n;
+        let (ms, n) = count(&mut c, one).await;
+        one_ms.push(ms);
+        one_n = n;
+    }
+    // A one-value call while the large one is in flight, on another connection.
+    let mut other = connect(addr).await;
+    let mut c2 = c.clone();
+    let big2 = big.clone();
+    let during = tokio::spawn(async move { count(&mut c2, &big2).await });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (concurrent_ms, _) = count(&mut other, one).await;
+    let (big_concurrent_ms, _) = during.await.expect("large call");
+    let min = |v: &[f64]| v.iter().cloned().fold(f64::MAX, f64::min);
+    serde_json::json!({
+        "devices": devices,
+        "spawn_seconds": (spawn_s * 10.0).round() / 10.0,
+        "selector_bytes": big.len(),
+        "selector_values": MAX_SELECTOR_VALUES,
+        "max_selector_ms": big_ms,
+        "max_selector_matched": big_n,
+        "baseline_one_value_ms": one_ms,
+        "baseline_matched": one_n,
+        "ratio_best_to_baseline_best": (min(&big_ms) / min(&one_ms) * 100.0).round() / 100.0,
+        "one_value_call_during_max_selector_ms": concurrent_ms,
+        "max_selector_call_alongside_ms": big_concurrent_ms,
+    })
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -198,9 +289,13 @@ async fn main() {
             streams(&args[2], args[3].parse().expect("STREAMS"), args[4].parse().expect("SECONDS"))
                 .await
         }
+        Some("selector") if args.len() == 4 => {
+            selector(&args[2], args[3].parse().expect("DEVICES")).await
+        }
         _ => {
             eprintln!(
-                "usage: hardening_bench churn ADDR CYCLES COUNT | streams ADDR STREAMS SECONDS"
+                "usage: hardening_bench churn ADDR CYCLES COUNT | streams ADDR STREAMS SECONDS \
+                 | selector ADDR DEVICES"
             );
             std::process::exit(2);
         }

@@ -11,8 +11,9 @@
 #           all" cycles, and over 500 "spawn one device with its own profile, stop it" calls.
 # streams:  `iot-sim serve --config bench/streams.toml` (10,000 devices, 1 s interval); RSS and
 #           GetRuntimeStatus latency with no stream and with 2,000 unread streams.
-# selector: in-process evaluation of the largest selector the limits allow over 1M label sets,
-#           against a one-value selector measured in the same run.
+# selector: `iot-sim serve` (empty, 2 shards); 1M devices spawned with distinct zone labels;
+#           GetFleetStatus with the largest selector the limits allow against a one-value one,
+#           and a one-value call made while the large one runs.
 # profiles: bench/profiles.sh (peak RSS per profile, 1 vs 1,000 vs 4,000 profiles).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -76,7 +77,9 @@ if [[ $ONLY == all || $ONLY == streams ]]; then
   add streams "$OUT/streams.json"
 fi
 if [[ $ONLY == all || $ONLY == selector ]]; then
-  "$EX" selector "$SELN" > "$OUT/selector.json"
+  serve
+  "$EX" selector "$ADDR" "$SELN" > "$OUT/selector.json"
+  stop
   add selector "$OUT/selector.json"
 fi
 if [[ $ONLY == all || $ONLY == profiles ]]; then
