@@ -109,6 +109,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         );
     }
 
+    // The signal handlers and the runtime that waits for the shards, set up before any server
+    // accepts connections: a client that uses up the file descriptors must not keep the run
+    // from starting them (it failed with "Too many open files").
+    let waiter = Waiter::new()?;
     // Live control: bound before the shards start, so a bad address fails the run at once.
     let (plane, links) = match opts.grpc.or(opts.admin) {
         Some(_) => {
@@ -122,7 +126,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         None => (None, vec![]),
     };
     let mut links = links.into_iter();
-    let _server = match (opts.grpc, &plane) {
+    let mut server = match (opts.grpc, &plane) {
         (Some(addr), Some(p)) => {
             let s = crate::control::service::start(addr, p.clone())
                 .with_context(|| format!("cannot serve gRPC on {addr}"))?;
@@ -169,8 +173,13 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let origin_ns = mono_ns();
     origin.store(origin_ns, Ordering::Release);
     ready.wait();
+    // Every shard holds its descriptors now: clients may connect.
+    if let Some(s) = &mut server {
+        s.open();
+    }
 
     let interrupted = wait(
+        waiter,
         &handles,
         &stop,
         &progress_rx,
@@ -225,7 +234,32 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
 
 /// Waits for the shards to end, handling Ctrl-C/SIGTERM and printing progress. Returns whether
 /// the run was interrupted.
+/// The main thread's runtime and signal streams.
+struct Waiter {
+    rt: tokio::runtime::Runtime,
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+}
+
+impl Waiter {
+    fn new() -> anyhow::Result<Waiter> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the control runtime")?;
+        let (sigterm, sigint) = rt.block_on(async {
+            let term =
+                signal(SignalKind::terminate()).context("cannot install the SIGTERM handler");
+            let int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler");
+            (term, int)
+        });
+        Ok(Waiter { rt, sigterm: sigterm?, sigint: sigint? })
+    }
+}
+
 fn wait(
+    waiter: Waiter,
     handles: &[std::thread::JoinHandle<Result<ShardOutcome, String>>],
     stop: &Arc<AtomicBool>,
     progress: &Receiver<Snapshot>,
@@ -234,13 +268,8 @@ fn wait(
     clock: ClockMode,
     start_ms: u64,
 ) -> anyhow::Result<bool> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the control runtime")?;
+    let Waiter { rt, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
         let mut poll = tokio::time::interval(Duration::from_millis(50));
         let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
         let mut window = histogram();
@@ -249,7 +278,7 @@ fn wait(
         let mut interrupted = false;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {
+                _ = sigint.recv() => {
                     if interrupted {
                         eprintln!("second interrupt: exiting without a report");
                         std::process::exit(130);

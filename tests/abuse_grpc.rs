@@ -453,3 +453,82 @@ async fn a_spawn_beyond_the_memory_limit_is_resource_exhausted() {
     })
     .await;
 }
+
+/// utime + stime of a process, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_file_descriptors_the_accept_loop_waits_instead_of_spinning() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_iot-sim"));
+    cmd.args(["serve", "--cores", "1", "--grpc", "127.0.0.1:0", "--quiet"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe and touches only this child's limits.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit { rlim_cur: 64, rlim_max: 64 };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    let mut rt = Runtime { child, addr: String::new(), stderr: Default::default() };
+    let mut lines = BufReader::new(rt.child.stderr.take().unwrap()).lines();
+    rt.addr = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        if let Some(a) = line.strip_prefix("grpc: listening on ") {
+            break a.trim().to_string();
+        }
+    };
+    let log = rt.stderr.clone();
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let mut s = log.lock().unwrap();
+            s.push_str(&l);
+            s.push('\n');
+        }
+    });
+    // 100 idle connections: beyond the 64 descriptors, accept fails with EMFILE until some
+    // close. The accept loop used to retry at once and burn a whole core meanwhile.
+    let conns: Vec<std::net::TcpStream> =
+        (0..100).map(|_| std::net::TcpStream::connect(&rt.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = rt.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks(pid) - before;
+    // Spinning costs ~300 ticks in 3 s; an idle 1-shard runtime a few.
+    assert!(used < 100, "the runtime used {used} ticks of CPU in 3 s with descriptors exhausted");
+    drop(conns);
+    // Once connections close, it serves again.
+    let tokio_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    tokio_rt.block_on(bounded(async {
+        let mut last = String::new();
+        for _ in 0..100 {
+            match Client::connect(rt.url()).await {
+                Ok(mut c) => match c.get_runtime_status(()).await {
+                    Ok(_) => return,
+                    Err(e) => last = format!("status: {e}"),
+                },
+                Err(e) => last = format!("connect: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "the runtime did not serve again after the connections closed: {last}; exit {:?}; \
+             stderr:\n{}",
+            rt.child.try_wait(),
+            rt.stderr.lock().unwrap()
+        );
+    }));
+}

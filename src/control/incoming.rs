@@ -26,13 +26,23 @@ pub struct Incoming {
     listener: TcpListener,
     backoff: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
-    /// Accept failures for lack of descriptors (for the log and tests).
-    pub exhausted: u64,
+    /// Accept failures for lack of descriptors (for the log).
+    exhausted: u64,
+    /// Nothing is accepted until this is set: connections wait in the listen backlog while
+    /// the run starts its shards, so they cannot use up the descriptors the shards need.
+    open: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl Incoming {
-    pub fn new(listener: TcpListener) -> Incoming {
-        Incoming { listener, backoff: BACKOFF_MIN, sleep: None, exhausted: 0 }
+    /// Accepts once `open` resolves.
+    pub fn new(listener: TcpListener, open: impl Future<Output = ()> + Send + 'static) -> Incoming {
+        Incoming {
+            listener,
+            backoff: BACKOFF_MIN,
+            sleep: None,
+            exhausted: 0,
+            open: Some(Box::pin(open)),
+        }
     }
 }
 
@@ -51,6 +61,12 @@ impl Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if let Some(open) = this.open.as_mut() {
+            if open.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.open = None;
+        }
         loop {
             if let Some(s) = this.sleep.as_mut() {
                 if s.as_mut().poll(cx).is_pending() {

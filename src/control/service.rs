@@ -453,11 +453,22 @@ fn thread_count() -> Option<usize> {
 pub struct ControlServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Starts accepting connections (see [`ControlServer::open`]).
+    open: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ControlServer {
+    /// Starts accepting connections. Until then they wait in the listen backlog, so clients
+    /// that connect early cannot use up the descriptors the run still needs to start.
+    pub fn open(&mut self) {
+        if let Some(tx) = self.open.take() {
+            let _ = tx.send(());
+        }
+    }
+
     fn stop(&mut self) {
+        self.open();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -474,7 +485,8 @@ impl Drop for ControlServer {
 }
 
 /// Binds `addr` and serves the runtime service, health and reflection on a new `control`
-/// thread with its own tokio runtime.
+/// thread with its own tokio runtime, accepting connections once [`ControlServer::open`] is
+/// called (or the server dropped).
 pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<ControlServer> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -484,6 +496,7 @@ pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<Cont
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
     let local = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
+    let (open_tx, open_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("control".into()).spawn(move || {
         rt.block_on(async move {
             let (reporter, health) = tonic_health::server::health_reporter();
@@ -506,7 +519,9 @@ pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<Cont
                 .add_optional_service(reflection().build_v1().map_err(warn).ok())
                 .add_optional_service(reflection().build_v1alpha().map_err(warn).ok());
             // Backs off when descriptors run out instead of spinning on EMFILE.
-            let incoming = super::incoming::Incoming::new(listener);
+            let incoming = super::incoming::Incoming::new(listener, async move {
+                let _ = open_rx.await;
+            });
             let stopping = Arc::new(tokio::sync::Notify::new());
             let signal = stopping.clone();
             let serve = router.serve_with_incoming_shutdown(incoming, async move {
@@ -527,5 +542,5 @@ pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<Cont
             }
         });
     })?;
-    Ok(ControlServer { addr: local, shutdown: Some(tx), thread: Some(thread) })
+    Ok(ControlServer { addr: local, shutdown: Some(tx), open: Some(open_tx), thread: Some(thread) })
 }
