@@ -112,7 +112,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     // The signal handlers and the runtime that waits for the shards, set up before any server
     // accepts connections: a client that uses up the file descriptors must not keep the run
     // from starting them (it failed with "Too many open files").
-    let waiter = Waiter::new()?;
+    let waiter = Waiter::new(stop.clone())?;
     // Live control: bound before the shards start, so a bad address fails the run at once.
     let (plane, links) = match opts.grpc.or(opts.admin) {
         Some(_) => {
@@ -181,7 +181,6 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let interrupted = wait(
         waiter,
         &handles,
-        &stop,
         &progress_rx,
         run.progress_interval_ms,
         opts.quiet,
@@ -237,12 +236,14 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
 /// The main thread's runtime and signal streams.
 struct Waiter {
     rt: tokio::runtime::Runtime,
+    /// Set on a signal: the shards stop.
+    stop: Arc<AtomicBool>,
     sigterm: tokio::signal::unix::Signal,
     sigint: tokio::signal::unix::Signal,
 }
 
 impl Waiter {
-    fn new() -> anyhow::Result<Waiter> {
+    fn new(stop: Arc<AtomicBool>) -> anyhow::Result<Waiter> {
         use tokio::signal::unix::{SignalKind, signal};
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -254,21 +255,20 @@ impl Waiter {
             let int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler");
             (term, int)
         });
-        Ok(Waiter { rt, sigterm: sigterm?, sigint: sigint? })
+        Ok(Waiter { rt, stop, sigterm: sigterm?, sigint: sigint? })
     }
 }
 
 fn wait(
     waiter: Waiter,
     handles: &[std::thread::JoinHandle<Result<ShardOutcome, String>>],
-    stop: &Arc<AtomicBool>,
     progress: &Receiver<Snapshot>,
     progress_ms: u64,
     quiet: bool,
     clock: ClockMode,
     start_ms: u64,
 ) -> anyhow::Result<bool> {
-    let Waiter { rt, mut sigterm, mut sigint } = waiter;
+    let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {
         let mut poll = tokio::time::interval(Duration::from_millis(50));
         let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
