@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{output_within, run_within, stderr, validate_within};
+use common::{command_within, run_within, stderr, validate_within};
 use std::path::Path;
 
 /// A virtual fleet of `count` devices of a 1-field profile on the file sink at `out`.
@@ -113,7 +113,7 @@ fn limited(dir: &Path, args: &[&str], bytes: u64) -> std::process::Output {
             Ok(())
         });
     }
-    output_within(cmd, 60)
+    command_within(cmd, 60)
 }
 
 #[test]

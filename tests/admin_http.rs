@@ -1,5 +1,8 @@
 //! The admin HTTP server of a running fleet: health, Prometheus metrics, JSON status.
 
+mod common;
+
+use common::{output_within, sigterm};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 
@@ -70,11 +73,7 @@ fn healthz_metrics_and_status_describe_the_running_fleet() {
     assert_eq!(devices, 40);
     assert_eq!(get(&addr, "/nope").0, "HTTP/1.1 404 Not Found");
     // SIGTERM ends the run normally, with a report.
-    unsafe { kill(child.id() as i32, 15) };
-    assert!(child.wait().unwrap().success());
+    sigterm(&child);
+    assert!(output_within(child, 60).status.success());
     assert!(rd.join("report.json").exists());
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }

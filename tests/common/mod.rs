@@ -2,6 +2,8 @@
 //! report, find free ports.
 #![allow(dead_code)]
 
+pub mod mqtt;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -97,39 +99,70 @@ pub fn wait_port(port: u16) -> bool {
     false
 }
 
-/// Runs `cmd` to its end, waiting at most `secs`: on time out the child is killed and the test
-/// fails (a regression must fail, not hang CI). stdout and stderr are captured.
-pub fn output_within(mut cmd: Command, secs: u64) -> Output {
-    use std::process::Stdio;
-    let mut child =
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    // Drain the pipes on their own threads so a chatty child cannot block on a full pipe.
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = std::io::Read::read_to_end(&mut out, &mut v);
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = vec![];
-        let _ = std::io::Read::read_to_end(&mut err, &mut v);
-        v
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+/// Sends SIGTERM to a child (a run then stops, flushes and writes its report).
+pub fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// Waits at most `secs` for a child to exit and returns its output (stdout and stderr read
+/// as it runs, when piped). A child still running then is killed and the test fails with
+/// what it printed, instead of hanging.
+pub fn output_within(mut child: std::process::Child, secs: u64) -> Output {
+    use std::io::Read;
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = vec![];
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let t0 = std::time::Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        if std::time::Instant::now() >= deadline {
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
             let _ = child.kill();
             let _ = child.wait();
-            let e = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
-            panic!("the child did not end within {secs} s; stderr:\n{e}");
+            let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+            panic!("iot-sim did not exit within {secs} s; stderr:\n{stderr}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    Output { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// The (topic, payload) pairs of a file sink's JSON Lines output, sorted.
+pub fn file_messages(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out: Vec<(String, String)> = text
+        .lines()
+        .map(|l| {
+            // {"topic":"...","payload":<the payload as sent>}
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at = l.find(",\"payload\":").unwrap() + 11;
+            (v["topic"].as_str().unwrap().to_string(), l[at..l.len() - 1].to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Spawns `cmd` with stdout and stderr piped and waits at most `secs` for it ([`output_within`]).
+pub fn command_within(mut cmd: Command, secs: u64) -> Output {
+    use std::process::Stdio;
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    output_within(child, secs)
 }
 
 /// Writes `fleet.toml` into `dir` and runs it (quiet, report in `dir/report`) for at most
@@ -141,7 +174,7 @@ pub fn run_within(dir: &Path, toml: &str, extra: &[&str], secs: u64) -> Output {
     let mut cmd = bin();
     cmd.args(["--config", cfg.to_str().unwrap(), "--quiet", "--report-dir", rd.to_str().unwrap()])
         .args(extra);
-    output_within(cmd, secs)
+    command_within(cmd, secs)
 }
 
 /// `iot-sim validate` of `toml` (written to `dir/fleet.toml`), for at most `secs`.
@@ -150,5 +183,5 @@ pub fn validate_within(dir: &Path, toml: &str, secs: u64) -> Output {
     std::fs::write(&cfg, toml).unwrap();
     let mut cmd = bin();
     cmd.args(["validate", "--config", cfg.to_str().unwrap()]);
-    output_within(cmd, secs)
+    command_within(cmd, secs)
 }
