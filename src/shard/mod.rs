@@ -91,6 +91,15 @@ pub fn spawn(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
         // Build, then meet the others whatever happened, so that no one waits forever.
         let built = Shard::build_with(&mut plan);
+        // The realtime timer is made before the shards meet: once they run, the gRPC server
+        // accepts clients, and those may use up the file descriptors.
+        let timer = match (&rt, plan.clock) {
+            (Ok(rt), ClockMode::Realtime) => {
+                let _in = rt.enter();
+                Some(PreciseTimer::new())
+            }
+            _ => None,
+        };
         ready.wait();
         ready.wait();
         plan.wall_origin_ns = origin.load(Ordering::Acquire);
@@ -101,6 +110,7 @@ pub fn spawn(
                 local.block_on(&rt, async move {
                     let mut shard = Shard::assemble(plan, parts);
                     shard.pinned = pinned;
+                    shard.timer = timer;
                     shard.run().await
                 })
             }
@@ -117,6 +127,8 @@ pub fn spawn(
 /// The state of one shard.
 pub struct Shard {
     plan: ShardPlan,
+    /// The realtime loop's timer, made before the run starts (see `spawn`).
+    timer: Option<std::io::Result<PreciseTimer>>,
     table: DeviceTable,
     wheel: Wheel,
     sinks: Vec<Option<Sink>>,
@@ -177,6 +189,7 @@ impl Shard {
         let Parts { table, wheel, sinks } = parts;
         let ctl = inbox::Control::new(plan.control.take());
         Shard {
+            timer: None,
             ctl,
             stats: ShardStats::new(plan.fleet.profiles.len()),
             interval_latency: stats::histogram(),
@@ -289,8 +302,11 @@ impl Shard {
 
     async fn run_realtime(&mut self) -> Result<SimMs, String> {
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
-        let mut timer =
-            PreciseTimer::new().map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        let mut timer = self
+            .timer
+            .take()
+            .unwrap_or_else(PreciseTimer::new)
+            .map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
         let mut last_snapshot = mono_ns();
         let mut last_flush = last_snapshot;
         loop {
