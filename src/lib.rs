@@ -4,6 +4,8 @@
 //!
 //! Each layer only looks down the list:
 //!
+//! - [`limits`]: every bound on what a fleet file or a gRPC client may ask for, and the
+//!   checks both front ends share (pure functions).
 //! - [`sim`]: the deterministic core, with no I/O and no clock: seeds, generators, devices,
 //!   the timing wheel, faults, label selectors, payload encoding.
 //! - `measure`: monotonic clock reads, the `timerfd` timer, per-profile counters and HDR
@@ -22,6 +24,7 @@
 //! - [`scenario`]: scenario files (timed steps, phases, thresholds) -> a timeline of actions
 //!   at sim times that every shard applies to its own devices, through the same commands as
 //!   gRPC; thresholds judged on the report; remote runs over `simulator.v1`.
+//! - `memcheck`: the memory a fleet needs, against what the process may use.
 //! - `run`: starts the shards, handles signals and progress, builds the report.
 //! - [`cli`]: clap commands (`run` is the default, `serve`, `validate`, and the gRPC client
 //!   commands).
@@ -29,7 +32,9 @@
 pub mod cli;
 pub(crate) mod config;
 pub mod control;
+pub mod limits;
 pub(crate) mod measure;
+pub(crate) mod memcheck;
 pub(crate) mod report;
 pub(crate) mod run;
 pub mod scenario;

@@ -8,7 +8,7 @@ use crate::report::{self, Report, RunFacts};
 use crate::scenario::Scenario;
 use crate::scenario::threshold::{Span, Threshold};
 use crate::shard::{self, ShardOutcome, ShardPlan};
-use crate::sim::time::{format_duration_ms, rfc3339_ms};
+use crate::sim::time::{LAST_SIM_MS, format_duration_ms, rfc3339_ms};
 use anyhow::{Context, bail};
 use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,7 +100,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         opts.wait_for_sinks_ms.map(std::time::Duration::from_millis),
     )
     .map_err(anyhow::Error::msg)?;
-    let end_ms = run.duration_ms.map(|d| start_ms + d);
+    // The end never passes the last time the sim clock holds: a run with no duration (or a
+    // virtual one that outruns the calendar) stops there instead of repeating one timestamp.
+    crate::sim::time::check_span(start_ms, run.duration_ms).map_err(anyhow::Error::msg)?;
+    let end_ms = Some(run.duration_ms.map_or(LAST_SIM_MS, |d| start_ms + d));
     let fleet = Arc::new(config.fleet.clone());
     let sinks = Arc::new(config.sinks.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -121,6 +124,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         );
     }
 
+    // The signal handlers and the runtime that waits for the shards, set up before any server
+    // accepts connections: a client that uses up the file descriptors must not keep the run
+    // from starting them (it failed with "Too many open files").
+    let waiter = Waiter::new(stop.clone())?;
     // Live control: bound before the shards start, so a bad address fails the run at once.
     let (plane, links) = match opts.grpc.or(opts.admin) {
         Some(_) => {
@@ -134,7 +141,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         None => (None, vec![]),
     };
     let mut links = links.into_iter();
-    let _server = match (opts.grpc, &plane) {
+    let mut server = match (opts.grpc, &plane) {
         (Some(addr), Some(p)) => {
             let s = crate::control::service::start(addr, p.clone())
                 .with_context(|| format!("cannot serve gRPC on {addr}"))?;
@@ -182,6 +189,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let origin_ns = mono_ns();
     origin.store(origin_ns, Ordering::Release);
     ready.wait();
+    // Every shard holds its descriptors now: clients may connect.
+    if let Some(s) = &mut server {
+        s.open();
+    }
 
     // `abort = true` thresholds are checked on the running figures at every progress interval
     // (realtime only: a virtual run is judged at its end).
@@ -192,8 +203,8 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         .filter(|t| t.abort && run.clock == ClockMode::Realtime)
         .collect();
     let (interrupted, aborted_by) = wait(
+        waiter,
         &handles,
-        &stop,
         &progress_rx,
         Progress {
             every_ms: run.progress_interval_ms,
@@ -336,8 +347,6 @@ fn scenario_facts(sc: &Scenario, start_ms: u64, end_ms: u64) -> report::Scenario
     }
 }
 
-/// Waits for the shards to end, handling Ctrl-C/SIGTERM and printing progress. Returns whether
-/// the run was interrupted.
 /// How `wait` reports progress.
 struct Progress {
     every_ms: u64,
@@ -367,21 +376,44 @@ fn check_aborts(
     aborts.iter().map(|t| t.judge_totals(&totals, &lateness, seconds)).find(|v| !v.passed)
 }
 
+/// The main thread's runtime and signal streams.
+struct Waiter {
+    rt: tokio::runtime::Runtime,
+    /// Set on a signal: the shards stop.
+    stop: Arc<AtomicBool>,
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+}
+
+impl Waiter {
+    fn new(stop: Arc<AtomicBool>) -> anyhow::Result<Waiter> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the control runtime")?;
+        let (sigterm, sigint) = rt.block_on(async {
+            let term =
+                signal(SignalKind::terminate()).context("cannot install the SIGTERM handler");
+            let int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler");
+            (term, int)
+        });
+        Ok(Waiter { rt, stop, sigterm: sigterm?, sigint: sigint? })
+    }
+}
+
+/// Waits for the shards to end, handling Ctrl-C/SIGTERM, printing progress and checking the
+/// `abort` thresholds. Returns whether the run was interrupted, and the abort verdict if any.
 fn wait(
+    waiter: Waiter,
     handles: &[std::thread::JoinHandle<Result<ShardOutcome, String>>],
-    stop: &Arc<AtomicBool>,
     progress: &Receiver<Snapshot>,
     pr: Progress,
     aborts: &[&Threshold],
 ) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>)> {
     let Progress { every_ms: progress_ms, quiet, clock, start_ms } = pr;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the control runtime")?;
+    let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
         let mut poll = tokio::time::interval(Duration::from_millis(50));
         let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
         let mut window = histogram();
@@ -394,7 +426,7 @@ fn wait(
         let mut aborted = None;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {
+                _ = sigint.recv() => {
                     if interrupted {
                         eprintln!("second interrupt: exiting without a report");
                         std::process::exit(130);

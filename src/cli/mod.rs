@@ -180,11 +180,24 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// Loads a fleet file and checks that it fits in memory (before anything is allocated).
 fn load(path: &std::path::Path, o: &Overrides) -> Result<config::Config, i32> {
-    config::load(path, o).map_err(|e| {
+    let config = config::load(path, o).map_err(|e| {
         eprintln!("error: {e}");
         exit::BAD_CONFIG
-    })
+    })?;
+    let shards = config
+        .run
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let need = crate::memcheck::fleet_bytes(&config.fleet, shards);
+    let what =
+        format!("{} ({} devices on {shards} shards)", path.display(), config.fleet.device_count());
+    crate::memcheck::check(need, &what).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::BAD_CONFIG
+    })?;
+    Ok(config)
 }
 
 fn validate(path: &std::path::Path) -> anyhow::Result<i32> {
@@ -257,8 +270,24 @@ pub(crate) fn run_options(
     }
 }
 
-/// 3 when a threshold failed, else 0.
+/// The exit code of a finished run: 1 when a local sink (file, console) lost messages, so a
+/// script never takes incomplete output for a good run (network sinks' errors are what a load
+/// test measures: they are in the report and do not fail the run); else 3 when a threshold
+/// failed or aborted the run; else 0.
 pub(crate) fn verdict_code(report: &crate::report::Report) -> i32 {
+    let mut code = exit::OK;
+    for sink in ["file", "console"] {
+        let lost: u64 = report.runs.iter().filter(|r| r.sink == sink).map(|r| r.errors).sum();
+        if lost > 0 {
+            eprintln!(
+                "error: the {sink} sink lost {lost} messages (write failures; see the report)"
+            );
+            code = exit::FAILED;
+        }
+    }
+    if code != exit::OK {
+        return code;
+    }
     let failed = report.thresholds.iter().any(|v| !v.passed) || report.aborted_by.is_some();
     if failed { exit::THRESHOLD_FAILED } else { exit::OK }
 }
@@ -292,7 +321,7 @@ fn serve_cmd(s: &ServeArgs) -> anyhow::Result<i32> {
     }
     config.run.duration_ms = args.duration;
     let grpc = args.grpc.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 50051)));
-    run::run(config, &run_options(args, Some(grpc), s.strict_protocols, None))
+    let report = run::run(config, &run_options(args, Some(grpc), s.strict_protocols, None))
         .context("serve failed")?;
-    Ok(exit::OK)
+    Ok(verdict_code(&report))
 }

@@ -5,16 +5,18 @@
 use super::plane::ControlPlane;
 use super::proto;
 use crate::config::walk::{Problems, Table};
+use crate::limits;
 use crate::shard::command::Selection;
 use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
 use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
+use std::collections::BTreeMap;
 use tonic::Status;
 
 /// Default interval of a spec without one (the original's).
 const DEFAULT_INTERVAL_MS: u64 = 5000;
 /// Longest fault duration a request may ask for (0 = until cleared has no limit).
-const MAX_FAULT_MS: u64 = 365 * 24 * 3600 * 1000;
+const MAX_FAULT_MS: u64 = crate::limits::MAX_FAULT_DURATION_S * 1000;
 /// Delay of a LATENCY_SPIKE without `latency_ms`: none, as in the original.
 const DEFAULT_SPIKE_MS: u64 = 0;
 
@@ -169,6 +171,16 @@ pub(crate) fn behaviour_update(
 
 pub(crate) fn problems_text(p: &Problems) -> String {
     p.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Checks a spec's id and labels against [`crate::limits`]: the reason it is refused, if it is.
+pub(crate) fn check_identity(id: &str, labels: &BTreeMap<String, String>) -> Result<(), String> {
+    limits::check_device_id(id)?;
+    limits::check_label_count(labels.len())?;
+    for (k, v) in labels {
+        limits::check_label(k, v)?;
+    }
+    Ok(())
 }
 
 /// Validates one spec (everything but its id and labels) into a profile. A protocol this

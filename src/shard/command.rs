@@ -6,13 +6,14 @@
 //! telemetry points go out over channels whose sends never block (a full channel drops and
 //! counts).
 
-use super::event::{Event, Point};
+use super::event::Event;
+use super::streams::{PointBatch, StreamBudget};
 use crate::sim::fault::FaultSpec;
 use crate::sim::profile::{FieldSpec, Profile};
 use crate::sim::selector::LabelSelector;
 use crossbeam_channel::Receiver;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -125,7 +126,12 @@ pub(crate) struct Subscription {
     pub id: u64,
     pub selection: Arc<Selection>,
     /// Batches of points; `try_send` only.
-    pub tx: mpsc::Sender<Vec<Point>>,
+    pub tx: mpsc::Sender<PointBatch>,
+    /// The budget every stream's points are charged to.
+    pub budget: Arc<StreamBudget>,
+    /// Set while the stream's client is not taking what it was sent: the shard then drops
+    /// (and counts) the stream's points without building them.
+    pub congested: Arc<AtomicBool>,
     /// Points dropped because `tx` was full.
     pub dropped: Arc<AtomicU64>,
 }

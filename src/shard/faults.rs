@@ -165,19 +165,25 @@ impl DeviceStates {
         (fx, expired)
     }
 
-    /// Adds a fault to device `key` from sim time `now` on. `devices` sizes the map for every
+    /// Adds a fault to device `key` from sim time `now` on. A fault of a type the device
+    /// already has replaces it (new parameters, duration counted from now): faults do not
+    /// stack, so a device holds at most one fault per type. `devices` sizes the map for every
     /// device at once on first use: growing it by doubling under a million-device injection
     /// rehashes it all in single steps of ~30 ms.
     pub fn inject(&mut self, key: u32, spec: &FaultSpec, now: SimMs, devices: usize) {
         if self.faults.len() == self.faults.capacity() {
             self.faults.reserve(devices);
         }
-        self.faults.entry(key).or_default().push(ActiveFault {
-            kind: spec.kind,
-            started_ms: now,
-            duration_ms: spec.duration_ms,
-        });
-        self.faults_active += 1;
+        let fault = ActiveFault { kind: spec.kind, started_ms: now, duration_ms: spec.duration_ms };
+        let list = self.faults.entry(key).or_default();
+        let ty = spec.kind.type_number();
+        match list.iter_mut().find(|f| f.kind.type_number() == ty) {
+            Some(old) => *old = fault,
+            None => {
+                list.push(fault);
+                self.faults_active += 1;
+            }
+        }
     }
 
     /// Clears the device's faults of one `FaultType` number, or all; returns the cleared kinds.
@@ -319,6 +325,21 @@ mod tests {
         let mut samples = [Sample::Number(21.5), Sample::State(1)];
         s.effects(1, 1_000, 1, || 42, &profile(), &mut samples);
         assert_eq!(samples, [Sample::Number(0.0), Sample::State(1)]);
+    }
+
+    #[test]
+    fn the_same_fault_type_again_replaces_instead_of_stacking() {
+        let mut st = DeviceStates::default();
+        for _ in 0..4797 {
+            st.inject(3, &spec(FaultKind::Disconnect, 1000), 0, 10);
+        }
+        st.inject(3, &spec(FaultKind::Disconnect, 5000), 2000, 10);
+        st.inject(3, &spec(FaultKind::LatencySpike { latency_ms: 10 }, 0), 0, 10);
+        assert_eq!(st.faults_active(), 2);
+        // The replacement counts from its own injection: still disconnected at 6 s.
+        assert_eq!(st.faults[&3].len(), 2);
+        assert_eq!(st.faults[&3][0].started_ms, 2000);
+        assert_eq!(st.faults[&3][0].duration_ms, 5000);
     }
 
     #[test]

@@ -156,3 +156,32 @@ pub fn file_messages(path: &Path) -> Vec<(String, String)> {
     out.sort();
     out
 }
+
+/// Spawns `cmd` with stdout and stderr piped and waits at most `secs` for it ([`output_within`]).
+pub fn command_within(mut cmd: Command, secs: u64) -> Output {
+    use std::process::Stdio;
+    let child =
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    output_within(child, secs)
+}
+
+/// Writes `fleet.toml` into `dir` and runs it (quiet, report in `dir/report`) for at most
+/// `secs`.
+pub fn run_within(dir: &Path, toml: &str, extra: &[&str], secs: u64) -> Output {
+    let cfg = dir.join("fleet.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let rd = dir.join("report");
+    let mut cmd = bin();
+    cmd.args(["--config", cfg.to_str().unwrap(), "--quiet", "--report-dir", rd.to_str().unwrap()])
+        .args(extra);
+    command_within(cmd, secs)
+}
+
+/// `iot-sim validate` of `toml` (written to `dir/fleet.toml`), for at most `secs`.
+pub fn validate_within(dir: &Path, toml: &str, secs: u64) -> Output {
+    let cfg = dir.join("fleet.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut cmd = bin();
+    cmd.args(["validate", "--config", cfg.to_str().unwrap()]);
+    command_within(cmd, secs)
+}
