@@ -11,12 +11,16 @@
 //!   devices, wheel, sinks and statistics; realtime and virtual clocks.
 //! - [`sink`]: where messages go (console, file, null).
 //! - [`control`]: live control over gRPC (`simulator.v1`), label selectors, the client.
+//! - [`logs`]: text or JSON log lines, each with the run id.
+//! - [`observe`]: what shards publish for `/metrics` (per-profile counters, fixed buckets).
 //! - [`report`]: per-shard HDR histograms merged into a table, `report.json` and `.hgrm` files.
 //! - [`run`]: starts the shards, handles signals and progress, builds the report.
 
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod logs;
+pub mod observe;
 pub mod report;
 pub mod run;
 pub mod shard;
