@@ -1,80 +1,214 @@
-//! The admin HTTP server of a running fleet: health, Prometheus metrics, JSON status.
+//! The admin HTTP server of a running fleet: routes, JSON errors, bad and abusive requests.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+mod common;
 
-fn get(addr: &str, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
+use common::{Running, bin, http_get, http_raw};
+use std::io::Write;
+use std::time::Duration;
+
+const FLEET: &str = "[run]\nseed = 1\nclock = \"realtime\"\n\n[[fleet]]\nprofile = \"p\"\ncount = 40\n\n[profiles.p]\nprotocol = \"null\"\ninterval = \"50ms\"\n[profiles.p.fields.x]\ntype = \"gaussian\"\nmean = 0\nstddev = 1\n";
+
+/// A realtime fleet of 40 devices on 2 shards with the admin server on a free port.
+fn start(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> (Running, String) {
+    let cfg = dir.join("fleet.toml");
+    std::fs::write(&cfg, FLEET).unwrap();
+    let rd = dir.join("report");
+    let mut cmd = bin();
+    cmd.args(["--config", cfg.to_str().unwrap(), "--cores", "2", "--admin", "127.0.0.1:0"])
+        .args(["--quiet", "--report-dir", rd.to_str().unwrap()])
+        .args(extra)
+        .envs(env.iter().copied());
+    let mut run = Running::start(&mut cmd);
+    let addr = run.admin_addr();
+    (run, addr)
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
 }
 
 #[test]
-fn healthz_metrics_and_status_describe_the_running_fleet() {
+fn routes_describe_the_running_fleet() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("fleet.toml");
-    std::fs::write(
-        &cfg,
-        "[run]\nseed = 1\nclock = \"realtime\"\n\n[[fleet]]\nprofile = \"p\"\ncount = 40\n\n[profiles.p]\nprotocol = \"null\"\ninterval = \"50ms\"\n[profiles.p.fields.x]\ntype = \"gaussian\"\nmean = 0\nstddev = 1\n",
-    )
-    .unwrap();
-    let rd = dir.path().join("report");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iot-sim"))
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "--cores",
-            "2",
-            "--admin",
-            "127.0.0.1:0",
-            "--quiet",
-        ])
-        .args(["--report-dir", rd.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("the admin address is printed").unwrap();
-        if let Some(a) = line.strip_prefix("admin: listening on http://") {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (run, addr) = start(dir.path(), &["--run-id", "admin-test-1"], &[]);
     // Poll until the shards have published figures (they do so every wheel turn).
     let mut status = serde_json::Value::Null;
-    for _ in 0..100 {
-        let (code, body) = get(&addr, "/status");
-        assert_eq!(code, "HTTP/1.1 200 OK");
-        status = serde_json::from_str(&body).unwrap();
+    for _ in 0..200 {
+        let (code, body) = http_get(&addr, "/api/v1/status");
+        assert_eq!(code, 200, "{body}");
+        status = json(&body);
         if status["messages_total"].as_u64().unwrap_or(0) > 0 {
             break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(status["devices_total"], 40, "{status}");
     assert!(status["messages_total"].as_u64().unwrap() > 0, "{status}");
-    assert_eq!(get(&addr, "/healthz"), ("HTTP/1.1 200 OK".to_string(), "ok\n".to_string()));
-    let (code, metrics) = get(&addr, "/metrics");
-    assert_eq!(code, "HTTP/1.1 200 OK");
-    assert!(metrics.contains("# TYPE iot_sim_messages_total counter"), "{metrics}");
+    assert_eq!(status["run"]["run_id"], "admin-test-1", "{status}");
+    assert_eq!(status["run"]["seed"], 1, "{status}");
+    // /status is the same document.
+    let (code, body) = http_get(&addr, "/status");
+    assert_eq!((code, json(&body)["devices_total"].as_u64()), (200, Some(40)));
+    assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".to_string()));
+
+    // Classic text format by default.
+    let (code, head, metrics) = http_raw(&addr, b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(code, 200);
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(metrics.contains("# TYPE iot_sim_messages_sent_total counter"), "{metrics}");
+    assert!(!metrics.contains("# EOF"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "iot_sim_run_info{run_id=\"admin-test-1\",seed=\"1\",version=\"0.1.0\",clock=\"realtime\"} 1"
+        ),
+        "{metrics}"
+    );
     let devices: u64 = metrics
         .lines()
-        .filter(|l| l.starts_with("iot_sim_devices{"))
+        .filter(|l| l.starts_with("iot_sim_shard_devices{"))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
-    assert_eq!(devices, 40);
-    assert_eq!(get(&addr, "/nope").0, "HTTP/1.1 404 Not Found");
-    // SIGTERM ends the run normally, with a report.
-    unsafe { kill(child.id() as i32, 15) };
-    assert!(child.wait().unwrap().success());
-    assert!(rd.join("report.json").exists());
+    assert_eq!(devices, 40, "{metrics}");
+    // OpenMetrics when asked for (as Prometheus does).
+    let (code, head, om) = http_raw(
+        &addr,
+        b"GET /metrics HTTP/1.1\r\nhost: x\r\naccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(om.contains("# TYPE iot_sim_messages_sent counter"), "{om}");
+    assert!(om.ends_with("# EOF\n"), "{om}");
+
+    // Errors are JSON with the right status.
+    let (code, body) = http_get(&addr, "/nope");
+    assert_eq!(code, 404);
+    assert!(json(&body)["error"].as_str().unwrap().contains("/nope"), "{body}");
+    let (code, body) = common::http_json(&addr, "DELETE", "/metrics", "", None);
+    assert_eq!(code, 405);
+    assert!(json(&body)["error"].as_str().unwrap().contains("DELETE"), "{body}");
+
+    // SIGTERM ends the run normally, with a report that carries the run id.
+    assert!(run.stop().success());
+    let report = common::report(dir.path());
+    assert_eq!(report["run_id"], "admin-test-1");
 }
 
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
+/// Issue 15 #12: every malformed or abusive request gets a status, within a whole-request
+/// deadline, and the server keeps serving.
+#[test]
+fn bad_requests_get_a_status_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (run, addr) = start(dir.path(), &[], &[("IOT_SIM_ADMIN_REQUEST_TIMEOUT", "1s")]);
+
+    // A request line without an HTTP version.
+    let (code, _, _) = http_raw(&addr, b"GET /healthz\r\n\r\n");
+    assert_eq!(code, 400);
+    // A 1 MB URL.
+    let mut long = b"GET /".to_vec();
+    long.extend(std::iter::repeat_n(b'a', 1 << 20));
+    long.extend_from_slice(b" HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(http_raw(&addr, &long).0, 414);
+    // A 10 MB body (sent in full: the server must answer, not reset the connection).
+    let mut big =
+        b"POST /api/v1/status HTTP/1.1\r\nhost: x\r\ncontent-length: 10485760\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 10 << 20));
+    let (code, _, body) = http_raw(&addr, &big);
+    assert_eq!(code, 413, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("larger than"), "{body}");
+
+    // A head that stalls half-way: 408 at the deadline, never 200.
+    let (code, _, body) = http_raw(&addr, b"GET /healthz HTTP/1.1\r\nhost: x\r\n");
+    assert_eq!(code, 408, "{body}");
+    // A head trickled one byte every 300 ms: each read is quick, the request as a whole is not.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    for b in b"GET /hea" {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut buf = vec![];
+    let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+    assert_eq!(common::parse_answer(&buf).0, 408, "{}", String::from_utf8_lossy(&buf));
+    // A body that stalls half-way: 408 too.
+    let (code, _, body) = http_raw(
+        &addr,
+        b"POST /api/v1/spawn HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"count\":",
+    );
+    assert!(code == 408 || code == 404, "{code} {body}");
+    assert_ne!(code, 200);
+
+    // Still serving.
+    assert_eq!(http_get(&addr, "/healthz"), (200, "ok\n".to_string()));
+    assert!(run.stop().success());
+}
+
+/// utime + stime of the process's thread named `name`, in clock ticks.
+fn thread_cpu_ticks(pid: u32, name: &str) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // Fields after the ")" that ends the name: state is field 3; utime 14, stime 15.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = rest.split(' ').collect();
+            return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        }
+    }
+    panic!("no thread named {name}");
+}
+
+/// Issue 15 #11: with the descriptors exhausted by idle connections, the admin thread backs off
+/// instead of spinning on `accept`, and serves again once they are gone.
+#[test]
+fn the_accept_loop_backs_off_when_descriptors_run_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, FLEET).unwrap();
+    let rd = dir.path().join("report");
+    let bin = env!("CARGO_BIN_EXE_iot-sim");
+    let script = format!(
+        "ulimit -n 64 && exec {bin} --config {} --cores 1 --admin 127.0.0.1:0 --quiet --report-dir {}",
+        cfg.display(),
+        rd.display()
+    );
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args(["-c", &script]).env("IOT_SIM_ADMIN_REQUEST_TIMEOUT", "60s");
+    let mut run = Running::start(&mut cmd);
+    let addr = run.admin_addr();
+    let pid = run.child.id();
+    // More idle connections than descriptors: the kernel completes them (backlog), the
+    // server cannot accept them all.
+    let idle: Vec<_> = (0..100).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
+    assert!(idle.len() >= 64, "only {} connections", idle.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let before = thread_cpu_ticks(pid, "admin");
+    std::thread::sleep(Duration::from_secs(2));
+    let used = thread_cpu_ticks(pid, "admin") - before;
+    // A spinning accept loop burns ~200 ticks (100 Hz) in 2 s; backing off costs a few.
+    assert!(used < 40, "the admin thread used {used} ticks in 2 s: it spins");
+    assert!(
+        run.lines().iter().any(|l| l.contains("accept failed")),
+        "no accept failure logged: {:?}",
+        run.lines()
+    );
+    drop(idle);
+    // Served again once descriptors are free (the back-off is at most 1 s).
+    let mut ok = false;
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+            let mut buf = vec![];
+            let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+            if common::parse_answer(&buf).0 == 200 {
+                ok = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "the admin server did not recover: {:?}", run.lines());
+    assert!(run.stop().success());
 }

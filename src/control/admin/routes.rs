@@ -35,7 +35,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(deadline))
+        .layer(axum::middleware::from_fn(guard))
         .with_state(state)
 }
 
@@ -100,9 +100,21 @@ where
     }
 }
 
-/// Cuts a handler that is still running at the request's deadline (set per connection by the
-/// server) and answers 408.
-async fn deadline(req: Request, next: Next) -> Response {
+/// Refuses a body announced larger than [`MAX_BODY_BYTES`] on any route (413, before reading
+/// it), and cuts a handler still running at the request's deadline (set per connection by the
+/// server) with 408.
+async fn guard(req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = announced.filter(|&n| n > MAX_BODY_BYTES as u64) {
+        return ApiError::TooLarge(format!(
+            "request body of {n} bytes is larger than the limit of {MAX_BODY_BYTES} bytes"
+        ))
+        .into_response();
+    }
     match req.extensions().get::<Deadline>().copied() {
         Some(Deadline(at)) => match tokio::time::timeout_at(at, next.run(req)).await {
             Ok(r) => r,
