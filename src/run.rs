@@ -2,9 +2,9 @@
 //! progress, merge what the shards measured and write the report.
 
 use crate::config::{ClockMode, Config};
+use crate::measure::clock::mono_ns;
+use crate::measure::stats::{Snapshot, histogram};
 use crate::report::{self, Report, RunFacts};
-use crate::shard::clock::mono_ns;
-use crate::shard::stats::{Snapshot, histogram};
 use crate::shard::{self, ShardOutcome, ShardPlan};
 use crate::sim::time::{format_duration_ms, rfc3339_ms};
 use anyhow::{Context, bail};
@@ -24,6 +24,9 @@ pub struct RunOptions {
     pub grpc: Option<std::net::SocketAddr>,
     /// Serve the admin HTTP endpoints (`/healthz`, `/metrics`, `/status`) on this address.
     pub admin: Option<std::net::SocketAddr>,
+    /// Refuse spawn requests for a protocol this runtime has no sink for, instead of
+    /// publishing those devices to the console.
+    pub strict_protocols: bool,
     /// This run's id (in every log line, `report.json` and `iot_sim_run_info`).
     pub run_id: String,
 }
@@ -141,7 +144,11 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     // Live control: bound before the shards start, so a bad address fails the run at once.
     let (plane, links) = match opts.grpc.or(opts.admin) {
         Some(_) => {
-            let (p, l) = crate::control::service::ControlPlane::new(cores);
+            let options = crate::control::plane::PlaneOptions {
+                sinks: Arc::new(config.sinks.clone()),
+                strict_protocols: opts.strict_protocols,
+            };
+            let (p, l) = crate::control::plane::ControlPlane::new(cores, options);
             (Some(p), l)
         }
         None => (None, vec![]),
@@ -159,7 +166,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         _ => None,
     };
-    let board = Arc::new(crate::observe::Board::new(cores));
+    let board = Arc::new(crate::measure::board::Board::new(cores));
     let identity = RunIdentity {
         run_id: opts.run_id.clone(),
         seed,
@@ -235,7 +242,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     }
     // Each shard's fleet includes the devices spawned on it over gRPC.
     let parts: Vec<_> = outcomes.iter().map(|o| (&*o.fleet, &o.stats)).collect();
-    let (fleet, stats) = shard::command::merge_outcomes(&fleet, &parts);
+    let (fleet, stats) = report::merge_outcomes(&fleet, &parts);
     let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(start_ms);
     let facts = RunFacts {
         run_id: opts.run_id.clone(),

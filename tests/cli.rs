@@ -265,9 +265,28 @@ fn a_missing_file_and_bad_flags_are_clear_errors() {
     assert!(stderr(&out).contains("expected a duration"));
     let out = bin().args(["--config", "configs/fleet.toml", "--cores", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = bin().output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no fleet file given"));
+}
+
+#[test]
+fn without_a_config_the_built_in_fleet_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["--clock", "virtual", "--duration", "1m", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("built-in fleet"), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/report/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["seed"], 42);
+    assert!(report["messages"].as_u64().unwrap() > 0, "{report}");
+    let files = std::fs::read_dir(dir.path().join("out")).unwrap();
+    let telemetry =
+        files.flatten().filter(|f| f.file_name().to_string_lossy().starts_with("telemetry"));
+    assert!(telemetry.count() > 0, "no telemetry file in out/");
 }
 
 #[test]

@@ -161,7 +161,7 @@ async fn every_rpc_answers_and_bad_requests_get_invalid_argument() {
         (proto::FaultType::Unspecified, vec![]),
         (proto::FaultType::DataCorruption, vec![("corruption_rate", num(1.5))]),
         (proto::FaultType::DataCorruption, vec![("mode", text("melt"))]),
-        (proto::FaultType::LatencySpike, vec![]),
+        (proto::FaultType::LatencySpike, vec![("latency_ms", num(-5.0))]),
         (proto::FaultType::BatteryDrain, vec![("drain_multiplier", num(-1.0))]),
     ] {
         let e = c
@@ -255,7 +255,7 @@ async fn every_rpc_answers_and_bad_requests_get_invalid_argument() {
     let e = c
         .update_device_behavior(proto::UpdateDeviceBehaviorRequest {
             selector: None,
-            behavior_params: None,
+            behavior_params: Some(obj(vec![("fields", text("temperature"))])),
         })
         .await
         .unwrap_err();

@@ -54,6 +54,11 @@ pub enum Command {
 pub struct ServeArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    /// Refuse to spawn devices whose protocol has no sink here (no [sink.NAME] settings, or
+    /// an unknown protocol). By default they publish to the console, as the original runtime
+    /// did, with one warning per protocol.
+    #[arg(long)]
+    pub strict_protocols: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -195,7 +200,7 @@ impl Cli {
 pub fn main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Some(Command::Validate(v)) => validate(&v.config),
-        Some(Command::Serve(s)) => serve_cmd(&s.run),
+        Some(Command::Serve(s)) => serve_cmd(&s),
         Some(Command::Spawn(a)) => client::spawn(&a),
         Some(Command::Stop(a)) => client::stop(&a),
         Some(Command::Status(a)) => client::status(&a),
@@ -234,15 +239,24 @@ fn validate(path: &std::path::Path) -> anyhow::Result<i32> {
 }
 
 fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
-    let Some(path) = &args.config else {
-        eprintln!(
-            "error: no fleet file given; try `iot-sim --config configs/fleet.toml` (see --help)"
-        );
-        return Ok(exit::BAD_CONFIG);
-    };
-    let config = match load(path, &args.overrides()) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
+    let (config, name) = match &args.config {
+        Some(path) => match load(path, &args.overrides()) {
+            Ok(c) => (c, path.display().to_string()),
+            Err(code) => return Ok(code),
+        },
+        None => match config::load_default(&args.overrides()) {
+            Ok(c) => {
+                eprintln!(
+                    "no --config given: running the built-in fleet (configs/fleet.toml: \
+                     telemetry to out/telemetry.jsonl, report in out/report)"
+                );
+                (c, config::DEFAULT_FLEET_NAME.to_string())
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::BAD_CONFIG);
+            }
+        },
     };
     run::run(
         config,
@@ -252,14 +266,16 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
             grpc: args.grpc,
             admin: args.admin,
             run_id: args.run_id.clone().unwrap_or_else(run::random_run_id),
+            strict_protocols: false,
         },
     )
-    .with_context(|| format!("run of {} failed", path.display()))?;
+    .with_context(|| format!("run of {name} failed"))?;
     Ok(exit::OK)
 }
 
 /// `iot-sim serve`: a realtime run with no end (unless --duration), under gRPC control.
-fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
+fn serve_cmd(s: &ServeArgs) -> anyhow::Result<i32> {
+    let args = &s.run;
     let mut config = match &args.config {
         Some(path) => match load(path, &args.overrides()) {
             Ok(c) => c,
@@ -292,6 +308,7 @@ fn serve_cmd(args: &RunArgs) -> anyhow::Result<i32> {
             grpc: Some(grpc),
             admin: args.admin,
             run_id: args.run_id.clone().unwrap_or_else(run::random_run_id),
+            strict_protocols: s.strict_protocols,
         },
     )
     .context("serve failed")?;

@@ -70,9 +70,7 @@ impl Default for RunSettings {
     }
 }
 
-pub use sinks::{
-    AmqpSettings, Backoff, CoapSettings, FileSinkSettings, HttpSettings, MqttSettings, SinkSettings,
-};
+pub use sinks::{AmqpSettings, Backoff, CoapSettings, HttpSettings, MqttSettings, SinkSettings};
 
 /// A validated fleet file.
 #[derive(Clone, Debug)]
@@ -110,6 +108,24 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         .map_err(|source| ConfigError::Io { path: path.into(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut config = parse_str(&text, base).map_err(|e| match e {
+        ParseError::Syntax(message) => ConfigError::Syntax { path: path.into(), message },
+        ParseError::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
+    })?;
+    apply(&mut config.run, overrides);
+    Ok(config)
+}
+
+/// The default fleet built into the binary (`configs/fleet.toml`), used by `iot-sim run`
+/// without `--config`.
+pub const DEFAULT_FLEET: &str = include_str!("../../configs/fleet.toml");
+/// How the built-in fleet is named in messages.
+pub const DEFAULT_FLEET_NAME: &str = "<built-in configs/fleet.toml>";
+
+/// Loads the built-in default fleet ([`DEFAULT_FLEET`]); relative paths in it (its file
+/// sink's output) resolve against the current directory.
+pub fn load_default(overrides: &Overrides) -> Result<Config, ConfigError> {
+    let path = Path::new(DEFAULT_FLEET_NAME);
+    let mut config = parse_str(DEFAULT_FLEET, Path::new(".")).map_err(|e| match e {
         ParseError::Syntax(message) => ConfigError::Syntax { path: path.into(), message },
         ParseError::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
     })?;
@@ -489,7 +505,19 @@ fn labels(t: &mut Table<'_>, p: &mut Problems) -> BTreeMap<String, String> {
 }
 
 /// Compiles one profile table (inline `[profiles.NAME]`, a profile file, or a spawn request).
-pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option<Profile> {
+/// A profile in a file needs at least one field.
+pub fn compile_profile(name: &str, t: Table<'_>, p: &mut Problems) -> Option<Profile> {
+    compile_profile_with(name, t, p, false)
+}
+
+/// [`compile_profile`], optionally accepting a profile with no fields (a spawn request may
+/// have none, as the original accepts: its devices publish an envelope with empty `fields`).
+pub fn compile_profile_with(
+    name: &str,
+    mut t: Table<'_>,
+    p: &mut Problems,
+    allow_no_fields: bool,
+) -> Option<Profile> {
     let before = p.0.len();
     let protocol = match t.req_str("protocol", p) {
         Some(s) => match Protocol::parse(s) {
@@ -534,11 +562,11 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
     let labels = labels(&mut t, p);
     let mut fields = vec![];
     match t.table("fields", p) {
-        None if !t.has("fields") => {
+        None if !t.has("fields") && !allow_no_fields => {
             p.add(t.path_of("fields"), "missing: a profile needs at least one field")
         }
         None => {}
-        Some(ft) if ft.table.is_empty() => {
+        Some(ft) if ft.table.is_empty() && !allow_no_fields => {
             p.add(ft.path.clone(), "a profile needs at least one field")
         }
         Some(ft) => {
@@ -616,6 +644,7 @@ pub fn compile_profile(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option
         fields,
         slots,
         delivery,
+        requested_protocol: None,
     })
 }
 

@@ -1,17 +1,14 @@
 //! `[sink.*]` tables: where each protocol connects and how it behaves. Secrets never come from
-//! the file: they are read from environment variables (see [`ENV_VARS`]).
+//! the file: they are read from environment variables:
+//!
+//! | variable | what |
+//! |---|---|
+//! | `IOT_SIM_MQTT_USERNAME`, `IOT_SIM_MQTT_PASSWORD` | MQTT credentials |
+//! | `IOT_SIM_AMQP_USERNAME`, `IOT_SIM_AMQP_PASSWORD` | AMQP credentials (replace the URL's) |
+//! | `IOT_SIM_HTTP_TOKEN` | HTTP bearer token (`Authorization: Bearer ...`) |
 
 use super::walk::{Problems, Table};
 use std::path::PathBuf;
-
-/// Environment variables read for credentials.
-pub const ENV_VARS: &[(&str, &str)] = &[
-    ("IOT_SIM_MQTT_USERNAME", "MQTT username"),
-    ("IOT_SIM_MQTT_PASSWORD", "MQTT password"),
-    ("IOT_SIM_AMQP_USERNAME", "AMQP username (replaces the URL's)"),
-    ("IOT_SIM_AMQP_PASSWORD", "AMQP password (replaces the URL's)"),
-    ("IOT_SIM_HTTP_TOKEN", "HTTP bearer token (Authorization: Bearer ...)"),
-];
 
 /// `[sink.file]`.
 #[derive(Clone, Debug)]

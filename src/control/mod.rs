@@ -1,9 +1,13 @@
-//! Live control over gRPC: the `simulator.v1.DeviceRuntimeService` server, its client, and the
-//! label selectors both use. The control plane runs on its own tokio runtime and only sends
+//! Live control: the control plane that every front end steers the shards through
+//! ([`plane`]), the `simulator.v1` gRPC server ([`service`]: request validation in `spec.rs`,
+//! domain-to-wire mapping in `wire.rs`), its client ([`client`]) and the admin HTTP server
+//! ([`admin`]). The control plane runs on its own tokio runtime and only sends
 //! [`crate::shard::command::ShardCommand`]s to the shards; it never touches a shard's devices.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod client;
+pub(crate) mod plane;
 pub mod proto;
-pub mod selector;
-pub mod service;
+pub(crate) mod service;
+mod spec;
+mod wire;

@@ -1,7 +1,10 @@
 //! The end-of-run report: per-shard histograms merged, a terminal table, `report.json` and
 //! HdrHistogram percentile-distribution files (`*.hgrm`) that standard plotters read.
 
-use crate::shard::stats::{ProfileStats, ShardStats};
+mod merge;
+pub(crate) use merge::merge_outcomes;
+
+use crate::measure::stats::{ProfileStats, ShardStats};
 use crate::sim::profile::Fleet;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -46,6 +49,10 @@ impl Percentiles {
 pub struct Row {
     pub sink: String,
     pub device_type: String,
+    /// Devices spawned over gRPC asking for a protocol this runtime had no sink for were
+    /// published to `sink` (the console) instead: the protocol they asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_protocol: Option<String>,
     pub devices: u64,
     pub messages: u64,
     pub errors: u64,
@@ -118,11 +125,16 @@ pub fn build(
     fleet: &Fleet,
     stats: &ShardStats,
 ) -> (Report, Vec<(String, Histogram<u64>)>) {
-    let mut rows: BTreeMap<(String, String), (ProfileStats, u64)> = BTreeMap::new();
+    type Key = (String, String, Option<String>);
+    let mut rows: BTreeMap<Key, (ProfileStats, u64)> = BTreeMap::new();
     for (i, prof) in fleet.profiles.iter().enumerate() {
         let devices: u64 = fleet.groups.iter().filter(|g| g.profile == i).map(|g| g.count).sum();
-        let e =
-            rows.entry((prof.protocol.name().to_string(), prof.device_type.clone())).or_default();
+        let key = (
+            prof.protocol.name().to_string(),
+            prof.device_type.clone(),
+            prof.requested_protocol.clone(),
+        );
+        let e = rows.entry(key).or_default();
         e.0.merge(&stats.profiles[i]);
         e.1 += devices;
     }
@@ -130,8 +142,11 @@ pub fn build(
     let mut files = vec![];
     let runs: Vec<Row> = rows
         .into_iter()
-        .map(|((sink, device_type), (s, devices))| {
-            let base = format!("{sink}_{}", sanitize(&device_type));
+        .map(|((sink, device_type, requested_protocol), (s, devices))| {
+            let base = match &requested_protocol {
+                None => format!("{sink}_{}", sanitize(&device_type)),
+                Some(asked) => format!("{sink}_{}_as_{}", sanitize(&device_type), sanitize(asked)),
+            };
             let hgrm = vec![format!("latency_{base}.hgrm"), format!("service_{base}.hgrm")];
             files.push((hgrm[0].clone(), s.latency.clone()));
             files.push((hgrm[1].clone(), s.service.clone()));
@@ -148,6 +163,7 @@ pub fn build(
                 devices,
                 sink,
                 device_type,
+                requested_protocol,
                 hgrm,
             }
         })
@@ -312,10 +328,14 @@ pub fn render_table(r: &Report) -> String {
     );
     for row in &r.runs {
         let l = &row.latency_us;
+        let sink = match &row.requested_protocol {
+            None => row.sink.clone(),
+            Some(_) => format!("{}*", row.sink),
+        };
         let _ = writeln!(
             out,
             "{:<8} {:<24} {:>12} {:>8} {:>8} {:>12.1} {:>9} {:>9} {:>9} {:>9} {:>10}",
-            row.sink,
+            sink,
             row.device_type,
             row.messages,
             row.errors,
@@ -326,6 +346,16 @@ pub fn render_table(r: &Report) -> String {
             l.p99,
             l.p999,
             l.max
+        );
+    }
+    for row in r.runs.iter().filter(|row| row.requested_protocol.is_some()) {
+        let _ = writeln!(
+            out,
+            "* {} {}: asked for {}, which this runtime has no sink for; published to {}",
+            row.sink,
+            row.device_type,
+            row.requested_protocol.as_deref().unwrap_or(""),
+            row.sink
         );
     }
     if let Some(l) = &r.tick_lateness_us {
@@ -370,7 +400,7 @@ pub fn render_table(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard::stats::histogram;
+    use crate::measure::stats::histogram;
 
     #[test]
     fn percentile_distribution_has_the_hdr_layout() {

@@ -5,11 +5,15 @@
 //! encode, hand to the sink, record), re-arm it at `due + interval`, then sleep until the next
 //! deadline (realtime) or jump straight to it (virtual).
 
-pub mod clock;
-pub mod command;
-pub mod stats;
+pub(crate) mod command;
+pub(crate) mod event;
+mod faults;
+mod inbox;
+mod streams;
 
 use crate::config::{ClockMode, SinkSettings};
+use crate::measure::clock::{PreciseTimer, mono_ns};
+use crate::measure::stats::{self, ShardStats, Snapshot};
 use crate::sim::device::{DeviceTable, device_seed};
 use crate::sim::generator::Sample;
 use crate::sim::payload;
@@ -18,9 +22,7 @@ use crate::sim::seed;
 use crate::sim::time::SimMs;
 use crate::sim::wheel::Wheel;
 use crate::sink::{Message, Outcome, Sink};
-use clock::{PreciseTimer, mono_ns};
 use crossbeam_channel::Sender;
-use stats::{ShardStats, Snapshot};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
@@ -66,9 +68,6 @@ pub struct ShardPlan {
 
 /// What a shard hands back when it ends.
 pub struct ShardOutcome {
-    pub index: usize,
-    pub devices: usize,
-    pub spawn_ns: u64,
     pub stats: ShardStats,
     pub sim_end_ms: SimMs,
     pub pinned: bool,
@@ -123,7 +122,6 @@ pub struct Shard {
     sinks: Vec<Option<Sink>>,
     stats: ShardStats,
     interval_latency: hdrhistogram::Histogram<u64>,
-    spawn_ns: u64,
     pinned: bool,
     // Reused buffers.
     samples: Vec<Sample>,
@@ -132,7 +130,7 @@ pub struct Shard {
     id: String,
     due: Vec<(u32, SimMs)>,
     /// Live control: inbox, faults, pauses, streams (`command.rs`).
-    ctl: command::Control,
+    ctl: inbox::Control,
 }
 
 /// A shard's devices, wheel and sinks, built before its time starts.
@@ -140,19 +138,11 @@ pub struct Parts {
     table: DeviceTable,
     wheel: Wheel,
     sinks: Vec<Option<Sink>>,
-    spawn_ns: u64,
 }
 
 impl Shard {
-    /// Builds a shard ready to run (for tests and benches that drive one shard directly).
-    pub fn build(mut plan: ShardPlan) -> Result<Shard, String> {
-        let parts = Shard::build_with(&mut plan)?;
-        Ok(Shard::assemble(plan, parts))
-    }
-
     /// Creates this shard's devices (those whose id hashes to it) and opens its sinks.
     pub fn build_with(plan: &mut ShardPlan) -> Result<Parts, String> {
-        let t0 = mono_ns();
         let fleet = plan.fleet.clone();
         let mut table = DeviceTable::default();
         let mut wheel = Wheel::new(plan.start_ms);
@@ -180,17 +170,16 @@ impl Shard {
                 .map_err(|e| format!("shard {}: cannot open the {proto} sink: {e}", plan.index))?;
             sinks[proto.index()] = Some(sink);
         }
-        Ok(Parts { table, wheel, sinks, spawn_ns: mono_ns() - t0 })
+        Ok(Parts { table, wheel, sinks })
     }
 
     fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
-        let Parts { table, wheel, sinks, spawn_ns } = parts;
-        let ctl = command::Control::new(plan.control.take());
+        let Parts { table, wheel, sinks } = parts;
+        let ctl = inbox::Control::new(plan.control.take());
         Shard {
             ctl,
             stats: ShardStats::new(plan.fleet.profiles.len()),
             interval_latency: stats::histogram(),
-            spawn_ns,
             pinned: false,
             table,
             wheel,
@@ -202,11 +191,6 @@ impl Shard {
             due: Vec::with_capacity(1024),
             plan,
         }
-    }
-
-    /// Number of devices on this shard.
-    pub fn devices(&self) -> usize {
-        self.table.len()
     }
 
     /// Runs until the end time or the stop flag, flushes the sinks and returns the figures.
@@ -251,9 +235,6 @@ impl Shard {
         }
         self.snapshot(sim_end);
         Ok(ShardOutcome {
-            index: self.plan.index,
-            devices: self.table.len(),
-            spawn_ns: self.spawn_ns,
             stats: self.stats,
             sim_end_ms: sim_end,
             pinned: self.pinned,
@@ -408,21 +389,33 @@ impl Shard {
         }
         let seq = self.table.generate(fleet, key, due, &mut self.samples);
         group.device_id(profile, index, &mut self.id);
-        let fx = self.ctl.effects(
+        let (fx, expired) = self.ctl.states.effects(
             key,
             due,
             seq,
-            self.plan.seed,
-            &self.id,
-            group_ix,
-            group,
+            || device_seed(self.plan.seed, &self.id),
             profile,
             &mut self.samples,
         );
+        for kind in expired {
+            self.ctl.emit(
+                &self.id,
+                &group.labels,
+                event::EventKind::FaultCleared,
+                format!("{kind} ended"),
+                due,
+                vec![
+                    ("fault_type", kind.type_name().to_string()),
+                    ("device_type", profile.device_type.clone()),
+                ],
+            );
+        }
         if !fx.publish {
-            self.ctl.count_suppressed();
             self.wheel.insert(key, due + self.table.get(key).map_or(1, |d| d.interval_ms as u64));
             return mono_ns();
+        }
+        if !self.ctl.streams.is_empty() {
+            self.ctl.streams.feed(&self.id, group_ix, group, profile, &self.samples, fx.timestamp);
         }
         payload::encode(
             &mut self.payload,

@@ -8,5 +8,6 @@ pub mod mem;
 pub mod payload;
 pub mod profile;
 pub mod seed;
+pub(crate) mod selector;
 pub mod time;
 pub mod wheel;

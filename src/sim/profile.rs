@@ -193,6 +193,30 @@ pub struct Profile {
     pub type_json: String,
     /// Delivery overrides for network sinks.
     pub delivery: Delivery,
+    /// Set when a device spawned over gRPC asked for a protocol this runtime has no sink for
+    /// and is published to the fallback sink (`protocol`) instead: what it asked for.
+    pub requested_protocol: Option<String>,
+}
+
+impl Profile {
+    /// A minimal profile for unit tests: null sink, 1 s interval, no fields.
+    #[cfg(test)]
+    pub fn for_tests(name: &str) -> Profile {
+        Profile {
+            name: name.into(),
+            device_type: name.into(),
+            protocol: Protocol::Null,
+            topic: TopicTemplate::parse("x").unwrap(),
+            interval_ms: 1000,
+            seq: false,
+            labels: BTreeMap::new(),
+            fields: vec![],
+            slots: 0,
+            type_json: String::new(),
+            delivery: Delivery::default(),
+            requested_protocol: None,
+        }
+    }
 }
 
 /// A fleet entry: `count` devices of one profile with the same labels.
@@ -293,19 +317,7 @@ mod tests {
 
     #[test]
     fn device_ids_are_zero_padded_to_four_digits() {
-        let p = Profile {
-            name: "temperature_sensor".into(),
-            device_type: "temperature_sensor".into(),
-            protocol: Protocol::Null,
-            topic: TopicTemplate::parse("x").unwrap(),
-            interval_ms: 1000,
-            seq: false,
-            labels: BTreeMap::new(),
-            fields: vec![],
-            slots: 0,
-            type_json: String::new(),
-            delivery: Delivery::default(),
-        };
+        let p = Profile::for_tests("temperature_sensor");
         let g = Group {
             profile: 0,
             count: 3,

@@ -9,7 +9,7 @@
 
 use super::net::{ConnEvent, NetShared, Queued};
 use crate::config::AmqpSettings;
-use crate::shard::clock::mono_ns;
+use crate::measure::clock::mono_ns;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{

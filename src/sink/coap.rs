@@ -20,7 +20,7 @@
 
 use super::net::{NetShared, Queued};
 use crate::config::CoapSettings;
-use crate::shard::clock::mono_ns;
+use crate::measure::clock::mono_ns;
 use crate::sim::profile::Fleet;
 use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType};
 use std::collections::{BTreeSet, HashMap};

@@ -17,7 +17,7 @@
 
 use super::net::{NetShared, Queued};
 use crate::config::HttpSettings;
-use crate::shard::clock::mono_ns;
+use crate::measure::clock::mono_ns;
 use crate::sim::profile::Fleet;
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};

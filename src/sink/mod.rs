@@ -21,7 +21,7 @@ pub use console::ConsoleSink;
 pub use file::FileSink;
 
 use crate::config::SinkSettings;
-use crate::shard::stats::ProfileStats;
+use crate::measure::stats::ProfileStats;
 use crate::sim::profile::{Fleet, Protocol};
 use net::{NetShared, Queued};
 use std::io;

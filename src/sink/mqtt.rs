@@ -14,7 +14,7 @@
 
 use super::net::{ConnEvent, NetShared, Queued};
 use crate::config::MqttSettings;
-use crate::shard::clock::mono_ns;
+use crate::measure::clock::mono_ns;
 use crate::sim::profile::Fleet;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};

@@ -7,8 +7,8 @@
 //! realtime; in virtual time it waits for room instead of dropping (the sink paces the clock).
 
 use crate::config::Backoff;
-use crate::shard::clock::mono_ns;
-use crate::shard::stats::ProfileStats;
+use crate::measure::clock::mono_ns;
+use crate::measure::stats::ProfileStats;
 use crate::sim::profile::{Backpressure, Fleet};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -132,7 +132,7 @@ impl NetShared {
         Rc::new(NetShared {
             conns: (0..conns.max(1)).map(|_| ConnQueue::new(queue_size.max(1))).collect(),
             stats: RefCell::new((0..fleet.profiles.len()).map(|_| ProfileStats::new()).collect()),
-            window: RefCell::new(crate::shard::stats::histogram()),
+            window: RefCell::new(crate::measure::stats::histogram()),
             events: RefCell::new(BTreeMap::new()),
             conn_events: RefCell::new(Vec::new()),
             closing: Cell::new(false),
@@ -143,10 +143,6 @@ impl NetShared {
             name,
             shard,
         })
-    }
-
-    pub fn name(&self) -> &'static str {
-        self.name
     }
 
     pub fn shard(&self) -> usize {
@@ -318,21 +314,13 @@ impl NetShared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::profile::{Delivery, Fleet, Profile, Protocol, TopicTemplate};
+    use crate::sim::profile::{Delivery, Fleet, Profile, Protocol};
 
     fn fleet(bp: Backpressure) -> Fleet {
         let profile = Profile {
-            name: "p".into(),
-            device_type: "p".into(),
             protocol: Protocol::Mqtt,
-            topic: TopicTemplate::parse("t").unwrap(),
-            interval_ms: 1000,
-            seq: false,
-            labels: Default::default(),
-            fields: vec![],
-            slots: 0,
-            type_json: String::new(),
             delivery: Delivery { backpressure: bp, ..Delivery::default() },
+            ..Profile::for_tests("p")
         };
         Fleet { profiles: vec![profile], groups: vec![] }
     }

@@ -7,8 +7,8 @@
 //! (curl, `promtool check metrics`) get the classic text format 0.0.4, converted by
 //! [`openmetrics_to_text`]: the two differ only in how a counter's family is named.
 
-use crate::control::service::ControlPlane;
-use crate::observe::{BUCKETS_US, Board, Buckets, ProfileFigures, ShardFigures};
+use crate::control::plane::ControlPlane;
+use crate::measure::board::{BUCKETS_US, Board, Buckets, ProfileFigures, ShardFigures};
 use crate::run::RunIdentity;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};

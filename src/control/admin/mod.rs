@@ -9,8 +9,8 @@ pub mod metrics;
 pub mod routes;
 pub mod server;
 
-use crate::control::service::ControlPlane;
-use crate::observe::Board;
+use crate::control::plane::ControlPlane;
+use crate::measure::board::Board;
 use crate::run::RunIdentity;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 
 use super::metrics::{self, Metrics};
 use super::server::Deadline;
-use crate::control::service::ControlPlane;
-use crate::observe::Board;
+use crate::control::plane::ControlPlane;
+use crate::measure::board::Board;
 use crate::run::RunIdentity;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};

@@ -83,16 +83,6 @@ impl ShardStats {
         }
     }
 
-    pub fn merge(&mut self, o: &ShardStats) {
-        for (a, b) in self.profiles.iter_mut().zip(&o.profiles) {
-            a.merge(b);
-        }
-        let _ = self.lateness.add(&o.lateness);
-        for (k, v) in &o.sink_events {
-            *self.sink_events.entry(k.clone()).or_insert(0) += v;
-        }
-    }
-
     pub fn messages(&self) -> u64 {
         self.profiles.iter().map(|p| p.messages).sum()
     }

@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn hdr_values_land_in_the_bucket_of_their_upper_bound() {
-        let mut h = crate::shard::stats::histogram();
+        let mut h = crate::measure::stats::histogram();
         h.record(5).unwrap(); // <= 10 µs
         h.record(10).unwrap(); // <= 10 µs
         h.record(11).unwrap(); // <= 25 µs

@@ -3,14 +3,23 @@
 //!
 //! ```text
 //! selector    := "" | requirement ("," requirement)*        (comma = AND)
-//! requirement := key ("=" | "==" | "!=") value
+//! requirement := key ("=" | "!=") value
 //!              | key ("in" | "notin") "(" value ("," value)* ")"
 //!              | key                                          (label present)
 //!              | "!" key                                      (label absent)
 //! ```
 //!
-//! Whitespace around tokens is ignored. A `=`/`!=` value runs to the next comma and may itself
-//! contain `=`, so the original's `a=b=c` (key `a`, value `b=c`) still means the same thing.
+//! Whitespace around tokens is ignored. The original runtime splits its selector at the first
+//! `=` and compares the rest literally, so where the two readings differ this parser keeps the
+//! original's:
+//! - a `=`/`!=` value runs to the next comma that starts another requirement with an operator
+//!   (`k=v`, `k!=v`, `k in (..)`, `k notin (..)`, `!k`); any other comma is part of the value,
+//!   so `device_type=a,b` selects the device type `a,b` (not "type a and label b present");
+//! - a value may contain `=` and spaces: `a=b=c` is key `a`, value `b=c`, and
+//!   `device_type=Acme Thermo/v2` is that device type;
+//! - `==` is not an operator: `device_type==x` selects the device type `=x`, as in the
+//!   original.
+//!
 //! As in the original, `key=` (an empty value) also matches a device without that label.
 //! The empty selector matches every device. A syntax error names its byte position.
 
@@ -53,11 +62,6 @@ impl LabelSelector {
     /// True when every requirement holds for `labels`.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
-    }
-
-    /// True for the empty selector (it matches everything).
-    pub fn is_empty(&self) -> bool {
-        self.requirements.is_empty()
     }
 }
 
@@ -103,6 +107,27 @@ struct Parser<'a> {
 
 fn is_key_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')
+}
+
+/// True when `s` (the text after a comma) starts a requirement that has an operator: `!key`,
+/// `key=`, `key!=`, `key in (`, `key notin (`. A bare word does not: it stays in the value.
+fn starts_requirement(s: &str) -> bool {
+    let s = s.trim_start();
+    if let Some(r) = s.strip_prefix('!') {
+        return r.starts_with(is_key_char);
+    }
+    let key_len = s.find(|c: char| !is_key_char(c)).unwrap_or(s.len());
+    if key_len == 0 {
+        return false;
+    }
+    let after = &s[key_len..];
+    let op = after.trim_start();
+    if op.starts_with('=') || op.starts_with("!=") {
+        return true;
+    }
+    let spaced = after.len() > op.len();
+    let word = |w: &str| op.strip_prefix(w).is_some_and(|r| r.trim_start().starts_with('('));
+    spaced && (word("in") || word("notin"))
 }
 
 impl Parser<'_> {
@@ -192,7 +217,7 @@ impl Parser<'_> {
         if self.eat("!=") {
             return Ok(Requirement::NotEquals(key, self.value()));
         }
-        if self.eat("==") || self.eat("=") {
+        if self.eat("=") {
             return Ok(Requirement::Equals(key, self.value()));
         }
         // A word operator needs a space before it, which `key` already stopped at.
@@ -210,21 +235,29 @@ impl Parser<'_> {
                 None | Some(',') => Ok(Requirement::Exists(key)),
                 Some(_) => Err(self.err(
                     op_pos,
-                    format!("expected '=', '==', '!=', 'in', 'notin', ',' or the end after key {key:?}, found {}", self.found()),
+                    format!("expected '=', '!=', 'in', 'notin', ',' or the end after key {key:?}, found {}", self.found()),
                 )),
             },
             other => Err(self.err(
                 op_pos,
-                format!("unknown operator {other:?} after key {key:?}; accepted: =, ==, !=, in, notin"),
+                format!("unknown operator {other:?} after key {key:?}; accepted: =, !=, in, notin"),
             )),
         }
     }
 
-    /// The value of `=`/`!=`: everything up to the next comma, trimmed.
+    /// The value of `=`/`!=`: everything up to the next comma that starts another requirement
+    /// with an operator (see the module docs), trimmed.
     fn value(&mut self) -> String {
-        let len = self.rest().find(',').unwrap_or(self.rest().len());
-        let v = self.rest()[..len].trim().to_string();
-        self.pos += len;
+        let rest = self.rest();
+        let mut end = rest.len();
+        for (i, _) in rest.match_indices(',') {
+            if starts_requirement(&rest[i + 1..]) {
+                end = i;
+                break;
+            }
+        }
+        let v = rest[..end].trim().to_string();
+        self.pos += end;
         v
     }
 
@@ -321,15 +354,45 @@ mod tests {
     }
 
     #[test]
-    fn double_equals_and_not_equals() {
+    fn not_equals() {
         check(
-            "a==1, b != 2",
+            "a=1, b != 2",
             &[
                 (&[("a", "1")], true),
                 (&[("a", "1"), ("b", "2")], false),
                 (&[("a", "1"), ("b", "3")], true),
             ],
         );
+    }
+
+    #[test]
+    fn values_the_original_compares_literally_are_compared_literally() {
+        // (selector, the device type it must select, one it must not)
+        for (sel, want, other) in [
+            ("device_type=a,b", "a,b", "a"),
+            ("device_type==x", "=x", "x"),
+            ("device_type=Acme Thermo/v2", "Acme Thermo/v2", "Acme"),
+            ("device_type=k=v", "k=v", "k"),
+            ("device_type=a,b,c", "a,b,c", "a,b"),
+        ] {
+            let s = LabelSelector::parse(sel).unwrap();
+            assert_eq!(s.requirements.len(), 1, "{sel:?}: {s:?}");
+            assert!(s.matches(&labels(&[("device_type", want)])), "{sel:?} on {want:?}");
+            assert!(!s.matches(&labels(&[("device_type", other)])), "{sel:?} on {other:?}");
+        }
+    }
+
+    #[test]
+    fn a_comma_before_another_requirement_with_an_operator_is_still_and() {
+        for sel in ["a=1,b=2", "a=1, b!=2", "a=1,b in (2)", "a=1, b notin (3)", "a=1,!c"] {
+            let s = LabelSelector::parse(sel).unwrap();
+            assert_eq!(s.requirements.len(), 2, "{sel:?}: {s:?}");
+        }
+        // A bare word after a comma is part of the value, as the original reads it.
+        let s = LabelSelector::parse("a=1,b").unwrap();
+        assert_eq!(s.requirements, vec![Requirement::Equals("a".into(), "1,b".into())]);
+        // Existence checks still combine when they come first.
+        assert_eq!(LabelSelector::parse("b,a=1").unwrap().requirements.len(), 2);
     }
 
     #[test]
@@ -375,7 +438,7 @@ mod tests {
             ("a in x", 5, "expected '('"),
             ("a in (x", 7, "expected ',' or ')'"),
             ("a in ()", 6, "expected a value"),
-            ("a=1,", 4, "expected a label key"),
+            ("b,", 2, "expected a label key"),
             (",a", 0, "expected a label key"),
             ("a foo (x)", 2, "unknown operator \"foo\""),
             ("a in (x) b", 9, "expected ',' or the end"),

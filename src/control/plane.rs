@@ -1,0 +1,345 @@
+//! The control plane: what every front end (gRPC, admin HTTP, a scenario runner) calls to steer
+//! the shards, in domain terms. It holds each shard's command inbox and published counters and
+//! the event fan-out; it routes a command to the shards concerned (an id to the shard that owns
+//! it, a label or "all" selection to every shard, which work on their own devices in parallel)
+//! and merges their replies. It never touches a shard's devices.
+
+use crate::config::SinkSettings;
+use crate::shard::command::{
+    Action, ScanReply, Selection, ShardCommand, ShardControl, ShardCounters, SpawnReply, SpawnSpec,
+    Subscription,
+};
+use crate::shard::event::{DeviceEvent, Event, EventKind, Point};
+use crate::sim::profile::Protocol;
+use crate::sim::seed;
+use crossbeam_channel::{Sender, TrySendError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Capacity of each shard's command inbox.
+const INBOX: usize = 1024;
+/// Device events buffered for StreamEvents subscribers; a slower subscriber loses the oldest.
+const EVENT_BUFFER: usize = 65_536;
+/// Point batches (of up to 1024 points) buffered per telemetry stream before shards drop.
+const STREAM_BUFFER: usize = 64;
+
+/// Why a command could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlaneError {
+    #[error("shard {0} has stopped")]
+    ShardStopped(usize),
+    #[error("a shard stopped before replying")]
+    NoReply,
+}
+
+/// How the plane treats spawn requests.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PlaneOptions {
+    /// The run's sink settings: which network protocols this runtime can publish to.
+    pub sinks: Arc<SinkSettings>,
+    /// Refuse a spawn whose protocol has no sink here, instead of publishing it to the
+    /// fallback sink (`serve --strict-protocols`).
+    pub strict_protocols: bool,
+}
+
+/// The runtime's figures, per shard where they are counted per shard.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Figures {
+    pub devices: Vec<u64>,
+    pub messages: Vec<u64>,
+    pub errors: Vec<u64>,
+    pub suppressed: Vec<u64>,
+    pub faults_active: Vec<u64>,
+    pub messages_per_second: f64,
+    pub telemetry_points_dropped: u64,
+    pub uptime_seconds: f64,
+    /// Devices published to the fallback sink, by the protocol they asked for.
+    pub fallback_devices: BTreeMap<String, u64>,
+}
+
+/// A telemetry subscription on every shard.
+pub(crate) struct TelemetryFeed {
+    pub id: u64,
+    /// Point batches from the shards.
+    pub rx: mpsc::Receiver<Vec<Point>>,
+    /// Points the shards dropped because this feed was not read fast enough.
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// What the control plane holds: the shards' inboxes, counters and the event fan-out.
+pub struct ControlPlane {
+    /// To each shard (it drains its inbox once per wheel turn).
+    inboxes: Vec<Sender<ShardCommand>>,
+    /// From each shard: its published figures.
+    counters: Vec<Arc<ShardCounters>>,
+    /// Shards send, every StreamEvents call subscribes.
+    events: broadcast::Sender<Event>,
+    started: Instant,
+    next_stream: AtomicU64,
+    /// (instant, messages total, rate) for messages_per_second.
+    rate: Mutex<(Instant, u64, f64)>,
+    pub(crate) dropped_points: Arc<AtomicU64>,
+    pub(crate) threads: usize,
+    pub(crate) options: PlaneOptions,
+    /// Protocols already warned about falling back (once per protocol).
+    warned: Mutex<BTreeSet<String>>,
+}
+
+impl ControlPlane {
+    /// A control plane for `shards` shards, and the link each shard gets in its plan.
+    pub(crate) fn new(
+        shards: usize,
+        options: PlaneOptions,
+    ) -> (Arc<ControlPlane>, Vec<ShardControl>) {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let mut inboxes = vec![];
+        let mut counters = vec![];
+        let mut links = vec![];
+        for _ in 0..shards {
+            let (tx, rx) = crossbeam_channel::bounded(INBOX);
+            let c = Arc::new(ShardCounters::default());
+            inboxes.push(tx);
+            counters.push(c.clone());
+            links.push(ShardControl { inbox: rx, events: events.clone(), counters: c });
+        }
+        let plane = ControlPlane {
+            inboxes,
+            counters,
+            events,
+            started: Instant::now(),
+            next_stream: AtomicU64::new(1),
+            rate: Mutex::new((Instant::now(), 0, 0.0)),
+            dropped_points: Arc::new(AtomicU64::new(0)),
+            threads: shards + 3,
+            options,
+            warned: Mutex::new(BTreeSet::new()),
+        };
+        (Arc::new(plane), links)
+    }
+
+    pub(crate) fn shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Largest tick lateness (µs) any shard saw since the last call; resets it.
+    pub(crate) fn take_lateness_us_max(&self) -> u64 {
+        self.counters
+            .iter()
+            .map(|c| c.lateness_us_max.swap(0, Ordering::Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Puts a command in a shard's inbox, waiting (without blocking the runtime) while it is
+    /// full.
+    async fn send(&self, shard: usize, mut cmd: ShardCommand) -> Result<(), PlaneError> {
+        loop {
+            match self.inboxes[shard].try_send(cmd) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(c)) => {
+                    cmd = c;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(PlaneError::ShardStopped(shard)),
+            }
+        }
+    }
+
+    /// Spawns devices, each on the shard that owns its id; returns what the shards did.
+    pub(crate) async fn spawn(&self, specs: Vec<SpawnSpec>) -> Result<SpawnReply, PlaneError> {
+        let n = self.shards();
+        let mut per: Vec<Vec<SpawnSpec>> = (0..n).map(|_| vec![]).collect();
+        for spec in specs {
+            per[seed::shard_of(&spec.id, n)].push(spec);
+        }
+        let mut waits = vec![];
+        for (i, specs) in per.into_iter().enumerate() {
+            if specs.is_empty() {
+                continue;
+            }
+            let (reply, rx) = oneshot::channel::<SpawnReply>();
+            self.send(i, ShardCommand::Spawn { specs, reply }).await?;
+            waits.push(rx);
+        }
+        let mut acc = SpawnReply::default();
+        for rx in waits {
+            let r = rx.await.map_err(|_| PlaneError::NoReply)?;
+            acc.spawned += r.spawned;
+            acc.failed.extend(r.failed);
+        }
+        Ok(acc)
+    }
+
+    /// Applies `action` to the selected devices on the shards concerned and merges the
+    /// replies.
+    pub(crate) async fn scan(
+        &self,
+        selection: Selection,
+        action: Action,
+    ) -> Result<ScanReply, PlaneError> {
+        let n = self.shards();
+        let mut parts: Vec<(usize, Arc<Selection>)> = vec![];
+        match selection {
+            Selection::Ids(ids) => {
+                let mut per: Vec<Vec<String>> = vec![vec![]; n];
+                for id in ids {
+                    per[seed::shard_of(&id, n)].push(id);
+                }
+                for (i, ids) in per.into_iter().enumerate() {
+                    if !ids.is_empty() {
+                        parts.push((i, Arc::new(Selection::Ids(ids))));
+                    }
+                }
+            }
+            other => {
+                let sel = Arc::new(other);
+                parts.extend((0..n).map(|i| (i, sel.clone())));
+            }
+        }
+        let mut waits = vec![];
+        for (i, selection) in parts {
+            let (reply, rx) = oneshot::channel();
+            self.send(i, ShardCommand::Scan { selection, action: action.clone(), reply }).await?;
+            waits.push(rx);
+        }
+        let mut acc = ScanReply::default();
+        for rx in waits {
+            acc.merge(rx.await.map_err(|_| PlaneError::NoReply)?);
+        }
+        Ok(acc)
+    }
+
+    /// Subscribes to the telemetry of the selected devices on every shard. The caller reads
+    /// `rx` and calls [`ControlPlane::unsubscribe`] when done.
+    pub(crate) async fn subscribe(&self, sel: Arc<Selection>) -> Result<TelemetryFeed, PlaneError> {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel::<Vec<Point>>(STREAM_BUFFER);
+        let n = self.shards();
+        for shard in 0..n {
+            let selection = match &*sel {
+                Selection::Ids(ids) => Arc::new(Selection::Ids(
+                    ids.iter().filter(|i| seed::shard_of(i, n) == shard).cloned().collect(),
+                )),
+                _ => sel.clone(),
+            };
+            let sub = Subscription { id, selection, tx: tx.clone(), dropped: dropped.clone() };
+            self.send(shard, ShardCommand::Subscribe(sub)).await?;
+        }
+        Ok(TelemetryFeed { id, rx, dropped })
+    }
+
+    /// Ends a telemetry subscription on every shard.
+    pub(crate) async fn unsubscribe(&self, id: u64) {
+        for shard in 0..self.shards() {
+            let _ = self.send(shard, ShardCommand::Unsubscribe(id)).await;
+        }
+    }
+
+    /// A receiver of every device event from now on.
+    pub(crate) fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The sink a spawned device asking for `asked` publishes to: `Ok(protocol)`, or the
+    /// reason it is refused. A protocol that has no sink here (a network protocol without
+    /// `[sink.NAME]` settings, or an unknown one) falls back to the console, as the original
+    /// runtime did, with a warning once per protocol (log and StreamEvents); with
+    /// `--strict-protocols` it is refused.
+    pub(crate) fn sink_for(&self, asked: &str) -> Result<(Protocol, Option<String>), String> {
+        let configured = |p: Protocol| match p {
+            Protocol::Mqtt => self.options.sinks.mqtt.is_some(),
+            Protocol::Amqp => self.options.sinks.amqp.is_some(),
+            Protocol::Http => self.options.sinks.http.is_some(),
+            Protocol::Coap => self.options.sinks.coap.is_some(),
+            Protocol::File => self.options.sinks.file.is_some(),
+            Protocol::Console | Protocol::Null => true,
+        };
+        let why = match Protocol::parse(asked) {
+            Some(p) if configured(p) => return Ok((p, None)),
+            Some(p) => format!("this runtime has no [sink.{}] settings", p.name()),
+            None => {
+                let known: Vec<&str> = Protocol::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown protocol {asked:?} (known: {})", known.join(", "))
+            }
+        };
+        if self.options.strict_protocols {
+            return Err(format!("cannot publish over {asked:?}: {why} (--strict-protocols)"));
+        }
+        let first = self.warned.lock().unwrap_or_else(|e| e.into_inner()).insert(asked.to_string());
+        if first {
+            let message =
+                format!("devices asking for protocol {asked:?} publish to the console sink: {why}");
+            tracing::warn!(protocol = asked, "{message}");
+            let _ = self.events.send(Arc::new(DeviceEvent {
+                device_id: String::new(),
+                kind: EventKind::Warning,
+                message,
+                at_ms: crate::run::now_ms(),
+                metadata: vec![
+                    ("warning", "protocol_fallback".into()),
+                    ("requested_protocol", asked.to_string()),
+                    ("sink", "console".into()),
+                ],
+                labels: BTreeMap::new(),
+            }));
+        }
+        Ok((Protocol::Console, Some(asked.to_string())))
+    }
+
+    /// Sums one published counter over the shards.
+    pub(crate) fn sum(&self, f: fn(&ShardCounters) -> &AtomicU64) -> u64 {
+        self.counters.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+    }
+
+    /// A snapshot of the runtime's figures, for the admin HTTP server (`/metrics`, `/status`).
+    pub fn figures(&self) -> Figures {
+        let per = |f: fn(&ShardCounters) -> &AtomicU64| -> Vec<u64> {
+            self.counters.iter().map(|c| f(c).load(Ordering::Relaxed)).collect()
+        };
+        Figures {
+            devices: per(|c| &c.devices),
+            messages: per(|c| &c.messages),
+            errors: per(|c| &c.errors),
+            suppressed: per(|c| &c.suppressed),
+            faults_active: per(|c| &c.faults_active),
+            messages_per_second: self.messages_per_second(),
+            telemetry_points_dropped: self.dropped_points.load(Ordering::Relaxed),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            fallback_devices: self.fallback_devices(),
+        }
+    }
+
+    /// Devices on the fallback sink, by the protocol they asked for, over every shard.
+    pub(crate) fn fallback_devices(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for c in &self.counters {
+            for (k, v) in c.fallback_devices.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                *out.entry(k.clone()).or_insert(0) += v;
+            }
+        }
+        out
+    }
+
+    pub(crate) fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub(crate) fn messages_total(&self) -> u64 {
+        self.sum(|c| &c.messages)
+    }
+
+    pub(crate) fn messages_per_second(&self) -> f64 {
+        let total = self.messages_total();
+        let mut r = self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        let secs = r.0.elapsed().as_secs_f64();
+        if secs >= 1.0 {
+            r.2 = total.saturating_sub(r.1) as f64 / secs;
+            *r = (Instant::now(), total, r.2);
+        }
+        r.2
+    }
+}

@@ -1,0 +1,307 @@
+//! Validating `simulator.v1` requests into domain commands: selectors, device specs (through
+//! the same profile compiler as fleet files, with the original runtime's defaults) and fault
+//! specs. Every refusal is an `INVALID_ARGUMENT` with the reason.
+
+use super::plane::ControlPlane;
+use super::proto;
+use crate::config::walk::{Problems, Table};
+use crate::shard::command::Selection;
+use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
+use crate::sim::profile::Profile;
+use crate::sim::selector::LabelSelector;
+use tonic::Status;
+
+/// Default interval of a spec without one (the original's).
+const DEFAULT_INTERVAL_MS: u64 = 5000;
+/// Longest fault duration a request may ask for (0 = until cleared has no limit).
+const MAX_FAULT_MS: u64 = 365 * 24 * 3600 * 1000;
+/// Delay of a LATENCY_SPIKE without `latency_ms`: none, as in the original.
+const DEFAULT_SPIKE_MS: u64 = 0;
+
+/// Turns a request's selector into a [`Selection`]. An unset selector means every device (as in
+/// the original); a selector whose oneof is unset means every device for reads and none for
+/// changes (also as in the original).
+pub(crate) fn selection(
+    sel: Option<proto::DeviceSelector>,
+    empty_oneof_is_all: bool,
+) -> Result<Selection, Status> {
+    use proto::device_selector::Selector;
+    let Some(sel) = sel else { return Ok(Selection::All) };
+    match sel.selector {
+        None if empty_oneof_is_all => Ok(Selection::All),
+        None => Ok(Selection::Ids(vec![])),
+        Some(Selector::DeviceIds(list)) => Ok(Selection::Ids(list.ids)),
+        Some(Selector::LabelSelector(s)) if s.trim().is_empty() => Err(Status::invalid_argument(
+            "label_selector is empty; leave the selector unset to select every device",
+        )),
+        Some(Selector::LabelSelector(s)) => LabelSelector::parse(&s)
+            .map(Selection::Labels)
+            .map_err(|e| Status::invalid_argument(e.to_string())),
+    }
+}
+
+pub(crate) fn duration_ms(d: &prost_types::Duration) -> i128 {
+    d.seconds as i128 * 1000 + (d.nanos / 1_000_000) as i128
+}
+
+/// A protobuf Struct value as TOML, so specs go through the same validation as config files.
+fn to_toml(v: &prost_types::Value) -> Option<toml::Value> {
+    use prost_types::value::Kind;
+    Some(match v.kind.as_ref()? {
+        Kind::NullValue(_) => return None,
+        Kind::NumberValue(n) if n.fract() == 0.0 && n.abs() < 9e15 => {
+            toml::Value::Integer(*n as i64)
+        }
+        Kind::NumberValue(n) => toml::Value::Float(*n),
+        Kind::StringValue(s) => toml::Value::String(s.clone()),
+        Kind::BoolValue(b) => toml::Value::Boolean(*b),
+        Kind::StructValue(s) => toml::Value::Table(struct_to_toml(s)),
+        Kind::ListValue(l) => toml::Value::Array(l.values.iter().filter_map(to_toml).collect()),
+    })
+}
+
+fn struct_to_toml(s: &prost_types::Struct) -> toml::Table {
+    s.fields.iter().filter_map(|(k, v)| Some((k.clone(), to_toml(v)?))).collect()
+}
+
+/// Every parameter name the original orchestrator may send for any generator type.
+const VOCABULARY: &[&str] = &[
+    "mean",
+    "stddev",
+    "start",
+    "drift",
+    "volatility",
+    "mean_reversion",
+    "min",
+    "max",
+    "baseline",
+    "amplitude",
+    "peak_hour",
+    "noise_stddev",
+    "states",
+    "transition_matrix",
+    "initial_state",
+    "value",
+];
+
+/// Applies the original runtime's defaults to one field table, and drops parameters of the
+/// orchestrator's vocabulary that the field's type does not use (the original ignored them).
+fn original_defaults(field: &mut toml::Table) {
+    let kind = field.get("type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let accepted: &[&str] = match kind.as_str() {
+        "gaussian" => &["mean", "stddev"],
+        "brownian" => &["start", "mean", "drift", "volatility", "mean_reversion", "min", "max"],
+        "diurnal" => &["baseline", "amplitude", "peak_hour", "noise_stddev", "stddev"],
+        "markov" => &["states", "transition_matrix", "initial_state"],
+        "static" => &["value"],
+        _ => return,
+    };
+    field.retain(|k, _| !VOCABULARY.contains(&k) || accepted.contains(&k));
+    let num = |f: &toml::Table, k: &str| {
+        f.get(k).and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)))
+    };
+    match kind.as_str() {
+        "brownian" => {
+            field.entry("start").or_insert(toml::Value::Float(0.0));
+            field.entry("mean").or_insert(toml::Value::Float(0.0));
+            // The original clamps only when max > min (both default to 0).
+            if let (Some(lo), Some(hi)) = (num(field, "min"), num(field, "max"))
+                && hi <= lo
+            {
+                field.remove("min");
+                field.remove("max");
+            }
+        }
+        "diurnal" => {
+            field.entry("peak_hour").or_insert(toml::Value::Float(0.0));
+            if field.contains_key("noise_stddev") && field.contains_key("stddev") {
+                let drop =
+                    if num(field, "noise_stddev") == Some(0.0) { "noise_stddev" } else { "stddev" };
+                field.remove(drop);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `fields` table of a behaviour Struct, with the original's defaults applied. Missing
+/// params, or params without `fields`, mean no fields (the original spawns such a device; it
+/// publishes an envelope with an empty `fields` object).
+pub(crate) fn behaviour_fields(
+    params: Option<&prost_types::Struct>,
+) -> Result<toml::Table, String> {
+    let Some(params) = params else { return Ok(toml::Table::new()) };
+    let mut t = struct_to_toml(params);
+    let mut fields = match t.remove("fields") {
+        None => return Ok(toml::Table::new()),
+        Some(toml::Value::Table(f)) => f,
+        Some(_) => {
+            return Err("behavior_params.fields: expected an object {NAME: {\"type\": ...}}".into());
+        }
+    };
+    for (name, v) in fields.iter_mut() {
+        match v {
+            toml::Value::Table(f) => original_defaults(f),
+            _ => return Err(format!("behavior_params.fields.{name}: expected an object")),
+        }
+    }
+    Ok(fields)
+}
+
+/// The new fields of an UpdateDeviceBehavior request, validated exactly like a spawn's.
+pub(crate) fn behaviour_update(
+    params: Option<&prost_types::Struct>,
+) -> Result<Vec<crate::sim::profile::FieldSpec>, Status> {
+    let fields = behaviour_fields(params).map_err(Status::invalid_argument)?;
+    // Compile through a throwaway profile so fields are validated exactly like a spawn's.
+    let mut t = toml::Table::new();
+    t.insert("protocol".into(), "null".into());
+    t.insert("interval".into(), "1s".into());
+    t.insert("fields".into(), toml::Value::Table(fields));
+    let mut p = Problems::default();
+    crate::config::compile_profile_with("update", Table::new("", &t), &mut p, true)
+        .filter(|_| p.is_empty())
+        .map(|profile| profile.fields)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("invalid behavior_params: {}", problems_text(&p)))
+        })
+}
+
+pub(crate) fn problems_text(p: &Problems) -> String {
+    p.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Validates one spec (everything but its id and labels) into a profile. A protocol this
+/// runtime has no sink for goes to the fallback sink (see [`ControlPlane::sink_for`]).
+pub(crate) fn compile_spec(
+    spec: &proto::DeviceSpec,
+    plane: &ControlPlane,
+) -> Result<Profile, String> {
+    let interval_ms = match &spec.telemetry_interval {
+        None => DEFAULT_INTERVAL_MS as i128,
+        Some(d) => duration_ms(d),
+    };
+    if interval_ms <= 0 {
+        return Err(format!("telemetry_interval must be at least 1ms, got {interval_ms}ms"));
+    }
+    let asked = if spec.protocol.is_empty() { "console" } else { spec.protocol.as_str() };
+    let (protocol, requested_protocol) = plane.sink_for(asked)?;
+    let mut t = toml::Table::new();
+    t.insert("protocol".into(), protocol.name().into());
+    if !spec.topic_template.is_empty() {
+        t.insert("topic".into(), spec.topic_template.clone().into());
+    }
+    t.insert("interval".into(), format!("{interval_ms}ms").into());
+    t.insert("fields".into(), toml::Value::Table(behaviour_fields(spec.behavior_params.as_ref())?));
+    let name = if spec.device_type.is_empty() { "device" } else { spec.device_type.as_str() };
+    let mut p = Problems::default();
+    let profile = crate::config::compile_profile_with(name, Table::new("", &t), &mut p, true);
+    match profile {
+        Some(prof) if p.is_empty() => Ok(Profile { requested_protocol, ..prof }),
+        _ => Err(format!("invalid spec: {}", problems_text(&p))),
+    }
+}
+
+fn number_param(params: &Option<prost_types::Struct>, key: &str) -> Result<Option<f64>, Status> {
+    use prost_types::value::Kind;
+    match params.as_ref().and_then(|p| p.fields.get(key)).and_then(|v| v.kind.as_ref()) {
+        None | Some(Kind::NullValue(_)) => Ok(None),
+        Some(Kind::NumberValue(n)) if n.is_finite() => Ok(Some(*n)),
+        Some(other) => Err(Status::invalid_argument(format!(
+            "parameters.{key}: must be a number, got {other:?}"
+        ))),
+    }
+}
+
+/// Validates an InjectFault request's type and parameters.
+pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, Status> {
+    use proto::FaultType as F;
+    let p = &req.parameters;
+    let bad = |m: String| Err(Status::invalid_argument(m));
+    let kind = match F::try_from(req.fault_type) {
+        Ok(F::Unspecified) => return bad("fault_type must be specified".into()),
+        Err(_) => return bad(format!("unknown fault_type {}", req.fault_type)),
+        Ok(F::Disconnect) => FaultKind::Disconnect,
+        Ok(F::LatencySpike) => match number_param(p, "latency_ms")? {
+            Some(ms) if (0.0..=3_600_000.0).contains(&ms) => {
+                FaultKind::LatencySpike { latency_ms: ms as u64 }
+            }
+            Some(ms) => {
+                return bad(format!(
+                    "parameters.latency_ms: must be between 0 and 3600000, got {ms}"
+                ));
+            }
+            // The original accepts a spike without latency_ms and delays nothing: so does this
+            // runtime (the fault is active, with 0 ms added).
+            None => FaultKind::LatencySpike { latency_ms: DEFAULT_SPIKE_MS },
+        },
+        Ok(F::DataCorruption) => {
+            let rate = number_param(p, "corruption_rate")?.unwrap_or(1.0);
+            if !(0.0..=1.0).contains(&rate) {
+                return bad(format!(
+                    "parameters.corruption_rate: must be between 0 and 1, got {rate}"
+                ));
+            }
+            let mode = match p
+                .as_ref()
+                .and_then(|s| s.fields.get("mode"))
+                .and_then(|v| v.kind.as_ref())
+            {
+                None => CorruptionMode::Nan,
+                Some(prost_types::value::Kind::StringValue(m)) => match CorruptionMode::parse(m) {
+                    Some(mode) => mode,
+                    None => {
+                        return bad(format!(
+                            "parameters.mode: unknown mode {m:?}; accepted: nan, zero, spike, bytes"
+                        ));
+                    }
+                },
+                Some(_) => {
+                    return bad(
+                        "parameters.mode: must be a string (nan, zero, spike, bytes)".into()
+                    );
+                }
+            };
+            FaultKind::DataCorruption { rate, mode }
+        }
+        Ok(F::BatteryDrain) => {
+            let m = number_param(p, "drain_multiplier")?.unwrap_or(10.0);
+            if !(m > 0.0 && m <= 1e6) {
+                return bad(format!(
+                    "parameters.drain_multiplier: must be greater than 0 (at most 1e6), got {m}"
+                ));
+            }
+            FaultKind::BatteryDrain { multiplier: m }
+        }
+        Ok(F::ClockDrift) => {
+            let r = number_param(p, "drift_rate_ms_per_sec")?.unwrap_or(0.0);
+            if r.abs() > 1e6 {
+                return bad(format!(
+                    "parameters.drift_rate_ms_per_sec: must be within ±1e6, got {r}"
+                ));
+            }
+            FaultKind::ClockDrift { rate_ms_per_s: r }
+        }
+    };
+    let duration_ms = match &req.duration {
+        None => 0,
+        Some(d) if d.seconds < 0 || d.nanos < 0 => {
+            return bad(format!(
+                "duration: must not be negative, got {}s {}ns (0 or unset = until cleared)",
+                d.seconds, d.nanos
+            ));
+        }
+        Some(d) if d.nanos > 999_999_999 => {
+            return bad(format!("duration.nanos: must be below 1e9, got {}", d.nanos));
+        }
+        Some(d) if duration_ms(d) > MAX_FAULT_MS as i128 => {
+            return bad(format!(
+                "duration: must be at most 365 days ({}s), got {}s",
+                MAX_FAULT_MS / 1000,
+                d.seconds
+            ));
+        }
+        Some(d) => duration_ms(d) as u64,
+    };
+    Ok(FaultSpec { kind, duration_ms })
+}

@@ -1,0 +1,675 @@
+//! The shard's side of live control: it drains its command inbox once per wheel turn and
+//! works through the commands under a time budget. A command that touches many devices (a
+//! spawn of 50k, a fault on every device) is done in chunks over several turns, so ticks keep
+//! their schedule. What commands leave on devices (faults, pauses) lives in `faults.rs`;
+//! telemetry subscriptions in `streams.rs`.
+
+use super::Shard;
+use super::command::{
+    Action, BehaviourUpdate, DeviceInfo, DeviceState, Reply, ScanReply, Selection, ShardCommand,
+    ShardControl, SpawnReply, SpawnSpec,
+};
+use super::event::{DeviceEvent, EventKind};
+use super::faults::{DeviceStates, Gate};
+use super::streams::{Streams, group_matches};
+use crate::measure::clock::mono_ns;
+use crate::measure::stats::ProfileStats;
+use crate::sim::device::device_seed;
+use crate::sim::profile::{self, Group, Profile};
+use crate::sim::seed;
+use crate::sim::time::SimMs;
+use crate::sink::Sink;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Longest a shard spends on commands in one wheel turn when a device is due soon.
+const BUDGET_NS: u64 = 300_000;
+/// Longest a shard spends on commands in one turn when nothing is due for a while.
+const IDLE_BUDGET_NS: u64 = 20_000_000;
+/// Devices handled between two looks at the clock (a clock read costs ~20 ns; a spawn a few
+/// µs, a selector match well under one).
+const CHUNK: usize = 512;
+const SPAWN_CHUNK: usize = 32;
+const SCAN_CHUNK: usize = 256;
+
+/// Work taken from the inbox and not finished yet.
+enum Work {
+    Spawn { specs: std::vec::IntoIter<SpawnSpec>, acc: SpawnReply, reply: Reply<SpawnReply> },
+    Scan(Scan),
+}
+
+struct Scan {
+    selection: Arc<Selection>,
+    action: Action,
+    /// Next key (or id index) to look at.
+    cursor: usize,
+    /// Per group: 0 = not evaluated, 1 = matches, 2 = does not.
+    group_match: Vec<u8>,
+    acc: ScanReply,
+    reply: Reply<ScanReply>,
+    /// UpdateDeviceBehavior: old profile index -> the updated profile's index.
+    remap: HashMap<usize, usize>,
+}
+
+/// The shard's live-control state.
+#[derive(Default)]
+pub(crate) struct Control {
+    link: Option<ShardControl>,
+    work: VecDeque<Work>,
+    /// Device id -> key; built on the first command that needs it, in steps (keys below
+    /// `ids_cursor` are indexed) so that a million ids do not stall the ticks.
+    ids: Option<HashMap<String, u32>>,
+    ids_cursor: usize,
+    ids_ready: bool,
+    /// Faults, pauses and deferrals of this shard's devices.
+    pub states: DeviceStates,
+    pub streams: Streams,
+    /// Spawned profiles (by the address of their shared `Arc`) -> profile index.
+    profiles: HashMap<usize, usize>,
+    kept: Vec<Arc<Profile>>,
+    /// (profile index, labels) -> group index of spawned devices.
+    groups: HashMap<(usize, BTreeMap<String, String>), usize>,
+    /// Devices on a fallback sink, by the protocol they asked for.
+    fallback_devices: BTreeMap<String, u64>,
+    /// Largest tick lateness (µs) since the counters were last published.
+    pub lateness_max_us: u64,
+}
+
+impl Control {
+    /// Wraps the link from the shard's plan.
+    pub fn new(link: Option<ShardControl>) -> Control {
+        Control { link, ..Control::default() }
+    }
+
+    /// True while commands are being worked through (the shard should not sleep long).
+    pub fn busy(&self) -> bool {
+        !self.work.is_empty()
+    }
+
+    /// Sends an event to the StreamEvents subscribers, if any listen.
+    pub fn emit(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        kind: EventKind,
+        message: String,
+        t: SimMs,
+        meta: Vec<(&'static str, String)>,
+    ) {
+        let Some(link) = &self.link else { return };
+        if link.events.receiver_count() == 0 {
+            return;
+        }
+        let _ = link.events.send(Arc::new(DeviceEvent {
+            device_id: id.to_string(),
+            kind,
+            message,
+            at_ms: t,
+            metadata: meta,
+            labels: labels.clone(),
+        }));
+    }
+}
+
+impl Shard {
+    /// Sim time now, as far as commands are concerned.
+    fn control_now(&self) -> SimMs {
+        match self.plan.clock {
+            crate::config::ClockMode::Virtual => self.wheel.elapsed(),
+            crate::config::ClockMode::Realtime => self.sim_at(mono_ns()).max(self.wheel.elapsed()),
+        }
+    }
+
+    /// Takes new commands from the inbox and works on pending ones within this turn's budget;
+    /// hands collected telemetry points to their streams and refreshes the shared counters.
+    /// Forwards network sinks' connection events to `StreamEvents` subscribers. A pooled
+    /// connection serves many devices, so these events name the connection, not a device:
+    /// `device_id` is empty and `metadata` holds `sink`, `shard`, `conn`, `url` (and `error`).
+    fn forward_sink_events(&mut self) {
+        for s in self.sinks.iter().flatten() {
+            let Some(net) = s.net_shared() else { continue };
+            let events = std::mem::take(&mut *net.conn_events.borrow_mut());
+            for e in events {
+                use crate::sink::net::ConnEvent;
+                let (kind, conn, url, error) = match e {
+                    ConnEvent::Connected { conn, url } => (EventKind::Connected, conn, url, None),
+                    ConnEvent::Disconnected { conn, url, error } => {
+                        (EventKind::Disconnected, conn, url, Some(error))
+                    }
+                    ConnEvent::ConnectFailed { conn, url, error } => {
+                        (EventKind::Error, conn, url, Some(error))
+                    }
+                };
+                let mut meta = vec![
+                    ("sink", s.name().to_string()),
+                    ("shard", self.plan.index.to_string()),
+                    ("conn", conn.to_string()),
+                    ("url", url),
+                ];
+                let message = match &error {
+                    Some(err) => format!(
+                        "{} connection {conn} of shard {}: {err}",
+                        s.name(),
+                        self.plan.index
+                    ),
+                    None => format!(
+                        "{} connection {conn} of shard {} connected",
+                        s.name(),
+                        self.plan.index
+                    ),
+                };
+                if let Some(err) = error {
+                    meta.push(("error", err));
+                }
+                self.ctl.emit("", &BTreeMap::new(), kind, message, self.wheel.elapsed(), meta);
+            }
+        }
+    }
+
+    pub fn drain_commands(&mut self) {
+        self.forward_sink_events();
+        let Some(link) = &self.ctl.link else { return };
+        let start = mono_ns();
+        while self.ctl.work.len() < 64 {
+            match link.inbox.try_recv() {
+                Ok(ShardCommand::Spawn { specs, reply }) => self.ctl.work.push_back(Work::Spawn {
+                    specs: specs.into_iter(),
+                    acc: SpawnReply::default(),
+                    reply,
+                }),
+                Ok(ShardCommand::Scan { selection, action, reply }) => {
+                    self.ctl.work.push_back(Work::Scan(Scan {
+                        selection,
+                        action,
+                        cursor: 0,
+                        group_match: vec![],
+                        acc: ScanReply::default(),
+                        reply,
+                        remap: HashMap::new(),
+                    }))
+                }
+                Ok(ShardCommand::Subscribe(sub)) => self.ctl.streams.add(sub),
+                Ok(ShardCommand::Unsubscribe(id)) => self.ctl.streams.remove(id),
+                Err(_) => break,
+            }
+        }
+        if !self.ctl.work.is_empty() {
+            // Work until shortly before the next device is due, within bounds.
+            let budget = match (self.plan.clock, self.wheel.next_expiration()) {
+                (crate::config::ClockMode::Realtime, Some(t)) => self
+                    .wall_at(t)
+                    .saturating_sub(start + BUDGET_NS)
+                    .clamp(BUDGET_NS, IDLE_BUDGET_NS),
+                (crate::config::ClockMode::Realtime, None) => IDLE_BUDGET_NS,
+                (crate::config::ClockMode::Virtual, _) => BUDGET_NS,
+            };
+            let deadline = start + budget;
+            while let Some(work) = self.ctl.work.pop_front() {
+                let needs_ids = match &work {
+                    Work::Spawn { .. } => true,
+                    Work::Scan(s) => matches!(&*s.selection, Selection::Ids(_)),
+                };
+                if needs_ids && !self.id_index_step(deadline) {
+                    self.ctl.work.push_front(work);
+                    break;
+                }
+                let done = match work {
+                    Work::Spawn { mut specs, mut acc, reply } => {
+                        let mut n = 0usize;
+                        let mut finished = true;
+                        for spec in specs.by_ref() {
+                            self.spawn_one(spec, &mut acc);
+                            n += 1;
+                            if n.is_multiple_of(SPAWN_CHUNK) && mono_ns() >= deadline {
+                                finished = false;
+                                break;
+                            }
+                        }
+                        if finished {
+                            self.publish_counters();
+                            let _ = reply.send(acc);
+                            true
+                        } else {
+                            self.ctl.work.push_front(Work::Spawn { specs, acc, reply });
+                            false
+                        }
+                    }
+                    Work::Scan(mut scan) => {
+                        if self.scan_step(&mut scan, deadline) {
+                            self.publish_counters();
+                            let _ = scan.reply.send(scan.acc);
+                            true
+                        } else {
+                            self.ctl.work.push_front(Work::Scan(scan));
+                            false
+                        }
+                    }
+                };
+                if !done || mono_ns() >= deadline {
+                    break;
+                }
+            }
+        }
+        self.ctl.streams.flush();
+        self.publish_counters();
+    }
+
+    /// Publishes this shard's figures for GetRuntimeStatus. Also called before a command's
+    /// reply is sent, so that a status read right after the reply already reflects it.
+    fn publish_counters(&mut self) {
+        if let Some(link) = &self.ctl.link {
+            let c = &link.counters;
+            c.devices.store(self.table.len() as u64, Ordering::Relaxed);
+            let (net_messages, net_errors, _) = self.net_totals();
+            c.messages.store(self.stats.messages() + net_messages, Ordering::Relaxed);
+            c.errors.store(self.stats.errors() + net_errors, Ordering::Relaxed);
+            c.suppressed.store(self.ctl.states.suppressed(), Ordering::Relaxed);
+            c.faults_active.store(self.ctl.states.faults_active(), Ordering::Relaxed);
+            c.lateness_us_max.fetch_max(self.ctl.lateness_max_us, Ordering::Relaxed);
+            self.ctl.lateness_max_us = 0;
+        }
+    }
+
+    /// Publishes the per-protocol count of devices on a fallback sink (spawns and stops only).
+    fn publish_fallback(&self) {
+        if let Some(link) = &self.ctl.link {
+            let mut m = link.counters.fallback_devices.lock().unwrap_or_else(|e| e.into_inner());
+            m.clone_from(&self.ctl.fallback_devices);
+        }
+    }
+
+    /// Before a device's tick: pause and latency-spike deferral. `None` means the tick was
+    /// consumed here (the device is re-armed); otherwise the (possibly earlier) intended time
+    /// of the message to generate now, and its intended monotonic time (realtime).
+    pub(crate) fn control_gate(
+        &mut self,
+        key: u32,
+        due: SimMs,
+        intended_ns: Option<u64>,
+    ) -> Option<(SimMs, Option<u64>)> {
+        if self.ctl.states.is_quiet() {
+            return Some((due, intended_ns));
+        }
+        match self.ctl.states.gate(key, due, self.device_interval(key)) {
+            Gate::Tick { intended } if intended == due => Some((due, intended_ns)),
+            Gate::Tick { intended } => {
+                Some((intended, intended_ns.map(|_| self.wall_at(intended))))
+            }
+            Gate::Rearm { at } => {
+                self.wheel.insert(key, at);
+                None
+            }
+        }
+    }
+
+    fn device_interval(&self, key: u32) -> u64 {
+        self.table.get(key).map_or(1000, |d| d.interval_ms.max(1) as u64)
+    }
+
+    fn id_of(&self, key: u32, out: &mut String) -> bool {
+        let fleet = &*self.plan.fleet;
+        match self.table.get(key) {
+            Some(d) => {
+                let g = &fleet.groups[d.group as usize];
+                g.device_id(&fleet.profiles[g.profile], d.index as u64, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Builds the id index a step at a time; true once it is complete. Stops, spawns and
+    /// behaviour changes keep a partial index right (they insert and remove their own keys).
+    fn id_index_step(&mut self, deadline: u64) -> bool {
+        if self.ctl.ids_ready {
+            return true;
+        }
+        let mut map = self.ctl.ids.take().unwrap_or_default();
+        let mut id = String::new();
+        let end = self.table.key_capacity();
+        let mut n = 0usize;
+        while self.ctl.ids_cursor < end {
+            let k = self.ctl.ids_cursor as u32;
+            self.ctl.ids_cursor += 1;
+            if self.id_of(k, &mut id) {
+                if map.capacity() == map.len() {
+                    // Grow once to the full size rather than by doubling (each doubling
+                    // rehashes everything so far in one go).
+                    map.reserve(self.table.len().max(1024));
+                }
+                map.insert(id.clone(), k);
+            }
+            n += 1;
+            if n.is_multiple_of(CHUNK) && mono_ns() >= deadline {
+                break;
+            }
+        }
+        self.ctl.ids = Some(map);
+        self.ctl.ids_ready = self.ctl.ids_cursor >= end;
+        self.ctl.ids_ready
+    }
+
+    fn spawn_one(&mut self, spec: SpawnSpec, acc: &mut SpawnReply) {
+        // The caller completed the id index first (`id_index_step`).
+        if self.ctl.ids.as_ref().is_some_and(|m| m.contains_key(&spec.id)) {
+            let reason = format!("device {:?} already exists", spec.id);
+            acc.failed.push((spec.id, reason));
+            return;
+        }
+        // The profile first, so that a sink opened now knows it (HTTP endpoints, per-profile
+        // statistics of network sinks).
+        let profile_ix = self.intern_profile(&spec.profile);
+        let proto_ix = spec.profile.protocol.index();
+        if self.sinks[proto_ix].is_none() {
+            let opened = Sink::open(
+                spec.profile.protocol,
+                &self.plan.sinks,
+                self.plan.index,
+                self.plan.shards,
+                &self.plan.fleet,
+            );
+            // A sink opened now must also be started (its connection tasks spawned on this
+            // shard's LocalSet), or its messages would only queue.
+            let started = opened.map_err(|e| e.to_string()).and_then(|mut s| s.start().map(|()| s));
+            match started {
+                Ok(s) => self.sinks[proto_ix] = Some(s),
+                Err(e) => {
+                    let reason = format!("cannot open the {} sink: {e}", spec.profile.protocol);
+                    acc.failed.push((spec.id, reason));
+                    return;
+                }
+            }
+        }
+        if let Some(asked) = &spec.profile.requested_protocol {
+            *self.ctl.fallback_devices.entry(asked.clone()).or_default() += 1;
+            self.publish_fallback();
+        }
+        let gi = self.intern_group(profile_ix, spec.labels);
+        let fleet = Arc::make_mut(&mut self.plan.fleet);
+        let group = &mut fleet.groups[gi];
+        let index = group.ids.len() as u32;
+        group.ids.push(spec.id.clone());
+        group.count += 1;
+        let ds = device_seed(self.plan.seed, &spec.id);
+        let key = self.table.insert(fleet, gi as u32, index, ds);
+        let now = self.control_now();
+        let interval = spec.profile.interval_ms;
+        self.wheel.insert(key, now + seed::phase_ms(ds, interval).max(1));
+        self.ctl.emit(
+            &spec.id,
+            &self.plan.fleet.groups[gi].labels,
+            EventKind::Spawned,
+            "device started".into(),
+            now,
+            vec![("device_type", spec.profile.device_type.clone())],
+        );
+        if let Some(ids) = &mut self.ctl.ids {
+            ids.insert(spec.id, key);
+        }
+        acc.spawned += 1;
+    }
+
+    fn intern_profile(&mut self, p: &Arc<Profile>) -> usize {
+        let addr = Arc::as_ptr(p) as usize;
+        if let Some(&ix) = self.ctl.profiles.get(&addr) {
+            return ix;
+        }
+        let fleet = Arc::make_mut(&mut self.plan.fleet);
+        fleet.profiles.push((**p).clone());
+        let ix = fleet.profiles.len() - 1;
+        self.stats.profiles.push(ProfileStats::new());
+        // Network sinks record per profile too: make room for the new one.
+        for sink in self.sinks.iter().flatten() {
+            if let Some(net) = sink.net_shared() {
+                let mut st = net.stats.borrow_mut();
+                if st.len() <= ix {
+                    st.resize_with(ix + 1, ProfileStats::new);
+                }
+            }
+        }
+        self.ctl.profiles.insert(addr, ix);
+        self.ctl.kept.push(p.clone());
+        ix
+    }
+
+    fn intern_group(&mut self, profile_ix: usize, labels: BTreeMap<String, String>) -> usize {
+        if let Some(&gi) = self.ctl.groups.get(&(profile_ix, labels.clone())) {
+            return gi;
+        }
+        let fleet = Arc::make_mut(&mut self.plan.fleet);
+        fleet.groups.push(Group {
+            profile: profile_ix,
+            count: 0,
+            first_ordinal: 0,
+            labels_json: profile::labels_json(&labels),
+            labels: labels.clone(),
+            ids: vec![],
+        });
+        let gi = fleet.groups.len() - 1;
+        self.ctl.groups.insert((profile_ix, labels), gi);
+        gi
+    }
+
+    /// Works on a selection command until it is done (true) or the deadline passes.
+    fn scan_step(&mut self, scan: &mut Scan, deadline: u64) -> bool {
+        let selection = scan.selection.clone();
+        match &*selection {
+            Selection::Ids(ids) => {
+                while scan.cursor < ids.len() {
+                    let id = &ids[scan.cursor];
+                    scan.cursor += 1;
+                    match self.ctl.ids.as_ref().and_then(|m| m.get(id)).copied() {
+                        Some(key) => self.apply(scan, key),
+                        None => scan.acc.not_found.push(id.clone()),
+                    }
+                    if scan.cursor.is_multiple_of(SCAN_CHUNK) && mono_ns() >= deadline {
+                        return false;
+                    }
+                }
+                true
+            }
+            sel => {
+                let end = self.table.key_capacity();
+                while scan.cursor < end {
+                    let key = scan.cursor as u32;
+                    scan.cursor += 1;
+                    if let Some(d) = self.table.get(key) {
+                        let gi = d.group as usize;
+                        let fleet = &*self.plan.fleet;
+                        if group_matches(&mut scan.group_match, gi, &fleet.groups[gi], sel) {
+                            self.apply(scan, key);
+                        }
+                    }
+                    if scan.cursor.is_multiple_of(SCAN_CHUNK) && mono_ns() >= deadline {
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Applies a selection command's action to one device.
+    fn apply(&mut self, scan: &mut Scan, key: u32) {
+        let now = self.control_now();
+        let mut id = String::new();
+        let fleet = self.plan.fleet.clone();
+        let Some(d) = self.table.get(key) else { return };
+        let group = &fleet.groups[d.group as usize];
+        let profile = &fleet.profiles[group.profile];
+        let needs_id = !matches!(scan.action, Action::Status { list: false });
+        if needs_id {
+            group.device_id(profile, d.index as u64, &mut id);
+        }
+        scan.acc.affected += 1;
+        match &scan.action {
+            Action::Status { list } => {
+                let state = if self.ctl.states.is_paused(key) {
+                    DeviceState::Paused
+                } else {
+                    DeviceState::Running
+                };
+                *scan.acc.by_state.entry(state).or_default() += 1;
+                *scan.acc.by_type.entry(profile.device_type.clone()).or_default() += 1;
+                if *list {
+                    scan.acc.devices.push(DeviceInfo {
+                        id,
+                        device_type: profile.device_type.clone(),
+                        labels: group.labels.clone(),
+                        state,
+                    });
+                }
+            }
+            Action::Stop => {
+                self.wheel.remove(key);
+                self.ctl.states.forget(key);
+                if let Some(asked) = &profile.requested_protocol
+                    && let Some(n) = self.ctl.fallback_devices.get_mut(asked)
+                {
+                    *n = n.saturating_sub(1);
+                    self.publish_fallback();
+                }
+                if let Some(ids) = &mut self.ctl.ids {
+                    ids.remove(&id);
+                }
+                self.table.remove(&fleet, key);
+                self.ctl.emit(
+                    &id,
+                    &group.labels,
+                    EventKind::Stopped,
+                    "device stopped".into(),
+                    now,
+                    vec![("device_type", profile.device_type.clone())],
+                );
+            }
+            Action::Fault(spec) => {
+                self.ctl.states.inject(key, spec, now, self.table.len());
+                let duration = if spec.duration_ms == 0 {
+                    "until cleared".to_string()
+                } else {
+                    crate::sim::time::format_duration_ms(spec.duration_ms)
+                };
+                self.ctl.emit(
+                    &id,
+                    &group.labels,
+                    EventKind::FaultInjected,
+                    format!("{} for {duration}", spec.kind),
+                    now,
+                    vec![
+                        ("fault_type", spec.kind.type_name().to_string()),
+                        ("device_type", profile.device_type.clone()),
+                        ("duration_ms", spec.duration_ms.to_string()),
+                    ],
+                );
+            }
+            Action::ClearFaults(kind) => {
+                let cleared = self.ctl.states.clear(key, *kind);
+                if cleared.is_empty() {
+                    scan.acc.affected -= 1;
+                }
+                for k in cleared {
+                    self.ctl.emit(
+                        &id,
+                        &group.labels,
+                        EventKind::FaultCleared,
+                        format!("{k} cleared"),
+                        now,
+                        vec![("fault_type", k.type_name().to_string())],
+                    );
+                }
+            }
+            Action::Pause(pause) => {
+                let changed = self.ctl.states.set_paused(key, *pause, self.table.len());
+                if changed {
+                    let (kind, msg) = if *pause {
+                        (EventKind::Paused, "device paused")
+                    } else {
+                        (EventKind::Resumed, "device resumed")
+                    };
+                    self.ctl.emit(&id, &group.labels, kind, msg.into(), now, vec![]);
+                } else {
+                    scan.acc.affected -= 1;
+                }
+            }
+            Action::Behaviour(update) => {
+                let update = update.clone();
+                self.update_behaviour(key, &id, &update, &mut scan.remap)
+            }
+        }
+    }
+
+    /// Swaps a device's generators. A field whose generator type (and slot count) is unchanged
+    /// keeps its state, so a brownian level does not jump back to `start`.
+    fn update_behaviour(
+        &mut self,
+        key: u32,
+        id: &str,
+        update: &BehaviourUpdate,
+        remap: &mut HashMap<usize, usize>,
+    ) {
+        let fleet = self.plan.fleet.clone();
+        let Some(old) = self.table.get(key).cloned() else { return };
+        let old_group = &fleet.groups[old.group as usize];
+        let old_profile = &fleet.profiles[old_group.profile];
+        let old_slots: Vec<_> =
+            self.table.slots_mut(key, old_profile.slots).map(|s| s.to_vec()).unwrap_or_default();
+        let profile_ix = match remap.get(&old_group.profile) {
+            Some(&ix) => ix,
+            None => {
+                let mut p = old_profile.clone();
+                p.fields = update.fields.clone();
+                let mut slots = 0;
+                for f in &mut p.fields {
+                    f.generator.prepare(p.interval_ms as f64 / 1000.0);
+                    f.first_slot = slots;
+                    slots += f.generator.slots();
+                }
+                p.slots = slots;
+                let ix = self.intern_profile(&Arc::new(p));
+                remap.insert(old_group.profile, ix);
+                ix
+            }
+        };
+        let p = self.plan.fleet.profiles[profile_ix].clone();
+        let labels = old_group.labels.clone();
+        let gi = self.intern_group(profile_ix, labels);
+        let deadline = self.wheel.remove(key);
+        self.table.remove(&fleet, key);
+        let f = Arc::make_mut(&mut self.plan.fleet);
+        // The device moves to the new group: the report counts it once.
+        let old_count = &mut f.groups[old.group as usize].count;
+        *old_count = old_count.saturating_sub(1);
+        let index = f.groups[gi].ids.len() as u32;
+        f.groups[gi].ids.push(id.to_string());
+        f.groups[gi].count += 1;
+        let new_key = self.table.insert(f, gi as u32, index, device_seed(self.plan.seed, id));
+        if let Some(dev) = self.table.get_mut(new_key) {
+            dev.seq = old.seq;
+            dev.interval_ms = old.interval_ms;
+        }
+        if let Some(new_slots) = self.table.slots_mut(new_key, p.slots) {
+            for nf in &p.fields {
+                let Some(of) = old_profile.fields.iter().find(|of| of.name == nf.name) else {
+                    continue;
+                };
+                let same = std::mem::discriminant(&of.generator)
+                    == std::mem::discriminant(&nf.generator)
+                    && of.generator.slots() == nf.generator.slots();
+                if same {
+                    let n = nf.generator.slots();
+                    new_slots[nf.first_slot..nf.first_slot + n]
+                        .clone_from_slice(&old_slots[of.first_slot..of.first_slot + n]);
+                }
+            }
+        }
+        if new_key != key {
+            self.ctl.states.rekey(key, new_key);
+            if let Some(ids) = &mut self.ctl.ids {
+                ids.insert(id.to_string(), new_key);
+            }
+        }
+        let now = self.control_now();
+        self.wheel.insert(new_key, deadline.unwrap_or(now + old.interval_ms as u64));
+    }
+}
