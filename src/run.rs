@@ -166,7 +166,6 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         _ => None,
     };
-    let board = Arc::new(crate::measure::board::Board::new(cores));
     let identity = RunIdentity {
         run_id: opts.run_id.clone(),
         seed,
@@ -178,7 +177,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     };
     let _admin = match (opts.admin, &plane) {
         (Some(addr), Some(p)) => {
-            let s = crate::control::admin::start(addr, p.clone(), board.clone(), identity.clone())
+            let s = crate::control::admin::start(addr, p.clone(), identity.clone())
                 .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
             crate::logs::notice(
                 &format!("admin: listening on http://{}", s.addr),

@@ -313,6 +313,11 @@ impl ControlPlane {
         }
     }
 
+    /// What every shard last published for `/metrics`.
+    pub(crate) fn published(&self) -> Vec<Arc<crate::measure::board::ShardFigures>> {
+        self.counters.iter().map(|c| c.figures.read()).collect()
+    }
+
     /// Devices on the fallback sink, by the protocol they asked for, over every shard.
     pub(crate) fn fallback_devices(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();

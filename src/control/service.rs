@@ -7,10 +7,8 @@ use super::plane::{ControlPlane, PlaneError};
 use super::proto::{self, device_runtime_service_server as server};
 use super::spec::{self, selection};
 use super::wire;
-use crate::shard::command::{Action, BehaviourUpdate, Selection, SpawnSpec};
-use crate::sim::profile::Profile;
-use prost::Message;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::shard::command::{Action, BehaviourUpdate, Selection};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -54,29 +52,11 @@ impl server::DeviceRuntimeService for Service {
         &self,
         req: Request<proto::SpawnDevicesRequest>,
     ) -> Result<Response<proto::SpawnDevicesResponse>, Status> {
-        let req = req.into_inner();
-        if req.specs.is_empty() {
-            return Err(Status::invalid_argument("specs must not be empty"));
-        }
-        let mut specs = Vec::with_capacity(req.specs.len());
+        let (specs, failed) = spec::compile_specs(req.into_inner().specs, &self.plane)?;
         let mut out = proto::SpawnDevicesResponse::default();
-        // Specs that differ only in id and labels share one compiled profile.
-        let mut cache: HashMap<Vec<u8>, Result<Arc<Profile>, String>> = HashMap::new();
-        for mut spec in req.specs {
-            let id = std::mem::take(&mut spec.device_id);
-            let labels: BTreeMap<String, String> =
-                std::mem::take(&mut spec.labels).into_iter().collect();
-            let key = spec.encode_to_vec();
-            let compiled = cache
-                .entry(key)
-                .or_insert_with(|| spec::compile_spec(&spec, &self.plane).map(Arc::new));
-            match compiled {
-                Ok(profile) => specs.push(SpawnSpec { id, profile: profile.clone(), labels }),
-                Err(reason) => {
-                    out.failure_reasons.insert(id.clone(), reason.clone());
-                    out.failed_device_ids.push(id);
-                }
-            }
+        for (id, reason) in failed {
+            out.failure_reasons.insert(id.clone(), reason);
+            out.failed_device_ids.push(id);
         }
         let r = self.plane.spawn(specs).await?;
         out.spawned = r.spawned as i32;
@@ -324,16 +304,7 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::ClearFaultsRequest>,
     ) -> Result<Response<proto::ClearFaultsResponse>, Status> {
         let req = req.into_inner();
-        let kind = match proto::FaultType::try_from(req.fault_type) {
-            Ok(proto::FaultType::Unspecified) => None,
-            Ok(t) => Some(t as i32),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown fault_type {}",
-                    req.fault_type
-                )));
-            }
-        };
+        let kind = spec::clear_kind(req.fault_type)?;
         let sel = selection(req.selector, false)?;
         let r = self.plane.scan(sel, Action::ClearFaults(kind)).await?;
         Ok(Response::new(proto::ClearFaultsResponse { cleared: r.affected as i32 }))

@@ -5,10 +5,13 @@
 use super::plane::ControlPlane;
 use super::proto;
 use crate::config::walk::{Problems, Table};
-use crate::shard::command::Selection;
+use crate::shard::command::{Selection, SpawnSpec};
 use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
 use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use tonic::Status;
 
 /// Default interval of a spec without one (the original's).
@@ -199,6 +202,41 @@ pub(crate) fn compile_spec(
     match profile {
         Some(prof) if p.is_empty() => Ok(Profile { requested_protocol, ..prof }),
         _ => Err(format!("invalid spec: {}", problems_text(&p))),
+    }
+}
+
+/// Validates the specs of a spawn request: the specs to hand to the plane, and the ids refused
+/// with their reason. Specs that differ only in id and labels share one compiled profile.
+pub(crate) fn compile_specs(
+    specs: Vec<proto::DeviceSpec>,
+    plane: &ControlPlane,
+) -> Result<(Vec<SpawnSpec>, Vec<(String, String)>), Status> {
+    if specs.is_empty() {
+        return Err(Status::invalid_argument("specs must not be empty"));
+    }
+    let mut ok = Vec::with_capacity(specs.len());
+    let mut failed = vec![];
+    let mut cache: HashMap<Vec<u8>, Result<Arc<Profile>, String>> = HashMap::new();
+    for mut spec in specs {
+        let id = std::mem::take(&mut spec.device_id);
+        let labels: BTreeMap<String, String> =
+            std::mem::take(&mut spec.labels).into_iter().collect();
+        let key = spec.encode_to_vec();
+        let compiled = cache.entry(key).or_insert_with(|| compile_spec(&spec, plane).map(Arc::new));
+        match compiled {
+            Ok(profile) => ok.push(SpawnSpec { id, profile: profile.clone(), labels }),
+            Err(reason) => failed.push((id, reason.clone())),
+        }
+    }
+    Ok((ok, failed))
+}
+
+/// The fault type a ClearFaults request names: `None` = every type.
+pub(crate) fn clear_kind(fault_type: i32) -> Result<Option<i32>, Status> {
+    match proto::FaultType::try_from(fault_type) {
+        Ok(proto::FaultType::Unspecified) => Ok(None),
+        Ok(t) => Ok(Some(t as i32)),
+        Err(_) => Err(Status::invalid_argument(format!("unknown fault_type {fault_type}"))),
     }
 }
 

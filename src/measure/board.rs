@@ -1,18 +1,15 @@
 //! What the shards publish for observers (the admin server's `/metrics`): per-profile counters
-//! and fixed-bucket latency histograms, copied out of a shard's own statistics every
-//! [`PUBLISH_INTERVAL_NS`] of wall time.
+//! and fixed-bucket latency histograms, copied out of a shard's own statistics about once a
+//! second of wall time (with the progress snapshot).
 //!
 //! The per-message path never sees this module: a shard counts in its own `ProfileStats` (plain
 //! integers and an HDR histogram) and, about once a second, turns them into a
-//! [`ShardFigures`] and drops it into its [`Board`] slot with `try_lock` (a scrape that holds
-//! the lock at that moment just gets the previous figures). The collector reads the slots at
-//! scrape time and merges the shards by label set.
+//! [`ShardFigures`] and drops it into its [`Slot`] (in the shard's published counters) with
+//! `try_lock`: a scrape that holds the lock at that moment just gets the previous figures. The
+//! collector reads the slots at scrape time and merges the shards by label set.
 
 use hdrhistogram::Histogram;
 use std::sync::{Arc, Mutex};
-
-/// How often a shard refreshes its published figures.
-pub const PUBLISH_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// Upper bounds (µs) of the latency and tick-lateness buckets: 10 µs to 60 s, then `+Inf`.
 pub const BUCKETS_US: [u64; 21] = [
@@ -99,36 +96,22 @@ pub struct ShardFigures {
     pub running: bool,
 }
 
-/// One slot per shard; the shard writes its slot, scrapes read every slot.
+/// Where one shard publishes its figures: the shard writes, scrapes read.
 #[derive(Debug, Default)]
-pub struct Board {
-    slots: Vec<Mutex<Arc<ShardFigures>>>,
-}
+pub struct Slot(Mutex<Arc<ShardFigures>>);
 
-impl Board {
-    pub fn new(shards: usize) -> Board {
-        Board {
-            slots: (0..shards).map(|_| Mutex::new(Arc::new(ShardFigures::default()))).collect(),
-        }
-    }
-
-    /// Publishes `shard`'s figures unless a reader holds the slot right now (then they are
-    /// dropped: the next publish replaces them anyway). Never blocks.
-    pub fn publish(&self, shard: usize, figures: ShardFigures) {
-        if let Some(slot) = self.slots.get(shard)
-            && let Ok(mut s) = slot.try_lock()
-        {
+impl Slot {
+    /// Publishes new figures unless a reader holds the slot right now (then they are dropped:
+    /// the next publish replaces them anyway). Never blocks the shard.
+    pub fn publish(&self, figures: ShardFigures) {
+        if let Ok(mut s) = self.0.try_lock() {
             *s = Arc::new(figures);
         }
     }
 
-    /// The latest figures of every shard.
-    pub fn read(&self) -> Vec<Arc<ShardFigures>> {
-        self.slots.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect()
-    }
-
-    pub fn shards(&self) -> usize {
-        self.slots.len()
+    /// The latest figures.
+    pub fn read(&self) -> Arc<ShardFigures> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -156,12 +139,9 @@ mod tests {
 
     #[test]
     fn a_slot_keeps_the_latest_figures() {
-        let board = Board::new(2);
-        let f = ShardFigures { running: true, ..Default::default() };
-        board.publish(1, f);
-        board.publish(7, ShardFigures::default()); // no such shard: ignored
-        let r = board.read();
-        assert!(!r[0].running);
-        assert!(r[1].running);
+        let slot = Slot::default();
+        assert!(!slot.read().running);
+        slot.publish(ShardFigures { running: true, ..Default::default() });
+        assert!(slot.read().running);
     }
 }

@@ -61,6 +61,10 @@ pub(crate) struct DeviceInfo {
     pub device_type: String,
     pub labels: BTreeMap<String, String>,
     pub state: DeviceState,
+    /// Its active faults.
+    pub faults: Vec<crate::sim::fault::FaultKind>,
+    /// Messages it produced so far.
+    pub messages: u64,
 }
 
 /// What a selection command did.
@@ -143,6 +147,9 @@ pub(crate) struct ShardCounters {
     /// Devices published to the fallback sink, by the protocol they asked for. Written only
     /// when a spawn or stop changes it (never per message).
     pub fallback_devices: Mutex<BTreeMap<String, u64>>,
+    /// Per-profile counters and histogram buckets for `/metrics`, refreshed about once a
+    /// second.
+    pub figures: crate::measure::board::Slot,
 }
 
 /// The control plane's link to one shard, handed to it in its plan.

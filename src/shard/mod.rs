@@ -245,6 +245,8 @@ impl Shard {
     async fn run_virtual(&mut self) -> SimMs {
         let networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut turns = 0u32;
         loop {
@@ -290,6 +292,8 @@ impl Shard {
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
         let mut timer =
             PreciseTimer::new().map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut last_flush = last_snapshot;
         loop {
@@ -544,5 +548,6 @@ impl Shard {
             latency: std::mem::replace(&mut self.interval_latency, stats::histogram()),
         };
         let _ = self.plan.progress.try_send(snap);
+        self.publish_figures();
     }
 }

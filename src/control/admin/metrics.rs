@@ -8,7 +8,7 @@
 //! [`openmetrics_to_text`]: the two differ only in how a counter's family is named.
 
 use crate::control::plane::ControlPlane;
-use crate::measure::board::{BUCKETS_US, Board, Buckets, ProfileFigures, ShardFigures};
+use crate::measure::board::{BUCKETS_US, Buckets, ProfileFigures, ShardFigures};
 use crate::run::RunIdentity;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -90,9 +90,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(plane: Arc<ControlPlane>, board: Arc<Board>, run: RunIdentity) -> Metrics {
+    pub fn new(plane: Arc<ControlPlane>, run: RunIdentity) -> Metrics {
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(FleetCollector { plane, board, run }));
+        registry.register_collector(Box::new(FleetCollector { plane, run }));
         Metrics { registry }
     }
 
@@ -108,7 +108,6 @@ impl Metrics {
 /// Reads the published figures at scrape time.
 struct FleetCollector {
     plane: Arc<ControlPlane>,
-    board: Arc<Board>,
     run: RunIdentity,
 }
 
@@ -236,7 +235,7 @@ fn gauge(v: i64) -> ConstGauge<i64> {
 impl Collector for FleetCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         use MetricType::{Counter, Gauge};
-        let f = merge(&self.board.read());
+        let f = merge(&self.plane.published());
         let tp = |k: &(String, &'static str)| TypeProtocol {
             device_type: k.0.clone(),
             protocol: k.1.to_string(),

@@ -1,16 +1,17 @@
 //! The admin HTTP server (`--admin ADDR`), on axum, from its own thread and current-thread
 //! runtime (never a shard thread).
 //!
-//! - [`routes`]: the routes (`/healthz`, `/metrics`, `/status`, `/api/v1/...`) and their errors;
+//! - [`routes`]: the router, its middleware (body limit, deadline, bearer token) and errors;
+//! - [`api`]: readiness, the device listing and the mutating routes (through the plane);
 //! - [`metrics`]: the Prometheus registry and the collector that reads what shards publish;
 //! - [`server`]: accept loop and connections (file-descriptor back-off, whole-request deadline).
 
+pub mod api;
 pub mod metrics;
 pub mod routes;
 pub mod server;
 
 use crate::control::plane::ControlPlane;
-use crate::measure::board::Board;
 use crate::run::RunIdentity;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,15 +42,20 @@ pub fn limits_from_env() -> Result<server::Limits, String> {
 pub fn start(
     addr: SocketAddr,
     plane: Arc<ControlPlane>,
-    board: Arc<Board>,
     run: RunIdentity,
 ) -> std::io::Result<AdminServer> {
     let limits = limits_from_env().map_err(std::io::Error::other)?;
+    let token = std::env::var("IOT_SIM_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty());
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(std::io::Error::other(format!(
+            "{addr} is beyond loopback: set IOT_SIM_ADMIN_TOKEN (the bearer token the mutating routes will require), or bind 127.0.0.1"
+        )));
+    }
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let metrics = metrics::Metrics::new(plane.clone(), board.clone(), run.clone());
-    let state = Arc::new(routes::AdminState { plane, board, metrics, run });
+    let metrics = metrics::Metrics::new(plane.clone(), run.clone());
+    let state = Arc::new(routes::AdminState { plane, metrics, run, token });
     let router = routes::router(state);
     std::thread::Builder::new().name("admin".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -1,16 +1,16 @@
 //! The admin routes: one [`Router`] built by [`router`], state in an `Arc`, small handlers, and
 //! every error as an [`ApiError`] (JSON `{"error": ...}` with its status).
 
+use super::api;
 use super::metrics::{self, Metrics};
 use super::server::Deadline;
 use crate::control::plane::ControlPlane;
-use crate::measure::board::Board;
 use crate::run::RunIdentity;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 
@@ -20,18 +20,30 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// What the handlers share.
 pub struct AdminState {
     pub plane: Arc<ControlPlane>,
-    pub board: Arc<Board>,
     pub metrics: Metrics,
     pub run: RunIdentity,
+    /// The bearer token the mutating routes require (`IOT_SIM_ADMIN_TOKEN`); `None` = open
+    /// (only allowed on loopback).
+    pub token: Option<String>,
 }
 
 /// Every admin route.
 pub fn router(state: Arc<AdminState>) -> Router {
+    let mutating = Router::new()
+        .route("/api/v1/spawn", post(api::spawn))
+        .route("/api/v1/stop", post(api::stop))
+        .route("/api/v1/pause", post(api::pause))
+        .route("/api/v1/resume", post(api::resume))
+        .route("/api/v1/faults", post(api::inject_fault).delete(api::clear_faults))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(api::readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/devices", get(api::devices))
+        .merge(mutating)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -122,6 +134,29 @@ async fn guard(req: Request, next: Next) -> Response {
         },
         None => next.run(req).await,
     }
+}
+
+/// Mutating routes: with a token configured, `Authorization: Bearer <token>` or 401.
+async fn auth(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &s.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.trim().as_bytes(), token.as_bytes())) {
+            return ApiError::Unauthorized(
+                "this route needs Authorization: Bearer <IOT_SIM_ADMIN_TOKEN>".into(),
+            )
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without stopping at the first difference (no timing hint about the token).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz() -> &'static str {
