@@ -162,14 +162,23 @@ impl ControlPlane {
             }
             let (reply, rx) = oneshot::channel::<SpawnReply>();
             self.send(i, ShardCommand::Spawn { specs, reply }).await?;
-            waits.push(rx);
+            waits.push((i, rx));
         }
         let mut acc = SpawnReply::default();
-        for rx in waits {
+        let mut per_shard = vec![];
+        for (shard, rx) in waits {
             let r = rx.await.map_err(|_| PlaneError::NoReply)?;
+            per_shard.push(format!("{shard}:{}", r.spawned));
             acc.spawned += r.spawned;
             acc.failed.extend(r.failed);
         }
+        // One line per command, whatever its size (per device: debug, in the shards).
+        tracing::info!(
+            spawned = acc.spawned,
+            failed = acc.failed.len(),
+            per_shard = per_shard.join(","),
+            "devices spawned"
+        );
         Ok(acc)
     }
 
@@ -203,11 +212,31 @@ impl ControlPlane {
         for (i, selection) in parts {
             let (reply, rx) = oneshot::channel();
             self.send(i, ShardCommand::Scan { selection, action: action.clone(), reply }).await?;
-            waits.push(rx);
+            waits.push((i, rx));
         }
         let mut acc = ScanReply::default();
-        for rx in waits {
-            acc.merge(rx.await.map_err(|_| PlaneError::NoReply)?);
+        let mut per_shard = vec![];
+        for (shard, rx) in waits {
+            let r = rx.await.map_err(|_| PlaneError::NoReply)?;
+            per_shard.push(format!("{shard}:{}", r.affected));
+            acc.merge(r);
+        }
+        let what = match &action {
+            Action::Stop => Some("devices stopped".to_string()),
+            Action::Fault(f) => Some(format!("fault injected: {}", f.kind.type_name())),
+            Action::ClearFaults(_) => Some("faults cleared".to_string()),
+            Action::Pause(true) => Some("devices paused".to_string()),
+            Action::Pause(false) => Some("devices resumed".to_string()),
+            Action::Behaviour(_) => Some("behaviour updated".to_string()),
+            Action::Status { .. } => None,
+        };
+        if let Some(what) = what {
+            tracing::info!(
+                devices = acc.affected,
+                not_found = acc.not_found.len(),
+                per_shard = per_shard.join(","),
+                "{what}"
+            );
         }
         Ok(acc)
     }

@@ -108,8 +108,7 @@ impl server::DeviceRuntimeService for Service {
         let req = req.into_inner();
         let spec = spec::fault_spec(&req)?;
         let sel = selection(req.selector, false)?;
-        let r = self.plane.scan(sel, Action::Fault(spec.clone())).await?;
-        tracing::info!(fault = spec.kind.type_name(), devices = r.affected, "fault injected");
+        self.plane.scan(sel, Action::Fault(spec)).await?;
         Ok(Response::new(()))
     }
 

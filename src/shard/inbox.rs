@@ -97,6 +97,8 @@ impl Control {
         t: SimMs,
         meta: Vec<(&'static str, String)>,
     ) {
+        // Per device only at debug: commands are logged once, with counts, by the plane.
+        tracing::debug!(device_id = id, event = ?kind, "{message}");
         let Some(link) = &self.link else { return };
         if link.events.receiver_count() == 0 {
             return;

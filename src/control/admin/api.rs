@@ -7,6 +7,7 @@ use super::routes::{AdminState, ApiError, ApiJson};
 use crate::control::plane::PlaneError;
 use crate::control::proto;
 use crate::control::spec;
+use crate::measure::board::ShardFigures;
 use crate::shard::command::{Action, DeviceState};
 use axum::Json;
 use axum::extract::{Query, State};
@@ -39,9 +40,19 @@ impl From<tonic::Status> for ApiError {
 /// `GET /readyz`: 200 once every shard runs and every network sink connection is up; 503 with
 /// the reasons before.
 pub async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    match readiness(&s.plane.published()) {
+        Ok(()) => (StatusCode::OK, Json(json!({ "ready": true }))).into_response(),
+        Err(waiting) => {
+            ApiError::Unavailable(format!("not ready: {}", waiting.join("; "))).into_response()
+        }
+    }
+}
+
+/// What readiness still waits for, from the shards' published figures.
+pub fn readiness(shards: &[Arc<ShardFigures>]) -> Result<(), Vec<String>> {
     let mut waiting = vec![];
     let mut sinks: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for (i, f) in s.plane.published().iter().enumerate() {
+    for (i, f) in shards.iter().enumerate() {
         if !f.running {
             waiting.push(format!("shard {i} is not running yet"));
         }
@@ -56,11 +67,7 @@ pub async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
             waiting.push(format!("{sink}: {up} of {all} connections up"));
         }
     }
-    if waiting.is_empty() {
-        (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
-    } else {
-        ApiError::Unavailable(format!("not ready: {}", waiting.join("; "))).into_response()
-    }
+    if waiting.is_empty() { Ok(()) } else { Err(waiting) }
 }
 
 /// Query of `GET /api/v1/devices`.
@@ -359,6 +366,7 @@ fn to_value(v: Value) -> prost_types::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measure::board::SinkFigures;
 
     #[test]
     fn fault_types_are_accepted_by_short_name_wire_name_or_number() {
@@ -367,6 +375,27 @@ mod tests {
         assert_eq!(fault_type(&json!(3)).unwrap(), 3);
         assert!(fault_type(&json!("meltdown")).unwrap_err().to_string().contains("meltdown"));
         assert!(fault_type(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn ready_once_every_shard_runs_and_every_connection_is_up() {
+        let shard = |running, connected| {
+            Arc::new(ShardFigures {
+                running,
+                sinks: vec![SinkFigures {
+                    sink: "mqtt",
+                    connected,
+                    connections: 4,
+                    queue_depth: 0,
+                }],
+                ..Default::default()
+            })
+        };
+        assert_eq!(readiness(&[shard(true, 4), shard(true, 4)]), Ok(()));
+        assert_eq!(
+            readiness(&[shard(false, 0), shard(true, 4)]).unwrap_err(),
+            vec!["shard 0 is not running yet".to_string(), "mqtt: 4 of 8 connections up".into()]
+        );
     }
 
     #[test]
