@@ -196,8 +196,10 @@ pub fn parse_answer(buf: &[u8]) -> (u16, String, String) {
 
 /// `GET path` with an optional bearer token; (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let (code, _, body) =
-        http_raw(addr, format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes());
+    let (code, _, body) = http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    );
     (code, body)
 }
 
@@ -211,9 +213,34 @@ pub fn http_json(
 ) -> (u16, String) {
     let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
         body.len()
     );
     let (code, _, body) = http_raw(addr, req.as_bytes());
     (code, body)
+}
+
+/// Waits (up to `limit`) until something listens on 127.0.0.1:`port`.
+pub fn wait_port_for(port: u16, limit: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// Waits for a child with a time limit (killing it after), then collects its output.
+pub fn wait_output(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("child still running after {limit:?}");
 }
