@@ -92,6 +92,8 @@ pub struct ShardFigures {
     /// Active faults and faults injected so far, by fault type name.
     pub faults_active: Vec<(&'static str, u64)>,
     pub faults_injected: Vec<(&'static str, u64)>,
+    /// Paused devices.
+    pub paused: u64,
     /// Set once the shard has built its devices and ticks.
     pub running: bool,
 }

@@ -92,6 +92,11 @@ impl DeviceStates {
         self.faults.get(&key).map(|l| l.iter().map(|f| f.kind).collect()).unwrap_or_default()
     }
 
+    /// Paused devices.
+    pub fn paused_count(&self) -> u64 {
+        self.paused.len() as u64
+    }
+
     pub fn is_paused(&self, key: u32) -> bool {
         self.paused.contains(&key)
     }

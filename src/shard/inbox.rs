@@ -339,6 +339,7 @@ impl Shard {
             sink_events,
             faults_active: by_type(self.ctl.states.active_by_type()),
             faults_injected: by_type(self.ctl.states.injected_by_type()),
+            paused: self.ctl.states.paused_count(),
             running: true,
         });
     }

@@ -244,3 +244,15 @@ pub fn wait_output(mut child: std::process::Child, limit: std::time::Duration) -
     let _ = child.kill();
     panic!("child still running after {limit:?}");
 }
+
+/// Waits (up to 30 s) until the admin server at `addr` answers `/readyz` with 200: the shards
+/// run (and the signal handlers are installed).
+pub fn wait_ready(addr: &str) {
+    for _ in 0..300 {
+        if http_get(addr, "/readyz").0 == 200 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{addr}/readyz not 200 within 30 s");
+}

@@ -153,6 +153,7 @@ struct Fleet {
     sink_events: BTreeMap<String, u64>,
     faults_active: BTreeMap<&'static str, u64>,
     faults_injected: BTreeMap<&'static str, u64>,
+    paused: u64,
 }
 
 fn merge(shards: &[Arc<ShardFigures>]) -> Fleet {
@@ -162,6 +163,7 @@ fn merge(shards: &[Arc<ShardFigures>]) -> Fleet {
             f.by_type.entry((p.device_type.to_string(), p.protocol)).or_default().add(p);
         }
         f.lateness.add(&s.lateness);
+        f.paused += s.paused;
         for k in &s.sinks {
             let c = f.connected.entry(k.sink).or_default();
             c.0 += k.connected;
@@ -335,6 +337,12 @@ impl Collector for FleetCollector {
         )?;
 
         // Beyond the seed.
+        single(
+            &mut enc,
+            "iot_sim_devices_paused",
+            "Devices paused (PauseDevices); they are counted in iot_sim_devices_active too.",
+            gauge(f.paused as i64),
+        )?;
         histogram(
             &mut enc,
             "iot_sim_tick_lateness_seconds",
