@@ -7,6 +7,7 @@
 #   BENCH_PAIRS=3       off/on pairs, run alternately (the ratio is taken per pair)
 #   BENCH_DEVICES=1000000
 #   BENCH_ONLY=overhead|scrape
+#   BENCH_BIN=path      use this binary instead of building target/release/iot-sim
 #
 # overhead: virtual-clock msg/s on 1 core with 1M devices (bench/million.toml), admin server
 #   off vs on and scraped every second (curl), alternating off/on so drift hits both alike.
@@ -20,8 +21,8 @@ N=${BENCH_DEVICES:-1000000}
 ONLY=${BENCH_ONLY:-all}
 OUT=target/bench/observability
 mkdir -p "$OUT"
-cargo build --release --quiet
-BIN=$PWD/target/release/iot-sim
+if [[ -z ${BENCH_BIN:-} ]]; then cargo build --release --quiet; fi
+BIN=${BENCH_BIN:-$PWD/target/release/iot-sim}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

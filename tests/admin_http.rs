@@ -297,6 +297,36 @@ fn api_routes_spawn_list_fault_pause_and_stop_devices() {
     assert_eq!(page["devices"][0]["id"], "m-3");
     assert!(page["next_after"].is_null(), "{body}");
 
+    // A small page of the whole fleet is the start of the full listing (each shard keeps only
+    // its smallest ids).
+    let (_, all) = http_get(&addr, "/api/v1/devices?limit=10000");
+    let all = json(&all);
+    assert_eq!(all["total"], 43, "{all}");
+    assert!(all["next_after"].is_null(), "{all}");
+    let ids: Vec<&str> =
+        all["devices"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let mut walked = vec![];
+    let mut after = String::new();
+    loop {
+        let q =
+            if after.is_empty() { "limit=5".to_string() } else { format!("limit=5&after={after}") };
+        let (_, body) = http_get(&addr, &format!("/api/v1/devices?{q}"));
+        let page = json(&body);
+        walked.extend(
+            page["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_after"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(walked, ids);
+
     // Faults: inject, see them listed, clear.
     let (code, body) = post(
         "/api/v1/faults",

@@ -60,6 +60,26 @@ pub struct Figures {
     pub fallback_devices: BTreeMap<String, u64>,
 }
 
+/// Upper bounds of the telemetry batch size buckets (points per StreamTelemetry batch).
+pub(crate) const BATCH_BUCKETS: [u64; 12] =
+    [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// Sizes of the StreamTelemetry batches sent (one record per batch, not per point).
+#[derive(Debug, Default)]
+pub(crate) struct BatchSizes {
+    /// Per bucket of [`BATCH_BUCKETS`], then `+Inf`.
+    pub counts: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    pub sum: AtomicU64,
+}
+
+impl BatchSizes {
+    pub fn record(&self, points: usize) {
+        let i = BATCH_BUCKETS.partition_point(|&b| b < points as u64);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(points as u64, Ordering::Relaxed);
+    }
+}
+
 /// A telemetry subscription on every shard.
 pub(crate) struct TelemetryFeed {
     pub id: u64,
@@ -82,6 +102,8 @@ pub struct ControlPlane {
     /// (instant, messages total, rate) for messages_per_second.
     rate: Mutex<(Instant, u64, f64)>,
     pub(crate) dropped_points: Arc<AtomicU64>,
+    /// Points per StreamTelemetry batch sent (`iot_sim_telemetry_batch_size`).
+    pub(crate) batch_sizes: BatchSizes,
     pub(crate) threads: usize,
     pub(crate) options: PlaneOptions,
     /// Protocols already warned about falling back (once per protocol).
@@ -113,6 +135,7 @@ impl ControlPlane {
             next_stream: AtomicU64::new(1),
             rate: Mutex::new((Instant::now(), 0, 0.0)),
             dropped_points: Arc::new(AtomicU64::new(0)),
+            batch_sizes: BatchSizes::default(),
             threads: shards + 3,
             options,
             warned: Mutex::new(BTreeSet::new()),
@@ -228,7 +251,7 @@ impl ControlPlane {
             Action::Pause(true) => Some("devices paused".to_string()),
             Action::Pause(false) => Some("devices resumed".to_string()),
             Action::Behaviour(_) => Some("behaviour updated".to_string()),
-            Action::Status { .. } => None,
+            Action::Status { .. } | Action::List { .. } => None,
         };
         if let Some(what) = what {
             tracing::info!(
@@ -375,5 +398,21 @@ impl ControlPlane {
             *r = (Instant::now(), total, r.2);
         }
         r.2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_sizes_land_in_the_bucket_of_their_upper_bound() {
+        let b = BatchSizes::default();
+        for n in [1, 2, 100, 101, 20_000] {
+            b.record(n);
+        }
+        let c: Vec<u64> = b.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!((c[0], c[1], c[5], c[6], c[BATCH_BUCKETS.len()]), (1, 1, 1, 1, 1));
+        assert_eq!(b.sum.load(Ordering::Relaxed), 20_204);
     }
 }

@@ -154,10 +154,13 @@ impl server::DeviceRuntimeService for Service {
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut counted = 0u64;
             let dropped = feed.dropped.clone();
-            let batch_of = |points, seq| proto::TelemetryBatch {
-                points,
-                sequence_number: seq,
-                dropped_points: dropped.load(Ordering::Relaxed) as i64,
+            let batch_of = |points: Vec<proto::TelemetryPoint>, seq| {
+                plane.batch_sizes.record(points.len());
+                proto::TelemetryBatch {
+                    points,
+                    sequence_number: seq,
+                    dropped_points: dropped.load(Ordering::Relaxed) as i64,
+                }
             };
             'outer: loop {
                 tokio::select! {

@@ -78,6 +78,8 @@ pub(crate) struct ScanReply {
     pub by_state: BTreeMap<DeviceState, u32>,
     pub by_type: BTreeMap<String, u32>,
     pub devices: Vec<DeviceInfo>,
+    /// List only: matching devices whose id sorts after the page cursor.
+    pub beyond: u32,
 }
 
 impl ScanReply {
@@ -92,6 +94,7 @@ impl ScanReply {
             *self.by_type.entry(k).or_default() += v;
         }
         self.devices.extend(r.devices);
+        self.beyond += r.beyond;
     }
 }
 
@@ -107,6 +110,13 @@ pub(crate) enum Action {
     Stop,
     Status {
         list: bool,
+    },
+    /// One page of the devices sorted by id: at most `limit` whose id sorts after `after`
+    /// (each shard keeps only its `limit` smallest, so a page costs `limit` entries per shard,
+    /// not the fleet).
+    List {
+        after: Option<Arc<str>>,
+        limit: usize,
     },
     Fault(FaultSpec),
     /// Clears faults of one `FaultType` number, or every fault.

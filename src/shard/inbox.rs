@@ -596,6 +596,30 @@ impl Shard {
                     });
                 }
             }
+            Action::List { after, limit } => {
+                if after.as_deref().is_some_and(|a| id.as_str() <= a) {
+                    return;
+                }
+                scan.acc.beyond += 1;
+                let state = if self.ctl.states.is_paused(key) {
+                    DeviceState::Paused
+                } else {
+                    DeviceState::Running
+                };
+                scan.acc.devices.push(DeviceInfo {
+                    id,
+                    device_type: profile.device_type.clone(),
+                    labels: group.labels.clone(),
+                    state,
+                    faults: self.ctl.states.faults_of(key),
+                    messages: d.seq,
+                });
+                // Keep the `limit` smallest ids; trimming at twice that keeps it amortised.
+                if scan.acc.devices.len() >= 2 * (*limit).max(1) {
+                    scan.acc.devices.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                    scan.acc.devices.truncate(*limit);
+                }
+            }
             Action::Stop => {
                 self.wheel.remove(key);
                 self.ctl.states.forget(key);

@@ -100,14 +100,12 @@ pub async fn devices(
         selector: Some(proto::device_selector::Selector::LabelSelector(s)),
     });
     let sel = spec::selection(selector, true)?;
-    let mut r = s.plane.scan(sel, Action::Status { list: true }).await?;
+    let after = q.after.map(|a| Arc::<str>::from(a.as_str()));
+    let mut r = s.plane.scan(sel, Action::List { after, limit }).await?;
     r.devices.sort_by(|a, b| a.id.cmp(&b.id));
-    let start = match &q.after {
-        Some(after) => r.devices.partition_point(|d| d.id.as_str() <= after.as_str()),
-        None => 0,
-    };
-    let page: Vec<_> = r.devices.iter().skip(start).take(limit).collect();
-    let next = (start + page.len() < r.devices.len()).then(|| page.last().map(|d| d.id.clone()));
+    r.devices.truncate(limit);
+    let page = &r.devices;
+    let next = (r.beyond as usize > page.len()).then(|| page.last().map(|d| d.id.clone()));
     let devices: Vec<Value> = page
         .iter()
         .map(|d| {
@@ -121,7 +119,7 @@ pub async fn devices(
             })
         })
         .collect();
-    Ok(Json(json!({ "total": r.devices.len(), "devices": devices, "next_after": next.flatten() })))
+    Ok(Json(json!({ "total": r.affected, "devices": devices, "next_after": next.flatten() })))
 }
 
 /// A selector as JSON: `{"device_ids": [...]}` or `{"label_selector": "..."}`.

@@ -7,7 +7,7 @@
 //! (curl, `promtool check metrics`) get the classic text format 0.0.4, converted by
 //! [`openmetrics_to_text`]: the two differ only in how a counter's family is named.
 
-use crate::control::plane::ControlPlane;
+use crate::control::plane::{BATCH_BUCKETS, ControlPlane};
 use crate::measure::board::{BUCKETS_US, Buckets, ProfileFigures, ShardFigures};
 use crate::run::RunIdentity;
 use prometheus_client::collector::Collector;
@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Content type of the OpenMetrics answer.
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -274,6 +275,25 @@ impl Collector for FleetCollector {
             "Intended send time to completion in the sink (the report's latency).",
             f.by_type.iter().map(|(k, m)| (tp(k), m.latency.clone())),
         )?;
+        {
+            let b = &self.plane.batch_sizes;
+            let counts: Vec<u64> = b.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            let mut bounds: Vec<(f64, u64)> =
+                BATCH_BUCKETS.iter().map(|&n| n as f64).zip(counts.iter().copied()).collect();
+            bounds.push((f64::MAX, counts[BATCH_BUCKETS.len()]));
+            let mut m = enc.encode_descriptor(
+                "iot_sim_telemetry_batch_size",
+                "Points per StreamTelemetry batch sent to gRPC clients.",
+                None,
+                MetricType::Histogram,
+            )?;
+            m.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                b.sum.load(Ordering::Relaxed) as f64,
+                counts.iter().sum(),
+                &bounds,
+                None,
+            )?;
+        }
         family(
             &mut enc,
             "iot_sim_device_errors",
