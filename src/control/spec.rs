@@ -205,12 +205,15 @@ pub(crate) fn compile_spec(
     }
 }
 
-/// Validates the specs of a spawn request: the specs to hand to the plane, and the ids refused
-/// with their reason. Specs that differ only in id and labels share one compiled profile.
+/// The specs of a spawn request that passed validation, and the ids refused with their reason.
+pub(crate) type CompiledSpecs = (Vec<SpawnSpec>, Vec<(String, String)>);
+
+/// Validates the specs of a spawn request. Specs that differ only in id and labels share one
+/// compiled profile.
 pub(crate) fn compile_specs(
     specs: Vec<proto::DeviceSpec>,
     plane: &ControlPlane,
-) -> Result<(Vec<SpawnSpec>, Vec<(String, String)>), Status> {
+) -> Result<CompiledSpecs, Status> {
     if specs.is_empty() {
         return Err(Status::invalid_argument("specs must not be empty"));
     }
