@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The test command (README, .ci/run): formatting, lints, then every test.
-# The network-sink tests need Mosquitto on 127.0.0.1:1883 and RabbitMQ on 127.0.0.1:5672
-# (guest/guest), and libcoap's coap-server and python3 installed: .ci/run checks and starts them.
+# The test command (README, .ci/run): installs and starts what the tests need
+# (scripts/services.sh), then formatting, lints and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+command -v cargo >/dev/null || { echo "cargo not found: install Rust first (rustup)" >&2; exit 1; }
+scripts/services.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets

@@ -1,16 +1,10 @@
 //! Runs the built binary as a user would.
 
+mod common;
+
+use common::{bin, output_within, sigterm, stderr};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_iot-sim"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A small virtual-clock fleet with every generator, writing to `dir/out.jsonl`.
 fn fleet(dir: &Path) -> PathBuf {
@@ -348,8 +342,8 @@ fn sigterm_stops_a_realtime_run_flushes_and_reports() {
         .unwrap();
     // Let it produce for a moment (this is not a timing assertion, just a chance to run).
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    unsafe { libc_kill(child.id() as i32, 15) };
-    let out = child.wait_with_output().unwrap();
+    sigterm(&child);
+    let out = output_within(child, 60);
     assert!(out.status.success(), "exit {:?}: {}", out.status, stderr(&out));
     assert!(stderr(&out).contains("SIGTERM"));
     let r: serde_json::Value = serde_json::from_str(
@@ -367,11 +361,6 @@ fn sigterm_stops_a_realtime_run_flushes_and_reports() {
         .sum();
     assert_eq!(written as u64, reported, "every reported message is in the files (flushed)");
     assert!(r["tick_lateness_us"]["p99"].is_u64());
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 #[test]

@@ -3,51 +3,14 @@
 
 use iot_sim::control::proto::{self, device_runtime_service_client::DeviceRuntimeServiceClient};
 use proto::device_selector::Selector;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use tonic::Code;
 
-struct Server {
-    child: Child,
-    addr: String,
-}
+mod grpc_common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use grpc_common::{Runtime, labels, num, obj, objv, text};
 
-fn serve() -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iot-sim"))
-        .args(["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--seed", "7", "--quiet"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start iot-sim serve");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve printed its address").unwrap();
-        if let Some(a) = line.strip_prefix("grpc: listening on ") {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, addr }
-}
-
-fn num(v: f64) -> prost_types::Value {
-    prost_types::Value { kind: Some(prost_types::value::Kind::NumberValue(v)) }
-}
-fn text(s: &str) -> prost_types::Value {
-    prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(s.into())) }
-}
-fn obj(pairs: Vec<(&str, prost_types::Value)>) -> prost_types::Struct {
-    prost_types::Struct { fields: pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
-}
-fn objv(pairs: Vec<(&str, prost_types::Value)>) -> prost_types::Value {
-    prost_types::Value { kind: Some(prost_types::value::Kind::StructValue(obj(pairs))) }
+fn serve() -> Runtime {
+    Runtime::start(&["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--seed", "7", "--quiet"])
 }
 
 fn spec(id: &str, group: &str, interval_ms: i32) -> proto::DeviceSpec {
@@ -71,15 +34,10 @@ fn spec(id: &str, group: &str, interval_ms: i32) -> proto::DeviceSpec {
     }
 }
 
-fn labels(s: &str) -> Option<proto::DeviceSelector> {
-    Some(proto::DeviceSelector { selector: Some(Selector::LabelSelector(s.into())) })
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn every_rpc_answers_and_bad_requests_get_invalid_argument() {
     let server = serve();
-    let mut c =
-        DeviceRuntimeServiceClient::connect(format!("http://{}", server.addr)).await.unwrap();
+    let mut c = DeviceRuntimeServiceClient::connect(server.url()).await.unwrap();
 
     // Spawn: 3 in group a, 2 in group b, a duplicate and two invalid specs.
     let mut specs: Vec<_> = (0..3).map(|i| spec(&format!("a-{i}"), "a", 100)).collect();

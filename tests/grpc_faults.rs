@@ -192,18 +192,7 @@ async fn every_fault_shows_in_payloads_and_stream_then_reverts() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &GROUPS, 2);
     let report_dir = dir.path().join("report");
-    let mut rt = Runtime::start(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--cores",
-        "1",
-        "--grpc",
-        "127.0.0.1:0",
-        "--quiet",
-        "--report-dir",
-        report_dir.to_str().unwrap(),
-    ]);
+    let mut rt = Runtime::with_config("run", &cfg, Some(&report_dir), &["--cores", "1"]);
     let mut c = Client::connect(rt.url()).await.unwrap();
     let seen = watch(&mut c).await;
     let probes: Vec<String> = (0..GROUPS.len() * 2).map(probe_id).collect();

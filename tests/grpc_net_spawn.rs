@@ -87,18 +87,7 @@ stddev = 5.0
     )
     .unwrap();
     let report = dir.path().join("report");
-    let mut rt = Runtime::start(&[
-        "run",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--cores",
-        "1",
-        "--grpc",
-        "127.0.0.1:0",
-        "--quiet",
-        "--report-dir",
-        report.to_str().unwrap(),
-    ]);
+    let mut rt = Runtime::with_config("run", &cfg, Some(&report), &["--cores", "1"]);
     let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
     let specs = (0..3).map(|i| spec(&format!("late-{i}"), "late", &[], 1000, "http")).collect();
     let r = c

@@ -2,38 +2,18 @@
 //! away gives DISCONNECTED, its return gives CONNECTED, both naming the sink and connection.
 
 use iot_sim::control::proto::{self, device_runtime_service_client::DeviceRuntimeServiceClient};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
+mod grpc_common;
 
-fn broker(port: u16) -> Kill {
-    let child = Command::new("mosquitto")
-        .args(["-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto must be installed");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Kill(child)
-}
+use common::mqtt::Broker;
+use grpc_common::Runtime;
 
 #[tokio::test(flavor = "current_thread")]
 async fn broker_outages_show_as_disconnected_and_connected_events() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut mq = Some(broker(port));
+    let mut mq = Broker::start(port);
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(
@@ -61,31 +41,8 @@ stddev = 1
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iot-sim"))
-        .args([
-            "serve",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--cores",
-            "1",
-            "--grpc",
-            "127.0.0.1:0",
-            "--quiet",
-        ])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve printed its address").unwrap();
-        if let Some(a) = line.strip_prefix("grpc: listening on ") {
-            break a.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let _server = Kill(child);
-    let mut client = DeviceRuntimeServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let server = Runtime::with_config("serve", &cfg, None, &["--cores", "1"]);
+    let mut client = DeviceRuntimeServiceClient::connect(server.url()).await.unwrap();
     let mut events = client
         .stream_events(proto::StreamEventsRequest { selector: None })
         .await
@@ -106,13 +63,13 @@ stddev = 1
     };
     // Let the sink connect, then take the broker away.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    drop(mq.take());
+    mq.kill();
     let down = next_of(proto::DeviceEventType::Disconnected).await;
     assert_eq!(down.metadata["sink"], "mqtt");
     assert_eq!(down.metadata["conn"], "0");
     assert_eq!(down.metadata["url"], format!("mqtt://127.0.0.1:{port}"));
     assert!(down.device_id.is_empty(), "a pooled connection is not one device's");
-    mq = Some(broker(port));
+    mq.up();
     let up = next_of(proto::DeviceEventType::Connected).await;
     assert_eq!(up.metadata["sink"], "mqtt");
     drop(mq);

@@ -117,7 +117,7 @@ fn prometheus_scrapes_rates_per_device_type_and_a_p99_close_to_the_report() {
         .spawn()
         .unwrap();
     check.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
-    let checked = common::wait_output(check, Duration::from_secs(30));
+    let checked = common::output_within(check, 30);
     assert!(
         checked.status.success(),
         "promtool check metrics: {}{}\n{metrics}",

@@ -235,18 +235,7 @@ fn run(dir: &Path, toml: &str, cores: &str) -> serde_json::Value {
 fn expected_messages(devices: usize) -> Vec<(String, String)> {
     let dir = tempfile::tempdir().unwrap();
     run(dir.path(), &fleet(dir.path(), "file", devices, "", ""), "1");
-    let text = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
-    let mut out: Vec<(String, String)> = text
-        .lines()
-        .map(|l| {
-            // {"topic":"...","payload":<the payload as sent>}
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let at = l.find(",\"payload\":").unwrap() + 11;
-            (v["topic"].as_str().unwrap().to_string(), l[at..l.len() - 1].to_string())
-        })
-        .collect();
-    out.sort();
-    out
+    common::file_messages(&dir.path().join("out.jsonl"))
 }
 
 /// The distinct requests (client, message id) that reached the server, as sorted (topic, payload).

@@ -3,63 +3,11 @@
 
 mod common;
 
+use common::mqtt::{Broker, Subscriber};
 use common::*;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// (topic, payload) pairs a subscriber received.
-type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// Subscribes to `filter` and collects (topic, payload) until dropped.
-struct Subscriber {
-    got: Received,
-    client: Client,
-}
-
-impl Subscriber {
-    fn start(port: u16, filter: &str) -> Subscriber {
-        let mut opts = MqttOptions::new(unique("sub"), "127.0.0.1", port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut conn) = Client::new(opts, 1000);
-        client.subscribe(filter, QoS::ExactlyOnce).unwrap();
-        let got = Arc::new(Mutex::new(vec![]));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = got.clone();
-        std::thread::spawn(move || {
-            for ev in conn.iter() {
-                match ev {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        let _ = tx.send(());
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        sink.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
-                    }
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(10)).expect("no SUBACK from the broker");
-        Subscriber { got, client }
-    }
-
-    /// Waits until `n` messages arrived (or a generous while passed), then returns them.
-    fn wait_for(&self, n: usize) -> Vec<(String, Vec<u8>)> {
-        for _ in 0..200 {
-            if self.got.lock().unwrap().len() >= n {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // A little longer, to catch duplicates or extras.
-        std::thread::sleep(Duration::from_millis(200));
-        let _ = self.client.disconnect();
-        self.got.lock().unwrap().clone()
-    }
-}
 
 fn fleet(
     port: u16,
@@ -158,42 +106,6 @@ fn qos0_messages_arrive() {
     qos_run(0, 4);
 }
 
-/// A broker of our own that the test can kill and restart.
-struct Broker {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Broker {
-    fn start(port: u16) -> Broker {
-        let mut b = Broker { port, child: None };
-        b.up();
-        b
-    }
-    fn up(&mut self) {
-        let child = std::process::Command::new("mosquitto")
-            .args(["-p", &self.port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (Debian package mosquitto)");
-        self.child = Some(child);
-        assert!(wait_port(self.port), "mosquitto did not start on port {}", self.port);
-    }
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Runs a 6 s realtime fleet against our own broker, killing it at 1.5 s and restarting it at
 /// 3 s. Returns the report.
 fn restart_run(extra_sink: &str, extra_profile: &str) -> serde_json::Value {
@@ -210,7 +122,7 @@ fn restart_run(extra_sink: &str, extra_profile: &str) -> serde_json::Value {
     broker.kill();
     std::thread::sleep(Duration::from_millis(1500));
     broker.up();
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, 120);
     assert!(out.status.success(), "{}", stderr(&out));
     report(dir.path())
 }
@@ -408,7 +320,7 @@ fn wait_for_sinks_waits_for_a_broker_that_starts_late() {
     let child = spawn_run(dir.path(), &cfg, &["--wait-for-sinks", "30s"]);
     std::thread::sleep(Duration::from_millis(1500));
     let _broker = Broker::start(port);
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, 120);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(report(dir.path())["runs"][0]["messages"], 50);
 }
@@ -462,8 +374,8 @@ fn a_virtual_run_waiting_on_a_dead_broker_still_stops_on_sigterm() {
     std::thread::sleep(Duration::from_millis(800));
     broker.kill();
     std::thread::sleep(Duration::from_millis(800));
-    unsafe { sigterm(child.id() as i32, 15) };
-    let out = child.wait_with_output().unwrap();
+    sigterm(&child);
+    let out = output_within(child, 120);
     assert!(out.status.success(), "{}", stderr(&out));
     let r = report(dir.path());
     let row = &r["runs"][0];
@@ -471,9 +383,4 @@ fn a_virtual_run_waiting_on_a_dead_broker_still_stops_on_sigterm() {
     assert!(row["messages"].as_u64().unwrap() > 0, "{row}");
     // What the dead broker never took is counted, not lost from the books.
     assert!(row["errors"].as_u64().unwrap() > 0, "{row}");
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn sigterm(pid: i32, sig: i32) -> i32;
 }

@@ -277,9 +277,13 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
 fn serve_cmd(s: &ServeArgs) -> anyhow::Result<i32> {
     let args = &s.run;
     let mut config = match &args.config {
-        Some(path) => match load(path, &args.overrides()) {
+        // A runtime may start with no devices: they come from spawn requests.
+        Some(path) => match config::load_with(path, &args.overrides(), true) {
             Ok(c) => c,
-            Err(code) => return Ok(code),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::BAD_CONFIG);
+            }
         },
         None => {
             let mut run = config::RunSettings::default();

@@ -104,10 +104,19 @@ pub enum ConfigError {
 
 /// Reads, validates and compiles a fleet file, then applies the overrides.
 pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    load_with(path, overrides, false)
+}
+
+/// [`load`]; with `fleet_optional` the file may have no `[[fleet]]` (see [`parse_str`]).
+pub fn load_with(
+    path: &Path,
+    overrides: &Overrides,
+    fleet_optional: bool,
+) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Io { path: path.into(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut config = parse_str(&text, base).map_err(|e| match e {
+    let mut config = parse_str_with(&text, base, fleet_optional).map_err(|e| match e {
         ParseError::Syntax(message) => ConfigError::Syntax { path: path.into(), message },
         ParseError::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
     })?;
@@ -164,18 +173,29 @@ pub enum ParseError {
 
 /// Parses and validates a fleet file's text; `base` resolves profile file paths.
 pub fn parse_str(text: &str, base: &Path) -> Result<Config, ParseError> {
+    parse_str_with(text, base, false)
+}
+
+/// [`parse_str`]; with `fleet_optional` a file without `[[fleet]]` is a runtime with no
+/// devices yet (`serve`: devices come from spawn requests).
+fn parse_str_with(text: &str, base: &Path, fleet_optional: bool) -> Result<Config, ParseError> {
     let doc: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ParseError::Syntax(e.to_string().trim().to_string()))?;
     let mut p = Problems::default();
-    let config = compile(&doc, base, &mut p);
+    let config = compile(&doc, base, fleet_optional, &mut p);
     match config {
         Some(c) if p.is_empty() => Ok(c),
         _ => Err(ParseError::Invalid(p)),
     }
 }
 
-fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
+fn compile(
+    doc: &toml::Table,
+    base: &Path,
+    fleet_optional: bool,
+    p: &mut Problems,
+) -> Option<Config> {
     let mut top = Table::new("", doc);
     let run = top.table("run", p).map(|t| compile_run(t, p)).unwrap_or_default();
     let sinks = top.table("sink", p).map(|t| sinks::compile(t, p)).unwrap_or_default();
@@ -200,6 +220,7 @@ fn compile(doc: &toml::Table, base: &Path, p: &mut Problems) -> Option<Config> {
     let mut groups: Vec<Group> = vec![];
     let mut next_ordinal: BTreeMap<usize, u64> = BTreeMap::new();
     match top.get("fleet") {
+        None if fleet_optional => {}
         None => {
             p.add("fleet", "missing: add at least one [[fleet]] entry (profile = ..., count = ...)")
         }

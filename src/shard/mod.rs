@@ -129,7 +129,7 @@ pub struct Shard {
     topic: Vec<u8>,
     id: String,
     due: Vec<(u32, SimMs)>,
-    /// Live control: inbox, faults, pauses, streams (`command.rs`).
+    /// Live control: inbox, faults, pauses, streams (`inbox.rs`).
     ctl: inbox::Control,
 }
 

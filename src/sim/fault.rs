@@ -3,7 +3,7 @@
 //! so a replay with the same seed corrupts the same messages the same way.
 //!
 //! The shard keeps the list of active faults per device (in injection order) and applies them
-//! in its tick; see `shard::command`.
+//! in its tick; see `shard/faults.rs`.
 
 use super::seed::{fnv1a64, mix64};
 use super::time::SimMs;

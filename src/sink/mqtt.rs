@@ -6,11 +6,13 @@
 //! into completions:
 //! - `Outgoing::Publish(pkid)` arrives in the order messages were handed over, so the pump keeps
 //!   a FIFO of handed-over messages: QoS 0 completes here ("handed to the socket"); QoS 1/2 move
-//!   into a map by packet id. A packet id already in the map is a retransmission after a
-//!   reconnect and takes nothing from the FIFO.
+//!   into a map by packet id.
 //! - `PubAck` (QoS 1) and `PubComp` (QoS 2) complete; an MQTT 5 reason code >= 0x80 is a nack.
-//! - A connection error is counted, and the loop retries with exponential backoff plus jitter;
-//!   rumqttc keeps unacknowledged QoS 1/2 messages and resends them after the reconnect.
+//! - A connection error is counted, and the loop retries with exponential backoff plus jitter.
+//!   rumqttc starts a clean session on reconnect and forgets what it held, so this sink (not
+//!   rumqttc) resends: it puts every handed-over, unacknowledged message back at the front of
+//!   the connection's queue in its original order, and the pump sends them again (at least
+//!   once delivery).
 
 use super::net::{ConnEvent, NetShared, Queued};
 use crate::config::MqttSettings;

@@ -2,6 +2,8 @@
 //! report, find free ports.
 #![allow(dead_code)]
 
+pub mod mqtt;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -97,6 +99,64 @@ pub fn wait_port(port: u16) -> bool {
     false
 }
 
+/// Sends SIGTERM to a child (a run then stops, flushes and writes its report).
+pub fn sigterm(child: &std::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+}
+
+/// Waits at most `secs` for a child to exit and returns its output (stdout and stderr read
+/// as it runs, when piped). A child still running then is killed and the test fails with
+/// what it printed, instead of hanging.
+pub fn output_within(mut child: std::process::Child, secs: u64) -> Output {
+    use std::io::Read;
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = vec![];
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
+            panic!("iot-sim did not exit within {secs} s; stderr:\n{stderr}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// The (topic, payload) pairs of a file sink's JSON Lines output, sorted.
+pub fn file_messages(path: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out: Vec<(String, String)> = text
+        .lines()
+        .map(|l| {
+            // {"topic":"...","payload":<the payload as sent>}
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let at = l.find(",\"payload\":").unwrap() + 11;
+            (v["topic"].as_str().unwrap().to_string(), l[at..l.len() - 1].to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// A running binary whose stderr lines are collected in the background; killed on drop.
 pub struct Running {
     pub child: std::process::Child,
@@ -149,7 +209,7 @@ impl Running {
 
     /// SIGTERM, then waits up to 60 s for the exit (SIGKILL after that).
     pub fn stop(mut self) -> std::process::ExitStatus {
-        unsafe { libc_kill(self.child.id() as i32, 15) };
+        sigterm(&self.child);
         for _ in 0..1200 {
             if let Ok(Some(s)) = self.child.try_wait() {
                 std::thread::sleep(std::time::Duration::from_millis(100)); // last stderr lines
@@ -167,11 +227,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// One raw HTTP/1.1 exchange: sends `request` and reads the answer until the server closes
@@ -230,19 +285,6 @@ pub fn wait_port_for(port: u16, limit: std::time::Duration) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     false
-}
-
-/// Waits for a child with a time limit (killing it after), then collects its output.
-pub fn wait_output(mut child: std::process::Child, limit: std::time::Duration) -> Output {
-    let end = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    panic!("child still running after {limit:?}");
 }
 
 /// Waits (up to 30 s) until the admin server at `addr` answers `/readyz` with 200: the shards

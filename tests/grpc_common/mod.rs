@@ -58,6 +58,23 @@ impl Runtime {
         Runtime { child, addr, stderr }
     }
 
+    /// Starts `iot-sim CMD --config CFG --grpc 127.0.0.1:0 --quiet [--report-dir DIR] EXTRA`
+    /// (CMD = `run` or `serve`).
+    pub fn with_config(
+        cmd: &str,
+        cfg: &std::path::Path,
+        report_dir: Option<&std::path::Path>,
+        extra: &[&str],
+    ) -> Runtime {
+        let mut args =
+            vec![cmd, "--config", cfg.to_str().unwrap(), "--grpc", "127.0.0.1:0", "--quiet"];
+        if let Some(d) = report_dir {
+            args.extend(["--report-dir", d.to_str().unwrap()]);
+        }
+        args.extend_from_slice(extra);
+        Runtime::start(&args)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

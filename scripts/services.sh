@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs (Debian packages) and starts what the tests need, on a machine that has only Rust
+# and apt; does nothing for what is already there and running. Called by scripts/test.sh.
+#   Mosquitto   127.0.0.1:1883  tests/sink_mqtt.rs, tests/grpc_compat.rs (restart tests start their own)
+#   RabbitMQ    127.0.0.1:5672  tests/sink_amqp.rs (guest/guest)
+#   coap-server (libcoap)       tests/sink_coap.rs starts its own on a free port
+#   python3 + venv              tests/grpc_python.rs builds a grpcio client under target/
+#   prometheus, promtool        tests/prometheus.rs starts its own server on a free port
+set -euo pipefail
+
+updated=0
+apt_install() {
+    if [ "$updated" = 0 ]; then
+        apt-get update >/dev/null 2>&1 || true
+        updated=1
+    fi
+    echo "installing $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >/dev/null
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # $1 = port, $2 = name, $3 = seconds
+    for _ in $(seq 1 $(($3 * 2))); do
+        port_open "$1" && return 0
+        sleep 0.5
+    done
+    echo "$2 did not come up on 127.0.0.1:$1" >&2
+    return 1
+}
+
+command -v mosquitto >/dev/null || apt_install mosquitto mosquitto-clients
+if ! port_open 1883; then
+    echo "starting mosquitto"
+    mosquitto -d -c /etc/mosquitto/mosquitto.conf 2>/dev/null || mosquitto -d -p 1883
+    wait_port 1883 mosquitto 30
+fi
+
+command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+if ! port_open 5672; then
+    echo "starting rabbitmq"
+    rabbitmq-server -detached
+    wait_port 5672 rabbitmq 120
+fi
+
+# Debian ships coap-server-notls/-openssl/-gnutls in libcoap3-bin.
+if ! command -v coap-server >/dev/null && ! command -v coap-server-notls >/dev/null; then
+    apt_install libcoap3-bin
+fi
+
+command -v python3 >/dev/null || apt_install python3
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+
+# Prometheus and promtool: tests/prometheus.rs starts its own server on a free port.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus
