@@ -400,12 +400,17 @@ fn api_routes_spawn_list_fault_pause_and_stop_devices() {
 #[test]
 fn an_admin_address_beyond_loopback_needs_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let out = common::run_env(
-        dir.path(),
-        FLEET,
-        &["--admin", "0.0.0.0:0", "--duration", "1s"],
-        &[("IOT_SIM_ADMIN_TOKEN", "")],
-    );
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, FLEET).unwrap();
+    let child = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--quiet", "--admin", "0.0.0.0:0"])
+        .args(["--duration", "1s", "--report-dir", dir.path().join("r").to_str().unwrap()])
+        .env("IOT_SIM_ADMIN_TOKEN", "")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = common::output_within(child, 60);
     assert_eq!(out.status.code(), Some(1), "{}", common::stderr(&out));
     assert!(common::stderr(&out).contains("IOT_SIM_ADMIN_TOKEN"), "{}", common::stderr(&out));
 }
