@@ -215,6 +215,8 @@ fn the_accept_loop_backs_off_when_descriptors_run_out() {
     cmd.args(["-c", &script]).env("IOT_SIM_ADMIN_REQUEST_TIMEOUT", "60s");
     let mut run = Running::start(&mut cmd);
     let addr = run.admin_addr();
+    // The shards open their own descriptors after the admin server listens: let them start.
+    common::wait_ready(&addr);
     let pid = run.child.id();
     // More idle connections than descriptors: the kernel completes them (backlog), the
     // server cannot accept them all.

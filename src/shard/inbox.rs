@@ -74,6 +74,8 @@ pub(crate) struct Control {
     fallback_devices: BTreeMap<String, u64>,
     /// Largest tick lateness (µs) since the counters were last published.
     pub lateness_max_us: u64,
+    /// Drops, slowdowns and publish retries already logged (the log line says what is new).
+    logged: [u64; 3],
 }
 
 impl Control {
@@ -342,6 +344,31 @@ impl Shard {
             paused: self.ctl.states.paused_count(),
             running: true,
         });
+    }
+
+    /// Logs backpressure and publish retries since the previous call, as one line each for
+    /// this shard (called about once a second with the progress snapshot), never per message.
+    pub(super) fn log_sink_pressure(&mut self) {
+        let mut now = [self.stats.dropped(), 0, 0];
+        now[1] = self.stats.profiles.iter().map(|p| p.slowdowns).sum();
+        for s in self.sinks.iter().flatten() {
+            if let Some(n) = s.net_shared() {
+                for p in n.stats.borrow().iter() {
+                    now[0] += p.dropped;
+                    now[1] += p.slowdowns;
+                }
+                let events = n.events.borrow();
+                now[2] += ["retry", "retransmit"].iter().filter_map(|k| events.get(k)).sum::<u64>();
+            }
+        }
+        let [d, sl, r] = [0, 1, 2].map(|i| now[i].saturating_sub(self.ctl.logged[i]));
+        if d > 0 || sl > 0 {
+            tracing::info!(shard = self.plan.index, dropped = d, slowdowns = sl, "backpressure");
+        }
+        if r > 0 {
+            tracing::info!(shard = self.plan.index, retries = r, "publish retries");
+        }
+        self.ctl.logged = now;
     }
 
     /// Publishes the per-protocol count of devices on a fallback sink (spawns and stops only).

@@ -549,5 +549,6 @@ impl Shard {
         };
         let _ = self.plan.progress.try_send(snap);
         self.publish_figures();
+        self.log_sink_pressure();
     }
 }
