@@ -8,8 +8,9 @@
 //!   checks both front ends share (pure functions).
 //! - [`sim`]: the deterministic core, with no I/O and no clock: seeds, generators, devices,
 //!   the timing wheel, faults, label selectors, payload encoding.
+//! - [`logs`]: log lines as text or JSON, each with the run id.
 //! - `measure`: monotonic clock reads, the `timerfd` timer, per-profile counters and HDR
-//!   histograms.
+//!   histograms, and the board where shards publish their figures for `/metrics`.
 //! - `config`: the fleet file (TOML) -> validated `Config`; every problem is reported at once
 //!   with its TOML path and the bad value. A default fleet is built into the binary.
 //! - `sink`: where messages go: console, file, null, and the network sinks MQTT, AMQP, HTTP
@@ -33,6 +34,7 @@ pub mod cli;
 pub(crate) mod config;
 pub mod control;
 pub mod limits;
+pub mod logs;
 pub(crate) mod measure;
 pub(crate) mod memcheck;
 pub(crate) mod report;

@@ -31,6 +31,26 @@ pub struct RunOptions {
     pub strict_protocols: bool,
     /// The scenario that drives the run (its timeline goes to every shard).
     pub scenario: Option<Arc<Scenario>>,
+    /// This run's id (in every log line, `report.json` and `iot_sim_run_info`).
+    pub run_id: String,
+}
+
+/// What identifies a run to an observer.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunIdentity {
+    pub run_id: String,
+    pub seed: u64,
+    pub version: &'static str,
+    pub clock: &'static str,
+}
+
+/// A random run id: 16 hex digits.
+pub fn random_run_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{:016x}", RandomState::new().hash_one(nanos ^ ((std::process::id() as u64) << 32)))
 }
 
 /// A random seed, for runs that name none.
@@ -57,7 +77,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         Some(s) => s,
         None => {
             let s = random_seed();
-            eprintln!("seed: {s} (chosen at random; replay this run with --seed {s})");
+            crate::logs::notice(
+                &format!("seed: {s} (chosen at random; replay this run with --seed {s})"),
+                &[("seed", s.into())],
+            );
             s
         }
     };
@@ -65,9 +88,12 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         Some(t) => t,
         None => {
             let t = now_ms();
-            eprintln!(
-                "start_time: {} (now; set [run] start_time to replay timestamps)",
-                rfc3339_ms(t)
+            crate::logs::notice(
+                &format!(
+                    "start_time: {} (now; set [run] start_time to replay timestamps)",
+                    rfc3339_ms(t)
+                ),
+                &[("start_time", rfc3339_ms(t).into())],
             );
             t
         }
@@ -111,7 +137,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let ready = Arc::new(Barrier::new(cores + 1));
     let origin = Arc::new(AtomicU64::new(0));
     if !opts.quiet {
-        eprintln!(
+        let line = format!(
             "iot-sim: {} devices, {} profile(s), {} shard(s), {:?} clock, from {}{}",
             fleet.device_count(),
             fleet.profiles.len(),
@@ -121,6 +147,15 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             run.duration_ms
                 .map(|d| format!(" for {}", format_duration_ms(d)))
                 .unwrap_or_else(|| " until stopped".into())
+        );
+        crate::logs::notice(
+            &line,
+            &[
+                ("devices", fleet.device_count().into()),
+                ("profiles", fleet.profiles.len().into()),
+                ("shards", cores.into()),
+                ("seed", seed.into()),
+            ],
         );
     }
 
@@ -145,16 +180,31 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         (Some(addr), Some(p)) => {
             let s = crate::control::service::start(addr, p.clone())
                 .with_context(|| format!("cannot serve gRPC on {addr}"))?;
-            eprintln!("grpc: listening on {}", s.addr);
+            crate::logs::notice(
+                &format!("grpc: listening on {}", s.addr),
+                &[("grpc", s.addr.to_string().into())],
+            );
             Some(s)
         }
         _ => None,
     };
+    let identity = RunIdentity {
+        run_id: opts.run_id.clone(),
+        seed,
+        version: env!("CARGO_PKG_VERSION"),
+        clock: match run.clock {
+            ClockMode::Virtual => "virtual",
+            ClockMode::Realtime => "realtime",
+        },
+    };
     let _admin = match (opts.admin, &plane) {
         (Some(addr), Some(p)) => {
-            let s = crate::control::admin::start(addr, p.clone())
+            let s = crate::control::admin::start(addr, p.clone(), identity.clone())
                 .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
-            eprintln!("admin: listening on http://{}", s.addr);
+            crate::logs::notice(
+                &format!("admin: listening on http://{}", s.addr),
+                &[("admin", s.addr.to_string().into())],
+            );
             Some(s)
         }
         _ => None,
@@ -232,6 +282,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let (fleet, stats) = report::merge_outcomes(&fleet, &parts);
     let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(start_ms);
     let facts = RunFacts {
+        run_id: opts.run_id.clone(),
         seed,
         cores,
         pinned_shards: outcomes.iter().filter(|o| o.pinned).count(),
@@ -317,7 +368,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     }
     let path = report::write(&run.report_dir, &report, &files)
         .with_context(|| format!("cannot write the report to {}", run.report_dir.display()))?;
-    eprintln!("report: {}", path.display());
+    crate::logs::notice(
+        &format!("report: {}", path.display()),
+        &[("report", path.display().to_string().into())],
+    );
     Ok(report)
 }
 
@@ -428,15 +482,15 @@ fn wait(
             tokio::select! {
                 _ = sigint.recv() => {
                     if interrupted {
-                        eprintln!("second interrupt: exiting without a report");
+                        crate::logs::notice("second interrupt: exiting without a report", &[]);
                         std::process::exit(130);
                     }
-                    eprintln!("interrupt: stopping shards, flushing sinks (Ctrl-C again to abort)");
+                    crate::logs::notice("interrupt: stopping shards, flushing sinks (Ctrl-C again to abort)", &[]);
                     interrupted = true;
                     stop.store(true, Ordering::Relaxed);
                 }
                 _ = sigterm.recv() => {
-                    eprintln!("SIGTERM: stopping shards, flushing sinks");
+                    crate::logs::notice("SIGTERM: stopping shards, flushing sinks", &[]);
                     interrupted = true;
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -474,10 +528,20 @@ fn wait(
                             ClockMode::Virtual => format!(" sim={} ({:.0} sim-s/s)", rfc3339_ms(sim), (sim.saturating_sub(start_ms)) as f64 / 1000.0 / ((now - began) as f64 / 1e9)),
                             ClockMode::Realtime => String::new(),
                         };
-                        eprintln!(
-                            "[{:>7.1}s] devices={devices} msg/s={:.0} messages={total} errors={errors} drops={dropped} p99={p99}µs{simpart}",
-                            (now - began) as f64 / 1e9,
-                            (total - last_total.min(total)) as f64 / secs,
+                        let rate = (total - last_total.min(total)) as f64 / secs;
+                        crate::logs::notice(
+                            &format!(
+                                "[{:>7.1}s] devices={devices} msg/s={rate:.0} messages={total} errors={errors} drops={dropped} p99={p99}µs{simpart}",
+                                (now - began) as f64 / 1e9,
+                            ),
+                            &[
+                                ("devices", devices.into()),
+                                ("msg_per_s", rate.round().into()),
+                                ("messages", total.into()),
+                                ("errors", errors.into()),
+                                ("drops", dropped.into()),
+                                ("p99_us", p99.into()),
+                            ],
                         );
                         last_print = now;
                         last_total = total;

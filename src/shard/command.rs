@@ -62,6 +62,10 @@ pub(crate) struct DeviceInfo {
     pub device_type: String,
     pub labels: BTreeMap<String, String>,
     pub state: DeviceState,
+    /// Its active faults.
+    pub faults: Vec<crate::sim::fault::FaultKind>,
+    /// Messages it produced so far.
+    pub messages: u64,
 }
 
 /// What a selection command did.
@@ -75,6 +79,8 @@ pub(crate) struct ScanReply {
     pub by_state: BTreeMap<DeviceState, u32>,
     pub by_type: BTreeMap<String, u32>,
     pub devices: Vec<DeviceInfo>,
+    /// List only: matching devices whose id sorts after the page cursor.
+    pub beyond: u32,
 }
 
 impl ScanReply {
@@ -89,6 +95,7 @@ impl ScanReply {
             *self.by_type.entry(k).or_default() += v;
         }
         self.devices.extend(r.devices);
+        self.beyond += r.beyond;
     }
 }
 
@@ -112,6 +119,13 @@ pub(crate) enum Action {
     Stop,
     Status {
         list: bool,
+    },
+    /// One page of the devices sorted by id: at most `limit` whose id sorts after `after`
+    /// (each shard keeps only its `limit` smallest, so a page costs `limit` entries per shard,
+    /// not the fleet).
+    List {
+        after: Option<Arc<str>>,
+        limit: usize,
     },
     Fault(FaultSpec),
     /// Clears faults of one `FaultType` number, or every fault.
@@ -157,6 +171,9 @@ pub(crate) struct ShardCounters {
     /// Devices published to the fallback sink, by the protocol they asked for. Written only
     /// when a spawn or stop changes it (never per message).
     pub fallback_devices: Mutex<BTreeMap<String, u64>>,
+    /// Per-profile counters and histogram buckets for `/metrics`, refreshed about once a
+    /// second.
+    pub figures: crate::measure::board::Slot,
 }
 
 /// The control plane's link to one shard, handed to it in its plan.

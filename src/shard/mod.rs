@@ -298,6 +298,8 @@ impl Shard {
     async fn run_virtual(&mut self) -> SimMs {
         let mut networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut turns = 0u32;
         loop {
@@ -364,6 +366,8 @@ impl Shard {
             .take()
             .unwrap_or_else(PreciseTimer::new)
             .map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut last_flush = last_snapshot;
         loop {
@@ -653,5 +657,7 @@ impl Shard {
             lateness: (self.plan.clock == ClockMode::Realtime).then(|| self.stats.lateness.clone()),
         };
         let _ = self.plan.progress.try_send(snap);
+        self.publish_figures();
+        self.log_sink_pressure();
     }
 }
