@@ -33,7 +33,7 @@ trap '[[ -n $PID ]] && kill $PID 2>/dev/null; wait 2>/dev/null || true' EXIT
 
 serve() { # args: extra flags; sets ADDR and PID
   : > "$OUT/serve.log"
-  "$BIN" serve --cores 2 --grpc 127.0.0.1:0 --quiet "$@" 2> "$OUT/serve.log" &
+  "$BIN" serve --cores 2 --grpc 127.0.0.1:0 --quiet "$@" > "$OUT/serve.out" 2> "$OUT/serve.log" &
   PID=$!
   ADDR=""
   for _ in $(seq 1 600); do

@@ -6,6 +6,8 @@
 
 pub(crate) mod admin;
 pub mod client;
+#[cfg(test)]
+mod fuzz;
 pub(crate) mod incoming;
 pub(crate) mod plane;
 pub mod proto;

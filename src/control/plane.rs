@@ -104,7 +104,12 @@ struct StreamSlot(Arc<AtomicUsize>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        // The last stream gone: hand what the allocator holds free back to the system (glibc
+        // keeps it otherwise, and unread streams may have used the whole budget).
+        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 }
 

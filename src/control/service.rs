@@ -7,7 +7,6 @@ use super::plane::{ControlPlane, PlaneError};
 use super::proto::{self, device_runtime_service_server as server};
 use super::spec::{self, selection};
 use super::wire;
-use crate::limits;
 use crate::shard::command::{Action, BehaviourUpdate, Selection};
 use crate::shard::streams::Charge;
 use std::collections::HashSet;
@@ -23,9 +22,6 @@ use tonic::{Request, Response, Status};
 /// Largest gRPC message accepted or sent: the original client sends every spec of a spawn in
 /// one request (~400 B per device), and GetFleetStatus lists every device.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
-/// Default StreamTelemetry batch size and flush interval (the original's).
-const DEFAULT_BATCH: usize = 100;
-const DEFAULT_FLUSH: Duration = Duration::from_millis(500);
 /// How often a telemetry stream whose client fell behind looks whether it caught up.
 const CONGESTION_CHECK: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for open gRPC calls (streams) before cutting them.
@@ -45,39 +41,6 @@ impl From<PlaneError> for Status {
 struct ChargedBatch {
     batch: proto::TelemetryBatch,
     _charge: Charge,
-}
-
-/// StreamTelemetry's batch size and flush interval, within their bounds.
-fn stream_shape(req: &proto::StreamTelemetryRequest) -> Result<(usize, Duration), Status> {
-    let batch_size = match req.batch_size {
-        0 => DEFAULT_BATCH,
-        n if n < 0 || n as usize > limits::MAX_STREAM_BATCH => {
-            return Err(Status::invalid_argument(format!(
-                "batch_size must be between 1 and {} (0 = {DEFAULT_BATCH}), got {n}",
-                limits::MAX_STREAM_BATCH
-            )));
-        }
-        n => n as usize,
-    };
-    let flush = match &req.flush_interval {
-        None => DEFAULT_FLUSH,
-        Some(d) => {
-            let max = limits::MAX_FLUSH_INTERVAL_S as i64;
-            let in_range = (0..1_000_000_000).contains(&d.nanos)
-                && (0..=max).contains(&d.seconds)
-                && (d.seconds, d.nanos) > (0, 0)
-                && (d.seconds < max || d.nanos == 0);
-            if !in_range {
-                return Err(Status::invalid_argument(format!(
-                    "flush_interval must be greater than 0 and at most {max}s (nanos within \
-                     0..1e9), got {}s {}ns",
-                    d.seconds, d.nanos
-                )));
-            }
-            Duration::new(d.seconds as u64, d.nanos as u32).max(Duration::from_millis(1))
-        }
-    };
-    Ok((batch_size, flush))
 }
 
 /// The gRPC service.
@@ -178,7 +141,7 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::StreamTelemetryRequest>,
     ) -> Result<Response<Self::StreamTelemetryStream>, Status> {
         let req = req.into_inner();
-        let (batch_size, flush) = stream_shape(&req)?;
+        let (batch_size, flush) = spec::stream_shape(&req)?;
         let sel = Arc::new(selection(req.selector, true)?);
         let mut feed = self.plane.subscribe(sel).await?;
         // Four batches wait for the client at most; the task never waits for it: what does not

@@ -14,8 +14,12 @@ use crate::sim::selector::LabelSelector;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::Status;
 
+/// Default StreamTelemetry batch size and flush interval (the original's).
+const DEFAULT_BATCH: usize = 100;
+const DEFAULT_FLUSH: Duration = Duration::from_millis(500);
 /// Default interval of a spec without one (the original's).
 const DEFAULT_INTERVAL_MS: u64 = 5000;
 /// Longest fault duration a request may ask for (0 = until cleared has no limit).
@@ -390,4 +394,39 @@ pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, S
         Some(d) => duration_ms(d) as u64,
     };
     Ok(FaultSpec { kind, duration_ms })
+}
+
+/// StreamTelemetry's batch size and flush interval, within their bounds.
+pub(crate) fn stream_shape(
+    req: &proto::StreamTelemetryRequest,
+) -> Result<(usize, Duration), Status> {
+    let batch_size = match req.batch_size {
+        0 => DEFAULT_BATCH,
+        n if n < 0 || n as usize > limits::MAX_STREAM_BATCH => {
+            return Err(Status::invalid_argument(format!(
+                "batch_size must be between 1 and {} (0 = {DEFAULT_BATCH}), got {n}",
+                limits::MAX_STREAM_BATCH
+            )));
+        }
+        n => n as usize,
+    };
+    let flush = match &req.flush_interval {
+        None => DEFAULT_FLUSH,
+        Some(d) => {
+            let max = limits::MAX_FLUSH_INTERVAL_S as i64;
+            let in_range = (0..1_000_000_000).contains(&d.nanos)
+                && (0..=max).contains(&d.seconds)
+                && (d.seconds, d.nanos) > (0, 0)
+                && (d.seconds < max || d.nanos == 0);
+            if !in_range {
+                return Err(Status::invalid_argument(format!(
+                    "flush_interval must be greater than 0 and at most {max}s (nanos within \
+                     0..1e9), got {}s {}ns",
+                    d.seconds, d.nanos
+                )));
+            }
+            Duration::new(d.seconds as u64, d.nanos as u32).max(Duration::from_millis(1))
+        }
+    };
+    Ok((batch_size, flush))
 }

@@ -14,7 +14,7 @@ use super::faults::{DeviceStates, Gate};
 use super::streams::{Streams, group_matches};
 use crate::measure::clock::mono_ns;
 use crate::measure::stats::ProfileStats;
-use crate::sim::device::device_seed;
+use crate::sim::device::{DeviceTable, device_seed};
 use crate::sim::profile::{self, Group, Profile};
 use crate::sim::seed;
 use crate::sim::time::SimMs;
@@ -270,6 +270,9 @@ impl Shard {
                     }
                     Work::Scan(mut scan) => {
                         if self.scan_step(&mut scan, deadline) {
+                            if matches!(scan.action, Action::Stop) && self.table.is_empty() {
+                                self.release_memory();
+                            }
                             self.publish_counters();
                             let _ = scan.reply.send(scan.acc);
                             true
@@ -614,6 +617,20 @@ impl Shard {
         self.ctl.profiles.insert(addr, ix);
         self.ctl.kept.push(p.clone());
         ix
+    }
+
+    /// Gives memory back once the last device of the shard has stopped: the device table and
+    /// the id index start over, the freed id slots are released, and the allocator returns
+    /// what it holds free to the system (glibc keeps freed memory otherwise: 30 "spawn 50,000,
+    /// stop all" cycles left a runtime at 6x its idle size).
+    fn release_memory(&mut self) {
+        self.reclaim_ids();
+        self.table = DeviceTable::default();
+        self.ctl.ids = None;
+        self.ctl.ids_cursor = 0;
+        self.ctl.ids_ready = false;
+        // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+        unsafe { libc::malloc_trim(0) };
     }
 
     /// Frees the id text of stopped spawned devices and keeps their slots for the next spawn
