@@ -226,15 +226,7 @@ pub(super) fn correlated(
             factor[i * n + k] *= stddevs[i];
         }
     }
-    Ok(GroupDraft {
-        name: name.to_string(),
-        path,
-        members,
-        means,
-        factor,
-        decimals,
-        deadband,
-    })
+    Ok(GroupDraft { name: name.to_string(), path, members, means, factor, decimals, deadband })
 }
 
 /// Adds the groups' member fields, sorts every field by name, compiles the derived

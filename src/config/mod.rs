@@ -9,10 +9,11 @@ mod behaviour;
 pub mod sinks;
 pub mod walk;
 
+use crate::limits;
 use crate::sim::generator::{Brownian, GenSpec, Markov};
 use crate::sim::payload;
 use crate::sim::profile::{self, FieldSpec, Fleet, Group, Profile, Protocol, TopicTemplate};
-use crate::sim::time::{SimMs, parse_rfc3339};
+use crate::sim::time::{LAST_SIM_MS, SimMs, check_span, parse_rfc3339};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use toml::Value;
@@ -54,6 +55,9 @@ pub struct RunSettings {
     pub duration_ms: Option<u64>,
     pub report_dir: PathBuf,
     pub progress_interval_ms: u64,
+    /// `[run] scenario = "path"`: a scenario file to run on this fleet (relative to the fleet
+    /// file's folder).
+    pub scenario: Option<PathBuf>,
 }
 
 impl Default for RunSettings {
@@ -67,6 +71,7 @@ impl Default for RunSettings {
             duration_ms: None,
             report_dir: PathBuf::from("iot-sim-report"),
             progress_interval_ms: 5000,
+            scenario: None,
         }
     }
 }
@@ -79,6 +84,8 @@ pub struct Config {
     pub run: RunSettings,
     pub sinks: SinkSettings,
     pub fleet: Fleet,
+    /// `[[threshold]]`: pass/fail bounds judged at the end of the run (exit code 3).
+    pub thresholds: Vec<crate::scenario::threshold::Threshold>,
 }
 
 /// Command-line values that override the file.
@@ -122,6 +129,13 @@ pub fn load_with(
         ParseError::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
     })?;
     apply(&mut config.run, overrides);
+    if let (Some(start), Some(_)) = (config.run.start_ms, overrides.duration_ms)
+        && let Err(e) = check_span(start, config.run.duration_ms)
+    {
+        let mut problems = Problems::default();
+        problems.add("--duration", e);
+        return Err(ConfigError::Invalid { path: path.into(), problems });
+    }
     Ok(config)
 }
 
@@ -183,11 +197,21 @@ fn parse_str_with(text: &str, base: &Path, fleet_optional: bool) -> Result<Confi
     let doc: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ParseError::Syntax(e.to_string().trim().to_string()))?;
+    compile_doc(&doc, base, fleet_optional).map_err(ParseError::Invalid)
+}
+
+/// Compiles a parsed fleet document. `fleet_optional` is true for `serve` and for a scenario,
+/// which may start from an empty fleet and spawn every device itself.
+pub fn compile_doc(
+    doc: &toml::Table,
+    base: &Path,
+    fleet_optional: bool,
+) -> Result<Config, Problems> {
     let mut p = Problems::default();
-    let config = compile(&doc, base, fleet_optional, &mut p);
+    let config = compile(doc, base, fleet_optional, &mut p);
     match config {
         Some(c) if p.is_empty() => Ok(c),
-        _ => Err(ParseError::Invalid(p)),
+        _ => Err(p),
     }
 }
 
@@ -198,7 +222,10 @@ fn compile(
     p: &mut Problems,
 ) -> Option<Config> {
     let mut top = Table::new("", doc);
-    let run = top.table("run", p).map(|t| compile_run(t, p)).unwrap_or_default();
+    let mut run = top.table("run", p).map(|t| compile_run(t, p)).unwrap_or_default();
+    if let Some(s) = &run.scenario {
+        run.scenario = Some(base.join(s));
+    }
     let sinks = top.table("sink", p).map(|t| sinks::compile(t, p)).unwrap_or_default();
 
     // Profiles defined inline, in name order (BTreeMap-like: toml::Table keeps order, so sort).
@@ -209,6 +236,10 @@ fn compile(
         names.sort();
         for name in names {
             let path = join(&pt.path, name);
+            if let Err(e) = limits::check_name("profile name", name) {
+                p.add(path, e);
+                continue;
+            }
             if let Some(t) = Table::from_value(path, &pt.table[name.as_str()], p)
                 && let Some(prof) = compile_profile(name, t, p)
             {
@@ -225,7 +256,7 @@ fn compile(
         None => {
             p.add("fleet", "missing: add at least one [[fleet]] entry (profile = ..., count = ...)")
         }
-        Some(Value::Array(entries)) if entries.is_empty() => {
+        Some(Value::Array(entries)) if entries.is_empty() && !fleet_optional => {
             p.add("fleet", "must list at least one entry")
         }
         Some(Value::Array(entries)) => {
@@ -286,12 +317,31 @@ fn compile(
                     }
                 };
                 let labels = labels(&mut t, p);
+                let labels_path = t.path_of("labels");
                 t.finish_with(&["profile", "count", "labels"], p);
                 if let (Some(ix), Some(count)) = (profile_ix, count) {
                     let prof = &profiles[ix];
                     let mut merged = prof.labels.clone();
                     merged.extend(labels);
                     merged.insert("device_type".into(), prof.device_type.clone());
+                    if let Err(e) = limits::check_label_count(merged.len()) {
+                        p.add(
+                            labels_path.clone(),
+                            format!("{e} (with the profile's labels and device_type)"),
+                        );
+                    }
+                    if let Some(missing) = missing_topic_label(&prof.topic, &merged) {
+                        p.add(
+                            labels_path,
+                            format!(
+                                "the topic {:?} of profile {:?} uses {{labels.{missing}}}, which \
+                                 these devices do not have (their labels: {})",
+                                prof.topic.source,
+                                prof.name,
+                                merged.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                            ),
+                        );
+                    }
                     let first = next_ordinal.entry(ix).or_insert(0);
                     groups.push(Group {
                         profile: ix,
@@ -352,8 +402,13 @@ fn compile(
             format!("{total} devices in all is more than this build supports ({})", u32::MAX),
         );
     }
-    top.finish_with(&["run", "sink", "profiles", "fleet"], p);
-    Some(Config { run, sinks, fleet: Fleet { profiles, groups } })
+    // A fleet file's thresholds may name a scenario's phases; the scenario checks those names.
+    let thresholds = top
+        .get("threshold")
+        .map(|v| crate::scenario::threshold::parse_list(v, "threshold", None, p))
+        .unwrap_or_default();
+    top.finish_with(&["run", "sink", "profiles", "fleet", "threshold"], p);
+    Some(Config { run, sinks, fleet: Fleet { profiles, groups }, thresholds })
 }
 
 fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
@@ -417,8 +472,21 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
             run.duration_ms = Some(d);
         }
     }
+    if let Some(start) = run.start_ms
+        && let Err(e) = check_span(start, run.duration_ms)
+    {
+        let key = if start >= LAST_SIM_MS { "start_time" } else { "duration" };
+        p.add(t.path_of(key), e);
+    }
     if let Some(d) = t.str("report_dir", p) {
         run.report_dir = PathBuf::from(d);
+    }
+    if let Some(s) = t.str("scenario", p) {
+        if s.is_empty() {
+            p.add(t.path_of("scenario"), "must name a scenario file, got \"\"");
+        } else {
+            run.scenario = Some(PathBuf::from(s));
+        }
     }
     if let Some(d) = t.duration_ms("progress_interval", p) {
         if d < 100 {
@@ -437,10 +505,40 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
             "duration",
             "report_dir",
             "progress_interval",
+            "scenario",
         ],
         p,
     );
     run
+}
+
+/// Reads a profile file: a regular file of at most [`limits::MAX_PROFILE_FILE_BYTES`]. A device
+/// (`/dev/zero`) would be read until memory runs out and a FIFO would block `validate` forever,
+/// so both are refused; the size is capped while reading too, in case the file grows.
+fn read_profile_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO with no writer would otherwise block here; it changes nothing
+    // for the regular files that are read.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    let max = limits::MAX_PROFILE_FILE_BYTES;
+    if meta.len() > max {
+        return Err(format!("{} bytes, more than the {max} allowed", meta.len()));
+    }
+    let mut text = String::new();
+    f.take(max + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if text.len() as u64 > max {
+        return Err(format!("more than the {max} bytes allowed"));
+    }
+    Ok(text)
 }
 
 fn load_profile_file(
@@ -456,7 +554,7 @@ fn load_profile_file(
     if let Some(ix) = by_name.get(&key) {
         return Some(*ix);
     }
-    let text = match std::fs::read_to_string(&full) {
+    let text = match read_profile_file(&full) {
         Ok(t) => t,
         Err(e) => {
             p.add(path, format!("cannot read profile file {}: {e}", full.display()));
@@ -495,9 +593,25 @@ fn load_profile_file(
     Some(profiles.len() - 1)
 }
 
+/// The first `{labels.KEY}` of a topic template that `labels` lacks (it would render as an
+/// empty topic segment).
+pub fn missing_topic_label<'a>(
+    topic: &'a TopicTemplate,
+    labels: &BTreeMap<String, String>,
+) -> Option<&'a str> {
+    topic.parts.iter().find_map(|part| match part {
+        profile::TopicPart::Label(k) if !labels.contains_key(k) => Some(k.as_str()),
+        _ => None,
+    })
+}
+
 fn labels(t: &mut Table<'_>, p: &mut Problems) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let Some(lt) = t.table("labels", p) else { return out };
+    if let Err(e) = limits::check_label_count(lt.table.len()) {
+        p.add(lt.path.clone(), e);
+        return out;
+    }
     for (k, v) in lt.table {
         let path = join(&lt.path, k);
         if k.is_empty() {
@@ -521,6 +635,10 @@ fn labels(t: &mut Table<'_>, p: &mut Problems) -> BTreeMap<String, String> {
                 continue;
             }
         };
+        if let Err(e) = limits::check_label(k, &s) {
+            p.add(path, e);
+            continue;
+        }
         out.insert(k.clone(), s);
     }
     out
@@ -578,8 +696,8 @@ pub fn compile_profile_with(
     let seq = t.bool("seq", p).unwrap_or(false);
     let delivery = compile_delivery(&mut t, protocol, p);
     let device_type = t.str("device_type", p).unwrap_or(name).to_string();
-    if device_type.is_empty() {
-        p.add(t.path_of("device_type"), "must not be empty");
+    if let Err(e) = limits::check_name("device type", &device_type) {
+        p.add(t.path_of("device_type"), e);
     }
     let labels = labels(&mut t, p);
     let mut fields = vec![];
@@ -593,12 +711,20 @@ pub fn compile_profile_with(
         Some(ft) if ft.table.is_empty() && !allow_no_fields => {
             p.add(ft.path.clone(), "a profile needs at least one field")
         }
+        Some(ft) if ft.table.len() > limits::MAX_FIELDS => p.add(
+            ft.path.clone(),
+            format!("{} fields, more than the {} allowed", ft.table.len(), limits::MAX_FIELDS),
+        ),
         Some(ft) => {
             fields_path = ft.path.clone();
             let mut names: Vec<&String> = ft.table.keys().collect();
             names.sort();
             for fname in names {
                 let path = join(&ft.path, fname);
+                if let Err(e) = limits::check_name("field name", fname) {
+                    p.add(path, e);
+                    continue;
+                }
                 if let Some(mut f) = Table::from_value(path, &ft.table[fname.as_str()], p) {
                     let decimals = match f.int("decimals", p) {
                         Some(d) if (0..=15).contains(&d) => Some(d as u32),
@@ -856,6 +982,16 @@ pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> 
                     p.add(t.path_of("value"), "missing: the constant to publish");
                     return None;
                 }
+                Some(v) if has_non_finite(v) => {
+                    p.add(
+                        t.path_of("value"),
+                        format!(
+                            "must not contain nan or inf (JSON has no such numbers), got {}",
+                            show(v)
+                        ),
+                    );
+                    return None;
+                }
                 Some(v) => {
                     let mut json = vec![];
                     toml_to_json(v, &mut json);
@@ -1021,6 +1157,16 @@ fn compile_markov(t: &mut Table<'_>, p: &mut Problems) -> Option<GenSpec> {
     Some(GenSpec::Markov(Markov::new(states?, &matrix?, initial?)))
 }
 
+/// True if a value is, or holds, a `nan` or an infinity.
+fn has_non_finite(v: &Value) -> bool {
+    match v {
+        Value::Float(f) => !f.is_finite(),
+        Value::Array(a) => a.iter().any(has_non_finite),
+        Value::Table(t) => t.values().any(has_non_finite),
+        _ => false,
+    }
+}
+
 /// Writes a TOML value as JSON (date-times become RFC 3339 strings).
 pub fn toml_to_json(v: &Value, out: &mut Vec<u8>) {
     match v {
@@ -1056,5 +1202,7 @@ pub fn toml_to_json(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

@@ -6,8 +6,11 @@
 
 pub(crate) mod admin;
 pub mod client;
+#[cfg(test)]
+mod fuzz;
+pub(crate) mod incoming;
 pub(crate) mod plane;
 pub mod proto;
 pub(crate) mod service;
-mod spec;
+pub(crate) mod spec;
 mod wire;

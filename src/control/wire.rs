@@ -25,6 +25,7 @@ pub(crate) fn event_type(kind: EventKind) -> proto::DeviceEventType {
         EventKind::Warning => T::Warning,
         EventKind::Offline => T::Disconnected,
         EventKind::Online => T::Connected,
+        EventKind::ScenarioLog => T::ScenarioLog,
     }
 }
 

@@ -40,11 +40,23 @@ pub(crate) struct DeviceStates {
     /// Active faults per device, in injection order.
     faults: HashMap<u32, Vec<ActiveFault>>,
     faults_active: u64,
+    /// Active faults and faults injected so far, by `FaultType` number - 1 (for `/metrics`).
+    active_by_type: [u64; 5],
+    injected_by_type: [u64; 5],
     paused: HashSet<u32>,
     /// Devices whose publish is being delayed by a latency spike: key -> intended time.
     deferred: HashMap<u32, SimMs>,
     /// Messages not published because of DISCONNECT.
     suppressed: u64,
+    /// One bit per device key: set while the device may have a fault, pause or deferral. A
+    /// tick looks at this dense bitmap first, so the devices without state (most of them,
+    /// while a fault covers 100,000 of a million) skip the hash lookups.
+    marked: Vec<u64>,
+}
+
+/// Index of a fault kind in the per-type arrays.
+fn type_index(k: &FaultKind) -> usize {
+    (k.type_number() - 1) as usize
 }
 
 impl DeviceStates {
@@ -58,23 +70,75 @@ impl DeviceStates {
         self.faults_active
     }
 
+    /// Active faults by `FaultType` number - 1.
+    pub fn active_by_type(&self) -> [u64; 5] {
+        self.active_by_type
+    }
+
+    /// Faults injected since the start, by `FaultType` number - 1.
+    pub fn injected_by_type(&self) -> [u64; 5] {
+        self.injected_by_type
+    }
+
+    fn ended(&mut self, kinds: impl IntoIterator<Item = FaultKind>) {
+        for k in kinds {
+            self.faults_active -= 1;
+            self.active_by_type[type_index(&k)] -= 1;
+        }
+    }
+
     pub fn suppressed(&self) -> u64 {
         self.suppressed
+    }
+
+    /// The device's active faults (kinds), in injection order.
+    pub fn faults_of(&self, key: u32) -> Vec<FaultKind> {
+        self.faults.get(&key).map(|l| l.iter().map(|f| f.kind).collect()).unwrap_or_default()
+    }
+
+    /// Paused devices.
+    pub fn paused_count(&self) -> u64 {
+        self.paused.len() as u64
     }
 
     pub fn is_paused(&self, key: u32) -> bool {
         self.paused.contains(&key)
     }
 
+    #[inline]
+    fn is_marked(&self, key: u32) -> bool {
+        self.marked.get(key as usize / 64).is_some_and(|w| w & (1 << (key % 64)) != 0)
+    }
+
+    fn mark(&mut self, key: u32) {
+        let w = key as usize / 64;
+        if self.marked.len() <= w {
+            self.marked.resize(w + 1, 0);
+        }
+        self.marked[w] |= 1 << (key % 64);
+    }
+
+    /// Clears the device's bit once it has no state left.
+    fn unmark_if_clean(&mut self, key: u32) {
+        if !self.faults.contains_key(&key)
+            && !self.paused.contains(&key)
+            && !self.deferred.contains_key(&key)
+            && let Some(w) = self.marked.get_mut(key as usize / 64)
+        {
+            *w &= !(1 << (key % 64));
+        }
+    }
+
     /// Before a tick of device `key` due at `due` (its interval `interval_ms`): a paused device
     /// skips this tick; a device under a latency spike publishes later, with its original
     /// intended time.
     pub fn gate(&mut self, key: u32, due: SimMs, interval_ms: u64) -> Gate {
-        if self.is_quiet() {
+        if self.is_quiet() || !self.is_marked(key) {
             return Gate::Tick { intended: due };
         }
         if let Some(t0) = self.deferred.remove(&key) {
-            // The delayed publish of the message intended at t0.
+            // The delayed publish of the message intended at t0 (the device stays marked:
+            // `effects` runs next and clears the bit if nothing is left).
             return Gate::Tick { intended: t0 };
         }
         if self.paused.contains(&key) {
@@ -113,10 +177,13 @@ impl DeviceStates {
     ) -> (Effects, Vec<FaultKind>) {
         let mut fx = Effects { publish: true, timestamp: due, corrupt_bytes: None };
         let mut expired = vec![];
-        if self.faults.is_empty() {
+        if self.faults.is_empty() || !self.is_marked(key) {
             return (fx, expired);
         }
-        let Some(list) = self.faults.get_mut(&key) else { return (fx, expired) };
+        let Some(list) = self.faults.get_mut(&key) else {
+            self.unmark_if_clean(key);
+            return (fx, expired);
+        };
         list.retain(|f| {
             let keep = !f.expired(due);
             if !keep {
@@ -157,27 +224,38 @@ impl DeviceStates {
         }
         if list.is_empty() {
             self.faults.remove(&key);
+            self.unmark_if_clean(key);
         }
-        self.faults_active -= expired.len() as u64;
+        self.ended(expired.iter().copied());
         if !fx.publish {
             self.suppressed += 1;
         }
         (fx, expired)
     }
 
-    /// Adds a fault to device `key` from sim time `now` on. `devices` sizes the map for every
+    /// Adds a fault to device `key` from sim time `now` on. A fault of a type the device
+    /// already has replaces it (new parameters, duration counted from now): faults do not
+    /// stack, so a device holds at most one fault per type. `devices` sizes the map for every
     /// device at once on first use: growing it by doubling under a million-device injection
     /// rehashes it all in single steps of ~30 ms.
     pub fn inject(&mut self, key: u32, spec: &FaultSpec, now: SimMs, devices: usize) {
         if self.faults.len() == self.faults.capacity() {
             self.faults.reserve(devices);
         }
-        self.faults.entry(key).or_default().push(ActiveFault {
-            kind: spec.kind,
-            started_ms: now,
-            duration_ms: spec.duration_ms,
-        });
-        self.faults_active += 1;
+        self.mark(key);
+        let fault = ActiveFault { kind: spec.kind, started_ms: now, duration_ms: spec.duration_ms };
+        let list = self.faults.entry(key).or_default();
+        let ty = spec.kind.type_number();
+        // A second fault of a type replaces the first (its parameters and window restart).
+        match list.iter_mut().find(|f| f.kind.type_number() == ty) {
+            Some(old) => *old = fault,
+            None => {
+                list.push(fault);
+                self.faults_active += 1;
+                self.active_by_type[type_index(&spec.kind)] += 1;
+            }
+        }
+        self.injected_by_type[type_index(&spec.kind)] += 1;
     }
 
     /// Clears the device's faults of one `FaultType` number, or all; returns the cleared kinds.
@@ -193,9 +271,10 @@ impl DeviceStates {
             });
             if list.is_empty() {
                 self.faults.remove(&key);
+                self.unmark_if_clean(key);
             }
         }
-        self.faults_active -= cleared.len() as u64;
+        self.ended(cleared.iter().copied());
         cleared
     }
 
@@ -205,19 +284,23 @@ impl DeviceStates {
             if self.paused.len() == self.paused.capacity() {
                 self.paused.reserve(devices);
             }
+            self.mark(key);
             self.paused.insert(key)
         } else {
-            self.paused.remove(&key)
+            let changed = self.paused.remove(&key);
+            self.unmark_if_clean(key);
+            changed
         }
     }
 
     /// Forgets everything about a device that is stopped.
     pub fn forget(&mut self, key: u32) {
         if let Some(faults) = self.faults.remove(&key) {
-            self.faults_active -= faults.len() as u64;
+            self.ended(faults.iter().map(|f| f.kind));
         }
         self.paused.remove(&key);
         self.deferred.remove(&key);
+        self.unmark_if_clean(key);
     }
 
     /// Moves a device's state to a new key (its behaviour changed and it was re-inserted).
@@ -234,6 +317,10 @@ impl DeviceStates {
         if let Some(v) = self.deferred.remove(&old) {
             self.deferred.insert(new, v);
         }
+        if self.is_marked(old) {
+            self.mark(new);
+            self.unmark_if_clean(old);
+        }
     }
 }
 
@@ -249,6 +336,27 @@ mod tests {
         let mut p = Profile::for_tests("p");
         p.interval_ms = 1000;
         p
+    }
+
+    #[test]
+    fn only_devices_with_state_are_marked_and_a_device_left_clean_is_unmarked() {
+        let mut st = DeviceStates::default();
+        st.inject(7, &spec(FaultKind::Disconnect, 0), 0, 100);
+        st.set_paused(70, true, 100);
+        assert!(st.is_marked(7) && st.is_marked(70) && !st.is_marked(8));
+        // A device without state ticks as usual even while others have faults.
+        assert_eq!(st.gate(8, 5, 1000), Gate::Tick { intended: 5 });
+        assert_eq!(st.gate(70, 5, 1000), Gate::Rearm { at: 1005 });
+        st.clear(7, None);
+        assert!(!st.is_marked(7));
+        st.set_paused(70, false, 100);
+        assert!(!st.is_marked(70));
+        // Moving a device keeps its mark with it.
+        st.inject(3, &spec(FaultKind::Disconnect, 0), 0, 100);
+        st.rekey(3, 300);
+        assert!(!st.is_marked(3) && st.is_marked(300));
+        st.forget(300);
+        assert!(!st.is_marked(300));
     }
 
     #[test]
@@ -319,6 +427,21 @@ mod tests {
         let mut samples = [Sample::Number(21.5), Sample::State(1)];
         s.effects(1, 1_000, 1, || 42, &profile(), &mut samples);
         assert_eq!(samples, [Sample::Number(0.0), Sample::State(1)]);
+    }
+
+    #[test]
+    fn the_same_fault_type_again_replaces_instead_of_stacking() {
+        let mut st = DeviceStates::default();
+        for _ in 0..4797 {
+            st.inject(3, &spec(FaultKind::Disconnect, 1000), 0, 10);
+        }
+        st.inject(3, &spec(FaultKind::Disconnect, 5000), 2000, 10);
+        st.inject(3, &spec(FaultKind::LatencySpike { latency_ms: 10 }, 0), 0, 10);
+        assert_eq!(st.faults_active(), 2);
+        // The replacement counts from its own injection: still disconnected at 6 s.
+        assert_eq!(st.faults[&3].len(), 2);
+        assert_eq!(st.faults[&3][0].started_ms, 2000);
+        assert_eq!(st.faults[&3][0].duration_ms, 5000);
     }
 
     #[test]

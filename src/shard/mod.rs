@@ -9,7 +9,8 @@ pub(crate) mod command;
 pub(crate) mod event;
 mod faults;
 mod inbox;
-mod streams;
+mod scenario;
+pub(crate) mod streams;
 
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
@@ -65,6 +66,8 @@ pub struct ShardPlan {
     pub core: Option<core_affinity::CoreId>,
     /// The live-control link (gRPC): `None` for a plain run.
     pub control: Option<command::ShardControl>,
+    /// The scenario's compiled timeline (shared by every shard), if a scenario drives the run.
+    pub scenario: Option<Arc<crate::scenario::Scenario>>,
 }
 
 /// What a shard hands back when it ends.
@@ -92,6 +95,15 @@ pub fn spawn(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
         // Build, then meet the others whatever happened, so that no one waits forever.
         let built = Shard::build_with(&mut plan);
+        // The realtime timer is made before the shards meet: once they run, the gRPC server
+        // accepts clients, and those may use up the file descriptors.
+        let timer = match (&rt, plan.clock) {
+            (Ok(rt), ClockMode::Realtime) => {
+                let _in = rt.enter();
+                Some(PreciseTimer::new())
+            }
+            _ => None,
+        };
         ready.wait();
         ready.wait();
         plan.wall_origin_ns = origin.load(Ordering::Acquire);
@@ -102,6 +114,7 @@ pub fn spawn(
                 local.block_on(&rt, async move {
                     let mut shard = Shard::assemble(plan, parts);
                     shard.pinned = pinned;
+                    shard.timer = timer;
                     shard.run().await
                 })
             }
@@ -118,6 +131,8 @@ pub fn spawn(
 /// The state of one shard.
 pub struct Shard {
     plan: ShardPlan,
+    /// The realtime loop's timer, made before the run starts (see `spawn`).
+    timer: Option<std::io::Result<PreciseTimer>>,
     table: DeviceTable,
     wheel: Wheel,
     sinks: Vec<Option<Sink>>,
@@ -135,6 +150,8 @@ pub struct Shard {
     event_samples: Vec<Sample>,
     /// Live control: inbox, faults, pauses, streams (`inbox.rs`).
     ctl: inbox::Control,
+    /// Where this shard is in the scenario, if one drives the run (`scenario.rs`).
+    scn: Option<scenario::ScenarioCursor>,
 }
 
 /// A shard's devices, wheel and sinks, built before its time starts.
@@ -150,9 +167,23 @@ impl Shard {
         let fleet = plan.fleet.clone();
         let mut table = DeviceTable::default();
         let mut wheel = Wheel::new(plan.start_ms);
-        let expect = fleet.device_count() as usize / plan.shards + 64;
-        let slots: usize =
-            fleet.groups.iter().map(|g| fleet.profiles[g.profile].slots * g.count as usize).sum();
+        // Room for the devices a scenario will spawn too, reserved now: growing the device,
+        // slot and wheel arrays of a million-device shard mid-run stalls its ticks.
+        let (spawns, spawn_slots) = plan.scenario.as_ref().map_or((0, 0), |s| {
+            s.timeline.iter().fold((0, 0), |acc, a| match &a.action {
+                crate::scenario::Action::Spawn { ids, profile, .. } => {
+                    (acc.0 + ids.len(), acc.1 + ids.len() * profile.slots)
+                }
+                _ => acc,
+            })
+        });
+        let expect = (fleet.device_count() as usize + spawns) / plan.shards + 64;
+        let slots: usize = fleet
+            .groups
+            .iter()
+            .map(|g| fleet.profiles[g.profile].slots * g.count as usize)
+            .sum::<usize>()
+            + spawn_slots;
         table.reserve(expect + expect / 16, slots / plan.shards + slots / plan.shards / 16 + 64);
         wheel.reserve_keys(expect);
         let mut id = String::with_capacity(64);
@@ -180,9 +211,20 @@ impl Shard {
     fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
         let Parts { table, wheel, sinks } = parts;
         let ctl = inbox::Control::new(plan.control.take());
+        let scn = plan.scenario.take().map(|s| scenario::ScenarioCursor::new(s, plan.start_ms));
+        let mut stats = ShardStats::new(plan.fleet.profiles.len());
+        if let Some(c) = &scn {
+            stats.phases = (0..c.phase_bounds.len())
+                .map(|_| {
+                    (0..plan.fleet.profiles.len()).map(|_| stats::ProfileStats::new()).collect()
+                })
+                .collect();
+        }
         Shard {
+            timer: None,
             ctl,
-            stats: ShardStats::new(plan.fleet.profiles.len()),
+            scn,
+            stats,
             interval_latency: stats::histogram(),
             pinned: false,
             table,
@@ -215,6 +257,7 @@ impl Shard {
                 tracing::warn!(shard = self.plan.index, sink = s.name(), error = %e, "flush at shutdown failed");
             }
         }
+        self.account_lost();
         // Network sinks: wait for what is queued or in flight, then fold their figures in.
         // A run stopped by a signal should exit within a few seconds, so it drains for less.
         let drain_ns = if self.plan.stop.load(Ordering::Relaxed) {
@@ -233,6 +276,13 @@ impl Shard {
                     a.merge(b);
                 }
             }
+            if let Some(own) = s.own_phase_stats() {
+                for (a, b) in self.stats.phases.iter_mut().zip(&own) {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        x.merge(y);
+                    }
+                }
+            }
             if let Some(net) = s.net_shared() {
                 for (k, v) in net.events.borrow().iter() {
                     *self.stats.sink_events.entry(format!("{}.{k}", s.name())).or_insert(0) += v;
@@ -240,6 +290,9 @@ impl Shard {
             }
         }
         self.snapshot(sim_end);
+        if let Some(c) = &self.scn {
+            self.stats.step_lateness = c.lateness.clone();
+        }
         Ok(ShardOutcome {
             stats: self.stats,
             sim_end_ms: sim_end,
@@ -249,8 +302,10 @@ impl Shard {
     }
 
     async fn run_virtual(&mut self) -> SimMs {
-        let networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
+        let mut networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut turns = 0u32;
         loop {
@@ -266,7 +321,25 @@ impl Shard {
                     self.snapshot(self.wheel.elapsed());
                 }
             }
-            let Some(t) = self.wheel.next_expiration() else { return self.wheel.elapsed() };
+            let next = self.wheel.next_expiration();
+            // Scenario steps take effect before the devices due at their time tick.
+            if let Some(at) = self.scenario_next_at()
+                && at < end
+                && next.is_none_or(|t| at <= t)
+            {
+                self.apply_scenario(at, None);
+                // A spawn may have opened a network sink.
+                networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
+                continue;
+            }
+            let Some(t) = next else {
+                // A scenario's run lasts its duration even when no device is left.
+                return if self.scn.is_some() && end < u64::MAX {
+                    end
+                } else {
+                    self.wheel.elapsed()
+                };
+            };
             if t >= end {
                 return end;
             }
@@ -294,17 +367,27 @@ impl Shard {
 
     async fn run_realtime(&mut self) -> Result<SimMs, String> {
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
-        let mut timer =
-            PreciseTimer::new().map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        let mut timer = self
+            .timer
+            .take()
+            .unwrap_or_else(PreciseTimer::new)
+            .map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut last_flush = last_snapshot;
         loop {
             if self.plan.stop.load(Ordering::Relaxed) {
                 return Ok(self.sim_at(mono_ns()).min(end));
             }
-            self.drain_commands();
             let now_ns = mono_ns();
             let sim_now = self.sim_at(now_ns);
+            // Scenario steps due by now are queued (and worked through under the tick budget
+            // below, like gRPC commands); their lateness is measured here.
+            if self.scn.is_some() {
+                self.apply_scenario(sim_now.min(end.saturating_sub(1)), Some(now_ns));
+            }
+            self.drain_commands();
             let mut due = std::mem::take(&mut self.due);
             self.wheel.poll(sim_now.min(end.saturating_sub(1)), &mut due);
             for (n, &(key, at)) in due.iter().enumerate() {
@@ -335,7 +418,11 @@ impl Shard {
                 last_snapshot = now_ns;
                 self.snapshot(sim_now);
             }
-            let next_ns = match self.wheel.next_expiration() {
+            let next = match (self.wheel.next_expiration(), self.scenario_next_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next_ns = match next {
                 Some(t) => self.wall_at(t.min(end)),
                 None => self.wall_at(end),
             };
@@ -394,7 +481,7 @@ impl Shard {
         let profile = &fleet.profiles[profile_ix];
         if let Some(intended) = intended_ns {
             let late_us = fire_ns.saturating_sub(intended) / 1000;
-            self.stats.lateness.saturating_record(late_us);
+            stats::record(&mut self.stats.lateness, late_us);
             self.ctl.lateness_max_us = self.ctl.lateness_max_us.max(late_us);
         }
         let behaviour = &profile.behaviour;
@@ -490,6 +577,8 @@ impl Shard {
         profile.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
         self.stats.profiles[profile_ix].published += 1;
         let device_hash = device_hash(profile, &self.id);
+        // A scenario's phases count each message by its intended sim time.
+        let phase = self.scn.as_ref().and_then(|c| c.phase_of(due));
         let done_ns = submit(
             &mut self.sinks,
             &mut self.stats,
@@ -502,6 +591,7 @@ impl Shard {
             intended_ns,
             // After events, the sample's handling starts when the last event's ended.
             done_ns,
+            phase,
         );
         let mut interval =
             self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
@@ -548,6 +638,7 @@ impl Shard {
                 st.events.resize(ei as usize + 1, 0);
             }
             st.events[ei as usize] += 1;
+            let phase = self.scn.as_ref().and_then(|c| c.phase_of(at));
             done_ns = submit(
                 &mut self.sinks,
                 &mut self.stats,
@@ -559,6 +650,7 @@ impl Shard {
                 device_hash,
                 intended_ns,
                 done_ns,
+                phase,
             );
         }
         self.step_log = log;
@@ -650,7 +742,22 @@ impl Shard {
         t
     }
 
+    /// Moves the messages a failed file write lost from delivered to errors (kind `write`):
+    /// the file sink counts a message as delivered when it is buffered.
+    fn account_lost(&mut self) {
+        for s in self.sinks.iter_mut().flatten() {
+            for (profile, n) in s.take_lost() {
+                if let Some(st) = self.stats.profiles.get_mut(profile) {
+                    st.messages = st.messages.saturating_sub(n);
+                    st.errors += n;
+                    *st.error_kinds.entry("write".to_string()).or_insert(0) += n;
+                }
+            }
+        }
+    }
+
     fn snapshot(&mut self, sim_now: SimMs) {
+        self.account_lost();
         let (net_msgs, net_errors, net_dropped) = self.net_totals();
         for s in self.sinks.iter().flatten() {
             if let Some(n) = s.net_shared() {
@@ -667,8 +774,11 @@ impl Shard {
             dropped: self.stats.dropped() + net_dropped,
             sim_now_ms: sim_now,
             latency: std::mem::replace(&mut self.interval_latency, stats::histogram()),
+            lateness: (self.plan.clock == ClockMode::Realtime).then(|| self.stats.lateness.clone()),
         };
         let _ = self.plan.progress.try_send(snap);
+        self.publish_figures();
+        self.log_sink_pressure();
     }
 }
 
@@ -678,8 +788,8 @@ fn device_hash(profile: &Profile, id: &str) -> u64 {
     if profile.protocol.is_network() { seed::fnv1a64(id.as_bytes()) } else { 0 }
 }
 
-/// Hands one message to the profile's sink and records what completed at once; returns the
-/// monotonic time at which it did.
+/// Hands one message to the profile's sink and records what completed at once (also in the
+/// scenario phase `phase`); returns the monotonic time at which it did.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn submit(
@@ -693,6 +803,7 @@ fn submit(
     device_hash: u64,
     intended_ns: Option<u64>,
     fire_ns: u64,
+    phase: Option<usize>,
 ) -> u64 {
     let outcome = match &mut sinks[profile.protocol.index()] {
         Some(sink) => sink.submit(&Message {
@@ -701,24 +812,32 @@ fn submit(
             profile: profile_ix,
             device_hash,
             intended_ns: intended_ns.unwrap_or(fire_ns),
+            phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
         }),
         None => Outcome::Failed,
     };
     let done_ns = mono_ns();
-    let st = &mut stats.profiles[profile_ix];
-    match outcome {
+    let bytes = payload.len() as u64;
+    // Realtime: from the intended time. Virtual: sim time does not pass while a message is
+    // handled, so latency is the sink's own service time.
+    let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
+    let service_us = done_ns.saturating_sub(fire_ns) / 1000;
+    let record = |st: &mut stats::ProfileStats| match outcome {
         Outcome::Completed => {
             st.messages += 1;
-            st.bytes += payload.len() as u64;
-            // Realtime: from the intended time. Virtual: sim time does not pass while a
-            // message is handled, so latency is the sink's own service time.
-            let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
-            st.latency.saturating_record(latency_us);
-            st.service.saturating_record(done_ns.saturating_sub(fire_ns) / 1000);
-            interval_latency.saturating_record(latency_us);
+            st.bytes += bytes;
+            stats::record(&mut st.latency, latency_us);
+            stats::record(&mut st.service, service_us);
         }
         Outcome::Failed => st.errors += 1,
         Outcome::Pending => {}
+    };
+    record(&mut stats.profiles[profile_ix]);
+    if let Some(ph) = phase {
+        record(&mut stats.phases[ph][profile_ix]);
+    }
+    if outcome == Outcome::Completed {
+        stats::record(interval_latency, latency_us);
     }
     done_ns
 }

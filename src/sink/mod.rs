@@ -38,6 +38,8 @@ pub struct Message<'a> {
     pub device_hash: u64,
     /// Monotonic time the message was meant to be sent (realtime) or handed over (virtual).
     pub intended_ns: u64,
+    /// The scenario phase of the message's intended sim time (`net::NO_PHASE`: none).
+    pub phase: u16,
 }
 
 /// What became of a submitted message.
@@ -85,7 +87,8 @@ impl Sink {
             Protocol::Null => Sink::Null,
             Protocol::File => {
                 let Some(f) = &settings.file else { return Err(missing("file")) };
-                Sink::File(FileSink::open(&file::shard_path(&f.path, shard, shards))?)
+                let path = file::shard_path(&f.path, shard, shards)?;
+                Sink::File(FileSink::open(&path, fleet.profiles.len())?)
             }
             Protocol::Mqtt => {
                 let s = settings.mqtt.clone().ok_or_else(|| missing("mqtt"))?;
@@ -146,6 +149,7 @@ impl Sink {
                     intended_ns: msg.intended_ns,
                     sent_ns: 0,
                     device_hash: msg.device_hash,
+                    phase: msg.phase,
                 });
                 Outcome::Pending
             }
@@ -173,12 +177,26 @@ impl Sink {
         self.net_shared().map(|s| s.stats.borrow().clone())
     }
 
+    /// The same per scenario phase (`[phase][profile]`).
+    pub fn own_phase_stats(&self) -> Option<Vec<Vec<ProfileStats>>> {
+        self.net_shared().map(|s| s.phase_stats.borrow().clone())
+    }
+
     /// Pushes buffered output out; called between wheel turns and at shutdown.
     pub fn flush(&mut self) -> io::Result<()> {
         match self {
             Sink::Console(c) => c.flush(),
             Sink::File(f) => f.flush(),
             Sink::Null | Sink::Net(_) => Ok(()),
+        }
+    }
+
+    /// Messages that were counted as delivered but that a later failed write lost, by profile
+    /// index, since the previous call (the file sink; empty for the others).
+    pub fn take_lost(&mut self) -> Vec<(usize, u64)> {
+        match self {
+            Sink::File(f) => f.take_lost(),
+            _ => vec![],
         }
     }
 
