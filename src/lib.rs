@@ -4,10 +4,13 @@
 //!
 //! Each layer only looks down the list:
 //!
+//! - [`limits`]: every bound on what a fleet file or a gRPC client may ask for, and the
+//!   checks both front ends share (pure functions).
 //! - [`sim`]: the deterministic core, with no I/O and no clock: seeds, generators, devices,
 //!   the timing wheel, faults, label selectors, payload encoding.
+//! - [`logs`]: log lines as text or JSON, each with the run id.
 //! - `measure`: monotonic clock reads, the `timerfd` timer, per-profile counters and HDR
-//!   histograms.
+//!   histograms, and the board where shards publish their figures for `/metrics`.
 //! - `config`: the fleet file (TOML) -> validated `Config`; every problem is reported at once
 //!   with its TOML path and the bad value. A default fleet is built into the binary.
 //! - `sink`: where messages go: console, file, null, and the network sinks MQTT, AMQP, HTTP
@@ -22,6 +25,7 @@
 //! - [`scenario`]: scenario files (timed steps, phases, thresholds) -> a timeline of actions
 //!   at sim times that every shard applies to its own devices, through the same commands as
 //!   gRPC; thresholds judged on the report; remote runs over `simulator.v1`.
+//! - `memcheck`: the memory a fleet needs, against what the process may use.
 //! - `run`: starts the shards, handles signals and progress, builds the report.
 //! - [`cli`]: clap commands (`run` is the default, `serve`, `validate`, and the gRPC client
 //!   commands).
@@ -29,7 +33,10 @@
 pub mod cli;
 pub(crate) mod config;
 pub mod control;
+pub mod limits;
+pub mod logs;
 pub(crate) mod measure;
+pub(crate) mod memcheck;
 pub(crate) mod report;
 pub(crate) mod run;
 pub mod scenario;

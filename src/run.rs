@@ -8,7 +8,7 @@ use crate::report::{self, Report, RunFacts};
 use crate::scenario::Scenario;
 use crate::scenario::threshold::{Span, Threshold};
 use crate::shard::{self, ShardOutcome, ShardPlan};
-use crate::sim::time::{format_duration_ms, rfc3339_ms};
+use crate::sim::time::{LAST_SIM_MS, format_duration_ms, rfc3339_ms};
 use anyhow::{Context, bail};
 use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +31,26 @@ pub struct RunOptions {
     pub strict_protocols: bool,
     /// The scenario that drives the run (its timeline goes to every shard).
     pub scenario: Option<Arc<Scenario>>,
+    /// This run's id (in every log line, `report.json` and `iot_sim_run_info`).
+    pub run_id: String,
+}
+
+/// What identifies a run to an observer.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunIdentity {
+    pub run_id: String,
+    pub seed: u64,
+    pub version: &'static str,
+    pub clock: &'static str,
+}
+
+/// A random run id: 16 hex digits.
+pub fn random_run_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{:016x}", RandomState::new().hash_one(nanos ^ ((std::process::id() as u64) << 32)))
 }
 
 /// A random seed, for runs that name none.
@@ -57,7 +77,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         Some(s) => s,
         None => {
             let s = random_seed();
-            eprintln!("seed: {s} (chosen at random; replay this run with --seed {s})");
+            crate::logs::notice(
+                &format!("seed: {s} (chosen at random; replay this run with --seed {s})"),
+                &[("seed", s.into())],
+            );
             s
         }
     };
@@ -65,9 +88,12 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         Some(t) => t,
         None => {
             let t = now_ms();
-            eprintln!(
-                "start_time: {} (now; set [run] start_time to replay timestamps)",
-                rfc3339_ms(t)
+            crate::logs::notice(
+                &format!(
+                    "start_time: {} (now; set [run] start_time to replay timestamps)",
+                    rfc3339_ms(t)
+                ),
+                &[("start_time", rfc3339_ms(t).into())],
             );
             t
         }
@@ -100,7 +126,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         opts.wait_for_sinks_ms.map(std::time::Duration::from_millis),
     )
     .map_err(anyhow::Error::msg)?;
-    let end_ms = run.duration_ms.map(|d| start_ms + d);
+    // The end never passes the last time the sim clock holds: a run with no duration (or a
+    // virtual one that outruns the calendar) stops there instead of repeating one timestamp.
+    crate::sim::time::check_span(start_ms, run.duration_ms).map_err(anyhow::Error::msg)?;
+    let end_ms = Some(run.duration_ms.map_or(LAST_SIM_MS, |d| start_ms + d));
     let fleet = Arc::new(config.fleet.clone());
     let sinks = Arc::new(config.sinks.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -108,7 +137,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let ready = Arc::new(Barrier::new(cores + 1));
     let origin = Arc::new(AtomicU64::new(0));
     if !opts.quiet {
-        eprintln!(
+        let line = format!(
             "iot-sim: {} devices, {} profile(s), {} shard(s), {:?} clock, from {}{}",
             fleet.device_count(),
             fleet.profiles.len(),
@@ -119,8 +148,21 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
                 .map(|d| format!(" for {}", format_duration_ms(d)))
                 .unwrap_or_else(|| " until stopped".into())
         );
+        crate::logs::notice(
+            &line,
+            &[
+                ("devices", fleet.device_count().into()),
+                ("profiles", fleet.profiles.len().into()),
+                ("shards", cores.into()),
+                ("seed", seed.into()),
+            ],
+        );
     }
 
+    // The signal handlers and the runtime that waits for the shards, set up before any server
+    // accepts connections: a client that uses up the file descriptors must not keep the run
+    // from starting them (it failed with "Too many open files").
+    let waiter = Waiter::new(stop.clone())?;
     // Live control: bound before the shards start, so a bad address fails the run at once.
     let (plane, links) = match opts.grpc.or(opts.admin) {
         Some(_) => {
@@ -134,20 +176,35 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         None => (None, vec![]),
     };
     let mut links = links.into_iter();
-    let _server = match (opts.grpc, &plane) {
+    let mut server = match (opts.grpc, &plane) {
         (Some(addr), Some(p)) => {
             let s = crate::control::service::start(addr, p.clone())
                 .with_context(|| format!("cannot serve gRPC on {addr}"))?;
-            eprintln!("grpc: listening on {}", s.addr);
+            crate::logs::notice(
+                &format!("grpc: listening on {}", s.addr),
+                &[("grpc", s.addr.to_string().into())],
+            );
             Some(s)
         }
         _ => None,
     };
+    let identity = RunIdentity {
+        run_id: opts.run_id.clone(),
+        seed,
+        version: env!("CARGO_PKG_VERSION"),
+        clock: match run.clock {
+            ClockMode::Virtual => "virtual",
+            ClockMode::Realtime => "realtime",
+        },
+    };
     let _admin = match (opts.admin, &plane) {
         (Some(addr), Some(p)) => {
-            let s = crate::control::admin::start(addr, p.clone())
+            let s = crate::control::admin::start(addr, p.clone(), identity.clone())
                 .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
-            eprintln!("admin: listening on http://{}", s.addr);
+            crate::logs::notice(
+                &format!("admin: listening on http://{}", s.addr),
+                &[("admin", s.addr.to_string().into())],
+            );
             Some(s)
         }
         _ => None,
@@ -182,6 +239,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let origin_ns = mono_ns();
     origin.store(origin_ns, Ordering::Release);
     ready.wait();
+    // Every shard holds its descriptors now: clients may connect.
+    if let Some(s) = &mut server {
+        s.open();
+    }
 
     // `abort = true` thresholds are checked on the running figures at every progress interval
     // (realtime only: a virtual run is judged at its end).
@@ -192,8 +253,8 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         .filter(|t| t.abort && run.clock == ClockMode::Realtime)
         .collect();
     let (interrupted, aborted_by) = wait(
+        waiter,
         &handles,
-        &stop,
         &progress_rx,
         Progress {
             every_ms: run.progress_interval_ms,
@@ -221,6 +282,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let (fleet, stats) = report::merge_outcomes(&fleet, &parts);
     let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(start_ms);
     let facts = RunFacts {
+        run_id: opts.run_id.clone(),
         seed,
         cores,
         pinned_shards: outcomes.iter().filter(|o| o.pinned).count(),
@@ -306,7 +368,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     }
     let path = report::write(&run.report_dir, &report, &files)
         .with_context(|| format!("cannot write the report to {}", run.report_dir.display()))?;
-    eprintln!("report: {}", path.display());
+    crate::logs::notice(
+        &format!("report: {}", path.display()),
+        &[("report", path.display().to_string().into())],
+    );
     Ok(report)
 }
 
@@ -336,8 +401,6 @@ fn scenario_facts(sc: &Scenario, start_ms: u64, end_ms: u64) -> report::Scenario
     }
 }
 
-/// Waits for the shards to end, handling Ctrl-C/SIGTERM and printing progress. Returns whether
-/// the run was interrupted.
 /// How `wait` reports progress.
 struct Progress {
     every_ms: u64,
@@ -367,21 +430,44 @@ fn check_aborts(
     aborts.iter().map(|t| t.judge_totals(&totals, &lateness, seconds)).find(|v| !v.passed)
 }
 
+/// The main thread's runtime and signal streams.
+struct Waiter {
+    rt: tokio::runtime::Runtime,
+    /// Set on a signal: the shards stop.
+    stop: Arc<AtomicBool>,
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+}
+
+impl Waiter {
+    fn new(stop: Arc<AtomicBool>) -> anyhow::Result<Waiter> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the control runtime")?;
+        let (sigterm, sigint) = rt.block_on(async {
+            let term =
+                signal(SignalKind::terminate()).context("cannot install the SIGTERM handler");
+            let int = signal(SignalKind::interrupt()).context("cannot install the SIGINT handler");
+            (term, int)
+        });
+        Ok(Waiter { rt, stop, sigterm: sigterm?, sigint: sigint? })
+    }
+}
+
+/// Waits for the shards to end, handling Ctrl-C/SIGTERM, printing progress and checking the
+/// `abort` thresholds. Returns whether the run was interrupted, and the abort verdict if any.
 fn wait(
+    waiter: Waiter,
     handles: &[std::thread::JoinHandle<Result<ShardOutcome, String>>],
-    stop: &Arc<AtomicBool>,
     progress: &Receiver<Snapshot>,
     pr: Progress,
     aborts: &[&Threshold],
 ) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>)> {
     let Progress { every_ms: progress_ms, quiet, clock, start_ms } = pr;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the control runtime")?;
+    let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot install the SIGTERM handler")?;
         let mut poll = tokio::time::interval(Duration::from_millis(50));
         let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
         let mut window = histogram();
@@ -394,17 +480,17 @@ fn wait(
         let mut aborted = None;
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {
+                _ = sigint.recv() => {
                     if interrupted {
-                        eprintln!("second interrupt: exiting without a report");
+                        crate::logs::notice("second interrupt: exiting without a report", &[]);
                         std::process::exit(130);
                     }
-                    eprintln!("interrupt: stopping shards, flushing sinks (Ctrl-C again to abort)");
+                    crate::logs::notice("interrupt: stopping shards, flushing sinks (Ctrl-C again to abort)", &[]);
                     interrupted = true;
                     stop.store(true, Ordering::Relaxed);
                 }
                 _ = sigterm.recv() => {
-                    eprintln!("SIGTERM: stopping shards, flushing sinks");
+                    crate::logs::notice("SIGTERM: stopping shards, flushing sinks", &[]);
                     interrupted = true;
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -442,10 +528,20 @@ fn wait(
                             ClockMode::Virtual => format!(" sim={} ({:.0} sim-s/s)", rfc3339_ms(sim), (sim.saturating_sub(start_ms)) as f64 / 1000.0 / ((now - began) as f64 / 1e9)),
                             ClockMode::Realtime => String::new(),
                         };
-                        eprintln!(
-                            "[{:>7.1}s] devices={devices} msg/s={:.0} messages={total} errors={errors} drops={dropped} p99={p99}µs{simpart}",
-                            (now - began) as f64 / 1e9,
-                            (total - last_total.min(total)) as f64 / secs,
+                        let rate = (total - last_total.min(total)) as f64 / secs;
+                        crate::logs::notice(
+                            &format!(
+                                "[{:>7.1}s] devices={devices} msg/s={rate:.0} messages={total} errors={errors} drops={dropped} p99={p99}µs{simpart}",
+                                (now - began) as f64 / 1e9,
+                            ),
+                            &[
+                                ("devices", devices.into()),
+                                ("msg_per_s", rate.round().into()),
+                                ("messages", total.into()),
+                                ("errors", errors.into()),
+                                ("drops", dropped.into()),
+                                ("p99_us", p99.into()),
+                            ],
                         );
                         last_print = now;
                         last_total = total;

@@ -114,6 +114,31 @@ pub struct RunArgs {
     /// Serve admin HTTP on this address: /healthz, /metrics (Prometheus), /status (JSON).
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<std::net::SocketAddr>,
+    /// This run's id, in every log line, report.json and iot_sim_run_info. Default: random hex.
+    #[arg(long, value_name = "ID", value_parser = parse_run_id)]
+    pub run_id: Option<String>,
+    /// Log lines as text or as JSON objects (one per line). Also IOT_SIM_LOG_FORMAT.
+    #[arg(long, value_enum, env = "IOT_SIM_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn parse_run_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("expected 1 to 64 letters, digits, '-', '_' or '.', got {s:?}"))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -162,6 +187,28 @@ pub mod exit {
     pub const THRESHOLD_FAILED: i32 = 3;
 }
 
+impl Cli {
+    /// The log style (JSON or not) and the run id; a run without `--run-id` gets a random one,
+    /// written back into its flags so that the run uses the same id as the log lines.
+    pub fn prepare_logging(&mut self) -> (bool, String) {
+        let args = match &mut self.command {
+            Some(Command::Run(r)) => Some(r),
+            Some(Command::Serve(s)) => Some(&mut s.run),
+            Some(Command::Scenario(scenario::ScenarioCmd::Run(r))) => Some(&mut r.run),
+            None => Some(&mut self.run),
+            Some(_) => None,
+        };
+        let env_json = std::env::var("IOT_SIM_LOG_FORMAT").is_ok_and(|v| v == "json");
+        match args {
+            Some(a) => {
+                let id = a.run_id.get_or_insert_with(run::random_run_id).clone();
+                (a.log_format.map_or(env_json, |f| f == LogFormat::Json), id)
+            }
+            None => (env_json, String::new()),
+        }
+    }
+}
+
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
@@ -180,11 +227,24 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// Loads a fleet file and checks that it fits in memory (before anything is allocated).
 fn load(path: &std::path::Path, o: &Overrides) -> Result<config::Config, i32> {
-    config::load(path, o).map_err(|e| {
+    let config = config::load(path, o).map_err(|e| {
+        crate::logs::notice_at("ERROR", &format!("error: {e}"), &[]);
+        exit::BAD_CONFIG
+    })?;
+    let shards = config
+        .run
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let need = crate::memcheck::fleet_bytes(&config.fleet, shards);
+    let what =
+        format!("{} ({} devices on {shards} shards)", path.display(), config.fleet.device_count());
+    crate::memcheck::check(need, &what).map_err(|e| {
         eprintln!("error: {e}");
         exit::BAD_CONFIG
-    })
+    })?;
+    Ok(config)
 }
 
 fn validate(path: &std::path::Path) -> anyhow::Result<i32> {
@@ -252,13 +312,30 @@ pub(crate) fn run_options(
         wait_for_sinks_ms: args.wait_for_sinks,
         grpc,
         admin: args.admin,
+        run_id: args.run_id.clone().unwrap_or_else(run::random_run_id),
         strict_protocols,
         scenario,
     }
 }
 
-/// 3 when a threshold failed, else 0.
+/// The exit code of a finished run: 1 when a local sink (file, console) lost messages, so a
+/// script never takes incomplete output for a good run (network sinks' errors are what a load
+/// test measures: they are in the report and do not fail the run); else 3 when a threshold
+/// failed or aborted the run; else 0.
 pub(crate) fn verdict_code(report: &crate::report::Report) -> i32 {
+    let mut code = exit::OK;
+    for sink in ["file", "console"] {
+        let lost: u64 = report.runs.iter().filter(|r| r.sink == sink).map(|r| r.errors).sum();
+        if lost > 0 {
+            eprintln!(
+                "error: the {sink} sink lost {lost} messages (write failures; see the report)"
+            );
+            code = exit::FAILED;
+        }
+    }
+    if code != exit::OK {
+        return code;
+    }
     let failed = report.thresholds.iter().any(|v| !v.passed) || report.aborted_by.is_some();
     if failed { exit::THRESHOLD_FAILED } else { exit::OK }
 }
@@ -287,12 +364,15 @@ fn serve_cmd(s: &ServeArgs) -> anyhow::Result<i32> {
         }
     };
     if config.run.clock == ClockMode::Virtual {
-        eprintln!("serve: the virtual clock needs a fixed fleet; serving in realtime");
+        crate::logs::notice(
+            "serve: the virtual clock needs a fixed fleet; serving in realtime",
+            &[],
+        );
         config.run.clock = ClockMode::Realtime;
     }
     config.run.duration_ms = args.duration;
     let grpc = args.grpc.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 50051)));
-    run::run(config, &run_options(args, Some(grpc), s.strict_protocols, None))
+    let report = run::run(config, &run_options(args, Some(grpc), s.strict_protocols, None))
         .context("serve failed")?;
-    Ok(exit::OK)
+    Ok(verdict_code(&report))
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 #[derive(Subcommand, Debug)]
 pub enum ScenarioCmd {
     /// Run a scenario on a fleet (--config) or on its own profiles; exit 3 if a threshold fails.
-    Run(ScenarioRunArgs),
+    Run(Box<ScenarioRunArgs>),
     /// Check a scenario against its fleet without running it; lists every problem.
     Validate(ScenarioValidateArgs),
     /// List the scenarios in a folder: name, description, sim duration, steps.

@@ -8,10 +8,11 @@
 pub mod sinks;
 pub mod walk;
 
+use crate::limits;
 use crate::sim::generator::{Brownian, GenSpec, Markov};
 use crate::sim::payload;
 use crate::sim::profile::{self, FieldSpec, Fleet, Group, Profile, Protocol, TopicTemplate};
-use crate::sim::time::{SimMs, parse_rfc3339};
+use crate::sim::time::{LAST_SIM_MS, SimMs, check_span, parse_rfc3339};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use toml::Value;
@@ -127,6 +128,13 @@ pub fn load_with(
         ParseError::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
     })?;
     apply(&mut config.run, overrides);
+    if let (Some(start), Some(_)) = (config.run.start_ms, overrides.duration_ms)
+        && let Err(e) = check_span(start, config.run.duration_ms)
+    {
+        let mut problems = Problems::default();
+        problems.add("--duration", e);
+        return Err(ConfigError::Invalid { path: path.into(), problems });
+    }
     Ok(config)
 }
 
@@ -227,6 +235,10 @@ fn compile(
         names.sort();
         for name in names {
             let path = join(&pt.path, name);
+            if let Err(e) = limits::check_name("profile name", name) {
+                p.add(path, e);
+                continue;
+            }
             if let Some(t) = Table::from_value(path, &pt.table[name.as_str()], p)
                 && let Some(prof) = compile_profile(name, t, p)
             {
@@ -304,12 +316,31 @@ fn compile(
                     }
                 };
                 let labels = labels(&mut t, p);
+                let labels_path = t.path_of("labels");
                 t.finish_with(&["profile", "count", "labels"], p);
                 if let (Some(ix), Some(count)) = (profile_ix, count) {
                     let prof = &profiles[ix];
                     let mut merged = prof.labels.clone();
                     merged.extend(labels);
                     merged.insert("device_type".into(), prof.device_type.clone());
+                    if let Err(e) = limits::check_label_count(merged.len()) {
+                        p.add(
+                            labels_path.clone(),
+                            format!("{e} (with the profile's labels and device_type)"),
+                        );
+                    }
+                    if let Some(missing) = missing_topic_label(&prof.topic, &merged) {
+                        p.add(
+                            labels_path,
+                            format!(
+                                "the topic {:?} of profile {:?} uses {{labels.{missing}}}, which \
+                                 these devices do not have (their labels: {})",
+                                prof.topic.source,
+                                prof.name,
+                                merged.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                            ),
+                        );
+                    }
                     let first = next_ordinal.entry(ix).or_insert(0);
                     groups.push(Group {
                         profile: ix,
@@ -440,6 +471,12 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
             run.duration_ms = Some(d);
         }
     }
+    if let Some(start) = run.start_ms
+        && let Err(e) = check_span(start, run.duration_ms)
+    {
+        let key = if start >= LAST_SIM_MS { "start_time" } else { "duration" };
+        p.add(t.path_of(key), e);
+    }
     if let Some(d) = t.str("report_dir", p) {
         run.report_dir = PathBuf::from(d);
     }
@@ -474,6 +511,35 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
     run
 }
 
+/// Reads a profile file: a regular file of at most [`limits::MAX_PROFILE_FILE_BYTES`]. A device
+/// (`/dev/zero`) would be read until memory runs out and a FIFO would block `validate` forever,
+/// so both are refused; the size is capped while reading too, in case the file grows.
+fn read_profile_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO with no writer would otherwise block here; it changes nothing
+    // for the regular files that are read.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    let max = limits::MAX_PROFILE_FILE_BYTES;
+    if meta.len() > max {
+        return Err(format!("{} bytes, more than the {max} allowed", meta.len()));
+    }
+    let mut text = String::new();
+    f.take(max + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if text.len() as u64 > max {
+        return Err(format!("more than the {max} bytes allowed"));
+    }
+    Ok(text)
+}
+
 fn load_profile_file(
     path: &str,
     file: &str,
@@ -487,7 +553,7 @@ fn load_profile_file(
     if let Some(ix) = by_name.get(&key) {
         return Some(*ix);
     }
-    let text = match std::fs::read_to_string(&full) {
+    let text = match read_profile_file(&full) {
         Ok(t) => t,
         Err(e) => {
             p.add(path, format!("cannot read profile file {}: {e}", full.display()));
@@ -526,9 +592,25 @@ fn load_profile_file(
     Some(profiles.len() - 1)
 }
 
+/// The first `{labels.KEY}` of a topic template that `labels` lacks (it would render as an
+/// empty topic segment).
+pub fn missing_topic_label<'a>(
+    topic: &'a TopicTemplate,
+    labels: &BTreeMap<String, String>,
+) -> Option<&'a str> {
+    topic.parts.iter().find_map(|part| match part {
+        profile::TopicPart::Label(k) if !labels.contains_key(k) => Some(k.as_str()),
+        _ => None,
+    })
+}
+
 fn labels(t: &mut Table<'_>, p: &mut Problems) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let Some(lt) = t.table("labels", p) else { return out };
+    if let Err(e) = limits::check_label_count(lt.table.len()) {
+        p.add(lt.path.clone(), e);
+        return out;
+    }
     for (k, v) in lt.table {
         let path = join(&lt.path, k);
         if k.is_empty() {
@@ -552,6 +634,10 @@ fn labels(t: &mut Table<'_>, p: &mut Problems) -> BTreeMap<String, String> {
                 continue;
             }
         };
+        if let Err(e) = limits::check_label(k, &s) {
+            p.add(path, e);
+            continue;
+        }
         out.insert(k.clone(), s);
     }
     out
@@ -609,8 +695,8 @@ pub fn compile_profile_with(
     let seq = t.bool("seq", p).unwrap_or(false);
     let delivery = compile_delivery(&mut t, protocol, p);
     let device_type = t.str("device_type", p).unwrap_or(name).to_string();
-    if device_type.is_empty() {
-        p.add(t.path_of("device_type"), "must not be empty");
+    if let Err(e) = limits::check_name("device type", &device_type) {
+        p.add(t.path_of("device_type"), e);
     }
     let labels = labels(&mut t, p);
     let mut fields = vec![];
@@ -622,11 +708,19 @@ pub fn compile_profile_with(
         Some(ft) if ft.table.is_empty() && !allow_no_fields => {
             p.add(ft.path.clone(), "a profile needs at least one field")
         }
+        Some(ft) if ft.table.len() > limits::MAX_FIELDS => p.add(
+            ft.path.clone(),
+            format!("{} fields, more than the {} allowed", ft.table.len(), limits::MAX_FIELDS),
+        ),
         Some(ft) => {
             let mut names: Vec<&String> = ft.table.keys().collect();
             names.sort();
             for fname in names {
                 let path = join(&ft.path, fname);
+                if let Err(e) = limits::check_name("field name", fname) {
+                    p.add(path, e);
+                    continue;
+                }
                 if let Some(mut f) = Table::from_value(path, &ft.table[fname.as_str()], p) {
                     let decimals = match f.int("decimals", p) {
                         Some(d) if (0..=15).contains(&d) => Some(d as u32),
@@ -828,6 +922,16 @@ pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> 
                     p.add(t.path_of("value"), "missing: the constant to publish");
                     return None;
                 }
+                Some(v) if has_non_finite(v) => {
+                    p.add(
+                        t.path_of("value"),
+                        format!(
+                            "must not contain nan or inf (JSON has no such numbers), got {}",
+                            show(v)
+                        ),
+                    );
+                    return None;
+                }
                 Some(v) => {
                     let mut json = vec![];
                     toml_to_json(v, &mut json);
@@ -993,6 +1097,16 @@ fn compile_markov(t: &mut Table<'_>, p: &mut Problems) -> Option<GenSpec> {
     Some(GenSpec::Markov(Markov::new(states?, &matrix?, initial?)))
 }
 
+/// True if a value is, or holds, a `nan` or an infinity.
+fn has_non_finite(v: &Value) -> bool {
+    match v {
+        Value::Float(f) => !f.is_finite(),
+        Value::Array(a) => a.iter().any(has_non_finite),
+        Value::Table(t) => t.values().any(has_non_finite),
+        _ => false,
+    }
+}
+
 /// Writes a TOML value as JSON (date-times become RFC 3339 strings).
 pub fn toml_to_json(v: &Value, out: &mut Vec<u8>) {
     match v {
@@ -1028,5 +1142,7 @@ pub fn toml_to_json(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

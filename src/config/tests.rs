@@ -226,3 +226,115 @@ fn profiles_can_live_in_their_own_file() {
         matches!(missing, Err(ParseError::Invalid(p)) if p.0[0].message.contains("cannot read profile file"))
     );
 }
+
+#[test]
+fn start_times_the_clock_cannot_hold_are_refused() {
+    // 2^46 ms: the wheel clamped every deadline there and published one timestamp forever.
+    check(
+        &GOOD.replace("2026-03-14T00:00:00Z", "4199-11-24T01:22:57.664Z"),
+        &["run.start_time: 4199-11-24T01:22:57.664Z is too far ahead"],
+    );
+    check(
+        &GOOD.replace("2026-03-14T00:00:00Z", "4099-12-31T23:30:00Z"),
+        &["run.duration: a run of 1h from 4099-12-31T23:30:00.000Z would end after"],
+    );
+    assert!(problems(&GOOD.replace("2026-03-14T00:00:00Z", "4099-12-31T22:59:59Z")).is_empty());
+}
+
+#[test]
+fn nan_and_infinite_parameters_are_refused() {
+    let cases = [
+        (
+            "baseline = 22.0",
+            "baseline = inf",
+            "fields.temperature.baseline: must be a finite number, got inf",
+        ),
+        (
+            "amplitude = 5.0",
+            "amplitude = -inf",
+            "fields.temperature.amplitude: must be a finite number, got -inf",
+        ),
+        ("min = 20.0", "min = nan", "fields.humidity.min: must be a finite number, got NaN"),
+        ("start = 55.0", "start = nan", "fields.humidity.start: must be a finite number, got NaN"),
+        ("mean = 55.0", "mean = nan", "fields.humidity.mean: must be a finite number, got NaN"),
+        (
+            "value = \"1.2.0\"",
+            "value = [1.0, nan]",
+            "fields.firmware.value: must not contain nan or inf",
+        ),
+    ];
+    for (from, to, want) in cases {
+        check(&GOOD.replace(from, to), &[want]);
+    }
+}
+
+#[test]
+fn a_topic_label_the_devices_lack_is_refused() {
+    let text = GOOD.replace(
+        "topic = \"devices/{device_id}/telemetry\"",
+        "topic = \"s/{labels.site}/{labels.nosuch}\"",
+    );
+    check(
+        &text,
+        &[
+            "fleet[0].labels: the topic \"s/{labels.site}/{labels.nosuch}\" of profile \"temperature_sensor\" uses {labels.nosuch}",
+        ],
+    );
+    // Labels from the profile, the fleet entry and device_type all count.
+    let ok = GOOD.replace(
+        "topic = \"devices/{device_id}/telemetry\"",
+        "topic = \"{labels.site}/{labels.category}/{labels.device_type}\"",
+    );
+    assert!(problems(&ok).is_empty(), "{:?}", problems(&ok));
+}
+
+#[test]
+fn names_ids_and_labels_are_bounded() {
+    check(
+        &GOOD.replace(
+            "[profiles.temperature_sensor.fields.firmware]",
+            "[profiles.temperature_sensor.fields.\"\"]",
+        ),
+        &["fields.\"\": field name must not be empty"],
+    );
+    let long = "x".repeat(crate::limits::MAX_LABEL_VALUE_BYTES + 1);
+    check(
+        &GOOD.replace("site = \"berlin\"", &format!("site = \"{long}\"")),
+        &["fleet[0].labels.site: label \"site\" has a value of 1025 bytes"],
+    );
+    let many: Vec<String> = (0..100).map(|i| format!("k{i} = \"v\"")).collect();
+    check(
+        &GOOD.replace("site = \"berlin\"", &many.join(", ")),
+        &["fleet[0].labels: 100 labels, more than the 64 allowed"],
+    );
+    check(
+        &GOOD.replace("site = \"berlin\"", "site = \"a\\nb\""),
+        &["fleet[0].labels.site: label \"site\" has a value with the control character U+000A"],
+    );
+}
+
+#[test]
+fn profile_paths_must_be_small_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    std::fs::write(dir.path().join("big.toml"), vec![b'#'; 2 << 20]).unwrap();
+    for (name, want) in [
+        ("pipe.toml", "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        ("big.toml", "2097152 bytes, more than the 1048576 allowed"),
+    ] {
+        let text = format!("[[fleet]]\nprofile = \"{name}\"\ncount = 2\n");
+        let got = problems_in(&text, dir.path());
+        assert!(got.len() == 1 && got[0].contains(want), "{name}: {got:?}");
+    }
+}
+
+fn problems_in(text: &str, base: &Path) -> Vec<String> {
+    match parse_str(text, base) {
+        Ok(_) => vec![],
+        Err(ParseError::Invalid(p)) => p.0.iter().map(|p| p.to_string()).collect(),
+        Err(ParseError::Syntax(s)) => vec![format!("syntax: {s}")],
+    }
+}

@@ -50,11 +50,8 @@ impl std::error::Error for Problems {}
 
 /// Joins a path and a key.
 pub fn join(path: &str, key: &str) -> String {
-    let key = if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-        key.to_string()
-    } else {
-        format!("{key:?}")
-    };
+    let plain = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if !key.is_empty() && plain { key.to_string() } else { format!("{key:?}") };
     if path.is_empty() { key } else { format!("{path}.{key}") }
 }
 
@@ -143,12 +140,19 @@ impl<'a> Table<'a> {
         r
     }
 
+    /// A finite number: TOML's `nan` and `inf` are refused (a generator fed one publishes
+    /// `null` forever).
     pub fn f64(&mut self, key: &str, p: &mut Problems) -> Option<f64> {
-        self.typed(key, "a number", p, |v| match v {
+        let v = self.typed(key, "a number", p, |v| match v {
             Value::Float(f) => Some(*f),
             Value::Integer(i) => Some(*i as f64),
             _ => None,
-        })
+        })?;
+        if !v.is_finite() {
+            p.add(self.path_of(key), format!("must be a finite number, got {v}"));
+            return None;
+        }
+        Some(v)
     }
 
     pub fn req_f64(&mut self, key: &str, p: &mut Problems) -> Option<f64> {

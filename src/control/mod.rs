@@ -6,6 +6,7 @@
 
 pub(crate) mod admin;
 pub mod client;
+pub(crate) mod incoming;
 pub(crate) mod plane;
 pub mod proto;
 pub(crate) mod service;

@@ -5,17 +5,19 @@
 //! and merges their replies. It never touches a shard's devices.
 
 use crate::config::SinkSettings;
+use crate::limits;
 use crate::shard::command::{
     Action, ScanReply, Selection, ShardCommand, ShardControl, ShardCounters, SpawnReply, SpawnSpec,
     Subscription,
 };
-use crate::shard::event::{DeviceEvent, Event, EventKind, Point};
-use crate::sim::profile::Protocol;
+use crate::shard::event::{DeviceEvent, Event, EventKind};
+use crate::shard::streams::{PointBatch, StreamBudget};
+use crate::sim::profile::{Profile, Protocol};
 use crate::sim::seed;
 use crossbeam_channel::{Sender, TrySendError};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -23,7 +25,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 const INBOX: usize = 1024;
 /// Device events buffered for StreamEvents subscribers; a slower subscriber loses the oldest.
 const EVENT_BUFFER: usize = 65_536;
-/// Point batches (of up to 1024 points) buffered per telemetry stream before shards drop.
+/// Point batches (of up to 1024 points) buffered per telemetry stream before shards drop
+/// (the stream budget bounds them in bytes as well).
 const STREAM_BUFFER: usize = 64;
 
 /// Why a command could not be carried out.
@@ -33,6 +36,9 @@ pub(crate) enum PlaneError {
     ShardStopped(usize),
     #[error("a shard stopped before replying")]
     NoReply,
+    /// A bound on what the runtime holds was reached (streams, memory).
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 /// How the plane treats spawn requests.
@@ -60,13 +66,46 @@ pub struct Figures {
     pub fallback_devices: BTreeMap<String, u64>,
 }
 
+/// Upper bounds of the telemetry batch size buckets (points per StreamTelemetry batch).
+pub(crate) const BATCH_BUCKETS: [u64; 12] =
+    [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// Sizes of the StreamTelemetry batches sent (one record per batch, not per point).
+#[derive(Debug, Default)]
+pub(crate) struct BatchSizes {
+    /// Per bucket of [`BATCH_BUCKETS`], then `+Inf`.
+    pub counts: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    pub sum: AtomicU64,
+}
+
+impl BatchSizes {
+    pub fn record(&self, points: usize) {
+        let i = BATCH_BUCKETS.partition_point(|&b| b < points as u64);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(points as u64, Ordering::Relaxed);
+    }
+}
+
 /// A telemetry subscription on every shard.
 pub(crate) struct TelemetryFeed {
     pub id: u64,
     /// Point batches from the shards.
-    pub rx: mpsc::Receiver<Vec<Point>>,
+    pub rx: mpsc::Receiver<PointBatch>,
     /// Points the shards dropped because this feed was not read fast enough.
     pub dropped: Arc<AtomicU64>,
+    /// Set by the reader of `rx` while its client is not keeping up (the shards then skip it).
+    pub congested: Arc<AtomicBool>,
+    /// Holds one of the runtime's stream slots until the feed is dropped.
+    _slot: StreamSlot,
+}
+
+/// One of the [`limits::MAX_STREAMS`] telemetry stream slots; given back when dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// What the control plane holds: the shards' inboxes, counters and the event fan-out.
@@ -79,11 +118,22 @@ pub struct ControlPlane {
     events: broadcast::Sender<Event>,
     started: Instant,
     next_stream: AtomicU64,
+    /// Telemetry streams open now (at most [`limits::MAX_STREAMS`]).
+    streams_open: Arc<AtomicUsize>,
+    /// What every telemetry stream's points are charged to.
+    stream_budget: Arc<StreamBudget>,
     /// (instant, messages total, rate) for messages_per_second.
     rate: Mutex<(Instant, u64, f64)>,
     pub(crate) dropped_points: Arc<AtomicU64>,
+    /// Points per StreamTelemetry batch sent (`iot_sim_telemetry_batch_size`).
+    pub(crate) batch_sizes: BatchSizes,
     pub(crate) threads: usize,
     pub(crate) options: PlaneOptions,
+    /// Compiled spawn profiles by the bytes of the spec they came from (without id and
+    /// labels), so that every request spawning the same behaviour hands the shards the same
+    /// `Arc`: shards keep one profile (and one set of statistics) per distinct `Arc`, and a
+    /// fresh compile per request made every "spawn, stop all" cycle grow the runtime.
+    profiles: Mutex<BTreeMap<Vec<u8>, Weak<Profile>>>,
     /// Protocols already warned about falling back (once per protocol).
     warned: Mutex<BTreeSet<String>>,
 }
@@ -111,11 +161,15 @@ impl ControlPlane {
             events,
             started: Instant::now(),
             next_stream: AtomicU64::new(1),
+            streams_open: Arc::new(AtomicUsize::new(0)),
+            stream_budget: StreamBudget::new(limits::STREAM_BUDGET_BYTES),
             rate: Mutex::new((Instant::now(), 0, 0.0)),
             dropped_points: Arc::new(AtomicU64::new(0)),
+            batch_sizes: BatchSizes::default(),
             threads: shards + 3,
             options,
             warned: Mutex::new(BTreeSet::new()),
+            profiles: Mutex::new(BTreeMap::new()),
         };
         (Arc::new(plane), links)
     }
@@ -162,14 +216,23 @@ impl ControlPlane {
             }
             let (reply, rx) = oneshot::channel::<SpawnReply>();
             self.send(i, ShardCommand::Spawn { specs, reply }).await?;
-            waits.push(rx);
+            waits.push((i, rx));
         }
         let mut acc = SpawnReply::default();
-        for rx in waits {
+        let mut per_shard = vec![];
+        for (shard, rx) in waits {
             let r = rx.await.map_err(|_| PlaneError::NoReply)?;
+            per_shard.push(format!("{shard}:{}", r.spawned));
             acc.spawned += r.spawned;
             acc.failed.extend(r.failed);
         }
+        // One line per command, whatever its size (per device: debug, in the shards).
+        tracing::info!(
+            spawned = acc.spawned,
+            failed = acc.failed.len(),
+            per_shard = per_shard.join(","),
+            "devices spawned"
+        );
         Ok(acc)
     }
 
@@ -203,21 +266,52 @@ impl ControlPlane {
         for (i, selection) in parts {
             let (reply, rx) = oneshot::channel();
             self.send(i, ShardCommand::Scan { selection, action: action.clone(), reply }).await?;
-            waits.push(rx);
+            waits.push((i, rx));
         }
         let mut acc = ScanReply::default();
-        for rx in waits {
-            acc.merge(rx.await.map_err(|_| PlaneError::NoReply)?);
+        let mut per_shard = vec![];
+        for (shard, rx) in waits {
+            let r = rx.await.map_err(|_| PlaneError::NoReply)?;
+            per_shard.push(format!("{shard}:{}", r.affected));
+            acc.merge(r);
+        }
+        let what = match &action {
+            Action::Stop => Some("devices stopped".to_string()),
+            Action::Fault(f) => Some(format!("fault injected: {}", f.kind.type_name())),
+            Action::ClearFaults(_) => Some("faults cleared".to_string()),
+            Action::Pause(true) => Some("devices paused".to_string()),
+            Action::Pause(false) => Some("devices resumed".to_string()),
+            Action::Behaviour(_) => Some("behaviour updated".to_string()),
+            Action::Status { .. } | Action::List { .. } => None,
+        };
+        if let Some(what) = what {
+            tracing::info!(
+                devices = acc.affected,
+                not_found = acc.not_found.len(),
+                per_shard = per_shard.join(","),
+                "{what}"
+            );
         }
         Ok(acc)
     }
 
     /// Subscribes to the telemetry of the selected devices on every shard. The caller reads
     /// `rx` and calls [`ControlPlane::unsubscribe`] when done.
+    /// At most [`limits::MAX_STREAMS`] are open at once.
     pub(crate) async fn subscribe(&self, sel: Arc<Selection>) -> Result<TelemetryFeed, PlaneError> {
+        let open = self.streams_open.fetch_add(1, Ordering::AcqRel);
+        let slot = StreamSlot(self.streams_open.clone());
+        if open >= limits::MAX_STREAMS {
+            return Err(PlaneError::Exhausted(format!(
+                "{} telemetry streams are open, the most this runtime serves at once; \
+                 end one first",
+                limits::MAX_STREAMS
+            )));
+        }
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let dropped = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = mpsc::channel::<Vec<Point>>(STREAM_BUFFER);
+        let congested = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<PointBatch>(STREAM_BUFFER);
         let n = self.shards();
         for shard in 0..n {
             let selection = match &*sel {
@@ -226,10 +320,17 @@ impl ControlPlane {
                 )),
                 _ => sel.clone(),
             };
-            let sub = Subscription { id, selection, tx: tx.clone(), dropped: dropped.clone() };
+            let sub = Subscription {
+                id,
+                selection,
+                tx: tx.clone(),
+                dropped: dropped.clone(),
+                budget: self.stream_budget.clone(),
+                congested: congested.clone(),
+            };
             self.send(shard, ShardCommand::Subscribe(sub)).await?;
         }
-        Ok(TelemetryFeed { id, rx, dropped })
+        Ok(TelemetryFeed { id, rx, dropped, congested, _slot: slot })
     }
 
     /// Ends a telemetry subscription on every shard.
@@ -290,6 +391,21 @@ impl ControlPlane {
         Ok((Protocol::Console, Some(asked.to_string())))
     }
 
+    /// The profile already compiled from the same spec bytes, if one is still in use, else
+    /// `compiled` (remembered for the next request).
+    pub(crate) fn shared_profile(&self, key: &[u8], compiled: Profile) -> Arc<Profile> {
+        let mut cache = self.profiles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(key).and_then(Weak::upgrade) {
+            return p;
+        }
+        if cache.len() >= 4096 {
+            cache.retain(|_, w| w.strong_count() > 0);
+        }
+        let p = Arc::new(compiled);
+        cache.insert(key.to_vec(), Arc::downgrade(&p));
+        p
+    }
+
     /// Sums one published counter over the shards.
     pub(crate) fn sum(&self, f: fn(&ShardCounters) -> &AtomicU64) -> u64 {
         self.counters.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
@@ -311,6 +427,11 @@ impl ControlPlane {
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             fallback_devices: self.fallback_devices(),
         }
+    }
+
+    /// What every shard last published for `/metrics`.
+    pub(crate) fn published(&self) -> Vec<Arc<crate::measure::board::ShardFigures>> {
+        self.counters.iter().map(|c| c.figures.read()).collect()
     }
 
     /// Devices on the fallback sink, by the protocol they asked for, over every shard.
@@ -341,5 +462,34 @@ impl ControlPlane {
             *r = (Instant::now(), total, r.2);
         }
         r.2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_spec_in_two_requests_shares_one_profile_until_it_is_unused() {
+        let (plane, _links) = ControlPlane::new(2, PlaneOptions::default());
+        let a = plane.shared_profile(b"spec-a", Profile::for_tests("a"));
+        let again = plane.shared_profile(b"spec-a", Profile::for_tests("a"));
+        assert!(Arc::ptr_eq(&a, &again));
+        let b = plane.shared_profile(b"spec-b", Profile::for_tests("b"));
+        assert!(!Arc::ptr_eq(&a, &b));
+        drop((a, again));
+        let fresh = plane.shared_profile(b"spec-a", Profile::for_tests("a2"));
+        assert_eq!(fresh.name, "a2");
+    }
+
+    #[test]
+    fn batch_sizes_land_in_the_bucket_of_their_upper_bound() {
+        let b = BatchSizes::default();
+        for n in [1, 2, 100, 101, 20_000] {
+            b.record(n);
+        }
+        let c: Vec<u64> = b.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!((c[0], c[1], c[5], c[6], c[BATCH_BUCKETS.len()]), (1, 1, 1, 1, 1));
+        assert_eq!(b.sum.load(Ordering::Relaxed), 20_204);
     }
 }

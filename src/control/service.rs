@@ -7,10 +7,10 @@ use super::plane::{ControlPlane, PlaneError};
 use super::proto::{self, device_runtime_service_server as server};
 use super::spec::{self, selection};
 use super::wire;
-use crate::shard::command::{Action, BehaviourUpdate, Selection, SpawnSpec};
-use crate::sim::profile::Profile;
-use prost::Message;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::limits;
+use crate::shard::command::{Action, BehaviourUpdate, Selection};
+use crate::shard::streams::Charge;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,13 +26,58 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// Default StreamTelemetry batch size and flush interval (the original's).
 const DEFAULT_BATCH: usize = 100;
 const DEFAULT_FLUSH: Duration = Duration::from_millis(500);
+/// How often a telemetry stream whose client fell behind looks whether it caught up.
+const CONGESTION_CHECK: Duration = Duration::from_millis(100);
 /// How long a shutdown waits for open gRPC calls (streams) before cutting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
 
 impl From<PlaneError> for Status {
     fn from(e: PlaneError) -> Status {
-        Status::unavailable(e.to_string())
+        match e {
+            PlaneError::Exhausted(m) => Status::resource_exhausted(m),
+            other => Status::unavailable(other.to_string()),
+        }
     }
+}
+
+/// A batch on its way to a stream's client, still charged to the stream budget until the
+/// client's connection takes it.
+struct ChargedBatch {
+    batch: proto::TelemetryBatch,
+    _charge: Charge,
+}
+
+/// StreamTelemetry's batch size and flush interval, within their bounds.
+fn stream_shape(req: &proto::StreamTelemetryRequest) -> Result<(usize, Duration), Status> {
+    let batch_size = match req.batch_size {
+        0 => DEFAULT_BATCH,
+        n if n < 0 || n as usize > limits::MAX_STREAM_BATCH => {
+            return Err(Status::invalid_argument(format!(
+                "batch_size must be between 1 and {} (0 = {DEFAULT_BATCH}), got {n}",
+                limits::MAX_STREAM_BATCH
+            )));
+        }
+        n => n as usize,
+    };
+    let flush = match &req.flush_interval {
+        None => DEFAULT_FLUSH,
+        Some(d) => {
+            let max = limits::MAX_FLUSH_INTERVAL_S as i64;
+            let in_range = (0..1_000_000_000).contains(&d.nanos)
+                && (0..=max).contains(&d.seconds)
+                && (d.seconds, d.nanos) > (0, 0)
+                && (d.seconds < max || d.nanos == 0);
+            if !in_range {
+                return Err(Status::invalid_argument(format!(
+                    "flush_interval must be greater than 0 and at most {max}s (nanos within \
+                     0..1e9), got {}s {}ns",
+                    d.seconds, d.nanos
+                )));
+            }
+            Duration::new(d.seconds as u64, d.nanos as u32).max(Duration::from_millis(1))
+        }
+    };
+    Ok((batch_size, flush))
 }
 
 /// The gRPC service.
@@ -54,29 +99,11 @@ impl server::DeviceRuntimeService for Service {
         &self,
         req: Request<proto::SpawnDevicesRequest>,
     ) -> Result<Response<proto::SpawnDevicesResponse>, Status> {
-        let req = req.into_inner();
-        if req.specs.is_empty() {
-            return Err(Status::invalid_argument("specs must not be empty"));
-        }
-        let mut specs = Vec::with_capacity(req.specs.len());
+        let (specs, failed) = spec::compile_specs(req.into_inner().specs, &self.plane)?;
         let mut out = proto::SpawnDevicesResponse::default();
-        // Specs that differ only in id and labels share one compiled profile.
-        let mut cache: HashMap<Vec<u8>, Result<Arc<Profile>, String>> = HashMap::new();
-        for mut spec in req.specs {
-            let id = std::mem::take(&mut spec.device_id);
-            let labels: BTreeMap<String, String> =
-                std::mem::take(&mut spec.labels).into_iter().collect();
-            let key = spec.encode_to_vec();
-            let compiled = cache
-                .entry(key)
-                .or_insert_with(|| spec::compile_spec(&spec, &self.plane).map(Arc::new));
-            match compiled {
-                Ok(profile) => specs.push(SpawnSpec { id, profile: profile.clone(), labels }),
-                Err(reason) => {
-                    out.failure_reasons.insert(id.clone(), reason.clone());
-                    out.failed_device_ids.push(id);
-                }
-            }
+        for (id, reason) in failed {
+            out.failure_reasons.insert(id.clone(), reason);
+            out.failed_device_ids.push(id);
         }
         let r = self.plane.spawn(specs).await?;
         out.spawned = r.spawned as i32;
@@ -128,8 +155,7 @@ impl server::DeviceRuntimeService for Service {
         let req = req.into_inner();
         let spec = spec::fault_spec(&req)?;
         let sel = selection(req.selector, false)?;
-        let r = self.plane.scan(sel, Action::Fault(spec.clone())).await?;
-        tracing::info!(fault = spec.kind.type_name(), devices = r.affected, "fault injected");
+        self.plane.scan(sel, Action::Fault(spec)).await?;
         Ok(Response::new(()))
     }
 
@@ -152,60 +178,76 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::StreamTelemetryRequest>,
     ) -> Result<Response<Self::StreamTelemetryStream>, Status> {
         let req = req.into_inner();
-        let batch_size = if req.batch_size <= 0 { DEFAULT_BATCH } else { req.batch_size as usize };
-        let flush = match &req.flush_interval {
-            None => DEFAULT_FLUSH,
-            Some(d) if spec::duration_ms(d) <= 0 && (d.seconds, d.nanos) <= (0, 0) => {
-                return Err(Status::invalid_argument(format!(
-                    "flush_interval must be greater than 0, got {}s {}ns",
-                    d.seconds, d.nanos
-                )));
-            }
-            Some(d) => Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-                .max(Duration::from_millis(1)),
-        };
+        let (batch_size, flush) = stream_shape(&req)?;
         let sel = Arc::new(selection(req.selector, true)?);
         let mut feed = self.plane.subscribe(sel).await?;
-        let (out_tx, out_rx) = mpsc::channel::<Result<proto::TelemetryBatch, Status>>(4);
+        // Four batches wait for the client at most; the task never waits for it: what does not
+        // fit is dropped and counted, so an unread stream holds little and its shards' points
+        // keep flowing (and being dropped) instead of piling up.
+        let (out_tx, out_rx) = mpsc::channel::<ChargedBatch>(4);
         let plane = self.plane.clone();
         tokio::spawn(async move {
             let mut seq = 0i64;
-            let mut batch: Vec<proto::TelemetryPoint> = Vec::with_capacity(batch_size);
+            let mut batch: Vec<proto::TelemetryPoint> = Vec::with_capacity(batch_size.min(1024));
+            // What the points in `batch` and not yet converted are charged, and how many.
+            let mut charge = Charge::default();
+            let mut held = 0usize;
             let mut ticker = tokio::time::interval(flush);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // How often the client's queue is looked at to lift congestion.
+            let mut check = tokio::time::interval(CONGESTION_CHECK);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let congested = feed.congested.clone();
             let mut counted = 0u64;
             let dropped = feed.dropped.clone();
-            let batch_of = |points, seq| proto::TelemetryBatch {
-                points,
-                sequence_number: seq,
-                dropped_points: dropped.load(Ordering::Relaxed) as i64,
-            };
+            // Hands the batch to the client's queue, or drops and counts it; false once the
+            // client is gone.
+            let mut emit =
+                |batch: &mut Vec<proto::TelemetryPoint>, charge: &mut Charge, held: &mut usize| {
+                    let points = std::mem::take(batch);
+                    let n = points.len();
+                    let part = charge.split(charge.bytes() * n / (*held).max(1));
+                    *held = held.saturating_sub(n);
+                    seq += 1;
+                    plane.batch_sizes.record(n);
+                    let b = proto::TelemetryBatch {
+                        points,
+                        sequence_number: seq,
+                        dropped_points: dropped.load(Ordering::Relaxed) as i64,
+                    };
+                    match out_tx.try_send(ChargedBatch { batch: b, _charge: part }) {
+                        Ok(()) => true,
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            dropped.fetch_add(n as u64, Ordering::Relaxed);
+                            congested.store(true, Ordering::Relaxed);
+                            true
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => false,
+                    }
+                };
             'outer: loop {
                 tokio::select! {
+                    biased;
+                    // The call ended: free its buffers at once.
+                    () = out_tx.closed() => break,
                     got = feed.rx.recv() => {
-                        let Some(points) = got else { break };
-                        for p in points {
+                        let Some(pb) = got else { break };
+                        held += pb.points.len();
+                        charge.absorb(pb.charge);
+                        for p in pb.points {
                             batch.push(wire::point(p));
-                            if batch.len() >= batch_size {
-                                seq += 1;
-                                let points = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-                                if out_tx.send(Ok(batch_of(points, seq))).await.is_err() {
-                                    break 'outer;
-                                }
+                            if batch.len() >= batch_size && !emit(&mut batch, &mut charge, &mut held) {
+                                break 'outer;
                             }
                         }
                     }
                     _ = ticker.tick() => {
-                        if !batch.is_empty() {
-                            seq += 1;
-                            let points = std::mem::take(&mut batch);
-                            if out_tx.send(Ok(batch_of(points, seq))).await.is_err() {
-                                break;
-                            }
-                        }
-                        if out_tx.is_closed() {
+                        if !batch.is_empty() && !emit(&mut batch, &mut charge, &mut held) {
                             break;
                         }
+                    }
+                    _ = check.tick() => {
+                        feed.congested.store(out_tx.capacity() == 0, Ordering::Relaxed);
                     }
                 }
                 let d = feed.dropped.load(Ordering::Relaxed);
@@ -214,9 +256,17 @@ impl server::DeviceRuntimeService for Service {
                     counted = d;
                 }
             }
-            plane.unsubscribe(feed.id).await;
+            let d = feed.dropped.load(Ordering::Relaxed);
+            plane.dropped_points.fetch_add(d.saturating_sub(counted), Ordering::Relaxed);
+            let id = feed.id;
+            drop(feed);
+            plane.unsubscribe(id).await;
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))))
+        let stream = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+            |c: ChargedBatch| Ok(c.batch),
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type StreamEventsStream = BoxStream<proto::DeviceEvent>;
@@ -324,16 +374,7 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::ClearFaultsRequest>,
     ) -> Result<Response<proto::ClearFaultsResponse>, Status> {
         let req = req.into_inner();
-        let kind = match proto::FaultType::try_from(req.fault_type) {
-            Ok(proto::FaultType::Unspecified) => None,
-            Ok(t) => Some(t as i32),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown fault_type {}",
-                    req.fault_type
-                )));
-            }
-        };
+        let kind = spec::clear_kind(req.fault_type)?;
         let sel = selection(req.selector, false)?;
         let r = self.plane.scan(sel, Action::ClearFaults(kind)).await?;
         Ok(Response::new(proto::ClearFaultsResponse { cleared: r.affected as i32 }))
@@ -349,11 +390,22 @@ fn thread_count() -> Option<usize> {
 pub struct ControlServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Starts accepting connections (see [`ControlServer::open`]).
+    open: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ControlServer {
+    /// Starts accepting connections. Until then they wait in the listen backlog, so clients
+    /// that connect early cannot use up the descriptors the run still needs to start.
+    pub fn open(&mut self) {
+        if let Some(tx) = self.open.take() {
+            let _ = tx.send(());
+        }
+    }
+
     fn stop(&mut self) {
+        self.open();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -370,7 +422,8 @@ impl Drop for ControlServer {
 }
 
 /// Binds `addr` and serves the runtime service, health and reflection on a new `control`
-/// thread with its own tokio runtime.
+/// thread with its own tokio runtime, accepting connections once [`ControlServer::open`] is
+/// called (or the server dropped).
 pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<ControlServer> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -380,24 +433,32 @@ pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<Cont
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
     let local = listener.local_addr()?;
     let (tx, rx) = oneshot::channel::<()>();
+    let (open_tx, open_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("control".into()).spawn(move || {
         rt.block_on(async move {
             let (reporter, health) = tonic_health::server::health_reporter();
             reporter.set_serving::<server::DeviceRuntimeServiceServer<Service>>().await;
-            let reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .build_v1();
+            // Reflection in both versions: grpcurl and grpc.reflection.v1 clients ask for v1;
+            // Python's grpcio-reflection, Evans, Postman and older grpcurl for v1alpha. The
+            // health service is listed too.
+            let reflection = || {
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            };
+            let warn = |e| tracing::warn!(error = %e, "server reflection unavailable");
             let svc = server::DeviceRuntimeServiceServer::new(Service::new(plane))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
-            let reflection = reflection
-                .map_err(|e| tracing::warn!(error = %e, "server reflection unavailable"))
-                .ok();
             let router = tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(svc)
-                .add_optional_service(reflection);
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                .add_optional_service(reflection().build_v1().map_err(warn).ok())
+                .add_optional_service(reflection().build_v1alpha().map_err(warn).ok());
+            // Backs off when descriptors run out instead of spinning on EMFILE.
+            let incoming = super::incoming::Incoming::new(listener, async move {
+                let _ = open_rx.await;
+            });
             let stopping = Arc::new(tokio::sync::Notify::new());
             let signal = stopping.clone();
             let serve = router.serve_with_incoming_shutdown(incoming, async move {
@@ -418,5 +479,5 @@ pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<Cont
             }
         });
     })?;
-    Ok(ControlServer { addr: local, shutdown: Some(tx), thread: Some(thread) })
+    Ok(ControlServer { addr: local, shutdown: Some(tx), open: Some(open_tx), thread: Some(thread) })
 }

@@ -75,6 +75,8 @@ pub struct Row {
 /// The whole report, as written to `report.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The run's id (`--run-id`), as in its log lines and `iot_sim_run_info`.
+    pub run_id: String,
     pub seed: u64,
     pub cores: usize,
     pub pinned_shards: usize,
@@ -155,6 +157,7 @@ pub struct PhaseRows {
 
 /// Inputs the report needs besides the merged statistics.
 pub struct RunFacts {
+    pub run_id: String,
     pub seed: u64,
     pub cores: usize,
     pub pinned_shards: usize,
@@ -182,6 +185,7 @@ pub fn build(
     }
     let sim_seconds = facts.end_ms.saturating_sub(facts.start_ms) as f64 / 1000.0;
     let report = Report {
+        run_id: facts.run_id.clone(),
         seed: facts.seed,
         cores: facts.cores,
         pinned_shards: facts.pinned_shards,

@@ -219,7 +219,7 @@ async fn run_async(
         let due = origin + wall(ta.at_ms);
         tokio::time::sleep_until(due.into()).await;
         let late = Instant::now().saturating_duration_since(due);
-        lateness.saturating_record(late.as_micros() as u64);
+        crate::measure::stats::record(&mut lateness, late.as_micros() as u64);
         apply(&pool, sc, &ta.action, &mut report).await.map_err(|e| {
             format!("step[{}] at {}: {e}", ta.step, crate::sim::time::format_duration_ms(ta.at_ms))
         })?;

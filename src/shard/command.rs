@@ -6,13 +6,14 @@
 //! telemetry points go out over channels whose sends never block (a full channel drops and
 //! counts).
 
-use super::event::{Event, Point};
+use super::event::Event;
+use super::streams::{PointBatch, StreamBudget};
 use crate::sim::fault::FaultSpec;
 use crate::sim::profile::{FieldSpec, Profile};
 use crate::sim::selector::LabelSelector;
 use crossbeam_channel::Receiver;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -61,6 +62,10 @@ pub(crate) struct DeviceInfo {
     pub device_type: String,
     pub labels: BTreeMap<String, String>,
     pub state: DeviceState,
+    /// Its active faults.
+    pub faults: Vec<crate::sim::fault::FaultKind>,
+    /// Messages it produced so far.
+    pub messages: u64,
 }
 
 /// What a selection command did.
@@ -74,6 +79,8 @@ pub(crate) struct ScanReply {
     pub by_state: BTreeMap<DeviceState, u32>,
     pub by_type: BTreeMap<String, u32>,
     pub devices: Vec<DeviceInfo>,
+    /// List only: matching devices whose id sorts after the page cursor.
+    pub beyond: u32,
 }
 
 impl ScanReply {
@@ -88,6 +95,7 @@ impl ScanReply {
             *self.by_type.entry(k).or_default() += v;
         }
         self.devices.extend(r.devices);
+        self.beyond += r.beyond;
     }
 }
 
@@ -112,6 +120,13 @@ pub(crate) enum Action {
     Status {
         list: bool,
     },
+    /// One page of the devices sorted by id: at most `limit` whose id sorts after `after`
+    /// (each shard keeps only its `limit` smallest, so a page costs `limit` entries per shard,
+    /// not the fleet).
+    List {
+        after: Option<Arc<str>>,
+        limit: usize,
+    },
     Fault(FaultSpec),
     /// Clears faults of one `FaultType` number, or every fault.
     ClearFaults(Option<i32>),
@@ -125,7 +140,12 @@ pub(crate) struct Subscription {
     pub id: u64,
     pub selection: Arc<Selection>,
     /// Batches of points; `try_send` only.
-    pub tx: mpsc::Sender<Vec<Point>>,
+    pub tx: mpsc::Sender<PointBatch>,
+    /// The budget every stream's points are charged to.
+    pub budget: Arc<StreamBudget>,
+    /// Set while the stream's client is not taking what it was sent: the shard then drops
+    /// (and counts) the stream's points without building them.
+    pub congested: Arc<AtomicBool>,
     /// Points dropped because `tx` was full.
     pub dropped: Arc<AtomicU64>,
 }
@@ -151,6 +171,9 @@ pub(crate) struct ShardCounters {
     /// Devices published to the fallback sink, by the protocol they asked for. Written only
     /// when a spawn or stop changes it (never per message).
     pub fallback_devices: Mutex<BTreeMap<String, u64>>,
+    /// Per-profile counters and histogram buckets for `/metrics`, refreshed about once a
+    /// second.
+    pub figures: crate::measure::board::Slot,
 }
 
 /// The control plane's link to one shard, handed to it in its plan.

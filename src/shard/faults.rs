@@ -40,6 +40,9 @@ pub(crate) struct DeviceStates {
     /// Active faults per device, in injection order.
     faults: HashMap<u32, Vec<ActiveFault>>,
     faults_active: u64,
+    /// Active faults and faults injected so far, by `FaultType` number - 1 (for `/metrics`).
+    active_by_type: [u64; 5],
+    injected_by_type: [u64; 5],
     paused: HashSet<u32>,
     /// Devices whose publish is being delayed by a latency spike: key -> intended time.
     deferred: HashMap<u32, SimMs>,
@@ -49,6 +52,11 @@ pub(crate) struct DeviceStates {
     /// tick looks at this dense bitmap first, so the devices without state (most of them,
     /// while a fault covers 100,000 of a million) skip the hash lookups.
     marked: Vec<u64>,
+}
+
+/// Index of a fault kind in the per-type arrays.
+fn type_index(k: &FaultKind) -> usize {
+    (k.type_number() - 1) as usize
 }
 
 impl DeviceStates {
@@ -62,8 +70,35 @@ impl DeviceStates {
         self.faults_active
     }
 
+    /// Active faults by `FaultType` number - 1.
+    pub fn active_by_type(&self) -> [u64; 5] {
+        self.active_by_type
+    }
+
+    /// Faults injected since the start, by `FaultType` number - 1.
+    pub fn injected_by_type(&self) -> [u64; 5] {
+        self.injected_by_type
+    }
+
+    fn ended(&mut self, kinds: impl IntoIterator<Item = FaultKind>) {
+        for k in kinds {
+            self.faults_active -= 1;
+            self.active_by_type[type_index(&k)] -= 1;
+        }
+    }
+
     pub fn suppressed(&self) -> u64 {
         self.suppressed
+    }
+
+    /// The device's active faults (kinds), in injection order.
+    pub fn faults_of(&self, key: u32) -> Vec<FaultKind> {
+        self.faults.get(&key).map(|l| l.iter().map(|f| f.kind).collect()).unwrap_or_default()
+    }
+
+    /// Paused devices.
+    pub fn paused_count(&self) -> u64 {
+        self.paused.len() as u64
     }
 
     pub fn is_paused(&self, key: u32) -> bool {
@@ -191,14 +226,16 @@ impl DeviceStates {
             self.faults.remove(&key);
             self.unmark_if_clean(key);
         }
-        self.faults_active -= expired.len() as u64;
+        self.ended(expired.iter().copied());
         if !fx.publish {
             self.suppressed += 1;
         }
         (fx, expired)
     }
 
-    /// Adds a fault to device `key` from sim time `now` on. `devices` sizes the map for every
+    /// Adds a fault to device `key` from sim time `now` on. A fault of a type the device
+    /// already has replaces it (new parameters, duration counted from now): faults do not
+    /// stack, so a device holds at most one fault per type. `devices` sizes the map for every
     /// device at once on first use: growing it by doubling under a million-device injection
     /// rehashes it all in single steps of ~30 ms.
     pub fn inject(&mut self, key: u32, spec: &FaultSpec, now: SimMs, devices: usize) {
@@ -206,12 +243,19 @@ impl DeviceStates {
             self.faults.reserve(devices);
         }
         self.mark(key);
-        self.faults.entry(key).or_default().push(ActiveFault {
-            kind: spec.kind,
-            started_ms: now,
-            duration_ms: spec.duration_ms,
-        });
-        self.faults_active += 1;
+        let fault = ActiveFault { kind: spec.kind, started_ms: now, duration_ms: spec.duration_ms };
+        let list = self.faults.entry(key).or_default();
+        let ty = spec.kind.type_number();
+        // A second fault of a type replaces the first (its parameters and window restart).
+        match list.iter_mut().find(|f| f.kind.type_number() == ty) {
+            Some(old) => *old = fault,
+            None => {
+                list.push(fault);
+                self.faults_active += 1;
+                self.active_by_type[type_index(&spec.kind)] += 1;
+            }
+        }
+        self.injected_by_type[type_index(&spec.kind)] += 1;
     }
 
     /// Clears the device's faults of one `FaultType` number, or all; returns the cleared kinds.
@@ -230,7 +274,7 @@ impl DeviceStates {
                 self.unmark_if_clean(key);
             }
         }
-        self.faults_active -= cleared.len() as u64;
+        self.ended(cleared.iter().copied());
         cleared
     }
 
@@ -252,7 +296,7 @@ impl DeviceStates {
     /// Forgets everything about a device that is stopped.
     pub fn forget(&mut self, key: u32) {
         if let Some(faults) = self.faults.remove(&key) {
-            self.faults_active -= faults.len() as u64;
+            self.ended(faults.iter().map(|f| f.kind));
         }
         self.paused.remove(&key);
         self.deferred.remove(&key);
@@ -383,6 +427,21 @@ mod tests {
         let mut samples = [Sample::Number(21.5), Sample::State(1)];
         s.effects(1, 1_000, 1, || 42, &profile(), &mut samples);
         assert_eq!(samples, [Sample::Number(0.0), Sample::State(1)]);
+    }
+
+    #[test]
+    fn the_same_fault_type_again_replaces_instead_of_stacking() {
+        let mut st = DeviceStates::default();
+        for _ in 0..4797 {
+            st.inject(3, &spec(FaultKind::Disconnect, 1000), 0, 10);
+        }
+        st.inject(3, &spec(FaultKind::Disconnect, 5000), 2000, 10);
+        st.inject(3, &spec(FaultKind::LatencySpike { latency_ms: 10 }, 0), 0, 10);
+        assert_eq!(st.faults_active(), 2);
+        // The replacement counts from its own injection: still disconnected at 6 s.
+        assert_eq!(st.faults[&3].len(), 2);
+        assert_eq!(st.faults[&3][0].started_ms, 2000);
+        assert_eq!(st.faults[&3][0].duration_ms, 5000);
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub(crate) mod event;
 mod faults;
 mod inbox;
 mod scenario;
-mod streams;
+pub(crate) mod streams;
 
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
@@ -94,6 +94,15 @@ pub fn spawn(
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
         // Build, then meet the others whatever happened, so that no one waits forever.
         let built = Shard::build_with(&mut plan);
+        // The realtime timer is made before the shards meet: once they run, the gRPC server
+        // accepts clients, and those may use up the file descriptors.
+        let timer = match (&rt, plan.clock) {
+            (Ok(rt), ClockMode::Realtime) => {
+                let _in = rt.enter();
+                Some(PreciseTimer::new())
+            }
+            _ => None,
+        };
         ready.wait();
         ready.wait();
         plan.wall_origin_ns = origin.load(Ordering::Acquire);
@@ -104,6 +113,7 @@ pub fn spawn(
                 local.block_on(&rt, async move {
                     let mut shard = Shard::assemble(plan, parts);
                     shard.pinned = pinned;
+                    shard.timer = timer;
                     shard.run().await
                 })
             }
@@ -120,6 +130,8 @@ pub fn spawn(
 /// The state of one shard.
 pub struct Shard {
     plan: ShardPlan,
+    /// The realtime loop's timer, made before the run starts (see `spawn`).
+    timer: Option<std::io::Result<PreciseTimer>>,
     table: DeviceTable,
     wheel: Wheel,
     sinks: Vec<Option<Sink>>,
@@ -205,6 +217,7 @@ impl Shard {
                 .collect();
         }
         Shard {
+            timer: None,
             ctl,
             scn,
             stats,
@@ -238,6 +251,7 @@ impl Shard {
                 tracing::warn!(shard = self.plan.index, sink = s.name(), error = %e, "flush at shutdown failed");
             }
         }
+        self.account_lost();
         // Network sinks: wait for what is queued or in flight, then fold their figures in.
         // A run stopped by a signal should exit within a few seconds, so it drains for less.
         let drain_ns = if self.plan.stop.load(Ordering::Relaxed) {
@@ -284,6 +298,8 @@ impl Shard {
     async fn run_virtual(&mut self) -> SimMs {
         let mut networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut turns = 0u32;
         loop {
@@ -345,8 +361,13 @@ impl Shard {
 
     async fn run_realtime(&mut self) -> Result<SimMs, String> {
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
-        let mut timer =
-            PreciseTimer::new().map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        let mut timer = self
+            .timer
+            .take()
+            .unwrap_or_else(PreciseTimer::new)
+            .map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut last_flush = last_snapshot;
         loop {
@@ -450,7 +471,7 @@ impl Shard {
         let profile = &fleet.profiles[profile_ix];
         if let Some(intended) = intended_ns {
             let late_us = fire_ns.saturating_sub(intended) / 1000;
-            self.stats.lateness.saturating_record(late_us);
+            stats::record(&mut self.stats.lateness, late_us);
             self.ctl.lateness_max_us = self.ctl.lateness_max_us.max(late_us);
         }
         let seq = self.table.generate(fleet, key, due, &mut self.samples);
@@ -526,8 +547,8 @@ impl Shard {
             Outcome::Completed => {
                 st.messages += 1;
                 st.bytes += bytes;
-                st.latency.saturating_record(latency_us);
-                st.service.saturating_record(service_us);
+                stats::record(&mut st.latency, latency_us);
+                stats::record(&mut st.service, service_us);
             }
             Outcome::Failed => st.errors += 1,
             Outcome::Pending => {}
@@ -537,7 +558,7 @@ impl Shard {
             record(&mut self.stats.phases[ph][profile_ix]);
         }
         if outcome == Outcome::Completed {
-            self.interval_latency.saturating_record(latency_us);
+            stats::record(&mut self.interval_latency, latency_us);
         }
         let mut interval =
             self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
@@ -601,7 +622,22 @@ impl Shard {
         t
     }
 
+    /// Moves the messages a failed file write lost from delivered to errors (kind `write`):
+    /// the file sink counts a message as delivered when it is buffered.
+    fn account_lost(&mut self) {
+        for s in self.sinks.iter_mut().flatten() {
+            for (profile, n) in s.take_lost() {
+                if let Some(st) = self.stats.profiles.get_mut(profile) {
+                    st.messages = st.messages.saturating_sub(n);
+                    st.errors += n;
+                    *st.error_kinds.entry("write".to_string()).or_insert(0) += n;
+                }
+            }
+        }
+    }
+
     fn snapshot(&mut self, sim_now: SimMs) {
+        self.account_lost();
         let (net_msgs, net_errors, net_dropped) = self.net_totals();
         for s in self.sinks.iter().flatten() {
             if let Some(n) = s.net_shared() {
@@ -621,5 +657,7 @@ impl Shard {
             lateness: (self.plan.clock == ClockMode::Realtime).then(|| self.stats.lateness.clone()),
         };
         let _ = self.plan.progress.try_send(snap);
+        self.publish_figures();
+        self.log_sink_pressure();
     }
 }

@@ -62,7 +62,7 @@ impl Shard {
             if let Some(ns) = now_ns {
                 let late_us = ns.saturating_sub(self.wall_at(at)) / 1000;
                 if let Some(c) = self.scn.as_mut() {
-                    c.lateness.saturating_record(late_us);
+                    crate::measure::stats::record(&mut c.lateness, late_us);
                 }
             }
             self.apply_action(&sc, ix, at);

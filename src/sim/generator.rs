@@ -200,7 +200,9 @@ impl Brownian {
     pub fn coefficients(&self, dt: f64) -> (f64, f64) {
         let theta = self.mean_reversion;
         let decay = (-theta * dt).exp();
-        let sd = self.volatility * ((1.0 - (-2.0 * theta * dt).exp()) / (2.0 * theta)).sqrt();
+        // `-expm1(-x)` rather than `1 - exp(-x)`: for a tiny θ·dt the difference cancels to 0
+        // (θ = 1e-18 published a constant), while expm1 keeps the leading term 2θ·dt.
+        let sd = self.volatility * (-(-2.0 * theta * dt).exp_m1() / (2.0 * theta)).sqrt();
         (decay, sd)
     }
 
@@ -329,6 +331,23 @@ mod tests {
             let (m, sd) = mean_sd(&tail);
             assert!((m - 55.0).abs() < 0.1, "interval {interval_ms}: mean {m}");
             assert!((sd / want - 1.0).abs() < 0.06, "interval {interval_ms}: sd {sd} want {want}");
+        }
+    }
+
+    #[test]
+    fn brownian_with_a_tiny_reversion_still_moves_like_a_random_walk() {
+        // 1 - e^{-2θdt} cancels to 0 for θ = 1e-18: the walk was frozen at its start.
+        for theta in [1e-18, 1e-300] {
+            let b = Brownian { start: 0.0, mean: 0.0, volatility: 1.0, ..ou(theta) };
+            let mut prepared = b.clone();
+            prepared.prepare(5.0);
+            for g in [b, prepared] {
+                let v = numbers(&run(&GenSpec::Brownian(g), 1, 2000, 0, 5000));
+                let steps: Vec<f64> = v.windows(2).map(|w| w[1] - w[0]).collect();
+                let (_, sd) = mean_sd(&steps);
+                // A free walk with σ = 1 moves by sqrt(5 s) per tick.
+                assert!((sd / 5f64.sqrt() - 1.0).abs() < 0.1, "theta {theta}: step sd {sd}");
+            }
         }
     }
 

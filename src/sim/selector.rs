@@ -23,7 +23,8 @@
 //! As in the original, `key=` (an empty value) also matches a device without that label.
 //! The empty selector matches every device. A syntax error names its byte position.
 
-use std::collections::BTreeMap;
+use crate::limits::{MAX_SELECTOR_BYTES, MAX_SELECTOR_VALUES, shorten};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// One condition on a device's labels.
@@ -31,8 +32,9 @@ use std::fmt;
 pub enum Requirement {
     Equals(String, String),
     NotEquals(String, String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
+    /// A set, not a list: membership costs O(log n) per device however long the list is.
+    In(String, BTreeSet<String>),
+    NotIn(String, BTreeSet<String>),
     Exists(String),
     NotExists(String),
 }
@@ -55,8 +57,25 @@ pub struct SelectorError {
 
 impl LabelSelector {
     /// Parses a selector (see the module docs for the grammar).
+    /// At most [`MAX_SELECTOR_BYTES`] long, with at most [`MAX_SELECTOR_VALUES`] values in all
+    /// its sets.
     pub fn parse(input: &str) -> Result<LabelSelector, SelectorError> {
-        Parser { input, pos: 0 }.selector()
+        if input.len() > MAX_SELECTOR_BYTES {
+            return Err(SelectorError {
+                input: shorten(input),
+                pos: MAX_SELECTOR_BYTES,
+                message: format!(
+                    "the selector is {} bytes long, more than the {MAX_SELECTOR_BYTES} allowed",
+                    input.len()
+                ),
+            });
+        }
+        // Errors quote the selector's beginning only: a long one would not fit in a gRPC
+        // status (a header), which clients then report as INTERNAL.
+        Parser { input, pos: 0, values: 0 }.selector().map_err(|mut e| {
+            e.input = shorten(&e.input);
+            e
+        })
     }
 
     /// True when every requirement holds for `labels`.
@@ -73,8 +92,8 @@ impl Requirement {
             // The original compared against "" for a missing key; keep that for `k=`.
             Requirement::Equals(k, v) => get(k).unwrap_or("") == v,
             Requirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
-            Requirement::In(k, vs) => get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
-            Requirement::NotIn(k, vs) => get(k).is_none_or(|x| vs.iter().all(|v| v != x)),
+            Requirement::In(k, vs) => get(k).is_some_and(|x| vs.contains(x)),
+            Requirement::NotIn(k, vs) => get(k).is_none_or(|x| !vs.contains(x)),
             Requirement::Exists(k) => labels.contains_key(k),
             Requirement::NotExists(k) => !labels.contains_key(k),
         }
@@ -90,8 +109,8 @@ impl fmt::Display for LabelSelector {
             match r {
                 Requirement::Equals(k, v) => write!(f, "{k}={v}")?,
                 Requirement::NotEquals(k, v) => write!(f, "{k}!={v}")?,
-                Requirement::In(k, vs) => write!(f, "{k} in ({})", vs.join(","))?,
-                Requirement::NotIn(k, vs) => write!(f, "{k} notin ({})", vs.join(","))?,
+                Requirement::In(k, vs) => write!(f, "{k} in ({})", join(vs))?,
+                Requirement::NotIn(k, vs) => write!(f, "{k} notin ({})", join(vs))?,
                 Requirement::Exists(k) => write!(f, "{k}")?,
                 Requirement::NotExists(k) => write!(f, "!{k}")?,
             }
@@ -100,9 +119,15 @@ impl fmt::Display for LabelSelector {
     }
 }
 
+fn join(vs: &BTreeSet<String>) -> String {
+    vs.iter().map(String::as_str).collect::<Vec<_>>().join(",")
+}
+
 struct Parser<'a> {
     input: &'a str,
     pos: usize,
+    /// Values read in sets so far.
+    values: usize,
 }
 
 fn is_key_char(c: char) -> bool {
@@ -262,7 +287,7 @@ impl Parser<'_> {
     }
 
     /// `( v1, v2, ... )`
-    fn set(&mut self) -> Result<Vec<String>, SelectorError> {
+    fn set(&mut self) -> Result<BTreeSet<String>, SelectorError> {
         self.skip_ws();
         if !self.eat("(") {
             return Err(self.err(
@@ -270,10 +295,17 @@ impl Parser<'_> {
                 format!("expected '(' to open the value set, found {}", self.found()),
             ));
         }
-        let mut values = vec![];
+        let mut values = BTreeSet::new();
         loop {
             self.skip_ws();
             let start = self.pos;
+            self.values += 1;
+            if self.values > MAX_SELECTOR_VALUES {
+                return Err(self.err(
+                    start,
+                    format!("more than {MAX_SELECTOR_VALUES} values in the selector's sets"),
+                ));
+            }
             let len = self.rest().find([',', ')', '(']).unwrap_or(self.rest().len());
             let v = self.rest()[..len].trim();
             if v.is_empty() {
@@ -286,7 +318,7 @@ impl Parser<'_> {
                     self.err(start, format!("a set value must not contain spaces, got {v:?}"))
                 );
             }
-            values.push(v.to_string());
+            values.insert(v.to_string());
             self.pos += len;
             match self.peek() {
                 Some(',') => self.pos += 1,
@@ -450,5 +482,29 @@ mod tests {
             assert!(e.to_string().contains(needle), "{sel:?}: {e}");
             assert!(e.to_string().contains(&format!("position {pos}")), "{e}");
         }
+    }
+
+    #[test]
+    fn selectors_beyond_the_size_limits_are_refused_without_echoing_them() {
+        let huge = format!("zone in ({})", vec!["a"; 2_000_000].join(","));
+        let e = LabelSelector::parse(&huge).unwrap_err();
+        assert!(e.message.contains("4000009 bytes long, more than the 65536 allowed"), "{e}");
+        assert!(e.to_string().len() < 300, "the error echoes the whole selector");
+        let many: Vec<String> = (0..=MAX_SELECTOR_VALUES).map(|i| format!("v{i}")).collect();
+        let e = LabelSelector::parse(&format!("zone in ({})", many.join(","))).unwrap_err();
+        assert!(e.message.contains("more than 4096 values"), "{e}");
+    }
+
+    #[test]
+    fn the_largest_allowed_set_matches_by_membership() {
+        let vals: Vec<String> = (0..MAX_SELECTOR_VALUES).map(|i| format!("v{i}")).collect();
+        let sel = LabelSelector::parse(&format!("zone in ({})", vals.join(","))).unwrap();
+        let l = |v: &str| BTreeMap::from([("zone".to_string(), v.to_string())]);
+        assert!(sel.matches(&l("v4095")));
+        assert!(sel.matches(&l("v0")));
+        assert!(!sel.matches(&l("v4096")));
+        let not = LabelSelector::parse("zone notin (a,b,a)").unwrap();
+        assert!(!not.matches(&l("a")) && not.matches(&l("c")));
+        assert_eq!(not.to_string(), "zone notin (a,b)");
     }
 }

@@ -5,6 +5,35 @@
 /// Sim time in milliseconds since the Unix epoch.
 pub type SimMs = u64;
 
+/// The latest sim time a run may reach: 4100-01-01T00:00:00Z. The timing wheel keeps deadlines
+/// in 46 bits (until 4199-11-24T01:22:57.663Z); a start time or run end beyond this bound is
+/// refused, which leaves about 99 years of margin for intervals (at most 30 days) and faults.
+pub const LAST_SIM_MS: SimMs = days_from_civil(4100, 1, 1) as u64 * 86_400_000;
+const _: () = assert!(LAST_SIM_MS + 90 * 365 * 86_400_000 < crate::sim::wheel::MAX_DEADLINE_MS);
+
+/// Checks that a run from `start_ms` for `duration_ms` (none: until stopped) stays within
+/// [`LAST_SIM_MS`]; the error names the offending value.
+pub fn check_span(start_ms: SimMs, duration_ms: Option<u64>) -> Result<(), String> {
+    if start_ms >= LAST_SIM_MS {
+        return Err(format!(
+            "{} is too far ahead: the simulation clock ends at {}",
+            rfc3339_ms(start_ms),
+            rfc3339_ms(LAST_SIM_MS)
+        ));
+    }
+    if let Some(d) = duration_ms
+        && start_ms.saturating_add(d) > LAST_SIM_MS
+    {
+        return Err(format!(
+            "a run of {} from {} would end after {}, where the simulation clock ends",
+            format_duration_ms(d),
+            rfc3339_ms(start_ms),
+            rfc3339_ms(LAST_SIM_MS)
+        ));
+    }
+    Ok(())
+}
+
 /// Days since 1970-01-01 -> (year, month, day). Howard Hinnant's `civil_from_days`.
 pub const fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -246,6 +275,18 @@ mod tests {
         assert_eq!(format_duration_ms(5_400_000), "1h30m");
         assert_eq!(format_duration_ms(250), "250ms");
         assert_eq!(format_duration_ms(0), "0s");
+    }
+
+    #[test]
+    fn times_the_wheel_cannot_hold_are_refused() {
+        assert_eq!(rfc3339_ms(LAST_SIM_MS), "4100-01-01T00:00:00.000Z");
+        let far = parse_rfc3339("4199-11-24T01:22:57.664Z").unwrap();
+        assert!(check_span(far, None).unwrap_err().contains("too far ahead"));
+        assert!(check_span(LAST_SIM_MS, Some(1)).is_err());
+        assert!(check_span(LAST_SIM_MS - 1000, Some(1000)).is_ok());
+        assert!(check_span(LAST_SIM_MS - 1000, Some(1001)).unwrap_err().contains("would end"));
+        assert!(check_span(0, Some(u64::MAX)).is_err());
+        assert!(check_span(1_773_446_400_000, Some(3_600_000)).is_ok());
     }
 
     #[test]

@@ -34,6 +34,9 @@ const TOP_SLOT_SPAN: u64 = MAX_SPAN >> UPPER_BITS;
 const NONE: u32 = u32::MAX;
 const WHEN_BITS: u32 = 46;
 const WHEN_MASK: u64 = (1 << WHEN_BITS) - 1;
+/// The latest deadline the wheel can hold; later ones are clamped to it (see
+/// [`super::time::LAST_SIM_MS`], which keeps runs well below it).
+pub const MAX_DEADLINE_MS: SimMs = WHEN_MASK;
 const TAG_BITS: u32 = 64 - WHEN_BITS;
 /// Slot tag of a key that is not armed.
 const TAG_IDLE: u32 = (1 << TAG_BITS) - 1;

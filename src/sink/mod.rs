@@ -87,7 +87,8 @@ impl Sink {
             Protocol::Null => Sink::Null,
             Protocol::File => {
                 let Some(f) = &settings.file else { return Err(missing("file")) };
-                Sink::File(FileSink::open(&file::shard_path(&f.path, shard, shards))?)
+                let path = file::shard_path(&f.path, shard, shards)?;
+                Sink::File(FileSink::open(&path, fleet.profiles.len())?)
             }
             Protocol::Mqtt => {
                 let s = settings.mqtt.clone().ok_or_else(|| missing("mqtt"))?;
@@ -187,6 +188,15 @@ impl Sink {
             Sink::Console(c) => c.flush(),
             Sink::File(f) => f.flush(),
             Sink::Null | Sink::Net(_) => Ok(()),
+        }
+    }
+
+    /// Messages that were counted as delivered but that a later failed write lost, by profile
+    /// index, since the previous call (the file sink; empty for the others).
+    pub fn take_lost(&mut self) -> Vec<(usize, u64)> {
+        match self {
+            Sink::File(f) => f.take_lost(),
+            _ => vec![],
         }
     }
 

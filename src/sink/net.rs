@@ -247,12 +247,12 @@ impl NetShared {
         let record = |s: &mut ProfileStats| {
             s.messages += 1;
             s.bytes += m.payload.len() as u64;
-            s.latency.saturating_record(latency_us);
-            s.service.saturating_record(service_us);
+            crate::measure::stats::record(&mut s.latency, latency_us);
+            crate::measure::stats::record(&mut s.service, service_us);
         };
         record(&mut self.stats.borrow_mut()[m.profile as usize]);
         self.in_phase(m, record);
-        self.window.borrow_mut().saturating_record(latency_us);
+        crate::measure::stats::record(&mut self.window.borrow_mut(), latency_us);
     }
 
     /// Records a message that was not delivered, by kind (`timeout`, `nack`, `http_503`, ...).

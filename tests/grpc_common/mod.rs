@@ -27,8 +27,14 @@ impl Runtime {
     /// Starts `iot-sim ARGS` (which must include `--grpc 127.0.0.1:0`) and waits for its
     /// "grpc: listening on" line.
     pub fn start(args: &[&str]) -> Runtime {
+        Runtime::start_env(args, &[])
+    }
+
+    /// [`Runtime::start`] with extra environment variables.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Runtime {
         let mut child = Command::new(env!("CARGO_BIN_EXE_iot-sim"))
             .args(args)
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
