@@ -5,6 +5,7 @@
 #   RabbitMQ    127.0.0.1:5672  tests/sink_amqp.rs (guest/guest)
 #   coap-server (libcoap)       tests/sink_coap.rs starts its own on a free port
 #   python3 + venv              tests/grpc_python.rs builds a grpcio client under target/
+#   prometheus, promtool        tests/prometheus.rs starts its own server on a free port
 set -euo pipefail
 
 updated=0
@@ -49,3 +50,6 @@ fi
 
 command -v python3 >/dev/null || apt_install python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
+
+# Prometheus and promtool: tests/prometheus.rs starts its own server on a free port.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus

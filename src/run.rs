@@ -5,6 +5,8 @@ use crate::config::{ClockMode, Config};
 use crate::measure::clock::mono_ns;
 use crate::measure::stats::{Snapshot, histogram};
 use crate::report::{self, Report, RunFacts};
+use crate::scenario::Scenario;
+use crate::scenario::threshold::{Span, Threshold};
 use crate::shard::{self, ShardOutcome, ShardPlan};
 use crate::sim::time::{LAST_SIM_MS, format_duration_ms, rfc3339_ms};
 use anyhow::{Context, bail};
@@ -27,6 +29,28 @@ pub struct RunOptions {
     /// Refuse spawn requests for a protocol this runtime has no sink for, instead of
     /// publishing those devices to the console.
     pub strict_protocols: bool,
+    /// The scenario that drives the run (its timeline goes to every shard).
+    pub scenario: Option<Arc<Scenario>>,
+    /// This run's id (in every log line, `report.json` and `iot_sim_run_info`).
+    pub run_id: String,
+}
+
+/// What identifies a run to an observer.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunIdentity {
+    pub run_id: String,
+    pub seed: u64,
+    pub version: &'static str,
+    pub clock: &'static str,
+}
+
+/// A random run id: 16 hex digits.
+pub fn random_run_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{:016x}", RandomState::new().hash_one(nanos ^ ((std::process::id() as u64) << 32)))
 }
 
 /// A random seed, for runs that name none.
@@ -53,7 +77,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         Some(s) => s,
         None => {
             let s = random_seed();
-            eprintln!("seed: {s} (chosen at random; replay this run with --seed {s})");
+            crate::logs::notice(
+                &format!("seed: {s} (chosen at random; replay this run with --seed {s})"),
+                &[("seed", s.into())],
+            );
             s
         }
     };
@@ -61,9 +88,12 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         Some(t) => t,
         None => {
             let t = now_ms();
-            eprintln!(
-                "start_time: {} (now; set [run] start_time to replay timestamps)",
-                rfc3339_ms(t)
+            crate::logs::notice(
+                &format!(
+                    "start_time: {} (now; set [run] start_time to replay timestamps)",
+                    rfc3339_ms(t)
+                ),
+                &[("start_time", rfc3339_ms(t).into())],
             );
             t
         }
@@ -79,8 +109,19 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             core_ids.len()
         );
     }
+    // A scenario's spawns may use profiles (and brokers) the fleet's own devices do not.
+    let mut reachable = config.fleet.clone();
+    if let Some(sc) = &opts.scenario {
+        for ta in sc.timeline.iter() {
+            if let crate::scenario::Action::Spawn { profile, .. } = &ta.action
+                && !reachable.profiles.iter().any(|p| p.name == profile.name)
+            {
+                reachable.profiles.push((**profile).clone());
+            }
+        }
+    }
     crate::sink::preflight::check(
-        &config.fleet,
+        &reachable,
         &config.sinks,
         opts.wait_for_sinks_ms.map(std::time::Duration::from_millis),
     )
@@ -96,7 +137,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let ready = Arc::new(Barrier::new(cores + 1));
     let origin = Arc::new(AtomicU64::new(0));
     if !opts.quiet {
-        eprintln!(
+        let line = format!(
             "iot-sim: {} devices, {} profile(s), {} shard(s), {:?} clock, from {}{}",
             fleet.device_count(),
             fleet.profiles.len(),
@@ -106,6 +147,15 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             run.duration_ms
                 .map(|d| format!(" for {}", format_duration_ms(d)))
                 .unwrap_or_else(|| " until stopped".into())
+        );
+        crate::logs::notice(
+            &line,
+            &[
+                ("devices", fleet.device_count().into()),
+                ("profiles", fleet.profiles.len().into()),
+                ("shards", cores.into()),
+                ("seed", seed.into()),
+            ],
         );
     }
 
@@ -130,16 +180,31 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         (Some(addr), Some(p)) => {
             let s = crate::control::service::start(addr, p.clone())
                 .with_context(|| format!("cannot serve gRPC on {addr}"))?;
-            eprintln!("grpc: listening on {}", s.addr);
+            crate::logs::notice(
+                &format!("grpc: listening on {}", s.addr),
+                &[("grpc", s.addr.to_string().into())],
+            );
             Some(s)
         }
         _ => None,
     };
+    let identity = RunIdentity {
+        run_id: opts.run_id.clone(),
+        seed,
+        version: env!("CARGO_PKG_VERSION"),
+        clock: match run.clock {
+            ClockMode::Virtual => "virtual",
+            ClockMode::Realtime => "realtime",
+        },
+    };
     let _admin = match (opts.admin, &plane) {
         (Some(addr), Some(p)) => {
-            let s = crate::control::admin::start(addr, p.clone())
+            let s = crate::control::admin::start(addr, p.clone(), identity.clone())
                 .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
-            eprintln!("admin: listening on http://{}", s.addr);
+            crate::logs::notice(
+                &format!("admin: listening on http://{}", s.addr),
+                &[("admin", s.addr.to_string().into())],
+            );
             Some(s)
         }
         _ => None,
@@ -162,6 +227,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             progress: progress_tx.clone(),
             core: core_ids.get(index).copied(),
             control: links.next(),
+            scenario: opts.scenario.clone(),
         };
         let (ready, origin) = (ready.clone(), origin.clone());
         handles.push(shard::spawn(plan, ready, origin).context("cannot start a shard thread")?);
@@ -178,14 +244,25 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         s.open();
     }
 
-    let interrupted = wait(
+    // `abort = true` thresholds are checked on the running figures at every progress interval
+    // (realtime only: a virtual run is judged at its end).
+    let aborts: Vec<&Threshold> = config
+        .thresholds
+        .iter()
+        .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
+        .filter(|t| t.abort && run.clock == ClockMode::Realtime)
+        .collect();
+    let (interrupted, aborted_by) = wait(
         waiter,
         &handles,
         &progress_rx,
-        run.progress_interval_ms,
-        opts.quiet,
-        run.clock,
-        start_ms,
+        Progress {
+            every_ms: run.progress_interval_ms,
+            quiet: opts.quiet,
+            clock: run.clock,
+            start_ms,
+        },
+        &aborts,
     )?;
     let mut outcomes: Vec<ShardOutcome> = vec![];
     let mut errors = vec![];
@@ -205,6 +282,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let (fleet, stats) = report::merge_outcomes(&fleet, &parts);
     let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(start_ms);
     let facts = RunFacts {
+        run_id: opts.run_id.clone(),
         seed,
         cores,
         pinned_shards: outcomes.iter().filter(|o| o.pinned).count(),
@@ -216,7 +294,70 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         spawn_seconds,
         interrupted,
     };
-    let (report, files) = report::build(&facts, &fleet, &stats);
+    let (mut report, files) = report::build(&facts, &fleet, &stats);
+    report.aborted_by = aborted_by;
+    let thresholds: Vec<&Threshold> = config
+        .thresholds
+        .iter()
+        .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
+        .collect();
+    let realtime_run = run.clock == ClockMode::Realtime;
+    let seconds = match run.clock {
+        ClockMode::Realtime => wall_seconds,
+        ClockMode::Virtual => report.sim_seconds,
+    };
+    let whole = Span { profiles: &stats.profiles, lateness: &stats.lateness, seconds };
+    let no_profiles = vec![];
+    let no_lateness = histogram();
+    // A phase's span ends with the run (an interrupted run cuts the last ones short).
+    let phase_span = |i: usize| -> (u64, u64) {
+        let ph = &opts.scenario.as_ref().map(|s| s.phases[i].clone()).unwrap_or_else(|| {
+            crate::scenario::Phase { name: String::new(), start_ms: 0, end_ms: 0 }
+        });
+        let a = (start_ms + ph.start_ms).min(facts.end_ms);
+        (a, (start_ms + ph.end_ms).min(facts.end_ms).max(a))
+    };
+    report.thresholds = thresholds
+        .iter()
+        .map(|t| {
+            let ix = t.phase.as_ref().and_then(|name| {
+                opts.scenario.as_ref()?.phases.iter().position(|p| &p.name == name)
+            });
+            match ix {
+                None => t.judge(&fleet, &whole),
+                Some(i) => {
+                    let (a, b) = phase_span(i);
+                    let sim_s = (b - a) as f64 / 1000.0;
+                    let span = Span {
+                        profiles: stats.phases.get(i).unwrap_or(&no_profiles),
+                        // Tick lateness is not kept per phase: the whole run's.
+                        lateness: if realtime_run { &stats.lateness } else { &no_lateness },
+                        seconds: if realtime_run { sim_s / run.speed } else { sim_s },
+                    };
+                    t.judge(&fleet, &span)
+                }
+            }
+        })
+        .collect();
+    if let Some(sc) = &opts.scenario {
+        report.phases = (0..sc.phases.len())
+            .map(|i| {
+                let (a, b) = phase_span(i);
+                report::phase_rows(
+                    &sc.phases[i].name,
+                    a,
+                    b,
+                    &fleet,
+                    stats.phases.get(i).unwrap_or(&no_profiles),
+                )
+            })
+            .collect();
+        let mut facts_sc = scenario_facts(sc, start_ms, facts.end_ms);
+        if realtime_run {
+            facts_sc.step_lateness_us = Some(report::Percentiles::of(&stats.step_lateness));
+        }
+        report.scenario = Some(facts_sc);
+    }
     let table = report::render_table(&report);
     let console_in_use =
         fleet.profiles.iter().any(|p| p.protocol == crate::sim::profile::Protocol::Console);
@@ -227,12 +368,68 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     }
     let path = report::write(&run.report_dir, &report, &files)
         .with_context(|| format!("cannot write the report to {}", run.report_dir.display()))?;
-    eprintln!("report: {}", path.display());
+    crate::logs::notice(
+        &format!("report: {}", path.display()),
+        &[("report", path.display().to_string().into())],
+    );
     Ok(report)
 }
 
-/// Waits for the shards to end, handling Ctrl-C/SIGTERM and printing progress. Returns whether
-/// the run was interrupted.
+/// The report's scenario section: the actions reached by the end of the run and the log.
+fn scenario_facts(sc: &Scenario, start_ms: u64, end_ms: u64) -> report::ScenarioFacts {
+    let reached = |t: u64| start_ms + t <= end_ms;
+    report::ScenarioFacts {
+        name: sc.name.clone(),
+        file: sc.path.display().to_string(),
+        steps: sc.steps,
+        actions: sc.timeline.len(),
+        actions_applied: sc.timeline.iter().filter(|a| reached(a.at_ms)).count(),
+        log: sc
+            .timeline
+            .iter()
+            .filter(|a| reached(a.at_ms))
+            .filter_map(|a| match &a.action {
+                crate::scenario::Action::Log(m) => Some(report::LogLine {
+                    sim_time: rfc3339_ms(start_ms + a.at_ms),
+                    step: a.step,
+                    message: m.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
+        step_lateness_us: None,
+    }
+}
+
+/// How `wait` reports progress.
+struct Progress {
+    every_ms: u64,
+    quiet: bool,
+    clock: ClockMode,
+    start_ms: u64,
+}
+
+/// Judges the `abort` thresholds on the latest snapshots; the first that fails.
+fn check_aborts(
+    aborts: &[&Threshold],
+    latest: &[Option<Snapshot>],
+    latency: &hdrhistogram::Histogram<u64>,
+    seconds: f64,
+) -> Option<crate::scenario::threshold::Verdict> {
+    let mut totals = crate::measure::stats::ProfileStats::new();
+    let mut lateness = histogram();
+    for s in latest.iter().flatten() {
+        totals.messages += s.messages;
+        totals.errors += s.errors;
+        totals.dropped += s.dropped;
+        if let Some(l) = &s.lateness {
+            let _ = lateness.add(l);
+        }
+    }
+    totals.latency = latency.clone();
+    aborts.iter().map(|t| t.judge_totals(&totals, &lateness, seconds)).find(|v| !v.passed)
+}
+
 /// The main thread's runtime and signal streams.
 struct Waiter {
     rt: tokio::runtime::Runtime,
@@ -259,46 +456,66 @@ impl Waiter {
     }
 }
 
+/// Waits for the shards to end, handling Ctrl-C/SIGTERM, printing progress and checking the
+/// `abort` thresholds. Returns whether the run was interrupted, and the abort verdict if any.
 fn wait(
     waiter: Waiter,
     handles: &[std::thread::JoinHandle<Result<ShardOutcome, String>>],
     progress: &Receiver<Snapshot>,
-    progress_ms: u64,
-    quiet: bool,
-    clock: ClockMode,
-    start_ms: u64,
-) -> anyhow::Result<bool> {
+    pr: Progress,
+    aborts: &[&Threshold],
+) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>)> {
+    let Progress { every_ms: progress_ms, quiet, clock, start_ms } = pr;
     let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {
         let mut poll = tokio::time::interval(Duration::from_millis(50));
         let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
         let mut window = histogram();
+        // Every completed message's latency since the start (for `abort` thresholds).
+        let mut cumulative = histogram();
         let (mut last_print, mut last_total) = (mono_ns(), 0u64);
+        let mut last_check = last_print;
         let began = last_print;
         let mut interrupted = false;
+        let mut aborted = None;
         loop {
             tokio::select! {
                 _ = sigint.recv() => {
                     if interrupted {
-                        eprintln!("second interrupt: exiting without a report");
+                        crate::logs::notice("second interrupt: exiting without a report", &[]);
                         std::process::exit(130);
                     }
-                    eprintln!("interrupt: stopping shards, flushing sinks (Ctrl-C again to abort)");
+                    crate::logs::notice("interrupt: stopping shards, flushing sinks (Ctrl-C again to abort)", &[]);
                     interrupted = true;
                     stop.store(true, Ordering::Relaxed);
                 }
                 _ = sigterm.recv() => {
-                    eprintln!("SIGTERM: stopping shards, flushing sinks");
+                    crate::logs::notice("SIGTERM: stopping shards, flushing sinks", &[]);
                     interrupted = true;
                     stop.store(true, Ordering::Relaxed);
                 }
                 _ = poll.tick() => {
                     while let Ok(s) = progress.try_recv() {
                         let _ = window.add(&s.latency);
+                        if !aborts.is_empty() {
+                            let _ = cumulative.add(&s.latency);
+                        }
                         let i = s.shard;
                         latest[i] = Some(s);
                     }
                     let now = mono_ns();
+                    if !aborts.is_empty() && aborted.is_none() && now - last_check >= progress_ms * 1_000_000 {
+                        last_check = now;
+                        let secs = (now - began) as f64 / 1e9;
+                        if let Some(v) = check_aborts(aborts, &latest, &cumulative, secs) {
+                            eprintln!(
+                                "abort: threshold {} = {} {} crossed {}; stopping the run",
+                                v.metric, v.value, v.unit, v.limit
+                            );
+                            stop.store(true, Ordering::Relaxed);
+                            aborted = Some(v);
+                        }
+                    }
                     if !quiet && now - last_print >= progress_ms * 1_000_000 {
                         let total: u64 = latest.iter().flatten().map(|s| s.messages).sum();
                         let secs = (now - last_print) as f64 / 1e9;
@@ -311,10 +528,20 @@ fn wait(
                             ClockMode::Virtual => format!(" sim={} ({:.0} sim-s/s)", rfc3339_ms(sim), (sim.saturating_sub(start_ms)) as f64 / 1000.0 / ((now - began) as f64 / 1e9)),
                             ClockMode::Realtime => String::new(),
                         };
-                        eprintln!(
-                            "[{:>7.1}s] devices={devices} msg/s={:.0} messages={total} errors={errors} drops={dropped} p99={p99}µs{simpart}",
-                            (now - began) as f64 / 1e9,
-                            (total - last_total.min(total)) as f64 / secs,
+                        let rate = (total - last_total.min(total)) as f64 / secs;
+                        crate::logs::notice(
+                            &format!(
+                                "[{:>7.1}s] devices={devices} msg/s={rate:.0} messages={total} errors={errors} drops={dropped} p99={p99}µs{simpart}",
+                                (now - began) as f64 / 1e9,
+                            ),
+                            &[
+                                ("devices", devices.into()),
+                                ("msg_per_s", rate.round().into()),
+                                ("messages", total.into()),
+                                ("errors", errors.into()),
+                                ("drops", dropped.into()),
+                                ("p99_us", p99.into()),
+                            ],
                         );
                         last_print = now;
                         last_total = total;
@@ -326,6 +553,6 @@ fn wait(
                 }
             }
         }
-        Ok(interrupted)
+        Ok((interrupted, aborted))
     })
 }

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 pub mod client;
+pub mod scenario;
 
 /// Thread-per-core IoT device simulator: a realistic fleet on one box, with numbers you can trust.
 #[derive(Parser, Debug)]
@@ -14,7 +15,8 @@ pub mod client;
     name = "iot-sim",
     version,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    after_help = EXIT_CODES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -47,7 +49,15 @@ pub enum Command {
     Pause(client::SelectCmd),
     /// Resume paused devices.
     Resume(client::SelectCmd),
+    /// Run, check or list scenarios (timed steps, phases, thresholds).
+    #[command(subcommand)]
+    Scenario(scenario::ScenarioCmd),
 }
+
+/// The exit codes, for --help.
+pub const EXIT_CODES: &str = "Exit codes: 0 done (every threshold passed), 1 run failure (a sink \
+file cannot be created, a runtime is down), 2 bad config, scenario or flags (nothing started), \
+3 a threshold failed or an abort threshold stopped the run (the report says which).";
 
 /// Flags of `iot-sim serve`.
 #[derive(Args, Debug, Clone)]
@@ -104,6 +114,31 @@ pub struct RunArgs {
     /// Serve admin HTTP on this address: /healthz, /metrics (Prometheus), /status (JSON).
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<std::net::SocketAddr>,
+    /// This run's id, in every log line, report.json and iot_sim_run_info. Default: random hex.
+    #[arg(long, value_name = "ID", value_parser = parse_run_id)]
+    pub run_id: Option<String>,
+    /// Log lines as text or as JSON objects (one per line). Also IOT_SIM_LOG_FORMAT.
+    #[arg(long, value_enum, env = "IOT_SIM_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn parse_run_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("expected 1 to 64 letters, digits, '-', '_' or '.', got {s:?}"))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -128,7 +163,8 @@ fn parse_speed(s: &str) -> Result<f64, String> {
 }
 
 impl RunArgs {
-    fn overrides(&self) -> Overrides {
+    /// The flags that override the file's `[run]` values.
+    pub fn overrides(&self) -> Overrides {
         Overrides {
             seed: self.seed,
             cores: self.cores.map(usize::from),
@@ -148,6 +184,29 @@ pub mod exit {
     pub const OK: i32 = 0;
     pub const FAILED: i32 = 1;
     pub const BAD_CONFIG: i32 = 2;
+    pub const THRESHOLD_FAILED: i32 = 3;
+}
+
+impl Cli {
+    /// The log style (JSON or not) and the run id; a run without `--run-id` gets a random one,
+    /// written back into its flags so that the run uses the same id as the log lines.
+    pub fn prepare_logging(&mut self) -> (bool, String) {
+        let args = match &mut self.command {
+            Some(Command::Run(r)) => Some(r),
+            Some(Command::Serve(s)) => Some(&mut s.run),
+            Some(Command::Scenario(scenario::ScenarioCmd::Run(r))) => Some(&mut r.run),
+            None => Some(&mut self.run),
+            Some(_) => None,
+        };
+        let env_json = std::env::var("IOT_SIM_LOG_FORMAT").is_ok_and(|v| v == "json");
+        match args {
+            Some(a) => {
+                let id = a.run_id.get_or_insert_with(run::random_run_id).clone();
+                (a.log_format.map_or(env_json, |f| f == LogFormat::Json), id)
+            }
+            None => (env_json, String::new()),
+        }
+    }
 }
 
 /// Runs the parsed command line; returns the process exit code.
@@ -162,6 +221,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Fault(c)) => client::fault(&c),
         Some(Command::Pause(a)) => client::pause(&a, false),
         Some(Command::Resume(a)) => client::pause(&a, true),
+        Some(Command::Scenario(c)) => scenario::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     }
@@ -170,7 +230,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
 /// Loads a fleet file and checks that it fits in memory (before anything is allocated).
 fn load(path: &std::path::Path, o: &Overrides) -> Result<config::Config, i32> {
     let config = config::load(path, o).map_err(|e| {
-        eprintln!("error: {e}");
+        crate::logs::notice_at("ERROR", &format!("error: {e}"), &[]);
         exit::BAD_CONFIG
     })?;
     let shards = config
@@ -225,24 +285,44 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
             }
         },
     };
-    let report = run::run(
-        config,
-        &RunOptions {
-            quiet: args.quiet,
-            wait_for_sinks_ms: args.wait_for_sinks,
-            grpc: args.grpc,
-            admin: args.admin,
-            strict_protocols: false,
-        },
-    )
-    .with_context(|| format!("run of {name} failed"))?;
-    Ok(local_sink_losses(&report))
+    if let Some(sc) = config.run.scenario.clone() {
+        // `[run] scenario = "path"`: the fleet file names the scenario to run on it.
+        return scenario::run_local(&sc, args.config.as_deref(), args);
+    }
+    if let Some(t) = config.thresholds.iter().find_map(|t| t.phase.as_ref()) {
+        eprintln!(
+            "error: invalid config {name}: a threshold names phase {t:?}, but no scenario runs (phases come from a scenario's steps)"
+        );
+        return Ok(exit::BAD_CONFIG);
+    }
+    let report = run::run(config, &run_options(args, args.grpc, false, None))
+        .with_context(|| format!("run of {name} failed"))?;
+    Ok(verdict_code(&report))
 }
 
-/// Exit code of a finished run: `FAILED` when a local sink (file, console) lost messages, so
-/// a script never takes incomplete output for a good run. Network sinks' errors are what a
-/// load test measures; they are in the report and do not fail the run.
-fn local_sink_losses(report: &crate::report::Report) -> i32 {
+/// The run options of `run`-like commands.
+pub(crate) fn run_options(
+    args: &RunArgs,
+    grpc: Option<std::net::SocketAddr>,
+    strict_protocols: bool,
+    scenario: Option<std::sync::Arc<crate::scenario::Scenario>>,
+) -> RunOptions {
+    RunOptions {
+        quiet: args.quiet,
+        wait_for_sinks_ms: args.wait_for_sinks,
+        grpc,
+        admin: args.admin,
+        run_id: args.run_id.clone().unwrap_or_else(run::random_run_id),
+        strict_protocols,
+        scenario,
+    }
+}
+
+/// The exit code of a finished run: 1 when a local sink (file, console) lost messages, so a
+/// script never takes incomplete output for a good run (network sinks' errors are what a load
+/// test measures: they are in the report and do not fail the run); else 3 when a threshold
+/// failed or aborted the run; else 0.
+pub(crate) fn verdict_code(report: &crate::report::Report) -> i32 {
     let mut code = exit::OK;
     for sink in ["file", "console"] {
         let lost: u64 = report.runs.iter().filter(|r| r.sink == sink).map(|r| r.errors).sum();
@@ -253,7 +333,11 @@ fn local_sink_losses(report: &crate::report::Report) -> i32 {
             code = exit::FAILED;
         }
     }
-    code
+    if code != exit::OK {
+        return code;
+    }
+    let failed = report.thresholds.iter().any(|v| !v.passed) || report.aborted_by.is_some();
+    if failed { exit::THRESHOLD_FAILED } else { exit::OK }
 }
 
 /// `iot-sim serve`: a realtime run with no end (unless --duration), under gRPC control.
@@ -275,25 +359,20 @@ fn serve_cmd(s: &ServeArgs) -> anyhow::Result<i32> {
                 run,
                 sinks: config::SinkSettings::default(),
                 fleet: crate::sim::profile::Fleet::default(),
+                thresholds: vec![],
             }
         }
     };
     if config.run.clock == ClockMode::Virtual {
-        eprintln!("serve: the virtual clock needs a fixed fleet; serving in realtime");
+        crate::logs::notice(
+            "serve: the virtual clock needs a fixed fleet; serving in realtime",
+            &[],
+        );
         config.run.clock = ClockMode::Realtime;
     }
     config.run.duration_ms = args.duration;
     let grpc = args.grpc.unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 50051)));
-    let report = run::run(
-        config,
-        &RunOptions {
-            quiet: args.quiet,
-            wait_for_sinks_ms: args.wait_for_sinks,
-            grpc: Some(grpc),
-            admin: args.admin,
-            strict_protocols: s.strict_protocols,
-        },
-    )
-    .context("serve failed")?;
-    Ok(local_sink_losses(&report))
+    let report = run::run(config, &run_options(args, Some(grpc), s.strict_protocols, None))
+        .context("serve failed")?;
+    Ok(verdict_code(&report))
 }

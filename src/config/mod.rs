@@ -54,6 +54,9 @@ pub struct RunSettings {
     pub duration_ms: Option<u64>,
     pub report_dir: PathBuf,
     pub progress_interval_ms: u64,
+    /// `[run] scenario = "path"`: a scenario file to run on this fleet (relative to the fleet
+    /// file's folder).
+    pub scenario: Option<PathBuf>,
 }
 
 impl Default for RunSettings {
@@ -67,6 +70,7 @@ impl Default for RunSettings {
             duration_ms: None,
             report_dir: PathBuf::from("iot-sim-report"),
             progress_interval_ms: 5000,
+            scenario: None,
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct Config {
     pub run: RunSettings,
     pub sinks: SinkSettings,
     pub fleet: Fleet,
+    /// `[[threshold]]`: pass/fail bounds judged at the end of the run (exit code 3).
+    pub thresholds: Vec<crate::scenario::threshold::Threshold>,
 }
 
 /// Command-line values that override the file.
@@ -190,11 +196,21 @@ fn parse_str_with(text: &str, base: &Path, fleet_optional: bool) -> Result<Confi
     let doc: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ParseError::Syntax(e.to_string().trim().to_string()))?;
+    compile_doc(&doc, base, fleet_optional).map_err(ParseError::Invalid)
+}
+
+/// Compiles a parsed fleet document. `fleet_optional` is true for `serve` and for a scenario,
+/// which may start from an empty fleet and spawn every device itself.
+pub fn compile_doc(
+    doc: &toml::Table,
+    base: &Path,
+    fleet_optional: bool,
+) -> Result<Config, Problems> {
     let mut p = Problems::default();
-    let config = compile(&doc, base, fleet_optional, &mut p);
+    let config = compile(doc, base, fleet_optional, &mut p);
     match config {
         Some(c) if p.is_empty() => Ok(c),
-        _ => Err(ParseError::Invalid(p)),
+        _ => Err(p),
     }
 }
 
@@ -205,7 +221,10 @@ fn compile(
     p: &mut Problems,
 ) -> Option<Config> {
     let mut top = Table::new("", doc);
-    let run = top.table("run", p).map(|t| compile_run(t, p)).unwrap_or_default();
+    let mut run = top.table("run", p).map(|t| compile_run(t, p)).unwrap_or_default();
+    if let Some(s) = &run.scenario {
+        run.scenario = Some(base.join(s));
+    }
     let sinks = top.table("sink", p).map(|t| sinks::compile(t, p)).unwrap_or_default();
 
     // Profiles defined inline, in name order (BTreeMap-like: toml::Table keeps order, so sort).
@@ -236,7 +255,7 @@ fn compile(
         None => {
             p.add("fleet", "missing: add at least one [[fleet]] entry (profile = ..., count = ...)")
         }
-        Some(Value::Array(entries)) if entries.is_empty() => {
+        Some(Value::Array(entries)) if entries.is_empty() && !fleet_optional => {
             p.add("fleet", "must list at least one entry")
         }
         Some(Value::Array(entries)) => {
@@ -382,8 +401,13 @@ fn compile(
             format!("{total} devices in all is more than this build supports ({})", u32::MAX),
         );
     }
-    top.finish_with(&["run", "sink", "profiles", "fleet"], p);
-    Some(Config { run, sinks, fleet: Fleet { profiles, groups } })
+    // A fleet file's thresholds may name a scenario's phases; the scenario checks those names.
+    let thresholds = top
+        .get("threshold")
+        .map(|v| crate::scenario::threshold::parse_list(v, "threshold", None, p))
+        .unwrap_or_default();
+    top.finish_with(&["run", "sink", "profiles", "fleet", "threshold"], p);
+    Some(Config { run, sinks, fleet: Fleet { profiles, groups }, thresholds })
 }
 
 fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
@@ -456,6 +480,13 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
     if let Some(d) = t.str("report_dir", p) {
         run.report_dir = PathBuf::from(d);
     }
+    if let Some(s) = t.str("scenario", p) {
+        if s.is_empty() {
+            p.add(t.path_of("scenario"), "must name a scenario file, got \"\"");
+        } else {
+            run.scenario = Some(PathBuf::from(s));
+        }
+    }
     if let Some(d) = t.duration_ms("progress_interval", p) {
         if d < 100 {
             p.add(t.path_of("progress_interval"), format!("must be at least 100ms, got {d}ms"));
@@ -473,6 +504,7 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
             "duration",
             "report_dir",
             "progress_interval",
+            "scenario",
         ],
         p,
     );

@@ -12,5 +12,5 @@ pub(crate) mod incoming;
 pub(crate) mod plane;
 pub mod proto;
 pub(crate) mod service;
-mod spec;
+pub(crate) mod spec;
 mod wire;

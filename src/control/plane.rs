@@ -66,6 +66,26 @@ pub struct Figures {
     pub fallback_devices: BTreeMap<String, u64>,
 }
 
+/// Upper bounds of the telemetry batch size buckets (points per StreamTelemetry batch).
+pub(crate) const BATCH_BUCKETS: [u64; 12] =
+    [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000];
+
+/// Sizes of the StreamTelemetry batches sent (one record per batch, not per point).
+#[derive(Debug, Default)]
+pub(crate) struct BatchSizes {
+    /// Per bucket of [`BATCH_BUCKETS`], then `+Inf`.
+    pub counts: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    pub sum: AtomicU64,
+}
+
+impl BatchSizes {
+    pub fn record(&self, points: usize) {
+        let i = BATCH_BUCKETS.partition_point(|&b| b < points as u64);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(points as u64, Ordering::Relaxed);
+    }
+}
+
 /// A telemetry subscription on every shard.
 pub(crate) struct TelemetryFeed {
     pub id: u64,
@@ -110,6 +130,8 @@ pub struct ControlPlane {
     /// (instant, messages total, rate) for messages_per_second.
     rate: Mutex<(Instant, u64, f64)>,
     pub(crate) dropped_points: Arc<AtomicU64>,
+    /// Points per StreamTelemetry batch sent (`iot_sim_telemetry_batch_size`).
+    pub(crate) batch_sizes: BatchSizes,
     pub(crate) threads: usize,
     pub(crate) options: PlaneOptions,
     /// Compiled spawn profiles by the bytes of the spec they came from (without id and
@@ -148,6 +170,7 @@ impl ControlPlane {
             stream_budget: StreamBudget::new(limits::STREAM_BUDGET_BYTES),
             rate: Mutex::new((Instant::now(), 0, 0.0)),
             dropped_points: Arc::new(AtomicU64::new(0)),
+            batch_sizes: BatchSizes::default(),
             threads: shards + 3,
             options,
             warned: Mutex::new(BTreeSet::new()),
@@ -198,14 +221,23 @@ impl ControlPlane {
             }
             let (reply, rx) = oneshot::channel::<SpawnReply>();
             self.send(i, ShardCommand::Spawn { specs, reply }).await?;
-            waits.push(rx);
+            waits.push((i, rx));
         }
         let mut acc = SpawnReply::default();
-        for rx in waits {
+        let mut per_shard = vec![];
+        for (shard, rx) in waits {
             let r = rx.await.map_err(|_| PlaneError::NoReply)?;
+            per_shard.push(format!("{shard}:{}", r.spawned));
             acc.spawned += r.spawned;
             acc.failed.extend(r.failed);
         }
+        // One line per command, whatever its size (per device: debug, in the shards).
+        tracing::info!(
+            spawned = acc.spawned,
+            failed = acc.failed.len(),
+            per_shard = per_shard.join(","),
+            "devices spawned"
+        );
         Ok(acc)
     }
 
@@ -239,11 +271,31 @@ impl ControlPlane {
         for (i, selection) in parts {
             let (reply, rx) = oneshot::channel();
             self.send(i, ShardCommand::Scan { selection, action: action.clone(), reply }).await?;
-            waits.push(rx);
+            waits.push((i, rx));
         }
         let mut acc = ScanReply::default();
-        for rx in waits {
-            acc.merge(rx.await.map_err(|_| PlaneError::NoReply)?);
+        let mut per_shard = vec![];
+        for (shard, rx) in waits {
+            let r = rx.await.map_err(|_| PlaneError::NoReply)?;
+            per_shard.push(format!("{shard}:{}", r.affected));
+            acc.merge(r);
+        }
+        let what = match &action {
+            Action::Stop => Some("devices stopped".to_string()),
+            Action::Fault(f) => Some(format!("fault injected: {}", f.kind.type_name())),
+            Action::ClearFaults(_) => Some("faults cleared".to_string()),
+            Action::Pause(true) => Some("devices paused".to_string()),
+            Action::Pause(false) => Some("devices resumed".to_string()),
+            Action::Behaviour(_) => Some("behaviour updated".to_string()),
+            Action::Status { .. } | Action::List { .. } => None,
+        };
+        if let Some(what) = what {
+            tracing::info!(
+                devices = acc.affected,
+                not_found = acc.not_found.len(),
+                per_shard = per_shard.join(","),
+                "{what}"
+            );
         }
         Ok(acc)
     }
@@ -382,6 +434,11 @@ impl ControlPlane {
         }
     }
 
+    /// What every shard last published for `/metrics`.
+    pub(crate) fn published(&self) -> Vec<Arc<crate::measure::board::ShardFigures>> {
+        self.counters.iter().map(|c| c.figures.read()).collect()
+    }
+
     /// Devices on the fallback sink, by the protocol they asked for, over every shard.
     pub(crate) fn fallback_devices(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
@@ -428,5 +485,16 @@ mod tests {
         drop((a, again));
         let fresh = plane.shared_profile(b"spec-a", Profile::for_tests("a2"));
         assert_eq!(fresh.name, "a2");
+    }
+
+    #[test]
+    fn batch_sizes_land_in_the_bucket_of_their_upper_bound() {
+        let b = BatchSizes::default();
+        for n in [1, 2, 100, 101, 20_000] {
+            b.record(n);
+        }
+        let c: Vec<u64> = b.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        assert_eq!((c[0], c[1], c[5], c[6], c[BATCH_BUCKETS.len()]), (1, 1, 1, 1, 1));
+        assert_eq!(b.sum.load(Ordering::Relaxed), 20_204);
     }
 }

@@ -7,13 +7,9 @@ use super::plane::{ControlPlane, PlaneError};
 use super::proto::{self, device_runtime_service_server as server};
 use super::spec::{self, selection};
 use super::wire;
-use crate::limits;
-use crate::memcheck;
-use crate::shard::command::{Action, BehaviourUpdate, Selection, SpawnSpec};
+use crate::shard::command::{Action, BehaviourUpdate, Selection};
 use crate::shard::streams::Charge;
-use crate::sim::profile::Profile;
-use prost::Message;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,63 +62,12 @@ impl server::DeviceRuntimeService for Service {
         &self,
         req: Request<proto::SpawnDevicesRequest>,
     ) -> Result<Response<proto::SpawnDevicesResponse>, Status> {
-        let req = req.into_inner();
-        if req.specs.is_empty() {
-            return Err(Status::invalid_argument("specs must not be empty"));
-        }
-        let mut specs = Vec::with_capacity(req.specs.len());
+        let (specs, failed) = spec::compile_specs(req.into_inner().specs, &self.plane)?;
         let mut out = proto::SpawnDevicesResponse::default();
-        // Specs that differ only in id and labels share one compiled profile, within this
-        // request and with earlier ones (see `ControlPlane::shared_profile`).
-        let mut cache: HashMap<Vec<u8>, Result<Arc<Profile>, String>> = HashMap::new();
-        for mut spec in req.specs {
-            let id = std::mem::take(&mut spec.device_id);
-            let labels: BTreeMap<String, String> =
-                std::mem::take(&mut spec.labels).into_iter().collect();
-            let compiled = match spec::check_identity(&id, &labels) {
-                Err(reason) => Err(reason),
-                Ok(()) => {
-                    let key = spec.encode_to_vec();
-                    let plane = &self.plane;
-                    cache
-                        .entry(key)
-                        .or_insert_with_key(|key| {
-                            spec::compile_spec(&spec, plane).map(|p| plane.shared_profile(key, p))
-                        })
-                        .clone()
-                }
-            };
-            let compiled = compiled.and_then(|profile| {
-                match crate::config::missing_topic_label(&profile.topic, &labels) {
-                    Some(k) => Err(format!(
-                        "the topic {:?} uses {{labels.{k}}}, which this device does not have",
-                        profile.topic.source
-                    )),
-                    None => Ok(profile),
-                }
-            });
-            match compiled {
-                Ok(profile) => specs.push(SpawnSpec { id, profile, labels }),
-                Err(reason) => {
-                    // An id too long to echo is answered by its beginning.
-                    let id =
-                        if id.len() > limits::MAX_ID_BYTES { limits::shorten(&id) } else { id };
-                    out.failure_reasons.insert(id.clone(), reason);
-                    out.failed_device_ids.push(id);
-                }
-            }
+        for (id, reason) in failed {
+            out.failure_reasons.insert(id.clone(), reason);
+            out.failed_device_ids.push(id);
         }
-        // The memory pre-check, before the shards allocate anything.
-        let mut profiles: Vec<&Arc<Profile>> = specs.iter().map(|s| &s.profile).collect();
-        profiles.sort_by_key(|p| Arc::as_ptr(p));
-        profiles.dedup_by_key(|p| Arc::as_ptr(p));
-        let need = specs
-            .iter()
-            .map(|s| memcheck::devices_bytes(1, s.profile.slots))
-            .chain(profiles.iter().map(|_| memcheck::PROFILE_BYTES * self.plane.shards() as u64))
-            .fold(0u64, u64::saturating_add);
-        let what = format!("spawning {} devices", specs.len());
-        memcheck::check(need, &what).map_err(Status::resource_exhausted)?;
         let r = self.plane.spawn(specs).await?;
         out.spawned = r.spawned as i32;
         for (id, reason) in r.failed {
@@ -173,8 +118,7 @@ impl server::DeviceRuntimeService for Service {
         let req = req.into_inner();
         let spec = spec::fault_spec(&req)?;
         let sel = selection(req.selector, false)?;
-        let r = self.plane.scan(sel, Action::Fault(spec.clone())).await?;
-        tracing::info!(fault = spec.kind.type_name(), devices = r.affected, "fault injected");
+        self.plane.scan(sel, Action::Fault(spec)).await?;
         Ok(Response::new(()))
     }
 
@@ -184,7 +128,7 @@ impl server::DeviceRuntimeService for Service {
     ) -> Result<Response<()>, Status> {
         let req = req.into_inner();
         let fields = spec::behaviour_update(req.behavior_params.as_ref())?;
-        let update = Arc::new(BehaviourUpdate { fields });
+        let update = Arc::new(BehaviourUpdate { fields, ..BehaviourUpdate::default() });
         let sel = selection(req.selector, false)?;
         self.plane.scan(sel, Action::Behaviour(update)).await?;
         Ok(Response::new(()))
@@ -228,6 +172,7 @@ impl server::DeviceRuntimeService for Service {
                     let part = charge.split(charge.bytes() * n / (*held).max(1));
                     *held = held.saturating_sub(n);
                     seq += 1;
+                    plane.batch_sizes.record(n);
                     let b = proto::TelemetryBatch {
                         points,
                         sequence_number: seq,
@@ -392,16 +337,7 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::ClearFaultsRequest>,
     ) -> Result<Response<proto::ClearFaultsResponse>, Status> {
         let req = req.into_inner();
-        let kind = match proto::FaultType::try_from(req.fault_type) {
-            Ok(proto::FaultType::Unspecified) => None,
-            Ok(t) => Some(t as i32),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown fault_type {}",
-                    req.fault_type
-                )));
-            }
-        };
+        let kind = spec::clear_kind(req.fault_type)?;
         let sel = selection(req.selector, false)?;
         let r = self.plane.scan(sel, Action::ClearFaults(kind)).await?;
         Ok(Response::new(proto::ClearFaultsResponse { cleared: r.affected as i32 }))

@@ -6,11 +6,14 @@ use super::plane::ControlPlane;
 use super::proto;
 use crate::config::walk::{Problems, Table};
 use crate::limits;
-use crate::shard::command::Selection;
+use crate::memcheck;
+use crate::shard::command::{Selection, SpawnSpec};
 use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
 use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
-use std::collections::BTreeMap;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::Status;
 
@@ -215,6 +218,77 @@ pub(crate) fn compile_spec(
     match profile {
         Some(prof) if p.is_empty() => Ok(Profile { requested_protocol, ..prof }),
         _ => Err(format!("invalid spec: {}", problems_text(&p))),
+    }
+}
+
+/// The specs of a spawn request that passed validation, and the ids refused with their reason.
+pub(crate) type CompiledSpecs = (Vec<SpawnSpec>, Vec<(String, String)>);
+
+/// Validates the specs of a spawn request. Specs that differ only in id and labels share one
+/// compiled profile.
+pub(crate) fn compile_specs(
+    specs: Vec<proto::DeviceSpec>,
+    plane: &ControlPlane,
+) -> Result<CompiledSpecs, Status> {
+    if specs.is_empty() {
+        return Err(Status::invalid_argument("specs must not be empty"));
+    }
+    let mut ok = Vec::with_capacity(specs.len());
+    let mut failed = vec![];
+    // Specs that differ only in id and labels share one compiled profile, within this
+    // request and with earlier ones (see `ControlPlane::shared_profile`).
+    let mut cache: HashMap<Vec<u8>, Result<Arc<Profile>, String>> = HashMap::new();
+    for mut spec in specs {
+        let id = std::mem::take(&mut spec.device_id);
+        let labels: BTreeMap<String, String> =
+            std::mem::take(&mut spec.labels).into_iter().collect();
+        let compiled = match check_identity(&id, &labels) {
+            Err(reason) => Err(reason),
+            Ok(()) => cache
+                .entry(spec.encode_to_vec())
+                .or_insert_with_key(|key| {
+                    compile_spec(&spec, plane).map(|p| plane.shared_profile(key, p))
+                })
+                .clone(),
+        };
+        let compiled = compiled.and_then(|profile| {
+            match crate::config::missing_topic_label(&profile.topic, &labels) {
+                Some(k) => Err(format!(
+                    "the topic {:?} uses {{labels.{k}}}, which this device does not have",
+                    profile.topic.source
+                )),
+                None => Ok(profile),
+            }
+        });
+        match compiled {
+            Ok(profile) => ok.push(SpawnSpec { id, profile, labels }),
+            Err(reason) => {
+                // An id too long to echo is answered by its beginning.
+                let id = if id.len() > limits::MAX_ID_BYTES { limits::shorten(&id) } else { id };
+                failed.push((id, reason));
+            }
+        }
+    }
+    // The memory pre-check, before the shards allocate anything.
+    let mut profiles: Vec<&Arc<Profile>> = ok.iter().map(|s| &s.profile).collect();
+    profiles.sort_by_key(|p| Arc::as_ptr(p));
+    profiles.dedup_by_key(|p| Arc::as_ptr(p));
+    let need = ok
+        .iter()
+        .map(|s| memcheck::devices_bytes(1, s.profile.slots))
+        .chain(profiles.iter().map(|_| memcheck::PROFILE_BYTES * plane.shards() as u64))
+        .fold(0u64, u64::saturating_add);
+    let what = format!("spawning {} devices", ok.len());
+    memcheck::check(need, &what).map_err(Status::resource_exhausted)?;
+    Ok((ok, failed))
+}
+
+/// The fault type a ClearFaults request names: `None` = every type.
+pub(crate) fn clear_kind(fault_type: i32) -> Result<Option<i32>, Status> {
+    match proto::FaultType::try_from(fault_type) {
+        Ok(proto::FaultType::Unspecified) => Ok(None),
+        Ok(t) => Ok(Some(t as i32)),
+        Err(_) => Err(Status::invalid_argument(format!("unknown fault_type {fault_type}"))),
     }
 }
 

@@ -23,6 +23,7 @@ pub(crate) fn event_type(kind: EventKind) -> proto::DeviceEventType {
         EventKind::Paused => T::Paused,
         EventKind::Resumed => T::Resumed,
         EventKind::Warning => T::Warning,
+        EventKind::ScenarioLog => T::ScenarioLog,
     }
 }
 

@@ -87,6 +87,10 @@ pub struct ShardStats {
     pub lateness: Histogram<u64>,
     /// Connection-level events of network sinks, by `sink.event` (`mqtt.reconnect`, ...).
     pub sink_events: std::collections::BTreeMap<String, u64>,
+    /// Per scenario phase, indexed like `profiles`: the messages intended within the phase.
+    pub phases: Vec<Vec<ProfileStats>>,
+    /// Realtime scenario: how late each step was applied against its intended wall time, µs.
+    pub step_lateness: Histogram<u64>,
 }
 
 impl ShardStats {
@@ -95,6 +99,8 @@ impl ShardStats {
             profiles: (0..profiles).map(|_| ProfileStats::new()).collect(),
             lateness: histogram(),
             sink_events: Default::default(),
+            phases: vec![],
+            step_lateness: histogram(),
         }
     }
 
@@ -119,6 +125,8 @@ pub struct Snapshot {
     pub sim_now_ms: u64,
     /// Latency of the messages completed since the previous snapshot.
     pub latency: Histogram<u64>,
+    /// Realtime: the shard's tick lateness since the start (for `abort` thresholds).
+    pub lateness: Option<Histogram<u64>>,
 }
 
 #[cfg(test)]

@@ -40,6 +40,22 @@ pub(crate) fn merge_outcomes(
                 stats.profiles[m].merge(p);
             }
         }
+        // Scenario phases: the same profile mapping.
+        if stats.phases.len() < st.phases.len() {
+            stats.phases.resize_with(st.phases.len(), Vec::new);
+        }
+        for (ph, per) in st.phases.iter().enumerate() {
+            let merged = &mut stats.phases[ph];
+            if merged.len() < stats.profiles.len() {
+                merged.resize_with(stats.profiles.len(), ProfileStats::new);
+            }
+            for (i, p) in per.iter().enumerate() {
+                if let Some(&m) = map.get(i) {
+                    merged[m].merge(p);
+                }
+            }
+        }
+        let _ = stats.step_lateness.add(&st.step_lateness);
         let _ = stats.lateness.add(&st.lateness);
         for (k, v) in &st.sink_events {
             *stats.sink_events.entry(k.clone()).or_insert(0) += v;

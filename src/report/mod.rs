@@ -75,6 +75,8 @@ pub struct Row {
 /// The whole report, as written to `report.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    /// The run's id (`--run-id`), as in its log lines and `iot_sim_run_info`.
+    pub run_id: String,
     pub seed: u64,
     pub cores: usize,
     pub pinned_shards: usize,
@@ -100,10 +102,62 @@ pub struct Report {
     pub tick_lateness_us: Option<Percentiles>,
     /// Connection events of network sinks (`mqtt.reconnect`, `amqp.connect_error`, ...).
     pub sink_events: BTreeMap<String, u64>,
+    /// The scenario that drove the run, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<ScenarioFacts>,
+    /// Rows per named phase of the scenario (messages by their intended sim time).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<PhaseRows>,
+    /// Every threshold with its measured value and verdict.
+    pub thresholds: Vec<crate::scenario::threshold::Verdict>,
+    /// Set when a threshold with `abort = true` stopped a realtime run early: what it measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted_by: Option<crate::scenario::threshold::Verdict>,
+}
+
+/// What the report says about the scenario.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct ScenarioFacts {
+    pub name: String,
+    pub file: String,
+    /// Steps in the file and actions they expanded into.
+    pub steps: usize,
+    pub actions: usize,
+    /// Actions that took effect before the run ended.
+    pub actions_applied: usize,
+    /// `log` steps that were reached: sim time and message.
+    pub log: Vec<LogLine>,
+    /// Realtime: how late each action took effect against its intended wall time (µs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_lateness_us: Option<Percentiles>,
+}
+
+/// One `log` step that was reached.
+#[derive(Clone, Debug, Serialize)]
+pub struct LogLine {
+    pub sim_time: String,
+    pub step: usize,
+    pub message: String,
+}
+
+/// A phase's rows: the same columns as the run's, for messages intended within the phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseRows {
+    pub name: String,
+    pub start_time: String,
+    pub end_time: String,
+    pub sim_seconds: f64,
+    pub messages: u64,
+    pub errors: u64,
+    pub dropped: u64,
+    /// Messages per sim second of the phase.
+    pub msgs_per_sim_s: f64,
+    pub runs: Vec<Row>,
 }
 
 /// Inputs the report needs besides the merged statistics.
 pub struct RunFacts {
+    pub run_id: String,
     pub seed: u64,
     pub cores: usize,
     pub pinned_shards: usize,
@@ -122,55 +176,16 @@ pub fn build(
     fleet: &Fleet,
     stats: &ShardStats,
 ) -> (Report, Vec<(String, Histogram<u64>)>) {
-    type Key = (String, String, Option<String>);
-    let mut rows: BTreeMap<Key, (ProfileStats, u64)> = BTreeMap::new();
-    for (i, prof) in fleet.profiles.iter().enumerate() {
-        let devices: u64 = fleet.groups.iter().filter(|g| g.profile == i).map(|g| g.count).sum();
-        let key = (
-            prof.protocol.name().to_string(),
-            prof.device_type.clone(),
-            prof.requested_protocol.clone(),
-        );
-        let e = rows.entry(key).or_default();
-        e.0.merge(&stats.profiles[i]);
-        e.1 += devices;
-    }
     let wall = facts.wall_seconds.max(1e-9);
     let mut files = vec![];
-    let runs: Vec<Row> = rows
-        .into_iter()
-        .map(|((sink, device_type, requested_protocol), (s, devices))| {
-            let base = match &requested_protocol {
-                None => format!("{sink}_{}", sanitize(&device_type)),
-                Some(asked) => format!("{sink}_{}_as_{}", sanitize(&device_type), sanitize(asked)),
-            };
-            let hgrm = vec![format!("latency_{base}.hgrm"), format!("service_{base}.hgrm")];
-            files.push((hgrm[0].clone(), s.latency.clone()));
-            files.push((hgrm[1].clone(), s.service.clone()));
-            Row {
-                msgs_per_s: round1(s.messages as f64 / wall),
-                latency_us: Percentiles::of(&s.latency),
-                service_us: Percentiles::of(&s.service),
-                error_kinds: s.error_kinds.clone(),
-                slowdowns: s.slowdowns,
-                messages: s.messages,
-                errors: s.errors,
-                dropped: s.dropped,
-                bytes: s.bytes,
-                devices,
-                sink,
-                device_type,
-                requested_protocol,
-                hgrm,
-            }
-        })
-        .collect();
+    let runs = rows_of(fleet, &stats.profiles, wall, Some(&mut files));
     let realtime = facts.clock == crate::config::ClockMode::Realtime;
     if realtime {
         files.push(("tick_lateness.hgrm".into(), stats.lateness.clone()));
     }
     let sim_seconds = facts.end_ms.saturating_sub(facts.start_ms) as f64 / 1000.0;
     let report = Report {
+        run_id: facts.run_id.clone(),
         seed: facts.seed,
         cores: facts.cores,
         pinned_shards: facts.pinned_shards,
@@ -193,8 +208,92 @@ pub fn build(
         runs,
         tick_lateness_us: realtime.then(|| Percentiles::of(&stats.lateness)),
         sink_events: stats.sink_events.clone(),
+        scenario: None,
+        phases: vec![],
+        thresholds: vec![],
+        aborted_by: None,
     };
     (report, files)
+}
+
+/// Rows per (sink, device type) of per-profile statistics; `files` collects the `.hgrm`
+/// histograms to write (the run's rows have them, a phase's do not).
+fn rows_of(
+    fleet: &Fleet,
+    profiles: &[ProfileStats],
+    seconds: f64,
+    mut files: Option<&mut Vec<(String, Histogram<u64>)>>,
+) -> Vec<Row> {
+    type Key = (String, String, Option<String>);
+    let mut rows: BTreeMap<Key, (ProfileStats, u64)> = BTreeMap::new();
+    for (i, prof) in fleet.profiles.iter().enumerate() {
+        let devices: u64 = fleet.groups.iter().filter(|g| g.profile == i).map(|g| g.count).sum();
+        let key = (
+            prof.protocol.name().to_string(),
+            prof.device_type.clone(),
+            prof.requested_protocol.clone(),
+        );
+        let e = rows.entry(key).or_default();
+        if let Some(st) = profiles.get(i) {
+            e.0.merge(st);
+        }
+        e.1 += devices;
+    }
+    rows.into_iter()
+        .map(|((sink, device_type, requested_protocol), (s, devices))| {
+            let base = match &requested_protocol {
+                None => format!("{sink}_{}", sanitize(&device_type)),
+                Some(asked) => format!("{sink}_{}_as_{}", sanitize(&device_type), sanitize(asked)),
+            };
+            let mut hgrm = vec![];
+            if let Some(files) = files.as_deref_mut() {
+                hgrm = vec![format!("latency_{base}.hgrm"), format!("service_{base}.hgrm")];
+                files.push((hgrm[0].clone(), s.latency.clone()));
+                files.push((hgrm[1].clone(), s.service.clone()));
+            }
+            Row {
+                msgs_per_s: round1(s.messages as f64 / seconds),
+                latency_us: Percentiles::of(&s.latency),
+                service_us: Percentiles::of(&s.service),
+                error_kinds: s.error_kinds.clone(),
+                slowdowns: s.slowdowns,
+                messages: s.messages,
+                errors: s.errors,
+                dropped: s.dropped,
+                bytes: s.bytes,
+                devices,
+                sink,
+                device_type,
+                requested_protocol,
+                hgrm,
+            }
+        })
+        .collect()
+}
+
+/// A phase's rows (`start_ms`/`end_ms` are absolute sim times; msg/s per sim second).
+pub fn phase_rows(
+    name: &str,
+    start_ms: u64,
+    end_ms: u64,
+    fleet: &Fleet,
+    profiles: &[ProfileStats],
+) -> PhaseRows {
+    let sim_seconds = end_ms.saturating_sub(start_ms) as f64 / 1000.0;
+    let runs = rows_of(fleet, profiles, sim_seconds.max(1e-9), None);
+    let (messages, errors, dropped) =
+        runs.iter().fold((0, 0, 0), |a, r| (a.0 + r.messages, a.1 + r.errors, a.2 + r.dropped));
+    PhaseRows {
+        name: name.to_string(),
+        start_time: crate::sim::time::rfc3339_ms(start_ms),
+        end_time: crate::sim::time::rfc3339_ms(end_ms),
+        sim_seconds,
+        messages,
+        errors,
+        dropped,
+        msgs_per_sim_s: round1(messages as f64 / sim_seconds.max(1e-9)),
+        runs,
+    }
 }
 
 fn round1(x: f64) -> f64 {
@@ -386,6 +485,63 @@ pub fn render_table(r: &Report) -> String {
     if !r.sink_events.is_empty() {
         let ev: Vec<String> = r.sink_events.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(out, "sink events: {}", ev.join(" "));
+    }
+    for ph in &r.phases {
+        let _ = writeln!(
+            out,
+            "phase {} ({} .. {}, {:.0} sim-s): {} messages, {} errors, {} drops, {:.1} msg per sim-s",
+            ph.name,
+            ph.start_time,
+            ph.end_time,
+            ph.sim_seconds,
+            ph.messages,
+            ph.errors,
+            ph.dropped,
+            ph.msgs_per_sim_s
+        );
+        for row in &ph.runs {
+            let l = &row.latency_us;
+            let _ = writeln!(
+                out,
+                "  {:<8} {:<24} {:>12} {:>8} {:>8} {:>12.1} {:>9} {:>9} {:>9} {:>9} {:>10}",
+                row.sink,
+                row.device_type,
+                row.messages,
+                row.errors,
+                row.dropped,
+                row.msgs_per_s,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max
+            );
+        }
+    }
+    if let Some(sc) = &r.scenario {
+        let _ = writeln!(
+            out,
+            "scenario {}: {} steps, {} of {} actions applied",
+            sc.name, sc.steps, sc.actions_applied, sc.actions
+        );
+        if let Some(l) = &sc.step_lateness_us {
+            let _ = writeln!(
+                out,
+                "step lateness µs: p50={} p99={} max={} (n={})",
+                l.p50, l.p99, l.max, l.count
+            );
+        }
+        for line in &sc.log {
+            let _ = writeln!(out, "  log {} step[{}]: {}", line.sim_time, line.step, line.message);
+        }
+    }
+    out.push_str(&crate::scenario::threshold::render(&r.thresholds));
+    if let Some(v) = &r.aborted_by {
+        let _ = writeln!(
+            out,
+            "(aborted early: threshold {} = {} {} crossed {} during the run)",
+            v.metric, v.value, v.unit, v.limit
+        );
     }
     if r.interrupted {
         let _ = writeln!(out, "(stopped early by a signal)");

@@ -62,6 +62,10 @@ pub(crate) struct DeviceInfo {
     pub device_type: String,
     pub labels: BTreeMap<String, String>,
     pub state: DeviceState,
+    /// Its active faults.
+    pub faults: Vec<crate::sim::fault::FaultKind>,
+    /// Messages it produced so far.
+    pub messages: u64,
 }
 
 /// What a selection command did.
@@ -75,6 +79,8 @@ pub(crate) struct ScanReply {
     pub by_state: BTreeMap<DeviceState, u32>,
     pub by_type: BTreeMap<String, u32>,
     pub devices: Vec<DeviceInfo>,
+    /// List only: matching devices whose id sorts after the page cursor.
+    pub beyond: u32,
 }
 
 impl ScanReply {
@@ -89,13 +95,22 @@ impl ScanReply {
             *self.by_type.entry(k).or_default() += v;
         }
         self.devices.extend(r.devices);
+        self.beyond += r.beyond;
     }
 }
 
-/// New generator fields for UpdateDeviceBehavior, compiled by the control plane.
-#[derive(Debug)]
+/// New generator fields for UpdateDeviceBehavior, compiled by the control plane; a scenario's
+/// `update` may also change the interval and labels.
+#[derive(Debug, Default)]
 pub(crate) struct BehaviourUpdate {
     pub fields: Vec<FieldSpec>,
+    /// false: `fields` replace every field (UpdateDeviceBehavior); true: they replace the
+    /// fields of the same name, or are added (a scenario's `update`).
+    pub merge: bool,
+    /// A new telemetry interval.
+    pub interval_ms: Option<u64>,
+    /// Labels merged into the device's labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a selection command does to each selected device.
@@ -104,6 +119,13 @@ pub(crate) enum Action {
     Stop,
     Status {
         list: bool,
+    },
+    /// One page of the devices sorted by id: at most `limit` whose id sorts after `after`
+    /// (each shard keeps only its `limit` smallest, so a page costs `limit` entries per shard,
+    /// not the fleet).
+    List {
+        after: Option<Arc<str>>,
+        limit: usize,
     },
     Fault(FaultSpec),
     /// Clears faults of one `FaultType` number, or every fault.
@@ -149,6 +171,9 @@ pub(crate) struct ShardCounters {
     /// Devices published to the fallback sink, by the protocol they asked for. Written only
     /// when a spawn or stop changes it (never per message).
     pub fallback_devices: Mutex<BTreeMap<String, u64>>,
+    /// Per-profile counters and histogram buckets for `/metrics`, refreshed about once a
+    /// second.
+    pub figures: crate::measure::board::Slot,
 }
 
 /// The control plane's link to one shard, handed to it in its plan.

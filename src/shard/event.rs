@@ -22,6 +22,8 @@ pub(crate) enum EventKind {
     Resumed,
     /// Something the runtime did differently from what was asked (a protocol fallback).
     Warning,
+    /// A scenario's `log` step.
+    ScenarioLog,
 }
 
 /// One device event (or a connection event of a pooled sink, with an empty `device_id`).

@@ -40,11 +40,19 @@ pub(crate) struct DeviceStates {
     /// Active faults per device, in injection order.
     faults: HashMap<u32, Vec<ActiveFault>>,
     faults_active: u64,
+    /// Active faults and faults injected so far, by `FaultType` number - 1 (for `/metrics`).
+    active_by_type: [u64; 5],
+    injected_by_type: [u64; 5],
     paused: HashSet<u32>,
     /// Devices whose publish is being delayed by a latency spike: key -> intended time.
     deferred: HashMap<u32, SimMs>,
     /// Messages not published because of DISCONNECT.
     suppressed: u64,
+}
+
+/// Index of a fault kind in the per-type arrays.
+fn type_index(k: &FaultKind) -> usize {
+    (k.type_number() - 1) as usize
 }
 
 impl DeviceStates {
@@ -58,8 +66,35 @@ impl DeviceStates {
         self.faults_active
     }
 
+    /// Active faults by `FaultType` number - 1.
+    pub fn active_by_type(&self) -> [u64; 5] {
+        self.active_by_type
+    }
+
+    /// Faults injected since the start, by `FaultType` number - 1.
+    pub fn injected_by_type(&self) -> [u64; 5] {
+        self.injected_by_type
+    }
+
+    fn ended(&mut self, kinds: impl IntoIterator<Item = FaultKind>) {
+        for k in kinds {
+            self.faults_active -= 1;
+            self.active_by_type[type_index(&k)] -= 1;
+        }
+    }
+
     pub fn suppressed(&self) -> u64 {
         self.suppressed
+    }
+
+    /// The device's active faults (kinds), in injection order.
+    pub fn faults_of(&self, key: u32) -> Vec<FaultKind> {
+        self.faults.get(&key).map(|l| l.iter().map(|f| f.kind).collect()).unwrap_or_default()
+    }
+
+    /// Paused devices.
+    pub fn paused_count(&self) -> u64 {
+        self.paused.len() as u64
     }
 
     pub fn is_paused(&self, key: u32) -> bool {
@@ -158,7 +193,7 @@ impl DeviceStates {
         if list.is_empty() {
             self.faults.remove(&key);
         }
-        self.faults_active -= expired.len() as u64;
+        self.ended(expired.iter().copied());
         if !fx.publish {
             self.suppressed += 1;
         }
@@ -177,13 +212,16 @@ impl DeviceStates {
         let fault = ActiveFault { kind: spec.kind, started_ms: now, duration_ms: spec.duration_ms };
         let list = self.faults.entry(key).or_default();
         let ty = spec.kind.type_number();
+        // A second fault of a type replaces the first (its parameters and window restart).
         match list.iter_mut().find(|f| f.kind.type_number() == ty) {
             Some(old) => *old = fault,
             None => {
                 list.push(fault);
                 self.faults_active += 1;
+                self.active_by_type[type_index(&spec.kind)] += 1;
             }
         }
+        self.injected_by_type[type_index(&spec.kind)] += 1;
     }
 
     /// Clears the device's faults of one `FaultType` number, or all; returns the cleared kinds.
@@ -201,7 +239,7 @@ impl DeviceStates {
                 self.faults.remove(&key);
             }
         }
-        self.faults_active -= cleared.len() as u64;
+        self.ended(cleared.iter().copied());
         cleared
     }
 
@@ -220,7 +258,7 @@ impl DeviceStates {
     /// Forgets everything about a device that is stopped.
     pub fn forget(&mut self, key: u32) {
         if let Some(faults) = self.faults.remove(&key) {
-            self.faults_active -= faults.len() as u64;
+            self.ended(faults.iter().map(|f| f.kind));
         }
         self.paused.remove(&key);
         self.deferred.remove(&key);

@@ -22,6 +22,15 @@ use crate::sink::Sink;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use tokio::sync::oneshot;
+
+/// A scenario step for this shard, in the control plane's terms.
+pub(super) enum ScenarioCommand {
+    /// Specs made as they are taken (a scenario's spawn of 100,000 would otherwise build
+    /// every spec in one go, outside the tick budget).
+    Spawn(Box<dyn Iterator<Item = SpawnSpec>>),
+    Scan(Selection, Action),
+}
 
 /// Longest a shard spends on commands in one wheel turn when a device is due soon.
 const BUDGET_NS: u64 = 300_000;
@@ -35,7 +44,7 @@ const SCAN_CHUNK: usize = 256;
 
 /// Work taken from the inbox and not finished yet.
 enum Work {
-    Spawn { specs: std::vec::IntoIter<SpawnSpec>, acc: SpawnReply, reply: Reply<SpawnReply> },
+    Spawn { specs: Box<dyn Iterator<Item = SpawnSpec>>, acc: SpawnReply, reply: Reply<SpawnReply> },
     Scan(Scan),
 }
 
@@ -79,6 +88,11 @@ pub(crate) struct Control {
     free_ids: HashMap<u32, Vec<u32>>,
     /// Largest tick lateness (µs) since the counters were last published.
     pub lateness_max_us: u64,
+    /// The sim time commands take effect at, while a scenario step is applied at its own
+    /// time (instead of the wheel's or the wall clock's "now").
+    pub now_override: Option<SimMs>,
+    /// Drops, slowdowns and publish retries already logged (the log line says what is new).
+    logged: [u64; 3],
 }
 
 impl Control {
@@ -102,6 +116,8 @@ impl Control {
         t: SimMs,
         meta: Vec<(&'static str, String)>,
     ) {
+        // Per device only at debug: commands are logged once, with counts, by the plane.
+        tracing::debug!(device_id = id, event = ?kind, "{message}");
         let Some(link) = &self.link else { return };
         if link.events.receiver_count() == 0 {
             return;
@@ -117,9 +133,16 @@ impl Control {
     }
 }
 
+/// Fault type label values, by `FaultType` number - 1.
+const FAULT_TYPES: [&str; 5] =
+    ["disconnect", "latency_spike", "data_corruption", "battery_drain", "clock_drift"];
+
 impl Shard {
     /// Sim time now, as far as commands are concerned.
     fn control_now(&self) -> SimMs {
+        if let Some(t) = self.ctl.now_override {
+            return t;
+        }
         match self.plan.clock {
             crate::config::ClockMode::Virtual => self.wheel.elapsed(),
             crate::config::ClockMode::Realtime => self.sim_at(mono_ns()).max(self.wheel.elapsed()),
@@ -175,12 +198,16 @@ impl Shard {
     pub fn drain_commands(&mut self) {
         self.forward_sink_events();
         self.reclaim_ids();
-        let Some(link) = &self.ctl.link else { return };
+        if self.ctl.link.is_none() && self.ctl.work.is_empty() {
+            return;
+        }
         let start = mono_ns();
-        while self.ctl.work.len() < 64 {
+        while let Some(link) = &self.ctl.link
+            && self.ctl.work.len() < 64
+        {
             match link.inbox.try_recv() {
                 Ok(ShardCommand::Spawn { specs, reply }) => self.ctl.work.push_back(Work::Spawn {
-                    specs: specs.into_iter(),
+                    specs: Box::new(specs.into_iter()),
                     acc: SpawnReply::default(),
                     reply,
                 }),
@@ -280,6 +307,98 @@ impl Shard {
         }
     }
 
+    /// Publishes this shard's per-profile figures for `/metrics` (about once a second, with
+    /// the progress snapshot): counters and histogram buckets copied out of its own
+    /// statistics, so the tick itself never touches anything shared.
+    pub(super) fn publish_figures(&self) {
+        use crate::measure::board::{Buckets, ProfileFigures, ShardFigures, SinkFigures};
+        let Some(link) = &self.ctl.link else { return };
+        let fleet = &*self.plan.fleet;
+        let live = self.table.live_by_profile();
+        let mut profiles = Vec::with_capacity(fleet.profiles.len());
+        for (i, p) in fleet.profiles.iter().enumerate() {
+            let local = &self.stats.profiles[i];
+            let mut f = ProfileFigures {
+                device_type: p.device_type.as_str().into(),
+                protocol: p.protocol.name(),
+                devices: live.get(i).copied().unwrap_or(0),
+                messages: local.messages,
+                errors: local.errors,
+                dropped: local.dropped,
+                slowdowns: local.slowdowns,
+                error_kinds: local.error_kinds.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                latency: Buckets::from_hdr(&local.latency),
+            };
+            if let Some(net) = self.sinks[p.protocol.index()].as_ref().and_then(|s| s.net_shared())
+                && let Some(n) = net.stats.borrow().get(i)
+            {
+                f.messages += n.messages;
+                f.errors += n.errors;
+                f.dropped += n.dropped;
+                f.slowdowns += n.slowdowns;
+                for (k, v) in &n.error_kinds {
+                    match f.error_kinds.iter_mut().find(|(kk, _)| kk == k) {
+                        Some(e) => e.1 += v,
+                        None => f.error_kinds.push((k.clone(), *v)),
+                    }
+                }
+                f.latency.add(&Buckets::from_hdr(&n.latency));
+            }
+            profiles.push(f);
+        }
+        let mut sinks = vec![];
+        let mut sink_events = vec![];
+        for s in self.sinks.iter().flatten() {
+            if let Some(n) = s.net_shared() {
+                sinks.push(SinkFigures {
+                    sink: s.name(),
+                    connected: n.conns.iter().filter(|c| c.connected.get()).count() as u64,
+                    connections: n.conns.len() as u64,
+                    queue_depth: n.conns.iter().map(|c| c.len() as u64).sum(),
+                });
+                for (k, v) in n.events.borrow().iter() {
+                    sink_events.push((format!("{}.{k}", s.name()), *v));
+                }
+            }
+        }
+        let by_type = |a: [u64; 5]| FAULT_TYPES.iter().copied().zip(a).collect::<Vec<_>>();
+        link.counters.figures.publish(ShardFigures {
+            profiles,
+            lateness: Buckets::from_hdr(&self.stats.lateness),
+            sinks,
+            sink_events,
+            faults_active: by_type(self.ctl.states.active_by_type()),
+            faults_injected: by_type(self.ctl.states.injected_by_type()),
+            paused: self.ctl.states.paused_count(),
+            running: true,
+        });
+    }
+
+    /// Logs backpressure and publish retries since the previous call, as one line each for
+    /// this shard (called about once a second with the progress snapshot), never per message.
+    pub(super) fn log_sink_pressure(&mut self) {
+        let mut now = [self.stats.dropped(), 0, 0];
+        now[1] = self.stats.profiles.iter().map(|p| p.slowdowns).sum();
+        for s in self.sinks.iter().flatten() {
+            if let Some(n) = s.net_shared() {
+                for p in n.stats.borrow().iter() {
+                    now[0] += p.dropped;
+                    now[1] += p.slowdowns;
+                }
+                let events = n.events.borrow();
+                now[2] += ["retry", "retransmit"].iter().filter_map(|k| events.get(k)).sum::<u64>();
+            }
+        }
+        let [d, sl, r] = [0, 1, 2].map(|i| now[i].saturating_sub(self.ctl.logged[i]));
+        if d > 0 || sl > 0 {
+            tracing::info!(shard = self.plan.index, dropped = d, slowdowns = sl, "backpressure");
+        }
+        if r > 0 {
+            tracing::info!(shard = self.plan.index, retries = r, "publish retries");
+        }
+        self.ctl.logged = now;
+    }
+
     /// Publishes the per-protocol count of devices on a fallback sink (spawns and stops only).
     fn publish_fallback(&self) {
         if let Some(link) = &self.ctl.link {
@@ -345,7 +464,8 @@ impl Shard {
                 if map.capacity() == map.len() {
                     // Grow once to the full size rather than by doubling (each doubling
                     // rehashes everything so far in one go).
-                    map.reserve(self.table.len().max(1024));
+                    // A quarter of headroom: spawns that follow then do not rehash a full map.
+                    map.reserve((self.table.len() + self.table.len() / 4).max(1024));
                 }
                 map.insert(id.clone(), k);
             }
@@ -357,6 +477,51 @@ impl Shard {
         self.ctl.ids = Some(map);
         self.ctl.ids_ready = self.ctl.ids_cursor >= end;
         self.ctl.ids_ready
+    }
+
+    /// A scenario's spawn or selection command, through the same code as the control plane's.
+    /// Virtual clock: done at once, at sim time `at` (so the result is the same whatever the
+    /// machine does meanwhile). Realtime: queued like a gRPC command and worked through under
+    /// the tick budget, taking effect when it is reached.
+    pub(super) fn scenario_command(&mut self, cmd: ScenarioCommand, at: SimMs) {
+        // Nobody waits for the reply.
+        let work = match cmd {
+            ScenarioCommand::Spawn(specs) => {
+                Work::Spawn { specs, acc: SpawnReply::default(), reply: oneshot::channel().0 }
+            }
+            ScenarioCommand::Scan(selection, action) => Work::Scan(Scan {
+                selection: Arc::new(selection),
+                action,
+                cursor: 0,
+                group_match: vec![],
+                acc: ScanReply::default(),
+                reply: oneshot::channel().0,
+                remap: HashMap::new(),
+            }),
+        };
+        if self.plan.clock == crate::config::ClockMode::Realtime {
+            self.ctl.work.push_back(work);
+            return;
+        }
+        self.ctl.now_override = Some(at);
+        let needs_ids = match &work {
+            Work::Spawn { .. } => true,
+            Work::Scan(s) => matches!(&*s.selection, Selection::Ids(_)),
+        };
+        if needs_ids {
+            self.id_index_step(u64::MAX);
+        }
+        match work {
+            Work::Spawn { specs, mut acc, .. } => {
+                for spec in specs {
+                    self.spawn_one(spec, &mut acc);
+                }
+            }
+            Work::Scan(mut scan) => {
+                self.scan_step(&mut scan, u64::MAX);
+            }
+        }
+        self.ctl.now_override = None;
     }
 
     fn spawn_one(&mut self, spec: SpawnSpec, acc: &mut SpawnReply) {
@@ -437,6 +602,9 @@ impl Shard {
         fleet.profiles.push((**p).clone());
         let ix = fleet.profiles.len() - 1;
         self.stats.profiles.push(ProfileStats::new());
+        for ph in &mut self.stats.phases {
+            ph.push(ProfileStats::new());
+        }
         // Network sinks record per profile too: make room for the new one.
         for sink in self.sinks.iter().flatten() {
             if let Some(net) = sink.net_shared() {
@@ -568,7 +736,33 @@ impl Shard {
                         device_type: profile.device_type.clone(),
                         labels: group.labels.clone(),
                         state,
+                        faults: self.ctl.states.faults_of(key),
+                        messages: d.seq,
                     });
+                }
+            }
+            Action::List { after, limit } => {
+                if after.as_deref().is_some_and(|a| id.as_str() <= a) {
+                    return;
+                }
+                scan.acc.beyond += 1;
+                let state = if self.ctl.states.is_paused(key) {
+                    DeviceState::Paused
+                } else {
+                    DeviceState::Running
+                };
+                scan.acc.devices.push(DeviceInfo {
+                    id,
+                    device_type: profile.device_type.clone(),
+                    labels: group.labels.clone(),
+                    state,
+                    faults: self.ctl.states.faults_of(key),
+                    messages: d.seq,
+                });
+                // Keep the `limit` smallest ids; trimming at twice that keeps it amortised.
+                if scan.acc.devices.len() >= 2 * (*limit).max(1) {
+                    scan.acc.devices.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                    scan.acc.devices.truncate(*limit);
                 }
             }
             Action::Stop => {
@@ -646,6 +840,8 @@ impl Shard {
             }
             Action::Behaviour(update) => {
                 let update = update.clone();
+                // No second reference to the fleet while it is changed (see update_behaviour).
+                drop(fleet);
                 self.update_behaviour(key, &id, &update, &mut scan.remap)
             }
         }
@@ -660,17 +856,35 @@ impl Shard {
         update: &BehaviourUpdate,
         remap: &mut HashMap<usize, usize>,
     ) {
-        let fleet = self.plan.fleet.clone();
+        // Copies of what is needed from the old group and profile: holding a second reference
+        // to the fleet here would make every `Arc::make_mut` below clone the whole fleet (with
+        // the ids of every spawned device), once per updated device.
         let Some(old) = self.table.get(key).cloned() else { return };
-        let old_group = &fleet.groups[old.group as usize];
-        let old_profile = &fleet.profiles[old_group.profile];
+        let (old_profile_ix, old_labels, old_profile) = {
+            let g = &self.plan.fleet.groups[old.group as usize];
+            (g.profile, g.labels.clone(), self.plan.fleet.profiles[g.profile].clone())
+        };
         let old_slots: Vec<_> =
             self.table.slots_mut(key, old_profile.slots).map(|s| s.to_vec()).unwrap_or_default();
-        let profile_ix = match remap.get(&old_group.profile) {
+        let profile_ix = match remap.get(&old_profile_ix) {
             Some(&ix) => ix,
             None => {
                 let mut p = old_profile.clone();
-                p.fields = update.fields.clone();
+                if update.merge {
+                    for f in &update.fields {
+                        match p.fields.iter_mut().find(|x| x.name == f.name) {
+                            Some(x) => *x = f.clone(),
+                            None => p.fields.push(f.clone()),
+                        }
+                    }
+                    // The payload lists fields in name order.
+                    p.fields.sort_by(|a, b| a.name.cmp(&b.name));
+                } else {
+                    p.fields = update.fields.clone();
+                }
+                if let Some(ms) = update.interval_ms {
+                    p.interval_ms = ms;
+                }
                 let mut slots = 0;
                 for f in &mut p.fields {
                     f.generator.prepare(p.interval_ms as f64 / 1000.0);
@@ -679,15 +893,16 @@ impl Shard {
                 }
                 p.slots = slots;
                 let ix = self.intern_profile(&Arc::new(p));
-                remap.insert(old_group.profile, ix);
+                remap.insert(old_profile_ix, ix);
                 ix
             }
         };
         let p = self.plan.fleet.profiles[profile_ix].clone();
-        let labels = old_group.labels.clone();
+        let mut labels = old_labels;
+        labels.extend(update.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let gi = self.intern_group(profile_ix, labels);
         let deadline = self.wheel.remove(key);
-        self.table.remove(&fleet, key);
+        self.table.remove(&self.plan.fleet, key);
         self.ctl.released.push((old.group, old.index));
         let f = Arc::make_mut(&mut self.plan.fleet);
         // The device moves to the new group: the report counts it once.
@@ -699,7 +914,10 @@ impl Shard {
         let new_key = self.table.insert(f, gi as u32, index, device_seed(self.plan.seed, id));
         if let Some(dev) = self.table.get_mut(new_key) {
             dev.seq = old.seq;
-            dev.interval_ms = old.interval_ms;
+            dev.interval_ms = match update.interval_ms {
+                Some(ms) => ms as u32,
+                None => old.interval_ms,
+            };
         }
         if let Some(new_slots) = self.table.slots_mut(new_key, p.slots) {
             for nf in &p.fields {

@@ -9,6 +9,7 @@ pub(crate) mod command;
 pub(crate) mod event;
 mod faults;
 mod inbox;
+mod scenario;
 pub(crate) mod streams;
 
 use crate::config::{ClockMode, SinkSettings};
@@ -64,6 +65,8 @@ pub struct ShardPlan {
     pub core: Option<core_affinity::CoreId>,
     /// The live-control link (gRPC): `None` for a plain run.
     pub control: Option<command::ShardControl>,
+    /// The scenario's compiled timeline (shared by every shard), if a scenario drives the run.
+    pub scenario: Option<Arc<crate::scenario::Scenario>>,
 }
 
 /// What a shard hands back when it ends.
@@ -143,6 +146,8 @@ pub struct Shard {
     due: Vec<(u32, SimMs)>,
     /// Live control: inbox, faults, pauses, streams (`inbox.rs`).
     ctl: inbox::Control,
+    /// Where this shard is in the scenario, if one drives the run (`scenario.rs`).
+    scn: Option<scenario::ScenarioCursor>,
 }
 
 /// A shard's devices, wheel and sinks, built before its time starts.
@@ -158,9 +163,23 @@ impl Shard {
         let fleet = plan.fleet.clone();
         let mut table = DeviceTable::default();
         let mut wheel = Wheel::new(plan.start_ms);
-        let expect = fleet.device_count() as usize / plan.shards + 64;
-        let slots: usize =
-            fleet.groups.iter().map(|g| fleet.profiles[g.profile].slots * g.count as usize).sum();
+        // Room for the devices a scenario will spawn too, reserved now: growing the device,
+        // slot and wheel arrays of a million-device shard mid-run stalls its ticks.
+        let (spawns, spawn_slots) = plan.scenario.as_ref().map_or((0, 0), |s| {
+            s.timeline.iter().fold((0, 0), |acc, a| match &a.action {
+                crate::scenario::Action::Spawn { ids, profile, .. } => {
+                    (acc.0 + ids.len(), acc.1 + ids.len() * profile.slots)
+                }
+                _ => acc,
+            })
+        });
+        let expect = (fleet.device_count() as usize + spawns) / plan.shards + 64;
+        let slots: usize = fleet
+            .groups
+            .iter()
+            .map(|g| fleet.profiles[g.profile].slots * g.count as usize)
+            .sum::<usize>()
+            + spawn_slots;
         table.reserve(expect + expect / 16, slots / plan.shards + slots / plan.shards / 16 + 64);
         wheel.reserve_keys(expect);
         let mut id = String::with_capacity(64);
@@ -188,10 +207,20 @@ impl Shard {
     fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
         let Parts { table, wheel, sinks } = parts;
         let ctl = inbox::Control::new(plan.control.take());
+        let scn = plan.scenario.take().map(|s| scenario::ScenarioCursor::new(s, plan.start_ms));
+        let mut stats = ShardStats::new(plan.fleet.profiles.len());
+        if let Some(c) = &scn {
+            stats.phases = (0..c.phase_bounds.len())
+                .map(|_| {
+                    (0..plan.fleet.profiles.len()).map(|_| stats::ProfileStats::new()).collect()
+                })
+                .collect();
+        }
         Shard {
             timer: None,
             ctl,
-            stats: ShardStats::new(plan.fleet.profiles.len()),
+            scn,
+            stats,
             interval_latency: stats::histogram(),
             pinned: false,
             table,
@@ -241,6 +270,13 @@ impl Shard {
                     a.merge(b);
                 }
             }
+            if let Some(own) = s.own_phase_stats() {
+                for (a, b) in self.stats.phases.iter_mut().zip(&own) {
+                    for (x, y) in a.iter_mut().zip(b) {
+                        x.merge(y);
+                    }
+                }
+            }
             if let Some(net) = s.net_shared() {
                 for (k, v) in net.events.borrow().iter() {
                     *self.stats.sink_events.entry(format!("{}.{k}", s.name())).or_insert(0) += v;
@@ -248,6 +284,9 @@ impl Shard {
             }
         }
         self.snapshot(sim_end);
+        if let Some(c) = &self.scn {
+            self.stats.step_lateness = c.lateness.clone();
+        }
         Ok(ShardOutcome {
             stats: self.stats,
             sim_end_ms: sim_end,
@@ -257,8 +296,10 @@ impl Shard {
     }
 
     async fn run_virtual(&mut self) -> SimMs {
-        let networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
+        let mut networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
         let end = self.plan.end_ms.unwrap_or(u64::MAX);
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut turns = 0u32;
         loop {
@@ -274,7 +315,25 @@ impl Shard {
                     self.snapshot(self.wheel.elapsed());
                 }
             }
-            let Some(t) = self.wheel.next_expiration() else { return self.wheel.elapsed() };
+            let next = self.wheel.next_expiration();
+            // Scenario steps take effect before the devices due at their time tick.
+            if let Some(at) = self.scenario_next_at()
+                && at < end
+                && next.is_none_or(|t| at <= t)
+            {
+                self.apply_scenario(at, None);
+                // A spawn may have opened a network sink.
+                networked = self.sinks.iter().flatten().any(|s| s.net_shared().is_some());
+                continue;
+            }
+            let Some(t) = next else {
+                // A scenario's run lasts its duration even when no device is left.
+                return if self.scn.is_some() && end < u64::MAX {
+                    end
+                } else {
+                    self.wheel.elapsed()
+                };
+            };
             if t >= end {
                 return end;
             }
@@ -307,15 +366,22 @@ impl Shard {
             .take()
             .unwrap_or_else(PreciseTimer::new)
             .map_err(|e| format!("shard {}: timerfd: {e}", self.plan.index))?;
+        // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
+        self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut last_flush = last_snapshot;
         loop {
             if self.plan.stop.load(Ordering::Relaxed) {
                 return Ok(self.sim_at(mono_ns()).min(end));
             }
-            self.drain_commands();
             let now_ns = mono_ns();
             let sim_now = self.sim_at(now_ns);
+            // Scenario steps due by now are queued (and worked through under the tick budget
+            // below, like gRPC commands); their lateness is measured here.
+            if self.scn.is_some() {
+                self.apply_scenario(sim_now.min(end.saturating_sub(1)), Some(now_ns));
+            }
+            self.drain_commands();
             let mut due = std::mem::take(&mut self.due);
             self.wheel.poll(sim_now.min(end.saturating_sub(1)), &mut due);
             for (n, &(key, at)) in due.iter().enumerate() {
@@ -346,7 +412,11 @@ impl Shard {
                 last_snapshot = now_ns;
                 self.snapshot(sim_now);
             }
-            let next_ns = match self.wheel.next_expiration() {
+            let next = match (self.wheel.next_expiration(), self.scenario_next_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next_ns = match next {
                 Some(t) => self.wall_at(t.min(end)),
                 None => self.wall_at(end),
             };
@@ -454,6 +524,8 @@ impl Shard {
         } else {
             0
         };
+        // A scenario's phases count each message by its intended sim time.
+        let phase = self.scn.as_ref().and_then(|c| c.phase_of(due));
         let outcome = match &mut self.sinks[profile.protocol.index()] {
             Some(sink) => sink.submit(&Message {
                 topic: &self.topic,
@@ -461,24 +533,32 @@ impl Shard {
                 profile: profile_ix,
                 device_hash,
                 intended_ns: intended_ns.unwrap_or(fire_ns),
+                phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
             }),
             None => Outcome::Failed,
         };
         let done_ns = mono_ns();
-        let st = &mut self.stats.profiles[profile_ix];
-        match outcome {
+        let bytes = self.payload.len() as u64;
+        // Realtime: from the intended time. Virtual: sim time does not pass while a
+        // message is handled, so latency is the sink's own service time.
+        let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
+        let service_us = done_ns.saturating_sub(fire_ns) / 1000;
+        let record = |st: &mut stats::ProfileStats| match outcome {
             Outcome::Completed => {
                 st.messages += 1;
-                st.bytes += self.payload.len() as u64;
-                // Realtime: from the intended time. Virtual: sim time does not pass while a
-                // message is handled, so latency is the sink's own service time.
-                let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
+                st.bytes += bytes;
                 stats::record(&mut st.latency, latency_us);
-                stats::record(&mut st.service, done_ns.saturating_sub(fire_ns) / 1000);
-                stats::record(&mut self.interval_latency, latency_us);
+                stats::record(&mut st.service, service_us);
             }
             Outcome::Failed => st.errors += 1,
             Outcome::Pending => {}
+        };
+        record(&mut self.stats.profiles[profile_ix]);
+        if let Some(ph) = phase {
+            record(&mut self.stats.phases[ph][profile_ix]);
+        }
+        if outcome == Outcome::Completed {
+            stats::record(&mut self.interval_latency, latency_us);
         }
         let mut interval =
             self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
@@ -574,7 +654,10 @@ impl Shard {
             dropped: self.stats.dropped() + net_dropped,
             sim_now_ms: sim_now,
             latency: std::mem::replace(&mut self.interval_latency, stats::histogram()),
+            lateness: (self.plan.clock == ClockMode::Realtime).then(|| self.stats.lateness.clone()),
         };
         let _ = self.plan.progress.try_send(snap);
+        self.publish_figures();
+        self.log_sink_pressure();
     }
 }

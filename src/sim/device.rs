@@ -35,12 +35,20 @@ pub struct DeviceTable {
     /// Freed slot blocks by size, reused by later spawns.
     free_blocks: BTreeMap<usize, Vec<u32>>,
     live: usize,
+    /// Live devices per profile (indexed like `Fleet::profiles`), for metrics.
+    live_by_profile: Vec<u64>,
 }
 
 impl DeviceTable {
     /// Live devices.
     pub fn len(&self) -> usize {
         self.live
+    }
+
+    /// Live devices per profile (indexed like `Fleet::profiles`; shorter when the last
+    /// profiles have none).
+    pub fn live_by_profile(&self) -> &[u64] {
+        &self.live_by_profile
     }
 
     /// True when the shard has no device.
@@ -82,6 +90,10 @@ impl DeviceTable {
         let device =
             Device { group, index, slots_at, interval_ms: profile.interval_ms as u32, seq: 0 };
         self.live += 1;
+        if self.live_by_profile.len() <= g.profile {
+            self.live_by_profile.resize(g.profile + 1, 0);
+        }
+        self.live_by_profile[g.profile] += 1;
         match self.free.pop() {
             Some(key) => {
                 self.devices[key as usize] = device;
@@ -102,7 +114,11 @@ impl DeviceTable {
         }
         let removed = d.clone();
         d.group = FREE;
-        let block = fleet.profiles[fleet.groups[removed.group as usize].profile].slots;
+        let profile = fleet.groups[removed.group as usize].profile;
+        let block = fleet.profiles[profile].slots;
+        if let Some(n) = self.live_by_profile.get_mut(profile) {
+            *n -= 1;
+        }
         if block > 0 {
             self.free_blocks.entry(block).or_default().push(removed.slots_at);
         }

@@ -124,7 +124,7 @@ async fn run(s: AmqpSettings, shared: Rc<NetShared>) {
                         tokio::select! {
                             r = confirm => settle(&shared, &m, r),
                             _ = shared.abandon.notified() => {
-                                shared.fail(m.profile, "unconfirmed");
+                                shared.fail(&m, "unconfirmed");
                                 shared.settled(0);
                             }
                         }
@@ -156,8 +156,8 @@ async fn run(s: AmqpSettings, shared: Rc<NetShared>) {
 fn settle(shared: &NetShared, m: &Queued, r: Result<Confirmation, lapin::Error>) {
     match r {
         Ok(Confirmation::Ack(_)) | Ok(Confirmation::NotRequested) => shared.complete(m),
-        Ok(Confirmation::Nack(_)) => shared.fail(m.profile, "nack"),
-        Err(_) => shared.fail(m.profile, "connection_lost"),
+        Ok(Confirmation::Nack(_)) => shared.fail(m, "nack"),
+        Err(_) => shared.fail(m, "connection_lost"),
     }
     shared.settled(0);
 }

@@ -374,7 +374,7 @@ async fn run(
             // The shard stopped waiting: what is left is not in the report any more.
             if !ex.is_empty() {
                 for m in ex.take_all() {
-                    shared.fail(m.profile, "shutdown");
+                    shared.fail(&m, "shutdown");
                     shared.settled(0);
                 }
             }
@@ -389,7 +389,7 @@ async fn run(
             let datagram = match encode_post(&m.topic, &m.payload, con, mid, token) {
                 Ok(d) => d,
                 Err(kind) => {
-                    shared.fail(m.profile, &kind);
+                    shared.fail(&m, &kind);
                     shared.settled(0);
                     continue;
                 }
@@ -405,7 +405,7 @@ async fn run(
             } else {
                 match sent {
                     Ok(_) => shared.complete(&m),
-                    Err(_) => shared.fail(m.profile, "coap_send"),
+                    Err(_) => shared.fail(&m, "coap_send"),
                 }
                 shared.settled(0);
             }
@@ -449,7 +449,7 @@ async fn run(
                     shared.settled(0);
                 }
                 Event::Failed(m, kind) => {
-                    shared.fail(m.profile, &kind);
+                    shared.fail(&m, &kind);
                     shared.settled(0);
                 }
             }
@@ -472,6 +472,7 @@ mod tests {
             intended_ns: i,
             sent_ns: 0,
             device_hash: 0,
+            phase: crate::sink::net::NO_PHASE,
         }
     }
 

@@ -193,7 +193,14 @@ mod tests {
     }
 
     fn message(profile: usize) -> Message<'static> {
-        Message { topic: b"t", payload: b"{}", profile, intended_ns: 0, device_hash: 0 }
+        Message {
+            topic: b"t",
+            payload: b"{}",
+            profile,
+            intended_ns: 0,
+            device_hash: 0,
+            phase: crate::sink::net::NO_PHASE,
+        }
     }
 
     #[test]

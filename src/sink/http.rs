@@ -276,7 +276,7 @@ async fn pump(ctx: Rc<Ctx>) {
             // The shard gave up waiting: what is still here is not in the report any more.
             for (_, b) in batches.drain() {
                 for m in b.items {
-                    shared.fail(m.profile, "shutdown");
+                    shared.fail(&m, "shutdown");
                     shared.settled(0);
                 }
             }
@@ -386,7 +386,7 @@ async fn request(
     for m in &items {
         match &outcome {
             Ok(()) => shared.complete(m),
-            Err(kind) => shared.fail(m.profile, kind),
+            Err(kind) => shared.fail(m, kind),
         }
         shared.settled(0);
     }
@@ -432,6 +432,7 @@ mod tests {
             intended_ns: 0,
             sent_ns: 0,
             device_hash: 0,
+            phase: crate::sink::net::NO_PHASE,
         };
         assert_eq!(&batch_body(&[m("{\"a\":1}"), m("{\"b\":2}")])[..], b"[{\"a\":1},{\"b\":2}]");
         assert_eq!(&batch_body(&[m("1")])[..], b"[1]");

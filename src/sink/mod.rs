@@ -38,6 +38,8 @@ pub struct Message<'a> {
     pub device_hash: u64,
     /// Monotonic time the message was meant to be sent (realtime) or handed over (virtual).
     pub intended_ns: u64,
+    /// The scenario phase of the message's intended sim time (`net::NO_PHASE`: none).
+    pub phase: u16,
 }
 
 /// What became of a submitted message.
@@ -147,6 +149,7 @@ impl Sink {
                     intended_ns: msg.intended_ns,
                     sent_ns: 0,
                     device_hash: msg.device_hash,
+                    phase: msg.phase,
                 });
                 Outcome::Pending
             }
@@ -172,6 +175,11 @@ impl Sink {
     /// Per-profile outcomes recorded by the sink itself (network sinks).
     pub fn own_stats(&self) -> Option<Vec<ProfileStats>> {
         self.net_shared().map(|s| s.stats.borrow().clone())
+    }
+
+    /// The same per scenario phase (`[phase][profile]`).
+    pub fn own_phase_stats(&self) -> Option<Vec<Vec<ProfileStats>>> {
+        self.net_shared().map(|s| s.phase_stats.borrow().clone())
     }
 
     /// Pushes buffered output out; called between wheel turns and at shutdown.

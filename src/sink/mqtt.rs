@@ -216,7 +216,7 @@ macro_rules! mqtt_version {
                     if client.publish_bytes(topic, qos(qos_level), retain, payload).await.is_err() {
                         // The event loop is gone (only at shutdown).
                         if let Some(f) = state.handed.borrow_mut().pop_back() {
-                            shared.fail(f.msg.profile, "client_closed");
+                            shared.fail(&f.msg, "client_closed");
                             shared.settled(conn);
                         }
                         return;
@@ -231,7 +231,7 @@ macro_rules! mqtt_version {
                 loop {
                     if shared.abandoned.get() {
                         for f in state.take_all() {
-                            shared.fail(f.msg.profile, "unconfirmed");
+                            shared.fail(&f.msg, "unconfirmed");
                             shared.settled(conn);
                         }
                         return;
@@ -325,7 +325,7 @@ macro_rules! mqtt_version {
                     if ok {
                         shared.complete(&f.msg);
                     } else {
-                        shared.fail(f.msg.profile, kind);
+                        shared.fail(&f.msg, kind);
                     }
                     shared.settled(conn);
                 }

@@ -27,7 +27,12 @@ pub struct Queued {
     /// Monotonic time it was handed to the protocol client (set by the connection task).
     pub sent_ns: u64,
     pub device_hash: u64,
+    /// The scenario phase the message's intended time falls in ([`NO_PHASE`]: none).
+    pub phase: u16,
 }
+
+/// `Queued::phase` of a message outside every scenario phase.
+pub const NO_PHASE: u16 = u16::MAX;
 
 /// One connection's queue of unsent messages.
 pub struct ConnQueue {
@@ -102,6 +107,8 @@ const CONN_EVENTS_MAX: usize = 1024;
 pub struct NetShared {
     pub conns: Vec<ConnQueue>,
     pub stats: RefCell<Vec<ProfileStats>>,
+    /// The same per scenario phase (`[phase][profile]`), grown as messages of a phase arrive.
+    pub phase_stats: RefCell<Vec<Vec<ProfileStats>>>,
     /// Latency of completions since the last progress snapshot (taken by the shard).
     pub window: RefCell<hdrhistogram::Histogram<u64>>,
     /// Connection-level events: `connect_error`, `reconnect`, `disconnect`.
@@ -132,6 +139,7 @@ impl NetShared {
         Rc::new(NetShared {
             conns: (0..conns.max(1)).map(|_| ConnQueue::new(queue_size.max(1))).collect(),
             stats: RefCell::new((0..fleet.profiles.len()).map(|_| ProfileStats::new()).collect()),
+            phase_stats: RefCell::new(vec![]),
             window: RefCell::new(crate::measure::stats::histogram()),
             events: RefCell::new(BTreeMap::new()),
             conn_events: RefCell::new(Vec::new()),
@@ -166,12 +174,14 @@ impl NetShared {
                     Backpressure::DropOldest => {
                         if let Some(old) = items.pop_front() {
                             self.stats.borrow_mut()[old.profile as usize].dropped += 1;
+                            self.in_phase(&old, |s| s.dropped += 1);
                         }
                     }
                     Backpressure::SlowDown => {
                         // Still full although devices were slowed: the newest cannot wait.
                         drop(items);
                         self.stats.borrow_mut()[profile].dropped += 1;
+                        self.in_phase(&m, |s| s.dropped += 1);
                         return;
                     }
                 }
@@ -213,28 +223,46 @@ impl NetShared {
         }
     }
 
+    /// Applies `f` to the statistics of the message's scenario phase, if it has one.
+    fn in_phase(&self, m: &Queued, f: impl FnOnce(&mut ProfileStats)) {
+        if m.phase == NO_PHASE {
+            return;
+        }
+        let mut ph = self.phase_stats.borrow_mut();
+        let (p, i) = (m.phase as usize, m.profile as usize);
+        if ph.len() <= p {
+            ph.resize_with(p + 1, Vec::new);
+        }
+        if ph[p].len() <= i {
+            ph[p].resize_with(i + 1, ProfileStats::new);
+        }
+        f(&mut ph[p][i]);
+    }
+
     /// Records a delivered message.
     pub fn complete(&self, m: &Queued) {
         let now = mono_ns();
-        let mut st = self.stats.borrow_mut();
-        let s = &mut st[m.profile as usize];
-        s.messages += 1;
-        s.bytes += m.payload.len() as u64;
         let latency_us = now.saturating_sub(m.intended_ns) / 1000;
-        crate::measure::stats::record(&mut s.latency, latency_us);
+        let service_us = now.saturating_sub(m.sent_ns.max(m.intended_ns)) / 1000;
+        let record = |s: &mut ProfileStats| {
+            s.messages += 1;
+            s.bytes += m.payload.len() as u64;
+            crate::measure::stats::record(&mut s.latency, latency_us);
+            crate::measure::stats::record(&mut s.service, service_us);
+        };
+        record(&mut self.stats.borrow_mut()[m.profile as usize]);
+        self.in_phase(m, record);
         crate::measure::stats::record(&mut self.window.borrow_mut(), latency_us);
-        crate::measure::stats::record(
-            &mut s.service,
-            now.saturating_sub(m.sent_ns.max(m.intended_ns)) / 1000,
-        );
     }
 
     /// Records a message that was not delivered, by kind (`timeout`, `nack`, `http_503`, ...).
-    pub fn fail(&self, profile: u16, kind: &str) {
-        let mut st = self.stats.borrow_mut();
-        let s = &mut st[profile as usize];
-        s.errors += 1;
-        *s.error_kinds.entry(kind.to_string()).or_insert(0) += 1;
+    pub fn fail(&self, m: &Queued, kind: &str) {
+        let record = |s: &mut ProfileStats| {
+            s.errors += 1;
+            *s.error_kinds.entry(kind.to_string()).or_insert(0) += 1;
+        };
+        record(&mut self.stats.borrow_mut()[m.profile as usize]);
+        self.in_phase(m, record);
     }
 
     /// Records a connection event for the event stream.
@@ -278,7 +306,7 @@ impl NetShared {
         self.closing.set(true);
         for c in &self.conns {
             while let Some(m) = c.pop() {
-                self.fail(m.profile, "shutdown");
+                self.fail(&m, "shutdown");
             }
             c.wake.notify_one();
         }
@@ -336,6 +364,7 @@ mod tests {
             intended_ns: i,
             sent_ns: 0,
             device_hash: 7,
+            phase: NO_PHASE,
         }
     }
 

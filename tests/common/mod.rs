@@ -185,3 +185,145 @@ pub fn validate_within(dir: &Path, toml: &str, secs: u64) -> Output {
     cmd.args(["validate", "--config", cfg.to_str().unwrap()]);
     command_within(cmd, secs)
 }
+
+/// A running binary whose stderr lines are collected in the background; killed on drop.
+pub struct Running {
+    pub child: std::process::Child,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    /// Starts `bin()` with `args` and `env`, stderr collected line by line.
+    pub fn start(cmd: &mut Command) -> Running {
+        use std::io::BufRead;
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Waits (up to 30 s) for a stderr line containing `marker`; returns the text after it.
+    pub fn wait_line(&mut self, marker: &str) -> String {
+        for _ in 0..600 {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(marker)) {
+                let rest = &l[l.find(marker).unwrap() + marker.len()..];
+                return rest.split(['"', ' ']).next().unwrap_or("").to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("exited ({status}) before printing {marker:?}: {:?}", self.lines());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("no line with {marker:?} within 30 s: {:?}", self.lines());
+    }
+
+    /// The admin address printed at start (`admin: listening on http://ADDR`).
+    pub fn admin_addr(&mut self) -> String {
+        self.wait_line("admin: listening on http://")
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then waits up to 60 s for the exit (SIGKILL after that).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        sigterm(&self.child);
+        for _ in 0..1200 {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                std::thread::sleep(std::time::Duration::from_millis(100)); // last stderr lines
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("no exit within 60 s of SIGTERM: {:?}", self.lines());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One raw HTTP/1.1 exchange: sends `request` and reads the answer until the server closes
+/// (at most 30 s). Returns (status code, headers, body); status 0 when nothing came back.
+pub fn http_raw(addr: &str, request: &[u8]) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let _ = s.write_all(request);
+    let mut buf = vec![];
+    let _ = s.read_to_end(&mut buf);
+    parse_answer(&buf)
+}
+
+/// Splits an HTTP answer into (status code, head, body).
+pub fn parse_answer(buf: &[u8]) -> (u16, String, String) {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return (0, text, String::new()) };
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, head.to_string(), body.to_string())
+}
+
+/// `GET path` with an optional bearer token; (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let (code, _, body) = http_raw(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    );
+    (code, body)
+}
+
+/// A request with a JSON body; (status, body).
+pub fn http_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (code, _, body) = http_raw(addr, req.as_bytes());
+    (code, body)
+}
+
+/// Waits (up to `limit`) until something listens on 127.0.0.1:`port`.
+pub fn wait_port_for(port: u16, limit: std::time::Duration) -> bool {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    false
+}
+
+/// Waits (up to 30 s) until the admin server at `addr` answers `/readyz` with 200: the shards
+/// run (and the signal handlers are installed).
+pub fn wait_ready(addr: &str) {
+    for _ in 0..300 {
+        if http_get(addr, "/readyz").0 == 200 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{addr}/readyz not 200 within 30 s");
+}

@@ -1,0 +1,365 @@
+use super::*;
+use crate::config::Overrides;
+
+const FLEET: &str = r#"
+[run]
+seed = 1
+clock = "virtual"
+start_time = "2026-01-01T00:00:00Z"
+
+[sink.file]
+path = "out.jsonl"
+
+[[fleet]]
+profile = "thermo"
+count = 3
+labels = { site = "a" }
+
+[profiles.thermo]
+protocol = "file"
+interval = "1s"
+fields.t = { type = "gaussian", mean = 20, stddev = 1 }
+"#;
+
+fn load_str(scenario: &str) -> Result<(Config, Scenario), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("fleet.toml");
+    let s = dir.path().join("s.toml");
+    std::fs::write(&f, FLEET).unwrap();
+    std::fs::write(&s, scenario).unwrap();
+    load(&s, Some(&f), &Overrides::default()).map_err(|e| e.to_string())
+}
+
+fn ids(a: &Action) -> Vec<String> {
+    match a {
+        Action::Spawn { ids, .. } => ids.clone(),
+        Action::Apply { target: Target::Ids(ids), .. } => ids.clone(),
+        other => panic!("no ids in {other:?}"),
+    }
+}
+
+#[test]
+fn repeat_expands_with_the_index_in_every_string() {
+    let (_, s) = load_str(
+        r#"
+        duration = "1m"
+        [[step]]
+        at = "10s"
+        spawn = { profile = "thermo", count = 2, labels = { batch = "b{i}" } }
+        repeat = { times = 3, every = "5s" }
+        "#,
+    )
+    .unwrap();
+    let times: Vec<u64> = s.timeline.iter().map(|t| t.at_ms).collect();
+    assert_eq!(times, [10_000, 15_000, 20_000]);
+    // Ids continue after the fleet's own devices of the profile (thermo-0000..0002).
+    assert_eq!(ids(&s.timeline[0].action), ["thermo-0003", "thermo-0004"]);
+    assert_eq!(ids(&s.timeline[2].action), ["thermo-0007", "thermo-0008"]);
+    let Action::Spawn { labels, .. } = &s.timeline[1].action else { panic!() };
+    assert_eq!(labels["batch"], "b1");
+    assert_eq!(labels["device_type"], "thermo");
+}
+
+#[test]
+fn spawns_over_a_window_are_spread_evenly() {
+    let (_, s) = load_str(
+        r#"
+        [[step]]
+        at = "1m"
+        spawn = { profile = "thermo", count = 4, over = "2m" }
+        "#,
+    )
+    .unwrap();
+    let times: Vec<u64> = s.timeline.iter().map(|t| t.at_ms).collect();
+    assert_eq!(times, [60_000, 90_000, 120_000, 150_000]);
+    // The default duration is the end of the last step: the end of the spread.
+    assert_eq!(s.duration_ms, 180_000);
+}
+
+#[test]
+fn batches_walk_the_matching_devices_in_id_order() {
+    let (_, s) = load_str(
+        r#"
+        duration = "1h"
+        [[step]]
+        at = "0s"
+        spawn = { profile = "thermo", count = 3, labels = { site = "b" } }
+        [[step]]
+        at = "1m"
+        fault = { type = "disconnect", duration = "30s", params = { reason = "firmware_update" } }
+        batches = { selector = "device_type=thermo", size = 2, every = "2m" }
+        "#,
+    )
+    .unwrap();
+    let faults: Vec<(u64, Vec<String>)> = s
+        .timeline
+        .iter()
+        .filter(|t| matches!(t.action, Action::Apply { .. }))
+        .map(|t| (t.at_ms, ids(&t.action)))
+        .collect();
+    assert_eq!(
+        faults,
+        [
+            (60_000, vec!["thermo-0000".to_string(), "thermo-0001".into()]),
+            (180_000, vec!["thermo-0002".into(), "thermo-0003".into()]),
+            (300_000, vec!["thermo-0004".into(), "thermo-0005".into()]),
+        ]
+    );
+    let Action::Apply { op: Op::Fault { reason, spec }, .. } = &s.timeline[1].action else {
+        panic!()
+    };
+    assert_eq!(reason.as_deref(), Some("firmware_update"));
+    assert_eq!(spec.duration_ms, 30_000);
+}
+
+#[test]
+fn batches_see_devices_stopped_and_relabelled_before_them() {
+    let (_, s) = load_str(
+        r#"
+        duration = "1h"
+        [[step]]
+        at = "0s"
+        stop = { ids = ["thermo-0001"] }
+        [[step]]
+        at = "0s"
+        update = { selector = "site=a", labels = { site = "z" } }
+        [[step]]
+        at = "1m"
+        pause = {}
+        batches = { selector = "site=z", size = 10, every = "1m" }
+        "#,
+    )
+    .unwrap();
+    let last = s.timeline.last().unwrap();
+    assert_eq!(ids(&last.action), ["thermo-0000", "thermo-0002"]);
+}
+
+#[test]
+fn phases_run_until_the_next_phase_or_the_end() {
+    let (_, s) = load_str(
+        r#"
+        duration = "20m"
+        [[step]]
+        at = "0s"
+        phase = "ramp"
+        [[step]]
+        at = "5m"
+        phase = "steady"
+        [[step]]
+        at = "6m"
+        log = "halfway"
+        [[threshold]]
+        metric = "latency_p99"
+        max = "50ms"
+        phase = "steady"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(
+        s.phases,
+        [
+            Phase { name: "ramp".into(), start_ms: 0, end_ms: 300_000 },
+            Phase { name: "steady".into(), start_ms: 300_000, end_ms: 1_200_000 },
+        ]
+    );
+    assert_eq!(Scenario::phase_at(&s.phases, 299_999), Some(0));
+    assert_eq!(Scenario::phase_at(&s.phases, 300_000), Some(1));
+    assert_eq!(Scenario::phase_at(&s.phases, 1_200_000), None);
+    assert_eq!(s.thresholds.len(), 1);
+}
+
+#[test]
+fn scenario_profiles_merge_into_the_fleet_and_an_empty_fleet_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("own.toml");
+    std::fs::write(
+        &s,
+        r#"
+        duration = "1m"
+        [sink.file]
+        path = "x.jsonl"
+        [profiles.lock]
+        protocol = "file"
+        interval = "10s"
+        fields.open = { type = "static", value = false }
+        [[step]]
+        at = "0s"
+        spawn = { profile = "lock", count = 5 }
+        "#,
+    )
+    .unwrap();
+    let (config, sc) = load(&s, None, &Overrides::default()).unwrap();
+    assert_eq!(config.fleet.device_count(), 0);
+    assert_eq!(config.run.duration_ms, Some(60_000));
+    assert_eq!(ids(&sc.timeline[0].action)[4], "lock-0004");
+}
+
+#[test]
+fn every_bad_step_is_reported_at_once_with_its_index_path_and_value() {
+    let e = load_str(
+        r#"
+        colour = "blue"
+        [[step]]
+        at = "-5s"
+        spawn = { profile = "thermo", count = 1 }
+        [[step]]
+        at = "soon"
+        log = "x"
+        [[step]]
+        at = "1s"
+        fault = { selector = "a in (b", type = "disconnect" }
+        [[step]]
+        at = "1s"
+        fault = { all = true, type = "meltdown" }
+        [[step]]
+        at = "1s"
+        spawn = { profile = "nope", count = 1 }
+        [[step]]
+        at = "1s"
+        log = "a"
+        stop = { all = true }
+        [[step]]
+        at = "1s"
+        explode = { all = true }
+        [[step]]
+        at = "1s"
+        log = "x"
+        repeat = { times = 0, every = "1s" }
+        [[step]]
+        at = "1s"
+        fault = { all = true, type = "latency_spike", params = { latency_ms = -5 } }
+        [[step]]
+        at = "1s"
+        fault = { all = true, type = "data_corruption", params = { mode = "melt", colour = 1 } }
+        [[threshold]]
+        metric = "latency_p42"
+        max = "1ms"
+        "#,
+    )
+    .unwrap_err();
+    for want in [
+        "s.toml",
+        "colour: unknown key",
+        "step[0].at: must not be negative, got \"-5s\"",
+        "step[1].at: missing number",
+        "\"soon\"",
+        "step[2].fault.selector: label selector \"a in (b\"",
+        "step[3].fault.type: unknown fault type \"meltdown\"",
+        "step[4].spawn.profile: unknown profile \"nope\"; profiles of the fleet and the scenario: thermo",
+        "step[5]: two actions in one step (stop, log)",
+        "step[6].explode: unknown key",
+        "step[6]: no action",
+        "step[7].repeat.times: must be between 1 and 1000000, got 0",
+        "step[8].fault: params.latency_ms: must be between 0 and 3600000, got -5",
+        "step[9].fault.params.colour: unknown parameter",
+        "step[9].fault: params.mode: unknown mode \"melt\"",
+        "threshold[0].metric: unknown metric \"latency_p42\"",
+    ] {
+        assert!(e.contains(want), "{want:?} not in:\n{e}");
+    }
+}
+
+#[test]
+fn a_step_after_the_end_and_a_phase_used_twice_are_errors() {
+    let e = load_str(
+        r#"
+        duration = "1m"
+        [[step]]
+        at = "2m"
+        phase = "a"
+        [[step]]
+        at = "0s"
+        log = "x"
+        repeat = { times = 10, every = "10s" }
+        "#,
+    )
+    .unwrap_err();
+    assert!(e.contains("step[0].at: \"2m\" is after the end of the scenario"), "{e}");
+    assert!(e.contains("step[1].repeat: the last repetition is at 1m30s"), "{e}");
+    let e = load_str(
+        "duration = \"1m\"\n[[step]]\nat = \"0s\"\nphase = \"a\"\n[[step]]\nat = \"1s\"\nphase = \"a\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("step[1].phase: phase \"a\" starts twice"), "{e}");
+}
+
+#[test]
+fn a_profile_defined_in_both_files_and_a_missing_sink_are_errors() {
+    let e = load_str(
+        r#"
+        [profiles.thermo]
+        protocol = "null"
+        interval = "1s"
+        fields.t = { type = "gaussian", mean = 0, stddev = 1 }
+        [profiles.mq]
+        protocol = "mqtt"
+        interval = "1s"
+        fields.t = { type = "gaussian", mean = 0, stddev = 1 }
+        [[step]]
+        at = "1s"
+        spawn = { profile = "mq", count = 1 }
+        "#,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("profiles.thermo: profile \"thermo\" is already defined in the fleet file"),
+        "{e}"
+    );
+    let e = load_str(
+        r#"
+        [profiles.mq]
+        protocol = "mqtt"
+        interval = "1s"
+        fields.t = { type = "gaussian", mean = 0, stddev = 1 }
+        [[step]]
+        at = "1s"
+        spawn = { profile = "mq", count = 1 }
+        "#,
+    )
+    .unwrap_err();
+    assert!(
+        e.contains(
+            "step[0].spawn.profile: profile \"mq\" publishes over mqtt, so [sink.mqtt] is needed"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn fleet_file_thresholds_may_name_the_scenarios_phases_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("fleet.toml");
+    let s = dir.path().join("s.toml");
+    std::fs::write(
+        &f,
+        format!("{FLEET}\n[[threshold]]\nmetric = \"error_rate\"\nmax = 0\nphase = \"steady\"\n"),
+    )
+    .unwrap();
+    std::fs::write(&s, "duration = \"1m\"\n[[step]]\nat = \"0s\"\nphase = \"ramp\"\n").unwrap();
+    let e = load(&s, Some(&f), &Overrides::default()).unwrap_err().to_string();
+    assert!(
+        e.contains("threshold[0].phase: unknown phase \"steady\"; phases of this scenario: ramp"),
+        "{e}"
+    );
+    std::fs::write(&s, "duration = \"1m\"\n[[step]]\nat = \"0s\"\nphase = \"steady\"\n").unwrap();
+    let (c, _) = load(&s, Some(&f), &Overrides::default()).unwrap();
+    assert_eq!(c.thresholds.len(), 1);
+}
+
+#[test]
+fn the_timeline_is_the_same_on_every_load() {
+    let text = r#"
+        duration = "1h"
+        [[step]]
+        at = "0s"
+        spawn = { profile = "thermo", count = 50, labels = { batch = "{i}" }, over = "10s" }
+        repeat = { times = 4, every = "1m" }
+        [[step]]
+        at = "30m"
+        stop = {}
+        batches = { all = true, size = 7, every = "1m" }
+    "#;
+    let a = load_str(text).unwrap().1;
+    let b = load_str(text).unwrap().1;
+    assert_eq!(format!("{:?}", a.timeline), format!("{:?}", b.timeline));
+}
