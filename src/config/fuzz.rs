@@ -222,7 +222,9 @@ fn finite(g: &GenSpec) -> bool {
             number.is_none_or(f64::is_finite) && !json.contains("null")
         }
         GenSpec::Composite(parts) => parts.iter().all(finite),
-        GenSpec::Markov(_) => true,
+        // Expressions and correlated groups are checked where they are compiled; a non-finite
+        // result is published as null and counted, by design.
+        GenSpec::Markov(_) | GenSpec::Derived(_) | GenSpec::Correlated { .. } => true,
     }
 }
 

@@ -5,6 +5,7 @@
 //! are relative to the working directory; profile files named by `fleet[].profile` are
 //! relative to the fleet file's folder.
 
+mod behaviour;
 pub mod sinks;
 pub mod walk;
 
@@ -700,6 +701,8 @@ pub fn compile_profile_with(
     }
     let labels = labels(&mut t, p);
     let mut fields = vec![];
+    let (mut groups, mut derived) = (vec![], vec![]);
+    let mut fields_path = t.path_of("fields");
     match t.table("fields", p) {
         None if !t.has("fields") && !allow_no_fields => {
             p.add(t.path_of("fields"), "missing: a profile needs at least one field")
@@ -713,6 +716,7 @@ pub fn compile_profile_with(
             format!("{} fields, more than the {} allowed", ft.table.len(), limits::MAX_FIELDS),
         ),
         Some(ft) => {
+            fields_path = ft.path.clone();
             let mut names: Vec<&String> = ft.table.keys().collect();
             names.sort();
             for fname in names {
@@ -733,10 +737,48 @@ pub fn compile_profile_with(
                         }
                         None => None,
                     };
+                    match behaviour::field_type(&f) {
+                        Some("derived") => {
+                            let db = behaviour::deadband(&mut f, p);
+                            if let Some(d) = behaviour::derived(fname, f, p) {
+                                derived.push((d, decimals, db));
+                            }
+                            continue;
+                        }
+                        Some("correlated_gaussian") => {
+                            match behaviour::correlated(fname, f, decimals, p) {
+                                Ok(g) => groups.push(g),
+                                // Stand-ins, so expressions reading them are not reported too.
+                                Err(members) => fields.extend(members.iter().map(|m| FieldSpec {
+                                    name: m.clone(),
+                                    key_json: String::new(),
+                                    generator: GenSpec::Static {
+                                        json: "0".into(),
+                                        number: Some(0.0),
+                                    },
+                                    decimals: None,
+                                    battery: false,
+                                    first_slot: 0,
+                                    deadband: None,
+                                })),
+                            }
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let deadband = behaviour::deadband(&mut f, p);
                     let battery = f.bool("battery", p).unwrap_or(false) || fname == "battery";
-                    if let Some(generator) = compile_generator(f, &["decimals", "battery"], p) {
+                    if let Some(generator) =
+                        compile_generator(f, &["decimals", "battery", "deadband"], p)
+                    {
                         if battery && !generator.is_numeric() {
                             p.add(join(&ft.path, fname), "a battery field must be numeric");
+                        }
+                        if deadband.is_some() && !generator.is_numeric() {
+                            p.add(
+                                join(&join(&ft.path, fname), "deadband"),
+                                "only numeric fields take a deadband",
+                            );
                         }
                         fields.push(FieldSpec {
                             name: fname.clone(),
@@ -745,12 +787,29 @@ pub fn compile_profile_with(
                             decimals,
                             battery,
                             first_slot: 0,
+                            deadband,
                         });
                     }
                 }
             }
         }
     }
+    let derived_meta: Vec<(String, Option<u32>, Option<f64>)> =
+        derived.iter().map(|(d, dec, db)| (d.name.clone(), *dec, *db)).collect();
+    let (correlated, derived_order) = behaviour::finish_fields(
+        &mut fields,
+        std::mem::take(&mut groups),
+        derived.drain(..).map(|d| d.0).collect(),
+        &fields_path,
+        p,
+    );
+    for (name, dec, db) in derived_meta {
+        if let Some(f) = fields.iter_mut().find(|f| f.name == name) {
+            f.decimals = dec;
+            f.deadband = db;
+        }
+    }
+    let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
     t.finish_with(
         &[
             "protocol",
@@ -765,21 +824,17 @@ pub fn compile_profile_with(
             "backpressure",
             "endpoint",
             "confirmable",
+            "report",
+            "events",
+            "availability",
+            "sleep",
         ],
         p,
     );
     if p.0.len() > before {
         return None;
     }
-    let mut slots = 0;
-    for f in &mut fields {
-        if let Some(ms) = interval_ms {
-            f.generator.prepare(ms as f64 / 1000.0);
-        }
-        f.first_slot = slots;
-        slots += f.generator.slots();
-    }
-    Some(Profile {
+    let mut profile = Profile {
         name: name.to_string(),
         type_json: payload::type_json(&device_type),
         device_type,
@@ -789,10 +844,15 @@ pub fn compile_profile_with(
         seq,
         labels,
         fields,
-        slots,
         delivery,
         requested_protocol: None,
-    })
+        correlated,
+        derived: derived_order,
+        behaviour,
+        slots: 0,
+    };
+    profile.lay_out();
+    Some(profile)
 }
 
 fn compile_delivery(

@@ -7,7 +7,7 @@ use super::plane::{ControlPlane, PlaneError};
 use super::proto::{self, device_runtime_service_server as server};
 use super::spec::{self, selection};
 use super::wire;
-use crate::shard::command::{Action, BehaviourUpdate, Selection};
+use crate::shard::command::{Action, Selection};
 use crate::shard::streams::Charge;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -127,8 +127,7 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::UpdateDeviceBehaviorRequest>,
     ) -> Result<Response<()>, Status> {
         let req = req.into_inner();
-        let fields = spec::behaviour_update(req.behavior_params.as_ref())?;
-        let update = Arc::new(BehaviourUpdate { fields, ..BehaviourUpdate::default() });
+        let update = Arc::new(spec::behaviour_update(req.behavior_params.as_ref())?);
         let sel = selection(req.selector, false)?;
         self.plane.scan(sel, Action::Behaviour(update)).await?;
         Ok(Response::new(()))

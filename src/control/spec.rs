@@ -7,7 +7,7 @@ use super::proto;
 use crate::config::walk::{Problems, Table};
 use crate::limits;
 use crate::memcheck;
-use crate::shard::command::{Selection, SpawnSpec};
+use crate::shard::command::{BehaviourUpdate, FieldsUpdate, Selection, SpawnSpec};
 use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
 use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
@@ -157,23 +157,55 @@ pub(crate) fn behaviour_fields(
     Ok(fields)
 }
 
-/// The new fields of an UpdateDeviceBehavior request, validated exactly like a spawn's.
+/// Top-level keys of `behavior_params` that change a device's behaviour beyond its fields
+/// (the fleet file's profile keys of the same names).
+const BEHAVIOUR_KEYS: [&str; 4] = ["report", "events", "availability", "sleep"];
+
+/// The new fields and behaviour of an UpdateDeviceBehavior request, validated exactly like a
+/// spawn's. Params with `fields` replace the fields (none: no fields, as in the original);
+/// `report`, `events`, `availability` and `sleep` replace those (`{}` for availability or
+/// sleep turns it off). Params with only behaviour keys keep the fields.
 pub(crate) fn behaviour_update(
     params: Option<&prost_types::Struct>,
-) -> Result<Vec<crate::sim::profile::FieldSpec>, Status> {
+) -> Result<BehaviourUpdate, Status> {
     let fields = behaviour_fields(params).map_err(Status::invalid_argument)?;
+    let top = params.map(struct_to_toml).unwrap_or_default();
+    let given = |k: &str| top.contains_key(k);
     // Compile through a throwaway profile so fields are validated exactly like a spawn's.
     let mut t = toml::Table::new();
     t.insert("protocol".into(), "null".into());
-    t.insert("interval".into(), "1s".into());
+    t.insert("interval".into(), "1ms".into());
     t.insert("fields".into(), toml::Value::Table(fields));
+    for k in BEHAVIOUR_KEYS {
+        match top.get(k) {
+            // An empty table turns the feature off.
+            Some(toml::Value::Table(v)) if v.is_empty() && k != "events" => {}
+            Some(v) => {
+                t.insert(k.into(), v.clone());
+            }
+            None => {}
+        }
+    }
     let mut p = Problems::default();
-    crate::config::compile_profile_with("update", Table::new("", &t), &mut p, true)
+    let profile = crate::config::compile_profile_with("update", Table::new("", &t), &mut p, true)
         .filter(|_| p.is_empty())
-        .map(|profile| profile.fields)
         .ok_or_else(|| {
             Status::invalid_argument(format!("invalid behavior_params: {}", problems_text(&p)))
-        })
+        })?;
+    let keeps_fields = !given("fields") && BEHAVIOUR_KEYS.iter().any(|k| given(k));
+    let b = profile.behaviour;
+    Ok(BehaviourUpdate {
+        fields: (!keeps_fields).then_some(FieldsUpdate {
+            fields: profile.fields,
+            correlated: profile.correlated,
+            derived: profile.derived,
+        }),
+        report: given("report").then_some(b.report),
+        events: given("events").then_some(b.events),
+        availability: given("availability").then_some(b.availability),
+        sleep: given("sleep").then_some(b.sleep),
+        ..BehaviourUpdate::default()
+    })
 }
 
 pub(crate) fn problems_text(p: &Problems) -> String {
@@ -212,6 +244,15 @@ pub(crate) fn compile_spec(
     }
     t.insert("interval".into(), format!("{interval_ms}ms").into());
     t.insert("fields".into(), toml::Value::Table(behaviour_fields(spec.behavior_params.as_ref())?));
+    // Realistic-fleet keys (`report`, `events`, `availability`, `sleep`) as in a fleet file.
+    if let Some(params) = &spec.behavior_params {
+        let top = struct_to_toml(params);
+        for k in BEHAVIOUR_KEYS {
+            if let Some(v) = top.get(k) {
+                t.insert(k.into(), v.clone());
+            }
+        }
+    }
     let name = if spec.device_type.is_empty() { "device" } else { spec.device_type.as_str() };
     let mut p = Problems::default();
     let profile = crate::config::compile_profile_with(name, Table::new("", &t), &mut p, true);

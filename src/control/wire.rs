@@ -24,6 +24,8 @@ pub(crate) fn event_type(kind: EventKind) -> proto::DeviceEventType {
         EventKind::Resumed => T::Resumed,
         EventKind::Warning => T::Warning,
         EventKind::ScenarioLog => T::ScenarioLog,
+        EventKind::Offline => T::Disconnected,
+        EventKind::Online => T::Connected,
     }
 }
 

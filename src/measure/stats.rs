@@ -37,6 +37,19 @@ pub struct ProfileStats {
     pub error_kinds: std::collections::BTreeMap<String, u64>,
     /// Times a connection entered slow-down (backpressure = "slow_down").
     pub slowdowns: u64,
+    /// Samples taken (a device down, asleep or paused takes none).
+    pub samples: u64,
+    /// Samples handed to the sink (on_change: those that changed, or the heartbeat).
+    pub published: u64,
+    /// Samples not published by on_change (nothing moved past its deadband).
+    pub suppressed: u64,
+    /// Event messages by the profile's event index.
+    pub events: Vec<u64>,
+    /// Sim time devices spent offline (availability) and asleep (sleep windows), ms.
+    pub offline_ms: u64,
+    pub asleep_ms: u64,
+    /// Derived values that came out NaN or infinite (published as null).
+    pub nonfinite: u64,
     /// Intended send time -> completion, µs.
     pub latency: Histogram<u64>,
     /// Actual hand-over to the sink -> completion, µs.
@@ -52,6 +65,13 @@ impl ProfileStats {
             bytes: 0,
             error_kinds: Default::default(),
             slowdowns: 0,
+            samples: 0,
+            published: 0,
+            suppressed: 0,
+            events: vec![],
+            offline_ms: 0,
+            asleep_ms: 0,
+            nonfinite: 0,
             latency: histogram(),
             service: histogram(),
         }
@@ -64,6 +84,18 @@ impl ProfileStats {
         self.dropped += o.dropped;
         self.bytes += o.bytes;
         self.slowdowns += o.slowdowns;
+        self.samples += o.samples;
+        self.published += o.published;
+        self.suppressed += o.suppressed;
+        if self.events.len() < o.events.len() {
+            self.events.resize(o.events.len(), 0);
+        }
+        for (a, b) in self.events.iter_mut().zip(&o.events) {
+            *a += b;
+        }
+        self.offline_ms += o.offline_ms;
+        self.asleep_ms += o.asleep_ms;
+        self.nonfinite += o.nonfinite;
         for (k, v) in &o.error_kinds {
             *self.error_kinds.entry(k.clone()).or_insert(0) += v;
         }

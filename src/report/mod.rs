@@ -70,6 +70,20 @@ pub struct Row {
     pub slowdowns: u64,
     /// File names (inside the report folder) of the `.hgrm` files.
     pub hgrm: Vec<String>,
+    /// Samples taken (devices down, asleep or paused take none).
+    pub samples: u64,
+    /// Samples handed to the sink (periodic: all; on_change: those that changed or the
+    /// heartbeat). `messages` also counts event messages.
+    pub published: u64,
+    /// Samples on_change did not publish (nothing moved past its deadband).
+    pub suppressed: u64,
+    /// Event messages by event name.
+    pub events: BTreeMap<String, u64>,
+    /// Device-seconds offline (availability) and asleep (sleep windows), in sim time.
+    pub offline_s: f64,
+    pub asleep_s: f64,
+    /// Derived values that came out NaN or infinite and were published as null.
+    pub nonfinite_values: u64,
 }
 
 /// The whole report, as written to `report.json`.
@@ -226,6 +240,7 @@ fn rows_of(
 ) -> Vec<Row> {
     type Key = (String, String, Option<String>);
     let mut rows: BTreeMap<Key, (ProfileStats, u64)> = BTreeMap::new();
+    let mut events: BTreeMap<Key, BTreeMap<String, u64>> = BTreeMap::new();
     for (i, prof) in fleet.profiles.iter().enumerate() {
         let devices: u64 = fleet.groups.iter().filter(|g| g.profile == i).map(|g| g.count).sum();
         let key = (
@@ -233,6 +248,12 @@ fn rows_of(
             prof.device_type.clone(),
             prof.requested_protocol.clone(),
         );
+        let ev = events.entry(key.clone()).or_default();
+        if let Some(st) = profiles.get(i) {
+            for (spec, n) in prof.behaviour.events.iter().zip(&st.events) {
+                *ev.entry(spec.name.clone()).or_insert(0) += n;
+            }
+        }
         let e = rows.entry(key).or_default();
         if let Some(st) = profiles.get(i) {
             e.0.merge(st);
@@ -240,7 +261,9 @@ fn rows_of(
         e.1 += devices;
     }
     rows.into_iter()
-        .map(|((sink, device_type, requested_protocol), (s, devices))| {
+        .map(|(key, (s, devices))| {
+            let events = events.remove(&key).unwrap_or_default();
+            let (sink, device_type, requested_protocol) = key;
             let base = match &requested_protocol {
                 None => format!("{sink}_{}", sanitize(&device_type)),
                 Some(asked) => format!("{sink}_{}_as_{}", sanitize(&device_type), sanitize(asked)),
@@ -266,6 +289,13 @@ fn rows_of(
                 device_type,
                 requested_protocol,
                 hgrm,
+                samples: s.samples,
+                published: s.published,
+                suppressed: s.suppressed,
+                events,
+                offline_s: round3(s.offline_ms as f64 / 1000.0),
+                asleep_s: round3(s.asleep_ms as f64 / 1000.0),
+                nonfinite_values: s.nonfinite,
             }
         })
         .collect()
@@ -480,6 +510,28 @@ pub fn render_table(r: &Report) -> String {
             row.device_type,
             kinds.join(" "),
             row.slowdowns
+        );
+    }
+    for row in r.runs.iter().filter(|row| {
+        row.samples != row.published
+            || !row.events.is_empty()
+            || row.nonfinite_values > 0
+            || row.offline_s > 0.0
+            || row.asleep_s > 0.0
+    }) {
+        let ev: Vec<String> = row.events.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            out,
+            "{} {}: samples {} published {} suppressed {}; events {}; offline {:.0} device-s, asleep {:.0} device-s; null values {}",
+            row.sink,
+            row.device_type,
+            row.samples,
+            row.published,
+            row.suppressed,
+            if ev.is_empty() { "none".to_string() } else { ev.join(" ") },
+            row.offline_s,
+            row.asleep_s,
+            row.nonfinite_values
         );
     }
     if !r.sink_events.is_empty() {

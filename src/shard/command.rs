@@ -99,11 +99,12 @@ impl ScanReply {
     }
 }
 
-/// New generator fields for UpdateDeviceBehavior, compiled by the control plane; a scenario's
-/// `update` may also change the interval and labels.
+/// New fields and behaviour for UpdateDeviceBehavior or a scenario's `update`, compiled by the
+/// control plane or the scenario. `None` keeps what the device's profile has.
 #[derive(Debug, Default)]
 pub(crate) struct BehaviourUpdate {
-    pub fields: Vec<FieldSpec>,
+    /// The new fields with their correlated groups and derived evaluation order.
+    pub fields: Option<FieldsUpdate>,
     /// false: `fields` replace every field (UpdateDeviceBehavior); true: they replace the
     /// fields of the same name, or are added (a scenario's `update`).
     pub merge: bool,
@@ -111,6 +112,18 @@ pub(crate) struct BehaviourUpdate {
     pub interval_ms: Option<u64>,
     /// Labels merged into the device's labels.
     pub labels: BTreeMap<String, String>,
+    pub report: Option<crate::sim::behaviour::ReportMode>,
+    pub events: Option<Vec<crate::sim::behaviour::EventSpec>>,
+    pub availability: Option<Option<crate::sim::behaviour::Availability>>,
+    pub sleep: Option<Option<crate::sim::behaviour::Sleep>>,
+}
+
+/// A profile's fields, as compiled together.
+#[derive(Debug, Clone)]
+pub(crate) struct FieldsUpdate {
+    pub fields: Vec<FieldSpec>,
+    pub correlated: Vec<crate::sim::correlated::CorrelatedGroup>,
+    pub derived: Vec<usize>,
 }
 
 /// What a selection command does to each selected device.

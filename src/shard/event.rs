@@ -20,6 +20,10 @@ pub(crate) enum EventKind {
     FaultCleared,
     Paused,
     Resumed,
+    /// The device went down (availability); sent as DISCONNECTED with `cause = availability`.
+    Offline,
+    /// The device came back up; sent as CONNECTED with `cause = availability`.
+    Online,
     /// Something the runtime did differently from what was asked (a protocol fallback).
     Warning,
     /// A scenario's `log` step.

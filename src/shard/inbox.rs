@@ -425,6 +425,19 @@ impl Shard {
                 Some((intended, intended_ns.map(|_| self.wall_at(intended))))
             }
             Gate::Rearm { at } => {
+                if self.ctl.states.is_paused(key) {
+                    // A paused device publishes nothing, events included: those due before
+                    // its next look are dropped, not sent in a burst when it resumes.
+                    let fleet = &*self.plan.fleet;
+                    if let Some(d) = self.table.get(key) {
+                        let b = &fleet.profiles[fleet.groups[d.group as usize].profile].behaviour;
+                        if !b.events.is_empty()
+                            && let Some(block) = self.table.block_mut(fleet, key)
+                        {
+                            b.skip_events(block, at);
+                        }
+                    }
+                }
                 self.wheel.insert(key, at);
                 None
             }
@@ -870,28 +883,33 @@ impl Shard {
             Some(&ix) => ix,
             None => {
                 let mut p = old_profile.clone();
-                if update.merge {
-                    for f in &update.fields {
-                        match p.fields.iter_mut().find(|x| x.name == f.name) {
-                            Some(x) => *x = f.clone(),
-                            None => p.fields.push(f.clone()),
-                        }
+                if let Some(f) = &update.fields {
+                    if update.merge {
+                        merge_fields(&mut p, &f.fields);
+                    } else {
+                        p.fields = f.fields.clone();
+                        p.correlated = f.correlated.clone();
+                        p.derived = f.derived.clone();
                     }
-                    // The payload lists fields in name order.
-                    p.fields.sort_by(|a, b| a.name.cmp(&b.name));
-                } else {
-                    p.fields = update.fields.clone();
                 }
                 if let Some(ms) = update.interval_ms {
                     p.interval_ms = ms;
                 }
-                let mut slots = 0;
-                for f in &mut p.fields {
-                    f.generator.prepare(p.interval_ms as f64 / 1000.0);
-                    f.first_slot = slots;
-                    slots += f.generator.slots();
+                let b = &mut p.behaviour;
+                if let Some(r) = update.report {
+                    b.report = r;
                 }
-                p.slots = slots;
+                if let Some(e) = &update.events {
+                    b.events = e.clone();
+                    b.retopic(&p.topic);
+                }
+                if let Some(a) = update.availability {
+                    b.availability = a;
+                }
+                if let Some(s) = update.sleep {
+                    b.sleep = s;
+                }
+                p.lay_out();
                 let ix = self.intern_profile(&Arc::new(p));
                 remap.insert(old_profile_ix, ix);
                 ix
@@ -933,6 +951,24 @@ impl Shard {
                         .clone_from_slice(&old_slots[of.first_slot..of.first_slot + n]);
                 }
             }
+            // Event clocks, outages and sleep phases carry over where the feature stays.
+            let (ob, nb) = (&old_profile.behaviour, &p.behaviour);
+            for (ne, &nat) in nb.events.iter().zip(&nb.event_at) {
+                if let Some((oe, &oat)) =
+                    ob.events.iter().zip(&ob.event_at).find(|(oe, _)| oe.name == ne.name)
+                    && oe.fields.len() == ne.fields.len()
+                    && oe.field_slots == ne.field_slots
+                {
+                    new_slots[nat..nat + 1 + ne.field_slots]
+                        .clone_from_slice(&old_slots[oat..oat + 1 + oe.field_slots]);
+                }
+            }
+            if ob.availability.is_some() && nb.availability.is_some() {
+                new_slots[nb.availability_at] = old_slots[ob.availability_at].clone();
+            }
+            if ob.sleep == nb.sleep && nb.sleep.is_some() {
+                new_slots[nb.sleep_at] = old_slots[ob.sleep_at].clone();
+            }
         }
         if new_key != key {
             self.ctl.states.rekey(key, new_key);
@@ -942,5 +978,30 @@ impl Shard {
         }
         let now = self.control_now();
         self.wheel.insert(new_key, deadline.unwrap_or(now + old.interval_ms as u64));
+    }
+}
+
+/// A scenario's `update` of a profile's fields: a field of the same name is replaced, a new one
+/// is added. Derived expressions and correlated groups refer to fields by index, so a profile
+/// that has them keeps every existing field at its index (new ones go last) and drops the
+/// derived or correlated role of a field that was replaced; a profile without them keeps its
+/// fields in name order, the payload's order.
+fn merge_fields(p: &mut Profile, fields: &[crate::sim::profile::FieldSpec]) {
+    let indexed = !p.derived.is_empty() || !p.correlated.is_empty();
+    let mut replaced = vec![];
+    for f in fields {
+        match p.fields.iter().position(|x| x.name == f.name) {
+            Some(i) => {
+                p.fields[i] = f.clone();
+                replaced.push(i);
+            }
+            None => p.fields.push(f.clone()),
+        }
+    }
+    if indexed {
+        p.derived.retain(|i| !replaced.contains(i));
+        p.correlated.retain(|g| g.members.iter().all(|i| !replaced.contains(i)));
+    } else {
+        p.fields.sort_by(|a, b| a.name.cmp(&b.name));
     }
 }

@@ -15,10 +15,11 @@ pub(crate) mod streams;
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
 use crate::measure::stats::{self, ShardStats, Snapshot};
+use crate::sim::behaviour::{Presence, ReportMode, StepLog};
 use crate::sim::device::{DeviceTable, device_seed};
 use crate::sim::generator::Sample;
 use crate::sim::payload;
-use crate::sim::profile::{Fleet, Protocol};
+use crate::sim::profile::{Fleet, Profile, Protocol};
 use crate::sim::seed;
 use crate::sim::time::SimMs;
 use crate::sim::wheel::Wheel;
@@ -144,6 +145,9 @@ pub struct Shard {
     topic: Vec<u8>,
     id: String,
     due: Vec<(u32, SimMs)>,
+    /// What the last behaviour step found (events due, outages), reused.
+    step_log: StepLog,
+    event_samples: Vec<Sample>,
     /// Live control: inbox, faults, pauses, streams (`inbox.rs`).
     ctl: inbox::Control,
     /// Where this shard is in the scenario, if one drives the run (`scenario.rs`).
@@ -231,6 +235,8 @@ impl Shard {
             topic: Vec::with_capacity(128),
             id: String::with_capacity(64),
             due: Vec::with_capacity(1024),
+            step_log: StepLog::default(),
+            event_samples: Vec::with_capacity(8),
             plan,
         }
     }
@@ -459,6 +465,10 @@ impl Shard {
     /// One device tick: generate, encode, hand to the sink, record, re-arm.
     /// `intended_ns` is the tick's intended monotonic time (realtime only); `fire_ns` is when
     /// handling it began. Returns the monotonic time at which it completed.
+    ///
+    /// A profile with a behaviour (`sim/behaviour.rs`) first asks where the device is (down or
+    /// asleep: re-armed at its return, no sample), delivers its due events after the faults
+    /// allowed publishing, and in on_change mode publishes the sample only when it changed.
     fn tick(&mut self, key: u32, due: SimMs, intended_ns: Option<u64>, fire_ns: u64) -> u64 {
         let Some((due, intended_ns)) = self.control_gate(key, due, intended_ns) else {
             return fire_ns;
@@ -474,7 +484,33 @@ impl Shard {
             stats::record(&mut self.stats.lateness, late_us);
             self.ctl.lateness_max_us = self.ctl.lateness_max_us.max(late_us);
         }
-        let seq = self.table.generate(fleet, key, due, &mut self.samples);
+        let behaviour = &profile.behaviour;
+        let plain = behaviour.is_plain();
+        if !plain && behaviour.has_presence() {
+            let end = self.plan.end_ms.unwrap_or(u64::MAX);
+            let Some(block) = self.table.block_mut(fleet, key) else { return fire_ns };
+            let presence = behaviour.step(block, due, end, &mut self.step_log);
+            let st = &mut self.stats.profiles[profile_ix];
+            st.offline_ms += self.step_log.offline_ms;
+            st.asleep_ms += self.step_log.asleep_ms;
+            if !self.step_log.went_down.is_empty() || !self.step_log.came_up.is_empty() {
+                group.device_id(profile, index, &mut self.id);
+                self.emit_availability(group, profile);
+            }
+            if let Presence::Away { until, on_grid } = presence {
+                let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
+                let at =
+                    if on_grid { due + (until - due).div_ceil(interval) * interval } else { until };
+                self.wheel.insert(key, at);
+                return mono_ns();
+            }
+        }
+        let (seq, nonfinite) = self.table.generate(fleet, key, due, &mut self.samples);
+        {
+            let st = &mut self.stats.profiles[profile_ix];
+            st.samples += 1;
+            st.nonfinite += nonfinite as u64;
+        }
         group.device_id(profile, index, &mut self.id);
         let (fx, expired) = self.ctl.states.effects(
             key,
@@ -501,6 +537,27 @@ impl Shard {
             self.wheel.insert(key, due + self.table.get(key).map_or(1, |d| d.interval_ms as u64));
             return mono_ns();
         }
+        let mut done_ns = fire_ns;
+        // The log is this device's: `step` refilled it above (a profile without presence
+        // never reads it).
+        if !plain && behaviour.has_presence() && !self.step_log.events.is_empty() {
+            done_ns = self.send_events(key, group_ix, intended_ns, fire_ns);
+        }
+        // Borrowed again: sending events needed the whole shard.
+        let fleet = &*self.plan.fleet;
+        let group = &fleet.groups[group_ix];
+        let profile = &fleet.profiles[profile_ix];
+        let behaviour = &profile.behaviour;
+        if !plain
+            && behaviour.report != ReportMode::Periodic
+            && let Some(block) = self.table.block_mut(fleet, key)
+            && !behaviour.publishes(block, &self.samples, due)
+        {
+            self.stats.profiles[profile_ix].suppressed += 1;
+            let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
+            self.wheel.insert(key, due + interval);
+            return mono_ns();
+        }
         if !self.ctl.streams.is_empty() {
             self.ctl.streams.feed(&self.id, group_ix, group, profile, &self.samples, fx.timestamp);
         }
@@ -518,48 +575,22 @@ impl Shard {
         }
         self.topic.clear();
         profile.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
-        // Only network sinks pick a connection by it.
-        let device_hash = if profile.protocol.is_network() {
-            crate::sim::seed::fnv1a64(self.id.as_bytes())
-        } else {
-            0
-        };
+        self.stats.profiles[profile_ix].published += 1;
+        let device_hash = device_hash(profile, &self.id);
         // A scenario's phases count each message by its intended sim time.
         let phase = self.scn.as_ref().and_then(|c| c.phase_of(due));
-        let outcome = match &mut self.sinks[profile.protocol.index()] {
-            Some(sink) => sink.submit(&Message {
-                topic: &self.topic,
-                payload: &self.payload,
-                profile: profile_ix,
-                device_hash,
-                intended_ns: intended_ns.unwrap_or(fire_ns),
-                phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
-            }),
-            None => Outcome::Failed,
-        };
-        let done_ns = mono_ns();
-        let bytes = self.payload.len() as u64;
-        // Realtime: from the intended time. Virtual: sim time does not pass while a
-        // message is handled, so latency is the sink's own service time.
-        let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
-        let service_us = done_ns.saturating_sub(fire_ns) / 1000;
-        let record = |st: &mut stats::ProfileStats| match outcome {
-            Outcome::Completed => {
-                st.messages += 1;
-                st.bytes += bytes;
-                stats::record(&mut st.latency, latency_us);
-                stats::record(&mut st.service, service_us);
-            }
-            Outcome::Failed => st.errors += 1,
-            Outcome::Pending => {}
-        };
-        record(&mut self.stats.profiles[profile_ix]);
-        if let Some(ph) = phase {
-            record(&mut self.stats.phases[ph][profile_ix]);
-        }
-        if outcome == Outcome::Completed {
-            stats::record(&mut self.interval_latency, latency_us);
-        }
+        let done_ns = submit(
+            &mut self.sinks,
+            &mut self.stats,
+            &mut self.interval_latency,
+            profile,
+            profile_ix,
+            (&self.topic, &self.payload),
+            device_hash,
+            (intended_ns, phase),
+            // After events, the sample's handling starts when the last event's ended.
+            done_ns,
+        );
         let mut interval =
             self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
         if let Some(sink) = &self.sinks[profile.protocol.index()] {
@@ -567,6 +598,91 @@ impl Shard {
         }
         self.wheel.insert(key, due + interval);
         done_ns
+    }
+
+    /// Publishes the events `step_log` holds for device `key` (whose id is in `self.id`), each
+    /// with its own time and fields, on the event's topic. Returns when the last completed.
+    fn send_events(
+        &mut self,
+        key: u32,
+        group_ix: usize,
+        intended_ns: Option<u64>,
+        fire_ns: u64,
+    ) -> u64 {
+        let fleet = self.plan.fleet.clone();
+        let group = &fleet.groups[group_ix];
+        let profile_ix = group.profile;
+        let profile = &fleet.profiles[profile_ix];
+        let log = std::mem::take(&mut self.step_log);
+        let mut samples = std::mem::take(&mut self.event_samples);
+        let device_hash = device_hash(profile, &self.id);
+        let mut done_ns = fire_ns;
+        for &(ei, at) in &log.events {
+            let spec = &profile.behaviour.events[ei as usize];
+            self.table.generate_event(&fleet, key, ei as usize, at, &mut samples);
+            payload::encode_event(
+                &mut self.payload,
+                &self.id,
+                profile,
+                spec,
+                at,
+                &samples,
+                &group.labels_json,
+            );
+            self.topic.clear();
+            spec.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
+            let st = &mut self.stats.profiles[profile_ix];
+            if st.events.len() <= ei as usize {
+                st.events.resize(ei as usize + 1, 0);
+            }
+            st.events[ei as usize] += 1;
+            let phase = self.scn.as_ref().and_then(|c| c.phase_of(at));
+            done_ns = submit(
+                &mut self.sinks,
+                &mut self.stats,
+                &mut self.interval_latency,
+                profile,
+                profile_ix,
+                (&self.topic, &self.payload),
+                device_hash,
+                (intended_ns, phase),
+                done_ns,
+            );
+        }
+        self.step_log = log;
+        self.event_samples = samples;
+        done_ns
+    }
+
+    /// Tells StreamEvents subscribers that the device (id in `self.id`) went offline or came
+    /// back, as `step_log` says.
+    fn emit_availability(&self, group: &crate::sim::profile::Group, profile: &Profile) {
+        let meta = || {
+            vec![
+                ("cause", "availability".to_string()),
+                ("device_type", profile.device_type.clone()),
+            ]
+        };
+        for &(down, back) in &self.step_log.went_down {
+            self.ctl.emit(
+                &self.id,
+                &group.labels,
+                event::EventKind::Offline,
+                format!("offline until {}", crate::sim::time::rfc3339_ms(back)),
+                down,
+                meta(),
+            );
+        }
+        for &back in &self.step_log.came_up {
+            self.ctl.emit(
+                &self.id,
+                &group.labels,
+                event::EventKind::Online,
+                "back online".into(),
+                back,
+                meta(),
+            );
+        }
     }
 
     /// Two-stage prefetch for the `i`-th due device: device structs far ahead, then their
@@ -660,4 +776,62 @@ impl Shard {
         self.publish_figures();
         self.log_sink_pressure();
     }
+}
+
+/// The hash network sinks pick a connection by (0 for the others, which do not use it).
+#[inline]
+fn device_hash(profile: &Profile, id: &str) -> u64 {
+    if profile.protocol.is_network() { seed::fnv1a64(id.as_bytes()) } else { 0 }
+}
+
+/// Hands one message to the profile's sink and records what completed at once; returns the
+/// monotonic time at which it did.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn submit(
+    sinks: &mut [Option<Sink>],
+    stats: &mut ShardStats,
+    interval_latency: &mut hdrhistogram::Histogram<u64>,
+    profile: &Profile,
+    profile_ix: usize,
+    (topic, payload): (&[u8], &[u8]),
+    device_hash: u64,
+    (intended_ns, phase): (Option<u64>, Option<usize>),
+    fire_ns: u64,
+) -> u64 {
+    let outcome = match &mut sinks[profile.protocol.index()] {
+        Some(sink) => sink.submit(&Message {
+            topic,
+            payload,
+            profile: profile_ix,
+            device_hash,
+            intended_ns: intended_ns.unwrap_or(fire_ns),
+            phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
+        }),
+        None => Outcome::Failed,
+    };
+    let done_ns = mono_ns();
+    let bytes = payload.len() as u64;
+    // Realtime: from the intended time. Virtual: sim time does not pass while a message is
+    // handled, so latency is the sink's own service time.
+    let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
+    let service_us = done_ns.saturating_sub(fire_ns) / 1000;
+    let record = |st: &mut stats::ProfileStats| match outcome {
+        Outcome::Completed => {
+            st.messages += 1;
+            st.bytes += bytes;
+            stats::record(&mut st.latency, latency_us);
+            stats::record(&mut st.service, service_us);
+        }
+        Outcome::Failed => st.errors += 1,
+        Outcome::Pending => {}
+    };
+    record(&mut stats.profiles[profile_ix]);
+    if let Some(ph) = phase {
+        record(&mut stats.phases[ph][profile_ix]);
+    }
+    if outcome == Outcome::Completed {
+        stats::record(interval_latency, latency_us);
+    }
+    done_ns
 }

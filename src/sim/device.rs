@@ -1,9 +1,10 @@
 //! Devices as plain structs in a slab, with their generator state in a flat arena.
 //!
-//! A device costs `size_of::<Device>()` (24 B) + 40 B per random stream of its profile + the
+//! A device costs `size_of::<Device>()` (24 B) + 40 B per slot of its profile (random streams,
+//! and the state of on_change, events, availability and sleep where the profile uses them) + the
 //! wheel's 16 B; its id is not stored but rebuilt from (group, ordinal) when needed.
 
-use super::generator::{Sample, SlotState, round_to};
+use super::generator::{GenSpec, Sample, SlotState, round_to};
 use super::profile::Fleet;
 use super::seed;
 use super::time::SimMs;
@@ -139,8 +140,17 @@ impl DeviceTable {
 
     /// Generates the next value of every field of device `key` for the tick scheduled at `t`
     /// into `out`, and advances its sequence number. Returns the sequence number of this
-    /// message.
-    pub fn generate(&mut self, fleet: &Fleet, key: u32, t: SimMs, out: &mut Vec<Sample>) -> u64 {
+    /// message and how many derived fields came out NaN or infinite (published as `null`).
+    ///
+    /// Order: the plain fields (rounded to their decimals), then the correlated groups, then
+    /// the derived fields in dependency order, so an expression reads the values as published.
+    pub fn generate(
+        &mut self,
+        fleet: &Fleet,
+        key: u32,
+        t: SimMs,
+        out: &mut Vec<Sample>,
+    ) -> (u64, u32) {
         let d = &mut self.devices[key as usize];
         let profile = &fleet.profiles[fleet.groups[d.group as usize].profile];
         let dt_s = d.interval_ms as f64 / 1000.0;
@@ -155,9 +165,61 @@ impl DeviceTable {
             }
             out.push(s);
         }
+        for g in &profile.correlated {
+            g.draw(&mut self.slots[base + g.slot], out);
+        }
+        let mut nonfinite = 0;
+        for &i in &profile.derived {
+            let f = &profile.fields[i];
+            if let GenSpec::Derived(e) = &f.generator {
+                let slot =
+                    if e.uses_noise { self.slots.get_mut(base + f.first_slot) } else { None };
+                let mut v = e.eval(out, slot);
+                if !v.is_finite() {
+                    nonfinite += 1;
+                } else if let Some(dec) = f.decimals {
+                    v = round_to(v, dec);
+                }
+                out[i] = Sample::Number(v);
+            }
+        }
         let seq = d.seq;
         d.seq += 1;
-        seq
+        (seq, nonfinite)
+    }
+
+    /// The values of event `event`'s fields at sim time `t` into `out`.
+    pub fn generate_event(
+        &mut self,
+        fleet: &Fleet,
+        key: u32,
+        event: usize,
+        t: SimMs,
+        out: &mut Vec<Sample>,
+    ) {
+        let d = &self.devices[key as usize];
+        let profile = &fleet.profiles[fleet.groups[d.group as usize].profile];
+        let dt_s = d.interval_ms as f64 / 1000.0;
+        let b = &profile.behaviour;
+        let base = d.slots_at as usize + b.event_at[event] + 1;
+        out.clear();
+        for f in &b.events[event].fields {
+            let n = f.generator.slots();
+            let at = base + f.first_slot;
+            let mut s = f.generator.next(&mut self.slots[at..at + n], t, dt_s);
+            if let (Some(dec), Sample::Number(v)) = (f.decimals, s) {
+                s = Sample::Number(round_to(v, dec));
+            }
+            out.push(s);
+        }
+    }
+
+    /// The slot block of a live device and its profile index (for the behaviour's state).
+    pub fn block_mut(&mut self, fleet: &Fleet, key: u32) -> Option<&mut [SlotState]> {
+        let d = self.devices.get(key as usize).filter(|d| d.group != FREE)?;
+        let n = fleet.profiles[fleet.groups[d.group as usize].profile].slots;
+        let at = d.slots_at as usize;
+        self.slots.get_mut(at..at + n)
     }
 
     /// Hints the CPU to load a device's struct (stage 1 of a two-stage prefetch: no load of
@@ -216,10 +278,25 @@ pub fn device_seed(master: u64, device_id: &str) -> u64 {
     seed::derive(master, device_id)
 }
 
+/// A device's slot block: its fields' streams, one per correlated group, then the behaviour's
+/// (events, availability, sleep, on_change; `sim/behaviour.rs`).
 fn init_fields(fleet: &Fleet, profile: usize, device_seed: u64, out: &mut Vec<SlotState>) {
-    for f in &fleet.profiles[profile].fields {
+    let p = &fleet.profiles[profile];
+    for f in &p.fields {
         f.generator.init_slots(seed::derive(device_seed, &f.name), 0, out);
     }
+    let mut name = String::new();
+    for g in &p.correlated {
+        name.clear();
+        name.push_str("~correlated:");
+        name.push_str(&g.name);
+        GenSpec::Gaussian { mean: 0.0, stddev: 1.0 }.init_slots(
+            seed::derive(device_seed, &name),
+            0,
+            out,
+        );
+    }
+    p.behaviour.init_slots(device_seed, out);
 }
 
 #[cfg(test)]

@@ -41,6 +41,15 @@ pub enum GenSpec {
     },
     /// The sum of numeric generators.
     Composite(Vec<GenSpec>),
+    /// A function of the other fields of the same sample, evaluated after them
+    /// (`DeviceTable::generate`); one slot when it calls `noise`.
+    Derived(Box<super::expr::Expr>),
+    /// Member `member` of the profile's correlated group `group`; the group draws all its
+    /// members at once from the group's slot (`DeviceTable::generate`).
+    Correlated {
+        group: usize,
+        member: usize,
+    },
 }
 
 /// Ornstein–Uhlenbeck parameters.
@@ -81,7 +90,8 @@ impl GenSpec {
     /// Number of random streams (arena slots) the generator needs.
     pub fn slots(&self) -> usize {
         match self {
-            GenSpec::Static { .. } => 0,
+            GenSpec::Static { .. } | GenSpec::Correlated { .. } => 0,
+            GenSpec::Derived(e) => e.uses_noise as usize,
             GenSpec::Composite(parts) => parts.iter().map(GenSpec::slots).sum(),
             _ => 1,
         }
@@ -116,7 +126,12 @@ impl GenSpec {
             })
         };
         match self {
-            GenSpec::Static { .. } => {}
+            GenSpec::Static { .. } | GenSpec::Correlated { .. } => {}
+            GenSpec::Derived(e) => {
+                if e.uses_noise {
+                    push(0.0, first_part)
+                }
+            }
             GenSpec::Brownian(b) => push(b.start, first_part),
             // A negative value marks "initial state not yet emitted".
             GenSpec::Markov(m) => push(-(m.initial as f64) - 1.0, first_part),
@@ -154,6 +169,8 @@ impl GenSpec {
             }
             GenSpec::Static { number, .. } => number.unwrap_or(0.0),
             GenSpec::Markov(m) => m.step(&mut slots[0]) as f64,
+            // Filled in after the other fields by the device table.
+            GenSpec::Derived(_) | GenSpec::Correlated { .. } => f64::NAN,
             GenSpec::Composite(parts) => {
                 let mut sum = 0.0;
                 let mut at = 0;

@@ -1,7 +1,10 @@
 //! The deterministic core: time, seeds, generators, devices, the timing wheel and payload
 //! encoding. Nothing in here reads a clock, a global RNG or does I/O.
 
+pub mod behaviour;
+pub mod correlated;
 pub mod device;
+pub mod expr;
 pub mod fault;
 pub mod generator;
 pub mod mem;

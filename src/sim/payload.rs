@@ -2,8 +2,10 @@
 //!
 //! The envelope keeps the original runtime's field order:
 //! `{"device_id","device_type","timestamp","fields":{sorted},"labels":{sorted}}`, then `"seq"`
-//! when the profile asks for it. Numbers use `ryu`'s shortest round-trip form; a non-finite
-//! number (only a corruption fault makes one) is written as `null`, so the payload stays JSON.
+//! when the profile asks for it; an event message (`sim/behaviour.rs`) has `"event":"NAME"`
+//! between the timestamp and its own `fields`. Numbers use `ryu`'s shortest round-trip form; a
+//! non-finite number (a corruption fault, or a derived field's expression) is written as
+//! `null`, so the payload stays JSON.
 
 use super::generator::Sample;
 use super::profile::{FieldSpec, Profile};
@@ -74,14 +76,70 @@ pub fn encode(
     labels_json: &str,
     seq: Option<u64>,
 ) {
+    encode_with(
+        payload,
+        device_id,
+        profile,
+        "",
+        &profile.fields,
+        timestamp,
+        samples,
+        labels_json,
+        seq,
+    )
+}
+
+/// Encodes one event message: the envelope with `"event":"NAME"` after the timestamp and the
+/// event's own fields.
+pub fn encode_event(
+    payload: &mut Vec<u8>,
+    device_id: &str,
+    profile: &Profile,
+    event: &super::behaviour::EventSpec,
+    timestamp: SimMs,
+    samples: &[Sample],
+    labels_json: &str,
+) {
+    encode_with(
+        payload,
+        device_id,
+        profile,
+        &event.event_json,
+        &event.fields,
+        timestamp,
+        samples,
+        labels_json,
+        None,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn encode_with(
+    payload: &mut Vec<u8>,
+    device_id: &str,
+    profile: &Profile,
+    event_json: &str,
+    fields: &[FieldSpec],
+    timestamp: SimMs,
+    samples: &[Sample],
+    labels_json: &str,
+    seq: Option<u64>,
+) {
     payload.clear();
     payload.extend_from_slice(b"{\"device_id\":");
     write_json_str(payload, device_id);
     payload.push(b',');
     payload.extend_from_slice(profile.type_json.as_bytes());
     write_rfc3339_ms(payload, timestamp);
-    payload.extend_from_slice(b"\",\"fields\":{");
-    for (i, (field, sample)) in profile.fields.iter().zip(samples).enumerate() {
+    if event_json.is_empty() {
+        payload.extend_from_slice(b"\",\"fields\":{");
+    } else {
+        payload.extend_from_slice(b"\",");
+        payload.extend_from_slice(event_json.as_bytes());
+        payload.extend_from_slice(b"\"fields\":{");
+    }
+    for (i, (field, sample)) in fields.iter().zip(samples).enumerate() {
         if i > 0 {
             payload.push(b',');
         }

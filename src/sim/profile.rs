@@ -172,6 +172,9 @@ pub struct FieldSpec {
     pub battery: bool,
     /// Index of the field's first slot within the device's slot block.
     pub first_slot: usize,
+    /// Report-on-change: publish when the value moved more than this since it was last
+    /// published.
+    pub deadband: Option<f64>,
 }
 
 /// A validated device profile.
@@ -196,9 +199,35 @@ pub struct Profile {
     /// Set when a device spawned over gRPC asked for a protocol this runtime has no sink for
     /// and is published to the fallback sink (`protocol`) instead: what it asked for.
     pub requested_protocol: Option<String>,
+    /// Correlated gaussian groups, drawn after the plain fields.
+    pub correlated: Vec<super::correlated::CorrelatedGroup>,
+    /// Derived fields (indices into `fields`) in evaluation order (dependencies first).
+    pub derived: Vec<usize>,
+    /// Report mode, events, availability, sleep (the default: periodic, always on).
+    pub behaviour: super::behaviour::Behaviour,
 }
 
 impl Profile {
+    /// Prepares the generators for the interval and lays out a device's slot block: the
+    /// fields' streams, one per correlated group, then the behaviour's state (on_change
+    /// watches follow the fields). Sets `slots`.
+    pub fn lay_out(&mut self) {
+        let dt = self.interval_ms as f64 / 1000.0;
+        let mut slots = 0;
+        for f in &mut self.fields {
+            f.generator.prepare(dt);
+            f.first_slot = slots;
+            slots += f.generator.slots();
+        }
+        for g in &mut self.correlated {
+            g.slot = slots;
+            slots += 1;
+        }
+        self.behaviour.watch_fields(&self.fields);
+        slots += self.behaviour.lay_out(slots);
+        self.slots = slots;
+    }
+
     /// A minimal profile for unit tests: null sink, 1 s interval, no fields.
     #[cfg(test)]
     pub fn for_tests(name: &str) -> Profile {
@@ -215,6 +244,9 @@ impl Profile {
             type_json: String::new(),
             delivery: Delivery::default(),
             requested_protocol: None,
+            correlated: vec![],
+            derived: vec![],
+            behaviour: Default::default(),
         }
     }
 }
