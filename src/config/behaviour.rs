@@ -17,7 +17,6 @@ pub(super) struct GroupDraft {
     pub path: String,
     pub members: Vec<String>,
     pub means: Vec<f64>,
-    pub stddevs: Vec<f64>,
     pub factor: Vec<f64>,
     pub decimals: Option<u32>,
     pub deadband: Option<f64>,
@@ -227,16 +226,7 @@ pub(super) fn correlated(
             factor[i * n + k] *= stddevs[i];
         }
     }
-    Ok(GroupDraft {
-        name: name.to_string(),
-        path,
-        members,
-        means,
-        stddevs,
-        factor,
-        decimals,
-        deadband,
-    })
+    Ok(GroupDraft { name: name.to_string(), path, members, means, factor, decimals, deadband })
 }
 
 /// Adds the groups' member fields, sorts every field by name, compiles the derived
@@ -297,7 +287,6 @@ pub(super) fn finish_fields(
                 slot: 0,
             });
         }
-        let _ = g.stddevs;
     }
     // Compile each expression against the final field order.
     let mut exprs: Vec<(usize, Expr, String)> = vec![];

@@ -222,9 +222,11 @@ fn finite(g: &GenSpec) -> bool {
             number.is_none_or(f64::is_finite) && !json.contains("null")
         }
         GenSpec::Composite(parts) => parts.iter().all(finite),
-        // Expressions and correlated groups are checked where they are compiled; a non-finite
-        // result is published as null and counted, by design.
-        GenSpec::Markov(_) | GenSpec::Derived(_) | GenSpec::Correlated { .. } => true,
+        GenSpec::Markov(_) | GenSpec::Correlated { .. } => true,
+        GenSpec::Derived(e) => e.ops.iter().all(|op| match op {
+            crate::sim::expr::Op::Const(c) => c.is_finite(),
+            _ => true,
+        }),
     }
 }
 

@@ -7,7 +7,7 @@ use super::proto;
 use crate::config::walk::{Problems, Table};
 use crate::limits;
 use crate::memcheck;
-use crate::shard::command::{BehaviourUpdate, FieldsUpdate, Selection, SpawnSpec};
+use crate::shard::command::{BehaviourUpdate, Selection, SpawnSpec};
 use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
 use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
@@ -195,11 +195,9 @@ pub(crate) fn behaviour_update(
     let keeps_fields = !given("fields") && BEHAVIOUR_KEYS.iter().any(|k| given(k));
     let b = profile.behaviour;
     Ok(BehaviourUpdate {
-        fields: (!keeps_fields).then_some(FieldsUpdate {
-            fields: profile.fields,
-            correlated: profile.correlated,
-            derived: profile.derived,
-        }),
+        fields: profile.fields,
+        correlated: profile.correlated,
+        keep_fields: keeps_fields,
         report: given("report").then_some(b.report),
         events: given("events").then_some(b.events),
         availability: given("availability").then_some(b.availability),

@@ -23,9 +23,9 @@ pub(crate) fn event_type(kind: EventKind) -> proto::DeviceEventType {
         EventKind::Paused => T::Paused,
         EventKind::Resumed => T::Resumed,
         EventKind::Warning => T::Warning,
-        EventKind::ScenarioLog => T::ScenarioLog,
         EventKind::Offline => T::Disconnected,
         EventKind::Online => T::Connected,
+        EventKind::ScenarioLog => T::ScenarioLog,
     }
 }
 

@@ -248,6 +248,7 @@ fn rows_of(
             prof.device_type.clone(),
             prof.requested_protocol.clone(),
         );
+        // Event counts are kept by the profile's event index; the row names them.
         let ev = events.entry(key.clone()).or_default();
         if let Some(st) = profiles.get(i) {
             for (spec, n) in prof.behaviour.events.iter().zip(&st.events) {

@@ -43,6 +43,8 @@ pub struct Update {
     pub interval_ms: Option<u64>,
     pub labels: BTreeMap<String, String>,
     pub fields: Vec<FieldSpec>,
+    /// The correlated groups of `fields` (their members point into them).
+    pub correlated: Vec<crate::sim::correlated::CorrelatedGroup>,
     /// The `fields` table as written (a remote run sends it over `UpdateDeviceBehavior`).
     pub fields_toml: Option<toml::Table>,
 }

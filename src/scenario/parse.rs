@@ -748,6 +748,7 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Update> {
             crate::config::compile_profile("update", Table::new(base, &synthetic), p)
         {
             u.fields = prof.fields;
+            u.correlated = prof.correlated;
         }
     }
     if u.interval_ms.is_none() && u.labels.is_empty() && !t.has("fields") && p.0.len() == before {

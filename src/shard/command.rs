@@ -99,15 +99,20 @@ impl ScanReply {
     }
 }
 
-/// New fields and behaviour for UpdateDeviceBehavior or a scenario's `update`, compiled by the
-/// control plane or the scenario. `None` keeps what the device's profile has.
+/// What UpdateDeviceBehavior or a scenario's `update` changes, compiled by the control plane
+/// or the scenario; `None` keeps what the device's profile has.
 #[derive(Debug, Default)]
 pub(crate) struct BehaviourUpdate {
-    /// The new fields with their correlated groups and derived evaluation order.
-    pub fields: Option<FieldsUpdate>,
+    /// The new fields (compiled together: correlated members point into `correlated`,
+    /// derived expressions are re-linked by name on arrival).
+    pub fields: Vec<FieldSpec>,
+    /// The correlated groups of `fields`.
+    pub correlated: Vec<crate::sim::correlated::CorrelatedGroup>,
     /// false: `fields` replace every field (UpdateDeviceBehavior); true: they replace the
     /// fields of the same name, or are added (a scenario's `update`).
     pub merge: bool,
+    /// Leave the fields alone (an UpdateDeviceBehavior that changes only the behaviour).
+    pub keep_fields: bool,
     /// A new telemetry interval.
     pub interval_ms: Option<u64>,
     /// Labels merged into the device's labels.
@@ -116,14 +121,6 @@ pub(crate) struct BehaviourUpdate {
     pub events: Option<Vec<crate::sim::behaviour::EventSpec>>,
     pub availability: Option<Option<crate::sim::behaviour::Availability>>,
     pub sleep: Option<Option<crate::sim::behaviour::Sleep>>,
-}
-
-/// A profile's fields, as compiled together.
-#[derive(Debug, Clone)]
-pub(crate) struct FieldsUpdate {
-    pub fields: Vec<FieldSpec>,
-    pub correlated: Vec<crate::sim::correlated::CorrelatedGroup>,
-    pub derived: Vec<usize>,
 }
 
 /// What a selection command does to each selected device.

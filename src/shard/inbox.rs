@@ -15,6 +15,7 @@ use super::streams::{Streams, group_matches};
 use crate::measure::clock::mono_ns;
 use crate::measure::stats::ProfileStats;
 use crate::sim::device::{DeviceTable, device_seed};
+use crate::sim::generator::GenSpec;
 use crate::sim::profile::{self, Group, Profile};
 use crate::sim::seed;
 use crate::sim::time::SimMs;
@@ -883,14 +884,32 @@ impl Shard {
             Some(&ix) => ix,
             None => {
                 let mut p = old_profile.clone();
-                if let Some(f) = &update.fields {
+                if !update.keep_fields {
+                    // Correlated members name their group by index: the update's groups come
+                    // after the profile's when merging.
+                    let offset = if update.merge { p.correlated.len() } else { 0 };
+                    let shifted = update.fields.iter().map(|f| {
+                        let mut f = f.clone();
+                        if let GenSpec::Correlated { group, .. } = &mut f.generator {
+                            *group += offset;
+                        }
+                        f
+                    });
                     if update.merge {
-                        merge_fields(&mut p, &f.fields);
+                        for f in shifted {
+                            match p.fields.iter_mut().find(|x| x.name == f.name) {
+                                Some(x) => *x = f,
+                                None => p.fields.push(f),
+                            }
+                        }
+                        // The payload lists fields in name order.
+                        p.fields.sort_by(|a, b| a.name.cmp(&b.name));
                     } else {
-                        p.fields = f.fields.clone();
-                        p.correlated = f.correlated.clone();
-                        p.derived = f.derived.clone();
+                        p.fields = shifted.collect();
+                        p.correlated.clear();
                     }
+                    p.correlated.extend(update.correlated.iter().cloned());
+                    p.relink();
                 }
                 if let Some(ms) = update.interval_ms {
                     p.interval_ms = ms;
@@ -978,30 +997,5 @@ impl Shard {
         }
         let now = self.control_now();
         self.wheel.insert(new_key, deadline.unwrap_or(now + old.interval_ms as u64));
-    }
-}
-
-/// A scenario's `update` of a profile's fields: a field of the same name is replaced, a new one
-/// is added. Derived expressions and correlated groups refer to fields by index, so a profile
-/// that has them keeps every existing field at its index (new ones go last) and drops the
-/// derived or correlated role of a field that was replaced; a profile without them keeps its
-/// fields in name order, the payload's order.
-fn merge_fields(p: &mut Profile, fields: &[crate::sim::profile::FieldSpec]) {
-    let indexed = !p.derived.is_empty() || !p.correlated.is_empty();
-    let mut replaced = vec![];
-    for f in fields {
-        match p.fields.iter().position(|x| x.name == f.name) {
-            Some(i) => {
-                p.fields[i] = f.clone();
-                replaced.push(i);
-            }
-            None => p.fields.push(f.clone()),
-        }
-    }
-    if indexed {
-        p.derived.retain(|i| !replaced.contains(i));
-        p.correlated.retain(|g| g.members.iter().all(|i| !replaced.contains(i)));
-    } else {
-        p.fields.sort_by(|a, b| a.name.cmp(&b.name));
     }
 }

@@ -784,8 +784,8 @@ fn device_hash(profile: &Profile, id: &str) -> u64 {
     if profile.protocol.is_network() { seed::fnv1a64(id.as_bytes()) } else { 0 }
 }
 
-/// Hands one message to the profile's sink and records what completed at once; returns the
-/// monotonic time at which it did.
+/// Hands one message to the profile's sink and records what completed at once (also in the
+/// scenario phase `phase`); returns the monotonic time at which it did.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn submit(

@@ -105,9 +105,18 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 }
             }
             let text = &src[start..i];
-            let v: f64 = text
-                .parse()
-                .map_err(|_| ExprError { pos: start, message: format!("bad number {text:?}") })?;
+            let v: f64 = match text.parse::<f64>() {
+                Ok(v) if v.is_finite() => v,
+                Ok(_) => {
+                    return Err(ExprError {
+                        pos: start,
+                        message: format!("number {text:?} is out of range"),
+                    });
+                }
+                Err(_) => {
+                    return Err(ExprError { pos: start, message: format!("bad number {text:?}") });
+                }
+            };
             out.push((Tok::Num(v), start));
         } else if c.is_ascii_alphabetic() || c == b'_' {
             let start = i;
@@ -302,7 +311,16 @@ fn fold(n: Node) -> Result<Node, ExprError> {
                 return Err(ExprError { pos, message: "division by a constant 0".into() });
             }
             match (&a, &b) {
-                (Node::Num(x), Node::Num(y)) => Node::Num(apply_bin(op, *x, *y)),
+                (Node::Num(x), Node::Num(y)) => {
+                    let v = apply_bin(op, *x, *y);
+                    if !v.is_finite() {
+                        return Err(ExprError {
+                            pos,
+                            message: format!("constant part is not finite ({v})"),
+                        });
+                    }
+                    Node::Num(v)
+                }
                 _ => Node::Bin(op, Box::new(a), Box::new(b), pos),
             }
         }
@@ -544,6 +562,8 @@ mod tests {
         assert!(err("abs(1, 2)").message.contains("abs takes 1 arguments"));
         assert!(err("state * 2").message.contains("not numeric"));
         assert!(err(&"(".repeat(40)).message.contains("nested deeper"));
+        assert!(err("power * 1e999").message.contains("out of range"));
+        assert_eq!(err("power + 1e300 * 1e300").pos, 14);
     }
 
     #[test]

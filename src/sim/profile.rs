@@ -228,6 +228,91 @@ impl Profile {
         self.slots = slots;
     }
 
+    /// After the fields changed at runtime (replaced or merged by name, re-sorted): points the
+    /// correlated groups at their members' new indices and recompiles the derived expressions
+    /// against the new field order, then orders them. What no longer holds together (a group
+    /// missing a member, an expression naming a field that is gone or not numeric, a cycle)
+    /// publishes `null` instead of failing: the request was valid for the fields it carried.
+    pub fn relink(&mut self) {
+        use super::generator::GenSpec;
+        let null = || GenSpec::Static { json: "null".into(), number: None };
+        // Correlated groups: members by (group, member) as the fields name them.
+        let mut members: Vec<Vec<Option<usize>>> =
+            self.correlated.iter().map(|g| vec![None; g.means.len()]).collect();
+        for (i, f) in self.fields.iter().enumerate() {
+            if let GenSpec::Correlated { group, member } = f.generator
+                && let Some(slot) = members.get_mut(group).and_then(|m| m.get_mut(member))
+            {
+                *slot = Some(i);
+            }
+        }
+        for (g, m) in self.correlated.iter_mut().zip(&members) {
+            g.members = m.iter().flatten().copied().collect();
+            if g.members.len() != g.means.len() {
+                g.members.clear();
+            }
+        }
+        for f in &mut self.fields {
+            if let GenSpec::Correlated { group, .. } = f.generator
+                && self.correlated.get(group).is_none_or(|g| g.members.is_empty())
+            {
+                f.generator = null();
+            }
+        }
+        // Derived expressions, recompiled by name.
+        let names: Vec<(String, bool, bool)> = self
+            .fields
+            .iter()
+            .map(|f| {
+                let derived = matches!(f.generator, GenSpec::Derived(_));
+                (f.name.clone(), derived, f.generator.is_numeric())
+            })
+            .collect();
+        for (me, f) in self.fields.iter_mut().enumerate() {
+            if let GenSpec::Derived(e) = &f.generator {
+                let r = super::expr::Expr::compile(&e.source, |name| {
+                    match names.iter().position(|n| n.0 == name) {
+                        Some(i) if i != me && (names[i].1 || names[i].2) => Ok(i),
+                        _ => Err(String::new()),
+                    }
+                });
+                f.generator = match r {
+                    Ok(e) => GenSpec::Derived(Box::new(e)),
+                    Err(_) => null(),
+                };
+            }
+        }
+        // Dependencies first; fields on a cycle publish null.
+        let n = self.fields.len();
+        let mut state = vec![0u8; n]; // 0 new, 1 on the path, 2 done, 3 broken
+        let mut order = vec![];
+        fn visit(i: usize, fields: &[FieldSpec], state: &mut [u8], order: &mut Vec<usize>) -> bool {
+            let GenSpec::Derived(e) = &fields[i].generator else { return true };
+            match state[i] {
+                2 => return true,
+                1 | 3 => return false,
+                _ => {}
+            }
+            state[i] = 1;
+            let ok = e.deps.iter().all(|&d| visit(d, fields, state, order));
+            state[i] = if ok { 2 } else { 3 };
+            if ok {
+                order.push(i);
+            }
+            ok
+        }
+        for i in 0..n {
+            visit(i, &self.fields, &mut state, &mut order);
+        }
+        for (i, s) in state.iter().enumerate() {
+            if *s == 3 {
+                self.fields[i].generator = null();
+            }
+        }
+        order.retain(|&i| state[i] == 2);
+        self.derived = order;
+    }
+
     /// A minimal profile for unit tests: null sink, 1 s interval, no fields.
     #[cfg(test)]
     pub fn for_tests(name: &str) -> Profile {
