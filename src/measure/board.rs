@@ -96,6 +96,8 @@ pub struct ShardFigures {
     pub paused: u64,
     /// Set once the shard has built its devices and ticks.
     pub running: bool,
+    /// The scenario that drives the run and its current phase (by sim time), if any.
+    pub scenario_phase: Option<(String, String)>,
 }
 
 /// Where one shard publishes its figures: the shard writes, scrapes read.

@@ -372,6 +372,10 @@ impl Shard {
             faults_injected: by_type(self.ctl.states.injected_by_type()),
             paused: self.ctl.states.paused_count(),
             running: true,
+            scenario_phase: self.scn.as_ref().and_then(|c| {
+                let i = c.phase_of(self.control_now())?;
+                Some((c.scenario.name.clone(), c.scenario.phases[i].name.clone()))
+            }),
         });
     }
 

@@ -585,13 +585,11 @@ impl Shard {
             &mut self.interval_latency,
             profile,
             profile_ix,
-            &self.topic,
-            &self.payload,
+            (&self.topic, &self.payload),
             device_hash,
-            intended_ns,
+            (intended_ns, phase),
             // After events, the sample's handling starts when the last event's ended.
             done_ns,
-            phase,
         );
         let mut interval =
             self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
@@ -645,12 +643,10 @@ impl Shard {
                 &mut self.interval_latency,
                 profile,
                 profile_ix,
-                &self.topic,
-                &self.payload,
+                (&self.topic, &self.payload),
                 device_hash,
-                intended_ns,
+                (intended_ns, phase),
                 done_ns,
-                phase,
             );
         }
         self.step_log = log;
@@ -798,12 +794,10 @@ fn submit(
     interval_latency: &mut hdrhistogram::Histogram<u64>,
     profile: &Profile,
     profile_ix: usize,
-    topic: &[u8],
-    payload: &[u8],
+    (topic, payload): (&[u8], &[u8]),
     device_hash: u64,
-    intended_ns: Option<u64>,
+    (intended_ns, phase): (Option<u64>, Option<usize>),
     fire_ns: u64,
-    phase: Option<usize>,
 ) -> u64 {
     let outcome = match &mut sinks[profile.protocol.index()] {
         Some(sink) => sink.submit(&Message {

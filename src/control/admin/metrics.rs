@@ -46,6 +46,12 @@ struct DeviceError {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScenarioPhase {
+    scenario: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeviceType {
     device_type: String,
 }
@@ -155,6 +161,8 @@ struct Fleet {
     faults_active: BTreeMap<&'static str, u64>,
     faults_injected: BTreeMap<&'static str, u64>,
     paused: u64,
+    /// The scenario's current phase (the shards agree on it: it follows sim time).
+    scenario_phase: Option<(String, String)>,
 }
 
 fn merge(shards: &[Arc<ShardFigures>]) -> Fleet {
@@ -165,6 +173,9 @@ fn merge(shards: &[Arc<ShardFigures>]) -> Fleet {
         }
         f.lateness.add(&s.lateness);
         f.paused += s.paused;
+        if f.scenario_phase.is_none() {
+            f.scenario_phase.clone_from(&s.scenario_phase);
+        }
         for k in &s.sinks {
             let c = f.connected.entry(k.sink).or_default();
             c.0 += k.connected;
@@ -363,6 +374,18 @@ impl Collector for FleetCollector {
             "Devices paused (PauseDevices); they are counted in iot_sim_devices_active too.",
             gauge(f.paused as i64),
         )?;
+        family(
+            &mut enc,
+            "iot_sim_scenario_phase",
+            "1 for the scenario phase the run is in (by sim time); absent outside any phase.",
+            MetricType::Gauge,
+            f.scenario_phase
+                .iter()
+                .map(|(scenario, phase)| {
+                    (ScenarioPhase { scenario: scenario.clone(), phase: phase.clone() }, gauge(1))
+                })
+                .collect::<Vec<_>>(),
+        )?;
         histogram(
             &mut enc,
             "iot_sim_tick_lateness_seconds",
@@ -525,8 +548,17 @@ mod tests {
             Arc::new(ShardFigures { profiles: vec![p("x", 1), p("y", 2)], ..Default::default() });
         let b = Arc::new(ShardFigures { profiles: vec![p("x", 10)], ..Default::default() });
         let f = merge(&[a, b]);
+        assert_eq!(f.scenario_phase, None);
         let x = &f.by_type[&("x".to_string(), "mqtt")];
         assert_eq!((x.messages, x.devices, x.error_kinds["timeout"]), (11, 2, 4));
         assert_eq!(f.by_type[&("y".to_string(), "mqtt")].messages, 2);
+    }
+
+    #[test]
+    fn the_scenario_phase_is_taken_from_the_shards() {
+        let phase = Some(("ramp_up".to_string(), "steady".to_string()));
+        let a = Arc::new(ShardFigures { scenario_phase: phase.clone(), ..Default::default() });
+        let b = Arc::new(ShardFigures::default());
+        assert_eq!(merge(&[b, a]).scenario_phase, phase);
     }
 }
