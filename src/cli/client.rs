@@ -3,6 +3,7 @@
 //! rendezvous hashing of its id (see `control::client`), the others fan out and merge.
 
 use crate::control::client::Pool;
+use crate::control::client::{pb_duration, table_to_pb};
 use crate::control::proto;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -149,30 +150,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn pool(rt: &RuntimeArgs) -> anyhow::Result<Pool> {
     Pool::new(&rt.runtime).map_err(anyhow::Error::msg)
-}
-
-fn pb_duration(ms: u64) -> prost_types::Duration {
-    prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
-}
-
-fn toml_to_pb(v: &toml::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        toml::Value::String(s) => Kind::StringValue(s.clone()),
-        toml::Value::Integer(i) => Kind::NumberValue(*i as f64),
-        toml::Value::Float(f) => Kind::NumberValue(*f),
-        toml::Value::Boolean(b) => Kind::BoolValue(*b),
-        toml::Value::Datetime(d) => Kind::StringValue(d.to_string()),
-        toml::Value::Array(a) => {
-            Kind::ListValue(prost_types::ListValue { values: a.iter().map(toml_to_pb).collect() })
-        }
-        toml::Value::Table(t) => Kind::StructValue(table_to_pb(t)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
-fn table_to_pb(t: &toml::Table) -> prost_types::Struct {
-    prost_types::Struct { fields: t.iter().map(|(k, v)| (k.clone(), toml_to_pb(v))).collect() }
 }
 
 /// Builds the specs of `iot-sim spawn` from a profile file (validated locally first).

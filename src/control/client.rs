@@ -165,6 +165,33 @@ async fn futures_join<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output
     out.into_iter().flatten().collect()
 }
 
+/// A sim-time duration in ms as a protobuf Duration.
+pub(crate) fn pb_duration(ms: u64) -> prost_types::Duration {
+    prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+/// A TOML value as a protobuf Struct value (behaviour params written in TOML, sent over gRPC).
+pub(crate) fn toml_to_pb(v: &toml::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        toml::Value::String(s) => Kind::StringValue(s.clone()),
+        toml::Value::Integer(i) => Kind::NumberValue(*i as f64),
+        toml::Value::Float(f) => Kind::NumberValue(*f),
+        toml::Value::Boolean(b) => Kind::BoolValue(*b),
+        toml::Value::Datetime(d) => Kind::StringValue(d.to_string()),
+        toml::Value::Array(a) => {
+            Kind::ListValue(prost_types::ListValue { values: a.iter().map(toml_to_pb).collect() })
+        }
+        toml::Value::Table(t) => Kind::StructValue(table_to_pb(t)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// A TOML table as a protobuf Struct.
+pub(crate) fn table_to_pb(t: &toml::Table) -> prost_types::Struct {
+    prost_types::Struct { fields: t.iter().map(|(k, v)| (k.clone(), toml_to_pb(v))).collect() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
