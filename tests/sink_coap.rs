@@ -124,10 +124,34 @@ fn parse(client: SocketAddr, data: &[u8]) -> Datagram {
     }
 }
 
+/// A receive buffer large enough for a burst of NON datagrams while the proxy thread is not
+/// scheduled (the default ~208 KiB holds ~100 small datagrams; a busy machine lost some).
+/// SO_RCVBUFFORCE passes `rmem_max` as root; otherwise SO_RCVBUF takes what the kernel allows.
+fn big_receive_buffer(s: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 8 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on a socket we own, with a c_int option value of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
+
 impl Proxy {
     fn start(server_port: u16, policy: Policy) -> Proxy {
         let listener = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         listener.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        big_receive_buffer(&listener);
         let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
