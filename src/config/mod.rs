@@ -512,6 +512,15 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
     run
 }
 
+/// Reads and parses a profile file (see [`read_profile_file`]); the error names the file.
+pub(crate) fn read_profile_doc(full: &Path) -> Result<toml::Table, String> {
+    let text = read_profile_file(full)
+        .map_err(|e| format!("cannot read profile file {}: {e}", full.display()))?;
+    text.parse().map_err(|e: toml::de::Error| {
+        format!("profile file {} is not valid TOML: {}", full.display(), e.to_string().trim())
+    })
+}
+
 /// Reads a profile file: a regular file of at most [`limits::MAX_PROFILE_FILE_BYTES`]. A device
 /// (`/dev/zero`) would be read until memory runs out and a FIFO would block `validate` forever,
 /// so both are refused; the size is capped while reading too, in case the file grows.
@@ -554,24 +563,10 @@ fn load_profile_file(
     if let Some(ix) = by_name.get(&key) {
         return Some(*ix);
     }
-    let text = match read_profile_file(&full) {
-        Ok(t) => t,
-        Err(e) => {
-            p.add(path, format!("cannot read profile file {}: {e}", full.display()));
-            return None;
-        }
-    };
-    let doc: toml::Table = match text.parse() {
+    let doc = match read_profile_doc(&full) {
         Ok(d) => d,
         Err(e) => {
-            p.add(
-                path,
-                format!(
-                    "profile file {} is not valid TOML: {}",
-                    full.display(),
-                    e.to_string().trim()
-                ),
-            );
+            p.add(path, e);
             return None;
         }
     };

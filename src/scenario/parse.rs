@@ -826,24 +826,11 @@ fn lookup_profile(
         if let Some(pr) = ctx.files.get(&full) {
             return Some(pr.clone());
         }
-        let text = match std::fs::read_to_string(&full) {
-            Ok(t) => t,
-            Err(e) => {
-                p.add(path, format!("cannot read profile file {}: {e}", full.display()));
-                return None;
-            }
-        };
-        let doc: toml::Table = match text.parse() {
+        // The same reader as the fleet file's: regular files only, size-capped.
+        let doc = match crate::config::read_profile_doc(&full) {
             Ok(d) => d,
             Err(e) => {
-                p.add(
-                    path,
-                    format!(
-                        "profile file {} is not valid TOML: {}",
-                        full.display(),
-                        e.to_string().trim()
-                    ),
-                );
+                p.add(path, e);
                 return None;
             }
         };
