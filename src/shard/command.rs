@@ -9,7 +9,7 @@
 use super::event::Event;
 use super::streams::{PointBatch, StreamBudget};
 use crate::sim::fault::FaultSpec;
-use crate::sim::profile::{FieldSpec, Profile};
+use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
 use crossbeam_channel::Receiver;
 use std::collections::BTreeMap;
@@ -99,29 +99,7 @@ impl ScanReply {
     }
 }
 
-/// What UpdateDeviceBehavior or a scenario's `update` changes, compiled by the control plane
-/// or the scenario; `None` keeps what the device's profile has.
-#[derive(Debug, Default)]
-pub(crate) struct BehaviourUpdate {
-    /// The new fields (compiled together: correlated members point into `correlated`,
-    /// derived expressions are re-linked by name on arrival).
-    pub fields: Vec<FieldSpec>,
-    /// The correlated groups of `fields`.
-    pub correlated: Vec<crate::sim::correlated::CorrelatedGroup>,
-    /// false: `fields` replace every field (UpdateDeviceBehavior); true: they replace the
-    /// fields of the same name, or are added (a scenario's `update`).
-    pub merge: bool,
-    /// Leave the fields alone (an UpdateDeviceBehavior that changes only the behaviour).
-    pub keep_fields: bool,
-    /// A new telemetry interval.
-    pub interval_ms: Option<u64>,
-    /// Labels merged into the device's labels.
-    pub labels: BTreeMap<String, String>,
-    pub report: Option<crate::sim::behaviour::ReportMode>,
-    pub events: Option<Vec<crate::sim::behaviour::EventSpec>>,
-    pub availability: Option<Option<crate::sim::behaviour::Availability>>,
-    pub sleep: Option<Option<crate::sim::behaviour::Sleep>>,
-}
+pub(crate) use crate::sim::profile::BehaviourUpdate;
 
 /// What a selection command does to each selected device.
 #[derive(Debug, Clone)]

@@ -15,7 +15,6 @@ use super::streams::{Streams, group_matches};
 use crate::measure::clock::mono_ns;
 use crate::measure::stats::ProfileStats;
 use crate::sim::device::{DeviceTable, device_seed};
-use crate::sim::generator::GenSpec;
 use crate::sim::profile::{self, Group, Profile};
 use crate::sim::seed;
 use crate::sim::time::SimMs;
@@ -887,52 +886,10 @@ impl Shard {
         let profile_ix = match remap.get(&old_profile_ix) {
             Some(&ix) => ix,
             None => {
-                let mut p = old_profile.clone();
-                if !update.keep_fields {
-                    // Correlated members name their group by index: the update's groups come
-                    // after the profile's when merging.
-                    let offset = if update.merge { p.correlated.len() } else { 0 };
-                    let shifted = update.fields.iter().map(|f| {
-                        let mut f = f.clone();
-                        if let GenSpec::Correlated { group, .. } = &mut f.generator {
-                            *group += offset;
-                        }
-                        f
-                    });
-                    if update.merge {
-                        for f in shifted {
-                            match p.fields.iter_mut().find(|x| x.name == f.name) {
-                                Some(x) => *x = f,
-                                None => p.fields.push(f),
-                            }
-                        }
-                        // The payload lists fields in name order.
-                        p.fields.sort_by(|a, b| a.name.cmp(&b.name));
-                    } else {
-                        p.fields = shifted.collect();
-                        p.correlated.clear();
-                    }
-                    p.correlated.extend(update.correlated.iter().cloned());
-                    p.relink();
-                }
-                if let Some(ms) = update.interval_ms {
-                    p.interval_ms = ms;
-                }
-                let b = &mut p.behaviour;
-                if let Some(r) = update.report {
-                    b.report = r;
-                }
-                if let Some(e) = &update.events {
-                    b.events = e.clone();
-                    b.retopic(&p.topic);
-                }
-                if let Some(a) = update.availability {
-                    b.availability = a;
-                }
-                if let Some(s) = update.sleep {
-                    b.sleep = s;
-                }
-                p.lay_out();
+                // What broke was refused up front (gRPC compiles the whole field set, a
+                // scenario checks every profile its update meets at load); anything left
+                // publishes null.
+                let (p, _broken) = old_profile.updated(update);
                 let ix = self.intern_profile(&Arc::new(p));
                 remap.insert(old_profile_ix, ix);
                 ix

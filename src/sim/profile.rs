@@ -177,6 +177,31 @@ pub struct FieldSpec {
     pub deadband: Option<f64>,
 }
 
+/// What UpdateDeviceBehavior or a scenario's `update` changes, compiled by the control plane
+/// or the scenario loader; `None` keeps what the device's profile has. Applied by
+/// [`Profile::updated`].
+#[derive(Clone, Debug, Default)]
+pub struct BehaviourUpdate {
+    /// The new fields (compiled together: correlated members point into `correlated`,
+    /// derived expressions are re-linked by name on arrival).
+    pub fields: Vec<FieldSpec>,
+    /// The correlated groups of `fields`.
+    pub correlated: Vec<super::correlated::CorrelatedGroup>,
+    /// false: `fields` replace every field (UpdateDeviceBehavior); true: they replace the
+    /// fields of the same name, or are added (a scenario's `update`).
+    pub merge: bool,
+    /// Leave the fields alone (an update that changes only the behaviour).
+    pub keep_fields: bool,
+    /// A new telemetry interval.
+    pub interval_ms: Option<u64>,
+    /// Labels merged into the device's labels.
+    pub labels: BTreeMap<String, String>,
+    pub report: Option<super::behaviour::ReportMode>,
+    pub events: Option<Vec<super::behaviour::EventSpec>>,
+    pub availability: Option<Option<super::behaviour::Availability>>,
+    pub sleep: Option<Option<super::behaviour::Sleep>>,
+}
+
 /// A validated device profile.
 #[derive(Clone, Debug)]
 pub struct Profile {
@@ -228,12 +253,69 @@ impl Profile {
         self.slots = slots;
     }
 
+    /// This profile with `u` applied: the one function behind UpdateDeviceBehavior and a
+    /// scenario's `update` (the shard applies it; the scenario loader runs it ahead to refuse an
+    /// update that breaks the profile). Also returns what no longer holds together (see
+    /// [`Profile::relink`]); empty when the update is sound.
+    pub fn updated(&self, u: &BehaviourUpdate) -> (Profile, Vec<String>) {
+        let mut p = self.clone();
+        let mut broken = vec![];
+        if !u.keep_fields {
+            // Correlated members name their group by index: the update's groups come after
+            // the profile's when merging.
+            let offset = if u.merge { p.correlated.len() } else { 0 };
+            let shifted = u.fields.iter().map(|f| {
+                let mut f = f.clone();
+                if let GenSpec::Correlated { group, .. } = &mut f.generator {
+                    *group += offset;
+                }
+                f
+            });
+            if u.merge {
+                for f in shifted {
+                    match p.fields.iter_mut().find(|x| x.name == f.name) {
+                        Some(x) => *x = f,
+                        None => p.fields.push(f),
+                    }
+                }
+                // The payload lists fields in name order.
+                p.fields.sort_by(|a, b| a.name.cmp(&b.name));
+            } else {
+                p.fields = shifted.collect();
+                p.correlated.clear();
+            }
+            p.correlated.extend(u.correlated.iter().cloned());
+            broken = p.relink();
+        }
+        if let Some(ms) = u.interval_ms {
+            p.interval_ms = ms;
+        }
+        let b = &mut p.behaviour;
+        if let Some(r) = u.report {
+            b.report = r;
+        }
+        if let Some(e) = &u.events {
+            b.events = e.clone();
+            b.retopic(&p.topic);
+        }
+        if let Some(a) = u.availability {
+            b.availability = a;
+        }
+        if let Some(s) = u.sleep {
+            b.sleep = s;
+        }
+        p.lay_out();
+        (p, broken)
+    }
+
     /// After the fields changed at runtime (replaced or merged by name, re-sorted): points the
     /// correlated groups at their members' new indices and recompiles the derived expressions
     /// against the new field order, then orders them. What no longer holds together (a group
     /// missing a member, an expression naming a field that is gone or not numeric, a cycle)
-    /// publishes `null` instead of failing: the request was valid for the fields it carried.
-    pub fn relink(&mut self) {
+    /// publishes `null`; the returned list says what broke, one line per field, so that a
+    /// caller can refuse the change instead (gRPC and scenario updates do).
+    pub fn relink(&mut self) -> Vec<String> {
+        let mut broken = vec![];
         use super::generator::GenSpec;
         let null = || GenSpec::Static { json: "null".into(), number: None };
         // Correlated groups: members by (group, member) as the fields name them.
@@ -256,6 +338,12 @@ impl Profile {
             if let GenSpec::Correlated { group, .. } = f.generator
                 && self.correlated.get(group).is_none_or(|g| g.members.is_empty())
             {
+                let name = self.correlated.get(group).map_or("?", |g| g.name.as_str());
+                broken.push(format!(
+                    "field {:?}: its correlated group {name:?} lost a member (a member was \
+                     replaced by a field of another type)",
+                    f.name
+                ));
                 f.generator = null();
             }
         }
@@ -273,12 +361,17 @@ impl Profile {
                 let r = super::expr::Expr::compile(&e.source, |name| {
                     match names.iter().position(|n| n.0 == name) {
                         Some(i) if i != me && (names[i].1 || names[i].2) => Ok(i),
-                        _ => Err(String::new()),
+                        Some(i) if i != me => Err(format!("field {name:?} is not numeric")),
+                        Some(_) => Err(format!("field {name:?} refers to itself")),
+                        None => Err(format!("unknown field {name:?}")),
                     }
                 });
                 f.generator = match r {
                     Ok(e) => GenSpec::Derived(Box::new(e)),
-                    Err(_) => null(),
+                    Err(why) => {
+                        broken.push(format!("field {:?} = {:?}: {why}", f.name, e.source));
+                        null()
+                    }
                 };
             }
         }
@@ -306,11 +399,16 @@ impl Profile {
         }
         for (i, s) in state.iter().enumerate() {
             if *s == 3 {
+                broken.push(format!(
+                    "field {:?}: its expression depends on itself through other fields",
+                    self.fields[i].name
+                ));
                 self.fields[i].generator = null();
             }
         }
         order.retain(|&i| state[i] == 2);
         self.derived = order;
+        broken
     }
 
     /// A minimal profile for unit tests: null sink, 1 s interval, no fields.
