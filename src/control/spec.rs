@@ -157,10 +157,6 @@ pub(crate) fn behaviour_fields(
     Ok(fields)
 }
 
-/// Top-level keys of `behavior_params` that change a device's behaviour beyond its fields
-/// (the fleet file's profile keys of the same names).
-const BEHAVIOUR_KEYS: [&str; 4] = ["report", "events", "availability", "sleep"];
-
 /// The new fields and behaviour of an UpdateDeviceBehavior request, validated exactly like a
 /// spawn's. Params with `fields` replace the fields (none: no fields, as in the original);
 /// `report`, `events`, `availability` and `sleep` replace those (`{}` for availability or
@@ -170,12 +166,29 @@ pub(crate) fn behaviour_update(
 ) -> Result<BehaviourUpdate, Status> {
     let fields = behaviour_fields(params).map_err(Status::invalid_argument)?;
     let top = params.map(struct_to_toml).unwrap_or_default();
-    let given = |k: &str| top.contains_key(k);
-    // Compile through a throwaway profile so fields are validated exactly like a spawn's.
+    let keeps_fields = !top.contains_key("fields") && BEHAVIOUR_KEYS.iter().any(|k| top.contains_key(*k));
+    let mut p = Problems::default();
+    compile_update("", (!keeps_fields).then_some(fields), &top, &mut p).ok_or_else(|| {
+        Status::invalid_argument(format!("invalid behavior_params: {}", problems_text(&p)))
+    })
+}
+
+/// Compiles an update's fields (`None`: keep the device's) and its behaviour keys (`report`,
+/// `events`, `availability`, `sleep` of `top`) through a throwaway profile, so they are
+/// validated exactly like a spawn's; problems are recorded under `base` (the scenario step's
+/// `update` table, or `""` for gRPC). The one front end of UpdateDeviceBehavior and a
+/// scenario's `update`.
+pub(crate) fn compile_update(
+    base: &str,
+    fields: Option<toml::Table>,
+    top: &toml::Table,
+    p: &mut Problems,
+) -> Option<BehaviourUpdate> {
+    let before = p.0.len();
     let mut t = toml::Table::new();
     t.insert("protocol".into(), "null".into());
     t.insert("interval".into(), "1ms".into());
-    t.insert("fields".into(), toml::Value::Table(fields));
+    t.insert("fields".into(), toml::Value::Table(fields.clone().unwrap_or_default()));
     for k in BEHAVIOUR_KEYS {
         match top.get(k) {
             // An empty table turns the feature off.
@@ -186,18 +199,14 @@ pub(crate) fn behaviour_update(
             None => {}
         }
     }
-    let mut p = Problems::default();
-    let profile = crate::config::compile_profile_with("update", Table::new("", &t), &mut p, true)
-        .filter(|_| p.is_empty())
-        .ok_or_else(|| {
-            Status::invalid_argument(format!("invalid behavior_params: {}", problems_text(&p)))
-        })?;
-    let keeps_fields = !given("fields") && BEHAVIOUR_KEYS.iter().any(|k| given(k));
+    let profile = crate::config::compile_profile_with("update", Table::new(base, &t), p, true)
+        .filter(|_| p.0.len() == before)?;
+    let given = |k: &str| top.contains_key(k);
     let b = profile.behaviour;
-    Ok(BehaviourUpdate {
+    Some(BehaviourUpdate {
         fields: profile.fields,
         correlated: profile.correlated,
-        keep_fields: keeps_fields,
+        keep_fields: fields.is_none(),
         report: given("report").then_some(b.report),
         events: given("events").then_some(b.events),
         availability: given("availability").then_some(b.availability),
@@ -205,6 +214,10 @@ pub(crate) fn behaviour_update(
         ..BehaviourUpdate::default()
     })
 }
+
+/// Top-level keys of `behavior_params` (and of a scenario's `update`) that change a device's
+/// behaviour beyond its fields (the fleet file's profile keys of the same names).
+pub(crate) const BEHAVIOUR_KEYS: [&str; 4] = ["report", "events", "availability", "sleep"];
 
 pub(crate) fn problems_text(p: &Problems) -> String {
     p.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")

@@ -20,7 +20,7 @@ pub mod threshold;
 use crate::config::walk::Problems;
 use crate::config::{Config, ConfigError, Overrides};
 use crate::sim::fault::FaultSpec;
-use crate::sim::profile::{FieldSpec, Profile};
+use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,13 +40,11 @@ pub enum Target {
 /// (or are added), labels are merged into its labels, the interval replaces its interval.
 #[derive(Clone, Debug, Default)]
 pub struct Update {
-    pub interval_ms: Option<u64>,
-    pub labels: BTreeMap<String, String>,
-    pub fields: Vec<FieldSpec>,
-    /// The correlated groups of `fields` (their members point into them).
-    pub correlated: Vec<crate::sim::correlated::CorrelatedGroup>,
-    /// The `fields` table as written (a remote run sends it over `UpdateDeviceBehavior`).
-    pub fields_toml: Option<toml::Table>,
+    /// What the shards apply (`merge`: the fields replace those of the same name).
+    pub change: Arc<crate::sim::profile::BehaviourUpdate>,
+    /// `fields`, `report`, `events`, `availability` and `sleep` as written (a remote run sends
+    /// them as UpdateDeviceBehavior's params).
+    pub params: Option<toml::Table>,
 }
 
 /// What a step does to the devices it selects.

@@ -6,7 +6,8 @@ use super::{Action, Op, Phase, Scenario, Target, TimedAction, Update};
 use crate::config::walk::{Problems, Table, show, type_name};
 use crate::config::{Config, MAX_COUNT, MAX_INTERVAL_MS, SinkSettings};
 use crate::control::proto;
-use crate::sim::profile::{Fleet, Profile, Protocol};
+use crate::sim::generator::GenSpec;
+use crate::sim::profile::{BehaviourUpdate, Fleet, Profile, Protocol};
 use crate::sim::selector::LabelSelector;
 use crate::sim::time::{format_duration_ms, parse_duration_ms};
 use std::collections::{BTreeMap, BTreeSet};
@@ -327,7 +328,10 @@ fn compile_steps(
     if !p.is_empty() {
         return None;
     }
-    let mut timeline = resolve_batches(items, &config.fleet, &mut ends);
+    let mut timeline = resolve_batches(items, &config.fleet, &mut ends, p);
+    if !p.is_empty() {
+        return None;
+    }
     let last = ends.iter().map(|e| e.1).max().unwrap_or(0);
     let duration_ms = match duration_ms {
         Some(d) => d,
@@ -632,6 +636,7 @@ fn action(
                 }
                 _ => {
                     accepted.extend(["interval", "labels", "fields"]);
+                    accepted.extend(crate::control::spec::BEHAVIOUR_KEYS);
                     update(&mut t, p).map(|u| Op::Update(Arc::new(u)))
                 }
             };
@@ -724,7 +729,8 @@ fn fault(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
 }
 
 fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Update> {
-    let mut u = Update::default();
+    use crate::control::spec::{BEHAVIOUR_KEYS, compile_update};
+    let mut u = BehaviourUpdate { merge: true, keep_fields: true, ..BehaviourUpdate::default() };
     let before = p.0.len();
     if t.has("interval") {
         match t.duration_ms("interval", p) {
@@ -736,25 +742,33 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Update> {
         }
     }
     u.labels = labels(t, p);
-    if let Some(ft) = t.table("fields", p) {
-        u.fields_toml = Some(ft.table.clone());
-        // Compile the fields through a throwaway profile, exactly like a spawn's.
-        let mut synthetic = toml::Table::new();
-        synthetic.insert("protocol".into(), "null".into());
-        synthetic.insert("interval".into(), "1s".into());
-        synthetic.insert("fields".into(), Value::Table(ft.table.clone()));
-        let base = ft.path.strip_suffix(".fields").unwrap_or(&ft.path).to_string();
-        if let Some(prof) =
-            crate::config::compile_profile("update", Table::new(base, &synthetic), p)
-        {
-            u.fields = prof.fields;
-            u.correlated = prof.correlated;
+    let fields = t.table("fields", p).map(|ft| ft.table.clone());
+    // `fields`, `report`, `events`, `availability` and `sleep` as written: compiled like an
+    // UpdateDeviceBehavior's params (and sent as those by a remote run).
+    let mut params = toml::Table::new();
+    if let Some(f) = &fields {
+        params.insert("fields".into(), Value::Table(f.clone()));
+    }
+    for k in BEHAVIOUR_KEYS {
+        if let Some(v) = t.get(k) {
+            params.insert(k.into(), v.clone());
         }
     }
-    if u.interval_ms.is_none() && u.labels.is_empty() && !t.has("fields") && p.0.len() == before {
-        p.add(t.path.clone(), "nothing to change: give interval, labels and/or fields");
+    if !params.is_empty()
+        && let Some(c) = compile_update(&t.path, fields, &params, p)
+    {
+        u = BehaviourUpdate { merge: true, interval_ms: u.interval_ms, labels: u.labels, ..c };
     }
-    (p.0.len() == before).then_some(u)
+    if u.interval_ms.is_none() && u.labels.is_empty() && params.is_empty() && p.0.len() == before
+    {
+        p.add(
+            t.path.clone(),
+            "nothing to change: give interval, labels, fields, report, events, availability \
+             and/or sleep",
+        );
+    }
+    let params = (!params.is_empty()).then_some(params);
+    (p.0.len() == before).then(|| Update { change: Arc::new(u), params })
 }
 
 fn spawn(mut t: Table<'_>, ctx: &mut Ctx<'_>, p: &mut Problems) -> Vec<(u64, Item, u64)> {
@@ -907,33 +921,93 @@ fn template(v: &Value, i: u64) -> Value {
     }
 }
 
-type Member = (String, Rc<BTreeMap<String, String>>);
+/// (id, labels, index of its profile in [`Roster::profiles`]).
+type Member = (String, Rc<BTreeMap<String, String>>, usize);
 
-/// Who exists when, for resolving batches: the fleet's devices and the scenario's spawns,
-/// less those stopped, with labels as updated.
+/// Who exists when, for resolving batches and checking updates: the fleet's devices and the
+/// scenario's spawns, less those stopped, with labels and profiles as updated.
 struct Roster {
-    /// (id, labels); `None` once stopped.
+    /// `None` once stopped.
     members: Vec<Option<Member>>,
     by_id: BTreeMap<String, usize>,
+    /// The fleet's profiles, then each one an update made (first the fleet's, by name).
+    profiles: Vec<Arc<Profile>>,
+    /// The problems already reported: (step, message).
+    reported: BTreeSet<(usize, String)>,
 }
 
 impl Roster {
     fn new(fleet: &Fleet) -> Roster {
-        let mut r = Roster { members: vec![], by_id: BTreeMap::new() };
+        let mut r = Roster {
+            members: vec![],
+            by_id: BTreeMap::new(),
+            profiles: fleet.profiles.iter().cloned().map(Arc::new).collect(),
+            reported: BTreeSet::new(),
+        };
         let mut id = String::new();
         for g in &fleet.groups {
             let labels = Rc::new(g.labels.clone());
             for i in 0..g.count {
                 g.device_id(&fleet.profiles[g.profile], i, &mut id);
-                r.add(id.clone(), labels.clone());
+                r.add(id.clone(), labels.clone(), g.profile);
             }
         }
         r
     }
 
-    fn add(&mut self, id: String, labels: Rc<BTreeMap<String, String>>) {
+    fn add(&mut self, id: String, labels: Rc<BTreeMap<String, String>>, profile: usize) {
         self.by_id.insert(id.clone(), self.members.len());
-        self.members.push(Some((id, labels)));
+        self.members.push(Some((id, labels, profile)));
+    }
+
+    /// The index of a spawned device's profile: the fleet's of that name, or a new entry.
+    fn profile_of(&mut self, profile: &Arc<Profile>) -> usize {
+        match self.profiles.iter().position(|p| p.name == profile.name) {
+            Some(i) => i,
+            None => {
+                self.profiles.push(profile.clone());
+                self.profiles.len() - 1
+            }
+        }
+    }
+
+    /// Applies a fields update to the profiles of the members it selects, as the shards will
+    /// ([`Profile::updated`]), and reports what it would break (a derived expression reading a
+    /// field that is gone or no longer numeric, a correlated group that lost a member) at the
+    /// step's `update`: such a scenario is refused, so nothing of it is ever applied.
+    fn update_profiles(
+        &mut self,
+        step: usize,
+        selected: &[usize],
+        u: &BehaviourUpdate,
+        p: &mut Problems,
+    ) {
+        let mut done: BTreeMap<usize, usize> = BTreeMap::new();
+        for &i in selected {
+            let Some(old) = self.members[i].as_ref().map(|m| m.2) else { continue };
+            let new = match done.get(&old) {
+                Some(&n) => n,
+                None => {
+                    let (merged, broken) = self.profiles[old].updated(u);
+                    for why in broken {
+                        let msg = format!(
+                            "would break profile {:?}: {why}; give the fields it needs in the same update",
+                            merged.name
+                        );
+                        if self.reported.insert((step, msg.clone())) {
+                            p.add(format!("step[{step}].update.fields"), msg);
+                        }
+                    }
+                    self.profiles.push(Arc::new(merged));
+                    let n = self.profiles.len() - 1;
+                    done.insert(old, n);
+                    n
+                }
+            };
+            if let Some(m) = &mut self.members[i] {
+                m.2 = new;
+            }
+        }
     }
 
     /// Indexes of the live members a target selects.
@@ -947,33 +1021,41 @@ impl Roster {
             _ => (0..self.members.len())
                 .filter(|&i| match (&self.members[i], target) {
                     (None, _) => false,
-                    (Some((_, l)), Target::Labels(sel)) => sel.matches(l),
+                    (Some((_, l, _)), Target::Labels(sel)) => sel.matches(l),
                     _ => true,
                 })
                 .collect(),
         }
     }
 
-    fn apply(&mut self, action: &Action) {
+    fn apply(&mut self, step: usize, action: &Action, p: &mut Problems) {
         match action {
-            Action::Spawn { labels, ids, .. } => {
+            Action::Spawn { profile, labels, ids } => {
                 let labels = Rc::new(labels.clone());
+                let profile = self.profile_of(profile);
                 for id in ids {
-                    self.add(id.clone(), labels.clone());
+                    self.add(id.clone(), labels.clone(), profile);
                 }
             }
             Action::Apply { target, op: Op::Stop } => {
                 for i in self.select(target) {
-                    if let Some((id, _)) = self.members[i].take() {
+                    if let Some((id, ..)) = self.members[i].take() {
                         self.by_id.remove(&id);
                     }
                 }
             }
-            Action::Apply { target, op: Op::Update(u) } if !u.labels.is_empty() => {
-                for i in self.select(target) {
-                    if let Some((_, l)) = &mut self.members[i] {
+            Action::Apply { target, op: Op::Update(u) } => {
+                let selected = self.select(target);
+                if !u.change.keep_fields {
+                    self.update_profiles(step, &selected, &u.change, p);
+                }
+                if u.change.labels.is_empty() {
+                    return;
+                }
+                for i in selected {
+                    if let Some((_, l, _)) = &mut self.members[i] {
                         let mut m = (**l).clone();
-                        m.extend(u.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        m.extend(u.change.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
                         *l = Rc::new(m);
                     }
                 }
@@ -985,12 +1067,31 @@ impl Roster {
 
 /// Turns the items into the timeline: batches become id selections of `size` devices each,
 /// in device-id order, of the devices their selector matches at the batch step's time.
+/// Also checks each fields update against the profiles of the devices it selects at its time
+/// (the roster is built for that only when some profile or update has derived or correlated
+/// fields, the only ones an update can break).
 fn resolve_batches(
     mut items: BTreeMap<Key, Item>,
     fleet: &Fleet,
     ends: &mut Vec<(usize, u64)>,
+    p: &mut Problems,
 ) -> Vec<TimedAction> {
-    let needs_roster = items.values().any(|i| matches!(i, Item::Batch { .. }));
+    let linked = |pr: &Profile| !pr.derived.is_empty() || !pr.correlated.is_empty();
+    let fields_update = |op: &Op| matches!(op, Op::Update(u) if !u.change.keep_fields);
+    let needs_check = items.values().any(|i| match i {
+        Item::Act(Action::Apply { op, .. }) | Item::Batch { op, .. } => fields_update(op),
+        _ => false,
+    }) && (fleet.profiles.iter().any(linked)
+        || items.values().any(|i| match i {
+            Item::Act(Action::Spawn { profile, .. }) => linked(profile),
+            Item::Act(Action::Apply { op: Op::Update(u), .. }) | Item::Batch { op: Op::Update(u), .. } => {
+                u.change.fields.iter().any(|f| {
+                    matches!(f.generator, GenSpec::Derived(_) | GenSpec::Correlated { .. })
+                })
+            }
+            _ => false,
+        }));
+    let needs_roster = needs_check || items.values().any(|i| matches!(i, Item::Batch { .. }));
     let mut roster = needs_roster.then(|| Roster::new(fleet));
     let mut out = vec![];
     let mut generated = 0u64;
@@ -998,7 +1099,7 @@ fn resolve_batches(
         match item {
             Item::Act(action) => {
                 if let Some(r) = &mut roster {
-                    r.apply(&action);
+                    r.apply(step, &action, p);
                 }
                 out.push(TimedAction { at_ms: at, step, action });
             }

@@ -58,12 +58,6 @@ pub fn unsupported(thresholds: &[Threshold]) -> Vec<String> {
         .collect()
 }
 
-fn behaviour(fields: &toml::Table) -> prost_types::Struct {
-    let mut params = toml::Table::new();
-    params.insert("fields".into(), toml::Value::Table(fields.clone()));
-    table_to_pb(&params)
-}
-
 fn selector(target: &Target) -> Option<proto::DeviceSelector> {
     use proto::device_selector::Selector;
     match target {
@@ -99,6 +93,12 @@ fn fault_params(kind: &FaultKind, reason: &Option<String>) -> prost_types::Struc
         t.insert("reason".into(), r.clone().into());
     }
     table_to_pb(&t)
+}
+
+fn behaviour(fields: &toml::Table) -> prost_types::Struct {
+    let mut params = toml::Table::new();
+    params.insert("fields".into(), toml::Value::Table(fields.clone()));
+    table_to_pb(&params)
 }
 
 /// The gRPC specs of `ids` of `profile` with `labels`.
@@ -278,7 +278,7 @@ async fn apply(
         Action::Apply { target, op } => (target, op),
     };
     if let Op::Update(u) = op
-        && (u.interval_ms.is_some() || !u.labels.is_empty())
+        && (u.change.interval_ms.is_some() || !u.change.labels.is_empty())
     {
         return Err("an update of interval or labels is not in simulator.v1 (UpdateDeviceBehavior changes fields only); a remote run can update fields only".into());
     }
@@ -349,10 +349,10 @@ async fn apply(
                 .map(drop)?
             }
             Op::Update(u) => {
-                let Some(fields) = &u.fields_toml else { continue };
+                let Some(params) = &u.params else { continue };
                 let req = proto::UpdateDeviceBehaviorRequest {
                     selector: sel,
-                    behavior_params: Some(behaviour(fields)),
+                    behavior_params: Some(table_to_pb(params)),
                 };
                 pool.call(i, |mut c| {
                     let req = req.clone();

@@ -5,7 +5,7 @@
 //! (`seed::shard_of`), so the fleet is the same for any number of shards.
 
 use super::Shard;
-use super::command::{Action, BehaviourUpdate, Selection, SpawnSpec};
+use super::command::{Action, Selection, SpawnSpec};
 use super::event::EventKind;
 use super::inbox::ScenarioCommand;
 use crate::measure::stats;
@@ -112,14 +112,7 @@ impl Shard {
                     scenario::Op::Clear(kind) => Action::ClearFaults(*kind),
                     scenario::Op::Pause => Action::Pause(true),
                     scenario::Op::Resume => Action::Pause(false),
-                    scenario::Op::Update(u) => Action::Behaviour(Arc::new(BehaviourUpdate {
-                        fields: u.fields.clone(),
-                        correlated: u.correlated.clone(),
-                        merge: true,
-                        interval_ms: u.interval_ms,
-                        labels: u.labels.clone(),
-                        ..BehaviourUpdate::default()
-                    })),
+                    scenario::Op::Update(u) => Action::Behaviour(u.change.clone()),
                 };
                 self.scenario_command(ScenarioCommand::Scan(selection, action), at);
             }
