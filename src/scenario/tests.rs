@@ -363,3 +363,147 @@ fn the_timeline_is_the_same_on_every_load() {
     let b = load_str(text).unwrap().1;
     assert_eq!(format!("{:?}", a.timeline), format!("{:?}", b.timeline));
 }
+
+/// A fleet with a derived field and a correlated group, for the update checks.
+const LINKED: &str = r#"
+[[fleet]]
+profile = "meter"
+count = 2
+labels = { site = "m" }
+
+[profiles.meter]
+protocol = "file"
+interval = "1s"
+fields.power = { type = "gaussian", mean = 3, stddev = 1 }
+fields.current = { type = "derived", expr = "power * 1000 / 230" }
+fields.climate = { type = "correlated_gaussian", fields = ["temperature", "humidity"], means = [22.0, 45.0], stddevs = [1.5, 5.0], correlation = [[1.0, -0.7], [-0.7, 1.0]] }
+"#;
+
+fn load_linked(steps: &str) -> Result<(Config, Scenario), String> {
+    load_str(&format!("duration = \"1h\"\n{steps}\n{LINKED}"))
+}
+
+fn only_update(s: &Scenario) -> Arc<crate::sim::profile::BehaviourUpdate> {
+    let Some(Action::Apply { op: Op::Update(u), .. }) =
+        s.timeline.iter().map(|t| &t.action).find(|a| matches!(a, Action::Apply { .. }))
+    else {
+        panic!("no update in {:?}", s.timeline)
+    };
+    u.change.clone()
+}
+
+#[test]
+fn update_takes_report_events_availability_and_sleep_like_grpc() {
+    let (_, s) = load_str(
+        r#"
+        [[step]]
+        at = "10s"
+        update = { all = true, report = { mode = "on_change", max_silence = "1m" }, availability = { mtbf = "1h", mttr = "5m" }, sleep = { period = "10m", awake = "1m" }, events.alarm = { rate_per_hour = 6.0 } }
+        "#,
+    )
+    .unwrap();
+    let u = only_update(&s);
+    use crate::sim::behaviour::{Availability, ReportMode, Sleep};
+    assert_eq!(u.report, Some(ReportMode::OnChange { max_silence_ms: Some(60_000) }));
+    assert_eq!(
+        u.availability,
+        Some(Some(Availability { mtbf_ms: 3_600_000, mttr_ms: 300_000 }))
+    );
+    assert_eq!(u.sleep, Some(Some(Sleep { period_ms: 600_000, awake_ms: 60_000 })));
+    let events = u.events.as_ref().unwrap();
+    assert_eq!((events[0].name.as_str(), events[0].rate_per_hour), ("alarm", 6.0));
+    // No `fields`: the device keeps its own; the update merges, as a scenario's does.
+    assert!(u.keep_fields && u.merge);
+    // `{}` turns a feature off.
+    let (_, s) = load_str(
+        "[[step]]\nat = \"1s\"\nupdate = { all = true, availability = {}, sleep = {} }\n",
+    )
+    .unwrap();
+    let u = only_update(&s);
+    assert_eq!((u.availability, u.sleep), (Some(None), Some(None)));
+}
+
+#[test]
+fn update_behaviour_keys_are_checked_with_their_paths_and_values() {
+    let err = load_str(
+        r#"
+        [[step]]
+        at = "10s"
+        update = { all = true, availability = { mtbf = "0s", mttr = "5m" }, fields = { t = { type = "gaussian", mean = 1, stddev = 1, deadband = -1 } }, events.alarm = { rate_per_hour = -2.0 } }
+        "#,
+    )
+    .unwrap_err();
+    for want in [
+        "step[0].update.availability.mtbf",
+        "step[0].update.fields.t.deadband: must be a non-negative number, got -1",
+        "step[0].update.events.alarm.rate_per_hour",
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+}
+
+#[test]
+fn update_that_makes_a_derived_input_non_numeric_is_refused_with_its_path() {
+    let err = load_linked(
+        r#"
+        [[step]]
+        at = "10s"
+        update = { selector = "site=m", fields = { power = { type = "static", value = "off" } } }
+        "#,
+    )
+    .unwrap_err();
+    assert!(err.contains("step[0].update.fields"), "{err}");
+    assert!(err.contains("\"current\""), "{err}");
+    assert!(err.contains("field \"power\" is not numeric"), "{err}");
+}
+
+#[test]
+fn update_that_replaces_one_member_of_a_correlated_group_is_refused() {
+    let err = load_linked(
+        r#"
+        [[step]]
+        at = "10s"
+        update = { all = true, fields = { humidity = { type = "gaussian", mean = 40, stddev = 1 } } }
+        "#,
+    )
+    .unwrap_err();
+    assert!(err.contains("step[0].update.fields"), "{err}");
+    assert!(err.contains("correlated group \"climate\" lost a member"), "{err}");
+    assert!(err.contains("\"temperature\""), "{err}");
+}
+
+#[test]
+fn update_that_brings_what_it_breaks_or_misses_the_linked_profile_is_accepted() {
+    // The derived field comes along: nothing breaks.
+    load_linked(
+        r#"
+        [[step]]
+        at = "10s"
+        update = { all = true, fields = { power = { type = "static", value = "off" }, current = { type = "static", value = 0 } } }
+        "#,
+    )
+    .unwrap();
+    // Only thermo devices are selected: the meter's expression is not touched.
+    load_linked(
+        r#"
+        [[step]]
+        at = "10s"
+        update = { selector = "site=a", fields = { power = { type = "static", value = "off" } } }
+        "#,
+    )
+    .unwrap();
+    // A later update breaks what an earlier one added.
+    let err = load_linked(
+        r#"
+        [[step]]
+        at = "10s"
+        update = { selector = "site=a", fields = { u = { type = "gaussian", mean = 1, stddev = 1 }, double = { type = "derived", expr = "u * 2" } } }
+        [[step]]
+        at = "20s"
+        update = { selector = "site=a", fields = { u = { type = "static", value = "x" } } }
+        "#,
+    )
+    .unwrap_err();
+    assert!(err.contains("step[1].update.fields"), "{err}");
+    assert!(!err.contains("step[0]"), "{err}");
+}
