@@ -677,3 +677,58 @@ phase = "two"
     assert_eq!(p[0]["runs"][0]["sink"], "mqtt");
     assert!(p[1]["runs"][0]["latency_us"]["count"].as_u64().unwrap() == two);
 }
+
+/// Deadband + heartbeat from 10m, an event stream from 30m, outages (and periodic again) from
+/// 60m: all through `update` steps.
+const BEHAVIOUR_UPDATES: &str = r#"
+duration = "2h"
+
+[[step]]
+at = "10m"
+update = { selector = "site=a", fields = { t = { type = "gaussian", mean = 20, stddev = 1, deadband = 5 } }, report = { mode = "on_change", max_silence = "5m" } }
+
+[[step]]
+at = "30m"
+update = { all = true, events = { alarm = { rate_per_hour = 60.0 } } }
+
+[[step]]
+at = "60m"
+update = { all = true, report = { mode = "periodic" }, availability = { mtbf = "5m", mttr = "5m" } }
+"#;
+
+#[test]
+fn update_steps_change_deadband_events_and_availability_from_their_sim_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sorted = vec![];
+    for cores in ["1", "2"] {
+        let out = scenario_run(dir.path(), BEHAVIOUR_UPDATES, &["--cores", cores]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (raw, lines) = read_lines(dir.path());
+        sorted.push(raw);
+        let (mut on_change, mut outage) = (0, 0);
+        for d in 0..4 {
+            let id = format!("thermo-{d:04}");
+            let samples: Vec<u64> = times(
+                &lines.iter().filter(|l| l.2.get("event").is_none()).cloned().collect::<Vec<_>>(),
+                &id,
+            );
+            // Periodic every 10 s until the first update.
+            assert_eq!(within(&samples, 0, 10 * M), 60, "{id}: before the deadband");
+            // A deadband of 5 stddevs: the 5-minute heartbeat and hardly anything else.
+            let n = within(&samples, 10 * M, 60 * M);
+            assert!((10..=20).contains(&n), "{id}: {n} samples under the deadband");
+            on_change += n;
+            // Periodic again, but down about half the time.
+            outage += within(&samples, 60 * M, 120 * M);
+        }
+        assert!(on_change >= 40);
+        assert!((360..=1080).contains(&outage), "{outage} of 1440 samples with mtbf = mttr");
+        let events: Vec<u64> =
+            lines.iter().filter(|l| l.2["event"] == "alarm").map(|l| l.1).collect();
+        assert_eq!(within(&events, 0, 30 * M), 0, "no event before the events update");
+        // 4 devices x 30 min at 1 per minute: 120 expected before the outages start.
+        let n = within(&events, 30 * M, 60 * M);
+        assert!((70..=170).contains(&n), "{n} alarms between 30m and 60m");
+    }
+    assert!(sorted[0] == sorted[1], "2 cores: sorted lines differ from 1 core");
+}
