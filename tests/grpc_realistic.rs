@@ -107,6 +107,29 @@ async fn outages_are_device_events_and_updates_change_them_per_selector() {
         e.message()
     );
 
+    // Fields that would leave a derived expression reading a string (or nothing): refused,
+    // naming the field, and nothing applied (the telemetry below still has the gaussian field).
+    // UpdateDeviceBehavior replaces every field, so the new set is checked on its own.
+    let derived = |expr: &str| objv(vec![("type", text("derived")), ("expr", text(expr))]);
+    for fields in [
+        objv(vec![
+            ("power", objv(vec![("type", text("static")), ("value", text("off"))])),
+            ("current", derived("power * 1000 / 230")),
+        ]),
+        objv(vec![("current", derived("power * 1000 / 230"))]),
+    ] {
+        let e = c
+            .update_device_behavior(proto::UpdateDeviceBehaviorRequest {
+                selector: labels("site=x"),
+                behavior_params: Some(obj(vec![("fields", fields)])),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("fields.current.expr"), "{}", e.message());
+        assert!(e.message().contains("\"power\""), "{}", e.message());
+    }
+
     // Turning availability off (keeping the fields): the outages stop.
     c.update_device_behavior(proto::UpdateDeviceBehaviorRequest {
         selector: labels("site=x"),
