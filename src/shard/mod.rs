@@ -534,7 +534,8 @@ impl Shard {
             );
         }
         if !fx.publish {
-            self.wheel.insert(key, due + self.table.get(key).map_or(1, |d| d.interval_ms as u64));
+            let next = due + self.table.get(key).map_or(1, |d| d.interval_ms as u64);
+            self.rearm_after_sample(key, profile_ix, next);
             return mono_ns();
         }
         let mut done_ns = fire_ns;
@@ -555,7 +556,7 @@ impl Shard {
         {
             self.stats.profiles[profile_ix].suppressed += 1;
             let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
-            self.wheel.insert(key, due + interval);
+            self.rearm_after_sample(key, profile_ix, due + interval);
             return mono_ns();
         }
         if !self.ctl.streams.is_empty() {
@@ -596,8 +597,26 @@ impl Shard {
         if let Some(sink) = &self.sinks[profile.protocol.index()] {
             interval *= sink.interval_factor(profile_ix, device_hash);
         }
-        self.wheel.insert(key, due + interval);
+        self.rearm_after_sample(key, profile_ix, due + interval);
         done_ns
+    }
+
+    /// Re-arms a device that took a sample at its grid's `next` tick, or (a sleeper whose
+    /// window ends before it) at the start of its next window: see
+    /// [`Behaviour::after_sample`](crate::sim::behaviour::Behaviour::after_sample).
+    fn rearm_after_sample(&mut self, key: u32, profile_ix: usize, next: SimMs) {
+        let fleet = &*self.plan.fleet;
+        let behaviour = &fleet.profiles[profile_ix].behaviour;
+        let mut at = next;
+        if behaviour.sleep.is_some()
+            && let Some(block) = self.table.block_mut(fleet, key)
+        {
+            let end = self.plan.end_ms.unwrap_or(u64::MAX);
+            let asleep_ms;
+            (at, asleep_ms) = behaviour.after_sample(block, next, end);
+            self.stats.profiles[profile_ix].asleep_ms += asleep_ms;
+        }
+        self.wheel.insert(key, at);
     }
 
     /// Publishes the events `step_log` holds for device `key` (whose id is in `self.id`), each

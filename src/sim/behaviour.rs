@@ -295,6 +295,29 @@ impl Behaviour {
         Presence::Here
     }
 
+    /// Where a device that just took a sample re-arms, given its grid's `next` tick: a sleeper
+    /// whose awake window ends before `next` goes straight to the start of its next window,
+    /// with the time asleep (clipped to `end`) returned to be counted now: the tick at `next`
+    /// would only have found it asleep and done exactly that (`step` draws nothing for a
+    /// sleeper it sends away). With availability too, the tick stays: an outage found there
+    /// re-arms on the grid of `next`, which decides when the device samples after it.
+    #[inline]
+    pub fn after_sample(&self, block: &[SlotState], next: SimMs, end: SimMs) -> (SimMs, u64) {
+        let Some(s) = self.sleep else { return (next, 0) };
+        let x = block[self.sleep_at].x;
+        if self.availability.is_some() || x < 0.0 {
+            return (next, 0);
+        }
+        let period = s.period_ms;
+        let pos = (next + period - x as u64) % period;
+        if pos < s.awake_ms {
+            return (next, 0);
+        }
+        let wake = next - pos + period;
+        let slept_from = next - pos + s.awake_ms;
+        (wake, wake.min(end).saturating_sub(slept_from.min(end)))
+    }
+
     /// Moves the device's events due by `t` (inclusive) into `log.events`.
     fn due_events(&self, block: &mut [SlotState], t: SimMs, log: &mut StepLog) {
         for (i, &at) in self.event_at.iter().enumerate() {
@@ -509,6 +532,41 @@ mod tests {
             Presence::Away { until: phase + 1_800_000, on_grid: false }
         );
         assert_eq!(log.asleep_ms, 870_000);
+    }
+
+    #[test]
+    fn a_sleeper_goes_from_its_last_sample_straight_to_its_next_window() {
+        let mut b = Behaviour {
+            sleep: Some(Sleep { period_ms: 900_000, awake_ms: 30_000 }),
+            ..Default::default()
+        };
+        b.lay_out(0);
+        let mut s = block(&b, 9);
+        let phase = (-s[0].x - 1.0) as u64;
+        let mut log = StepLog::default();
+        // Before its first tick, nothing is skipped (the first tick counts sleep from itself).
+        assert_eq!(b.after_sample(&s, phase + 940_000, u64::MAX), (phase + 940_000, 0));
+        assert_eq!(b.step(&mut s, phase + 900_000, u64::MAX, &mut log), Presence::Here);
+        // Inside the window: the grid's next tick.
+        assert_eq!(b.after_sample(&s, phase + 920_000, u64::MAX), (phase + 920_000, 0));
+        // Past it: the next window's start, with what `step` would have counted there.
+        let at = phase + 940_000;
+        let skipped = b.after_sample(&s, at, u64::MAX);
+        assert_eq!(b.step(&mut s.clone(), at, u64::MAX, &mut log), Presence::Away {
+            until: skipped.0,
+            on_grid: false
+        });
+        assert_eq!(skipped, (phase + 1_800_000, log.asleep_ms));
+        assert_eq!(skipped.1, 870_000);
+        // Clipped at the run's end, like `step`.
+        assert_eq!(b.after_sample(&s, at, phase + 1_000_000).1, 70_000);
+        // With availability the tick stays (an outage there decides the grid after it).
+        let mut with = b.clone();
+        with.availability = Some(Availability { mtbf_ms: 1000, mttr_ms: 1000 });
+        with.lay_out(0);
+        let mut s = block(&with, 9);
+        with.step(&mut s, phase + 900_000, u64::MAX, &mut log);
+        assert_eq!(with.after_sample(&s, at, u64::MAX), (at, 0));
     }
 
     #[test]
