@@ -166,7 +166,8 @@ pub(crate) fn behaviour_update(
 ) -> Result<BehaviourUpdate, Status> {
     let fields = behaviour_fields(params).map_err(Status::invalid_argument)?;
     let top = params.map(struct_to_toml).unwrap_or_default();
-    let keeps_fields = !top.contains_key("fields") && BEHAVIOUR_KEYS.iter().any(|k| top.contains_key(*k));
+    let keeps_fields =
+        !top.contains_key("fields") && BEHAVIOUR_KEYS.iter().any(|k| top.contains_key(*k));
     let mut p = Problems::default();
     compile_update("", (!keeps_fields).then_some(fields), &top, &mut p).ok_or_else(|| {
         Status::invalid_argument(format!("invalid behavior_params: {}", problems_text(&p)))

@@ -759,8 +759,7 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Update> {
     {
         u = BehaviourUpdate { merge: true, interval_ms: u.interval_ms, labels: u.labels, ..c };
     }
-    if u.interval_ms.is_none() && u.labels.is_empty() && params.is_empty() && p.0.len() == before
-    {
+    if u.interval_ms.is_none() && u.labels.is_empty() && params.is_empty() && p.0.len() == before {
         p.add(
             t.path.clone(),
             "nothing to change: give interval, labels, fields, report, events, availability \
@@ -1078,19 +1077,19 @@ fn resolve_batches(
 ) -> Vec<TimedAction> {
     let linked = |pr: &Profile| !pr.derived.is_empty() || !pr.correlated.is_empty();
     let fields_update = |op: &Op| matches!(op, Op::Update(u) if !u.change.keep_fields);
-    let needs_check = items.values().any(|i| match i {
-        Item::Act(Action::Apply { op, .. }) | Item::Batch { op, .. } => fields_update(op),
-        _ => false,
-    }) && (fleet.profiles.iter().any(linked)
-        || items.values().any(|i| match i {
-            Item::Act(Action::Spawn { profile, .. }) => linked(profile),
-            Item::Act(Action::Apply { op: Op::Update(u), .. }) | Item::Batch { op: Op::Update(u), .. } => {
-                u.change.fields.iter().any(|f| {
-                    matches!(f.generator, GenSpec::Derived(_) | GenSpec::Correlated { .. })
-                })
-            }
+    let needs_check =
+        items.values().any(|i| match i {
+            Item::Act(Action::Apply { op, .. }) | Item::Batch { op, .. } => fields_update(op),
             _ => false,
-        }));
+        }) && (fleet.profiles.iter().any(linked)
+            || items.values().any(|i| match i {
+                Item::Act(Action::Spawn { profile, .. }) => linked(profile),
+                Item::Act(Action::Apply { op: Op::Update(u), .. })
+                | Item::Batch { op: Op::Update(u), .. } => u.change.fields.iter().any(|f| {
+                    matches!(f.generator, GenSpec::Derived(_) | GenSpec::Correlated { .. })
+                }),
+                _ => false,
+            }));
     let needs_roster = needs_check || items.values().any(|i| matches!(i, Item::Batch { .. }));
     let mut roster = needs_roster.then(|| Roster::new(fleet));
     let mut out = vec![];

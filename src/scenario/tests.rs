@@ -405,20 +405,16 @@ fn update_takes_report_events_availability_and_sleep_like_grpc() {
     let u = only_update(&s);
     use crate::sim::behaviour::{Availability, ReportMode, Sleep};
     assert_eq!(u.report, Some(ReportMode::OnChange { max_silence_ms: Some(60_000) }));
-    assert_eq!(
-        u.availability,
-        Some(Some(Availability { mtbf_ms: 3_600_000, mttr_ms: 300_000 }))
-    );
+    assert_eq!(u.availability, Some(Some(Availability { mtbf_ms: 3_600_000, mttr_ms: 300_000 })));
     assert_eq!(u.sleep, Some(Some(Sleep { period_ms: 600_000, awake_ms: 60_000 })));
     let events = u.events.as_ref().unwrap();
     assert_eq!((events[0].name.as_str(), events[0].rate_per_hour), ("alarm", 6.0));
     // No `fields`: the device keeps its own; the update merges, as a scenario's does.
     assert!(u.keep_fields && u.merge);
     // `{}` turns a feature off.
-    let (_, s) = load_str(
-        "[[step]]\nat = \"1s\"\nupdate = { all = true, availability = {}, sleep = {} }\n",
-    )
-    .unwrap();
+    let (_, s) =
+        load_str("[[step]]\nat = \"1s\"\nupdate = { all = true, availability = {}, sleep = {} }\n")
+            .unwrap();
     let u = only_update(&s);
     assert_eq!((u.availability, u.sleep), (Some(None), Some(None)));
 }

@@ -42,10 +42,38 @@ const CHUNK: usize = 512;
 const SPAWN_CHUNK: usize = 32;
 const SCAN_CHUNK: usize = 256;
 
+/// Shortest slice of a turn a pending command gets (each of many gets an equal share).
+const MIN_SLICE_NS: u64 = 50_000;
+
+/// A command taken from the inbox (or a realtime scenario step) and not finished yet.
+struct Pending {
+    work: Work,
+    /// Arrival order.
+    seq: u64,
+    /// A scenario step: it starts only once the scenario's earlier steps have finished. gRPC
+    /// commands have no order between them (a client waits for a reply before its next call),
+    /// so they share each turn round robin.
+    in_order: bool,
+}
+
 /// Work taken from the inbox and not finished yet.
 enum Work {
     Spawn { specs: Box<dyn Iterator<Item = SpawnSpec>>, acc: SpawnReply, reply: Reply<SpawnReply> },
     Scan(Scan),
+}
+
+impl Work {
+    /// Relative cost per device: a label selector's match cost, 1 for the rest (spawns and
+    /// id lookups).
+    fn cost(&self) -> u64 {
+        match self {
+            Work::Scan(Scan { selection, .. }) => match &**selection {
+                Selection::Labels(l) => l.match_cost(),
+                _ => 1,
+            },
+            Work::Spawn { .. } => 1,
+        }
+    }
 }
 
 struct Scan {
@@ -65,7 +93,9 @@ struct Scan {
 #[derive(Default)]
 pub(crate) struct Control {
     link: Option<ShardControl>,
-    work: VecDeque<Work>,
+    work: VecDeque<Pending>,
+    /// `Pending::seq` of the next command.
+    next_seq: u64,
     /// Device id -> key; built on the first command that needs it, in steps (keys below
     /// `ids_cursor` are indexed) so that a million ids do not stall the ticks.
     ids: Option<HashMap<String, u32>>,
@@ -99,6 +129,12 @@ impl Control {
     /// Wraps the link from the shard's plan.
     pub fn new(link: Option<ShardControl>) -> Control {
         Control { link, ..Control::default() }
+    }
+
+    /// Queues a command behind the pending ones.
+    fn queue(&mut self, work: Work, in_order: bool) {
+        self.work.push_back(Pending { work, seq: self.next_seq, in_order });
+        self.next_seq += 1;
     }
 
     /// True while commands are being worked through (the shard should not sleep long).
@@ -205,27 +241,32 @@ impl Shard {
         while let Some(link) = &self.ctl.link
             && self.ctl.work.len() < 64
         {
-            match link.inbox.try_recv() {
-                Ok(ShardCommand::Spawn { specs, reply }) => self.ctl.work.push_back(Work::Spawn {
+            let work = match link.inbox.try_recv() {
+                Ok(ShardCommand::Spawn { specs, reply }) => Work::Spawn {
                     specs: Box::new(specs.into_iter()),
                     acc: SpawnReply::default(),
                     reply,
+                },
+                Ok(ShardCommand::Scan { selection, action, reply }) => Work::Scan(Scan {
+                    selection,
+                    action,
+                    cursor: 0,
+                    group_match: vec![],
+                    acc: ScanReply::default(),
+                    reply,
+                    remap: HashMap::new(),
                 }),
-                Ok(ShardCommand::Scan { selection, action, reply }) => {
-                    self.ctl.work.push_back(Work::Scan(Scan {
-                        selection,
-                        action,
-                        cursor: 0,
-                        group_match: vec![],
-                        acc: ScanReply::default(),
-                        reply,
-                        remap: HashMap::new(),
-                    }))
+                Ok(ShardCommand::Subscribe(sub)) => {
+                    self.ctl.streams.add(sub);
+                    continue;
                 }
-                Ok(ShardCommand::Subscribe(sub)) => self.ctl.streams.add(sub),
-                Ok(ShardCommand::Unsubscribe(id)) => self.ctl.streams.remove(id),
+                Ok(ShardCommand::Unsubscribe(id)) => {
+                    self.ctl.streams.remove(id);
+                    continue;
+                }
                 Err(_) => break,
-            }
+            };
+            self.ctl.queue(work, false);
         }
         if !self.ctl.work.is_empty() {
             // Work until shortly before the next device is due, within bounds.
@@ -237,58 +278,92 @@ impl Shard {
                 (crate::config::ClockMode::Realtime, None) => IDLE_BUDGET_NS,
                 (crate::config::ClockMode::Virtual, _) => BUDGET_NS,
             };
-            let deadline = start + budget;
-            while let Some(work) = self.ctl.work.pop_front() {
-                let needs_ids = match &work {
-                    Work::Spawn { .. } => true,
-                    Work::Scan(s) => matches!(&*s.selection, Selection::Ids(_)),
-                };
-                if needs_ids && !self.id_index_step(deadline) {
-                    self.ctl.work.push_front(work);
-                    break;
-                }
-                let done = match work {
-                    Work::Spawn { mut specs, mut acc, reply } => {
-                        let mut n = 0usize;
-                        let mut finished = true;
-                        for spec in specs.by_ref() {
-                            self.spawn_one(spec, &mut acc);
-                            n += 1;
-                            if n.is_multiple_of(SPAWN_CHUNK) && mono_ns() >= deadline {
-                                finished = false;
-                                break;
-                            }
-                        }
-                        if finished {
-                            self.publish_counters();
-                            let _ = reply.send(acc);
-                            true
-                        } else {
-                            self.ctl.work.push_front(Work::Spawn { specs, acc, reply });
-                            false
-                        }
-                    }
-                    Work::Scan(mut scan) => {
-                        if self.scan_step(&mut scan, deadline) {
-                            if matches!(scan.action, Action::Stop) && self.table.is_empty() {
-                                self.release_memory();
-                            }
-                            self.publish_counters();
-                            let _ = scan.reply.send(scan.acc);
-                            true
-                        } else {
-                            self.ctl.work.push_front(Work::Scan(scan));
-                            false
-                        }
-                    }
-                };
-                if !done || mono_ns() >= deadline {
-                    break;
-                }
-            }
+            self.work_round_robin(start + budget);
         }
         self.ctl.streams.flush();
         self.publish_counters();
+    }
+
+    /// Works on the pending commands until `deadline`, round robin: in each pass every one
+    /// gets a share of what is left of the turn, in inverse proportion to its per-device cost
+    /// ([`Work::cost`]), and, unfinished, goes to the back. So a small command taken while a
+    /// long one (a maximal selector over a million devices) is in progress is not queued
+    /// behind it: a cheap call runs at nearly its own speed, the costly one gets at least
+    /// [`MIN_SLICE_NS`] a turn. Scenario steps keep their order among themselves.
+    fn work_round_robin(&mut self, deadline: u64) {
+        loop {
+            if self.ctl.work.is_empty() || mono_ns() >= deadline {
+                return;
+            }
+            let first_in_order = self.ctl.work.iter().filter(|p| p.in_order).map(|p| p.seq).min();
+            let runs = |p: &Pending| !p.in_order || Some(p.seq) == first_in_order;
+            // The sum of 1/cost over the commands this pass works on, scaled to integers.
+            const UNIT: u64 = 1 << 20;
+            let mut shares: u64 =
+                self.ctl.work.iter().filter(|p| runs(p)).map(|p| UNIT / p.work.cost()).sum();
+            let mut worked = false;
+            for _ in 0..self.ctl.work.len() {
+                let Some(p) = self.ctl.work.pop_front() else { return };
+                let now = mono_ns();
+                if now >= deadline {
+                    self.ctl.work.push_front(p);
+                    return;
+                }
+                if !runs(&p) {
+                    self.ctl.work.push_back(p);
+                    continue;
+                }
+                let share = UNIT / p.work.cost();
+                let slice =
+                    ((deadline - now) as u128 * share as u128 / shares.max(1) as u128) as u64;
+                shares = shares.saturating_sub(share);
+                let slice = slice.max(MIN_SLICE_NS);
+                worked = true;
+                if let Some(work) = self.work_on(p.work, (now + slice).min(deadline)) {
+                    self.ctl.work.push_back(Pending { work, ..p });
+                }
+            }
+            if !worked {
+                return;
+            }
+        }
+    }
+
+    /// Works on one command until `deadline`; gives it back if it is not finished.
+    fn work_on(&mut self, work: Work, deadline: u64) -> Option<Work> {
+        let needs_ids = match &work {
+            Work::Spawn { .. } => true,
+            Work::Scan(s) => matches!(&*s.selection, Selection::Ids(_)),
+        };
+        if needs_ids && !self.id_index_step(deadline) {
+            return Some(work);
+        }
+        match work {
+            Work::Spawn { mut specs, mut acc, reply } => {
+                let mut n = 0usize;
+                for spec in specs.by_ref() {
+                    self.spawn_one(spec, &mut acc);
+                    n += 1;
+                    if n.is_multiple_of(SPAWN_CHUNK) && mono_ns() >= deadline {
+                        return Some(Work::Spawn { specs, acc, reply });
+                    }
+                }
+                self.publish_counters();
+                let _ = reply.send(acc);
+                None
+            }
+            Work::Scan(mut scan) => {
+                if !self.scan_step(&mut scan, deadline) {
+                    return Some(Work::Scan(scan));
+                }
+                if matches!(scan.action, Action::Stop) && self.table.is_empty() {
+                    self.release_memory();
+                }
+                self.publish_counters();
+                let _ = scan.reply.send(scan.acc);
+                None
+            }
+        }
     }
 
     /// Publishes this shard's figures for GetRuntimeStatus. Also called before a command's
@@ -517,7 +592,7 @@ impl Shard {
             }),
         };
         if self.plan.clock == crate::config::ClockMode::Realtime {
-            self.ctl.work.push_back(work);
+            self.ctl.queue(work, true);
             return;
         }
         self.ctl.now_override = Some(at);

@@ -552,10 +552,10 @@ mod tests {
         // Past it: the next window's start, with what `step` would have counted there.
         let at = phase + 940_000;
         let skipped = b.after_sample(&s, at, u64::MAX);
-        assert_eq!(b.step(&mut s.clone(), at, u64::MAX, &mut log), Presence::Away {
-            until: skipped.0,
-            on_grid: false
-        });
+        assert_eq!(
+            b.step(&mut s.clone(), at, u64::MAX, &mut log),
+            Presence::Away { until: skipped.0, on_grid: false }
+        );
         assert_eq!(skipped, (phase + 1_800_000, log.asleep_ms));
         assert_eq!(skipped.1, 870_000);
         // Clipped at the run's end, like `step`.

@@ -82,6 +82,22 @@ impl LabelSelector {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
+
+    /// A relative estimate of what matching one device costs: a comparison per requirement,
+    /// `1 + log2(n)` for a set of `n` values (a `BTreeSet` lookup). A shard shares its command
+    /// time in inverse proportion, so a cheap selector is not held up by a costly one.
+    pub fn match_cost(&self) -> u64 {
+        let set = |n: usize| 1 + u64::from(usize::BITS - n.max(1).leading_zeros());
+        let cost: u64 = self
+            .requirements
+            .iter()
+            .map(|r| match r {
+                Requirement::In(_, vs) | Requirement::NotIn(_, vs) => set(vs.len()),
+                _ => 1,
+            })
+            .sum();
+        cost.max(1)
+    }
 }
 
 impl Requirement {
