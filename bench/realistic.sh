@@ -4,6 +4,8 @@
 #   bench/realistic.sh                     every case, 1M devices, 2 sim minutes each, 1 core
 #   BENCH_SPAN=10m BENCH_DEVICES=1000000   longer runs / other fleet sizes
 #   BENCH_ROUNDS=2                         rounds; each round runs every case once, in turn
+#   BENCH_CASES="periodic sleep"           only these cases ("periodic", the baseline, is
+#                                          always run)
 #   BENCH_BASELINE_BIN=/path/to/iot-sim    also run the periodic case with another build (such
 #                                          as main's) in every round: "periodic_baseline_bin"
 #
@@ -29,7 +31,8 @@ mkdir -p "$OUT"
 cargo build --release --quiet
 BIN=target/release/iot-sim
 
-CASES="periodic on_change derived plain_field event availability sleep correlated plain_fields_2"
+CASES=${BENCH_CASES:-"on_change derived plain_field event availability sleep correlated plain_fields_2"}
+CASES="periodic ${CASES//periodic/}"
 
 # $1 = case, $2 = count: the fleet file on stdout.
 fleet() {
