@@ -361,6 +361,17 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    #[test]
+    fn match_cost_counts_requirements_and_the_log_of_set_sizes() {
+        let cost = |s: &str| LabelSelector::parse(s).unwrap().match_cost();
+        assert_eq!(cost("zone=a"), 1);
+        assert_eq!(cost("zone=a,site!=b,!x"), 3);
+        assert_eq!(cost("zone in (a)"), 2);
+        let many: Vec<String> = (0..4096).map(|i| format!("v{i}")).collect();
+        assert_eq!(cost(&format!("zone in ({})", many.join(","))), 14);
+        assert_eq!(cost(&format!("zone=a,zone notin ({})", many[..1000].join(","))), 12);
+    }
+
     /// (selector, labels, expected match)
     fn check(sel: &str, cases: &[(&[(&str, &str)], bool)]) {
         let s = LabelSelector::parse(sel).unwrap_or_else(|e| panic!("{e}"));
