@@ -280,7 +280,7 @@ async fn apply(
     if let Op::Update(u) = op
         && (u.change.interval_ms.is_some() || !u.change.labels.is_empty())
     {
-        return Err("an update of interval or labels is not in simulator.v1 (UpdateDeviceBehavior changes fields only); a remote run can update fields only".into());
+        return Err("an update of interval or labels is not in simulator.v1 (UpdateDeviceBehavior changes fields and behaviour only); a remote run can update fields, report, events, availability and sleep".into());
     }
     // Id selections go to the runtimes that own the ids; the others to every runtime.
     let parts: Vec<(usize, Target)> = match target {
