@@ -224,7 +224,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         eprintln!("error: invalid environment: {unknown}");
         return Ok(exit::BAD_CONFIG);
     }
-    match cli.command {
+    let result = match cli.command {
         Some(Command::Config(c)) => show::main(&c),
         Some(Command::Probe(p)) => probe::main(&p),
         Some(Command::Validate(v)) => validate(&v.config),
@@ -239,6 +239,14 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Scenario(c)) => scenario::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
+    };
+    match result {
+        // A `--runtime` that names nothing is bad input, like a bad flag.
+        Err(e) if e.downcast_ref::<crate::control::client::ResolveError>().is_some() => {
+            crate::logs::notice_at("ERROR", &format!("error: {e:#}"), &[]);
+            Ok(exit::BAD_CONFIG)
+        }
+        other => other,
     }
 }
 

@@ -105,6 +105,11 @@ fn run_remote(a: &ScenarioRunArgs) -> anyhow::Result<i32> {
         }
         return Ok(exit::BAD_CONFIG);
     }
+    // A `dns:///` name that resolves to nothing is bad input (exit 2), found before any step.
+    if let Err(e) = crate::control::client::resolve(&a.runtime) {
+        eprintln!("error: {e}");
+        return Ok(exit::BAD_CONFIG);
+    }
     let report = scenario::remote::run(&sc, &config, &thresholds, &a.runtime, a.run.quiet)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("remote scenario {} failed", a.file.display()))?;
