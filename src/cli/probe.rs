@@ -46,7 +46,8 @@ pub fn main(a: &ProbeArgs) -> anyhow::Result<i32> {
             .enable_all()
             .build()
             .context("cannot start tokio")?;
-        match rt.block_on(tokio::time::timeout(timeout, grpc_health(addr, timeout))) {
+        match rt.block_on(async { tokio::time::timeout(timeout, grpc_health(addr, timeout)).await })
+        {
             Ok(Ok(())) => println!("grpc {addr}: serving"),
             Ok(Err(e)) => {
                 println!("grpc {addr}: not serving: {e}");
