@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Running, bin, command_within, free_port, report, stderr, wait_port};
+use iot_sim::control::client::owner;
 use std::path::Path;
 
 /// A tiny virtual-clock fleet with seed 7 that writes to `dir`.
@@ -229,5 +230,23 @@ fn probe_and_dns_runtimes_reach_a_serving_runtime() {
     let out = command_within(c, 60);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-runtime.invalid"), "{}", stderr(&out));
+
+    // A runtime down among several: the command fails naming it (UNAVAILABLE after the
+    // retries); the live runtime got its share of the devices and keeps running.
+    let live = format!("127.0.0.1:{grpc}");
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut c = bin();
+    c.args(["spawn", "--profile", profile.to_str().unwrap(), "--count", "20", "--offset", "1000"])
+        .args(["-r", &format!("{live},{dead}")]);
+    let out = command_within(c, 60);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("runtime {dead} is unavailable")), "{}", stderr(&out));
+    let addrs = vec![live.clone(), dead.clone()];
+    let mine = (1000..1020).filter(|i| owner(&addrs, &format!("p-{i:04}")) == 0).count();
+    let mut c = bin();
+    c.args(["status", "-r", &live]);
+    let out = command_within(c, 60);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("Total devices: {}", 5 + mine)), "{mine}: {text}");
     assert!(serve.stop().success());
 }

@@ -21,8 +21,17 @@ pub struct ProbeArgs {
     #[arg(long, value_name = "ADDR")]
     pub grpc: Option<SocketAddr>,
     /// The most each check may take (connect, request and answer), such as 3s.
-    #[arg(long, value_name = "D", default_value = "3s", value_parser = super::parse_duration)]
+    #[arg(long, value_name = "D", default_value = "3s", value_parser = parse_timeout)]
     pub timeout: u64,
+}
+
+fn parse_timeout(s: &str) -> Result<u64, String> {
+    let ms = super::parse_duration(s)?;
+    let max = crate::limits::MAX_PROBE_TIMEOUT_S;
+    if ms > max * 1000 {
+        return Err(format!("at most {max}s, got {s}"));
+    }
+    Ok(ms)
 }
 
 pub fn main(a: &ProbeArgs) -> anyhow::Result<i32> {

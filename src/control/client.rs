@@ -53,6 +53,8 @@ pub enum ResolveError {
     Lookup { entry: String, name: String, reason: String },
     #[error("{entry}: {name:?} resolves to no address")]
     NoAddress { entry: String, name: String },
+    #[error("{count} runtimes after expanding --runtime, more than the {max} allowed")]
+    TooMany { count: usize, max: usize },
 }
 
 impl From<ResolveError> for String {
@@ -98,6 +100,9 @@ pub fn resolve(entries: &[String]) -> Result<Vec<Target>, ResolveError> {
     }
     let mut seen = std::collections::BTreeSet::new();
     out.retain(|t| seen.insert(t.addr.clone()));
+    if out.len() > crate::limits::MAX_RUNTIMES {
+        return Err(ResolveError::TooMany { count: out.len(), max: crate::limits::MAX_RUNTIMES });
+    }
     Ok(out)
 }
 
