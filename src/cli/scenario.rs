@@ -25,8 +25,8 @@ pub struct ScenarioRunArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub run: RunArgs,
-    /// Drive runtimes that are already serving (host:port, comma separated) over gRPC, in
-    /// realtime, instead of running the fleet in this process.
+    /// Drive runtimes that are already serving (host:port or dns:///name:port, comma
+    /// separated) over gRPC, in realtime, instead of running the fleet in this process.
     #[arg(short, long, value_name = "HOST:PORT", value_delimiter = ',')]
     pub runtime: Vec<String>,
 }
