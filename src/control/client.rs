@@ -386,6 +386,15 @@ mod tests {
     }
 
     #[test]
+    fn more_runtimes_than_the_limit_are_refused() {
+        let many: Vec<String> = (0..=crate::limits::MAX_RUNTIMES)
+            .map(|i| format!("10.0.{}.{}:1", i / 256, i % 256))
+            .collect();
+        assert!(matches!(resolve(&many), Err(ResolveError::TooMany { .. })));
+        assert_eq!(resolve(&many[1..]).unwrap().len(), crate::limits::MAX_RUNTIMES);
+    }
+
+    #[test]
     fn removing_a_runtime_moves_only_its_devices() {
         let three: Vec<String> = ["a:1", "b:2", "c:3"].iter().map(|s| s.to_string()).collect();
         let two: Vec<String> = three[..2].to_vec();
