@@ -191,7 +191,9 @@ fn the_image_serves_is_healthy_runs_as_non_root_and_writes_its_report_on_sigterm
     let admin_addr = format!("127.0.0.1:{admin}");
     let mut ready = None;
     while started.elapsed() < Duration::from_secs(60) {
-        if http_get(&admin_addr, "/readyz").0 == 200 {
+        // http_get panics on a refused connection: the port opens first, then /readyz is 200.
+        let open = std::net::TcpStream::connect(&admin_addr).is_ok();
+        if open && http_get(&admin_addr, "/readyz").0 == 200 {
             ready = Some(started.elapsed());
             break;
         }
