@@ -231,6 +231,31 @@ fn probe_and_dns_runtimes_reach_a_serving_runtime() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-runtime.invalid"), "{}", stderr(&out));
 
+    // The Kubernetes Job's command: a scenario run against `dns:///` (here one runtime).
+    let sc = d.path().join("sc.toml");
+    std::fs::write(
+        &sc,
+        "name = \"dns\"\nduration = \"2s\"\n\n[profiles.q]\nprotocol = \"null\"\n\
+         interval = \"1s\"\n[profiles.q.fields.x]\ntype = \"gaussian\"\nmean = 1.0\n\
+         stddev = 0.1\n\n[[step]]\nat = \"0s\"\nspawn = { profile = \"q\", count = 4 }\n",
+    )
+    .unwrap();
+    let mut c = bin();
+    c.args(["scenario", "run", sc.to_str().unwrap(), "--runtime", &rt, "--quiet"])
+        .arg("--report-dir")
+        .arg(d.path().join("sc-report"));
+    let out = command_within(c, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut c = bin();
+    c.args(["status", "-r", &rt]);
+    let out = command_within(c, 60);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Total devices: 9"), "{text}");
+    let mut c = bin();
+    c.args(["scenario", "run", sc.to_str().unwrap(), "-r", "dns:///no-such-runtime.invalid:1"]);
+    let out = command_within(c, 60);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+
     // A runtime down among several: the command fails naming it (UNAVAILABLE after the
     // retries); the live runtime got its share of the devices and keeps running.
     let live = format!("127.0.0.1:{grpc}");
@@ -247,6 +272,6 @@ fn probe_and_dns_runtimes_reach_a_serving_runtime() {
     c.args(["status", "-r", &live]);
     let out = command_within(c, 60);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("Total devices: {}", 5 + mine)), "{mine}: {text}");
+    assert!(text.contains(&format!("Total devices: {}", 9 + mine)), "{mine}: {text}");
     assert!(serve.stop().success());
 }
