@@ -141,10 +141,12 @@ fn config_show_prints_every_source_and_masks_secrets() {
     assert!(line("clock = \"virtual\"").ends_with("# file"), "{text}");
     assert!(line("speed = 1.0").ends_with("# default"), "{text}");
     assert!(
-        line("url = \"amqp://***@127.0.0.1").ends_with("# env IOT_SIM_SINK_AMQP_URL"),
+        line("url = \"amqp://guest:***@127.0.0.1").ends_with("# env IOT_SIM_SINK_AMQP_URL"),
         "{text}"
     );
-    assert!(!text.contains("hunter2") && !text.contains("s3cret") && !text.contains("guest@"));
+    // The password from IOT_SIM_AMQP_PASSWORD is merged into the URL, and masked there too.
+    assert!(!text.contains("hunter2") && !text.contains("s3cret"), "{text}");
+    assert!(line("exchange = \"iot.telemetry\"").ends_with("# default"), "{text}");
     // An invalid layer fails show as it would fail the run.
     let mut c = bin();
     c.args(["config", "show"]).env("IOT_SIM_RUN_CORES", "0");

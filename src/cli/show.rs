@@ -67,7 +67,7 @@ pub fn main(cmd: &ConfigCmd) -> anyhow::Result<i32> {
         }
     };
     let vars = env::process_vars();
-    print!("{}", render(&name, &doc, &vars, &flag_sources(args), &config.run));
+    print!("{}", render(&name, &doc, &vars, &flag_sources(args), &config.run, &config.sinks));
     Ok(exit::OK)
 }
 
@@ -116,6 +116,84 @@ fn run_value(run: &RunSettings, key: &str) -> String {
     }
 }
 
+/// The effective value of `[sink.NAME] KEY` after every layer (defaults included), as TOML
+/// text; `None` for a key this table does not know (a unit test keeps it complete).
+fn sink_value(s: &config::SinkSettings, sink: &str, key: &str) -> Option<String> {
+    let q = |v: &str| format!("{:?}", env::mask_url(v));
+    let d = |ms: u64| format!("{:?}", crate::sim::time::format_duration_ms(ms));
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref().map_or("(none)".to_string(), |p| format!("{:?}", p.display().to_string()))
+    };
+    Some(match (sink, key) {
+        ("file", "path") => format!("{:?}", s.file.as_ref()?.path.display().to_string()),
+        ("mqtt", k) => {
+            let m = s.mqtt.as_ref()?;
+            let tls = m.tls.clone().unwrap_or_default();
+            match k {
+                "url" => q(&m.url),
+                "version" => m.version.to_string(),
+                "qos" => m.qos.to_string(),
+                "retain" => m.retain.to_string(),
+                "pool_size" => m.pool_size.to_string(),
+                "keep_alive" => d(m.keep_alive_ms),
+                "client_id_prefix" => q(&m.client_id_prefix),
+                "inflight" => m.inflight.to_string(),
+                "queue_size" => m.queue_size.to_string(),
+                "backoff_initial" => d(m.backoff.initial_ms),
+                "backoff_max" => d(m.backoff.max_ms),
+                "ca_file" => path(&tls.ca_file),
+                "client_cert" => path(&tls.client_cert),
+                "client_key" => path(&tls.client_key),
+                _ => return None,
+            }
+        }
+        ("amqp", k) => {
+            let a = s.amqp.as_ref()?;
+            match k {
+                "url" => q(&a.url),
+                "exchange" => q(&a.exchange),
+                "routing_separator" => q(&a.routing_separator),
+                "confirms" => a.confirms.to_string(),
+                "confirm_window" => a.confirm_window.to_string(),
+                "queue_size" => a.queue_size.to_string(),
+                "backoff_initial" => d(a.backoff.initial_ms),
+                "backoff_max" => d(a.backoff.max_ms),
+                _ => return None,
+            }
+        }
+        ("http", k) => {
+            let h = s.http.as_ref()?;
+            match k {
+                "endpoint" => q(&h.endpoint),
+                "topic_header" => q(&h.topic_header),
+                "batch_size" => h.batch_size.to_string(),
+                "batch_linger" => d(h.batch_linger_ms),
+                "max_retries" => h.max_retries.to_string(),
+                "timeout" => d(h.timeout_ms),
+                "concurrency" => h.concurrency.to_string(),
+                "queue_size" => h.queue_size.to_string(),
+                "backoff_initial" => d(h.backoff.initial_ms),
+                "backoff_max" => d(h.backoff.max_ms),
+                _ => return None,
+            }
+        }
+        ("coap", k) => {
+            let c = s.coap.as_ref()?;
+            match k {
+                "url" => q(&c.url),
+                "confirmable" => c.confirmable.to_string(),
+                "ack_timeout" => d(c.ack_timeout_ms),
+                "ack_random_factor" => format!("{:?}", c.ack_random_factor),
+                "max_retransmit" => c.max_retransmit.to_string(),
+                "max_inflight" => c.max_inflight.to_string(),
+                "queue_size" => c.queue_size.to_string(),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
 /// A value for printing: secrets masked.
 fn masked(key: &str, v: &Value) -> String {
     if env::is_secret_key(key) {
@@ -138,6 +216,7 @@ fn render(
     vars: &[(String, String)],
     flags: &BTreeMap<&'static str, &'static str>,
     run: &RunSettings,
+    sinks_now: &config::SinkSettings,
 ) -> String {
     let mut layered = file.clone();
     let applied = env::overlay(&mut layered, vars);
@@ -181,13 +260,15 @@ fn render(
         let _ = writeln!(out, "\n[sink.{sink}]");
         for key in *keys {
             let path = format!("sink.{sink}.{key}");
-            match table.get(*key) {
-                Some(v) => {
-                    let source = from_env(&path).unwrap_or(Source::File);
-                    line(&mut out, key, &masked(key, v), &source);
-                }
-                None => line(&mut out, &format!("# {key}"), "(default)", &Source::Default),
-            }
+            let source = match table.get(*key) {
+                Some(_) => from_env(&path).unwrap_or(Source::File),
+                None => Source::Default,
+            };
+            // The compiled value (defaults filled in); the raw one if the sink did not compile.
+            let value = sink_value(sinks_now, sink, key)
+                .or_else(|| table.get(*key).map(|v| masked(key, v)))
+                .unwrap_or_else(|| "(default)".into());
+            line(&mut out, key, &value, &source);
         }
     }
     for other in ["console", "null"] {
@@ -228,7 +309,7 @@ mod tests {
         let mut flags = BTreeMap::new();
         flags.insert("cores", "--cores");
         let run = RunSettings { seed: Some(5), cores: Some(3), speed: 2.0, ..Default::default() };
-        let text = render("f.toml", &file, &vars, &flags, &run);
+        let text = render("f.toml", &file, &vars, &flags, &run, &config::SinkSettings::default());
         assert!(!text.contains("hunter2"), "{text}");
         let find = |k: &str| text.lines().find(|l| l.starts_with(k)).unwrap_or("").to_string();
         assert!(find("seed = 5").ends_with("# env IOT_SIM_RUN_SEED"), "{text}");
@@ -238,5 +319,29 @@ mod tests {
         assert!(find("url = \"amqp://u:***@h").ends_with("# env IOT_SIM_SINK_AMQP_URL"), "{text}");
         assert!(find("exchange = \"x\"").ends_with("# file"), "{text}");
         assert!(text.contains("# IOT_SIM_MQTT_PASSWORD = \"***\""), "{text}");
+    }
+
+    #[test]
+    fn every_sink_key_has_its_effective_value() {
+        let mut doc = toml::Table::new();
+        let mut sink = toml::Table::new();
+        for (name, _) in config::sinks::TABLES {
+            let mut t = toml::Table::new();
+            if *name == "file" {
+                t.insert("path".into(), Value::String("out.jsonl".into()));
+            }
+            if *name == "http" {
+                t.insert("endpoint".into(), Value::String("http://127.0.0.1:1/x".into()));
+            }
+            sink.insert(name.to_string(), Value::Table(t));
+        }
+        doc.insert("sink".into(), Value::Table(sink));
+        let c = config::compile_with_env(&doc, std::path::Path::new("."), true, &[]).unwrap();
+        for (name, keys) in config::sinks::TABLES {
+            for key in *keys {
+                assert!(sink_value(&c.sinks, name, key).is_some(), "[sink.{name}] {key}");
+            }
+        }
+        assert_eq!(sink_value(&c.sinks, "mqtt", "keep_alive").unwrap(), "\"30s\"");
     }
 }
