@@ -53,3 +53,11 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 
 # Prometheus and promtool: tests/prometheus.rs starts its own server on a free port.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus
+
+# Container tooling for tests/container.rs (podman + runc build and run the image; debootstrap
+# makes its base image without a registry) and tests/deploy_files.rs (docker-compose validates
+# deploy/compose.yaml offline).
+command -v podman >/dev/null || apt_install podman
+command -v runc >/dev/null || apt_install runc
+command -v debootstrap >/dev/null || apt_install debootstrap
+command -v docker-compose >/dev/null || apt_install docker-compose

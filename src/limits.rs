@@ -37,6 +37,12 @@ pub const MAX_SELECTOR_VALUES: usize = 4096;
 /// Longest fault duration, in seconds (365 days of sim time; 0 = until cleared).
 pub const MAX_FAULT_DURATION_S: u64 = 365 * 86_400;
 
+/// Most runtimes one client command talks to, after `dns:///NAME:PORT` entries are expanded
+/// to every address behind the name.
+pub const MAX_RUNTIMES: usize = 1024;
+/// Longest `iot-sim probe --timeout`, in seconds (a health check must answer quickly).
+pub const MAX_PROBE_TIMEOUT_S: u64 = 300;
+
 /// Why a name, id or label was refused.
 fn check_text(what: &str, s: &str, max_bytes: usize) -> Result<(), String> {
     if s.is_empty() {

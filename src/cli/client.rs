@@ -14,6 +14,7 @@ use std::path::PathBuf;
 #[derive(Args, Debug, Clone)]
 pub struct RuntimeArgs {
     /// Runtime address(es), host:port; repeat or separate with commas for several.
+    /// `dns:///NAME:PORT` stands for every address behind NAME (a headless Service's pods).
     #[arg(
         short,
         long,
@@ -149,7 +150,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn pool(rt: &RuntimeArgs) -> anyhow::Result<Pool> {
-    Pool::new(&rt.runtime).map_err(anyhow::Error::msg)
+    Ok(Pool::new(&rt.runtime)?)
 }
 
 /// Builds the specs of `iot-sim spawn` from a profile file (validated locally first).

@@ -7,7 +7,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 pub mod client;
+pub mod probe;
 pub mod scenario;
+pub mod show;
 
 /// Thread-per-core IoT device simulator: a realistic fleet on one box, with numbers you can trust.
 #[derive(Parser, Debug)]
@@ -52,6 +54,11 @@ pub enum Command {
     /// Run, check or list scenarios (timed steps, phases, thresholds).
     #[command(subcommand)]
     Scenario(scenario::ScenarioCmd),
+    /// Show the effective configuration: file, then IOT_SIM_* environment, then flags.
+    #[command(subcommand)]
+    Config(show::ConfigCmd),
+    /// Exit 0 if a runtime is ready (admin /readyz, gRPC health), else 1: a HEALTHCHECK.
+    Probe(probe::ProbeArgs),
 }
 
 /// The exit codes, for --help.
@@ -211,7 +218,15 @@ impl Cli {
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn main(cli: Cli) -> anyhow::Result<i32> {
-    match cli.command {
+    // A mistyped IOT_SIM_* variable would silently run another test: refuse it.
+    let unknown = config::env::check_process();
+    if !unknown.is_empty() {
+        eprintln!("error: invalid environment: {unknown}");
+        return Ok(exit::BAD_CONFIG);
+    }
+    let result = match cli.command {
+        Some(Command::Config(c)) => show::main(&c),
+        Some(Command::Probe(p)) => probe::main(&p),
         Some(Command::Validate(v)) => validate(&v.config),
         Some(Command::Serve(s)) => serve_cmd(&s),
         Some(Command::Spawn(a)) => client::spawn(&a),
@@ -224,6 +239,14 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Scenario(c)) => scenario::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
+    };
+    match result {
+        // A `--runtime` that names nothing is bad input, like a bad flag.
+        Err(e) if e.downcast_ref::<crate::control::client::ResolveError>().is_some() => {
+            crate::logs::notice_at("ERROR", &format!("error: {e:#}"), &[]);
+            Ok(exit::BAD_CONFIG)
+        }
+        other => other,
     }
 }
 
@@ -352,16 +375,14 @@ fn serve_cmd(s: &ServeArgs) -> anyhow::Result<i32> {
                 return Ok(exit::BAD_CONFIG);
             }
         },
-        None => {
-            let mut run = config::RunSettings::default();
-            config::apply(&mut run, &args.overrides());
-            config::Config {
-                run,
-                sinks: config::SinkSettings::default(),
-                fleet: crate::sim::profile::Fleet::default(),
-                thresholds: vec![],
+        // No file: defaults, then the IOT_SIM_* environment, then the flags.
+        None => match config::load_empty(&args.overrides()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(exit::BAD_CONFIG);
             }
-        }
+        },
     };
     if config.run.clock == ClockMode::Virtual {
         crate::logs::notice(

@@ -25,8 +25,8 @@ pub struct ScenarioRunArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub run: RunArgs,
-    /// Drive runtimes that are already serving (host:port, comma separated) over gRPC, in
-    /// realtime, instead of running the fleet in this process.
+    /// Drive runtimes that are already serving (host:port or dns:///name:port, comma
+    /// separated) over gRPC, in realtime, instead of running the fleet in this process.
     #[arg(short, long, value_name = "HOST:PORT", value_delimiter = ',')]
     pub runtime: Vec<String>,
 }
@@ -103,6 +103,11 @@ fn run_remote(a: &ScenarioRunArgs) -> anyhow::Result<i32> {
         for b in bad {
             eprintln!("  - {b}");
         }
+        return Ok(exit::BAD_CONFIG);
+    }
+    // A `dns:///` name that resolves to nothing is bad input (exit 2), found before any step.
+    if let Err(e) = crate::control::client::resolve(&a.runtime) {
+        eprintln!("error: {e}");
         return Ok(exit::BAD_CONFIG);
     }
     let report = scenario::remote::run(&sc, &config, &thresholds, &a.runtime, a.run.quiet)

@@ -6,6 +6,7 @@
 //! relative to the fleet file's folder.
 
 mod behaviour;
+pub mod env;
 pub mod sinks;
 pub mod walk;
 
@@ -124,7 +125,8 @@ pub fn load_with(
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Io { path: path.into(), source })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut config = parse_str_with(&text, base, fleet_optional).map_err(|e| match e {
+    let vars = env::process_vars();
+    let mut config = parse_str_with(&text, base, fleet_optional, &vars).map_err(|e| match e {
         ParseError::Syntax(message) => ConfigError::Syntax { path: path.into(), message },
         ParseError::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
     })?;
@@ -149,10 +151,26 @@ pub const DEFAULT_FLEET_NAME: &str = "<built-in configs/fleet.toml>";
 /// sink's output) resolve against the current directory.
 pub fn load_default(overrides: &Overrides) -> Result<Config, ConfigError> {
     let path = Path::new(DEFAULT_FLEET_NAME);
-    let mut config = parse_str(DEFAULT_FLEET, Path::new(".")).map_err(|e| match e {
-        ParseError::Syntax(message) => ConfigError::Syntax { path: path.into(), message },
-        ParseError::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
-    })?;
+    let vars = env::process_vars();
+    let mut config =
+        parse_str_with(DEFAULT_FLEET, Path::new("."), false, &vars).map_err(|e| match e {
+            ParseError::Syntax(message) => ConfigError::Syntax { path: path.into(), message },
+            ParseError::Invalid(problems) => ConfigError::Invalid { path: path.into(), problems },
+        })?;
+    apply(&mut config.run, overrides);
+    Ok(config)
+}
+
+/// How a configuration made of the environment and flags alone (no file) is named.
+pub const NO_FILE_NAME: &str = "<no --config: defaults, environment, flags>";
+
+/// The configuration of `serve` without `--config`: no devices, `[run]` and `[sink.*]` from
+/// the environment ([`env`]), then the overrides.
+pub fn load_empty(overrides: &Overrides) -> Result<Config, ConfigError> {
+    let path = Path::new(NO_FILE_NAME);
+    let mut config =
+        compile_with_env(&toml::Table::new(), Path::new("."), true, &env::process_vars())
+            .map_err(|problems| ConfigError::Invalid { path: path.into(), problems })?;
     apply(&mut config.run, overrides);
     Ok(config)
 }
@@ -187,22 +205,58 @@ pub enum ParseError {
 }
 
 /// Parses and validates a fleet file's text; `base` resolves profile file paths.
+/// No environment layer: the text alone.
+#[cfg(test)]
 pub fn parse_str(text: &str, base: &Path) -> Result<Config, ParseError> {
-    parse_str_with(text, base, false)
+    parse_str_with(text, base, false, &[])
 }
 
 /// [`parse_str`]; with `fleet_optional` a file without `[[fleet]]` is a runtime with no
 /// devices yet (`serve`: devices come from spawn requests).
-fn parse_str_with(text: &str, base: &Path, fleet_optional: bool) -> Result<Config, ParseError> {
+/// `vars` are the environment layer's `IOT_SIM_*` variables ([`env`]).
+fn parse_str_with(
+    text: &str,
+    base: &Path,
+    fleet_optional: bool,
+    vars: &[(String, String)],
+) -> Result<Config, ParseError> {
     let doc: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| ParseError::Syntax(e.to_string().trim().to_string()))?;
-    compile_doc(&doc, base, fleet_optional).map_err(ParseError::Invalid)
+    compile_with_env(&doc, base, fleet_optional, vars).map_err(ParseError::Invalid)
 }
 
-/// Compiles a parsed fleet document. `fleet_optional` is true for `serve` and for a scenario,
-/// which may start from an empty fleet and spawn every device itself.
+/// Compiles a parsed fleet document with the process's environment layer over it.
+/// `fleet_optional` is true for `serve` and for a scenario, which may start from an empty
+/// fleet and spawn every device itself.
 pub fn compile_doc(
+    doc: &toml::Table,
+    base: &Path,
+    fleet_optional: bool,
+) -> Result<Config, Problems> {
+    compile_with_env(doc, base, fleet_optional, &env::process_vars())
+}
+
+/// [`compile_doc`] with the given `IOT_SIM_*` variables laid over the document's `[run]` and
+/// `[sink.*]` tables; problems with a value from a variable name the variable.
+pub fn compile_with_env(
+    doc: &toml::Table,
+    base: &Path,
+    fleet_optional: bool,
+    vars: &[(String, String)],
+) -> Result<Config, Problems> {
+    let mut layered = doc.clone();
+    let applied = env::overlay(&mut layered, vars);
+    if applied.is_empty() {
+        return compile_file_doc(doc, base, fleet_optional);
+    }
+    compile_file_doc(&layered, base, fleet_optional).map_err(|mut p| {
+        env::name_vars(&mut p, &applied);
+        p
+    })
+}
+
+fn compile_file_doc(
     doc: &toml::Table,
     base: &Path,
     fleet_optional: bool,
@@ -411,6 +465,19 @@ fn compile(
     Some(Config { run, sinks, fleet: Fleet { profiles, groups }, thresholds })
 }
 
+/// The keys of `[run]` (the walker's accepted list, and the environment layer's `IOT_SIM_RUN_*` names).
+pub const RUN_KEYS: &[&str] = &[
+    "seed",
+    "cores",
+    "clock",
+    "speed",
+    "start_time",
+    "duration",
+    "report_dir",
+    "progress_interval",
+    "scenario",
+];
+
 fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
     let mut run = RunSettings::default();
     match t.get("seed") {
@@ -495,20 +562,7 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
             run.progress_interval_ms = d;
         }
     }
-    t.finish_with(
-        &[
-            "seed",
-            "cores",
-            "clock",
-            "speed",
-            "start_time",
-            "duration",
-            "report_dir",
-            "progress_interval",
-            "scenario",
-        ],
-        p,
-    );
+    t.finish_with(RUN_KEYS, p);
     run
 }
 

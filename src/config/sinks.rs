@@ -247,6 +247,20 @@ fn existing_file(t: &mut Table<'_>, key: &str, p: &mut Problems) -> Option<PathB
 }
 
 /// Compiles the `[sink]` table.
+/// The keys of `[sink.file]`.
+pub const FILE_KEYS: &[&str] = &["path"];
+
+/// Every `[sink.NAME]` table that has settings, with its keys: the schema the environment
+/// layer (`config::env`) derives its `IOT_SIM_SINK_<NAME>_<KEY>` names from. (`console` and
+/// `null` take no settings.)
+pub const TABLES: &[(&str, &[&str])] = &[
+    ("file", FILE_KEYS),
+    ("mqtt", MQTT_KEYS),
+    ("amqp", AMQP_KEYS),
+    ("http", HTTP_KEYS),
+    ("coap", COAP_KEYS),
+];
+
 pub fn compile(mut t: Table<'_>, p: &mut Problems) -> SinkSettings {
     let mut s = SinkSettings::default();
     if let Some(mut f) = t.table("file", p) {
@@ -257,7 +271,7 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> SinkSettings {
                 s.file = Some(FileSinkSettings { path: PathBuf::from(path) });
             }
         }
-        f.finish_with(&["path"], p);
+        f.finish_with(FILE_KEYS, p);
     }
     for name in ["console", "null"] {
         if let Some(tt) = t.table(name, p) {
@@ -279,6 +293,24 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> SinkSettings {
     t.finish_with(&["console", "file", "null", "mqtt", "amqp", "http", "coap"], p);
     s
 }
+
+/// The keys of `[sink.mqtt]` (accepted by the walker; `IOT_SIM_SINK_MQTT_*` in the environment).
+pub const MQTT_KEYS: &[&str] = &[
+    "url",
+    "version",
+    "qos",
+    "retain",
+    "pool_size",
+    "keep_alive",
+    "client_id_prefix",
+    "inflight",
+    "queue_size",
+    "backoff_initial",
+    "backoff_max",
+    "ca_file",
+    "client_cert",
+    "client_key",
+];
 
 fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
     let before = p.0.len();
@@ -312,25 +344,7 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
     if tls_files.client_cert.is_some() != tls_files.client_key.is_some() {
         p.add(t.path_of("client_cert"), "client_cert and client_key go together");
     }
-    t.finish_with(
-        &[
-            "url",
-            "version",
-            "qos",
-            "retain",
-            "pool_size",
-            "keep_alive",
-            "client_id_prefix",
-            "inflight",
-            "queue_size",
-            "backoff_initial",
-            "backoff_max",
-            "ca_file",
-            "client_cert",
-            "client_key",
-        ],
-        p,
-    );
+    t.finish_with(MQTT_KEYS, p);
     let (url, parts) = parsed?;
     let tls = matches!(parts.scheme.as_str(), "mqtts" | "ssl");
     if !tls && tls_keys.iter().any(|k| *k) {
@@ -362,6 +376,18 @@ fn t_path(_url: &str) -> String {
     "sink.mqtt.url".to_string()
 }
 
+/// The keys of `[sink.amqp]` (accepted by the walker; `IOT_SIM_SINK_AMQP_*` in the environment).
+pub const AMQP_KEYS: &[&str] = &[
+    "url",
+    "exchange",
+    "routing_separator",
+    "confirms",
+    "confirm_window",
+    "queue_size",
+    "backoff_initial",
+    "backoff_max",
+];
+
 fn compile_amqp(mut t: Table<'_>, p: &mut Problems) -> Option<AmqpSettings> {
     let before = p.0.len();
     let parsed = url_key(&mut t, "amqp://127.0.0.1:5672/%2f", &["amqp", "amqps"], p);
@@ -371,19 +397,7 @@ fn compile_amqp(mut t: Table<'_>, p: &mut Problems) -> Option<AmqpSettings> {
     let confirm_window = usize_in(&mut t, "confirm_window", 1, 1_000_000, 1000, p);
     let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
     let backoff = backoff(&mut t, p);
-    t.finish_with(
-        &[
-            "url",
-            "exchange",
-            "routing_separator",
-            "confirms",
-            "confirm_window",
-            "queue_size",
-            "backoff_initial",
-            "backoff_max",
-        ],
-        p,
-    );
+    t.finish_with(AMQP_KEYS, p);
     let (url, parts) = parsed?;
     if p.0.len() > before {
         return None;
@@ -418,6 +432,20 @@ fn compile_amqp(mut t: Table<'_>, p: &mut Problems) -> Option<AmqpSettings> {
     })
 }
 
+/// The keys of `[sink.http]` (accepted by the walker; `IOT_SIM_SINK_HTTP_*` in the environment).
+pub const HTTP_KEYS: &[&str] = &[
+    "endpoint",
+    "topic_header",
+    "batch_size",
+    "batch_linger",
+    "max_retries",
+    "timeout",
+    "concurrency",
+    "queue_size",
+    "backoff_initial",
+    "backoff_max",
+];
+
 fn compile_http(mut t: Table<'_>, p: &mut Problems) -> Option<HttpSettings> {
     let before = p.0.len();
     let endpoint = t.req_str("endpoint", p).map(str::to_string);
@@ -439,21 +467,7 @@ fn compile_http(mut t: Table<'_>, p: &mut Problems) -> Option<HttpSettings> {
     let concurrency = usize_in(&mut t, "concurrency", 1, 10_000, 32, p);
     let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
     let backoff = backoff(&mut t, p);
-    t.finish_with(
-        &[
-            "endpoint",
-            "topic_header",
-            "batch_size",
-            "batch_linger",
-            "max_retries",
-            "timeout",
-            "concurrency",
-            "queue_size",
-            "backoff_initial",
-            "backoff_max",
-        ],
-        p,
-    );
+    t.finish_with(HTTP_KEYS, p);
     if p.0.len() > before {
         return None;
     }
@@ -471,6 +485,17 @@ fn compile_http(mut t: Table<'_>, p: &mut Problems) -> Option<HttpSettings> {
     })
 }
 
+/// The keys of `[sink.coap]` (accepted by the walker; `IOT_SIM_SINK_COAP_*` in the environment).
+pub const COAP_KEYS: &[&str] = &[
+    "url",
+    "confirmable",
+    "ack_timeout",
+    "ack_random_factor",
+    "max_retransmit",
+    "max_inflight",
+    "queue_size",
+];
+
 fn compile_coap(mut t: Table<'_>, p: &mut Problems) -> Option<CoapSettings> {
     let before = p.0.len();
     let parsed = url_key(&mut t, "coap://127.0.0.1:5683", &["coap"], p);
@@ -487,18 +512,7 @@ fn compile_coap(mut t: Table<'_>, p: &mut Problems) -> Option<CoapSettings> {
     let max_retransmit = usize_in(&mut t, "max_retransmit", 0, 20, 4, p) as u32;
     let max_inflight = usize_in(&mut t, "max_inflight", 1, 60_000, 256, p);
     let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
-    t.finish_with(
-        &[
-            "url",
-            "confirmable",
-            "ack_timeout",
-            "ack_random_factor",
-            "max_retransmit",
-            "max_inflight",
-            "queue_size",
-        ],
-        p,
-    );
+    t.finish_with(COAP_KEYS, p);
     let (url, parts) = parsed?;
     if p.0.len() > before {
         return None;
