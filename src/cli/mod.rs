@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+mod audit;
 pub mod client;
 pub mod scenario;
 
@@ -52,6 +53,9 @@ pub enum Command {
     /// Run, check or list scenarios (timed steps, phases, thresholds).
     #[command(subcommand)]
     Scenario(scenario::ScenarioCmd),
+    /// Audit delivery of a fleet that runs elsewhere: consume from MQTT or AMQP until Ctrl-C,
+    /// SIGTERM or --duration, then report losses, duplicates, reordering and latency.
+    Audit(audit::AuditArgs),
 }
 
 /// The exit codes, for --help.
@@ -120,6 +124,10 @@ pub struct RunArgs {
     /// Log lines as text or as JSON objects (one per line). Also IOT_SIM_LOG_FORMAT.
     #[arg(long, value_enum, env = "IOT_SIM_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Audit delivery while running (the file's [audit], or its defaults: the fleet's own
+    /// broker, filters from the topic templates); turns `seq` on in every profile.
+    #[arg(long)]
+    pub audit: bool,
 }
 
 /// How log lines are written.
@@ -222,13 +230,14 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Pause(a)) => client::pause(&a, false),
         Some(Command::Resume(a)) => client::pause(&a, true),
         Some(Command::Scenario(c)) => scenario::main(&c),
+        Some(Command::Audit(a)) => audit::main(&a),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     }
 }
 
 /// Loads a fleet file and checks that it fits in memory (before anything is allocated).
-fn load(path: &std::path::Path, o: &Overrides) -> Result<config::Config, i32> {
+pub(crate) fn load(path: &std::path::Path, o: &Overrides) -> Result<config::Config, i32> {
     let config = config::load(path, o).map_err(|e| {
         crate::logs::notice_at("ERROR", &format!("error: {e}"), &[]);
         exit::BAD_CONFIG
@@ -266,7 +275,7 @@ fn validate(path: &std::path::Path) -> anyhow::Result<i32> {
 }
 
 fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
-    let (config, name) = match &args.config {
+    let (mut config, name) = match &args.config {
         Some(path) => match load(path, &args.overrides()) {
             Ok(c) => (c, path.display().to_string()),
             Err(code) => return Ok(code),
@@ -294,6 +303,18 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
             "error: invalid config {name}: a threshold names phase {t:?}, but no scenario runs (phases come from a scenario's steps)"
         );
         return Ok(exit::BAD_CONFIG);
+    }
+    if args.audit && config.audit.is_none() {
+        match config::audit::defaults(&config.fleet, &config.sinks) {
+            Ok(a) => config.audit = Some(a),
+            Err(p) => {
+                eprintln!("error: --audit: {p}");
+                return Ok(exit::BAD_CONFIG);
+            }
+        }
+        for p in &mut config.fleet.profiles {
+            p.seq = true;
+        }
     }
     let report = run::run(config, &run_options(args, args.grpc, false, None))
         .with_context(|| format!("run of {name} failed"))?;
@@ -360,6 +381,7 @@ fn serve_cmd(s: &ServeArgs) -> anyhow::Result<i32> {
                 sinks: config::SinkSettings::default(),
                 fleet: crate::sim::profile::Fleet::default(),
                 thresholds: vec![],
+                audit: None,
             }
         }
     };
