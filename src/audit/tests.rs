@@ -144,7 +144,9 @@ fn end_to_end_latency_maps_timestamps_to_wall_time_by_speed() {
     let intended_us = 5_000_000 + (ts - START) * 100;
     l.observe(&t, s.as_bytes(), intended_us + 2500);
     let (r, _) = l.finish(&end(1), None, 0);
-    assert_eq!(r.e2e_latency_us.unwrap().max, 2500);
+    // HDR histograms keep 3 significant digits.
+    let max = r.e2e_latency_us.unwrap().max;
+    assert!((2497..=2503).contains(&max), "{max}");
 }
 
 #[test]
