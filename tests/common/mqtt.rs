@@ -80,6 +80,14 @@ impl Broker {
         self.child = Some(child);
         assert!(super::wait_port(self.port), "mosquitto did not start on port {}", self.port);
     }
+    /// Sends a signal (`STOP`, `CONT`, ...) to the broker: a hung broker, for instance.
+    pub fn signal(&self, name: &str) {
+        if let Some(c) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .args([&format!("-{name}"), &c.id().to_string()])
+                .status();
+        }
+    }
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
