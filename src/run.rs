@@ -207,7 +207,12 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     };
     let _admin = match (opts.admin, &plane) {
         (Some(addr), Some(p)) => {
-            let s = crate::control::admin::start(addr, p.clone(), identity.clone())
+            let s = crate::control::admin::start(
+                addr,
+                p.clone(),
+                identity.clone(),
+                auditor.as_ref().map(|a| a.probe()),
+            )
                 .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
             crate::logs::notice(
                 &format!("admin: listening on http://{}", s.addr),

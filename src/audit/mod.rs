@@ -116,6 +116,11 @@ impl Auditor {
         }
     }
 
+    /// A handle `/metrics` reads the running counts through.
+    pub fn probe(&self) -> AuditProbe {
+        AuditProbe(self.shared.clone())
+    }
+
     /// Messages consumed so far.
     pub fn consumed(&self) -> u64 {
         self.shared.ledger.lock().map_or(0, |l| l.counts.consumed)
@@ -159,6 +164,25 @@ impl Auditor {
 impl Drop for Auditor {
     fn drop(&mut self) {
         self.shared.stop.notify_one();
+    }
+}
+
+/// The running counts of an audit, for `/metrics` (read under the ledger's lock, at scrape
+/// time only).
+#[derive(Clone)]
+pub struct AuditProbe(Arc<Shared>);
+
+impl AuditProbe {
+    /// (counts by kind, consumer errors).
+    pub fn read(&self) -> (ledger::Counts, u64) {
+        let counts = self.0.ledger.lock().map(|l| l.counts.clone()).unwrap_or_default();
+        (counts, self.0.errors.load(Ordering::Relaxed))
+    }
+}
+
+impl std::fmt::Debug for AuditProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditProbe")
     }
 }
 
