@@ -133,6 +133,10 @@ pub struct AuditReport {
     pub consumer_errors: u64,
     /// Bytes of per-device audit state (32 B per fleet device).
     pub state_bytes: u64,
+    /// Wall seconds from the first message consumed to the last.
+    pub consume_seconds: f64,
+    /// CPU seconds the consumer thread used (parsing and classifying included).
+    pub consumer_cpu_seconds: f64,
     pub e2e_latency_us: Option<Latency>,
     pub by_device_type: Vec<TypeRow>,
     pub worst: Vec<WorstDevice>,
@@ -171,6 +175,9 @@ pub struct Ledger {
     latency: Vec<Histogram<u64>>,
     topic: Vec<u8>,
     id: String,
+    /// Arrival (wall µs) of the first and the last message.
+    first_us: u64,
+    last_us: u64,
 }
 
 impl Ledger {
@@ -196,6 +203,8 @@ impl Ledger {
             counts: Counts::default(),
             topic: Vec::with_capacity(128),
             id: String::with_capacity(64),
+            first_us: 0,
+            last_us: 0,
         }
     }
 
@@ -207,6 +216,10 @@ impl Ledger {
     /// Classifies one message that arrived at `arrival_us` (wall µs since the epoch).
     pub fn observe(&mut self, topic: &str, payload: &[u8], arrival_us: u64) {
         self.counts.consumed += 1;
+        if self.first_us == 0 {
+            self.first_us = arrival_us;
+        }
+        self.last_us = arrival_us;
         if payload.len() > MAX_AUDIT_MESSAGE_BYTES {
             self.counts.unparsable += 1;
             return;
@@ -426,6 +439,8 @@ impl Ledger {
             counts: self.counts.clone(),
             consumer_errors: 0,
             state_bytes: self.state_bytes() as u64,
+            consume_seconds: self.last_us.saturating_sub(self.first_us) as f64 / 1e6,
+            consumer_cpu_seconds: 0.0,
             e2e_latency_us: Latency::of(&all),
             by_device_type: types.iter().map(|(r, _)| r.clone()).collect(),
             worst,

@@ -44,6 +44,8 @@ pub struct Shared {
     pub errors: AtomicU64,
     /// Notified once to stop the consumer.
     pub stop: tokio::sync::Notify,
+    /// CPU time of the consumer thread, set when it ends (ns).
+    pub cpu_ns: AtomicU64,
 }
 
 /// A running audit: its consumer thread and the books.
@@ -77,6 +79,7 @@ impl Auditor {
             ledger: Mutex::new(ledger),
             errors: AtomicU64::new(0),
             stop: tokio::sync::Notify::new(),
+            cpu_ns: AtomicU64::new(0),
         });
         let (tx, rx) = std::sync::mpsc::channel();
         let source = settings.source.clone();
@@ -91,7 +94,8 @@ impl Auditor {
                         return;
                     }
                 };
-                rt.block_on(consume::run(source, sh, tx));
+                rt.block_on(consume::run(source, sh.clone(), tx));
+                sh.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
             })
             .map_err(|e| format!("cannot start the audit thread: {e}"))?;
         match rx.recv_timeout(Duration::from_secs(10)) {
@@ -157,6 +161,7 @@ impl Auditor {
         };
         report.source = self.settings.source.describe();
         report.consumer_errors = errors;
+        report.consumer_cpu_seconds = self.shared.cpu_ns.load(Ordering::Relaxed) as f64 / 1e9;
         Outcome { report, latency: types }
     }
 }
@@ -207,6 +212,14 @@ impl Outcome {
             })
             .collect()
     }
+}
+
+/// CPU time of the calling thread, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 { 0 } else { ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64 }
 }
 
 /// The terminal section.
