@@ -40,7 +40,8 @@ async fn mqtt(
     ready: Sender<Result<(), String>>,
 ) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
-    let id = format!("iot-sim-audit-{}", crate::run::random_run_id());
+    // Unique per process and start: two auditors on one broker must not kick each other off.
+    let id = format!("iot-sim-audit-{}-{}", std::process::id(), wall_us() % 1_000_000_000);
     let mut opts = MqttOptions::new(id, host, port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(MAX_AUDIT_MESSAGE_BYTES + 4096, 64 << 10);
