@@ -213,7 +213,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
                 identity.clone(),
                 auditor.as_ref().map(|a| a.probe()),
             )
-                .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
+            .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
             crate::logs::notice(
                 &format!("admin: listening on http://{}", s.addr),
                 &[("admin", s.addr.to_string().into())],

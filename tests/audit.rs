@@ -5,7 +5,7 @@ mod common;
 
 use common::mqtt::Broker;
 use common::*;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use rumqttc::{Client, MqttOptions, QoS};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
@@ -316,7 +316,8 @@ fn bad_audit_settings_are_listed_with_their_paths() {
 fn metrics_show_the_audit_counts_and_an_interrupted_run_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let root = unique("audit-metrics");
-    let toml = fleet("mqtt", "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nqos = 1", &root, "60s", "");
+    let toml =
+        fleet("mqtt", "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nqos = 1", &root, "60s", "");
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, toml).unwrap();
     let rd = dir.path().join("report");

@@ -268,7 +268,7 @@ impl Ledger {
         if let (Some(start), true) = (self.start_ms, profile.behaviour.is_plain()) {
             let first = first_tick(self.seed, &env.device_id, profile, start);
             let iv = profile.interval_ms.max(1);
-            if ts < first || (ts - first) % iv != 0 {
+            if ts < first || !(ts - first).is_multiple_of(iv) {
                 self.counts.off_grid += 1;
             }
         }

@@ -106,11 +106,11 @@ pub fn main(a: &AuditArgs) -> anyhow::Result<i32> {
         }
         settings.source =
             AuditSource::Amqp { url: url.clone(), queue, declare: a.declare, exchange, bindings };
-    } else if !a.filter.is_empty() || a.qos.is_some() {
-        if let AuditSource::Mqtt { filters: f, qos, .. } = &mut settings.source {
-            *f = filters(f.clone());
-            *qos = a.qos.unwrap_or(*qos);
-        }
+    } else if (!a.filter.is_empty() || a.qos.is_some())
+        && let AuditSource::Mqtt { filters: f, qos, .. } = &mut settings.source
+    {
+        *f = filters(f.clone());
+        *qos = a.qos.unwrap_or(*qos);
     }
     // Timestamps are checked against the tick grid only when seed and start time are the
     // fleet file's (a runtime that chose them at random published another grid).
