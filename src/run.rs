@@ -120,6 +120,21 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             }
         }
     }
+    // The delivery audit subscribes before the first message is sent (and its HTTP receiver
+    // listens before the preflight looks for the sink's server).
+    let auditor = match &config.audit {
+        Some(a) => Some(
+            crate::audit::Auditor::start(
+                a,
+                Arc::new(config.fleet.clone()),
+                seed,
+                Some(start_ms),
+                false,
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     crate::sink::preflight::check(
         &reachable,
         &config.sinks,
@@ -133,14 +148,6 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let fleet = Arc::new(config.fleet.clone());
     let sinks = Arc::new(config.sinks.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    // The delivery audit subscribes before the first message is sent.
-    let auditor = match &config.audit {
-        Some(a) => Some(
-            crate::audit::Auditor::start(a, fleet.clone(), seed, Some(start_ms), false)
-                .map_err(anyhow::Error::msg)?,
-        ),
-        None => None,
-    };
     let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Snapshot>(cores * 16);
     let ready = Arc::new(Barrier::new(cores + 1));
     let origin = Arc::new(AtomicU64::new(0));

@@ -344,3 +344,22 @@ fn metrics_show_the_audit_counts_and_an_interrupted_run_loses_nothing() {
     assert_eq!((n(a, "lost"), n(a, "duplicated")), (0, 0), "{a}");
     assert!(n(a, "received") > 1000, "{a}");
 }
+
+#[test]
+fn the_http_receiver_audits_what_the_http_sink_posts_single_and_batched() {
+    for batch in [1, 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let root = unique("audit-http");
+        let sink = format!(
+            "[sink.http]\nendpoint = \"http://127.0.0.1:{port}/ingest/{{topic}}\"\nbatch_size = {batch}\nbatch_linger = \"20ms\""
+        );
+        // The receiver listens where the sink's endpoint points.
+        let toml = fleet("http", &sink, &root, "2s", "source = \"http\"");
+        let r = run_ok(dir.path(), &toml, &["--cores", "2"]);
+        let a = audit_of(&r);
+        assert_eq!((n(a, "expected"), n(a, "received")), (1600, 1600), "batch {batch}: {a}");
+        assert_eq!((n(a, "lost"), n(a, "duplicated"), n(a, "unparsable")), (0, 0, 0), "{a}");
+        assert!(a["source"].as_str().unwrap().starts_with("http receiver"), "{a}");
+    }
+}

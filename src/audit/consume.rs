@@ -28,7 +28,83 @@ pub async fn run(source: AuditSource, shared: Arc<Shared>, ready: Sender<Result<
         AuditSource::Amqp { url, queue, declare, exchange, bindings } => {
             amqp(url, queue, declare, exchange, bindings, shared, ready).await
         }
+        AuditSource::Http { listen, topic_header } => {
+            http(listen, topic_header, shared, ready).await
+        }
     }
+}
+
+/// Largest request body the HTTP receiver takes (a batch of payloads); larger: 413, counted.
+const MAX_HTTP_BODY_BYTES: usize = 16 << 20;
+
+/// What each HTTP request handler needs.
+#[derive(Clone)]
+struct Receiver {
+    shared: Arc<Shared>,
+    topic_header: Arc<str>,
+}
+
+async fn http(
+    listen: std::net::SocketAddr,
+    topic_header: String,
+    shared: Arc<Shared>,
+    ready: Sender<Result<(), String>>,
+) {
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+            let _ = ready.send(Err(format!("cannot listen on {listen}: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let state = Receiver { shared: shared.clone(), topic_header: topic_header.into() };
+    let app = axum::Router::new()
+        .fallback(receive)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_HTTP_BODY_BYTES))
+        .with_state(state);
+    tokio::select! {
+        _ = shared.stop.notified() => {}
+        r = axum::serve(listener, app) => {
+            if let Err(e) = r {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "audit: the HTTP receiver stopped");
+            }
+        }
+    }
+}
+
+/// One POST: a payload, or a JSON array of payloads (the HTTP sink's batch). Always 200 once
+/// read: what is wrong with it is counted, not refused (the sink would retry it).
+async fn receive(
+    axum::extract::State(rx): axum::extract::State<Receiver>,
+    headers: axum::http::HeaderMap,
+    body: Result<bytes::Bytes, axum::extract::rejection::BytesRejection>,
+) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    let now = wall_us();
+    let Ok(mut l) = rx.shared.ledger.lock() else { return StatusCode::INTERNAL_SERVER_ERROR };
+    let Ok(body) = body else {
+        l.observe(None, b"", now);
+        return StatusCode::PAYLOAD_TOO_LARGE;
+    };
+    let topic = headers.get(&*rx.topic_header).and_then(|v| v.to_str().ok());
+    let batch = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    match batch.then(|| serde_json::from_slice::<Vec<serde_json::Value>>(&body)) {
+        Some(Ok(items)) => {
+            // A batch is re-encoded item by item (an HTTP-path cost the MQTT and AMQP
+            // consumers do not pay).
+            let mut buf = Vec::with_capacity(512);
+            for item in items {
+                buf.clear();
+                let _ = serde_json::to_writer(&mut buf, &item);
+                l.observe(topic, &buf, now);
+            }
+        }
+        _ => l.observe(topic, &body, now),
+    }
+    StatusCode::OK
 }
 
 async fn mqtt(
@@ -74,7 +150,7 @@ async fn mqtt(
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let now = wall_us();
                     if let Ok(mut l) = shared.ledger.lock() {
-                        l.observe(&p.topic, &p.payload, now);
+                        l.observe(Some(&p.topic), &p.payload, now);
                     }
                 }
                 Ok(_) => {}
@@ -188,7 +264,7 @@ async fn amqp_session(
         let d = d?;
         let now = wall_us();
         if let Ok(mut l) = shared.ledger.lock() {
-            l.observe(d.routing_key.as_str(), &d.data, now);
+            l.observe(Some(d.routing_key.as_str()), &d.data, now);
         }
     }
     Ok(())

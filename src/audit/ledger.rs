@@ -213,8 +213,9 @@ impl Ledger {
         self.tracks.capacity() * std::mem::size_of::<Track>()
     }
 
-    /// Classifies one message that arrived at `arrival_us` (wall µs since the epoch).
-    pub fn observe(&mut self, topic: &str, payload: &[u8], arrival_us: u64) {
+    /// Classifies one message that arrived at `arrival_us` (wall µs since the epoch) on
+    /// `topic` (`None`: unknown, as for an HTTP batch without a topic header; not checked).
+    pub fn observe(&mut self, topic: Option<&str>, payload: &[u8], arrival_us: u64) {
         self.counts.consumed += 1;
         if self.first_us == 0 {
             self.first_us = arrival_us;
@@ -235,7 +236,7 @@ impl Ledger {
         let group = &self.fleet.groups[gi];
         let pi = group.profile;
         let profile = &self.fleet.profiles[pi];
-        if env.event.is_none() {
+        if let (None, Some(topic)) = (&env.event, topic) {
             self.topic.clear();
             profile.topic.render(
                 &mut self.topic,

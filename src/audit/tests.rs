@@ -44,7 +44,7 @@ fn ledger(devices: u64) -> Ledger {
 
 fn feed(l: &mut Ledger, i: u64, seq: u64) {
     let (t, p) = msg(i, seq);
-    l.observe(&t, &p, 0);
+    l.observe(Some(&t), &p, 0);
 }
 
 fn end(seconds: u64) -> EndFacts {
@@ -94,13 +94,13 @@ fn duplicates_reorders_and_gaps_are_told_apart() {
 #[test]
 fn bad_input_is_counted_by_kind_and_never_stops_the_books() {
     let mut l = ledger(1);
-    l.observe("devices/x/telemetry", b"not json", 0);
-    l.observe("devices/x/telemetry", br#"{"device_id":"nobody-0001","device_type":"thermo","timestamp":"2026-01-01T00:00:00.000Z"}"#, 0);
+    l.observe(Some("devices/x/telemetry"), b"not json", 0);
+    l.observe(Some("devices/x/telemetry"), br#"{"device_id":"nobody-0001","device_type":"thermo","timestamp":"2026-01-01T00:00:00.000Z"}"#, 0);
     let (_, p) = msg(0, 0);
-    l.observe("elsewhere/thermo-0000", &p, 0);
+    l.observe(Some("elsewhere/thermo-0000"), &p, 0);
     let (t, p) = msg(0, 0);
     let wrong = String::from_utf8(p).unwrap().replace("\"thermo\",", "\"fridge\",");
-    l.observe(&t, wrong.as_bytes(), 0);
+    l.observe(Some(&t), wrong.as_bytes(), 0);
     feed(&mut l, 0, 0);
     let c = &l.counts;
     assert_eq!((c.unparsable, c.unknown_device, c.foreign_topic, c.corrupted), (1, 1, 1, 1));
@@ -128,7 +128,7 @@ fn timestamps_off_the_grid_are_counted() {
     let ts_at = s.find("\"timestamp\":\"").unwrap() + 13;
     let ts = crate::sim::time::parse_rfc3339(&s[ts_at..ts_at + 24]).unwrap();
     let moved = s.replace(&s[ts_at..ts_at + 24], &crate::sim::time::rfc3339_ms(ts + 1));
-    l.observe(&t, moved.as_bytes(), 0);
+    l.observe(Some(&t), moved.as_bytes(), 0);
     assert_eq!(l.counts.off_grid, 1);
 }
 
@@ -142,7 +142,7 @@ fn end_to_end_latency_maps_timestamps_to_wall_time_by_speed() {
     let ts_at = s.find("\"timestamp\":\"").unwrap() + 13;
     let ts = crate::sim::time::parse_rfc3339(&s[ts_at..ts_at + 24]).unwrap();
     let intended_us = 5_000_000 + (ts - START) * 100;
-    l.observe(&t, s.as_bytes(), intended_us + 2500);
+    l.observe(Some(&t), s.as_bytes(), intended_us + 2500);
     let (r, _) = l.finish(&end(1), None, 0);
     // HDR histograms keep 3 significant digits.
     let max = r.e2e_latency_us.unwrap().max;
@@ -153,7 +153,15 @@ fn end_to_end_latency_maps_timestamps_to_wall_time_by_speed() {
 fn a_routing_key_matches_its_topic_with_the_separator() {
     let mut l = Ledger::new(fleet(1), SEED, Some(START), false, Some(".".into()));
     let (_, p) = msg(0, 0);
-    l.observe("devices.thermo-0000.telemetry", &p, 0);
-    l.observe("devices/thermo-0000/telemetry", &p, 0);
+    l.observe(Some("devices.thermo-0000.telemetry"), &p, 0);
+    l.observe(Some("devices/thermo-0000/telemetry"), &p, 0);
     assert_eq!((l.counts.in_order, l.counts.foreign_topic), (1, 1));
+}
+
+#[test]
+fn without_a_topic_only_the_payload_is_checked() {
+    let mut l = ledger(1);
+    let (_, p) = msg(0, 0);
+    l.observe(None, &p, 0);
+    assert_eq!((l.counts.in_order, l.counts.foreign_topic), (1, 0));
 }

@@ -39,6 +39,9 @@ pub struct AuditArgs {
     /// Declare the queue (and bind it to the sink's exchange with the filters as bindings).
     #[arg(long)]
     pub declare: bool,
+    /// Serve the endpoint an HTTP sink posts to on this address (e.g. 127.0.0.1:8088).
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["mqtt", "amqp"])]
+    pub http: Option<std::net::SocketAddr>,
     /// Stop after this long (wall time), such as 30s; default: until Ctrl-C or SIGTERM.
     #[arg(long, value_name = "D", value_parser = super::parse_duration)]
     pub duration: Option<u64>,
@@ -106,6 +109,10 @@ pub fn main(a: &AuditArgs) -> anyhow::Result<i32> {
         }
         settings.source =
             AuditSource::Amqp { url: url.clone(), queue, declare: a.declare, exchange, bindings };
+    } else if let Some(listen) = a.http {
+        let topic_header =
+            config.sinks.http.as_ref().map_or("X-Topic".to_string(), |h| h.topic_header.clone());
+        settings.source = AuditSource::Http { listen, topic_header };
     } else if (!a.filter.is_empty() || a.qos.is_some())
         && let AuditSource::Mqtt { filters: f, qos, .. } = &mut settings.source
     {

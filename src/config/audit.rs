@@ -18,6 +18,9 @@ pub enum AuditSource {
     /// Consume from `queue`; with `declare`, declare it (auto-delete unless named) and bind it
     /// to `exchange` with `bindings`.
     Amqp { url: String, queue: String, declare: bool, exchange: String, bindings: Vec<String> },
+    /// Serve the endpoint the HTTP sink posts to: one payload or a JSON array (a batch) per
+    /// request; the topic comes from `topic_header` when the request carries it.
+    Http { listen: std::net::SocketAddr, topic_header: String },
 }
 
 impl AuditSource {
@@ -28,6 +31,7 @@ impl AuditSource {
                 format!("mqtt {url} filter {} qos {qos}", filters.join(","))
             }
             AuditSource::Amqp { url, queue, .. } => format!("amqp {url} queue {queue}"),
+            AuditSource::Http { listen, .. } => format!("http receiver on {listen}"),
         }
     }
 }
@@ -189,6 +193,7 @@ pub fn compile(
     let url = t.str("url", p).map(String::from);
     let queue = t.str("queue", p).map(String::from);
     let declare = t.bool("declare", p);
+    let listen = t.str("listen", p).map(String::from);
     let routing_separator =
         sinks.amqp.as_ref().map_or(".".to_string(), |a| a.routing_separator.clone());
     let source = match source_name {
@@ -254,13 +259,42 @@ pub fn compile(
             }
             Some(AuditSource::Amqp { url, queue, declare, exchange, bindings })
         }
+        "http" => {
+            // Default: where the HTTP sink posts (its endpoint's host and port).
+            let from_sink = sinks.http.as_ref().and_then(|h| {
+                let u = super::sinks::split_url(&h.endpoint).ok()?;
+                let host = if u.host == "localhost" { "127.0.0.1".to_string() } else { u.host };
+                Some(format!("{host}:{}", u.port.unwrap_or(80)))
+            });
+            let topic_header =
+                sinks.http.as_ref().map_or("X-Topic".to_string(), |h| h.topic_header.clone());
+            match listen.or(from_sink) {
+                None => {
+                    p.add(t.path_of("listen"), "missing: the address to serve (\"127.0.0.1:8088\"), or a [sink.http] endpoint to take it from");
+                    None
+                }
+                Some(l) => match l.parse::<std::net::SocketAddr>() {
+                    Ok(listen) => Some(AuditSource::Http { listen, topic_header }),
+                    Err(_) => {
+                        p.add(t.path_of("listen"), format!("expected an IP address and port such as \"127.0.0.1:8088\", got {l:?}"));
+                        None
+                    }
+                },
+            }
+        }
         other => {
-            p.add(t.path_of("source"), format!("expected \"mqtt\" or \"amqp\", got {other:?}"));
+            p.add(
+                t.path_of("source"),
+                format!("expected \"mqtt\", \"amqp\" or \"http\", got {other:?}"),
+            );
             None
         }
     };
     t.finish_with(
-        &["source", "url", "filter", "qos", "queue", "declare", "grace", "worst", "verify"],
+        &[
+            "source", "url", "filter", "qos", "queue", "declare", "listen", "grace", "worst",
+            "verify",
+        ],
         p,
     );
     let source = source?;
