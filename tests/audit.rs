@@ -363,3 +363,22 @@ fn the_http_receiver_audits_what_the_http_sink_posts_single_and_batched() {
         assert!(a["source"].as_str().unwrap().starts_with("http receiver"), "{a}");
     }
 }
+
+#[test]
+fn a_missing_queue_is_counted_and_the_auditor_keeps_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    let sink = "[sink.amqp]\nurl = \"amqp://127.0.0.1:5672/%2f\"";
+    std::fs::write(&cfg, fleet("amqp", sink, "x", "1s", "")).unwrap();
+    let queue = unique("no-such-queue");
+    let child = audit_cmd(
+        dir.path(),
+        &cfg,
+        &["--amqp", "amqp://127.0.0.1:5672/%2f", "--queue", &queue, "--duration", "3s"],
+    );
+    let out = output_within(child, 30);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let j = audit_json(dir.path());
+    // Refused at once, retried every second until the end.
+    assert!(n(&j["audit"], "consumer_errors") >= 2, "{}", j["audit"]);
+}
