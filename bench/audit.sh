@@ -91,6 +91,7 @@ print(json.dumps({
   "auditor": {"consumed": c, "received": au["received"], "lost": au["lost"], "duplicated": au["duplicated"], "reordered": au["reordered"],
               "consume_s": au["consume_seconds"], "msgs_per_s_per_core": round(c / au["consume_seconds"]) if au["consume_seconds"] else None,
               "cpu_s": au["consumer_cpu_seconds"], "cpu_us_per_msg": round(au["consumer_cpu_seconds"] * 1e6 / max(c, 1), 2),
+              "msgs_per_cpu_second": round(c / au["consumer_cpu_seconds"]) if au["consumer_cpu_seconds"] else None,
               "state_bytes_per_device": au["state_bytes"] / n,
               "rss_bytes_per_device_vs_baseline": round((a["peak_rss_bytes"] - b["peak_rss_bytes"]) / n, 1)},
   "ratios": {"wall_with_over_without": round(a["wall_seconds"] / b["wall_seconds"], 3), "cpu_with_over_without": round(a["cpu_seconds"] / b["cpu_seconds"], 3)},

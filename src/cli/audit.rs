@@ -90,10 +90,13 @@ pub fn main(a: &AuditArgs) -> anyhow::Result<i32> {
             qos: a.qos.unwrap_or(old_qos),
         };
     } else if let Some(url) = &a.amqp {
-        if let Err(e) = crate::config::sinks::split_url(url) {
-            eprintln!("error: --amqp: {e}");
-            return Ok(exit::BAD_CONFIG);
-        }
+        let url = &match crate::config::sinks::split_url(url) {
+            Ok(parts) => crate::config::sinks::amqp_url_with_env(url.clone(), &parts),
+            Err(e) => {
+                eprintln!("error: --amqp: {e}");
+                return Ok(exit::BAD_CONFIG);
+            }
+        };
         let exchange =
             config.sinks.amqp.as_ref().map_or("iot.telemetry".into(), |s| s.exchange.clone());
         let derived = crate::config::audit::derived_filters(

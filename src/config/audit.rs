@@ -24,15 +24,32 @@ pub enum AuditSource {
 }
 
 impl AuditSource {
-    /// One line naming the source, for the report.
+    /// One line naming the source, for the report and the logs (credentials left out).
     pub fn describe(&self) -> String {
         match self {
             AuditSource::Mqtt { url, filters, qos, .. } => {
-                format!("mqtt {url} filter {} qos {qos}", filters.join(","))
+                format!("mqtt {} filter {} qos {qos}", without_userinfo(url), filters.join(","))
             }
-            AuditSource::Amqp { url, queue, .. } => format!("amqp {url} queue {queue}"),
+            AuditSource::Amqp { url, queue, .. } => {
+                let q = if queue.is_empty() { "(its own)" } else { queue };
+                format!("amqp {} queue {q}", without_userinfo(url))
+            }
             AuditSource::Http { listen, .. } => format!("http receiver on {listen}"),
         }
+    }
+}
+
+/// `scheme://user:password@host/...` without `user:password@`.
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find('/').unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
     }
 }
 
@@ -191,6 +208,15 @@ pub fn compile(
         None => 1,
     };
     let url = t.str("url", p).map(String::from);
+    let explicit_url = url.is_some();
+    if let Some(u) = &url
+        && super::sinks::split_url(u).is_ok_and(|parts| parts.password)
+    {
+        p.add(
+            t.path_of("url"),
+            "must not contain a password: set it in the environment instead (see the README)",
+        );
+    }
     let queue = t.str("queue", p).map(String::from);
     let declare = t.bool("declare", p);
     let listen = t.str("listen", p).map(String::from);
@@ -232,9 +258,15 @@ pub fn compile(
             let url = url
                 .or_else(|| sinks.amqp.as_ref().map(|a| a.url.clone()))
                 .unwrap_or_else(|| "amqp://127.0.0.1:5672/%2f".into());
-            if let Err(e) = super::sinks::split_url(&url) {
-                p.add(t.path_of("url"), e);
-            }
+            // An explicit URL takes the environment's credentials like the sink's does.
+            let url = match super::sinks::split_url(&url) {
+                Ok(parts) if explicit_url => super::sinks::amqp_url_with_env(url, &parts),
+                Ok(_) => url,
+                Err(e) => {
+                    p.add(t.path_of("url"), e);
+                    url
+                }
+            };
             let exchange =
                 sinks.amqp.as_ref().map_or("iot.telemetry".into(), |a| a.exchange.clone());
             let explicit = t.has("filter");
@@ -326,6 +358,18 @@ mod tests {
         assert_eq!(derived_filters(&fleet, Protocol::Mqtt), vec!["site/+/+/telemetry"]);
         assert_eq!(binding_of("site/+/+/telemetry", "."), "site.*.*.telemetry");
         assert_eq!(binding_of("devices/#", "."), "devices.#");
+    }
+
+    #[test]
+    fn descriptions_leave_credentials_out() {
+        let s = AuditSource::Amqp {
+            url: "amqp://guest:secret@127.0.0.1:5672/%2f".into(),
+            queue: String::new(),
+            declare: true,
+            exchange: "x".into(),
+            bindings: vec![],
+        };
+        assert_eq!(s.describe(), "amqp amqp://127.0.0.1:5672/%2f queue (its own)");
     }
 
     #[test]
