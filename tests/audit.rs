@@ -300,7 +300,7 @@ fn bad_audit_settings_are_listed_with_their_paths() {
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
     for want in [
-        "audit.source: expected \"mqtt\" or \"amqp\", got \"kafka\"",
+        "audit.source: expected \"mqtt\", \"amqp\" or \"http\", got \"kafka\"",
         "audit.qos: expected 0, 1 or 2, got 7",
         "audit.filter: \"a/#/b\" is not a valid MQTT filter",
         "audit.grace: must be at most 60s",
