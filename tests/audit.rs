@@ -382,3 +382,31 @@ fn a_missing_queue_is_counted_and_the_auditor_keeps_going() {
     // Refused at once, retried every second until the end.
     assert!(n(&j["audit"], "consumer_errors") >= 2, "{}", j["audit"]);
 }
+
+#[test]
+fn a_shared_subscription_feeds_the_auditor() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("audit-share");
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        fleet("mqtt", "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"", &root, "3s", ""),
+    )
+    .unwrap();
+    let filter = format!("$share/auditors/{root}/+/telemetry");
+    let child = audit_cmd(
+        dir.path(),
+        &cfg,
+        &["--mqtt", "mqtt://127.0.0.1:1883", "--filter", &filter, "--duration", "3s"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (a, _h) = publisher(1883);
+    for seq in 0..3 {
+        let topic = format!("{root}/probe-0007/telemetry");
+        a.publish(topic, QoS::AtLeastOnce, false, envelope("probe-0007", seq)).unwrap();
+    }
+    let out = output_within(child, 30);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let au = &audit_json(dir.path())["audit"];
+    assert_eq!((n(au, "received"), n(au, "lost"), n(au, "foreign_topic")), (3, 0, 0), "{au}");
+}
