@@ -105,7 +105,7 @@ fn restart_run(qos: u8) -> Value {
     std::fs::write(&cfg, toml).unwrap();
     let child = spawn_run(dir.path(), &cfg, &["--cores", "2"]);
     std::thread::sleep(Duration::from_millis(2500));
-    broker.signal("STOP");
+    broker.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(1000));
     broker.kill();
     broker.up();

@@ -122,6 +122,10 @@ async fn mqtt(
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(MAX_AUDIT_MESSAGE_BYTES + 4096, 64 << 10);
     opts.set_clean_session(true);
+    // The sink's credentials (`IOT_SIM_MQTT_USERNAME` / `_PASSWORD`), never from a file.
+    if let Ok(user) = std::env::var("IOT_SIM_MQTT_USERNAME") {
+        opts.set_credentials(user, std::env::var("IOT_SIM_MQTT_PASSWORD").unwrap_or_default());
+    }
     let (client, mut events) = AsyncClient::new(opts, 64);
     let q = match qos {
         0 => QoS::AtMostOnce,

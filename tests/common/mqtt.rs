@@ -80,12 +80,11 @@ impl Broker {
         self.child = Some(child);
         assert!(super::wait_port(self.port), "mosquitto did not start on port {}", self.port);
     }
-    /// Sends a signal (`STOP`, `CONT`, ...) to the broker: a hung broker, for instance.
-    pub fn signal(&self, name: &str) {
+    /// Sends a signal (`libc::SIGSTOP`: a hung broker, for instance) to the broker.
+    pub fn signal(&self, sig: i32) {
         if let Some(c) = &self.child {
-            let _ = std::process::Command::new("kill")
-                .args([&format!("-{name}"), &c.id().to_string()])
-                .status();
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
         }
     }
     pub fn kill(&mut self) {
