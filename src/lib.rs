@@ -19,6 +19,8 @@
 //!   devices, wheel, sinks and statistics; realtime and virtual clocks; its command inbox
 //!   (spawn, stop, status, faults, pause/resume, behaviour updates, telemetry subscriptions)
 //!   and the domain events it emits.
+//! - `audit`: the delivery audit: consumers (MQTT, AMQP) next to the fleet or stand-alone,
+//!   per-device seq windows, losses against the schedule, end-to-end latency.
 //! - `report`: per-shard outcomes merged into a table, `report.json` and `.hgrm` files.
 //! - [`control`]: the control plane every front end steers shards through, the
 //!   `simulator.v1` gRPC server and client, the admin HTTP server.
@@ -30,6 +32,7 @@
 //! - [`cli`]: clap commands (`run` is the default, `serve`, `validate`, and the gRPC client
 //!   commands).
 
+pub(crate) mod audit;
 pub mod cli;
 pub(crate) mod config;
 pub mod control;

@@ -36,6 +36,16 @@ pub const MAX_SELECTOR_BYTES: usize = 64 << 10;
 pub const MAX_SELECTOR_VALUES: usize = 4096;
 /// Longest fault duration, in seconds (365 days of sim time; 0 = until cleared).
 pub const MAX_FAULT_DURATION_S: u64 = 365 * 86_400;
+/// Most MQTT filters (or AMQP bindings) one delivery audit subscribes to.
+pub const MAX_AUDIT_FILTERS: usize = 64;
+/// Longest audit filter, binding or queue name, in bytes.
+pub const MAX_AUDIT_FILTER_BYTES: usize = 1024;
+/// Longest `[audit] grace` (consuming after the shards stopped), in ms.
+pub const MAX_AUDIT_GRACE_MS: u64 = 60_000;
+/// Most devices the audit report lists as the worst.
+pub const MAX_AUDIT_WORST: usize = 1000;
+/// Largest message the auditor parses, in bytes; a longer one is counted as unparsable.
+pub const MAX_AUDIT_MESSAGE_BYTES: usize = 1 << 20;
 
 /// Most runtimes one client command talks to, after `dns:///NAME:PORT` entries are expanded
 /// to every address behind the name.

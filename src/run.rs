@@ -120,6 +120,21 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             }
         }
     }
+    // The delivery audit subscribes before the first message is sent (and its HTTP receiver
+    // listens before the preflight looks for the sink's server).
+    let auditor = match &config.audit {
+        Some(a) => Some(
+            crate::audit::Auditor::start(
+                a,
+                Arc::new(config.fleet.clone()),
+                seed,
+                Some(start_ms),
+                false,
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     crate::sink::preflight::check(
         &reachable,
         &config.sinks,
@@ -199,8 +214,13 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     };
     let _admin = match (opts.admin, &plane) {
         (Some(addr), Some(p)) => {
-            let s = crate::control::admin::start(addr, p.clone(), identity.clone())
-                .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
+            let s = crate::control::admin::start(
+                addr,
+                p.clone(),
+                identity.clone(),
+                auditor.as_ref().map(|a| a.probe()),
+            )
+            .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
             crate::logs::notice(
                 &format!("admin: listening on http://{}", s.addr),
                 &[("admin", s.addr.to_string().into())],
@@ -228,6 +248,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             core: core_ids.get(index).copied(),
             control: links.next(),
             scenario: opts.scenario.clone(),
+            excuses: auditor.as_ref().map(|a| a.excuses()),
         };
         let (ready, origin) = (ready.clone(), origin.clone());
         handles.push(shard::spawn(plan, ready, origin).context("cannot start a shard thread")?);
@@ -238,6 +259,16 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let spawn_seconds = (mono_ns() - t0) as f64 / 1e9;
     let origin_ns = mono_ns();
     origin.store(origin_ns, Ordering::Release);
+    if let Some(a) = &auditor {
+        a.set_clock(match run.clock {
+            ClockMode::Realtime => crate::audit::LatencyClock::Wall {
+                wall0_us: crate::audit::wall_us(),
+                start_ms,
+                speed: run.speed,
+            },
+            ClockMode::Virtual => crate::audit::LatencyClock::Off,
+        });
+    }
     ready.wait();
     // Every shard holds its descriptors now: clients may connect.
     if let Some(s) = &mut server {
@@ -281,6 +312,19 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let parts: Vec<_> = outcomes.iter().map(|o| (&*o.fleet, &o.stats)).collect();
     let (fleet, stats) = report::merge_outcomes(&fleet, &parts);
     let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(start_ms);
+    // A stopped run's shards were somewhere in their last 50 ms (wall) of ticks: the schedule
+    // is only trusted up to 100 ms (wall, in sim time) before the end they reported.
+    let audit = auditor.map(|a| {
+        let margin =
+            if interrupted || aborted_by.is_some() { (100.0 * run.speed) as u64 } else { 0 };
+        let end = crate::audit::EndFacts {
+            seed,
+            start_ms,
+            schedule_end_ms: Some(sim_end.saturating_sub(margin).max(start_ms)),
+        };
+        a.finish(&end, true)
+    });
+    let audit_rows = audit.as_ref().map(|o| o.rows());
     let facts = RunFacts {
         run_id: opts.run_id.clone(),
         seed,
@@ -324,6 +368,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
                 opts.scenario.as_ref()?.phases.iter().position(|p| &p.name == name)
             });
             match ix {
+                _ if t.metric.is_audit() => t.judge_audit(audit_rows.as_deref()),
                 None => t.judge(&fleet, &whole),
                 Some(i) => {
                     let (a, b) = phase_span(i);
@@ -358,6 +403,8 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         report.scenario = Some(facts_sc);
     }
+    drop(audit_rows);
+    report.audit = audit.map(|o| o.report);
     let table = report::render_table(&report);
     let console_in_use =
         fleet.profiles.iter().any(|p| p.protocol == crate::sim::profile::Protocol::Console);

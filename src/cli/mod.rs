@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
+mod audit;
 pub mod client;
 pub mod probe;
 pub mod scenario;
@@ -59,6 +60,9 @@ pub enum Command {
     Config(show::ConfigCmd),
     /// Exit 0 if a runtime is ready (admin /readyz, gRPC health), else 1: a HEALTHCHECK.
     Probe(probe::ProbeArgs),
+    /// Audit delivery of a fleet that runs elsewhere: consume from MQTT or AMQP until Ctrl-C,
+    /// SIGTERM or --duration, then report losses, duplicates, reordering and latency.
+    Audit(audit::AuditArgs),
 }
 
 /// The exit codes, for --help.
@@ -127,6 +131,10 @@ pub struct RunArgs {
     /// Log lines as text or as JSON objects (one per line). Also IOT_SIM_LOG_FORMAT.
     #[arg(long, value_enum, env = "IOT_SIM_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Audit delivery while running (the file's [audit], or its defaults: the fleet's own
+    /// broker, filters from the topic templates); turns `seq` on in every profile.
+    #[arg(long)]
+    pub audit: bool,
 }
 
 /// How log lines are written.
@@ -237,6 +245,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Pause(a)) => client::pause(&a, false),
         Some(Command::Resume(a)) => client::pause(&a, true),
         Some(Command::Scenario(c)) => scenario::main(&c),
+        Some(Command::Audit(a)) => audit::main(&a),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     };
@@ -251,7 +260,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// Loads a fleet file and checks that it fits in memory (before anything is allocated).
-fn load(path: &std::path::Path, o: &Overrides) -> Result<config::Config, i32> {
+pub(crate) fn load(path: &std::path::Path, o: &Overrides) -> Result<config::Config, i32> {
     let config = config::load(path, o).map_err(|e| {
         crate::logs::notice_at("ERROR", &format!("error: {e}"), &[]);
         exit::BAD_CONFIG
@@ -289,7 +298,7 @@ fn validate(path: &std::path::Path) -> anyhow::Result<i32> {
 }
 
 fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
-    let (config, name) = match &args.config {
+    let (mut config, name) = match &args.config {
         Some(path) => match load(path, &args.overrides()) {
             Ok(c) => (c, path.display().to_string()),
             Err(code) => return Ok(code),
@@ -317,6 +326,18 @@ fn run_cmd(args: &RunArgs) -> anyhow::Result<i32> {
             "error: invalid config {name}: a threshold names phase {t:?}, but no scenario runs (phases come from a scenario's steps)"
         );
         return Ok(exit::BAD_CONFIG);
+    }
+    if args.audit && config.audit.is_none() {
+        match config::audit::defaults(&config.fleet, &config.sinks) {
+            Ok(a) => config.audit = Some(a),
+            Err(p) => {
+                eprintln!("error: --audit: {p}");
+                return Ok(exit::BAD_CONFIG);
+            }
+        }
+        for p in &mut config.fleet.profiles {
+            p.seq = true;
+        }
     }
     let report = run::run(config, &run_options(args, args.grpc, false, None))
         .with_context(|| format!("run of {name} failed"))?;

@@ -5,6 +5,7 @@
 //! are relative to the working directory; profile files named by `fleet[].profile` are
 //! relative to the fleet file's folder.
 
+pub mod audit;
 mod behaviour;
 pub mod env;
 pub mod sinks;
@@ -87,6 +88,8 @@ pub struct Config {
     pub fleet: Fleet,
     /// `[[threshold]]`: pass/fail bounds judged at the end of the run (exit code 3).
     pub thresholds: Vec<crate::scenario::threshold::Threshold>,
+    /// `[audit]` (or `--audit`): the delivery audit run next to the fleet.
+    pub audit: Option<audit::AuditSettings>,
 }
 
 /// Command-line values that override the file.
@@ -461,8 +464,28 @@ fn compile(
         .get("threshold")
         .map(|v| crate::scenario::threshold::parse_list(v, "threshold", None, p))
         .unwrap_or_default();
-    top.finish_with(&["run", "sink", "profiles", "fleet", "threshold"], p);
-    Some(Config { run, sinks, fleet: Fleet { profiles, groups }, thresholds })
+    let fleet = Fleet { profiles, groups };
+    let audit = top.table("audit", p).and_then(|t| audit::compile(t, &fleet, &sinks, p));
+    let mut fleet = fleet;
+    if top.has("audit") {
+        seq_on_unless_off(&mut fleet, doc);
+    }
+    top.finish_with(&["run", "sink", "profiles", "fleet", "threshold", "audit"], p);
+    Some(Config { run, sinks, fleet, thresholds, audit })
+}
+
+/// With an audit, profiles publish `"seq"` unless their table says `seq = false`.
+pub fn seq_on_unless_off(fleet: &mut Fleet, doc: &toml::Table) {
+    for prof in &mut fleet.profiles {
+        let explicit = doc
+            .get("profiles")
+            .and_then(|v| v.get(&prof.name))
+            .and_then(|v| v.get("seq"))
+            .is_some();
+        if !explicit {
+            prof.seq = true;
+        }
+    }
 }
 
 /// The keys of `[run]` (the walker's accepted list, and the environment layer's `IOT_SIM_RUN_*` names).

@@ -387,6 +387,29 @@ pub const AMQP_KEYS: &[&str] = &[
     "backoff_initial",
     "backoff_max",
 ];
+/// An AMQP URL with the credentials from the environment (`IOT_SIM_AMQP_USERNAME`,
+/// `IOT_SIM_AMQP_PASSWORD`), which replace the URL's user: the password never is in the file.
+pub fn amqp_url_with_env(url: String, parts: &UrlParts) -> String {
+    match (env("IOT_SIM_AMQP_USERNAME").or(parts.user.clone()), env("IOT_SIM_AMQP_PASSWORD")) {
+        (Some(u), Some(pw)) => format!(
+            "{}://{u}:{pw}@{}:{}{}",
+            parts.scheme,
+            parts.host,
+            parts.port.unwrap_or(5672),
+            parts.rest
+        ),
+        (Some(u), None) => {
+            format!(
+                "{}://{u}@{}:{}{}",
+                parts.scheme,
+                parts.host,
+                parts.port.unwrap_or(5672),
+                parts.rest
+            )
+        }
+        _ => url,
+    }
+}
 
 fn compile_amqp(mut t: Table<'_>, p: &mut Problems) -> Option<AmqpSettings> {
     let before = p.0.len();
@@ -402,25 +425,7 @@ fn compile_amqp(mut t: Table<'_>, p: &mut Problems) -> Option<AmqpSettings> {
     if p.0.len() > before {
         return None;
     }
-    // Credentials from the environment replace the URL's user (the password never is in the file).
-    let url =
-        match (env("IOT_SIM_AMQP_USERNAME").or(parts.user.clone()), env("IOT_SIM_AMQP_PASSWORD")) {
-            (Some(u), Some(pw)) => format!(
-                "{}://{u}:{pw}@{}:{}{}",
-                parts.scheme,
-                parts.host,
-                parts.port.unwrap_or(5672),
-                parts.rest
-            ),
-            (Some(u), None) => format!(
-                "{}://{u}@{}:{}{}",
-                parts.scheme,
-                parts.host,
-                parts.port.unwrap_or(5672),
-                parts.rest
-            ),
-            _ => url,
-        };
+    let url = amqp_url_with_env(url, &parts);
     Some(AmqpSettings {
         url,
         exchange,

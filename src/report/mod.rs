@@ -127,6 +127,9 @@ pub struct Report {
     /// Set when a threshold with `abort = true` stopped a realtime run early: what it measured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted_by: Option<crate::scenario::threshold::Verdict>,
+    /// The delivery audit (`[audit]` / `--audit`), if one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditReport>,
 }
 
 /// What the report says about the scenario.
@@ -226,6 +229,7 @@ pub fn build(
         phases: vec![],
         thresholds: vec![],
         aborted_by: None,
+        audit: None,
     };
     (report, files)
 }
@@ -587,6 +591,9 @@ pub fn render_table(r: &Report) -> String {
         for line in &sc.log {
             let _ = writeln!(out, "  log {} step[{}]: {}", line.sim_time, line.step, line.message);
         }
+    }
+    if let Some(a) = &r.audit {
+        out.push_str(&crate::audit::render(a));
     }
     out.push_str(&crate::scenario::threshold::render(&r.thresholds));
     if let Some(v) = &r.aborted_by {

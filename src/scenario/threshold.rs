@@ -25,6 +25,14 @@ pub enum Metric {
     MessagesPerSecond,
     /// Tick lateness p99, µs (realtime only).
     TickLatenessP99,
+    /// Delivery audit: messages that never arrived (faults' gaps excluded).
+    Lost,
+    /// Delivery audit: messages that arrived more than once (extra copies).
+    Duplicated,
+    /// Delivery audit: messages that arrived after a later one of their device.
+    Reordered,
+    /// Delivery audit: end-to-end latency p99 (arrival - intended send time), µs.
+    E2eLatencyP99,
 }
 
 /// A latency quantile, kept as an enum so it compares exactly.
@@ -63,6 +71,10 @@ pub const METRICS: &[&str] = &[
     "drop_rate",
     "messages_per_second",
     "tick_lateness_p99",
+    "lost",
+    "duplicated",
+    "reordered",
+    "e2e_latency_p99",
 ];
 
 impl Metric {
@@ -77,13 +89,25 @@ impl Metric {
             "drop_rate" => Metric::DropRate,
             "messages_per_second" => Metric::MessagesPerSecond,
             "tick_lateness_p99" => Metric::TickLatenessP99,
+            "lost" => Metric::Lost,
+            "duplicated" => Metric::Duplicated,
+            "reordered" => Metric::Reordered,
+            "e2e_latency_p99" => Metric::E2eLatencyP99,
             _ => return None,
         })
     }
 
     /// True for metrics measured in µs (bounds are written as durations).
     fn is_time(self) -> bool {
-        matches!(self, Metric::Latency(_) | Metric::TickLatenessP99)
+        matches!(self, Metric::Latency(_) | Metric::TickLatenessP99 | Metric::E2eLatencyP99)
+    }
+
+    /// True for the delivery audit's metrics (judged on the audit, at the end of the run).
+    pub fn is_audit(self) -> bool {
+        matches!(
+            self,
+            Metric::Lost | Metric::Duplicated | Metric::Reordered | Metric::E2eLatencyP99
+        )
     }
 
     fn is_rate(self) -> bool {
@@ -249,6 +273,15 @@ pub fn parse_list(
                 "an abort threshold is checked on the whole run's running figures; give it no phase, sink or device_type",
             );
         }
+        if let Some((name, m)) = &metric
+            && m.is_audit()
+            && (abort || phase.is_some() || sink.is_some())
+        {
+            p.add(
+                t.path_of("metric"),
+                format!("{name:?} is judged on the delivery audit at the end of the run; give it no abort, phase or sink (device_type is fine)"),
+            );
+        }
         let key_path = |k: &str| t.path_of(k);
         let limit_path = bound.as_ref().map(|b| key_path(b.2)).unwrap_or_default();
         t.finish_with(&["metric", "max", "min", "phase", "sink", "device_type", "abort"], p);
@@ -294,6 +327,16 @@ pub struct Span<'a> {
     pub lateness: &'a Histogram<u64>,
     /// The seconds `messages_per_second` divides by.
     pub seconds: f64,
+}
+
+/// One device type's delivery-audit figures, for the audit metrics.
+pub struct AuditRow<'a> {
+    pub device_type: &'a str,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    /// End-to-end latency (µs), when measured.
+    pub e2e: Option<&'a Histogram<u64>>,
 }
 
 /// One threshold's verdict, as the report shows it.
@@ -366,7 +409,46 @@ impl Threshold {
                 (if total == 0 { 0.0 } else { n as f64 / total as f64 }, "ratio")
             }
             Metric::MessagesPerSecond => (merged.messages as f64 / seconds.max(1e-9), "msg/s"),
+            Metric::Lost | Metric::Duplicated | Metric::Reordered | Metric::E2eLatencyP99 => {
+                return self.judge_audit(None);
+            }
         };
+        self.verdict(value, unit, note)
+    }
+
+    /// Judges an audit metric on the audit's rows (`None`: no audit ran).
+    pub fn judge_audit(&self, rows: Option<&[AuditRow<'_>]>) -> Verdict {
+        let Some(rows) = rows else {
+            let unit = if self.metric.is_time() { "µs" } else { "messages" };
+            let mut v =
+                self.verdict(0.0, unit, Some("no delivery audit ran ([audit] or --audit)".into()));
+            v.passed = false;
+            return v;
+        };
+        let wanted =
+            rows.iter().filter(|r| self.device_type.as_deref().is_none_or(|d| d == r.device_type));
+        let mut note = None;
+        let (value, unit) = match self.metric {
+            Metric::Lost => (wanted.map(|r| r.lost).sum::<u64>() as f64, "messages"),
+            Metric::Duplicated => (wanted.map(|r| r.duplicated).sum::<u64>() as f64, "messages"),
+            Metric::Reordered => (wanted.map(|r| r.reordered).sum::<u64>() as f64, "messages"),
+            _ => {
+                let mut h = histogram();
+                for r in wanted {
+                    if let Some(e) = r.e2e {
+                        let _ = h.add(e);
+                    }
+                }
+                if h.is_empty() {
+                    note = Some("no end-to-end latency measured".to_string());
+                }
+                (Quantile::P99.value(&h) as f64, "µs")
+            }
+        };
+        self.verdict(value, unit, note)
+    }
+
+    fn verdict(&self, value: f64, unit: &'static str, note: Option<String>) -> Verdict {
         let value = (value * 1e6).round() / 1e6;
         let passed = match self.bound {
             Bound::Max => value <= self.limit,

@@ -11,6 +11,7 @@ mod faults;
 mod inbox;
 mod scenario;
 pub(crate) mod streams;
+pub(crate) mod tap;
 
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
@@ -68,6 +69,8 @@ pub struct ShardPlan {
     pub control: Option<command::ShardControl>,
     /// The scenario's compiled timeline (shared by every shard), if a scenario drives the run.
     pub scenario: Option<Arc<crate::scenario::Scenario>>,
+    /// A delivery audit's per-device counters of messages faults kept from arriving intact.
+    pub excuses: Option<Arc<tap::ExcuseTap>>,
 }
 
 /// What a shard hands back when it ends.
@@ -532,6 +535,13 @@ impl Shard {
                     ("device_type", profile.device_type.clone()),
                 ],
             );
+        }
+        if let Some(tap) = &self.plan.excuses {
+            if !fx.publish {
+                tap.note(group_ix, index, tap::Excuse::Suppressed);
+            } else if fx.corrupt_bytes.is_some() {
+                tap.note(group_ix, index, tap::Excuse::Corrupted);
+            }
         }
         if !fx.publish {
             let next = due + self.table.get(key).map_or(1, |d| d.interval_ms as u64);

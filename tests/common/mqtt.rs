@@ -80,6 +80,13 @@ impl Broker {
         self.child = Some(child);
         assert!(super::wait_port(self.port), "mosquitto did not start on port {}", self.port);
     }
+    /// Sends a signal (`libc::SIGSTOP`: a hung broker, for instance) to the broker.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, sig) };
+        }
+    }
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

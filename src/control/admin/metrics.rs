@@ -97,9 +97,16 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(plane: Arc<ControlPlane>, run: RunIdentity) -> Metrics {
+    pub fn new(
+        plane: Arc<ControlPlane>,
+        run: RunIdentity,
+        audit: Option<crate::audit::AuditProbe>,
+    ) -> Metrics {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(FleetCollector { plane, run }));
+        if let Some(probe) = audit {
+            registry.register_collector(Box::new(AuditCollector { probe }));
+        }
         Metrics { registry }
     }
 
@@ -109,6 +116,55 @@ impl Metrics {
         // Writing into a String cannot fail; a collector error would only cut the output short.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         if openmetrics { out } else { openmetrics_to_text(&out) }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuditKind {
+    kind: &'static str,
+}
+
+/// The delivery audit's running counts (`iot_sim_audit_*`). Losses are judged at the end of
+/// the run (a gap may still fill), so they are in the report, not here.
+#[derive(Debug)]
+struct AuditCollector {
+    probe: crate::audit::AuditProbe,
+}
+
+impl Collector for AuditCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let (c, errors) = self.probe.read();
+        family(
+            &mut enc,
+            "iot_sim_audit_messages",
+            "Messages the delivery audit consumed, by how they were classified.",
+            MetricType::Counter,
+            [
+                ("in_order", c.in_order),
+                ("duplicated", c.duplicated),
+                ("reordered", c.reordered),
+                ("stale", c.stale),
+                ("unparsable", c.unparsable),
+                ("unknown_device", c.unknown_device),
+                ("foreign_topic", c.foreign_topic),
+                ("corrupted", c.corrupted),
+                ("off_grid", c.off_grid),
+                ("no_seq", c.no_seq),
+            ]
+            .map(|(kind, v)| (AuditKind { kind }, counter(v))),
+        )?;
+        single(
+            &mut enc,
+            "iot_sim_audit_consumer_errors",
+            "Connection errors and refusals (a missing queue) of the audit's consumer.",
+            counter(errors),
+        )?;
+        single(
+            &mut enc,
+            "iot_sim_audit_reorder_max",
+            "The farthest (in seqs) a message arrived behind the newest of its device.",
+            gauge(c.reorder_max as i64),
+        )
     }
 }
 

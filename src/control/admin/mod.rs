@@ -43,6 +43,7 @@ pub fn start(
     addr: SocketAddr,
     plane: Arc<ControlPlane>,
     run: RunIdentity,
+    audit: Option<crate::audit::AuditProbe>,
 ) -> std::io::Result<AdminServer> {
     let limits = limits_from_env().map_err(std::io::Error::other)?;
     let token = std::env::var("IOT_SIM_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty());
@@ -54,7 +55,7 @@ pub fn start(
     let listener = std::net::TcpListener::bind(addr)?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let metrics = metrics::Metrics::new(plane.clone(), run.clone());
+    let metrics = metrics::Metrics::new(plane.clone(), run.clone(), audit);
     let state = Arc::new(routes::AdminState { plane, metrics, run, token });
     let router = routes::router(state);
     std::thread::Builder::new().name("admin".into()).spawn(move || {
