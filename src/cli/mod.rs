@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 pub mod client;
+pub mod report;
 pub mod scenario;
 
 /// Thread-per-core IoT device simulator: a realistic fleet on one box, with numbers you can trust.
@@ -52,6 +53,9 @@ pub enum Command {
     /// Run, check or list scenarios (timed steps, phases, thresholds).
     #[command(subcommand)]
     Scenario(scenario::ScenarioCmd),
+    /// Work on finished runs' reports (`report compare OLD NEW`).
+    #[command(subcommand)]
+    Report(report::ReportCmd),
 }
 
 /// The exit codes, for --help.
@@ -222,6 +226,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Pause(a)) => client::pause(&a, false),
         Some(Command::Resume(a)) => client::pause(&a, true),
         Some(Command::Scenario(c)) => scenario::main(&c),
+        Some(Command::Report(c)) => report::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     }
