@@ -605,7 +605,12 @@ fn totals(
         }
         h
     });
-    let sim = shards().map(|s| s.sim_now_ms).min().unwrap_or(start_ms);
+    // Until every shard has reported, the slowest one is still at the start.
+    let sim = if latest.iter().all(Option::is_some) {
+        shards().map(|s| s.sim_now_ms).min().unwrap_or(start_ms)
+    } else {
+        start_ms
+    };
     report::timeline::Totals {
         t_s: match clock {
             ClockMode::Virtual => sim.saturating_sub(start_ms) as f64 / 1000.0,

@@ -357,7 +357,10 @@ pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, u64)> {
     }
     let all: Vec<(f64, u64)> = h
         .iter_quantiles(5)
-        .map(|v| (v.quantile_iterated_to(), h.highest_equivalent(v.value_iterated_to())))
+        .map(|v| {
+            let q = (v.quantile_iterated_to() * 1e9).round() / 1e9;
+            (q, h.highest_equivalent(v.value_iterated_to()))
+        })
         .collect();
     let max = crate::limits::MAX_DISTRIBUTION_POINTS;
     let step = all.len().div_ceil(max).max(1);

@@ -63,12 +63,8 @@ impl Timeline {
         Timeline { axis: axis.to_string(), merged: 1, ..Default::default() }
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.t_s.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.t_s.is_empty()
     }
 
     /// The point at `i`.
