@@ -6,6 +6,7 @@
 #   coap-server (libcoap)       tests/sink_coap.rs starts its own on a free port
 #   python3 + venv              tests/grpc_python.rs builds a grpcio client under target/
 #   prometheus, promtool        tests/prometheus.rs starts its own server on a free port
+#   chromium, chromedriver      tests/browser.rs drives headless Chromium over WebDriver
 set -euo pipefail
 
 updated=0
@@ -53,3 +54,6 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 
 # Prometheus and promtool: tests/prometheus.rs starts its own server on a free port.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus
+
+# Headless Chromium and its WebDriver: tests/browser.rs starts both on free ports.
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt_install chromium chromium-driver

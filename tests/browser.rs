@@ -298,6 +298,14 @@ fn the_dashboard_drives_a_running_fleet() {
     fill_and_submit(&b, "browse", &[("selector", "zone=b")]);
     b.wait_for("return document.getElementById('devices-page').textContent.includes('10 matching')", 20, "the selector filters");
 
+    // The fleet by a chosen label, counted by the server.
+    fill_and_submit(&b, "label", &[("key", "zone"), ("selector", "")]);
+    b.wait_for(
+        "const t = document.getElementById('by-label').textContent; return t.includes('a30') && t.includes('b10')",
+        20,
+        "devices by label",
+    );
+
     // Spawn through the form: 5 more devices.
     b.wait_for("return document.getElementById('spawn-device_type').options.length > 0", 20, "profiles listed");
     fill_and_submit(&b, "spawn", &[("count", "5"), ("prefix", "web"), ("labels", "zone=c")]);

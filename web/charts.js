@@ -85,7 +85,10 @@ const Charts = (function () {
       ctx.beginPath(); ctx.moveTo(pad.l, Y(v)); ctx.lineTo(w - pad.r, Y(v)); ctx.stroke();
       ctx.fillText(yFmt(v), 4, Y(v) + 4);
     }
-    const xt = opts.xTicks || ticks(xmin, xmax, 6).map((v) => ({ v, label: xFmt(v) }));
+    // Time axes tick on whole minutes or hours once they span that much.
+    const span = xmax - xmin;
+    const unit = xFmt === fmtSeconds ? (span >= 7200 ? 3600 : span >= 120 ? 60 : 1) : 1;
+    const xt = opts.xTicks || ticks(xmin / unit, xmax / unit, 6).map((v) => ({ v: v * unit, label: xFmt(v * unit) }));
     for (const t of xt) {
       if (t.v < xmin - 1e-9 || t.v > xmax + 1e-9) continue;
       ctx.beginPath(); ctx.moveTo(X(t.v), pad.t); ctx.lineTo(X(t.v), h - pad.b); ctx.stroke();

@@ -32,10 +32,22 @@
   const faults = el("div", { id: "faults" });
   const sinks = el("div", { id: "sinks" });
   const scenario = el("div", { id: "scenario" });
+  const byLabel = el("div", { id: "by-label" });
+  const labelForm = form("label", [["key", "count devices by label", { value: "device_type", size: 14 }], ["selector", "selector", { size: 16 }]], "count",
+    async (v) => { await refreshLabels(v); return ""; });
   app.append(el("div", { class: "grid" },
     section("Fleet", overview, scenario),
     section("Device types", types),
-    section("Faults and sinks", faults, sinks)));
+    section("Faults and sinks", faults, sinks),
+    section("Devices by label", labelForm.node, byLabel)));
+  async function refreshLabels(v) {
+    const q = new URLSearchParams({ key: v.key });
+    if (v.selector.trim()) q.set("selector", v.selector.trim());
+    const r = await getJson("/api/v1/overview/labels?" + q);
+    const rows = r.values.map((x) => [x.value === null ? "(no such label)" : x.value, x.devices]);
+    if (r.other_values) rows.push([`${r.other_values} other values`, r.other_devices]);
+    byLabel.replaceChildren(table([r.key, "devices"], rows, 1));
+  }
 
   function kv(pairs) {
     return pairs.flatMap(([k, v, id]) => [el("div", {}, k), el("div", id ? { id } : {}, String(v))]);
@@ -223,6 +235,7 @@
     try { await refreshOverview(); await refreshCharts(); status.textContent = ""; } catch (e) { status.textContent = "cannot reach the runtime: " + e.message; }
   }
   loadProfiles().catch((e) => (status.textContent = e.message));
+  refreshLabels({ key: "device_type", selector: "" }).catch(() => {});
   tick();
   showPage().catch(() => {});
   setInterval(tick, 1000);

@@ -403,7 +403,14 @@ pub fn write(
     let path = dir.join("report.json");
     let json = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
     std::fs::write(&path, json + "\n")?;
-    std::fs::write(dir.join("report.html"), html::report(report))?;
+    let t0 = std::time::Instant::now();
+    let page = html::report(report);
+    std::fs::write(dir.join("report.html"), &page)?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    crate::logs::notice(
+        &format!("report.html: {} bytes, rendered and written in {ms:.1} ms", page.len()),
+        &[("report_html_bytes", page.len().into()), ("report_html_ms", ms.into())],
+    );
     Ok(path)
 }
 

@@ -10,7 +10,9 @@
 //! - `GET /api/v1/telemetry/stream`: Server-Sent Events of the selected devices' points,
 //!   through the same bounded subscription as gRPC `StreamTelemetry` (stream slots, byte
 //!   budget); at most [`SSE_POINTS_PER_FLUSH`] points per flush reach the browser, the rest are
-//!   counted as dropped, and a browser that goes away ends the subscription at once.
+//!   counted as dropped (once a flush is full the shards skip the stream until the next one,
+//!   as for a congested gRPC stream), and a browser that goes away ends the subscription at
+//!   once.
 
 use super::routes::{AdminState, ApiError};
 use crate::control::{proto, spec};
@@ -286,6 +288,49 @@ pub async fn profiles(State(s): State<Arc<AdminState>>) -> Json<Value> {
     Json(json!({ "profiles": list }))
 }
 
+/// Label values listed one by one by `/api/v1/overview/labels`; the rest are summed.
+pub const MAX_LABEL_VALUES: usize = 50;
+
+/// Query of `/api/v1/overview/labels`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsQuery {
+    key: String,
+    #[serde(default)]
+    selector: Option<String>,
+}
+
+/// `GET /api/v1/overview/labels?key=site&selector=...`: the selected devices counted by the
+/// value of one label (the [`MAX_LABEL_VALUES`] most common values, the rest summed).
+pub async fn labels(
+    State(s): State<Arc<AdminState>>,
+    q: Result<Query<LabelsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let key = q.key.trim();
+    if key.is_empty() {
+        return Err(ApiError::BadRequest("key: name the label to count by, got nothing".into()));
+    }
+    limits::check_label(key, "").map_err(|e| ApiError::BadRequest(format!("key: {e}")))?;
+    let selector = q.selector.filter(|s| !s.trim().is_empty()).map(|s| proto::DeviceSelector {
+        selector: Some(proto::device_selector::Selector::LabelSelector(s)),
+    });
+    let sel = spec::selection(selector, true)?;
+    let r = s.plane.scan(sel, crate::shard::command::Action::CountBy(key.into())).await?;
+    let mut counts: Vec<(Option<String>, u32)> = r.by_label.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let rest: u64 = counts.iter().skip(MAX_LABEL_VALUES).map(|c| c.1 as u64).sum();
+    let values: Vec<Value> = counts
+        .iter()
+        .take(MAX_LABEL_VALUES)
+        .map(|(v, n)| json!({ "value": v, "devices": n }))
+        .collect();
+    Ok(Json(json!({
+        "key": key, "devices": r.affected, "values": values,
+        "other_values": counts.len().saturating_sub(MAX_LABEL_VALUES), "other_devices": rest,
+    })))
+}
+
 /// Query of the telemetry stream: a label selector or one device id (not both).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -335,6 +380,11 @@ pub async fn telemetry_stream(
                         } else {
                             skipped += 1;
                         }
+                    }
+                    // This flush is full: the shards skip (and count) the stream's points
+                    // without building them until the next one.
+                    if pending.len() >= SSE_POINTS_PER_FLUSH {
+                        feed.congested.store(true, Ordering::Relaxed);
                     }
                 }
                 _ = flush.tick() => {

@@ -42,6 +42,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/", get(dashboard::page))
         .route("/api/v1/overview", get(dashboard::overview))
+        .route("/api/v1/overview/labels", get(dashboard::labels))
         .route("/api/v1/history", get(dashboard::history))
         .route("/api/v1/profiles", get(dashboard::profiles))
         .route("/api/v1/telemetry/stream", get(dashboard::telemetry_stream))
