@@ -220,7 +220,15 @@
       const t0 = Math.min(...[...series.values()].map((s) => (s.length ? s[0][0] : Infinity)));
       Charts.plot(liveChart, { series: [...series.entries()].map(([k, s]) => ({ name: k, xs: s.map((p) => p[0] - t0), ys: s.map((p) => p[1]) })), xFmt: Charts.fmtSeconds });
     });
-    source.onerror = () => { liveInfo.textContent = "stream closed by the server (bad selector, or too many streams open)"; source.close(); };
+    // A stream ends at the server's request deadline and EventSource reconnects by itself;
+    // a refused one (bad selector, too many streams) is closed: fetch it once for the reason.
+    source.onerror = () => {
+      if (source.readyState !== EventSource.CLOSED) return;
+      const ctl = new AbortController();
+      fetch("/api/v1/telemetry/stream?" + q, { signal: ctl.signal })
+        .then(async (r) => { liveInfo.textContent = r.ok ? "stream interrupted: press stream again" : "stream refused: " + ((await r.json().catch(() => ({}))).error || r.status); ctl.abort(); })
+        .catch((e) => (liveInfo.textContent = "stream closed: " + e.message));
+    };
   }
   app.append(section("Live telemetry", stream.node, el("div", {}, pauseBtn), liveInfo, liveChart,
     el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, ["sim time", "device", "metric", "value"].map((h) => el("th", { class: "l" }, h)))), live))));

@@ -36,6 +36,8 @@ pub const MAX_CHARTED_TYPES: usize = 12;
 pub const SSE_POINTS_PER_FLUSH: usize = 200;
 /// How often an SSE stream sends what it gathered.
 const SSE_FLUSH: Duration = Duration::from_millis(500);
+/// How soon the browser reconnects a stream that ended at the request deadline.
+const SSE_RETRY: Duration = Duration::from_millis(300);
 
 /// `GET /`: the dashboard page.
 pub async fn page(State(s): State<Arc<AdminState>>) -> Html<String> {
@@ -344,8 +346,13 @@ pub struct StreamQuery {
 /// `GET /api/v1/telemetry/stream?selector=...` (or `?device_id=...`): Server-Sent Events,
 /// one `points` event per flush (a JSON array of at most [`SSE_POINTS_PER_FLUSH`] points) and
 /// the running count of dropped points in each.
+///
+/// The admin server bounds every request, a stream included, by its deadline
+/// (`IOT_SIM_ADMIN_REQUEST_TIMEOUT`): the stream ends itself cleanly a little before it, with
+/// a `retry` hint, and the browser's EventSource reconnects.
 pub async fn telemetry_stream(
     State(s): State<Arc<AdminState>>,
+    deadline: Option<axum::Extension<super::server::Deadline>>,
     q: Result<Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     use proto::device_selector::Selector;
@@ -362,6 +369,16 @@ pub async fn telemetry_stream(
     let mut feed = s.plane.subscribe(Arc::new(sel)).await?;
     let (tx, rx) = mpsc::channel::<Event>(4);
     let plane = s.plane.clone();
+    let now = tokio::time::Instant::now();
+    let end = match deadline {
+        // A tenth of the time left (at most a second) to finish the answer in.
+        Some(axum::Extension(super::server::Deadline(at))) => {
+            let left = at.saturating_duration_since(now);
+            now + left - (left / 10).min(Duration::from_secs(1))
+        }
+        None => now + Duration::from_secs(3600),
+    };
+    let _ = tx.try_send(Event::default().retry(SSE_RETRY).comment("iot-sim telemetry"));
     tokio::spawn(async move {
         let mut pending: Vec<Value> = Vec::with_capacity(SSE_POINTS_PER_FLUSH);
         let mut flush = tokio::time::interval(SSE_FLUSH);
@@ -371,6 +388,7 @@ pub async fn telemetry_stream(
             tokio::select! {
                 biased;
                 () = tx.closed() => break,
+                () = tokio::time::sleep_until(end) => break,
                 got = feed.rx.recv() => {
                     let Some(batch) = got else { break };
                     // The batch's budget charge is given back as soon as it is dropped here.
