@@ -102,7 +102,7 @@ pub struct RunArgs {
     /// Realtime only: sim seconds per wall second.
     #[arg(long, value_name = "X", value_parser = parse_speed)]
     pub speed: Option<f64>,
-    /// Where report.json and the .hgrm files go.
+    /// Where report.json, report.html and the .hgrm files go.
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
     /// No progress lines on stderr.
