@@ -379,7 +379,8 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
 
 /// FNV-1a 64 of the resolved config's debug form (run settings, sinks, fleet, thresholds).
 fn config_hash(config: &Config) -> String {
-    let text = format!("{:?}|{:?}|{:?}|{:?}", config.run, config.sinks, config.fleet, config.thresholds);
+    let text =
+        format!("{:?}|{:?}|{:?}|{:?}", config.run, config.sinks, config.fleet, config.thresholds);
     format!("{:016x}", crate::sim::seed::fnv1a64(text.as_bytes()))
 }
 
@@ -472,7 +473,8 @@ fn wait(
     progress: &Receiver<Snapshot>,
     pr: Progress,
     aborts: &[&Threshold],
-) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>, report::timeline::Timeline)> {
+) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>, report::timeline::Timeline)>
+{
     let Progress { every_ms: progress_ms, quiet, clock, start_ms } = pr;
     let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {

@@ -103,8 +103,8 @@ impl Browser {
             self.addr,
             body.len()
         );
-        let (code, text) = exchange(&self.addr, req.as_bytes())
-            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let (code, text) =
+            exchange(&self.addr, req.as_bytes()).map_err(|e| format!("{method} {path}: {e}"))?;
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| format!("{method} {path}: {code}, not JSON ({e}): {text:.300}"))?;
         if code != 200 {
@@ -250,7 +250,10 @@ fn fill_and_submit(b: &Browser, form: &str, fields: &[(&str, &str)]) {
             json!(value)
         ));
     }
-    script.push_str(&format!("document.getElementById({}).click(); return true;", json!(format!("{form}-submit"))));
+    script.push_str(&format!(
+        "document.getElementById({}).click(); return true;",
+        json!(format!("{form}-submit"))
+    ));
     b.js(&script);
 }
 
@@ -279,7 +282,7 @@ fn the_dashboard_drives_a_running_fleet() {
     // Live numbers change.
     let read = "return Number(document.getElementById('messages-total').textContent)";
     let first = b.js(read).as_u64().unwrap();
-    b.wait_for(&format!("{} > {first}", read.replace("return ", "return ")), 20, "messages grow");
+    b.wait_for(&format!("{read} > {first}"), 20, "messages grow");
     b.wait_for(
         "return Number(document.getElementById('chart-rate').dataset.points || 0) >= 2",
         20,
@@ -296,7 +299,11 @@ fn the_dashboard_drives_a_running_fleet() {
         "page 2 shows other devices",
     );
     fill_and_submit(&b, "browse", &[("selector", "zone=b")]);
-    b.wait_for("return document.getElementById('devices-page').textContent.includes('10 matching')", 20, "the selector filters");
+    b.wait_for(
+        "return document.getElementById('devices-page').textContent.includes('10 matching')",
+        20,
+        "the selector filters",
+    );
 
     // The fleet by a chosen label, counted by the server.
     fill_and_submit(&b, "label", &[("key", "zone"), ("selector", "")]);
@@ -307,9 +314,17 @@ fn the_dashboard_drives_a_running_fleet() {
     );
 
     // Spawn through the form: 5 more devices.
-    b.wait_for("return document.getElementById('spawn-device_type').options.length > 0", 20, "profiles listed");
+    b.wait_for(
+        "return document.getElementById('spawn-device_type').options.length > 0",
+        20,
+        "profiles listed",
+    );
     fill_and_submit(&b, "spawn", &[("count", "5"), ("prefix", "web"), ("labels", "zone=c")]);
-    b.wait_for("return document.getElementById('spawn-ok').textContent === 'spawned 5'", 20, "spawn answered");
+    b.wait_for(
+        "return document.getElementById('spawn-ok').textContent === 'spawned 5'",
+        20,
+        "spawn answered",
+    );
     for _ in 0..100 {
         if status(&addr)["devices_total"] == 45 {
             break;
@@ -320,24 +335,55 @@ fn the_dashboard_drives_a_running_fleet() {
 
     // Bad input: the server's message shows next to the form and nothing changes.
     fill_and_submit(&b, "fault", &[("selector", "zone in (a"), ("duration", "")]);
-    b.wait_for("return document.getElementById('fault-error').textContent.length > 0", 20, "refusal shown");
+    b.wait_for(
+        "return document.getElementById('fault-error').textContent.length > 0",
+        20,
+        "refusal shown",
+    );
     let refusal = b.js("return document.getElementById('fault-error').textContent");
     assert!(refusal.as_str().unwrap().contains("selector"), "{refusal}");
     fill_and_submit(&b, "spawn", &[("count", "5"), ("prefix", "web"), ("labels", "")]);
-    b.wait_for("return document.getElementById('spawn-error').textContent.length > 0", 20, "duplicate refused");
+    b.wait_for(
+        "return document.getElementById('spawn-error').textContent.length > 0",
+        20,
+        "duplicate refused",
+    );
     let dup = b.js("return document.getElementById('spawn-error').textContent");
     assert!(dup.as_str().unwrap().contains("web-0"), "{dup}");
     let s = status(&addr);
-    assert_eq!((s["devices_total"].as_u64(), s["faults_active"].as_array().map(|a| a.iter().filter_map(Value::as_u64).sum::<u64>())), (Some(45), Some(0)), "{s}");
+    assert_eq!(
+        (
+            s["devices_total"].as_u64(),
+            s["faults_active"].as_array().map(|a| a.iter().filter_map(Value::as_u64).sum::<u64>())
+        ),
+        (Some(45), Some(0)),
+        "{s}"
+    );
 
     // A fault through the form shows up as active.
-    fill_and_submit(&b, "fault", &[("selector", "zone=b"), ("fault_type", "latency_spike"), ("parameters", "{\"latency_ms\": 50}")]);
-    b.wait_for("return document.getElementById('fault-ok').textContent === 'fault on 10 device(s)'", 20, "fault answered");
+    fill_and_submit(
+        &b,
+        "fault",
+        &[
+            ("selector", "zone=b"),
+            ("fault_type", "latency_spike"),
+            ("parameters", "{\"latency_ms\": 50}"),
+        ],
+    );
+    b.wait_for(
+        "return document.getElementById('fault-ok').textContent === 'fault on 10 device(s)'",
+        20,
+        "fault answered",
+    );
     b.wait_for("return document.getElementById('faults-active').textContent.includes('latency_spike on 10')", 20, "the fault shows as active");
 
     // Live telemetry for a selector over SSE.
     fill_and_submit(&b, "stream", &[("selector", "zone=a")]);
-    b.wait_for("return document.querySelectorAll('#live-rows tr').length > 0", 20, "live telemetry rows");
+    b.wait_for(
+        "return document.querySelectorAll('#live-rows tr').length > 0",
+        20,
+        "live telemetry rows",
+    );
     let errors = b.page_errors();
     let shot = b.screenshot("dashboard");
     assert!(errors.is_empty(), "JS errors on the dashboard: {errors:?}");
@@ -363,14 +409,12 @@ fn report_html_draws_every_chart_offline_and_compare_html_too() {
     let html = reports[0].join("report.html");
     b.open(&format!("file://{}", html.display()));
     b.wait_for("return window.chartsDrawn > 0", 20, "the report script ran");
-    let empty = b.js(
-        "return [...document.querySelectorAll('canvas')].filter(c => {
+    let empty = b.js("return [...document.querySelectorAll('canvas')].filter(c => {
             if (!(Number(c.dataset.points) > 0)) return true;
             const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
             for (let i = 3; i < d.length; i += 4) if (d[i] !== 0) return false;
             return true;
-        }).map(c => c.id)",
-    );
+        }).map(c => c.id)");
     assert_eq!(empty, json!([]), "charts with nothing drawn");
     let charts = b.js("return document.querySelectorAll('canvas').length").as_u64().unwrap();
     assert!(charts >= 4, "one distribution per row and the time series: {charts}");

@@ -49,7 +49,9 @@ fn the_dashboard_routes_aggregate_the_fleet_and_refuse_bad_queries() {
     let (run, addr) = start(dir.path(), &[]);
     let (code, page) = http_get(&addr, "/");
     assert_eq!(code, 200);
-    assert!(page.contains("<title>iot-sim dashboard</title>") && page.contains("connect-src 'self'"));
+    assert!(
+        page.contains("<title>iot-sim dashboard</title>") && page.contains("connect-src 'self'")
+    );
     assert!(!page.contains("src=\"http"), "the page loads nothing from elsewhere");
 
     let overview = json(&http_get(&addr, "/api/v1/overview").1);
@@ -58,7 +60,10 @@ fn the_dashboard_routes_aggregate_the_fleet_and_refuse_bad_queries() {
     assert_eq!(overview["by_state"]["running"], 40, "{overview}");
 
     let labels = json(&http_get(&addr, "/api/v1/overview/labels?key=zone").1);
-    assert_eq!(labels["values"], serde_json::json!([{"value": "a", "devices": 30}, {"value": "b", "devices": 10}]));
+    assert_eq!(
+        labels["values"],
+        serde_json::json!([{"value": "a", "devices": 30}, {"value": "b", "devices": 10}])
+    );
     let labels = json(&http_get(&addr, "/api/v1/overview/labels?key=nope&selector=zone%3Db").1);
     assert_eq!(labels["values"], serde_json::json!([{"value": null, "devices": 10}]));
     for (path, want) in [
@@ -131,7 +136,9 @@ fn report_compare_refuses_missing_and_malformed_reports_with_exit_code_2() {
     let bad = dir.path().join("bad.json");
     std::fs::write(&bad, "{\"runs\": [").unwrap();
     let missing = dir.path().join("missing.json");
-    for (old, new, want) in [(&missing, &bad, "missing.json: cannot read"), (&bad, &bad, "bad.json: not a report.json")] {
+    for (old, new, want) in
+        [(&missing, &bad, "missing.json: cannot read"), (&bad, &bad, "bad.json: not a report.json")]
+    {
         let out = bin().args(["report", "compare"]).arg(old).arg(new).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
         assert!(common::stderr(&out).contains(want), "{}", common::stderr(&out));

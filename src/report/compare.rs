@@ -145,9 +145,7 @@ fn distribution(row: &Value) -> Vec<(f64, f64)> {
     row.get("latency_distribution")
         .and_then(Value::as_array)
         .map(|a| {
-            a.iter()
-                .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
-                .collect()
+            a.iter().filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?))).collect()
         })
         .unwrap_or_default()
 }
@@ -236,8 +234,10 @@ pub fn compare(old_path: &Path, old: &Value, new_path: &Path, new: &Value) -> Co
 /// The terminal text.
 pub fn render(c: &Comparison) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "old: {} (run {}, {} messages)", c.old.path, c.old.run_id, c.old.messages);
-    let _ = writeln!(out, "new: {} (run {}, {} messages)", c.new.path, c.new.run_id, c.new.messages);
+    let _ =
+        writeln!(out, "old: {} (run {}, {} messages)", c.old.path, c.old.run_id, c.old.messages);
+    let _ =
+        writeln!(out, "new: {} (run {}, {} messages)", c.new.path, c.new.run_id, c.new.messages);
     let _ = writeln!(
         out,
         "{:<8} {:<24} {:<10} {:>14} {:>14} {:>10}",
@@ -310,7 +310,8 @@ mod tests {
     #[test]
     fn reports_of_different_shape_compare_what_they_share_and_say_the_rest() {
         let old = report(json!([row("a", 1000.0, 100, 0), row("gone", 1.0, 1, 0)]));
-        let mut new = report(json!([row("a", 1000.0, 100, 0), { "sink": "file", "device_type": "b" }]));
+        let mut new =
+            report(json!([row("a", 1000.0, 100, 0), { "sink": "file", "device_type": "b" }]));
         new["clock"] = json!("realtime");
         let c = compare(Path::new("old"), &old, Path::new("new"), &new);
         assert_eq!(c.rows.len(), 1);

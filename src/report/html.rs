@@ -37,7 +37,8 @@ pub fn dashboard<T: Serialize>(run: &T) -> String {
 fn page(title: &str, csp: &str, data: &str, app: &str) -> String {
     // Each part is substituted once, in order, so text inside one part is never taken for a
     // later placeholder.
-    let mut out = String::with_capacity(PAGE.len() + STYLE.len() + CHARTS.len() + app.len() + data.len());
+    let mut out =
+        String::with_capacity(PAGE.len() + STYLE.len() + CHARTS.len() + app.len() + data.len());
     let mut rest = PAGE;
     let parts: [(&str, &str); 7] = [
         ("{{CSP}}", csp),

@@ -18,10 +18,10 @@ use super::routes::{AdminState, ApiError};
 use crate::control::{proto, spec};
 use crate::limits;
 use crate::measure::board::{BUCKETS_US, Buckets, ShardFigures};
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
@@ -424,9 +424,10 @@ pub async fn telemetry_stream(
         drop(feed);
         plane.unsubscribe(id).await;
     });
-    let stream = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |e| {
-        Ok::<_, std::convert::Infallible>(e)
-    });
+    let stream =
+        tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |e| {
+            Ok::<_, std::convert::Infallible>(e)
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
