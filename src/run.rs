@@ -584,7 +584,7 @@ fn wait(
         if now > last_sample && latest.iter().any(Option::is_some) {
             sampler.sample(totals(&latest, clock, start_ms, (now - began) as f64 / 1e9, (now - last_sample) as f64 / 1e9));
         }
-        Ok((interrupted, aborted, sampler.timeline))
+        Ok((interrupted, aborted, sampler.finish()))
     })
 }
 

@@ -1,8 +1,9 @@
 //! The run's figures over time, for the report's charts and `report compare`: one point per
 //! second of wall time, built by the main thread from the progress snapshots the shards
 //! already send (nothing new on the per-message path). Kept columnar (one array per figure)
-//! and bounded to [`MAX_POINTS`]: when full, neighbouring points are merged in pairs, so a
-//! one-hour run keeps one point per two (four, ...) seconds and the file stays small.
+//! and bounded to [`MAX_POINTS`]: when full, neighbouring points are merged in pairs and from
+//! then on each new point gathers as many seconds as the old ones, so a one-hour run keeps one
+//! point per two (four, ...) seconds, evenly, and the file stays small.
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,9 @@ pub struct Timeline {
     /// Empty for a virtual run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lateness_p99_us: Vec<u64>,
+    /// Raw points gathered into the next point, and how many.
+    #[serde(skip)]
+    pending: Option<(Point, u64)>,
 }
 
 impl Timeline {
@@ -84,12 +88,32 @@ impl Timeline {
         }
     }
 
-    /// Appends a point; a full timeline first halves itself by merging neighbours.
+    /// Adds a raw point: into the point being gathered, which is stored once it holds
+    /// `merged` raw points (a full timeline first halves itself by merging neighbours).
     pub fn push(&mut self, p: Point) {
-        if self.len() >= MAX_POINTS {
+        // Halve before gathering, so the new point gathers as many seconds as the merged ones.
+        if self.pending.is_none() && self.len() >= MAX_POINTS {
             self.halve();
         }
-        self.push_raw(p);
+        let (acc, n) = match self.pending.take() {
+            Some((acc, n)) => (merge(&acc, &p), n + 1),
+            None => (p, 1),
+        };
+        if n < self.merged.max(1) {
+            self.pending = Some((acc, n));
+            return;
+        }
+        self.push_raw(acc);
+    }
+
+    /// Stores the point still being gathered (at the end of the run).
+    pub fn finish(&mut self) {
+        if let Some((acc, _)) = self.pending.take() {
+            if self.len() >= MAX_POINTS {
+                self.halve();
+            }
+            self.push_raw(acc);
+        }
     }
 
     fn push_raw(&mut self, p: Point) {
@@ -185,6 +209,12 @@ impl Sampler {
         }
     }
 
+    /// The timeline, with the point still being gathered stored.
+    pub fn finish(mut self) -> Timeline {
+        self.timeline.finish();
+        self.timeline
+    }
+
     /// Adds the point that ends now.
     pub fn sample(&mut self, t: Totals) {
         let q = |h: &Histogram<u64>, q: f64| if h.is_empty() { 0 } else { h.value_at_quantile(q) };
@@ -237,9 +267,14 @@ mod tests {
         for i in 0..(MAX_POINTS * 3 + 7) {
             tl.push(point(i as f64, 10, i as u64));
         }
+        tl.finish();
         assert!(tl.len() <= MAX_POINTS, "{}", tl.len());
         assert!(tl.len() > MAX_POINTS / 2, "{}", tl.len());
         assert_eq!(tl.merged, 4);
+        // Evenly: every point but the last covers `merged` seconds.
+        let n = tl.len();
+        let odd: Vec<_> = tl.dt_s[..n - 1].iter().enumerate().filter(|(_, d)| **d != 4.0).collect();
+        assert!(odd.is_empty(), "{odd:?} of {n}");
         // Nothing is lost by merging: every message is still counted.
         assert_eq!(tl.messages.iter().sum::<u64>(), 10 * (MAX_POINTS * 3 + 7) as u64);
         assert_eq!(tl.t_s.last().copied(), Some((MAX_POINTS * 3 + 6) as f64));
