@@ -408,7 +408,7 @@ pub fn write(
     std::fs::write(dir.join("report.html"), &page)?;
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     crate::logs::notice(
-        &format!("report.html: {} bytes, rendered and written in {ms:.1} ms", page.len()),
+        &format!("report.html: {} bytes, rendered and written in {ms:.3} ms", page.len()),
         &[("report_html_bytes", page.len().into()), ("report_html_ms", ms.into())],
     );
     Ok(path)
