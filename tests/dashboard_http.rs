@@ -144,3 +144,41 @@ fn report_compare_refuses_missing_and_malformed_reports_with_exit_code_2() {
         assert!(common::stderr(&out).contains(want), "{}", common::stderr(&out));
     }
 }
+
+#[test]
+fn report_compare_sets_two_runs_side_by_side_and_writes_compare_html() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = FLEET.replace("clock = \"realtime\"", "clock = \"virtual\"\nduration = \"10m\"");
+    let mut reports = vec![];
+    for (name, extra) in [("old", vec![]), ("new", vec!["--seed", "4"])] {
+        let run_dir = dir.path().join(name);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let r = common::run_ok(&run_dir, &toml, &extra);
+        // Every run writes report.html next to report.json, with the time series in both.
+        let html = std::fs::read_to_string(run_dir.join("report/report.html")).unwrap();
+        assert!(html.contains(&format!("\"run_id\":\"{}\"", r["run_id"].as_str().unwrap())));
+        assert!(
+            r["timeline"]["t_s"].as_array().is_some_and(|t| !t.is_empty()),
+            "{}",
+            r["timeline"]
+        );
+        assert!(r["runs"][0]["latency_distribution"].as_array().is_some_and(|d| d.len() > 2));
+        reports.push(run_dir.join("report/report.json"));
+    }
+    let out_html = dir.path().join("cmp.html");
+    let out = bin()
+        .args(["report", "compare"])
+        .args(&reports)
+        .arg("--out")
+        .arg(&out_html)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", common::stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in ["null     p                        msg/s", "p99 µs", "1 row(s) compared"] {
+        assert!(text.contains(want), "{want:?} in {text}");
+    }
+    assert!(text.contains("not compared: config hashes differ"), "the seed differs: {text}");
+    let html = std::fs::read_to_string(&out_html).unwrap();
+    assert!(html.contains("\"old_distribution\":[[") && html.contains("default-src 'none'"));
+}
