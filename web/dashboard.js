@@ -66,7 +66,7 @@
     sinks.replaceChildren(o.sinks.length
       ? table(["sink", "connected", "queue"], o.sinks.map((s) => [s.sink, `${s.connected} of ${s.connections}`, s.queue_depth]), 1)
       : el("div", { class: "muted" }, "no network sinks"),
-      Object.keys(o.sink_events).length ? el("div", { class: "muted" }, "sink events: " + Object.entries(o.sink_events).map(([k, v]) => `${k}=${v}`).join(" ")) : null);
+      Object.keys(o.sink_events).length ? el("div", { class: "muted" }, "sink events: " + Object.entries(o.sink_events).map(([k, v]) => `${k}=${v}`).join(" ")) : "");
     scenario.replaceChildren(o.scenario ? el("div", { id: "scenario-phase" }, `scenario ${o.scenario.name}: phase ${o.scenario.phase}`) : "");
   }
 
