@@ -34,7 +34,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # One dashboard client against http://$1 until the process $2 ends.
 client() {
   local addr=$1 pid=$2 log=$3 i=0
-  curl -s -N --max-time 3600 "http://$addr/api/v1/telemetry/stream" -o "$log.sse" 2>/dev/null &
+  # The stream ends just before the admin request deadline (10 s); EventSource reconnects after
+  # 300 ms, and so does this loop.
+  ( : > "$log.sse"
+    while kill -0 "$pid" 2>/dev/null; do
+      curl -s -N --max-time 60 "http://$addr/api/v1/telemetry/stream" >> "$log.sse" 2>/dev/null || true
+      sleep 0.3
+    done ) &
   local sse=$!
   : > "$log"
   while kill -0 "$pid" 2>/dev/null; do
