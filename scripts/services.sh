@@ -6,6 +6,7 @@
 #   coap-server (libcoap)       tests/sink_coap.rs starts its own on a free port
 #   python3 + venv              tests/grpc_python.rs builds a grpcio client under target/
 #   prometheus, promtool        tests/prometheus.rs starts its own server on a free port
+#   chromium, chromedriver      tests/browser.rs drives headless Chromium over WebDriver
 set -euo pipefail
 
 updated=0
@@ -61,3 +62,5 @@ command -v podman >/dev/null || apt_install podman
 command -v runc >/dev/null || apt_install runc
 command -v debootstrap >/dev/null || apt_install debootstrap
 command -v docker-compose >/dev/null || apt_install docker-compose
+# Headless Chromium and its WebDriver: tests/browser.rs starts both on free ports.
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt_install chromium chromium-driver

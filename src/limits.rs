@@ -52,6 +52,15 @@ pub const MAX_AUDIT_MESSAGE_BYTES: usize = 1 << 20;
 pub const MAX_RUNTIMES: usize = 1024;
 /// Longest `iot-sim probe --timeout`, in seconds (a health check must answer quickly).
 pub const MAX_PROBE_TIMEOUT_S: u64 = 300;
+/// Points of the report's time series (`report.json` `timeline`); a longer run merges
+/// neighbouring points.
+pub const MAX_TIMELINE_POINTS: usize = 2_000;
+/// Points per latency distribution (one per report row) in `report.json`.
+pub const MAX_DISTRIBUTION_POINTS: usize = 256;
+/// Seconds of fleet figures the admin server keeps for the dashboard's charts (one a second).
+pub const DASHBOARD_HISTORY_S: usize = 600;
+/// Largest `report.json` that `report compare` reads.
+pub const MAX_REPORT_FILE_BYTES: u64 = 256 << 20;
 
 /// Why a name, id or label was refused.
 fn check_text(what: &str, s: &str, max_bytes: usize) -> Result<(), String> {

@@ -283,7 +283,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
         .filter(|t| t.abort && run.clock == ClockMode::Realtime)
         .collect();
-    let (interrupted, aborted_by) = wait(
+    let (interrupted, aborted_by, timeline) = wait(
         waiter,
         &handles,
         &progress_rx,
@@ -340,6 +340,8 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     };
     let (mut report, files) = report::build(&facts, &fleet, &stats);
     report.aborted_by = aborted_by;
+    report.timeline = timeline;
+    report.config_hash = config_hash(&config);
     let thresholds: Vec<&Threshold> = config
         .thresholds
         .iter()
@@ -420,6 +422,13 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         &[("report", path.display().to_string().into())],
     );
     Ok(report)
+}
+
+/// FNV-1a 64 of the resolved config's debug form (run settings, sinks, fleet, thresholds).
+fn config_hash(config: &Config) -> String {
+    let text =
+        format!("{:?}|{:?}|{:?}|{:?}", config.run, config.sinks, config.fleet, config.thresholds);
+    format!("{:016x}", crate::sim::seed::fnv1a64(text.as_bytes()))
 }
 
 /// The report's scenario section: the actions reached by the end of the run and the log.
@@ -511,7 +520,8 @@ fn wait(
     progress: &Receiver<Snapshot>,
     pr: Progress,
     aborts: &[&Threshold],
-) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>)> {
+) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>, report::timeline::Timeline)>
+{
     let Progress { every_ms: progress_ms, quiet, clock, start_ms } = pr;
     let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {
@@ -525,6 +535,12 @@ fn wait(
         let began = last_print;
         let mut interrupted = false;
         let mut aborted = None;
+        // The report's time series: one point per wall second.
+        let mut sampler = report::timeline::Sampler::new(match clock {
+            ClockMode::Virtual => "sim",
+            ClockMode::Realtime => "wall",
+        });
+        let mut last_sample = began;
         loop {
             tokio::select! {
                 _ = sigint.recv() => {
@@ -544,6 +560,7 @@ fn wait(
                 _ = poll.tick() => {
                     while let Ok(s) = progress.try_recv() {
                         let _ = window.add(&s.latency);
+                        let _ = sampler.window.add(&s.latency);
                         if !aborts.is_empty() {
                             let _ = cumulative.add(&s.latency);
                         }
@@ -551,6 +568,10 @@ fn wait(
                         latest[i] = Some(s);
                     }
                     let now = mono_ns();
+                    if now - last_sample >= TIMELINE_EVERY_NS {
+                        sampler.sample(totals(&latest, clock, start_ms, (now - began) as f64 / 1e9, (now - last_sample) as f64 / 1e9));
+                        last_sample = now;
+                    }
                     if !aborts.is_empty() && aborted.is_none() && now - last_check >= progress_ms * 1_000_000 {
                         last_check = now;
                         let secs = (now - began) as f64 / 1e9;
@@ -600,6 +621,57 @@ fn wait(
                 }
             }
         }
-        Ok((interrupted, aborted))
+        // The last stretch (shorter than a second) once every shard's final snapshot is in.
+        while let Ok(s) = progress.try_recv() {
+            let _ = sampler.window.add(&s.latency);
+            let i = s.shard;
+            latest[i] = Some(s);
+        }
+        let now = mono_ns();
+        if now > last_sample && latest.iter().any(Option::is_some) {
+            sampler.sample(totals(&latest, clock, start_ms, (now - began) as f64 / 1e9, (now - last_sample) as f64 / 1e9));
+        }
+        Ok((interrupted, aborted, sampler.finish()))
     })
+}
+
+/// Wall time between two points of the report's time series.
+const TIMELINE_EVERY_NS: u64 = 1_000_000_000;
+
+/// What the shards' latest snapshots add up to, for the report's time series.
+fn totals(
+    latest: &[Option<Snapshot>],
+    clock: ClockMode,
+    start_ms: u64,
+    wall_s: f64,
+    dt_s: f64,
+) -> report::timeline::Totals {
+    let shards = || latest.iter().flatten();
+    let lateness = (clock == ClockMode::Realtime).then(|| {
+        let mut h = histogram();
+        for l in shards().filter_map(|s| s.lateness.as_ref()) {
+            let _ = h.add(l);
+        }
+        h
+    });
+    // Until every shard has reported, the slowest one is still at the start.
+    let sim = if latest.iter().all(Option::is_some) {
+        shards().map(|s| s.sim_now_ms).min().unwrap_or(start_ms)
+    } else {
+        start_ms
+    };
+    report::timeline::Totals {
+        t_s: match clock {
+            ClockMode::Virtual => sim.saturating_sub(start_ms) as f64 / 1000.0,
+            ClockMode::Realtime => wall_s,
+        },
+        dt_s,
+        devices: shards().map(|s| s.devices as u64).sum(),
+        messages: shards().map(|s| s.messages).sum(),
+        errors: shards().map(|s| s.errors).sum(),
+        dropped: shards().map(|s| s.dropped).sum(),
+        sink_events: shards().map(|s| s.sink_events).sum(),
+        faults_active: shards().map(|s| s.faults_active).sum(),
+        lateness,
+    }
 }

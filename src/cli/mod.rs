@@ -9,6 +9,7 @@ use std::path::PathBuf;
 mod audit;
 pub mod client;
 pub mod probe;
+pub mod report;
 pub mod scenario;
 pub mod show;
 
@@ -63,6 +64,9 @@ pub enum Command {
     /// Audit delivery of a fleet that runs elsewhere: consume from MQTT or AMQP until Ctrl-C,
     /// SIGTERM or --duration, then report losses, duplicates, reordering and latency.
     Audit(audit::AuditArgs),
+    /// Work on finished runs' reports (`report compare OLD NEW`).
+    #[command(subcommand)]
+    Report(report::ReportCmd),
 }
 
 /// The exit codes, for --help.
@@ -109,7 +113,7 @@ pub struct RunArgs {
     /// Realtime only: sim seconds per wall second.
     #[arg(long, value_name = "X", value_parser = parse_speed)]
     pub speed: Option<f64>,
-    /// Where report.json and the .hgrm files go.
+    /// Where report.json, report.html and the .hgrm files go.
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
     /// No progress lines on stderr.
@@ -246,6 +250,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Resume(a)) => client::pause(&a, true),
         Some(Command::Scenario(c)) => scenario::main(&c),
         Some(Command::Audit(a)) => audit::main(&a),
+        Some(Command::Report(c)) => report::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     };

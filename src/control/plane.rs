@@ -287,7 +287,7 @@ impl ControlPlane {
             Action::Pause(true) => Some("devices paused".to_string()),
             Action::Pause(false) => Some("devices resumed".to_string()),
             Action::Behaviour(_) => Some("behaviour updated".to_string()),
-            Action::Status { .. } | Action::List { .. } => None,
+            Action::Status { .. } | Action::List { .. } | Action::CountBy(_) => None,
         };
         if let Some(what) = what {
             tracing::info!(

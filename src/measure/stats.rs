@@ -159,6 +159,11 @@ pub struct Snapshot {
     pub latency: Histogram<u64>,
     /// Realtime: the shard's tick lateness since the start (for `abort` thresholds).
     pub lateness: Option<Histogram<u64>>,
+    /// Connection events of its network sinks since the start (the report's time series
+    /// marks where they happened).
+    pub sink_events: u64,
+    /// Faults active on its devices now.
+    pub faults_active: u64,
 }
 
 #[cfg(test)]

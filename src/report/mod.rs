@@ -1,7 +1,11 @@
-//! The end-of-run report: per-shard histograms merged, a terminal table, `report.json` and
-//! HdrHistogram percentile-distribution files (`*.hgrm`) that standard plotters read.
+//! The end-of-run report: per-shard histograms merged, a terminal table, `report.json`,
+//! HdrHistogram percentile-distribution files (`*.hgrm`) that standard plotters read and a
+//! self-contained `report.html` (see [`html`]); [`compare`] sets two reports side by side.
 
+pub mod compare;
+pub mod html;
 mod merge;
+pub mod timeline;
 pub(crate) use merge::merge_outcomes;
 
 use crate::measure::stats::{ProfileStats, ShardStats};
@@ -70,6 +74,10 @@ pub struct Row {
     pub slowdowns: u64,
     /// File names (inside the report folder) of the `.hgrm` files.
     pub hgrm: Vec<String>,
+    /// The latency percentile distribution, `[percentile, µs]` pairs (HdrHistogram's
+    /// iteration, at most `limits::MAX_DISTRIBUTION_POINTS`): what the HTML charts plot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub latency_distribution: Vec<(f64, u64)>,
     /// Samples taken (devices down, asleep or paused take none).
     pub samples: u64,
     /// Samples handed to the sink (periodic: all; on_change: those that changed or the
@@ -92,6 +100,11 @@ pub struct Report {
     /// The run's id (`--run-id`), as in its log lines and `iot_sim_run_info`.
     pub run_id: String,
     pub seed: u64,
+    /// iot-sim's version.
+    pub version: String,
+    /// FNV-1a 64 of the resolved config (run settings, sinks, fleet), hex: two reports with
+    /// the same hash ran the same config.
+    pub config_hash: String,
     pub cores: usize,
     pub pinned_shards: usize,
     pub clock: crate::config::ClockMode,
@@ -130,6 +143,9 @@ pub struct Report {
     /// The delivery audit (`[audit]` / `--audit`), if one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<crate::audit::AuditReport>,
+    /// The run's figures over time (about one point per wall second, downsampled to at most
+    /// `limits::MAX_TIMELINE_POINTS`).
+    pub timeline: timeline::Timeline,
 }
 
 /// What the report says about the scenario.
@@ -204,6 +220,8 @@ pub fn build(
     let report = Report {
         run_id: facts.run_id.clone(),
         seed: facts.seed,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_hash: String::new(),
         cores: facts.cores,
         pinned_shards: facts.pinned_shards,
         clock: facts.clock,
@@ -230,6 +248,7 @@ pub fn build(
         thresholds: vec![],
         aborted_by: None,
         audit: None,
+        timeline: timeline::Timeline::default(),
     };
     (report, files)
 }
@@ -273,11 +292,12 @@ fn rows_of(
                 None => format!("{sink}_{}", sanitize(&device_type)),
                 Some(asked) => format!("{sink}_{}_as_{}", sanitize(&device_type), sanitize(asked)),
             };
-            let mut hgrm = vec![];
+            let (mut hgrm, mut latency_distribution) = (vec![], vec![]);
             if let Some(files) = files.as_deref_mut() {
                 hgrm = vec![format!("latency_{base}.hgrm"), format!("service_{base}.hgrm")];
                 files.push((hgrm[0].clone(), s.latency.clone()));
                 files.push((hgrm[1].clone(), s.service.clone()));
+                latency_distribution = distribution(&s.latency);
             }
             Row {
                 msgs_per_s: round1(s.messages as f64 / seconds),
@@ -294,6 +314,7 @@ fn rows_of(
                 device_type,
                 requested_protocol,
                 hgrm,
+                latency_distribution,
                 samples: s.samples,
                 published: s.published,
                 suppressed: s.suppressed,
@@ -331,6 +352,34 @@ pub fn phase_rows(
     }
 }
 
+/// `[percentile, µs]` pairs of a histogram, as HdrHistogram's percentile iteration walks it
+/// (5 steps per halving of the distance to 100%), thinned to at most
+/// `limits::MAX_DISTRIBUTION_POINTS` (the last point, the max, is always kept).
+pub fn distribution(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return vec![];
+    }
+    let all: Vec<(f64, u64)> = h
+        .iter_quantiles(5)
+        .map(|v| {
+            let q = (v.quantile_iterated_to() * 1e9).round() / 1e9;
+            (q, h.highest_equivalent(v.value_iterated_to()))
+        })
+        .collect();
+    let max = crate::limits::MAX_DISTRIBUTION_POINTS;
+    let step = all.len().div_ceil(max).max(1);
+    let mut out: Vec<(f64, u64)> = all.iter().step_by(step).copied().collect();
+    if let Some(&last) = all.last()
+        && out.last() != Some(&last)
+    {
+        if out.len() >= max {
+            out.pop();
+        }
+        out.push(last);
+    }
+    out
+}
+
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -358,6 +407,14 @@ pub fn write(
     let path = dir.join("report.json");
     let json = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
     std::fs::write(&path, json + "\n")?;
+    let t0 = std::time::Instant::now();
+    let page = html::report(report);
+    std::fs::write(dir.join("report.html"), &page)?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    crate::logs::notice(
+        &format!("report.html: {} bytes, rendered and written in {ms:.3} ms", page.len()),
+        &[("report_html_bytes", page.len().into()), ("report_html_ms", ms.into())],
+    );
     Ok(path)
 }
 
@@ -626,6 +683,22 @@ mod tests {
         let last_data =
             text.lines().rfind(|l| !l.starts_with('#') && !l.trim().is_empty()).unwrap();
         assert!(last_data.contains("1.000000000000"), "{last_data}");
+    }
+
+    #[test]
+    fn a_distribution_is_bounded_and_ends_at_the_max() {
+        let mut h = histogram();
+        for v in 1..=1_000_000u64 {
+            h.record(v % 50_000 + 1).unwrap();
+        }
+        h.record(9_000_000).unwrap();
+        let d = distribution(&h);
+        assert!(d.len() <= crate::limits::MAX_DISTRIBUTION_POINTS, "{}", d.len());
+        assert!(d.len() > 20, "{}", d.len());
+        assert_eq!(d.last().map(|p| p.0), Some(1.0));
+        assert_eq!(d.last().map(|p| p.1), Some(h.highest_equivalent(9_000_000)));
+        assert!(d.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        assert!(distribution(&histogram()).is_empty());
     }
 
     #[test]

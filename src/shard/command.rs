@@ -78,6 +78,8 @@ pub(crate) struct ScanReply {
     /// Status only.
     pub by_state: BTreeMap<DeviceState, u32>,
     pub by_type: BTreeMap<String, u32>,
+    /// CountBy only: devices by the value of the label (`None` = without it).
+    pub by_label: BTreeMap<Option<String>, u32>,
     pub devices: Vec<DeviceInfo>,
     /// List only: matching devices whose id sorts after the page cursor.
     pub beyond: u32,
@@ -93,6 +95,9 @@ impl ScanReply {
         }
         for (k, v) in r.by_type {
             *self.by_type.entry(k).or_default() += v;
+        }
+        for (k, v) in r.by_label {
+            *self.by_label.entry(k).or_default() += v;
         }
         self.devices.extend(r.devices);
         self.beyond += r.beyond;
@@ -116,6 +121,8 @@ pub(crate) enum Action {
         limit: usize,
     },
     Fault(FaultSpec),
+    /// Counts the selected devices by the value of one label (the dashboard's fleet view).
+    CountBy(Arc<str>),
     /// Clears faults of one `FaultType` number, or every fault.
     ClearFaults(Option<i32>),
     /// true = pause, false = resume.

@@ -808,7 +808,7 @@ impl Shard {
         let Some(d) = self.table.get(key) else { return };
         let group = &fleet.groups[d.group as usize];
         let profile = &fleet.profiles[group.profile];
-        let needs_id = !matches!(scan.action, Action::Status { list: false });
+        let needs_id = !matches!(scan.action, Action::Status { list: false } | Action::CountBy(_));
         if needs_id {
             group.device_id(profile, d.index as u64, &mut id);
         }
@@ -880,6 +880,10 @@ impl Shard {
                     now,
                     vec![("device_type", profile.device_type.clone())],
                 );
+            }
+            Action::CountBy(label) => {
+                let value = group.labels.get(&**label).cloned();
+                *scan.acc.by_label.entry(value).or_default() += 1;
             }
             Action::Fault(spec) => {
                 self.ctl.states.inject(key, spec, now, self.table.len());

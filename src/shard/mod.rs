@@ -800,6 +800,14 @@ impl Shard {
             sim_now_ms: sim_now,
             latency: std::mem::replace(&mut self.interval_latency, stats::histogram()),
             lateness: (self.plan.clock == ClockMode::Realtime).then(|| self.stats.lateness.clone()),
+            sink_events: self
+                .sinks
+                .iter()
+                .flatten()
+                .filter_map(|s| s.net_shared())
+                .map(|n| n.events.borrow().values().sum::<u64>())
+                .sum(),
+            faults_active: self.ctl.states.faults_active(),
         };
         let _ = self.plan.progress.try_send(snap);
         self.publish_figures();

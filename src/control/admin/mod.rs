@@ -3,10 +3,12 @@
 //!
 //! - [`routes`]: the router, its middleware (body limit, deadline, bearer token) and errors;
 //! - [`api`]: readiness, the device listing and the mutating routes (through the plane);
+//! - [`dashboard`]: the live dashboard page (`/`), its aggregates, history ring and SSE;
 //! - [`metrics`]: the Prometheus registry and the collector that reads what shards publish;
 //! - [`server`]: accept loop and connections (file-descriptor back-off, whole-request deadline).
 
 pub mod api;
+pub mod dashboard;
 pub mod metrics;
 pub mod routes;
 pub mod server;
@@ -56,8 +58,9 @@ pub fn start(
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
     let metrics = metrics::Metrics::new(plane.clone(), run.clone(), audit);
-    let state = Arc::new(routes::AdminState { plane, metrics, run, token });
-    let router = routes::router(state);
+    let history = dashboard::History::default();
+    let state = Arc::new(routes::AdminState { plane, metrics, run, token, history });
+    let router = routes::router(state.clone());
     std::thread::Builder::new().name("admin".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
@@ -67,6 +70,7 @@ pub fn start(
             }
         };
         rt.block_on(async move {
+            tokio::spawn(dashboard::sample_loop(state));
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(l) => server::accept_loop(l, router, limits).await,
                 Err(e) => tracing::error!(error = %e, "admin: cannot use its listener"),

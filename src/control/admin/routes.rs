@@ -2,6 +2,7 @@
 //! every error as an [`ApiError`] (JSON `{"error": ...}` with its status).
 
 use super::api;
+use super::dashboard;
 use super::metrics::{self, Metrics};
 use super::server::Deadline;
 use crate::control::plane::ControlPlane;
@@ -25,6 +26,8 @@ pub struct AdminState {
     /// The bearer token the mutating routes require (`IOT_SIM_ADMIN_TOKEN`); `None` = open
     /// (only allowed on loopback).
     pub token: Option<String>,
+    /// The dashboard's ring of fleet figures (one point a second).
+    pub history: dashboard::History,
 }
 
 /// Every admin route.
@@ -37,6 +40,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/faults", post(api::inject_fault).delete(api::clear_faults))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/api/v1/overview", get(dashboard::overview))
+        .route("/api/v1/overview/labels", get(dashboard::labels))
+        .route("/api/v1/history", get(dashboard::history))
+        .route("/api/v1/profiles", get(dashboard::profiles))
+        .route("/api/v1/telemetry/stream", get(dashboard::telemetry_stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(metrics))
@@ -189,7 +198,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<serde_json::Value> {
 
 async fn not_found(req: Request) -> ApiError {
     ApiError::NotFound(format!(
-        "no route {} {}; try /healthz, /readyz, /metrics, /api/v1/status, /api/v1/devices",
+        "no route {} {}; try / (the dashboard), /healthz, /readyz, /metrics, /api/v1/status, /api/v1/devices",
         req.method(),
         req.uri().path()
     ))
