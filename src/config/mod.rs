@@ -6,6 +6,7 @@
 //! relative to the fleet file's folder.
 
 mod behaviour;
+pub mod mqtt_sessions;
 pub mod sinks;
 pub mod walk;
 
@@ -819,6 +820,7 @@ pub fn compile_profile_with(
             "backpressure",
             "endpoint",
             "confirmable",
+            "connection",
             "report",
             "events",
             "availability",
@@ -865,6 +867,15 @@ fn compile_delivery(
     only(t, "retain", Protocol::Mqtt, p);
     only(t, "endpoint", Protocol::Http, p);
     only(t, "confirmable", Protocol::Coap, p);
+    only(t, "connection", Protocol::Mqtt, p);
+    match t.str("connection", p) {
+        None | Some("pooled") => {}
+        Some("per_device") => d.per_device = true,
+        Some(other) => p.add(
+            t.path_of("connection"),
+            format!("expected \"pooled\" or \"per_device\", got {other:?}"),
+        ),
+    }
     match t.int("qos", p) {
         Some(q @ 0..=2) => d.qos = Some(q as u8),
         Some(q) => p.add(t.path_of("qos"), format!("expected 0, 1 or 2, got {q}")),
