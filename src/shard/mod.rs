@@ -586,7 +586,7 @@ impl Shard {
             profile,
             profile_ix,
             (&self.topic, &self.payload),
-            device_hash,
+            (device_hash, &self.id, &group.labels),
             (intended_ns, phase),
             // After events, the sample's handling starts when the last event's ended.
             done_ns,
@@ -644,7 +644,7 @@ impl Shard {
                 profile,
                 profile_ix,
                 (&self.topic, &self.payload),
-                device_hash,
+                (device_hash, &self.id, &group.labels),
                 (intended_ns, phase),
                 done_ns,
             );
@@ -795,7 +795,7 @@ fn submit(
     profile: &Profile,
     profile_ix: usize,
     (topic, payload): (&[u8], &[u8]),
-    device_hash: u64,
+    (device_hash, device_id, labels): (u64, &str, &std::collections::BTreeMap<String, String>),
     (intended_ns, phase): (Option<u64>, Option<usize>),
     fire_ns: u64,
 ) -> u64 {
@@ -805,6 +805,8 @@ fn submit(
             payload,
             profile: profile_ix,
             device_hash,
+            device_id,
+            labels,
             intended_ns: intended_ns.unwrap_or(fire_ns),
             phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
         }),

@@ -98,6 +98,10 @@ pub enum ConnEvent {
     Disconnected { conn: usize, url: String, error: String },
     /// A connection attempt failed (reported once per outage, not per retry).
     ConnectFailed { conn: usize, url: String, error: String },
+    /// A per-device MQTT session connected, or was lost or refused (`detail` says why).
+    Session { device_id: String, connected: bool, detail: String },
+    /// A per-device MQTT session received a command (downlink PUBLISH); `id` from its JSON.
+    Command { device_id: String, topic: String, id: String },
 }
 
 /// At most this many connection events wait for the shard to forward them.
@@ -125,6 +129,8 @@ pub struct NetShared {
     policies: Vec<Backpressure>,
     name: &'static str,
     shard: usize,
+    /// Messages queued or in flight outside `conns` (per-device MQTT sessions).
+    extra: Cell<usize>,
 }
 
 impl NetShared {
@@ -150,6 +156,7 @@ impl NetShared {
             policies: fleet.profiles.iter().map(|p| p.delivery.backpressure).collect(),
             name,
             shard,
+            extra: Cell::new(0),
         })
     }
 
@@ -280,7 +287,23 @@ impl NetShared {
 
     /// Messages queued or in flight on every connection.
     pub fn outstanding(&self) -> usize {
-        self.conns.iter().map(|c| c.len() + c.inflight.get()).sum()
+        self.conns.iter().map(|c| c.len() + c.inflight.get()).sum::<usize>() + self.extra.get()
+    }
+
+    /// A message entered a queue outside `conns` (per-device sessions).
+    pub fn extra_sent(&self) {
+        self.extra.set(self.extra.get() + 1);
+    }
+
+    /// A message counted by [`NetShared::extra_sent`] completed, failed or was dropped.
+    pub fn extra_settled(&self) {
+        self.extra.set(self.extra.get().saturating_sub(1));
+    }
+
+    /// Records a message evicted from a full queue (backpressure).
+    pub fn dropped(&self, m: &Queued) {
+        self.stats.borrow_mut()[m.profile as usize].dropped += 1;
+        self.in_phase(m, |s| s.dropped += 1);
     }
 
     /// Called by a task when a message is handed to the protocol client.

@@ -17,6 +17,7 @@
 //! [`session`] is the sans-IO MQTT session (protocol state without sockets) that per-device
 //! sessions are driven by.
 
+pub mod devices;
 pub mod session;
 
 use super::net::{ConnEvent, NetShared, Queued};
