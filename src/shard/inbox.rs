@@ -216,7 +216,8 @@ impl Shard {
             }
             ConnEvent::Command { device_id, topic, id } => {
                 let m = format!("{sink} command {id:?} received by {device_id} on {topic}");
-                let meta = vec![("cause", "command".to_string()), ("topic", topic), ("command_id", id)];
+                let meta =
+                    vec![("cause", "command".to_string()), ("topic", topic), ("command_id", id)];
                 (device_id, EventKind::Warning, m, meta)
             }
             _ => return,

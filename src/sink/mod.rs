@@ -107,9 +107,18 @@ impl Sink {
                 } else {
                     None
                 };
+                // The pool serves the MQTT profiles that are not per-device; none, no pool.
+                let pooled = fleet
+                    .profiles
+                    .iter()
+                    .any(|p| p.protocol == Protocol::Mqtt && !p.delivery.per_device);
                 let fleet = fleet.clone();
-                let mut sink =
-                    Sink::net(protocol, shared, Box::new(move |sh| mqtt::start(&s, &fleet, sh)));
+                let start: Starter = if pooled || devices.is_none() {
+                    Box::new(move |sh| mqtt::start(&s, &fleet, sh))
+                } else {
+                    Box::new(|_| Ok(()))
+                };
+                let mut sink = Sink::net(protocol, shared, start);
                 if let Sink::Net(n) = &mut sink {
                     n.devices = devices;
                 }

@@ -129,12 +129,7 @@ impl Devices {
     }
 
     /// Queues a device's message, starting the device's session on its first one.
-    pub fn submit(
-        self: &Rc<Self>,
-        m: Queued,
-        device_id: &str,
-        labels: &BTreeMap<String, String>,
-    ) {
+    pub fn submit(self: &Rc<Self>, m: Queued, device_id: &str, labels: &BTreeMap<String, String>) {
         let dev = self.device(m.device_hash, m.profile as usize, device_id, labels);
         let policy = self
             .fleet
@@ -285,7 +280,9 @@ impl Devices {
             match tokio::time::timeout(timeout, sock.connect(addr)).await {
                 Ok(Ok(s)) => return Ok(s),
                 Ok(Err(e)) => last = e,
-                Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"),
+                Err(_) => {
+                    last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
+                }
             }
         }
         Err(last)
@@ -326,10 +323,15 @@ fn refused_event(reason: &str) -> &'static str {
 }
 
 /// One device's task: connect (paced, with backoff), drive the session, reconnect.
-async fn run(ctx: Rc<Devices>, dev: Rc<Device>, params: ConnectParams, topics: Topics, phase_ms: u32) {
+async fn run(
+    ctx: Rc<Devices>,
+    dev: Rc<Device>,
+    params: ConnectParams,
+    topics: Topics,
+    phase_ms: u32,
+) {
     let s = &ctx.settings;
-    let mut session: Session<Token> =
-        Session::new(ctx.version, s.keep_alive_ms as u32, s.inflight);
+    let mut session: Session<Token> = Session::new(ctx.version, s.keep_alive_ms as u32, s.inflight);
     session.set_connect_timeout_ms(s.connect_timeout_ms as u32);
     session.set_ping_phase_ms(phase_ms);
     let mut attempt = 0u32;
@@ -352,10 +354,14 @@ async fn run(ctx: Rc<Devices>, dev: Rc<Device>, params: ConnectParams, topics: T
         let end = match ctx.open().await {
             Err(e) => End::Lost(format!("connect: {e}")),
             Ok(tcp) => match &ctx.tls {
-                None => drive(&ctx, &dev, &mut session, &params, &topics, tcp, &mut ever_connected).await,
+                None => {
+                    drive(&ctx, &dev, &mut session, &params, &topics, tcp, &mut ever_connected)
+                        .await
+                }
                 Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
                     Ok(tls) => {
-                        drive(&ctx, &dev, &mut session, &params, &topics, tls, &mut ever_connected).await
+                        drive(&ctx, &dev, &mut session, &params, &topics, tls, &mut ever_connected)
+                            .await
                     }
                     Err(e) => End::Lost(format!("tls: {e}")),
                 },
@@ -488,7 +494,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         });
                         let qos = ctx.settings.subscribe_qos.min(1);
                         if session
-                            .publish(r, body.to_string().into(), qos, false, Token::Response, mono_ns())
+                            .publish(
+                                r,
+                                body.to_string().into(),
+                                qos,
+                                false,
+                                Token::Response,
+                                mono_ns(),
+                            )
                             .is_ok()
                         {
                             ctx.shared.event("command_responded");
