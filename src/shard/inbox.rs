@@ -387,8 +387,10 @@ impl Shard {
             if let Some(n) = s.net_shared() {
                 sinks.push(SinkFigures {
                     sink: s.name(),
-                    connected: n.conns.iter().filter(|c| c.connected.get()).count() as u64,
-                    connections: n.conns.len() as u64,
+                    // Per-device MQTT sessions count as connections of the sink too.
+                    connected: n.conns.iter().filter(|c| c.connected.get()).count() as u64
+                        + s.sessions_connected().0,
+                    connections: n.conns.len() as u64 + s.sessions_connected().1,
                     queue_depth: n.conns.iter().map(|c| c.len() as u64).sum(),
                 });
                 for (k, v) in n.events.borrow().iter() {
@@ -843,6 +845,9 @@ impl Shard {
             }
             Action::Fault(spec) => {
                 self.ctl.states.inject(key, spec, now, self.table.len());
+                if matches!(spec.kind, crate::sim::fault::FaultKind::Disconnect) {
+                    self.drop_session(profile, &id, spec.disconnect);
+                }
                 let duration = if spec.duration_ms == 0 {
                     "until cleared".to_string()
                 } else {
@@ -865,6 +870,9 @@ impl Shard {
                 let cleared = self.ctl.states.clear(key, *kind);
                 if cleared.is_empty() {
                     scan.acc.affected -= 1;
+                }
+                if cleared.iter().any(|k| matches!(k, crate::sim::fault::FaultKind::Disconnect)) {
+                    self.release_session(profile, &id);
                 }
                 for k in cleared {
                     self.ctl.emit(

@@ -521,6 +521,9 @@ impl Shard {
             &mut self.samples,
         );
         for kind in expired {
+            if matches!(kind, crate::sim::fault::FaultKind::Disconnect) {
+                self.release_session(profile, &self.id);
+            }
             self.ctl.emit(
                 &self.id,
                 &group.labels,
@@ -533,7 +536,17 @@ impl Shard {
                 ],
             );
         }
-        if !fx.publish {
+        // DISCONNECT stops a device's publishing, except for a per-device MQTT session: its
+        // connection is really down, so what it produces meanwhile queues in the session
+        // (bounded, drop-oldest) and goes out after the reconnect.
+        let per_device = !fx.publish
+            && self.sinks[profile.protocol.index()]
+                .as_ref()
+                .is_some_and(|s| s.per_device(profile_ix));
+        if per_device {
+            self.ctl.states.unsuppress();
+        }
+        if !fx.publish && !per_device {
             self.wheel.insert(key, due + self.table.get(key).map_or(1, |d| d.interval_ms as u64));
             return mono_ns();
         }
@@ -775,6 +788,34 @@ impl Shard {
         let _ = self.plan.progress.try_send(snap);
         self.publish_figures();
         self.log_sink_pressure();
+    }
+}
+
+impl Shard {
+    /// DISCONNECT on device `id`: drops its per-device MQTT session (if it has one). Abrupt and
+    /// graceful keep it down until [`Shard::release_session`]; a storm lets it back at once.
+    pub(crate) fn drop_session(
+        &self,
+        profile: &Profile,
+        id: &str,
+        mode: crate::sim::fault::DisconnectMode,
+    ) {
+        use crate::sim::fault::DisconnectMode as M;
+        use crate::sink::mqtt::devices::Drop;
+        let Some(sink) = &self.sinks[profile.protocol.index()] else { return };
+        let (how, hold) = match mode {
+            M::Abrupt => (Drop::Abrupt, true),
+            M::Graceful => (Drop::Graceful, true),
+            M::Storm => (Drop::Abrupt, false),
+        };
+        sink.drop_sessions(&[device_hash(profile, id)], how, hold);
+    }
+
+    /// DISCONNECT ended or was cleared: device `id`'s session may reconnect.
+    pub(crate) fn release_session(&self, profile: &Profile, id: &str) {
+        if let Some(sink) = &self.sinks[profile.protocol.index()] {
+            sink.release_sessions(&[device_hash(profile, id)]);
+        }
     }
 }
 

@@ -195,11 +195,11 @@ impl Sink {
         }
     }
 
-    /// Per-device MQTT sessions connected now (0 for other sinks).
-    pub fn sessions_connected(&self) -> u64 {
+    /// Per-device MQTT sessions: (connected now, started) (0s for other sinks).
+    pub fn sessions_connected(&self) -> (u64, u64) {
         match self {
-            Sink::Net(NetSink { devices: Some(d), .. }) => d.connected_now(),
-            _ => 0,
+            Sink::Net(NetSink { devices: Some(d), .. }) => (d.connected_now(), d.started()),
+            _ => (0, 0),
         }
     }
 

@@ -128,6 +128,11 @@ impl Devices {
         self.connected.get()
     }
 
+    /// Sessions started (devices that handed over a message).
+    pub fn started(&self) -> u64 {
+        self.by_hash.borrow().len() as u64
+    }
+
     /// Queues a device's message, starting the device's session on its first one.
     pub fn submit(self: &Rc<Self>, m: Queued, device_id: &str, labels: &BTreeMap<String, String>) {
         let dev = self.device(m.device_hash, m.profile as usize, device_id, labels);

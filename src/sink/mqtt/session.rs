@@ -197,7 +197,8 @@ impl<T> Session<T> {
         self.state == State::Connected
     }
 
-    pub fn is_connecting(&self) -> bool {
+    #[cfg(test)]
+    fn is_connecting(&self) -> bool {
         matches!(self.state, State::Connecting { .. })
     }
 
