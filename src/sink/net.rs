@@ -131,6 +131,11 @@ pub struct NetShared {
     shard: usize,
     /// Messages queued or in flight outside `conns` (per-device MQTT sessions).
     extra: Cell<usize>,
+    /// Per-device sessions with an open connection; `drain` gives them a moment to close
+    /// cleanly (DISCONNECT, so the broker does not publish their wills at shutdown).
+    pub open_sessions: Cell<usize>,
+    /// Notified (all waiters) when `closing` is set.
+    pub close: Notify,
 }
 
 impl NetShared {
@@ -157,6 +162,8 @@ impl NetShared {
             name,
             shard,
             extra: Cell::new(0),
+            open_sessions: Cell::new(0),
+            close: Notify::new(),
         })
     }
 
@@ -327,11 +334,19 @@ impl NetShared {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         self.closing.set(true);
+        self.close.notify_waiters();
         for c in &self.conns {
             while let Some(m) = c.pop() {
                 self.fail(&m, "shutdown");
             }
             c.wake.notify_one();
+        }
+        // Per-device sessions close and count what they still hold (`shutdown`).
+        for _ in 0..200 {
+            if self.open_sessions.get() == 0 && self.extra.get() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         if self.outstanding() > 0 {
             tracing::warn!(

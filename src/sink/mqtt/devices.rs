@@ -351,6 +351,7 @@ async fn run(
             tokio::select! {
                 _ = dev.wake.notified() => {}
                 _ = ctx.shared.abandon.notified() => {}
+                _ = ctx.shared.close.notified() => {}
             }
             continue;
         }
@@ -395,7 +396,12 @@ async fn run(
                 tracing::debug!(sink = "mqtt", device = %topics.device_id, %error, "session lost");
             }
         }
-        ctx.shared.backoff_sleep(attempt).await;
+        if !ctx.shared.closing.get() {
+            tokio::select! {
+                _ = ctx.shared.backoff_sleep(attempt) => {}
+                _ = ctx.shared.close.notified() => {}
+            }
+        }
         attempt = attempt.saturating_add(1);
     }
 }
@@ -424,6 +430,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     ever_connected: &mut bool,
 ) -> End {
     session.connect(params, mono_ns());
+    ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
     let mut buf = [0u8; 512];
     let mut up = false;
     let end = loop {
@@ -525,7 +532,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some(e) = end {
             break e;
         }
-        if ctx.shared.closing.get() && dev.queue.borrow().is_empty() && session.inflight() == 0 {
+        if ctx.shared.closing.get() {
+            // `drain` waited for what was queued and in flight; what is left is counted.
             session.disconnect();
             let _ = stream.write_all(&session.take_output()).await;
             let _ = stream.shutdown().await;
@@ -559,8 +567,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 session.handle_timeout(mono_ns());
             }
             _ = ctx.shared.abandon.notified() => {}
+            _ = ctx.shared.close.notified() => {}
         }
     };
+    ctx.shared.open_sessions.set(ctx.shared.open_sessions.get().saturating_sub(1));
     if up {
         ctx.connected.set(ctx.connected.get().saturating_sub(1));
         if !matches!(end, End::Closing) {

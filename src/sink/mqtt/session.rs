@@ -203,7 +203,8 @@ impl<T> Session<T> {
     }
 
     /// Unacknowledged QoS 1/2 messages.
-    pub fn inflight(&self) -> usize {
+    #[cfg(test)]
+    fn inflight(&self) -> usize {
         self.inflight as usize
     }
 
