@@ -81,8 +81,10 @@ stddev = 1
     let report_dir = dir.path().join("report");
     let mut rt = Runtime::with_config("run", &cfg, Some(&report_dir), &[]);
     let ids = ["probe-0000", "probe-0001", "probe-0002"];
-    wait_until(30, "every session connected", || ids.iter().all(|id| connections(&broker, id) == 1))
-        .await;
+    wait_until(30, "every session connected", || {
+        ids.iter().all(|id| connections(&broker, id) == 1)
+    })
+    .await;
     let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
     c.inject_fault(disconnect(&ids[..1], "abrupt", 2)).await.unwrap();
     c.inject_fault(disconnect(&ids[1..2], "graceful", 2)).await.unwrap();

@@ -284,3 +284,30 @@ fn bad_per_device_settings_are_config_errors_with_paths() {
         "{e}"
     );
 }
+
+#[test]
+fn each_device_opens_its_own_tls_session_with_a_client_certificate() {
+    let dir = readable_dir();
+    let d = dir.path();
+    common::tls::make_certs(d);
+    let port = free_port();
+    let conf = format!(
+        "allow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true",
+        d.display()
+    );
+    let broker = Broker::with_conf(port, d, &conf);
+    let root = unique("tls");
+    let tls = format!(
+        "ca_file = \"{0}/ca.pem\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"",
+        d.display()
+    );
+    let toml = fleet(port, &root, "", 4, "200ms", "2s")
+        .replace("mqtt://127.0.0.1", "mqtts://127.0.0.1")
+        .replace("qos = 1\n", &format!("qos = 1\n{tls}\n"));
+    let r = run_ok(d, &toml, &["--cores", "1"]);
+    assert_eq!(r["runs"][0]["messages"], 40, "{r}");
+    let ids: BTreeSet<String> =
+        connected_clients(&broker.log()).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 4, "one TLS connection per device: {ids:?}");
+    assert_eq!(r["sink_events"]["mqtt.session_connected"], 4, "{r}");
+}

@@ -369,7 +369,9 @@ pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, S
                     }
                 }
                 Some(_) => {
-                    return bad("parameters.mode: must be a string (abrupt, graceful, storm)".into());
+                    return bad(
+                        "parameters.mode: must be a string (abrupt, graceful, storm)".into()
+                    );
                 }
             };
             FaultKind::Disconnect
