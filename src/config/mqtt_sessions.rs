@@ -11,12 +11,7 @@ use super::walk::{Problems, Table};
 use crate::sim::profile::TopicTemplate;
 use std::net::IpAddr;
 
-/// Longest `source_addresses` list.
-pub const MAX_SOURCE_ADDRESSES: usize = 256;
-/// Largest per-device queue of unsent messages.
-pub const MAX_DEVICE_QUEUE: usize = 100_000;
-/// Highest `connect_rate` (connections per second per runtime).
-pub const MAX_CONNECT_RATE: u64 = 1_000_000;
+use crate::limits::{MAX_CONNECT_RATE, MAX_DEVICE_QUEUE, MAX_SOURCE_ADDRESSES};
 
 /// Where a device's password comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]

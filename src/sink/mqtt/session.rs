@@ -125,8 +125,9 @@ struct Flight<T> {
     token: T,
 }
 
-/// At most this many bytes of an incoming packet are accepted (a downlink command is small).
-pub const INCOMING_PACKET_MAX: usize = 1 << 20;
+/// At most this many bytes of an incoming packet are accepted (a downlink command is small);
+/// a larger one closes the session as a protocol error.
+const INCOMING_PACKET_MAX: usize = crate::limits::MAX_INCOMING_MQTT_PACKET;
 
 /// One MQTT client session. `T` is what the sink attaches to each message (handed back in
 /// [`Outcome::Delivered`]).
