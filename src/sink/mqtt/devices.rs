@@ -20,7 +20,7 @@ use super::session::{ConnectParams, Outcome, Session, Version, Will};
 use crate::config::MqttSettings;
 use crate::config::mqtt_sessions::{Password, PerDeviceSettings};
 use crate::measure::clock::mono_ns;
-use crate::sim::profile::{Backpressure, Fleet};
+use crate::sim::profile::Fleet;
 use crate::sink::net::{ConnEvent, NetShared, Queued};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -136,21 +136,15 @@ impl Devices {
     /// Queues a device's message, starting the device's session on its first one.
     pub fn submit(self: &Rc<Self>, m: Queued, device_id: &str, labels: &BTreeMap<String, String>) {
         let dev = self.device(m.device_hash, m.profile as usize, device_id, labels);
-        let policy = self
-            .fleet
-            .profiles
-            .get(m.profile as usize)
-            .map_or(Backpressure::DropOldest, |p| p.delivery.backpressure);
         {
             let mut q = dev.queue.borrow_mut();
-            // Per-device queues drop the oldest under both policies: slowing one device down
-            // does not relieve a connection it has alone (documented in the README).
-            let _ = policy;
-            if q.len() >= self.settings.queue_size {
-                if let Some(old) = q.pop_front() {
-                    self.shared.dropped(&old);
-                    self.shared.extra_settled();
-                }
+            // Per-device queues drop the oldest under both backpressure policies: slowing one
+            // device down does not relieve a connection it has alone (documented in the README).
+            if q.len() >= self.settings.queue_size
+                && let Some(old) = q.pop_front()
+            {
+                self.shared.dropped(&old);
+                self.shared.extra_settled();
             }
             q.push_back(m);
         }

@@ -504,9 +504,9 @@ impl<T> Session<T> {
             (_, In::Publish { qos, pkid, topic, payload }) => {
                 match qos {
                     0 => {}
-                    1 => self.write_ack(AckKind::PubAck, pkid),
+                    1 => self.write_ack(AckKind::Ack, pkid),
                     _ => {
-                        self.write_ack(AckKind::PubRec, pkid);
+                        self.write_ack(AckKind::Rec, pkid);
                         if self.incoming_qos2.contains(&pkid) {
                             // A resent QoS 2 command already reported: exactly once.
                             self.last_write_ns = now_ns;
@@ -525,7 +525,7 @@ impl<T> Session<T> {
             }
             (_, In::PubRel { pkid }) => {
                 self.incoming_qos2.retain(|p| *p != pkid);
-                self.write_ack(AckKind::PubComp, pkid);
+                self.write_ack(AckKind::Comp, pkid);
                 self.last_write_ns = now_ns;
             }
             (_, In::SubAck { pkid, granted_qos }) => {
@@ -634,22 +634,18 @@ impl<T> Session<T> {
 
     fn write_ack(&mut self, kind: AckKind, pkid: u16) {
         match (self.version, kind) {
-            (Version::V311, AckKind::PubAck) => {
-                self.write4(v4::Packet::PubAck(v4::PubAck::new(pkid)))
-            }
-            (Version::V311, AckKind::PubRec) => {
-                self.write4(v4::Packet::PubRec(v4::PubRec::new(pkid)))
-            }
-            (Version::V311, AckKind::PubComp) => {
+            (Version::V311, AckKind::Ack) => self.write4(v4::Packet::PubAck(v4::PubAck::new(pkid))),
+            (Version::V311, AckKind::Rec) => self.write4(v4::Packet::PubRec(v4::PubRec::new(pkid))),
+            (Version::V311, AckKind::Comp) => {
                 self.write4(v4::Packet::PubComp(v4::PubComp::new(pkid)))
             }
-            (Version::V5, AckKind::PubAck) => {
+            (Version::V5, AckKind::Ack) => {
                 self.write5(v5::Packet::PubAck(v5::PubAck::new(pkid, None)))
             }
-            (Version::V5, AckKind::PubRec) => {
+            (Version::V5, AckKind::Rec) => {
                 self.write5(v5::Packet::PubRec(v5::PubRec::new(pkid, None)))
             }
-            (Version::V5, AckKind::PubComp) => {
+            (Version::V5, AckKind::Comp) => {
                 self.write5(v5::Packet::PubComp(v5::PubComp::new(pkid, None)))
             }
         }
@@ -666,11 +662,12 @@ impl<T> Session<T> {
     }
 }
 
+/// Which acknowledgement of an incoming PUBLISH to write.
 #[derive(Clone, Copy)]
 enum AckKind {
-    PubAck,
-    PubRec,
-    PubComp,
+    Ack,
+    Rec,
+    Comp,
 }
 
 /// An incoming packet, the same for both versions.
