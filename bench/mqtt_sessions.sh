@@ -23,7 +23,7 @@ SECS=${BENCH_SECONDS:-20}
 CORES=${BENCH_CORES:-2}
 OUT=target/bench/mqtt_sessions
 mkdir -p "$OUT"
-cargo build --release --quiet --bin iot-sim
+[[ -n ${BENCH_NO_BUILD:-} ]] || cargo build --release --quiet --bin iot-sim
 BIN=target/release/iot-sim
 ulimit -n "$(ulimit -Hn)"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -105,7 +105,7 @@ run_case() { # $1 = case; prints a JSON object on stdout
   fleet "$c"
   rm -rf "$OUT/$c-report"
   t0=$(date +%s.%N)
-  "$BIN" run --config "$OUT/$c.toml" --cores "$CORES" --quiet --report-dir "$OUT/$c-report" 2> "$OUT/$c.log" &
+  "$BIN" run --config "$OUT/$c.toml" --cores "$CORES" --quiet --report-dir "$OUT/$c-report" > "$OUT/$c.out" 2> "$OUT/$c.log" &
   RUN=$!
   if [[ $c == sessions || $c == storm ]]; then
     while (( $(established) < N )); do
