@@ -2,7 +2,7 @@
 # Per-device MQTT sessions (issue 11). Prints one JSON object (also written to
 # target/bench/mqtt_sessions/result.json).
 #
-#   BENCH_SESSIONS=19000  BENCH_SECONDS=20  BENCH_CORES=2
+#   BENCH_SESSIONS=19000  BENCH_SECONDS=40  BENCH_CORES=2
 #
 # Against a private mosquitto (free port, max_connections -1, set_tcp_nodelay true; never the
 # shared one on 1883), BENCH_SESSIONS devices each publishing every second at QoS 1:
@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${BENCH_SESSIONS:-19000}
-SECS=${BENCH_SECONDS:-20}
+SECS=${BENCH_SECONDS:-40}
 CORES=${BENCH_CORES:-2}
 OUT=target/bench/mqtt_sessions
 mkdir -p "$OUT"
@@ -97,7 +97,7 @@ EOF
 }
 
 established() { ss -Htn state established "( dport = :$PORT )" | wc -l; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TCK=$(getconf CLK_TCK)
 
 run_case() { # $1 = case; prints a JSON object on stdout
@@ -113,7 +113,8 @@ run_case() { # $1 = case; prints a JSON object on stdout
       sleep 0.1
     done
     now=$(date +%s.%N)
-    connect_s=$(python3 -c "print(round($now - $t0, 2))")
+    # null when the run ended before every session was up at the same time.
+    (( $(established) >= N )) && connect_s=$(python3 -c "print(round($now - $t0, 2))")
     sources=$(ss -Htn state established "( dport = :$PORT )" | awk '{split($3,a,":"); print a[1]}' | sort | uniq -c \
       | python3 -c 'import sys,json; print(json.dumps({l.split()[1]: int(l.split()[0]) for l in sys.stdin}))')
   else
@@ -131,7 +132,7 @@ run_case() { # $1 = case; prints a JSON object on stdout
       sleep 0.1
     done
     now=$(date +%s.%N)
-    storm_s=$(python3 -c "print(round($now - $down, 2))")
+    (( $(established) >= N )) && storm_s=$(python3 -c "print(round($now - $down, 2))")
     cpu1=0; cpu2=0
   else
     # Steady window: 2 s after everything connected, 5 s long.
@@ -158,7 +159,7 @@ out = {
     "latency_us": {k: row["latency_us"].get(k) for k in ("p50", "p99", "p999", "max")},
     "sink_events": ev,
 }
-if cpu2 > cpu1:
+if cpu2 > cpu1 > 0:
     # Each device publishes once a second: n messages per second in the window.
     out["steady_cpu_us_per_msg"] = round(steady_cpu_s * 1e6 / (5 * n), 2)
 if connect_s != "null":
