@@ -342,7 +342,7 @@ impl NetShared {
             c.wake.notify_one();
         }
         // Per-device sessions close and count what they still hold (`shutdown`).
-        for _ in 0..200 {
+        for _ in 0..1000 {
             if self.open_sessions.get() == 0 && self.extra.get() == 0 {
                 break;
             }

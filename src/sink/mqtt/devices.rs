@@ -349,9 +349,21 @@ async fn run(
             }
             continue;
         }
-        ctx.connect_slot().await;
-        ctx.shared.event("session_connect_attempt");
-        let end = match ctx.open().await {
+        // Waiting for a connect slot or a TCP connect gives way to shutdown at once, so the
+        // task gets to count what its device still holds.
+        let open = async {
+            ctx.connect_slot().await;
+            ctx.shared.event("session_connect_attempt");
+            ctx.open().await
+        };
+        let opened = tokio::select! {
+            r = open => r,
+            _ = ctx.shared.close.notified() => {
+                finish(&ctx, &dev, &mut session);
+                return;
+            }
+        };
+        let end = match opened {
             Err(e) => End::Lost(format!("connect: {e}")),
             Ok(tcp) => match &ctx.tls {
                 None => {
@@ -359,9 +371,19 @@ async fn run(
                         .await
                 }
                 Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
+                    // Boxed: the TLS stream is large, and a plain session should not carry
+                    // room for it in its task.
                     Ok(tls) => {
-                        drive(&ctx, &dev, &mut session, &params, &topics, tls, &mut ever_connected)
-                            .await
+                        Box::pin(drive(
+                            &ctx,
+                            &dev,
+                            &mut session,
+                            &params,
+                            &topics,
+                            tls,
+                            &mut ever_connected,
+                        ))
+                        .await
                     }
                     Err(e) => End::Lost(format!("tls: {e}")),
                 },
