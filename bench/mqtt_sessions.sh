@@ -3,6 +3,8 @@
 # target/bench/mqtt_sessions/result.json).
 #
 #   BENCH_SESSIONS=19000  BENCH_SECONDS=40  BENCH_CORES=2
+#   BENCH_CASES="null pooled sessions storm"  (a subset reruns those cases; the summary reads the
+#   other cases' last results from target/bench/mqtt_sessions/)
 #
 # Against a private mosquitto (free port, max_connections -1, set_tcp_nodelay true; never the
 # shared one on 1883), BENCH_SESSIONS devices each publishing every second at QoS 1:
@@ -171,12 +173,9 @@ print(json.dumps(out))
 EOF
 }
 
-{
-  run_case null > "$OUT/null.json"
-  run_case pooled > "$OUT/pooled.json"
-  run_case sessions > "$OUT/sessions.json"
-  run_case storm > "$OUT/storm.json"
-}
+for c in ${BENCH_CASES:-null pooled sessions storm}; do
+  run_case "$c" > "$OUT/$c.json"
+done
 python3 - "$OUT" "$N" <<'EOF' | tee "$OUT/result.json"
 import json, sys
 out, n = sys.argv[1], int(sys.argv[2])
