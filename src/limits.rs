@@ -21,6 +21,15 @@ pub const MAX_FIELDS: usize = 256;
 /// Largest profile file a fleet file may name (`fleet[].profile = "x.toml"`), in bytes.
 pub const MAX_PROFILE_FILE_BYTES: u64 = 1 << 20;
 
+/// Most `[sink.mqtt.per_device] source_addresses`.
+pub const MAX_SOURCE_ADDRESSES: usize = 256;
+/// Largest `[sink.mqtt.per_device] queue_size` (unsent messages per device).
+pub const MAX_DEVICE_QUEUE: usize = 100_000;
+/// Highest `[sink.mqtt.per_device] connect_rate` (connections per second per runtime).
+pub const MAX_CONNECT_RATE: u64 = 1_000_000;
+/// Largest MQTT packet a per-device session accepts from the broker (a command), in bytes.
+pub const MAX_INCOMING_MQTT_PACKET: usize = 1 << 20;
+
 /// Largest `StreamTelemetry.batch_size` (points per batch; 0 = the default, 100).
 pub const MAX_STREAM_BATCH: usize = 10_000;
 /// Longest `StreamTelemetry.flush_interval`, in seconds.

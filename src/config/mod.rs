@@ -8,6 +8,7 @@
 pub mod audit;
 mod behaviour;
 pub mod env;
+pub mod mqtt_sessions;
 pub mod sinks;
 pub mod walk;
 
@@ -896,6 +897,7 @@ pub fn compile_profile_with(
             "backpressure",
             "endpoint",
             "confirmable",
+            "connection",
             "report",
             "events",
             "availability",
@@ -942,6 +944,15 @@ fn compile_delivery(
     only(t, "retain", Protocol::Mqtt, p);
     only(t, "endpoint", Protocol::Http, p);
     only(t, "confirmable", Protocol::Coap, p);
+    only(t, "connection", Protocol::Mqtt, p);
+    match t.str("connection", p) {
+        None | Some("pooled") => {}
+        Some("per_device") => d.per_device = true,
+        Some(other) => p.add(
+            t.path_of("connection"),
+            format!("expected \"pooled\" or \"per_device\", got {other:?}"),
+        ),
+    }
     match t.int("qos", p) {
         Some(q @ 0..=2) => d.qos = Some(q as u8),
         Some(q) => p.add(t.path_of("qos"), format!("expected 0, 1 or 2, got {q}")),

@@ -58,6 +58,8 @@ pub struct MqttSettings {
     pub backoff: Backoff,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `[sink.mqtt.per_device]`: used by profiles with `connection = "per_device"`.
+    pub per_device: super::mqtt_sessions::PerDeviceSettings,
 }
 
 /// `[sink.amqp]`.
@@ -310,6 +312,7 @@ pub const MQTT_KEYS: &[&str] = &[
     "ca_file",
     "client_cert",
     "client_key",
+    "per_device",
 ];
 
 fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
@@ -335,6 +338,10 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
     let inflight = usize_in(&mut t, "inflight", 1, 65_535, 100, p) as u16;
     let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
     let backoff = backoff(&mut t, p);
+    let per_device = match t.table("per_device", p) {
+        Some(pd) => super::mqtt_sessions::compile(pd, p),
+        None => Default::default(),
+    };
     let tls_keys = [t.has("ca_file"), t.has("client_cert"), t.has("client_key")];
     let tls_files = TlsFiles {
         ca_file: existing_file(&mut t, "ca_file", p),
@@ -369,6 +376,7 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
         backoff,
         username: env("IOT_SIM_MQTT_USERNAME").or(parts.user),
         password: env("IOT_SIM_MQTT_PASSWORD"),
+        per_device,
     })
 }
 

@@ -361,10 +361,35 @@ pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, S
     use proto::FaultType as F;
     let p = &req.parameters;
     let bad = |m: String| Err(Status::invalid_argument(m));
+    let mut disconnect = Default::default();
     let kind = match F::try_from(req.fault_type) {
         Ok(F::Unspecified) => return bad("fault_type must be specified".into()),
         Err(_) => return bad(format!("unknown fault_type {}", req.fault_type)),
-        Ok(F::Disconnect) => FaultKind::Disconnect,
+        Ok(F::Disconnect) => {
+            disconnect = match p
+                .as_ref()
+                .and_then(|s| s.fields.get("mode"))
+                .and_then(|v| v.kind.as_ref())
+            {
+                None => Default::default(),
+                Some(prost_types::value::Kind::StringValue(m)) => {
+                    match crate::sim::fault::DisconnectMode::parse(m) {
+                        Some(mode) => mode,
+                        None => {
+                            return bad(format!(
+                                "parameters.mode: unknown mode {m:?}; accepted: abrupt, graceful, storm"
+                            ));
+                        }
+                    }
+                }
+                Some(_) => {
+                    return bad(
+                        "parameters.mode: must be a string (abrupt, graceful, storm)".into()
+                    );
+                }
+            };
+            FaultKind::Disconnect
+        }
         Ok(F::LatencySpike) => match number_param(p, "latency_ms")? {
             Some(ms) if (0.0..=3_600_000.0).contains(&ms) => {
                 FaultKind::LatencySpike { latency_ms: ms as u64 }
@@ -446,7 +471,7 @@ pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, S
         }
         Some(d) => duration_ms(d) as u64,
     };
-    Ok(FaultSpec { kind, duration_ms })
+    Ok(FaultSpec { kind, duration_ms, disconnect })
 }
 
 /// StreamTelemetry's batch size and flush interval, within their bounds.

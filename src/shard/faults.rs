@@ -233,6 +233,12 @@ impl DeviceStates {
         (fx, expired)
     }
 
+    /// Takes back the count of one message [`DeviceStates::effects`] called suppressed that
+    /// was published after all (a per-device MQTT session queues it instead).
+    pub fn unsuppress(&mut self) {
+        self.suppressed = self.suppressed.saturating_sub(1);
+    }
+
     /// Adds a fault to device `key` from sim time `now` on. A fault of a type the device
     /// already has replaces it (new parameters, duration counted from now): faults do not
     /// stack, so a device holds at most one fault per type. `devices` sizes the map for every
@@ -329,7 +335,7 @@ mod tests {
     use super::*;
 
     fn spec(kind: FaultKind, duration_ms: u64) -> FaultSpec {
-        FaultSpec { kind, duration_ms }
+        FaultSpec { kind, duration_ms, disconnect: Default::default() }
     }
 
     fn profile() -> Profile {

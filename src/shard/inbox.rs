@@ -197,6 +197,10 @@ impl Shard {
             for e in events {
                 use crate::sink::net::ConnEvent;
                 let (kind, conn, url, error) = match e {
+                    ConnEvent::Session { .. } | ConnEvent::Command { .. } => {
+                        self.forward_session_event(s.name(), e);
+                        continue;
+                    }
                     ConnEvent::Connected { conn, url } => (EventKind::Connected, conn, url, None),
                     ConnEvent::Disconnected { conn, url, error } => {
                         (EventKind::Disconnected, conn, url, Some(error))
@@ -229,6 +233,36 @@ impl Shard {
                 self.ctl.emit("", &BTreeMap::new(), kind, message, self.wheel.elapsed(), meta);
             }
         }
+    }
+
+    /// A per-device MQTT session's event, named by its device (`metadata`: `sink`, `shard`,
+    /// and `error` or the command's `topic` and `command_id`).
+    fn forward_session_event(&self, sink: &str, e: crate::sink::net::ConnEvent) {
+        use crate::sink::net::ConnEvent;
+        let shard = self.plan.index.to_string();
+        let (device_id, kind, message, mut meta) = match e {
+            ConnEvent::Session { device_id, connected: true, .. } => {
+                let m = format!("{sink} session of {device_id} connected");
+                (device_id, EventKind::Connected, m, vec![])
+            }
+            ConnEvent::Session { device_id, connected: false, detail } => {
+                let m = format!("{sink} session of {device_id} down: {detail}");
+                (device_id, EventKind::Disconnected, m, vec![("error", detail)])
+            }
+            ConnEvent::Command { device_id, topic, id } => {
+                let m = format!("{sink} command {id:?} received by {device_id} on {topic}");
+                let meta =
+                    vec![("cause", "command".to_string()), ("topic", topic), ("command_id", id)];
+                (device_id, EventKind::Warning, m, meta)
+            }
+            _ => return,
+        };
+        meta.push(("sink", sink.to_string()));
+        meta.push(("shard", shard));
+        if kind == EventKind::Warning {
+            tracing::info!(device = %device_id, "{message}");
+        }
+        self.ctl.emit(&device_id, &BTreeMap::new(), kind, message, self.wheel.elapsed(), meta);
     }
 
     pub fn drain_commands(&mut self) {
@@ -427,8 +461,10 @@ impl Shard {
             if let Some(n) = s.net_shared() {
                 sinks.push(SinkFigures {
                     sink: s.name(),
-                    connected: n.conns.iter().filter(|c| c.connected.get()).count() as u64,
-                    connections: n.conns.len() as u64,
+                    // Per-device MQTT sessions count as connections of the sink too.
+                    connected: n.conns.iter().filter(|c| c.connected.get()).count() as u64
+                        + s.sessions_connected().0,
+                    connections: n.conns.len() as u64 + s.sessions_connected().1,
                     queue_depth: n.conns.iter().map(|c| c.len() as u64).sum(),
                 });
                 for (k, v) in n.events.borrow().iter() {
@@ -887,6 +923,9 @@ impl Shard {
             }
             Action::Fault(spec) => {
                 self.ctl.states.inject(key, spec, now, self.table.len());
+                if matches!(spec.kind, crate::sim::fault::FaultKind::Disconnect) {
+                    self.drop_session(profile, &id, spec.disconnect);
+                }
                 let duration = if spec.duration_ms == 0 {
                     "until cleared".to_string()
                 } else {
@@ -909,6 +948,9 @@ impl Shard {
                 let cleared = self.ctl.states.clear(key, *kind);
                 if cleared.is_empty() {
                     scan.acc.affected -= 1;
+                }
+                if cleared.iter().any(|k| matches!(k, crate::sim::fault::FaultKind::Disconnect)) {
+                    self.release_session(profile, &id);
                 }
                 for k in cleared {
                     self.ctl.emit(

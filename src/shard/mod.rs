@@ -524,6 +524,9 @@ impl Shard {
             &mut self.samples,
         );
         for kind in expired {
+            if matches!(kind, crate::sim::fault::FaultKind::Disconnect) {
+                self.release_session(profile, &self.id);
+            }
             self.ctl.emit(
                 &self.id,
                 &group.labels,
@@ -536,14 +539,24 @@ impl Shard {
                 ],
             );
         }
+        // DISCONNECT stops a device's publishing, except for a per-device MQTT session: its
+        // connection is really down, so what it produces meanwhile queues in the session
+        // (bounded, drop-oldest) and goes out after the reconnect.
+        let per_device = !fx.publish
+            && self.sinks[profile.protocol.index()]
+                .as_ref()
+                .is_some_and(|s| s.per_device(profile_ix));
+        if per_device {
+            self.ctl.states.unsuppress();
+        }
         if let Some(tap) = &self.plan.excuses {
-            if !fx.publish {
+            if !fx.publish && !per_device {
                 tap.note(group_ix, index, tap::Excuse::Suppressed);
             } else if fx.corrupt_bytes.is_some() {
                 tap.note(group_ix, index, tap::Excuse::Corrupted);
             }
         }
-        if !fx.publish {
+        if !fx.publish && !per_device {
             let next = due + self.table.get(key).map_or(1, |d| d.interval_ms as u64);
             self.rearm_after_sample(key, profile_ix, next);
             return mono_ns();
@@ -597,7 +610,7 @@ impl Shard {
             profile,
             profile_ix,
             (&self.topic, &self.payload),
-            device_hash,
+            (device_hash, &self.id, &group.labels),
             (intended_ns, phase),
             // After events, the sample's handling starts when the last event's ended.
             done_ns,
@@ -673,7 +686,7 @@ impl Shard {
                 profile,
                 profile_ix,
                 (&self.topic, &self.payload),
-                device_hash,
+                (device_hash, &self.id, &group.labels),
                 (intended_ns, phase),
                 done_ns,
             );
@@ -815,6 +828,34 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// DISCONNECT on device `id`: drops its per-device MQTT session (if it has one). Abrupt and
+    /// graceful keep it down until [`Shard::release_session`]; a storm lets it back at once.
+    pub(crate) fn drop_session(
+        &self,
+        profile: &Profile,
+        id: &str,
+        mode: crate::sim::fault::DisconnectMode,
+    ) {
+        use crate::sim::fault::DisconnectMode as M;
+        use crate::sink::mqtt::devices::Drop;
+        let Some(sink) = &self.sinks[profile.protocol.index()] else { return };
+        let (how, hold) = match mode {
+            M::Abrupt => (Drop::Abrupt, true),
+            M::Graceful => (Drop::Graceful, true),
+            M::Storm => (Drop::Abrupt, false),
+        };
+        sink.drop_sessions(&[device_hash(profile, id)], how, hold);
+    }
+
+    /// DISCONNECT ended or was cleared: device `id`'s session may reconnect.
+    pub(crate) fn release_session(&self, profile: &Profile, id: &str) {
+        if let Some(sink) = &self.sinks[profile.protocol.index()] {
+            sink.release_sessions(&[device_hash(profile, id)]);
+        }
+    }
+}
+
 /// The hash network sinks pick a connection by (0 for the others, which do not use it).
 #[inline]
 fn device_hash(profile: &Profile, id: &str) -> u64 {
@@ -832,7 +873,7 @@ fn submit(
     profile: &Profile,
     profile_ix: usize,
     (topic, payload): (&[u8], &[u8]),
-    device_hash: u64,
+    (device_hash, device_id, labels): (u64, &str, &std::collections::BTreeMap<String, String>),
     (intended_ns, phase): (Option<u64>, Option<usize>),
     fire_ns: u64,
 ) -> u64 {
@@ -842,6 +883,8 @@ fn submit(
             payload,
             profile: profile_ix,
             device_hash,
+            device_id,
+            labels,
             intended_ns: intended_ns.unwrap_or(fire_ns),
             phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
         }),

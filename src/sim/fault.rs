@@ -101,6 +101,33 @@ pub struct FaultSpec {
     pub kind: FaultKind,
     /// Sim milliseconds; 0 = until cleared.
     pub duration_ms: u64,
+    /// DISCONNECT only: how a per-device MQTT session is dropped (`parameters.mode`).
+    pub disconnect: DisconnectMode,
+}
+
+/// How DISCONNECT drops a per-device MQTT session (pooled connections are not dropped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DisconnectMode {
+    /// Close the socket without DISCONNECT (the broker publishes the will); stay down until
+    /// the fault ends.
+    #[default]
+    Abrupt,
+    /// Send DISCONNECT, then close (no will); stay down until the fault ends.
+    Graceful,
+    /// The reconnect storm: close abruptly and reconnect at once (with backoff), every
+    /// selected session at the same moment.
+    Storm,
+}
+
+impl DisconnectMode {
+    pub fn parse(s: &str) -> Option<DisconnectMode> {
+        match s {
+            "abrupt" => Some(DisconnectMode::Abrupt),
+            "graceful" => Some(DisconnectMode::Graceful),
+            "storm" => Some(DisconnectMode::Storm),
+            _ => None,
+        }
+    }
 }
 
 /// One fault active on one device.

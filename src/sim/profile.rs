@@ -79,6 +79,9 @@ pub struct Delivery {
     pub endpoint: Option<String>,
     /// CoAP confirmable (CON) or not (NON).
     pub confirmable: Option<bool>,
+    /// MQTT: each device is its own client with its own connection (`connection =
+    /// "per_device"`), instead of sharing the shard's pool.
+    pub per_device: bool,
 }
 
 impl fmt::Display for Protocol {

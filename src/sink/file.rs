@@ -192,6 +192,8 @@ mod tests {
         assert!(e.to_string().contains("/dev/full is not a regular file"), "{e}");
     }
 
+    static EMPTY: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
     fn message(profile: usize) -> Message<'static> {
         Message {
             topic: b"t",
@@ -199,6 +201,8 @@ mod tests {
             profile,
             intended_ns: 0,
             device_hash: 0,
+            device_id: "d",
+            labels: &EMPTY,
             phase: crate::sink::net::NO_PHASE,
         }
     }

@@ -11,7 +11,7 @@ mod coap;
 mod console;
 mod file;
 mod http;
-mod mqtt;
+pub mod mqtt;
 pub mod net;
 pub mod preflight;
 
@@ -36,6 +36,9 @@ pub struct Message<'a> {
     pub profile: usize,
     /// fnv1a64 of the device id: picks the connection.
     pub device_hash: u64,
+    /// The device's id and labels (per-device MQTT sessions render their templates with them).
+    pub device_id: &'a str,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
     /// Monotonic time the message was meant to be sent (realtime) or handed over (virtual).
     pub intended_ns: u64,
     /// The scenario phase of the message's intended sim time (`net::NO_PHASE`: none).
@@ -60,6 +63,8 @@ pub struct NetSink {
     pub protocol: Protocol,
     pub shared: Rc<NetShared>,
     starter: Option<Starter>,
+    /// MQTT: the per-device sessions of profiles with `connection = "per_device"`.
+    devices: Option<Rc<mqtt::devices::Devices>>,
 }
 
 /// A shard's sink for one protocol.
@@ -94,8 +99,30 @@ impl Sink {
                 let s = settings.mqtt.clone().ok_or_else(|| missing("mqtt"))?;
                 let shared =
                     NetShared::new("mqtt", shard, fleet, s.pool_size, s.queue_size, s.backoff);
+                let devices = if fleet.profiles.iter().any(|p| p.delivery.per_device) {
+                    Some(
+                        mqtt::devices::Devices::new(&s, fleet, shards, shared.clone())
+                            .map_err(io::Error::other)?,
+                    )
+                } else {
+                    None
+                };
+                // The pool serves the MQTT profiles that are not per-device; none, no pool.
+                let pooled = fleet
+                    .profiles
+                    .iter()
+                    .any(|p| p.protocol == Protocol::Mqtt && !p.delivery.per_device);
                 let fleet = fleet.clone();
-                Sink::net(protocol, shared, Box::new(move |sh| mqtt::start(&s, &fleet, sh)))
+                let start: Starter = if pooled || devices.is_none() {
+                    Box::new(move |sh| mqtt::start(&s, &fleet, sh))
+                } else {
+                    Box::new(|_| Ok(()))
+                };
+                let mut sink = Sink::net(protocol, shared, start);
+                if let Sink::Net(n) = &mut sink {
+                    n.devices = devices;
+                }
+                sink
             }
             Protocol::Amqp => {
                 let s = settings.amqp.clone().ok_or_else(|| missing("amqp"))?;
@@ -122,7 +149,7 @@ impl Sink {
     }
 
     fn net(protocol: Protocol, shared: Rc<NetShared>, starter: Starter) -> Sink {
-        Sink::Net(NetSink { protocol, shared, starter: Some(starter) })
+        Sink::Net(NetSink { protocol, shared, starter: Some(starter), devices: None })
     }
 
     /// Starts a network sink's connection tasks (inside the shard's `LocalSet`).
@@ -142,7 +169,7 @@ impl Sink {
             Sink::File(f) => f.submit(msg),
             Sink::Null => Outcome::Completed,
             Sink::Net(n) => {
-                n.shared.enqueue(Queued {
+                let m = Queued {
                     topic: String::from_utf8_lossy(msg.topic).into_owned(),
                     payload: bytes::Bytes::copy_from_slice(msg.payload),
                     profile: msg.profile as u16,
@@ -150,7 +177,11 @@ impl Sink {
                     sent_ns: 0,
                     device_hash: msg.device_hash,
                     phase: msg.phase,
-                });
+                };
+                match &n.devices {
+                    Some(d) if d.handles(msg.profile) => d.submit(m, msg.device_id, msg.labels),
+                    _ => n.shared.enqueue(m),
+                }
                 Outcome::Pending
             }
         }
@@ -162,6 +193,34 @@ impl Sink {
             Sink::Net(n) => n.shared.interval_factor(profile, device_hash),
             _ => 1,
         }
+    }
+
+    /// Per-device MQTT sessions: (connected now, started) (0s for other sinks).
+    pub fn sessions_connected(&self) -> (u64, u64) {
+        match self {
+            Sink::Net(NetSink { devices: Some(d), .. }) => (d.connected_now(), d.started()),
+            _ => (0, 0),
+        }
+    }
+
+    /// Drops the per-device sessions of these devices (faults); see [`mqtt::devices::Drop`].
+    pub fn drop_sessions(&self, hashes: &[u64], how: mqtt::devices::Drop, hold: bool) -> usize {
+        match self {
+            Sink::Net(NetSink { devices: Some(d), .. }) => d.drop_sessions(hashes, how, hold),
+            _ => 0,
+        }
+    }
+
+    /// Lets sessions held down by a fault reconnect.
+    pub fn release_sessions(&self, hashes: &[u64]) {
+        if let Sink::Net(NetSink { devices: Some(d), .. }) = self {
+            d.release(hashes);
+        }
+    }
+
+    /// Whether this sink sends the profile's messages through per-device sessions.
+    pub fn per_device(&self, profile: usize) -> bool {
+        matches!(self, Sink::Net(NetSink { devices: Some(d), .. }) if d.handles(profile))
     }
 
     /// The network sink's shared state, if this is one.

@@ -98,6 +98,10 @@ pub enum ConnEvent {
     Disconnected { conn: usize, url: String, error: String },
     /// A connection attempt failed (reported once per outage, not per retry).
     ConnectFailed { conn: usize, url: String, error: String },
+    /// A per-device MQTT session connected, or was lost or refused (`detail` says why).
+    Session { device_id: String, connected: bool, detail: String },
+    /// A per-device MQTT session received a command (downlink PUBLISH); `id` from its JSON.
+    Command { device_id: String, topic: String, id: String },
 }
 
 /// At most this many connection events wait for the shard to forward them.
@@ -125,6 +129,13 @@ pub struct NetShared {
     policies: Vec<Backpressure>,
     name: &'static str,
     shard: usize,
+    /// Messages queued or in flight outside `conns` (per-device MQTT sessions).
+    extra: Cell<usize>,
+    /// Per-device sessions with an open connection; `drain` gives them a moment to close
+    /// cleanly (DISCONNECT, so the broker does not publish their wills at shutdown).
+    pub open_sessions: Cell<usize>,
+    /// Notified (all waiters) when `closing` is set.
+    pub close: Notify,
 }
 
 impl NetShared {
@@ -150,6 +161,9 @@ impl NetShared {
             policies: fleet.profiles.iter().map(|p| p.delivery.backpressure).collect(),
             name,
             shard,
+            extra: Cell::new(0),
+            open_sessions: Cell::new(0),
+            close: Notify::new(),
         })
     }
 
@@ -280,7 +294,23 @@ impl NetShared {
 
     /// Messages queued or in flight on every connection.
     pub fn outstanding(&self) -> usize {
-        self.conns.iter().map(|c| c.len() + c.inflight.get()).sum()
+        self.conns.iter().map(|c| c.len() + c.inflight.get()).sum::<usize>() + self.extra.get()
+    }
+
+    /// A message entered a queue outside `conns` (per-device sessions).
+    pub fn extra_sent(&self) {
+        self.extra.set(self.extra.get() + 1);
+    }
+
+    /// A message counted by [`NetShared::extra_sent`] completed, failed or was dropped.
+    pub fn extra_settled(&self) {
+        self.extra.set(self.extra.get().saturating_sub(1));
+    }
+
+    /// Records a message evicted from a full queue (backpressure).
+    pub fn dropped(&self, m: &Queued) {
+        self.stats.borrow_mut()[m.profile as usize].dropped += 1;
+        self.in_phase(m, |s| s.dropped += 1);
     }
 
     /// Called by a task when a message is handed to the protocol client.
@@ -304,11 +334,19 @@ impl NetShared {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         self.closing.set(true);
+        self.close.notify_waiters();
         for c in &self.conns {
             while let Some(m) = c.pop() {
                 self.fail(&m, "shutdown");
             }
             c.wake.notify_one();
+        }
+        // Per-device sessions close and count what they still hold (`shutdown`).
+        for _ in 0..1000 {
+            if self.open_sessions.get() == 0 && self.extra.get() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         if self.outstanding() > 0 {
             tracing::warn!(

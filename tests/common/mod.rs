@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod mqtt;
+pub mod tls;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -62,21 +62,64 @@ impl Subscriber {
 pub struct Broker {
     port: u16,
     child: Option<std::process::Child>,
+    /// With [`Broker::with_conf`]: its config file and the log it writes (every connection,
+    /// with client id and source address).
+    conf: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Broker {
     pub fn start(port: u16) -> Broker {
-        let mut b = Broker { port, child: None };
+        let mut b = Broker { port, child: None, conf: None };
         b.up();
         b
     }
+
+    /// A broker with a config file of its own in `dir` (`extra` appended: password file, ACL,
+    /// limits), listening on 127.0.0.1:`port` and logging everything to `dir/mosquitto.log`.
+    pub fn with_conf(port: u16, dir: &std::path::Path, extra: &str) -> Broker {
+        let conf = dir.join(format!("mosquitto-{port}.conf"));
+        let log = dir.join(format!("mosquitto-{port}.log"));
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nlog_dest stderr\nlog_type all\nconnection_messages true\n{extra}\n"
+            ),
+        )
+        .unwrap();
+        let mut b = Broker { port, child: None, conf: Some((conf, log)) };
+        b.up();
+        b
+    }
+
+    /// What the broker logged so far (empty without [`Broker::with_conf`]).
+    pub fn log(&self) -> String {
+        self.conf.as_ref().and_then(|(_, l)| std::fs::read_to_string(l).ok()).unwrap_or_default()
+    }
+
+    /// Waits (up to 20 s) until the log contains `needle` at least `n` times.
+    pub fn wait_log(&self, needle: &str, n: usize) -> bool {
+        for _ in 0..400 {
+            if self.log().matches(needle).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     pub fn up(&mut self) {
-        let child = std::process::Command::new("mosquitto")
-            .args(["-p", &self.port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (Debian package mosquitto)");
+        let mut cmd = std::process::Command::new("mosquitto");
+        cmd.stdout(std::process::Stdio::null());
+        match &self.conf {
+            Some((conf, log)) => {
+                let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+                cmd.arg("-c").arg(conf).stderr(f);
+            }
+            None => {
+                cmd.args(["-p", &self.port.to_string()]).stderr(std::process::Stdio::null());
+            }
+        }
+        let child = cmd.spawn().expect("mosquitto must be installed (Debian package mosquitto)");
         self.child = Some(child);
         assert!(super::wait_port(self.port), "mosquitto did not start on port {}", self.port);
     }

@@ -13,6 +13,12 @@
 //!   rumqttc) resends: it puts every handed-over, unacknowledged message back at the front of
 //!   the connection's queue in its original order, and the pump sends them again (at least
 //!   once delivery).
+//!
+//! [`session`] is the sans-IO MQTT session (protocol state without sockets) that per-device
+//! sessions are driven by.
+
+pub mod devices;
+pub mod session;
 
 use super::net::{ConnEvent, NetShared, Queued};
 use crate::config::MqttSettings;

@@ -1,0 +1,637 @@
+//! Per-device MQTT sessions (`connection = "per_device"`): every device of such a profile is its
+//! own MQTT client, with its own TCP (or TLS) connection, client id, credentials, keep-alive,
+//! last will and command subscription.
+//!
+//! One local task per device on the shard's `LocalSet`, created when the device hands over its
+//! first message. The task owns the socket and a [`Session`] (the sans-IO protocol state); each
+//! turn it moves what the device queued into the session (up to the in-flight window), writes
+//! every packet the turn produced in one write, then waits for bytes, a wake-up (new messages,
+//! a fault, shutdown) or the session's next timer. Per device this keeps a small queue, the
+//! session, the connect parameters and a 512-byte read buffer: no per-device thread, no big
+//! buffers (see `bench/mqtt_sessions.sh` for the measured memory per session).
+//!
+//! Connections are paced by `connect_rate` (per runtime, split evenly across shards); a refused
+//! or failed attempt is counted by reason and retried after the sink's jittered backoff. Counts
+//! go to the sink's event counters (report `sink_events`, Prometheus): `session_connect_attempt`,
+//! `session_connected`, `session_reconnected`, `session_refused_<reason>`, `session_lost`,
+//! `session_connect_error`, `command_received`, `command_responded`.
+
+use super::session::{ConnectParams, Outcome, Session, Version, Will};
+use crate::config::MqttSettings;
+use crate::config::mqtt_sessions::{Password, PerDeviceSettings};
+use crate::measure::clock::mono_ns;
+use crate::sim::profile::Fleet;
+use crate::sink::net::{ConnEvent, NetShared, Queued};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// What a fault asks of a device's connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drop {
+    /// Send DISCONNECT, then close (the broker discards the will).
+    Graceful,
+    /// Close the socket without DISCONNECT (the broker publishes the will).
+    Abrupt,
+}
+
+/// One device's side of the sink: its unsent messages and how to reach its task.
+struct Device {
+    queue: RefCell<VecDeque<Queued>>,
+    wake: Notify,
+    /// A drop a fault asked for, not yet acted on.
+    drop: Cell<Option<Drop>>,
+    /// Held down by a DISCONNECT fault: no reconnect until it is cleared.
+    held: Cell<bool>,
+}
+
+/// Every per-device session of one shard's MQTT sink.
+pub struct Devices {
+    settings: Rc<PerDeviceSettings>,
+    version: Version,
+    addr: (String, u16),
+    tls: Option<(rumqttc::tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    fleet: Arc<Fleet>,
+    /// Per-profile (qos, retain, per_device).
+    delivery: Vec<(u8, bool, bool)>,
+    by_hash: RefCell<BTreeMap<u64, Rc<Device>>>,
+    /// Connect pacing: the earliest time the next attempt may start, and the spacing.
+    next_connect_ns: Cell<u64>,
+    connect_spacing_ns: u64,
+    next_source: Cell<usize>,
+    /// Sessions connected now.
+    connected: Cell<u64>,
+    shared: Rc<NetShared>,
+}
+
+/// What a message slot in a session carries: a device's message, or a command response.
+enum Token {
+    Msg(Queued),
+    Response,
+}
+
+impl Devices {
+    pub fn new(
+        s: &MqttSettings,
+        fleet: &Arc<Fleet>,
+        shards: usize,
+        shared: Rc<NetShared>,
+    ) -> Result<Rc<Devices>, String> {
+        let tls = match &s.tls {
+            Some(_) => {
+                let cfg = super::tls_config(s)?;
+                let name = rustls::pki_types::ServerName::try_from(s.host.clone())
+                    .map_err(|e| format!("sink.mqtt.url: host {:?}: {e}", s.host))?;
+                Some((rumqttc::tokio_rustls::TlsConnector::from(cfg), name))
+            }
+            None => None,
+        };
+        let pd = &s.per_device;
+        Ok(Rc::new(Devices {
+            settings: Rc::new(pd.clone()),
+            version: if s.version == 5 { Version::V5 } else { Version::V311 },
+            addr: (s.host.clone(), s.port),
+            tls,
+            fleet: fleet.clone(),
+            delivery: fleet
+                .profiles
+                .iter()
+                .map(|p| {
+                    (
+                        p.delivery.qos.unwrap_or(s.qos),
+                        p.delivery.retain.unwrap_or(s.retain),
+                        p.delivery.per_device,
+                    )
+                })
+                .collect(),
+            by_hash: RefCell::new(BTreeMap::new()),
+            next_connect_ns: Cell::new(0),
+            connect_spacing_ns: 1_000_000_000 * shards.max(1) as u64 / pd.connect_rate.max(1),
+            next_source: Cell::new(shared.shard()),
+            connected: Cell::new(0),
+            shared,
+        }))
+    }
+
+    /// Whether messages of this profile go through per-device sessions.
+    pub fn handles(&self, profile: usize) -> bool {
+        self.delivery.get(profile).is_some_and(|d| d.2)
+    }
+
+    /// Sessions connected now.
+    pub fn connected_now(&self) -> u64 {
+        self.connected.get()
+    }
+
+    /// Sessions started (devices that handed over a message).
+    pub fn started(&self) -> u64 {
+        self.by_hash.borrow().len() as u64
+    }
+
+    /// Queues a device's message, starting the device's session on its first one.
+    pub fn submit(self: &Rc<Self>, m: Queued, device_id: &str, labels: &BTreeMap<String, String>) {
+        let dev = self.device(m.device_hash, m.profile as usize, device_id, labels);
+        {
+            let mut q = dev.queue.borrow_mut();
+            // Per-device queues drop the oldest under both backpressure policies: slowing one
+            // device down does not relieve a connection it has alone (documented in the README).
+            if q.len() >= self.settings.queue_size
+                && let Some(old) = q.pop_front()
+            {
+                self.shared.dropped(&old);
+                self.shared.extra_settled();
+            }
+            q.push_back(m);
+        }
+        self.shared.extra_sent();
+        dev.wake.notify_one();
+    }
+
+    fn device(
+        self: &Rc<Self>,
+        hash: u64,
+        profile: usize,
+        device_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Rc<Device> {
+        if let Some(d) = self.by_hash.borrow().get(&hash) {
+            return d.clone();
+        }
+        let dev = Rc::new(Device {
+            queue: RefCell::new(VecDeque::new()),
+            wake: Notify::new(),
+            drop: Cell::new(None),
+            held: Cell::new(false),
+        });
+        self.by_hash.borrow_mut().insert(hash, dev.clone());
+        let device_type =
+            self.fleet.profiles.get(profile).map_or("", |p| p.device_type.as_str()).to_string();
+        let render = |t: &crate::sim::profile::TopicTemplate| {
+            let mut out = vec![];
+            t.render(&mut out, device_id, &device_type, labels);
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let s = &self.settings;
+        let client_id = render(&s.client_id);
+        let password = match &s.password {
+            Password::None => None,
+            Password::Fixed(p) => Some(p.clone()),
+            Password::Hmac(secret) => Some(hmac_password(secret, &client_id)),
+        };
+        let params = ConnectParams {
+            client_id,
+            clean_session: s.clean_session,
+            session_expiry_s: s.session_expiry_s,
+            username: s.username.as_ref().map(render),
+            password,
+            will: s.will.as_ref().map(|w| Will {
+                topic: render(&w.topic),
+                payload: render(&w.payload).into(),
+                qos: w.qos,
+                retain: w.retain,
+            }),
+        };
+        let topics = Topics {
+            subscribe: s.subscribe.as_ref().map(render),
+            respond: s.respond.as_ref().map(render),
+            device_id: device_id.to_string(),
+        };
+        // Spread first pings over the keep-alive interval by device.
+        let phase_ms = if s.keep_alive_ms > 0 {
+            (crate::sim::seed::mix64(hash) % s.keep_alive_ms) as u32
+        } else {
+            0
+        };
+        tokio::task::spawn_local(run(self.clone(), dev.clone(), params, topics, phase_ms));
+        dev
+    }
+
+    /// Drops the connections of the devices with these hashes (a fault). `hold` keeps them
+    /// down until [`Devices::release`]; otherwise they reconnect at once (with backoff).
+    pub fn drop_sessions(&self, hashes: &[u64], how: Drop, hold: bool) -> usize {
+        let by = self.by_hash.borrow();
+        let mut n = 0;
+        for h in hashes {
+            if let Some(d) = by.get(h) {
+                d.drop.set(Some(how));
+                d.held.set(hold);
+                d.wake.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Lets held devices reconnect.
+    pub fn release(&self, hashes: &[u64]) {
+        let by = self.by_hash.borrow();
+        for h in hashes {
+            if let Some(d) = by.get(h)
+                && d.held.replace(false)
+            {
+                d.wake.notify_one();
+            }
+        }
+    }
+
+    /// Waits for this shard's next connect slot (`connect_rate`).
+    async fn connect_slot(&self) {
+        let now = mono_ns();
+        let at = self.next_connect_ns.get().max(now);
+        self.next_connect_ns.set(at + self.connect_spacing_ns);
+        if at > now {
+            tokio::time::sleep(Duration::from_nanos(at - now)).await;
+        }
+    }
+
+    fn source(&self) -> Option<IpAddr> {
+        let list = &self.settings.source_addresses;
+        if list.is_empty() {
+            return None;
+        }
+        let i = self.next_source.get();
+        self.next_source.set(i.wrapping_add(1));
+        Some(list[i % list.len()])
+    }
+
+    async fn open(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let addrs = tokio::net::lookup_host((self.addr.0.as_str(), self.addr.1)).await?;
+        let source = self.source();
+        let mut last = std::io::Error::other("no address");
+        for addr in addrs {
+            let sock = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            if let Some(ip) = source {
+                if ip.is_ipv4() != addr.is_ipv4() {
+                    continue;
+                }
+                sock.bind(SocketAddr::new(ip, 0))?;
+            }
+            sock.set_nodelay(true)?;
+            let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
+            match tokio::time::timeout(timeout, sock.connect(addr)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// hex(HMAC-SHA256(secret, client_id)).
+pub fn hmac_password(secret: &[u8], client_id: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let tag = ring::hmac::sign(&key, client_id.as_bytes());
+    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Topics {
+    subscribe: Option<String>,
+    respond: Option<String>,
+    device_id: String,
+}
+
+/// Why one connection ended.
+enum End {
+    Refused(&'static str),
+    Lost(String),
+    Dropped,
+    Closing,
+}
+
+fn refused_event(reason: &str) -> &'static str {
+    match reason {
+        "bad_credentials" => "session_refused_bad_credentials",
+        "not_authorized" => "session_refused_not_authorized",
+        "bad_client_id" => "session_refused_bad_client_id",
+        "server_unavailable" => "session_refused_server_unavailable",
+        "quota_exceeded" => "session_refused_quota_exceeded",
+        "protocol_version" => "session_refused_protocol_version",
+        _ => "session_refused_other",
+    }
+}
+
+/// One device's task: connect (paced, with backoff), drive the session, reconnect.
+async fn run(
+    ctx: Rc<Devices>,
+    dev: Rc<Device>,
+    params: ConnectParams,
+    topics: Topics,
+    phase_ms: u32,
+) {
+    let s = &ctx.settings;
+    let mut session: Session<Token> = Session::new(ctx.version, s.keep_alive_ms as u32, s.inflight);
+    session.set_connect_timeout_ms(s.connect_timeout_ms as u32);
+    session.set_ping_phase_ms(phase_ms);
+    let mut attempt = 0u32;
+    let mut ever_connected = false;
+    loop {
+        if ctx.shared.closing.get() {
+            finish(&ctx, &dev, &mut session);
+            return;
+        }
+        if dev.held.get() {
+            // Down by a fault: what the device produces meanwhile queues (bounded).
+            tokio::select! {
+                _ = dev.wake.notified() => {}
+                _ = ctx.shared.abandon.notified() => {}
+                _ = ctx.shared.close.notified() => {}
+            }
+            continue;
+        }
+        // Waiting for a connect slot or a TCP connect gives way to shutdown at once, so the
+        // task gets to count what its device still holds.
+        let open = async {
+            ctx.connect_slot().await;
+            ctx.shared.event("session_connect_attempt");
+            ctx.open().await
+        };
+        let opened = tokio::select! {
+            r = open => r,
+            _ = ctx.shared.close.notified() => {
+                finish(&ctx, &dev, &mut session);
+                return;
+            }
+        };
+        let end = match opened {
+            Err(e) => End::Lost(format!("connect: {e}")),
+            Ok(tcp) => match &ctx.tls {
+                None => {
+                    drive(&ctx, &dev, &mut session, &params, &topics, tcp, &mut ever_connected)
+                        .await
+                }
+                Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
+                    // Boxed: the TLS stream is large, and a plain session should not carry
+                    // room for it in its task.
+                    Ok(tls) => {
+                        Box::pin(drive(
+                            &ctx,
+                            &dev,
+                            &mut session,
+                            &params,
+                            &topics,
+                            tls,
+                            &mut ever_connected,
+                        ))
+                        .await
+                    }
+                    Err(e) => End::Lost(format!("tls: {e}")),
+                },
+            },
+        };
+        session.connection_lost();
+        match end {
+            End::Closing => {
+                finish(&ctx, &dev, &mut session);
+                return;
+            }
+            End::Dropped => {
+                attempt = 0;
+                continue;
+            }
+            End::Refused(reason) => {
+                ctx.shared.event(refused_event(reason));
+                ctx.shared.conn_event(ConnEvent::Session {
+                    device_id: topics.device_id.clone(),
+                    connected: false,
+                    detail: format!("refused: {reason}"),
+                });
+            }
+            End::Lost(error) => {
+                ctx.shared.event("session_connect_error");
+                tracing::debug!(sink = "mqtt", device = %topics.device_id, %error, "session lost");
+            }
+        }
+        if !ctx.shared.closing.get() {
+            tokio::select! {
+                _ = ctx.shared.backoff_sleep(attempt) => {}
+                _ = ctx.shared.close.notified() => {}
+            }
+        }
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// At shutdown: what is still queued or unacknowledged is counted (`shutdown`).
+fn finish(ctx: &Devices, dev: &Device, session: &mut Session<Token>) {
+    for m in dev.queue.borrow_mut().drain(..) {
+        ctx.shared.fail(&m, "shutdown");
+        ctx.shared.extra_settled();
+    }
+    for t in session.take_unacked() {
+        if let Token::Msg(m) = t {
+            ctx.shared.fail(&m, "unconfirmed");
+            ctx.shared.extra_settled();
+        }
+    }
+}
+
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Devices,
+    dev: &Device,
+    session: &mut Session<Token>,
+    params: &ConnectParams,
+    topics: &Topics,
+    mut stream: S,
+    ever_connected: &mut bool,
+) -> End {
+    session.connect(params, mono_ns());
+    ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
+    let mut buf = [0u8; 512];
+    let mut up = false;
+    let end = loop {
+        // Move queued messages into the session while the window has room.
+        if session.is_connected() {
+            let now = mono_ns();
+            let mut q = dev.queue.borrow_mut();
+            while let Some(m) = q.front() {
+                let (qos, retain, _) =
+                    ctx.delivery.get(m.profile as usize).copied().unwrap_or((0, false, true));
+                if !session.can_publish(qos) {
+                    break;
+                }
+                let Some(mut m) = q.pop_front() else { break };
+                m.sent_ns = now;
+                let topic = std::mem::take(&mut m.topic);
+                let payload = m.payload.clone();
+                if let Err(Token::Msg(mut back)) =
+                    session.publish(&topic, payload, qos, retain, Token::Msg(m), now)
+                {
+                    back.topic = topic;
+                    q.push_front(back);
+                    break;
+                }
+            }
+        }
+        let mut end = None;
+        while let Some(o) = session.poll_outcome() {
+            match o {
+                Outcome::Connected { .. } => {
+                    up = true;
+                    ctx.connected.set(ctx.connected.get() + 1);
+                    ctx.shared.event("session_connected");
+                    if std::mem::replace(ever_connected, true) {
+                        ctx.shared.event("session_reconnected");
+                    }
+                    ctx.shared.conn_event(ConnEvent::Session {
+                        device_id: topics.device_id.clone(),
+                        connected: true,
+                        detail: String::new(),
+                    });
+                    if let Some(f) = &topics.subscribe {
+                        session.subscribe(f, ctx.settings.subscribe_qos, mono_ns());
+                    }
+                }
+                Outcome::Refused { reason } => end = Some(End::Refused(reason)),
+                Outcome::Delivered(Token::Msg(m)) => {
+                    ctx.shared.complete(&m);
+                    ctx.shared.extra_settled();
+                }
+                Outcome::Rejected(Token::Msg(m), reason) => {
+                    ctx.shared.fail(&m, reason);
+                    ctx.shared.extra_settled();
+                }
+                Outcome::Delivered(Token::Response) | Outcome::Rejected(Token::Response, _) => {}
+                Outcome::Subscribed { granted_qos: None } => {
+                    ctx.shared.event("session_subscribe_refused");
+                }
+                Outcome::Subscribed { .. } => {}
+                Outcome::Command { topic, payload } => {
+                    ctx.shared.event("command_received");
+                    let id = command_id(&payload);
+                    ctx.shared.conn_event(ConnEvent::Command {
+                        device_id: topics.device_id.clone(),
+                        topic: String::from_utf8_lossy(&topic).into_owned(),
+                        id: id.clone().unwrap_or_default(),
+                    });
+                    if let Some(r) = &topics.respond {
+                        let body = serde_json::json!({
+                            "id": id,
+                            "device_id": topics.device_id,
+                            "status": "ok",
+                        });
+                        let qos = ctx.settings.subscribe_qos.min(1);
+                        if session
+                            .publish(
+                                r,
+                                body.to_string().into(),
+                                qos,
+                                false,
+                                Token::Response,
+                                mono_ns(),
+                            )
+                            .is_ok()
+                        {
+                            ctx.shared.event("command_responded");
+                        }
+                    }
+                }
+                Outcome::Closed(reason) => end = Some(End::Lost(reason.as_str().to_string())),
+            }
+        }
+        if session.has_output() {
+            let out = session.take_output();
+            if let Err(e) = stream.write_all(&out).await {
+                break End::Lost(format!("write: {e}"));
+            }
+        }
+        if let Some(e) = end {
+            break e;
+        }
+        if ctx.shared.closing.get() {
+            // `drain` waited for what was queued and in flight; what is left is counted.
+            session.disconnect();
+            let _ = stream.write_all(&session.take_output()).await;
+            let _ = stream.shutdown().await;
+            break End::Closing;
+        }
+        if ctx.shared.abandoned.get() {
+            break End::Closing;
+        }
+        if let Some(how) = dev.drop.take() {
+            if how == Drop::Graceful {
+                session.disconnect();
+                let _ = stream.write_all(&session.take_output()).await;
+                let _ = stream.shutdown().await;
+            }
+            ctx.shared.event(match how {
+                Drop::Graceful => "session_dropped_graceful",
+                Drop::Abrupt => "session_dropped_abrupt",
+            });
+            break End::Dropped;
+        }
+        let now = mono_ns();
+        let wait = session.next_timeout_ns().map(|t| Duration::from_nanos(t.saturating_sub(now)));
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) => break End::Lost("closed by the broker".into()),
+                Ok(n) => session.read(&buf[..n], mono_ns()),
+                Err(e) => break End::Lost(format!("read: {e}")),
+            },
+            _ = dev.wake.notified() => {}
+            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
+                session.handle_timeout(mono_ns());
+            }
+            _ = ctx.shared.abandon.notified() => {}
+            _ = ctx.shared.close.notified() => {}
+        }
+    };
+    ctx.shared.open_sessions.set(ctx.shared.open_sessions.get().saturating_sub(1));
+    if up {
+        ctx.connected.set(ctx.connected.get().saturating_sub(1));
+        if !matches!(end, End::Closing) {
+            ctx.shared.event("session_lost");
+            ctx.shared.conn_event(ConnEvent::Session {
+                device_id: topics.device_id.clone(),
+                connected: false,
+                detail: match &end {
+                    End::Lost(e) => e.clone(),
+                    End::Dropped => "dropped by a fault".into(),
+                    _ => String::new(),
+                },
+            });
+        }
+    }
+    end
+}
+
+/// The `id` of a JSON command payload (string or number), if it has one.
+fn command_id(payload: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    match v.get("id")? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_password_is_the_hex_hmac_sha256_of_the_client_id() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            hmac_password(b"Jefe", "what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn command_ids_are_read_from_json_strings_or_numbers() {
+        assert_eq!(command_id(br#"{"id":"c-1","op":"reboot"}"#).as_deref(), Some("c-1"));
+        assert_eq!(command_id(br#"{"id":42}"#).as_deref(), Some("42"));
+        assert_eq!(command_id(b"reboot"), None);
+    }
+}

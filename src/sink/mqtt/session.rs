@@ -1,0 +1,1203 @@
+//! A sans-IO MQTT client session: protocol state as data, driven by bytes, events and `now`.
+//!
+//! The session owns no socket and reads no clock. Its driver (a connection task on the shard's
+//! runtime) feeds it what arrived ([`Session::read`]), what the sink wants sent
+//! ([`Session::publish`], [`Session::subscribe`], [`Session::disconnect`]) and the current
+//! monotonic time; the session appends every packet it produces to one output buffer
+//! ([`Session::take_output`]) so that the driver writes all packets of one turn in one write,
+//! says when it next needs to be woken ([`Session::next_timeout_ns`]) and reports what became
+//! of things as [`Outcome`]s ([`Session::poll_outcome`]).
+//!
+//! What it does, MQTT 3.1.1 and 5 (packets encoded and decoded by `rumqttc::mqttbytes`):
+//! - CONNECT / CONNACK, with a connect timeout; a refusal is reported with its reason.
+//! - Keep-alive: a PINGREQ when nothing was written for the keep-alive interval (the first one
+//!   moved earlier by a per-session phase, so a fleet's pings do not all fire on one tick), and
+//!   a close when the PINGRESP does not come within another interval.
+//! - PUBLISH at QoS 0 (delivered when written), 1 (PUBACK) and 2 (PUBREC, PUBREL, PUBCOMP),
+//!   packet ids `1..=inflight` reused as acknowledgements free them, at most `inflight`
+//!   unacknowledged messages.
+//! - After a lost connection everything unacknowledged stays; after the next CONNACK it is sent
+//!   again in its original order, PUBLISH with DUP set, PUBREL where PUBREC had arrived.
+//! - SUBSCRIBE / SUBACK; incoming PUBLISH (downlink) at QoS 0/1/2, acknowledged, reported as
+//!   [`Outcome::Command`]; a QoS 2 command is reported once, on PUBLISH, and released on PUBREL.
+//! - DISCONNECT (graceful close, no will).
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use std::collections::VecDeque;
+
+/// The MQTT protocol version a session speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V311,
+    V5,
+}
+
+/// A last will, published by the broker when the session ends without DISCONNECT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+}
+
+/// What goes into one CONNECT. Built by the driver per attempt, not kept by the session (a
+/// per-device session stays small).
+#[derive(Clone, Debug, Default)]
+pub struct ConnectParams {
+    pub client_id: String,
+    pub clean_session: bool,
+    /// MQTT 5 session expiry interval, seconds (ignored by 3.1.1).
+    pub session_expiry_s: Option<u32>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub will: Option<Will>,
+}
+
+/// Why a session closed itself (the driver then closes the socket).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// No CONNACK within the connect timeout.
+    ConnectTimeout,
+    /// No PINGRESP within a keep-alive interval of the PINGREQ.
+    PingTimeout,
+    /// The broker sent something that is not valid MQTT, or not valid at this point.
+    ProtocolError,
+    /// The broker sent DISCONNECT (MQTT 5).
+    ServerDisconnect,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ConnectTimeout => "connect_timeout",
+            CloseReason::PingTimeout => "ping_timeout",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::ServerDisconnect => "server_disconnect",
+        }
+    }
+}
+
+/// What became of something the session was given, or what the broker did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome<T> {
+    /// CONNACK accepted.
+    Connected { session_present: bool },
+    /// CONNACK refused; the reason is a short stable name (a counter label).
+    Refused { reason: &'static str },
+    /// The message is delivered: QoS 0 written, QoS 1 PUBACK, QoS 2 PUBCOMP.
+    Delivered(T),
+    /// The broker answered with an MQTT 5 error reason code.
+    Rejected(T, &'static str),
+    /// SUBACK: the granted QoS, or `None` when the broker refused the filter.
+    Subscribed { granted_qos: Option<u8> },
+    /// A PUBLISH from the broker (a downlink command).
+    Command { topic: Bytes, payload: Bytes },
+    /// The session closed itself; the driver closes the socket.
+    Closed(CloseReason),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Disconnected,
+    Connecting { since_ns: u64 },
+    Connected,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// PUBLISH sent (QoS 1: waiting for PUBACK; QoS 2: for PUBREC).
+    Published,
+    /// QoS 2: PUBREC arrived, PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+struct Flight<T> {
+    topic: Bytes,
+    payload: Bytes,
+    qos: u8,
+    retain: bool,
+    stage: Stage,
+    /// Hand-over order: resent in this order after a reconnect.
+    order: u64,
+    token: T,
+}
+
+/// At most this many bytes of an incoming packet are accepted (a downlink command is small);
+/// a larger one closes the session as a protocol error.
+const INCOMING_PACKET_MAX: usize = crate::limits::MAX_INCOMING_MQTT_PACKET;
+
+/// One MQTT client session. `T` is what the sink attaches to each message (handed back in
+/// [`Outcome::Delivered`]).
+pub struct Session<T> {
+    version: Version,
+    state: State,
+    keep_alive_ms: u32,
+    connect_timeout_ms: u32,
+    /// Moves the first PINGREQ after a CONNACK this much earlier (spreads a fleet's pings).
+    ping_phase_ms: u32,
+    inflight_max: u16,
+    inflight: u16,
+    /// The last packet id handed out (ids are `1..=inflight_max`).
+    last_pkid: u16,
+    next_order: u64,
+    /// Indexed by `pkid - 1`; grown on first use up to `inflight_max`.
+    flights: Vec<Option<Flight<T>>>,
+    /// Packet id of the SUBSCRIBE waiting for its SUBACK (`inflight_max + 1`, outside the
+    /// publish range, so the two never collide).
+    sub_pending: bool,
+    /// QoS 2 commands received (PUBREC sent) and not yet released by PUBREL.
+    incoming_qos2: Vec<u16>,
+    last_write_ns: u64,
+    ping_sent_ns: Option<u64>,
+    out: BytesMut,
+    inbuf: BytesMut,
+    outcomes: VecDeque<Outcome<T>>,
+}
+
+const MS: u64 = 1_000_000;
+
+impl<T> Session<T> {
+    /// A disconnected session. `keep_alive_ms` 0 turns keep-alive off; `inflight` (at least 1)
+    /// bounds unacknowledged QoS 1/2 messages.
+    pub fn new(version: Version, keep_alive_ms: u32, inflight: u16) -> Session<T> {
+        Session {
+            version,
+            state: State::Disconnected,
+            keep_alive_ms: keep_alive_ms.min(u16::MAX as u32 * 1000),
+            connect_timeout_ms: 10_000,
+            ping_phase_ms: 0,
+            inflight_max: inflight.clamp(1, u16::MAX - 1),
+            inflight: 0,
+            last_pkid: 0,
+            next_order: 0,
+            flights: Vec::new(),
+            sub_pending: false,
+            incoming_qos2: Vec::new(),
+            last_write_ns: 0,
+            ping_sent_ns: None,
+            out: BytesMut::new(),
+            inbuf: BytesMut::new(),
+            outcomes: VecDeque::new(),
+        }
+    }
+
+    /// How long to wait for CONNACK (default 10 s).
+    pub fn set_connect_timeout_ms(&mut self, ms: u32) {
+        self.connect_timeout_ms = ms.max(1);
+    }
+
+    /// Moves the first PINGREQ after each CONNACK `ms` earlier (less than the keep-alive).
+    pub fn set_ping_phase_ms(&mut self, ms: u32) {
+        self.ping_phase_ms = if self.keep_alive_ms == 0 { 0 } else { ms % self.keep_alive_ms };
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    #[cfg(test)]
+    fn is_connecting(&self) -> bool {
+        matches!(self.state, State::Connecting { .. })
+    }
+
+    /// Unacknowledged QoS 1/2 messages.
+    #[cfg(test)]
+    fn inflight(&self) -> usize {
+        self.inflight as usize
+    }
+
+    /// Whether [`Session::publish`] would take a message of this QoS now.
+    pub fn can_publish(&self, qos: u8) -> bool {
+        self.is_connected() && (qos == 0 || self.inflight < self.inflight_max)
+    }
+
+    /// Starts a connection attempt on a freshly opened transport: writes CONNECT.
+    pub fn connect(&mut self, p: &ConnectParams, now_ns: u64) {
+        self.inbuf.clear();
+        self.out.clear();
+        self.ping_sent_ns = None;
+        self.sub_pending = false;
+        self.incoming_qos2.clear();
+        let keep_alive = (self.keep_alive_ms / 1000) as u16;
+        match self.version {
+            Version::V311 => {
+                let mut c = v4::Connect::new(p.client_id.clone());
+                c.keep_alive = keep_alive;
+                c.clean_session = p.clean_session;
+                if let Some(u) = &p.username {
+                    c.set_login(u.clone(), p.password.clone().unwrap_or_default());
+                }
+                c.last_will = p.will.as_ref().map(|w| v4::LastWill {
+                    topic: w.topic.clone(),
+                    message: w.payload.clone(),
+                    qos: qos4(w.qos),
+                    retain: w.retain,
+                });
+                self.write4(v4::Packet::Connect(c));
+            }
+            Version::V5 => {
+                let mut props = v5::ConnectProperties::new();
+                props.session_expiry_interval = p.session_expiry_s;
+                props.receive_maximum = Some(u16::MAX);
+                let c = v5::Connect {
+                    keep_alive,
+                    client_id: p.client_id.clone(),
+                    clean_start: p.clean_session,
+                    properties: Some(props),
+                };
+                let will = p.will.as_ref().map(|w| v5::LastWill {
+                    topic: Bytes::copy_from_slice(w.topic.as_bytes()),
+                    message: w.payload.clone(),
+                    qos: qos5(w.qos),
+                    retain: w.retain,
+                    properties: None,
+                });
+                let login = p
+                    .username
+                    .as_ref()
+                    .map(|u| v5::Login::new(u.clone(), p.password.clone().unwrap_or_default()));
+                self.write5(v5::Packet::Connect(c, will, login));
+            }
+        }
+        self.state = State::Connecting { since_ns: now_ns };
+        self.last_write_ns = now_ns;
+    }
+
+    /// Publishes a message. QoS 0 is delivered as soon as it is written (an outcome now);
+    /// QoS 1/2 take a packet id. Gives the token back when not connected or the in-flight
+    /// window is full.
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        token: T,
+        now_ns: u64,
+    ) -> Result<(), T> {
+        if !self.can_publish(qos) {
+            return Err(token);
+        }
+        let topic = Bytes::copy_from_slice(topic.as_bytes());
+        if qos == 0 {
+            self.write_publish(&topic, &payload, 0, retain, 0, false);
+            self.outcomes.push_back(Outcome::Delivered(token));
+        } else {
+            let pkid = self.next_pkid();
+            self.write_publish(&topic, &payload, qos.min(2), retain, pkid, false);
+            let order = self.next_order;
+            self.next_order += 1;
+            let slot = pkid as usize - 1;
+            if self.flights.len() <= slot {
+                self.flights.resize_with(slot + 1, || None);
+            }
+            self.flights[slot] = Some(Flight {
+                topic,
+                payload,
+                qos: qos.min(2),
+                retain,
+                stage: Stage::Published,
+                order,
+                token,
+            });
+            self.inflight += 1;
+        }
+        self.last_write_ns = now_ns;
+        Ok(())
+    }
+
+    /// Subscribes to one filter (answered by [`Outcome::Subscribed`]). Only while connected.
+    pub fn subscribe(&mut self, filter: &str, qos: u8, now_ns: u64) -> bool {
+        if !self.is_connected() {
+            return false;
+        }
+        let pkid = self.inflight_max + 1;
+        match self.version {
+            Version::V311 => {
+                let mut s = v4::Subscribe::new(filter, qos4(qos));
+                s.pkid = pkid;
+                self.write4(v4::Packet::Subscribe(s))
+            }
+            Version::V5 => {
+                let mut s = v5::Subscribe::new(v5::Filter::new(filter, qos5(qos)), None);
+                s.pkid = pkid;
+                self.write5(v5::Packet::Subscribe(s))
+            }
+        }
+        self.sub_pending = true;
+        self.last_write_ns = now_ns;
+        true
+    }
+
+    /// Closes gracefully: writes DISCONNECT (the broker discards the will). Unacknowledged
+    /// messages stay for the next connection.
+    pub fn disconnect(&mut self) {
+        if self.state != State::Disconnected {
+            match self.version {
+                Version::V311 => self.write4(v4::Packet::Disconnect),
+                Version::V5 => self.write5(v5::Packet::Disconnect(v5::Disconnect::new(
+                    v5::DisconnectReasonCode::NormalDisconnection,
+                ))),
+            }
+        }
+        self.state = State::Disconnected;
+        self.ping_sent_ns = None;
+    }
+
+    /// The transport is gone (closed by either side or failed). Unacknowledged messages stay
+    /// and are sent again after the next CONNACK; unwritten output is dropped.
+    pub fn connection_lost(&mut self) {
+        self.state = State::Disconnected;
+        self.ping_sent_ns = None;
+        self.sub_pending = false;
+        self.out.clear();
+        self.inbuf.clear();
+    }
+
+    /// Takes every unacknowledged message back, oldest first (to fail or requeue them).
+    pub fn take_unacked(&mut self) -> Vec<T> {
+        let mut all: Vec<Flight<T>> = self.flights.iter_mut().filter_map(Option::take).collect();
+        all.sort_by_key(|f| f.order);
+        self.inflight = 0;
+        all.into_iter().map(|f| f.token).collect()
+    }
+
+    /// Bytes to write, all packets produced since the last call, in order.
+    pub fn take_output(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    pub fn poll_outcome(&mut self) -> Option<Outcome<T>> {
+        self.outcomes.pop_front()
+    }
+
+    /// The monotonic time at which [`Session::handle_timeout`] has something to do.
+    pub fn next_timeout_ns(&self) -> Option<u64> {
+        match self.state {
+            State::Disconnected => None,
+            State::Connecting { since_ns } => Some(since_ns + self.connect_timeout_ms as u64 * MS),
+            State::Connected if self.keep_alive_ms == 0 => None,
+            State::Connected => Some(match self.ping_sent_ns {
+                Some(sent) => sent + self.keep_alive_ms as u64 * MS,
+                None => self.last_write_ns + self.keep_alive_ms as u64 * MS,
+            }),
+        }
+    }
+
+    /// Acts on the timers due at `now_ns`: connect timeout, PINGREQ, ping timeout.
+    pub fn handle_timeout(&mut self, now_ns: u64) {
+        let Some(due) = self.next_timeout_ns() else { return };
+        if now_ns < due {
+            return;
+        }
+        match self.state {
+            State::Disconnected => {}
+            State::Connecting { .. } => self.close(CloseReason::ConnectTimeout),
+            State::Connected if self.ping_sent_ns.is_some() => self.close(CloseReason::PingTimeout),
+            State::Connected => {
+                match self.version {
+                    Version::V311 => self.write4(v4::Packet::PingReq),
+                    Version::V5 => self.write5(v5::Packet::PingReq(v5::PingReq)),
+                }
+                self.ping_sent_ns = Some(now_ns);
+                self.last_write_ns = now_ns;
+            }
+        }
+    }
+
+    /// Feeds bytes read from the transport; complete packets are handled at once.
+    pub fn read(&mut self, bytes: &[u8], now_ns: u64) {
+        if self.state == State::Disconnected {
+            return;
+        }
+        self.inbuf.extend_from_slice(bytes);
+        loop {
+            let packet = match self.version {
+                Version::V311 => match v4::Packet::read(&mut self.inbuf, INCOMING_PACKET_MAX) {
+                    Ok(p) => In::from4(p),
+                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => return,
+                    Err(_) => None,
+                },
+                Version::V5 => {
+                    match v5::Packet::read(&mut self.inbuf, Some(INCOMING_PACKET_MAX as u32)) {
+                        Ok(p) => In::from5(p),
+                        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => return,
+                        Err(_) => None,
+                    }
+                }
+            };
+            match packet {
+                Some(p) => self.handle(p, now_ns),
+                None => self.close(CloseReason::ProtocolError),
+            }
+            if self.state == State::Disconnected {
+                return;
+            }
+        }
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        self.connection_lost();
+        self.outcomes.push_back(Outcome::Closed(reason));
+    }
+
+    fn handle(&mut self, p: In, now_ns: u64) {
+        // Anything from the broker answers an outstanding ping as well as PINGRESP does.
+        if self.state == State::Connected {
+            self.ping_sent_ns = None;
+        }
+        match (self.state, p) {
+            (State::Connecting { .. }, In::ConnAck(Ok(session_present))) => {
+                self.state = State::Connected;
+                self.outcomes.push_back(Outcome::Connected { session_present });
+                self.resend(now_ns);
+                self.last_write_ns = now_ns.saturating_sub(self.ping_phase_ms as u64 * MS);
+            }
+            (State::Connecting { .. }, In::ConnAck(Err(reason))) => {
+                self.connection_lost();
+                self.outcomes.push_back(Outcome::Refused { reason });
+            }
+            (State::Connecting { .. }, _) => self.close(CloseReason::ProtocolError),
+            (_, In::ConnAck(_)) => self.close(CloseReason::ProtocolError),
+            (_, In::PubAck { pkid, error }) => {
+                if let Some(f) = self.take_flight(pkid, 1, Stage::Published) {
+                    self.outcomes.push_back(match error {
+                        None => Outcome::Delivered(f.token),
+                        Some(r) => Outcome::Rejected(f.token, r),
+                    });
+                }
+            }
+            (_, In::PubRec { pkid, error }) => {
+                let slot = pkid as usize;
+                let known = slot >= 1
+                    && matches!(self.flights.get(slot - 1), Some(Some(f)) if f.qos == 2 && f.stage == Stage::Published);
+                if !known {
+                    return;
+                }
+                if let Some(r) = error {
+                    if let Some(f) = self.take_flight(pkid, 2, Stage::Published) {
+                        self.outcomes.push_back(Outcome::Rejected(f.token, r));
+                    }
+                    return;
+                }
+                if let Some(Some(f)) = self.flights.get_mut(slot - 1) {
+                    f.stage = Stage::Released;
+                }
+                self.write_pubrel(pkid);
+                self.last_write_ns = now_ns;
+            }
+            (_, In::PubComp { pkid, error }) => {
+                if let Some(f) = self.take_flight(pkid, 2, Stage::Released) {
+                    self.outcomes.push_back(match error {
+                        None => Outcome::Delivered(f.token),
+                        Some(r) => Outcome::Rejected(f.token, r),
+                    });
+                }
+            }
+            (_, In::Publish { qos, pkid, topic, payload }) => {
+                match qos {
+                    0 => {}
+                    1 => self.write_ack(AckKind::Ack, pkid),
+                    _ => {
+                        self.write_ack(AckKind::Rec, pkid);
+                        if self.incoming_qos2.contains(&pkid) {
+                            // A resent QoS 2 command already reported: exactly once.
+                            self.last_write_ns = now_ns;
+                            return;
+                        }
+                        if self.incoming_qos2.len() >= 64 {
+                            self.incoming_qos2.remove(0);
+                        }
+                        self.incoming_qos2.push(pkid);
+                    }
+                }
+                if qos > 0 {
+                    self.last_write_ns = now_ns;
+                }
+                self.outcomes.push_back(Outcome::Command { topic, payload });
+            }
+            (_, In::PubRel { pkid }) => {
+                self.incoming_qos2.retain(|p| *p != pkid);
+                self.write_ack(AckKind::Comp, pkid);
+                self.last_write_ns = now_ns;
+            }
+            (_, In::SubAck { pkid, granted_qos }) => {
+                if self.sub_pending && pkid == self.inflight_max + 1 {
+                    self.sub_pending = false;
+                    self.outcomes.push_back(Outcome::Subscribed { granted_qos });
+                }
+            }
+            (_, In::PingResp) => {}
+            (_, In::Disconnect) => self.close(CloseReason::ServerDisconnect),
+            (_, In::Unexpected) => self.close(CloseReason::ProtocolError),
+        }
+    }
+
+    fn take_flight(&mut self, pkid: u16, qos: u8, stage: Stage) -> Option<Flight<T>> {
+        let slot = (pkid as usize).checked_sub(1)?;
+        let f = self.flights.get_mut(slot)?;
+        if !matches!(f, Some(fl) if fl.qos == qos && fl.stage == stage) {
+            return None;
+        }
+        self.inflight -= 1;
+        f.take()
+    }
+
+    /// The next free packet id after the last one handed out (ids cycle through
+    /// `1..=inflight_max`, so a freed id is reused once the others have had their turn).
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid =
+                if self.last_pkid >= self.inflight_max { 1 } else { self.last_pkid + 1 };
+            let slot = self.last_pkid as usize - 1;
+            if !matches!(self.flights.get(slot), Some(Some(_))) {
+                return self.last_pkid;
+            }
+        }
+    }
+
+    /// After CONNACK: everything unacknowledged again, in hand-over order.
+    fn resend(&mut self, now_ns: u64) {
+        let mut order: Vec<(u64, u16)> = self
+            .flights
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.as_ref().map(|f| (f.order, i as u16 + 1)))
+            .collect();
+        if order.is_empty() {
+            return;
+        }
+        order.sort_unstable();
+        for (_, pkid) in order {
+            let Some(f) = self.flights[pkid as usize - 1].take() else { continue };
+            match f.stage {
+                Stage::Published => {
+                    self.write_publish(&f.topic, &f.payload, f.qos, f.retain, pkid, true)
+                }
+                Stage::Released => self.write_pubrel(pkid),
+            }
+            self.flights[pkid as usize - 1] = Some(f);
+        }
+        self.last_write_ns = now_ns;
+    }
+
+    fn write_publish(
+        &mut self,
+        topic: &Bytes,
+        payload: &Bytes,
+        qos: u8,
+        retain: bool,
+        pkid: u16,
+        dup: bool,
+    ) {
+        match self.version {
+            Version::V311 => {
+                let p = v4::Publish {
+                    dup,
+                    qos: qos4(qos),
+                    retain,
+                    // The codec wants a String; topics are UTF-8 (checked by the config).
+                    topic: String::from_utf8_lossy(topic).into_owned(),
+                    pkid,
+                    payload: payload.clone(),
+                };
+                let _ = p.write(&mut self.out);
+            }
+            Version::V5 => {
+                let p = v5::Publish {
+                    dup,
+                    qos: qos5(qos),
+                    retain,
+                    topic: topic.clone(),
+                    pkid,
+                    payload: payload.clone(),
+                    properties: None,
+                };
+                let _ = p.write(&mut self.out);
+            }
+        }
+    }
+
+    fn write_pubrel(&mut self, pkid: u16) {
+        match self.version {
+            Version::V311 => self.write4(v4::Packet::PubRel(v4::PubRel::new(pkid))),
+            Version::V5 => self.write5(v5::Packet::PubRel(v5::PubRel::new(pkid, None))),
+        }
+    }
+
+    fn write_ack(&mut self, kind: AckKind, pkid: u16) {
+        match (self.version, kind) {
+            (Version::V311, AckKind::Ack) => self.write4(v4::Packet::PubAck(v4::PubAck::new(pkid))),
+            (Version::V311, AckKind::Rec) => self.write4(v4::Packet::PubRec(v4::PubRec::new(pkid))),
+            (Version::V311, AckKind::Comp) => {
+                self.write4(v4::Packet::PubComp(v4::PubComp::new(pkid)))
+            }
+            (Version::V5, AckKind::Ack) => {
+                self.write5(v5::Packet::PubAck(v5::PubAck::new(pkid, None)))
+            }
+            (Version::V5, AckKind::Rec) => {
+                self.write5(v5::Packet::PubRec(v5::PubRec::new(pkid, None)))
+            }
+            (Version::V5, AckKind::Comp) => {
+                self.write5(v5::Packet::PubComp(v5::PubComp::new(pkid, None)))
+            }
+        }
+    }
+
+    fn write4(&mut self, p: v4::Packet) {
+        // Only oversized packets fail to encode, and nothing here is near the 1 MiB limit
+        // the codec is given (payload sizes are bounded by the config).
+        let _ = p.write(&mut self.out, usize::MAX);
+    }
+
+    fn write5(&mut self, p: v5::Packet) {
+        let _ = p.write(&mut self.out, None);
+    }
+}
+
+/// Which acknowledgement of an incoming PUBLISH to write.
+#[derive(Clone, Copy)]
+enum AckKind {
+    Ack,
+    Rec,
+    Comp,
+}
+
+/// An incoming packet, the same for both versions.
+enum In {
+    /// `Ok(session_present)` or `Err(reason)`.
+    ConnAck(Result<bool, &'static str>),
+    PubAck {
+        pkid: u16,
+        error: Option<&'static str>,
+    },
+    PubRec {
+        pkid: u16,
+        error: Option<&'static str>,
+    },
+    PubComp {
+        pkid: u16,
+        error: Option<&'static str>,
+    },
+    PubRel {
+        pkid: u16,
+    },
+    Publish {
+        qos: u8,
+        pkid: u16,
+        topic: Bytes,
+        payload: Bytes,
+    },
+    SubAck {
+        pkid: u16,
+        granted_qos: Option<u8>,
+    },
+    PingResp,
+    Disconnect,
+    /// A packet a broker never sends to a client.
+    Unexpected,
+}
+
+impl In {
+    fn from4(p: v4::Packet) -> Option<In> {
+        use v4::ConnectReturnCode as C;
+        Some(match p {
+            v4::Packet::ConnAck(a) => In::ConnAck(match a.code {
+                C::Success => Ok(a.session_present),
+                C::RefusedProtocolVersion => Err("protocol_version"),
+                C::BadClientId => Err("bad_client_id"),
+                C::ServiceUnavailable => Err("server_unavailable"),
+                C::BadUserNamePassword => Err("bad_credentials"),
+                C::NotAuthorized => Err("not_authorized"),
+            }),
+            v4::Packet::PubAck(a) => In::PubAck { pkid: a.pkid, error: None },
+            v4::Packet::PubRec(a) => In::PubRec { pkid: a.pkid, error: None },
+            v4::Packet::PubComp(a) => In::PubComp { pkid: a.pkid, error: None },
+            v4::Packet::PubRel(a) => In::PubRel { pkid: a.pkid },
+            v4::Packet::Publish(p) => In::Publish {
+                qos: p.qos as u8,
+                pkid: p.pkid,
+                topic: Bytes::from(p.topic.into_bytes()),
+                payload: p.payload,
+            },
+            v4::Packet::SubAck(s) => In::SubAck {
+                pkid: s.pkid,
+                granted_qos: match s.return_codes.first() {
+                    Some(v4::SubscribeReasonCode::Success(q)) => Some(*q as u8),
+                    _ => None,
+                },
+            },
+            v4::Packet::PingResp => In::PingResp,
+            v4::Packet::Disconnect => In::Disconnect,
+            _ => In::Unexpected,
+        })
+    }
+
+    fn from5(p: v5::Packet) -> Option<In> {
+        use v5::ConnectReturnCode as C;
+        Some(match p {
+            v5::Packet::ConnAck(a) => In::ConnAck(match a.code {
+                C::Success => Ok(a.session_present),
+                C::RefusedProtocolVersion | C::UnsupportedProtocolVersion => {
+                    Err("protocol_version")
+                }
+                C::BadClientId | C::ClientIdentifierNotValid => Err("bad_client_id"),
+                C::BadUserNamePassword | C::BadAuthenticationMethod => Err("bad_credentials"),
+                C::NotAuthorized | C::Banned => Err("not_authorized"),
+                C::ServiceUnavailable | C::ServerUnavailable | C::ServerBusy => {
+                    Err("server_unavailable")
+                }
+                C::QuotaExceeded | C::ConnectionRateExceeded => Err("quota_exceeded"),
+                _ => Err("other"),
+            }),
+            v5::Packet::PubAck(a) => {
+                use v5::PubAckReason as R;
+                let error = match a.reason {
+                    R::Success | R::NoMatchingSubscribers => None,
+                    R::NotAuthorized => Some("not_authorized"),
+                    R::QuotaExceeded => Some("quota_exceeded"),
+                    _ => Some("nack"),
+                };
+                In::PubAck { pkid: a.pkid, error }
+            }
+            v5::Packet::PubRec(a) => {
+                use v5::PubRecReason as R;
+                let error = match a.reason {
+                    R::Success | R::NoMatchingSubscribers => None,
+                    R::NotAuthorized => Some("not_authorized"),
+                    R::QuotaExceeded => Some("quota_exceeded"),
+                    _ => Some("nack"),
+                };
+                In::PubRec { pkid: a.pkid, error }
+            }
+            v5::Packet::PubComp(a) => In::PubComp {
+                pkid: a.pkid,
+                error: (a.reason != v5::PubCompReason::Success).then_some("nack"),
+            },
+            v5::Packet::PubRel(a) => In::PubRel { pkid: a.pkid },
+            v5::Packet::Publish(p) => {
+                In::Publish { qos: p.qos as u8, pkid: p.pkid, topic: p.topic, payload: p.payload }
+            }
+            v5::Packet::SubAck(s) => In::SubAck {
+                pkid: s.pkid,
+                granted_qos: match s.return_codes.first() {
+                    Some(v5::SubscribeReasonCode::Success(q)) => Some(*q as u8),
+                    _ => None,
+                },
+            },
+            v5::Packet::PingResp(_) => In::PingResp,
+            v5::Packet::Disconnect(_) => In::Disconnect,
+            _ => In::Unexpected,
+        })
+    }
+}
+
+fn qos4(q: u8) -> rumqttc::mqttbytes::QoS {
+    match q {
+        0 => rumqttc::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    /// A minimal broker side for the tests: decodes what the session wrote.
+    fn written4(s: &mut Session<u32>) -> Vec<v4::Packet> {
+        let mut buf = BytesMut::from(&s.take_output()[..]);
+        let mut v = Vec::new();
+        while !buf.is_empty() {
+            v.push(v4::Packet::read(&mut buf, usize::MAX).expect("valid packet"));
+        }
+        v
+    }
+
+    fn written5(s: &mut Session<u32>) -> Vec<v5::Packet> {
+        let mut buf = BytesMut::from(&s.take_output()[..]);
+        let mut v = Vec::new();
+        while !buf.is_empty() {
+            v.push(v5::Packet::read(&mut buf, None).expect("valid packet"));
+        }
+        v
+    }
+
+    fn bytes4(p: v4::Packet) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        p.write(&mut b, usize::MAX).unwrap();
+        b.to_vec()
+    }
+
+    fn bytes5(p: v5::Packet) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        p.write(&mut b, None).unwrap();
+        b.to_vec()
+    }
+
+    fn outcomes(s: &mut Session<u32>) -> Vec<Outcome<u32>> {
+        std::iter::from_fn(|| s.poll_outcome()).collect()
+    }
+
+    fn connected(keep_alive_ms: u32, inflight: u16) -> Session<u32> {
+        let mut s = Session::new(Version::V311, keep_alive_ms, inflight);
+        s.connect(&ConnectParams { client_id: "dev-1".into(), ..Default::default() }, 0);
+        s.take_output();
+        s.read(
+            &bytes4(v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, false))),
+            0,
+        );
+        assert_eq!(outcomes(&mut s), vec![Outcome::Connected { session_present: false }]);
+        s
+    }
+
+    fn publish_ids(packets: &[v4::Packet]) -> Vec<(u16, bool)> {
+        packets
+            .iter()
+            .filter_map(|p| match p {
+                v4::Packet::Publish(p) => Some((p.pkid, p.dup)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn connect_carries_client_id_credentials_will_and_keep_alive() {
+        let mut s: Session<u32> = Session::new(Version::V311, 30_000, 4);
+        let p = ConnectParams {
+            client_id: "sensor-7".into(),
+            clean_session: false,
+            username: Some("sensor-7".into()),
+            password: Some("secret".into()),
+            will: Some(Will {
+                topic: "devices/sensor-7/status".into(),
+                payload: Bytes::from_static(b"offline"),
+                qos: 1,
+                retain: true,
+            }),
+            ..Default::default()
+        };
+        s.connect(&p, 5 * S);
+        let w = written4(&mut s);
+        let [v4::Packet::Connect(c)] = &w[..] else { panic!("one CONNECT, got {w:?}") };
+        assert_eq!(c.client_id, "sensor-7");
+        assert_eq!(c.keep_alive, 30);
+        assert!(!c.clean_session);
+        assert_eq!(c.login.as_ref().map(|l| l.password.as_str()), Some("secret"));
+        let will = c.last_will.as_ref().unwrap();
+        assert_eq!(
+            (will.topic.as_str(), &will.message[..], will.retain),
+            ("devices/sensor-7/status", &b"offline"[..], true)
+        );
+        assert!(s.is_connecting());
+    }
+
+    #[test]
+    fn refused_connack_is_reported_with_its_reason() {
+        let mut s: Session<u32> = Session::new(Version::V311, 0, 4);
+        s.connect(&ConnectParams::default(), 0);
+        s.read(
+            &bytes4(v4::Packet::ConnAck(v4::ConnAck::new(
+                v4::ConnectReturnCode::BadUserNamePassword,
+                false,
+            ))),
+            0,
+        );
+        assert_eq!(outcomes(&mut s), vec![Outcome::Refused { reason: "bad_credentials" }]);
+        assert!(!s.is_connected() && !s.is_connecting());
+    }
+
+    #[test]
+    fn connect_times_out_without_connack() {
+        let mut s: Session<u32> = Session::new(Version::V311, 0, 4);
+        s.set_connect_timeout_ms(2_000);
+        s.connect(&ConnectParams::default(), 10 * S);
+        assert_eq!(s.next_timeout_ns(), Some(12 * S));
+        s.handle_timeout(12 * S - 1);
+        assert!(outcomes(&mut s).is_empty());
+        s.handle_timeout(12 * S);
+        assert_eq!(outcomes(&mut s), vec![Outcome::Closed(CloseReason::ConnectTimeout)]);
+    }
+
+    #[test]
+    fn keep_alive_pings_only_after_an_idle_interval_and_closes_without_pingresp() {
+        let mut s = connected(10_000, 4);
+        assert_eq!(s.next_timeout_ns(), Some(10 * S));
+        // A publish at 4 s moves the ping to 14 s: anything written counts as activity.
+        s.publish("t", Bytes::from_static(b"x"), 0, false, 1, 4 * S).unwrap();
+        s.take_output();
+        assert_eq!(s.next_timeout_ns(), Some(14 * S));
+        s.handle_timeout(13 * S);
+        assert!(!s.has_output());
+        s.handle_timeout(14 * S);
+        assert!(matches!(&written4(&mut s)[..], [v4::Packet::PingReq]));
+        // PINGRESP answers it: the next ping is one interval after the last write.
+        s.read(&bytes4(v4::Packet::PingResp), 15 * S);
+        assert_eq!(s.next_timeout_ns(), Some(24 * S));
+        s.handle_timeout(24 * S);
+        assert!(matches!(&written4(&mut s)[..], [v4::Packet::PingReq]));
+        // No answer within another interval: the session closes.
+        s.handle_timeout(34 * S - 1);
+        assert!(s.is_connected());
+        outcomes(&mut s);
+        s.handle_timeout(34 * S);
+        assert_eq!(outcomes(&mut s), vec![Outcome::Closed(CloseReason::PingTimeout)]);
+        assert!(!s.is_connected());
+    }
+
+    #[test]
+    fn ping_phase_moves_the_first_ping_earlier() {
+        let mut s: Session<u32> = Session::new(Version::V311, 10_000, 4);
+        s.set_ping_phase_ms(3_000);
+        s.connect(&ConnectParams::default(), 100 * S);
+        s.read(
+            &bytes4(v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, false))),
+            100 * S,
+        );
+        assert_eq!(s.next_timeout_ns(), Some(107 * S));
+    }
+
+    #[test]
+    fn in_flight_window_bounds_unacknowledged_messages() {
+        let mut s = connected(0, 2);
+        assert!(s.publish("t", Bytes::new(), 1, false, 1, 0).is_ok());
+        assert!(s.publish("t", Bytes::new(), 1, false, 2, 0).is_ok());
+        assert_eq!(s.publish("t", Bytes::new(), 1, false, 3, 0), Err(3));
+        assert!(!s.can_publish(1));
+        // QoS 0 does not need a window slot.
+        assert!(s.publish("t", Bytes::new(), 0, false, 4, 0).is_ok());
+        let ids = publish_ids(&written4(&mut s));
+        assert_eq!(ids, vec![(1, false), (2, false), (0, false)]);
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(2))), 0);
+        assert_eq!(outcomes(&mut s), vec![Outcome::Delivered(4), Outcome::Delivered(2)]);
+        assert!(s.can_publish(1));
+        assert_eq!(s.inflight(), 1);
+    }
+
+    #[test]
+    fn packet_ids_are_reused_after_acknowledgement_and_never_while_in_flight() {
+        let mut s = connected(0, 3);
+        for t in 1..=3 {
+            s.publish("t", Bytes::new(), 1, false, t, 0).unwrap();
+        }
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(2))), 0);
+        s.publish("t", Bytes::new(), 1, false, 4, 0).unwrap();
+        let ids: Vec<u16> = publish_ids(&written4(&mut s)).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 2]);
+        // An acknowledgement for an id not in flight (or a duplicate) changes nothing.
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(7))), 0);
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(1))), 0);
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(1))), 0);
+        assert_eq!(outcomes(&mut s), vec![Outcome::Delivered(2), Outcome::Delivered(1)]);
+        assert_eq!(s.inflight(), 2);
+    }
+
+    #[test]
+    fn unacknowledged_messages_are_resent_in_order_with_dup_after_reconnect() {
+        let mut s = connected(0, 4);
+        for t in 1..=3 {
+            s.publish("t", Bytes::from(vec![t as u8]), 1, false, t, 0).unwrap();
+        }
+        s.take_output();
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(1))), 0);
+        s.connection_lost();
+        assert!(!s.can_publish(0));
+        s.connect(&ConnectParams::default(), S);
+        s.take_output();
+        s.read(
+            &bytes4(v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, true))),
+            S,
+        );
+        let w = written4(&mut s);
+        let resent: Vec<(u16, bool, u8)> = w
+            .iter()
+            .filter_map(|p| match p {
+                v4::Packet::Publish(p) => Some((p.pkid, p.dup, p.payload[0])),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resent, vec![(2, true, 2), (3, true, 3)]);
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(3))), S);
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(2))), S);
+        assert_eq!(
+            outcomes(&mut s),
+            vec![
+                Outcome::Delivered(1),
+                Outcome::Connected { session_present: true },
+                Outcome::Delivered(3),
+                Outcome::Delivered(2)
+            ]
+        );
+    }
+
+    #[test]
+    fn qos2_flow_publishes_releases_and_completes() {
+        let mut s = connected(0, 4);
+        s.publish("t", Bytes::from_static(b"p"), 2, false, 9, 0).unwrap();
+        assert_eq!(publish_ids(&written4(&mut s)), vec![(1, false)]);
+        // PUBCOMP before PUBREC is out of order: ignored.
+        s.read(&bytes4(v4::Packet::PubComp(v4::PubComp::new(1))), 0);
+        assert!(outcomes(&mut s).is_empty());
+        s.read(&bytes4(v4::Packet::PubRec(v4::PubRec::new(1))), 0);
+        assert!(matches!(&written4(&mut s)[..], [v4::Packet::PubRel(r)] if r.pkid == 1));
+        assert!(outcomes(&mut s).is_empty());
+        // Lost after PUBREC: the reconnect resends PUBREL, not the PUBLISH.
+        s.connection_lost();
+        s.connect(&ConnectParams::default(), 0);
+        s.take_output();
+        s.read(
+            &bytes4(v4::Packet::ConnAck(v4::ConnAck::new(v4::ConnectReturnCode::Success, true))),
+            0,
+        );
+        assert!(matches!(&written4(&mut s)[..], [v4::Packet::PubRel(r)] if r.pkid == 1));
+        s.read(&bytes4(v4::Packet::PubComp(v4::PubComp::new(1))), 0);
+        assert_eq!(
+            outcomes(&mut s),
+            vec![Outcome::Connected { session_present: true }, Outcome::Delivered(9)]
+        );
+        assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn downlink_commands_are_acknowledged_and_qos2_reported_once() {
+        let mut s = connected(0, 4);
+        assert!(s.subscribe("devices/d1/cmd", 2, 0));
+        let w = written4(&mut s);
+        let [v4::Packet::Subscribe(sub)] = &w[..] else { panic!("{w:?}") };
+        assert_eq!((sub.pkid, sub.filters[0].path.as_str()), (5, "devices/d1/cmd"));
+        s.read(
+            &bytes4(v4::Packet::SubAck(v4::SubAck::new(
+                5,
+                vec![v4::SubscribeReasonCode::Success(rumqttc::mqttbytes::QoS::ExactlyOnce)],
+            ))),
+            0,
+        );
+        let mut cmd =
+            v4::Publish::new("devices/d1/cmd", rumqttc::mqttbytes::QoS::AtLeastOnce, "c1");
+        cmd.pkid = 11;
+        s.read(&bytes4(v4::Packet::Publish(cmd)), 0);
+        assert!(matches!(&written4(&mut s)[..], [v4::Packet::PubAck(a)] if a.pkid == 11));
+        let mut cmd =
+            v4::Publish::new("devices/d1/cmd", rumqttc::mqttbytes::QoS::ExactlyOnce, "c2");
+        cmd.pkid = 12;
+        // Split across two reads: a partial packet waits for the rest.
+        let b = bytes4(v4::Packet::Publish(cmd.clone()));
+        s.read(&b[..3], 0);
+        assert!(!s.has_output());
+        s.read(&b[3..], 0);
+        cmd.dup = true;
+        s.read(&bytes4(v4::Packet::Publish(cmd)), 0);
+        s.read(&bytes4(v4::Packet::PubRel(v4::PubRel::new(12))), 0);
+        let acks: Vec<String> = written4(&mut s).iter().map(|p| format!("{p:?}")).collect();
+        assert_eq!(acks.len(), 3, "{acks:?}");
+        assert!(
+            acks[0].starts_with("PubRec")
+                && acks[1].starts_with("PubRec")
+                && acks[2].starts_with("PubComp")
+        );
+        assert_eq!(
+            outcomes(&mut s),
+            vec![
+                Outcome::Subscribed { granted_qos: Some(2) },
+                Outcome::Command {
+                    topic: Bytes::from_static(b"devices/d1/cmd"),
+                    payload: Bytes::from_static(b"c1")
+                },
+                Outcome::Command {
+                    topic: Bytes::from_static(b"devices/d1/cmd"),
+                    payload: Bytes::from_static(b"c2")
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn all_packets_of_one_turn_come_out_in_one_buffer() {
+        let mut s = connected(0, 8);
+        for t in 0..5 {
+            s.publish("a/b", Bytes::from_static(b"12345"), 1, false, t, 0).unwrap();
+        }
+        let out = s.take_output();
+        // 5 PUBLISH of 2 + (2 + 3) + 2 + 5 bytes each.
+        assert_eq!(out.len(), 5 * 14);
+        assert!(!s.has_output());
+    }
+
+    #[test]
+    fn garbage_from_the_broker_closes_the_session() {
+        let mut s = connected(0, 4);
+        s.read(&[0xf0, 0x00], 0);
+        assert_eq!(outcomes(&mut s), vec![Outcome::Closed(CloseReason::ProtocolError)]);
+        assert!(!s.is_connected());
+    }
+
+    #[test]
+    fn graceful_disconnect_writes_disconnect_and_keeps_unacked_messages() {
+        let mut s = connected(0, 4);
+        s.publish("t", Bytes::new(), 1, false, 1, 0).unwrap();
+        s.take_output();
+        s.disconnect();
+        assert!(matches!(&written4(&mut s)[..], [v4::Packet::Disconnect]));
+        assert_eq!(s.take_unacked(), vec![1]);
+        assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn mqtt5_session_connects_publishes_and_reports_nacks() {
+        let mut s: Session<u32> = Session::new(Version::V5, 60_000, 4);
+        let p = ConnectParams {
+            client_id: "d5".into(),
+            clean_session: false,
+            session_expiry_s: Some(300),
+            ..Default::default()
+        };
+        s.connect(&p, 0);
+        let w = written5(&mut s);
+        let [v5::Packet::Connect(c, None, None)] = &w[..] else { panic!("{w:?}") };
+        assert_eq!(c.properties.as_ref().and_then(|p| p.session_expiry_interval), Some(300));
+        let mut ack = v5::ConnAck {
+            session_present: false,
+            code: v5::ConnectReturnCode::Success,
+            properties: None,
+        };
+        s.read(&bytes5(v5::Packet::ConnAck(ack.clone())), 0);
+        s.publish("t", Bytes::from_static(b"x"), 1, false, 1, 0).unwrap();
+        s.publish("t", Bytes::from_static(b"y"), 1, false, 2, 0).unwrap();
+        assert_eq!(written5(&mut s).len(), 2);
+        let mut nack = v5::PubAck::new(2, None);
+        nack.reason = v5::PubAckReason::NotAuthorized;
+        s.read(&bytes5(v5::Packet::PubAck(v5::PubAck::new(1, None))), 0);
+        s.read(&bytes5(v5::Packet::PubAck(nack)), 0);
+        assert_eq!(
+            outcomes(&mut s),
+            vec![
+                Outcome::Connected { session_present: false },
+                Outcome::Delivered(1),
+                Outcome::Rejected(2, "not_authorized")
+            ]
+        );
+        // A refusal by quota is its own reason.
+        ack.code = v5::ConnectReturnCode::QuotaExceeded;
+        s.connection_lost();
+        s.connect(&p, 0);
+        s.read(&bytes5(v5::Packet::ConnAck(ack)), 0);
+        assert_eq!(outcomes(&mut s), vec![Outcome::Refused { reason: "quota_exceeded" }]);
+    }
+}

@@ -1,0 +1,313 @@
+//! Per-device MQTT sessions (`connection = "per_device"`) against private Mosquitto instances
+//! (each on a free port with its own config, password file and ACL; the shared broker on 1883
+//! is never touched): each device its own client, credentials, will, downlink, restarts.
+
+mod common;
+
+use common::mqtt::{Broker, Subscriber};
+use common::*;
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+/// A fleet of `devices` per-device sessions publishing every `interval` for `duration`.
+fn fleet(
+    port: u16,
+    root: &str,
+    per_device: &str,
+    devices: u32,
+    interval: &str,
+    duration: &str,
+) -> String {
+    format!(
+        r#"
+[run]
+seed = 5
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+duration = "{duration}"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+qos = 1
+backoff_initial = "50ms"
+backoff_max = "400ms"
+
+[sink.mqtt.per_device]
+{per_device}
+
+[[fleet]]
+profile = "probe"
+count = {devices}
+
+[profiles.probe]
+protocol = "mqtt"
+connection = "per_device"
+topic = "{root}/{{device_id}}/telemetry"
+interval = "{interval}"
+seq = true
+[profiles.probe.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 1
+"#
+    )
+}
+
+/// A temporary folder the broker (which drops root to its own user) can read.
+fn readable_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// The client ids the broker logged as connected ("New client connected from A as ID").
+fn connected_clients(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = l.split("New client connected from ").nth(1)?;
+            let (from, rest) = rest.split_once(" as ")?;
+            let id = rest.split_whitespace().next()?;
+            Some((from.to_string(), id.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn each_device_connects_as_its_own_client_and_every_qos1_message_arrives() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("sessions");
+    let toml = fleet(port, &root, "client_id = \"sim-{device_id}\"", 8, "100ms", "3s");
+    let r = run_ok(dir.path(), &toml, &["--cores", "2"]);
+    let row = &r["runs"][0];
+    // 8 devices every 100 ms for 3 s, each over its own connection, all acknowledged.
+    assert_eq!(row["messages"], 240, "{r}");
+    assert_eq!(row["errors"], 0, "{row}");
+    let ids: BTreeSet<String> =
+        connected_clients(&broker.log()).into_iter().map(|(_, id)| id).collect();
+    let want: BTreeSet<String> = (0..8).map(|i| format!("sim-probe-{i:04}")).collect();
+    assert_eq!(ids, want, "client ids the broker saw");
+    let ev = &r["sink_events"];
+    assert_eq!(ev["mqtt.session_connected"], 8, "{ev}");
+    assert_eq!(ev["mqtt.session_connect_attempt"], 8, "{ev}");
+    // The pool was not used for this profile.
+    assert!(ev.get("mqtt.reconnect").is_none(), "{ev}");
+}
+
+#[test]
+fn hmac_credentials_and_an_acl_admit_provisioned_devices_and_refusals_are_counted() {
+    let dir = readable_dir();
+    let d = dir.path();
+    let secret = "fleet-secret";
+    // Provision devices 0..3 with hex(HMAC-SHA256(secret, client id)); device 3 is missing.
+    let pw = d.join("passwd");
+    for i in 0..3 {
+        let id = format!("probe-{i:04}");
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let tag = ring::hmac::sign(&key, id.as_bytes());
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let mut cmd = std::process::Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let out = cmd.arg("-b").arg(&pw).arg(&id).arg(&hex).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The ACL lets probe-0000 write its own telemetry topic; probe-0001 may only write
+    // probe-0000's; probe-0002 nothing. MQTT 5 makes the broker say so (PUBACK 0x87).
+    let root = unique("acl");
+    let acl = format!(
+        "user probe-0000\ntopic write {root}/probe-0000/telemetry\nuser probe-0001\ntopic write {root}/probe-0000/telemetry\n"
+    );
+    std::fs::write(d.join("acl"), acl).unwrap();
+    for f in ["passwd", "acl"] {
+        std::fs::set_permissions(d.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let port = free_port();
+    let conf = format!(
+        "allow_anonymous false\npassword_file {}\nacl_file {}",
+        pw.display(),
+        d.join("acl").display()
+    );
+    let broker = Broker::with_conf(port, d, &conf);
+    let per_device =
+        "username = \"{device_id}\"\npassword_hmac_secret_env = \"FLEET_DEVICE_SECRET\"";
+    let toml = fleet(port, &root, per_device, 4, "200ms", "3s")
+        .replace("qos = 1\n", "qos = 1\nversion = 5\n");
+    let out = run_env(d, &toml, &["--cores", "1"], &[("FLEET_DEVICE_SECRET", secret)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = report(d);
+    let ev = &r["sink_events"];
+    // Three provisioned devices connected; the fourth is refused, counted by reason, retried.
+    assert_eq!(ev["mqtt.session_connected"], 3, "{ev}");
+    let refused = ev["mqtt.session_refused_not_authorized"].as_u64().unwrap_or(0)
+        + ev["mqtt.session_refused_bad_credentials"].as_u64().unwrap_or(0);
+    assert!(refused >= 1, "{ev}");
+    let ids: BTreeSet<String> =
+        connected_clients(&broker.log()).into_iter().map(|(_, id)| id).collect();
+    assert!(!ids.contains("probe-0003"), "{ids:?}");
+    // Only probe-0000 may write its topic: its 15 messages are delivered; the broker refuses
+    // the others' publishes (counted as errors), and the refused device delivers nothing.
+    let row = &r["runs"][0];
+    assert_eq!(row["messages"], 15, "{row}");
+    assert!(row["errors"].as_u64().unwrap() >= 30, "{row}");
+}
+
+#[test]
+fn commands_reach_their_device_and_are_answered_with_their_id() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("cmd");
+    let per_device = format!(
+        "subscribe = \"{root}/{{device_id}}/cmd\"\nsubscribe_qos = 1\nrespond = \"{root}/{{device_id}}/cmd/ack\""
+    );
+    let toml = fleet(port, &root, &per_device, 3, "500ms", "6s");
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let acks = Subscriber::start(port, &format!("{root}/+/cmd/ack"));
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
+    // Wait for the three command subscriptions.
+    assert!(broker.wait_log(&format!("{root}/probe-"), 3), "{}", broker.log());
+    assert!(broker.wait_log("Sending SUBACK to probe-", 3), "{}", broker.log());
+    for i in 0..3 {
+        let out = std::process::Command::new("mosquitto_pub")
+            .args(["-p", &port.to_string(), "-q", "1", "-t"])
+            .arg(format!("{root}/probe-{i:04}/cmd"))
+            .arg("-m")
+            .arg(format!("{{\"id\":\"c-{i}\",\"op\":\"reboot\"}}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    let got = acks.wait_for(3);
+    let out = output_within(child, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut answered: Vec<(String, String)> = got
+        .iter()
+        .map(|(topic, payload)| {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(v["status"], "ok");
+            (
+                topic.clone(),
+                format!("{}/{}", v["device_id"].as_str().unwrap(), v["id"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    answered.sort();
+    let want: Vec<(String, String)> = (0..3)
+        .map(|i| (format!("{root}/probe-{i:04}/cmd/ack"), format!("probe-{i:04}/c-{i}")))
+        .collect();
+    assert_eq!(answered, want);
+    let ev = &report(dir.path())["sink_events"];
+    assert_eq!(ev["mqtt.command_received"], 3, "{ev}");
+    assert_eq!(ev["mqtt.command_responded"], 3, "{ev}");
+}
+
+#[test]
+fn sessions_come_back_after_a_broker_restart_and_nothing_is_lost_at_qos1() {
+    let dir = readable_dir();
+    let port = free_port();
+    let mut broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("restart");
+    let toml = fleet(port, &root, "queue_size = 1000\nkeep_alive = \"5s\"", 10, "100ms", "6s");
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "2"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.up();
+    let out = output_within(child, 120);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = report(dir.path());
+    let row = &r["runs"][0];
+    // 10 devices every 100 ms for 6 s: everything queued during the outage was sent after.
+    assert_eq!(row["messages"], 600, "{r}");
+    assert_eq!(row["errors"], 0, "{row}");
+    assert_eq!(row["dropped"], 0, "{row}");
+    let ev = &r["sink_events"];
+    assert_eq!(ev["mqtt.session_reconnected"], 10, "{ev}");
+    assert_eq!(ev["mqtt.session_lost"], 10, "{ev}");
+}
+
+#[test]
+fn sockets_bind_round_robin_to_the_source_addresses() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("src");
+    let toml =
+        fleet(port, &root, "source_addresses = [\"127.0.0.2\", \"127.0.0.3\"]", 6, "200ms", "2s");
+    let r = run_ok(dir.path(), &toml, &["--cores", "1"]);
+    assert_eq!(r["runs"][0]["messages"], 60, "{r}");
+    let from: Vec<String> = connected_clients(&broker.log())
+        .into_iter()
+        .map(|(addr, _)| addr.rsplit_once(':').unwrap().0.to_string())
+        .collect();
+    let n = |ip: &str| from.iter().filter(|a| *a == ip).count();
+    assert_eq!((n("127.0.0.2"), n("127.0.0.3")), (3, 3), "{from:?}");
+}
+
+#[test]
+fn bad_per_device_settings_are_config_errors_with_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = fleet(
+        1,
+        "x",
+        "client_id = \"all-the-same\"\nconnect_rate = 0\nwill_payload = \"bye\"\nsubscribe = \"a/#/b\"\nsource_addresses = [\"192.0.2.1\"]",
+        1,
+        "1s",
+        "1s",
+    )
+    .replace("connection = \"per_device\"", "connection = \"per_device\"\nqos = 1");
+    let out = run(dir.path(), &toml, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let e = stderr(&out);
+    for want in [
+        "sink.mqtt.per_device.client_id: must contain {device_id}",
+        "sink.mqtt.per_device.connect_rate: must be between 1 and 1000000, got 0",
+        "sink.mqtt.per_device.will_payload: a will needs will_topic",
+        "sink.mqtt.per_device.subscribe: not a valid MQTT topic filter",
+        "sink.mqtt.per_device.source_addresses[0]: cannot bind \"192.0.2.1\"",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    let bad = fleet(1, "x", "", 1, "1s", "1s").replace("\"per_device\"", "\"per_devise\"");
+    let e = stderr(&run(dir.path(), &bad, &[]));
+    assert!(
+        e.contains(
+            "profiles.probe.connection: expected \"pooled\" or \"per_device\", got \"per_devise\""
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn each_device_opens_its_own_tls_session_with_a_client_certificate() {
+    let dir = readable_dir();
+    let d = dir.path();
+    common::tls::make_certs(d);
+    let port = free_port();
+    let conf = format!(
+        "allow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true",
+        d.display()
+    );
+    let broker = Broker::with_conf(port, d, &conf);
+    let root = unique("tls");
+    let tls = format!(
+        "ca_file = \"{0}/ca.pem\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"",
+        d.display()
+    );
+    let toml = fleet(port, &root, "", 4, "200ms", "2s")
+        .replace("mqtt://127.0.0.1", "mqtts://127.0.0.1")
+        .replace("qos = 1\n", &format!("qos = 1\n{tls}\n"));
+    let r = run_ok(d, &toml, &["--cores", "1"]);
+    assert_eq!(r["runs"][0]["messages"], 40, "{r}");
+    let ids: BTreeSet<String> =
+        connected_clients(&broker.log()).into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 4, "one TLS connection per device: {ids:?}");
+    assert_eq!(r["sink_events"]["mqtt.session_connected"], 4, "{r}");
+}
