@@ -312,7 +312,6 @@ pub const MQTT_KEYS: &[&str] = &[
     "ca_file",
     "client_cert",
     "client_key",
-    "per_device",
 ];
 
 fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
@@ -351,7 +350,9 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
     if tls_files.client_cert.is_some() != tls_files.client_key.is_some() {
         p.add(t.path_of("client_cert"), "client_cert and client_key go together");
     }
-    t.finish_with(MQTT_KEYS, p);
+    // `per_device` is a table of its own (file only: the environment carries scalar settings).
+    let keys: Vec<&str> = MQTT_KEYS.iter().copied().chain(["per_device"]).collect();
+    t.finish_with(&keys, p);
     let (url, parts) = parsed?;
     let tls = matches!(parts.scheme.as_str(), "mqtts" | "ssl");
     if !tls && tls_keys.iter().any(|k| *k) {
