@@ -272,8 +272,8 @@ fn rows_of(
             let mut hgrm = vec![];
             if let Some(files) = files.as_deref_mut() {
                 hgrm = vec![format!("latency_{base}.hgrm"), format!("service_{base}.hgrm")];
-                files.push((hgrm[0].clone(), s.latency.clone()));
-                files.push((hgrm[1].clone(), s.service.clone()));
+                files.push((hgrm[0].clone(), (*s.latency).clone()));
+                files.push((hgrm[1].clone(), (*s.service).clone()));
             }
             Row {
                 msgs_per_s: round1(s.messages as f64 / seconds),
