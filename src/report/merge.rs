@@ -169,10 +169,10 @@ mod tests {
         let phase = |f: &Fleet, st: &ShardStats| {
             crate::report::phase_rows("p", 0, 1000, f, &st.phases[0]).runs
         };
-        for (x, y) in [(rows(&kept_fleet, &kept), rows(&fleet, &merged)), (
-            phase(&kept_fleet, &kept),
-            phase(&fleet, &merged),
-        )] {
+        for (x, y) in [
+            (rows(&kept_fleet, &kept), rows(&fleet, &merged)),
+            (phase(&kept_fleet, &kept), phase(&fleet, &merged)),
+        ] {
             assert_eq!(x.len(), y.len());
             for (x, y) in x.iter().zip(&y) {
                 assert_eq!((&x.sink, &x.device_type), (&y.sink, &y.device_type));

@@ -385,6 +385,7 @@ impl Shard {
             c.suppressed.store(self.ctl.states.suppressed(), Ordering::Relaxed);
             c.faults_active.store(self.ctl.states.faults_active(), Ordering::Relaxed);
             c.lateness_us_max.fetch_max(self.ctl.lateness_max_us, Ordering::Relaxed);
+            c.runtime_profiles.store(self.ctl.kept.len() as u64, Ordering::Relaxed);
             self.ctl.lateness_max_us = 0;
         }
     }
@@ -761,12 +762,8 @@ impl Shard {
                 // looked at again when one of them stops).
                 continue;
             }
-            let held = self
-                .sinks
-                .iter()
-                .flatten()
-                .filter_map(Sink::net_shared)
-                .any(|n| n.pending(ix) > 0);
+            let held =
+                self.sinks.iter().flatten().filter_map(Sink::net_shared).any(|n| n.pending(ix) > 0);
             if held {
                 self.ctl.retire.insert(ix);
             } else {
@@ -824,8 +821,7 @@ impl Shard {
             self.ctl.free_groups.insert(gi);
         }
         self.stats.retired_mut(key).merge(&folded);
-        let husk =
-            Profile::husk(p.protocol, &p.device_type, p.requested_protocol.clone(), &[]);
+        let husk = Profile::husk(p.protocol, &p.device_type, p.requested_protocol.clone(), &[]);
         fleet.profiles[ix] = husk;
         self.ctl.free_profiles.push(ix);
     }
