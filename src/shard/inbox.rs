@@ -675,7 +675,10 @@ impl Shard {
             *self.ctl.fallback_devices.entry(asked.clone()).or_default() += 1;
             self.publish_fallback();
         }
-        let gi = self.intern_group(profile_ix, spec.labels);
+        // A group index is reused only when no other command is under way: a scan caches
+        // whether each group matches its selector.
+        let reuse = self.ctl.work.is_empty();
+        let gi = self.intern_group(profile_ix, spec.labels, reuse);
         let free = self.ctl.free_ids.get_mut(&(gi as u32)).and_then(Vec::pop);
         let fleet = Arc::make_mut(&mut self.plan.fleet);
         let group = &mut fleet.groups[gi];
@@ -754,6 +757,7 @@ impl Shard {
         }
         // A failed file write is counted against its profile before the index can change.
         self.account_lost();
+        let mut freed = false;
         for ix in std::mem::take(&mut self.ctl.retire) {
             if !self.ctl.kept.contains_key(&ix)
                 || self.table.live_by_profile().get(ix).is_some_and(|&n| n > 0)
@@ -768,7 +772,13 @@ impl Shard {
                 self.ctl.retire.insert(ix);
             } else {
                 self.retire_profile(ix);
+                freed = true;
             }
+        }
+        if freed && self.table.is_empty() {
+            // As in `release_memory`: the stop that emptied the shard trimmed before this.
+            // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+            unsafe { libc::malloc_trim(0) };
         }
     }
 
@@ -858,7 +868,12 @@ impl Shard {
         }
     }
 
-    fn intern_group(&mut self, profile_ix: usize, labels: BTreeMap<String, String>) -> usize {
+    fn intern_group(
+        &mut self,
+        profile_ix: usize,
+        labels: BTreeMap<String, String>,
+        reuse: bool,
+    ) -> usize {
         if let Some(&gi) = self.ctl.groups.get(&(profile_ix, labels.clone())) {
             return gi;
         }
@@ -871,7 +886,8 @@ impl Shard {
             labels: labels.clone(),
             ids: vec![],
         };
-        let gi = match self.ctl.free_groups.pop_first() {
+        let free = if reuse { self.ctl.free_groups.pop_first() } else { None };
+        let gi = match free {
             Some(gi) => {
                 fleet.groups[gi] = group;
                 self.ctl.streams.forget_group(gi);
@@ -1099,7 +1115,7 @@ impl Shard {
         let p = self.plan.fleet.profiles[profile_ix].clone();
         let mut labels = old_labels;
         labels.extend(update.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let gi = self.intern_group(profile_ix, labels);
+        let gi = self.intern_group(profile_ix, labels, false);
         let deadline = self.wheel.remove(key);
         self.table.remove(&self.plan.fleet, key);
         self.ctl.released.push((old.group, old.index));
