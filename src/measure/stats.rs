@@ -50,6 +50,11 @@ impl LazyHistogram {
         }
     }
 
+    /// The histogram (an empty one if nothing was recorded).
+    pub fn into_inner(self) -> Histogram<u64> {
+        self.0.map_or_else(histogram, |h| *h)
+    }
+
     /// True once something was recorded (or added).
     pub fn is_allocated(&self) -> bool {
         self.0.is_some()
