@@ -120,6 +120,7 @@ async fn churn(addr: &str, cycles: usize, count: usize) -> serde_json::Value {
             .expect("stop one");
     }
     let after_singles = settled_rss(&mut c).await;
+    let held = c.get_runtime_status(()).await.expect("status").into_inner().runtime_profiles;
     let first = after[0];
     let last = *after.last().unwrap();
     serde_json::json!({
@@ -135,6 +136,7 @@ async fn churn(addr: &str, cycles: usize, count: usize) -> serde_json::Value {
         "own_profile_rss_before_bytes": before_singles,
         "own_profile_rss_after_bytes": after_singles,
         "own_profile_bytes_per_call": (after_singles - before_singles) / 500,
+        "own_profile_runtime_profiles_held_after": held,
     })
 }
 

@@ -482,7 +482,7 @@ fn check_aborts(
             let _ = lateness.add(l);
         }
     }
-    totals.latency = latency.clone();
+    totals.latency = latency.clone().into();
     aborts.iter().map(|t| t.judge_totals(&totals, &lateness, seconds)).find(|v| !v.passed)
 }
 

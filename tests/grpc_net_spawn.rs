@@ -125,3 +125,137 @@ stddev = 5.0
     let total = report["messages"].as_u64().unwrap();
     assert!(total <= requests.load(std::sync::atomic::Ordering::Relaxed), "{report}");
 }
+
+/// 500 x "spawn one device with its own profile, stop it": every shard frees each profile once
+/// its device stopped and its messages settled (`runtime_profiles` goes back to 0), and the
+/// end-of-run report still counts what those devices sent and how many there were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_of_stopped_devices_are_freed_and_their_messages_stay_in_the_report() {
+    let (port, requests) = http_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[run]\nseed = 5\nclock = \"realtime\"\nspeed = 20.0\n\n\
+             [sink.http]\nendpoint = \"http://127.0.0.1:{port}/ingest\"\n"
+        ),
+    )
+    .unwrap();
+    let report = dir.path().join("report");
+    let mut rt = Runtime::with_config("serve", &cfg, Some(&report), &["--cores", "2"]);
+    let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
+    let status = |c: &mut DeviceRuntimeServiceClient<_>| {
+        let mut c = c.clone();
+        async move { c.get_runtime_status(()).await.unwrap().into_inner() }
+    };
+    let profiles_back_to_zero = |c: DeviceRuntimeServiceClient<tonic::transport::Channel>| async {
+        let mut c = c;
+        let mut held = 0;
+        for _ in 0..400 {
+            held = c.get_runtime_status(()).await.unwrap().into_inner().runtime_profiles;
+            if held == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("{held} runtime profiles still held");
+    };
+    assert_eq!(status(&mut c).await.runtime_profiles, 0);
+    const CYCLES: usize = 500;
+    for i in 0..CYCLES {
+        // Its own behaviour (a distinct mean), so its own compiled profile.
+        let mut s = spec(&format!("d-{i}"), "once", &[], 100, "http");
+        s.behavior_params = Some(obj(vec![(
+            "fields",
+            objv(vec![(
+                "power",
+                objv(vec![
+                    ("type", text("gaussian")),
+                    ("mean", num(i as f64)),
+                    ("stddev", num(1.0)),
+                ]),
+            )]),
+        )]));
+        let r = c
+            .spawn_devices(proto::SpawnDevicesRequest {
+                specs: vec![s],
+                scenario_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.spawned, 1, "{r:?}");
+        if i == 0 {
+            assert_eq!(status(&mut c).await.runtime_profiles, 1, "the spawn's shard holds it");
+        }
+        let stop = proto::StopDevicesRequest {
+            selector: Some(proto::DeviceSelector {
+                selector: Some(proto::device_selector::Selector::DeviceIds(proto::DeviceIdList {
+                    ids: vec![format!("d-{i}")],
+                })),
+            }),
+            graceful: true,
+        };
+        assert_eq!(c.stop_devices(stop).await.unwrap().into_inner().stopped, 1);
+    }
+    profiles_back_to_zero(c.clone()).await;
+    let base = status(&mut c).await.messages_sent_total;
+    // One device that certainly publishes before it stops (a message every 5 ms of wall time).
+    let r = c
+        .spawn_devices(proto::SpawnDevicesRequest {
+            specs: vec![spec("keep", "kept", &[], 100, "http")],
+            scenario_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.spawned, 1);
+    let mut sent = 0;
+    for _ in 0..600 {
+        sent = status(&mut c).await.messages_sent_total;
+        if sent >= base + 40 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        sent >= base + 40,
+        "messages_sent_total stayed at {sent}\n{}",
+        rt.stderr.lock().unwrap()
+    );
+    let stop = proto::StopDevicesRequest { selector: None, graceful: true };
+    assert_eq!(c.stop_devices(stop).await.unwrap().into_inner().stopped, 1);
+    profiles_back_to_zero(c.clone()).await;
+    // Freed profiles' counts stay in the runtime's (monotone) totals.
+    let before = status(&mut c).await;
+    assert!(before.messages_sent_total >= sent, "{before:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let after = status(&mut c).await;
+    assert_eq!(after.messages_sent_total, before.messages_sent_total);
+    let exit = rt.terminate();
+    assert!(exit.success(), "{exit:?}\n{}", rt.stderr.lock().unwrap());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    let rows = report["runs"].as_array().unwrap();
+    let row = |t: &str| {
+        rows.iter()
+            .find(|r| r["device_type"] == t)
+            .unwrap_or_else(|| panic!("no row for {t}: {report}"))
+            .clone()
+    };
+    let (once, kept) = (row("once"), row("kept"));
+    assert_eq!(rows.len(), 2, "one row per sink and device type: {report}");
+    assert_eq!(once["devices"], CYCLES as u64, "{once}");
+    assert_eq!(kept["devices"], 1, "{kept}");
+    assert_eq!(kept["sink"], "http");
+    assert!(kept["messages"].as_u64().unwrap() >= 40, "{kept}");
+    assert_eq!(once["messages"].as_u64().unwrap() as i64, base, "{once}");
+    let total = once["messages"].as_u64().unwrap() + kept["messages"].as_u64().unwrap();
+    assert_eq!(report["messages"].as_u64().unwrap(), total, "{report}");
+    assert_eq!(total as i64, after.messages_sent_total, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(total <= requests.load(std::sync::atomic::Ordering::Relaxed), "{report}");
+    // The report's latency histogram of a freed profile's row is the one it recorded.
+    assert_eq!(kept["latency_us"]["count"].as_u64().unwrap(), kept["messages"].as_u64().unwrap());
+}

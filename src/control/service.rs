@@ -304,6 +304,7 @@ impl server::DeviceRuntimeService for Service {
                 .filter(|(_, n)| *n > 0)
                 .map(|(k, n)| (k, n as i64))
                 .collect(),
+            runtime_profiles: p.sum(|c| &c.runtime_profiles) as i64,
         }))
     }
 

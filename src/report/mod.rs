@@ -285,24 +285,27 @@ fn rows_of(
         e.1 += devices;
     }
     rows.into_iter()
-        .map(|(key, (s, devices))| {
+        .map(|(key, (mut s, devices))| {
             let events = events.remove(&key).unwrap_or_default();
             let (sink, device_type, requested_protocol) = key;
             let base = match &requested_protocol {
                 None => format!("{sink}_{}", sanitize(&device_type)),
                 Some(asked) => format!("{sink}_{}_as_{}", sanitize(&device_type), sanitize(asked)),
             };
+            let (latency_us, service_us) =
+                (Percentiles::of(&s.latency), Percentiles::of(&s.service));
             let (mut hgrm, mut latency_distribution) = (vec![], vec![]);
             if let Some(files) = files.as_deref_mut() {
+                // Moved, not copied: a fleet file with 4,000 device types has 8,000 of them.
                 hgrm = vec![format!("latency_{base}.hgrm"), format!("service_{base}.hgrm")];
-                files.push((hgrm[0].clone(), s.latency.clone()));
-                files.push((hgrm[1].clone(), s.service.clone()));
                 latency_distribution = distribution(&s.latency);
+                files.push((hgrm[0].clone(), std::mem::take(&mut s.latency).into_inner()));
+                files.push((hgrm[1].clone(), std::mem::take(&mut s.service).into_inner()));
             }
             Row {
                 msgs_per_s: round1(s.messages as f64 / seconds),
-                latency_us: Percentiles::of(&s.latency),
-                service_us: Percentiles::of(&s.service),
+                latency_us,
+                service_us,
                 error_kinds: s.error_kinds.clone(),
                 slowdowns: s.slowdowns,
                 messages: s.messages,

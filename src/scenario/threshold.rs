@@ -595,13 +595,13 @@ mod tests {
         let t = parse("[[threshold]]\nmetric = \"latency_max\"\nmax = \"1ms\"", &[]).unwrap();
         let mut st = ProfileStats::new();
         st.messages = 1;
-        st.latency.record(1000).unwrap();
+        st.latency.get_mut().record(1000).unwrap();
         let lat = histogram();
         let mut fleet = fleet;
         fleet.profiles.push(test_profile());
         let span = Span { profiles: std::slice::from_ref(&st), lateness: &lat, seconds: 1.0 };
         assert!(t[0].judge(&fleet, &span).passed);
-        st.latency.record(2000).unwrap();
+        st.latency.get_mut().record(2000).unwrap();
         let span = Span { profiles: std::slice::from_ref(&st), lateness: &lat, seconds: 1.0 };
         let v = t[0].judge(&fleet, &span);
         assert!(!v.passed);

@@ -166,6 +166,8 @@ pub(crate) struct ShardCounters {
     /// Devices published to the fallback sink, by the protocol they asked for. Written only
     /// when a spawn or stop changes it (never per message).
     pub fallback_devices: Mutex<BTreeMap<String, u64>>,
+    /// Runtime profiles the shard holds (spawned or changed over gRPC or by a scenario).
+    pub runtime_profiles: AtomicU64,
     /// Per-profile counters and histogram buckets for `/metrics`, refreshed about once a
     /// second.
     pub figures: crate::measure::board::Slot,

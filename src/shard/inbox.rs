@@ -13,13 +13,13 @@ use super::event::{DeviceEvent, EventKind};
 use super::faults::{DeviceStates, Gate};
 use super::streams::{Streams, group_matches};
 use crate::measure::clock::mono_ns;
-use crate::measure::stats::ProfileStats;
+use crate::measure::stats::{ProfileStats, Retired};
 use crate::sim::device::{DeviceTable, device_seed};
-use crate::sim::profile::{self, Group, Profile};
+use crate::sim::profile::{self, Group, Profile, Protocol};
 use crate::sim::seed;
 use crate::sim::time::SimMs;
 use crate::sink::Sink;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
@@ -106,7 +106,13 @@ pub(crate) struct Control {
     pub streams: Streams,
     /// Spawned profiles (by the address of their shared `Arc`) -> profile index.
     profiles: HashMap<usize, usize>,
-    kept: Vec<Arc<Profile>>,
+    /// Runtime profiles in use, by profile index (held so that the address stays theirs).
+    kept: HashMap<usize, Arc<Profile>>,
+    /// Runtime profiles that may have lost their last device (see `retire_profiles`).
+    retire: BTreeSet<usize>,
+    /// Indices of freed runtime profiles and groups, reused by the next ones.
+    free_profiles: Vec<usize>,
+    free_groups: BTreeSet<usize>,
     /// (profile index, labels) -> group index of spawned devices.
     groups: HashMap<(usize, BTreeMap<String, String>), usize>,
     /// Devices on a fallback sink, by the protocol they asked for.
@@ -268,6 +274,7 @@ impl Shard {
     pub fn drain_commands(&mut self) {
         self.forward_sink_events();
         self.reclaim_ids();
+        self.retire_profiles();
         if self.ctl.link.is_none() && self.ctl.work.is_empty() {
             return;
         }
@@ -412,6 +419,7 @@ impl Shard {
             c.suppressed.store(self.ctl.states.suppressed(), Ordering::Relaxed);
             c.faults_active.store(self.ctl.states.faults_active(), Ordering::Relaxed);
             c.lateness_us_max.fetch_max(self.ctl.lateness_max_us, Ordering::Relaxed);
+            c.runtime_profiles.store(self.ctl.kept.len() as u64, Ordering::Relaxed);
             self.ctl.lateness_max_us = 0;
         }
     }
@@ -455,6 +463,22 @@ impl Shard {
             }
             profiles.push(f);
         }
+        // Freed runtime profiles: what they counted stays in the (monotone) counters.
+        for r in &self.stats.retired {
+            let Some(protocol) = Protocol::parse(&r.sink) else { continue };
+            let st = &r.total.stats;
+            profiles.push(ProfileFigures {
+                device_type: r.device_type.as_str().into(),
+                protocol: protocol.name(),
+                devices: 0,
+                messages: st.messages,
+                errors: st.errors,
+                dropped: st.dropped,
+                slowdowns: st.slowdowns,
+                error_kinds: st.error_kinds.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                latency: Buckets::from_hdr(&st.latency),
+            });
+        }
         let mut sinks = vec![];
         let mut sink_events = vec![];
         for s in self.sinks.iter().flatten() {
@@ -493,7 +517,7 @@ impl Shard {
     /// this shard (called about once a second with the progress snapshot), never per message.
     pub(super) fn log_sink_pressure(&mut self) {
         let mut now = [self.stats.dropped(), 0, 0];
-        now[1] = self.stats.profiles.iter().map(|p| p.slowdowns).sum();
+        now[1] = self.stats.all().map(|p| p.slowdowns).sum();
         for s in self.sinks.iter().flatten() {
             if let Some(n) = s.net_shared() {
                 for p in n.stats.borrow().iter() {
@@ -687,7 +711,10 @@ impl Shard {
             *self.ctl.fallback_devices.entry(asked.clone()).or_default() += 1;
             self.publish_fallback();
         }
-        let gi = self.intern_group(profile_ix, spec.labels);
+        // A group index is reused only when no other command is under way: a scan caches
+        // whether each group matches its selector.
+        let reuse = self.ctl.work.is_empty();
+        let gi = self.intern_group(profile_ix, spec.labels, reuse);
         let free = self.ctl.free_ids.get_mut(&(gi as u32)).and_then(Vec::pop);
         let fleet = Arc::make_mut(&mut self.plan.fleet);
         let group = &mut fleet.groups[gi];
@@ -727,12 +754,21 @@ impl Shard {
             return ix;
         }
         let fleet = Arc::make_mut(&mut self.plan.fleet);
-        fleet.profiles.push((**p).clone());
-        let ix = fleet.profiles.len() - 1;
-        self.stats.profiles.push(ProfileStats::new());
-        for ph in &mut self.stats.phases {
-            ph.push(ProfileStats::new());
-        }
+        // A freed index has empty statistics here and in every sink (`retire_profile`).
+        let ix = match self.ctl.free_profiles.pop() {
+            Some(ix) => {
+                fleet.profiles[ix] = (**p).clone();
+                ix
+            }
+            None => {
+                fleet.profiles.push((**p).clone());
+                self.stats.profiles.push(ProfileStats::new());
+                for ph in &mut self.stats.phases {
+                    ph.push(ProfileStats::new());
+                }
+                fleet.profiles.len() - 1
+            }
+        };
         // Network sinks record per profile too: make room for the new one.
         for sink in self.sinks.iter().flatten() {
             if let Some(net) = sink.net_shared() {
@@ -743,8 +779,97 @@ impl Shard {
             }
         }
         self.ctl.profiles.insert(addr, ix);
-        self.ctl.kept.push(p.clone());
+        self.ctl.kept.insert(ix, p.clone());
         ix
+    }
+
+    /// Frees the runtime profiles that no device uses any more and of which no network sink
+    /// still holds a message (`NetShared::pending`); one that still has messages out is looked
+    /// at again on the next turn. Only between commands: a command in progress may hold
+    /// profile and group indices (a scan's `remap`, its group matches).
+    fn retire_profiles(&mut self) {
+        if self.ctl.retire.is_empty() || !self.ctl.work.is_empty() {
+            return;
+        }
+        // A failed file write is counted against its profile before the index can change.
+        self.account_lost();
+        let mut freed = false;
+        for ix in std::mem::take(&mut self.ctl.retire) {
+            if !self.ctl.kept.contains_key(&ix)
+                || self.table.live_by_profile().get(ix).is_some_and(|&n| n > 0)
+            {
+                // A fleet-file profile, one already freed, or one with devices (it is
+                // looked at again when one of them stops).
+                continue;
+            }
+            let held =
+                self.sinks.iter().flatten().filter_map(Sink::net_shared).any(|n| n.pending(ix) > 0);
+            if held {
+                self.ctl.retire.insert(ix);
+            } else {
+                self.retire_profile(ix);
+                freed = true;
+            }
+        }
+        if freed && self.table.is_empty() {
+            // As in `release_memory`: the stop that emptied the shard trimmed before this.
+            // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+
+    /// Folds profile `ix`'s statistics (the shard's, every network sink's, per phase too) and
+    /// its groups' device counts into the retired entry of its report row
+    /// (`ShardStats::retired`), then frees the profile (a husk keeps its slot until a new
+    /// profile takes it) and its groups (reused by the next new group).
+    fn retire_profile(&mut self, ix: usize) {
+        let Some(arc) = self.ctl.kept.remove(&ix) else { return };
+        self.ctl.profiles.remove(&(Arc::as_ptr(&arc) as usize));
+        drop(arc);
+        let fleet = Arc::make_mut(&mut self.plan.fleet);
+        let p = &fleet.profiles[ix];
+        let names: Vec<&str> = p.behaviour.events.iter().map(|e| e.name.as_str()).collect();
+        let key = (p.protocol.name(), p.device_type.as_str(), p.requested_protocol.as_deref());
+        let take = |st: &mut ProfileStats| std::mem::take(st);
+        let mut folded = Retired::default();
+        folded.total.fold(&take(&mut self.stats.profiles[ix]), &names);
+        let nets: Vec<_> = self.sinks.iter().flatten().filter_map(Sink::net_shared).collect();
+        for net in &nets {
+            if let Some(st) = net.stats.borrow_mut().get_mut(ix) {
+                folded.total.fold(&take(st), &names);
+            }
+        }
+        let phases = nets.iter().map(|n| n.phase_stats.borrow().len()).max().unwrap_or(0);
+        folded.phases.resize_with(self.stats.phases.len().max(phases), Default::default);
+        for (ph, f) in folded.phases.iter_mut().enumerate() {
+            if let Some(st) = self.stats.phases.get_mut(ph).and_then(|v| v.get_mut(ix)) {
+                f.fold(&take(st), &names);
+            }
+            for net in &nets {
+                let mut per = net.phase_stats.borrow_mut();
+                if let Some(st) = per.get_mut(ph).and_then(|v| v.get_mut(ix)) {
+                    f.fold(&take(st), &names);
+                }
+            }
+        }
+        // The report counts every device a row ever had (a stopped one too).
+        for gi in 0..fleet.groups.len() {
+            if fleet.groups[gi].profile != ix || self.ctl.free_groups.contains(&gi) {
+                continue;
+            }
+            let g = &mut fleet.groups[gi];
+            folded.devices += g.count;
+            self.ctl.groups.remove(&(ix, std::mem::take(&mut g.labels)));
+            g.count = 0;
+            g.ids = vec![];
+            g.labels_json = profile::labels_json(&g.labels);
+            self.ctl.free_ids.remove(&(gi as u32));
+            self.ctl.free_groups.insert(gi);
+        }
+        self.stats.retired_mut(key).merge(&folded);
+        let husk = Profile::husk(p.protocol, &p.device_type, p.requested_protocol.clone(), &[]);
+        fleet.profiles[ix] = husk;
+        self.ctl.free_profiles.push(ix);
     }
 
     /// Gives memory back once the last device of the shard has stopped: the device table and
@@ -779,20 +904,36 @@ impl Shard {
         }
     }
 
-    fn intern_group(&mut self, profile_ix: usize, labels: BTreeMap<String, String>) -> usize {
+    fn intern_group(
+        &mut self,
+        profile_ix: usize,
+        labels: BTreeMap<String, String>,
+        reuse: bool,
+    ) -> usize {
         if let Some(&gi) = self.ctl.groups.get(&(profile_ix, labels.clone())) {
             return gi;
         }
         let fleet = Arc::make_mut(&mut self.plan.fleet);
-        fleet.groups.push(Group {
+        let group = Group {
             profile: profile_ix,
             count: 0,
             first_ordinal: 0,
             labels_json: profile::labels_json(&labels),
             labels: labels.clone(),
             ids: vec![],
-        });
-        let gi = fleet.groups.len() - 1;
+        };
+        let free = if reuse { self.ctl.free_groups.pop_first() } else { None };
+        let gi = match free {
+            Some(gi) => {
+                fleet.groups[gi] = group;
+                self.ctl.streams.forget_group(gi);
+                gi
+            }
+            None => {
+                fleet.groups.push(group);
+                fleet.groups.len() - 1
+            }
+        };
         self.ctl.groups.insert((profile_ix, labels), gi);
         gi
     }
@@ -907,6 +1048,7 @@ impl Shard {
                 }
                 if let Some(d) = self.table.remove(&fleet, key) {
                     self.ctl.released.push((d.group, d.index));
+                    self.ctl.retire.insert(group.profile);
                 }
                 self.ctl.emit(
                     &id,
@@ -1019,10 +1161,11 @@ impl Shard {
         let p = self.plan.fleet.profiles[profile_ix].clone();
         let mut labels = old_labels;
         labels.extend(update.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let gi = self.intern_group(profile_ix, labels);
+        let gi = self.intern_group(profile_ix, labels, false);
         let deadline = self.wheel.remove(key);
         self.table.remove(&self.plan.fleet, key);
         self.ctl.released.push((old.group, old.index));
+        self.ctl.retire.insert(old_profile_ix);
         let f = Arc::make_mut(&mut self.plan.fleet);
         // The device moves to the new group: the report counts it once.
         let old_count = &mut f.groups[old.group as usize].count;

@@ -900,8 +900,8 @@ fn submit(
         Outcome::Completed => {
             st.messages += 1;
             st.bytes += bytes;
-            stats::record(&mut st.latency, latency_us);
-            stats::record(&mut st.service, service_us);
+            st.latency.record(latency_us);
+            st.service.record(service_us);
         }
         Outcome::Failed => st.errors += 1,
         Outcome::Pending => {}

@@ -142,6 +142,15 @@ impl Streams {
         self.subs.retain(|s| s.sub.id != id);
     }
 
+    /// Forgets whether group `gi` matches: the shard reuses the index for another group.
+    pub fn forget_group(&mut self, gi: usize) {
+        for s in &mut self.subs {
+            if let Some(m) = s.group_match.get_mut(gi) {
+                *m = 0;
+            }
+        }
+    }
+
     /// Offers one published message to every subscription that selects its device.
     pub fn feed(
         &mut self,

@@ -285,8 +285,10 @@ impl Behaviour {
             // `phase < period` (drawn so at init): one division per tick.
             let pos = (t + period - phase) % period;
             if pos >= s.awake_ms {
-                let wake = t - pos + period;
-                let slept_from = if first { t } else { t - pos + s.awake_ms };
+                // `pos < period`, but `t` may be smaller than `pos` (a tick before the first
+                // whole period, at tiny sim times): the window began before time 0.
+                let wake = t + (period - pos);
+                let slept_from = if first { t } else { (t + s.awake_ms).saturating_sub(pos) };
                 log.asleep_ms += wake.min(end).saturating_sub(slept_from.min(end));
                 return Presence::Away { until: wake, on_grid: false };
             }
@@ -313,8 +315,8 @@ impl Behaviour {
         if pos < s.awake_ms {
             return (next, 0);
         }
-        let wake = next - pos + period;
-        let slept_from = next - pos + s.awake_ms;
+        let wake = next + (period - pos);
+        let slept_from = (next + s.awake_ms).saturating_sub(pos);
         (wake, wake.min(end).saturating_sub(slept_from.min(end)))
     }
 
@@ -567,6 +569,30 @@ mod tests {
         let mut s = block(&with, 9);
         with.step(&mut s, phase + 900_000, u64::MAX, &mut log);
         assert_eq!(with.after_sample(&s, at, u64::MAX), (at, 0));
+    }
+
+    #[test]
+    fn a_sleeper_ticked_before_its_phase_does_not_underflow() {
+        let mut b = Behaviour {
+            sleep: Some(Sleep { period_ms: 900_000, awake_ms: 30_000 }),
+            ..Default::default()
+        };
+        b.lay_out(0);
+        // A phase past the awake window and a tick time smaller than the position in the
+        // period: `t - pos` used to underflow (a panic in debug builds).
+        let mut s = block(&b, 9);
+        s[0].x = 500_000.0;
+        let mut log = StepLog::default();
+        let t = 5;
+        // pos = (5 + 900_000 - 500_000) % 900_000 = 400_005: asleep until the next window.
+        assert_eq!(
+            b.step(&mut s, t, u64::MAX, &mut log),
+            Presence::Away { until: 500_000, on_grid: false }
+        );
+        // Asleep since before time 0: counted from the window's end clipped at 0, to `wake`.
+        assert_eq!(log.asleep_ms, 500_000);
+        assert_eq!(b.after_sample(&s, 7, u64::MAX), (500_000, 500_000));
+        assert_eq!(b.after_sample(&s, 7, 100), (500_000, 100));
     }
 
     #[test]

@@ -414,6 +414,48 @@ impl Profile {
         broken
     }
 
+    /// What is left of a freed runtime profile: what names its report row (sink, device type,
+    /// requested protocol) and its events' names, without fields, topic or behaviour. A shard
+    /// keeps one in a freed profile slot; the report merge lists freed profiles' statistics
+    /// under one (`report/merge.rs`).
+    pub fn husk(
+        protocol: Protocol,
+        device_type: &str,
+        requested_protocol: Option<String>,
+        event_names: &[&str],
+    ) -> Profile {
+        let topic = TopicTemplate { source: String::new(), parts: vec![] };
+        let events = event_names
+            .iter()
+            .map(|name| super::behaviour::EventSpec {
+                name: (*name).to_string(),
+                rate_per_hour: 0.0,
+                fields: vec![],
+                field_slots: 0,
+                topic: topic.clone(),
+                topic_is_default: false,
+                event_json: String::new(),
+            })
+            .collect();
+        Profile {
+            name: device_type.to_string(),
+            device_type: device_type.to_string(),
+            protocol,
+            topic,
+            interval_ms: 1000,
+            seq: false,
+            labels: BTreeMap::new(),
+            fields: vec![],
+            slots: 0,
+            type_json: String::new(),
+            delivery: Delivery::default(),
+            requested_protocol,
+            correlated: vec![],
+            derived: vec![],
+            behaviour: super::behaviour::Behaviour { events, ..Default::default() },
+        }
+    }
+
     /// A minimal profile for unit tests: null sink, 1 s interval, no fields.
     #[cfg(test)]
     pub fn for_tests(name: &str) -> Profile {

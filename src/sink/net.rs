@@ -126,6 +126,9 @@ pub struct NetShared {
     pub abandoned: Cell<bool>,
     pub abandon: Notify,
     pub backoff: Backoff,
+    /// Per profile: messages queued or in flight (the shard frees a runtime profile only
+    /// when none is left, see `shard/inbox.rs` `retire_profiles`).
+    pending: RefCell<Vec<u32>>,
     policies: Vec<Backpressure>,
     name: &'static str,
     shard: usize,
@@ -158,6 +161,7 @@ impl NetShared {
             abandoned: Cell::new(false),
             abandon: Notify::new(),
             backoff,
+            pending: RefCell::new(vec![]),
             policies: fleet.profiles.iter().map(|p| p.delivery.backpressure).collect(),
             name,
             shard,
@@ -187,6 +191,7 @@ impl NetShared {
                 match policy {
                     Backpressure::DropOldest => {
                         if let Some(old) = items.pop_front() {
+                            self.unhold(&old);
                             self.stats.borrow_mut()[old.profile as usize].dropped += 1;
                             self.in_phase(&old, |s| s.dropped += 1);
                         }
@@ -200,6 +205,7 @@ impl NetShared {
                     }
                 }
             }
+            self.hold(&m);
             items.push_back(m);
         }
         if policy == Backpressure::SlowDown && !conn.slowed.get() && conn.fill() > 0.8 {
@@ -207,6 +213,26 @@ impl NetShared {
             self.stats.borrow_mut()[profile].slowdowns += 1;
         }
         conn.wake.notify_one();
+    }
+
+    /// Messages of `profile` queued or in flight.
+    pub fn pending(&self, profile: usize) -> u32 {
+        self.pending.borrow().get(profile).copied().unwrap_or(0)
+    }
+
+    fn hold(&self, m: &Queued) {
+        let mut p = self.pending.borrow_mut();
+        let i = m.profile as usize;
+        if p.len() <= i {
+            p.resize(i + 1, 0);
+        }
+        p[i] += 1;
+    }
+
+    fn unhold(&self, m: &Queued) {
+        if let Some(n) = self.pending.borrow_mut().get_mut(m.profile as usize) {
+            *n = n.saturating_sub(1);
+        }
     }
 
     /// 2 while the device's connection is in slow-down, else 1.
@@ -261,11 +287,12 @@ impl NetShared {
         let record = |s: &mut ProfileStats| {
             s.messages += 1;
             s.bytes += m.payload.len() as u64;
-            crate::measure::stats::record(&mut s.latency, latency_us);
-            crate::measure::stats::record(&mut s.service, service_us);
+            s.latency.record(latency_us);
+            s.service.record(service_us);
         };
         record(&mut self.stats.borrow_mut()[m.profile as usize]);
         self.in_phase(m, record);
+        self.unhold(m);
         crate::measure::stats::record(&mut self.window.borrow_mut(), latency_us);
     }
 
@@ -277,6 +304,7 @@ impl NetShared {
         };
         record(&mut self.stats.borrow_mut()[m.profile as usize]);
         self.in_phase(m, record);
+        self.unhold(m);
     }
 
     /// Records a connection event for the event stream.
@@ -423,6 +451,36 @@ mod tests {
         let left: Vec<u64> =
             std::iter::from_fn(|| s.conns[0].pop()).map(|m| m.intended_ns).collect();
         assert_eq!(left, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn a_profile_holds_what_is_queued_until_it_completes_fails_or_is_evicted() {
+        let s = NetShared::new(
+            "mqtt",
+            0,
+            &fleet(Backpressure::DropOldest),
+            1,
+            3,
+            Backoff { initial_ms: 1, max_ms: 2 },
+        );
+        assert_eq!(s.pending(0), 0);
+        for i in 0..5 {
+            s.enqueue(msg(i));
+        }
+        // Two were evicted: three are held.
+        assert_eq!(s.pending(0), 3);
+        let a = s.conns[0].pop().unwrap();
+        s.complete(&a);
+        let b = s.conns[0].pop().unwrap();
+        s.fail(&b, "nack");
+        assert_eq!(s.pending(0), 1);
+        let c = s.conns[0].pop().unwrap();
+        s.conns[0].push_front(c);
+        assert_eq!(s.pending(0), 1, "a message put back is still held");
+        let c = s.conns[0].pop().unwrap();
+        s.complete(&c);
+        assert_eq!(s.pending(0), 0);
+        assert_eq!(s.pending(9), 0);
     }
 
     #[test]
