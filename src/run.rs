@@ -212,6 +212,16 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             ClockMode::Realtime => "realtime",
         },
     };
+    // The dashboard's thresholds (the same list, in the same order, the report judges).
+    let dashboard_thresholds = Arc::new(crate::control::admin::dashboard::Thresholds::new(
+        config
+            .thresholds
+            .iter()
+            .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
+            .cloned()
+            .collect(),
+        run.clock == ClockMode::Realtime,
+    ));
     let _admin = match (opts.admin, &plane) {
         (Some(addr), Some(p)) => {
             let s = crate::control::admin::start(
@@ -219,6 +229,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
                 p.clone(),
                 identity.clone(),
                 auditor.as_ref().map(|a| a.probe()),
+                dashboard_thresholds.clone(),
             )
             .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
             crate::logs::notice(
@@ -386,6 +397,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             }
         })
         .collect();
+    dashboard_thresholds.finish(&report.thresholds);
     if let Some(sc) = &opts.scenario {
         report.phases = (0..sc.phases.len())
             .map(|i| {
