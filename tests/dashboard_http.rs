@@ -182,3 +182,67 @@ fn report_compare_sets_two_runs_side_by_side_and_writes_compare_html() {
     let html = std::fs::read_to_string(&out_html).unwrap();
     assert!(html.contains("\"old_distribution\":[[") && html.contains("default-src 'none'"));
 }
+
+#[test]
+fn thresholds_are_listed_with_so_far_values_while_the_run_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s.toml"),
+        "name = \"two_phases\"\nduration = \"10m\"\n[[step]]\nat = \"0s\"\nphase = \"warm\"\n[[step]]\nat = \"1s\"\nphase = \"steady\"\n",
+    )
+    .unwrap();
+    let fleet = FLEET.replace("[run]\n", "[run]\nscenario = \"s.toml\"\n")
+        + "\n[[threshold]]\nmetric = \"error_rate\"\nmax = \"1%\"\n\n[[threshold]]\nmetric = \"latency_max\"\nmax = \"1h\"\nabort = true\n\n[[threshold]]\nmetric = \"messages_per_second\"\nmin = 1000000\n\n[[threshold]]\nmetric = \"messages_per_second\"\nmin = 1\nphase = \"steady\"\nsink = \"null\"\n";
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, fleet).unwrap();
+    let rd = dir.path().join("report");
+    let mut cmd = bin();
+    cmd.args(["--config", cfg.to_str().unwrap(), "--cores", "2", "--admin", "127.0.0.1:0"]).args([
+        "--quiet",
+        "--report-dir",
+        rd.to_str().unwrap(),
+    ]);
+    let mut run = Running::start(&mut cmd);
+    let addr = run.admin_addr();
+    common::wait_ready(&addr);
+    // Poll until the shards have published completed messages (about once a second).
+    let mut t = serde_json::Value::Null;
+    for _ in 0..100 {
+        t = json(&http_get(&addr, "/api/v1/thresholds").1);
+        if t["thresholds"][2]["verdict"]["value"].as_f64().unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(t["ended"], false, "{t}");
+    let rows = t["thresholds"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{t}");
+    // Whole-run thresholds: judged so far on the published figures.
+    assert_eq!(rows[0]["status"], "so_far", "{t}");
+    assert_eq!((rows[0]["limit"].as_str(), rows[0]["bound"].as_str()), (Some("1%"), Some("max")));
+    assert_eq!(rows[0]["verdict"]["passed"], true, "{t}");
+    assert_eq!(
+        (rows[1]["abort"].as_bool(), rows[1]["verdict"]["passed"].as_bool()),
+        (Some(true), Some(true)),
+        "{t}"
+    );
+    assert!(rows[1]["verdict"]["value"].as_f64().unwrap() > 0.0, "a latency was measured: {t}");
+    // 40 devices every 100 ms: about 400 msg/s so far, far below a million.
+    let rate = rows[2]["verdict"]["value"].as_f64().unwrap();
+    assert!(rate > 10.0 && rate < 10_000.0, "{t}");
+    assert_eq!(rows[2]["verdict"]["passed"], false, "{t}");
+    // A phase threshold is judged on its phase at the end.
+    assert_eq!(
+        (rows[3]["status"].as_str(), rows[3]["phase"].as_str(), rows[3]["sink"].as_str()),
+        (Some("at_end"), Some("steady"), Some("null")),
+        "{t}"
+    );
+    assert!(rows[3]["reason"].as_str().unwrap().contains("phase"), "{t}");
+    let o = json(&http_get(&addr, "/api/v1/overview").1);
+    assert_eq!(o["scenario"]["name"], "two_phases", "{o}");
+    run.stop();
+    // The run's verdicts agree with the so-far view on the failing one.
+    let r = common::report(dir.path());
+    assert_eq!(r["thresholds"][2]["passed"], false);
+    assert_eq!(r["thresholds"][0]["passed"], true);
+}
