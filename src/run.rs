@@ -230,6 +230,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
                 identity.clone(),
                 auditor.as_ref().map(|a| a.probe()),
                 dashboard_thresholds.clone(),
+                fleet.profiles.iter().map(|p| (p.device_type.clone(), p.protocol.name())).collect(),
             )
             .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
             crate::logs::notice(

@@ -157,6 +157,7 @@
       if (r.spawned === 0 && failed.length) throw new Error(failed.slice(0, 3).map(([id, why]) => `${id}: ${why}`).join("; "));
       return `spawned ${r.spawned}` + (failed.length ? `, ${failed.length} refused (${failed[0][0]}: ${failed[0][1]})` : "");
     });
+  const spawnHint = el("div", { class: "muted", id: "spawn-hint" });
   const select = (verb, path, key) => form(verb, [["selector", "selector (empty = all)", { size: 24 }]], verb,
     async (v) => { const r = await send("POST", path, { selector: selectorOf(v.selector) }); return `${verb}: ${r[key]} device(s)`; });
   const stop = select("stop", "/api/v1/stop", "stopped");
@@ -179,7 +180,7 @@
   const tokenBox = el("input", { id: "token", type: "password", size: 16, value: token, placeholder: "only if the server has one" });
   tokenBox.addEventListener("change", () => { token = tokenBox.value; sessionStorage.setItem("iotSimToken", token); });
   app.append(section("Control", el("label", {}, "bearer token (IOT_SIM_ADMIN_TOKEN)", tokenBox),
-    el("h2", {}, "Spawn"), spawn.node, el("h2", {}, "Stop, pause, resume"), stop.node, pause.node, resume.node,
+    el("h2", {}, "Spawn"), spawnHint, spawn.node, el("h2", {}, "Stop, pause, resume"), stop.node, pause.node, resume.node,
     el("h2", {}, "Faults"), fault.node, clear.node));
 
   // Device browser: a selector, pages of 20 by id.
@@ -254,11 +255,17 @@
   async function loadProfiles() {
     const p = await getJson("/api/v1/profiles");
     spawn.inputs.device_type.replaceChildren(...p.profiles.map((x) => el("option", { value: `${x.device_type} @ ${x.protocol}` }, `${x.device_type} (${x.protocol})`)));
+    // No profile anywhere: say so (and how to get one) instead of an empty select.
+    spawnHint.textContent = p.profiles.length ? "" : "no device types yet: start with --config naming [profiles.*] (no [[fleet]] needed), or spawn one over gRPC or POST /api/v1/spawn with a device_type";
   }
   const status = el("div", { class: "error", id: "poll-error" });
   app.prepend(status);
   async function tick() {
-    try { await refreshOverview(); await refreshThresholds(); await refreshCharts(); status.textContent = ""; } catch (e) { status.textContent = "cannot reach the runtime: " + e.message; }
+    try {
+      await refreshOverview(); await refreshThresholds(); await refreshCharts(); status.textContent = "";
+      // A runtime that had no device type yet may have one now (spawned over gRPC or HTTP).
+      if (!spawn.inputs.device_type.options.length) await loadProfiles();
+    } catch (e) { status.textContent = "cannot reach the runtime: " + e.message; }
   }
   loadProfiles().catch((e) => (status.textContent = e.message));
   refreshLabels({ key: "device_type", selector: "" }).catch(() => {});

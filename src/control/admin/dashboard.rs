@@ -374,9 +374,11 @@ pub async fn thresholds(State(s): State<Arc<AdminState>>) -> Json<Value> {
     Json(json!({ "ended": finals.is_some(), "thresholds": rows }))
 }
 
-/// `GET /api/v1/profiles`: what the spawn form offers (device types with their protocols).
+/// `GET /api/v1/profiles`: what the spawn form offers (device types with their protocols):
+/// the config's profiles (a `serve` with profiles and no `[[fleet]]` offers them) and the types
+/// running now (spawned ones included).
 pub async fn profiles(State(s): State<Arc<AdminState>>) -> Json<Value> {
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen: std::collections::BTreeSet<(String, &str)> = s.configured.iter().cloned().collect();
     for sh in s.plane.published().iter() {
         for p in &sh.profiles {
             seen.insert((p.device_type.to_string(), p.protocol));

@@ -30,6 +30,9 @@ pub struct AdminState {
     pub history: dashboard::History,
     /// The run's thresholds and, once judged, their verdicts.
     pub thresholds: Arc<dashboard::Thresholds>,
+    /// The device types (and protocols) of the config's profiles, devices or not: what the
+    /// spawn form offers before anything runs.
+    pub configured: Vec<(String, &'static str)>,
 }
 
 /// Every admin route.
