@@ -31,6 +31,15 @@ interval = "100ms"
 type = "gaussian"
 mean = 100
 stddev = 5
+
+[[threshold]]
+metric = "error_rate"
+max = "1%"
+
+[[threshold]]
+metric = "latency_p99"
+max = "1h"
+abort = true
 "#;
 
 /// A chromedriver process and one browser session; both ended on drop.
@@ -278,6 +287,17 @@ fn the_dashboard_drives_a_running_fleet() {
         20,
         "the overview shows the fleet",
     );
+    // The thresholds, judged so far on the running figures.
+    b.wait_for(
+        "return document.querySelectorAll('#thresholds tbody tr').length === 2 && [...document.querySelectorAll('#thresholds tbody tr')].every((r) => r.textContent.includes('pass so far'))",
+        20,
+        "both thresholds pass so far",
+    );
+    let row = b.js("return document.querySelectorAll('#thresholds tbody tr')[1].textContent");
+    assert!(
+        row.as_str().unwrap().contains("latency_p99") && row.as_str().unwrap().contains("abort"),
+        "{row}"
+    );
 
     // Live numbers change.
     let read = "return Number(document.getElementById('messages-total').textContent)";
@@ -450,4 +470,73 @@ fn report_html_draws_every_chart_offline_and_compare_html_too() {
     let errors = b.page_errors();
     b.screenshot("compare");
     assert!(errors.is_empty(), "JS errors in compare.html: {errors:?}");
+}
+
+#[test]
+fn the_spawn_form_offers_the_config_profiles_on_an_empty_serve_or_says_why_it_cannot() {
+    let Some(b) = browser() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Profiles but no [[fleet]]: nothing runs, the form still offers the profile.
+    let profiles_only = format!(
+        "[run]\nclock = \"realtime\"\n\n{}",
+        &FLEET[FLEET.find("[profiles.meter]").unwrap()..]
+    );
+    let cfg = dir.path().join("profiles.toml");
+    std::fs::write(&cfg, profiles_only).unwrap();
+    let serve = |config: Option<&std::path::Path>| {
+        let mut cmd = bin();
+        cmd.arg("serve");
+        if let Some(c) = config {
+            cmd.args(["--config", c.to_str().unwrap()]);
+        }
+        cmd.args(["--cores", "1", "--admin", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--quiet"])
+            .args(["--report-dir", dir.path().join("report").to_str().unwrap()]);
+        let mut run = Running::start(&mut cmd);
+        let addr = run.admin_addr();
+        common::wait_ready(&addr);
+        (run, addr)
+    };
+    let (run, addr) = serve(Some(&cfg));
+    let (code, body) = http_get(&addr, "/api/v1/profiles");
+    assert_eq!(code, 200);
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["profiles"], json!([{"device_type": "meter", "protocol": "null"}]), "{p}");
+    assert_eq!(status(&addr)["devices_total"], 0);
+    b.open(&format!("http://{addr}/"));
+    b.wait_for("return window.dashboardReady === true", 20, "the dashboard script ran");
+    b.wait_for(
+        "return [...document.getElementById('spawn-device_type').options].map((o) => o.textContent).join() === 'meter (null)'",
+        20,
+        "the form offers the config's profile",
+    );
+    assert_eq!(b.js("return document.getElementById('spawn-hint').textContent"), json!(""));
+    // Spawning from it works on the empty runtime.
+    fill_and_submit(&b, "spawn", &[("count", "3"), ("prefix", "m")]);
+    b.wait_for(
+        "return document.getElementById('devices-total').textContent === '3'",
+        20,
+        "3 devices spawned",
+    );
+    assert!(b.page_errors().is_empty(), "{:?}", b.page_errors());
+    run.stop();
+
+    // No config at all: no device type anywhere, the form says so.
+    let (run, addr) = serve(None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&http_get(&addr, "/api/v1/profiles").1).unwrap()["profiles"],
+        json!([])
+    );
+    b.open(&format!("http://{addr}/"));
+    b.wait_for("return window.dashboardReady === true", 20, "the dashboard script ran");
+    b.wait_for(
+        "return document.getElementById('spawn-hint').textContent.includes('no device types yet')",
+        20,
+        "the hint instead of an empty select",
+    );
+    assert_eq!(
+        b.js("return document.getElementById('thresholds').textContent"),
+        json!("no thresholds")
+    );
+    assert!(b.page_errors().is_empty(), "{:?}", b.page_errors());
+    run.stop();
 }

@@ -378,7 +378,8 @@ pub async fn thresholds(State(s): State<Arc<AdminState>>) -> Json<Value> {
 /// the config's profiles (a `serve` with profiles and no `[[fleet]]` offers them) and the types
 /// running now (spawned ones included).
 pub async fn profiles(State(s): State<Arc<AdminState>>) -> Json<Value> {
-    let mut seen: std::collections::BTreeSet<(String, &str)> = s.configured.iter().cloned().collect();
+    let mut seen: std::collections::BTreeSet<(String, &str)> =
+        s.configured.iter().cloned().collect();
     for sh in s.plane.published().iter() {
         for p in &sh.profiles {
             seen.insert((p.device_type.to_string(), p.protocol));

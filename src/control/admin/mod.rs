@@ -61,7 +61,15 @@ pub fn start(
     let local = listener.local_addr()?;
     let metrics = metrics::Metrics::new(plane.clone(), run.clone(), audit);
     let history = dashboard::History::default();
-    let state = Arc::new(routes::AdminState { plane, metrics, run, token, history, thresholds, configured });
+    let state = Arc::new(routes::AdminState {
+        plane,
+        metrics,
+        run,
+        token,
+        history,
+        thresholds,
+        configured,
+    });
     let router = routes::router(state.clone());
     std::thread::Builder::new().name("admin".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
