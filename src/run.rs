@@ -241,6 +241,11 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         _ => None,
     };
+    // A virtual run's time series is sampled by sim time (a scenario's run lasts its span).
+    let sample_step = sample_step_ms(
+        run.clock,
+        run.duration_ms.or(opts.scenario.as_ref().map(|s| s.duration_ms)),
+    );
     let t0 = mono_ns();
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
@@ -261,6 +266,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             control: links.next(),
             scenario: opts.scenario.clone(),
             excuses: auditor.as_ref().map(|a| a.excuses()),
+            sample_every_ms: sample_step,
         };
         let (ready, origin) = (ready.clone(), origin.clone());
         handles.push(shard::spawn(plan, ready, origin).context("cannot start a shard thread")?);
@@ -304,6 +310,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             quiet: opts.quiet,
             clock: run.clock,
             start_ms,
+            sample_step_ms: sample_step,
         },
         &aborts,
     )?;
@@ -476,6 +483,8 @@ struct Progress {
     quiet: bool,
     clock: ClockMode,
     start_ms: u64,
+    /// Sim ms between two points of a virtual run's time series; 0 = one per wall second.
+    sample_step_ms: u64,
 }
 
 /// Judges the `abort` thresholds on the latest snapshots; the first that fails.
@@ -535,10 +544,12 @@ fn wait(
     aborts: &[&Threshold],
 ) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>, report::timeline::Timeline)>
 {
-    let Progress { every_ms: progress_ms, quiet, clock, start_ms } = pr;
+    let Progress { every_ms: progress_ms, quiet, clock, start_ms, sample_step_ms: step } = pr;
     let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {
-        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        // A virtual run sampled by sim time reads its shards' snapshots more often (they come
+        // at each sim step and the channel is bounded).
+        let mut poll = tokio::time::interval(Duration::from_millis(if step > 0 { 10 } else { 50 }));
         let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
         let mut window = histogram();
         // Every completed message's latency since the start (for `abort` thresholds).
@@ -554,6 +565,8 @@ fn wait(
             ClockMode::Realtime => "wall",
         });
         let mut last_sample = began;
+        // The sim-time step the last point of a virtual run's series ended in.
+        let mut last_step = start_ms;
         loop {
             tokio::select! {
                 _ = sigint.recv() => {
@@ -579,9 +592,17 @@ fn wait(
                         }
                         let i = s.shard;
                         latest[i] = Some(s);
+                        // By sim time: a point once every shard is past the next step.
+                        let sim = latest.iter().map(|s| s.as_ref().map(|s| s.sim_now_ms)).min().flatten();
+                        if step > 0 && let Some(sim) = sim && sim >= last_step + step {
+                            last_step = sim - (sim - start_ms) % step;
+                            let now = mono_ns();
+                            sampler.sample(totals(&latest, clock, start_ms, (now - began) as f64 / 1e9, (now - last_sample) as f64 / 1e9));
+                            last_sample = now;
+                        }
                     }
                     let now = mono_ns();
-                    if now - last_sample >= TIMELINE_EVERY_NS {
+                    if step == 0 && now - last_sample >= TIMELINE_EVERY_NS {
                         sampler.sample(totals(&latest, clock, start_ms, (now - began) as f64 / 1e9, (now - last_sample) as f64 / 1e9));
                         last_sample = now;
                     }
@@ -648,8 +669,23 @@ fn wait(
     })
 }
 
-/// Wall time between two points of the report's time series.
+/// Wall time between two points of the report's time series (realtime, or a virtual run
+/// with no end).
 const TIMELINE_EVERY_NS: u64 = 1_000_000_000;
+/// Points a virtual run's time series aims at (one per sim-time step).
+pub const TIMELINE_VIRTUAL_POINTS: u64 = 500;
+
+/// The sim-time step between two points of a virtual run's time series: the run's span over
+/// [`TIMELINE_VIRTUAL_POINTS`], in whole sim seconds (at least one); 0 (sample by wall
+/// second) for a realtime run or one with no end.
+pub fn sample_step_ms(clock: ClockMode, duration_ms: Option<u64>) -> u64 {
+    match (clock, duration_ms) {
+        (ClockMode::Virtual, Some(d)) if d > 0 => {
+            d.div_ceil(TIMELINE_VIRTUAL_POINTS).div_ceil(1000).max(1) * 1000
+        }
+        _ => 0,
+    }
+}
 
 /// What the shards' latest snapshots add up to, for the report's time series.
 fn totals(
