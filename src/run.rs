@@ -148,7 +148,9 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let fleet = Arc::new(config.fleet.clone());
     let sinks = Arc::new(config.sinks.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Snapshot>(cores * 16);
+    // A virtual run sampled by sim time sends a snapshot per step: room for a few polls' worth.
+    let per_shard = if run.clock == ClockMode::Virtual { 256 } else { 16 };
+    let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Snapshot>(cores * per_shard);
     let ready = Arc::new(Barrier::new(cores + 1));
     let origin = Arc::new(AtomicU64::new(0));
     if !opts.quiet {
@@ -549,7 +551,7 @@ fn wait(
     rt.block_on(async {
         // A virtual run sampled by sim time reads its shards' snapshots more often (they come
         // at each sim step and the channel is bounded).
-        let mut poll = tokio::time::interval(Duration::from_millis(if step > 0 { 10 } else { 50 }));
+        let mut poll = tokio::time::interval(Duration::from_millis(if step > 0 { 2 } else { 50 }));
         let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
         let mut window = histogram();
         // Every completed message's latency since the start (for `abort` thresholds).

@@ -246,3 +246,27 @@ fn thresholds_are_listed_with_so_far_values_while_the_run_goes() {
     assert_eq!(r["thresholds"][2]["passed"], false);
     assert_eq!(r["thresholds"][0]["passed"], true);
 }
+
+#[test]
+fn a_fast_virtual_run_has_its_time_series_sampled_by_sim_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // One sim hour, done in a few wall seconds: by wall second it would get a handful of
+    // points; by sim time it gets one per 8 sim seconds (3600 s / 500, in whole seconds).
+    let toml = FLEET.replace("clock = \"realtime\"", "clock = \"virtual\"\nduration = \"1h\"");
+    let toml = toml.replace("interval = \"100ms\"", "interval = \"10s\"");
+    let r = common::run_ok(dir.path(), &toml, &["--cores", "2"]);
+    let t = &r["timeline"];
+    assert_eq!(t["axis"], "sim", "{t}");
+    let ts: Vec<f64> = t["t_s"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(ts.len() >= 300 && ts.len() <= 600, "{} points: {ts:?}", ts.len());
+    // Steps of about 8 sim seconds, in order, up to the end.
+    assert!(ts.windows(2).all(|w| w[1] >= w[0]), "{ts:?}");
+    let mut steps: Vec<f64> = ts.windows(2).map(|w| w[1] - w[0]).collect();
+    steps.sort_by(f64::total_cmp);
+    let median = steps[steps.len() / 2];
+    assert!((7.0..=10.0).contains(&median), "median step {median}: {ts:?}");
+    assert_eq!(ts.last().copied(), Some(3600.0));
+    // Every message is in some point: 40 devices, one message each 10 sim seconds.
+    let sum: u64 = t["messages"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(sum, 40 * 360, "{t}");
+}

@@ -320,18 +320,18 @@ impl Shard {
         let mut turns = 0u32;
         loop {
             turns = turns.wrapping_add(1);
-            if turns.is_multiple_of(64) {
+            // A sim-time step passed (one compare per wheel slot, not per message).
+            let sim = self.wheel.elapsed();
+            let step_due = step > 0
+                && sim >= next_sample
+                && self.plan.progress.len() * 2 < self.plan.progress.capacity().unwrap_or(2);
+            if step_due || turns.is_multiple_of(64) {
                 if self.plan.stop.load(Ordering::Relaxed) {
-                    return self.wheel.elapsed();
+                    return sim;
                 }
                 self.drain_commands();
                 let now = mono_ns();
-                let sim = self.wheel.elapsed();
-                let room =
-                    self.plan.progress.len() * 2 < self.plan.progress.capacity().unwrap_or(2);
-                if now - last_snapshot >= SNAPSHOT_EVERY_NS
-                    || (step > 0 && sim >= next_sample && room)
-                {
+                if now - last_snapshot >= SNAPSHOT_EVERY_NS || step_due {
                     last_snapshot = now;
                     if step > 0 && sim >= next_sample {
                         next_sample = sim - (sim - self.plan.start_ms) % step + step;
