@@ -594,6 +594,40 @@ mod tests {
     }
 
     #[test]
+    fn whole_run_thresholds_are_judged_so_far_and_final_verdicts_win() {
+        let parse = |text: &str| {
+            let doc: toml::Table = text.parse().unwrap();
+            let mut p = crate::config::walk::Problems::default();
+            let t = crate::scenario::threshold::parse_list(
+                &doc["threshold"],
+                "threshold",
+                None,
+                &mut p,
+            );
+            assert!(p.is_empty(), "{p}");
+            t
+        };
+        let list = parse(
+            "[[threshold]]\nmetric = \"latency_p99\"\nmax = \"500us\"\n[[threshold]]\nmetric = \"error_rate\"\nmax = 0\nphase = \"x\"\n[[threshold]]\nmetric = \"messages_per_second\"\nmin = 1\n[[threshold]]\nmetric = \"lost\"\nmax = 0\n",
+        );
+        let board = Thresholds::new(list.clone(), false);
+        // Three of four values in the 1 ms bucket: p99 is 1 ms, over 500 µs.
+        let shards = [shard(4, &[5, 900, 900, 900])];
+        let v = board.so_far(&list[0], &shards, 2.0).unwrap();
+        assert_eq!((v.value, v.passed), (1_000.0, false), "{v:?}");
+        assert!(board.so_far(&list[1], &shards, 2.0).unwrap_err().contains("phase"));
+        assert!(board.so_far(&list[2], &shards, 2.0).unwrap_err().contains("sim second"));
+        assert!(board.so_far(&list[3], &shards, 2.0).unwrap_err().contains("audit"));
+        // Realtime: messages per wall second so far.
+        let rt = Thresholds::new(list.clone(), true);
+        assert_eq!(rt.so_far(&list[2], &shards, 2.0).unwrap().value, 2.0);
+        assert!(board.verdicts.lock().unwrap().is_none());
+        let v = board.so_far(&list[0], &shards, 2.0).unwrap();
+        board.finish(std::slice::from_ref(&v));
+        assert_eq!(board.verdicts.lock().unwrap().as_deref(), Some(&[v][..]));
+    }
+
+    #[test]
     fn bucket_quantiles_are_upper_bounds() {
         let mut b = Buckets::default();
         b.counts[0] = 98;
