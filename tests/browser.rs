@@ -266,6 +266,32 @@ fn fill_and_submit(b: &Browser, form: &str, fields: &[(&str, &str)]) {
     b.js(&script);
 }
 
+/// Starts `iot-sim serve` (with `config`, if any) with admin and gRPC on free ports; returns it
+/// once ready, with its admin address.
+fn serve(
+    config: Option<&std::path::Path>,
+    report: &std::path::Path,
+    extra: &[&str],
+) -> (Running, String) {
+    let mut cmd = bin();
+    cmd.arg("serve");
+    if let Some(c) = config {
+        cmd.args(["--config", c.to_str().unwrap()]);
+    }
+    cmd.args(["--admin", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--quiet"])
+        .args(["--report-dir", report.to_str().unwrap()])
+        .args(extra);
+    let mut run = Running::start(&mut cmd);
+    let addr = run.admin_addr();
+    common::wait_ready(&addr);
+    (run, addr)
+}
+
+/// Opens the dashboard of the runtime at `addr` and waits for its script to run.
+fn open_dashboard(b: &Browser, addr: &str) {
+    open_dashboard(&b, &addr);
+}
+
 #[test]
 fn the_dashboard_drives_a_running_fleet() {
     let Some(b) = browser() else { return };
@@ -273,15 +299,8 @@ fn the_dashboard_drives_a_running_fleet() {
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, FLEET).unwrap();
     let rd = dir.path().join("report");
-    let mut cmd = bin();
-    cmd.args(["serve", "--config", cfg.to_str().unwrap(), "--cores", "2"])
-        .args(["--admin", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .args(["--quiet", "--report-dir", rd.to_str().unwrap(), "--run-id", "dash-test"]);
-    let mut run = Running::start(&mut cmd);
-    let addr = run.admin_addr();
-    common::wait_ready(&addr);
-    b.open(&format!("http://{addr}/"));
-    b.wait_for("return window.dashboardReady === true", 20, "the dashboard script ran");
+    let (run, addr) = serve(Some(&cfg), &rd, &["--cores", "2", "--run-id", "dash-test"]);
+    open_dashboard(&b, &addr);
     b.wait_for(
         "return document.getElementById('devices-total') !== null && document.getElementById('devices-total').textContent === '40'",
         20,
@@ -483,27 +502,14 @@ fn the_spawn_form_offers_the_config_profiles_on_an_empty_serve_or_says_why_it_ca
     );
     let cfg = dir.path().join("profiles.toml");
     std::fs::write(&cfg, profiles_only).unwrap();
-    let serve = |config: Option<&std::path::Path>| {
-        let mut cmd = bin();
-        cmd.arg("serve");
-        if let Some(c) = config {
-            cmd.args(["--config", c.to_str().unwrap()]);
-        }
-        cmd.args(["--cores", "1", "--admin", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--quiet"])
-            .args(["--report-dir", dir.path().join("report").to_str().unwrap()]);
-        let mut run = Running::start(&mut cmd);
-        let addr = run.admin_addr();
-        common::wait_ready(&addr);
-        (run, addr)
-    };
-    let (run, addr) = serve(Some(&cfg));
+    let rd = dir.path().join("report");
+    let (run, addr) = serve(Some(&cfg), &rd, &["--cores", "1"]);
     let (code, body) = http_get(&addr, "/api/v1/profiles");
     assert_eq!(code, 200);
     let p: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(p["profiles"], json!([{"device_type": "meter", "protocol": "null"}]), "{p}");
     assert_eq!(status(&addr)["devices_total"], 0);
-    b.open(&format!("http://{addr}/"));
-    b.wait_for("return window.dashboardReady === true", 20, "the dashboard script ran");
+    open_dashboard(&b, &addr);
     b.wait_for(
         "return [...document.getElementById('spawn-device_type').options].map((o) => o.textContent).join() === 'meter (null)'",
         20,
@@ -521,13 +527,12 @@ fn the_spawn_form_offers_the_config_profiles_on_an_empty_serve_or_says_why_it_ca
     run.stop();
 
     // No config at all: no device type anywhere, the form says so.
-    let (run, addr) = serve(None);
+    let (run, addr) = serve(None, &rd, &["--cores", "1"]);
     assert_eq!(
         serde_json::from_str::<Value>(&http_get(&addr, "/api/v1/profiles").1).unwrap()["profiles"],
         json!([])
     );
-    b.open(&format!("http://{addr}/"));
-    b.wait_for("return window.dashboardReady === true", 20, "the dashboard script ran");
+    open_dashboard(&b, &addr);
     b.wait_for(
         "return document.getElementById('spawn-hint').textContent.includes('no device types yet')",
         20,

@@ -11,8 +11,13 @@ use std::time::Duration;
 const FLEET: &str = "[run]\nseed = 3\nclock = \"realtime\"\n\n[[fleet]]\nprofile = \"p\"\ncount = 30\nlabels = { zone = \"a\" }\n\n[[fleet]]\nprofile = \"p\"\ncount = 10\nlabels = { zone = \"b\" }\n\n[profiles.p]\nprotocol = \"null\"\ninterval = \"100ms\"\n[profiles.p.fields.x]\ntype = \"gaussian\"\nmean = 0\nstddev = 1\n";
 
 fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> (Running, String) {
+    start_with(dir, FLEET, env)
+}
+
+/// Runs the fleet file `fleet` (written in `dir`) with the admin server; returns it once ready.
+fn start_with(dir: &std::path::Path, fleet: &str, env: &[(&str, &str)]) -> (Running, String) {
     let cfg = dir.join("fleet.toml");
-    std::fs::write(&cfg, FLEET).unwrap();
+    std::fs::write(&cfg, fleet).unwrap();
     let rd = dir.join("report");
     let mut cmd = bin();
     cmd.args(["--config", cfg.to_str().unwrap(), "--cores", "2", "--admin", "127.0.0.1:0"])
@@ -193,18 +198,7 @@ fn thresholds_are_listed_with_so_far_values_while_the_run_goes() {
     .unwrap();
     let fleet = FLEET.replace("[run]\n", "[run]\nscenario = \"s.toml\"\n")
         + "\n[[threshold]]\nmetric = \"error_rate\"\nmax = \"1%\"\n\n[[threshold]]\nmetric = \"latency_max\"\nmax = \"1h\"\nabort = true\n\n[[threshold]]\nmetric = \"messages_per_second\"\nmin = 1000000\n\n[[threshold]]\nmetric = \"messages_per_second\"\nmin = 1\nphase = \"steady\"\nsink = \"null\"\n";
-    let cfg = dir.path().join("fleet.toml");
-    std::fs::write(&cfg, fleet).unwrap();
-    let rd = dir.path().join("report");
-    let mut cmd = bin();
-    cmd.args(["--config", cfg.to_str().unwrap(), "--cores", "2", "--admin", "127.0.0.1:0"]).args([
-        "--quiet",
-        "--report-dir",
-        rd.to_str().unwrap(),
-    ]);
-    let mut run = Running::start(&mut cmd);
-    let addr = run.admin_addr();
-    common::wait_ready(&addr);
+    let (run, addr) = start_with(dir.path(), &fleet, &[]);
     // Poll until the shards have published completed messages (about once a second).
     let mut t = serde_json::Value::Null;
     for _ in 0..100 {
