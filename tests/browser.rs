@@ -289,7 +289,8 @@ fn serve(
 
 /// Opens the dashboard of the runtime at `addr` and waits for its script to run.
 fn open_dashboard(b: &Browser, addr: &str) {
-    open_dashboard(&b, &addr);
+    b.open(&format!("http://{addr}/"));
+    b.wait_for("return window.dashboardReady === true", 20, "the dashboard script ran");
 }
 
 #[test]
