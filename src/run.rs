@@ -568,7 +568,7 @@ fn wait(
         });
         let mut last_sample = began;
         // The sim-time step the last point of a virtual run's series ended in.
-        let mut last_step = start_ms;
+        let mut steps = StepAligner::new(handles.len(), start_ms, step);
         loop {
             tokio::select! {
                 _ = sigint.recv() => {
@@ -588,22 +588,21 @@ fn wait(
                 _ = poll.tick() => {
                     while let Ok(s) = progress.try_recv() {
                         let _ = window.add(&s.latency);
-                        let _ = sampler.window.add(&s.latency);
                         if !aborts.is_empty() {
                             let _ = cumulative.add(&s.latency);
                         }
                         let i = s.shard;
-                        latest[i] = Some(s);
-                        // By sim time: a point once every shard is past the next step.
-                        let sim = latest.iter().map(|s| s.as_ref().map(|s| s.sim_now_ms)).min().flatten();
-                        if step > 0 && let Some(sim) = sim && sim >= last_step + step {
-                            last_step = sim - (sim - start_ms) % step;
-                            let now = mono_ns();
-                            sampler.sample(totals(&latest, clock, start_ms, (now - began) as f64 / 1e9, (now - last_sample) as f64 / 1e9));
-                            last_sample = now;
+                        if step > 0 {
+                            steps.queues[i].push_back(s.clone());
+                        } else {
+                            let _ = sampler.window.add(&s.latency);
                         }
+                        latest[i] = Some(s);
                     }
                     let now = mono_ns();
+                    if step > 0 && steps.points(&mut sampler, clock, start_ms, (now - began) as f64 / 1e9) {
+                        last_sample = now;
+                    }
                     if step == 0 && now - last_sample >= TIMELINE_EVERY_NS {
                         sampler.sample(totals(&latest, clock, start_ms, (now - began) as f64 / 1e9, (now - last_sample) as f64 / 1e9));
                         last_sample = now;
@@ -659,9 +658,25 @@ fn wait(
         }
         // The last stretch (shorter than a second) once every shard's final snapshot is in.
         while let Ok(s) = progress.try_recv() {
-            let _ = sampler.window.add(&s.latency);
             let i = s.shard;
+            if step > 0 {
+                steps.queues[i].push_back(s.clone());
+            } else {
+                let _ = sampler.window.add(&s.latency);
+            }
             latest[i] = Some(s);
+        }
+        if step > 0 {
+            let now = mono_ns();
+            if steps.points(&mut sampler, clock, start_ms, (now - began) as f64 / 1e9) {
+                last_sample = now;
+            }
+            // What is left (past the last whole step) goes into the last point.
+            for q in &mut steps.queues {
+                for s in q.drain(..) {
+                    let _ = sampler.window.add(&s.latency);
+                }
+            }
         }
         let now = mono_ns();
         if now > last_sample && latest.iter().any(Option::is_some) {
@@ -669,6 +684,65 @@ fn wait(
         }
         Ok((interrupted, aborted, sampler.finish()))
     })
+}
+
+/// A virtual run's time series by sim time: each shard's snapshots wait here until every
+/// shard has one past the next step; the point then adds up, per shard, the snapshot that
+/// crossed it (so a shard running ahead in sim time does not put its later messages early).
+/// Bounded: a shard is at most the run's steps ahead ([`TIMELINE_VIRTUAL_POINTS`]).
+struct StepAligner {
+    queues: Vec<std::collections::VecDeque<Snapshot>>,
+    /// Per shard, the snapshot the last point used.
+    at: Vec<Option<Snapshot>>,
+    start_ms: u64,
+    step: u64,
+    last_step: u64,
+    last_wall_s: f64,
+}
+
+impl StepAligner {
+    fn new(shards: usize, start_ms: u64, step: u64) -> StepAligner {
+        StepAligner {
+            queues: (0..shards).map(|_| Default::default()).collect(),
+            at: (0..shards).map(|_| None).collect(),
+            start_ms,
+            step,
+            last_step: start_ms,
+            last_wall_s: 0.0,
+        }
+    }
+
+    /// Adds every point whose step each shard has passed; whether it added any.
+    fn points(
+        &mut self,
+        sampler: &mut report::timeline::Sampler,
+        clock: ClockMode,
+        start_ms: u64,
+        wall_s: f64,
+    ) -> bool {
+        let mut added = false;
+        loop {
+            let b = self.last_step + self.step;
+            if !self.queues.iter().all(|q| q.iter().any(|s| s.sim_now_ms >= b)) {
+                return added;
+            }
+            added = true;
+            for (q, at) in self.queues.iter_mut().zip(&mut self.at) {
+                while let Some(s) = q.pop_front() {
+                    let _ = sampler.window.add(&s.latency);
+                    let crossed = s.sim_now_ms >= b;
+                    *at = Some(s);
+                    if crossed {
+                        break;
+                    }
+                }
+            }
+            let sim = self.at.iter().flatten().map(|s| s.sim_now_ms).min().unwrap_or(b);
+            self.last_step = sim - (sim - self.start_ms) % self.step;
+            sampler.sample(totals(&self.at, clock, start_ms, wall_s, wall_s - self.last_wall_s));
+            self.last_wall_s = wall_s;
+        }
+    }
 }
 
 /// Wall time between two points of the report's time series (realtime, or a virtual run
