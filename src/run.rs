@@ -148,7 +148,9 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let fleet = Arc::new(config.fleet.clone());
     let sinks = Arc::new(config.sinks.clone());
     let stop = Arc::new(AtomicBool::new(false));
-    let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Snapshot>(cores * 16);
+    // A virtual run sampled by sim time sends a snapshot per step: room for a few polls' worth.
+    let per_shard = if run.clock == ClockMode::Virtual { 256 } else { 16 };
+    let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Snapshot>(cores * per_shard);
     let ready = Arc::new(Barrier::new(cores + 1));
     let origin = Arc::new(AtomicU64::new(0));
     if !opts.quiet {
@@ -212,6 +214,16 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             ClockMode::Realtime => "realtime",
         },
     };
+    // The dashboard's thresholds (the same list, in the same order, the report judges).
+    let dashboard_thresholds = Arc::new(crate::control::admin::dashboard::Thresholds::new(
+        config
+            .thresholds
+            .iter()
+            .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
+            .cloned()
+            .collect(),
+        run.clock == ClockMode::Realtime,
+    ));
     let _admin = match (opts.admin, &plane) {
         (Some(addr), Some(p)) => {
             let s = crate::control::admin::start(
@@ -219,6 +231,8 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
                 p.clone(),
                 identity.clone(),
                 auditor.as_ref().map(|a| a.probe()),
+                dashboard_thresholds.clone(),
+                fleet.profiles.iter().map(|p| (p.device_type.clone(), p.protocol.name())).collect(),
             )
             .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
             crate::logs::notice(
@@ -229,6 +243,11 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         _ => None,
     };
+    // A virtual run's time series is sampled by sim time (a scenario's run lasts its span).
+    let sample_step = sample_step_ms(
+        run.clock,
+        run.duration_ms.or(opts.scenario.as_ref().map(|s| s.duration_ms)),
+    );
     let t0 = mono_ns();
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
@@ -249,6 +268,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             control: links.next(),
             scenario: opts.scenario.clone(),
             excuses: auditor.as_ref().map(|a| a.excuses()),
+            sample_every_ms: sample_step,
         };
         let (ready, origin) = (ready.clone(), origin.clone());
         handles.push(shard::spawn(plan, ready, origin).context("cannot start a shard thread")?);
@@ -292,6 +312,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             quiet: opts.quiet,
             clock: run.clock,
             start_ms,
+            sample_step_ms: sample_step,
         },
         &aborts,
     )?;
@@ -386,6 +407,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             }
         })
         .collect();
+    dashboard_thresholds.finish(&report.thresholds);
     if let Some(sc) = &opts.scenario {
         report.phases = (0..sc.phases.len())
             .map(|i| {
@@ -463,6 +485,8 @@ struct Progress {
     quiet: bool,
     clock: ClockMode,
     start_ms: u64,
+    /// Sim ms between two points of a virtual run's time series; 0 = one per wall second.
+    sample_step_ms: u64,
 }
 
 /// Judges the `abort` thresholds on the latest snapshots; the first that fails.
@@ -522,10 +546,12 @@ fn wait(
     aborts: &[&Threshold],
 ) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>, report::timeline::Timeline)>
 {
-    let Progress { every_ms: progress_ms, quiet, clock, start_ms } = pr;
+    let Progress { every_ms: progress_ms, quiet, clock, start_ms, sample_step_ms: step } = pr;
     let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {
-        let mut poll = tokio::time::interval(Duration::from_millis(50));
+        // A virtual run sampled by sim time reads its shards' snapshots more often (they come
+        // at each sim step and the channel is bounded).
+        let mut poll = tokio::time::interval(Duration::from_millis(if step > 0 { 2 } else { 50 }));
         let mut latest: Vec<Option<Snapshot>> = (0..handles.len()).map(|_| None).collect();
         let mut window = histogram();
         // Every completed message's latency since the start (for `abort` thresholds).
@@ -541,6 +567,8 @@ fn wait(
             ClockMode::Realtime => "wall",
         });
         let mut last_sample = began;
+        // The sim-time step the last point of a virtual run's series ended in.
+        let mut steps = StepAligner::new(handles.len(), start_ms, step);
         loop {
             tokio::select! {
                 _ = sigint.recv() => {
@@ -560,15 +588,22 @@ fn wait(
                 _ = poll.tick() => {
                     while let Ok(s) = progress.try_recv() {
                         let _ = window.add(&s.latency);
-                        let _ = sampler.window.add(&s.latency);
                         if !aborts.is_empty() {
                             let _ = cumulative.add(&s.latency);
                         }
                         let i = s.shard;
+                        if step > 0 {
+                            steps.queues[i].push_back(s.clone());
+                        } else {
+                            let _ = sampler.window.add(&s.latency);
+                        }
                         latest[i] = Some(s);
                     }
                     let now = mono_ns();
-                    if now - last_sample >= TIMELINE_EVERY_NS {
+                    if step > 0 && steps.points(&mut sampler, clock, start_ms, (now - began) as f64 / 1e9) {
+                        last_sample = now;
+                    }
+                    if step == 0 && now - last_sample >= TIMELINE_EVERY_NS {
                         sampler.sample(totals(&latest, clock, start_ms, (now - began) as f64 / 1e9, (now - last_sample) as f64 / 1e9));
                         last_sample = now;
                     }
@@ -623,9 +658,25 @@ fn wait(
         }
         // The last stretch (shorter than a second) once every shard's final snapshot is in.
         while let Ok(s) = progress.try_recv() {
-            let _ = sampler.window.add(&s.latency);
             let i = s.shard;
+            if step > 0 {
+                steps.queues[i].push_back(s.clone());
+            } else {
+                let _ = sampler.window.add(&s.latency);
+            }
             latest[i] = Some(s);
+        }
+        if step > 0 {
+            let now = mono_ns();
+            if steps.points(&mut sampler, clock, start_ms, (now - began) as f64 / 1e9) {
+                last_sample = now;
+            }
+            // What is left (past the last whole step) goes into the last point.
+            for q in &mut steps.queues {
+                for s in q.drain(..) {
+                    let _ = sampler.window.add(&s.latency);
+                }
+            }
         }
         let now = mono_ns();
         if now > last_sample && latest.iter().any(Option::is_some) {
@@ -635,8 +686,82 @@ fn wait(
     })
 }
 
-/// Wall time between two points of the report's time series.
+/// A virtual run's time series by sim time: each shard's snapshots wait here until every
+/// shard has one past the next step; the point then adds up, per shard, the snapshot that
+/// crossed it (so a shard running ahead in sim time does not put its later messages early).
+/// Bounded: a shard is at most the run's steps ahead ([`TIMELINE_VIRTUAL_POINTS`]).
+struct StepAligner {
+    queues: Vec<std::collections::VecDeque<Snapshot>>,
+    /// Per shard, the snapshot the last point used.
+    at: Vec<Option<Snapshot>>,
+    start_ms: u64,
+    step: u64,
+    last_step: u64,
+    last_wall_s: f64,
+}
+
+impl StepAligner {
+    fn new(shards: usize, start_ms: u64, step: u64) -> StepAligner {
+        StepAligner {
+            queues: (0..shards).map(|_| Default::default()).collect(),
+            at: (0..shards).map(|_| None).collect(),
+            start_ms,
+            step,
+            last_step: start_ms,
+            last_wall_s: 0.0,
+        }
+    }
+
+    /// Adds every point whose step each shard has passed; whether it added any.
+    fn points(
+        &mut self,
+        sampler: &mut report::timeline::Sampler,
+        clock: ClockMode,
+        start_ms: u64,
+        wall_s: f64,
+    ) -> bool {
+        let mut added = false;
+        loop {
+            let b = self.last_step + self.step;
+            if !self.queues.iter().all(|q| q.iter().any(|s| s.sim_now_ms >= b)) {
+                return added;
+            }
+            added = true;
+            for (q, at) in self.queues.iter_mut().zip(&mut self.at) {
+                while let Some(s) = q.pop_front() {
+                    let _ = sampler.window.add(&s.latency);
+                    let crossed = s.sim_now_ms >= b;
+                    *at = Some(s);
+                    if crossed {
+                        break;
+                    }
+                }
+            }
+            let sim = self.at.iter().flatten().map(|s| s.sim_now_ms).min().unwrap_or(b);
+            self.last_step = sim - (sim - self.start_ms) % self.step;
+            sampler.sample(totals(&self.at, clock, start_ms, wall_s, wall_s - self.last_wall_s));
+            self.last_wall_s = wall_s;
+        }
+    }
+}
+
+/// Wall time between two points of the report's time series (realtime, or a virtual run
+/// with no end).
 const TIMELINE_EVERY_NS: u64 = 1_000_000_000;
+/// Points a virtual run's time series aims at (one per sim-time step).
+pub const TIMELINE_VIRTUAL_POINTS: u64 = 500;
+
+/// The sim-time step between two points of a virtual run's time series: the run's span over
+/// [`TIMELINE_VIRTUAL_POINTS`], in whole sim seconds (at least one); 0 (sample by wall
+/// second) for a realtime run or one with no end.
+pub fn sample_step_ms(clock: ClockMode, duration_ms: Option<u64>) -> u64 {
+    match (clock, duration_ms) {
+        (ClockMode::Virtual, Some(d)) if d > 0 => {
+            d.div_ceil(TIMELINE_VIRTUAL_POINTS).div_ceil(1000).max(1) * 1000
+        }
+        _ => 0,
+    }
+}
 
 /// What the shards' latest snapshots add up to, for the report's time series.
 fn totals(

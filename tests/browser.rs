@@ -31,6 +31,15 @@ interval = "100ms"
 type = "gaussian"
 mean = 100
 stddev = 5
+
+[[threshold]]
+metric = "error_rate"
+max = "1%"
+
+[[threshold]]
+metric = "latency_p99"
+max = "1h"
+abort = true
 "#;
 
 /// A chromedriver process and one browser session; both ended on drop.
@@ -257,6 +266,33 @@ fn fill_and_submit(b: &Browser, form: &str, fields: &[(&str, &str)]) {
     b.js(&script);
 }
 
+/// Starts `iot-sim serve` (with `config`, if any) with admin and gRPC on free ports; returns it
+/// once ready, with its admin address.
+fn serve(
+    config: Option<&std::path::Path>,
+    report: &std::path::Path,
+    extra: &[&str],
+) -> (Running, String) {
+    let mut cmd = bin();
+    cmd.arg("serve");
+    if let Some(c) = config {
+        cmd.args(["--config", c.to_str().unwrap()]);
+    }
+    cmd.args(["--admin", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--quiet"])
+        .args(["--report-dir", report.to_str().unwrap()])
+        .args(extra);
+    let mut run = Running::start(&mut cmd);
+    let addr = run.admin_addr();
+    common::wait_ready(&addr);
+    (run, addr)
+}
+
+/// Opens the dashboard of the runtime at `addr` and waits for its script to run.
+fn open_dashboard(b: &Browser, addr: &str) {
+    b.open(&format!("http://{addr}/"));
+    b.wait_for("return window.dashboardReady === true", 20, "the dashboard script ran");
+}
+
 #[test]
 fn the_dashboard_drives_a_running_fleet() {
     let Some(b) = browser() else { return };
@@ -264,19 +300,23 @@ fn the_dashboard_drives_a_running_fleet() {
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, FLEET).unwrap();
     let rd = dir.path().join("report");
-    let mut cmd = bin();
-    cmd.args(["serve", "--config", cfg.to_str().unwrap(), "--cores", "2"])
-        .args(["--admin", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .args(["--quiet", "--report-dir", rd.to_str().unwrap(), "--run-id", "dash-test"]);
-    let mut run = Running::start(&mut cmd);
-    let addr = run.admin_addr();
-    common::wait_ready(&addr);
-    b.open(&format!("http://{addr}/"));
-    b.wait_for("return window.dashboardReady === true", 20, "the dashboard script ran");
+    let (run, addr) = serve(Some(&cfg), &rd, &["--cores", "2", "--run-id", "dash-test"]);
+    open_dashboard(&b, &addr);
     b.wait_for(
         "return document.getElementById('devices-total') !== null && document.getElementById('devices-total').textContent === '40'",
         20,
         "the overview shows the fleet",
+    );
+    // The thresholds, judged so far on the running figures.
+    b.wait_for(
+        "return document.querySelectorAll('#thresholds tbody tr').length === 2 && [...document.querySelectorAll('#thresholds tbody tr')].every((r) => r.textContent.includes('pass so far'))",
+        20,
+        "both thresholds pass so far",
+    );
+    let row = b.js("return document.querySelectorAll('#thresholds tbody tr')[1].textContent");
+    assert!(
+        row.as_str().unwrap().contains("latency_p99") && row.as_str().unwrap().contains("abort"),
+        "{row}"
     );
 
     // Live numbers change.
@@ -450,4 +490,59 @@ fn report_html_draws_every_chart_offline_and_compare_html_too() {
     let errors = b.page_errors();
     b.screenshot("compare");
     assert!(errors.is_empty(), "JS errors in compare.html: {errors:?}");
+}
+
+#[test]
+fn the_spawn_form_offers_the_config_profiles_on_an_empty_serve_or_says_why_it_cannot() {
+    let Some(b) = browser() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Profiles but no [[fleet]]: nothing runs, the form still offers the profile.
+    let profiles_only = format!(
+        "[run]\nclock = \"realtime\"\n\n{}",
+        &FLEET[FLEET.find("[profiles.meter]").unwrap()..]
+    );
+    let cfg = dir.path().join("profiles.toml");
+    std::fs::write(&cfg, profiles_only).unwrap();
+    let rd = dir.path().join("report");
+    let (run, addr) = serve(Some(&cfg), &rd, &["--cores", "1"]);
+    let (code, body) = http_get(&addr, "/api/v1/profiles");
+    assert_eq!(code, 200);
+    let p: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(p["profiles"], json!([{"device_type": "meter", "protocol": "null"}]), "{p}");
+    assert_eq!(status(&addr)["devices_total"], 0);
+    open_dashboard(&b, &addr);
+    b.wait_for(
+        "return [...document.getElementById('spawn-device_type').options].map((o) => o.textContent).join() === 'meter (null)'",
+        20,
+        "the form offers the config's profile",
+    );
+    assert_eq!(b.js("return document.getElementById('spawn-hint').textContent"), json!(""));
+    // Spawning from it works on the empty runtime.
+    fill_and_submit(&b, "spawn", &[("count", "3"), ("prefix", "m")]);
+    b.wait_for(
+        "return document.getElementById('devices-total').textContent === '3'",
+        20,
+        "3 devices spawned",
+    );
+    assert!(b.page_errors().is_empty(), "{:?}", b.page_errors());
+    run.stop();
+
+    // No config at all: no device type anywhere, the form says so.
+    let (run, addr) = serve(None, &rd, &["--cores", "1"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&http_get(&addr, "/api/v1/profiles").1).unwrap()["profiles"],
+        json!([])
+    );
+    open_dashboard(&b, &addr);
+    b.wait_for(
+        "return document.getElementById('spawn-hint').textContent.includes('no device types yet')",
+        20,
+        "the hint instead of an empty select",
+    );
+    assert_eq!(
+        b.js("return document.getElementById('thresholds').textContent"),
+        json!("no thresholds")
+    );
+    assert!(b.page_errors().is_empty(), "{:?}", b.page_errors());
+    run.stop();
 }

@@ -11,8 +11,13 @@ use std::time::Duration;
 const FLEET: &str = "[run]\nseed = 3\nclock = \"realtime\"\n\n[[fleet]]\nprofile = \"p\"\ncount = 30\nlabels = { zone = \"a\" }\n\n[[fleet]]\nprofile = \"p\"\ncount = 10\nlabels = { zone = \"b\" }\n\n[profiles.p]\nprotocol = \"null\"\ninterval = \"100ms\"\n[profiles.p.fields.x]\ntype = \"gaussian\"\nmean = 0\nstddev = 1\n";
 
 fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> (Running, String) {
+    start_with(dir, FLEET, env)
+}
+
+/// Runs the fleet file `fleet` (written in `dir`) with the admin server; returns it once ready.
+fn start_with(dir: &std::path::Path, fleet: &str, env: &[(&str, &str)]) -> (Running, String) {
     let cfg = dir.join("fleet.toml");
-    std::fs::write(&cfg, FLEET).unwrap();
+    std::fs::write(&cfg, fleet).unwrap();
     let rd = dir.join("report");
     let mut cmd = bin();
     cmd.args(["--config", cfg.to_str().unwrap(), "--cores", "2", "--admin", "127.0.0.1:0"])
@@ -181,4 +186,87 @@ fn report_compare_sets_two_runs_side_by_side_and_writes_compare_html() {
     assert!(text.contains("not compared: config hashes differ"), "the seed differs: {text}");
     let html = std::fs::read_to_string(&out_html).unwrap();
     assert!(html.contains("\"old_distribution\":[[") && html.contains("default-src 'none'"));
+}
+
+#[test]
+fn thresholds_are_listed_with_so_far_values_while_the_run_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s.toml"),
+        "name = \"two_phases\"\nduration = \"10m\"\n[[step]]\nat = \"0s\"\nphase = \"warm\"\n[[step]]\nat = \"1s\"\nphase = \"steady\"\n",
+    )
+    .unwrap();
+    let fleet = FLEET.replace("[run]\n", "[run]\nscenario = \"s.toml\"\n")
+        + "\n[[threshold]]\nmetric = \"error_rate\"\nmax = \"1%\"\n\n[[threshold]]\nmetric = \"latency_max\"\nmax = \"1h\"\nabort = true\n\n[[threshold]]\nmetric = \"messages_per_second\"\nmin = 1000000\n\n[[threshold]]\nmetric = \"messages_per_second\"\nmin = 1\nphase = \"steady\"\nsink = \"null\"\n";
+    let (run, addr) = start_with(dir.path(), &fleet, &[]);
+    // Poll until the shards have published completed messages (about once a second).
+    let mut t = serde_json::Value::Null;
+    for _ in 0..100 {
+        t = json(&http_get(&addr, "/api/v1/thresholds").1);
+        if t["thresholds"][2]["verdict"]["value"].as_f64().unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(t["ended"], false, "{t}");
+    let rows = t["thresholds"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{t}");
+    // Whole-run thresholds: judged so far on the published figures.
+    assert_eq!(rows[0]["status"], "so_far", "{t}");
+    assert_eq!((rows[0]["limit"].as_str(), rows[0]["bound"].as_str()), (Some("1%"), Some("max")));
+    assert_eq!(rows[0]["verdict"]["passed"], true, "{t}");
+    assert_eq!(
+        (rows[1]["abort"].as_bool(), rows[1]["verdict"]["passed"].as_bool()),
+        (Some(true), Some(true)),
+        "{t}"
+    );
+    assert!(rows[1]["verdict"]["value"].as_f64().unwrap() > 0.0, "a latency was measured: {t}");
+    // 40 devices every 100 ms: about 400 msg/s so far, far below a million.
+    let rate = rows[2]["verdict"]["value"].as_f64().unwrap();
+    assert!(rate > 10.0 && rate < 10_000.0, "{t}");
+    assert_eq!(rows[2]["verdict"]["passed"], false, "{t}");
+    // A phase threshold is judged on its phase at the end.
+    assert_eq!(
+        (rows[3]["status"].as_str(), rows[3]["phase"].as_str(), rows[3]["sink"].as_str()),
+        (Some("at_end"), Some("steady"), Some("null")),
+        "{t}"
+    );
+    assert!(rows[3]["reason"].as_str().unwrap().contains("phase"), "{t}");
+    let o = json(&http_get(&addr, "/api/v1/overview").1);
+    assert_eq!(o["scenario"]["name"], "two_phases", "{o}");
+    run.stop();
+    // The run's verdicts agree with the so-far view on the failing one.
+    let r = common::report(dir.path());
+    assert_eq!(r["thresholds"][2]["passed"], false);
+    assert_eq!(r["thresholds"][0]["passed"], true);
+}
+
+#[test]
+fn a_fast_virtual_run_has_its_time_series_sampled_by_sim_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // One sim hour, done in a few wall seconds: by wall second it would get a handful of
+    // points; by sim time it gets one per 8 sim seconds (3600 s / 500, in whole seconds).
+    let toml = FLEET.replace("clock = \"realtime\"", "clock = \"virtual\"\nduration = \"1h\"");
+    let toml = toml.replace("interval = \"100ms\"", "interval = \"10s\"");
+    let r = common::run_ok(dir.path(), &toml, &["--cores", "2"]);
+    let t = &r["timeline"];
+    assert_eq!(t["axis"], "sim", "{t}");
+    let ts: Vec<f64> = t["t_s"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(ts.len() >= 300 && ts.len() <= 600, "{} points: {ts:?}", ts.len());
+    // Steps of about 8 sim seconds, in order, up to the end.
+    assert!(ts.windows(2).all(|w| w[1] >= w[0]), "{ts:?}");
+    let mut steps: Vec<f64> = ts.windows(2).map(|w| w[1] - w[0]).collect();
+    steps.sort_by(f64::total_cmp);
+    let median = steps[steps.len() / 2];
+    assert!((7.0..=10.0).contains(&median), "median step {median}: {ts:?}");
+    assert_eq!(ts.last().copied(), Some(3600.0));
+    // Each point holds the messages of its own sim seconds, whichever shard ran ahead: 40
+    // devices, one message each 10 s, about 32 per 8 s step.
+    let m: Vec<u64> =
+        t["messages"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let inner = &m[1..m.len() - 2];
+    assert!(inner.iter().all(|&n| (16..=64).contains(&n)), "{m:?}");
+    // Every message is in some point: 40 devices, one message each 10 sim seconds.
+    let sum: u64 = t["messages"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(sum, 40 * 360, "{t}");
 }

@@ -32,11 +32,13 @@
   const faults = el("div", { id: "faults" });
   const sinks = el("div", { id: "sinks" });
   const scenario = el("div", { id: "scenario" });
+  const thresholds = el("div", { id: "thresholds" });
   const byLabel = el("div", { id: "by-label" });
   const labelForm = form("label", [["key", "count devices by label", { value: "device_type", size: 14 }], ["selector", "selector", { size: 16 }]], "count",
     async (v) => { await refreshLabels(v); return ""; });
   app.append(el("div", { class: "grid" },
-    section("Fleet", overview, scenario),
+    section("Fleet", overview),
+    section("Scenario and thresholds", scenario, thresholds),
     section("Device types", types),
     section("Faults and sinks", faults, sinks),
     section("Devices by label", labelForm.node, byLabel)));
@@ -67,7 +69,23 @@
       ? table(["sink", "connected", "queue"], o.sinks.map((s) => [s.sink, `${s.connected} of ${s.connections}`, s.queue_depth]), 1)
       : el("div", { class: "muted" }, "no network sinks"),
       Object.keys(o.sink_events).length ? el("div", { class: "muted" }, "sink events: " + Object.entries(o.sink_events).map(([k, v]) => `${k}=${v}`).join(" ")) : "");
-    scenario.replaceChildren(o.scenario ? el("div", { id: "scenario-phase" }, `scenario ${o.scenario.name}: phase ${o.scenario.phase}`) : "");
+    scenario.replaceChildren(el("div", { id: "scenario-phase" }, o.scenario ? `scenario ${o.scenario.name}: phase ${o.scenario.phase}` : "no scenario phase"));
+  }
+
+  // Thresholds: "so far" on the running figures, the run's verdicts once it ended.
+  const fmtValue = (v) => (v.unit === "µs" ? Charts.fmtUs(v.value) : v.unit === "ratio" ? (100 * v.value).toFixed(3) + "%" : String(v.value) + " " + v.unit);
+  async function refreshThresholds() {
+    const r = await getJson("/api/v1/thresholds");
+    if (!r.thresholds.length) { thresholds.replaceChildren(el("div", { class: "muted" }, "no thresholds")); return; }
+    const rows = r.thresholds.map((t) => {
+      const scope = [t.phase ? "phase " + t.phase : "whole run", t.sink ? "sink " + t.sink : "", t.device_type ? "type " + t.device_type : ""].filter(Boolean).join(", ");
+      const v = t.verdict;
+      const status = t.status === "at_end" ? "at the end: " + t.reason
+        : (v.passed ? "pass" : "FAIL") + (t.status === "so_far" ? " so far" : "") + (v.note ? ` (${v.note})` : "");
+      return [t.metric, `${t.bound === "max" ? "≤" : "≥"} ${t.limit}`, scope, t.abort ? "abort" : "", v ? fmtValue(v) : "–", status];
+    });
+    thresholds.replaceChildren(el("div", { class: "muted", id: "thresholds-state" }, r.ended ? "run ended: final verdicts" : "running: whole-run thresholds judged so far"),
+      table(["metric", "limit", "span", "abort", "value", "status"], rows, 4));
   }
 
   // Live charts of the last minutes (the server keeps the history).
@@ -139,6 +157,7 @@
       if (r.spawned === 0 && failed.length) throw new Error(failed.slice(0, 3).map(([id, why]) => `${id}: ${why}`).join("; "));
       return `spawned ${r.spawned}` + (failed.length ? `, ${failed.length} refused (${failed[0][0]}: ${failed[0][1]})` : "");
     });
+  const spawnHint = el("div", { class: "muted", id: "spawn-hint" });
   const select = (verb, path, key) => form(verb, [["selector", "selector (empty = all)", { size: 24 }]], verb,
     async (v) => { const r = await send("POST", path, { selector: selectorOf(v.selector) }); return `${verb}: ${r[key]} device(s)`; });
   const stop = select("stop", "/api/v1/stop", "stopped");
@@ -161,7 +180,7 @@
   const tokenBox = el("input", { id: "token", type: "password", size: 16, value: token, placeholder: "only if the server has one" });
   tokenBox.addEventListener("change", () => { token = tokenBox.value; sessionStorage.setItem("iotSimToken", token); });
   app.append(section("Control", el("label", {}, "bearer token (IOT_SIM_ADMIN_TOKEN)", tokenBox),
-    el("h2", {}, "Spawn"), spawn.node, el("h2", {}, "Stop, pause, resume"), stop.node, pause.node, resume.node,
+    el("h2", {}, "Spawn"), spawnHint, spawn.node, el("h2", {}, "Stop, pause, resume"), stop.node, pause.node, resume.node,
     el("h2", {}, "Faults"), fault.node, clear.node));
 
   // Device browser: a selector, pages of 20 by id.
@@ -236,11 +255,17 @@
   async function loadProfiles() {
     const p = await getJson("/api/v1/profiles");
     spawn.inputs.device_type.replaceChildren(...p.profiles.map((x) => el("option", { value: `${x.device_type} @ ${x.protocol}` }, `${x.device_type} (${x.protocol})`)));
+    // No profile anywhere: say so (and how to get one) instead of an empty select.
+    spawnHint.textContent = p.profiles.length ? "" : "no device types yet: start with --config naming [profiles.*] (no [[fleet]] needed), or spawn one over gRPC or POST /api/v1/spawn with a device_type";
   }
   const status = el("div", { class: "error", id: "poll-error" });
   app.prepend(status);
   async function tick() {
-    try { await refreshOverview(); await refreshCharts(); status.textContent = ""; } catch (e) { status.textContent = "cannot reach the runtime: " + e.message; }
+    try {
+      await refreshOverview(); await refreshThresholds(); await refreshCharts(); status.textContent = "";
+      // A runtime that had no device type yet may have one now (spawned over gRPC or HTTP).
+      if (!spawn.inputs.device_type.options.length) await loadProfiles();
+    } catch (e) { status.textContent = "cannot reach the runtime: " + e.message; }
   }
   loadProfiles().catch((e) => (status.textContent = e.message));
   refreshLabels({ key: "device_type", selector: "" }).catch(() => {});

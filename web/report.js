@@ -54,9 +54,14 @@
   ((R.scenario && R.scenario.log) || []).forEach((l) => marks.push({ x: toAxis(l.sim_time), label: l.message.slice(0, 24), color: "#7c3aed" }));
   const series = (name, ys, color) => ({ name, xs: T.t_s, ys, color });
   const ts = el("div", { class: "grid" });
-  app.append(section(`Over time (x: ${axis}; ${T.merged > 1 ? "each point merges " + T.merged + " seconds" : "one point per wall second"})`, ts));
+  // A virtual run is sampled by sim time: its throughput is per sim second of each point.
+  const sim = T.axis === "sim";
+  const perSim = (T.messages || []).map((m, i) => { const dt = T.t_s[i] - (i > 0 ? T.t_s[i - 1] : 0); return dt > 0 ? m / dt : NaN; });
+  const every = sim ? "sampled by sim time" : "one point per wall second";
+  app.append(section(`Over time (x: ${axis}; ${T.merged > 1 ? "each point merges " + T.merged + " raw points" : every})`, ts));
   const timeCharts = [
-    ["ts-throughput", "throughput (msg per wall second)", [series("msg/s", T.msgs_per_s)], Charts.fmt],
+    sim ? ["ts-throughput", "throughput (msg per sim second)", [series("msg/sim-s", perSim)], Charts.fmt]
+      : ["ts-throughput", "throughput (msg per wall second)", [series("msg/s", T.msgs_per_s)], Charts.fmt],
     ["ts-latency", "latency", [series("p50", T.p50_us), series("p99", T.p99_us, "#dc2626")], us],
     ["ts-errors", "errors and drops per point", [series("errors", T.errors, "#dc2626"), series("dropped", T.dropped, "#d97706")], Charts.fmt],
   ];

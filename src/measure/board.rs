@@ -40,6 +40,19 @@ impl Buckets {
         b
     }
 
+    /// An HDR histogram holding each bucket's count at the bucket's upper bound (the last
+    /// finite bound for `+Inf`): quantiles of it are the bucket upper bounds.
+    pub fn to_hdr(&self) -> Histogram<u64> {
+        let mut h = crate::measure::stats::histogram();
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n > 0 {
+                let v = BUCKETS_US.get(i).copied().unwrap_or(BUCKETS_US[BUCKETS_US.len() - 1]);
+                let _ = h.record_n(v, n);
+            }
+        }
+        h
+    }
+
     pub fn add(&mut self, o: &Buckets) {
         for (a, b) in self.counts.iter_mut().zip(&o.counts) {
             *a += b;

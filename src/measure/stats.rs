@@ -283,6 +283,7 @@ impl ShardStats {
 }
 
 /// A periodic progress report from a shard to the main thread.
+#[derive(Clone)]
 pub struct Snapshot {
     pub shard: usize,
     pub devices: usize,

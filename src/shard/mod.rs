@@ -71,6 +71,11 @@ pub struct ShardPlan {
     pub scenario: Option<Arc<crate::scenario::Scenario>>,
     /// A delivery audit's per-device counters of messages faults kept from arriving intact.
     pub excuses: Option<Arc<tap::ExcuseTap>>,
+    /// Virtual clock: also send a progress snapshot each time sim time passes another step
+    /// of this many ms (the report's time series is sampled by sim time); 0 = wall seconds
+    /// only. Skipped while the progress channel is half full (nothing is lost: counters are
+    /// running totals and the latency window waits for the next snapshot).
+    pub sample_every_ms: u64,
 }
 
 /// What a shard hands back when it ends.
@@ -310,18 +315,28 @@ impl Shard {
         // Readiness (`/readyz`) and `/metrics` see this shard from its first turn on.
         self.publish_figures();
         let mut last_snapshot = mono_ns();
+        let step = self.plan.sample_every_ms;
+        let mut next_sample = self.plan.start_ms.saturating_add(step);
         let mut turns = 0u32;
         loop {
             turns = turns.wrapping_add(1);
-            if turns.is_multiple_of(64) {
+            // A sim-time step passed (one compare per wheel slot, not per message).
+            let sim = self.wheel.elapsed();
+            let step_due = step > 0
+                && sim >= next_sample
+                && self.plan.progress.len() * 2 < self.plan.progress.capacity().unwrap_or(2);
+            if step_due || turns.is_multiple_of(64) {
                 if self.plan.stop.load(Ordering::Relaxed) {
-                    return self.wheel.elapsed();
+                    return sim;
                 }
                 self.drain_commands();
                 let now = mono_ns();
-                if now - last_snapshot >= SNAPSHOT_EVERY_NS {
+                if now - last_snapshot >= SNAPSHOT_EVERY_NS || step_due {
                     last_snapshot = now;
-                    self.snapshot(self.wheel.elapsed());
+                    if step > 0 && sim >= next_sample {
+                        next_sample = sim - (sim - self.plan.start_ms) % step + step;
+                    }
+                    self.snapshot(sim);
                 }
             }
             let next = self.wheel.next_expiration();

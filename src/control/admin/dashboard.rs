@@ -18,6 +18,8 @@ use super::routes::{AdminState, ApiError};
 use crate::control::{proto, spec};
 use crate::limits;
 use crate::measure::board::{BUCKETS_US, Buckets, ShardFigures};
+use crate::measure::stats::ProfileStats;
+use crate::scenario::threshold::{Metric, Threshold, Verdict};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -277,9 +279,107 @@ pub async fn overview(State(s): State<Arc<AdminState>>) -> Json<Value> {
     }))
 }
 
-/// `GET /api/v1/profiles`: what the spawn form offers (device types with their protocols).
+/// The run's thresholds as the dashboard shows them: the list from the config and the
+/// scenario (given at start) and, once the run has judged them, its final verdicts.
+#[derive(Default)]
+pub struct Thresholds {
+    /// In the order the report lists its verdicts (the config's, then the scenario's).
+    pub list: Vec<Threshold>,
+    /// Realtime clock (a virtual run's `messages_per_second` divides by sim seconds, which
+    /// the published figures do not carry: judged at the end only).
+    pub realtime: bool,
+    /// The report's verdicts, set by the run once it has judged them.
+    pub verdicts: Mutex<Option<Vec<Verdict>>>,
+}
+
+impl Thresholds {
+    pub fn new(list: Vec<Threshold>, realtime: bool) -> Thresholds {
+        Thresholds { list, realtime, verdicts: Mutex::new(None) }
+    }
+
+    /// Records the run's final verdicts (the report's `thresholds`).
+    pub fn finish(&self, verdicts: &[Verdict]) {
+        *self.verdicts.lock().unwrap_or_else(|e| e.into_inner()) = Some(verdicts.to_vec());
+    }
+
+    /// `t` judged on the shards' published figures so far, when it can be: a whole-run,
+    /// non-audit threshold (the one an `abort` is), by the judging code the run uses.
+    pub fn so_far(
+        &self,
+        t: &Threshold,
+        shards: &[Arc<ShardFigures>],
+        seconds: f64,
+    ) -> Result<Verdict, &'static str> {
+        if t.phase.is_some() {
+            return Err("judged on its phase at the end of the run");
+        }
+        if t.metric.is_audit() {
+            return Err("judged on the delivery audit at the end of the run");
+        }
+        if t.metric == Metric::MessagesPerSecond && !self.realtime {
+            return Err("judged per sim second at the end of the run");
+        }
+        let mut merged = ProfileStats::new();
+        let mut latency = Buckets::default();
+        let mut lateness = Buckets::default();
+        for sh in shards {
+            lateness.add(&sh.lateness);
+            for p in &sh.profiles {
+                let wanted = t.sink.is_none_or(|s| s.name() == p.protocol)
+                    && t.device_type.as_deref().is_none_or(|d| d == &*p.device_type);
+                if wanted {
+                    merged.messages += p.messages;
+                    merged.errors += p.errors;
+                    merged.dropped += p.dropped;
+                    latency.add(&p.latency);
+                }
+            }
+        }
+        merged.latency = latency.to_hdr();
+        Ok(t.judge_totals(&merged, &lateness.to_hdr(), seconds))
+    }
+}
+
+/// `GET /api/v1/thresholds`: every threshold of the run (metric, bound, scope, abort) with
+/// its status: `final` (the run's verdict), `so_far` (judged on the figures published so far)
+/// or `at_end` (with the reason it is only judged at the end).
+pub async fn thresholds(State(s): State<Arc<AdminState>>) -> Json<Value> {
+    let board = &s.thresholds;
+    let finals = board.verdicts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let shards = s.plane.published();
+    let seconds = s.plane.uptime().as_secs_f64();
+    let rows: Vec<Value> = board
+        .list
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut row = json!({
+                "metric": t.name, "bound": t.bound, "limit": t.limit_text,
+                "phase": t.phase, "sink": t.sink.map(|s| s.name()),
+                "device_type": t.device_type, "abort": t.abort,
+            });
+            let (status, verdict, reason) = match finals.as_ref().and_then(|f| f.get(i)) {
+                Some(v) => ("final", Some(v.clone()), None),
+                None => match board.so_far(t, &shards, seconds) {
+                    Ok(v) => ("so_far", Some(v), None),
+                    Err(why) => ("at_end", None, Some(why)),
+                },
+            };
+            row["status"] = json!(status);
+            row["verdict"] = json!(verdict);
+            row["reason"] = json!(reason);
+            row
+        })
+        .collect();
+    Json(json!({ "ended": finals.is_some(), "thresholds": rows }))
+}
+
+/// `GET /api/v1/profiles`: what the spawn form offers (device types with their protocols):
+/// the config's profiles (a `serve` with profiles and no `[[fleet]]` offers them) and the types
+/// running now (spawned ones included).
 pub async fn profiles(State(s): State<Arc<AdminState>>) -> Json<Value> {
-    let mut seen = std::collections::BTreeSet::new();
+    let mut seen: std::collections::BTreeSet<(String, &str)> =
+        s.configured.iter().cloned().collect();
     for sh in s.plane.published().iter() {
         for p in &sh.profiles {
             seen.insert((p.device_type.to_string(), p.protocol));
@@ -491,6 +591,40 @@ mod tests {
             h.sample(i as f64, &[shard(i as u64, &[])], 1);
         }
         assert_eq!(h.points().len(), limits::DASHBOARD_HISTORY_S);
+    }
+
+    #[test]
+    fn whole_run_thresholds_are_judged_so_far_and_final_verdicts_win() {
+        let parse = |text: &str| {
+            let doc: toml::Table = text.parse().unwrap();
+            let mut p = crate::config::walk::Problems::default();
+            let t = crate::scenario::threshold::parse_list(
+                &doc["threshold"],
+                "threshold",
+                None,
+                &mut p,
+            );
+            assert!(p.is_empty(), "{p}");
+            t
+        };
+        let list = parse(
+            "[[threshold]]\nmetric = \"latency_p99\"\nmax = \"500us\"\n[[threshold]]\nmetric = \"error_rate\"\nmax = 0\nphase = \"x\"\n[[threshold]]\nmetric = \"messages_per_second\"\nmin = 1\n[[threshold]]\nmetric = \"lost\"\nmax = 0\n",
+        );
+        let board = Thresholds::new(list.clone(), false);
+        // Three of four values in the 1 ms bucket: p99 is 1 ms, over 500 µs.
+        let shards = [shard(4, &[5, 900, 900, 900])];
+        let v = board.so_far(&list[0], &shards, 2.0).unwrap();
+        assert_eq!((v.value, v.passed), (1_000.0, false), "{v:?}");
+        assert!(board.so_far(&list[1], &shards, 2.0).unwrap_err().contains("phase"));
+        assert!(board.so_far(&list[2], &shards, 2.0).unwrap_err().contains("sim second"));
+        assert!(board.so_far(&list[3], &shards, 2.0).unwrap_err().contains("audit"));
+        // Realtime: messages per wall second so far.
+        let rt = Thresholds::new(list.clone(), true);
+        assert_eq!(rt.so_far(&list[2], &shards, 2.0).unwrap().value, 2.0);
+        assert!(board.verdicts.lock().unwrap().is_none());
+        let v = board.so_far(&list[0], &shards, 2.0).unwrap();
+        board.finish(std::slice::from_ref(&v));
+        assert_eq!(board.verdicts.lock().unwrap().as_deref(), Some(&[v][..]));
     }
 
     #[test]

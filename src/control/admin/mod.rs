@@ -46,6 +46,8 @@ pub fn start(
     plane: Arc<ControlPlane>,
     run: RunIdentity,
     audit: Option<crate::audit::AuditProbe>,
+    thresholds: Arc<dashboard::Thresholds>,
+    configured: Vec<(String, &'static str)>,
 ) -> std::io::Result<AdminServer> {
     let limits = limits_from_env().map_err(std::io::Error::other)?;
     let token = std::env::var("IOT_SIM_ADMIN_TOKEN").ok().filter(|t| !t.trim().is_empty());
@@ -59,7 +61,15 @@ pub fn start(
     let local = listener.local_addr()?;
     let metrics = metrics::Metrics::new(plane.clone(), run.clone(), audit);
     let history = dashboard::History::default();
-    let state = Arc::new(routes::AdminState { plane, metrics, run, token, history });
+    let state = Arc::new(routes::AdminState {
+        plane,
+        metrics,
+        run,
+        token,
+        history,
+        thresholds,
+        configured,
+    });
     let router = routes::router(state.clone());
     std::thread::Builder::new().name("admin".into()).spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -28,6 +28,11 @@ pub struct AdminState {
     pub token: Option<String>,
     /// The dashboard's ring of fleet figures (one point a second).
     pub history: dashboard::History,
+    /// The run's thresholds and, once judged, their verdicts.
+    pub thresholds: Arc<dashboard::Thresholds>,
+    /// The device types (and protocols) of the config's profiles, devices or not: what the
+    /// spawn form offers before anything runs.
+    pub configured: Vec<(String, &'static str)>,
 }
 
 /// Every admin route.
@@ -45,6 +50,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/v1/overview/labels", get(dashboard::labels))
         .route("/api/v1/history", get(dashboard::history))
         .route("/api/v1/profiles", get(dashboard::profiles))
+        .route("/api/v1/thresholds", get(dashboard::thresholds))
         .route("/api/v1/telemetry/stream", get(dashboard::telemetry_stream))
         .route("/healthz", get(healthz))
         .route("/readyz", get(api::readyz))
