@@ -335,7 +335,7 @@ impl Thresholds {
                 }
             }
         }
-        merged.latency = latency.to_hdr();
+        merged.latency = latency.to_hdr().into();
         Ok(t.judge_totals(&merged, &lateness.to_hdr(), seconds))
     }
 }
