@@ -539,9 +539,11 @@ fn the_spawn_form_offers_the_config_profiles_on_an_empty_serve_or_says_why_it_ca
         20,
         "the hint instead of an empty select",
     );
-    assert_eq!(
-        b.js("return document.getElementById('thresholds').textContent"),
-        json!("no thresholds")
+    // The thresholds section is filled by its own request: wait for it, do not race it.
+    b.wait_for(
+        "return document.getElementById('thresholds').textContent === 'no thresholds'",
+        20,
+        "\"no thresholds\" on a runtime without a scenario",
     );
     assert!(b.page_errors().is_empty(), "{:?}", b.page_errors());
     run.stop();
