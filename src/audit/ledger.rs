@@ -5,6 +5,7 @@
 
 use super::roster::{Roster, first_tick, scheduled};
 use super::track::{Arrival, Track};
+use super::values::{ValueCounts, Values};
 use crate::limits::MAX_AUDIT_MESSAGE_BYTES;
 use crate::measure::stats::{histogram, record};
 use crate::shard::tap::ExcuseTap;
@@ -49,6 +50,9 @@ pub struct Counts {
     pub off_grid: u64,
     /// Messages without `"seq"` (events, or profiles with `seq = false`): not classified.
     pub no_seq: u64,
+    /// `verify = "values"`: the field checks (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<ValueCounts>,
 }
 
 /// What the auditor knows at the end about how the run ended.
@@ -127,11 +131,19 @@ pub struct AuditReport {
     pub excused_disconnect: u64,
     /// Gaps a `bytes` DATA_CORRUPTION fault made (unparsable on purpose): not losses.
     pub excused_corrupted: u64,
+    /// `verify = "values"`: messages whose fields did not match and that no value-changing
+    /// fault (DATA_CORRUPTION `nan`/`zero`/`spike`, BATTERY_DRAIN) explains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values_corrupted: Option<u64>,
+    /// `verify = "values"`: mismatched messages a value-changing fault explains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excused_values: Option<u64>,
     #[serde(flatten)]
     pub counts: Counts,
     /// Connection errors and refusals (a missing queue) of the consumer.
     pub consumer_errors: u64,
-    /// Bytes of per-device audit state (32 B per fleet device).
+    /// Bytes of per-device audit state (32 B per fleet device; with `verify = "values"` plus
+    /// the generator state, see `values.rs`).
     pub state_bytes: u64,
     /// Wall seconds from the first message consumed to the last.
     pub consume_seconds: f64,
@@ -178,6 +190,8 @@ pub struct Ledger {
     /// Arrival (wall µs) of the first and the last message.
     first_us: u64,
     last_us: u64,
+    /// `verify = "values"`: per-device generator state.
+    values: Option<Values>,
 }
 
 impl Ledger {
@@ -205,12 +219,21 @@ impl Ledger {
             id: String::with_capacity(64),
             first_us: 0,
             last_us: 0,
+            values: None,
         }
+    }
+
+    /// Turns on `verify = "values"`: builds the generator state of every fleet device.
+    pub fn verify_values(mut self) -> Ledger {
+        self.values = Some(Values::new(&self.fleet, self.seed));
+        self.counts.values = Some(ValueCounts::default());
+        self
     }
 
     /// Bytes of per-device state (for the memory figure).
     fn state_bytes(&self) -> usize {
         self.tracks.capacity() * std::mem::size_of::<Track>()
+            + self.values.as_ref().map_or(0, |v| v.state_bytes() as usize)
     }
 
     /// Classifies one message that arrived at `arrival_us` (wall µs since the epoch) on
@@ -288,6 +311,18 @@ impl Ledger {
                 return;
             }
         }
+        if let (Some(v), Some(c)) = (&mut self.values, &mut self.counts.values) {
+            match v.check(&self.fleet, dense, seq, ts, payload) {
+                None => c.unverified += 1,
+                Some(f) => {
+                    c.verified += !f.any() as u64;
+                    c.value_mismatch += f.value_mismatch as u64;
+                    c.field_missing += f.field_missing as u64;
+                    c.field_extra += f.field_extra as u64;
+                    c.type_mismatch += f.type_mismatch as u64;
+                }
+            }
+        }
         if let LatencyClock::Wall { wall0_us, start_ms, speed } = self.clock {
             let since_us = ts.saturating_sub(start_ms) as f64 * 1000.0 / speed;
             let intended = wall0_us.saturating_add(since_us as u64);
@@ -318,6 +353,7 @@ impl Ledger {
             })
             .collect();
         let (mut silent, mut exc_d, mut exc_c) = (0, 0, 0);
+        let (mut exc_v, mut bad_v) = (0u64, 0u64);
         let mut worst: Vec<(u64, u64, usize)> = vec![];
         let mut notes = vec![];
         let mut on_change = false;
@@ -351,6 +387,12 @@ impl Ledger {
                 let lost = missing - excused_d - excused_c;
                 exc_d += excused_d;
                 exc_c += excused_c;
+                if let Some(v) = &self.values {
+                    let bad = v.mismatched[dense] as u64;
+                    let ok = bad.min(excuses.map_or(0, |x| x.values(dense)) as u64);
+                    exc_v += ok;
+                    bad_v += bad - ok;
+                }
                 if t.received == 0 && expected > 0 {
                     silent += 1;
                 }
@@ -437,6 +479,8 @@ impl Ledger {
             lost: sum(|r| r.lost),
             excused_disconnect: exc_d,
             excused_corrupted: exc_c,
+            values_corrupted: self.values.as_ref().map(|_| bad_v),
+            excused_values: self.values.as_ref().map(|_| exc_v),
             counts: self.counts.clone(),
             consumer_errors: 0,
             state_bytes: self.state_bytes() as u64,

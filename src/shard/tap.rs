@@ -9,7 +9,7 @@
 //! `fetch_add` and never allocates. Devices spawned at runtime (groups past the fleet file's)
 //! are not tracked.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Why a message was not delivered intact on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub enum Excuse {
     Suppressed,
     /// A `bytes` DATA_CORRUPTION fault damaged its payload.
     Corrupted,
+    /// A DATA_CORRUPTION (`nan`/`zero`/`spike`) or BATTERY_DRAIN fault changed its field
+    /// values (counted only for `verify = "values"`).
+    Values,
 }
 
 /// The shared per-device excuse counters.
@@ -26,6 +29,8 @@ pub struct ExcuseTap {
     /// Dense index of each fleet group's first device.
     offsets: Vec<u64>,
     counts: Vec<AtomicU64>,
+    /// Messages whose values a fault changed, per device (empty unless `verify = "values"`).
+    values: Vec<AtomicU32>,
 }
 
 impl ExcuseTap {
@@ -37,16 +42,38 @@ impl ExcuseTap {
             offsets.push(total);
             total += c;
         }
-        ExcuseTap { offsets, counts: (0..total).map(|_| AtomicU64::new(0)).collect() }
+        ExcuseTap {
+            offsets,
+            counts: (0..total).map(|_| AtomicU64::new(0)).collect(),
+            values: vec![],
+        }
+    }
+
+    /// Also counts the messages whose values a fault changed (4 B more per device).
+    pub fn with_values(mut self) -> ExcuseTap {
+        self.values = (0..self.counts.len()).map(|_| AtomicU32::new(0)).collect();
+        self
+    }
+
+    /// Messages of device `dense` whose values a fault changed.
+    pub fn values(&self, dense: usize) -> u32 {
+        self.values.get(dense).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Counts one excused message of device `index` in group `group`.
     pub fn note(&self, group: usize, index: u64, why: Excuse) {
         let Some(off) = self.offsets.get(group) else { return };
+        if why == Excuse::Values {
+            if let Some(c) = self.values.get((off + index) as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         if let Some(c) = self.counts.get((off + index) as usize) {
             let add = match why {
                 Excuse::Suppressed => 1,
                 Excuse::Corrupted => 1 << 32,
+                Excuse::Values => 0,
             };
             c.fetch_add(add, Ordering::Relaxed);
         }

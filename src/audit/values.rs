@@ -1,0 +1,186 @@
+//! `verify = "values"`: each received message's field values checked against what the seed
+//! says its device sent with that seq.
+//!
+//! The auditor keeps, per fleet device, the same generator state the shard keeps: a
+//! [`DeviceTable`] built like the shard's (same device seeds, same slot layout), advanced with
+//! the shard's own [`DeviceTable::generate`] sample by sample. A device's `seq` numbers its
+//! samples (the ticks it took a sample at: a DISCONNECT-suppressed or an unpublished on_change
+//! sample uses a seq too; a device away or asleep takes none), and a generator's state depends
+//! only on how many samples it took, not on when (only diurnal's output reads the time, which
+//! is taken from the message's timestamp). So the auditor generates the samples of seqs that did
+//! not arrive (or were not published) to stay in step, and a message older than the state (it
+//! arrived after a later one) cannot be checked: it is `unverified`.
+//!
+//! Numbers are compared as the payload writes them: the generated value rounded to the field's
+//! decimals (`generate` does it) against the received number, exact f64 equality (`ryu`'s
+//! shortest form round-trips); a non-finite value is `null`; Markov states and constants as
+//! JSON values.
+
+use crate::sim::device::{DeviceTable, device_seed};
+use crate::sim::generator::{GenSpec, Sample};
+use crate::sim::profile::{Fleet, FieldSpec};
+use crate::sim::time::SimMs;
+use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// What the check of one message found (each kind at most once per message).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub value_mismatch: bool,
+    pub field_missing: bool,
+    pub field_extra: bool,
+    pub type_mismatch: bool,
+}
+
+impl Findings {
+    pub fn any(&self) -> bool {
+        self.value_mismatch || self.field_missing || self.field_extra || self.type_mismatch
+    }
+}
+
+/// Counts of the value checks, per message.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct ValueCounts {
+    /// Messages whose every field matched.
+    pub verified: u64,
+    /// Messages older than the device's generator state (arrived after a later seq), or not
+    /// JSON with a `fields` object: not checked.
+    pub unverified: u64,
+    /// Messages with at least one number, state or constant not as generated.
+    pub value_mismatch: u64,
+    /// Messages without one of the profile's fields.
+    pub field_missing: u64,
+    /// Messages with a field the profile does not have.
+    pub field_extra: u64,
+    /// Messages with a field of the wrong JSON type (a string for a number...).
+    pub type_mismatch: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct FieldsOnly<'a> {
+    #[serde(borrow)]
+    fields: BTreeMap<Cow<'a, str>, serde_json::Value>,
+}
+
+/// Per-device generator state and mismatch counters of a values audit.
+pub struct Values {
+    table: DeviceTable,
+    samples: Vec<Sample>,
+    /// Per device (dense index): messages that did not match.
+    pub mismatched: Vec<u32>,
+    bytes: u64,
+}
+
+impl Values {
+    /// The state of every fleet device, keyed by its dense index (groups in order).
+    pub fn new(fleet: &Fleet, seed: u64) -> Values {
+        let mut table = DeviceTable::default();
+        let devices = fleet.device_count() as usize;
+        let slots: usize =
+            fleet.groups.iter().map(|g| g.count as usize * fleet.profiles[g.profile].slots).sum();
+        table.reserve(devices, slots);
+        let mut id = String::with_capacity(64);
+        for (gi, g) in fleet.groups.iter().enumerate() {
+            let profile = &fleet.profiles[g.profile];
+            for i in 0..g.count {
+                g.device_id(profile, i, &mut id);
+                table.insert(fleet, gi as u32, i as u32, device_seed(seed, &id));
+            }
+        }
+        let bytes = (devices * std::mem::size_of::<crate::sim::device::Device>()
+            + slots * std::mem::size_of::<crate::sim::generator::SlotState>()
+            + devices * 4) as u64;
+        Values { table, samples: Vec::with_capacity(16), mismatched: vec![0; devices], bytes }
+    }
+
+    /// Bytes of state: 24 B a device + 40 B a generator slot + 4 B of counter.
+    pub fn state_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Checks the message of device `dense` with `seq` and timestamp `ts`; `None`: not
+    /// checked (older than the state, or no `fields` object).
+    pub fn check(
+        &mut self,
+        fleet: &Fleet,
+        dense: u64,
+        seq: u64,
+        ts: SimMs,
+        payload: &[u8],
+    ) -> Option<Findings> {
+        let key = dense as u32;
+        let at = self.table.get(key)?.seq;
+        if seq < at {
+            return None;
+        }
+        let Ok(got) = serde_json::from_slice::<FieldsOnly<'_>>(payload) else { return None };
+        // The samples of the seqs in between (lost, suppressed or not published): generated and
+        // dropped so the state stays in step.
+        for _ in at..seq {
+            self.table.generate(fleet, key, ts, &mut self.samples);
+        }
+        self.table.generate(fleet, key, ts, &mut self.samples);
+        let d = self.table.get(key)?;
+        let profile = &fleet.profiles[fleet.groups[d.group as usize].profile];
+        let mut f = Findings::default();
+        for (field, sample) in profile.fields.iter().zip(&self.samples) {
+            match got.fields.get(field.name.as_str()) {
+                None => f.field_missing = true,
+                Some(v) => match compare(field, *sample, v) {
+                    Cmp::Same => {}
+                    Cmp::Value => f.value_mismatch = true,
+                    Cmp::Type => f.type_mismatch = true,
+                },
+            }
+        }
+        if got.fields.keys().any(|k| !profile.fields.iter().any(|fs| fs.name == **k)) {
+            f.field_extra = true;
+        }
+        if f.any() {
+            self.mismatched[dense as usize] = self.mismatched[dense as usize].saturating_add(1);
+        }
+        Some(f)
+    }
+}
+
+enum Cmp {
+    Same,
+    Value,
+    Type,
+}
+
+/// One received value against the generated sample, as `payload::write_sample` writes it.
+fn compare(field: &FieldSpec, sample: Sample, got: &serde_json::Value) -> Cmp {
+    use serde_json::Value;
+    let same = |b: bool| if b { Cmp::Same } else { Cmp::Value };
+    match (sample, &field.generator) {
+        (Sample::Number(v), _) if v.is_finite() => match got {
+            Value::Number(n) => same(n.as_f64() == Some(v)),
+            Value::Null => Cmp::Value,
+            _ => Cmp::Type,
+        },
+        (Sample::Number(_), _) => match got {
+            Value::Null => Cmp::Same,
+            Value::Number(_) => Cmp::Value,
+            _ => Cmp::Type,
+        },
+        (Sample::State(i), GenSpec::Markov(m)) => match got {
+            Value::String(s) => same(m.states.get(i) == Some(s)),
+            Value::Null => Cmp::Value,
+            _ => Cmp::Type,
+        },
+        (Sample::Static, GenSpec::Static { json, .. }) => {
+            match serde_json::from_str::<Value>(json) {
+                Ok(want) if want == *got => Cmp::Same,
+                Ok(want) if std::mem::discriminant(&want) == std::mem::discriminant(got) => {
+                    Cmp::Value
+                }
+                Ok(Value::Null) | Err(_) => Cmp::Value,
+                Ok(_) if matches!(got, Value::Null) => Cmp::Value,
+                Ok(_) => Cmp::Type,
+            }
+        }
+        _ => same(matches!(got, Value::Null)),
+    }
+}
