@@ -380,7 +380,8 @@ impl Ledger {
                     // Report-on-change leaves seq gaps on purpose: nothing is judged lost.
                     _ => t.received as u64,
                 };
-                let missing = t.missing(expected);
+                // Report-on-change gaps are samples not published, on purpose: not missing.
+                let missing = if judged { t.missing(expected) } else { 0 };
                 let (d, c) = excuses.map_or((0, 0), |x| x.get(dense));
                 let excused_d = missing.min(d as u64);
                 let excused_c = (missing - excused_d).min(c as u64);

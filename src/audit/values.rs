@@ -11,16 +11,19 @@
 //! not arrive (or were not published) to stay in step, and a message older than the state (it
 //! arrived after a later one) cannot be checked: it is `unverified`.
 //!
-//! Numbers are compared as the payload writes them: the generated value rounded to the field's
-//! decimals (`generate` does it) against the received number, exact f64 equality (`ryu`'s
-//! shortest form round-trips); a non-finite value is `null`; Markov states and constants as
-//! JSON values.
+//! Values are compared as text, written as the payload writes them: the generated value
+//! rounded to the field's decimals (`generate` does it), in `ryu`'s shortest form (`null` when
+//! not finite), Markov states and constants as the shard writes them (`payload::write_sample`),
+//! against the received value's JSON text. Same text: same value (a publisher that writes
+//! `22.50` for `22.5` is counted as a mismatch).
 
 use crate::sim::device::{DeviceTable, device_seed};
-use crate::sim::generator::{GenSpec, Sample};
-use crate::sim::profile::{Fleet, FieldSpec};
+use crate::sim::generator::Sample;
+use crate::sim::payload::write_sample;
+use crate::sim::profile::{FieldSpec, Fleet};
 use crate::sim::time::SimMs;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -60,13 +63,15 @@ pub struct ValueCounts {
 #[derive(serde::Deserialize)]
 struct FieldsOnly<'a> {
     #[serde(borrow)]
-    fields: BTreeMap<Cow<'a, str>, serde_json::Value>,
+    fields: BTreeMap<Cow<'a, str>, &'a RawValue>,
 }
 
 /// Per-device generator state and mismatch counters of a values audit.
 pub struct Values {
     table: DeviceTable,
     samples: Vec<Sample>,
+    /// The expected text of one value.
+    want: Vec<u8>,
     /// Per device (dense index): messages that did not match.
     pub mismatched: Vec<u32>,
     bytes: u64,
@@ -91,7 +96,13 @@ impl Values {
         let bytes = (devices * std::mem::size_of::<crate::sim::device::Device>()
             + slots * std::mem::size_of::<crate::sim::generator::SlotState>()
             + devices * 4) as u64;
-        Values { table, samples: Vec::with_capacity(16), mismatched: vec![0; devices], bytes }
+        Values {
+            table,
+            samples: Vec::with_capacity(16),
+            want: Vec::with_capacity(32),
+            mismatched: vec![0; devices],
+            bytes,
+        }
     }
 
     /// Bytes of state: 24 B a device + 40 B a generator slot + 4 B of counter.
@@ -127,7 +138,7 @@ impl Values {
         for (field, sample) in profile.fields.iter().zip(&self.samples) {
             match got.fields.get(field.name.as_str()) {
                 None => f.field_missing = true,
-                Some(v) => match compare(field, *sample, v) {
+                Some(v) => match compare(&mut self.want, field, *sample, v.get().trim()) {
                     Cmp::Same => {}
                     Cmp::Value => f.value_mismatch = true,
                     Cmp::Type => f.type_mismatch = true,
@@ -150,37 +161,38 @@ enum Cmp {
     Type,
 }
 
-/// One received value against the generated sample, as `payload::write_sample` writes it.
-fn compare(field: &FieldSpec, sample: Sample, got: &serde_json::Value) -> Cmp {
-    use serde_json::Value;
-    let same = |b: bool| if b { Cmp::Same } else { Cmp::Value };
-    match (sample, &field.generator) {
-        (Sample::Number(v), _) if v.is_finite() => match got {
-            Value::Number(n) => same(n.as_f64() == Some(v)),
-            Value::Null => Cmp::Value,
-            _ => Cmp::Type,
-        },
-        (Sample::Number(_), _) => match got {
-            Value::Null => Cmp::Same,
-            Value::Number(_) => Cmp::Value,
-            _ => Cmp::Type,
-        },
-        (Sample::State(i), GenSpec::Markov(m)) => match got {
-            Value::String(s) => same(m.states.get(i) == Some(s)),
-            Value::Null => Cmp::Value,
-            _ => Cmp::Type,
-        },
-        (Sample::Static, GenSpec::Static { json, .. }) => {
-            match serde_json::from_str::<Value>(json) {
-                Ok(want) if want == *got => Cmp::Same,
-                Ok(want) if std::mem::discriminant(&want) == std::mem::discriminant(got) => {
-                    Cmp::Value
-                }
-                Ok(Value::Null) | Err(_) => Cmp::Value,
-                Ok(_) if matches!(got, Value::Null) => Cmp::Value,
-                Ok(_) => Cmp::Type,
-            }
-        }
-        _ => same(matches!(got, Value::Null)),
+/// One received value (its JSON text) against the generated sample, written as the payload
+/// writes it (`payload::write_sample`): the same text is the same value.
+fn compare(want: &mut Vec<u8>, field: &FieldSpec, sample: Sample, got: &str) -> Cmp {
+    want.clear();
+    write_sample(want, field, sample);
+    if want.as_slice() == got.as_bytes() {
+        return Cmp::Same;
+    }
+    match (class(want), class(got.as_bytes())) {
+        (a, b) if a == b => Cmp::Value,
+        // A value a fault made `null` (NaN), or a number the run could not compute.
+        (Class::Null, _) | (_, Class::Null) => Cmp::Value,
+        _ => Cmp::Type,
+    }
+}
+
+#[derive(PartialEq)]
+enum Class {
+    Null,
+    Str,
+    Bool,
+    Number,
+    Other,
+}
+
+/// The JSON type of a value's text, by its first byte.
+fn class(text: &[u8]) -> Class {
+    match text.first() {
+        Some(b'n') => Class::Null,
+        Some(b'"') => Class::Str,
+        Some(b't' | b'f') => Class::Bool,
+        Some(b'-' | b'0'..=b'9') => Class::Number,
+        _ => Class::Other,
     }
 }

@@ -178,7 +178,8 @@ impl DeviceStates {
         profile: &Profile,
         samples: &mut [Sample],
     ) -> (Effects, Vec<FaultKind>) {
-        let mut fx = Effects { publish: true, timestamp: due, corrupt_bytes: None, values_changed: false };
+        let mut fx =
+            Effects { publish: true, timestamp: due, corrupt_bytes: None, values_changed: false };
         let mut expired = vec![];
         if self.faults.is_empty() || !self.is_marked(key) {
             return (fx, expired);
