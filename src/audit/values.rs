@@ -17,6 +17,7 @@
 //! against the received value's JSON text. Same text: same value (a publisher that writes
 //! `22.50` for `22.5` is counted as a mismatch).
 
+use crate::limits::MAX_AUDIT_VALUES_CATCHUP;
 use crate::sim::device::{DeviceTable, device_seed};
 use crate::sim::generator::Sample;
 use crate::sim::payload::write_sample;
@@ -111,7 +112,8 @@ impl Values {
     }
 
     /// Checks the message of device `dense` with `seq` and timestamp `ts`; `None`: not
-    /// checked (older than the state, or no `fields` object).
+    /// checked (older than the state, more than `MAX_AUDIT_VALUES_CATCHUP` samples ahead of
+    /// it, or no `fields` object).
     pub fn check(
         &mut self,
         fleet: &Fleet,
@@ -122,7 +124,7 @@ impl Values {
     ) -> Option<Findings> {
         let key = dense as u32;
         let at = self.table.get(key)?.seq;
-        if seq < at {
+        if seq < at || seq - at > MAX_AUDIT_VALUES_CATCHUP {
             return None;
         }
         let Ok(got) = serde_json::from_slice::<FieldsOnly<'_>>(payload) else { return None };
