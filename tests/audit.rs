@@ -599,3 +599,45 @@ fn verify_values_counts_crafted_wrong_values_by_kind() {
     assert_eq!(n(v, "verified"), 0, "{au}");
     assert_eq!(n(au, "values_corrupted"), 4, "a stand-alone audit excuses nothing: {au}");
 }
+
+#[test]
+fn devices_spawned_at_runtime_are_expected_from_their_spawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("audit-spawn");
+    let toml = fleet(
+        "mqtt",
+        "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nqos = 1",
+        &root,
+        "3s",
+        "verify = \"values\"",
+    );
+    let f = dir.path().join("fleet.toml");
+    std::fs::write(&f, toml).unwrap();
+    let s = dir.path().join("s.toml");
+    std::fs::write(
+        &s,
+        "name = \"spawn\"\nduration = \"3s\"\n\n[[step]]\nat = \"1s\"\nspawn = { profile = \"probe\", count = 10 }\n",
+    )
+    .unwrap();
+    let rd = dir.path().join("report");
+    let mut cmd = bin();
+    cmd.args(["scenario", "run", s.to_str().unwrap(), "--config", f.to_str().unwrap()]).args([
+        "--quiet",
+        "--cores",
+        "2",
+        "--report-dir",
+        rd.to_str().unwrap(),
+    ]);
+    let out = command_within(cmd, 60);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(dir.path());
+    let a = audit_of(&r);
+    assert_eq!(n(a, "unknown_device"), 0, "{a}");
+    assert_eq!(n(a, "devices"), 50, "40 from the file + 10 spawned: {a}");
+    // The spawned ten tick every 50 ms for about 2 s: about 400 messages, all expected.
+    let extra = n(a, "expected") - 2400;
+    assert!((350..=410).contains(&extra), "{a}");
+    assert_eq!((n(a, "lost"), n(a, "off_grid"), n(a, "silent_devices")), (0, 0, 0), "{a}");
+    assert_eq!(n(a, "received"), n(a, "expected"), "{a}");
+    assert_eq!(n(&a["values"], "verified"), n(a, "received"), "{a}");
+}

@@ -10,7 +10,9 @@ use crate::limits::MAX_AUDIT_MESSAGE_BYTES;
 use crate::measure::stats::{histogram, record};
 use crate::shard::tap::ExcuseTap;
 use crate::sim::behaviour::ReportMode;
-use crate::sim::profile::Fleet;
+use crate::sim::device::device_seed;
+use crate::sim::profile::{Fleet, Group, Profile};
+use crate::sim::seed::phase_ms;
 use crate::sim::time::parse_rfc3339;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -192,6 +194,12 @@ pub struct Ledger {
     last_us: u64,
     /// `verify = "values"`: per-device generator state.
     values: Option<Values>,
+    /// Where the shards hand over devices spawned at runtime (in-run audits).
+    spawns: Option<Arc<ExcuseTap>>,
+    /// Per group: the spawn time of a group spawned at runtime (`None`: the fleet file's).
+    spawned_at: Vec<Option<u64>>,
+    /// Profiles of spawned devices already added, by the address of their shared `Arc`.
+    spawned_profiles: Vec<(Arc<Profile>, usize)>,
 }
 
 impl Ledger {
@@ -204,6 +212,7 @@ impl Ledger {
     ) -> Ledger {
         let roster = Roster::new(&fleet);
         let n = roster.len() as usize;
+        let groups = fleet.groups.len();
         Ledger {
             latency: (0..fleet.profiles.len()).map(|_| histogram()).collect(),
             fleet,
@@ -220,6 +229,63 @@ impl Ledger {
             first_us: 0,
             last_us: 0,
             values: None,
+            spawns: None,
+            spawned_at: vec![None; groups],
+            spawned_profiles: vec![],
+        }
+    }
+
+    /// Learns devices spawned at runtime from `tap` (an in-run audit): their messages are
+    /// expected from their spawn on instead of counted as unknown devices.
+    pub fn follow_spawns(mut self, tap: Arc<ExcuseTap>) -> Ledger {
+        self.spawns = Some(tap);
+        self
+    }
+
+    /// Adds the devices spawned since the last call; false when there were none.
+    fn learn_spawns(&mut self) -> bool {
+        let Some(tap) = &self.spawns else { return false };
+        let notes = tap.take_spawns();
+        if notes.is_empty() {
+            return false;
+        }
+        let fleet = Arc::make_mut(&mut self.fleet);
+        for n in notes {
+            let pi = match self.spawned_profiles.iter().find(|(p, _)| Arc::ptr_eq(p, &n.profile)) {
+                Some(&(_, pi)) => pi,
+                None => {
+                    fleet.profiles.push((*n.profile).clone());
+                    self.latency.push(histogram());
+                    let pi = fleet.profiles.len() - 1;
+                    self.spawned_profiles.push((n.profile.clone(), pi));
+                    pi
+                }
+            };
+            fleet.groups.push(Group {
+                profile: pi,
+                count: 1,
+                first_ordinal: 0,
+                labels: n.labels,
+                labels_json: n.labels_json,
+                ids: vec![n.id.clone()],
+            });
+            let gi = fleet.groups.len() - 1;
+            self.spawned_at.push(Some(n.at_ms));
+            self.roster.push_spawned(&n.id);
+            self.tracks.push(Track::default());
+            if let Some(v) = &mut self.values {
+                v.push_spawned(fleet, gi, &n.id, self.seed);
+            }
+        }
+        true
+    }
+
+    /// The sim time of device `id`'s first tick (group `gi`): the run's start plus its phase,
+    /// or for a device spawned at runtime its spawn time plus its phase (at least 1 ms).
+    fn first_of(&self, seed: u64, start_ms: u64, gi: usize, id: &str, profile: &Profile) -> u64 {
+        match self.spawned_at.get(gi).copied().flatten() {
+            Some(at) => at + phase_ms(device_seed(seed, id), profile.interval_ms).max(1),
+            None => first_tick(seed, id, profile, start_ms),
         }
     }
 
@@ -252,13 +318,18 @@ impl Ledger {
             self.counts.unparsable += 1;
             return;
         };
-        let Some((dense, gi)) = self.roster.find(&env.device_id) else {
+        let found = match self.roster.find(&env.device_id) {
+            None if self.learn_spawns() => self.roster.find(&env.device_id),
+            found => found,
+        };
+        let Some((dense, gi)) = found else {
             self.counts.unknown_device += 1;
             return;
         };
-        let group = &self.fleet.groups[gi];
+        let fleet = self.fleet.clone();
+        let group = &fleet.groups[gi];
         let pi = group.profile;
-        let profile = &self.fleet.profiles[pi];
+        let profile = &fleet.profiles[pi];
         if let (None, Some(topic)) = (&env.event, topic) {
             self.topic.clear();
             profile.topic.render(
@@ -290,7 +361,7 @@ impl Ledger {
             return;
         };
         if let (Some(start), true) = (self.start_ms, profile.behaviour.is_plain()) {
-            let first = first_tick(self.seed, &env.device_id, profile, start);
+            let first = self.first_of(self.seed, start, gi, &env.device_id, profile);
             let iv = profile.interval_ms.max(1);
             if ts < first || !(ts - first).is_multiple_of(iv) {
                 self.counts.off_grid += 1;
@@ -371,7 +442,9 @@ impl Ledger {
                 let expected = match (end.schedule_end_ms, periodic && judged) {
                     (Some(e), true) => {
                         g.device_id(profile, i, &mut self.id);
-                        let first = first_tick(end.seed, &self.id, profile, end.start_ms);
+                        let id = std::mem::take(&mut self.id);
+                        let first = self.first_of(end.seed, end.start_ms, gi, &id, profile);
+                        self.id = id;
                         scheduled(first, profile.interval_ms, e)
                             .saturating_sub(t.base())
                             .max(t.span())

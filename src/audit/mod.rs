@@ -81,6 +81,10 @@ impl Auditor {
             ledger = ledger.verify_values();
         }
         let excuses = Arc::new(excuses);
+        // An in-run audit follows the devices the shards spawn (a stand-alone one cannot).
+        if !baseline {
+            ledger = ledger.follow_spawns(excuses.clone());
+        }
         let shared = Arc::new(Shared {
             ledger: Mutex::new(ledger),
             errors: AtomicU64::new(0),

@@ -106,6 +106,17 @@ impl Values {
         }
     }
 
+    /// Adds the state of a device spawned at runtime (group `gi` of `fleet`, its only device),
+    /// at the next dense index.
+    pub fn push_spawned(&mut self, fleet: &Fleet, gi: usize, id: &str, seed: u64) {
+        let slots = fleet.profiles[fleet.groups[gi].profile].slots;
+        self.table.insert(fleet, gi as u32, 0, device_seed(seed, id));
+        self.mismatched.push(0);
+        self.bytes += (std::mem::size_of::<crate::sim::device::Device>()
+            + slots * std::mem::size_of::<crate::sim::generator::SlotState>()
+            + 4) as u64;
+    }
+
     /// Bytes of state: 24 B a device + 40 B a generator slot + 4 B of counter.
     pub fn state_bytes(&self) -> u64 {
         self.bytes
