@@ -408,6 +408,8 @@ impl Ledger {
         excuses: Option<&ExcuseTap>,
         worst_n: usize,
     ) -> (AuditReport, Vec<(String, Histogram<u64>)>) {
+        // Devices spawned that sent nothing are expected too (silent).
+        self.learn_spawns();
         let fleet = self.fleet.clone();
         let mut by_profile: Vec<TypeRow> = fleet
             .profiles
