@@ -5,7 +5,7 @@
 #   bench/audit.sh
 #   BENCH_DEVICES=1000000    fleet size of the consumer cases (one message each)
 #   BENCH_RATE_SECONDS=10    length of the steady realtime latency cases
-#   BENCH_ONLY=consumer|latency
+#   BENCH_ONLY=consumer|latency|values
 #
 # 1. Consumer throughput at 1M devices, MQTT QoS 1 and AMQP: every device sends one message
 #    (virtual clock, interval = duration = 10 s), the in-run auditor consumes them. Baseline in
@@ -16,6 +16,9 @@
 #    QoS 1 run through Mosquitto (100k devices every 5 s) and of a 5,000 msg/s run through
 #    RabbitMQ with publisher confirms; beside the sink's own latency (intended -> PUBACK /
 #    confirm) measured in the same run as the baseline.
+# 3. verify = "values" (BENCH_ONLY=values): the MQTT consumer case with the field values
+#    recomputed from the seed, against the same in-run audit with verify = "envelope" in the
+#    same script run (the baseline): auditor CPU per message and state bytes per device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICES=${BENCH_DEVICES:-1000000}
@@ -115,7 +118,42 @@ print(json.dumps({
 PY
 }
 
+values_case() { # $1 sink lines, $2 audit lines (without verify)
+  local root="bench-audit-values-$$"
+  run "values_base" "$(fleet mqtt "$1" "$DEVICES" 10s virtual 10s "$root" "$2
+verify = \"envelope\"")"
+  run "values_on" "$(fleet mqtt "$1" "$DEVICES" 10s virtual 10s "$root" "$2
+verify = \"values\"")"
+  python3 - "$OUT/values_base/report.json" "$OUT/values_on/report.json" "$DEVICES" <<'PY'
+import json, sys
+b = json.load(open(sys.argv[1])); a = json.load(open(sys.argv[2])); n = int(sys.argv[3])
+def side(r):
+    au = r["audit"]; c = au["consumed"]
+    return {"consumed": c, "received": au["received"], "lost": au["lost"],
+            "cpu_s": au["consumer_cpu_seconds"], "cpu_us_per_msg": round(au["consumer_cpu_seconds"] * 1e6 / max(c, 1), 2),
+            "state_bytes_per_device": au["state_bytes"] / n, "peak_rss_bytes": r["peak_rss_bytes"],
+            "values": au.get("values"), "values_corrupted": au.get("values_corrupted")}
+sb, sa = side(b), side(a)
+print(json.dumps({
+  "case": "audit_verify_values", "protocol": "mqtt", "devices": n, "fields": "diurnal with noise + brownian (2 generator slots)",
+  "baseline_verify_envelope": sb, "verify_values": sa,
+  "ratios": {"cpu_per_msg_values_over_envelope": round(sa["cpu_us_per_msg"] / max(sb["cpu_us_per_msg"], 1e-9), 3),
+             "state_bytes_values_over_envelope": round(sa["state_bytes_per_device"] / sb["state_bytes_per_device"], 3),
+             "rss_bytes_per_device_values_minus_envelope": round((a["peak_rss_bytes"] - b["peak_rss_bytes"]) / n, 1)},
+}))
+PY
+}
+
 cases=()
+if [[ $ONLY == values ]]; then
+  cases+=("$(values_case "url = \"mqtt://127.0.0.1:$PORT\"
+qos = 1
+pool_size = 2
+inflight = 1000
+queue_size = 20000" "url = \"mqtt://127.0.0.1:$PORT\"
+qos = 1
+grace = \"30s\"")")
+fi
 if [[ $ONLY == all || $ONLY == consumer ]]; then
   cases+=("$(consumer_case mqtt "url = \"mqtt://127.0.0.1:$PORT\"
 qos = 1

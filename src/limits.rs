@@ -55,6 +55,9 @@ pub const MAX_AUDIT_GRACE_MS: u64 = 60_000;
 pub const MAX_AUDIT_WORST: usize = 1000;
 /// Largest message the auditor parses, in bytes; a longer one is counted as unparsable.
 pub const MAX_AUDIT_MESSAGE_BYTES: usize = 1 << 20;
+/// `verify = "values"`: the most samples the auditor generates to catch one device up to a
+/// received seq (a message further ahead is `unverified`, the state stays where it was).
+pub const MAX_AUDIT_VALUES_CATCHUP: u64 = 1 << 20;
 
 /// Most runtimes one client command talks to, after `dns:///NAME:PORT` entries are expanded
 /// to every address behind the name.

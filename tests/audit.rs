@@ -249,9 +249,14 @@ fn a_stand_alone_audit_checks_a_run_in_another_process() {
     let dir = tempfile::tempdir().unwrap();
     let root = unique("audit-standalone");
     // No start time: the run starts now, so its timestamps are wall times.
-    let toml =
-        fleet("mqtt", "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nqos = 1", &root, "2s", "")
-            .replace("start_time = \"2026-03-14T00:00:00Z\"\n", "");
+    let toml = fleet(
+        "mqtt",
+        "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nqos = 1",
+        &root,
+        "2s",
+        "verify = \"values\"",
+    )
+    .replace("start_time = \"2026-03-14T00:00:00Z\"\n", "");
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let child = audit_cmd(dir.path(), &cfg, &["--duration", "6s"]);
@@ -265,6 +270,9 @@ fn a_stand_alone_audit_checks_a_run_in_another_process() {
     assert_eq!((n(a, "received"), n(a, "lost"), n(a, "duplicated")), (1600, 0, 0), "{a}");
     assert_eq!(n(a, "off_grid"), 0, "{a}");
     assert!(n(&a["e2e_latency_us"], "count") == 1600, "{a}");
+    // The auditor (started first) recomputed every value from the seed.
+    assert_eq!(n(&a["values"], "verified"), 1600, "{a}");
+    assert_eq!(n(a, "values_corrupted"), 0, "{a}");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("delivery audit (stand-alone"), "{text}");
 }
@@ -294,7 +302,7 @@ fn bad_audit_settings_are_listed_with_their_paths() {
         "",
         "x",
         "1s",
-        "source = \"kafka\"\nqos = 7\nfilter = \"a/#/b\"\ngrace = \"10m\"\nverify = \"values\"\nnope = 1",
+        "source = \"kafka\"\nqos = 7\nfilter = \"a/#/b\"\ngrace = \"10m\"\nverify = \"fields\"\nnope = 1",
     ) + "\n[[threshold]]\nmetric = \"lost\"\nmax = 0\nabort = true\n";
     let out = validate_within(dir.path(), &toml, 30);
     assert_eq!(out.status.code(), Some(2));
@@ -304,7 +312,7 @@ fn bad_audit_settings_are_listed_with_their_paths() {
         "audit.qos: expected 0, 1 or 2, got 7",
         "audit.filter: \"a/#/b\" is not a valid MQTT filter",
         "audit.grace: must be at most 60s",
-        "audit.verify: \"values\" is not supported",
+        "audit.verify: \"fields\" is not supported; accepted: \"envelope\"",
         "audit.nope: unknown key",
         "threshold[0].metric: \"lost\" is judged on the delivery audit",
     ] {
@@ -409,4 +417,227 @@ fn a_shared_subscription_feeds_the_auditor() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let au = &audit_json(dir.path())["audit"];
     assert_eq!((n(au, "received"), n(au, "lost"), n(au, "foreign_topic")), (3, 0, 0), "{au}");
+}
+
+/// A fleet whose fields use every stateful generator (brownian, markov, diurnal with noise,
+/// composite, derived with noise), a periodic profile and a report-on-change one (its samples
+/// are not all published), audited with `verify = "values"`.
+fn values_fleet(root: &str, duration: &str) -> String {
+    format!(
+        r#"
+[run]
+seed = 11
+clock = "realtime"
+start_time = "2026-03-14T05:00:00Z"
+duration = "{duration}"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:1883"
+qos = 1
+
+[audit]
+qos = 1
+verify = "values"
+
+[[fleet]]
+profile = "room"
+count = 20
+
+[[fleet]]
+profile = "meter"
+count = 20
+
+[profiles.room]
+protocol = "mqtt"
+topic = "{root}/{{device_id}}/telemetry"
+interval = "50ms"
+[profiles.room.fields.temperature]
+type = "diurnal"
+baseline = 22.0
+amplitude = 5.0
+peak_hour = 14
+noise_stddev = 0.3
+decimals = 2
+[profiles.room.fields.humidity]
+type = "brownian"
+start = 55.0
+mean = 55.0
+volatility = 0.5
+mean_reversion = 0.1
+min = 20.0
+max = 95.0
+decimals = 1
+[profiles.room.fields.door]
+type = "markov"
+states = ["closed", "open"]
+transition_matrix = [[0.9, 0.1], [0.3, 0.7]]
+initial_state = "closed"
+[profiles.room.fields.raw]
+type = "gaussian"
+mean = 1.0
+stddev = 0.25
+[profiles.room.fields.model]
+type = "static"
+value = "r-1"
+
+[profiles.meter]
+protocol = "mqtt"
+topic = "{root}/{{device_id}}/telemetry"
+interval = "50ms"
+report = {{ mode = "on_change", max_silence = "1s" }}
+[profiles.meter.fields.power]
+type = "brownian"
+start = 3.0
+mean = 3.0
+volatility = 0.5
+mean_reversion = 0.01
+decimals = 2
+deadband = 0.2
+"#
+    )
+}
+
+#[test]
+fn verify_values_finds_every_field_as_the_seed_says_in_a_clean_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("audit-values");
+    let r = run_ok(dir.path(), &values_fleet(&root, "3s"), &["--cores", "2"]);
+    let a = audit_of(&r);
+    let v = &a["values"];
+    assert!(v.is_object(), "no values counts: {a}");
+    assert_eq!((n(a, "lost"), n(a, "duplicated"), n(a, "unparsable")), (0, 0, 0), "{a}");
+    assert_eq!(n(a, "values_corrupted"), 0, "{a}");
+    for k in ["value_mismatch", "field_missing", "field_extra", "type_mismatch", "unverified"] {
+        assert_eq!(n(v, k), 0, "{k}: {a}");
+    }
+    // Every message received was checked, the on_change meters' unpublished samples included
+    // (generated by the auditor to stay in step).
+    assert_eq!(n(v, "verified"), n(a, "received"), "{a}");
+    assert!(n(a, "received") > 1200 + 20, "rooms: 1200 + meters: {a}");
+    assert!(n(a, "state_bytes") > 40 * 32, "{a}");
+}
+
+#[test]
+fn verify_values_excuses_what_a_value_corruption_fault_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("audit-values-fault");
+    let f = dir.path().join("fleet.toml");
+    std::fs::write(&f, values_fleet(&root, "3s")).unwrap();
+    let s = dir.path().join("s.toml");
+    std::fs::write(
+        &s,
+        "name = \"zero\"\nduration = \"3s\"\n\n[[step]]\nat = \"1s\"\nfault = { selector = \"device_type=room\", type = \"data_corruption\", duration = \"1s\", params = { corruption_rate = 0.5, mode = \"zero\" } }\n",
+    )
+    .unwrap();
+    let rd = dir.path().join("report");
+    let mut cmd = bin();
+    cmd.args(["scenario", "run", s.to_str().unwrap(), "--config", f.to_str().unwrap()]).args([
+        "--quiet",
+        "--cores",
+        "2",
+        "--report-dir",
+        rd.to_str().unwrap(),
+    ]);
+    let out = command_within(cmd, 60);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(dir.path());
+    let a = audit_of(&r);
+    let v = &a["values"];
+    // About half the rooms' 400 messages of that second arrive with zeros.
+    let bad = n(v, "value_mismatch");
+    assert!((100..=300).contains(&bad), "{a}");
+    assert_eq!(n(a, "excused_values"), bad, "every mismatch is the fault's: {a}");
+    assert_eq!(n(a, "values_corrupted"), 0, "{a}");
+    assert_eq!((n(v, "field_missing"), n(v, "type_mismatch")), (0, 0), "{a}");
+    assert_eq!(n(a, "lost"), 0, "{a}");
+}
+
+#[test]
+fn verify_values_counts_crafted_wrong_values_by_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("audit-values-craft");
+    let cfg = dir.path().join("fleet.toml");
+    let toml = fleet(
+        "mqtt",
+        "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"",
+        &root,
+        "3s",
+        "verify = \"values\"",
+    );
+    std::fs::write(&cfg, toml).unwrap();
+    let child =
+        audit_cmd(dir.path(), &cfg, &["--mqtt", "mqtt://127.0.0.1:1883", "--duration", "4s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let topic = format!("{root}/probe-0000/telemetry");
+    let (a, _ha) = publisher(1883);
+    let msg = |seq: u64, fields: &str| {
+        format!(
+            r#"{{"device_id":"probe-0000","device_type":"probe","timestamp":"2026-03-14T00:00:00.000Z","fields":{{{fields}}},"seq":{seq}}}"#
+        )
+        .into_bytes()
+    };
+    // `t` is gaussian(20, 1) with 2 decimals: never 1e9, never a string.
+    for (seq, fields) in [
+        (0, r#""t":1000000000"#),
+        (1, r#""t":"warm""#),
+        (2, ""),
+        (5, r#""t":1000000000,"extra":1"#),
+        (4, r#""t":1000000000"#),
+    ] {
+        a.publish(&topic, QoS::AtLeastOnce, false, msg(seq, fields)).unwrap();
+    }
+    let out = output_within(child, 30);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let au = &audit_json(dir.path())["audit"];
+    let v = &au["values"];
+    assert_eq!(n(v, "value_mismatch"), 2, "seqs 0 and 5: {au}");
+    assert_eq!(n(v, "type_mismatch"), 1, "{au}");
+    assert_eq!(n(v, "field_missing"), 1, "{au}");
+    assert_eq!(n(v, "field_extra"), 1, "{au}");
+    // Seq 4 came after seq 5: the state is past it, it cannot be checked.
+    assert_eq!(n(v, "unverified"), 1, "{au}");
+    assert_eq!(n(v, "verified"), 0, "{au}");
+    assert_eq!(n(au, "values_corrupted"), 4, "a stand-alone audit excuses nothing: {au}");
+}
+
+#[test]
+fn devices_spawned_at_runtime_are_expected_from_their_spawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("audit-spawn");
+    let toml = fleet(
+        "mqtt",
+        "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nqos = 1",
+        &root,
+        "3s",
+        "verify = \"values\"",
+    );
+    let f = dir.path().join("fleet.toml");
+    std::fs::write(&f, toml).unwrap();
+    let s = dir.path().join("s.toml");
+    std::fs::write(
+        &s,
+        "name = \"spawn\"\nduration = \"3s\"\n\n[[step]]\nat = \"1s\"\nspawn = { profile = \"probe\", count = 10 }\n",
+    )
+    .unwrap();
+    let rd = dir.path().join("report");
+    let mut cmd = bin();
+    cmd.args(["scenario", "run", s.to_str().unwrap(), "--config", f.to_str().unwrap()]).args([
+        "--quiet",
+        "--cores",
+        "2",
+        "--report-dir",
+        rd.to_str().unwrap(),
+    ]);
+    let out = command_within(cmd, 60);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = report(dir.path());
+    let a = audit_of(&r);
+    assert_eq!(n(a, "unknown_device"), 0, "{a}");
+    assert_eq!(n(a, "devices"), 50, "40 from the file + 10 spawned: {a}");
+    // The spawned ten tick every 50 ms for about 2 s: about 400 messages, all expected.
+    let extra = n(a, "expected") - 2400;
+    assert!((350..=410).contains(&extra), "{a}");
+    assert_eq!((n(a, "lost"), n(a, "off_grid"), n(a, "silent_devices")), (0, 0, 0), "{a}");
+    assert_eq!(n(a, "received"), n(a, "expected"), "{a}");
+    assert_eq!(n(&a["values"], "verified"), n(a, "received"), "{a}");
 }

@@ -5,11 +5,14 @@
 
 use super::roster::{Roster, first_tick, scheduled};
 use super::track::{Arrival, Track};
+use super::values::{ValueCounts, Values};
 use crate::limits::MAX_AUDIT_MESSAGE_BYTES;
 use crate::measure::stats::{histogram, record};
 use crate::shard::tap::ExcuseTap;
 use crate::sim::behaviour::ReportMode;
-use crate::sim::profile::Fleet;
+use crate::sim::device::device_seed;
+use crate::sim::profile::{Fleet, Group, Profile};
+use crate::sim::seed::phase_ms;
 use crate::sim::time::parse_rfc3339;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -49,6 +52,9 @@ pub struct Counts {
     pub off_grid: u64,
     /// Messages without `"seq"` (events, or profiles with `seq = false`): not classified.
     pub no_seq: u64,
+    /// `verify = "values"`: the field checks (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values: Option<ValueCounts>,
 }
 
 /// What the auditor knows at the end about how the run ended.
@@ -127,11 +133,19 @@ pub struct AuditReport {
     pub excused_disconnect: u64,
     /// Gaps a `bytes` DATA_CORRUPTION fault made (unparsable on purpose): not losses.
     pub excused_corrupted: u64,
+    /// `verify = "values"`: messages whose fields did not match and that no value-changing
+    /// fault (DATA_CORRUPTION `nan`/`zero`/`spike`, BATTERY_DRAIN) explains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub values_corrupted: Option<u64>,
+    /// `verify = "values"`: mismatched messages a value-changing fault explains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excused_values: Option<u64>,
     #[serde(flatten)]
     pub counts: Counts,
     /// Connection errors and refusals (a missing queue) of the consumer.
     pub consumer_errors: u64,
-    /// Bytes of per-device audit state (32 B per fleet device).
+    /// Bytes of per-device audit state (32 B per fleet device; with `verify = "values"` plus
+    /// the generator state, see `values.rs`).
     pub state_bytes: u64,
     /// Wall seconds from the first message consumed to the last.
     pub consume_seconds: f64,
@@ -178,6 +192,14 @@ pub struct Ledger {
     /// Arrival (wall µs) of the first and the last message.
     first_us: u64,
     last_us: u64,
+    /// `verify = "values"`: per-device generator state.
+    values: Option<Values>,
+    /// Where the shards hand over devices spawned at runtime (in-run audits).
+    spawns: Option<Arc<ExcuseTap>>,
+    /// Per group: the spawn time of a group spawned at runtime (`None`: the fleet file's).
+    spawned_at: Vec<Option<u64>>,
+    /// Profiles of spawned devices already added, by the address of their shared `Arc`.
+    spawned_profiles: Vec<(Arc<Profile>, usize)>,
 }
 
 impl Ledger {
@@ -190,6 +212,7 @@ impl Ledger {
     ) -> Ledger {
         let roster = Roster::new(&fleet);
         let n = roster.len() as usize;
+        let groups = fleet.groups.len();
         Ledger {
             latency: (0..fleet.profiles.len()).map(|_| histogram()).collect(),
             fleet,
@@ -205,12 +228,78 @@ impl Ledger {
             id: String::with_capacity(64),
             first_us: 0,
             last_us: 0,
+            values: None,
+            spawns: None,
+            spawned_at: vec![None; groups],
+            spawned_profiles: vec![],
         }
+    }
+
+    /// Learns devices spawned at runtime from `tap` (an in-run audit): their messages are
+    /// expected from their spawn on instead of counted as unknown devices.
+    pub fn follow_spawns(mut self, tap: Arc<ExcuseTap>) -> Ledger {
+        self.spawns = Some(tap);
+        self
+    }
+
+    /// Adds the devices spawned since the last call; false when there were none.
+    fn learn_spawns(&mut self) -> bool {
+        let Some(tap) = &self.spawns else { return false };
+        let notes = tap.take_spawns();
+        if notes.is_empty() {
+            return false;
+        }
+        let fleet = Arc::make_mut(&mut self.fleet);
+        for n in notes {
+            let pi = match self.spawned_profiles.iter().find(|(p, _)| Arc::ptr_eq(p, &n.profile)) {
+                Some(&(_, pi)) => pi,
+                None => {
+                    fleet.profiles.push((*n.profile).clone());
+                    self.latency.push(histogram());
+                    let pi = fleet.profiles.len() - 1;
+                    self.spawned_profiles.push((n.profile.clone(), pi));
+                    pi
+                }
+            };
+            fleet.groups.push(Group {
+                profile: pi,
+                count: 1,
+                first_ordinal: 0,
+                labels: n.labels,
+                labels_json: n.labels_json,
+                ids: vec![n.id.clone()],
+            });
+            let gi = fleet.groups.len() - 1;
+            self.spawned_at.push(Some(n.at_ms));
+            self.roster.push_spawned(&n.id);
+            self.tracks.push(Track::default());
+            if let Some(v) = &mut self.values {
+                v.push_spawned(fleet, gi, &n.id, self.seed);
+            }
+        }
+        true
+    }
+
+    /// The sim time of device `id`'s first tick (group `gi`): the run's start plus its phase,
+    /// or for a device spawned at runtime its spawn time plus its phase (at least 1 ms).
+    fn first_of(&self, seed: u64, start_ms: u64, gi: usize, id: &str, profile: &Profile) -> u64 {
+        match self.spawned_at.get(gi).copied().flatten() {
+            Some(at) => at + phase_ms(device_seed(seed, id), profile.interval_ms).max(1),
+            None => first_tick(seed, id, profile, start_ms),
+        }
+    }
+
+    /// Turns on `verify = "values"`: builds the generator state of every fleet device.
+    pub fn verify_values(mut self) -> Ledger {
+        self.values = Some(Values::new(&self.fleet, self.seed));
+        self.counts.values = Some(ValueCounts::default());
+        self
     }
 
     /// Bytes of per-device state (for the memory figure).
     fn state_bytes(&self) -> usize {
         self.tracks.capacity() * std::mem::size_of::<Track>()
+            + self.values.as_ref().map_or(0, |v| v.state_bytes() as usize)
     }
 
     /// Classifies one message that arrived at `arrival_us` (wall µs since the epoch) on
@@ -229,13 +318,18 @@ impl Ledger {
             self.counts.unparsable += 1;
             return;
         };
-        let Some((dense, gi)) = self.roster.find(&env.device_id) else {
+        let found = match self.roster.find(&env.device_id) {
+            None if self.learn_spawns() => self.roster.find(&env.device_id),
+            found => found,
+        };
+        let Some((dense, gi)) = found else {
             self.counts.unknown_device += 1;
             return;
         };
-        let group = &self.fleet.groups[gi];
+        let fleet = self.fleet.clone();
+        let group = &fleet.groups[gi];
         let pi = group.profile;
-        let profile = &self.fleet.profiles[pi];
+        let profile = &fleet.profiles[pi];
         if let (None, Some(topic)) = (&env.event, topic) {
             self.topic.clear();
             profile.topic.render(
@@ -267,7 +361,7 @@ impl Ledger {
             return;
         };
         if let (Some(start), true) = (self.start_ms, profile.behaviour.is_plain()) {
-            let first = first_tick(self.seed, &env.device_id, profile, start);
+            let first = self.first_of(self.seed, start, gi, &env.device_id, profile);
             let iv = profile.interval_ms.max(1);
             if ts < first || !(ts - first).is_multiple_of(iv) {
                 self.counts.off_grid += 1;
@@ -288,6 +382,18 @@ impl Ledger {
                 return;
             }
         }
+        if let (Some(v), Some(c)) = (&mut self.values, &mut self.counts.values) {
+            match v.check(&self.fleet, dense, seq, ts, payload) {
+                None => c.unverified += 1,
+                Some(f) => {
+                    c.verified += !f.any() as u64;
+                    c.value_mismatch += f.value_mismatch as u64;
+                    c.field_missing += f.field_missing as u64;
+                    c.field_extra += f.field_extra as u64;
+                    c.type_mismatch += f.type_mismatch as u64;
+                }
+            }
+        }
         if let LatencyClock::Wall { wall0_us, start_ms, speed } = self.clock {
             let since_us = ts.saturating_sub(start_ms) as f64 * 1000.0 / speed;
             let intended = wall0_us.saturating_add(since_us as u64);
@@ -302,6 +408,8 @@ impl Ledger {
         excuses: Option<&ExcuseTap>,
         worst_n: usize,
     ) -> (AuditReport, Vec<(String, Histogram<u64>)>) {
+        // Devices spawned that sent nothing are expected too (silent).
+        self.learn_spawns();
         let fleet = self.fleet.clone();
         let mut by_profile: Vec<TypeRow> = fleet
             .profiles
@@ -318,6 +426,7 @@ impl Ledger {
             })
             .collect();
         let (mut silent, mut exc_d, mut exc_c) = (0, 0, 0);
+        let (mut exc_v, mut bad_v) = (0u64, 0u64);
         let mut worst: Vec<(u64, u64, usize)> = vec![];
         let mut notes = vec![];
         let mut on_change = false;
@@ -335,7 +444,9 @@ impl Ledger {
                 let expected = match (end.schedule_end_ms, periodic && judged) {
                     (Some(e), true) => {
                         g.device_id(profile, i, &mut self.id);
-                        let first = first_tick(end.seed, &self.id, profile, end.start_ms);
+                        let id = std::mem::take(&mut self.id);
+                        let first = self.first_of(end.seed, end.start_ms, gi, &id, profile);
+                        self.id = id;
                         scheduled(first, profile.interval_ms, e)
                             .saturating_sub(t.base())
                             .max(t.span())
@@ -344,13 +455,20 @@ impl Ledger {
                     // Report-on-change leaves seq gaps on purpose: nothing is judged lost.
                     _ => t.received as u64,
                 };
-                let missing = t.missing(expected);
+                // Report-on-change gaps are samples not published, on purpose: not missing.
+                let missing = if judged { t.missing(expected) } else { 0 };
                 let (d, c) = excuses.map_or((0, 0), |x| x.get(dense));
                 let excused_d = missing.min(d as u64);
                 let excused_c = (missing - excused_d).min(c as u64);
                 let lost = missing - excused_d - excused_c;
                 exc_d += excused_d;
                 exc_c += excused_c;
+                if let Some(v) = &self.values {
+                    let bad = v.mismatched[dense] as u64;
+                    let ok = bad.min(excuses.map_or(0, |x| x.values(dense)) as u64);
+                    exc_v += ok;
+                    bad_v += bad - ok;
+                }
                 if t.received == 0 && expected > 0 {
                     silent += 1;
                 }
@@ -437,6 +555,8 @@ impl Ledger {
             lost: sum(|r| r.lost),
             excused_disconnect: exc_d,
             excused_corrupted: exc_c,
+            values_corrupted: self.values.as_ref().map(|_| bad_v),
+            excused_values: self.values.as_ref().map(|_| exc_v),
             counts: self.counts.clone(),
             consumer_errors: 0,
             state_bytes: self.state_bytes() as u64,

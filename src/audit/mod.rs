@@ -22,6 +22,7 @@ mod consume;
 mod ledger;
 mod roster;
 mod track;
+mod values;
 
 use crate::config::audit::AuditSettings;
 use crate::scenario::threshold::AuditRow;
@@ -73,8 +74,17 @@ impl Auditor {
             }
             _ => None,
         };
-        let excuses = Arc::new(ExcuseTap::new(fleet.groups.iter().map(|g| g.count)));
-        let ledger = Ledger::new(fleet, seed, start_ms, baseline, separator);
+        let mut excuses = ExcuseTap::new(fleet.groups.iter().map(|g| g.count));
+        let mut ledger = Ledger::new(fleet, seed, start_ms, baseline, separator);
+        if settings.values {
+            excuses = excuses.with_values();
+            ledger = ledger.verify_values();
+        }
+        let excuses = Arc::new(excuses);
+        // An in-run audit follows the devices the shards spawn (a stand-alone one cannot).
+        if !baseline {
+            ledger = ledger.follow_spawns(excuses.clone());
+        }
         let shared = Arc::new(Shared {
             ledger: Mutex::new(ledger),
             errors: AtomicU64::new(0),
@@ -298,6 +308,20 @@ pub fn render(a: &AuditReport) -> String {
                 w.device_id, w.lost, w.duplicated, w.reordered, w.received
             );
         }
+    }
+    if let Some(v) = &c.values {
+        let _ = writeln!(
+            out,
+            "  values: verified={} unverified={} value_mismatch={} field_missing={} field_extra={} type_mismatch={}   corrupted={} excused={}",
+            v.verified,
+            v.unverified,
+            v.value_mismatch,
+            v.field_missing,
+            v.field_extra,
+            v.type_mismatch,
+            a.values_corrupted.unwrap_or(0),
+            a.excused_values.unwrap_or(0)
+        );
     }
     for n in &a.notes {
         let _ = writeln!(out, "  note: {n}");

@@ -49,6 +49,17 @@ impl Roster {
         Roster { names, ranges, offsets, explicit, total }
     }
 
+    /// Adds a group of one device with an explicit id (spawned at runtime); returns its dense
+    /// index.
+    pub fn push_spawned(&mut self, id: &str) -> u64 {
+        let dense = self.total;
+        self.offsets.push(dense);
+        let at = self.explicit.partition_point(|(s, _)| s.as_str() < id);
+        self.explicit.insert(at, (id.to_string(), dense));
+        self.total += 1;
+        dense
+    }
+
     /// Number of devices.
     pub fn len(&self) -> u64 {
         self.total

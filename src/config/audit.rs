@@ -63,6 +63,8 @@ pub struct AuditSettings {
     pub worst: usize,
     /// The separator the AMQP sink puts in routing keys (to match topics to devices).
     pub routing_separator: String,
+    /// `verify = "values"`: recompute each message's field values from the seed.
+    pub values: bool,
 }
 
 /// The default MQTT filters: each MQTT profile's topic template with every level that holds a
@@ -166,16 +168,19 @@ pub fn compile(
         Some(w) => w as usize,
         None => 10,
     };
-    if let Some(v) = t.str("verify", p)
-        && v != "envelope"
-    {
-        p.add(
-            t.path_of("verify"),
-            format!(
-                "{v:?} is not supported; accepted: \"envelope\" (parse, device, seq, type and timestamp-on-grid checks; recomputing field values is not implemented)"
-            ),
-        );
-    }
+    let values = match t.str("verify", p) {
+        None | Some("envelope") => false,
+        Some("values") => true,
+        Some(v) => {
+            p.add(
+                t.path_of("verify"),
+                format!(
+                    "{v:?} is not supported; accepted: \"envelope\" (parse, device, seq, type and timestamp-on-grid checks) or \"values\" (also every field's value recomputed from the seed)"
+                ),
+            );
+            false
+        }
+    };
     let filters: Vec<String> = match t.get("filter") {
         None => derived_filters(fleet, Protocol::Mqtt),
         Some(toml::Value::String(s)) => vec![s.clone()],
@@ -330,7 +335,13 @@ pub fn compile(
         p,
     );
     let source = source?;
-    (p.0.len() == before).then_some(AuditSettings { source, grace_ms, worst, routing_separator })
+    (p.0.len() == before).then_some(AuditSettings {
+        source,
+        grace_ms,
+        worst,
+        routing_separator,
+        values,
+    })
 }
 
 /// The settings of `--audit` without an `[audit]` table: every default.

@@ -32,6 +32,9 @@ pub(crate) struct Effects {
     pub timestamp: SimMs,
     /// Set when DATA_CORRUPTION in `bytes` mode hits this message.
     pub corrupt_bytes: Option<u64>,
+    /// Set when a fault changed field values (DATA_CORRUPTION `nan`/`zero`/`spike`,
+    /// BATTERY_DRAIN on a battery field).
+    pub values_changed: bool,
 }
 
 /// Faults, pauses and deferrals of one shard's devices, by device key.
@@ -175,7 +178,8 @@ impl DeviceStates {
         profile: &Profile,
         samples: &mut [Sample],
     ) -> (Effects, Vec<FaultKind>) {
-        let mut fx = Effects { publish: true, timestamp: due, corrupt_bytes: None };
+        let mut fx =
+            Effects { publish: true, timestamp: due, corrupt_bytes: None, values_changed: false };
         let mut expired = vec![];
         if self.faults.is_empty() || !self.is_marked(key) {
             return (fx, expired);
@@ -201,6 +205,7 @@ impl DeviceStates {
                         if mode == CorruptionMode::Bytes {
                             fx.corrupt_bytes = Some(word);
                         } else {
+                            fx.values_changed = true;
                             for s in samples.iter_mut() {
                                 if let Sample::Number(v) = s {
                                     *v = corrupt_value(mode, *v);
@@ -212,6 +217,7 @@ impl DeviceStates {
                 FaultKind::BatteryDrain { multiplier } => {
                     for (s, field) in samples.iter_mut().zip(&profile.fields) {
                         if let (true, Sample::Number(v)) = (field.battery, &mut *s) {
+                            fx.values_changed = true;
                             *v = drained(*v, multiplier, f.started_ms, due);
                         }
                     }

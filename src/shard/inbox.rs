@@ -742,6 +742,16 @@ impl Shard {
             now,
             vec![("device_type", spec.profile.device_type.clone())],
         );
+        if let Some(tap) = &self.plan.excuses {
+            let g = &self.plan.fleet.groups[gi];
+            tap.spawned(crate::shard::tap::SpawnNote {
+                id: spec.id.clone(),
+                profile: spec.profile.clone(),
+                labels: g.labels.clone(),
+                labels_json: g.labels_json.clone(),
+                at_ms: now,
+            });
+        }
         if let Some(ids) = &mut self.ctl.ids {
             ids.insert(spec.id, key);
         }

@@ -569,6 +569,8 @@ impl Shard {
                 tap.note(group_ix, index, tap::Excuse::Suppressed);
             } else if fx.corrupt_bytes.is_some() {
                 tap.note(group_ix, index, tap::Excuse::Corrupted);
+            } else if fx.values_changed {
+                tap.note(group_ix, index, tap::Excuse::Values);
             }
         }
         if !fx.publish && !per_device {

@@ -7,9 +7,24 @@
 //! One `AtomicU64` per device (low half: suppressed, high half: corrupted), indexed densely
 //! by the fleet's group arithmetic (`offsets[group] + index`): the tick adds with a relaxed
 //! `fetch_add` and never allocates. Devices spawned at runtime (groups past the fleet file's)
-//! are not tracked.
+//! have no excuse counters; their spawns are handed over (`spawned`, a locked list the auditor
+//! drains when it meets an id it does not know) so the audit expects them from their spawn.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sim::profile::Profile;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A device spawned at runtime, as the audit needs to know it.
+#[derive(Clone, Debug)]
+pub struct SpawnNote {
+    pub id: String,
+    pub profile: Arc<Profile>,
+    pub labels: BTreeMap<String, String>,
+    pub labels_json: String,
+    /// Sim time of the spawn: its first tick is `at_ms + max(phase, 1)`.
+    pub at_ms: u64,
+}
 
 /// Why a message was not delivered intact on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +33,9 @@ pub enum Excuse {
     Suppressed,
     /// A `bytes` DATA_CORRUPTION fault damaged its payload.
     Corrupted,
+    /// A DATA_CORRUPTION (`nan`/`zero`/`spike`) or BATTERY_DRAIN fault changed its field
+    /// values (counted only for `verify = "values"`).
+    Values,
 }
 
 /// The shared per-device excuse counters.
@@ -26,6 +44,11 @@ pub struct ExcuseTap {
     /// Dense index of each fleet group's first device.
     offsets: Vec<u64>,
     counts: Vec<AtomicU64>,
+    /// Messages whose values a fault changed, per device (empty unless `verify = "values"`).
+    values: Vec<AtomicU32>,
+    /// Spawns not yet taken by the auditor.
+    spawns: Mutex<Vec<SpawnNote>>,
+    pending: AtomicBool,
 }
 
 impl ExcuseTap {
@@ -37,16 +60,56 @@ impl ExcuseTap {
             offsets.push(total);
             total += c;
         }
-        ExcuseTap { offsets, counts: (0..total).map(|_| AtomicU64::new(0)).collect() }
+        ExcuseTap {
+            offsets,
+            counts: (0..total).map(|_| AtomicU64::new(0)).collect(),
+            values: vec![],
+            spawns: Mutex::new(vec![]),
+            pending: AtomicBool::new(false),
+        }
+    }
+
+    /// A device was spawned at runtime (called by the shard that spawned it).
+    pub fn spawned(&self, note: SpawnNote) {
+        if let Ok(mut l) = self.spawns.lock() {
+            l.push(note);
+            self.pending.store(true, Ordering::Release);
+        }
+    }
+
+    /// The spawns since the last call (nothing locked when there are none).
+    pub fn take_spawns(&self) -> Vec<SpawnNote> {
+        if !self.pending.swap(false, Ordering::AcqRel) {
+            return vec![];
+        }
+        self.spawns.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+    }
+
+    /// Also counts the messages whose values a fault changed (4 B more per device).
+    pub fn with_values(mut self) -> ExcuseTap {
+        self.values = (0..self.counts.len()).map(|_| AtomicU32::new(0)).collect();
+        self
+    }
+
+    /// Messages of device `dense` whose values a fault changed.
+    pub fn values(&self, dense: usize) -> u32 {
+        self.values.get(dense).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
     /// Counts one excused message of device `index` in group `group`.
     pub fn note(&self, group: usize, index: u64, why: Excuse) {
         let Some(off) = self.offsets.get(group) else { return };
+        if why == Excuse::Values {
+            if let Some(c) = self.values.get((off + index) as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         if let Some(c) = self.counts.get((off + index) as usize) {
             let add = match why {
                 Excuse::Suppressed => 1,
                 Excuse::Corrupted => 1 << 32,
+                Excuse::Values => 0,
             };
             c.fetch_add(add, Ordering::Relaxed);
         }

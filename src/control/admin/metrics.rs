@@ -153,6 +153,23 @@ impl Collector for AuditCollector {
             ]
             .map(|(kind, v)| (AuditKind { kind }, counter(v))),
         )?;
+        if let Some(v) = &c.values {
+            family(
+                &mut enc,
+                "iot_sim_audit_values",
+                "Messages the delivery audit checked field by field (verify = \"values\"), by what it found.",
+                MetricType::Counter,
+                [
+                    ("verified", v.verified),
+                    ("unverified", v.unverified),
+                    ("value_mismatch", v.value_mismatch),
+                    ("field_missing", v.field_missing),
+                    ("field_extra", v.field_extra),
+                    ("type_mismatch", v.type_mismatch),
+                ]
+                .map(|(kind, v)| (AuditKind { kind }, counter(v))),
+            )?;
+        }
         single(
             &mut enc,
             "iot_sim_audit_consumer_errors",
