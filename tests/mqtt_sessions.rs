@@ -168,16 +168,37 @@ fn commands_reach_their_device_and_are_answered_with_their_id() {
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let acks = Subscriber::start(port, &format!("{root}/+/cmd/ack"));
-    let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
+    // As `spawn_run`, with stdout kept: the terminal summary is checked too.
+    let rd = dir.path().join("report");
+    let child = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--quiet", "--cores", "1", "--report-dir"])
+        .arg(&rd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait for the three command subscriptions.
     assert!(broker.wait_log(&format!("{root}/probe-"), 3), "{}", broker.log());
     assert!(broker.wait_log("Sending SUBACK to probe-", 3), "{}", broker.log());
+    // Two commands carry their send time, 300 ms in the past (so the round trip the sink
+    // measures is at least that): as epoch milliseconds and as RFC 3339; the third has none.
+    let sent_at = |i: u32| {
+        let ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                as u64
+                - 300;
+        match i {
+            0 => format!(",\"sent_at\":{ms}"),
+            1 => format!(",\"sent_at\":\"{}\"", iot_sim::sim::time::rfc3339_ms(ms)),
+            _ => String::new(),
+        }
+    };
     for i in 0..3 {
         let out = std::process::Command::new("mosquitto_pub")
             .args(["-p", &port.to_string(), "-q", "1", "-t"])
             .arg(format!("{root}/probe-{i:04}/cmd"))
             .arg("-m")
-            .arg(format!("{{\"id\":\"c-{i}\",\"op\":\"reboot\"}}"))
+            .arg(format!("{{\"id\":\"c-{i}\",\"op\":\"reboot\"{}}}", sent_at(i)))
             .output()
             .unwrap();
         assert!(out.status.success());
@@ -204,6 +225,19 @@ fn commands_reach_their_device_and_are_answered_with_their_id() {
     let ev = &report(dir.path())["sink_events"];
     assert_eq!(ev["mqtt.command_received"], 3, "{ev}");
     assert_eq!(ev["mqtt.command_responded"], 3, "{ev}");
+    // The report row counts them and gives the round trip of the two that carried sent_at.
+    let c = &report(dir.path())["runs"][0]["commands"];
+    assert_eq!(c["received"], 3, "{c}");
+    assert_eq!(c["answered"], 3, "{c}");
+    let rtt = &c["round_trip_us"];
+    assert_eq!(rtt["count"], 2, "{c}");
+    let (p50, max) = (rtt["p50"].as_u64().unwrap(), rtt["max"].as_u64().unwrap());
+    assert!((300_000..30_000_000).contains(&p50) && max >= p50, "{c}");
+    // So does the terminal summary.
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line =
+        format!("commands received 3, answered 3; round trip p50 {:.1} ms", p50 as f64 / 1e3);
+    assert!(table.contains(&line), "{line:?} not in\n{table}");
 }
 
 #[test]

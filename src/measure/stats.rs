@@ -54,6 +54,12 @@ pub struct ProfileStats {
     pub latency: Histogram<u64>,
     /// Actual hand-over to the sink -> completion, µs.
     pub service: Histogram<u64>,
+    /// Downlink commands received by per-device MQTT sessions, and those answered.
+    pub commands: u64,
+    pub commands_answered: u64,
+    /// Command round trip: the command's `sent_at` -> its receipt (wall clock), µs; only
+    /// commands that carry a `sent_at` are recorded.
+    pub command_rtt: Histogram<u64>,
 }
 
 impl ProfileStats {
@@ -74,6 +80,9 @@ impl ProfileStats {
             nonfinite: 0,
             latency: histogram(),
             service: histogram(),
+            commands: 0,
+            commands_answered: 0,
+            command_rtt: histogram(),
         }
     }
 
@@ -101,6 +110,9 @@ impl ProfileStats {
         }
         let _ = self.latency.add(&o.latency);
         let _ = self.service.add(&o.service);
+        self.commands += o.commands;
+        self.commands_answered += o.commands_answered;
+        let _ = self.command_rtt.add(&o.command_rtt);
     }
 }
 

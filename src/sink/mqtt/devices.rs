@@ -15,6 +15,12 @@
 //! go to the sink's event counters (report `sink_events`, Prometheus): `session_connect_attempt`,
 //! `session_connected`, `session_reconnected`, `session_refused_<reason>`, `session_lost`,
 //! `session_connect_error`, `command_received`, `command_responded`.
+//!
+//! A downlink command may carry its send time: a JSON object with `sent_at` (milliseconds since
+//! the Unix epoch, or an RFC 3339 date-time) and optionally `id`, e.g.
+//! `{"id": "c-1", "sent_at": 1764489600250, "op": "reboot"}`. Its round trip (receipt wall
+//! clock - `sent_at`, µs; 0 if `sent_at` is ahead of this host's clock) goes to the profile's
+//! `command_rtt` histogram; commands received and answered are counted per profile too.
 
 use super::session::{ConnectParams, Outcome, Session, Version, Will};
 use crate::config::MqttSettings;
@@ -200,6 +206,7 @@ impl Devices {
             subscribe: s.subscribe.as_ref().map(render),
             respond: s.respond.as_ref().map(render),
             device_id: device_id.to_string(),
+            profile,
         };
         // Spread first pings over the keep-alive interval by device.
         let phase_ms = if s.keep_alive_ms > 0 {
@@ -236,6 +243,17 @@ impl Devices {
             {
                 d.wake.notify_one();
             }
+        }
+    }
+
+    /// Updates the command figures of a profile (report rows, `/metrics`).
+    fn command_stats(
+        &self,
+        profile: usize,
+        f: impl FnOnce(&mut crate::measure::stats::ProfileStats),
+    ) {
+        if let Some(st) = self.shared.stats.borrow_mut().get_mut(profile) {
+            f(st);
         }
     }
 
@@ -299,6 +317,7 @@ struct Topics {
     subscribe: Option<String>,
     respond: Option<String>,
     device_id: String,
+    profile: usize,
 }
 
 /// Why one connection ended.
@@ -508,15 +527,24 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Outcome::Subscribed { .. } => {}
                 Outcome::Command { topic, payload } => {
                     ctx.shared.event("command_received");
-                    let id = command_id(&payload);
+                    let cmd = Command::parse(&payload);
+                    ctx.command_stats(topics.profile, |st| {
+                        st.commands += 1;
+                        if let Some(sent_us) = cmd.sent_at_us {
+                            crate::measure::stats::record(
+                                &mut st.command_rtt,
+                                wall_us().saturating_sub(sent_us),
+                            );
+                        }
+                    });
                     ctx.shared.conn_event(ConnEvent::Command {
                         device_id: topics.device_id.clone(),
                         topic: String::from_utf8_lossy(&topic).into_owned(),
-                        id: id.clone().unwrap_or_default(),
+                        id: cmd.id.clone().unwrap_or_default(),
                     });
                     if let Some(r) = &topics.respond {
                         let body = serde_json::json!({
-                            "id": id,
+                            "id": cmd.id,
                             "device_id": topics.device_id,
                             "status": "ok",
                         });
@@ -533,6 +561,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                             .is_ok()
                         {
                             ctx.shared.event("command_responded");
+                            ctx.command_stats(topics.profile, |st| st.commands_answered += 1);
                         }
                     }
                 }
@@ -605,14 +634,44 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     end
 }
 
-/// The `id` of a JSON command payload (string or number), if it has one.
-fn command_id(payload: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    match v.get("id")? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// What the sink reads of a downlink command: a JSON object's `id` (string or number) and
+/// `sent_at` (when the commander sent it: milliseconds since the Unix epoch, or an RFC 3339
+/// date-time), both optional. Anything else (not JSON, other fields) is accepted as is.
+#[derive(Debug, Default, PartialEq)]
+struct Command {
+    id: Option<String>,
+    /// `sent_at` in µs since the Unix epoch.
+    sent_at_us: Option<u64>,
+}
+
+impl Command {
+    fn parse(payload: &[u8]) -> Command {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return Command::default();
+        };
+        let id = match v.get("id") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let sent_at_us = match v.get("sent_at") {
+            Some(serde_json::Value::Number(n)) => {
+                n.as_f64().filter(|ms| ms.is_finite() && *ms >= 0.0).map(|ms| (ms * 1000.0) as u64)
+            }
+            Some(serde_json::Value::String(s)) => {
+                crate::sim::time::parse_rfc3339(s).ok().map(|ms| ms.saturating_mul(1000))
+            }
+            _ => None,
+        };
+        Command { id, sent_at_us }
     }
+}
+
+/// Wall-clock time in µs since the Unix epoch (a command's `sent_at` is wall-clock time).
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]
@@ -630,8 +689,19 @@ mod tests {
 
     #[test]
     fn command_ids_are_read_from_json_strings_or_numbers() {
-        assert_eq!(command_id(br#"{"id":"c-1","op":"reboot"}"#).as_deref(), Some("c-1"));
-        assert_eq!(command_id(br#"{"id":42}"#).as_deref(), Some("42"));
-        assert_eq!(command_id(b"reboot"), None);
+        assert_eq!(Command::parse(br#"{"id":"c-1","op":"reboot"}"#).id.as_deref(), Some("c-1"));
+        assert_eq!(Command::parse(br#"{"id":42}"#).id.as_deref(), Some("42"));
+        assert_eq!(Command::parse(b"reboot"), Command::default());
+    }
+
+    #[test]
+    fn command_sent_at_is_read_as_epoch_ms_or_rfc3339() {
+        let c = Command::parse(br#"{"id":"a","sent_at":1764489600250}"#);
+        assert_eq!(c.sent_at_us, Some(1_764_489_600_250_000));
+        let c = Command::parse(br#"{"sent_at":"2025-11-30T08:00:00.250Z"}"#);
+        assert_eq!(c.sent_at_us, Some(1_764_489_600_250_000));
+        assert_eq!(Command::parse(br#"{"sent_at":-5}"#).sent_at_us, None);
+        assert_eq!(Command::parse(br#"{"sent_at":"yesterday"}"#).sent_at_us, None);
+        assert_eq!(Command::parse(br#"{"sent_at":true}"#).sent_at_us, None);
     }
 }
