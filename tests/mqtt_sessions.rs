@@ -97,6 +97,32 @@ fn each_device_connects_as_its_own_client_and_every_qos1_message_arrives() {
 }
 
 #[test]
+fn sessions_connect_and_keep_alive_at_start_before_their_devices_publish() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("early");
+    // Devices that publish once an hour, in a 3.5 s run, with a 1 s keep-alive and a will.
+    let per_device = format!(
+        "keep_alive = \"1s\"\nwill_topic = \"{root}/{{device_id}}/status\"\nwill_payload = \"gone\""
+    );
+    let toml = fleet(port, &root, &per_device, 4, "1h", "3500ms");
+    let r = run_ok(dir.path(), &toml, &["--cores", "2"]);
+    let row = &r["runs"][0];
+    assert_eq!(row["published"], 0, "no device had anything to send yet: {row}");
+    let ev = &r["sink_events"];
+    assert_eq!(ev["mqtt.session_connected"], 4, "{ev}");
+    let log = broker.log();
+    let ids: BTreeSet<String> = connected_clients(&log).into_iter().map(|(_, id)| id).collect();
+    let want: BTreeSet<String> = (0..4).map(|i| format!("probe-{i:04}")).collect();
+    assert_eq!(ids, want, "client ids the broker saw");
+    // Each kept its session alive with PINGREQs while it had nothing to publish.
+    for id in &want {
+        assert!(log.contains(&format!("Received PINGREQ from {id}")), "{id}:\n{log}");
+    }
+}
+
+#[test]
 fn hmac_credentials_and_an_acl_admit_provisioned_devices_and_refusals_are_counted() {
     let dir = readable_dir();
     let d = dir.path();

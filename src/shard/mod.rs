@@ -211,6 +211,31 @@ impl Shard {
         Ok(Parts { table, wheel, sinks })
     }
 
+    /// Per-device MQTT sessions start with the process, in `connect_rate` turns (device
+    /// order), not on each device's first message: the fleet connects before it publishes.
+    fn start_sessions(&mut self) {
+        let fleet = self.plan.fleet.clone();
+        let Some(sink) = &self.sinks[Protocol::Mqtt.index()] else { return };
+        if !(0..fleet.profiles.len()).any(|p| sink.per_device(p)) {
+            return;
+        }
+        let mut id = String::with_capacity(64);
+        for g in &fleet.groups {
+            let profile = &fleet.profiles[g.profile];
+            if !sink.per_device(g.profile) {
+                continue;
+            }
+            for i in 0..g.count {
+                g.device_id(profile, i, &mut id);
+                if self.plan.shards > 1 && seed::shard_of(&id, self.plan.shards) != self.plan.index
+                {
+                    continue;
+                }
+                sink.start_session(g.profile, device_hash(profile, &id), &id, &g.labels);
+            }
+        }
+    }
+
     fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
         let Parts { table, wheel, sinks } = parts;
         let ctl = inbox::Control::new(plan.control.take());
@@ -251,6 +276,7 @@ impl Shard {
                 format!("shard {}: cannot start the {} sink: {e}", self.plan.index, s.name())
             })?;
         }
+        self.start_sessions();
         let sim_end = match self.plan.clock {
             ClockMode::Virtual => self.run_virtual().await,
             ClockMode::Realtime => self.run_realtime().await?,

@@ -203,6 +203,19 @@ impl Sink {
         }
     }
 
+    /// Starts a device's per-device MQTT session now (nothing for other sinks or profiles).
+    pub fn start_session(
+        &self,
+        profile: usize,
+        hash: u64,
+        device_id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) {
+        if let Sink::Net(NetSink { devices: Some(d), .. }) = self {
+            d.start_session(hash, profile, device_id, labels);
+        }
+    }
+
     /// Drops the per-device sessions of these devices (faults); see [`mqtt::devices::Drop`].
     pub fn drop_sessions(&self, hashes: &[u64], how: mqtt::devices::Drop, hold: bool) -> usize {
         match self {

@@ -2,8 +2,8 @@
 //! own MQTT client, with its own TCP (or TLS) connection, client id, credentials, keep-alive,
 //! last will and command subscription.
 //!
-//! One local task per device on the shard's `LocalSet`, created when the device hands over its
-//! first message. The task owns the socket and a [`Session`] (the sans-IO protocol state); each
+//! One local task per device on the shard's `LocalSet`, created when the shard starts (every
+//! device it built; a device spawned later starts its session on its first message). The task owns the socket and a [`Session`] (the sans-IO protocol state); each
 //! turn it moves what the device queued into the session (up to the in-flight window), writes
 //! every packet the turn produced in one write, then waits for bytes, a wake-up (new messages,
 //! a fault, shutdown) or the session's next timer. Per device this keeps a small queue, the
@@ -134,9 +134,23 @@ impl Devices {
         self.connected.get()
     }
 
-    /// Sessions started (devices that handed over a message).
+    /// Sessions started (at process start, or on a later device's first message).
     pub fn started(&self) -> u64 {
         self.by_hash.borrow().len() as u64
+    }
+
+    /// Starts a device's session now (at process start), before it has anything to send: it
+    /// connects in its `connect_rate` turn, subscribes and keeps alive like a real device.
+    pub fn start_session(
+        self: &Rc<Self>,
+        hash: u64,
+        profile: usize,
+        device_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) {
+        if self.handles(profile) {
+            self.device(hash, profile, device_id, labels);
+        }
     }
 
     /// Queues a device's message, starting the device's session on its first one.
