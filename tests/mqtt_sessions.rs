@@ -123,6 +123,36 @@ fn sessions_connect_and_keep_alive_at_start_before_their_devices_publish() {
 }
 
 #[test]
+fn availability_outages_drop_the_session_abruptly_and_the_device_reconnects_when_back() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("avail");
+    let per_device = format!(
+        "will_topic = \"{root}/{{device_id}}/status\"\nwill_payload = \"{{device_id}} lost\"\nwill_qos = 1"
+    );
+    let wills = Subscriber::start(port, &format!("{root}/+/status"));
+    // Outages of about 1 s every 2 s of uptime, in a 6 s run.
+    let toml = fleet(port, &root, &per_device, 4, "100ms", "6s")
+        + "[profiles.probe.availability]\nmtbf = \"2s\"\nmttr = \"1s\"\n";
+    let r = run_ok(dir.path(), &toml, &["--cores", "1"]);
+    let row = &r["runs"][0];
+    assert!(row["offline_s"].as_f64().unwrap() > 0.0, "{row}");
+    let ev = &r["sink_events"];
+    let drops = ev["mqtt.session_dropped_abrupt"].as_u64().unwrap_or(0);
+    assert!(drops >= 1, "an outage drops the session: {ev}");
+    // Back up, the device connects again (at least once more than it started).
+    let reconnected = ev["mqtt.session_reconnected"].as_u64().unwrap_or(0);
+    assert!(reconnected >= 1, "{ev}");
+    assert!(connected_clients(&broker.log()).len() as u64 >= 4 + reconnected, "{ev}");
+    // Abrupt: the broker published the device's will.
+    let got = wills.wait_for(1);
+    assert!(String::from_utf8_lossy(&got[0].1).ends_with(" lost"), "{got:?}");
+    // Nothing sent while up was lost on the way.
+    assert_eq!(row["errors"], 0, "{row}");
+}
+
+#[test]
 fn hmac_credentials_and_an_acl_admit_provisioned_devices_and_refusals_are_counted() {
     let dir = readable_dir();
     let d = dir.path();

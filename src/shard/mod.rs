@@ -525,6 +525,7 @@ impl Shard {
             if !self.step_log.went_down.is_empty() || !self.step_log.came_up.is_empty() {
                 group.device_id(profile, index, &mut self.id);
                 self.emit_availability(group, profile);
+                self.availability_session(profile, due);
             }
             if let Presence::Away { until, on_grid } = presence {
                 let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
@@ -872,6 +873,23 @@ impl Shard {
             M::Storm => (Drop::Abrupt, false),
         };
         sink.drop_sessions(&[device_hash(profile, id)], how, hold);
+    }
+
+    /// Availability (`step_log`, device id in `self.id`): a device that went down drops its
+    /// per-device MQTT session abruptly (the broker publishes its will) and stays down; one
+    /// that is up again (at `due`, its tick) reconnects. An outage that began and ended between
+    /// two ticks is a drop and an immediate reconnect.
+    fn availability_session(&self, profile: &Profile, due: SimMs) {
+        let Some(sink) = &self.sinks[profile.protocol.index()] else { return };
+        let log = &self.step_log;
+        let hash = device_hash(profile, &self.id);
+        if !log.went_down.is_empty() {
+            sink.drop_sessions(&[hash], crate::sink::mqtt::devices::Drop::Abrupt, true);
+        }
+        let down_now = matches!(log.went_down.last(), Some(&(_, back)) if back > due);
+        if !down_now {
+            sink.release_sessions(&[hash]);
+        }
     }
 
     /// DISCONNECT ended or was cleared: device `id`'s session may reconnect.
