@@ -153,6 +153,38 @@ fn availability_outages_drop_the_session_abruptly_and_the_device_reconnects_when
 }
 
 #[test]
+fn slow_down_doubles_a_backed_up_devices_interval_until_its_queue_drains() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("slow");
+    let toml = fleet(port, &root, "inflight = 2\nqueue_size = 5", 2, "100ms", "4s").replace(
+        "connection = \"per_device\"",
+        "connection = \"per_device\"\nbackpressure = \"slow_down\"",
+    );
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
+    assert!(broker.wait_log("New client connected from", 2), "{}", broker.log());
+    // The broker stops answering for 2.5 s: each device's window (2) and then its queue fill.
+    std::thread::sleep(Duration::from_millis(300));
+    broker.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2500));
+    broker.signal(libc::SIGCONT);
+    let out = output_within(child, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let row = &report(dir.path())["runs"][0];
+    // Each device entered slow-down once (above 80% of 5), and left it when its queue drained.
+    assert_eq!(row["slowdowns"], 2, "{row}");
+    // At 100 ms for 4 s each device would take 40 samples: slowed, it took fewer.
+    let published = row["published"].as_u64().unwrap();
+    assert!(published <= 2 * 40 - 6, "{row}");
+    // What was queued went out once the broker answered; only the newest found a full queue.
+    assert_eq!(row["errors"], 0, "{row}");
+    assert_eq!(row["messages"].as_u64().unwrap() + row["dropped"].as_u64().unwrap(), published);
+}
+
+#[test]
 fn hmac_credentials_and_an_acl_admit_provisioned_devices_and_refusals_are_counted() {
     let dir = readable_dir();
     let d = dir.path();

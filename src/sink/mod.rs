@@ -190,6 +190,9 @@ impl Sink {
     /// The factor a device's interval is stretched by (backpressure = "slow_down").
     pub fn interval_factor(&self, profile: usize, device_hash: u64) -> u64 {
         match self {
+            Sink::Net(NetSink { devices: Some(d), .. }) if d.handles(profile) => {
+                d.interval_factor(device_hash)
+            }
             Sink::Net(n) => n.shared.interval_factor(profile, device_hash),
             _ => 1,
         }

@@ -26,7 +26,7 @@ use super::session::{ConnectParams, Outcome, Session, Version, Will};
 use crate::config::MqttSettings;
 use crate::config::mqtt_sessions::{Password, PerDeviceSettings};
 use crate::measure::clock::mono_ns;
-use crate::sim::profile::Fleet;
+use crate::sim::profile::{Backpressure, Fleet};
 use crate::sink::net::{ConnEvent, NetShared, Queued};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -54,6 +54,8 @@ struct Device {
     drop: Cell<Option<Drop>>,
     /// Held down by a DISCONNECT fault: no reconnect until it is cleared.
     held: Cell<bool>,
+    /// In slow-down (`backpressure = "slow_down"`): its interval is doubled.
+    slowed: Cell<bool>,
 }
 
 /// Every per-device session of one shard's MQTT sink.
@@ -155,21 +157,44 @@ impl Devices {
 
     /// Queues a device's message, starting the device's session on its first one.
     pub fn submit(self: &Rc<Self>, m: Queued, device_id: &str, labels: &BTreeMap<String, String>) {
-        let dev = self.device(m.device_hash, m.profile as usize, device_id, labels);
+        let profile = m.profile as usize;
+        let dev = self.device(m.device_hash, profile, device_id, labels);
+        let cap = self.settings.queue_size;
+        let slow_down = self.shared.policy(profile) == Backpressure::SlowDown;
         {
             let mut q = dev.queue.borrow_mut();
-            // Per-device queues drop the oldest under both backpressure policies: slowing one
-            // device down does not relieve a connection it has alone (documented in the README).
-            if q.len() >= self.settings.queue_size
-                && let Some(old) = q.pop_front()
-            {
-                self.shared.dropped(&old);
-                self.shared.extra_settled();
+            if q.len() >= cap {
+                if slow_down {
+                    // Full although the device was slowed: the newest cannot wait.
+                    drop(q);
+                    self.shared.dropped(&m);
+                    return;
+                }
+                if let Some(old) = q.pop_front() {
+                    self.shared.dropped(&old);
+                    self.shared.extra_settled();
+                }
             }
             q.push_back(m);
+            // As the pooled queues: above 80% full the device's interval doubles, until its
+            // queue is back below half (see `drive`).
+            if slow_down && !dev.slowed.get() && q.len() * 5 > cap * 4 {
+                dev.slowed.set(true);
+                if let Some(st) = self.shared.stats.borrow_mut().get_mut(profile) {
+                    st.slowdowns += 1;
+                }
+            }
         }
         self.shared.extra_sent();
         dev.wake.notify_one();
+    }
+
+    /// 2 while the device is in slow-down (`backpressure = "slow_down"`), else 1.
+    pub fn interval_factor(&self, device_hash: u64) -> u64 {
+        match self.by_hash.borrow().get(&device_hash) {
+            Some(d) if d.slowed.get() => 2,
+            _ => 1,
+        }
     }
 
     fn device(
@@ -187,6 +212,7 @@ impl Devices {
             wake: Notify::new(),
             drop: Cell::new(None),
             held: Cell::new(false),
+            slowed: Cell::new(false),
         });
         self.by_hash.borrow_mut().insert(hash, dev.clone());
         let device_type =
@@ -494,6 +520,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 let Some(mut m) = q.pop_front() else { break };
+                if q.len() * 2 < ctx.settings.queue_size {
+                    dev.slowed.set(false);
+                }
                 m.sent_ns = now;
                 let topic = std::mem::take(&mut m.topic);
                 let payload = m.payload.clone();
