@@ -190,9 +190,14 @@ impl Sink {
     /// The factor a device's interval is stretched by (backpressure = "slow_down").
     pub fn interval_factor(&self, profile: usize, device_hash: u64) -> u64 {
         match self {
-            Sink::Net(NetSink { devices: Some(d), .. }) if d.handles(profile) => {
+            // Per-device: a map lookup, only for profiles that can be slowed down.
+            Sink::Net(NetSink { devices: Some(d), shared, .. })
+                if d.handles(profile)
+                    && shared.policy(profile) == crate::sim::profile::Backpressure::SlowDown =>
+            {
                 d.interval_factor(device_hash)
             }
+            Sink::Net(NetSink { devices: Some(d), .. }) if d.handles(profile) => 1,
             Sink::Net(n) => n.shared.interval_factor(profile, device_hash),
             _ => 1,
         }
