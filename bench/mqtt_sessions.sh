@@ -15,6 +15,9 @@
 #             counted with `ss` every 100 ms), RSS over the null baseline per session, CPU per
 #             message in a steady 5 s window (from /proc/PID/stat), latency from intended time
 #             (report), source addresses the sockets used
+#   idle      the sessions fleet with interval = "1h" (sessions start with the process, so the
+#             fleet connects before its devices publish; ~1% publish within the run): RSS once
+#             every session is connected, over the null baseline, per idle session
 #   storm     the same, with the broker killed after everything connected and restarted 2 s
 #             later: time until every session is back, messages lost (published - delivered -
 #             errors - dropped, and errors/dropped themselves)
@@ -53,7 +56,7 @@ broker_up() {
 broker_up
 
 fleet() { # $1 = case name; writes $OUT/$1.toml
-  local sink profile_extra=""
+  local sink profile_extra="" interval=1s
   case $1 in
     null) sink='[sink.null]' ; proto=null ;;
     pooled) sink="[sink.mqtt]
@@ -61,7 +64,8 @@ url = \"mqtt://127.0.0.1:$PORT\"
 qos = 1
 pool_size = 4
 queue_size = 100000" ; proto=mqtt ;;
-    *) sink="[sink.mqtt]
+    *) [[ $1 == idle ]] && interval=1h
+       sink="[sink.mqtt]
 url = \"mqtt://127.0.0.1:$PORT\"
 qos = 1
 backoff_initial = \"100ms\"
@@ -90,7 +94,7 @@ count = $N
 protocol = "$proto"
 $profile_extra
 topic = "bench/{device_id}"
-interval = "1s"
+interval = "$interval"
 [profiles.probe.fields.t]
 type = "gaussian"
 mean = 20
@@ -102,14 +106,22 @@ established() { ss -Htn state established "( dport = :$PORT )" | wc -l; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 TCK=$(getconf CLK_TCK)
 
+scrape() { # $1 = file: the run's /metrics now (admin address from its log)
+  local a
+  a=$(sed -n 's|.*admin: listening on http://\([^ ]*\).*|\1|p' "$OUT/$c.log" | head -1)
+  [[ -n $a ]] && curl -s --max-time 5 "http://$a/metrics" > "$1" || true
+}
+
 run_case() { # $1 = case; prints a JSON object on stdout
   local c=$1 t0 connect_s="null" storm_s="null" cpu1 cpu2 sources="{}" now
   fleet "$c"
   rm -rf "$OUT/$c-report"
   t0=$(date +%s.%N)
-  "$BIN" run --config "$OUT/$c.toml" --cores "$CORES" --quiet --report-dir "$OUT/$c-report" > "$OUT/$c.out" 2> "$OUT/$c.log" &
+  "$BIN" run --config "$OUT/$c.toml" --cores "$CORES" --quiet --admin 127.0.0.1:0 --report-dir "$OUT/$c-report" > "$OUT/$c.out" 2> "$OUT/$c.log" &
   RUN=$!
-  if [[ $c == sessions || $c == storm ]]; then
+  local idle_rss=0
+  rm -f "$OUT/$c.m1" "$OUT/$c.m2"
+  if [[ $c == sessions || $c == storm || $c == idle ]]; then
     while (( $(established) < N )); do
       kill -0 $RUN 2>/dev/null || break
       sleep 0.1
@@ -117,6 +129,7 @@ run_case() { # $1 = case; prints a JSON object on stdout
     now=$(date +%s.%N)
     # null when the run ended before every session was up at the same time.
     (( $(established) >= N )) && connect_s=$(python3 -c "print(round($now - $t0, 2))")
+    idle_rss=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/$RUN/status" 2>/dev/null || echo 0)
     sources=$(ss -Htn state established "( dport = :$PORT )" | awk '{split($3,a,":"); print a[1]}' | sort | uniq -c \
       | python3 -c 'import sys,json; print(json.dumps({l.split()[1]: int(l.split()[0]) for l in sys.stdin}))')
   else
@@ -139,12 +152,14 @@ run_case() { # $1 = case; prints a JSON object on stdout
   else
     # Steady window: 2 s after everything connected, 5 s long.
     sleep 2
+    scrape "$OUT/$c.m1"
     cpu1=$(cpu_ticks $RUN); sleep 5; cpu2=$(cpu_ticks $RUN)
+    scrape "$OUT/$c.m2"
   fi
   wait $RUN || { cat "$OUT/$c.log" >&2; exit 1; }
   RUN=""
-  python3 - "$OUT/$c-report/report.json" "$c" "$connect_s" "$storm_s" "$cpu1" "$cpu2" "$TCK" "$N" "$sources" <<'EOF'
-import json, sys
+  python3 - "$OUT/$c-report/report.json" "$c" "$connect_s" "$storm_s" "$cpu1" "$cpu2" "$TCK" "$N" "$sources" "$idle_rss" "$OUT/$c.m1" "$OUT/$c.m2" <<'EOF'
+import json, os, re, sys
 r = json.load(open(sys.argv[1]))
 c, connect_s, storm_s = sys.argv[2], sys.argv[3], sys.argv[4]
 cpu1, cpu2, tck, n = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
@@ -169,23 +184,50 @@ if connect_s != "null":
     out["source_addresses_seen"] = json.loads(sys.argv[9])
 if storm_s != "null":
     out["storm_back_all_s"] = float(storm_s)
+if int(sys.argv[10]) > 0:
+    out["rss_bytes_all_connected"] = int(sys.argv[10])
+def buckets(path):
+    b = {}
+    if os.path.exists(path):
+        for m in re.finditer(r'^iot_sim_publish_latency_seconds_bucket\{le="([^"]+)"[^}]*\} (\d+)', open(path).read(), re.M):
+            le = float("inf") if m.group(1) in ("+Inf", "1.7976931348623157e308") else float(m.group(1))
+            b[le] = b.get(le, 0) + int(m.group(2))
+    return b
+b1, b2 = buckets(sys.argv[11]), buckets(sys.argv[12])
+if b2:
+    # Steady window (the 5 s CPU window, after every session connected): latency of the messages
+    # completed in it, from /metrics histogram deltas: the upper bound of the bucket holding
+    # each percentile (buckets 1, 2.5, 5, 10, 25 ms ...), not an exact figure.
+    d = sorted((le, b2[le] - b1.get(le, 0)) for le in b2)
+    total = d[-1][1]
+    def q(f):
+        for le, c in d:
+            if c >= f * total:
+                return None if le == float("inf") else le * 1e6
+    out["steady_latency_us_bucket_bound"] = {"count": total, "p50": q(0.5), "p99": q(0.99), "p999": q(0.999)} \
+        if total > 0 else {"count": 0}
 print(json.dumps(out))
 EOF
 }
 
-for c in ${BENCH_CASES:-null pooled sessions storm}; do
+for c in ${BENCH_CASES:-null pooled sessions idle storm}; do
   run_case "$c" > "$OUT/$c.json"
 done
 python3 - "$OUT" "$N" <<'EOF' | tee "$OUT/result.json"
 import json, sys
 out, n = sys.argv[1], int(sys.argv[2])
-c = {k: json.load(open(f"{out}/{k}.json")) for k in ("null", "pooled", "sessions", "storm")}
-s, b, p = c["sessions"], c["null"], c["pooled"]
+c = {k: json.load(open(f"{out}/{k}.json")) for k in ("null", "pooled", "sessions", "idle", "storm")}
+s, b, p, i = c["sessions"], c["null"], c["pooled"], c["idle"]
 res = {
     "bench": "mqtt_sessions", "sessions": n, "qos": 1, "interval_s": 1,
     "cases": c,
     "ratios": {
         "rss_per_session_bytes_over_null": round((s["peak_rss_bytes"] - b["peak_rss_bytes"]) / n),
+        "rss_per_idle_session_bytes_over_null": round((i["rss_bytes_all_connected"] - b["peak_rss_bytes"]) / n)
+            if i.get("rss_bytes_all_connected") else None,
+        "steady_latency_us_bucket_bound_sessions": s.get("steady_latency_us_bucket_bound"),
+        "steady_latency_us_bucket_bound_pooled": p.get("steady_latency_us_bucket_bound"),
+        "connect_all_s_idle": i.get("connect_all_s"),
         "steady_cpu_us_per_msg_sessions": s.get("steady_cpu_us_per_msg"),
         "steady_cpu_us_per_msg_pooled": p.get("steady_cpu_us_per_msg"),
         "steady_cpu_us_per_msg_null": b.get("steady_cpu_us_per_msg"),

@@ -130,3 +130,135 @@ stddev = 1
     assert_eq!(row["dropped"], 0, "{row}");
     assert_eq!(row["messages"], row["published"], "{row}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_with_sent_at_reaches_stream_events_the_log_and_metrics_with_its_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("rtt");
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[run]
+seed = 9
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+qos = 1
+
+[sink.mqtt.per_device]
+subscribe = "{root}/{{device_id}}/cmd"
+subscribe_qos = 1
+respond = "{root}/{{device_id}}/cmd/ack"
+
+[[fleet]]
+profile = "probe"
+count = 2
+
+[profiles.probe]
+protocol = "mqtt"
+connection = "per_device"
+topic = "{root}/{{device_id}}/telemetry"
+interval = "200ms"
+[profiles.probe.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 1
+"#
+        ),
+    )
+    .unwrap();
+    let acks = Subscriber::start(port, &format!("{root}/+/cmd/ack"));
+    let mut rt = Runtime::with_config("run", &cfg, None, &["--admin", "127.0.0.1:0"]);
+    let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
+    let mut events =
+        c.stream_events(proto::StreamEventsRequest { selector: None }).await.unwrap().into_inner();
+    let b = &broker;
+    wait_until(30, "both command subscriptions", || {
+        b.log().matches("Sending SUBACK to probe-").count() == 2
+    })
+    .await;
+    // Sent "500 ms ago": the round trip the device measures is at least that.
+    let sent_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as u64
+            - 500;
+    for i in 0..2 {
+        let out = std::process::Command::new("mosquitto_pub")
+            .args(["-p", &port.to_string(), "-q", "1", "-t"])
+            .arg(format!("{root}/probe-{i:04}/cmd"))
+            .arg("-m")
+            .arg(format!("{{\"id\":\"c-{i}\",\"sent_at\":{sent_ms}}}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    // StreamEvents: a WARNING with cause "command" naming the device, topic and command id.
+    let mut got = vec![];
+    while got.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.message())
+            .await
+            .expect("no command event within 30 s")
+            .unwrap()
+            .expect("stream ended");
+        if e.metadata.get("cause").map(String::as_str) == Some("command") {
+            assert_eq!(e.event_type, proto::DeviceEventType::Warning as i32, "{e:?}");
+            assert_eq!(e.metadata["sink"], "mqtt", "{e:?}");
+            assert_eq!(e.metadata["topic"], format!("{root}/{}/cmd", e.device_id), "{e:?}");
+            got.push((e.device_id.clone(), e.metadata["command_id"].clone()));
+        }
+    }
+    got.sort();
+    assert_eq!(got, vec![("probe-0000".into(), "c-0".into()), ("probe-0001".into(), "c-1".into())]);
+    acks.wait_for(2);
+    // /metrics: counted per device type, with the round trip as a histogram.
+    let admin = {
+        let err = rt.stderr.clone();
+        let mut addr = None;
+        wait_until(10, "the admin address", || {
+            addr = err.lock().unwrap().lines().find_map(|l| {
+                l.split("admin: listening on http://").nth(1).map(|a| a.trim().to_string())
+            });
+            addr.is_some()
+        })
+        .await;
+        addr.unwrap()
+    };
+    let labels = "{device_type=\"probe\",protocol=\"mqtt\"}";
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = tokio::task::spawn_blocking({
+            let a = admin.clone();
+            move || common::http_get(&a, "/metrics").1
+        })
+        .await
+        .unwrap();
+        if metrics.contains(&format!("iot_sim_commands_answered_total{labels} 2")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for want in [
+        format!("iot_sim_commands_received_total{labels} 2"),
+        format!("iot_sim_commands_answered_total{labels} 2"),
+        format!("iot_sim_command_round_trip_seconds_count{labels} 2"),
+        // Nothing under 250 ms: both were sent 500 ms before they arrived.
+        "iot_sim_command_round_trip_seconds_bucket{le=\"0.25\",device_type=\"probe\",protocol=\"mqtt\"} 0".into(),
+    ] {
+        assert!(metrics.contains(&want), "{want:?} not in /metrics:\n{metrics}");
+    }
+    assert!(rt.terminate().success());
+    // The event log has one line per command.
+    let log = rt.stderr.lock().unwrap().clone();
+    for i in 0..2 {
+        let line =
+            format!("mqtt command \"c-{i}\" received by probe-{i:04} on {root}/probe-{i:04}/cmd");
+        assert!(log.contains(&line), "{line:?} not in the log:\n{log}");
+    }
+}

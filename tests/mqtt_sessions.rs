@@ -97,6 +97,94 @@ fn each_device_connects_as_its_own_client_and_every_qos1_message_arrives() {
 }
 
 #[test]
+fn sessions_connect_and_keep_alive_at_start_before_their_devices_publish() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("early");
+    // Devices that publish once an hour, in a 3.5 s run, with a 1 s keep-alive and a will.
+    let per_device = format!(
+        "keep_alive = \"1s\"\nwill_topic = \"{root}/{{device_id}}/status\"\nwill_payload = \"gone\""
+    );
+    let toml = fleet(port, &root, &per_device, 4, "1h", "3500ms");
+    let r = run_ok(dir.path(), &toml, &["--cores", "2"]);
+    let row = &r["runs"][0];
+    assert_eq!(row["published"], 0, "no device had anything to send yet: {row}");
+    let ev = &r["sink_events"];
+    assert_eq!(ev["mqtt.session_connected"], 4, "{ev}");
+    let log = broker.log();
+    let ids: BTreeSet<String> = connected_clients(&log).into_iter().map(|(_, id)| id).collect();
+    let want: BTreeSet<String> = (0..4).map(|i| format!("probe-{i:04}")).collect();
+    assert_eq!(ids, want, "client ids the broker saw");
+    // Each kept its session alive with PINGREQs while it had nothing to publish.
+    for id in &want {
+        assert!(log.contains(&format!("Received PINGREQ from {id}")), "{id}:\n{log}");
+    }
+}
+
+#[test]
+fn availability_outages_drop_the_session_abruptly_and_the_device_reconnects_when_back() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("avail");
+    let per_device = format!(
+        "will_topic = \"{root}/{{device_id}}/status\"\nwill_payload = \"{{device_id}} lost\"\nwill_qos = 1"
+    );
+    let wills = Subscriber::start(port, &format!("{root}/+/status"));
+    // Outages of about 1 s every 2 s of uptime, in a 6 s run.
+    let toml = fleet(port, &root, &per_device, 4, "100ms", "6s")
+        + "[profiles.probe.availability]\nmtbf = \"2s\"\nmttr = \"1s\"\n";
+    let r = run_ok(dir.path(), &toml, &["--cores", "1"]);
+    let row = &r["runs"][0];
+    assert!(row["offline_s"].as_f64().unwrap() > 0.0, "{row}");
+    let ev = &r["sink_events"];
+    let drops = ev["mqtt.session_dropped_abrupt"].as_u64().unwrap_or(0);
+    assert!(drops >= 1, "an outage drops the session: {ev}");
+    // Back up, the device connects again (at least once more than it started).
+    let reconnected = ev["mqtt.session_reconnected"].as_u64().unwrap_or(0);
+    assert!(reconnected >= 1, "{ev}");
+    assert!(connected_clients(&broker.log()).len() as u64 >= 4 + reconnected, "{ev}");
+    // Abrupt: the broker published the device's will.
+    let got = wills.wait_for(1);
+    assert!(String::from_utf8_lossy(&got[0].1).ends_with(" lost"), "{got:?}");
+    // Nothing sent while up was lost on the way.
+    assert_eq!(row["errors"], 0, "{row}");
+}
+
+#[test]
+fn slow_down_doubles_a_backed_up_devices_interval_until_its_queue_drains() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("slow");
+    let toml = fleet(port, &root, "inflight = 2\nqueue_size = 5", 2, "100ms", "4s").replace(
+        "connection = \"per_device\"",
+        "connection = \"per_device\"\nbackpressure = \"slow_down\"",
+    );
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
+    assert!(broker.wait_log("New client connected from", 2), "{}", broker.log());
+    // The broker stops answering for 2.5 s: each device's window (2) and then its queue fill.
+    std::thread::sleep(Duration::from_millis(300));
+    broker.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(2500));
+    broker.signal(libc::SIGCONT);
+    let out = output_within(child, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let row = &report(dir.path())["runs"][0];
+    // Each device entered slow-down once (above 80% of 5), and left it when its queue drained.
+    assert_eq!(row["slowdowns"], 2, "{row}");
+    // At 100 ms for 4 s each device would take 40 samples: slowed, it took fewer.
+    let published = row["published"].as_u64().unwrap();
+    assert!(published <= 2 * 40 - 6, "{row}");
+    // What was queued went out once the broker answered; only the newest found a full queue.
+    assert_eq!(row["errors"], 0, "{row}");
+    assert_eq!(row["messages"].as_u64().unwrap() + row["dropped"].as_u64().unwrap(), published);
+}
+
+#[test]
 fn hmac_credentials_and_an_acl_admit_provisioned_devices_and_refusals_are_counted() {
     let dir = readable_dir();
     let d = dir.path();
@@ -168,16 +256,37 @@ fn commands_reach_their_device_and_are_answered_with_their_id() {
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let acks = Subscriber::start(port, &format!("{root}/+/cmd/ack"));
-    let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
+    // As `spawn_run`, with stdout kept: the terminal summary is checked too.
+    let rd = dir.path().join("report");
+    let child = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--quiet", "--cores", "1", "--report-dir"])
+        .arg(&rd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     // Wait for the three command subscriptions.
     assert!(broker.wait_log(&format!("{root}/probe-"), 3), "{}", broker.log());
     assert!(broker.wait_log("Sending SUBACK to probe-", 3), "{}", broker.log());
+    // Two commands carry their send time, 300 ms in the past (so the round trip the sink
+    // measures is at least that): as epoch milliseconds and as RFC 3339; the third has none.
+    let sent_at = |i: u32| {
+        let ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+                as u64
+                - 300;
+        match i {
+            0 => format!(",\"sent_at\":{ms}"),
+            1 => format!(",\"sent_at\":\"{}\"", iot_sim::sim::time::rfc3339_ms(ms)),
+            _ => String::new(),
+        }
+    };
     for i in 0..3 {
         let out = std::process::Command::new("mosquitto_pub")
             .args(["-p", &port.to_string(), "-q", "1", "-t"])
             .arg(format!("{root}/probe-{i:04}/cmd"))
             .arg("-m")
-            .arg(format!("{{\"id\":\"c-{i}\",\"op\":\"reboot\"}}"))
+            .arg(format!("{{\"id\":\"c-{i}\",\"op\":\"reboot\"{}}}", sent_at(i)))
             .output()
             .unwrap();
         assert!(out.status.success());
@@ -204,6 +313,19 @@ fn commands_reach_their_device_and_are_answered_with_their_id() {
     let ev = &report(dir.path())["sink_events"];
     assert_eq!(ev["mqtt.command_received"], 3, "{ev}");
     assert_eq!(ev["mqtt.command_responded"], 3, "{ev}");
+    // The report row counts them and gives the round trip of the two that carried sent_at.
+    let c = &report(dir.path())["runs"][0]["commands"];
+    assert_eq!(c["received"], 3, "{c}");
+    assert_eq!(c["answered"], 3, "{c}");
+    let rtt = &c["round_trip_us"];
+    assert_eq!(rtt["count"], 2, "{c}");
+    let (p50, max) = (rtt["p50"].as_u64().unwrap(), rtt["max"].as_u64().unwrap());
+    assert!((300_000..30_000_000).contains(&p50) && max >= p50, "{c}");
+    // So does the terminal summary.
+    let table = String::from_utf8_lossy(&out.stdout);
+    let line =
+        format!("commands received 3, answered 3; round trip p50 {:.1} ms", p50 as f64 / 1e3);
+    assert!(table.contains(&line), "{line:?} not in\n{table}");
 }
 
 #[test]

@@ -80,6 +80,10 @@ pub struct ProfileFigures {
     pub error_kinds: Vec<(String, u64)>,
     /// Intended send time -> completion.
     pub latency: Buckets,
+    /// Downlink commands received / answered (per-device MQTT sessions) and their round trip.
+    pub commands: u64,
+    pub commands_answered: u64,
+    pub command_rtt: Buckets,
 }
 
 /// The state of a sink's connections on one shard.

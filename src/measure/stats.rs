@@ -103,6 +103,12 @@ pub struct ProfileStats {
     pub latency: LazyHistogram,
     /// Actual hand-over to the sink -> completion, µs.
     pub service: LazyHistogram,
+    /// Downlink commands received by per-device MQTT sessions, and those answered.
+    pub commands: u64,
+    pub commands_answered: u64,
+    /// Command round trip: the command's `sent_at` -> its receipt (wall clock), µs; only
+    /// commands that carry a `sent_at` are recorded.
+    pub command_rtt: LazyHistogram,
 }
 
 impl ProfileStats {
@@ -123,6 +129,9 @@ impl ProfileStats {
             nonfinite: 0,
             latency: LazyHistogram::default(),
             service: LazyHistogram::default(),
+            commands: 0,
+            commands_answered: 0,
+            command_rtt: LazyHistogram::default(),
         }
     }
 
@@ -150,6 +159,9 @@ impl ProfileStats {
         }
         self.latency.add(&o.latency);
         self.service.add(&o.service);
+        self.commands += o.commands;
+        self.commands_answered += o.commands_answered;
+        self.command_rtt.add(&o.command_rtt);
     }
 }
 

@@ -92,6 +92,19 @@ pub struct Row {
     pub asleep_s: f64,
     /// Derived values that came out NaN or infinite and were published as null.
     pub nonfinite_values: u64,
+    /// Downlink commands (per-device MQTT sessions): absent when none was received.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commands: Option<Commands>,
+}
+
+/// Downlink commands of one row.
+#[derive(Clone, Debug, Serialize)]
+pub struct Commands {
+    pub received: u64,
+    /// Answered on the respond topic.
+    pub answered: u64,
+    /// `sent_at` -> receipt, µs (commands that carry `sent_at`; `count` says how many).
+    pub round_trip_us: Percentiles,
 }
 
 /// The whole report, as written to `report.json`.
@@ -325,6 +338,11 @@ fn rows_of(
                 offline_s: round3(s.offline_ms as f64 / 1000.0),
                 asleep_s: round3(s.asleep_ms as f64 / 1000.0),
                 nonfinite_values: s.nonfinite,
+                commands: (s.commands > 0).then(|| Commands {
+                    received: s.commands,
+                    answered: s.commands_answered,
+                    round_trip_us: Percentiles::of(&s.command_rtt),
+                }),
             }
         })
         .collect()
@@ -576,6 +594,21 @@ pub fn render_table(r: &Report) -> String {
             kinds.join(" "),
             row.slowdowns
         );
+    }
+    for row in r.runs.iter() {
+        if let Some(c) = &row.commands {
+            let _ = writeln!(
+                out,
+                "{} {}: commands received {}, answered {}; round trip p50 {:.1} ms, p99 {:.1} ms ({} with sent_at)",
+                row.sink,
+                row.device_type,
+                c.received,
+                c.answered,
+                c.round_trip_us.p50 as f64 / 1000.0,
+                c.round_trip_us.p99 as f64 / 1000.0,
+                c.round_trip_us.count
+            );
+        }
     }
     for row in r.runs.iter().filter(|row| {
         row.samples != row.published

@@ -671,6 +671,7 @@ fn fault(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
             Some(proto::FaultType::DataCorruption) => &["corruption_rate", "mode", "reason"],
             Some(proto::FaultType::BatteryDrain) => &["drain_multiplier", "reason"],
             Some(proto::FaultType::ClockDrift) => &["drift_rate_ms_per_sec", "reason"],
+            Some(proto::FaultType::Disconnect) => &["mode", "reason"],
             _ => &["reason"],
         };
         for (k, v) in pt.table {

@@ -71,10 +71,15 @@ fn selector(target: &Target) -> Option<proto::DeviceSelector> {
     }
 }
 
-fn fault_params(kind: &FaultKind, reason: &Option<String>) -> prost_types::Struct {
+pub(super) fn fault_params(
+    spec: &crate::sim::fault::FaultSpec,
+    reason: &Option<String>,
+) -> prost_types::Struct {
     let mut t = toml::Table::new();
-    match kind {
-        FaultKind::Disconnect => {}
+    match &spec.kind {
+        FaultKind::Disconnect => {
+            t.insert("mode".into(), spec.disconnect.name().into());
+        }
         FaultKind::LatencySpike { latency_ms } => {
             t.insert("latency_ms".into(), (*latency_ms as i64).into());
         }
@@ -329,7 +334,7 @@ async fn apply(
                     selector: sel,
                     fault_type: spec.kind.type_number(),
                     duration: Some(pb_duration(spec.duration_ms)),
-                    parameters: Some(fault_params(&spec.kind, reason)),
+                    parameters: Some(fault_params(spec, reason)),
                 };
                 pool.call(i, |mut c| {
                     let req = req.clone();

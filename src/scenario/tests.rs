@@ -503,3 +503,50 @@ fn update_that_brings_what_it_breaks_or_misses_the_linked_profile_is_accepted() 
     assert!(err.contains("step[1].update.fields"), "{err}");
     assert!(!err.contains("step[0]"), "{err}");
 }
+
+#[test]
+fn a_disconnect_step_takes_a_mode_and_a_remote_run_forwards_it() {
+    use crate::sim::fault::DisconnectMode;
+    let (_, s) = load_str(
+        r#"
+        duration = "1m"
+        [[step]]
+        at = "10s"
+        fault = { ids = ["thermo-0000"], type = "disconnect", duration = "5s", params = { mode = "graceful" } }
+        [[step]]
+        at = "20s"
+        fault = { ids = ["thermo-0001"], type = "disconnect", duration = "5s" }
+        "#,
+    )
+    .unwrap();
+    let spec = |i: usize| match &s.timeline[i].action {
+        Action::Apply { op: Op::Fault { spec, .. }, .. } => spec.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(spec(0).disconnect, DisconnectMode::Graceful);
+    assert_eq!(spec(1).disconnect, DisconnectMode::Abrupt);
+    // `scenario run --runtime` sends the mode in InjectFault's parameters, and the runtime reads
+    // back the same spec.
+    for i in 0..2 {
+        let params = super::remote::fault_params(&spec(i), &None);
+        let req = crate::control::proto::InjectFaultRequest {
+            selector: None,
+            fault_type: spec(i).kind.type_number(),
+            duration: None,
+            parameters: Some(params),
+        };
+        let back = crate::control::spec::fault_spec(&req).unwrap();
+        assert_eq!(back.disconnect, spec(i).disconnect);
+    }
+    // A bad mode is a scenario error with its path.
+    let e = load_str(
+        r#"
+        duration = "1m"
+        [[step]]
+        at = "10s"
+        fault = { ids = ["thermo-0000"], type = "disconnect", params = { mode = "politely" } }
+        "#,
+    )
+    .unwrap_err();
+    assert!(e.contains("params.mode: unknown mode \"politely\""), "{e}");
+}

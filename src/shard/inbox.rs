@@ -445,6 +445,7 @@ impl Shard {
                 slowdowns: local.slowdowns,
                 error_kinds: local.error_kinds.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 latency: Buckets::from_hdr(&local.latency),
+                ..Default::default()
             };
             if let Some(net) = self.sinks[p.protocol.index()].as_ref().and_then(|s| s.net_shared())
                 && let Some(n) = net.stats.borrow().get(i)
@@ -460,6 +461,11 @@ impl Shard {
                     }
                 }
                 f.latency.add(&Buckets::from_hdr(&n.latency));
+                f.commands = n.commands;
+                f.commands_answered = n.commands_answered;
+                if n.commands > 0 {
+                    f.command_rtt = Buckets::from_hdr(&n.command_rtt);
+                }
             }
             profiles.push(f);
         }
@@ -477,6 +483,9 @@ impl Shard {
                 slowdowns: st.slowdowns,
                 error_kinds: st.error_kinds.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 latency: Buckets::from_hdr(&st.latency),
+                commands: st.commands,
+                commands_answered: st.commands_answered,
+                command_rtt: Buckets::from_hdr(&st.command_rtt),
             });
         }
         let mut sinks = vec![];

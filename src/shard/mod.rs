@@ -216,6 +216,31 @@ impl Shard {
         Ok(Parts { table, wheel, sinks })
     }
 
+    /// Per-device MQTT sessions start with the process, in `connect_rate` turns (device
+    /// order), not on each device's first message: the fleet connects before it publishes.
+    fn start_sessions(&mut self) {
+        let fleet = self.plan.fleet.clone();
+        let Some(sink) = &self.sinks[Protocol::Mqtt.index()] else { return };
+        if !(0..fleet.profiles.len()).any(|p| sink.per_device(p)) {
+            return;
+        }
+        let mut id = String::with_capacity(64);
+        for g in &fleet.groups {
+            let profile = &fleet.profiles[g.profile];
+            if !sink.per_device(g.profile) {
+                continue;
+            }
+            for i in 0..g.count {
+                g.device_id(profile, i, &mut id);
+                if self.plan.shards > 1 && seed::shard_of(&id, self.plan.shards) != self.plan.index
+                {
+                    continue;
+                }
+                sink.start_session(g.profile, device_hash(profile, &id), &id, &g.labels);
+            }
+        }
+    }
+
     fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
         let Parts { table, wheel, sinks } = parts;
         let ctl = inbox::Control::new(plan.control.take());
@@ -256,6 +281,7 @@ impl Shard {
                 format!("shard {}: cannot start the {} sink: {e}", self.plan.index, s.name())
             })?;
         }
+        self.start_sessions();
         let sim_end = match self.plan.clock {
             ClockMode::Virtual => self.run_virtual().await,
             ClockMode::Realtime => self.run_realtime().await?,
@@ -514,6 +540,7 @@ impl Shard {
             if !self.step_log.went_down.is_empty() || !self.step_log.came_up.is_empty() {
                 group.device_id(profile, index, &mut self.id);
                 self.emit_availability(group, profile);
+                self.availability_session(profile, due);
             }
             if let Presence::Away { until, on_grid } = presence {
                 let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
@@ -863,6 +890,23 @@ impl Shard {
             M::Storm => (Drop::Abrupt, false),
         };
         sink.drop_sessions(&[device_hash(profile, id)], how, hold);
+    }
+
+    /// Availability (`step_log`, device id in `self.id`): a device that went down drops its
+    /// per-device MQTT session abruptly (the broker publishes its will) and stays down; one
+    /// that is up again (at `due`, its tick) reconnects. An outage that began and ended between
+    /// two ticks is a drop and an immediate reconnect.
+    fn availability_session(&self, profile: &Profile, due: SimMs) {
+        let Some(sink) = &self.sinks[profile.protocol.index()] else { return };
+        let log = &self.step_log;
+        let hash = device_hash(profile, &self.id);
+        if !log.went_down.is_empty() {
+            sink.drop_sessions(&[hash], crate::sink::mqtt::devices::Drop::Abrupt, true);
+        }
+        let down_now = matches!(log.went_down.last(), Some(&(_, back)) if back > due);
+        if !down_now {
+            sink.release_sessions(&[hash]);
+        }
     }
 
     /// DISCONNECT ended or was cleared: device `id`'s session may reconnect.

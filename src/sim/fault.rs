@@ -128,6 +128,15 @@ impl DisconnectMode {
             _ => None,
         }
     }
+
+    /// The name [`DisconnectMode::parse`] reads (`parameters.mode`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DisconnectMode::Abrupt => "abrupt",
+            DisconnectMode::Graceful => "graceful",
+            DisconnectMode::Storm => "storm",
+        }
+    }
 }
 
 /// One fault active on one device.

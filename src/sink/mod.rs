@@ -190,6 +190,14 @@ impl Sink {
     /// The factor a device's interval is stretched by (backpressure = "slow_down").
     pub fn interval_factor(&self, profile: usize, device_hash: u64) -> u64 {
         match self {
+            // Per-device: a map lookup, only for profiles that can be slowed down.
+            Sink::Net(NetSink { devices: Some(d), shared, .. })
+                if d.handles(profile)
+                    && shared.policy(profile) == crate::sim::profile::Backpressure::SlowDown =>
+            {
+                d.interval_factor(device_hash)
+            }
+            Sink::Net(NetSink { devices: Some(d), .. }) if d.handles(profile) => 1,
             Sink::Net(n) => n.shared.interval_factor(profile, device_hash),
             _ => 1,
         }
@@ -200,6 +208,19 @@ impl Sink {
         match self {
             Sink::Net(NetSink { devices: Some(d), .. }) => (d.connected_now(), d.started()),
             _ => (0, 0),
+        }
+    }
+
+    /// Starts a device's per-device MQTT session now (nothing for other sinks or profiles).
+    pub fn start_session(
+        &self,
+        profile: usize,
+        hash: u64,
+        device_id: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) {
+        if let Sink::Net(NetSink { devices: Some(d), .. }) = self {
+            d.start_session(hash, profile, device_id, labels);
         }
     }
 

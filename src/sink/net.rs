@@ -235,6 +235,11 @@ impl NetShared {
         }
     }
 
+    /// The profile's backpressure policy.
+    pub fn policy(&self, profile: usize) -> Backpressure {
+        self.policies.get(profile).copied().unwrap_or_default()
+    }
+
     /// 2 while the device's connection is in slow-down, else 1.
     pub fn interval_factor(&self, profile: usize, device_hash: u64) -> u64 {
         if self.policies.get(profile) == Some(&Backpressure::SlowDown)

@@ -207,6 +207,9 @@ struct Merged {
     slowdowns: u64,
     error_kinds: BTreeMap<String, u64>,
     latency: Buckets,
+    commands: u64,
+    commands_answered: u64,
+    command_rtt: Buckets,
 }
 
 impl Merged {
@@ -220,6 +223,9 @@ impl Merged {
             *self.error_kinds.entry(k.clone()).or_default() += v;
         }
         self.latency.add(&p.latency);
+        self.commands += p.commands;
+        self.commands_answered += p.commands_answered;
+        self.command_rtt.add(&p.command_rtt);
     }
 }
 
@@ -441,6 +447,35 @@ impl Collector for FleetCollector {
         )?;
 
         // Beyond the seed.
+        family(
+            &mut enc,
+            "iot_sim_commands_received",
+            "Downlink commands received by per-device MQTT sessions, by device type.",
+            Counter,
+            f.by_type
+                .iter()
+                .filter(|(k, _)| k.1 == "mqtt")
+                .map(|(k, m)| (tp(k), counter(m.commands))),
+        )?;
+        family(
+            &mut enc,
+            "iot_sim_commands_answered",
+            "Downlink commands answered on the respond topic, by device type.",
+            Counter,
+            f.by_type
+                .iter()
+                .filter(|(k, _)| k.1 == "mqtt")
+                .map(|(k, m)| (tp(k), counter(m.commands_answered))),
+        )?;
+        histogram(
+            &mut enc,
+            "iot_sim_command_round_trip_seconds",
+            "A command's sent_at to its receipt by the device (commands that carry sent_at).",
+            f.by_type
+                .iter()
+                .filter(|(k, _)| k.1 == "mqtt")
+                .map(|(k, m)| (tp(k), m.command_rtt.clone())),
+        )?;
         single(
             &mut enc,
             "iot_sim_devices_paused",

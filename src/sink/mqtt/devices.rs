@@ -2,8 +2,8 @@
 //! own MQTT client, with its own TCP (or TLS) connection, client id, credentials, keep-alive,
 //! last will and command subscription.
 //!
-//! One local task per device on the shard's `LocalSet`, created when the device hands over its
-//! first message. The task owns the socket and a [`Session`] (the sans-IO protocol state); each
+//! One local task per device on the shard's `LocalSet`, created when the shard starts (every
+//! device it built; a device spawned later starts its session on its first message). The task owns the socket and a [`Session`] (the sans-IO protocol state); each
 //! turn it moves what the device queued into the session (up to the in-flight window), writes
 //! every packet the turn produced in one write, then waits for bytes, a wake-up (new messages,
 //! a fault, shutdown) or the session's next timer. Per device this keeps a small queue, the
@@ -15,12 +15,18 @@
 //! go to the sink's event counters (report `sink_events`, Prometheus): `session_connect_attempt`,
 //! `session_connected`, `session_reconnected`, `session_refused_<reason>`, `session_lost`,
 //! `session_connect_error`, `command_received`, `command_responded`.
+//!
+//! A downlink command may carry its send time: a JSON object with `sent_at` (milliseconds since
+//! the Unix epoch, or an RFC 3339 date-time) and optionally `id`, e.g.
+//! `{"id": "c-1", "sent_at": 1764489600250, "op": "reboot"}`. Its round trip (receipt wall
+//! clock - `sent_at`, µs; 0 if `sent_at` is ahead of this host's clock) goes to the profile's
+//! `command_rtt` histogram; commands received and answered are counted per profile too.
 
 use super::session::{ConnectParams, Outcome, Session, Version, Will};
 use crate::config::MqttSettings;
 use crate::config::mqtt_sessions::{Password, PerDeviceSettings};
 use crate::measure::clock::mono_ns;
-use crate::sim::profile::Fleet;
+use crate::sim::profile::{Backpressure, Fleet};
 use crate::sink::net::{ConnEvent, NetShared, Queued};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -48,6 +54,8 @@ struct Device {
     drop: Cell<Option<Drop>>,
     /// Held down by a DISCONNECT fault: no reconnect until it is cleared.
     held: Cell<bool>,
+    /// In slow-down (`backpressure = "slow_down"`): its interval is doubled.
+    slowed: Cell<bool>,
 }
 
 /// Every per-device session of one shard's MQTT sink.
@@ -128,28 +136,65 @@ impl Devices {
         self.connected.get()
     }
 
-    /// Sessions started (devices that handed over a message).
+    /// Sessions started (at process start, or on a later device's first message).
     pub fn started(&self) -> u64 {
         self.by_hash.borrow().len() as u64
     }
 
+    /// Starts a device's session now (at process start), before it has anything to send: it
+    /// connects in its `connect_rate` turn, subscribes and keeps alive like a real device.
+    pub fn start_session(
+        self: &Rc<Self>,
+        hash: u64,
+        profile: usize,
+        device_id: &str,
+        labels: &BTreeMap<String, String>,
+    ) {
+        if self.handles(profile) {
+            self.device(hash, profile, device_id, labels);
+        }
+    }
+
     /// Queues a device's message, starting the device's session on its first one.
     pub fn submit(self: &Rc<Self>, m: Queued, device_id: &str, labels: &BTreeMap<String, String>) {
-        let dev = self.device(m.device_hash, m.profile as usize, device_id, labels);
+        let profile = m.profile as usize;
+        let dev = self.device(m.device_hash, profile, device_id, labels);
+        let cap = self.settings.queue_size;
+        let slow_down = self.shared.policy(profile) == Backpressure::SlowDown;
         {
             let mut q = dev.queue.borrow_mut();
-            // Per-device queues drop the oldest under both backpressure policies: slowing one
-            // device down does not relieve a connection it has alone (documented in the README).
-            if q.len() >= self.settings.queue_size
-                && let Some(old) = q.pop_front()
-            {
-                self.shared.dropped(&old);
-                self.shared.extra_settled();
+            if q.len() >= cap {
+                if slow_down {
+                    // Full although the device was slowed: the newest cannot wait.
+                    drop(q);
+                    self.shared.dropped(&m);
+                    return;
+                }
+                if let Some(old) = q.pop_front() {
+                    self.shared.dropped(&old);
+                    self.shared.extra_settled();
+                }
             }
             q.push_back(m);
+            // As the pooled queues: above 80% full the device's interval doubles, until its
+            // queue is back below half (see `drive`).
+            if slow_down && !dev.slowed.get() && q.len() * 5 > cap * 4 {
+                dev.slowed.set(true);
+                if let Some(st) = self.shared.stats.borrow_mut().get_mut(profile) {
+                    st.slowdowns += 1;
+                }
+            }
         }
         self.shared.extra_sent();
         dev.wake.notify_one();
+    }
+
+    /// 2 while the device is in slow-down (`backpressure = "slow_down"`), else 1.
+    pub fn interval_factor(&self, device_hash: u64) -> u64 {
+        match self.by_hash.borrow().get(&device_hash) {
+            Some(d) if d.slowed.get() => 2,
+            _ => 1,
+        }
     }
 
     fn device(
@@ -167,6 +212,7 @@ impl Devices {
             wake: Notify::new(),
             drop: Cell::new(None),
             held: Cell::new(false),
+            slowed: Cell::new(false),
         });
         self.by_hash.borrow_mut().insert(hash, dev.clone());
         let device_type =
@@ -200,6 +246,7 @@ impl Devices {
             subscribe: s.subscribe.as_ref().map(render),
             respond: s.respond.as_ref().map(render),
             device_id: device_id.to_string(),
+            profile,
         };
         // Spread first pings over the keep-alive interval by device.
         let phase_ms = if s.keep_alive_ms > 0 {
@@ -236,6 +283,17 @@ impl Devices {
             {
                 d.wake.notify_one();
             }
+        }
+    }
+
+    /// Updates the command figures of a profile (report rows, `/metrics`).
+    fn command_stats(
+        &self,
+        profile: usize,
+        f: impl FnOnce(&mut crate::measure::stats::ProfileStats),
+    ) {
+        if let Some(st) = self.shared.stats.borrow_mut().get_mut(profile) {
+            f(st);
         }
     }
 
@@ -299,6 +357,7 @@ struct Topics {
     subscribe: Option<String>,
     respond: Option<String>,
     device_id: String,
+    profile: usize,
 }
 
 /// Why one connection ended.
@@ -461,6 +520,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 let Some(mut m) = q.pop_front() else { break };
+                if q.len() * 2 < ctx.settings.queue_size {
+                    dev.slowed.set(false);
+                }
                 m.sent_ns = now;
                 let topic = std::mem::take(&mut m.topic);
                 let payload = m.payload.clone();
@@ -508,15 +570,24 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Outcome::Subscribed { .. } => {}
                 Outcome::Command { topic, payload } => {
                     ctx.shared.event("command_received");
-                    let id = command_id(&payload);
+                    let cmd = Command::parse(&payload);
+                    ctx.command_stats(topics.profile, |st| {
+                        st.commands += 1;
+                        if let Some(sent_us) = cmd.sent_at_us {
+                            crate::measure::stats::record(
+                                st.command_rtt.get_mut(),
+                                wall_us().saturating_sub(sent_us),
+                            );
+                        }
+                    });
                     ctx.shared.conn_event(ConnEvent::Command {
                         device_id: topics.device_id.clone(),
                         topic: String::from_utf8_lossy(&topic).into_owned(),
-                        id: id.clone().unwrap_or_default(),
+                        id: cmd.id.clone().unwrap_or_default(),
                     });
                     if let Some(r) = &topics.respond {
                         let body = serde_json::json!({
-                            "id": id,
+                            "id": cmd.id,
                             "device_id": topics.device_id,
                             "status": "ok",
                         });
@@ -533,6 +604,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                             .is_ok()
                         {
                             ctx.shared.event("command_responded");
+                            ctx.command_stats(topics.profile, |st| st.commands_answered += 1);
                         }
                     }
                 }
@@ -605,14 +677,44 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     end
 }
 
-/// The `id` of a JSON command payload (string or number), if it has one.
-fn command_id(payload: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    match v.get("id")? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// What the sink reads of a downlink command: a JSON object's `id` (string or number) and
+/// `sent_at` (when the commander sent it: milliseconds since the Unix epoch, or an RFC 3339
+/// date-time), both optional. Anything else (not JSON, other fields) is accepted as is.
+#[derive(Debug, Default, PartialEq)]
+struct Command {
+    id: Option<String>,
+    /// `sent_at` in µs since the Unix epoch.
+    sent_at_us: Option<u64>,
+}
+
+impl Command {
+    fn parse(payload: &[u8]) -> Command {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return Command::default();
+        };
+        let id = match v.get("id") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let sent_at_us = match v.get("sent_at") {
+            Some(serde_json::Value::Number(n)) => {
+                n.as_f64().filter(|ms| ms.is_finite() && *ms >= 0.0).map(|ms| (ms * 1000.0) as u64)
+            }
+            Some(serde_json::Value::String(s)) => {
+                crate::sim::time::parse_rfc3339(s).ok().map(|ms| ms.saturating_mul(1000))
+            }
+            _ => None,
+        };
+        Command { id, sent_at_us }
     }
+}
+
+/// Wall-clock time in µs since the Unix epoch (a command's `sent_at` is wall-clock time).
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]
@@ -630,8 +732,19 @@ mod tests {
 
     #[test]
     fn command_ids_are_read_from_json_strings_or_numbers() {
-        assert_eq!(command_id(br#"{"id":"c-1","op":"reboot"}"#).as_deref(), Some("c-1"));
-        assert_eq!(command_id(br#"{"id":42}"#).as_deref(), Some("42"));
-        assert_eq!(command_id(b"reboot"), None);
+        assert_eq!(Command::parse(br#"{"id":"c-1","op":"reboot"}"#).id.as_deref(), Some("c-1"));
+        assert_eq!(Command::parse(br#"{"id":42}"#).id.as_deref(), Some("42"));
+        assert_eq!(Command::parse(b"reboot"), Command::default());
+    }
+
+    #[test]
+    fn command_sent_at_is_read_as_epoch_ms_or_rfc3339() {
+        let c = Command::parse(br#"{"id":"a","sent_at":1764489600250}"#);
+        assert_eq!(c.sent_at_us, Some(1_764_489_600_250_000));
+        let c = Command::parse(br#"{"sent_at":"2025-11-30T08:00:00.250Z"}"#);
+        assert_eq!(c.sent_at_us, Some(1_764_489_600_250_000));
+        assert_eq!(Command::parse(br#"{"sent_at":-5}"#).sent_at_us, None);
+        assert_eq!(Command::parse(br#"{"sent_at":"yesterday"}"#).sent_at_us, None);
+        assert_eq!(Command::parse(br#"{"sent_at":true}"#).sent_at_us, None);
     }
 }
