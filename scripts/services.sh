@@ -7,6 +7,8 @@
 #   python3 + venv              tests/grpc_python.rs builds a grpcio client under target/
 #   prometheus, promtool        tests/prometheus.rs starts its own server on a free port
 #   chromium, chromedriver      tests/browser.rs drives headless Chromium over WebDriver
+#   podman, runc, debootstrap   tests/container.rs builds and runs the image (base made locally)
+#   docker-compose              tests/deploy_files.rs validates deploy/compose.yaml offline
 set -euo pipefail
 
 updated=0
