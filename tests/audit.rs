@@ -53,6 +53,27 @@ fn n(a: &Value, k: &str) -> u64 {
     a[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {a}"))
 }
 
+/// Writes the fleet and the scenario into `dir`, runs the scenario on 2 cores (exit 0 expected)
+/// and returns its report.json.
+fn scenario_run(dir: &Path, fleet: &str, scenario: &str) -> Value {
+    let f = dir.join("fleet.toml");
+    std::fs::write(&f, fleet).unwrap();
+    let s = dir.join("s.toml");
+    std::fs::write(&s, scenario).unwrap();
+    let rd = dir.join("report");
+    let mut cmd = bin();
+    cmd.args(["scenario", "run", s.to_str().unwrap(), "--config", f.to_str().unwrap()]).args([
+        "--quiet",
+        "--cores",
+        "2",
+        "--report-dir",
+        rd.to_str().unwrap(),
+    ]);
+    let out = command_within(cmd, 60);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    report(dir)
+}
+
 #[test]
 fn a_clean_mqtt_run_has_nothing_lost_or_duplicated() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,26 +160,11 @@ fn a_disconnect_window_is_expected_not_lost() {
     let root = unique("audit-disc");
     let toml =
         fleet("mqtt", "[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nqos = 1", &root, "3s", "");
-    let f = dir.path().join("fleet.toml");
-    std::fs::write(&f, toml).unwrap();
-    let s = dir.path().join("s.toml");
-    std::fs::write(
-        &s,
+    let r = scenario_run(
+        dir.path(),
+        &toml,
         "name = \"disc\"\nduration = \"3s\"\n\n[[step]]\nat = \"1s\"\nfault = { all = true, type = \"disconnect\", duration = \"1s\" }\n",
-    )
-    .unwrap();
-    let rd = dir.path().join("report");
-    let mut cmd = bin();
-    cmd.args(["scenario", "run", s.to_str().unwrap(), "--config", f.to_str().unwrap()]).args([
-        "--quiet",
-        "--cores",
-        "2",
-        "--report-dir",
-        rd.to_str().unwrap(),
-    ]);
-    let out = command_within(cmd, 60);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = report(dir.path());
+    );
     let a = audit_of(&r);
     // One second of three was suppressed: about 800 messages, excused, none lost.
     let excused = n(a, "excused_disconnect");
@@ -521,26 +527,11 @@ fn verify_values_finds_every_field_as_the_seed_says_in_a_clean_run() {
 fn verify_values_excuses_what_a_value_corruption_fault_changed() {
     let dir = tempfile::tempdir().unwrap();
     let root = unique("audit-values-fault");
-    let f = dir.path().join("fleet.toml");
-    std::fs::write(&f, values_fleet(&root, "3s")).unwrap();
-    let s = dir.path().join("s.toml");
-    std::fs::write(
-        &s,
+    let r = scenario_run(
+        dir.path(),
+        &values_fleet(&root, "3s"),
         "name = \"zero\"\nduration = \"3s\"\n\n[[step]]\nat = \"1s\"\nfault = { selector = \"device_type=room\", type = \"data_corruption\", duration = \"1s\", params = { corruption_rate = 0.5, mode = \"zero\" } }\n",
-    )
-    .unwrap();
-    let rd = dir.path().join("report");
-    let mut cmd = bin();
-    cmd.args(["scenario", "run", s.to_str().unwrap(), "--config", f.to_str().unwrap()]).args([
-        "--quiet",
-        "--cores",
-        "2",
-        "--report-dir",
-        rd.to_str().unwrap(),
-    ]);
-    let out = command_within(cmd, 60);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = report(dir.path());
+    );
     let a = audit_of(&r);
     let v = &a["values"];
     // About half the rooms' 400 messages of that second arrive with zeros.
@@ -611,26 +602,11 @@ fn devices_spawned_at_runtime_are_expected_from_their_spawn() {
         "3s",
         "verify = \"values\"",
     );
-    let f = dir.path().join("fleet.toml");
-    std::fs::write(&f, toml).unwrap();
-    let s = dir.path().join("s.toml");
-    std::fs::write(
-        &s,
+    let r = scenario_run(
+        dir.path(),
+        &toml,
         "name = \"spawn\"\nduration = \"3s\"\n\n[[step]]\nat = \"1s\"\nspawn = { profile = \"probe\", count = 10 }\n",
-    )
-    .unwrap();
-    let rd = dir.path().join("report");
-    let mut cmd = bin();
-    cmd.args(["scenario", "run", s.to_str().unwrap(), "--config", f.to_str().unwrap()]).args([
-        "--quiet",
-        "--cores",
-        "2",
-        "--report-dir",
-        rd.to_str().unwrap(),
-    ]);
-    let out = command_within(cmd, 60);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = report(dir.path());
+    );
     let a = audit_of(&r);
     assert_eq!(n(a, "unknown_device"), 0, "{a}");
     assert_eq!(n(a, "devices"), 50, "40 from the file + 10 spawned: {a}");
