@@ -22,7 +22,7 @@
 //!   [`Outcome::Command`]; a QoS 2 command is reported once, on PUBLISH, and released on PUBREL.
 //! - DISCONNECT (graceful close, no will).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 use std::collections::VecDeque;
@@ -139,6 +139,9 @@ pub struct Session<T> {
     /// Moves the first PINGREQ after a CONNACK this much earlier (spreads a fleet's pings).
     ping_phase_ms: u32,
     inflight_max: u16,
+    /// The in-flight window of this connection: `inflight_max`, or less when an MQTT 5 broker's
+    /// CONNACK names a smaller Receive Maximum.
+    window: u16,
     inflight: u16,
     /// The last packet id handed out (ids are `1..=inflight_max`).
     last_pkid: u16,
@@ -170,6 +173,7 @@ impl<T> Session<T> {
             connect_timeout_ms: 10_000,
             ping_phase_ms: 0,
             inflight_max: inflight.clamp(1, u16::MAX - 1),
+            window: inflight.clamp(1, u16::MAX - 1),
             inflight: 0,
             last_pkid: 0,
             next_order: 0,
@@ -211,7 +215,7 @@ impl<T> Session<T> {
 
     /// Whether [`Session::publish`] would take a message of this QoS now.
     pub fn can_publish(&self, qos: u8) -> bool {
-        self.is_connected() && (qos == 0 || self.inflight < self.inflight_max)
+        self.is_connected() && (qos == 0 || self.inflight < self.window)
     }
 
     /// Starts a connection attempt on a freshly opened transport: writes CONNECT.
@@ -281,7 +285,31 @@ impl<T> Session<T> {
         if !self.can_publish(qos) {
             return Err(token);
         }
-        let topic = Bytes::copy_from_slice(topic.as_bytes());
+        self.publish_bytes(
+            Bytes::copy_from_slice(topic.as_bytes()),
+            payload,
+            qos,
+            retain,
+            token,
+            now_ns,
+        )
+    }
+
+    /// [`Session::publish`] with the topic as `Bytes` (UTF-8, checked by the caller's config):
+    /// the hot path of a pooled connection, which hands over a message's own topic without a
+    /// copy. A QoS 0 message is encoded straight into the output buffer and not kept.
+    pub fn publish_bytes(
+        &mut self,
+        topic: Bytes,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        token: T,
+        now_ns: u64,
+    ) -> Result<(), T> {
+        if !self.can_publish(qos) {
+            return Err(token);
+        }
         if qos == 0 {
             self.write_publish(&topic, &payload, 0, retain, 0, false);
             self.outcomes.push_back(Outcome::Delivered(token));
@@ -370,6 +398,22 @@ impl<T> Session<T> {
         self.out.split().freeze()
     }
 
+    /// The bytes to write (all packets produced since the last [`Session::clear_output`]),
+    /// for a driver that writes from the session's own buffer and then clears it.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Forgets the output after it was written; the buffer's memory is kept for the next turn.
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    /// Bytes waiting in the output buffer.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
+
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
     }
@@ -454,8 +498,13 @@ impl<T> Session<T> {
             self.ping_sent_ns = None;
         }
         match (self.state, p) {
-            (State::Connecting { .. }, In::ConnAck(Ok(session_present))) => {
+            (State::Connecting { .. }, In::ConnAck(Ok((session_present, receive_max)))) => {
                 self.state = State::Connected;
+                // An MQTT 5 broker may take fewer unacknowledged messages than configured.
+                self.window = match receive_max {
+                    Some(m) if m > 0 => m.min(self.inflight_max),
+                    _ => self.inflight_max,
+                };
                 self.outcomes.push_back(Outcome::Connected { session_present });
                 self.resend(now_ns);
                 self.last_write_ns = now_ns.saturating_sub(self.ping_phase_ms as u64 * MS);
@@ -597,32 +646,7 @@ impl<T> Session<T> {
         pkid: u16,
         dup: bool,
     ) {
-        match self.version {
-            Version::V311 => {
-                let p = v4::Publish {
-                    dup,
-                    qos: qos4(qos),
-                    retain,
-                    // The codec wants a String; topics are UTF-8 (checked by the config).
-                    topic: String::from_utf8_lossy(topic).into_owned(),
-                    pkid,
-                    payload: payload.clone(),
-                };
-                let _ = p.write(&mut self.out);
-            }
-            Version::V5 => {
-                let p = v5::Publish {
-                    dup,
-                    qos: qos5(qos),
-                    retain,
-                    topic: topic.clone(),
-                    pkid,
-                    payload: payload.clone(),
-                    properties: None,
-                };
-                let _ = p.write(&mut self.out);
-            }
-        }
+        encode_publish(&mut self.out, self.version, topic, payload, qos, retain, pkid, dup);
     }
 
     fn write_pubrel(&mut self, pkid: u16) {
@@ -672,8 +696,8 @@ enum AckKind {
 
 /// An incoming packet, the same for both versions.
 enum In {
-    /// `Ok(session_present)` or `Err(reason)`.
-    ConnAck(Result<bool, &'static str>),
+    /// `Ok((session_present, receive_maximum))` or `Err(reason)`.
+    ConnAck(Result<(bool, Option<u16>), &'static str>),
     PubAck {
         pkid: u16,
         error: Option<&'static str>,
@@ -710,7 +734,7 @@ impl In {
         use v4::ConnectReturnCode as C;
         Some(match p {
             v4::Packet::ConnAck(a) => In::ConnAck(match a.code {
-                C::Success => Ok(a.session_present),
+                C::Success => Ok((a.session_present, None)),
                 C::RefusedProtocolVersion => Err("protocol_version"),
                 C::BadClientId => Err("bad_client_id"),
                 C::ServiceUnavailable => Err("server_unavailable"),
@@ -744,7 +768,9 @@ impl In {
         use v5::ConnectReturnCode as C;
         Some(match p {
             v5::Packet::ConnAck(a) => In::ConnAck(match a.code {
-                C::Success => Ok(a.session_present),
+                C::Success => {
+                    Ok((a.session_present, a.properties.as_ref().and_then(|p| p.receive_max)))
+                }
                 C::RefusedProtocolVersion | C::UnsupportedProtocolVersion => {
                     Err("protocol_version")
                 }
@@ -797,6 +823,52 @@ impl In {
             _ => In::Unexpected,
         })
     }
+}
+
+/// Encodes one PUBLISH (MQTT 3.1.1 or 5, no properties) straight into `out`: the hot path of
+/// every message, so no intermediate packet struct, topic `String` or allocation. Checked
+/// against `rumqttc::mqttbytes`'s decoder by the tests.
+#[allow(clippy::too_many_arguments)]
+fn encode_publish(
+    out: &mut BytesMut,
+    version: Version,
+    topic: &[u8],
+    payload: &[u8],
+    qos: u8,
+    retain: bool,
+    pkid: u16,
+    dup: bool,
+) {
+    let qos = qos.min(2);
+    let remaining = 2
+        + topic.len()
+        + if qos > 0 { 2 } else { 0 }
+        + if version == Version::V5 { 1 } else { 0 }
+        + payload.len();
+    out.reserve(1 + 4 + remaining);
+    out.put_u8(0x30 | (dup as u8) << 3 | qos << 1 | retain as u8);
+    let mut len = remaining;
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    out.put_u16(topic.len() as u16);
+    out.put_slice(topic);
+    if qos > 0 {
+        out.put_u16(pkid);
+    }
+    if version == Version::V5 {
+        // Property length 0.
+        out.put_u8(0);
+    }
+    out.put_slice(payload);
 }
 
 fn qos4(q: u8) -> rumqttc::mqttbytes::QoS {
@@ -1199,5 +1271,95 @@ mod tests {
         s.connect(&p, 0);
         s.read(&bytes5(v5::Packet::ConnAck(ack)), 0);
         assert_eq!(outcomes(&mut s), vec![Outcome::Refused { reason: "quota_exceeded" }]);
+    }
+
+    #[test]
+    fn hand_encoded_publish_decodes_as_the_codec_reads_it_for_every_qos_flag_and_length() {
+        // Payload sizes on both sides of each remaining-length byte boundary.
+        for len in [0usize, 1, 120, 127, 128, 16_380, 16_384, 70_000] {
+            let payload = Bytes::from(vec![b'p'; len]);
+            for (qos, retain, dup) in [(0u8, false, false), (1, true, false), (2, false, true)] {
+                let topic = Bytes::from_static(b"fleet/\xc3\xa9/t");
+                let mut out = BytesMut::new();
+                encode_publish(&mut out, Version::V311, &topic, &payload, qos, retain, 7, dup);
+                let mut b = out.clone();
+                let Ok(v4::Packet::Publish(p)) = v4::Packet::read(&mut b, usize::MAX) else {
+                    panic!("len {len} qos {qos}: not a PUBLISH")
+                };
+                assert!(b.is_empty(), "len {len}: trailing bytes");
+                assert_eq!((p.qos as u8, p.retain, p.dup), (qos, retain, dup));
+                assert_eq!(p.pkid, if qos > 0 { 7 } else { 0 });
+                assert_eq!(p.topic.as_bytes(), &topic[..]);
+                assert_eq!(p.payload, payload);
+                let mut out = BytesMut::new();
+                encode_publish(&mut out, Version::V5, &topic, &payload, qos, retain, 7, dup);
+                let Ok(v5::Packet::Publish(p)) = v5::Packet::read(&mut out, None) else {
+                    panic!("v5 len {len} qos {qos}: not a PUBLISH")
+                };
+                assert!(out.is_empty());
+                assert_eq!((p.qos as u8, p.retain, p.dup), (qos, retain, dup));
+                assert_eq!(p.pkid, if qos > 0 { 7 } else { 0 });
+                assert_eq!(&p.topic[..], &topic[..]);
+                assert_eq!(p.payload, payload);
+                assert!(p.properties.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn an_mqtt5_brokers_receive_maximum_narrows_the_in_flight_window() {
+        let mut s: Session<u32> = Session::new(Version::V5, 0, 10);
+        s.connect(&ConnectParams { client_id: "d".into(), ..Default::default() }, 0);
+        s.take_output();
+        let props = v5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: Some(3),
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: vec![],
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        s.read(
+            &bytes5(v5::Packet::ConnAck(v5::ConnAck {
+                session_present: false,
+                code: v5::ConnectReturnCode::Success,
+                properties: Some(props),
+            })),
+            0,
+        );
+        for i in 0..3 {
+            s.publish_bytes(Bytes::from_static(b"t"), Bytes::new(), 1, false, i, 0).unwrap();
+        }
+        assert!(!s.can_publish(1), "the broker takes 3 unacknowledged messages, not 10");
+        assert_eq!(s.publish_bytes(Bytes::from_static(b"t"), Bytes::new(), 1, false, 9, 0), Err(9));
+        assert!(s.can_publish(0), "QoS 0 takes no window");
+        s.read(&bytes5(v5::Packet::PubAck(v5::PubAck::new(2, None))), 0);
+        assert!(s.can_publish(1));
+        // Without a Receive Maximum the configured window applies again.
+        s.connection_lost();
+        s.connect(&ConnectParams { client_id: "d".into(), ..Default::default() }, 0);
+        s.read(
+            &bytes5(v5::Packet::ConnAck(v5::ConnAck {
+                session_present: false,
+                code: v5::ConnectReturnCode::Success,
+                properties: None,
+            })),
+            0,
+        );
+        for i in 0..8 {
+            assert!(s.can_publish(1), "message {i}");
+            s.publish_bytes(Bytes::from_static(b"t"), Bytes::new(), 1, false, i, 0).unwrap();
+        }
     }
 }

@@ -1,0 +1,322 @@
+//! Pooled MQTT connections (`connection = "pooled"`, the default): each shard keeps
+//! `pool_size` connections, and a device's messages always take the same one (by its hash).
+//!
+//! One local task per connection drives a [`Session`] (the same sans-IO protocol state as the
+//! per-device sessions) over its socket. Each turn it:
+//! 1. moves queued messages into the session while the in-flight window has room (QoS 0 has
+//!    none to fill) and the turn's output stays under [`TURN_BYTES_MAX`];
+//! 2. writes every packet the turn produced in one write: with the shard filling the queue once
+//!    per wheel turn, that is one write per wheel turn per connection, not one per message;
+//! 3. settles what the session reports: QoS 0 completes once its bytes were written ("handed to
+//!    the socket"), QoS 1 on PUBACK, QoS 2 on PUBCOMP; an MQTT 5 reason code >= 0x80 is a nack;
+//! 4. waits for bytes from the broker, new messages, the session's next timer (keep-alive,
+//!    connect timeout) or shutdown, or goes round at once when it stopped for the byte bound.
+//!
+//! A lost connection is counted and retried with the sink's jittered exponential backoff. The
+//! session keeps every unacknowledged message and, after the next CONNACK, sends them again in
+//! their original order (PUBLISH with DUP, PUBREL where PUBREC had arrived): at least once.
+//! Queued messages wait in the connection's queue under the profile's backpressure policy.
+
+use super::session::{ConnectParams, Outcome, Session, Version};
+use super::transport::{Tls, open_tcp};
+use crate::config::MqttSettings;
+use crate::measure::clock::mono_ns;
+use crate::sim::profile::Fleet;
+use crate::sink::net::{ConnEvent, NetShared, Queued};
+use bytes::Bytes;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A turn stops taking messages once this much output is waiting (bounds the write buffer and
+/// lets the connection read acknowledgements in between).
+const TURN_BYTES_MAX: usize = 256 * 1024;
+
+/// Bytes read per read call: a burst of PUBACKs (4 bytes each) is read in one go.
+const READ_BUF_BYTES: usize = 16 * 1024;
+
+/// A pooled connection's CONNECT (and TCP connect) timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every connection of one shard's pooled sink shares.
+struct Pool {
+    settings: MqttSettings,
+    version: Version,
+    tls: Option<Tls>,
+    /// Per-profile (qos, retain).
+    delivery: Vec<(u8, bool)>,
+    shared: Rc<NetShared>,
+}
+
+/// Starts every pooled connection of this shard's MQTT sink.
+pub fn start(s: &MqttSettings, fleet: &Fleet, shared: Rc<NetShared>) -> Result<(), String> {
+    let pool = Rc::new(Pool {
+        settings: s.clone(),
+        version: if s.version == 5 { Version::V5 } else { Version::V311 },
+        tls: super::transport::tls(s)?,
+        delivery: fleet
+            .profiles
+            .iter()
+            .map(|p| (p.delivery.qos.unwrap_or(s.qos), p.delivery.retain.unwrap_or(s.retain)))
+            .collect(),
+        shared,
+    });
+    for conn in 0..pool.shared.conns.len() {
+        let params = ConnectParams {
+            client_id: format!(
+                "{}-{}-s{}-c{conn}",
+                s.client_id_prefix,
+                std::process::id(),
+                pool.shared.shard()
+            ),
+            clean_session: true,
+            session_expiry_s: None,
+            username: s.username.clone(),
+            password: s.username.as_ref().map(|_| s.password.clone().unwrap_or_default()),
+            will: None,
+        };
+        tokio::task::spawn_local(run(pool.clone(), conn, params));
+    }
+    Ok(())
+}
+
+/// Why one connection ended.
+enum End {
+    /// Refused by CONNACK, or lost: counted, retried after backoff.
+    Lost(String),
+    /// Shutdown: everything settled (DISCONNECT sent) or abandoned.
+    Closing,
+}
+
+/// What a connection's task remembers across connections.
+#[derive(Default)]
+struct Link {
+    /// Failed attempts since the last CONNACK (the backoff step).
+    attempt: u32,
+    ever_connected: bool,
+    /// In an outage: reported once (StreamEvents), not once per retry.
+    failing: bool,
+}
+
+/// One pooled connection's task: connect, drive the session, reconnect with backoff.
+async fn run(pool: Rc<Pool>, conn: usize, params: ConnectParams) {
+    let shared = &pool.shared;
+    let s = &pool.settings;
+    let mut session: Session<Queued> =
+        Session::new(pool.version, s.keep_alive_ms.min(u32::MAX as u64) as u32, s.inflight);
+    session.set_connect_timeout_ms(CONNECT_TIMEOUT.as_millis() as u32);
+    let mut buf = vec![0u8; READ_BUF_BYTES];
+    let mut link = Link::default();
+    loop {
+        if shared.abandoned.get() || (shared.closing.get() && settled(&pool, conn)) {
+            abandon(&pool, conn, &mut session);
+            return;
+        }
+        let opened = tokio::select! {
+            r = open_tcp(&s.host, s.port, None, CONNECT_TIMEOUT) => r,
+            _ = shared.close.notified() => continue,
+            _ = shared.abandon.notified() => continue,
+        };
+        let end = match opened {
+            Err(e) => End::Lost(format!("connect: {e}")),
+            Ok(tcp) => match &pool.tls {
+                None => drive(&pool, conn, &mut session, &params, tcp, &mut buf, &mut link).await,
+                Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
+                    Ok(tls) => {
+                        Box::pin(drive(
+                            &pool,
+                            conn,
+                            &mut session,
+                            &params,
+                            tls,
+                            &mut buf,
+                            &mut link,
+                        ))
+                        .await
+                    }
+                    Err(e) => End::Lost(format!("tls: {e}")),
+                },
+            },
+        };
+        session.connection_lost();
+        let q = &shared.conns[conn];
+        let error = match end {
+            End::Closing => {
+                abandon(&pool, conn, &mut session);
+                return;
+            }
+            End::Lost(e) => e,
+        };
+        let Link { attempt, ever_connected, failing } = &mut link;
+        if q.connected.replace(false) {
+            shared.event("disconnect");
+            shared.conn_event(ConnEvent::Disconnected {
+                conn,
+                url: s.url.clone(),
+                error: error.clone(),
+            });
+            tracing::warn!(sink = "mqtt", shard = shared.shard(), conn, %error, "connection lost; reconnecting with backoff");
+            *failing = true;
+        } else {
+            if !*failing {
+                *failing = true;
+                shared.conn_event(ConnEvent::ConnectFailed {
+                    conn,
+                    url: s.url.clone(),
+                    error: error.clone(),
+                });
+            }
+            tracing::debug!(sink = "mqtt", shard = shared.shard(), conn, %error, "connect failed");
+        }
+        shared.event("connect_error");
+        if shared.closing.get() && !*ever_connected {
+            // Never reached the broker: `drain` counts the queue as `shutdown`.
+            abandon(&pool, conn, &mut session);
+            return;
+        }
+        tokio::select! {
+            _ = shared.backoff_sleep(*attempt) => {}
+            _ = shared.abandon.notified() => {}
+        }
+        *attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Nothing of this connection is queued or unacknowledged.
+fn settled(pool: &Pool, conn: usize) -> bool {
+    let q = &pool.shared.conns[conn];
+    q.is_empty() && q.inflight.get() == 0
+}
+
+/// At shutdown: what the session still holds unacknowledged is counted (`unconfirmed`).
+fn abandon(pool: &Pool, conn: usize, session: &mut Session<Queued>) {
+    for m in session.take_unacked() {
+        pool.shared.fail(&m, "unconfirmed");
+        pool.shared.settled(conn);
+    }
+}
+
+/// Settles what the session reports. Returns why the connection ends, if it does.
+fn settle(pool: &Pool, conn: usize, session: &mut Session<Queued>, link: &mut Link) -> Option<End> {
+    let shared = &pool.shared;
+    let q = &shared.conns[conn];
+    let mut end = None;
+    while let Some(o) = session.poll_outcome() {
+        match o {
+            Outcome::Delivered(m) => {
+                shared.complete(&m);
+                shared.settled(conn);
+            }
+            Outcome::Rejected(m, reason) => {
+                shared.fail(&m, reason);
+                shared.settled(conn);
+            }
+            Outcome::Connected { .. } => {
+                link.attempt = 0;
+                link.failing = false;
+                if std::mem::replace(&mut link.ever_connected, true) {
+                    shared.event("reconnect");
+                    tracing::info!(sink = "mqtt", shard = shared.shard(), conn, "reconnected");
+                }
+                q.connected.set(true);
+                shared.conn_event(ConnEvent::Connected { conn, url: pool.settings.url.clone() });
+            }
+            Outcome::Refused { reason } => end = Some(End::Lost(format!("refused: {reason}"))),
+            Outcome::Closed(reason) => end = Some(End::Lost(reason.as_str().to_string())),
+            // A pooled connection subscribes to nothing.
+            Outcome::Subscribed { .. } | Outcome::Command { .. } => {}
+        }
+    }
+    end
+}
+
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    pool: &Pool,
+    conn: usize,
+    session: &mut Session<Queued>,
+    params: &ConnectParams,
+    mut stream: S,
+    buf: &mut [u8],
+    link: &mut Link,
+) -> End {
+    let shared = &pool.shared;
+    let q = &shared.conns[conn];
+    session.connect(params, mono_ns());
+    loop {
+        // 1. Queued messages into the session.
+        let mut more = false;
+        if session.is_connected() {
+            let now = mono_ns();
+            while let Some(mut m) = q.pop() {
+                let (qos, retain) = pool
+                    .delivery
+                    .get(m.profile as usize)
+                    .copied()
+                    .unwrap_or((pool.settings.qos, pool.settings.retain));
+                if !session.can_publish(qos) {
+                    q.push_front(m);
+                    break;
+                }
+                m.sent_ns = now;
+                let topic = Bytes::from(std::mem::take(&mut m.topic));
+                let payload = m.payload.clone();
+                shared.sent(conn);
+                if let Err(mut back) =
+                    session.publish_bytes(topic.clone(), payload, qos, retain, m, now)
+                {
+                    back.topic = String::from_utf8_lossy(&topic).into_owned();
+                    q.push_front(back);
+                    shared.settled(conn);
+                    break;
+                }
+                if session.output_len() >= TURN_BYTES_MAX {
+                    more = true;
+                    break;
+                }
+            }
+        }
+        // 2. One write for the turn.
+        if session.has_output() {
+            if let Err(e) = stream.write_all(session.output()).await {
+                return End::Lost(format!("write: {e}"));
+            }
+            session.clear_output();
+        }
+        // 3. Outcomes (QoS 0 completes here, after its bytes were written).
+        if let Some(end) = settle(pool, conn, session, link) {
+            return end;
+        }
+        if shared.abandoned.get() {
+            return End::Closing;
+        }
+        if shared.closing.get() && settled(pool, conn) {
+            session.disconnect();
+            let _ = stream.write_all(session.output()).await;
+            session.clear_output();
+            let _ = stream.shutdown().await;
+            return End::Closing;
+        }
+        // 4. Wait for something to do.
+        if more {
+            // Stopped for the byte bound: read what is ready, let the shard run, go on.
+            tokio::task::yield_now().await;
+        }
+        let now = mono_ns();
+        let wait = session.next_timeout_ns().map(|t| Duration::from_nanos(t.saturating_sub(now)));
+        tokio::select! {
+            biased;
+            r = stream.read(buf) => match r {
+                Ok(0) => return End::Lost("closed by the broker".into()),
+                Ok(n) => session.read(&buf[..n], mono_ns()),
+                Err(e) => return End::Lost(format!("read: {e}")),
+            },
+            _ = std::future::ready(()), if more => {}
+            _ = q.wake.notified() => {}
+            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
+                session.handle_timeout(mono_ns());
+            }
+            _ = shared.close.notified() => {}
+            _ = shared.abandon.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Opening an MQTT connection's transport: TCP (optionally bound to a source address, with
+//! `TCP_NODELAY`) and TLS over it. Shared by the pooled connections and per-device sessions.
+
+use crate::config::MqttSettings;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The TLS connector and server name of `mqtts://`, built once per shard.
+pub type Tls = (rumqttc::tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>);
+
+/// Builds the TLS connector for `mqtts://` URLs (`None` for `mqtt://`).
+pub fn tls(s: &MqttSettings) -> Result<Option<Tls>, String> {
+    match &s.tls {
+        Some(_) => {
+            let cfg: Arc<rustls::ClientConfig> = super::tls_config(s)?;
+            let name = rustls::pki_types::ServerName::try_from(s.host.clone())
+                .map_err(|e| format!("sink.mqtt.url: host {:?}: {e}", s.host))?;
+            Ok(Some((rumqttc::tokio_rustls::TlsConnector::from(cfg), name)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Connects to `host:port` (each resolved address in turn), from `source` when given, with
+/// `TCP_NODELAY` (without it Nagle's algorithm holds small PUBLISH packets back until the
+/// previous one is acknowledged: measured QoS 1 p50 3 ms at 2k msg/s) and a connect timeout.
+pub async fn open_tcp(
+    host: &str,
+    port: u16,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let addrs = tokio::net::lookup_host((host, port)).await?;
+    let mut last = std::io::Error::other("no address");
+    for addr in addrs {
+        let sock = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        if let Some(ip) = source {
+            if ip.is_ipv4() != addr.is_ipv4() {
+                continue;
+            }
+            sock.bind(SocketAddr::new(ip, 0))?;
+        }
+        sock.set_nodelay(true)?;
+        match tokio::time::timeout(timeout, sock.connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"),
+        }
+    }
+    Err(last)
+}
