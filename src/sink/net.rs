@@ -43,6 +43,12 @@ pub struct ConnQueue {
     /// Wakes whoever waits for the queue to fall below half full.
     pub room: Notify,
     slowed: Cell<bool>,
+    /// A wake-up was sent and the queue was not popped since: the task is awake or holds a
+    /// permit, so the next message needs none (one wake per wheel turn, not per message).
+    /// Every consumer pops until the queue is empty (or its window is full) before it waits.
+    wake_sent: Cell<bool>,
+    /// Someone awaits `room` ([`NetShared::wait_room`]): only then does `pop` notify.
+    room_wanted: Cell<bool>,
     /// Messages handed to the protocol client and not yet completed.
     pub inflight: Cell<usize>,
     pub connected: Cell<bool>,
@@ -56,6 +62,8 @@ impl ConnQueue {
             wake: Notify::new(),
             room: Notify::new(),
             slowed: Cell::new(false),
+            wake_sent: Cell::new(false),
+            room_wanted: Cell::new(false),
             inflight: Cell::new(0),
             connected: Cell::new(false),
         }
@@ -72,9 +80,12 @@ impl ConnQueue {
     /// Takes the oldest unsent message.
     pub fn pop(&self) -> Option<Queued> {
         let m = self.items.borrow_mut().pop_front();
+        self.wake_sent.set(false);
         if m.is_some() && self.len() * 2 < self.cap {
             self.slowed.set(false);
-            self.room.notify_waiters();
+            if self.room_wanted.replace(false) {
+                self.room.notify_waiters();
+            }
         }
         m
     }
@@ -212,7 +223,9 @@ impl NetShared {
             conn.slowed.set(true);
             self.stats.borrow_mut()[profile].slowdowns += 1;
         }
-        conn.wake.notify_one();
+        if !conn.wake_sent.replace(true) {
+            conn.wake.notify_one();
+        }
     }
 
     /// Messages of `profile` queued or in flight.
@@ -261,6 +274,7 @@ impl NetShared {
         loop {
             let Some(c) = self.conns.iter().find(|c| c.len() * 2 >= c.cap) else { return };
             let notified = c.room.notified();
+            c.room_wanted.set(true);
             if c.len() * 2 < c.cap {
                 continue;
             }
@@ -286,7 +300,12 @@ impl NetShared {
 
     /// Records a delivered message.
     pub fn complete(&self, m: &Queued) {
-        let now = mono_ns();
+        self.complete_at(m, mono_ns());
+    }
+
+    /// Records a message delivered at `now` (monotonic ns): a driver settling a batch reads
+    /// the clock once for all of it.
+    pub fn complete_at(&self, m: &Queued, now: u64) {
         let latency_us = now.saturating_sub(m.intended_ns) / 1000;
         let service_us = now.saturating_sub(m.sent_ns.max(m.intended_ns)) / 1000;
         let record = |s: &mut ProfileStats| {
@@ -356,7 +375,6 @@ impl NetShared {
     pub fn settled(&self, conn: usize) {
         let c = &self.conns[conn];
         c.inflight.set(c.inflight.get().saturating_sub(1));
-        c.room.notify_waiters();
     }
 
     /// Waits (up to `timeout_ns`) for every queued and in-flight message to settle, then counts

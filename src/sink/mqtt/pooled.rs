@@ -201,10 +201,11 @@ fn settle(pool: &Pool, conn: usize, session: &mut Session<Queued>, link: &mut Li
     let shared = &pool.shared;
     let q = &shared.conns[conn];
     let mut end = None;
+    let now = mono_ns();
     while let Some(o) = session.poll_outcome() {
         match o {
             Outcome::Delivered(m) => {
-                shared.complete(&m);
+                shared.complete_at(&m, now);
                 shared.settled(conn);
             }
             Outcome::Rejected(m, reason) => {
