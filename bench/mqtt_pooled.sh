@@ -18,13 +18,15 @@
 # persistence false, max_connections -1, sys_interval 1. Never the shared one on 1883.
 #
 # Delivered = the broker's `$SYS/broker/publish/messages/received` after the publisher exited,
-# read (retained, with mosquitto_sub -C 1) until two reads 1.1 s apart agree. It counts the
-# PUBLISH packets the broker accepted, from every publisher alike, at no cost during the run: a
-# subscriber would make the broker forward every message and take CPU from the publisher on
-# this 2-core box, and mosquitto_sub itself cannot keep up with it at QoS 0.
+# once it stopped moving (see settled_received). It counts the PUBLISH packets the broker
+# accepted, from every publisher alike, at no cost during the run: a subscriber would make the
+# broker forward every message and take CPU from the publisher on this 2-core box, and
+# mosquitto_sub itself falls behind at QoS 0. It matters: mqtt-benchmark counts a message as
+# sent when it is in rumqttc's request channel and exits without waiting for its last PUBACKs
+# (up to ~2% of 40,000 QoS 1 messages never reached the broker).
 #
-# Throughput cases (each round runs them in this order: iot-sim, mqtt-benchmark, mosquitto_pub
-# at QoS 0, then the same at QoS 1):
+# Throughput cases (each round runs them in this order: iot-sim, mqtt-benchmark, mosquitto_pub,
+# iot-sim on the null sink at QoS 0, then the first three at QoS 1):
 #   iot-sim         pooled [sink.mqtt], 2 shards x pool_size 4 = 8 connections, virtual clock
 #                   (as fast as the sink takes it), 10,000 devices of the 3-field profile every
 #                   1 s for BENCH_MSGS / 10,000 sim-seconds: it generates and encodes every payload
@@ -35,7 +37,9 @@
 #                   the same size: QoS 0 with `-l` (lines from a file); QoS 1 with `--repeat` (its
 #                   lossless loop, one message in flight: `-l` at QoS 1 drops lines when its
 #                   queue is full). One process is its natural use: several on 2 cores spin
-#                   against each other (8 at QoS 1 measured 164 µs CPU per message, one 23 µs)
+#                   against each other (8 at QoS 1: 164 µs CPU per message, one: 21 µs)
+#   iot-sim-null-sink  the same iot-sim fleet on the null sink: the simulator's own CPU per
+#                   message (generation + encoding), so that the sink's share can be told apart
 # Per run: wall time (process start to exit, the same clock for all three: it includes start-up,
 # connecting and, for iot-sim, building the fleet and writing the report), CPU seconds of the
 # publisher processes (utime + stime from wait4), messages sent (the tool's own count) and
@@ -48,6 +52,7 @@
 # the window, valid while the run kept the schedule; the /metrics counter as a cross-check),
 # latency p50/p99 from the report (whole run).
 #
+# The summary holds the median of each figure over the rounds (each figure on its own).
 # Ratios are iot-sim / mqtt-benchmark of the medians; the issue's targets are printed as
 # pass/fail, not asserted (CPU per message ratio <= 1.0, delivered rate ratio >= 0.95, steady
 # QoS 0 <= 2.5 µs CPU per message).
@@ -148,7 +153,14 @@ sys.stdout.flush()
 ' "$1"
 }
 
-fleet() { # $1 = qos, $2 = clock, $3 = interval, $4 = duration; prints the fleet TOML
+fleet() { # $1 = qos (or "null": the null sink), $2 = clock, $3 = interval, $4 = duration
+  local sink proto=mqtt
+  sink="[sink.mqtt]
+url = \"mqtt://127.0.0.1:$PORT\"
+qos = $1
+pool_size = $POOL
+inflight = $INFLIGHT"
+  [[ $1 == null ]] && { sink="[sink.null]"; proto=null; }
   cat <<TOML
 [run]
 seed = 11
@@ -156,18 +168,14 @@ clock = "$2"
 start_time = "2026-03-14T00:00:00Z"
 duration = "$4"
 
-[sink.mqtt]
-url = "mqtt://127.0.0.1:$PORT"
-qos = $1
-pool_size = $POOL
-inflight = $INFLIGHT
+$sink
 
 [[fleet]]
 profile = "bench"
 count = $DEVICES
 
 [profiles.bench]
-protocol = "mqtt"
+protocol = "$proto"
 topic = "bench/{device_id}"
 interval = "$3"
 [profiles.bench.fields.temperature]
@@ -235,8 +243,9 @@ throughput_run() {
   local tool=$1 q=$2 r=$3 name="$1-q$2-r$3" specs sent="null" self_rate="null" b0 b1 got
   broker_up
   case $tool in
-    iot-sim)
-      fleet "$q" virtual 1s "$((MSGS / DEVICES))s" > "$OUT/$name.toml"
+    iot-sim|iot-sim-null-sink)
+      if [[ $tool == iot-sim ]]; then fleet "$q" virtual 1s "$((MSGS / DEVICES))s"
+      else fleet null virtual 1s "$((MSGS / DEVICES))s"; fi > "$OUT/$name.toml"
       rm -rf "$OUT/$name-report"
       specs=$(python3 -c 'import json,sys; print(json.dumps([[sys.argv[1:-1], "", sys.argv[-1]]]))' \
         "$BIN" run --config "$OUT/$name.toml" --cores "$CORES" --quiet --report-dir "$OUT/$name-report" \
@@ -272,8 +281,8 @@ PY
   b1=$(cpu_ticks "$BROKER")
   broker_down
   case $tool in
-    iot-sim)
-      [[ -f $PAYLOAD_FILE ]] || payload_from "$OUT/$name-report/report.json"
+    iot-sim|iot-sim-null-sink)
+      [[ $tool == iot-sim-null-sink || -f $PAYLOAD_FILE ]] || payload_from "$OUT/$name-report/report.json"
       sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["messages"])' "$OUT/$name-report/report.json")
       self_rate=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["runs"][0]["msgs_per_s"])' "$OUT/$name-report/report.json")
       ;;
@@ -302,7 +311,9 @@ print(json.dumps({
     "delivered_msgs_per_s": round(got / wall),
     "self_reported_msgs_per_s": round(self_rate) if self_rate is not None else None,
     "cpu_s": m["cpu_s"], "user_s": m["user_s"], "sys_s": m["sys_s"],
-    "cpu_us_per_msg": round(m["cpu_s"] * 1e6 / got, 3) if got else None,
+    # Per delivered message; the null sink delivers nothing, so per message it generated.
+    "cpu_us_per_msg": round(m["cpu_s"] * 1e6 / got, 3) if got else
+        round(m["cpu_s"] * 1e6 / sent, 3) if tool == "iot-sim-null-sink" and sent else None,
     "broker_cpu_us_per_msg": round((b1 - b0) / tck * 1e6 / got, 3) if got else None,
 }))
 PY
@@ -374,6 +385,7 @@ if [[ " $CASES " == *" throughput "* ]]; then
       for tool in iot-sim mqtt-benchmark mosquitto_pub; do
         throughput_run "$tool" "$q" "$r"
       done
+      (( q == 0 )) && throughput_run iot-sim-null-sink 0 "$r"
     done
   done
 fi
@@ -395,7 +407,7 @@ keys = ("wall_s", "sent", "delivered", "sent_msgs_per_s", "delivered_msgs_per_s"
         "self_reported_msgs_per_s", "cpu_s", "cpu_us_per_msg", "broker_cpu_us_per_msg")
 summary = {}
 for q in (0, 1):
-    for tool in ("iot-sim", "mqtt-benchmark", "mosquitto_pub"):
+    for tool in ("iot-sim", "mqtt-benchmark", "mosquitto_pub", "iot-sim-null-sink"):
         rs = [x for x in tp if x["tool"] == tool and x["qos"] == q]
         if rs:
             summary.setdefault(f"qos{q}", {})[tool] = dict(
@@ -413,6 +425,13 @@ for q, s in summary.items():
                      "delivered_rate_iot_sim_over_mqtt_benchmark": rate}
         targets[f"{q}_cpu_per_msg_ratio_le_1.0"] = "pass" if cpu is not None and cpu <= 1.0 else "fail"
         targets[f"{q}_delivered_rate_ratio_ge_0.95"] = "pass" if rate is not None and rate >= 0.95 else "fail"
+    nul = summary["qos0"].get("iot-sim-null-sink") if "qos0" in summary else None
+    if i and nul and i["cpu_us_per_msg"] is not None and nul["cpu_us_per_msg"] is not None:
+        # The simulator's own cost (generate + encode, the null sink's whole CPU per message)
+        # and what the MQTT sink adds on top of it.
+        ratios.setdefault(q, {}).update({
+            "iot_sim_generate_encode_cpu_us_per_msg": nul["cpu_us_per_msg"],
+            "iot_sim_mqtt_sink_cpu_us_per_msg": round(i["cpu_us_per_msg"] - nul["cpu_us_per_msg"], 3)})
     if i and mp:
         ratios.setdefault(q, {}).update({
             "cpu_per_msg_iot_sim_over_mosquitto_pub": ratio(i["cpu_us_per_msg"], mp["cpu_us_per_msg"]),
