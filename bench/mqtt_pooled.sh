@@ -6,7 +6,9 @@
 #   BENCH_REPS=3             rounds of the throughput cases; the summary is the median per case
 #   BENCH_STEADY_SECONDS=30  length of each steady case (its CPU window excludes 5 s at the start
 #                            and 3 s at the end)
-#   BENCH_CASES="throughput steady"   a subset runs only those
+#   BENCH_CASES="throughput steady"   a subset runs only those (the summary reads the other
+#                            cases' last results from target/bench/mqtt_pooled/runs; "none" only
+#                            prints the summary again)
 #   BENCH_BIN=path           the iot-sim binary (default target/release/iot-sim, built first
 #                            unless BENCH_NO_BUILD is set)
 #   BENCH_LABEL="..."        a free-text label written into the JSON (e.g. which engine)
