@@ -10,7 +10,13 @@
 //! session, the connect parameters and a 512-byte read buffer: no per-device thread, no big
 //! buffers (see `bench/mqtt_sessions.sh` for the measured memory per session).
 //!
-//! Connections are paced by `connect_rate` (per runtime, split evenly across shards); a refused
+//! Connections are paced by `connect_rate` (per runtime, split evenly across shards) and bounded
+//! by `max_connecting`: at most that many sessions of the runtime (split the same way) are between
+//! their connect turn and their CONNACK at once (TCP connect, TLS handshake, CONNECT written).
+//! A burst beyond the broker's listen backlog (Mosquitto's is 100) has its SYNs dropped, and the
+//! kernel sends a dropped SYN again only after 1 s, then 3 s, ...: without the bound a fleet
+//! ramping faster than the broker accepts spends seconds in retransmits and connect timeouts;
+//! with it the ramp runs at what the broker takes. A refused
 //! or failed attempt is counted by reason and retried after the sink's jittered backoff. Counts
 //! go to the sink's event counters (report `sink_events`, Prometheus): `session_connect_attempt`,
 //! `session_connected`, `session_reconnected`, `session_refused_<reason>`, `session_lost`,
@@ -71,6 +77,10 @@ pub struct Devices {
     /// Connect pacing: the earliest time the next attempt may start, and the spacing.
     next_connect_ns: Cell<u64>,
     connect_spacing_ns: u64,
+    /// Sessions of this shard between their connect turn and their CONNACK (`max_connecting`
+    /// per shard): a permit is taken before the connect slot and given back on CONNACK or
+    /// when the attempt fails.
+    connecting: tokio::sync::Semaphore,
     next_source: Cell<usize>,
     /// Sessions connected now.
     connected: Cell<u64>,
@@ -120,6 +130,9 @@ impl Devices {
             by_hash: RefCell::new(BTreeMap::new()),
             next_connect_ns: Cell::new(0),
             connect_spacing_ns: 1_000_000_000 * shards.max(1) as u64 / pd.connect_rate.max(1),
+            connecting: tokio::sync::Semaphore::new(
+                (pd.max_connecting / shards.max(1) as u64).max(1) as usize,
+            ),
             next_source: Cell::new(shared.shard()),
             connected: Cell::new(0),
             shared,
@@ -411,11 +424,13 @@ async fn run(
         // Waiting for a connect slot or a TCP connect gives way to shutdown at once, so the
         // task gets to count what its device still holds.
         let open = async {
+            // Never closed, so `acquire` does not fail.
+            let permit = ctx.connecting.acquire().await.ok();
             ctx.connect_slot().await;
             ctx.shared.event("session_connect_attempt");
-            ctx.open().await
+            (permit, ctx.open().await)
         };
-        let opened = tokio::select! {
+        let (mut permit, opened) = tokio::select! {
             r = open => r,
             _ = ctx.shared.close.notified() => {
                 finish(&ctx, &dev, &mut session);
@@ -426,28 +441,25 @@ async fn run(
             Err(e) => End::Lost(format!("connect: {e}")),
             Ok(tcp) => match &ctx.tls {
                 None => {
-                    drive(&ctx, &dev, &mut session, &params, &topics, tcp, &mut ever_connected)
-                        .await
+                    let link = Link { params: &params, topics: &topics, connecting: &mut permit };
+                    drive(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
                 }
                 Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
                     // Boxed: the TLS stream is large, and a plain session should not carry
                     // room for it in its task.
                     Ok(tls) => {
-                        Box::pin(drive(
-                            &ctx,
-                            &dev,
-                            &mut session,
-                            &params,
-                            &topics,
-                            tls,
-                            &mut ever_connected,
-                        ))
-                        .await
+                        let link =
+                            Link { params: &params, topics: &topics, connecting: &mut permit };
+                        Box::pin(drive(&ctx, &dev, &mut session, link, tls, &mut ever_connected))
+                            .await
                     }
                     Err(e) => End::Lost(format!("tls: {e}")),
                 },
             },
         };
+        // The attempt is over (or was connected): the next session may connect, before this
+        // one's backoff.
+        drop(permit);
         session.connection_lost();
         match end {
             End::Closing => {
@@ -495,15 +507,23 @@ fn finish(ctx: &Devices, dev: &Device, session: &mut Session<Token>) {
     }
 }
 
+/// What one connection of a device's task works with besides the session.
+struct Link<'a, 'p> {
+    params: &'a ConnectParams,
+    topics: &'a Topics,
+    /// The `max_connecting` permit of this attempt, given back on CONNACK.
+    connecting: &'a mut Option<tokio::sync::SemaphorePermit<'p>>,
+}
+
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Devices,
     dev: &Device,
     session: &mut Session<Token>,
-    params: &ConnectParams,
-    topics: &Topics,
+    link: Link<'_, '_>,
     mut stream: S,
     ever_connected: &mut bool,
 ) -> End {
+    let Link { params, topics, connecting } = link;
     session.connect(params, mono_ns());
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
     let mut buf = [0u8; 512];
@@ -540,6 +560,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             match o {
                 Outcome::Connected { .. } => {
                     up = true;
+                    *connecting = None;
                     ctx.connected.set(ctx.connected.get() + 1);
                     ctx.shared.event("session_connected");
                     if std::mem::replace(ever_connected, true) {
