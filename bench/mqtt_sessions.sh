@@ -130,6 +130,12 @@ EOF
 
 established() { ss -Htn state established "( dport = :$PORT )" | wc -l; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# The kernel's counts of SYNs dropped at a full listen queue (ListenOverflows, ListenDrops): on
+# this machine's whole network stack, so other users' load counts too.
+listen_drops() {
+  awk '/^TcpExt:/ { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 }
+    else for (i = 2; i <= NF; i++) if (n[i] == "ListenOverflows" || n[i] == "ListenDrops") printf "%s ", $i }' /proc/net/netstat
+}
 # Busy and total ticks of the whole machine (/proc/stat: all but idle and iowait are busy).
 machine_ticks() { awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t-$5-$6, t}' /proc/stat; }
 TCK=$(getconf CLK_TCK)
@@ -144,6 +150,8 @@ run_case() { # $1 = case; prints a JSON object on stdout
   local c=$1 t0 connect_s="null" storm_s="null" cpu1 cpu2 sources="{}" now
   fleet "$c"
   rm -rf "$OUT/$c-report"
+  local drops0
+  drops0=$(listen_drops)
   t0=$(date +%s.%N)
   "$BIN" run --config "$OUT/$c.toml" --cores "$CORES" --quiet --admin 127.0.0.1:0 --report-dir "$OUT/$c-report" > "$OUT/$c.out" 2> "$OUT/$c.log" &
   RUN=$!
@@ -191,8 +199,10 @@ run_case() { # $1 = case; prints a JSON object on stdout
   fi
   wait $RUN || { cat "$OUT/$c.log" >&2; exit 1; }
   RUN=""
+  local drops1
+  drops1=$(listen_drops)
   python3 - "$OUT/$c-report/report.json" "$c" "$connect_s" "$storm_s" "$cpu1" "$cpu2" "$TCK" "$N" "$sources" "$idle_rss" "$OUT/$c.m1" "$OUT/$c.m2" \
-    "${win_s:-0}" "${bcpu1:-0}" "${bcpu2:-0}" "${mb1:-0} ${mt1:-0} ${mb2:-0} ${mt2:-0}" "$STEADY_AT" <<'EOF'
+    "${win_s:-0}" "${bcpu1:-0}" "${bcpu2:-0}" "${mb1:-0} ${mt1:-0} ${mb2:-0} ${mt2:-0}" "$STEADY_AT" "$drops0" "$drops1" <<'EOF'
 import json, os, re, sys
 r = json.load(open(sys.argv[1]))
 c, connect_s, storm_s = sys.argv[2], sys.argv[3], sys.argv[4]
@@ -231,6 +241,10 @@ if cpu2 > cpu1 > 0 and win_s > 0:
         "machine_busy_share": round((mb2 - mb1) / (mt2 - mt1), 3) if mt2 > mt1 else None,
     }
     out["steady_cpu_us_per_msg"] = out["steady_window"]["cpu_us_per_msg"]
+d0, d1 = [int(x) for x in sys.argv[18].split()], [int(x) for x in sys.argv[19].split()]
+if len(d0) == 2 and len(d1) == 2:
+    out["kernel_listen_overflows"] = d1[0] - d0[0]
+    out["kernel_listen_drops"] = d1[1] - d0[1]
 if c in ("sessions", "idle", "storm"):
     out["max_connecting"] = int(os.environ.get("BENCH_MAX_CONNECTING") or 100)
 if connect_s != "null":
