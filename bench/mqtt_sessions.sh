@@ -4,6 +4,7 @@
 #
 #   BENCH_SESSIONS=19000  BENCH_SECONDS=40  BENCH_CORES=2  BENCH_STEADY_AT=15
 #   BENCH_MAX_CONNECTING=N  (per-device `max_connecting`; unset: the default, 100)
+#   BENCH_CONNECT_RATE=5000  (per-device `connect_rate`)
 #   BENCH_CASES="null pooled sessions storm"  (a subset reruns those cases; the summary reads the
 #   other cases' last results from target/bench/mqtt_sessions/)
 #
@@ -35,6 +36,7 @@ N=${BENCH_SESSIONS:-19000}
 SECS=${BENCH_SECONDS:-40}
 STEADY_AT=${BENCH_STEADY_AT:-15}
 MAXC=${BENCH_MAX_CONNECTING:-}
+RATE=${BENCH_CONNECT_RATE:-5000}
 CORES=${BENCH_CORES:-2}
 OUT=target/bench/mqtt_sessions
 mkdir -p "$OUT"
@@ -81,7 +83,7 @@ qos = 1
 backoff_initial = \"100ms\"
 backoff_max = \"2s\"
 [sink.mqtt.per_device]
-connect_rate = 5000
+connect_rate = $RATE
 keep_alive = \"60s\"
 inflight = 4
 queue_size = 100
@@ -247,6 +249,7 @@ if len(d0) == 2 and len(d1) == 2:
     out["kernel_listen_drops"] = d1[1] - d0[1]
 if c in ("sessions", "idle", "storm"):
     out["max_connecting"] = int(os.environ.get("BENCH_MAX_CONNECTING") or 100)
+    out["connect_rate"] = int(os.environ.get("BENCH_CONNECT_RATE") or 5000)
 if connect_s != "null":
     out["connect_all_s"] = float(connect_s)
     out["source_addresses_seen"] = json.loads(sys.argv[9])
