@@ -9,21 +9,22 @@
 #   other cases' last results from target/bench/mqtt_sessions/)
 #
 # Against a private mosquitto (free port, max_connections -1, set_tcp_nodelay true; never the
-# shared one on 1883), BENCH_SESSIONS devices each publishing every second at QoS 1:
+# shared one on 1883), BENCH_SESSIONS devices each publishing every second at QoS 1.
 # The null, pooled and sessions runs carry a scenario with two phases: "connect" from 0 s and
 # "steady" from BENCH_STEADY_AT s (sim time = wall time from the run start) to the end. Every
 # message counts in the phase of its intended time (report.json `phases`), so the steady figures
 # are exact HDR percentiles of every message produced in the steady phase, nothing left out;
 # whatever was still queued from the connect phase delays them and shows. CPU per message is
 # measured in a window inside the steady phase (1 s after it starts, to 2 s before the end), for
-# iot-sim and for the broker, beside the whole machine's busy share (other work on it).
+# iot-sim and for the broker, beside the whole machine's busy share (other work on it). Each
+# case also counts the kernel's listen-queue drops (SYNs a full backlog dropped). Cases:
 #   null      the same fleet on the null sink: the baseline for memory and CPU
 #   pooled    the same fleet through the pooled MQTT sink (4 connections per shard, rumqttc)
 #   sessions  every device its own session, connect_rate 5000/s, sockets bound round-robin to
 #             127.0.0.2 and 127.0.0.3: time until all are connected (established sockets
 #             counted with `ss` every 100 ms), RSS over the null baseline per session, CPU per
-#             message in a steady 5 s window (from /proc/PID/stat), latency from intended time
-#             (report), source addresses the sockets used
+#             message in the steady window (from /proc/PID/stat), latency per phase from
+#             intended time (report), source addresses the sockets used
 #   idle      the sessions fleet with interval = "1h" (sessions start with the process, so the
 #             fleet connects before its devices publish; ~1% publish within the run): RSS once
 #             every session is connected, over the null baseline, per idle session
