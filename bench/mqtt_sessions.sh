@@ -2,19 +2,29 @@
 # Per-device MQTT sessions (issue 11). Prints one JSON object (also written to
 # target/bench/mqtt_sessions/result.json).
 #
-#   BENCH_SESSIONS=19000  BENCH_SECONDS=40  BENCH_CORES=2
+#   BENCH_SESSIONS=19000  BENCH_SECONDS=40  BENCH_CORES=2  BENCH_STEADY_AT=15
+#   BENCH_MAX_CONNECTING=N  (per-device `max_connecting`; unset: the default, 100)
+#   BENCH_CONNECT_RATE=5000  (per-device `connect_rate`)
 #   BENCH_CASES="null pooled sessions storm"  (a subset reruns those cases; the summary reads the
 #   other cases' last results from target/bench/mqtt_sessions/)
 #
 # Against a private mosquitto (free port, max_connections -1, set_tcp_nodelay true; never the
-# shared one on 1883), BENCH_SESSIONS devices each publishing every second at QoS 1:
+# shared one on 1883), BENCH_SESSIONS devices each publishing every second at QoS 1.
+# The null, pooled and sessions runs carry a scenario with two phases: "connect" from 0 s and
+# "steady" from BENCH_STEADY_AT s (sim time = wall time from the run start) to the end. Every
+# message counts in the phase of its intended time (report.json `phases`), so the steady figures
+# are exact HDR percentiles of every message produced in the steady phase, nothing left out;
+# whatever was still queued from the connect phase delays them and shows. CPU per message is
+# measured in a window inside the steady phase (1 s after it starts, to 2 s before the end), for
+# iot-sim and for the broker, beside the whole machine's busy share (other work on it). Each
+# case also counts the kernel's listen-queue drops (SYNs a full backlog dropped). Cases:
 #   null      the same fleet on the null sink: the baseline for memory and CPU
 #   pooled    the same fleet through the pooled MQTT sink (4 connections per shard, rumqttc)
 #   sessions  every device its own session, connect_rate 5000/s, sockets bound round-robin to
 #             127.0.0.2 and 127.0.0.3: time until all are connected (established sockets
 #             counted with `ss` every 100 ms), RSS over the null baseline per session, CPU per
-#             message in a steady 5 s window (from /proc/PID/stat), latency from intended time
-#             (report), source addresses the sockets used
+#             message in the steady window (from /proc/PID/stat), latency per phase from
+#             intended time (report), source addresses the sockets used
 #   idle      the sessions fleet with interval = "1h" (sessions start with the process, so the
 #             fleet connects before its devices publish; ~1% publish within the run): RSS once
 #             every session is connected, over the null baseline, per idle session
@@ -25,6 +35,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${BENCH_SESSIONS:-19000}
 SECS=${BENCH_SECONDS:-40}
+STEADY_AT=${BENCH_STEADY_AT:-15}
+MAXC=${BENCH_MAX_CONNECTING:-}
+RATE=${BENCH_CONNECT_RATE:-5000}
 CORES=${BENCH_CORES:-2}
 OUT=target/bench/mqtt_sessions
 mkdir -p "$OUT"
@@ -71,18 +84,34 @@ qos = 1
 backoff_initial = \"100ms\"
 backoff_max = \"2s\"
 [sink.mqtt.per_device]
-connect_rate = 5000
+connect_rate = $RATE
 keep_alive = \"60s\"
 inflight = 4
 queue_size = 100
-source_addresses = [\"127.0.0.2\", \"127.0.0.3\"]" ; proto=mqtt ; profile_extra='connection = "per_device"' ;;
+source_addresses = [\"127.0.0.2\", \"127.0.0.3\"]${MAXC:+
+max_connecting = $MAXC}" ; proto=mqtt ; profile_extra='connection = "per_device"' ;;
   esac
+  local scenario=""
+  if [[ $1 == null || $1 == pooled || $1 == sessions ]]; then
+    scenario="scenario = \"$1-phases.toml\""
+    cat > "$OUT/$1-phases.toml" <<EOF
+name = "mqtt_sessions_phases"
+duration = "${SECS}s"
+[[step]]
+at = "0s"
+phase = "connect"
+[[step]]
+at = "${STEADY_AT}s"
+phase = "steady"
+EOF
+  fi
   cat > "$OUT/$1.toml" <<EOF
 [run]
 seed = 1
 clock = "realtime"
 start_time = "2026-03-14T00:00:00Z"
 duration = "${SECS}s"
+$scenario
 
 $sink
 
@@ -104,6 +133,14 @@ EOF
 
 established() { ss -Htn state established "( dport = :$PORT )" | wc -l; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# The kernel's counts of SYNs dropped at a full listen queue (ListenOverflows, ListenDrops): on
+# this machine's whole network stack, so other users' load counts too.
+listen_drops() {
+  awk '/^TcpExt:/ { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 }
+    else for (i = 2; i <= NF; i++) if (n[i] == "ListenOverflows" || n[i] == "ListenDrops") printf "%s ", $i }' /proc/net/netstat
+}
+# Busy and total ticks of the whole machine (/proc/stat: all but idle and iowait are busy).
+machine_ticks() { awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t-$5-$6, t}' /proc/stat; }
 TCK=$(getconf CLK_TCK)
 
 scrape() { # $1 = file: the run's /metrics now (admin address from its log)
@@ -116,6 +153,8 @@ run_case() { # $1 = case; prints a JSON object on stdout
   local c=$1 t0 connect_s="null" storm_s="null" cpu1 cpu2 sources="{}" now
   fleet "$c"
   rm -rf "$OUT/$c-report"
+  local drops0
+  drops0=$(listen_drops)
   t0=$(date +%s.%N)
   "$BIN" run --config "$OUT/$c.toml" --cores "$CORES" --quiet --admin 127.0.0.1:0 --report-dir "$OUT/$c-report" > "$OUT/$c.out" 2> "$OUT/$c.log" &
   RUN=$!
@@ -150,22 +189,31 @@ run_case() { # $1 = case; prints a JSON object on stdout
     (( $(established) >= N )) && storm_s=$(python3 -c "print(round($now - $down, 2))")
     cpu1=0; cpu2=0
   else
-    # Steady window: 2 s after everything connected, 5 s long.
-    sleep 2
+    # Steady window: from 1 s into the steady phase to 2 s before the end (sim time 0 is a
+    # little after t0, so the window stays inside the phase).
+    local win_s=$(( SECS - STEADY_AT - 3 ))
+    (( win_s >= 1 )) || { echo "BENCH_SECONDS must exceed BENCH_STEADY_AT + 3" >&2; exit 2; }
+    python3 -c "import time; time.sleep(max(0.0, $t0 + $STEADY_AT + 1 - time.time()))"
     scrape "$OUT/$c.m1"
-    cpu1=$(cpu_ticks $RUN); sleep 5; cpu2=$(cpu_ticks $RUN)
+    cpu1=$(cpu_ticks $RUN); bcpu1=$(cpu_ticks $BROKER); read -r mb1 mt1 < <(machine_ticks)
+    sleep "$win_s"
+    cpu2=$(cpu_ticks $RUN); bcpu2=$(cpu_ticks $BROKER); read -r mb2 mt2 < <(machine_ticks)
     scrape "$OUT/$c.m2"
   fi
   wait $RUN || { cat "$OUT/$c.log" >&2; exit 1; }
   RUN=""
-  python3 - "$OUT/$c-report/report.json" "$c" "$connect_s" "$storm_s" "$cpu1" "$cpu2" "$TCK" "$N" "$sources" "$idle_rss" "$OUT/$c.m1" "$OUT/$c.m2" <<'EOF'
+  local drops1
+  drops1=$(listen_drops)
+  python3 - "$OUT/$c-report/report.json" "$c" "$connect_s" "$storm_s" "$cpu1" "$cpu2" "$TCK" "$N" "$sources" "$idle_rss" "$OUT/$c.m1" "$OUT/$c.m2" \
+    "${win_s:-0}" "${bcpu1:-0}" "${bcpu2:-0}" "${mb1:-0} ${mt1:-0} ${mb2:-0} ${mt2:-0}" "$STEADY_AT" "$drops0" "$drops1" <<'EOF'
 import json, os, re, sys
 r = json.load(open(sys.argv[1]))
 c, connect_s, storm_s = sys.argv[2], sys.argv[3], sys.argv[4]
 cpu1, cpu2, tck, n = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
+win_s, bcpu1, bcpu2 = int(sys.argv[13]), int(sys.argv[14]), int(sys.argv[15])
+mb1, mt1, mb2, mt2 = (int(x) for x in sys.argv[16].split())
 row = r["runs"][0]
 ev = {k: v for k, v in r.get("sink_events", {}).items()}
-steady_cpu_s = (cpu2 - cpu1) / tck
 out = {
     "case": c,
     "sessions": n,
@@ -176,9 +224,33 @@ out = {
     "latency_us": {k: row["latency_us"].get(k) for k in ("p50", "p99", "p999", "max")},
     "sink_events": ev,
 }
-if cpu2 > cpu1 > 0:
-    # Each device publishes once a second: n messages per second in the window.
-    out["steady_cpu_us_per_msg"] = round(steady_cpu_s * 1e6 / (5 * n), 2)
+def count(path):
+    # Messages completed so far (the latency histogram's count, every label set).
+    if not os.path.exists(path):
+        return None
+    return sum(int(float(m.group(1))) for m in re.finditer(
+        r'^iot_sim_publish_latency_seconds_count(?:\{[^}]*\})? (\S+)', open(path).read(), re.M))
+if cpu2 > cpu1 > 0 and win_s > 0:
+    # Each device publishes once a second: n messages produced per second of the window.
+    cpu_s = (cpu2 - cpu1) / tck
+    done = (count(sys.argv[12]) or 0) - (count(sys.argv[11]) or 0)
+    out["steady_window"] = {
+        "starts_s": int(sys.argv[17]) + 1, "seconds": win_s,
+        "produced": n * win_s, "completed": done,
+        "cpu_us_per_msg": round(cpu_s * 1e6 / (win_s * n), 2),
+        "cpu_us_per_completed_msg": round(cpu_s * 1e6 / done, 2) if done > 0 else None,
+        "iot_sim_cores": round(cpu_s / win_s, 3),
+        "broker_cores": round((bcpu2 - bcpu1) / tck / win_s, 3),
+        "machine_busy_share": round((mb2 - mb1) / (mt2 - mt1), 3) if mt2 > mt1 else None,
+    }
+    out["steady_cpu_us_per_msg"] = out["steady_window"]["cpu_us_per_msg"]
+d0, d1 = [int(x) for x in sys.argv[18].split()], [int(x) for x in sys.argv[19].split()]
+if len(d0) == 2 and len(d1) == 2:
+    out["kernel_listen_overflows"] = d1[0] - d0[0]
+    out["kernel_listen_drops"] = d1[1] - d0[1]
+if c in ("sessions", "idle", "storm"):
+    out["max_connecting"] = int(os.environ.get("BENCH_MAX_CONNECTING") or 100)
+    out["connect_rate"] = int(os.environ.get("BENCH_CONNECT_RATE") or 5000)
 if connect_s != "null":
     out["connect_all_s"] = float(connect_s)
     out["source_addresses_seen"] = json.loads(sys.argv[9])
@@ -186,26 +258,18 @@ if storm_s != "null":
     out["storm_back_all_s"] = float(storm_s)
 if int(sys.argv[10]) > 0:
     out["rss_bytes_all_connected"] = int(sys.argv[10])
-def buckets(path):
-    b = {}
-    if os.path.exists(path):
-        for m in re.finditer(r'^iot_sim_publish_latency_seconds_bucket\{le="([^"]+)"[^}]*\} (\d+)', open(path).read(), re.M):
-            le = float("inf") if m.group(1) in ("+Inf", "1.7976931348623157e308") else float(m.group(1))
-            b[le] = b.get(le, 0) + int(m.group(2))
-    return b
-b1, b2 = buckets(sys.argv[11]), buckets(sys.argv[12])
-if b2:
-    # Steady window (the 5 s CPU window, after every session connected): latency of the messages
-    # completed in it, from /metrics histogram deltas: the upper bound of the bucket holding
-    # each percentile (buckets 1, 2.5, 5, 10, 25 ms ...), not an exact figure.
-    d = sorted((le, b2[le] - b1.get(le, 0)) for le in b2)
-    total = d[-1][1]
-    def q(f):
-        for le, c in d:
-            if c >= f * total:
-                return None if le == float("inf") else le * 1e6
-    out["steady_latency_us_bucket_bound"] = {"count": total, "p50": q(0.5), "p99": q(0.99), "p999": q(0.999)} \
-        if total > 0 else {"count": 0}
+# Scenario phases (exact HDR percentiles over every message whose intended time is in the phase).
+ph = {}
+for p in r.get("phases", []):
+    prow = (p.get("runs") or [{}])[0]
+    lat = prow.get("latency_us", {})
+    ph[p["name"]] = {
+        "messages": p.get("messages"),
+        "errors": prow.get("errors"), "dropped": prow.get("dropped"),
+        "latency_us": {k: lat.get(k) for k in ("count", "p50", "p99", "p999", "max")},
+    }
+if ph:
+    out["phases"] = ph
 print(json.dumps(out))
 EOF
 }
@@ -225,8 +289,13 @@ res = {
         "rss_per_session_bytes_over_null": round((s["peak_rss_bytes"] - b["peak_rss_bytes"]) / n),
         "rss_per_idle_session_bytes_over_null": round((i["rss_bytes_all_connected"] - b["peak_rss_bytes"]) / n)
             if i.get("rss_bytes_all_connected") else None,
-        "steady_latency_us_bucket_bound_sessions": s.get("steady_latency_us_bucket_bound"),
-        "steady_latency_us_bucket_bound_pooled": p.get("steady_latency_us_bucket_bound"),
+        "steady_phase_latency_us_sessions": s.get("phases", {}).get("steady", {}).get("latency_us"),
+        "steady_phase_latency_us_pooled": p.get("phases", {}).get("steady", {}).get("latency_us"),
+        "steady_phase_latency_us_null": b.get("phases", {}).get("steady", {}).get("latency_us"),
+        "steady_window_broker_cores_sessions": s.get("steady_window", {}).get("broker_cores"),
+        "steady_window_broker_cores_pooled": p.get("steady_window", {}).get("broker_cores"),
+        "connect_errors_sessions": s["sink_events"].get("mqtt.session_connect_error", 0),
+        "max_connecting_sessions": s.get("max_connecting"),
         "connect_all_s_idle": i.get("connect_all_s"),
         "steady_cpu_us_per_msg_sessions": s.get("steady_cpu_us_per_msg"),
         "steady_cpu_us_per_msg_pooled": p.get("steady_cpu_us_per_msg"),

@@ -27,6 +27,8 @@ pub const MAX_SOURCE_ADDRESSES: usize = 256;
 pub const MAX_DEVICE_QUEUE: usize = 100_000;
 /// Highest `[sink.mqtt.per_device] connect_rate` (connections per second per runtime).
 pub const MAX_CONNECT_RATE: u64 = 1_000_000;
+/// Highest `[sink.mqtt.per_device] max_connecting` (sessions connecting at once per runtime).
+pub const MAX_CONNECTING: u64 = 1_000_000;
 /// Largest MQTT packet a per-device session accepts from the broker (a command), in bytes.
 pub const MAX_INCOMING_MQTT_PACKET: usize = 1 << 20;
 

@@ -8,7 +8,7 @@ use common::mqtt::{Broker, Subscriber};
 use common::*;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A fleet of `devices` per-device sessions publishing every `interval` for `duration`.
 fn fleet(
@@ -374,12 +374,56 @@ fn sockets_bind_round_robin_to_the_source_addresses() {
 }
 
 #[test]
+fn max_connecting_bounds_the_sessions_waiting_for_their_connack() {
+    // A listener that takes every connection and never answers CONNECT: each attempt waits its
+    // connect timeout (500 ms), closes and retries. It notes when each connection came and went.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let spans =
+        std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, Option<Instant>)>::new()));
+    let seen = spans.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let i = {
+                let mut s = seen.lock().unwrap();
+                s.push((Instant::now(), None));
+                s.len() - 1
+            };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 512];
+                while matches!(std::io::Read::read(&mut conn, &mut buf), Ok(n) if n > 0) {}
+                seen.lock().unwrap()[i].1 = Some(Instant::now());
+            });
+        }
+    });
+    let dir = readable_dir();
+    let per_device = "max_connecting = 2\nconnect_rate = 1000\nconnect_timeout = \"500ms\"";
+    let toml = fleet(port, "unused", per_device, 6, "1h", "2s");
+    let r = run_ok(dir.path(), &toml, &["--cores", "2"]);
+    let spans = spans.lock().unwrap().clone();
+    // Every device got its turn, two at a time (one per shard).
+    assert!(spans.len() >= 6, "{} connections", spans.len());
+    // Open at a connection's arrival + 100 ms (past the few ms the listener takes to notice a
+    // close): never more than max_connecting.
+    let end = Instant::now();
+    for (at, _) in &spans {
+        let t = *at + Duration::from_millis(100);
+        let open = spans.iter().filter(|(a, e)| *a <= t && e.unwrap_or(end) > t).count();
+        assert!(open <= 2, "{open} connections waiting for CONNACK at once: {spans:?}");
+    }
+    let ev = &r["sink_events"];
+    assert!(ev["mqtt.session_connect_error"].as_u64().unwrap_or(0) >= 6, "{ev}");
+}
+
+#[test]
 fn bad_per_device_settings_are_config_errors_with_paths() {
     let dir = tempfile::tempdir().unwrap();
     let toml = fleet(
         1,
         "x",
-        "client_id = \"all-the-same\"\nconnect_rate = 0\nwill_payload = \"bye\"\nsubscribe = \"a/#/b\"\nsource_addresses = [\"192.0.2.1\"]",
+        "client_id = \"all-the-same\"\nconnect_rate = 0\nmax_connecting = -1\nwill_payload = \"bye\"\nsubscribe = \"a/#/b\"\nsource_addresses = [\"192.0.2.1\"]",
         1,
         "1s",
         "1s",
@@ -391,6 +435,7 @@ fn bad_per_device_settings_are_config_errors_with_paths() {
     for want in [
         "sink.mqtt.per_device.client_id: must contain {device_id}",
         "sink.mqtt.per_device.connect_rate: must be between 1 and 1000000, got 0",
+        "sink.mqtt.per_device.max_connecting: must be between 1 and 1000000, got -1",
         "sink.mqtt.per_device.will_payload: a will needs will_topic",
         "sink.mqtt.per_device.subscribe: not a valid MQTT topic filter",
         "sink.mqtt.per_device.source_addresses[0]: cannot bind \"192.0.2.1\"",

@@ -11,7 +11,7 @@ use super::walk::{Problems, Table};
 use crate::sim::profile::TopicTemplate;
 use std::net::IpAddr;
 
-use crate::limits::{MAX_CONNECT_RATE, MAX_DEVICE_QUEUE, MAX_SOURCE_ADDRESSES};
+use crate::limits::{MAX_CONNECT_RATE, MAX_CONNECTING, MAX_DEVICE_QUEUE, MAX_SOURCE_ADDRESSES};
 
 /// Where a device's password comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +48,11 @@ pub struct PerDeviceSettings {
     pub queue_size: usize,
     /// New connections per second, for the whole runtime (split evenly across shards).
     pub connect_rate: u64,
+    /// Sessions connecting at once (TCP connect, TLS handshake, CONNACK pending), for the whole
+    /// runtime (split evenly across shards, at least one per shard). A broker's listen backlog
+    /// (Mosquitto's is 100) drops the SYNs of a burst beyond it, and a dropped SYN is only sent
+    /// again after a second: the bound keeps a ramp at the rate the broker accepts instead.
+    pub max_connecting: u64,
     pub connect_timeout_ms: u64,
     pub source_addresses: Vec<IpAddr>,
     pub will: Option<WillTemplate>,
@@ -68,6 +73,7 @@ impl Default for PerDeviceSettings {
             inflight: 8,
             queue_size: 100,
             connect_rate: 1000,
+            max_connecting: 100,
             connect_timeout_ms: 10_000,
             source_addresses: vec![],
             will: None,
@@ -195,6 +201,9 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
     if let Some(n) = int_in(&mut t, "connect_rate", 1, MAX_CONNECT_RATE as i64, p) {
         s.connect_rate = n as u64;
     }
+    if let Some(n) = int_in(&mut t, "max_connecting", 1, MAX_CONNECTING as i64, p) {
+        s.max_connecting = n as u64;
+    }
     if let Some(ms) = t.duration_ms("connect_timeout", p) {
         if ms == 0 {
             p.add(t.path_of("connect_timeout"), "must be greater than 0, got 0");
@@ -288,6 +297,7 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
             "inflight",
             "queue_size",
             "connect_rate",
+            "max_connecting",
             "connect_timeout",
             "source_addresses",
             "will_topic",
@@ -330,6 +340,7 @@ mod tests {
             r#"
             client_id = "fleet-a"
             connect_rate = 0
+            max_connecting = 0
             will_payload = "gone"
             subscribe = "devices/#/cmd"
             source_addresses = ["203.0.113.9", "nope"]
@@ -341,6 +352,7 @@ mod tests {
             "sink.mqtt.per_device.client_id: must contain {device_id}",
             "\"fleet-a\"",
             "sink.mqtt.per_device.connect_rate: must be between 1 and 1000000, got 0",
+            "sink.mqtt.per_device.max_connecting: must be between 1 and 1000000, got 0",
             "sink.mqtt.per_device.will_payload: a will needs will_topic",
             "sink.mqtt.per_device.subscribe: not a valid MQTT topic filter, got \"devices/#/cmd\"",
             "sink.mqtt.per_device.source_addresses[0]: cannot bind \"203.0.113.9\"",

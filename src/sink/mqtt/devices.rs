@@ -10,7 +10,13 @@
 //! session, the connect parameters and a 512-byte read buffer: no per-device thread, no big
 //! buffers (see `bench/mqtt_sessions.sh` for the measured memory per session).
 //!
-//! Connections are paced by `connect_rate` (per runtime, split evenly across shards); a refused
+//! Connections are paced by `connect_rate` (per runtime, split evenly across shards) and bounded
+//! by `max_connecting`: at most that many sessions of the runtime (split the same way) are between
+//! their connect turn and their CONNACK at once (TCP connect, TLS handshake, CONNECT written).
+//! A burst beyond the broker's listen backlog (Mosquitto's is 100) has its SYNs dropped, and the
+//! kernel sends a dropped SYN again only after 1 s, then 3 s, ...: without the bound a fleet
+//! ramping faster than the broker accepts spends seconds in retransmits and connect timeouts;
+//! with it the ramp runs at what the broker takes. A refused
 //! or failed attempt is counted by reason and retried after the sink's jittered backoff. Counts
 //! go to the sink's event counters (report `sink_events`, Prometheus): `session_connect_attempt`,
 //! `session_connected`, `session_reconnected`, `session_refused_<reason>`, `session_lost`,
@@ -29,8 +35,9 @@ use crate::measure::clock::mono_ns;
 use crate::sim::profile::{Backpressure, Fleet};
 use crate::sink::net::{ConnEvent, NetShared, Queued};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,18 +70,46 @@ pub struct Devices {
     settings: Rc<PerDeviceSettings>,
     version: Version,
     addr: (String, u16),
-    tls: Option<(rumqttc::tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<super::transport::Tls>,
     fleet: Arc<Fleet>,
     /// Per-profile (qos, retain, per_device).
     delivery: Vec<(u8, bool, bool)>,
-    by_hash: RefCell<BTreeMap<u64, Rc<Device>>>,
+    /// Looked up for every message (`submit`); never iterated, so its order does not matter.
+    by_hash: RefCell<HashMap<u64, Rc<Device>, BuildHasherDefault<HashMixer>>>,
     /// Connect pacing: the earliest time the next attempt may start, and the spacing.
     next_connect_ns: Cell<u64>,
     connect_spacing_ns: u64,
+    /// Sessions of this shard between their connect turn and their CONNACK (`max_connecting`
+    /// per shard): a permit is taken before the connect slot and given back on CONNACK or
+    /// when the attempt fails.
+    connecting: tokio::sync::Semaphore,
     next_source: Cell<usize>,
     /// Sessions connected now.
     connected: Cell<u64>,
     shared: Rc<NetShared>,
+}
+
+/// Hashes a device hash (FNV-1a of its id) once more with `mix64`, so the map's buckets see
+/// well-spread bits: cheaper than SipHash over a key that is a hash already, and a lookup per
+/// message instead of the `BTreeMap` walk that was the sink's top symbol in a 19,000-session
+/// profile.
+#[derive(Default)]
+struct HashMixer(u64);
+
+impl Hasher for HashMixer {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = crate::sim::seed::mix64(self.0 ^ *b as u64);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = crate::sim::seed::mix64(n);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// What a message slot in a session carries: a device's message, or a command response.
@@ -90,15 +125,7 @@ impl Devices {
         shards: usize,
         shared: Rc<NetShared>,
     ) -> Result<Rc<Devices>, String> {
-        let tls = match &s.tls {
-            Some(_) => {
-                let cfg = super::tls_config(s)?;
-                let name = rustls::pki_types::ServerName::try_from(s.host.clone())
-                    .map_err(|e| format!("sink.mqtt.url: host {:?}: {e}", s.host))?;
-                Some((rumqttc::tokio_rustls::TlsConnector::from(cfg), name))
-            }
-            None => None,
-        };
+        let tls = super::transport::tls(s)?;
         let pd = &s.per_device;
         Ok(Rc::new(Devices {
             settings: Rc::new(pd.clone()),
@@ -117,9 +144,12 @@ impl Devices {
                     )
                 })
                 .collect(),
-            by_hash: RefCell::new(BTreeMap::new()),
+            by_hash: RefCell::new(HashMap::default()),
             next_connect_ns: Cell::new(0),
             connect_spacing_ns: 1_000_000_000 * shards.max(1) as u64 / pd.connect_rate.max(1),
+            connecting: tokio::sync::Semaphore::new(
+                (pd.max_connecting / shards.max(1) as u64).max(1) as usize,
+            ),
             next_source: Cell::new(shared.shard()),
             connected: Cell::new(0),
             shared,
@@ -318,31 +348,8 @@ impl Devices {
     }
 
     async fn open(&self) -> std::io::Result<tokio::net::TcpStream> {
-        let addrs = tokio::net::lookup_host((self.addr.0.as_str(), self.addr.1)).await?;
-        let source = self.source();
-        let mut last = std::io::Error::other("no address");
-        for addr in addrs {
-            let sock = match addr {
-                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-            };
-            if let Some(ip) = source {
-                if ip.is_ipv4() != addr.is_ipv4() {
-                    continue;
-                }
-                sock.bind(SocketAddr::new(ip, 0))?;
-            }
-            sock.set_nodelay(true)?;
-            let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
-            match tokio::time::timeout(timeout, sock.connect(addr)).await {
-                Ok(Ok(s)) => return Ok(s),
-                Ok(Err(e)) => last = e,
-                Err(_) => {
-                    last = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
-                }
-            }
-        }
-        Err(last)
+        let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
+        super::transport::open_tcp(&self.addr.0, self.addr.1, self.source(), timeout).await
     }
 }
 
@@ -411,11 +418,13 @@ async fn run(
         // Waiting for a connect slot or a TCP connect gives way to shutdown at once, so the
         // task gets to count what its device still holds.
         let open = async {
+            // Never closed, so `acquire` does not fail.
+            let permit = ctx.connecting.acquire().await.ok();
             ctx.connect_slot().await;
             ctx.shared.event("session_connect_attempt");
-            ctx.open().await
+            (permit, ctx.open().await)
         };
-        let opened = tokio::select! {
+        let (mut permit, opened) = tokio::select! {
             r = open => r,
             _ = ctx.shared.close.notified() => {
                 finish(&ctx, &dev, &mut session);
@@ -426,28 +435,25 @@ async fn run(
             Err(e) => End::Lost(format!("connect: {e}")),
             Ok(tcp) => match &ctx.tls {
                 None => {
-                    drive(&ctx, &dev, &mut session, &params, &topics, tcp, &mut ever_connected)
-                        .await
+                    let link = Link { params: &params, topics: &topics, connecting: &mut permit };
+                    drive(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
                 }
                 Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
                     // Boxed: the TLS stream is large, and a plain session should not carry
                     // room for it in its task.
                     Ok(tls) => {
-                        Box::pin(drive(
-                            &ctx,
-                            &dev,
-                            &mut session,
-                            &params,
-                            &topics,
-                            tls,
-                            &mut ever_connected,
-                        ))
-                        .await
+                        let link =
+                            Link { params: &params, topics: &topics, connecting: &mut permit };
+                        Box::pin(drive(&ctx, &dev, &mut session, link, tls, &mut ever_connected))
+                            .await
                     }
                     Err(e) => End::Lost(format!("tls: {e}")),
                 },
             },
         };
+        // The attempt is over (or was connected): the next session may connect, before this
+        // one's backoff.
+        drop(permit);
         session.connection_lost();
         match end {
             End::Closing => {
@@ -495,19 +501,35 @@ fn finish(ctx: &Devices, dev: &Device, session: &mut Session<Token>) {
     }
 }
 
+/// What one connection of a device's task works with besides the session.
+struct Link<'a, 'p> {
+    params: &'a ConnectParams,
+    topics: &'a Topics,
+    /// The `max_connecting` permit of this attempt, given back on CONNACK.
+    connecting: &'a mut Option<tokio::sync::SemaphorePermit<'p>>,
+}
+
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Devices,
     dev: &Device,
     session: &mut Session<Token>,
-    params: &ConnectParams,
-    topics: &Topics,
+    link: Link<'_, '_>,
     mut stream: S,
     ever_connected: &mut bool,
 ) -> End {
+    let Link { params, topics, connecting } = link;
     session.connect(params, mono_ns());
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
     let mut buf = [0u8; 512];
     let mut up = false;
+    // The session's timer (CONNACK timeout, keep-alive) as one sleep for the whole connection,
+    // armed for `armed_ns`. Every write moves the keep-alive deadline later; re-arming the
+    // sleep on each turn put a timer entry in and out of the runtime's wheel per message. It
+    // is re-armed only when the deadline comes earlier than the armed one; a later deadline
+    // is taken up when the armed one fires (`handle_timeout` does nothing before it is due).
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed_ns: Option<u64> = None;
     let end = loop {
         // Move queued messages into the session while the window has room.
         if session.is_connected() {
@@ -540,6 +562,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             match o {
                 Outcome::Connected { .. } => {
                     up = true;
+                    *connecting = None;
                     ctx.connected.set(ctx.connected.get() + 1);
                     ctx.shared.event("session_connected");
                     if std::mem::replace(ever_connected, true) {
@@ -642,8 +665,13 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             });
             break End::Dropped;
         }
-        let now = mono_ns();
-        let wait = session.next_timeout_ns().map(|t| Duration::from_nanos(t.saturating_sub(now)));
+        if let Some(due) = session.next_timeout_ns()
+            && armed_ns.is_none_or(|a| due < a)
+        {
+            let wait = Duration::from_nanos(due.saturating_sub(mono_ns()));
+            timer.as_mut().reset(tokio::time::Instant::now() + wait);
+            armed_ns = Some(due);
+        }
         tokio::select! {
             r = stream.read(&mut buf) => match r {
                 Ok(0) => break End::Lost("closed by the broker".into()),
@@ -651,7 +679,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => break End::Lost(format!("read: {e}")),
             },
             _ = dev.wake.notified() => {}
-            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
+            _ = &mut timer, if armed_ns.is_some() => {
+                armed_ns = None;
                 session.handle_timeout(mono_ns());
             }
             _ = ctx.shared.abandon.notified() => {}
