@@ -269,6 +269,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             scenario: opts.scenario.clone(),
             excuses: auditor.as_ref().map(|a| a.excuses()),
             sample_every_ms: sample_step,
+            timer_slack_ns: run.timer_slack_ms * 1_000_000,
         };
         let (ready, origin) = (ready.clone(), origin.clone());
         handles.push(shard::spawn(plan, ready, origin).context("cannot start a shard thread")?);

@@ -109,6 +109,7 @@ fn run_value(run: &RunSettings, key: &str) -> String {
             .map_or("(until stopped)".into(), |ms| q(&crate::sim::time::format_duration_ms(ms))),
         "report_dir" => q(&run.report_dir.display().to_string()),
         "progress_interval" => q(&crate::sim::time::format_duration_ms(run.progress_interval_ms)),
+        "timer_slack" => q(&crate::sim::time::format_duration_ms(run.timer_slack_ms)),
         "scenario" => {
             run.scenario.as_ref().map_or("(none)".into(), |s| q(&s.display().to_string()))
         }

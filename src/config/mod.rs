@@ -58,6 +58,10 @@ pub struct RunSettings {
     pub duration_ms: Option<u64>,
     pub report_dir: PathBuf,
     pub progress_interval_ms: u64,
+    /// `[run] timer_slack`: a realtime shard sleeps at least this long between wake-ups (0 =
+    /// wake at every due millisecond). Messages keep their intended times; what waits is
+    /// measured as latency and tick lateness.
+    pub timer_slack_ms: u64,
     /// `[run] scenario = "path"`: a scenario file to run on this fleet (relative to the fleet
     /// file's folder).
     pub scenario: Option<PathBuf>,
@@ -74,6 +78,7 @@ impl Default for RunSettings {
             duration_ms: None,
             report_dir: PathBuf::from("iot-sim-report"),
             progress_interval_ms: 5000,
+            timer_slack_ms: 0,
             scenario: None,
         }
     }
@@ -499,6 +504,7 @@ pub const RUN_KEYS: &[&str] = &[
     "duration",
     "report_dir",
     "progress_interval",
+    "timer_slack",
     "scenario",
 ];
 
@@ -586,9 +592,22 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
             run.progress_interval_ms = d;
         }
     }
+    if let Some(d) = t.duration_ms("timer_slack", p) {
+        if d > TIMER_SLACK_MS_MAX {
+            p.add(
+                t.path_of("timer_slack"),
+                format!("must be at most {TIMER_SLACK_MS_MAX}ms, got {d}ms"),
+            );
+        } else {
+            run.timer_slack_ms = d;
+        }
+    }
     t.finish_with(RUN_KEYS, p);
     run
 }
+
+/// The largest `[run] timer_slack`: beyond it a realtime run is no longer realtime.
+pub const TIMER_SLACK_MS_MAX: u64 = 100;
 
 /// Reads and parses a profile file (see [`read_profile_file`]); the error names the file.
 pub(crate) fn read_profile_doc(full: &Path) -> Result<toml::Table, String> {

@@ -242,6 +242,23 @@ fn start_times_the_clock_cannot_hold_are_refused() {
 }
 
 #[test]
+fn timer_slack_is_a_bounded_duration() {
+    let with = |v: &str| {
+        GOOD.replace(
+            "report_dir = \"target/r\"",
+            &format!("report_dir = \"target/r\"\ntimer_slack = {v}"),
+        )
+    };
+    check(&with("\"101ms\""), &["run.timer_slack: must be at most 100ms, got 101ms"]);
+    check(&with("\"soon\""), &["run.timer_slack"]);
+    check(&with("5"), &["run.timer_slack"]);
+    let Ok(c) = parse_str(&with("\"5ms\""), Path::new(".")) else { panic!("5ms is valid") };
+    assert_eq!(c.run.timer_slack_ms, 5);
+    let Ok(c) = parse_str(GOOD, Path::new(".")) else { panic!("GOOD is valid") };
+    assert_eq!(c.run.timer_slack_ms, 0, "off unless asked for");
+}
+
+#[test]
 fn nan_and_infinite_parameters_are_refused() {
     let cases = [
         (
