@@ -8,6 +8,8 @@
 #                            and 3 s at the end)
 #   BENCH_STEADY_SLACKS="0ms 5ms"  [run] timer_slack of the steady cases: each slack runs the
 #                            null sink, QoS 0 and QoS 1 (the target is judged on each)
+#   BENCH_PIN=true           iot-sim's [run] pin (false: shard threads not pinned, which helps
+#                            when the broker shares the 2 cores; mqtt-benchmark is never pinned)
 #   BENCH_CASES="throughput steady"   a subset runs only those (the summary reads the other
 #                            cases' last results from target/bench/mqtt_pooled/runs; "none" only
 #                            prints the summary again)
@@ -68,6 +70,7 @@ REPS=${BENCH_REPS:-3}
 STEADY_S=${BENCH_STEADY_SECONDS:-30}
 CASES=${BENCH_CASES:-throughput steady}
 SLACKS=${BENCH_STEADY_SLACKS:-0ms 5ms}
+PIN=${BENCH_PIN:-true}
 INFLIGHT=${BENCH_INFLIGHT:-100}
 PUB_PROCS=${BENCH_MOSQ_PUB_PROCS:-1}
 LABEL=${BENCH_LABEL:-}
@@ -174,6 +177,7 @@ clock = "$2"
 start_time = "2026-03-14T00:00:00Z"
 duration = "$4"
 timer_slack = "${5:-0ms}"
+pin = $PIN
 
 $sink
 
@@ -485,6 +489,7 @@ res = {
     "settings": {"messages": int(msgs), "rounds": int(reps), "shards": 2, "pool_size": 4,
                  "connections": 8, "iot_sim_inflight": int(inflight),
                  "mosquitto_pub_processes": int(pub_procs), "devices": 10000,
+                 "iot_sim_pin": os.environ.get("BENCH_PIN", "true"),
                  "steady_seconds": int(steady_s), "nproc": os.cpu_count()},
     "median": summary, "ratios": ratios, "steady": steady, "targets": targets,
     "runs": tp,

@@ -101,7 +101,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let cores =
         run.cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    if cores > core_ids.len() {
+    if run.pin && cores > core_ids.len() {
         tracing::warn!(
             shards = cores,
             cores = core_ids.len(),
@@ -264,7 +264,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             wall_origin_ns: 0,
             stop: stop.clone(),
             progress: progress_tx.clone(),
-            core: core_ids.get(index).copied(),
+            core: if run.pin { core_ids.get(index).copied() } else { None },
             control: links.next(),
             scenario: opts.scenario.clone(),
             excuses: auditor.as_ref().map(|a| a.excuses()),

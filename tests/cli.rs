@@ -425,3 +425,39 @@ fn timer_slack_batches_a_realtime_shards_wake_ups_and_the_wait_shows_as_lateness
     let p50 = r["tick_lateness_us"]["p50"].as_u64().unwrap();
     assert!(p50 >= 10_000, "with 50 ms slack the median message waits, got p50 {p50} µs");
 }
+
+#[test]
+fn pin_false_leaves_the_shard_threads_to_the_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pinned = vec![];
+    for pin in ["true", "false"] {
+        let cfg = dir.path().join(format!("pin-{pin}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[run]\nseed = 4\nclock = \"virtual\"\nduration = \"10s\"\npin = {pin}\n\n\
+                 [[fleet]]\nprofile = \"p\"\ncount = 10\n\n[profiles.p]\nprotocol = \"null\"\n\
+                 interval = \"1s\"\n[profiles.p.fields.x]\ntype = \"static\"\nvalue = 1\n"
+            ),
+        )
+        .unwrap();
+        let rd = dir.path().join(format!("r-{pin}"));
+        let out = output_within(
+            bin()
+                .args(["--config", cfg.to_str().unwrap(), "--cores", "1", "--quiet"])
+                .args(["--report-dir", rd.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+            60,
+        );
+        assert!(out.status.success(), "exit {:?}: {}", out.status, stderr(&out));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(rd.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(r["messages"].as_u64(), Some(100));
+        pinned.push(r["pinned_shards"].as_u64().unwrap());
+    }
+    assert_eq!(pinned, [1, 0], "pinned by default, not with pin = false");
+}

@@ -110,6 +110,7 @@ fn run_value(run: &RunSettings, key: &str) -> String {
         "report_dir" => q(&run.report_dir.display().to_string()),
         "progress_interval" => q(&crate::sim::time::format_duration_ms(run.progress_interval_ms)),
         "timer_slack" => q(&crate::sim::time::format_duration_ms(run.timer_slack_ms)),
+        "pin" => run.pin.to_string(),
         "scenario" => {
             run.scenario.as_ref().map_or("(none)".into(), |s| q(&s.display().to_string()))
         }

@@ -62,6 +62,9 @@ pub struct RunSettings {
     /// wake at every due millisecond). Messages keep their intended times; what waits is
     /// measured as latency and tick lateness.
     pub timer_slack_ms: u64,
+    /// `[run] pin`: pin each shard's thread to its core (default). `false` leaves the threads
+    /// to the scheduler: better when a broker or other busy processes share the cores.
+    pub pin: bool,
     /// `[run] scenario = "path"`: a scenario file to run on this fleet (relative to the fleet
     /// file's folder).
     pub scenario: Option<PathBuf>,
@@ -79,6 +82,7 @@ impl Default for RunSettings {
             report_dir: PathBuf::from("iot-sim-report"),
             progress_interval_ms: 5000,
             timer_slack_ms: 0,
+            pin: true,
             scenario: None,
         }
     }
@@ -505,6 +509,7 @@ pub const RUN_KEYS: &[&str] = &[
     "report_dir",
     "progress_interval",
     "timer_slack",
+    "pin",
     "scenario",
 ];
 
@@ -591,6 +596,9 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
         } else {
             run.progress_interval_ms = d;
         }
+    }
+    if let Some(b) = t.bool("pin", p) {
+        run.pin = b;
     }
     if let Some(d) = t.duration_ms("timer_slack", p) {
         if d > TIMER_SLACK_MS_MAX {

@@ -259,6 +259,18 @@ fn timer_slack_is_a_bounded_duration() {
 }
 
 #[test]
+fn pin_is_on_unless_turned_off() {
+    let with = |v: &str| {
+        GOOD.replace("report_dir = \"target/r\"", &format!("report_dir = \"target/r\"\npin = {v}"))
+    };
+    check(&with("\"no\""), &["run.pin"]);
+    let Ok(c) = parse_str(&with("false"), Path::new(".")) else { panic!("false is valid") };
+    assert!(!c.run.pin);
+    let Ok(c) = parse_str(GOOD, Path::new(".")) else { panic!("GOOD is valid") };
+    assert!(c.run.pin, "pinned by default");
+}
+
+#[test]
 fn nan_and_infinite_parameters_are_refused() {
     let cases = [
         (
