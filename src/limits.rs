@@ -27,6 +27,8 @@ pub const MAX_SOURCE_ADDRESSES: usize = 256;
 pub const MAX_DEVICE_QUEUE: usize = 100_000;
 /// Highest `[sink.mqtt.per_device] connect_rate` (connections per second per runtime).
 pub const MAX_CONNECT_RATE: u64 = 1_000_000;
+/// Largest `[run] timer_slack`, ms: beyond it a realtime run is no longer realtime.
+pub const MAX_TIMER_SLACK_MS: u64 = 100;
 /// Highest `[sink.mqtt.per_device] max_connecting` (sessions connecting at once per runtime).
 pub const MAX_CONNECTING: u64 = 1_000_000;
 /// Largest MQTT packet a per-device session accepts from the broker (a command), in bytes.

@@ -393,24 +393,15 @@ fn the_console_sink_prints_topic_and_payload_lines_and_keeps_stdout_clean() {
     assert!(stderr(&out).contains("iot-sim report"));
 }
 
-#[test]
-fn timer_slack_batches_a_realtime_shards_wake_ups_and_the_wait_shows_as_lateness() {
-    // 200 devices every 100 ms for 2 s: without slack a 1-ms wheel slot wakes the shard; with
-    // 50 ms slack it sleeps at least 50 ms, so most messages wait (counted as tick lateness,
-    // from their intended times) and none is lost. A lower bound: load only adds lateness.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("slack.toml");
-    std::fs::write(
-        &cfg,
-        "[run]\nseed = 4\nclock = \"realtime\"\nduration = \"2s\"\ntimer_slack = \"50ms\"\n\n\
-         [[fleet]]\nprofile = \"p\"\ncount = 200\n\n[profiles.p]\nprotocol = \"null\"\n\
-         interval = \"100ms\"\n[profiles.p.fields.x]\ntype = \"static\"\nvalue = 1\n",
-    )
-    .unwrap();
+/// Writes `toml` as `NAME.toml`, runs it on one core and returns its report.json.
+fn run_one_core(dir: &Path, name: &str, toml: &str) -> serde_json::Value {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, toml).unwrap();
+    let rd = dir.join(format!("{name}-report"));
     let out = output_within(
         bin()
             .args(["--config", cfg.to_str().unwrap(), "--cores", "1", "--quiet"])
-            .args(["--report-dir", dir.path().join("r").to_str().unwrap()])
+            .args(["--report-dir", rd.to_str().unwrap()])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -418,9 +409,22 @@ fn timer_slack_batches_a_realtime_shards_wake_ups_and_the_wait_shows_as_lateness
         60,
     );
     assert!(out.status.success(), "exit {:?}: {}", out.status, stderr(&out));
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r/report.json")).unwrap())
-            .unwrap();
+    serde_json::from_str(&std::fs::read_to_string(rd.join("report.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn timer_slack_batches_a_realtime_shards_wake_ups_and_the_wait_shows_as_lateness() {
+    // 200 devices every 100 ms for 2 s: without slack a 1-ms wheel slot wakes the shard; with
+    // 50 ms slack it sleeps at least 50 ms, so most messages wait (counted as tick lateness,
+    // from their intended times) and none is lost. A lower bound: load only adds lateness.
+    let dir = tempfile::tempdir().unwrap();
+    let r = run_one_core(
+        dir.path(),
+        "slack",
+        "[run]\nseed = 4\nclock = \"realtime\"\nduration = \"2s\"\ntimer_slack = \"50ms\"\n\n\
+         [[fleet]]\nprofile = \"p\"\ncount = 200\n\n[profiles.p]\nprotocol = \"null\"\n\
+         interval = \"100ms\"\n[profiles.p.fields.x]\ntype = \"static\"\nvalue = 1\n",
+    );
     assert_eq!(r["messages"].as_u64(), Some(4000), "every intended message is sent");
     let p50 = r["tick_lateness_us"]["p50"].as_u64().unwrap();
     assert!(p50 >= 10_000, "with 50 ms slack the median message waits, got p50 {p50} µs");
@@ -431,31 +435,15 @@ fn pin_false_leaves_the_shard_threads_to_the_scheduler() {
     let dir = tempfile::tempdir().unwrap();
     let mut pinned = vec![];
     for pin in ["true", "false"] {
-        let cfg = dir.path().join(format!("pin-{pin}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
+        let r = run_one_core(
+            dir.path(),
+            &format!("pin-{pin}"),
+            &format!(
                 "[run]\nseed = 4\nclock = \"virtual\"\nduration = \"10s\"\npin = {pin}\n\n\
                  [[fleet]]\nprofile = \"p\"\ncount = 10\n\n[profiles.p]\nprotocol = \"null\"\n\
                  interval = \"1s\"\n[profiles.p.fields.x]\ntype = \"static\"\nvalue = 1\n"
             ),
-        )
-        .unwrap();
-        let rd = dir.path().join(format!("r-{pin}"));
-        let out = output_within(
-            bin()
-                .args(["--config", cfg.to_str().unwrap(), "--cores", "1", "--quiet"])
-                .args(["--report-dir", rd.to_str().unwrap()])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap(),
-            60,
         );
-        assert!(out.status.success(), "exit {:?}: {}", out.status, stderr(&out));
-        let r: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(rd.join("report.json")).unwrap())
-                .unwrap();
         assert_eq!(r["messages"].as_u64(), Some(100));
         pinned.push(r["pinned_shards"].as_u64().unwrap());
     }

@@ -601,10 +601,10 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
         run.pin = b;
     }
     if let Some(d) = t.duration_ms("timer_slack", p) {
-        if d > TIMER_SLACK_MS_MAX {
+        if d > crate::limits::MAX_TIMER_SLACK_MS {
             p.add(
                 t.path_of("timer_slack"),
-                format!("must be at most {TIMER_SLACK_MS_MAX}ms, got {d}ms"),
+                format!("must be at most {}ms, got {d}ms", crate::limits::MAX_TIMER_SLACK_MS),
             );
         } else {
             run.timer_slack_ms = d;
@@ -613,9 +613,6 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
     t.finish_with(RUN_KEYS, p);
     run
 }
-
-/// The largest `[run] timer_slack`: beyond it a realtime run is no longer realtime.
-pub const TIMER_SLACK_MS_MAX: u64 = 100;
 
 /// Reads and parses a profile file (see [`read_profile_file`]); the error names the file.
 pub(crate) fn read_profile_doc(full: &Path) -> Result<toml::Table, String> {

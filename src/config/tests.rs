@@ -241,14 +241,14 @@ fn start_times_the_clock_cannot_hold_are_refused() {
     assert!(problems(&GOOD.replace("2026-03-14T00:00:00Z", "4099-12-31T22:59:59Z")).is_empty());
 }
 
+/// GOOD with one more `[run]` line.
+fn good_with_run_line(line: &str) -> String {
+    GOOD.replace("report_dir = \"target/r\"", &format!("report_dir = \"target/r\"\n{line}"))
+}
+
 #[test]
 fn timer_slack_is_a_bounded_duration() {
-    let with = |v: &str| {
-        GOOD.replace(
-            "report_dir = \"target/r\"",
-            &format!("report_dir = \"target/r\"\ntimer_slack = {v}"),
-        )
-    };
+    let with = |v: &str| good_with_run_line(&format!("timer_slack = {v}"));
     check(&with("\"101ms\""), &["run.timer_slack: must be at most 100ms, got 101ms"]);
     check(&with("\"soon\""), &["run.timer_slack"]);
     check(&with("5"), &["run.timer_slack"]);
@@ -260,9 +260,7 @@ fn timer_slack_is_a_bounded_duration() {
 
 #[test]
 fn pin_is_on_unless_turned_off() {
-    let with = |v: &str| {
-        GOOD.replace("report_dir = \"target/r\"", &format!("report_dir = \"target/r\"\npin = {v}"))
-    };
+    let with = |v: &str| good_with_run_line(&format!("pin = {v}"));
     check(&with("\"no\""), &["run.pin"]);
     let Ok(c) = parse_str(&with("false"), Path::new(".")) else { panic!("false is valid") };
     assert!(!c.run.pin);

@@ -77,6 +77,11 @@ impl ConnQueue {
         self.items.borrow().is_empty()
     }
 
+    /// The profile of the oldest unsent message (to check its QoS before taking it).
+    pub fn front_profile(&self) -> Option<u16> {
+        self.items.borrow().front().map(|m| m.profile)
+    }
+
     /// Takes the oldest unsent message.
     pub fn pop(&self) -> Option<Queued> {
         let m = self.items.borrow_mut().pop_front();

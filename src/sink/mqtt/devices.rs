@@ -546,13 +546,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     dev.slowed.set(false);
                 }
                 m.sent_ns = now;
-                let topic = std::mem::take(&mut m.topic);
+                let topic = bytes::Bytes::from(std::mem::take(&mut m.topic));
                 let payload = m.payload.clone();
-                if let Err(Token::Msg(mut back)) =
-                    session.publish(&topic, payload, qos, retain, Token::Msg(m), now)
+                if let Err(Token::Msg(m)) =
+                    session.publish_bytes(topic, payload, qos, retain, Token::Msg(m), now)
                 {
-                    back.topic = topic;
-                    q.push_front(back);
+                    // Not reached (the window was checked above); counted, never lost silently.
+                    ctx.shared.fail(&m, "window_full");
+                    ctx.shared.extra_settled();
                     break;
                 }
             }

@@ -248,25 +248,23 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         let mut more = false;
         if session.is_connected() {
             let now = mono_ns();
-            while let Some(mut m) = q.pop() {
+            while let Some(profile) = q.front_profile() {
                 let (qos, retain) = pool
                     .delivery
-                    .get(m.profile as usize)
+                    .get(profile as usize)
                     .copied()
                     .unwrap_or((pool.settings.qos, pool.settings.retain));
                 if !session.can_publish(qos) {
-                    q.push_front(m);
                     break;
                 }
+                let Some(mut m) = q.pop() else { break };
                 m.sent_ns = now;
                 let topic = Bytes::from(std::mem::take(&mut m.topic));
                 let payload = m.payload.clone();
                 shared.sent(conn);
-                if let Err(mut back) =
-                    session.publish_bytes(topic.clone(), payload, qos, retain, m, now)
-                {
-                    back.topic = String::from_utf8_lossy(&topic).into_owned();
-                    q.push_front(back);
+                if let Err(m) = session.publish_bytes(topic, payload, qos, retain, m, now) {
+                    // Not reached (the window was checked above); counted, never lost silently.
+                    shared.fail(&m, "window_full");
                     shared.settled(conn);
                     break;
                 }

@@ -282,9 +282,6 @@ impl<T> Session<T> {
         token: T,
         now_ns: u64,
     ) -> Result<(), T> {
-        if !self.can_publish(qos) {
-            return Err(token);
-        }
         self.publish_bytes(
             Bytes::copy_from_slice(topic.as_bytes()),
             payload,
@@ -296,8 +293,9 @@ impl<T> Session<T> {
     }
 
     /// [`Session::publish`] with the topic as `Bytes` (UTF-8, checked by the caller's config):
-    /// the hot path of a pooled connection, which hands over a message's own topic without a
-    /// copy. A QoS 0 message is encoded straight into the output buffer and not kept.
+    /// the drivers' hot path, which hands over a message's own topic without a copy (a driver
+    /// checks [`Session::can_publish`] first, so the topic is not given away for nothing). A
+    /// QoS 0 message is encoded straight into the output buffer and not kept.
     pub fn publish_bytes(
         &mut self,
         topic: Bytes,
