@@ -107,37 +107,9 @@ fi
 
 ulimit -n "$(ulimit -Hn)"
 TCK=$(getconf CLK_TCK)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat > "$OUT/mosquitto.conf" <<EOF
-listener $PORT 127.0.0.1
-allow_anonymous true
-max_connections -1
-set_tcp_nodelay true
-max_queued_messages 0
-max_inflight_messages 0
-persistence false
-sys_interval 1
-EOF
-BROKER=""
-RUN=""
-trap '[[ -n $RUN ]] && kill $RUN 2>/dev/null; [[ -n $BROKER ]] && kill $BROKER 2>/dev/null; wait 2>/dev/null || true' EXIT
-
-broker_up() {
-  mosquitto -c "$OUT/mosquitto.conf" > "$OUT/mosquitto.log" 2>&1 &
-  BROKER=$!
-  for _ in $(seq 1 100); do
-    (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "mosquitto did not start" >&2
-  exit 1
-}
-broker_down() {
-  kill "$BROKER" 2>/dev/null || true
-  wait "$BROKER" 2>/dev/null || true
-  BROKER=""
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# shellcheck source=bench/lib/mosquitto.sh
+source bench/lib/mosquitto.sh
+mosquitto_conf "max_inflight_messages 0" "sys_interval 1"
 # PUBLISH packets the broker has received, once the count stopped moving. mosquitto refreshes
 # $SYS every 2 s with sys_interval 1 (it waits for more than the interval), and publishes a
 # counter only when it changed, so this follows `$SYS/broker/uptime` (new every refresh) and
