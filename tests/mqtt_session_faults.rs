@@ -27,6 +27,16 @@ fn disconnect(ids: &[&str], mode: &str, seconds: i64) -> proto::InjectFaultReque
     }
 }
 
+/// A private anonymous Mosquitto on a free port, in its own (broker-readable) folder, and a
+/// unique topic root.
+fn private_broker(tag: &str) -> (tempfile::TempDir, u16, Broker, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    (dir, port, broker, unique(tag))
+}
+
 /// How many times the broker logged a connection of client `id`.
 fn connections(broker: &Broker, id: &str) -> usize {
     broker.log().matches(&format!(" as {id} ")).count()
@@ -34,11 +44,7 @@ fn connections(broker: &Broker, id: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abrupt_fires_the_will_graceful_does_not_and_a_storm_drops_all_then_all_return() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = free_port();
-    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
-    let root = unique("faults");
+    let (dir, port, broker, root) = private_broker("faults");
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(
         &cfg,
@@ -133,11 +139,7 @@ stddev = 1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_with_sent_at_reaches_stream_events_the_log_and_metrics_with_its_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let port = free_port();
-    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
-    let root = unique("rtt");
+    let (dir, port, broker, root) = private_broker("rtt");
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(
         &cfg,
