@@ -268,6 +268,28 @@ fn fill_and_submit(b: &Browser, form: &str, fields: &[(&str, &str)]) {
 
 /// Starts `iot-sim serve` (with `config`, if any) with admin and gRPC on free ports; returns it
 /// once ready, with its admin address.
+/// What sticks out of its card: the page scrolling sideways, or a table whose right edge lies
+/// past its card's while the card does not scroll it (empty when every table fits or scrolls
+/// inside its card).
+fn overflowing_tables(b: &Browser) -> Vec<String> {
+    let v = b.js(
+        r#"const bad = [];
+        const root = document.documentElement;
+        if (root.scrollWidth > root.clientWidth) bad.push(`page scrolls sideways: ${root.scrollWidth} > ${root.clientWidth}`);
+        for (const t of document.querySelectorAll('table')) {
+          const s = t.closest('section');
+          if (!s) continue;
+          const scrolls = ['auto', 'scroll'].includes(getComputedStyle(s).overflowX);
+          if (t.getBoundingClientRect().right > s.getBoundingClientRect().right + 1 && !scrolls) {
+            const h = s.querySelector('h2');
+            bad.push(`${h ? h.textContent : 'a card'}: table overflows`);
+          }
+        }
+        return bad;"#,
+    );
+    v.as_array().unwrap().iter().map(|x| x.as_str().unwrap_or_default().to_string()).collect()
+}
+
 fn serve(
     config: Option<&std::path::Path>,
     report: &std::path::Path,
@@ -424,6 +446,7 @@ fn the_dashboard_drives_a_running_fleet() {
         20,
         "live telemetry rows",
     );
+    assert_eq!(overflowing_tables(&b), Vec::<String>::new(), "tables wider than their cards");
     let errors = b.page_errors();
     let shot = b.screenshot("dashboard");
     assert!(errors.is_empty(), "JS errors on the dashboard: {errors:?}");

@@ -162,6 +162,28 @@ async fn a_spec_with_empty_or_no_fields_publishes_an_envelope_with_no_fields() {
     }
 }
 
+/// An empty `device_type` (the original keeps `""`) is refused per device with its reason, as
+/// the Limits table says (1-128 bytes); the other specs of the request spawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_device_type_fails_that_device_and_spawns_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = serve(dir.path(), "", &["--cores", "1"]);
+    let mut c = Client::connect(rt.url()).await.unwrap();
+    let r = spawn(
+        &mut c,
+        vec![spec("untyped-0", "", &[], 1000, "null"), spec("typed-0", "t", &[], 1000, "null")],
+    )
+    .await;
+    assert_eq!(r.spawned, 1, "{r:?}");
+    assert_eq!(r.failed_device_ids, ["untyped-0"], "{r:?}");
+    assert!(r.failure_reasons["untyped-0"].contains("device_type: must not be empty"), "{r:?}");
+    let st =
+        c.get_fleet_status(proto::GetFleetStatusRequest::default()).await.unwrap().into_inner();
+    let ids: Vec<(&str, &str)> =
+        st.devices.iter().map(|d| (d.device_id.as_str(), d.device_type.as_str())).collect();
+    assert_eq!(ids, [("typed-0", "t")]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_types_are_selected_literally_where_the_original_would() {
     let dir = tempfile::tempdir().unwrap();

@@ -536,3 +536,62 @@ async fn data_corruption_replays_the_same_bytes_under_the_same_seed() {
     // Rate 0.5: some are damaged and some are not.
     assert!(corrupted > compared / 5 && corrupted < compared * 4 / 5, "{corrupted} of {compared}");
 }
+
+/// The original's orchestrator injects DATA_CORRUPTION without a `mode`; the original zeroes
+/// payload bytes and streams clean values (a NaN would reach its REST API's Server-Sent Events
+/// as a bare `NaN`, which is not JSON). With no mode, iot-sim does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_corruption_without_a_mode_damages_bytes_and_streams_clean_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &["plain"], 2);
+    let mut rt =
+        Runtime::with_config("run", &cfg, Some(&dir.path().join("report")), &["--cores", "1"]);
+    let mut c = Client::connect(rt.url()).await.unwrap();
+    let seen = watch(&mut c).await;
+    let ids: Vec<String> = (0..2).map(probe_id).collect();
+    wait_until(60, "3 messages of every device", || {
+        let s = seen.lock().unwrap();
+        ids.iter().all(|id| s.battery(id).len() >= 3)
+    })
+    .await;
+    c.inject_fault(proto::InjectFaultRequest {
+        selector: labels("fault=plain"),
+        fault_type: proto::FaultType::DataCorruption as i32,
+        duration: None,
+        parameters: Some(obj(vec![("corruption_rate", num(1.0))])),
+    })
+    .await
+    .unwrap();
+    wait_until(120, "10 streamed messages of every device under the fault", || {
+        let s = seen.lock().unwrap();
+        ids.iter().all(|id| {
+            s.started(id).is_some_and(|t0| {
+                s.battery(id).iter().filter(|p| ms(&p.timestamp) >= t0).count() >= 10
+            })
+        })
+    })
+    .await;
+    assert!(rt.terminate().success());
+    let s = seen.lock().unwrap();
+    for id in &ids {
+        let t0 = s.started(id).unwrap();
+        // The stream carries the generated values, never NaN.
+        for p in s.points.iter().filter(|p| &p.device_id == id) {
+            let Some(Value::NumericValue(v)) = p.value else { continue };
+            assert!(v.is_finite(), "{id}: {} streamed {v}", p.metric_name);
+            if p.metric_name == "battery" {
+                assert_eq!(v, 80.0, "{id}");
+            }
+        }
+        // Every published message from the fault on has zeroed bytes; none before it.
+        let lines: Vec<Line> = read_lines(&dir.path().join("telemetry.jsonl"))
+            .into_iter()
+            .filter(|l| &l.id == id)
+            .collect();
+        let first = lines[0].ts().unwrap();
+        let k0 = t0.saturating_sub(first).div_ceil(INTERVAL) as usize;
+        assert!(lines[..k0].iter().all(|l| l.nuls() == 0), "{id}: damaged before the fault");
+        assert!(lines.len() >= k0 + 10, "{id}: {} lines, fault from {k0}", lines.len());
+        assert!(lines[k0..].iter().all(|l| l.nuls() > 0), "{id}: a clean line under the fault");
+    }
+}

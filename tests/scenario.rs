@@ -732,3 +732,63 @@ fn update_steps_change_deadband_events_and_availability_from_their_sim_time() {
     }
     assert!(sorted[0] == sorted[1], "2 cores: sorted lines differ from 1 core");
 }
+
+/// A fleet file with profiles and sinks but no `[[fleet]]` (as `serve --config` takes it):
+/// the scenario spawns every device. `scenario validate` and `scenario run` accept it.
+#[test]
+fn a_fleet_file_without_fleet_entries_leaves_the_devices_to_the_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("profiles.toml");
+    std::fs::write(
+        &f,
+        format!(
+            r#"
+[run]
+seed = 5
+clock = "virtual"
+start_time = "2026-01-01T00:00:00Z"
+
+[sink.file]
+path = "{}"
+
+[profiles.thermo]
+protocol = "file"
+interval = "10s"
+fields.t = {{ type = "gaussian", mean = 20, stddev = 1 }}
+"#,
+            dir.path().join("out/t.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let s = dir.path().join("s.toml");
+    std::fs::write(
+        &s,
+        "name = \"build\"\nduration = \"1m\"\n\n[[step]]\nat = \"0s\"\nspawn = { profile = \"thermo\", count = 3 }\n",
+    )
+    .unwrap();
+    let validate = output_within(
+        bin().args(["scenario", "validate", s.to_str().unwrap(), "--config", f.to_str().unwrap()]),
+        LIMIT_S,
+    );
+    assert!(validate.status.success(), "{}", stderr(&validate));
+    let rd = dir.path().join("report");
+    let run = output_within(
+        bin()
+            .args(["scenario", "run", s.to_str().unwrap(), "--config", f.to_str().unwrap()])
+            .args(["--quiet", "--report-dir", rd.to_str().unwrap()]),
+        LIMIT_S,
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (_, lines) = read_lines(dir.path());
+    // 3 devices, one message every 10 s for a minute each.
+    let mut per_device: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, _, _) in &lines {
+        *per_device.entry(id.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_device.len(), 3, "{per_device:?}");
+    assert!(per_device.values().all(|&n| (5..=6).contains(&n)), "{per_device:?}");
+    // The same file is still refused by `run`, which has no scenario to spawn devices.
+    let plain = output_within(bin().args(["validate", "--config", f.to_str().unwrap()]), LIMIT_S);
+    assert_eq!(plain.status.code(), Some(2), "{}", stderr(&plain));
+    assert!(stderr(&plain).contains("fleet: missing"), "{}", stderr(&plain));
+}

@@ -240,6 +240,11 @@ pub(crate) fn compile_spec(
     spec: &proto::DeviceSpec,
     plane: &ControlPlane,
 ) -> Result<Profile, String> {
+    // The type names the device's report row, metric labels and profile: it may not be empty
+    // (`limits::check_name`, 1-128 bytes, checked with the profile below).
+    if spec.device_type.is_empty() {
+        return Err("device_type: must not be empty (1-128 bytes)".into());
+    }
     let interval_ms = match &spec.telemetry_interval {
         None => DEFAULT_INTERVAL_MS as i128,
         Some(d) => duration_ms(d),
@@ -265,9 +270,9 @@ pub(crate) fn compile_spec(
             }
         }
     }
-    let name = if spec.device_type.is_empty() { "device" } else { spec.device_type.as_str() };
     let mut p = Problems::default();
-    let profile = crate::config::compile_profile_with(name, Table::new("", &t), &mut p, true);
+    let profile =
+        crate::config::compile_profile_with(&spec.device_type, Table::new("", &t), &mut p, true);
     match profile {
         Some(prof) if p.is_empty() => Ok(Profile { requested_protocol, ..prof }),
         _ => Err(format!("invalid spec: {}", problems_text(&p))),
@@ -415,7 +420,9 @@ pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, S
                 .and_then(|s| s.fields.get("mode"))
                 .and_then(|v| v.kind.as_ref())
             {
-                None => CorruptionMode::Nan,
+                // The original zeroes payload bytes and streams clean values; a client that
+                // names no mode gets that (a NaN would reach its REST API's SSE as bare `NaN`).
+                None => CorruptionMode::Bytes,
                 Some(prost_types::value::Kind::StringValue(m)) => match CorruptionMode::parse(m) {
                     Some(mode) => mode,
                     None => {

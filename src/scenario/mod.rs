@@ -159,8 +159,9 @@ pub fn load(
     })?;
     let fleet_doc = match fleet {
         Some(f) => {
-            // The fleet file must be valid on its own; its problems name it.
-            crate::config::load(f, &Overrides::default())?;
+            // The fleet file must be valid on its own (its problems name it); it may leave the
+            // devices to the scenario (no `[[fleet]]`), as a `serve` fleet file may.
+            crate::config::load_with(f, &Overrides::default(), true)?;
             let t = std::fs::read_to_string(f)
                 .map_err(|source| ConfigError::Io { path: f.into(), source })?;
             let d: toml::Table = t.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {

@@ -10,8 +10,8 @@
 //! ```
 //!
 //! Whitespace around tokens is ignored. The original runtime splits its selector at the first
-//! `=` and compares the rest literally, so where the two readings differ this parser keeps the
-//! original's:
+//! `=` and compares the rest literally (and selects nothing without an `=`). Where a selector
+//! uses only the original's form this parser keeps the original's reading:
 //! - a `=`/`!=` value runs to the next comma that starts another requirement with an operator
 //!   (`k=v`, `k!=v`, `k in (..)`, `k notin (..)`, `!k`); any other comma is part of the value,
 //!   so `device_type=a,b` selects the device type `a,b` (not "type a and label b present");
@@ -19,6 +19,10 @@
 //!   `device_type=Acme Thermo/v2` is that device type;
 //! - `==` is not an operator: `device_type==x` selects the device type `=x`, as in the
 //!   original.
+//!
+//! A selector that uses the extended grammar (`!=`, `in`, `notin`, `k`, `!k`, a comma before
+//! another requirement, spaces around keys and values) is read as Kubernetes reads it, which
+//! the original would read differently; README "Compatibility" lists each case.
 //!
 //! As in the original, `key=` (an empty value) also matches a device without that label.
 //! The empty selector matches every device. A syntax error names its byte position.
@@ -439,6 +443,31 @@ mod tests {
             assert!(s.matches(&labels(&[("device_type", want)])), "{sel:?} on {want:?}");
             assert!(!s.matches(&labels(&[("device_type", other)])), "{sel:?} on {other:?}");
         }
+    }
+
+    /// The README's list of selectors the original reads differently (it splits at the first
+    /// `=` and compares the rest literally, and selects nothing without an `=`): each row is
+    /// read here as the Kubernetes grammar reads it. (selector, labels, match)
+    #[test]
+    fn selectors_the_original_reads_differently_follow_the_kubernetes_grammar() {
+        // Original: label `a` equals "1,b=2".
+        check("a=1,b=2", &[(&[("a", "1"), ("b", "2")], true), (&[("a", "1,b=2")], false)]);
+        // Original: label `x,y` equals "z".
+        check(
+            "x,y=z",
+            &[(&[("x", ""), ("y", "z")], true), (&[("x,y", "z")], false), (&[("y", "z")], false)],
+        );
+        // Original: label `k` equals " v " / label `k ` equals "v".
+        check(" k= v ", &[(&[("k", "v")], true), (&[("k", " v ")], false)]);
+        check("k =v", &[(&[("k", "v")], true), (&[("k ", "v")], false)]);
+        // Original: nothing (no `=`).
+        check("!b", &[(&[], true), (&[("b", "1")], false)]);
+        check("b", &[(&[("b", "")], true), (&[], false)]);
+        check("b in (c)", &[(&[("b", "c")], true), (&[("b", "d")], false), (&[], false)]);
+        check("b notin (c)", &[(&[("b", "d")], true), (&[], true), (&[("b", "c")], false)]);
+        // Original: label `b!` equals "c".
+        check("b!=c", &[(&[("b", "d")], true), (&[], true), (&[("b", "c")], false)]);
+        check("b!=c", &[(&[("b!", "c"), ("b", "c")], false)]);
     }
 
     #[test]
