@@ -215,7 +215,7 @@ impl<T> Session<T> {
     /// The keep-alive of the current connection, ms: the one asked for, or the Server Keep
     /// Alive an MQTT 5 broker returned in CONNACK (0: off).
     #[cfg(test)]
-    fn keep_alive_ms(&self) -> u32 {
+    fn keep_alive_now_ms(&self) -> u32 {
         self.keep_alive_now_ms
     }
 
@@ -1566,7 +1566,7 @@ mod tests {
             4,
             v5::ConnAckProperties { server_keep_alive: Some(60), ..no_props() },
         );
-        assert_eq!(s.keep_alive_ms(), 60_000);
+        assert_eq!(s.keep_alive_now_ms(), 60_000);
         assert_eq!(s.next_timeout_ns(), Some(60 * S));
         s.handle_timeout(60 * S);
         assert!(matches!(&written5(&mut s)[..], [v5::Packet::PingReq(_)]));
