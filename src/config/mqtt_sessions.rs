@@ -372,6 +372,7 @@ mod tests {
             "sink.mqtt.per_device.source_addresses[1]: expected an IP address, got \"nope\"",
             "sink.mqtt.per_device.password_hmac_secret_env: environment variable \"FLEET_TEST_SURELY_UNSET_SECRET\" holds no secret",
             "sink.mqtt.per_device.answer_qos: must be between 0 and 2, got 3",
+            "sink.mqtt.per_device.answer_qos: answer_qos needs respond",
         ] {
             assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
         }
