@@ -264,3 +264,69 @@ stddev = 1
         assert!(log.contains(&line), "{line:?} not in the log:\n{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_held_down_by_disconnect_comes_back_when_the_fault_ends_not_at_its_next_tick() {
+    let (dir, port, broker, root) = private_broker("fault-end");
+    let cfg = dir.path().join("fleet.toml");
+    // A device that publishes once a day: its next tick is far away.
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[run]
+seed = 9
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+qos = 1
+backoff_initial = "50ms"
+backoff_max = "200ms"
+
+[sink.mqtt.per_device]
+subscribe = "{root}/{{device_id}}/cmd"
+subscribe_qos = 1
+respond = "{root}/{{device_id}}/cmd/ack"
+
+[[fleet]]
+profile = "probe"
+count = 1
+
+[profiles.probe]
+protocol = "mqtt"
+connection = "per_device"
+topic = "{root}/{{device_id}}/telemetry"
+interval = "24h"
+[profiles.probe.fields.t]
+type = "static"
+value = 1
+"#
+        ),
+    )
+    .unwrap();
+    let acks = Subscriber::start(port, &format!("{root}/+/cmd/ack"));
+    let mut rt = Runtime::with_config("run", &cfg, None, &[]);
+    let id = "probe-0000";
+    let subacks = |b: &Broker| b.log().matches(&format!("Sending SUBACK to {id}")).count();
+    wait_until(30, "the session subscribed", || subacks(&broker) == 1).await;
+    let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
+    c.inject_fault(disconnect(&[id], "abrupt", 2)).await.unwrap();
+    // Down for the fault's 2 s, then back (connected and subscribed again) by itself.
+    wait_until(30, "the session back after the fault", || subacks(&broker) == 2).await;
+    assert_eq!(connections(&broker, id), 2);
+    // A command sent now is answered.
+    let out = std::process::Command::new("mosquitto_pub")
+        .args(["-p", &port.to_string(), "-q", "1", "-t"])
+        .arg(format!("{root}/{id}/cmd"))
+        .args(["-m", "{\"id\":\"after\"}"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let got = tokio::task::spawn_blocking(move || acks.wait_for(1)).await.unwrap();
+    assert!(rt.terminate().success());
+    assert_eq!(got.len(), 1, "{got:?}");
+    let v: serde_json::Value = serde_json::from_slice(&got[0].1).unwrap();
+    assert_eq!(v["id"], "after", "{v}");
+}

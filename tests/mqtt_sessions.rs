@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::mqtt::{Broker, Subscriber};
+use common::mqtt::{Broker, DropAfterConnack, Subscriber, check_too_large, two_sizes_fleet};
 use common::*;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -423,7 +423,7 @@ fn bad_per_device_settings_are_config_errors_with_paths() {
     let toml = fleet(
         1,
         "x",
-        "client_id = \"all-the-same\"\nconnect_rate = 0\nmax_connecting = -1\nwill_payload = \"bye\"\nsubscribe = \"a/#/b\"\nsource_addresses = [\"192.0.2.1\"]",
+        "client_id = \"all-the-same\"\nconnect_rate = 0\nmax_connecting = -1\nwill_payload = \"bye\"\nsubscribe = \"a/#/b\"\nsource_addresses = [\"192.0.2.1\"]\nanswer_qos = 5",
         1,
         "1s",
         "1s",
@@ -439,6 +439,7 @@ fn bad_per_device_settings_are_config_errors_with_paths() {
         "sink.mqtt.per_device.will_payload: a will needs will_topic",
         "sink.mqtt.per_device.subscribe: not a valid MQTT topic filter",
         "sink.mqtt.per_device.source_addresses[0]: cannot bind \"192.0.2.1\"",
+        "sink.mqtt.per_device.answer_qos: must be between 0 and 2, got 5",
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }
@@ -477,4 +478,171 @@ fn each_device_opens_its_own_tls_session_with_a_client_certificate() {
         connected_clients(&broker.log()).into_iter().map(|(_, id)| id).collect();
     assert_eq!(ids.len(), 4, "one TLS connection per device: {ids:?}");
     assert_eq!(r["sink_events"]["mqtt.session_connected"], 4, "{r}");
+}
+
+#[test]
+fn a_message_over_the_brokers_maximum_packet_size_is_counted_too_large_and_the_session_stays() {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true\nmax_packet_size 300");
+    let root = unique("toolarge-pd");
+    let wills = Subscriber::start(port, &format!("{root}/+/status"));
+    let per_device =
+        format!("will_topic = \"{root}/{{device_id}}/status\"\nwill_payload = \"lost\"");
+    let r = run_ok(
+        dir.path(),
+        &two_sizes_fleet(port, &root, "per_device", &per_device),
+        &["--cores", "1"],
+    );
+    check_too_large(&r);
+    // No session was dropped for it, so no will fired and none reconnected.
+    let ev = &r["sink_events"];
+    assert_eq!(ev["mqtt.session_connected"], 4, "{ev}");
+    for e in ["mqtt.session_lost", "mqtt.session_reconnected", "mqtt.session_connect_error"] {
+        assert!(ev.get(e).is_none(), "{e}: {ev}");
+    }
+    assert!(wills.wait_for(0).is_empty());
+    // Each device connected once (the other client is the will subscriber).
+    let log = broker.log();
+    let devices = connected_clients(&log).into_iter().filter(|(_, id)| !id.starts_with("sub-"));
+    assert_eq!(devices.count(), 4, "{log}");
+}
+
+#[test]
+fn a_session_the_broker_drops_right_after_connack_is_retried_with_a_growing_backoff() {
+    let fake = DropAfterConnack::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    // Backoff 50 ms doubling up to 400 ms (see `fleet`).
+    std::fs::write(&cfg, fleet(fake.port, "flap", "", 1, "20ms", "1h")).unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
+    let at = fake.wait_connects(9, 60);
+    sigterm(&child);
+    let out = output_within(child, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(at.len() >= 9, "only {} connects: {}", at.len(), stderr(&out));
+    // With jitter down to half the step, the 4th retry on waits at least 200 ms.
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    for (i, g) in gaps.iter().enumerate().skip(4).take(4) {
+        assert!(*g >= Duration::from_millis(200), "retry {i} after {g:?}: {gaps:?}");
+    }
+}
+
+#[test]
+fn pooled_and_per_device_connections_use_the_server_keep_alive_of_an_mqtt5_broker() {
+    // Mosquitto's `max_keepalive` (10 s at least) is sent as Server Keep Alive in CONNACK to an
+    // MQTT 5 client asking for more; a client keeping its own 120 s would be timed out at 15 s.
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true\nmax_keepalive 10");
+    let root = unique("ka");
+    let toml = format!(
+        r#"
+[run]
+seed = 5
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+version = 5
+pool_size = 1
+keep_alive = "120s"
+
+[sink.mqtt.per_device]
+keep_alive = "120s"
+
+[[fleet]]
+profile = "probe"
+count = 1
+
+[[fleet]]
+profile = "pooled"
+count = 1
+
+[profiles.probe]
+protocol = "mqtt"
+connection = "per_device"
+topic = "{root}/{{device_id}}/telemetry"
+interval = "24h"
+[profiles.probe.fields.t]
+type = "static"
+value = 1
+
+[profiles.pooled]
+protocol = "mqtt"
+topic = "{root}/{{device_id}}/telemetry"
+interval = "24h"
+[profiles.pooled.fields.t]
+type = "static"
+value = 1
+"#
+    );
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
+    // Both ping within the broker's 10 s (their devices publish nothing meanwhile).
+    let per_device = broker.wait_log("Received PINGREQ from probe-0000", 1);
+    let pooled = broker.wait_log("Received PINGREQ from iot-sim-", 1);
+    sigterm(&child);
+    let out = output_within(child, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = broker.log();
+    assert!(per_device && pooled, "per-device {per_device}, pooled {pooled}:\n{log}");
+    assert!(!log.contains("exceeded timeout"), "{log}");
+    assert_eq!(connected_clients(&log).len(), 2, "{log}");
+}
+
+/// Runs 2 per-device sessions with commands at `subscribe_qos = 2` (and `extra` settings),
+/// sends each device a command at the QoS given, and returns the QoS of each answer, as the
+/// broker logged receiving it.
+fn answer_qos(extra: &str, command_qos: [u8; 2]) -> Vec<String> {
+    let dir = readable_dir();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("aq");
+    let per_device = format!(
+        "subscribe = \"{root}/{{device_id}}/cmd\"\nsubscribe_qos = 2\nrespond = \"{root}/{{device_id}}/cmd/ack\"\n{extra}"
+    );
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, fleet(port, &root, &per_device, 2, "1h", "1h")).unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
+    assert!(broker.wait_log("Sending SUBACK to probe-", 2), "{}", broker.log());
+    for (i, q) in command_qos.iter().enumerate() {
+        let out = std::process::Command::new("mosquitto_pub")
+            .args(["-p", &port.to_string(), "-q", &q.to_string(), "-t"])
+            .arg(format!("{root}/probe-{i:04}/cmd"))
+            .args(["-m", &format!("{{\"id\":\"c-{i}\"}}")])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    // "Received PUBLISH from probe-0000 (d0, q2, r0, m1, '<root>/probe-0000/cmd/ack', ...".
+    let ack = |i: usize| format!("'{root}/probe-{i:04}/cmd/ack'");
+    let ok = broker.wait_log(&ack(0), 1) && broker.wait_log(&ack(1), 1);
+    sigterm(&child);
+    let out = output_within(child, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = broker.log();
+    assert!(ok, "answers missing:\n{log}");
+    (0..2)
+        .map(|i| {
+            let line = log
+                .lines()
+                .find(|l| {
+                    l.contains(&format!("Received PUBLISH from probe-{i:04} ("))
+                        && l.contains(&ack(i))
+                })
+                .unwrap_or_else(|| panic!("no answer of probe-{i:04}:\n{log}"));
+            line.split(", ").nth(1).unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn commands_are_answered_at_their_own_qos_unless_answer_qos_says_otherwise() {
+    // By default an answer goes out at the QoS its command arrived at, 2 included.
+    assert_eq!(answer_qos("", [2, 0]), vec!["q2", "q0"]);
+    // `answer_qos` sets it for every answer.
+    assert_eq!(answer_qos("answer_qos = 2", [1, 0]), vec!["q2", "q2"]);
 }

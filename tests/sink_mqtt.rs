@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::mqtt::{Broker, Subscriber};
+use common::mqtt::{Broker, DropAfterConnack, Subscriber, check_too_large, two_sizes_fleet};
 use common::*;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 fn fleet(
@@ -318,4 +319,84 @@ fn a_virtual_run_waiting_on_a_dead_broker_still_stops_on_sigterm() {
     assert!(row["messages"].as_u64().unwrap() > 0, "{row}");
     // What the dead broker never took is counted, not lost from the books.
     assert!(row["errors"].as_u64().unwrap() > 0, "{row}");
+}
+
+/// A private Mosquitto with `extra` in its config, in a folder it can read, logging everything.
+fn logging_broker(extra: &str) -> (tempfile::TempDir, u16, Broker) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), &format!("allow_anonymous true\n{extra}"));
+    (dir, port, broker)
+}
+
+#[test]
+fn a_message_over_the_brokers_maximum_packet_size_is_never_sent_and_counted_too_large() {
+    // [MQTT-3.2.2-15]: Mosquitto tells MQTT 5 clients its Maximum Packet Size in CONNACK and
+    // drops a client that sends more.
+    let (dir, port, broker) = logging_broker("max_packet_size 300");
+    let root = unique("toolarge");
+    let r = run_ok(dir.path(), &two_sizes_fleet(port, &root, "pooled", ""), &["--cores", "1"]);
+    check_too_large(&r);
+    // The connection was never dropped for it: no reconnect storm.
+    let ev = &r["sink_events"];
+    for e in ["mqtt.reconnect", "mqtt.disconnect", "mqtt.connect_error"] {
+        assert!(ev.get(e).is_none(), "{e}: {ev}");
+    }
+    let log = broker.log();
+    assert_eq!(log.matches("New client connected").count(), 1, "{log}");
+}
+
+#[test]
+fn a_connection_the_broker_drops_right_after_connack_is_retried_with_a_growing_backoff() {
+    let fake = DropAfterConnack::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("flap");
+    let cfg = dir.path().join("fleet.toml");
+    let toml = fleet(
+        fake.port,
+        &root,
+        "qos = 0\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"",
+        1,
+        "20ms",
+        "1h",
+    )
+    .replace("pool_size = 3", "pool_size = 1");
+    std::fs::write(&cfg, toml).unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
+    let at = fake.wait_connects(9, 60);
+    sigterm(&child);
+    let out = output_within(child, 60);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(at.len() >= 9, "only {} connects: {}", at.len(), stderr(&out));
+    // Backoff 50 ms doubling up to 400 ms, with jitter down to half: the 4th retry on waits
+    // at least 200 ms. Reset at every CONNACK, each retry would wait 25-50 ms.
+    let gaps: Vec<Duration> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    for (i, g) in gaps.iter().enumerate().skip(4).take(4) {
+        assert!(*g >= Duration::from_millis(200), "retry {i} after {g:?}: {gaps:?}");
+    }
+}
+
+#[test]
+fn pooled_connections_send_disconnect_when_a_run_ends() {
+    for version in [4, 5] {
+        let (dir, port, broker) = logging_broker("");
+        let root = unique("bye");
+        // One shard, three pooled connections.
+        let toml = fleet(port, &root, &format!("version = {version}\nqos = 1"), 6, "100ms", "1s");
+        let r = run_ok(dir.path(), &toml, &["--cores", "1"]);
+        assert_eq!(r["runs"][0]["errors"], 0, "{r}");
+        // Each connection closed gracefully: DISCONNECT before the socket closed.
+        assert!(
+            broker.wait_log("Received DISCONNECT from iot-sim-", 3),
+            "MQTT {version}: {}",
+            broker.log()
+        );
+        let log = broker.log();
+        // (The start's reachability probe, a bare TCP connect, is `<unknown>`.)
+        let abrupt =
+            log.lines().filter(|l| l.contains("closed its connection") && l.contains("iot-sim-"));
+        assert_eq!(abrupt.count(), 0, "MQTT {version}: {log}");
+        assert_eq!(log.matches("New client connected").count(), 3, "{log}");
+    }
 }

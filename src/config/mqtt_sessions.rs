@@ -59,6 +59,8 @@ pub struct PerDeviceSettings {
     pub subscribe: Option<TopicTemplate>,
     pub subscribe_qos: u8,
     pub respond: Option<TopicTemplate>,
+    /// The QoS of a command's answer (`respond`); `None`: the QoS the command arrived at.
+    pub answer_qos: Option<u8>,
 }
 
 impl Default for PerDeviceSettings {
@@ -80,6 +82,7 @@ impl Default for PerDeviceSettings {
             subscribe: None,
             subscribe_qos: 1,
             respond: None,
+            answer_qos: None,
         }
     }
 }
@@ -273,7 +276,13 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
     if let Some(q) = int_in(&mut t, "subscribe_qos", 0, 2, p) {
         s.subscribe_qos = q as u8;
     }
+    if let Some(q) = int_in(&mut t, "answer_qos", 0, 2, p) {
+        s.answer_qos = Some(q as u8);
+    }
     s.respond = template(&mut t, "respond", p);
+    if s.respond.is_none() && t.has("answer_qos") {
+        p.add(t.path_of("answer_qos"), "answer_qos needs respond (the topic of the answers)");
+    }
     if let Some(r) = &s.respond {
         if s.subscribe.is_none() {
             p.add(t.path_of("respond"), "respond needs subscribe (commands to answer)");
@@ -307,6 +316,7 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
             "subscribe",
             "subscribe_qos",
             "respond",
+            "answer_qos",
         ],
         p,
     );
@@ -332,6 +342,8 @@ mod tests {
         assert!(p.is_empty());
         assert_eq!(s.client_id.source, "{device_id}");
         assert_eq!(s.password, Password::None);
+        // A command is answered at the QoS it arrived at.
+        assert_eq!(s.answer_qos, None);
     }
 
     #[test]
@@ -345,6 +357,7 @@ mod tests {
             subscribe = "devices/#/cmd"
             source_addresses = ["203.0.113.9", "nope"]
             password_hmac_secret_env = "FLEET_TEST_SURELY_UNSET_SECRET"
+            answer_qos = 3
             "#,
         )
         .join("\n");
@@ -358,6 +371,8 @@ mod tests {
             "sink.mqtt.per_device.source_addresses[0]: cannot bind \"203.0.113.9\"",
             "sink.mqtt.per_device.source_addresses[1]: expected an IP address, got \"nope\"",
             "sink.mqtt.per_device.password_hmac_secret_env: environment variable \"FLEET_TEST_SURELY_UNSET_SECRET\" holds no secret",
+            "sink.mqtt.per_device.answer_qos: must be between 0 and 2, got 3",
+            "sink.mqtt.per_device.answer_qos: answer_qos needs respond",
         ] {
             assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
         }
@@ -375,6 +390,7 @@ mod tests {
             will_qos = 1
             subscribe = "devices/{device_id}/cmd"
             respond = "devices/{device_id}/cmd/ack"
+            answer_qos = 2
             "#,
         )
         .unwrap();
@@ -384,5 +400,6 @@ mod tests {
         assert_eq!(s.source_addresses.len(), 2);
         assert_eq!(s.will.as_ref().map(|w| w.qos), Some(1));
         assert!(s.respond.is_some());
+        assert_eq!(s.answer_qos, Some(2));
     }
 }

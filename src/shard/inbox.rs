@@ -1085,7 +1085,7 @@ impl Shard {
             Action::Fault(spec) => {
                 self.ctl.states.inject(key, spec, now, self.table.len());
                 if matches!(spec.kind, crate::sim::fault::FaultKind::Disconnect) {
-                    self.drop_session(profile, &id, spec.disconnect);
+                    self.drop_session(profile, &id, spec, now);
                 }
                 let duration = if spec.duration_ms == 0 {
                     "until cleared".to_string()

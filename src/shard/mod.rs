@@ -894,21 +894,30 @@ impl Shard {
 }
 
 impl Shard {
-    /// DISCONNECT on device `id`: drops its per-device MQTT session (if it has one). Abrupt and
-    /// graceful keep it down until [`Shard::release_session`]; a storm lets it back at once.
+    /// DISCONNECT on device `id`, injected at sim time `now`: drops its per-device MQTT
+    /// session (if it has one). Abrupt and graceful keep it down until the fault's end (the
+    /// session reconnects by itself then, in realtime: the device's next tick may be an
+    /// interval away) or [`Shard::release_session`]; a storm lets it back at once.
     pub(crate) fn drop_session(
         &self,
         profile: &Profile,
         id: &str,
-        mode: crate::sim::fault::DisconnectMode,
+        spec: &crate::sim::fault::FaultSpec,
+        now: SimMs,
     ) {
         use crate::sim::fault::DisconnectMode as M;
-        use crate::sink::mqtt::devices::Drop;
+        use crate::sink::mqtt::devices::{Drop, Hold};
         let Some(sink) = &self.sinks[profile.protocol.index()] else { return };
-        let (how, hold) = match mode {
-            M::Abrupt => (Drop::Abrupt, true),
-            M::Graceful => (Drop::Graceful, true),
-            M::Storm => (Drop::Abrupt, false),
+        let until = if spec.duration_ms > 0 && self.plan.clock == ClockMode::Realtime {
+            Hold::Until(self.wall_at(now.saturating_add(spec.duration_ms)))
+        } else {
+            // Until cleared, or (virtual clock) until the tick finds the fault over.
+            Hold::Released
+        };
+        let (how, hold) = match spec.disconnect {
+            M::Abrupt => (Drop::Abrupt, until),
+            M::Graceful => (Drop::Graceful, until),
+            M::Storm => (Drop::Abrupt, Hold::No),
         };
         sink.drop_sessions(&[device_hash(profile, id)], how, hold);
     }
@@ -922,7 +931,11 @@ impl Shard {
         let log = &self.step_log;
         let hash = device_hash(profile, &self.id);
         if !log.went_down.is_empty() {
-            sink.drop_sessions(&[hash], crate::sink::mqtt::devices::Drop::Abrupt, true);
+            sink.drop_sessions(
+                &[hash],
+                crate::sink::mqtt::devices::Drop::Abrupt,
+                crate::sink::mqtt::devices::Hold::Released,
+            );
         }
         let down_now = matches!(log.went_down.last(), Some(&(_, back)) if back > due);
         if !down_now {

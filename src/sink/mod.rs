@@ -225,7 +225,12 @@ impl Sink {
     }
 
     /// Drops the per-device sessions of these devices (faults); see [`mqtt::devices::Drop`].
-    pub fn drop_sessions(&self, hashes: &[u64], how: mqtt::devices::Drop, hold: bool) -> usize {
+    pub fn drop_sessions(
+        &self,
+        hashes: &[u64],
+        how: mqtt::devices::Drop,
+        hold: mqtt::devices::Hold,
+    ) -> usize {
         match self {
             Sink::Net(NetSink { devices: Some(d), .. }) => d.drop_sessions(hashes, how, hold),
             _ => 0,

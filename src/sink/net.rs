@@ -150,8 +150,9 @@ pub struct NetShared {
     shard: usize,
     /// Messages queued or in flight outside `conns` (per-device MQTT sessions).
     extra: Cell<usize>,
-    /// Per-device sessions with an open connection; `drain` gives them a moment to close
-    /// cleanly (DISCONNECT, so the broker does not publish their wills at shutdown).
+    /// MQTT connections open now (pooled connections and per-device sessions); `drain` gives
+    /// them a moment to close cleanly (DISCONNECT, so the broker sees a graceful close and
+    /// publishes no will at shutdown).
     pub open_sessions: Cell<usize>,
     /// Notified (all waiters) when `closing` is set.
     pub close: Notify,
@@ -397,7 +398,8 @@ impl NetShared {
             }
             c.wake.notify_one();
         }
-        // Per-device sessions close and count what they still hold (`shutdown`).
+        // MQTT connections send DISCONNECT and close; per-device sessions count what they
+        // still hold (`shutdown`).
         for _ in 0..1000 {
             if self.open_sessions.get() == 0 && self.extra.get() == 0 {
                 break;
@@ -436,9 +438,83 @@ impl NetShared {
     }
 }
 
+/// A connection up at least this long, or `backoff_max` if that is longer, was stable: the
+/// backoff after it is lost starts over from `backoff_initial`. A connection the broker drops
+/// sooner (right after CONNACK, say, for something the client sends on connecting) keeps
+/// stepping the backoff up, so the client does not reconnect at once forever.
+pub const STABLE_CONNECTION_MS: u64 = 10_000;
+
+/// One connection's place in its reconnect backoff (pooled connections and per-device
+/// sessions alike).
+#[derive(Debug, Default)]
+pub struct Retry {
+    /// The backoff step of the next retry.
+    attempt: u32,
+    /// When the current connection's CONNACK came (monotonic ns).
+    up_since_ns: Option<u64>,
+}
+
+impl Retry {
+    /// The connection is up (CONNACK accepted) at `now_ns`.
+    pub fn connected(&mut self, now_ns: u64) {
+        self.up_since_ns = Some(now_ns);
+    }
+
+    /// The connection was lost or the attempt failed at `now_ns`: the backoff step to wait
+    /// now. It starts over only when the lost connection had been up for the stable period
+    /// ([`STABLE_CONNECTION_MS`], or `backoff_max` if longer); otherwise each retry waits
+    /// one step longer, up to `backoff_max`.
+    pub fn lost(&mut self, backoff: &Backoff, now_ns: u64) -> u32 {
+        let stable_ns = STABLE_CONNECTION_MS.max(backoff.max_ms).saturating_mul(1_000_000);
+        if let Some(up) = self.up_since_ns.take()
+            && now_ns.saturating_sub(up) >= stable_ns
+        {
+            self.attempt = 0;
+        }
+        let a = self.attempt;
+        self.attempt = self.attempt.saturating_add(1);
+        a
+    }
+
+    /// Starts over (a connection closed on purpose, not by a failure).
+    pub fn reset(&mut self) {
+        *self = Retry::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_backoff_starts_over_only_after_a_connection_that_stayed_up() {
+        const S: u64 = 1_000_000_000;
+        let b = Backoff { initial_ms: 100, max_ms: 2_000 };
+        let mut r = Retry::default();
+        // Refused or failed attempts step up.
+        assert_eq!(r.lost(&b, 0), 0);
+        assert_eq!(r.lost(&b, S), 1);
+        // Accepted, then dropped at once, again and again: still stepping up.
+        for (i, t) in [2u64, 3, 4, 5].iter().enumerate() {
+            r.connected(t * S);
+            assert_eq!(r.lost(&b, t * S + S / 10), 2 + i as u32);
+        }
+        // Up for just under the stable period: not yet.
+        r.connected(10 * S);
+        assert_eq!(r.lost(&b, 20 * S - 1), 6);
+        // Up for the stable period (10 s; backoff_max is shorter): the next retry is the first.
+        r.connected(30 * S);
+        assert_eq!(r.lost(&b, 40 * S), 0);
+        assert_eq!(r.lost(&b, 41 * S), 1);
+        // A backoff_max longer than 10 s is the stable period.
+        let long = Backoff { initial_ms: 100, max_ms: 60_000 };
+        r.connected(50 * S);
+        assert_eq!(r.lost(&long, 80 * S), 2);
+        r.connected(100 * S);
+        assert_eq!(r.lost(&long, 160 * S), 0);
+        r.reset();
+        assert_eq!(r.lost(&b, 200 * S), 0);
+    }
     use crate::sim::profile::{Delivery, Fleet, Profile, Protocol};
 
     fn fleet(bp: Backpressure) -> Fleet {

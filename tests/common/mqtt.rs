@@ -143,3 +143,142 @@ impl Drop for Broker {
         self.kill();
     }
 }
+
+/// A fake MQTT 3.1.1 broker that accepts every CONNECT (CONNACK 0) and closes the connection
+/// at the client's first packet after it, as a broker does that drops a client for something
+/// it sends on connecting. Records when each CONNECT arrived (to see the client's reconnect backoff).
+pub struct DropAfterConnack {
+    pub port: u16,
+    connects: Arc<Mutex<Vec<std::time::Instant>>>,
+}
+
+impl DropAfterConnack {
+    pub fn start() -> DropAfterConnack {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connects = Arc::new(Mutex::new(vec![]));
+        let seen = connects.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                // The first byte of a CONNECT is 0x10 (a reachability probe sends nothing).
+                let mut first = [0u8; 1];
+                if conn.read_exact(&mut first).is_err() || first[0] != 0x10 {
+                    continue;
+                }
+                // Read the whole CONNECT (closing with unread bytes would send a reset, and
+                // the client might lose the CONNACK).
+                let (mut len, mut shift) = (0usize, 0);
+                let mut b = [0u8; 1];
+                while conn.read_exact(&mut b).is_ok() {
+                    len |= ((b[0] & 0x7f) as usize) << shift;
+                    shift += 7;
+                    if b[0] & 0x80 == 0 {
+                        break;
+                    }
+                }
+                let mut rest = vec![0u8; len];
+                if conn.read_exact(&mut rest).is_err() {
+                    continue;
+                }
+                seen.lock().unwrap().push(std::time::Instant::now());
+                let _ = conn.write_all(&[0x20, 0x02, 0x00, 0x00]);
+                // Close once the client sent its next packet (a PUBLISH: it took the CONNACK
+                // and is connected), so the close is surely after the CONNACK.
+                let _ = conn.read(&mut b);
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        DropAfterConnack { port, connects }
+    }
+
+    /// Waits (up to `secs`) for `n` CONNECTs; returns when each arrived.
+    pub fn wait_connects(&self, n: usize, secs: u64) -> Vec<std::time::Instant> {
+        let t0 = std::time::Instant::now();
+        while self.connects.lock().unwrap().len() < n && t0.elapsed() < Duration::from_secs(secs) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.connects.lock().unwrap().clone()
+    }
+}
+
+/// A fleet of two profiles on one MQTT 5 broker: `small-*` devices whose messages are about
+/// 200 bytes, and `big-*` devices whose topic alone is over 300 bytes. `connection` is
+/// `"pooled"` or `"per_device"`.
+pub fn two_sizes_fleet(port: u16, root: &str, connection: &str, per_device: &str) -> String {
+    let pad = "x".repeat(320);
+    format!(
+        r#"
+[run]
+seed = 4
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+duration = "2s"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+version = 5
+qos = 1
+pool_size = 1
+backoff_initial = "50ms"
+backoff_max = "400ms"
+
+[sink.mqtt.per_device]
+{per_device}
+
+[[fleet]]
+profile = "small"
+count = 2
+
+[[fleet]]
+profile = "big"
+count = 2
+
+[profiles.small]
+protocol = "mqtt"
+connection = "{connection}"
+topic = "{root}/{{device_id}}/t"
+interval = "100ms"
+[profiles.small.fields.t]
+type = "static"
+value = 20
+
+[profiles.big]
+protocol = "mqtt"
+connection = "{connection}"
+topic = "{root}/{{device_id}}/{pad}"
+interval = "100ms"
+[profiles.big.fields.t]
+type = "static"
+value = 20
+"#
+    )
+}
+
+/// The report row of a device type.
+pub fn type_row<'a>(r: &'a serde_json::Value, device_type: &str) -> &'a serde_json::Value {
+    r["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["device_type"] == device_type)
+        .unwrap_or_else(|| panic!("no row for {device_type}: {r}"))
+}
+
+/// Checks a run of [`two_sizes_fleet`] against a broker taking packets of at most 300 bytes:
+/// every big message counted as `too_large` and nothing else lost.
+pub fn check_too_large(r: &serde_json::Value) {
+    let small = type_row(r, "small");
+    assert!(small["published"].as_u64().unwrap() > 0, "{small}");
+    assert_eq!(small["messages"], small["published"], "{small}");
+    assert_eq!(small["errors"], 0, "{small}");
+    let big = type_row(r, "big");
+    let n = big["published"].as_u64().unwrap();
+    assert!(n > 0, "{big}");
+    assert_eq!(big["messages"], 0, "{big}");
+    assert_eq!(big["errors"], n, "{big}");
+    assert_eq!(big["error_kinds"], serde_json::json!({ "too_large": n }), "{big}");
+    assert_eq!(big["dropped"], 0, "{big}");
+}

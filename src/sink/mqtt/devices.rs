@@ -33,7 +33,7 @@ use crate::config::MqttSettings;
 use crate::config::mqtt_sessions::{Password, PerDeviceSettings};
 use crate::measure::clock::mono_ns;
 use crate::sim::profile::{Backpressure, Fleet};
-use crate::sink::net::{ConnEvent, NetShared, Queued};
+use crate::sink::net::{ConnEvent, NetShared, Queued, Retry};
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -53,14 +53,29 @@ pub enum Drop {
     Abrupt,
 }
 
+/// How long a session dropped by a fault stays down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// Not at all: it reconnects at once (the reconnect storm).
+    No,
+    /// Until [`Devices::release`] (availability: the device's tick finds it up again).
+    Released,
+    /// Until this monotonic time (ns; a DISCONNECT fault's end), or until released if that
+    /// comes first. The session reconnects then with the backoff's jitter (up to
+    /// `backoff_initial`), not at its device's next tick.
+    Until(u64),
+}
+
 /// One device's side of the sink: its unsent messages and how to reach its task.
 struct Device {
     queue: RefCell<VecDeque<Queued>>,
     wake: Notify,
     /// A drop a fault asked for, not yet acted on.
     drop: Cell<Option<Drop>>,
-    /// Held down by a DISCONNECT fault: no reconnect until it is cleared.
+    /// Held down by a DISCONNECT fault or an outage: no reconnect until it is released ...
     held: Cell<bool>,
+    /// ... or until this monotonic time (ns), when the task releases it itself.
+    held_until: Cell<Option<u64>>,
     /// In slow-down (`backpressure = "slow_down"`): its interval is doubled.
     slowed: Cell<bool>,
 }
@@ -242,6 +257,7 @@ impl Devices {
             wake: Notify::new(),
             drop: Cell::new(None),
             held: Cell::new(false),
+            held_until: Cell::new(None),
             slowed: Cell::new(false),
         });
         self.by_hash.borrow_mut().insert(hash, dev.clone());
@@ -288,15 +304,27 @@ impl Devices {
         dev
     }
 
-    /// Drops the connections of the devices with these hashes (a fault). `hold` keeps them
-    /// down until [`Devices::release`]; otherwise they reconnect at once (with backoff).
-    pub fn drop_sessions(&self, hashes: &[u64], how: Drop, hold: bool) -> usize {
+    /// Drops the connections of the devices with these hashes (a fault), and keeps them down
+    /// as `hold` says.
+    pub fn drop_sessions(&self, hashes: &[u64], how: Drop, hold: Hold) -> usize {
         let by = self.by_hash.borrow();
         let mut n = 0;
         for h in hashes {
             if let Some(d) = by.get(h) {
                 d.drop.set(Some(how));
-                d.held.set(hold);
+                d.held.set(hold != Hold::No);
+                d.held_until.set(match hold {
+                    // Each device its own jitter, so a fleet does not come back on one tick.
+                    Hold::Until(at) => Some(
+                        at.saturating_add(
+                            self.shared
+                                .backoff
+                                .delay_ms(0, NetShared::jitter())
+                                .saturating_mul(1_000_000),
+                        ),
+                    ),
+                    _ => None,
+                });
                 d.wake.notify_one();
                 n += 1;
             }
@@ -311,6 +339,7 @@ impl Devices {
             if let Some(d) = by.get(h)
                 && d.held.replace(false)
             {
+                d.held_until.set(None);
                 d.wake.notify_one();
             }
         }
@@ -399,7 +428,7 @@ async fn run(
     let mut session: Session<Token> = Session::new(ctx.version, s.keep_alive_ms as u32, s.inflight);
     session.set_connect_timeout_ms(s.connect_timeout_ms as u32);
     session.set_ping_phase_ms(phase_ms);
-    let mut attempt = 0u32;
+    let mut retry = Retry::default();
     let mut ever_connected = false;
     loop {
         if ctx.shared.closing.get() {
@@ -407,9 +436,26 @@ async fn run(
             return;
         }
         if dev.held.get() {
-            // Down by a fault: what the device produces meanwhile queues (bounded).
+            // Down by a fault: what the device produces meanwhile queues (bounded). A fault
+            // with an end lets the session back at that end, not at the device's next tick.
+            let until = dev.held_until.get();
+            let end = async {
+                match until {
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_nanos(at.saturating_sub(mono_ns()))).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = dev.wake.notified() => {}
+                _ = end => {
+                    // Unless a newer fault moved the end meanwhile.
+                    if dev.held_until.get() == until {
+                        dev.held.set(false);
+                        dev.held_until.set(None);
+                    }
+                }
                 _ = ctx.shared.abandon.notified() => {}
                 _ = ctx.shared.close.notified() => {}
             }
@@ -435,15 +481,24 @@ async fn run(
             Err(e) => End::Lost(format!("connect: {e}")),
             Ok(tcp) => match &ctx.tls {
                 None => {
-                    let link = Link { params: &params, topics: &topics, connecting: &mut permit };
+                    let link = Link {
+                        params: &params,
+                        topics: &topics,
+                        connecting: &mut permit,
+                        retry: &mut retry,
+                    };
                     drive(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
                 }
                 Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
                     // Boxed: the TLS stream is large, and a plain session should not carry
                     // room for it in its task.
                     Ok(tls) => {
-                        let link =
-                            Link { params: &params, topics: &topics, connecting: &mut permit };
+                        let link = Link {
+                            params: &params,
+                            topics: &topics,
+                            connecting: &mut permit,
+                            retry: &mut retry,
+                        };
                         Box::pin(drive(&ctx, &dev, &mut session, link, tls, &mut ever_connected))
                             .await
                     }
@@ -461,7 +516,8 @@ async fn run(
                 return;
             }
             End::Dropped => {
-                attempt = 0;
+                // Closed on purpose, not by a failure.
+                retry.reset();
                 continue;
             }
             End::Refused(reason) => {
@@ -477,13 +533,13 @@ async fn run(
                 tracing::debug!(sink = "mqtt", device = %topics.device_id, %error, "session lost");
             }
         }
+        let attempt = retry.lost(&ctx.shared.backoff, mono_ns());
         if !ctx.shared.closing.get() {
             tokio::select! {
                 _ = ctx.shared.backoff_sleep(attempt) => {}
                 _ = ctx.shared.close.notified() => {}
             }
         }
-        attempt = attempt.saturating_add(1);
     }
 }
 
@@ -507,6 +563,8 @@ struct Link<'a, 'p> {
     topics: &'a Topics,
     /// The `max_connecting` permit of this attempt, given back on CONNACK.
     connecting: &'a mut Option<tokio::sync::SemaphorePermit<'p>>,
+    /// The reconnect backoff: told when the connection comes up.
+    retry: &'a mut Retry,
 }
 
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
@@ -517,7 +575,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     ever_connected: &mut bool,
 ) -> End {
-    let Link { params, topics, connecting } = link;
+    let Link { params, topics, connecting, retry } = link;
     session.connect(params, mono_ns());
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
     let mut buf = [0u8; 512];
@@ -563,6 +621,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             match o {
                 Outcome::Connected { .. } => {
                     up = true;
+                    retry.connected(mono_ns());
                     *connecting = None;
                     ctx.connected.set(ctx.connected.get() + 1);
                     ctx.shared.event("session_connected");
@@ -592,7 +651,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     ctx.shared.event("session_subscribe_refused");
                 }
                 Outcome::Subscribed { .. } => {}
-                Outcome::Command { topic, payload } => {
+                Outcome::Command { topic, payload, qos: command_qos } => {
                     ctx.shared.event("command_received");
                     let cmd = Command::parse(&payload);
                     ctx.command_stats(topics.profile, |st| {
@@ -615,7 +674,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                             "device_id": topics.device_id,
                             "status": "ok",
                         });
-                        let qos = ctx.settings.subscribe_qos.min(1);
+                        // `answer_qos`, or the QoS the command arrived at.
+                        let qos = ctx.settings.answer_qos.unwrap_or(command_qos);
                         if session
                             .publish(
                                 r,

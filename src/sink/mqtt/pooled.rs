@@ -12,17 +12,24 @@
 //! 4. waits for bytes from the broker, new messages, the session's next timer (keep-alive,
 //!    connect timeout) or shutdown, or goes round at once when it stopped for the byte bound.
 //!
-//! A lost connection is counted and retried with the sink's jittered exponential backoff. The
-//! session keeps every unacknowledged message and, after the next CONNACK, sends them again in
-//! their original order (PUBLISH with DUP, PUBREL where PUBREC had arrived): at least once.
-//! Queued messages wait in the connection's queue under the profile's backpressure policy.
+//! A lost connection is counted and retried with the sink's jittered exponential backoff; the
+//! backoff starts over only after a connection that stayed up for the stable period
+//! ([`crate::sink::net::Retry`]). The session keeps every unacknowledged message and, after the
+//! next CONNACK, sends them again in their original order (PUBLISH with DUP, PUBREL where
+//! PUBREC had arrived): at least once. Queued messages wait in the connection's queue under the
+//! profile's backpressure policy. A message larger than an MQTT 5 broker's Maximum Packet Size
+//! is never sent: it is counted as an error of kind `too_large`.
+//!
+//! At the end of a run the connection sends DISCONNECT, flushes it and closes the socket;
+//! `NetShared::drain` waits for that (the connection counts in `open_sessions` while its
+//! socket is open).
 
 use super::session::{ConnectParams, Outcome, Session, Version};
 use super::transport::{Tls, open_tcp};
 use crate::config::MqttSettings;
 use crate::measure::clock::mono_ns;
 use crate::sim::profile::Fleet;
-use crate::sink::net::{ConnEvent, NetShared, Queued};
+use crate::sink::net::{ConnEvent, NetShared, Queued, Retry};
 use bytes::Bytes;
 use std::rc::Rc;
 use std::time::Duration;
@@ -84,15 +91,16 @@ pub fn start(s: &MqttSettings, fleet: &Fleet, shared: Rc<NetShared>) -> Result<(
 enum End {
     /// Refused by CONNACK, or lost: counted, retried after backoff.
     Lost(String),
-    /// Shutdown: everything settled (DISCONNECT sent) or abandoned.
+    /// Shutdown: DISCONNECT sent (`abandon` counts what is still unacknowledged), or the
+    /// drain gave up on the connection.
     Closing,
 }
 
 /// What a connection's task remembers across connections.
 #[derive(Default)]
 struct Link {
-    /// Failed attempts since the last CONNACK (the backoff step).
-    attempt: u32,
+    /// The backoff step, and when the connection came up.
+    retry: Retry,
     ever_connected: bool,
     /// In an outage: reported once (StreamEvents), not once per retry.
     failing: bool,
@@ -147,7 +155,7 @@ async fn run(pool: Rc<Pool>, conn: usize, params: ConnectParams) {
             }
             End::Lost(e) => e,
         };
-        let Link { attempt, ever_connected, failing } = &mut link;
+        let Link { retry, ever_connected, failing } = &mut link;
         if q.connected.replace(false) {
             shared.event("disconnect");
             shared.conn_event(ConnEvent::Disconnected {
@@ -174,11 +182,11 @@ async fn run(pool: Rc<Pool>, conn: usize, params: ConnectParams) {
             abandon(&pool, conn, &mut session);
             return;
         }
+        let attempt = retry.lost(&shared.backoff, mono_ns());
         tokio::select! {
-            _ = shared.backoff_sleep(*attempt) => {}
+            _ = shared.backoff_sleep(attempt) => {}
             _ = shared.abandon.notified() => {}
         }
-        *attempt = attempt.saturating_add(1);
     }
 }
 
@@ -213,7 +221,7 @@ fn settle(pool: &Pool, conn: usize, session: &mut Session<Queued>, link: &mut Li
                 shared.settled(conn);
             }
             Outcome::Connected { .. } => {
-                link.attempt = 0;
+                link.retry.connected(now);
                 link.failing = false;
                 if std::mem::replace(&mut link.ever_connected, true) {
                     shared.event("reconnect");
@@ -237,6 +245,23 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     session: &mut Session<Queued>,
     params: &ConnectParams,
     mut stream: S,
+    buf: &mut [u8],
+    link: &mut Link,
+) -> End {
+    let shared = &pool.shared;
+    shared.open_sessions.set(shared.open_sessions.get() + 1);
+    let end = drive_open(pool, conn, session, params, &mut stream, buf, link).await;
+    shared.open_sessions.set(shared.open_sessions.get().saturating_sub(1));
+    end
+}
+
+/// [`drive`] while the socket is open.
+async fn drive_open<S: AsyncRead + AsyncWrite + Unpin>(
+    pool: &Pool,
+    conn: usize,
+    session: &mut Session<Queued>,
+    params: &ConnectParams,
+    stream: &mut S,
     buf: &mut [u8],
     link: &mut Link,
 ) -> End {
@@ -288,10 +313,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         if shared.abandoned.get() {
             return End::Closing;
         }
-        if shared.closing.get() && settled(pool, conn) {
+        if shared.closing.get() {
+            // `drain` waited for what was queued and in flight; what is still unacknowledged
+            // is counted by `abandon` (`unconfirmed`). A graceful close: DISCONNECT, flushed
+            // (TLS buffers it), then the socket's FIN.
             session.disconnect();
             let _ = stream.write_all(session.output()).await;
             session.clear_output();
+            let _ = stream.flush().await;
             let _ = stream.shutdown().await;
             return End::Closing;
         }

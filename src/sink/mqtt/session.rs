@@ -21,6 +21,10 @@
 //! - SUBSCRIBE / SUBACK; incoming PUBLISH (downlink) at QoS 0/1/2, acknowledged, reported as
 //!   [`Outcome::Command`]; a QoS 2 command is reported once, on PUBLISH, and released on PUBREL.
 //! - DISCONNECT (graceful close, no will).
+//! - MQTT 5 CONNACK properties: Receive Maximum narrows the in-flight window, Maximum Packet
+//!   Size ([MQTT-3.2.2-15]) refuses a PUBLISH that would not fit (reported as
+//!   [`Outcome::Rejected`] with `too_large`, never written, never retried), Server Keep Alive
+//!   ([MQTT-3.2.2-21]) replaces the keep-alive asked for, for that connection.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
@@ -89,12 +93,13 @@ pub enum Outcome<T> {
     Refused { reason: &'static str },
     /// The message is delivered: QoS 0 written, QoS 1 PUBACK, QoS 2 PUBCOMP.
     Delivered(T),
-    /// The broker answered with an MQTT 5 error reason code.
+    /// Not delivered: the broker answered with an MQTT 5 error reason code, or the message is
+    /// larger than the broker's Maximum Packet Size (`too_large`: never written, not retried).
     Rejected(T, &'static str),
     /// SUBACK: the granted QoS, or `None` when the broker refused the filter.
     Subscribed { granted_qos: Option<u8> },
-    /// A PUBLISH from the broker (a downlink command).
-    Command { topic: Bytes, payload: Bytes },
+    /// A PUBLISH from the broker (a downlink command), with the QoS it arrived at.
+    Command { topic: Bytes, payload: Bytes, qos: u8 },
     /// The session closed itself; the driver closes the socket.
     Closed(CloseReason),
 }
@@ -134,7 +139,13 @@ const INCOMING_PACKET_MAX: usize = crate::limits::MAX_INCOMING_MQTT_PACKET;
 pub struct Session<T> {
     version: Version,
     state: State,
+    /// The keep-alive asked for in CONNECT.
     keep_alive_ms: u32,
+    /// The keep-alive of this connection: `keep_alive_ms`, or an MQTT 5 broker's Server Keep
+    /// Alive from CONNACK.
+    keep_alive_now_ms: u32,
+    /// An MQTT 5 broker's Maximum Packet Size from CONNACK (`None`: no limit but the protocol's).
+    max_packet_size: Option<u32>,
     connect_timeout_ms: u32,
     /// Moves the first PINGREQ after a CONNACK this much earlier (spreads a fleet's pings).
     ping_phase_ms: u32,
@@ -170,6 +181,8 @@ impl<T> Session<T> {
             version,
             state: State::Disconnected,
             keep_alive_ms: keep_alive_ms.min(u16::MAX as u32 * 1000),
+            keep_alive_now_ms: keep_alive_ms.min(u16::MAX as u32 * 1000),
+            max_packet_size: None,
             connect_timeout_ms: 10_000,
             ping_phase_ms: 0,
             inflight_max: inflight.clamp(1, u16::MAX - 1),
@@ -193,9 +206,23 @@ impl<T> Session<T> {
         self.connect_timeout_ms = ms.max(1);
     }
 
-    /// Moves the first PINGREQ after each CONNACK `ms` earlier (less than the keep-alive).
+    /// Moves the first PINGREQ after each CONNACK `ms` earlier (modulo the connection's
+    /// keep-alive, so less than it).
     pub fn set_ping_phase_ms(&mut self, ms: u32) {
-        self.ping_phase_ms = if self.keep_alive_ms == 0 { 0 } else { ms % self.keep_alive_ms };
+        self.ping_phase_ms = ms;
+    }
+
+    /// The keep-alive of the current connection, ms: the one asked for, or the Server Keep
+    /// Alive an MQTT 5 broker returned in CONNACK (0: off).
+    #[cfg(test)]
+    fn keep_alive_now_ms(&self) -> u32 {
+        self.keep_alive_now_ms
+    }
+
+    /// The largest packet the broker takes, from an MQTT 5 CONNACK's Maximum Packet Size.
+    #[cfg(test)]
+    fn max_packet_size(&self) -> Option<u32> {
+        self.max_packet_size
     }
 
     pub fn is_connected(&self) -> bool {
@@ -225,6 +252,8 @@ impl<T> Session<T> {
         self.ping_sent_ns = None;
         self.sub_pending = false;
         self.incoming_qos2.clear();
+        self.keep_alive_now_ms = self.keep_alive_ms;
+        self.max_packet_size = None;
         let keep_alive = (self.keep_alive_ms / 1000) as u16;
         match self.version {
             Version::V311 => {
@@ -308,6 +337,12 @@ impl<T> Session<T> {
         if !self.can_publish(qos) {
             return Err(token);
         }
+        if !self.fits(&topic, &payload, qos) {
+            // [MQTT-3.2.2-15]: never sent; a broker would drop the connection for it, and the
+            // resend after the reconnect would do it again.
+            self.outcomes.push_back(Outcome::Rejected(token, TOO_LARGE));
+            return Ok(());
+        }
         if qos == 0 {
             self.write_publish(&topic, &payload, 0, retain, 0, false);
             self.outcomes.push_back(Outcome::Delivered(token));
@@ -333,6 +368,13 @@ impl<T> Session<T> {
         }
         self.last_write_ns = now_ns;
         Ok(())
+    }
+
+    /// Whether a PUBLISH of this topic, payload and QoS fits the broker's Maximum Packet Size.
+    fn fits(&self, topic: &[u8], payload: &[u8], qos: u8) -> bool {
+        self.max_packet_size.is_none_or(|max| {
+            publish_len(self.version, topic.len(), payload.len(), qos) <= max as usize
+        })
     }
 
     /// Subscribes to one filter (answered by [`Outcome::Subscribed`]). Only while connected.
@@ -425,10 +467,10 @@ impl<T> Session<T> {
         match self.state {
             State::Disconnected => None,
             State::Connecting { since_ns } => Some(since_ns + self.connect_timeout_ms as u64 * MS),
-            State::Connected if self.keep_alive_ms == 0 => None,
+            State::Connected if self.keep_alive_now_ms == 0 => None,
             State::Connected => Some(match self.ping_sent_ns {
-                Some(sent) => sent + self.keep_alive_ms as u64 * MS,
-                None => self.last_write_ns + self.keep_alive_ms as u64 * MS,
+                Some(sent) => sent + self.keep_alive_now_ms as u64 * MS,
+                None => self.last_write_ns + self.keep_alive_now_ms as u64 * MS,
             }),
         }
     }
@@ -496,16 +538,27 @@ impl<T> Session<T> {
             self.ping_sent_ns = None;
         }
         match (self.state, p) {
-            (State::Connecting { .. }, In::ConnAck(Ok((session_present, receive_max)))) => {
+            (State::Connecting { .. }, In::ConnAck(Ok(ack))) => {
                 self.state = State::Connected;
                 // An MQTT 5 broker may take fewer unacknowledged messages than configured.
-                self.window = match receive_max {
+                self.window = match ack.receive_max {
                     Some(m) if m > 0 => m.min(self.inflight_max),
                     _ => self.inflight_max,
                 };
-                self.outcomes.push_back(Outcome::Connected { session_present });
+                // [MQTT-3.2.2-15]: nothing larger than the broker's Maximum Packet Size.
+                self.max_packet_size = ack.max_packet_size.filter(|m| *m > 0);
+                // [MQTT-3.2.2-21]: the broker's Server Keep Alive replaces the one asked for.
+                if let Some(k) = ack.server_keep_alive {
+                    self.keep_alive_now_ms = k as u32 * 1000;
+                }
+                self.outcomes
+                    .push_back(Outcome::Connected { session_present: ack.session_present });
                 self.resend(now_ns);
-                self.last_write_ns = now_ns.saturating_sub(self.ping_phase_ms as u64 * MS);
+                let phase = match self.keep_alive_now_ms {
+                    0 => 0,
+                    k => self.ping_phase_ms % k,
+                };
+                self.last_write_ns = now_ns.saturating_sub(phase as u64 * MS);
             }
             (State::Connecting { .. }, In::ConnAck(Err(reason))) => {
                 self.connection_lost();
@@ -568,7 +621,7 @@ impl<T> Session<T> {
                 if qos > 0 {
                     self.last_write_ns = now_ns;
                 }
-                self.outcomes.push_back(Outcome::Command { topic, payload });
+                self.outcomes.push_back(Outcome::Command { topic, payload, qos });
             }
             (_, In::PubRel { pkid }) => {
                 self.incoming_qos2.retain(|p| *p != pkid);
@@ -625,6 +678,12 @@ impl<T> Session<T> {
         for (_, pkid) in order {
             let Some(f) = self.flights[pkid as usize - 1].take() else { continue };
             match f.stage {
+                // This broker takes smaller packets than the one it was sent to: it cannot go.
+                Stage::Published if !self.fits(&f.topic, &f.payload, f.qos) => {
+                    self.inflight -= 1;
+                    self.outcomes.push_back(Outcome::Rejected(f.token, TOO_LARGE));
+                    continue;
+                }
                 Stage::Published => {
                     self.write_publish(&f.topic, &f.payload, f.qos, f.retain, pkid, true)
                 }
@@ -692,10 +751,19 @@ enum AckKind {
     Comp,
 }
 
+/// What an accepted CONNACK says (the properties are MQTT 5's; `None` from a 3.1.1 broker).
+#[derive(Default)]
+struct ConnAckOk {
+    session_present: bool,
+    receive_max: Option<u16>,
+    max_packet_size: Option<u32>,
+    server_keep_alive: Option<u16>,
+}
+
 /// An incoming packet, the same for both versions.
 enum In {
-    /// `Ok((session_present, receive_maximum))` or `Err(reason)`.
-    ConnAck(Result<(bool, Option<u16>), &'static str>),
+    /// Accepted, or refused with a reason.
+    ConnAck(Result<ConnAckOk, &'static str>),
     PubAck {
         pkid: u16,
         error: Option<&'static str>,
@@ -732,7 +800,9 @@ impl In {
         use v4::ConnectReturnCode as C;
         Some(match p {
             v4::Packet::ConnAck(a) => In::ConnAck(match a.code {
-                C::Success => Ok((a.session_present, None)),
+                C::Success => {
+                    Ok(ConnAckOk { session_present: a.session_present, ..Default::default() })
+                }
                 C::RefusedProtocolVersion => Err("protocol_version"),
                 C::BadClientId => Err("bad_client_id"),
                 C::ServiceUnavailable => Err("server_unavailable"),
@@ -767,7 +837,13 @@ impl In {
         Some(match p {
             v5::Packet::ConnAck(a) => In::ConnAck(match a.code {
                 C::Success => {
-                    Ok((a.session_present, a.properties.as_ref().and_then(|p| p.receive_max)))
+                    let p = a.properties.as_ref();
+                    Ok(ConnAckOk {
+                        session_present: a.session_present,
+                        receive_max: p.and_then(|p| p.receive_max),
+                        max_packet_size: p.and_then(|p| p.max_packet_size),
+                        server_keep_alive: p.and_then(|p| p.server_keep_alive),
+                    })
                 }
                 C::RefusedProtocolVersion | C::UnsupportedProtocolVersion => {
                     Err("protocol_version")
@@ -823,6 +899,29 @@ impl In {
     }
 }
 
+/// The error kind of a message larger than the broker's Maximum Packet Size.
+pub const TOO_LARGE: &str = "too_large";
+
+/// The remaining length of a PUBLISH (no properties) with this topic and payload.
+fn publish_remaining(version: Version, topic_len: usize, payload_len: usize, qos: u8) -> usize {
+    2 + topic_len
+        + if qos > 0 { 2 } else { 0 }
+        + if version == Version::V5 { 1 } else { 0 }
+        + payload_len
+}
+
+/// The whole size of such a PUBLISH on the wire: fixed header byte, remaining length, rest.
+fn publish_len(version: Version, topic_len: usize, payload_len: usize, qos: u8) -> usize {
+    let remaining = publish_remaining(version, topic_len, payload_len, qos.min(2));
+    let len_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + len_bytes + remaining
+}
+
 /// Encodes one PUBLISH (MQTT 3.1.1 or 5, no properties) straight into `out`: the hot path of
 /// every message, so no intermediate packet struct, topic `String` or allocation. Checked
 /// against `rumqttc::mqttbytes`'s decoder by the tests.
@@ -838,11 +937,7 @@ fn encode_publish(
     dup: bool,
 ) {
     let qos = qos.min(2);
-    let remaining = 2
-        + topic.len()
-        + if qos > 0 { 2 } else { 0 }
-        + if version == Version::V5 { 1 } else { 0 }
-        + payload.len();
+    let remaining = publish_remaining(version, topic.len(), payload.len(), qos);
     out.reserve(1 + 4 + remaining);
     out.put_u8(0x30 | (dup as u8) << 3 | qos << 1 | retain as u8);
     let mut len = remaining;
@@ -924,6 +1019,45 @@ mod tests {
 
     fn outcomes(s: &mut Session<u32>) -> Vec<Outcome<u32>> {
         std::iter::from_fn(|| s.poll_outcome()).collect()
+    }
+
+    /// MQTT 5 CONNACK properties, all absent.
+    fn no_props() -> v5::ConnAckProperties {
+        v5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: vec![],
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        }
+    }
+
+    /// A V5 session connected by a CONNACK with these properties.
+    fn connected5(keep_alive_ms: u32, inflight: u16, props: v5::ConnAckProperties) -> Session<u32> {
+        let mut s: Session<u32> = Session::new(Version::V5, keep_alive_ms, inflight);
+        s.connect(&ConnectParams { client_id: "d".into(), ..Default::default() }, 0);
+        s.take_output();
+        s.read(
+            &bytes5(v5::Packet::ConnAck(v5::ConnAck {
+                session_present: false,
+                code: v5::ConnectReturnCode::Success,
+                properties: Some(props),
+            })),
+            0,
+        );
+        s
     }
 
     fn connected(keep_alive_ms: u32, inflight: u16) -> Session<u32> {
@@ -1188,11 +1322,13 @@ mod tests {
                 Outcome::Subscribed { granted_qos: Some(2) },
                 Outcome::Command {
                     topic: Bytes::from_static(b"devices/d1/cmd"),
-                    payload: Bytes::from_static(b"c1")
+                    payload: Bytes::from_static(b"c1"),
+                    qos: 1
                 },
                 Outcome::Command {
                     topic: Bytes::from_static(b"devices/d1/cmd"),
-                    payload: Bytes::from_static(b"c2")
+                    payload: Bytes::from_static(b"c2"),
+                    qos: 2
                 },
             ]
         );
@@ -1309,25 +1445,7 @@ mod tests {
         let mut s: Session<u32> = Session::new(Version::V5, 0, 10);
         s.connect(&ConnectParams { client_id: "d".into(), ..Default::default() }, 0);
         s.take_output();
-        let props = v5::ConnAckProperties {
-            session_expiry_interval: None,
-            receive_max: Some(3),
-            max_qos: None,
-            retain_available: None,
-            max_packet_size: None,
-            assigned_client_identifier: None,
-            topic_alias_max: None,
-            reason_string: None,
-            user_properties: vec![],
-            wildcard_subscription_available: None,
-            subscription_identifiers_available: None,
-            shared_subscription_available: None,
-            server_keep_alive: None,
-            response_information: None,
-            server_reference: None,
-            authentication_method: None,
-            authentication_data: None,
-        };
+        let props = v5::ConnAckProperties { receive_max: Some(3), ..no_props() };
         s.read(
             &bytes5(v5::Packet::ConnAck(v5::ConnAck {
                 session_present: false,
@@ -1358,6 +1476,161 @@ mod tests {
         for i in 0..8 {
             assert!(s.can_publish(1), "message {i}");
             s.publish_bytes(Bytes::from_static(b"t"), Bytes::new(), 1, false, i, 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_publish_larger_than_the_brokers_maximum_packet_size_is_refused_and_never_written() {
+        // [MQTT-3.2.2-15]: the broker takes packets of at most 64 bytes.
+        let mut s =
+            connected5(0, 4, v5::ConnAckProperties { max_packet_size: Some(64), ..no_props() });
+        assert_eq!(s.max_packet_size(), Some(64));
+        assert_eq!(outcomes(&mut s), vec![Outcome::Connected { session_present: false }]);
+        // QoS 1, topic "t": 1 + 1 + (2 + 1 + 2 + 1 + payload) bytes; 56 bytes of payload is 64.
+        s.publish("t", Bytes::from(vec![b'x'; 56]), 1, false, 1, 0).unwrap();
+        s.publish("t", Bytes::from(vec![b'x'; 57]), 1, false, 2, 0).unwrap();
+        s.publish("t", Bytes::from(vec![b'x'; 500]), 0, false, 3, 0).unwrap();
+        s.publish("t", Bytes::from(vec![b'x'; 10]), 0, false, 4, 0).unwrap();
+        let out = s.take_output();
+        let mut buf = BytesMut::from(&out[..]);
+        let mut sizes = vec![];
+        while !buf.is_empty() {
+            let before = buf.len();
+            let p = v5::Packet::read(&mut buf, None).expect("valid packet");
+            assert!(matches!(p, v5::Packet::Publish(_)), "{p:?}");
+            sizes.push(before - buf.len());
+        }
+        // Only what fits went out: 64 bytes exactly, and the small QoS 0 one.
+        assert_eq!(sizes, vec![64, 1 + 1 + 2 + 1 + 1 + 10]);
+        assert_eq!(
+            outcomes(&mut s),
+            vec![
+                Outcome::Rejected(2, TOO_LARGE),
+                Outcome::Rejected(3, TOO_LARGE),
+                Outcome::Delivered(4)
+            ]
+        );
+        // A refused message takes no window slot: only the one that went out is in flight.
+        assert_eq!(s.inflight(), 1);
+        // A broker without the limit (the next connection) takes it all again.
+        s.connection_lost();
+        s.connect(&ConnectParams { client_id: "d".into(), ..Default::default() }, 0);
+        s.take_output();
+        s.read(
+            &bytes5(v5::Packet::ConnAck(v5::ConnAck {
+                session_present: true,
+                code: v5::ConnectReturnCode::Success,
+                properties: None,
+            })),
+            0,
+        );
+        assert_eq!(s.max_packet_size(), None);
+        s.take_output();
+        s.publish("t", Bytes::from(vec![b'x'; 500]), 0, false, 5, 0).unwrap();
+        assert_eq!(written5(&mut s).len(), 1);
+    }
+
+    #[test]
+    fn an_unacknowledged_message_too_large_for_the_new_broker_is_refused_not_resent() {
+        let mut s = connected5(0, 4, no_props());
+        s.publish("t", Bytes::from(vec![b'a'; 100]), 1, false, 1, 0).unwrap();
+        s.publish("t", Bytes::from(vec![b'b'; 10]), 1, false, 2, 0).unwrap();
+        s.take_output();
+        outcomes(&mut s);
+        s.connection_lost();
+        s.connect(&ConnectParams { client_id: "d".into(), ..Default::default() }, 0);
+        s.take_output();
+        s.read(
+            &bytes5(v5::Packet::ConnAck(v5::ConnAck {
+                session_present: true,
+                code: v5::ConnectReturnCode::Success,
+                properties: Some(v5::ConnAckProperties { max_packet_size: Some(50), ..no_props() }),
+            })),
+            0,
+        );
+        let w = written5(&mut s);
+        let [v5::Packet::Publish(p)] = &w[..] else { panic!("{w:?}") };
+        assert_eq!((p.pkid, p.dup, p.payload.len()), (2, true, 10));
+        assert_eq!(
+            outcomes(&mut s),
+            vec![Outcome::Connected { session_present: true }, Outcome::Rejected(1, TOO_LARGE)]
+        );
+        assert_eq!(s.inflight(), 1);
+    }
+
+    #[test]
+    fn an_mqtt5_brokers_server_keep_alive_replaces_the_one_asked_for() {
+        // [MQTT-3.2.2-21]: asked for 120 s, told 60 s: pings every 60 s.
+        let mut s = connected5(
+            120_000,
+            4,
+            v5::ConnAckProperties { server_keep_alive: Some(60), ..no_props() },
+        );
+        assert_eq!(s.keep_alive_now_ms(), 60_000);
+        assert_eq!(s.next_timeout_ns(), Some(60 * S));
+        s.handle_timeout(60 * S);
+        assert!(matches!(&written5(&mut s)[..], [v5::Packet::PingReq(_)]));
+        // And waits one such interval for the PINGRESP.
+        assert_eq!(s.next_timeout_ns(), Some(120 * S));
+        // The next CONNECT asks for 120 s again; a broker saying nothing leaves it at that.
+        s.connection_lost();
+        s.connect(&ConnectParams { client_id: "d".into(), ..Default::default() }, 200 * S);
+        let w = written5(&mut s);
+        let [v5::Packet::Connect(c, None, None)] = &w[..] else { panic!("{w:?}") };
+        assert_eq!(c.keep_alive, 120);
+        s.read(
+            &bytes5(v5::Packet::ConnAck(v5::ConnAck {
+                session_present: false,
+                code: v5::ConnectReturnCode::Success,
+                properties: Some(no_props()),
+            })),
+            200 * S,
+        );
+        assert_eq!(s.next_timeout_ns(), Some(320 * S));
+        // Server Keep Alive 0 turns keep-alive off; the ping phase stays below the interval.
+        let mut s = connected5(
+            120_000,
+            4,
+            v5::ConnAckProperties { server_keep_alive: Some(0), ..no_props() },
+        );
+        assert_eq!(s.next_timeout_ns(), None);
+        s.handle_timeout(1_000 * S);
+        assert!(!s.has_output());
+        let mut s: Session<u32> = Session::new(Version::V5, 120_000, 4);
+        s.set_ping_phase_ms(100_000);
+        s.connect(&ConnectParams::default(), 500 * S);
+        s.read(
+            &bytes5(v5::Packet::ConnAck(v5::ConnAck {
+                session_present: false,
+                code: v5::ConnectReturnCode::Success,
+                properties: Some(v5::ConnAckProperties {
+                    server_keep_alive: Some(30),
+                    ..no_props()
+                }),
+            })),
+            500 * S,
+        );
+        // 100 s mod 30 s = 10 s earlier than 530 s.
+        assert_eq!(s.next_timeout_ns(), Some(520 * S));
+    }
+
+    #[test]
+    fn a_command_reports_the_qos_it_arrived_at() {
+        let mut s = connected(0, 4);
+        for (q, qos) in
+            [(0u8, rumqttc::mqttbytes::QoS::AtMostOnce), (2, rumqttc::mqttbytes::QoS::ExactlyOnce)]
+        {
+            let mut cmd = v4::Publish::new("c", qos, "x");
+            cmd.pkid = if q == 0 { 0 } else { 3 };
+            s.read(&bytes4(v4::Packet::Publish(cmd)), 0);
+            assert_eq!(
+                outcomes(&mut s),
+                vec![Outcome::Command {
+                    topic: Bytes::from_static(b"c"),
+                    payload: Bytes::from_static(b"x"),
+                    qos: q
+                }]
+            );
         }
     }
 }
