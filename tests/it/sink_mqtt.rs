@@ -1,0 +1,321 @@
+//! The MQTT sink against real brokers: the machine's Mosquitto on 127.0.0.1:1883, and for the
+//! restart tests a `mosquitto` of our own on a free port.
+
+use crate::common;
+
+use common::mqtt::{Broker, Subscriber};
+use common::*;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn fleet(
+    port: u16,
+    topic_root: &str,
+    extra_sink: &str,
+    devices: u32,
+    interval: &str,
+    duration: &str,
+) -> String {
+    format!(
+        r#"
+[run]
+seed = 3
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+duration = "{duration}"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+pool_size = 3
+{extra_sink}
+
+[[fleet]]
+profile = "probe"
+count = {devices}
+
+[profiles.probe]
+protocol = "mqtt"
+topic = "{topic_root}/{{device_id}}/telemetry"
+interval = "{interval}"
+seq = true
+[profiles.probe.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 1
+decimals = 2
+"#
+    )
+}
+
+/// Checks every received payload and that each device's sequence is complete: 0..per_device.
+fn check_delivery(got: &[(String, Vec<u8>)], topic_root: &str, devices: u32, per_device: u64) {
+    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (topic, payload) in got {
+        let v: serde_json::Value = serde_json::from_slice(payload).expect("payload is JSON");
+        let id = v["device_id"].as_str().unwrap().to_string();
+        assert_eq!(topic, &format!("{topic_root}/{id}/telemetry"));
+        assert_eq!(v["device_type"], "probe");
+        assert!(v["fields"]["t"].is_f64());
+        seqs.entry(id).or_default().push(v["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs.len(), devices as usize, "every device published");
+    for (id, mut s) in seqs {
+        s.sort_unstable();
+        let want: Vec<u64> = (0..per_device).collect();
+        assert_eq!(s, want, "{id}: messages lost or duplicated");
+    }
+}
+
+fn qos_run(qos: u8, version: u8) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique(&format!("iotsim-q{qos}-v{version}"));
+    let sub = Subscriber::start(1883, &format!("{root}/#"));
+    // 40 devices every 50 ms for 3 s: exactly 60 messages each (first tick phased inside the
+    // first interval, last one before the end).
+    let toml = fleet(1883, &root, &format!("qos = {qos}\nversion = {version}"), 40, "50ms", "3s");
+    let r = run_ok(dir.path(), &toml, &["--cores", "2"]);
+    let row = &r["runs"][0];
+    assert_eq!(row["sink"], "mqtt");
+    assert_eq!(row["messages"], 2400, "report: {row}");
+    assert_eq!(row["errors"], 0);
+    assert_eq!(row["dropped"], 0);
+    assert!(row["latency_us"]["p99"].as_u64().unwrap() > 0);
+    let got = sub.wait_for(2400);
+    assert_eq!(got.len(), 2400, "the subscriber counts what the report says was sent");
+    check_delivery(&got, &root, 40, 60);
+}
+
+#[test]
+fn qos1_loses_nothing() {
+    qos_run(1, 4);
+}
+
+#[test]
+fn qos2_loses_nothing() {
+    qos_run(2, 4);
+}
+
+#[test]
+fn mqtt5_works() {
+    qos_run(1, 5);
+}
+
+#[test]
+fn qos0_messages_arrive() {
+    qos_run(0, 4);
+}
+
+/// Runs a 6 s realtime fleet against our own broker, killing it at 1.5 s and restarting it at
+/// 3 s. Returns the report.
+fn restart_run(extra_sink: &str, extra_profile: &str) -> serde_json::Value {
+    let port = free_port();
+    let mut broker = Broker::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("iotsim-restart");
+    let toml = fleet(port, &root, extra_sink, 20, "100ms", "6s")
+        .replace("seq = true", &format!("seq = true\n{extra_profile}"));
+    std::fs::write(dir.path().join("fleet.toml"), &toml).unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    let child = spawn_run(dir.path(), &cfg, &["--cores", "2"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.up();
+    let out = output_within(child, 120);
+    assert!(out.status.success(), "{}", stderr(&out));
+    report(dir.path())
+}
+
+#[test]
+fn a_broker_restart_is_survived_and_nothing_queued_is_lost() {
+    let r = restart_run("qos = 1\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"", "");
+    let row = &r["runs"][0];
+    // 20 devices every 100 ms for 6 s.
+    assert_eq!(row["messages"], 1200, "{r}");
+    assert_eq!(row["errors"], 0, "{row}");
+    assert_eq!(row["dropped"], 0, "{row}");
+    let ev = &r["sink_events"];
+    assert!(ev["mqtt.reconnect"].as_u64().unwrap() >= 1, "{ev}");
+    assert!(ev["mqtt.connect_error"].as_u64().unwrap() >= 1, "{ev}");
+    // Messages held during the outage waited: latency shows it.
+    assert!(row["latency_us"]["max"].as_u64().unwrap() > 1_000_000, "{row}");
+}
+
+#[test]
+fn drop_oldest_counts_what_a_full_queue_evicts_during_an_outage() {
+    let r = restart_run(
+        "qos = 1\nqueue_size = 10\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"",
+        "backpressure = \"drop_oldest\"",
+    );
+    let row = &r["runs"][0];
+    let (m, e, d) = (
+        row["messages"].as_u64().unwrap(),
+        row["errors"].as_u64().unwrap(),
+        row["dropped"].as_u64().unwrap(),
+    );
+    assert!(d > 0, "a 1.5 s outage at 200 msg/s overflows 3 x 10 slots: {row}");
+    assert_eq!(m + e + d, 1200, "every message is accounted for: {row}");
+}
+
+#[test]
+fn slow_down_stretches_intervals_while_the_queue_is_full() {
+    let r = restart_run(
+        "qos = 1\nqueue_size = 10\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"",
+        "backpressure = \"slow_down\"",
+    );
+    let row = &r["runs"][0];
+    assert!(row["slowdowns"].as_u64().unwrap() >= 1, "{row}");
+    let total = row["messages"].as_u64().unwrap()
+        + row["dropped"].as_u64().unwrap()
+        + row["errors"].as_u64().unwrap();
+    assert!(total < 1200, "slowed devices produce fewer messages: {row}");
+}
+
+#[test]
+fn an_unreachable_broker_is_a_clear_error_naming_the_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let out = run(dir.path(), &fleet(port, "x", "", 1, "1s", "2s"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(e.contains(&format!("cannot reach the mqtt server at mqtt://127.0.0.1:{port}")), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn bad_urls_and_tls_files_are_config_errors_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = fleet(1883, "x", "", 1, "1s", "2s").replace(
+        "url = \"mqtt://127.0.0.1:1883\"",
+        "url = \"mqtts://127.0.0.1:8883\"\nca_file = \"/nonexistent/ca.pem\"\nqos = 3",
+    );
+    let out = run(dir.path(), &toml, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = stderr(&out);
+    assert!(e.contains("sink.mqtt.ca_file: /nonexistent/ca.pem is not a readable file"), "{e}");
+    assert!(e.contains("sink.mqtt.qos: must be between 0 and 2, got 3"), "{e}");
+    let toml = fleet(1883, "x", "", 1, "1s", "2s")
+        .replace("mqtt://127.0.0.1:1883", "mqtt://user:secret@127.0.0.1:1883");
+    let out = run(dir.path(), &toml, &[]);
+    assert!(
+        stderr(&out).contains("sink.mqtt.url: must not contain a password"),
+        "{}",
+        stderr(&out)
+    );
+    let toml =
+        fleet(1883, "x", "", 1, "1s", "2s").replace("mqtt://127.0.0.1:1883", "carrier://pigeon");
+    let out = run(dir.path(), &toml, &[]);
+    assert!(
+        stderr(&out).contains("sink.mqtt.url: scheme \"carrier\" is not supported"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn mqtts_with_a_private_ca_and_a_client_certificate_delivers_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::tls::make_certs(d);
+    let port = free_port();
+    let conf = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\n",
+        d.display()
+    );
+    std::fs::write(d.join("mosquitto.conf"), conf).unwrap();
+    let mut child = std::process::Command::new("mosquitto")
+        .args(["-c", d.join("mosquitto.conf").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_port(port), "the TLS mosquitto did not start");
+    let tls = format!(
+        "qos = 1\nca_file = \"{0}/ca.pem\"\nclient_cert = \"{0}/client.pem\"\nclient_key = \"{0}/client.key\"",
+        d.display()
+    );
+    let toml = fleet(port, "tls", &tls, 10, "100ms", "2s")
+        .replace("mqtt://127.0.0.1", "mqtts://127.0.0.1");
+    let r = run_ok(d, &toml, &["--cores", "1"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let row = &r["runs"][0];
+    assert_eq!(row["messages"], 200, "{r}");
+    assert_eq!(row["errors"], 0);
+    assert!(r["sink_events"].get("mqtt.connect_error").is_none(), "TLS handshake failed: {r}");
+}
+
+#[test]
+fn wait_for_sinks_waits_for_a_broker_that_starts_late() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, fleet(port, "late", "qos = 1", 5, "100ms", "1s")).unwrap();
+    let child = spawn_run(dir.path(), &cfg, &["--wait-for-sinks", "30s"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _broker = Broker::start(port);
+    let out = output_within(child, 120);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(report(dir.path())["runs"][0]["messages"], 50);
+}
+
+#[test]
+fn retained_messages_are_kept_by_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("iotsim-retain");
+    // One device, 5 messages, per-profile retain overriding the sink's default.
+    let toml = fleet(1883, &root, "qos = 1", 1, "100ms", "500ms")
+        .replace("seq = true", "seq = true\nretain = true");
+    let r = run_ok(dir.path(), &toml, &["--cores", "1"]);
+    assert_eq!(r["runs"][0]["messages"], 5);
+    // A subscriber that arrives afterwards still gets the last message, flagged as retained.
+    let mut opts = MqttOptions::new(unique("late-sub"), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut conn) = Client::new(opts, 10);
+    client.subscribe(format!("{root}/#"), QoS::AtLeastOnce).unwrap();
+    let mut got = None;
+    for ev in conn.iter().take(50) {
+        if let Ok(Event::Incoming(Packet::Publish(p))) = ev {
+            got = Some(p);
+            break;
+        }
+    }
+    let p = got.expect("the retained message");
+    assert!(p.retain);
+    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(v["seq"], 4, "the last message is the retained one");
+    // Clear it, as a polite test does.
+    client.publish(p.topic.clone(), QoS::AtLeastOnce, true, Vec::<u8>::new()).unwrap();
+    for ev in conn.iter().take(10) {
+        if let Ok(Event::Incoming(Packet::PubAck(_))) = ev {
+            break;
+        }
+    }
+}
+
+#[test]
+fn a_virtual_run_waiting_on_a_dead_broker_still_stops_on_sigterm() {
+    let port = free_port();
+    let mut broker = Broker::start(port);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fleet.toml");
+    // Virtual clock, no end: the sink paces the run; then the broker goes away for good.
+    let toml = fleet(port, "dead", "qos = 1\nqueue_size = 100", 50, "1s", "1h")
+        .replace("clock = \"realtime\"", "clock = \"virtual\"")
+        .replace("duration = \"1h\"\n", "");
+    std::fs::write(&cfg, toml).unwrap();
+    let child = spawn_run(dir.path(), &cfg, &[]);
+    std::thread::sleep(Duration::from_millis(800));
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(800));
+    sigterm(&child);
+    let out = output_within(child, 120);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = report(dir.path());
+    let row = &r["runs"][0];
+    assert_eq!(r["interrupted"], true);
+    assert!(row["messages"].as_u64().unwrap() > 0, "{row}");
+    // What the dead broker never took is counted, not lost from the books.
+    assert!(row["errors"].as_u64().unwrap() > 0, "{row}");
+}
