@@ -577,7 +577,7 @@ async fn data_corruption_without_a_mode_damages_bytes_and_streams_clean_values()
         let t0 = s.started(id).unwrap();
         // The stream carries the generated values, never NaN.
         for p in s.points.iter().filter(|p| &p.device_id == id) {
-            let Some(Value::NumericValue(v)) = p.value else { continue };
+            let Some(Value::DoubleValue(v)) = p.value else { continue };
             assert!(v.is_finite(), "{id}: {} streamed {v}", p.metric_name);
             if p.metric_name == "battery" {
                 assert_eq!(v, 80.0, "{id}");
