@@ -3,37 +3,21 @@
 //! bounded, so a regression fails instead of hanging CI.
 
 use crate::common;
+use crate::common::fleet::Fleet;
 
 use common::{command_within, run_within, stderr, validate_within};
 use std::path::Path;
 
 /// A virtual fleet of `count` devices of a 1-field profile on the file sink at `out`.
 fn fleet(out: &Path, start: &str, duration: &str, count: u64) -> String {
-    format!(
-        r#"
-[run]
-seed = 1
-clock = "virtual"
-start_time = "{start}"
-duration = "{duration}"
-
-[sink.file]
-path = "{out}"
-
-[[fleet]]
-profile = "t"
-count = {count}
-
-[profiles.t]
-protocol = "file"
-interval = "1s"
-[profiles.t.fields.v]
-type = "gaussian"
-mean = 1
-stddev = 0.5
-"#,
-        out = out.display()
-    )
+    Fleet::new()
+        .run(1, "virtual", start, duration)
+        .sink("file")
+        .set("path", out)
+        .devices("t", count)
+        .profile("t", "file", "1s")
+        .gaussian("t", "v", 1, 0.5)
+        .toml()
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! nonsense. The runtime must answer with a clear status and keep serving: every test ends by
 //! checking that it still answers. Every wait is bounded.
 
+use crate::common::Running;
 use crate::grpc_common;
 
 use grpc_common::*;
@@ -21,7 +22,7 @@ async fn bounded<F: std::future::Future<Output = ()>>(body: F) {
     }
 }
 
-async fn client(rt: &Runtime) -> Client {
+async fn client(rt: &Running) -> Client {
     Client::connect(rt.url())
         .await
         .unwrap()
@@ -29,10 +30,10 @@ async fn client(rt: &Runtime) -> Client {
         .max_encoding_message_size(256 << 20)
 }
 
-fn serve(extra: &[&str]) -> Runtime {
+fn serve(extra: &[&str]) -> Running {
     let mut args = vec!["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--seed", "3", "--quiet"];
     args.extend_from_slice(extra);
-    Runtime::start(&args)
+    Running::grpc(&args)
 }
 
 async fn alive(c: &mut Client) {
@@ -434,7 +435,7 @@ async fn reflection_serves_v1_and_v1alpha_and_lists_health() {
 #[tokio::test]
 async fn a_spawn_beyond_the_memory_limit_is_resource_exhausted() {
     bounded(async {
-        let rt = Runtime::start_env(
+        let rt = Running::grpc_env(
             &["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--quiet"],
             &[("IOT_SIM_MEMORY_LIMIT", "48MiB")],
         );
@@ -465,12 +466,9 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn out_of_file_descriptors_the_accept_loop_waits_instead_of_spinning() {
-    use std::io::{BufRead, BufReader};
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_iot-sim"));
-    cmd.args(["serve", "--cores", "1", "--grpc", "127.0.0.1:0", "--quiet"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null());
+    cmd.args(["serve", "--cores", "1", "--grpc", "127.0.0.1:0", "--quiet"]);
     // SAFETY: setrlimit is async-signal-safe and touches only this child's limits.
     unsafe {
         cmd.pre_exec(|| {
@@ -481,23 +479,7 @@ fn out_of_file_descriptors_the_accept_loop_waits_instead_of_spinning() {
             Ok(())
         });
     }
-    let child = cmd.spawn().unwrap();
-    let mut rt = Runtime { child, addr: String::new(), stderr: Default::default() };
-    let mut lines = BufReader::new(rt.child.stderr.take().unwrap()).lines();
-    rt.addr = loop {
-        let line = lines.next().expect("serve printed its address").unwrap();
-        if let Some(a) = line.strip_prefix("grpc: listening on ") {
-            break a.trim().to_string();
-        }
-    };
-    let log = rt.stderr.clone();
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            let mut s = log.lock().unwrap();
-            s.push_str(&l);
-            s.push('\n');
-        }
-    });
+    let mut rt = Running::grpc_cmd(&mut cmd);
     // 100 idle connections: beyond the 64 descriptors, accept fails with EMFILE until some
     // close. The accept loop used to retry at once and burn a whole core meanwhile.
     let conns: Vec<std::net::TcpStream> =
@@ -537,7 +519,7 @@ fn out_of_file_descriptors_the_accept_loop_waits_instead_of_spinning() {
 async fn a_one_value_call_is_not_queued_behind_a_maximal_selector_scan() {
     bounded(async {
         // One shard, so both calls meet in the same inbox.
-        let rt = Runtime::start(&["serve", "--cores", "1", "--grpc", "127.0.0.1:0", "--quiet"]);
+        let rt = Running::grpc(&["serve", "--cores", "1", "--grpc", "127.0.0.1:0", "--quiet"]);
         let mut c = client(&rt).await;
         const N: usize = 80_000;
         for start in (0..N).step_by(10_000) {

@@ -2,6 +2,7 @@
 //! RabbitMQ (127.0.0.1:5672), and a mosquitto of the test's own on a free port for restarts.
 
 use crate::common;
+use crate::common::fleet::Fleet;
 
 use common::mqtt::Broker;
 use common::*;
@@ -13,34 +14,18 @@ use std::time::Duration;
 /// 40 devices every 50 ms for `duration` in realtime, published to `sink` (a `[sink.*]`
 /// table) under `root/{device_id}/telemetry`, audited as `audit` says.
 fn fleet(protocol: &str, sink: &str, root: &str, duration: &str, audit: &str) -> String {
-    format!(
-        r#"
-[run]
-seed = 3
-clock = "realtime"
-start_time = "2026-03-14T00:00:00Z"
-duration = "{duration}"
-
-{sink}
-
-[audit]
-{audit}
-
-[[fleet]]
-profile = "probe"
-count = 40
-
-[profiles.probe]
-protocol = "{protocol}"
-topic = "{root}/{{device_id}}/telemetry"
-interval = "50ms"
-[profiles.probe.fields.t]
-type = "gaussian"
-mean = 20
-stddev = 1
-decimals = 2
-"#
-    )
+    Fleet::new()
+        .run(3, "realtime", "2026-03-14T00:00:00Z", duration)
+        .raw("")
+        .raw(sink)
+        .table("audit")
+        .raw(audit)
+        .devices("probe", 40)
+        .profile("probe", protocol, "50ms")
+        .set("topic", format!("{root}/{{device_id}}/telemetry"))
+        .gaussian("probe", "t", 20, 1)
+        .set("decimals", 2)
+        .toml()
 }
 
 fn audit_of(r: &Value) -> &Value {

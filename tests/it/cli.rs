@@ -1,6 +1,7 @@
 //! Runs the built binary as a user would.
 
 use crate::common;
+use crate::common::fleet::{Fleet, raw};
 
 use common::{bin, output_within, sigterm, stderr};
 use std::collections::BTreeSet;
@@ -8,70 +9,42 @@ use std::path::{Path, PathBuf};
 
 /// A small virtual-clock fleet with every generator, writing to `dir/out.jsonl`.
 fn fleet(dir: &Path) -> PathBuf {
-    let text = format!(
-        r#"
-[run]
-seed = 7
-clock = "virtual"
-start_time = "2026-03-14T22:30:00Z"
-duration = "3h"
-report_dir = "{dir}/report"
-
-[sink.file]
-path = "{dir}/out.jsonl"
-
-[[fleet]]
-profile = "thermo"
-count = 40
-labels = {{ site = "berlin" }}
-
-[[fleet]]
-profile = "thermo"
-count = 25
-
-[[fleet]]
-profile = "door"
-count = 30
-
-[profiles.thermo]
-protocol = "file"
-interval = "7s"
-seq = true
-[profiles.thermo.fields.temperature]
-type = "diurnal"
-baseline = 22.0
-amplitude = 5.0
-peak_hour = 14
-noise_stddev = 0.3
-[profiles.thermo.fields.humidity]
-type = "brownian"
-start = 55.0
-volatility = 0.5
-mean_reversion = 0.1
-min = 20.0
-max = 95.0
-[profiles.thermo.fields.outdoor]
-type = "composite"
-decimals = 2
-parts = [{{ type = "diurnal", baseline = 10, amplitude = 8, peak_hour = 15 }}, {{ type = "gaussian", mean = 0, stddev = 0.5 }}]
-
-[profiles.door]
-protocol = "file"
-interval = "1m"
-topic = "doors/{{device_id}}"
-[profiles.door.fields.state]
-type = "markov"
-states = ["closed", "open"]
-transition_matrix = [[0.9, 0.1], [0.5, 0.5]]
-[profiles.door.fields.model]
-type = "static"
-value = {{ vendor = "acme", rev = 3 }}
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join("fleet.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    Fleet::new()
+        .run(7, "virtual", "2026-03-14T22:30:00Z", "3h")
+        .set("report_dir", dir.join("report"))
+        .sink("file")
+        .set("path", dir.join("out.jsonl"))
+        .devices("thermo", 40)
+        .set("labels", raw(r#"{ site = "berlin" }"#))
+        .devices("thermo", 25)
+        .devices("door", 30)
+        .profile("thermo", "file", "7s")
+        .set("seq", true)
+        .field("thermo", "temperature", "diurnal")
+        .set("baseline", 22.0)
+        .set("amplitude", 5.0)
+        .set("peak_hour", 14)
+        .set("noise_stddev", 0.3)
+        .field("thermo", "humidity", "brownian")
+        .set("start", 55.0)
+        .set("volatility", 0.5)
+        .set("mean_reversion", 0.1)
+        .set("min", 20.0)
+        .set("max", 95.0)
+        .field("thermo", "outdoor", "composite")
+        .set("decimals", 2)
+        .set(
+            "parts",
+            raw(r#"[{ type = "diurnal", baseline = 10, amplitude = 8, peak_hour = 15 }, { type = "gaussian", mean = 0, stddev = 0.5 }]"#),
+        )
+        .profile("door", "file", "1m")
+        .set("topic", "doors/{device_id}")
+        .field("door", "state", "markov")
+        .set("states", raw(r#"["closed", "open"]"#))
+        .set("transition_matrix", raw("[[0.9, 0.1], [0.5, 0.5]]"))
+        .field("door", "model", "static")
+        .set("value", raw(r#"{ vendor = "acme", rev = 3 }"#))
+        .write(dir.join("fleet.toml"))
 }
 
 /// Runs the fleet with `cores` shards and returns every output line, sorted.

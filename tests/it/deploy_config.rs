@@ -2,6 +2,7 @@
 //! `--runtime dns:///`, run through the built binary as a user (or a container) would.
 
 use crate::common;
+use crate::common::fleet::Fleet;
 
 use common::{Running, bin, command_within, free_port, report, stderr, wait_port};
 use iot_sim::control::client::owner;
@@ -9,35 +10,15 @@ use std::path::Path;
 
 /// A tiny virtual-clock fleet with seed 7 that writes to `dir`.
 fn fleet(dir: &Path) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[run]
-seed = 7
-clock = "virtual"
-start_time = "2026-03-14T22:30:00Z"
-duration = "1m"
-report_dir = "{dir}/report"
-
-[sink.file]
-path = "{dir}/out.jsonl"
-
-[[fleet]]
-profile = "t"
-count = 3
-
-[profiles.t]
-protocol = "file"
-interval = "10s"
-[profiles.t.fields.x]
-type = "gaussian"
-mean = 1.0
-stddev = 0.1
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join("fleet.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    Fleet::new()
+        .run(7, "virtual", "2026-03-14T22:30:00Z", "1m")
+        .set("report_dir", dir.join("report"))
+        .sink("file")
+        .set("path", dir.join("out.jsonl"))
+        .devices("t", 3)
+        .profile("t", "file", "10s")
+        .gaussian("t", "x", 1.0, 0.1)
+        .write(dir.join("fleet.toml"))
 }
 
 fn seed_of(dir: &Path) -> u64 {

@@ -3,6 +3,7 @@
 //! `device_type`, `--type` selects with `device_type=T`).
 
 use crate::common;
+use crate::common::Running;
 use crate::grpc_common;
 
 use common::mqtt::Subscriber;
@@ -15,10 +16,10 @@ use tonic::transport::Channel;
 type Client = DeviceRuntimeServiceClient<Channel>;
 
 /// `iot-sim serve` with `fleet` (TOML, may be empty) and extra flags; report in `dir/report`.
-fn serve(dir: &std::path::Path, fleet: &str, extra: &[&str]) -> Runtime {
+fn serve(dir: &std::path::Path, fleet: &str, extra: &[&str]) -> Running {
     let cfg = dir.join("fleet.toml");
     std::fs::write(&cfg, fleet).unwrap();
-    Runtime::with_config("serve", &cfg, Some(&dir.join("report")), extra)
+    Running::with_config("serve", &cfg, Some(&dir.join("report")), extra)
 }
 
 async fn spawn(c: &mut Client, specs: Vec<proto::DeviceSpec>) -> proto::SpawnDevicesResponse {

@@ -5,12 +5,13 @@ use iot_sim::control::proto::{self, device_runtime_service_client::DeviceRuntime
 use proto::device_selector::Selector;
 use tonic::Code;
 
+use crate::common::Running;
 use crate::grpc_common;
 
-use grpc_common::{Runtime, labels, num, obj, objv, text};
+use grpc_common::{labels, num, obj, objv, text};
 
-fn serve() -> Runtime {
-    Runtime::start(&["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--seed", "7", "--quiet"])
+fn serve() -> Running {
+    Running::grpc(&["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--seed", "7", "--quiet"])
 }
 
 fn spec(id: &str, group: &str, interval_ms: i32) -> proto::DeviceSpec {

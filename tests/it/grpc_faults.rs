@@ -7,6 +7,8 @@
 //! (with generous limits) and checks what was published against the fault's start time, which
 //! the FAULT_INJECTED event carries.
 
+use crate::common::Running;
+use crate::common::fleet::{Fleet, raw};
 use crate::grpc_common;
 
 use grpc_common::*;
@@ -33,41 +35,23 @@ const GROUPS: [&str; 8] =
     ["none", "disconnect", "latency", "nan", "spike", "bytes", "battery", "drift"];
 
 fn config(dir: &Path, groups: &[&str], per_group: usize) -> std::path::PathBuf {
-    let mut s = format!(
-        r#"[run]
-seed = 11
-clock = "realtime"
-speed = 5.0
-start_time = "2026-03-14T00:00:00Z"
-
-[sink.file]
-path = "{}"
-
-[profiles.probe]
-protocol = "file"
-interval = "{INTERVAL}ms"
-
-[profiles.probe.fields.temperature]
-type = "gaussian"
-mean = 20.0
-stddev = 1.0
-decimals = 2
-
-[profiles.probe.fields.battery]
-type = "gaussian"
-mean = 80.0
-stddev = 0.0
-"#,
-        dir.join("telemetry.jsonl").display()
-    );
+    let mut fleet = Fleet::new()
+        .table("run")
+        .set("seed", 11)
+        .set("clock", "realtime")
+        .set("speed", 5.0)
+        .set("start_time", "2026-03-14T00:00:00Z")
+        .sink("file")
+        .set("path", dir.join("telemetry.jsonl"))
+        .profile("probe", "file", &format!("{INTERVAL}ms"))
+        .gaussian("probe", "temperature", 20.0, 1.0)
+        .set("decimals", 2)
+        .gaussian("probe", "battery", 80.0, 0.0);
     for g in groups {
-        s.push_str(&format!(
-            "\n[[fleet]]\nprofile = \"probe\"\ncount = {per_group}\nlabels = {{ fault = \"{g}\" }}\n"
-        ));
+        let labels = raw(format!("{{ fault = \"{g}\" }}"));
+        fleet = fleet.devices("probe", per_group).set("labels", labels);
     }
-    let path = dir.join("fleet.toml");
-    std::fs::write(&path, s).unwrap();
-    path
+    fleet.write(dir.join("fleet.toml"))
 }
 
 /// What the streams delivered, in order.
@@ -192,7 +176,7 @@ async fn every_fault_shows_in_payloads_and_stream_then_reverts() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &GROUPS, 2);
     let report_dir = dir.path().join("report");
-    let mut rt = Runtime::with_config("run", &cfg, Some(&report_dir), &["--cores", "1"]);
+    let mut rt = Running::with_config("run", &cfg, Some(&report_dir), &["--cores", "1"]);
     let mut c = Client::connect(rt.url()).await.unwrap();
     let seen = watch(&mut c).await;
     let probes: Vec<String> = (0..GROUPS.len() * 2).map(probe_id).collect();
@@ -447,7 +431,7 @@ async fn every_fault_shows_in_payloads_and_stream_then_reverts() {
 /// cleared). Returns each device's lines and the fault's start.
 async fn corruption_run(dir: &Path) -> (BTreeMap<String, Vec<Vec<u8>>>, HashMap<String, u64>) {
     let cfg = config(dir, &["bytes"], 4);
-    let mut rt = Runtime::start(&[
+    let mut rt = Running::grpc(&[
         "run",
         "--config",
         cfg.to_str().unwrap(),
@@ -545,7 +529,7 @@ async fn data_corruption_without_a_mode_damages_bytes_and_streams_clean_values()
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), &["plain"], 2);
     let mut rt =
-        Runtime::with_config("run", &cfg, Some(&dir.path().join("report")), &["--cores", "1"]);
+        Running::with_config("run", &cfg, Some(&dir.path().join("report")), &["--cores", "1"]);
     let mut c = Client::connect(rt.url()).await.unwrap();
     let seen = watch(&mut c).await;
     let ids: Vec<String> = (0..2).map(probe_id).collect();

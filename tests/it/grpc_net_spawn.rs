@@ -2,6 +2,7 @@
 //! records them under their new profile (no out-of-range profile index in its statistics), and
 //! the end-of-run report has their row.
 
+use crate::common::Running;
 use crate::grpc_common;
 
 use grpc_common::*;
@@ -87,7 +88,7 @@ stddev = 5.0
     )
     .unwrap();
     let report = dir.path().join("report");
-    let mut rt = Runtime::with_config("run", &cfg, Some(&report), &["--cores", "1"]);
+    let mut rt = Running::with_config("run", &cfg, Some(&report), &["--cores", "1"]);
     let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
     let specs = (0..3).map(|i| spec(&format!("late-{i}"), "late", &[], 1000, "http")).collect();
     let r = c
@@ -143,7 +144,7 @@ async fn profiles_of_stopped_devices_are_freed_and_their_messages_stay_in_the_re
     )
     .unwrap();
     let report = dir.path().join("report");
-    let mut rt = Runtime::with_config("serve", &cfg, Some(&report), &["--cores", "2"]);
+    let mut rt = Running::with_config("serve", &cfg, Some(&report), &["--cores", "2"]);
     let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
     let status = |c: &mut DeviceRuntimeServiceClient<_>| {
         let mut c = c.clone();

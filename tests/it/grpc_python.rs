@@ -5,9 +5,8 @@
 //! Needs python3 and PyPI on the first run; if the venv cannot be built the test FAILS (it
 //! never skips), printing pip's output.
 
-use crate::grpc_common;
+use crate::common::Running;
 
-use grpc_common::Runtime;
 use std::process::Command;
 
 #[test]
@@ -26,7 +25,7 @@ fn python_grpcio_client_spawns_injects_a_fault_and_reads_the_stream() {
     );
     let python = String::from_utf8(setup.stdout).unwrap().trim().to_string();
 
-    let rt = Runtime::start(&["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--quiet"]);
+    let rt = Running::grpc(&["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--quiet"]);
     let out = Command::new(&python)
         .arg(format!("{root}/tests/python/client.py"))
         .arg(gen_dir.path())

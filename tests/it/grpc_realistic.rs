@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::Code;
 
+use crate::common::Running;
 use crate::grpc_common;
 
-use grpc_common::{Runtime, labels, num, obj, objv, spec, text, wait_until};
+use grpc_common::{labels, num, obj, objv, spec, text, wait_until};
 
 fn availability(mtbf: &str, mttr: &str) -> prost_types::Value {
     objv(vec![("mtbf", text(mtbf)), ("mttr", text(mttr))])
@@ -18,7 +19,7 @@ fn availability(mtbf: &str, mttr: &str) -> prost_types::Value {
 #[tokio::test(flavor = "current_thread")]
 async fn outages_are_device_events_and_updates_change_them_per_selector() {
     // 600 sim seconds per wall second: a 1-minute mtbf gives ~10 outages a second per device.
-    let server = Runtime::start(&[
+    let server = Running::grpc(&[
         "serve",
         "--cores",
         "2",

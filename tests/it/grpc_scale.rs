@@ -1,6 +1,7 @@
 //! Commands on a fleet large enough that the shard works through them over several wheel
 //! turns (the id index, selector scans): the results must be the same as in one go.
 
+use crate::common::Running;
 use crate::grpc_common;
 
 use grpc_common::*;
@@ -29,7 +30,7 @@ async fn id_commands_on_a_large_fleet_see_every_device() {
     )
     .unwrap();
     let report = dir.path().join("report");
-    let rt = Runtime::start(&[
+    let rt = Running::grpc(&[
         "run",
         "--config",
         cfg.to_str().unwrap(),

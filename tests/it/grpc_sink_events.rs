@@ -5,10 +5,9 @@ use iot_sim::control::proto::{self, device_runtime_service_client::DeviceRuntime
 use std::time::Duration;
 
 use crate::common;
-use crate::grpc_common;
+use crate::common::Running;
 
 use common::mqtt::Broker;
-use grpc_common::Runtime;
 
 #[tokio::test(flavor = "current_thread")]
 async fn broker_outages_show_as_disconnected_and_connected_events() {
@@ -41,7 +40,7 @@ stddev = 1
         ),
     )
     .unwrap();
-    let server = Runtime::with_config("serve", &cfg, None, &["--cores", "1"]);
+    let server = Running::with_config("serve", &cfg, None, &["--cores", "1"]);
     let mut client = DeviceRuntimeServiceClient::connect(server.url()).await.unwrap();
     let mut events = client
         .stream_events(proto::StreamEventsRequest { selector: None })

@@ -2,9 +2,8 @@
 //! each device to exactly one runtime by rendezvous hashing of its id, and `status` fans out
 //! to both and sums.
 
-use crate::grpc_common;
+use crate::common::Running;
 
-use grpc_common::Runtime;
 use iot_sim::control::client::owner;
 use iot_sim::control::proto::{self, device_runtime_service_client::DeviceRuntimeServiceClient};
 use std::collections::BTreeSet;
@@ -43,8 +42,8 @@ async fn spawn_routes_each_device_to_one_runtime_and_status_sums() {
         "protocol = \"null\"\ninterval = \"1s\"\n\n[fields.power]\ntype = \"gaussian\"\nmean = 3.0\nstddev = 0.5\n",
     )
     .unwrap();
-    let a = Runtime::start(&["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--quiet"]);
-    let b = Runtime::start(&["serve", "--cores", "1", "--grpc", "127.0.0.1:0", "--quiet"]);
+    let a = Running::grpc(&["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--quiet"]);
+    let b = Running::grpc(&["serve", "--cores", "1", "--grpc", "127.0.0.1:0", "--quiet"]);
     let addrs = vec![a.addr.clone(), b.addr.clone()];
     let both = addrs.join(",");
     let n = COUNT.to_string();

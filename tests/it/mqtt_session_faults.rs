@@ -4,6 +4,7 @@
 //! devices produce meanwhile is queued and delivered after the reconnect.
 
 use crate::common;
+use crate::common::Running;
 use crate::grpc_common;
 
 use common::mqtt::{Broker, Subscriber};
@@ -85,7 +86,7 @@ stddev = 1
     .unwrap();
     let wills = Subscriber::start(port, &format!("{root}/+/status"));
     let report_dir = dir.path().join("report");
-    let mut rt = Runtime::with_config("run", &cfg, Some(&report_dir), &[]);
+    let mut rt = Running::with_config("run", &cfg, Some(&report_dir), &[]);
     let ids = ["probe-0000", "probe-0001", "probe-0002"];
     wait_until(30, "every session connected", || {
         ids.iter().all(|id| connections(&broker, id) == 1)
@@ -177,7 +178,7 @@ stddev = 1
     )
     .unwrap();
     let acks = Subscriber::start(port, &format!("{root}/+/cmd/ack"));
-    let mut rt = Runtime::with_config("run", &cfg, None, &["--admin", "127.0.0.1:0"]);
+    let mut rt = Running::with_config("run", &cfg, None, &["--admin", "127.0.0.1:0"]);
     let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
     let mut events =
         c.stream_events(proto::StreamEventsRequest { selector: None }).await.unwrap().into_inner();

@@ -3,6 +3,7 @@
 //! is never touched): each device its own client, credentials, will, downlink, restarts.
 
 use crate::common;
+use crate::common::fleet::Fleet;
 
 use common::mqtt::{Broker, Subscriber};
 use common::*;
@@ -19,39 +20,22 @@ fn fleet(
     interval: &str,
     duration: &str,
 ) -> String {
-    format!(
-        r#"
-[run]
-seed = 5
-clock = "realtime"
-start_time = "2026-03-14T00:00:00Z"
-duration = "{duration}"
-
-[sink.mqtt]
-url = "mqtt://127.0.0.1:{port}"
-qos = 1
-backoff_initial = "50ms"
-backoff_max = "400ms"
-
-[sink.mqtt.per_device]
-{per_device}
-
-[[fleet]]
-profile = "probe"
-count = {devices}
-
-[profiles.probe]
-protocol = "mqtt"
-connection = "per_device"
-topic = "{root}/{{device_id}}/telemetry"
-interval = "{interval}"
-seq = true
-[profiles.probe.fields.t]
-type = "gaussian"
-mean = 20
-stddev = 1
-"#
-    )
+    Fleet::new()
+        .run(5, "realtime", "2026-03-14T00:00:00Z", duration)
+        .sink("mqtt")
+        .set("url", format!("mqtt://127.0.0.1:{port}"))
+        .set("qos", 1)
+        .set("backoff_initial", "50ms")
+        .set("backoff_max", "400ms")
+        .table("sink.mqtt.per_device")
+        .raw(per_device)
+        .devices("probe", devices)
+        .profile("probe", "mqtt", interval)
+        .set("connection", "per_device")
+        .set("topic", format!("{root}/{{device_id}}/telemetry"))
+        .set("seq", true)
+        .gaussian("probe", "t", 20, 1)
+        .toml()
 }
 
 /// A temporary folder the broker (which drops root to its own user) can read.

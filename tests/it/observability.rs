@@ -55,9 +55,9 @@ fn json_log_lines_parse_carry_the_run_id_and_aggregate_commands() {
         );
         assert_eq!(code, 200, "{text}");
         std::thread::sleep(std::time::Duration::from_millis(1200)); // a progress line
-        let collected = run.lines.clone();
+        let collected = run.stderr.clone();
         assert!(run.stop().success());
-        let lines = collected.lock().unwrap().clone();
+        let lines: Vec<String> = collected.lock().unwrap().lines().map(String::from).collect();
         assert!(lines.len() >= 5, "{lines:?}");
         let mut spawned = vec![];
         let mut faults = vec![];
@@ -91,9 +91,9 @@ fn text_log_lines_carry_the_run_id_too() {
     let dir = tempfile::tempdir().unwrap();
     let (run, addr) = start(dir.path(), &["--quiet", "--run-id", "text-1"], &[]);
     spawn(&addr, 10);
-    let lines = run.lines.clone();
+    let lines = run.stderr.clone();
     assert!(run.stop().success());
-    let lines = lines.lock().unwrap().clone();
+    let lines: Vec<String> = lines.lock().unwrap().lines().map(String::from).collect();
     let line = lines.iter().find(|l| l.contains("devices spawned")).expect("a spawn line");
     assert!(line.contains(" INFO ") && line.contains("spawned=10"), "{line}");
     assert!(line.ends_with("run_id=text-1"), "{line}");

@@ -4,6 +4,7 @@
 //! `serve` runtimes.
 
 use crate::common;
+use crate::common::fleet::{Fleet, raw};
 
 use common::{bin, stderr};
 
@@ -20,36 +21,20 @@ use std::path::{Path, PathBuf};
 const LIMIT_S: u64 = 240;
 
 fn fleet(dir: &Path) -> PathBuf {
-    let f = dir.join("fleet.toml");
-    std::fs::write(
-        &f,
-        format!(
-            r#"
-[run]
-seed = 3
-clock = "virtual"
-start_time = "2026-01-01T00:00:00Z"
-progress_interval = "500ms"
-
-[sink.file]
-path = "{}"
-
-[[fleet]]
-profile = "thermo"
-count = 4
-labels = {{ site = "a" }}
-
-[profiles.thermo]
-protocol = "file"
-interval = "10s"
-fields.t = {{ type = "gaussian", mean = 20, stddev = 1 }}
-fields.fw = {{ type = "static", value = "1.0" }}
-"#,
-            dir.join("out/t.jsonl").display()
-        ),
-    )
-    .unwrap();
-    f
+    Fleet::new()
+        .table("run")
+        .set("seed", 3)
+        .set("clock", "virtual")
+        .set("start_time", "2026-01-01T00:00:00Z")
+        .set("progress_interval", "500ms")
+        .sink("file")
+        .set("path", dir.join("out/t.jsonl"))
+        .devices("thermo", 4)
+        .set("labels", raw(r#"{ site = "a" }"#))
+        .profile("thermo", "file", "10s")
+        .set("fields.t", raw(r#"{ type = "gaussian", mean = 20, stddev = 1 }"#))
+        .set("fields.fw", raw(r#"{ type = "static", value = "1.0" }"#))
+        .write(dir.join("fleet.toml"))
 }
 
 /// A scenario that uses every action.

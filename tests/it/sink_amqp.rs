@@ -2,6 +2,7 @@
 //! the exchange receives exactly what the report says was confirmed.
 
 use crate::common;
+use crate::common::fleet::Fleet;
 
 use common::*;
 use lapin::options::{
@@ -15,33 +16,17 @@ use std::collections::BTreeMap;
 const URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 fn fleet(exchange: &str, devices: u32, clock: &str, duration: &str, interval: &str) -> String {
-    format!(
-        r#"
-[run]
-seed = 5
-clock = "{clock}"
-start_time = "2026-03-14T00:00:00Z"
-duration = "{duration}"
-
-[sink.amqp]
-url = "amqp://127.0.0.1:5672/%2f"
-exchange = "{exchange}"
-
-[[fleet]]
-profile = "meter"
-count = {devices}
-
-[profiles.meter]
-protocol = "amqp"
-topic = "meters/{{device_id}}/telemetry"
-interval = "{interval}"
-seq = true
-[profiles.meter.fields.kw]
-type = "gaussian"
-mean = 3
-stddev = 0.5
-"#
-    )
+    Fleet::new()
+        .run(5, clock, "2026-03-14T00:00:00Z", duration)
+        .sink("amqp")
+        .set("url", "amqp://127.0.0.1:5672/%2f")
+        .set("exchange", exchange)
+        .devices("meter", devices)
+        .profile("meter", "amqp", interval)
+        .set("topic", "meters/{device_id}/telemetry")
+        .set("seq", true)
+        .gaussian("meter", "kw", 3, 0.5)
+        .toml()
 }
 
 /// Declares `exchange` (as iot-sim does) and a queue bound to it with `#`.

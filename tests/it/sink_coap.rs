@@ -4,6 +4,7 @@
 //! chosen ones, which exercises retransmission.
 
 use crate::common;
+use crate::common::fleet::Fleet;
 use common::{assert_same, run_env, sink_row};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet};
@@ -217,36 +218,18 @@ impl Drop for Proxy {
 
 /// A virtual-clock fleet of `devices` meters sending every second for 10 s (10 messages each).
 fn fleet(dir: &Path, protocol: &str, devices: usize, coap: &str, profile_extra: &str) -> String {
-    format!(
-        r#"
-[run]
-seed = 5
-clock = "virtual"
-start_time = "2026-03-14T08:00:00Z"
-duration = "10s"
-
-[sink.file]
-path = "{dir}/out.jsonl"
-
-[sink.coap]
-{coap}
-
-[[fleet]]
-profile = "meter"
-count = {devices}
-
-[profiles.meter]
-protocol = "{protocol}"
-topic = "meters/{{device_id}}/telemetry"
-interval = "1s"
-{profile_extra}
-[profiles.meter.fields.power]
-type = "gaussian"
-mean = 100.0
-stddev = 5.0
-"#,
-        dir = dir.display()
-    )
+    Fleet::new()
+        .run(5, "virtual", "2026-03-14T08:00:00Z", "10s")
+        .sink("file")
+        .set("path", dir.join("out.jsonl"))
+        .sink("coap")
+        .raw(coap)
+        .devices("meter", devices)
+        .profile("meter", protocol, "1s")
+        .set("topic", "meters/{device_id}/telemetry")
+        .raw(profile_extra)
+        .gaussian("meter", "power", 100.0, 5.0)
+        .toml()
 }
 
 fn run(dir: &Path, toml: &str, cores: &str) -> serde_json::Value {

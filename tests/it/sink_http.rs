@@ -3,6 +3,7 @@
 //! fleet writes to a file sink (the envelope is deterministic in virtual time).
 
 use crate::common;
+use crate::common::fleet::{Fleet, raw};
 use common::{assert_same, run_env, sink_row};
 
 use std::collections::{BTreeMap, HashSet};
@@ -128,36 +129,18 @@ async fn serve(
 
 /// A virtual-clock fleet of `devices` meters sending every second for 10 s (10 messages each).
 fn fleet(dir: &Path, protocol: &str, devices: usize, http: &str) -> String {
-    format!(
-        r#"
-[run]
-seed = 11
-clock = "virtual"
-start_time = "2026-03-14T08:00:00Z"
-duration = "10s"
-
-[sink.file]
-path = "{dir}/out.jsonl"
-
-[sink.http]
-{http}
-
-[[fleet]]
-profile = "meter"
-count = {devices}
-labels = {{ site = "lab" }}
-
-[profiles.meter]
-protocol = "{protocol}"
-topic = "meters/{{device_id}}/telemetry"
-interval = "1s"
-[profiles.meter.fields.power]
-type = "gaussian"
-mean = 100.0
-stddev = 5.0
-"#,
-        dir = dir.display()
-    )
+    Fleet::new()
+        .run(11, "virtual", "2026-03-14T08:00:00Z", "10s")
+        .sink("file")
+        .set("path", dir.join("out.jsonl"))
+        .sink("http")
+        .raw(http)
+        .devices("meter", devices)
+        .set("labels", raw(r#"{ site = "lab" }"#))
+        .profile("meter", protocol, "1s")
+        .set("topic", "meters/{device_id}/telemetry")
+        .gaussian("meter", "power", 100.0, 5.0)
+        .toml()
 }
 
 fn run(dir: &Path, toml: &str, cores: &str) -> serde_json::Value {

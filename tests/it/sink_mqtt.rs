@@ -2,6 +2,7 @@
 //! restart tests a `mosquitto` of our own on a free port.
 
 use crate::common;
+use crate::common::fleet::Fleet;
 
 use common::mqtt::{Broker, Subscriber};
 use common::*;
@@ -17,35 +18,19 @@ fn fleet(
     interval: &str,
     duration: &str,
 ) -> String {
-    format!(
-        r#"
-[run]
-seed = 3
-clock = "realtime"
-start_time = "2026-03-14T00:00:00Z"
-duration = "{duration}"
-
-[sink.mqtt]
-url = "mqtt://127.0.0.1:{port}"
-pool_size = 3
-{extra_sink}
-
-[[fleet]]
-profile = "probe"
-count = {devices}
-
-[profiles.probe]
-protocol = "mqtt"
-topic = "{topic_root}/{{device_id}}/telemetry"
-interval = "{interval}"
-seq = true
-[profiles.probe.fields.t]
-type = "gaussian"
-mean = 20
-stddev = 1
-decimals = 2
-"#
-    )
+    Fleet::new()
+        .run(3, "realtime", "2026-03-14T00:00:00Z", duration)
+        .sink("mqtt")
+        .set("url", format!("mqtt://127.0.0.1:{port}"))
+        .set("pool_size", 3)
+        .raw(extra_sink)
+        .devices("probe", devices)
+        .profile("probe", "mqtt", interval)
+        .set("topic", format!("{topic_root}/{{device_id}}/telemetry"))
+        .set("seq", true)
+        .gaussian("probe", "t", 20, 1)
+        .set("decimals", 2)
+        .toml()
 }
 
 /// Checks every received payload and that each device's sequence is complete: 0..per_device.

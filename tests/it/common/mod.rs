@@ -2,6 +2,7 @@
 //! report, find free ports.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod mqtt;
 pub mod tls;
 
@@ -190,45 +191,109 @@ pub fn validate_within(dir: &Path, toml: &str, secs: u64) -> Output {
     command_within(cmd, secs)
 }
 
-/// A running binary whose stderr lines are collected in the background; killed on drop.
+/// The one process harness: a running `iot-sim` whose stderr is collected in the background
+/// (line by line, into `stderr`), with the gRPC address when started by one of the `grpc`
+/// constructors or [`Running::with_config`]. Killed on drop.
 pub struct Running {
     pub child: std::process::Child,
-    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Its gRPC address (`grpc: listening on ADDR`); empty when started by [`Running::start`].
+    pub addr: String,
+    /// Everything it printed on stderr so far, one line after another.
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Starts `bin()` with `args` and `env`, stderr collected line by line.
+    /// Starts `cmd` (stdout to /dev/null), its stderr collected line by line.
     pub fn start(cmd: &mut Command) -> Running {
         use std::io::BufRead;
         let mut child = cmd
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .unwrap();
-        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = lines.clone();
+            .expect("start iot-sim");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
         let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
             }
         });
-        Running { child, lines }
+        Running { child, addr: String::new(), stderr, reader: Some(reader) }
     }
 
-    /// Waits (up to 30 s) for a stderr line containing `marker`; returns the text after it.
+    /// Starts `cmd` (which must serve gRPC, `--grpc 127.0.0.1:0`) and waits for its
+    /// "grpc: listening on" line, whose address becomes `addr`.
+    pub fn grpc_cmd(cmd: &mut Command) -> Running {
+        let mut run = Running::start(cmd);
+        run.addr = run.wait_line_within("grpc: listening on ", 120);
+        run
+    }
+
+    /// `iot-sim ARGS` (which must include `--grpc 127.0.0.1:0`), once it serves gRPC.
+    pub fn grpc(args: &[&str]) -> Running {
+        Running::grpc_env(args, &[])
+    }
+
+    /// [`Running::grpc`] with extra environment variables.
+    pub fn grpc_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+        Running::grpc_cmd(bin().args(args).envs(env.iter().copied()))
+    }
+
+    /// `iot-sim CMD --config CFG --grpc 127.0.0.1:0 --quiet [--report-dir DIR] EXTRA`
+    /// (CMD = `run` or `serve`), once it serves gRPC.
+    pub fn with_config(
+        cmd: &str,
+        cfg: &Path,
+        report_dir: Option<&Path>,
+        extra: &[&str],
+    ) -> Running {
+        let mut args =
+            vec![cmd, "--config", cfg.to_str().unwrap(), "--grpc", "127.0.0.1:0", "--quiet"];
+        if let Some(d) = report_dir {
+            args.extend(["--report-dir", d.to_str().unwrap()]);
+        }
+        args.extend_from_slice(extra);
+        Running::grpc(&args)
+    }
+
+    /// The gRPC endpoint, `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits (up to 30 s) for a stderr line containing `marker`; returns the text after it (up
+    /// to a space or a quote).
     pub fn wait_line(&mut self, marker: &str) -> String {
-        for _ in 0..600 {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(marker)) {
+        self.wait_line_within(marker, 30)
+    }
+
+    /// [`Running::wait_line`] for at most `secs`.
+    pub fn wait_line_within(&mut self, marker: &str, secs: u64) -> String {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let mut exited = None;
+        loop {
+            if let Some(l) = self.lines().iter().find(|l| l.contains(marker)) {
                 let rest = &l[l.find(marker).unwrap() + marker.len()..];
                 return rest.split(['"', ' ']).next().unwrap_or("").to_string();
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = exited {
                 panic!("exited ({status}) before printing {marker:?}: {:?}", self.lines());
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Its last lines may still be on their way: look once more after the reader ends.
+                self.wait_reader();
+                exited = Some(status);
+                continue;
+            }
+            if std::time::Instant::now() > end {
+                panic!("no line with {marker:?} within {secs} s: {:?}", self.lines());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        panic!("no line with {marker:?} within 30 s: {:?}", self.lines());
     }
 
     /// The admin address printed at start (`admin: listening on http://ADDR`).
@@ -236,22 +301,47 @@ impl Running {
         self.wait_line("admin: listening on http://")
     }
 
+    /// The stderr lines so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        self.stderr.lock().unwrap().lines().map(String::from).collect()
     }
 
-    /// SIGTERM, then waits up to 60 s for the exit (SIGKILL after that).
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    /// SIGTERM, then waits up to 60 s for the exit (SIGKILL and a failed test after that) and
+    /// for the last stderr lines.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
         sigterm(&self.child);
-        for _ in 0..1200 {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
             if let Ok(Some(s)) = self.child.try_wait() {
-                std::thread::sleep(std::time::Duration::from_millis(100)); // last stderr lines
+                self.wait_reader();
                 return s;
             }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("no exit within 60 s of SIGTERM: {:?}", self.lines());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        panic!("no exit within 60 s of SIGTERM: {:?}", self.lines());
+    }
+
+    /// [`Running::terminate`], consuming the harness.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    /// After the exit: waits (up to 5 s) until the reader saw the end of stderr, so `stderr`
+    /// holds every line.
+    fn wait_reader(&mut self) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.reader.as_ref().is_some_and(|r| !r.is_finished()) {
+            if std::time::Instant::now() > end {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
     }
 }
 
