@@ -484,8 +484,14 @@ fn out_of_file_descriptors_the_accept_loop_waits_instead_of_spinning() {
     // close. The accept loop used to retry at once and burn a whole core meanwhile.
     let conns: Vec<std::net::TcpStream> =
         (0..100).map(|_| std::net::TcpStream::connect(&rt.addr).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // Exhausted: the runtime holds all its 64 descriptors (at most 30 s).
     let pid = rt.child.id();
+    let open = || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let t0 = std::time::Instant::now();
+    while open() < 64 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{} descriptors open, not 64", open());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let before = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(3));
     let used = cpu_ticks(pid) - before;

@@ -222,7 +222,8 @@ fn the_accept_loop_backs_off_when_descriptors_run_out() {
     // server cannot accept them all.
     let idle: Vec<_> = (0..100).filter_map(|_| std::net::TcpStream::connect(&addr).ok()).collect();
     assert!(idle.len() >= 64, "only {} connections", idle.len());
-    std::thread::sleep(Duration::from_millis(500));
+    // Out of descriptors: the accept loop says so (and backs off).
+    run.wait_line("accept failed");
     let before = thread_cpu_ticks(pid, "admin");
     std::thread::sleep(Duration::from_secs(2));
     let used = thread_cpu_ticks(pid, "admin") - before;

@@ -313,8 +313,18 @@ fn sigterm_stops_a_realtime_run_flushes_and_reports() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Let it produce for a moment (this is not a timing assertion, just a chance to run).
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Stopped once it produces: a line in one of its output files (at most 60 s).
+    let t0 = std::time::Instant::now();
+    let produced = || {
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).any(|p| {
+            p.extension().is_some_and(|e| e == "jsonl")
+                && std::fs::read_to_string(&p).is_ok_and(|t| t.contains('\n'))
+        })
+    };
+    while !produced() {
+        assert!(t0.elapsed().as_secs() < 60, "no output line within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     sigterm(&child);
     let out = output_within(child, 60);
     assert!(out.status.success(), "exit {:?}: {}", out.status, stderr(&out));

@@ -221,8 +221,15 @@ async fn every_fault_shows_in_payloads_and_stream_then_reverts() {
     .await;
     let streamed_spawned =
         seen.lock().unwrap().points.iter().filter(|p| p.device_id.starts_with("spawned-")).count();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let status = c.get_runtime_status(()).await.unwrap().into_inner();
+    // The runtime's total has caught up with what was streamed (at most 30 s).
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        let s = c.get_runtime_status(()).await.unwrap().into_inner();
+        if s.messages_sent_total as usize >= streamed_spawned || t0.elapsed().as_secs() > 30 {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     // DISCONNECT: 2 devices, ~30 messages each suppressed.
     let per_device = (DURATION / INTERVAL - 2) as i64;
     assert!(status.messages_suppressed_total >= 2 * per_device, "{status:?}");

@@ -60,8 +60,12 @@ stddev = 1
             }
         }
     };
-    // Let the sink connect, then take the broker away.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the sink delivers (it is connected: at most 30 s), take the broker away.
+    let t0 = std::time::Instant::now();
+    while client.get_runtime_status(()).await.unwrap().into_inner().messages_sent_total == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(30), "nothing sent within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     mq.kill();
     let down = next_of(proto::DeviceEventType::Disconnected).await;
     assert_eq!(down.metadata["sink"], "mqtt");

@@ -44,7 +44,7 @@ fn json_log_lines_parse_carry_the_run_id_and_aggregate_commands() {
         (vec!["--run-id", "logs-1"], vec![("IOT_SIM_LOG_FORMAT", "json")]),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let (run, addr) = start(dir.path(), &extra, &env);
+        let (mut run, addr) = start(dir.path(), &extra, &env);
         spawn(&addr, 2000);
         let (code, text) = common::http_json(
             &addr,
@@ -54,7 +54,9 @@ fn json_log_lines_parse_carry_the_run_id_and_aggregate_commands() {
             None,
         );
         assert_eq!(code, 200, "{text}");
-        std::thread::sleep(std::time::Duration::from_millis(1200)); // a progress line
+        // The fault's line, then a progress line.
+        run.wait_line("fault injected");
+        run.wait_line("\"msg_per_s\"");
         let collected = run.stderr.clone();
         assert!(run.stop().success());
         let lines: Vec<String> = collected.lock().unwrap().lines().map(String::from).collect();

@@ -106,8 +106,14 @@ fn prometheus_scrapes_rates_per_device_type_and_a_p99_close_to_the_report() {
     let admin = run.admin_addr();
 
     // promtool accepts the exposition (once the shards have published per-type figures).
-    std::thread::sleep(Duration::from_millis(1500));
-    let (code, metrics) = http_get(&admin, "/metrics");
+    let t0 = std::time::Instant::now();
+    let (code, metrics) = loop {
+        let (code, metrics) = http_get(&admin, "/metrics");
+        if code != 200 || metrics.contains("device_type=\"") || t0.elapsed().as_secs() > 30 {
+            break (code, metrics);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(code, 200);
     let mut check = Command::new(tool("promtool"))
         .args(["check", "metrics"])
