@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs (Debian packages) and starts what the tests need, on a machine that has only Rust
 # and apt; does nothing for what is already there and running. Called by scripts/test.sh.
-#   Mosquitto   127.0.0.1:1883  tests/sink_mqtt.rs, tests/grpc_compat.rs (restart tests start their own)
-#   RabbitMQ    127.0.0.1:5672  tests/sink_amqp.rs (guest/guest)
-#   coap-server (libcoap)       tests/sink_coap.rs starts its own on a free port
-#   python3 + venv              tests/grpc_python.rs builds a grpcio client under target/
-#   prometheus, promtool        tests/prometheus.rs starts its own server on a free port
-#   chromium, chromedriver      tests/browser.rs drives headless Chromium over WebDriver
-#   podman, runc, debootstrap   tests/container.rs builds and runs the image (base made locally)
-#   docker-compose              tests/deploy_files.rs validates deploy/compose.yaml offline
+#   Mosquitto   127.0.0.1:1883  tests/it/sink_mqtt.rs, tests/it/grpc_compat.rs (restart tests start their own)
+#   RabbitMQ    127.0.0.1:5672  tests/it/sink_amqp.rs (guest/guest)
+#   coap-server (libcoap)       tests/it/sink_coap.rs starts its own on a free port
+#   python3 + venv              tests/it/grpc_python.rs builds a grpcio client under target/
+#   prometheus, promtool        tests/it/prometheus.rs starts its own server on a free port
+#   chromium, chromedriver      tests/it/browser.rs drives headless Chromium over WebDriver
+#   podman, runc, debootstrap   tests/it/container.rs builds and runs the image (base made locally)
+#   docker-compose              tests/it/deploy_files.rs validates deploy/compose.yaml offline
 set -euo pipefail
 
 updated=0
@@ -54,15 +54,15 @@ fi
 command -v python3 >/dev/null || apt_install python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 
-# Prometheus and promtool: tests/prometheus.rs starts its own server on a free port.
+# Prometheus and promtool: tests/it/prometheus.rs starts its own server on a free port.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus
 
-# Container tooling for tests/container.rs (podman + runc build and run the image; debootstrap
-# makes its base image without a registry) and tests/deploy_files.rs (docker-compose validates
+# Container tooling for tests/it/container.rs (podman + runc build and run the image; debootstrap
+# makes its base image without a registry) and tests/it/deploy_files.rs (docker-compose validates
 # deploy/compose.yaml offline).
 command -v podman >/dev/null || apt_install podman
 command -v runc >/dev/null || apt_install runc
 command -v debootstrap >/dev/null || apt_install debootstrap
 command -v docker-compose >/dev/null || apt_install docker-compose
-# Headless Chromium and its WebDriver: tests/browser.rs starts both on free ports.
+# Headless Chromium and its WebDriver: tests/it/browser.rs starts both on free ports.
 command -v chromium >/dev/null && command -v chromedriver >/dev/null || apt_install chromium chromium-driver

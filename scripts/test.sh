@@ -1,11 +1,34 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs and starts what the tests need
 # (scripts/services.sh), then formatting, lints and every test.
+#
+# scripts/test.sh --quick: the edit loop. Formatting, lints, the unit and property tests
+# (cargo test --lib) and the integration tests that need no service (the modules of the one
+# integration binary, tests/it/, listed in QUICK below). No root, no installs, no services.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust first (rustup)" >&2; exit 1; }
-scripts/services.sh
-cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets
+
+# Modules of tests/it/ that run only the built binary on files (no broker, browser, container,
+# Prometheus or Python): each is a test-name filter, `module::`.
+QUICK=(cli:: abuse_config:: deploy_config:: docs:: layers::)
+
+case "${1:-}" in
+--quick)
+    cargo fmt --all -- --check
+    cargo clippy --all-targets --quiet -- -D warnings
+    cargo test --lib
+    cargo test --test it -- "${QUICK[@]}"
+    ;;
+"")
+    scripts/services.sh
+    cargo fmt --all -- --check
+    cargo clippy --all-targets --quiet -- -D warnings
+    cargo test --all-targets
+    ;;
+*)
+    echo "usage: scripts/test.sh [--quick]" >&2
+    exit 2
+    ;;
+esac

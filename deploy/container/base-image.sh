@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes the Dockerfile's runtime base image (docker.io/library/debian:bookworm-slim) without a
-# registry, for tests/container.rs on machines that cannot pull: a minimal Debian root file
+# registry, for tests/it/container.rs on machines that cannot pull: a minimal Debian root file
 # system from debootstrap (trimmed like the slim image: no docs, man pages or locales),
 # imported with `podman import`. Idempotent: an image already there is kept, and the root file
 # system tarball is cached under target/container/ so a rerun only imports it.
