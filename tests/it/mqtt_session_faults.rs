@@ -308,7 +308,7 @@ value = 1
     )
     .unwrap();
     let acks = Subscriber::start(port, &format!("{root}/+/cmd/ack"));
-    let mut rt = Runtime::with_config("run", &cfg, None, &[]);
+    let mut rt = Running::with_config("run", &cfg, None, &[]);
     let id = "probe-0000";
     let subacks = |b: &Broker| b.log().matches(&format!("Sending SUBACK to {id}")).count();
     wait_until(30, "the session subscribed", || subacks(&broker) == 1).await;
