@@ -500,9 +500,7 @@ fn check_aborts(
     let mut totals = crate::measure::stats::ProfileStats::new();
     let mut lateness = histogram();
     for s in latest.iter().flatten() {
-        totals.messages += s.messages;
-        totals.errors += s.errors;
-        totals.dropped += s.dropped;
+        totals.counts += s.counts;
         if let Some(l) = &s.lateness {
             let _ = lateness.add(l);
         }
@@ -621,11 +619,11 @@ fn wait(
                         }
                     }
                     if !quiet && now - last_print >= progress_ms * 1_000_000 {
-                        let total: u64 = latest.iter().flatten().map(|s| s.messages).sum();
+                        let total: u64 = latest.iter().flatten().map(|s| s.counts.messages).sum();
                         let secs = (now - last_print) as f64 / 1e9;
                         let devices: usize = latest.iter().flatten().map(|s| s.devices).sum();
-                        let errors: u64 = latest.iter().flatten().map(|s| s.errors).sum();
-                        let dropped: u64 = latest.iter().flatten().map(|s| s.dropped).sum();
+                        let errors: u64 = latest.iter().flatten().map(|s| s.counts.errors).sum();
+                        let dropped: u64 = latest.iter().flatten().map(|s| s.counts.dropped).sum();
                         let sim = latest.iter().flatten().map(|s| s.sim_now_ms).min().unwrap_or(start_ms);
                         let p99 = if window.is_empty() { 0 } else { window.value_at_quantile(0.99) };
                         let simpart = match clock {
@@ -793,9 +791,7 @@ fn totals(
         },
         dt_s,
         devices: shards().map(|s| s.devices as u64).sum(),
-        messages: shards().map(|s| s.messages).sum(),
-        errors: shards().map(|s| s.errors).sum(),
-        dropped: shards().map(|s| s.dropped).sum(),
+        counts: shards().map(|s| s.counts).sum(),
         sink_events: shards().map(|s| s.sink_events).sum(),
         faults_active: shards().map(|s| s.faults_active).sum(),
         lateness,

@@ -374,7 +374,8 @@ pub(crate) fn run_options(
 pub(crate) fn verdict_code(report: &crate::report::Report) -> i32 {
     let mut code = exit::OK;
     for sink in ["file", "console"] {
-        let lost: u64 = report.runs.iter().filter(|r| r.sink == sink).map(|r| r.errors).sum();
+        let lost: u64 =
+            report.runs.iter().filter(|r| r.sink == sink).map(|r| r.counts.errors).sum();
         if lost > 0 {
             eprintln!(
                 "error: the {sink} sink lost {lost} messages (write failures; see the report)"

@@ -8,6 +8,7 @@
 //! `try_lock`: a scrape that holds the lock at that moment just gets the previous figures. The
 //! collector reads the slots at scrape time and merges the shards by label set.
 
+use super::counters::Counters;
 use hdrhistogram::Histogram;
 use std::sync::{Arc, Mutex};
 
@@ -72,9 +73,7 @@ pub struct ProfileFigures {
     /// Protocol name (`mqtt`, `file`, ...); also the sink's name.
     pub protocol: &'static str,
     pub devices: u64,
-    pub messages: u64,
-    pub errors: u64,
-    pub dropped: u64,
+    pub counts: Counters,
     pub slowdowns: u64,
     /// Errors by kind (`timeout`, `nack`, `http_503`, ...), sorted.
     pub error_kinds: Vec<(String, u64)>,

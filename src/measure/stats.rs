@@ -1,5 +1,6 @@
 //! Per-shard counters and HDR histograms, merged across shards at report time.
 
+use super::counters::Counters;
 use hdrhistogram::Histogram;
 
 /// Highest value a histogram keeps exactly: one hour in microseconds. Larger values are clamped.
@@ -78,9 +79,8 @@ impl std::ops::Deref for LazyHistogram {
 /// Counters and latency for one profile (one sink and device type) on one shard.
 #[derive(Clone)]
 pub struct ProfileStats {
-    pub messages: u64,
-    pub errors: u64,
-    pub dropped: u64,
+    /// Completed, failed and dropped messages.
+    pub counts: Counters,
     pub bytes: u64,
     /// Errors by kind (`timeout`, `nack`, `http_503`, `shutdown`, ...).
     pub error_kinds: std::collections::BTreeMap<String, u64>,
@@ -114,9 +114,7 @@ pub struct ProfileStats {
 impl ProfileStats {
     pub fn new() -> ProfileStats {
         ProfileStats {
-            messages: 0,
-            errors: 0,
-            dropped: 0,
+            counts: Counters::default(),
             bytes: 0,
             error_kinds: Default::default(),
             slowdowns: 0,
@@ -137,9 +135,7 @@ impl ProfileStats {
 
     /// Adds another shard's figures.
     pub fn merge(&mut self, o: &ProfileStats) {
-        self.messages += o.messages;
-        self.errors += o.errors;
-        self.dropped += o.dropped;
+        self.counts += o.counts;
         self.bytes += o.bytes;
         self.slowdowns += o.slowdowns;
         self.samples += o.samples;
@@ -266,14 +262,9 @@ impl ShardStats {
         self.profiles.iter().chain(self.retired.iter().map(|r| &r.total.stats))
     }
 
-    pub fn messages(&self) -> u64 {
-        self.all().map(|p| p.messages).sum()
-    }
-    pub fn errors(&self) -> u64 {
-        self.all().map(|p| p.errors).sum()
-    }
-    pub fn dropped(&self) -> u64 {
-        self.all().map(|p| p.dropped).sum()
+    /// The counters of every profile, the freed ones' included.
+    pub fn counts(&self) -> Counters {
+        self.all().map(|p| p.counts).sum()
     }
 
     /// The retired entry of a report row, made if there is none.
@@ -299,9 +290,8 @@ impl ShardStats {
 pub struct Snapshot {
     pub shard: usize,
     pub devices: usize,
-    pub messages: u64,
-    pub errors: u64,
-    pub dropped: u64,
+    /// Completed, failed and dropped messages since the start.
+    pub counts: Counters,
     pub sim_now_ms: u64,
     /// Latency of the messages completed since the previous snapshot.
     pub latency: Histogram<u64>,

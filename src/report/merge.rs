@@ -120,8 +120,8 @@ mod tests {
 
     fn stats_with(messages: u64, events: Vec<u64>, latency_us: &[u64]) -> ProfileStats {
         let mut st = ProfileStats::new();
-        st.messages = messages;
-        st.errors = 1;
+        st.counts.messages = messages;
+        st.counts.errors = 1;
         st.events = events;
         for &v in latency_us {
             st.latency.record(v);
@@ -157,7 +157,7 @@ mod tests {
                 r.phases[0].fold(st, &names);
             }
         }
-        assert_eq!(freed.messages(), 22, "retired counts are part of the shard's totals");
+        assert_eq!(freed.counts().messages, 22, "retired counts are part of the shard's totals");
         let empty = Fleet { profiles: vec![], groups: vec![] };
         let (fleet, merged) = merge_outcomes(&empty, &[(&empty, &freed)]);
         assert!(merged.retired.is_empty());
@@ -176,12 +176,15 @@ mod tests {
             assert_eq!(x.len(), y.len());
             for (x, y) in x.iter().zip(&y) {
                 assert_eq!((&x.sink, &x.device_type), (&y.sink, &y.device_type));
-                assert_eq!((x.messages, x.errors, &x.events), (y.messages, y.errors, &y.events));
+                assert_eq!(
+                    (x.counts.messages, x.counts.errors, &x.events),
+                    (y.counts.messages, y.counts.errors, &y.events)
+                );
                 assert_eq!(x.latency_us.p50, y.latency_us.p50);
             }
         }
         let meter = &rows(&fleet, &merged)[0];
-        assert_eq!(meter.messages, 15);
+        assert_eq!(meter.counts.messages, 15);
         assert_eq!(meter.events.get("tamper"), Some(&7));
         assert_eq!(meter.events.get("open"), Some(&2));
     }

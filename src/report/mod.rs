@@ -8,6 +8,7 @@ mod merge;
 pub mod timeline;
 pub(crate) use merge::merge_outcomes;
 
+use crate::measure::counters::Counters;
 use crate::measure::stats::{ProfileStats, ShardStats};
 use crate::sim::profile::Fleet;
 use hdrhistogram::Histogram;
@@ -58,9 +59,8 @@ pub struct Row {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requested_protocol: Option<String>,
     pub devices: u64,
-    pub messages: u64,
-    pub errors: u64,
-    pub dropped: u64,
+    #[serde(flatten)]
+    pub counts: Counters,
     pub bytes: u64,
     /// Completed messages per wall-clock second.
     pub msgs_per_s: f64,
@@ -132,9 +132,8 @@ pub struct Report {
     pub spawn_seconds: f64,
     pub peak_rss_bytes: u64,
     pub cpu_seconds: f64,
-    pub messages: u64,
-    pub errors: u64,
-    pub dropped: u64,
+    #[serde(flatten)]
+    pub counts: Counters,
     pub msgs_per_s: f64,
     pub interrupted: bool,
     pub runs: Vec<Row>,
@@ -193,9 +192,8 @@ pub struct PhaseRows {
     pub start_time: String,
     pub end_time: String,
     pub sim_seconds: f64,
-    pub messages: u64,
-    pub errors: u64,
-    pub dropped: u64,
+    #[serde(flatten)]
+    pub counts: Counters,
     /// Messages per sim second of the phase.
     pub msgs_per_sim_s: f64,
     pub runs: Vec<Row>,
@@ -248,10 +246,8 @@ pub fn build(
         spawn_seconds: round3(facts.spawn_seconds),
         peak_rss_bytes: peak_rss_bytes(),
         cpu_seconds: round3(cpu_seconds()),
-        messages: stats.messages(),
-        errors: stats.errors(),
-        dropped: stats.dropped(),
-        msgs_per_s: round1(stats.messages() as f64 / wall),
+        counts: stats.counts(),
+        msgs_per_s: round1(stats.counts().messages as f64 / wall),
         interrupted: facts.interrupted,
         runs,
         tick_lateness_us: realtime.then(|| Percentiles::of(&stats.lateness)),
@@ -316,14 +312,12 @@ fn rows_of(
                 files.push((hgrm[1].clone(), std::mem::take(&mut s.service).into_inner()));
             }
             Row {
-                msgs_per_s: round1(s.messages as f64 / seconds),
+                msgs_per_s: round1(s.counts.messages as f64 / seconds),
                 latency_us,
                 service_us,
                 error_kinds: s.error_kinds.clone(),
                 slowdowns: s.slowdowns,
-                messages: s.messages,
-                errors: s.errors,
-                dropped: s.dropped,
+                counts: s.counts,
                 bytes: s.bytes,
                 devices,
                 sink,
@@ -358,17 +352,14 @@ pub fn phase_rows(
 ) -> PhaseRows {
     let sim_seconds = end_ms.saturating_sub(start_ms) as f64 / 1000.0;
     let runs = rows_of(fleet, profiles, sim_seconds.max(1e-9), None);
-    let (messages, errors, dropped) =
-        runs.iter().fold((0, 0, 0), |a, r| (a.0 + r.messages, a.1 + r.errors, a.2 + r.dropped));
+    let counts: Counters = runs.iter().map(|r| r.counts).sum();
     PhaseRows {
         name: name.to_string(),
         start_time: crate::sim::time::rfc3339_ms(start_ms),
         end_time: crate::sim::time::rfc3339_ms(end_ms),
         sim_seconds,
-        messages,
-        errors,
-        dropped,
-        msgs_per_sim_s: round1(messages as f64 / sim_seconds.max(1e-9)),
+        counts,
+        msgs_per_sim_s: round1(counts.messages as f64 / sim_seconds.max(1e-9)),
         runs,
     }
 }
@@ -545,9 +536,9 @@ pub fn render_table(r: &Report) -> String {
             "{:<8} {:<24} {:>12} {:>8} {:>8} {:>12.1} {:>9} {:>9} {:>9} {:>9} {:>10}",
             sink,
             row.device_type,
-            row.messages,
-            row.errors,
-            row.dropped,
+            row.counts.messages,
+            row.counts.errors,
+            row.counts.dropped,
             row.msgs_per_s,
             l.p50,
             l.p90,
@@ -576,9 +567,9 @@ pub fn render_table(r: &Report) -> String {
     let _ = writeln!(
         out,
         "total: {} messages, {} errors, {} dropped, {:.1} msg/s; spawn {:.3}s; peak RSS {:.1} MiB; CPU {:.2}s",
-        r.messages,
-        r.errors,
-        r.dropped,
+        r.counts.messages,
+        r.counts.errors,
+        r.counts.dropped,
         r.msgs_per_s,
         r.spawn_seconds,
         r.peak_rss_bytes as f64 / 1048576.0,
@@ -644,9 +635,9 @@ pub fn render_table(r: &Report) -> String {
             ph.start_time,
             ph.end_time,
             ph.sim_seconds,
-            ph.messages,
-            ph.errors,
-            ph.dropped,
+            ph.counts.messages,
+            ph.counts.errors,
+            ph.counts.dropped,
             ph.msgs_per_sim_s
         );
         for row in &ph.runs {
@@ -656,9 +647,9 @@ pub fn render_table(r: &Report) -> String {
                 "  {:<8} {:<24} {:>12} {:>8} {:>8} {:>12.1} {:>9} {:>9} {:>9} {:>9} {:>10}",
                 row.sink,
                 row.device_type,
-                row.messages,
-                row.errors,
-                row.dropped,
+                row.counts.messages,
+                row.counts.errors,
+                row.counts.dropped,
                 row.msgs_per_s,
                 l.p50,
                 l.p90,

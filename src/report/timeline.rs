@@ -5,6 +5,7 @@
 //! then on each new point gathers as many seconds as the old ones, so a one-hour run keeps one
 //! point per two (four, ...) seconds, evenly, and the file stays small.
 
+use crate::measure::counters::Counters;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +22,7 @@ pub struct Point {
     pub dt_s: f64,
     pub devices: u64,
     /// Completed messages, errors, drops and sink connection events within the point.
-    pub messages: u64,
-    pub errors: u64,
-    pub dropped: u64,
+    pub counts: Counters,
     pub sink_events: u64,
     /// Faults active at the end of the point.
     pub faults_active: u64,
@@ -77,9 +76,7 @@ impl Timeline {
             t_s: self.t_s[i],
             dt_s: self.dt_s[i],
             devices: self.devices[i],
-            messages: self.messages[i],
-            errors: self.errors[i],
-            dropped: self.dropped[i],
+            counts: Counters::new(self.messages[i], self.errors[i], self.dropped[i]),
             sink_events: self.sink_events[i],
             faults_active: self.faults_active[i],
             p50_us: self.p50_us[i],
@@ -120,10 +117,10 @@ impl Timeline {
         self.t_s.push(round3(p.t_s));
         self.dt_s.push(round3(p.dt_s));
         self.devices.push(p.devices);
-        self.messages.push(p.messages);
-        self.msgs_per_s.push(round1(p.messages as f64 / p.dt_s.max(1e-9)));
-        self.errors.push(p.errors);
-        self.dropped.push(p.dropped);
+        self.messages.push(p.counts.messages);
+        self.msgs_per_s.push(round1(p.counts.messages as f64 / p.dt_s.max(1e-9)));
+        self.errors.push(p.counts.errors);
+        self.dropped.push(p.counts.dropped);
         self.sink_events.push(p.sink_events);
         self.faults_active.push(p.faults_active);
         self.p50_us.push(p.p50_us);
@@ -151,20 +148,19 @@ impl Timeline {
 
 /// Two neighbouring points as one.
 fn merge(a: &Point, b: &Point) -> Point {
-    let n = a.messages + b.messages;
+    let n = a.counts.messages + b.counts.messages;
     let p50 = if n == 0 {
         a.p50_us.max(b.p50_us)
     } else {
-        ((a.p50_us as u128 * a.messages as u128 + b.p50_us as u128 * b.messages as u128)
+        ((a.p50_us as u128 * a.counts.messages as u128
+            + b.p50_us as u128 * b.counts.messages as u128)
             / n as u128) as u64
     };
     Point {
         t_s: b.t_s,
         dt_s: a.dt_s + b.dt_s,
         devices: b.devices,
-        messages: n,
-        errors: a.errors + b.errors,
-        dropped: a.dropped + b.dropped,
+        counts: a.counts + b.counts,
         sink_events: a.sink_events + b.sink_events,
         faults_active: a.faults_active.max(b.faults_active),
         p50_us: p50,
@@ -179,7 +175,7 @@ fn merge(a: &Point, b: &Point) -> Point {
 /// Builds the points from the shards' latest snapshots (in `run.rs`'s wait loop).
 pub struct Sampler {
     pub timeline: Timeline,
-    prev: (u64, u64, u64, u64),
+    prev: (Counters, u64),
     prev_lateness: Option<Histogram<u64>>,
     /// Latency of the messages completed since the last point.
     pub window: Histogram<u64>,
@@ -190,9 +186,7 @@ pub struct Totals {
     pub t_s: f64,
     pub dt_s: f64,
     pub devices: u64,
-    pub messages: u64,
-    pub errors: u64,
-    pub dropped: u64,
+    pub counts: Counters,
     pub sink_events: u64,
     pub faults_active: u64,
     /// Realtime: tick lateness since the start, over every shard.
@@ -203,7 +197,7 @@ impl Sampler {
     pub fn new(axis: &str) -> Sampler {
         Sampler {
             timeline: Timeline::new(axis),
-            prev: (0, 0, 0, 0),
+            prev: (Counters::default(), 0),
             prev_lateness: None,
             window: crate::measure::stats::histogram(),
         }
@@ -226,21 +220,19 @@ impl Sampler {
             }
             q(&delta, 0.99)
         });
-        let (m, e, d, s) = self.prev;
+        let (prev, s) = self.prev;
         self.timeline.push(Point {
             t_s: t.t_s,
             dt_s: t.dt_s,
             devices: t.devices,
-            messages: t.messages.saturating_sub(m),
-            errors: t.errors.saturating_sub(e),
-            dropped: t.dropped.saturating_sub(d),
+            counts: t.counts.since(&prev),
             sink_events: t.sink_events.saturating_sub(s),
             faults_active: t.faults_active,
             p50_us: q(&self.window, 0.5),
             p99_us: q(&self.window, 0.99),
             lateness_p99_us,
         });
-        self.prev = (t.messages, t.errors, t.dropped, t.sink_events);
+        self.prev = (t.counts, t.sink_events);
         self.prev_lateness = t.lateness;
         self.window.reset();
     }
@@ -258,7 +250,14 @@ mod tests {
     use super::*;
 
     fn point(t: f64, messages: u64, p99: u64) -> Point {
-        Point { t_s: t, dt_s: 1.0, messages, p50_us: p99 / 2, p99_us: p99, ..Point::default() }
+        Point {
+            t_s: t,
+            dt_s: 1.0,
+            counts: Counters::new(messages, 0, 0),
+            p50_us: p99 / 2,
+            p99_us: p99,
+            ..Point::default()
+        }
     }
 
     #[test]
@@ -283,7 +282,7 @@ mod tests {
     #[test]
     fn merged_points_keep_the_rate_and_the_worse_p99() {
         let m = merge(&point(1.0, 100, 50), &point(2.0, 300, 900));
-        assert_eq!((m.messages, m.dt_s, m.p99_us, m.t_s), (400, 2.0, 900, 2.0));
+        assert_eq!((m.counts.messages, m.dt_s, m.p99_us, m.t_s), (400, 2.0, 900, 2.0));
         let mut tl = Timeline::new("wall");
         tl.push_raw(m);
         assert_eq!(tl.msgs_per_s, vec![200.0]);
@@ -296,9 +295,7 @@ mod tests {
             t_s: m as f64,
             dt_s: 1.0,
             devices: 5,
-            messages: m,
-            errors: e,
-            dropped: 0,
+            counts: Counters::new(m, e, 0),
             sink_events: 0,
             faults_active: 0,
             lateness: None,

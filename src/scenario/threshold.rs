@@ -385,7 +385,7 @@ impl Threshold {
         lateness: &Histogram<u64>,
         seconds: f64,
     ) -> Verdict {
-        let total = merged.messages + merged.errors + merged.dropped;
+        let total = merged.counts.total();
         let mut note = None;
         let (value, unit) = match self.metric {
             Metric::Latency(q) => {
@@ -401,14 +401,19 @@ impl Threshold {
                 (Quantile::P99.value(lateness) as f64, "µs")
             }
             Metric::ErrorRate | Metric::DropRate => {
-                let n =
-                    if self.metric == Metric::ErrorRate { merged.errors } else { merged.dropped };
+                let n = if self.metric == Metric::ErrorRate {
+                    merged.counts.errors
+                } else {
+                    merged.counts.dropped
+                };
                 if total == 0 {
                     note = Some("no messages".to_string());
                 }
                 (if total == 0 { 0.0 } else { n as f64 / total as f64 }, "ratio")
             }
-            Metric::MessagesPerSecond => (merged.messages as f64 / seconds.max(1e-9), "msg/s"),
+            Metric::MessagesPerSecond => {
+                (merged.counts.messages as f64 / seconds.max(1e-9), "msg/s")
+            }
             Metric::Lost | Metric::Duplicated | Metric::Reordered | Metric::E2eLatencyP99 => {
                 return self.judge_audit(None);
             }
@@ -594,7 +599,7 @@ mod tests {
         let fleet = Fleet::default();
         let t = parse("[[threshold]]\nmetric = \"latency_max\"\nmax = \"1ms\"", &[]).unwrap();
         let mut st = ProfileStats::new();
-        st.messages = 1;
+        st.counts.messages = 1;
         st.latency.get_mut().record(1000).unwrap();
         let lat = histogram();
         let mut fleet = fleet;

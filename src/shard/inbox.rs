@@ -413,9 +413,9 @@ impl Shard {
         if let Some(link) = &self.ctl.link {
             let c = &link.counters;
             c.devices.store(self.table.len() as u64, Ordering::Relaxed);
-            let (net_messages, net_errors, _) = self.net_totals();
-            c.messages.store(self.stats.messages() + net_messages, Ordering::Relaxed);
-            c.errors.store(self.stats.errors() + net_errors, Ordering::Relaxed);
+            let counts = self.stats.counts() + self.net_totals();
+            c.messages.store(counts.messages, Ordering::Relaxed);
+            c.errors.store(counts.errors, Ordering::Relaxed);
             c.suppressed.store(self.ctl.states.suppressed(), Ordering::Relaxed);
             c.faults_active.store(self.ctl.states.faults_active(), Ordering::Relaxed);
             c.lateness_us_max.fetch_max(self.ctl.lateness_max_us, Ordering::Relaxed);
@@ -439,9 +439,7 @@ impl Shard {
                 device_type: p.device_type.as_str().into(),
                 protocol: p.protocol.name(),
                 devices: live.get(i).copied().unwrap_or(0),
-                messages: local.messages,
-                errors: local.errors,
-                dropped: local.dropped,
+                counts: local.counts,
                 slowdowns: local.slowdowns,
                 error_kinds: local.error_kinds.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 latency: Buckets::from_hdr(&local.latency),
@@ -450,9 +448,7 @@ impl Shard {
             if let Some(net) = self.sinks[p.protocol.index()].as_ref().and_then(|s| s.net_shared())
                 && let Some(n) = net.stats.borrow().get(i)
             {
-                f.messages += n.messages;
-                f.errors += n.errors;
-                f.dropped += n.dropped;
+                f.counts += n.counts;
                 f.slowdowns += n.slowdowns;
                 for (k, v) in &n.error_kinds {
                     match f.error_kinds.iter_mut().find(|(kk, _)| kk == k) {
@@ -477,9 +473,7 @@ impl Shard {
                 device_type: r.device_type.as_str().into(),
                 protocol: protocol.name(),
                 devices: 0,
-                messages: st.messages,
-                errors: st.errors,
-                dropped: st.dropped,
+                counts: st.counts,
                 slowdowns: st.slowdowns,
                 error_kinds: st.error_kinds.iter().map(|(k, v)| (k.clone(), *v)).collect(),
                 latency: Buckets::from_hdr(&st.latency),
@@ -525,12 +519,12 @@ impl Shard {
     /// Logs backpressure and publish retries since the previous call, as one line each for
     /// this shard (called about once a second with the progress snapshot), never per message.
     pub(super) fn log_sink_pressure(&mut self) {
-        let mut now = [self.stats.dropped(), 0, 0];
+        let mut now = [self.stats.counts().dropped, 0, 0];
         now[1] = self.stats.all().map(|p| p.slowdowns).sum();
         for s in self.sinks.iter().flatten() {
             if let Some(n) = s.net_shared() {
                 for p in n.stats.borrow().iter() {
-                    now[0] += p.dropped;
+                    now[0] += p.counts.dropped;
                     now[1] += p.slowdowns;
                 }
                 let events = n.events.borrow();

@@ -15,6 +15,7 @@ pub(crate) mod tap;
 
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
+use crate::measure::counters::Counters;
 use crate::measure::stats::{self, ShardStats, Snapshot};
 use crate::sim::behaviour::{Presence, ReportMode, StepLog};
 use crate::sim::device::{DeviceTable, device_seed};
@@ -831,15 +832,11 @@ impl Shard {
     }
 
     /// Messages, errors and drops recorded by network sinks (not yet folded into `stats`).
-    fn net_totals(&self) -> (u64, u64, u64) {
-        let mut t = (0, 0, 0);
+    fn net_totals(&self) -> Counters {
+        let mut t = Counters::default();
         for s in self.sinks.iter().flatten() {
             if let Some(n) = s.net_shared() {
-                for p in n.stats.borrow().iter() {
-                    t.0 += p.messages;
-                    t.1 += p.errors;
-                    t.2 += p.dropped;
-                }
+                t += n.stats.borrow().iter().map(|p| p.counts).sum::<Counters>();
             }
         }
         t
@@ -851,8 +848,8 @@ impl Shard {
         for s in self.sinks.iter_mut().flatten() {
             for (profile, n) in s.take_lost() {
                 if let Some(st) = self.stats.profiles.get_mut(profile) {
-                    st.messages = st.messages.saturating_sub(n);
-                    st.errors += n;
+                    st.counts.messages = st.counts.messages.saturating_sub(n);
+                    st.counts.errors += n;
                     *st.error_kinds.entry("write".to_string()).or_insert(0) += n;
                 }
             }
@@ -861,7 +858,7 @@ impl Shard {
 
     fn snapshot(&mut self, sim_now: SimMs) {
         self.account_lost();
-        let (net_msgs, net_errors, net_dropped) = self.net_totals();
+        let net = self.net_totals();
         for s in self.sinks.iter().flatten() {
             if let Some(n) = s.net_shared() {
                 let mut w = n.window.borrow_mut();
@@ -872,9 +869,7 @@ impl Shard {
         let snap = Snapshot {
             shard: self.plan.index,
             devices: self.table.len(),
-            messages: self.stats.messages() + net_msgs,
-            errors: self.stats.errors() + net_errors,
-            dropped: self.stats.dropped() + net_dropped,
+            counts: self.stats.counts() + net,
             sim_now_ms: sim_now,
             latency: std::mem::replace(&mut self.interval_latency, stats::histogram()),
             lateness: (self.plan.clock == ClockMode::Realtime).then(|| self.stats.lateness.clone()),
@@ -993,12 +988,12 @@ fn submit(
     let service_us = done_ns.saturating_sub(fire_ns) / 1000;
     let record = |st: &mut stats::ProfileStats| match outcome {
         Outcome::Completed => {
-            st.messages += 1;
+            st.counts.messages += 1;
             st.bytes += bytes;
             st.latency.record(latency_us);
             st.service.record(service_us);
         }
-        Outcome::Failed => st.errors += 1,
+        Outcome::Failed => st.counts.errors += 1,
         Outcome::Pending => {}
     };
     record(&mut stats.profiles[profile_ix]);

@@ -209,15 +209,15 @@ impl NetShared {
                     Backpressure::DropOldest => {
                         if let Some(old) = items.pop_front() {
                             self.unhold(&old);
-                            self.stats.borrow_mut()[old.profile as usize].dropped += 1;
-                            self.in_phase(&old, |s| s.dropped += 1);
+                            self.stats.borrow_mut()[old.profile as usize].counts.dropped += 1;
+                            self.in_phase(&old, |s| s.counts.dropped += 1);
                         }
                     }
                     Backpressure::SlowDown => {
                         // Still full although devices were slowed: the newest cannot wait.
                         drop(items);
-                        self.stats.borrow_mut()[profile].dropped += 1;
-                        self.in_phase(&m, |s| s.dropped += 1);
+                        self.stats.borrow_mut()[profile].counts.dropped += 1;
+                        self.in_phase(&m, |s| s.counts.dropped += 1);
                         return;
                     }
                 }
@@ -315,7 +315,7 @@ impl NetShared {
         let latency_us = now.saturating_sub(m.intended_ns) / 1000;
         let service_us = now.saturating_sub(m.sent_ns.max(m.intended_ns)) / 1000;
         let record = |s: &mut ProfileStats| {
-            s.messages += 1;
+            s.counts.messages += 1;
             s.bytes += m.payload.len() as u64;
             s.latency.record(latency_us);
             s.service.record(service_us);
@@ -329,7 +329,7 @@ impl NetShared {
     /// Records a message that was not delivered, by kind (`timeout`, `nack`, `http_503`, ...).
     pub fn fail(&self, m: &Queued, kind: &str) {
         let record = |s: &mut ProfileStats| {
-            s.errors += 1;
+            s.counts.errors += 1;
             *s.error_kinds.entry(kind.to_string()).or_insert(0) += 1;
         };
         record(&mut self.stats.borrow_mut()[m.profile as usize]);
@@ -367,8 +367,8 @@ impl NetShared {
 
     /// Records a message evicted from a full queue (backpressure).
     pub fn dropped(&self, m: &Queued) {
-        self.stats.borrow_mut()[m.profile as usize].dropped += 1;
-        self.in_phase(m, |s| s.dropped += 1);
+        self.stats.borrow_mut()[m.profile as usize].counts.dropped += 1;
+        self.in_phase(m, |s| s.counts.dropped += 1);
     }
 
     /// Called by a task when a message is handed to the protocol client.
@@ -551,7 +551,7 @@ mod tests {
         for i in 0..5 {
             s.enqueue(msg(i));
         }
-        assert_eq!(s.stats.borrow()[0].dropped, 2);
+        assert_eq!(s.stats.borrow()[0].counts.dropped, 2);
         let left: Vec<u64> =
             std::iter::from_fn(|| s.conns[0].pop()).map(|m| m.intended_ns).collect();
         assert_eq!(left, vec![2, 3, 4]);
@@ -610,6 +610,6 @@ mod tests {
         assert_eq!(s.interval_factor(0, 7), 2, "hysteresis: 5 of 10 is not below half");
         s.conns[0].pop();
         assert_eq!(s.interval_factor(0, 7), 1);
-        assert_eq!(s.stats.borrow()[0].dropped, 0);
+        assert_eq!(s.stats.borrow()[0].counts.dropped, 0);
     }
 }

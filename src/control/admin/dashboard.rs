@@ -18,6 +18,7 @@ use super::routes::{AdminState, ApiError};
 use crate::control::{proto, spec};
 use crate::limits;
 use crate::measure::board::{BUCKETS_US, Buckets, ShardFigures};
+use crate::measure::counters::Counters;
 use crate::measure::stats::ProfileStats;
 use crate::scenario::threshold::{Metric, Threshold, Verdict};
 use axum::Json;
@@ -84,9 +85,7 @@ struct HistoryInner {
 /// Running totals over every shard, by device type.
 #[derive(Clone, Default)]
 struct Totals {
-    messages: u64,
-    errors: u64,
-    dropped: u64,
+    counts: Counters,
     lateness: Buckets,
     by_type: BTreeMap<String, (u64, Buckets)>,
 }
@@ -96,11 +95,9 @@ fn totals(shards: &[Arc<ShardFigures>]) -> Totals {
     for f in shards {
         t.lateness.add(&f.lateness);
         for p in &f.profiles {
-            t.messages += p.messages;
-            t.errors += p.errors;
-            t.dropped += p.dropped;
+            t.counts += p.counts;
             let e = t.by_type.entry(p.device_type.to_string()).or_default();
-            e.0 += p.messages;
+            e.0 += p.counts.messages;
             e.1.add(&p.latency);
         }
     }
@@ -170,9 +167,9 @@ impl History {
             let point = HistoryPoint {
                 t_s: (t_s * 10.0).round() / 10.0,
                 devices,
-                msgs_per_s: rate(now.messages, prev.messages),
-                errors_per_s: rate(now.errors, prev.errors),
-                drops_per_s: rate(now.dropped, prev.dropped),
+                msgs_per_s: rate(now.counts.messages, prev.counts.messages),
+                errors_per_s: rate(now.counts.errors, prev.counts.errors),
+                drops_per_s: rate(now.counts.dropped, prev.counts.dropped),
                 lateness_p99_us: bucket_quantile(&minus(&now.lateness, &prev.lateness), 0.99),
                 faults_active,
                 by_type,
@@ -229,9 +226,9 @@ pub async fn overview(State(s): State<Arc<AdminState>>) -> Json<Value> {
         for p in &sh.profiles {
             let e = by_type.entry((p.device_type.to_string(), p.protocol)).or_default();
             e[0] += p.devices;
-            e[1] += p.messages;
-            e[2] += p.errors;
-            e[3] += p.dropped;
+            e[1] += p.counts.messages;
+            e[2] += p.counts.errors;
+            e[3] += p.counts.dropped;
         }
         for k in &sh.sinks {
             let e = sinks.entry(k.sink).or_default();
@@ -328,9 +325,7 @@ impl Thresholds {
                 let wanted = t.sink.is_none_or(|s| s.name() == p.protocol)
                     && t.device_type.as_deref().is_none_or(|d| d == &*p.device_type);
                 if wanted {
-                    merged.messages += p.messages;
-                    merged.errors += p.errors;
-                    merged.dropped += p.dropped;
+                    merged.counts += p.counts;
                     latency.add(&p.latency);
                 }
             }
@@ -562,7 +557,7 @@ mod tests {
                 device_type: "meter".into(),
                 protocol: "null",
                 devices: 10,
-                messages,
+                counts: Counters::new(messages, 0, 0),
                 latency: Buckets::from_hdr(&h),
                 ..Default::default()
             }],

@@ -9,6 +9,7 @@
 
 use crate::control::plane::{BATCH_BUCKETS, ControlPlane};
 use crate::measure::board::{BUCKETS_US, Buckets, ProfileFigures, ShardFigures};
+use crate::measure::counters::Counters;
 use crate::run::RunIdentity;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -201,9 +202,7 @@ impl std::fmt::Debug for FleetCollector {
 #[derive(Default)]
 struct Merged {
     devices: u64,
-    messages: u64,
-    errors: u64,
-    dropped: u64,
+    counts: Counters,
     slowdowns: u64,
     error_kinds: BTreeMap<String, u64>,
     latency: Buckets,
@@ -215,9 +214,7 @@ struct Merged {
 impl Merged {
     fn add(&mut self, p: &ProfileFigures) {
         self.devices += p.devices;
-        self.messages += p.messages;
-        self.errors += p.errors;
-        self.dropped += p.dropped;
+        self.counts += p.counts;
         self.slowdowns += p.slowdowns;
         for (k, v) in &p.error_kinds {
             *self.error_kinds.entry(k.clone()).or_default() += v;
@@ -349,14 +346,17 @@ impl Collector for FleetCollector {
             "Messages by outcome: ok (completed by the sink), error (failed), dropped (backpressure).",
             Counter,
             f.by_type.iter().flat_map(|(k, m)| {
-                [("ok", m.messages), ("error", m.errors), ("dropped", m.dropped)].map(
-                    |(status, v)| {
-                        (
-                            Sent { device_type: k.0.clone(), protocol: k.1.to_string(), status },
-                            counter(v),
-                        )
-                    },
-                )
+                [
+                    ("ok", m.counts.messages),
+                    ("error", m.counts.errors),
+                    ("dropped", m.counts.dropped),
+                ]
+                .map(|(status, v)| {
+                    (
+                        Sent { device_type: k.0.clone(), protocol: k.1.to_string(), status },
+                        counter(v),
+                    )
+                })
             }),
         )?;
         histogram(
@@ -422,7 +422,7 @@ impl Collector for FleetCollector {
             "iot_sim_backpressure_drops",
             "Messages dropped because a sink queue was full.",
             Counter,
-            by_device_type(&f, |m| m.dropped).map(|(t, v)| (t, counter(v))),
+            by_device_type(&f, |m| m.counts.dropped).map(|(t, v)| (t, counter(v))),
         )?;
         family(
             &mut enc,
@@ -647,7 +647,7 @@ mod tests {
         let p = |t: &str, messages: u64| ProfileFigures {
             device_type: t.into(),
             protocol: "mqtt",
-            messages,
+            counts: Counters::new(messages, 0, 0),
             devices: 1,
             error_kinds: vec![("timeout".into(), 2)],
             ..Default::default()
@@ -658,8 +658,8 @@ mod tests {
         let f = merge(&[a, b]);
         assert_eq!(f.scenario_phase, None);
         let x = &f.by_type[&("x".to_string(), "mqtt")];
-        assert_eq!((x.messages, x.devices, x.error_kinds["timeout"]), (11, 2, 4));
-        assert_eq!(f.by_type[&("y".to_string(), "mqtt")].messages, 2);
+        assert_eq!((x.counts.messages, x.devices, x.error_kinds["timeout"]), (11, 2, 4));
+        assert_eq!(f.by_type[&("y".to_string(), "mqtt")].counts.messages, 2);
     }
 
     #[test]
