@@ -10,6 +10,7 @@ mod behaviour;
 pub mod env;
 pub mod keys;
 pub mod mqtt_sessions;
+pub mod schema;
 pub mod sinks;
 pub mod walk;
 
