@@ -11,6 +11,7 @@ pub mod client;
 pub mod probe;
 pub mod report;
 pub mod scenario;
+pub mod schema;
 pub mod show;
 
 /// Thread-per-core IoT device simulator: a realistic fleet on one box, with numbers you can trust.
@@ -67,6 +68,9 @@ pub enum Command {
     /// Work on finished runs' reports (`report compare OLD NEW`).
     #[command(subcommand)]
     Report(report::ReportCmd),
+    /// Print the JSON Schema of fleet files (--scenario: scenario files; --profile: profile
+    /// files), for editors: `iot-sim schema > fleet.schema.json`.
+    Schema(schema::SchemaArgs),
 }
 
 /// The exit codes, for --help.
@@ -251,6 +255,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Scenario(c)) => scenario::main(&c),
         Some(Command::Audit(a)) => audit::main(&a),
         Some(Command::Report(c)) => report::main(&c),
+        Some(Command::Schema(a)) => schema::main(&a),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     };

@@ -327,13 +327,7 @@ pub fn compile(
             None
         }
     };
-    t.finish_with(
-        &[
-            "source", "url", "filter", "qos", "queue", "declare", "listen", "grace", "worst",
-            "verify",
-        ],
-        p,
-    );
+    t.finish_with(&super::keys::AUDIT.names(), p);
     let source = source?;
     (p.0.len() == before).then_some(AuditSettings {
         source,

@@ -2,6 +2,7 @@
 //! heartbeat), `events`, `availability`, `sleep`, and the fields computed from others
 //! (`derived`, `correlated_gaussian`). Every problem is recorded with its TOML path and value.
 
+use super::keys;
 use super::walk::{Problems, Table, join, show};
 use crate::sim::behaviour::{Availability, Behaviour, EventSpec, ReportMode, Sleep};
 use crate::sim::correlated::{CorrelatedGroup, MAX_MEMBERS, cholesky_psd};
@@ -44,6 +45,12 @@ pub(super) fn deadband(t: &mut Table<'_>, p: &mut Problems) -> Option<f64> {
     Some(v)
 }
 
+/// The accepted keys of a computed field type: `type` and the catalogue's keys.
+fn field_keys(kind: &str) -> Vec<&'static str> {
+    let own = keys::field_kind(kind).map(keys::Variant::names).unwrap_or_default();
+    ["type"].into_iter().chain(own).collect()
+}
+
 /// A `type = "derived"` field: `expr`, optional `decimals`, `deadband`.
 pub(super) fn derived(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option<DerivedDraft> {
     t.allow("type");
@@ -51,7 +58,7 @@ pub(super) fn derived(name: &str, mut t: Table<'_>, p: &mut Problems) -> Option<
     t.allow("deadband");
     let source = t.req_str("expr", p);
     let path = t.path_of("expr");
-    t.finish_with(&["type", "expr", "decimals", "deadband"], p);
+    t.finish_with(&field_keys("derived"), p);
     Some(DerivedDraft { name: name.to_string(), path, source: source?.into() })
 }
 
@@ -211,10 +218,7 @@ pub(super) fn correlated(
         None => None,
     };
     let path = t.path.clone();
-    t.finish_with(
-        &["type", "fields", "means", "stddevs", "correlation", "decimals", "deadband"],
-        p,
-    );
+    t.finish_with(&field_keys("correlated_gaussian"), p);
     let (Some(members), Some(means), Some(stddevs), Some(mut factor), true) =
         (members.clone(), means, stddevs, factor, p.0.len() == before)
     else {
@@ -397,7 +401,7 @@ pub(super) fn compile(
                 format!("expected \"periodic\" or \"on_change\", got {other:?}"),
             ),
         }
-        r.finish_with(&["mode", "max_silence"], p);
+        r.finish_with(&keys::REPORT.names(), p);
     }
     b.watch_fields(fields);
     if let Some(et) = t.table("events", p) {
@@ -411,7 +415,7 @@ pub(super) fn compile(
             if let Some(ev) = event(name, &mut e, topic, p) {
                 b.events.push(ev);
             }
-            e.finish_with(&["rate_per_hour", "fields", "topic"], p);
+            e.finish_with(&keys::EVENT.names(), p);
         }
     }
     if let Some(mut a) = t.table("availability", p) {
@@ -431,7 +435,7 @@ pub(super) fn compile(
         if let (Some(mtbf_ms), Some(mttr_ms)) = (mtbf, mttr) {
             b.availability = Some(Availability { mtbf_ms, mttr_ms });
         }
-        a.finish_with(&["mtbf", "mttr"], p);
+        a.finish_with(&keys::AVAILABILITY.names(), p);
     }
     if let Some(mut s) = t.table("sleep", p) {
         let period = s.duration_ms("period", p);
@@ -453,7 +457,7 @@ pub(super) fn compile(
             }
             _ => {}
         }
-        s.finish_with(&["period", "awake"], p);
+        s.finish_with(&keys::SLEEP.names(), p);
     }
     b
 }

@@ -8,7 +8,9 @@
 pub mod audit;
 mod behaviour;
 pub mod env;
+pub mod keys;
 pub mod mqtt_sessions;
+pub mod schema;
 pub mod sinks;
 pub mod walk;
 
@@ -385,7 +387,7 @@ fn compile(
                 };
                 let labels = labels(&mut t, p);
                 let labels_path = t.path_of("labels");
-                t.finish_with(&["profile", "count", "labels"], p);
+                t.finish_with(&keys::FLEET_ENTRY.names(), p);
                 if let (Some(ix), Some(count)) = (profile_ix, count) {
                     let prof = &profiles[ix];
                     let mut merged = prof.labels.clone();
@@ -480,7 +482,7 @@ fn compile(
     if top.has("audit") {
         seq_on_unless_off(&mut fleet, doc);
     }
-    top.finish_with(&["run", "sink", "profiles", "fleet", "threshold", "audit"], p);
+    top.finish_with(&keys::FLEET_FILE.names(), p);
     Some(Config { run, sinks, fleet, thresholds, audit })
 }
 
@@ -907,28 +909,7 @@ pub fn compile_profile_with(
         }
     }
     let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
-    t.finish_with(
-        &[
-            "protocol",
-            "topic",
-            "interval",
-            "seq",
-            "device_type",
-            "labels",
-            "fields",
-            "qos",
-            "retain",
-            "backpressure",
-            "endpoint",
-            "confirmable",
-            "connection",
-            "report",
-            "events",
-            "availability",
-            "sleep",
-        ],
-        p,
-    );
+    t.finish_with(&keys::PROFILE.names(), p);
     if p.0.len() > before {
         return None;
     }
@@ -1011,23 +992,14 @@ pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> 
     let kind = t.req_str("type", p)?;
     let mut accepted: Vec<&str> = vec!["type"];
     accepted.extend_from_slice(extra);
+    accepted.extend(keys::generator(kind).map(keys::Variant::names).unwrap_or_default());
     let spec = match kind {
         "gaussian" => {
-            accepted.extend(["mean", "stddev"]);
             let mean = t.req_f64("mean", p);
             let stddev = non_negative(&mut t, "stddev", true, p);
             GenSpec::Gaussian { mean: mean?, stddev: stddev? }
         }
         "brownian" => {
-            accepted.extend([
-                "start",
-                "mean",
-                "drift",
-                "volatility",
-                "mean_reversion",
-                "min",
-                "max",
-            ]);
             let start = t.req_f64("start", p);
             let mean = t.f64("mean", p);
             let drift = t.f64("drift", p).unwrap_or(0.0);
@@ -1057,7 +1029,6 @@ pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> 
             })
         }
         "diurnal" => {
-            accepted.extend(["baseline", "amplitude", "peak_hour", "noise_stddev", "stddev"]);
             let baseline = t.req_f64("baseline", p);
             let amplitude = t.req_f64("amplitude", p);
             let peak_hour = t.req_f64("peak_hour", p);
@@ -1078,41 +1049,34 @@ pub fn compile_generator(mut t: Table<'_>, extra: &[&str], p: &mut Problems) -> 
                 noise_stddev,
             }
         }
-        "markov" => {
-            accepted.extend(["states", "transition_matrix", "initial_state"]);
-            compile_markov(&mut t, p)?
-        }
-        "static" => {
-            accepted.push("value");
-            match t.get("value") {
-                None => {
-                    p.add(t.path_of("value"), "missing: the constant to publish");
-                    return None;
-                }
-                Some(v) if has_non_finite(v) => {
-                    p.add(
-                        t.path_of("value"),
-                        format!(
-                            "must not contain nan or inf (JSON has no such numbers), got {}",
-                            show(v)
-                        ),
-                    );
-                    return None;
-                }
-                Some(v) => {
-                    let mut json = vec![];
-                    toml_to_json(v, &mut json);
-                    let number = match v {
-                        Value::Integer(i) => Some(*i as f64),
-                        Value::Float(f) => Some(*f),
-                        _ => None,
-                    };
-                    GenSpec::Static { json: String::from_utf8(json).unwrap_or_default(), number }
-                }
+        "markov" => compile_markov(&mut t, p)?,
+        "static" => match t.get("value") {
+            None => {
+                p.add(t.path_of("value"), "missing: the constant to publish");
+                return None;
             }
-        }
+            Some(v) if has_non_finite(v) => {
+                p.add(
+                    t.path_of("value"),
+                    format!(
+                        "must not contain nan or inf (JSON has no such numbers), got {}",
+                        show(v)
+                    ),
+                );
+                return None;
+            }
+            Some(v) => {
+                let mut json = vec![];
+                toml_to_json(v, &mut json);
+                let number = match v {
+                    Value::Integer(i) => Some(*i as f64),
+                    Value::Float(f) => Some(*f),
+                    _ => None,
+                };
+                GenSpec::Static { json: String::from_utf8(json).unwrap_or_default(), number }
+            }
+        },
         "composite" => {
-            accepted.push("parts");
             let parts = t.array("parts", p);
             if !t.has("parts") {
                 p.add(t.path_of("parts"), "missing: a list of numeric generators to add up");

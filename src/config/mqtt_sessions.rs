@@ -294,32 +294,7 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
             );
         }
     }
-    t.finish_with(
-        &[
-            "client_id",
-            "username",
-            "password_env",
-            "password_hmac_secret_env",
-            "clean_session",
-            "session_expiry",
-            "keep_alive",
-            "inflight",
-            "queue_size",
-            "connect_rate",
-            "max_connecting",
-            "connect_timeout",
-            "source_addresses",
-            "will_topic",
-            "will_payload",
-            "will_qos",
-            "will_retain",
-            "subscribe",
-            "subscribe_qos",
-            "respond",
-            "answer_qos",
-        ],
-        p,
-    );
+    t.finish_with(&super::keys::MQTT_PER_DEVICE.names(), p);
     s
 }
 

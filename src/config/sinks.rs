@@ -292,7 +292,7 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> SinkSettings {
     if let Some(c) = t.table("coap", p) {
         s.coap = compile_coap(c, p);
     }
-    t.finish_with(&["console", "file", "null", "mqtt", "amqp", "http", "coap"], p);
+    t.finish_with(&super::keys::SINK.names(), p);
     s
 }
 

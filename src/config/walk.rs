@@ -205,10 +205,12 @@ impl<'a> Table<'a> {
         }
     }
 
-    /// Reports every key that was not read, listing the accepted ones.
+    /// Reports every key that was not read, listing the accepted ones. A key that was read
+    /// but is not in `accepted` is refused too: the accepted lists are the files' schema (see
+    /// `config::keys`), so a key the loader reads must be in them.
     pub fn finish_with(self, accepted: &[&str], p: &mut Problems) {
         for (k, v) in self.table {
-            if !self.used.contains(&k.as_str()) {
+            if !self.used.contains(&k.as_str()) || !accepted.contains(&k.as_str()) {
                 p.add(
                     join(&self.path, k),
                     format!(
