@@ -118,10 +118,9 @@ fn link_targets(line: &str) -> Vec<String> {
     if t.starts_with('[')
         && let Some(close) = t.find("]:")
         && !t[1..close].contains(']')
+        && let Some(target) = t[close + 2..].split_whitespace().next()
     {
-        if let Some(target) = t[close + 2..].split_whitespace().next() {
-            out.push(target.to_string());
-        }
+        out.push(target.to_string());
     }
     out
 }
@@ -217,12 +216,12 @@ fn broken_links(file: &Path, text: &str) -> Vec<String> {
                 problems.push(format!("{at}: {} does not exist", rel(&dest)));
                 continue;
             }
-            if let Some(anchor) = anchor.filter(|a| !a.is_empty()) {
-                if dest.extension().is_some_and(|x| x == "md") {
-                    let text = if dest == file { text.to_string() } else { read(&dest) };
-                    if !anchors(&text).contains(anchor) {
-                        problems.push(format!("{at}: no heading #{anchor} in {}", rel(&dest)));
-                    }
+            if let Some(anchor) = anchor.filter(|a| !a.is_empty())
+                && dest.extension().is_some_and(|x| x == "md")
+            {
+                let text = if dest == file { text.to_string() } else { read(&dest) };
+                if !anchors(&text).contains(anchor) {
+                    problems.push(format!("{at}: no heading #{anchor} in {}", rel(&dest)));
                 }
             }
         }
