@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs and starts what the tests need
-# (scripts/services.sh), then formatting, lints and every test.
+# (scripts/services.sh), then formatting, lints, the user guide's build and every test.
 #
 # scripts/test.sh --quick: the edit loop. Formatting, lints, the unit and property tests
 # (cargo test --lib) and the integration tests that need no service (the modules of the one
@@ -23,6 +23,13 @@ case "${1:-}" in
     ;;
 "")
     scripts/services.sh
+    # The user guide (docs/, an mdBook) must build; tests/it/docs.rs checks its links and
+    # chapters.
+    MDBOOK_VERSION=0.4.52
+    if [ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
+        cargo install mdbook --locked --version "$MDBOOK_VERSION" --no-default-features --quiet
+    fi
+    mdbook build docs -d ../target/book
     cargo fmt --all -- --check
     cargo clippy --all-targets --quiet -- -D warnings
     cargo test --all-targets

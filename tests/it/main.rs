@@ -14,6 +14,7 @@ mod container;
 mod dashboard_http;
 mod deploy_config;
 mod deploy_files;
+mod docs;
 mod grpc_compat;
 mod grpc_control;
 mod grpc_faults;
