@@ -2,13 +2,15 @@
 //! progress, merge what the shards measured and write the report.
 
 use crate::config::{ClockMode, Config};
-use crate::measure::clock::mono_ns;
+use crate::measure::clock::{mono_ns, now_ms};
+use crate::measure::run_identity::RunIdentity;
 use crate::measure::stats::{Snapshot, histogram};
 use crate::report::{self, Report, RunFacts};
 use crate::scenario::Scenario;
-use crate::scenario::threshold::{Span, Threshold};
+use crate::shard::timeline::{Cue, Phase};
 use crate::shard::{self, ShardOutcome, ShardPlan};
 use crate::sim::time::{LAST_SIM_MS, format_duration_ms, rfc3339_ms};
+use crate::threshold::{Span, Threshold};
 use anyhow::{Context, bail};
 use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,24 +37,6 @@ pub struct RunOptions {
     pub run_id: String,
 }
 
-/// What identifies a run to an observer.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct RunIdentity {
-    pub run_id: String,
-    pub seed: u64,
-    pub version: &'static str,
-    pub clock: &'static str,
-}
-
-/// A random run id: 16 hex digits.
-pub fn random_run_id() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!("{:016x}", RandomState::new().hash_one(nanos ^ ((std::process::id() as u64) << 32)))
-}
-
 /// A random seed, for runs that name none.
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
@@ -61,13 +45,6 @@ pub fn random_seed() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     // Keep seeds within i64 so they can be written back into a TOML file.
     RandomState::new().hash_one(nanos ^ std::process::id() as u64) >> 1
-}
-
-/// Wall-clock "now" in ms since the epoch: the default sim start.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs the fleet to its end and returns the report (already printed and written).
@@ -113,7 +90,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let mut reachable = config.fleet.clone();
     if let Some(sc) = &opts.scenario {
         for ta in sc.timeline.iter() {
-            if let crate::scenario::Action::Spawn { profile, .. } = &ta.action
+            if let Cue::Spawn { profile, .. } = &ta.cue
                 && !reachable.profiles.iter().any(|p| p.name == profile.name)
             {
                 reachable.profiles.push((**profile).clone());
@@ -248,6 +225,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         run.clock,
         run.duration_ms.or(opts.scenario.as_ref().map(|s| s.duration_ms)),
     );
+    let script = opts.scenario.as_ref().map(|s| Arc::new(s.script()));
     let t0 = mono_ns();
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
@@ -266,7 +244,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             progress: progress_tx.clone(),
             core: if run.pin { core_ids.get(index).copied() } else { None },
             control: links.next(),
-            scenario: opts.scenario.clone(),
+            scenario: script.clone(),
             excuses: auditor.as_ref().map(|a| a.excuses()),
             sample_every_ms: sample_step,
             timer_slack_ns: run.timer_slack_ms * 1_000_000,
@@ -283,7 +261,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     if let Some(a) = &auditor {
         a.set_clock(match run.clock {
             ClockMode::Realtime => crate::audit::LatencyClock::Wall {
-                wall0_us: crate::audit::wall_us(),
+                wall0_us: crate::measure::clock::wall_us(),
                 start_ms,
                 speed: run.speed,
             },
@@ -379,8 +357,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let no_lateness = histogram();
     // A phase's span ends with the run (an interrupted run cuts the last ones short).
     let phase_span = |i: usize| -> (u64, u64) {
-        let ph = &opts.scenario.as_ref().map(|s| s.phases[i].clone()).unwrap_or_else(|| {
-            crate::scenario::Phase { name: String::new(), start_ms: 0, end_ms: 0 }
+        let ph = &opts.scenario.as_ref().map(|s| s.phases[i].clone()).unwrap_or_else(|| Phase {
+            name: String::new(),
+            start_ms: 0,
+            end_ms: 0,
         });
         let a = (start_ms + ph.start_ms).min(facts.end_ms);
         (a, (start_ms + ph.end_ms).min(facts.end_ms).max(a))
@@ -467,8 +447,8 @@ fn scenario_facts(sc: &Scenario, start_ms: u64, end_ms: u64) -> report::Scenario
             .timeline
             .iter()
             .filter(|a| reached(a.at_ms))
-            .filter_map(|a| match &a.action {
-                crate::scenario::Action::Log(m) => Some(report::LogLine {
+            .filter_map(|a| match &a.cue {
+                Cue::Log(m) => Some(report::LogLine {
                     sim_time: rfc3339_ms(start_ms + a.at_ms),
                     step: a.step,
                     message: m.clone(),
@@ -496,7 +476,7 @@ fn check_aborts(
     latest: &[Option<Snapshot>],
     latency: &hdrhistogram::Histogram<u64>,
     seconds: f64,
-) -> Option<crate::scenario::threshold::Verdict> {
+) -> Option<crate::threshold::Verdict> {
     let mut totals = crate::measure::stats::ProfileStats::new();
     let mut lateness = histogram();
     for s in latest.iter().flatten() {
@@ -545,8 +525,7 @@ fn wait(
     progress: &Receiver<Snapshot>,
     pr: Progress,
     aborts: &[&Threshold],
-) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>, report::timeline::Timeline)>
-{
+) -> anyhow::Result<(bool, Option<crate::threshold::Verdict>, report::timeline::Timeline)> {
     let Progress { every_ms: progress_ms, quiet, clock, start_ms, sample_step_ms: step } = pr;
     let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {

@@ -25,17 +25,15 @@ mod track;
 mod values;
 
 use crate::config::audit::AuditSettings;
-use crate::scenario::threshold::AuditRow;
 use crate::shard::tap::ExcuseTap;
 use crate::sim::profile::Fleet;
+use crate::threshold::AuditRow;
 use hdrhistogram::Histogram;
 pub use ledger::{AuditReport, EndFacts, LatencyClock, Ledger};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-pub use consume::wall_us;
 
 /// What the consumer thread and the caller share.
 pub struct Shared {

@@ -4,13 +4,13 @@
 
 use super::plane::ControlPlane;
 use super::proto;
-use crate::config::walk::{Problems, Table};
 use crate::limits;
 use crate::memcheck;
 use crate::shard::command::{BehaviourUpdate, Selection, SpawnSpec};
 use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
 use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
+use crate::walk::{Problems, Table};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

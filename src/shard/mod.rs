@@ -9,9 +9,9 @@ pub(crate) mod command;
 pub(crate) mod event;
 mod faults;
 mod inbox;
-mod scenario;
 pub(crate) mod streams;
 pub(crate) mod tap;
+pub(crate) mod timeline;
 
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
@@ -72,7 +72,7 @@ pub struct ShardPlan {
     /// The live-control link (gRPC): `None` for a plain run.
     pub control: Option<command::ShardControl>,
     /// The scenario's compiled timeline (shared by every shard), if a scenario drives the run.
-    pub scenario: Option<Arc<crate::scenario::Scenario>>,
+    pub scenario: Option<Arc<timeline::Script>>,
     /// A delivery audit's per-device counters of messages faults kept from arriving intact.
     pub excuses: Option<Arc<tap::ExcuseTap>>,
     /// Virtual clock: also send a progress snapshot each time sim time passes another step
@@ -167,8 +167,8 @@ pub struct Shard {
     event_samples: Vec<Sample>,
     /// Live control: inbox, faults, pauses, streams (`inbox.rs`).
     ctl: inbox::Control,
-    /// Where this shard is in the scenario, if one drives the run (`scenario.rs`).
-    scn: Option<scenario::ScenarioCursor>,
+    /// Where this shard is in the scenario, if one drives the run (`timeline.rs`).
+    scn: Option<timeline::ScenarioCursor>,
 }
 
 /// A shard's devices, wheel and sinks, built before its time starts.
@@ -187,8 +187,8 @@ impl Shard {
         // Room for the devices a scenario will spawn too, reserved now: growing the device,
         // slot and wheel arrays of a million-device shard mid-run stalls its ticks.
         let (spawns, spawn_slots) = plan.scenario.as_ref().map_or((0, 0), |s| {
-            s.timeline.iter().fold((0, 0), |acc, a| match &a.action {
-                crate::scenario::Action::Spawn { ids, profile, .. } => {
+            s.timeline.iter().fold((0, 0), |acc, a| match &a.cue {
+                timeline::Cue::Spawn { ids, profile, .. } => {
                     (acc.0 + ids.len(), acc.1 + ids.len() * profile.slots)
                 }
                 _ => acc,
@@ -253,7 +253,7 @@ impl Shard {
     fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
         let Parts { table, wheel, sinks } = parts;
         let ctl = inbox::Control::new(plan.control.take());
-        let scn = plan.scenario.take().map(|s| scenario::ScenarioCursor::new(s, plan.start_ms));
+        let scn = plan.scenario.take().map(|s| timeline::ScenarioCursor::new(s, plan.start_ms));
         let mut stats = ShardStats::new(plan.fleet.profiles.len());
         if let Some(c) = &scn {
             stats.phases = (0..c.phase_bounds.len())
