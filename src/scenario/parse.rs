@@ -3,7 +3,6 @@
 
 use super::Scenario;
 use crate::config::{Config, MAX_COUNT, MAX_INTERVAL_MS, SinkSettings};
-use crate::control::proto;
 use crate::shard::command::{Action, Selection};
 use crate::shard::timeline::{Cue, Op, Phase, TimedCue};
 use crate::sim::generator::GenSpec;
@@ -633,7 +632,7 @@ fn action(
                     match t.str("type", p) {
                         None => Some(Op::of(Action::ClearFaults(None))),
                         Some(s) => fault_type(s, &t.path_of("type"), p)
-                            .map(|ft| Op::of(Action::ClearFaults(Some(ft as i32)))),
+                            .map(|ft| Op::of(Action::ClearFaults(Some(ft)))),
                     }
                 }
                 _ => {
@@ -654,9 +653,9 @@ fn action(
     }
 }
 
-fn fault_type(s: &str, path: &str, p: &mut Problems) -> Option<proto::FaultType> {
-    let t = proto::FaultType::from_str_name(&format!("FAULT_TYPE_{}", s.to_ascii_uppercase()))
-        .filter(|t| *t != proto::FaultType::Unspecified && FAULT_TYPES.contains(&s));
+/// A fault type's `FaultType` number (its index in [`FAULT_TYPES`], from 1).
+fn fault_type(s: &str, path: &str, p: &mut Problems) -> Option<i32> {
+    let t = FAULT_TYPES.iter().position(|n| *n == s).map(|i| i as i32 + 1);
     if t.is_none() {
         p.add(path, format!("unknown fault type {s:?}; accepted: {}", FAULT_TYPES.join(", ")));
     }
@@ -670,12 +669,12 @@ fn fault(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
     let mut reason = None;
     let mut params = prost_types::Struct::default();
     if let Some(pt) = t.table("params", p) {
-        let accepted: &[&str] = match kind {
-            Some(proto::FaultType::LatencySpike) => &["latency_ms", "reason"],
-            Some(proto::FaultType::DataCorruption) => &["corruption_rate", "mode", "reason"],
-            Some(proto::FaultType::BatteryDrain) => &["drain_multiplier", "reason"],
-            Some(proto::FaultType::ClockDrift) => &["drift_rate_ms_per_sec", "reason"],
-            Some(proto::FaultType::Disconnect) => &["mode", "reason"],
+        let accepted: &[&str] = match kind.map(|k| FAULT_TYPES[k as usize - 1]) {
+            Some("latency_spike") => &["latency_ms", "reason"],
+            Some("data_corruption") => &["corruption_rate", "mode", "reason"],
+            Some("battery_drain") => &["drain_multiplier", "reason"],
+            Some("clock_drift") => &["drift_rate_ms_per_sec", "reason"],
+            Some("disconnect") => &["mode", "reason"],
             _ => &["reason"],
         };
         for (k, v) in pt.table {
@@ -715,19 +714,10 @@ fn fault(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
         }
     }
     let kind = kind?;
-    let req = proto::InjectFaultRequest {
-        selector: None,
-        fault_type: kind as i32,
-        duration: Some(prost_types::Duration {
-            seconds: (duration_ms / 1000) as i64,
-            nanos: ((duration_ms % 1000) * 1_000_000) as i32,
-        }),
-        parameters: Some(params),
-    };
-    match crate::control::spec::fault_spec(&req) {
+    match crate::control::spec::fault_of(kind, &Some(params), duration_ms) {
         Ok(spec) => Some(Op { action: Action::Fault(spec), reason, params: None }),
-        Err(status) => {
-            p.add(t.path.clone(), status.message().replace("parameters.", "params."));
+        Err(message) => {
+            p.add(t.path.clone(), message.replace("parameters.", "params."));
             None
         }
     }
