@@ -154,7 +154,7 @@ impl Auditor {
     }
 
     /// Stops the consumer and judges. `grace` lets in-flight messages land first.
-    pub fn finish(mut self, end: &EndFacts, grace: bool) -> Outcome {
+    pub fn finish(mut self, end: &EndFacts, grace: bool) -> Conclusion {
         if grace {
             self.settle(Duration::from_millis(500), Duration::from_millis(self.settings.grace_ms));
         }
@@ -170,7 +170,7 @@ impl Auditor {
         report.source = self.settings.source.describe();
         report.consumer_errors = errors;
         report.consumer_cpu_seconds = self.shared.cpu_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        Outcome { report, latency: types }
+        Conclusion { report, latency: types }
     }
 }
 
@@ -200,12 +200,12 @@ impl std::fmt::Debug for AuditProbe {
 }
 
 /// A finished audit: the report section and the latency histograms per device type.
-pub struct Outcome {
+pub struct Conclusion {
     pub report: AuditReport,
     pub latency: Vec<(String, Histogram<u64>)>,
 }
 
-impl Outcome {
+impl Conclusion {
     /// Rows for `[[threshold]]` audit metrics.
     pub fn rows(&self) -> Vec<AuditRow<'_>> {
         self.report

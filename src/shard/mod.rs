@@ -24,7 +24,7 @@ use crate::sim::profile::{Fleet, Profile, Protocol};
 use crate::sim::seed;
 use crate::sim::time::SimMs;
 use crate::sim::wheel::Wheel;
-use crate::sink::{Message, Outcome, Sink};
+use crate::sink::{Message, Sink, Submitted};
 use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -970,7 +970,7 @@ fn submit(
             intended_ns: intended_ns.unwrap_or(fire_ns),
             phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
         }),
-        None => Outcome::Failed,
+        None => Submitted::Failed,
     };
     let done_ns = mono_ns();
     let bytes = payload.len() as u64;
@@ -979,20 +979,20 @@ fn submit(
     let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
     let service_us = done_ns.saturating_sub(fire_ns) / 1000;
     let record = |st: &mut stats::ProfileStats| match outcome {
-        Outcome::Completed => {
+        Submitted::Completed => {
             st.messages += 1;
             st.bytes += bytes;
             st.latency.record(latency_us);
             st.service.record(service_us);
         }
-        Outcome::Failed => st.errors += 1,
-        Outcome::Pending => {}
+        Submitted::Failed => st.errors += 1,
+        Submitted::Pending => {}
     };
     record(&mut stats.profiles[profile_ix]);
     if let Some(ph) = phase {
         record(&mut stats.phases[ph][profile_ix]);
     }
-    if outcome == Outcome::Completed {
+    if outcome == Submitted::Completed {
         stats::record(interval_latency, latency_us);
     }
     done_ns
