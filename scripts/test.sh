@@ -12,7 +12,7 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust first (rust
 
 # Modules of tests/it/ that run only the built binary on files (no broker, browser, container,
 # Prometheus or Python): each is a test-name filter, `module::`.
-QUICK=(cli:: abuse_config:: deploy_config:: docs:: layers::)
+QUICK=(cli:: abuse_config:: deploy_config:: docs::)
 
 case "${1:-}" in
 --quick)

@@ -72,7 +72,10 @@ pub fn notice_at(level: &str, message: &str, fields: &[(&str, serde_json::Value)
 
 fn header(level: &str, run_id: &str) -> serde_json::Map<String, serde_json::Value> {
     let mut o = serde_json::Map::new();
-    o.insert("timestamp".into(), crate::sim::time::rfc3339_ms(crate::run::now_ms()).into());
+    o.insert(
+        "timestamp".into(),
+        crate::sim::time::rfc3339_ms(crate::measure::clock::now_ms()).into(),
+    );
     o.insert("level".into(), level.into());
     o.insert("run_id".into(), run_id.into());
     if let Some(name) = std::thread::current().name() {
@@ -106,7 +109,7 @@ where
             }
             writeln!(writer, "{}", serde_json::Value::Object(o))
         } else {
-            let ts = crate::sim::time::rfc3339_ms(crate::run::now_ms());
+            let ts = crate::sim::time::rfc3339_ms(crate::measure::clock::now_ms());
             let mut line = format!("{ts} {level:>5} {}", fields.message);
             for (k, v) in fields.rest {
                 match v {

@@ -2,13 +2,16 @@
 //! progress, merge what the shards measured and write the report.
 
 use crate::config::{ClockMode, Config};
-use crate::measure::clock::mono_ns;
+use crate::measure::clock::{mono_ns, now_ms};
+use crate::measure::run_identity::RunIdentity;
 use crate::measure::stats::{Snapshot, histogram};
 use crate::report::{self, Report, RunFacts};
 use crate::scenario::Scenario;
-use crate::scenario::threshold::{Span, Threshold};
+use crate::shard::timeline::{Cue, Phase, Script};
 use crate::shard::{self, ShardOutcome, ShardPlan};
+use crate::sim::profile::Fleet;
 use crate::sim::time::{LAST_SIM_MS, format_duration_ms, rfc3339_ms};
+use crate::threshold::{Span, Threshold};
 use anyhow::{Context, bail};
 use crossbeam_channel::Receiver;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,24 +38,6 @@ pub struct RunOptions {
     pub run_id: String,
 }
 
-/// What identifies a run to an observer.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct RunIdentity {
-    pub run_id: String,
-    pub seed: u64,
-    pub version: &'static str,
-    pub clock: &'static str,
-}
-
-/// A random run id: 16 hex digits.
-pub fn random_run_id() -> String {
-    use std::hash::{BuildHasher, RandomState};
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!("{:016x}", RandomState::new().hash_one(nanos ^ ((std::process::id() as u64) << 32)))
-}
-
 /// A random seed, for runs that name none.
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, RandomState};
@@ -63,15 +48,69 @@ pub fn random_seed() -> u64 {
     RandomState::new().hash_one(nanos ^ std::process::id() as u64) >> 1
 }
 
-/// Wall-clock "now" in ms since the epoch: the default sim start.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Runs the fleet to its end and returns the report (already printed and written), in stages
+/// over one [`Prepared`] context: [`prepare`], [`open_outputs`], [`start_control`],
+/// [`start_shards`], [`wait`] and [`finish`].
+pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
+    let prep = prepare(&config, opts);
+    let (auditor, end_ms) = open_outputs(&config, opts, &prep)?;
+    let control = start_control(&config, opts, &prep, auditor.as_ref())?;
+    let Control { waiter, plane: _plane, links, mut server, admin: _admin, dashboard } = control;
+    let shards = start_shards(&config, &prep, end_ms, links, auditor.as_ref())?;
+    // Every shard holds its descriptors now: clients may connect.
+    if let Some(s) = &mut server {
+        s.open();
+    }
+    // `abort = true` thresholds are checked on the running figures at every progress interval
+    // (realtime only: a virtual run is judged at its end).
+    let aborts: Vec<&Threshold> = prep
+        .thresholds
+        .iter()
+        .filter(|t| t.abort && config.run.clock == ClockMode::Realtime)
+        .collect();
+    let run = &config.run;
+    let (interrupted, aborted_by, timeline) = wait(
+        waiter,
+        &shards.handles,
+        &shards.progress,
+        Progress {
+            every_ms: run.progress_interval_ms,
+            quiet: opts.quiet,
+            clock: run.clock,
+            start_ms: prep.start_ms,
+            sample_step_ms: prep.sample_step_ms,
+        },
+        &aborts,
+    )?;
+    let ended = Ended { interrupted, aborted_by, timeline };
+    finish(&config, opts, &prep, shards, ended, auditor, &dashboard)
 }
 
-/// Runs the fleet to its end and returns the report (already printed and written).
-pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
+/// What a run settles before it starts anything: the seed, the start and the shards, and what
+/// the fleet and the scenario ask for.
+struct Prepared {
+    seed: u64,
+    /// Sim time the run starts at, ms since the epoch.
+    start_ms: u64,
+    /// Shards (one thread each).
+    cores: usize,
+    core_ids: Vec<core_affinity::CoreId>,
+    /// The fleet's profiles and those a scenario spawns (whose brokers must be reachable too).
+    reachable: Fleet,
+    fleet: Arc<Fleet>,
+    /// The fleet file's thresholds, then the scenario's: the order the report judges them in.
+    thresholds: Vec<Threshold>,
+    /// Sim ms between two points of a virtual run's time series; 0 = one per wall second.
+    sample_step_ms: u64,
+    /// What every shard gets of the scenario.
+    script: Option<Arc<Script>>,
+    /// Set on a signal (or an `abort` threshold): the shards stop.
+    stop: Arc<AtomicBool>,
+}
+
+/// Settles the seed and the start time (at random and now when the config names none, with a
+/// notice), the number of shards and what the fleet and the scenario need.
+fn prepare(config: &Config, opts: &RunOptions) -> Prepared {
     let run = &config.run;
     let seed = match run.seed {
         Some(s) => s,
@@ -113,22 +152,54 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let mut reachable = config.fleet.clone();
     if let Some(sc) = &opts.scenario {
         for ta in sc.timeline.iter() {
-            if let crate::scenario::Action::Spawn { profile, .. } = &ta.action
+            if let Cue::Spawn { profile, .. } = &ta.cue
                 && !reachable.profiles.iter().any(|p| p.name == profile.name)
             {
                 reachable.profiles.push((**profile).clone());
             }
         }
     }
-    // The delivery audit subscribes before the first message is sent (and its HTTP receiver
-    // listens before the preflight looks for the sink's server).
+    let thresholds = config
+        .thresholds
+        .iter()
+        .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
+        .cloned()
+        .collect();
+    // A virtual run's time series is sampled by sim time (a scenario's run lasts its span).
+    let sample_step_ms = sample_step_ms(
+        run.clock,
+        run.duration_ms.or(opts.scenario.as_ref().map(|s| s.duration_ms)),
+    );
+    Prepared {
+        seed,
+        start_ms,
+        cores,
+        core_ids,
+        reachable,
+        fleet: Arc::new(config.fleet.clone()),
+        thresholds,
+        sample_step_ms,
+        script: opts.scenario.as_ref().map(|s| Arc::new(s.script())),
+        stop: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+/// Starts the delivery audit (it subscribes before the first message is sent, and its HTTP
+/// receiver listens before the preflight looks for the sink's server), checks that the sinks
+/// are reachable and that the run fits the sim clock; returns the auditor and the sim end.
+fn open_outputs(
+    config: &Config,
+    opts: &RunOptions,
+    prep: &Prepared,
+) -> anyhow::Result<(Option<crate::audit::Auditor>, Option<u64>)> {
+    let run = &config.run;
     let auditor = match &config.audit {
         Some(a) => Some(
             crate::audit::Auditor::start(
                 a,
                 Arc::new(config.fleet.clone()),
-                seed,
-                Some(start_ms),
+                prep.seed,
+                Some(prep.start_ms),
                 false,
             )
             .map_err(anyhow::Error::msg)?,
@@ -136,23 +207,40 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         None => None,
     };
     crate::sink::preflight::check(
-        &reachable,
+        &prep.reachable,
         &config.sinks,
         opts.wait_for_sinks_ms.map(std::time::Duration::from_millis),
     )
     .map_err(anyhow::Error::msg)?;
     // The end never passes the last time the sim clock holds: a run with no duration (or a
     // virtual one that outruns the calendar) stops there instead of repeating one timestamp.
-    crate::sim::time::check_span(start_ms, run.duration_ms).map_err(anyhow::Error::msg)?;
-    let end_ms = Some(run.duration_ms.map_or(LAST_SIM_MS, |d| start_ms + d));
-    let fleet = Arc::new(config.fleet.clone());
-    let sinks = Arc::new(config.sinks.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    // A virtual run sampled by sim time sends a snapshot per step: room for a few polls' worth.
-    let per_shard = if run.clock == ClockMode::Virtual { 256 } else { 16 };
-    let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Snapshot>(cores * per_shard);
-    let ready = Arc::new(Barrier::new(cores + 1));
-    let origin = Arc::new(AtomicU64::new(0));
+    crate::sim::time::check_span(prep.start_ms, run.duration_ms).map_err(anyhow::Error::msg)?;
+    let end_ms = Some(run.duration_ms.map_or(LAST_SIM_MS, |d| prep.start_ms + d));
+    Ok((auditor, end_ms))
+}
+
+/// The main thread's side of a run while it lasts: signals, and the optional control plane
+/// with its servers.
+struct Control {
+    waiter: Waiter,
+    plane: Option<Arc<crate::control::plane::ControlPlane>>,
+    /// One per shard, for the plane to reach it.
+    links: Vec<crate::shard::command::ShardControl>,
+    server: Option<crate::control::service::ControlServer>,
+    admin: Option<crate::control::admin::AdminServer>,
+    /// The dashboard's thresholds (the same list, in the same order, the report judges).
+    dashboard: Arc<crate::control::admin::dashboard::Thresholds>,
+}
+
+/// Prints the run's banner, installs the signal handlers and binds the control plane's servers.
+fn start_control(
+    config: &Config,
+    opts: &RunOptions,
+    prep: &Prepared,
+    auditor: Option<&crate::audit::Auditor>,
+) -> anyhow::Result<Control> {
+    let run = &config.run;
+    let (fleet, cores, seed) = (&prep.fleet, prep.cores, prep.seed);
     if !opts.quiet {
         let line = format!(
             "iot-sim: {} devices, {} profile(s), {} shard(s), {:?} clock, from {}{}",
@@ -160,7 +248,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             fleet.profiles.len(),
             cores,
             run.clock,
-            rfc3339_ms(start_ms),
+            rfc3339_ms(prep.start_ms),
             run.duration_ms
                 .map(|d| format!(" for {}", format_duration_ms(d)))
                 .unwrap_or_else(|| " until stopped".into())
@@ -175,11 +263,10 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             ],
         );
     }
-
     // The signal handlers and the runtime that waits for the shards, set up before any server
     // accepts connections: a client that uses up the file descriptors must not keep the run
     // from starting them (it failed with "Too many open files").
-    let waiter = Waiter::new(stop.clone())?;
+    let waiter = Waiter::new(prep.stop.clone())?;
     // Live control: bound before the shards start, so a bad address fails the run at once.
     let (plane, links) = match opts.grpc.or(opts.admin) {
         Some(_) => {
@@ -192,8 +279,7 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         None => (None, vec![]),
     };
-    let mut links = links.into_iter();
-    let mut server = match (opts.grpc, &plane) {
+    let server = match (opts.grpc, &plane) {
         (Some(addr), Some(p)) => {
             let s = crate::control::service::start(addr, p.clone())
                 .with_context(|| format!("cannot serve gRPC on {addr}"))?;
@@ -214,24 +300,18 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             ClockMode::Realtime => "realtime",
         },
     };
-    // The dashboard's thresholds (the same list, in the same order, the report judges).
-    let dashboard_thresholds = Arc::new(crate::control::admin::dashboard::Thresholds::new(
-        config
-            .thresholds
-            .iter()
-            .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
-            .cloned()
-            .collect(),
+    let dashboard = Arc::new(crate::control::admin::dashboard::Thresholds::new(
+        prep.thresholds.clone(),
         run.clock == ClockMode::Realtime,
     ));
-    let _admin = match (opts.admin, &plane) {
+    let admin = match (opts.admin, &plane) {
         (Some(addr), Some(p)) => {
             let s = crate::control::admin::start(
                 addr,
                 p.clone(),
-                identity.clone(),
-                auditor.as_ref().map(|a| a.probe()),
-                dashboard_thresholds.clone(),
+                identity,
+                auditor.map(|a| a.probe()),
+                dashboard.clone(),
                 fleet.profiles.iter().map(|p| (p.device_type.clone(), p.protocol.name())).collect(),
             )
             .with_context(|| format!("cannot serve admin HTTP on {addr}"))?;
@@ -243,32 +323,59 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         }
         _ => None,
     };
-    // A virtual run's time series is sampled by sim time (a scenario's run lasts its span).
-    let sample_step = sample_step_ms(
-        run.clock,
-        run.duration_ms.or(opts.scenario.as_ref().map(|s| s.duration_ms)),
-    );
+    Ok(Control { waiter, plane, links, server, admin, dashboard })
+}
+
+/// The shard threads, once every one has built its devices and sim time has started.
+struct Shards {
+    handles: Vec<std::thread::JoinHandle<Result<ShardOutcome, String>>>,
+    /// Their progress snapshots.
+    progress: Receiver<Snapshot>,
+    /// Wall seconds the shards took to build their devices.
+    spawn_seconds: f64,
+    /// The monotonic time sim time started at.
+    origin_ns: u64,
+}
+
+/// Starts one shard per core, waits until all have built their devices, then starts sim time
+/// (and the audit's latency clock with it).
+fn start_shards(
+    config: &Config,
+    prep: &Prepared,
+    end_ms: Option<u64>,
+    links: Vec<crate::shard::command::ShardControl>,
+    auditor: Option<&crate::audit::Auditor>,
+) -> anyhow::Result<Shards> {
+    let run = &config.run;
+    let cores = prep.cores;
+    let sinks = Arc::new(config.sinks.clone());
+    // A virtual run sampled by sim time sends a snapshot per step: room for a few polls' worth.
+    let per_shard = if run.clock == ClockMode::Virtual { 256 } else { 16 };
+    let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Snapshot>(cores * per_shard);
+    let ready = Arc::new(Barrier::new(cores + 1));
+    let origin = Arc::new(AtomicU64::new(0));
+    let mut links = links.into_iter();
     let t0 = mono_ns();
     let mut handles = Vec::with_capacity(cores);
     for index in 0..cores {
         let plan = ShardPlan {
             index,
             shards: cores,
-            fleet: fleet.clone(),
+            fleet: prep.fleet.clone(),
             sinks: sinks.clone(),
-            seed,
+            seed: prep.seed,
             clock: run.clock,
             speed: run.speed,
-            start_ms,
+            start_ms: prep.start_ms,
             end_ms,
             wall_origin_ns: 0,
-            stop: stop.clone(),
+            stop: prep.stop.clone(),
             progress: progress_tx.clone(),
-            core: if run.pin { core_ids.get(index).copied() } else { None },
+            core: if run.pin { prep.core_ids.get(index).copied() } else { None },
             control: links.next(),
-            scenario: opts.scenario.clone(),
-            excuses: auditor.as_ref().map(|a| a.excuses()),
-            sample_every_ms: sample_step,
+            scenario: prep.script.clone(),
+            excuses: auditor.map(|a| a.excuses()),
+            sample_every_ms: prep.sample_step_ms,
             timer_slack_ns: run.timer_slack_ms * 1_000_000,
         };
         let (ready, origin) = (ready.clone(), origin.clone());
@@ -280,77 +387,115 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let spawn_seconds = (mono_ns() - t0) as f64 / 1e9;
     let origin_ns = mono_ns();
     origin.store(origin_ns, Ordering::Release);
-    if let Some(a) = &auditor {
+    if let Some(a) = auditor {
         a.set_clock(match run.clock {
             ClockMode::Realtime => crate::audit::LatencyClock::Wall {
-                wall0_us: crate::audit::wall_us(),
-                start_ms,
+                wall0_us: crate::measure::clock::wall_us(),
+                start_ms: prep.start_ms,
                 speed: run.speed,
             },
             ClockMode::Virtual => crate::audit::LatencyClock::Off,
         });
     }
     ready.wait();
-    // Every shard holds its descriptors now: clients may connect.
-    if let Some(s) = &mut server {
-        s.open();
-    }
+    Ok(Shards { handles, progress: progress_rx, spawn_seconds, origin_ns })
+}
 
-    // `abort = true` thresholds are checked on the running figures at every progress interval
-    // (realtime only: a virtual run is judged at its end).
-    let aborts: Vec<&Threshold> = config
-        .thresholds
-        .iter()
-        .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
-        .filter(|t| t.abort && run.clock == ClockMode::Realtime)
-        .collect();
-    let (interrupted, aborted_by, timeline) = wait(
-        waiter,
-        &handles,
-        &progress_rx,
-        Progress {
-            every_ms: run.progress_interval_ms,
-            quiet: opts.quiet,
-            clock: run.clock,
-            start_ms,
-            sample_step_ms: sample_step,
-        },
-        &aborts,
-    )?;
+/// How the wait ended.
+struct Ended {
+    /// Stopped by a signal.
+    interrupted: bool,
+    /// The `abort` threshold that stopped the run, if one did.
+    aborted_by: Option<crate::threshold::Verdict>,
+    /// The report's time series.
+    timeline: report::timeline::Timeline,
+}
+
+/// Joins the shards, finishes the audit, builds the report, prints its table and writes it.
+fn finish(
+    config: &Config,
+    opts: &RunOptions,
+    prep: &Prepared,
+    shards: Shards,
+    ended: Ended,
+    auditor: Option<crate::audit::Auditor>,
+    dashboard: &crate::control::admin::dashboard::Thresholds,
+) -> anyhow::Result<Report> {
     let mut outcomes: Vec<ShardOutcome> = vec![];
     let mut errors = vec![];
-    for h in handles {
+    for h in shards.handles {
         match h.join() {
             Ok(Ok(o)) => outcomes.push(o),
             Ok(Err(e)) => errors.push(e),
             Err(_) => errors.push("a shard thread panicked".to_string()),
         }
     }
-    let wall_seconds = (mono_ns() - origin_ns) as f64 / 1e9;
+    let wall_seconds = (mono_ns() - shards.origin_ns) as f64 / 1e9;
     if !errors.is_empty() {
         bail!("{}", errors.join("\n"));
     }
-    // Each shard's fleet includes the devices spawned on it over gRPC.
-    let parts: Vec<_> = outcomes.iter().map(|o| (&*o.fleet, &o.stats)).collect();
-    let (fleet, stats) = report::merge_outcomes(&fleet, &parts);
-    let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(start_ms);
+    let run = &config.run;
+    let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(prep.start_ms);
     // A stopped run's shards were somewhere in their last 50 ms (wall) of ticks: the schedule
     // is only trusted up to 100 ms (wall, in sim time) before the end they reported.
     let audit = auditor.map(|a| {
-        let margin =
-            if interrupted || aborted_by.is_some() { (100.0 * run.speed) as u64 } else { 0 };
+        let stopped = ended.interrupted || ended.aborted_by.is_some();
+        let margin = if stopped { (100.0 * run.speed) as u64 } else { 0 };
         let end = crate::audit::EndFacts {
-            seed,
-            start_ms,
-            schedule_end_ms: Some(sim_end.saturating_sub(margin).max(start_ms)),
+            seed: prep.seed,
+            start_ms: prep.start_ms,
+            schedule_end_ms: Some(sim_end.saturating_sub(margin).max(prep.start_ms)),
         };
         a.finish(&end, true)
     });
+    let figures = Figures { outcomes, wall_seconds, spawn_seconds: shards.spawn_seconds, ended };
+    let (report, files, console_in_use) = build_report(config, opts, prep, figures, audit);
+    dashboard.finish(&report.thresholds);
+    let table = report::render_table(&report);
+    if console_in_use {
+        eprint!("{table}");
+    } else {
+        print!("{table}");
+    }
+    let path = report::write(&run.report_dir, &report, &files)
+        .with_context(|| format!("cannot write the report to {}", run.report_dir.display()))?;
+    crate::logs::notice(
+        &format!("report: {}", path.display()),
+        &[("report", path.display().to_string().into())],
+    );
+    Ok(report)
+}
+
+/// What the shards measured and how the run ended: what the report is built from.
+struct Figures {
+    outcomes: Vec<ShardOutcome>,
+    wall_seconds: f64,
+    spawn_seconds: f64,
+    ended: Ended,
+}
+
+/// The report (and its histogram files) from the figures: merged statistics, thresholds judged
+/// (for the whole run or a phase), the scenario's phases and log, the audit. Also says whether
+/// a console sink is in use (the table then goes to stderr).
+fn build_report(
+    config: &Config,
+    opts: &RunOptions,
+    prep: &Prepared,
+    figures: Figures,
+    audit: Option<crate::audit::Conclusion>,
+) -> (Report, Vec<(String, hdrhistogram::Histogram<u64>)>, bool) {
+    let run = &config.run;
+    let Figures { outcomes, wall_seconds, spawn_seconds, ended } = figures;
+    let (seed, start_ms) = (prep.seed, prep.start_ms);
+    // Each shard's fleet includes the devices spawned on it over gRPC.
+    let parts: Vec<_> = outcomes.iter().map(|o| (&*o.fleet, &o.stats)).collect();
+    let (fleet, stats) = report::merge_outcomes(&prep.fleet, &parts);
+    let sim_end = outcomes.iter().map(|o| o.sim_end_ms).max().unwrap_or(start_ms);
     let audit_rows = audit.as_ref().map(|o| o.rows());
     let facts = RunFacts {
         run_id: opts.run_id.clone(),
         seed,
-        cores,
+        cores: prep.cores,
         pinned_shards: outcomes.iter().filter(|o| o.pinned).count(),
         clock: run.clock,
         speed: run.speed,
@@ -358,17 +503,12 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         end_ms: sim_end.max(start_ms),
         wall_seconds,
         spawn_seconds,
-        interrupted,
+        interrupted: ended.interrupted,
     };
     let (mut report, files) = report::build(&facts, &fleet, &stats);
-    report.aborted_by = aborted_by;
-    report.timeline = timeline;
-    report.config_hash = config_hash(&config);
-    let thresholds: Vec<&Threshold> = config
-        .thresholds
-        .iter()
-        .chain(opts.scenario.iter().flat_map(|s| s.thresholds.iter()))
-        .collect();
+    report.aborted_by = ended.aborted_by;
+    report.timeline = ended.timeline;
+    report.config_hash = config_hash(config);
     let realtime_run = run.clock == ClockMode::Realtime;
     let seconds = match run.clock {
         ClockMode::Realtime => wall_seconds,
@@ -379,13 +519,16 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let no_lateness = histogram();
     // A phase's span ends with the run (an interrupted run cuts the last ones short).
     let phase_span = |i: usize| -> (u64, u64) {
-        let ph = &opts.scenario.as_ref().map(|s| s.phases[i].clone()).unwrap_or_else(|| {
-            crate::scenario::Phase { name: String::new(), start_ms: 0, end_ms: 0 }
+        let ph = &opts.scenario.as_ref().map(|s| s.phases[i].clone()).unwrap_or_else(|| Phase {
+            name: String::new(),
+            start_ms: 0,
+            end_ms: 0,
         });
         let a = (start_ms + ph.start_ms).min(facts.end_ms);
         (a, (start_ms + ph.end_ms).min(facts.end_ms).max(a))
     };
-    report.thresholds = thresholds
+    report.thresholds = prep
+        .thresholds
         .iter()
         .map(|t| {
             let ix = t.phase.as_ref().and_then(|name| {
@@ -408,7 +551,6 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
             }
         })
         .collect();
-    dashboard_thresholds.finish(&report.thresholds);
     if let Some(sc) = &opts.scenario {
         report.phases = (0..sc.phases.len())
             .map(|i| {
@@ -430,21 +572,9 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     }
     drop(audit_rows);
     report.audit = audit.map(|o| o.report);
-    let table = report::render_table(&report);
     let console_in_use =
         fleet.profiles.iter().any(|p| p.protocol == crate::sim::profile::Protocol::Console);
-    if console_in_use {
-        eprint!("{table}");
-    } else {
-        print!("{table}");
-    }
-    let path = report::write(&run.report_dir, &report, &files)
-        .with_context(|| format!("cannot write the report to {}", run.report_dir.display()))?;
-    crate::logs::notice(
-        &format!("report: {}", path.display()),
-        &[("report", path.display().to_string().into())],
-    );
-    Ok(report)
+    (report, files, console_in_use)
 }
 
 /// FNV-1a 64 of the resolved config's debug form (run settings, sinks, fleet, thresholds).
@@ -467,8 +597,8 @@ fn scenario_facts(sc: &Scenario, start_ms: u64, end_ms: u64) -> report::Scenario
             .timeline
             .iter()
             .filter(|a| reached(a.at_ms))
-            .filter_map(|a| match &a.action {
-                crate::scenario::Action::Log(m) => Some(report::LogLine {
+            .filter_map(|a| match &a.cue {
+                Cue::Log(m) => Some(report::LogLine {
                     sim_time: rfc3339_ms(start_ms + a.at_ms),
                     step: a.step,
                     message: m.clone(),
@@ -496,7 +626,7 @@ fn check_aborts(
     latest: &[Option<Snapshot>],
     latency: &hdrhistogram::Histogram<u64>,
     seconds: f64,
-) -> Option<crate::scenario::threshold::Verdict> {
+) -> Option<crate::threshold::Verdict> {
     let mut totals = crate::measure::stats::ProfileStats::new();
     let mut lateness = histogram();
     for s in latest.iter().flatten() {
@@ -543,8 +673,7 @@ fn wait(
     progress: &Receiver<Snapshot>,
     pr: Progress,
     aborts: &[&Threshold],
-) -> anyhow::Result<(bool, Option<crate::scenario::threshold::Verdict>, report::timeline::Timeline)>
-{
+) -> anyhow::Result<(bool, Option<crate::threshold::Verdict>, report::timeline::Timeline)> {
     let Progress { every_ms: progress_ms, quiet, clock, start_ms, sample_step_ms: step } = pr;
     let Waiter { rt, stop, mut sigterm, mut sigint } = waiter;
     rt.block_on(async {
@@ -795,5 +924,117 @@ fn totals(
         sink_events: shards().map(|s| s.sink_events).sum(),
         faults_active: shards().map(|s| s.faults_active).sum(),
         lateness,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::stats::ShardStats;
+    use std::path::Path;
+
+    const FLEET: &str = r#"
+[run]
+seed = 7
+clock = "virtual"
+start_time = "2026-01-01T00:00:00Z"
+duration = "10s"
+cores = 2
+
+[[fleet]]
+profile = "thermo"
+count = 3
+
+[profiles.thermo]
+protocol = "null"
+interval = "1s"
+fields.t = { type = "gaussian", mean = 20, stddev = 1 }
+
+[[threshold]]
+metric = "error_rate"
+max = "1%"
+
+[[threshold]]
+metric = "messages_per_second"
+min = 1
+"#;
+
+    fn config() -> Config {
+        crate::config::parse_str(FLEET, Path::new(".")).unwrap()
+    }
+
+    fn opts() -> RunOptions {
+        RunOptions { run_id: "0123456789abcdef".into(), quiet: true, ..RunOptions::default() }
+    }
+
+    /// What one shard measured: `messages` from the fleet's one profile, `errors` of them lost.
+    fn outcome(config: &Config, messages: u64, errors: u64, sim_end_ms: u64) -> ShardOutcome {
+        let mut stats = ShardStats::new(1);
+        stats.profiles[0].counts.messages = messages;
+        stats.profiles[0].counts.errors = errors;
+        ShardOutcome { stats, sim_end_ms, pinned: false, fleet: Arc::new(config.fleet.clone()) }
+    }
+
+    fn ended() -> Ended {
+        Ended { interrupted: false, aborted_by: None, timeline: Default::default() }
+    }
+
+    #[test]
+    fn prepare_takes_seed_start_shards_and_thresholds_from_the_config() {
+        let config = config();
+        let prep = prepare(&config, &opts());
+        assert_eq!(prep.seed, 7);
+        assert_eq!(prep.start_ms, crate::sim::time::parse_rfc3339("2026-01-01T00:00:00Z").unwrap());
+        assert_eq!(prep.cores, 2);
+        assert_eq!(prep.fleet.device_count(), 3);
+        assert_eq!(prep.reachable.profiles.len(), 1);
+        let metrics: Vec<&str> = prep.thresholds.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(metrics, ["error_rate", "messages_per_second"]);
+        assert_eq!(prep.sample_step_ms, sample_step_ms(ClockMode::Virtual, Some(10_000)));
+        assert!(prep.script.is_none());
+        assert!(!prep.stop.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn the_report_merges_the_shards_figures_and_judges_the_thresholds() {
+        let config = config();
+        let opts = opts();
+        let prep = prepare(&config, &opts);
+        let end = prep.start_ms + 10_000;
+        let figures = Figures {
+            outcomes: vec![outcome(&config, 20, 1, end), outcome(&config, 10, 0, end - 5)],
+            wall_seconds: 0.5,
+            spawn_seconds: 0.1,
+            ended: ended(),
+        };
+        let (report, _files, console) = build_report(&config, &opts, &prep, figures, None);
+        assert!(!console);
+        assert_eq!((report.counts.messages, report.counts.errors), (30, 1));
+        assert_eq!(report.seed, 7);
+        assert_eq!(report.cores, 2);
+        assert_eq!(report.run_id, "0123456789abcdef");
+        assert_eq!(report.sim_seconds, 10.0);
+        assert!(!report.interrupted);
+        // 1 error in 30 messages is over 1%; 30 messages in 10 sim seconds is 3 a second.
+        let verdicts: Vec<(&str, bool)> =
+            report.thresholds.iter().map(|v| (v.metric.as_str(), v.passed)).collect();
+        assert_eq!(verdicts, [("error_rate", false), ("messages_per_second", true)]);
+        assert!(report.scenario.is_none() && report.audit.is_none());
+    }
+
+    #[test]
+    fn an_interrupted_run_reports_the_sim_time_its_shards_reached() {
+        let config = config();
+        let opts = opts();
+        let prep = prepare(&config, &opts);
+        let figures = Figures {
+            outcomes: vec![outcome(&config, 5, 0, prep.start_ms + 4_000)],
+            wall_seconds: 0.2,
+            spawn_seconds: 0.1,
+            ended: Ended { interrupted: true, ..ended() },
+        };
+        let (report, ..) = build_report(&config, &opts, &prep, figures, None);
+        assert!(report.interrupted);
+        assert_eq!(report.sim_seconds, 4.0);
     }
 }

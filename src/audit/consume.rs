@@ -6,17 +6,11 @@
 use super::Shared;
 use crate::config::audit::AuditSource;
 use crate::limits::MAX_AUDIT_MESSAGE_BYTES;
+use crate::measure::clock::wall_us;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
-
-/// Wall µs since the epoch: arrival times compare with wall-mapped intended times.
-pub fn wall_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// Runs the source's consumer until `shared.stop` is notified. `ready` gets one message once
 /// the subscription (or the consume) is in place, or the first attempt failed.

@@ -25,17 +25,15 @@ mod track;
 mod values;
 
 use crate::config::audit::AuditSettings;
-use crate::scenario::threshold::AuditRow;
 use crate::shard::tap::ExcuseTap;
 use crate::sim::profile::Fleet;
+use crate::threshold::AuditRow;
 use hdrhistogram::Histogram;
 pub use ledger::{AuditReport, EndFacts, LatencyClock, Ledger};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-pub use consume::wall_us;
 
 /// What the consumer thread and the caller share.
 pub struct Shared {
@@ -156,7 +154,7 @@ impl Auditor {
     }
 
     /// Stops the consumer and judges. `grace` lets in-flight messages land first.
-    pub fn finish(mut self, end: &EndFacts, grace: bool) -> Outcome {
+    pub fn finish(mut self, end: &EndFacts, grace: bool) -> Conclusion {
         if grace {
             self.settle(Duration::from_millis(500), Duration::from_millis(self.settings.grace_ms));
         }
@@ -172,7 +170,7 @@ impl Auditor {
         report.source = self.settings.source.describe();
         report.consumer_errors = errors;
         report.consumer_cpu_seconds = self.shared.cpu_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        Outcome { report, latency: types }
+        Conclusion { report, latency: types }
     }
 }
 
@@ -202,12 +200,12 @@ impl std::fmt::Debug for AuditProbe {
 }
 
 /// A finished audit: the report section and the latency histograms per device type.
-pub struct Outcome {
+pub struct Conclusion {
     pub report: AuditReport,
     pub latency: Vec<(String, Histogram<u64>)>,
 }
 
-impl Outcome {
+impl Conclusion {
     /// Rows for `[[threshold]]` audit metrics.
     pub fn rows(&self) -> Vec<AuditRow<'_>> {
         self.report

@@ -7,8 +7,9 @@
 
 use super::exit;
 use crate::audit::{Auditor, EndFacts, LatencyClock};
+use crate::config::Overrides;
 use crate::config::audit::{AuditSource, binding_of};
-use crate::config::{Overrides, walk::Problems};
+use crate::walk::Problems;
 use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
@@ -147,7 +148,7 @@ pub fn main(a: &AuditArgs) -> anyhow::Result<i32> {
         .filter(|t| t.metric.is_audit())
         .map(|t| t.judge_audit(Some(&rows)))
         .collect();
-    print!("{}", crate::scenario::threshold::render(&verdicts));
+    print!("{}", crate::threshold::render(&verdicts));
     let dir = a.report_dir.clone().unwrap_or(config.run.report_dir.clone());
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("audit.json");

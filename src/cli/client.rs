@@ -169,10 +169,10 @@ pub fn specs_from_profile(args: &SpawnArgs) -> anyhow::Result<Vec<proto::DeviceS
     let doc: toml::Table =
         text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
     let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut problems = crate::config::walk::Problems::default();
+    let mut problems = crate::walk::Problems::default();
     let profile = crate::config::compile_profile(
         &name,
-        crate::config::walk::Table::new(format!("{}:", path.display()), &doc),
+        crate::walk::Table::new(format!("{}:", path.display()), &doc),
         &mut problems,
     );
     let Some(profile) = profile.filter(|_| problems.is_empty()) else {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 mod audit;
 pub mod client;
 pub mod probe;
+pub mod remote;
 pub mod report;
 pub mod scenario;
 pub mod schema;
@@ -224,7 +225,10 @@ impl Cli {
         let env_json = std::env::var("IOT_SIM_LOG_FORMAT").is_ok_and(|v| v == "json");
         match args {
             Some(a) => {
-                let id = a.run_id.get_or_insert_with(run::random_run_id).clone();
+                let id = a
+                    .run_id
+                    .get_or_insert_with(crate::measure::run_identity::random_run_id)
+                    .clone();
                 (a.log_format.map_or(env_json, |f| f == LogFormat::Json), id)
             }
             None => (env_json, String::new()),
@@ -366,7 +370,7 @@ pub(crate) fn run_options(
         wait_for_sinks_ms: args.wait_for_sinks,
         grpc,
         admin: args.admin,
-        run_id: args.run_id.clone().unwrap_or_else(run::random_run_id),
+        run_id: args.run_id.clone().unwrap_or_else(crate::measure::run_identity::random_run_id),
         strict_protocols,
         scenario,
     }

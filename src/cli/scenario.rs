@@ -1,6 +1,6 @@
 //! `iot-sim scenario run|validate|list`.
 
-use super::{RunArgs, exit, run_options, verdict_code};
+use super::{RunArgs, exit, remote, run_options, verdict_code};
 use crate::config::Overrides;
 use crate::scenario::{self, ScenarioError};
 use anyhow::Context;
@@ -97,7 +97,7 @@ fn run_remote(a: &ScenarioRunArgs) -> anyhow::Result<i32> {
         return Ok(exit::BAD_CONFIG);
     }
     let thresholds: Vec<_> = config.thresholds.iter().chain(&sc.thresholds).cloned().collect();
-    let bad = scenario::remote::unsupported(&thresholds);
+    let bad = remote::unsupported(&thresholds);
     if !bad.is_empty() {
         eprintln!("error: invalid scenario {} for a remote run:", a.file.display());
         for b in bad {
@@ -110,10 +110,10 @@ fn run_remote(a: &ScenarioRunArgs) -> anyhow::Result<i32> {
         eprintln!("error: {e}");
         return Ok(exit::BAD_CONFIG);
     }
-    let report = scenario::remote::run(&sc, &config, &thresholds, &a.runtime, a.run.quiet)
+    let report = remote::run(&sc, &config, &thresholds, &a.runtime, a.run.quiet)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("remote scenario {} failed", a.file.display()))?;
-    print!("{}", scenario::remote::render(&report));
+    print!("{}", remote::render(&report));
     let dir = &config.run.report_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("report.json");

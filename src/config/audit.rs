@@ -4,11 +4,11 @@
 //! Every problem is reported with its TOML path and the bad value; every size a file controls
 //! is bounded (`src/limits.rs`).
 
-use super::walk::{Problems, Table, show};
 use crate::limits::{
     MAX_AUDIT_FILTER_BYTES, MAX_AUDIT_FILTERS, MAX_AUDIT_GRACE_MS, MAX_AUDIT_WORST,
 };
 use crate::sim::profile::{Fleet, Protocol, TopicPart};
+use crate::walk::{Problems, Table, show};
 
 /// Where the auditor reads the messages from.
 #[derive(Clone, Debug, PartialEq)]

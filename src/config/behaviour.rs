@@ -3,13 +3,13 @@
 //! (`derived`, `correlated_gaussian`). Every problem is recorded with its TOML path and value.
 
 use super::keys;
-use super::walk::{Problems, Table, join, show};
 use crate::sim::behaviour::{Availability, Behaviour, EventSpec, ReportMode, Sleep};
 use crate::sim::correlated::{CorrelatedGroup, MAX_MEMBERS, cholesky_psd};
 use crate::sim::expr::Expr;
 use crate::sim::generator::GenSpec;
 use crate::sim::payload;
 use crate::sim::profile::{FieldSpec, TopicTemplate};
+use crate::walk::{Problems, Table, join, show};
 use toml::Value;
 
 /// A correlated group read from its field table, before field indices are known.

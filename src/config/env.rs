@@ -19,7 +19,7 @@
 //! cannot silently run another test. The variables other modules read (credentials, logging,
 //! limits: [`OTHER_VARS`]) are valid names too.
 
-use super::walk::Problems;
+use crate::walk::Problems;
 use toml::Value;
 
 /// The prefix of every variable of iot-sim.

@@ -1,6 +1,6 @@
 //! Configuration: the fleet file (TOML) -> a validated [`Config`].
 //!
-//! Reading goes through [`walk`], which collects **every** problem with its TOML path and the
+//! Reading goes through [`crate::walk`], which collects **every** problem with its TOML path and the
 //! bad value, so a user fixes a file in one pass. Relative `[sink.*]` paths and `report_dir`
 //! are relative to the working directory; profile files named by `fleet[].profile` are
 //! relative to the fleet file's folder.
@@ -12,17 +12,16 @@ pub mod keys;
 pub mod mqtt_sessions;
 pub mod schema;
 pub mod sinks;
-pub mod walk;
 
 use crate::limits;
 use crate::sim::generator::{Brownian, GenSpec, Markov};
 use crate::sim::payload;
 use crate::sim::profile::{self, FieldSpec, Fleet, Group, Profile, Protocol, TopicTemplate};
 use crate::sim::time::{LAST_SIM_MS, SimMs, check_span, parse_rfc3339};
+use crate::walk::{Problems, Table, join, show, type_name};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use toml::Value;
-use walk::{Problems, Table, join, show, type_name};
 
 /// The longest interval accepted (devices keep it in a `u32` of milliseconds).
 pub const MAX_INTERVAL_MS: u64 = 30 * 86_400_000;
@@ -99,7 +98,7 @@ pub struct Config {
     pub sinks: SinkSettings,
     pub fleet: Fleet,
     /// `[[threshold]]`: pass/fail bounds judged at the end of the run (exit code 3).
-    pub thresholds: Vec<crate::scenario::threshold::Threshold>,
+    pub thresholds: Vec<crate::threshold::Threshold>,
     /// `[audit]` (or `--audit`): the delivery audit run next to the fleet.
     pub audit: Option<audit::AuditSettings>,
 }
@@ -474,7 +473,7 @@ fn compile(
     // A fleet file's thresholds may name a scenario's phases; the scenario checks those names.
     let thresholds = top
         .get("threshold")
-        .map(|v| crate::scenario::threshold::parse_list(v, "threshold", None, p))
+        .map(|v| crate::threshold::parse_list(v, "threshold", None, p))
         .unwrap_or_default();
     let fleet = Fleet { profiles, groups };
     let audit = top.table("audit", p).and_then(|t| audit::compile(t, &fleet, &sinks, p));

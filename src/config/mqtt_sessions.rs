@@ -7,8 +7,8 @@
 //! `password_hmac_secret_env` names a variable holding a secret, and each device's password is
 //! the hex HMAC-SHA256 of its client id under that secret (the way fleets are provisioned).
 
-use super::walk::{Problems, Table};
 use crate::sim::profile::TopicTemplate;
+use crate::walk::{Problems, Table};
 use std::net::IpAddr;
 
 use crate::limits::{MAX_CONNECT_RATE, MAX_CONNECTING, MAX_DEVICE_QUEUE, MAX_SOURCE_ADDRESSES};
@@ -222,7 +222,7 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
         for (i, v) in list.iter().enumerate().take(MAX_SOURCE_ADDRESSES) {
             let at = format!("{path}[{i}]");
             let Some(text) = v.as_str() else {
-                p.add(at, format!("expected an IP address string, got {}", super::walk::show(v)));
+                p.add(at, format!("expected an IP address string, got {}", crate::walk::show(v)));
                 continue;
             };
             match text.parse::<IpAddr>() {

@@ -7,7 +7,7 @@
 //! | `IOT_SIM_AMQP_USERNAME`, `IOT_SIM_AMQP_PASSWORD` | AMQP credentials (replace the URL's) |
 //! | `IOT_SIM_HTTP_TOKEN` | HTTP bearer token (`Authorization: Bearer ...`) |
 
-use super::walk::{Problems, Table};
+use crate::walk::{Problems, Table};
 use std::path::PathBuf;
 
 /// `[sink.file]`.

@@ -384,7 +384,7 @@ impl ControlPlane {
                 device_id: String::new(),
                 kind: EventKind::Warning,
                 message,
-                at_ms: crate::run::now_ms(),
+                at_ms: crate::measure::clock::now_ms(),
                 metadata: vec![
                     ("warning", "protocol_fallback".into()),
                     ("requested_protocol", asked.to_string()),

@@ -4,13 +4,13 @@
 
 use super::plane::ControlPlane;
 use super::proto;
-use crate::config::walk::{Problems, Table};
 use crate::limits;
 use crate::memcheck;
 use crate::shard::command::{BehaviourUpdate, Selection, SpawnSpec};
-use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
+use crate::sim::fault::{CorruptionMode, DisconnectMode, FaultKind, FaultSpec};
 use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
+use crate::walk::{Problems, Table};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -350,26 +350,28 @@ pub(crate) fn clear_kind(fault_type: i32) -> Result<Option<i32>, Status> {
     }
 }
 
-fn number_param(params: &Option<prost_types::Struct>, key: &str) -> Result<Option<f64>, Status> {
+fn number_param(params: &Option<prost_types::Struct>, key: &str) -> Result<Option<f64>, String> {
     use prost_types::value::Kind;
     match params.as_ref().and_then(|p| p.fields.get(key)).and_then(|v| v.kind.as_ref()) {
         None | Some(Kind::NullValue(_)) => Ok(None),
         Some(Kind::NumberValue(n)) if n.is_finite() => Ok(Some(*n)),
-        Some(other) => Err(Status::invalid_argument(format!(
-            "parameters.{key}: must be a number, got {other:?}"
-        ))),
+        Some(other) => Err(format!("parameters.{key}: must be a number, got {other:?}")),
     }
 }
 
-/// Validates an InjectFault request's type and parameters.
-pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, Status> {
+/// A fault's kind from its type (a `FaultType` number) and parameters: the checks gRPC's
+/// `InjectFault` and a scenario's fault step share (a message names a parameter
+/// `parameters.<key>`).
+pub(crate) fn fault_kind(
+    fault_type: i32,
+    p: &Option<prost_types::Struct>,
+) -> Result<(FaultKind, DisconnectMode), String> {
     use proto::FaultType as F;
-    let p = &req.parameters;
-    let bad = |m: String| Err(Status::invalid_argument(m));
+    let bad = |m: String| Err(m);
     let mut disconnect = Default::default();
-    let kind = match F::try_from(req.fault_type) {
+    let kind = match F::try_from(fault_type) {
         Ok(F::Unspecified) => return bad("fault_type must be specified".into()),
-        Err(_) => return bad(format!("unknown fault_type {}", req.fault_type)),
+        Err(_) => return bad(format!("unknown fault_type {fault_type}")),
         Ok(F::Disconnect) => {
             disconnect = match p
                 .as_ref()
@@ -458,6 +460,14 @@ pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, S
             FaultKind::ClockDrift { rate_ms_per_s: r }
         }
     };
+    Ok((kind, disconnect))
+}
+
+/// Checks a fault request's type, parameters and duration, and builds what the shards apply.
+pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, Status> {
+    let bad = |m: String| Err(Status::invalid_argument(m));
+    let (kind, disconnect) =
+        fault_kind(req.fault_type, &req.parameters).map_err(Status::invalid_argument)?;
     let duration_ms = match &req.duration {
         None => 0,
         Some(d) if d.seconds < 0 || d.nanos < 0 => {
@@ -469,16 +479,28 @@ pub(crate) fn fault_spec(req: &proto::InjectFaultRequest) -> Result<FaultSpec, S
         Some(d) if d.nanos > 999_999_999 => {
             return bad(format!("duration.nanos: must be below 1e9, got {}", d.nanos));
         }
-        Some(d) if duration_ms(d) > MAX_FAULT_MS as i128 => {
-            return bad(format!(
-                "duration: must be at most 365 days ({}s), got {}s",
-                MAX_FAULT_MS / 1000,
-                d.seconds
-            ));
-        }
+        Some(d) if duration_ms(d) > MAX_FAULT_MS as i128 => return bad(too_long(d.seconds)),
         Some(d) => duration_ms(d) as u64,
     };
     Ok(FaultSpec { kind, duration_ms, disconnect })
+}
+
+/// A scenario's fault step: its type (a `FaultType` number), parameters and duration, checked
+/// like gRPC's `InjectFault`.
+pub(crate) fn fault_of(
+    fault_type: i32,
+    params: &Option<prost_types::Struct>,
+    duration_ms: u64,
+) -> Result<FaultSpec, String> {
+    let (kind, disconnect) = fault_kind(fault_type, params)?;
+    if duration_ms > MAX_FAULT_MS {
+        return Err(too_long((duration_ms / 1000) as i64));
+    }
+    Ok(FaultSpec { kind, duration_ms, disconnect })
+}
+
+fn too_long(seconds: i64) -> String {
+    format!("duration: must be at most 365 days ({}s), got {seconds}s", MAX_FAULT_MS / 1000)
 }
 
 /// StreamTelemetry's batch size and flush interval, within their bounds.

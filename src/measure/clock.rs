@@ -1,4 +1,6 @@
-//! Wall-clock edges of a shard: the monotonic clock and a sub-millisecond timer.
+//! Clock reads: the monotonic clock and a sub-millisecond timer (the wall-clock edges of a
+//! shard), and the wall clock (ms and µs since the epoch) for log lines, default start times
+//! and arrival times.
 //!
 //! tokio's own timer has 1 ms granularity and wakes ~1 ms late; a `timerfd` armed with an
 //! absolute CLOCK_MONOTONIC deadline and awaited through `AsyncFd` wakes within tens of
@@ -14,6 +16,21 @@ pub fn mono_ns() -> u64 {
     // SAFETY: `ts` is a valid, writable timespec and CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wall-clock "now" in ms since the epoch: the default sim start.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Wall-clock time in µs since the Unix epoch: arrival times compare with wall-mapped intended
+/// times, and a downlink command's `sent_at` is wall-clock time.
+pub fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// A one-shot timer on CLOCK_MONOTONIC with sub-millisecond wake-ups.

@@ -148,10 +148,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<PhaseRows>,
     /// Every threshold with its measured value and verdict.
-    pub thresholds: Vec<crate::scenario::threshold::Verdict>,
+    pub thresholds: Vec<crate::threshold::Verdict>,
     /// Set when a threshold with `abort = true` stopped a realtime run early: what it measured.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub aborted_by: Option<crate::scenario::threshold::Verdict>,
+    pub aborted_by: Option<crate::threshold::Verdict>,
     /// The delivery audit (`[audit]` / `--audit`), if one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<crate::audit::AuditReport>,
@@ -679,7 +679,7 @@ pub fn render_table(r: &Report) -> String {
     if let Some(a) = &r.audit {
         out.push_str(&crate::audit::render(a));
     }
-    out.push_str(&crate::scenario::threshold::render(&r.thresholds));
+    out.push_str(&crate::threshold::render(&r.thresholds));
     if let Some(v) = &r.aborted_by {
         let _ = writeln!(
             out,

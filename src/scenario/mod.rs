@@ -3,9 +3,10 @@
 //!
 //! The user writes intent (`at`, `repeat`, `over`, `batches`, `{i}` templates); [`load`] checks
 //! it all at once against the fleet (profiles exist, selectors parse, fault types and parameters
-//! go through the same validation as gRPC's `InjectFault`) and compiles it into a [`Timeline`]:
-//! a list of [`TimedAction`]s sorted by sim-time offset. Every shard gets the same timeline (an
-//! `Arc`) and, before it ticks the devices due at sim time `t`, applies every action with
+//! go through the same validation as gRPC's `InjectFault`) and compiles it into the shard's
+//! [`Timeline`]: a list of `TimedCue`s sorted by sim-time offset, whose selections and actions
+//! are the shard's own command types. Every shard gets the same timeline (an
+//! `Arc`) and, before it ticks the devices due at sim time `t`, applies every cue with
 //! `at <= t` to its own devices, through the same command code as gRPC. Nothing here reads a
 //! clock: the timeline is a pure function of the files.
 //!
@@ -14,94 +15,14 @@
 //! `[run]` and `[sink.*]`; a profile defined in both is an error).
 
 mod parse;
-pub mod remote;
-pub mod threshold;
 
-use crate::config::walk::Problems;
 use crate::config::{Config, ConfigError, Overrides};
-use crate::sim::fault::FaultSpec;
-use crate::sim::profile::Profile;
-use crate::sim::selector::LabelSelector;
+use crate::shard::timeline::{Phase, Script, Timeline};
+use crate::threshold::Threshold;
+use crate::walk::Problems;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use threshold::Threshold;
-
-/// Which devices a step acts on.
-#[derive(Clone, Debug)]
-pub enum Target {
-    All,
-    /// These ids (each shard takes the ones it owns).
-    Ids(Vec<String>),
-    Labels(LabelSelector),
-}
-
-/// A change of running devices (`update`): fields replace the device's fields of the same name
-/// (or are added), labels are merged into its labels, the interval replaces its interval.
-#[derive(Clone, Debug, Default)]
-pub struct Update {
-    /// What the shards apply (`merge`: the fields replace those of the same name).
-    pub change: Arc<crate::sim::profile::BehaviourUpdate>,
-    /// `fields`, `report`, `events`, `availability` and `sleep` as written (a remote run sends
-    /// them as UpdateDeviceBehavior's params).
-    pub params: Option<toml::Table>,
-}
-
-/// What a step does to the devices it selects.
-#[derive(Clone, Debug)]
-pub enum Op {
-    Stop,
-    Fault {
-        spec: FaultSpec,
-        reason: Option<String>,
-    },
-    /// Clears faults of one `FaultType` number, or every fault.
-    Clear(Option<i32>),
-    Pause,
-    Resume,
-    Update(Arc<Update>),
-}
-
-/// One action at one sim time.
-#[derive(Clone, Debug)]
-pub enum Action {
-    /// Spawns these ids (each shard spawns the ones it owns).
-    Spawn {
-        profile: Arc<Profile>,
-        labels: BTreeMap<String, String>,
-        ids: Vec<String>,
-    },
-    Apply {
-        target: Target,
-        op: Op,
-    },
-    /// A message for the report and the event stream.
-    Log(String),
-    /// A named phase starts (index into [`Scenario::phases`]).
-    Phase(usize),
-}
-
-/// An action and when it happens.
-#[derive(Clone, Debug)]
-pub struct TimedAction {
-    /// Sim-time offset from the run start, ms.
-    pub at_ms: u64,
-    /// The step of the file it comes from (0-based).
-    pub step: usize,
-    pub action: Action,
-}
-
-/// The compiled scenario: actions sorted by time (ties in file order).
-pub type Timeline = Vec<TimedAction>;
-
-/// A named phase: from its step's time to the next phase's (or the end).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Phase {
-    pub name: String,
-    /// Sim-time offsets from the run start, ms.
-    pub start_ms: u64,
-    pub end_ms: u64,
-}
 
 /// A validated, compiled scenario.
 #[derive(Clone, Debug)]
@@ -113,7 +34,7 @@ pub struct Scenario {
     pub duration_ms: u64,
     /// Steps as written in the file.
     pub steps: usize,
-    pub timeline: Arc<Timeline>,
+    pub(crate) timeline: Arc<Timeline>,
     pub phases: Vec<Phase>,
     /// The scenario's own thresholds (the fleet file's are in [`Config::thresholds`]).
     pub thresholds: Vec<Threshold>,
@@ -123,6 +44,15 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// What every shard gets: the name, the timeline (shared) and the phases.
+    pub(crate) fn script(&self) -> Script {
+        Script {
+            name: self.name.clone(),
+            timeline: self.timeline.clone(),
+            phases: self.phases.clone(),
+        }
+    }
+
     /// The phase that sim-time offset `t_ms` falls in, if any.
     pub fn phase_at(phases: &[Phase], t_ms: u64) -> Option<usize> {
         let i = phases.partition_point(|p| p.start_ms <= t_ms);

@@ -1,15 +1,16 @@
 //! Scenario file -> [`Scenario`]: every problem collected with its step index, TOML path and the
 //! bad value; `repeat`, `over`, `batches` and `{i}` expanded into a sorted timeline.
 
-use super::threshold::{self, check_phase};
-use super::{Action, Op, Phase, Scenario, Target, TimedAction, Update};
-use crate::config::walk::{Problems, Table, show, type_name};
+use super::Scenario;
 use crate::config::{Config, MAX_COUNT, MAX_INTERVAL_MS, SinkSettings};
-use crate::control::proto;
+use crate::shard::command::{Action, Selection};
+use crate::shard::timeline::{Cue, Op, Phase, TimedCue};
 use crate::sim::generator::GenSpec;
 use crate::sim::profile::{BehaviourUpdate, Fleet, Profile, Protocol};
 use crate::sim::selector::LabelSelector;
 use crate::sim::time::{format_duration_ms, parse_duration_ms};
+use crate::threshold::{self, check_phase};
+use crate::walk::{Problems, Table, show, type_name};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -31,11 +32,11 @@ pub const FAULT_TYPES: &[&str] =
 
 /// Something compiled from a step, before batches are resolved.
 enum Item {
-    Act(Action),
+    Act(Cue),
     /// Apply `op` to the devices `target` selects at this time, `size` at a time in device-id
     /// order, one batch every `every_ms`.
     Batch {
-        target: Target,
+        target: Selection,
         size: usize,
         every_ms: u64,
         op: Op,
@@ -251,12 +252,12 @@ fn compile_steps(
         if present.len() > 1 {
             // Still check each action, so that every problem is listed at once.
             for kind in &present {
-                let path = crate::config::walk::join(&apath_base, kind);
+                let path = crate::walk::join(&apath_base, kind);
                 action(kind, &table[*kind], &path, batches.is_some(), &mut ctx, p);
             }
         }
         let [kind] = present[..] else { continue };
-        let apath = crate::config::walk::join(&apath_base, kind);
+        let apath = crate::walk::join(&apath_base, kind);
         let raw = &table[kind];
         let (times, every) = repeat.unwrap_or((1, 0));
         if let (Some(at), Some(d), Some((times, every))) = (at, duration_ms, repeat)
@@ -300,12 +301,12 @@ fn compile_steps(
             let sub = i << 32;
             for (k, (offset, item, end)) in parsed.into_iter().enumerate() {
                 let item = match (item, &batches) {
-                    (Item::Act(Action::Apply { op, .. }), Some((target, size, every_ms))) => {
+                    (Item::Act(Cue::Apply { op, .. }), Some((target, size, every_ms))) => {
                         Item::Batch { target: target.clone(), size: *size, every_ms: *every_ms, op }
                     }
                     (item, _) => item,
                 };
-                if let Item::Act(Action::Phase(_)) = &item
+                if let Item::Act(Cue::Phase(_)) = &item
                     && let Value::String(n) = &v
                 {
                     phase_steps.push((si, n.clone()));
@@ -346,7 +347,7 @@ fn compile_steps(
     let mut phases: Vec<Phase> = vec![];
     let mut names: BTreeSet<String> = BTreeSet::new();
     for ta in &mut timeline {
-        if let Action::Phase(ix) = &mut ta.action {
+        if let Cue::Phase(ix) = &mut ta.cue {
             let name = phase_steps.iter().find(|(s, _)| *s == ta.step).map(|x| x.1.clone());
             let name = name.unwrap_or_default();
             if !names.insert(name.clone()) {
@@ -434,7 +435,7 @@ fn repeat(mut t: Table<'_>, p: &mut Problems) -> Option<(u64, u64)> {
     Some((times?, every.filter(|e| *e > 0).or(times.filter(|n| *n == 1).map(|_| 0))?))
 }
 
-fn batches(mut t: Table<'_>, p: &mut Problems) -> Option<(Target, usize, u64)> {
+fn batches(mut t: Table<'_>, p: &mut Problems) -> Option<(Selection, usize, u64)> {
     let target = select(&mut t, true, p);
     let size = match t.get("size") {
         None => {
@@ -467,7 +468,7 @@ fn batches(mut t: Table<'_>, p: &mut Problems) -> Option<(Target, usize, u64)> {
 
 /// Reads `selector`, `all = true` or `ids = [...]` (exactly one when `required`; none allowed
 /// otherwise).
-fn select(t: &mut Table<'_>, required: bool, p: &mut Problems) -> Option<Target> {
+fn select(t: &mut Table<'_>, required: bool, p: &mut Problems) -> Option<Selection> {
     let given: Vec<&str> = ["selector", "all", "ids"].into_iter().filter(|k| t.has(k)).collect();
     if !required {
         for k in &given {
@@ -507,7 +508,7 @@ fn select(t: &mut Table<'_>, required: bool, p: &mut Problems) -> Option<Target>
                 return None;
             }
             match LabelSelector::parse(s) {
-                Ok(sel) => Some(Target::Labels(sel)),
+                Ok(sel) => Some(Selection::Labels(sel)),
                 Err(e) => {
                     p.add(t.path_of("selector"), e.to_string());
                     None
@@ -515,7 +516,7 @@ fn select(t: &mut Table<'_>, required: bool, p: &mut Problems) -> Option<Target>
             }
         }
         "all" => match t.bool("all", p)? {
-            true => Some(Target::All),
+            true => Some(Selection::All),
             false => {
                 p.add(t.path_of("all"), "only all = true is meaningful; give a selector instead");
                 None
@@ -536,7 +537,7 @@ fn select(t: &mut Table<'_>, required: bool, p: &mut Problems) -> Option<Target>
             if a.is_empty() {
                 p.add(t.path_of("ids"), "must list at least one device id");
             }
-            (ids.len() == a.len() && !ids.is_empty()).then_some(Target::Ids(ids))
+            (ids.len() == a.len() && !ids.is_empty()).then_some(Selection::Ids(ids))
         }
     }
 }
@@ -575,7 +576,7 @@ fn action(
     ctx: &mut Ctx<'_>,
     p: &mut Problems,
 ) -> Vec<(u64, Item, u64)> {
-    let one = |a: Action| vec![(0, Item::Act(a), 0)];
+    let one = |a: Cue| vec![(0, Item::Act(a), 0)];
     match kind {
         "log" | "phase" => {
             if batched {
@@ -583,7 +584,7 @@ fn action(
             }
             match v {
                 Value::String(s) if !s.trim().is_empty() => {
-                    one(if kind == "log" { Action::Log(s.clone()) } else { Action::Phase(0) })
+                    one(if kind == "log" { Cue::Log(s.clone()) } else { Cue::Phase(0) })
                 }
                 other => {
                     p.add(
@@ -615,13 +616,13 @@ fn action(
             let mut accepted = vec!["selector", "all", "ids"];
             let mut end = 0;
             let op = match kind {
-                "stop" => Some(Op::Stop),
-                "pause" => Some(Op::Pause),
-                "resume" => Some(Op::Resume),
+                "stop" => Some(Op::of(Action::Stop)),
+                "pause" => Some(Op::of(Action::Pause(true))),
+                "resume" => Some(Op::of(Action::Pause(false))),
                 "fault" => {
                     accepted.extend(["type", "duration", "params"]);
                     let op = fault(&mut t, p);
-                    if let Some(Op::Fault { spec, .. }) = &op {
+                    if let Some(Op { action: Action::Fault(spec), .. }) = &op {
                         end = spec.duration_ms;
                     }
                     op
@@ -629,30 +630,32 @@ fn action(
                 "clear" => {
                     accepted.push("type");
                     match t.str("type", p) {
-                        None => Some(Op::Clear(None)),
+                        None => Some(Op::of(Action::ClearFaults(None))),
                         Some(s) => fault_type(s, &t.path_of("type"), p)
-                            .map(|ft| Op::Clear(Some(ft as i32))),
+                            .map(|ft| Op::of(Action::ClearFaults(Some(ft)))),
                     }
                 }
                 _ => {
                     accepted.extend(["interval", "labels", "fields"]);
                     accepted.extend(crate::control::spec::BEHAVIOUR_KEYS);
-                    update(&mut t, p).map(|u| Op::Update(Arc::new(u)))
+                    update(&mut t, p)
                 }
             };
             t.finish_with(&accepted, p);
-            let target = if batched { Some(Target::All) } else { target };
+            let target = if batched { Some(Selection::All) } else { target };
             match (target, op) {
-                (Some(target), Some(op)) => vec![(0, Item::Act(Action::Apply { target, op }), end)],
+                (Some(selection), Some(op)) => {
+                    vec![(0, Item::Act(Cue::Apply { selection, op }), end)]
+                }
                 _ => vec![],
             }
         }
     }
 }
 
-fn fault_type(s: &str, path: &str, p: &mut Problems) -> Option<proto::FaultType> {
-    let t = proto::FaultType::from_str_name(&format!("FAULT_TYPE_{}", s.to_ascii_uppercase()))
-        .filter(|t| *t != proto::FaultType::Unspecified && FAULT_TYPES.contains(&s));
+/// A fault type's `FaultType` number (its index in [`FAULT_TYPES`], from 1).
+fn fault_type(s: &str, path: &str, p: &mut Problems) -> Option<i32> {
+    let t = FAULT_TYPES.iter().position(|n| *n == s).map(|i| i as i32 + 1);
     if t.is_none() {
         p.add(path, format!("unknown fault type {s:?}; accepted: {}", FAULT_TYPES.join(", ")));
     }
@@ -666,12 +669,12 @@ fn fault(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
     let mut reason = None;
     let mut params = prost_types::Struct::default();
     if let Some(pt) = t.table("params", p) {
-        let accepted: &[&str] = match kind {
-            Some(proto::FaultType::LatencySpike) => &["latency_ms", "reason"],
-            Some(proto::FaultType::DataCorruption) => &["corruption_rate", "mode", "reason"],
-            Some(proto::FaultType::BatteryDrain) => &["drain_multiplier", "reason"],
-            Some(proto::FaultType::ClockDrift) => &["drift_rate_ms_per_sec", "reason"],
-            Some(proto::FaultType::Disconnect) => &["mode", "reason"],
+        let accepted: &[&str] = match kind.map(|k| FAULT_TYPES[k as usize - 1]) {
+            Some("latency_spike") => &["latency_ms", "reason"],
+            Some("data_corruption") => &["corruption_rate", "mode", "reason"],
+            Some("battery_drain") => &["drain_multiplier", "reason"],
+            Some("clock_drift") => &["drift_rate_ms_per_sec", "reason"],
+            Some("disconnect") => &["mode", "reason"],
             _ => &["reason"],
         };
         for (k, v) in pt.table {
@@ -711,25 +714,16 @@ fn fault(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
         }
     }
     let kind = kind?;
-    let req = proto::InjectFaultRequest {
-        selector: None,
-        fault_type: kind as i32,
-        duration: Some(prost_types::Duration {
-            seconds: (duration_ms / 1000) as i64,
-            nanos: ((duration_ms % 1000) * 1_000_000) as i32,
-        }),
-        parameters: Some(params),
-    };
-    match crate::control::spec::fault_spec(&req) {
-        Ok(spec) => Some(Op::Fault { spec, reason }),
-        Err(status) => {
-            p.add(t.path.clone(), status.message().replace("parameters.", "params."));
+    match crate::control::spec::fault_of(kind, &Some(params), duration_ms) {
+        Ok(spec) => Some(Op { action: Action::Fault(spec), reason, params: None }),
+        Err(message) => {
+            p.add(t.path.clone(), message.replace("parameters.", "params."));
             None
         }
     }
 }
 
-fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Update> {
+fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
     use crate::control::spec::{BEHAVIOUR_KEYS, compile_update};
     let mut u = BehaviourUpdate { merge: true, keep_fields: true, ..BehaviourUpdate::default() };
     let before = p.0.len();
@@ -767,8 +761,12 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Update> {
              and/or sleep",
         );
     }
-    let params = (!params.is_empty()).then_some(params);
-    (p.0.len() == before).then(|| Update { change: Arc::new(u), params })
+    let params = (!params.is_empty()).then(|| Arc::new(params));
+    (p.0.len() == before).then(|| Op {
+        action: Action::Behaviour(Arc::new(u)),
+        reason: None,
+        params,
+    })
 }
 
 fn spawn(mut t: Table<'_>, ctx: &mut Ctx<'_>, p: &mut Problems) -> Vec<(u64, Item, u64)> {
@@ -825,7 +823,7 @@ fn spawn(mut t: Table<'_>, ctx: &mut Ctx<'_>, p: &mut Problems) -> Vec<(u64, Ite
 }
 
 fn spawn_item(profile: &Arc<Profile>, labels: &BTreeMap<String, String>, ids: Vec<String>) -> Item {
-    Item::Act(Action::Spawn { profile: profile.clone(), labels: labels.clone(), ids })
+    Item::Act(Cue::Spawn { profile: profile.clone(), labels: labels.clone(), ids })
 }
 
 fn lookup_profile(
@@ -1011,9 +1009,9 @@ impl Roster {
     }
 
     /// Indexes of the live members a target selects.
-    fn select(&self, target: &Target) -> Vec<usize> {
+    fn select(&self, target: &Selection) -> Vec<usize> {
         match target {
-            Target::Ids(ids) => ids
+            Selection::Ids(ids) => ids
                 .iter()
                 .filter_map(|id| self.by_id.get(id).copied())
                 .filter(|&i| self.members[i].is_some())
@@ -1021,41 +1019,41 @@ impl Roster {
             _ => (0..self.members.len())
                 .filter(|&i| match (&self.members[i], target) {
                     (None, _) => false,
-                    (Some((_, l, _)), Target::Labels(sel)) => sel.matches(l),
+                    (Some((_, l, _)), Selection::Labels(sel)) => sel.matches(l),
                     _ => true,
                 })
                 .collect(),
         }
     }
 
-    fn apply(&mut self, step: usize, action: &Action, p: &mut Problems) {
-        match action {
-            Action::Spawn { profile, labels, ids } => {
+    fn apply(&mut self, step: usize, cue: &Cue, p: &mut Problems) {
+        match cue {
+            Cue::Spawn { profile, labels, ids } => {
                 let labels = Rc::new(labels.clone());
                 let profile = self.profile_of(profile);
                 for id in ids {
                     self.add(id.clone(), labels.clone(), profile);
                 }
             }
-            Action::Apply { target, op: Op::Stop } => {
+            Cue::Apply { selection: target, op: Op { action: Action::Stop, .. } } => {
                 for i in self.select(target) {
                     if let Some((id, ..)) = self.members[i].take() {
                         self.by_id.remove(&id);
                     }
                 }
             }
-            Action::Apply { target, op: Op::Update(u) } => {
+            Cue::Apply { selection: target, op: Op { action: Action::Behaviour(u), .. } } => {
                 let selected = self.select(target);
-                if !u.change.keep_fields {
-                    self.update_profiles(step, &selected, &u.change, p);
+                if !u.keep_fields {
+                    self.update_profiles(step, &selected, u, p);
                 }
-                if u.change.labels.is_empty() {
+                if u.labels.is_empty() {
                     return;
                 }
                 for i in selected {
                     if let Some((_, l, _)) = &mut self.members[i] {
                         let mut m = (**l).clone();
-                        m.extend(u.change.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        m.extend(u.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
                         *l = Rc::new(m);
                     }
                 }
@@ -1075,33 +1073,33 @@ fn resolve_batches(
     fleet: &Fleet,
     ends: &mut Vec<(usize, u64)>,
     p: &mut Problems,
-) -> Vec<TimedAction> {
+) -> Vec<TimedCue> {
     let linked = |pr: &Profile| !pr.derived.is_empty() || !pr.correlated.is_empty();
-    let fields_update = |op: &Op| matches!(op, Op::Update(u) if !u.change.keep_fields);
-    let needs_check =
-        items.values().any(|i| match i {
-            Item::Act(Action::Apply { op, .. }) | Item::Batch { op, .. } => fields_update(op),
+    let fields_update = |op: &Op| matches!(&op.action, Action::Behaviour(u) if !u.keep_fields);
+    let needs_check = items.values().any(|i| match i {
+        Item::Act(Cue::Apply { op, .. }) | Item::Batch { op, .. } => fields_update(op),
+        _ => false,
+    }) && (fleet.profiles.iter().any(linked)
+        || items.values().any(|i| match i {
+            Item::Act(Cue::Spawn { profile, .. }) => linked(profile),
+            Item::Act(Cue::Apply { op: Op { action: Action::Behaviour(u), .. }, .. })
+            | Item::Batch { op: Op { action: Action::Behaviour(u), .. }, .. } => u
+                .fields
+                .iter()
+                .any(|f| matches!(f.generator, GenSpec::Derived(_) | GenSpec::Correlated { .. })),
             _ => false,
-        }) && (fleet.profiles.iter().any(linked)
-            || items.values().any(|i| match i {
-                Item::Act(Action::Spawn { profile, .. }) => linked(profile),
-                Item::Act(Action::Apply { op: Op::Update(u), .. })
-                | Item::Batch { op: Op::Update(u), .. } => u.change.fields.iter().any(|f| {
-                    matches!(f.generator, GenSpec::Derived(_) | GenSpec::Correlated { .. })
-                }),
-                _ => false,
-            }));
+        }));
     let needs_roster = needs_check || items.values().any(|i| matches!(i, Item::Batch { .. }));
     let mut roster = needs_roster.then(|| Roster::new(fleet));
     let mut out = vec![];
     let mut generated = 0u64;
     while let Some(((at, step, _), item)) = items.pop_first() {
         match item {
-            Item::Act(action) => {
+            Item::Act(cue) => {
                 if let Some(r) = &mut roster {
-                    r.apply(step, &action, p);
+                    r.apply(step, &cue, p);
                 }
-                out.push(TimedAction { at_ms: at, step, action });
+                out.push(TimedCue { at_ms: at, step, cue });
             }
             Item::Batch { target, size, every_ms, op } => {
                 let Some(r) = &roster else { continue };
@@ -1111,17 +1109,17 @@ fn resolve_batches(
                     .filter_map(|i| r.members[i].as_ref().map(|m| m.0.clone()))
                     .collect();
                 ids.sort();
-                let extra = match &op {
-                    Op::Fault { spec, .. } => spec.duration_ms,
+                let extra = match &op.action {
+                    Action::Fault(spec) => spec.duration_ms,
                     _ => 0,
                 };
                 for (k, chunk) in ids.chunks(size).enumerate() {
                     let t = at + k as u64 * every_ms;
                     generated += 1;
                     ends.push((step, t + extra));
-                    let action =
-                        Action::Apply { target: Target::Ids(chunk.to_vec()), op: op.clone() };
-                    items.insert((t, step, (1 << 62) + generated), Item::Act(action));
+                    let cue =
+                        Cue::Apply { selection: Selection::Ids(chunk.to_vec()), op: op.clone() };
+                    items.insert((t, step, (1 << 62) + generated), Item::Act(cue));
                 }
             }
         }

@@ -1,5 +1,7 @@
 use super::*;
 use crate::config::Overrides;
+use crate::shard::command::{Action, Selection};
+use crate::shard::timeline::{Cue, Op, Phase};
 
 const FLEET: &str = r#"
 [run]
@@ -30,10 +32,10 @@ fn load_str(scenario: &str) -> Result<(Config, Scenario), String> {
     load(&s, Some(&f), &Overrides::default()).map_err(|e| e.to_string())
 }
 
-fn ids(a: &Action) -> Vec<String> {
+fn ids(a: &Cue) -> Vec<String> {
     match a {
-        Action::Spawn { ids, .. } => ids.clone(),
-        Action::Apply { target: Target::Ids(ids), .. } => ids.clone(),
+        Cue::Spawn { ids, .. } => ids.clone(),
+        Cue::Apply { selection: Selection::Ids(ids), .. } => ids.clone(),
         other => panic!("no ids in {other:?}"),
     }
 }
@@ -53,9 +55,9 @@ fn repeat_expands_with_the_index_in_every_string() {
     let times: Vec<u64> = s.timeline.iter().map(|t| t.at_ms).collect();
     assert_eq!(times, [10_000, 15_000, 20_000]);
     // Ids continue after the fleet's own devices of the profile (thermo-0000..0002).
-    assert_eq!(ids(&s.timeline[0].action), ["thermo-0003", "thermo-0004"]);
-    assert_eq!(ids(&s.timeline[2].action), ["thermo-0007", "thermo-0008"]);
-    let Action::Spawn { labels, .. } = &s.timeline[1].action else { panic!() };
+    assert_eq!(ids(&s.timeline[0].cue), ["thermo-0003", "thermo-0004"]);
+    assert_eq!(ids(&s.timeline[2].cue), ["thermo-0007", "thermo-0008"]);
+    let Cue::Spawn { labels, .. } = &s.timeline[1].cue else { panic!() };
     assert_eq!(labels["batch"], "b1");
     assert_eq!(labels["device_type"], "thermo");
 }
@@ -94,8 +96,8 @@ fn batches_walk_the_matching_devices_in_id_order() {
     let faults: Vec<(u64, Vec<String>)> = s
         .timeline
         .iter()
-        .filter(|t| matches!(t.action, Action::Apply { .. }))
-        .map(|t| (t.at_ms, ids(&t.action)))
+        .filter(|t| matches!(t.cue, Cue::Apply { .. }))
+        .map(|t| (t.at_ms, ids(&t.cue)))
         .collect();
     assert_eq!(
         faults,
@@ -105,7 +107,8 @@ fn batches_walk_the_matching_devices_in_id_order() {
             (300_000, vec!["thermo-0004".into(), "thermo-0005".into()]),
         ]
     );
-    let Action::Apply { op: Op::Fault { reason, spec }, .. } = &s.timeline[1].action else {
+    let Cue::Apply { op: Op { action: Action::Fault(spec), reason, .. }, .. } = &s.timeline[1].cue
+    else {
         panic!()
     };
     assert_eq!(reason.as_deref(), Some("firmware_update"));
@@ -131,7 +134,7 @@ fn batches_see_devices_stopped_and_relabelled_before_them() {
     )
     .unwrap();
     let last = s.timeline.last().unwrap();
-    assert_eq!(ids(&last.action), ["thermo-0000", "thermo-0002"]);
+    assert_eq!(ids(&last.cue), ["thermo-0000", "thermo-0002"]);
 }
 
 #[test]
@@ -191,7 +194,7 @@ fn scenario_profiles_merge_into_the_fleet_and_an_empty_fleet_is_allowed() {
     let (config, sc) = load(&s, None, &Overrides::default()).unwrap();
     assert_eq!(config.fleet.device_count(), 0);
     assert_eq!(config.run.duration_ms, Some(60_000));
-    assert_eq!(ids(&sc.timeline[0].action)[4], "lock-0004");
+    assert_eq!(ids(&sc.timeline[0].cue)[4], "lock-0004");
 }
 
 #[test]
@@ -384,12 +387,12 @@ fn load_linked(steps: &str) -> Result<(Config, Scenario), String> {
 }
 
 fn only_update(s: &Scenario) -> Arc<crate::sim::profile::BehaviourUpdate> {
-    let Some(Action::Apply { op: Op::Update(u), .. }) =
-        s.timeline.iter().map(|t| &t.action).find(|a| matches!(a, Action::Apply { .. }))
+    let Some(Cue::Apply { op: Op { action: Action::Behaviour(u), .. }, .. }) =
+        s.timeline.iter().map(|t| &t.cue).find(|a| matches!(a, Cue::Apply { .. }))
     else {
         panic!("no update in {:?}", s.timeline)
     };
-    u.change.clone()
+    u.clone()
 }
 
 #[test]
@@ -519,8 +522,8 @@ fn a_disconnect_step_takes_a_mode_and_a_remote_run_forwards_it() {
         "#,
     )
     .unwrap();
-    let spec = |i: usize| match &s.timeline[i].action {
-        Action::Apply { op: Op::Fault { spec, .. }, .. } => spec.clone(),
+    let spec = |i: usize| match &s.timeline[i].cue {
+        Cue::Apply { op: Op { action: Action::Fault(spec), .. }, .. } => spec.clone(),
         other => panic!("{other:?}"),
     };
     assert_eq!(spec(0).disconnect, DisconnectMode::Graceful);
@@ -528,7 +531,7 @@ fn a_disconnect_step_takes_a_mode_and_a_remote_run_forwards_it() {
     // `scenario run --runtime` sends the mode in InjectFault's parameters, and the runtime reads
     // back the same spec.
     for i in 0..2 {
-        let params = super::remote::fault_params(&spec(i), &None);
+        let params = crate::cli::remote::fault_params(&spec(i), &None);
         let req = crate::control::proto::InjectFaultRequest {
             selector: None,
             fault_type: spec(i).kind.type_number(),

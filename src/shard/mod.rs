@@ -9,9 +9,9 @@ pub(crate) mod command;
 pub(crate) mod event;
 mod faults;
 mod inbox;
-mod scenario;
 pub(crate) mod streams;
 pub(crate) mod tap;
+pub(crate) mod timeline;
 
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
@@ -25,7 +25,7 @@ use crate::sim::profile::{Fleet, Profile, Protocol};
 use crate::sim::seed;
 use crate::sim::time::SimMs;
 use crate::sim::wheel::Wheel;
-use crate::sink::{Message, Outcome, Sink};
+use crate::sink::{Message, Sink, Submitted};
 use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -73,7 +73,7 @@ pub struct ShardPlan {
     /// The live-control link (gRPC): `None` for a plain run.
     pub control: Option<command::ShardControl>,
     /// The scenario's compiled timeline (shared by every shard), if a scenario drives the run.
-    pub scenario: Option<Arc<crate::scenario::Scenario>>,
+    pub scenario: Option<Arc<timeline::Script>>,
     /// A delivery audit's per-device counters of messages faults kept from arriving intact.
     pub excuses: Option<Arc<tap::ExcuseTap>>,
     /// Virtual clock: also send a progress snapshot each time sim time passes another step
@@ -168,8 +168,8 @@ pub struct Shard {
     event_samples: Vec<Sample>,
     /// Live control: inbox, faults, pauses, streams (`inbox.rs`).
     ctl: inbox::Control,
-    /// Where this shard is in the scenario, if one drives the run (`scenario.rs`).
-    scn: Option<scenario::ScenarioCursor>,
+    /// Where this shard is in the scenario, if one drives the run (`timeline.rs`).
+    scn: Option<timeline::ScenarioCursor>,
 }
 
 /// A shard's devices, wheel and sinks, built before its time starts.
@@ -188,8 +188,8 @@ impl Shard {
         // Room for the devices a scenario will spawn too, reserved now: growing the device,
         // slot and wheel arrays of a million-device shard mid-run stalls its ticks.
         let (spawns, spawn_slots) = plan.scenario.as_ref().map_or((0, 0), |s| {
-            s.timeline.iter().fold((0, 0), |acc, a| match &a.action {
-                crate::scenario::Action::Spawn { ids, profile, .. } => {
+            s.timeline.iter().fold((0, 0), |acc, a| match &a.cue {
+                timeline::Cue::Spawn { ids, profile, .. } => {
                     (acc.0 + ids.len(), acc.1 + ids.len() * profile.slots)
                 }
                 _ => acc,
@@ -254,7 +254,7 @@ impl Shard {
     fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
         let Parts { table, wheel, sinks } = parts;
         let ctl = inbox::Control::new(plan.control.take());
-        let scn = plan.scenario.take().map(|s| scenario::ScenarioCursor::new(s, plan.start_ms));
+        let scn = plan.scenario.take().map(|s| timeline::ScenarioCursor::new(s, plan.start_ms));
         let mut stats = ShardStats::new(plan.fleet.profiles.len());
         if let Some(c) = &scn {
             stats.phases = (0..c.phase_bounds.len())
@@ -978,7 +978,7 @@ fn submit(
             intended_ns: intended_ns.unwrap_or(fire_ns),
             phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
         }),
-        None => Outcome::Failed,
+        None => Submitted::Failed,
     };
     let done_ns = mono_ns();
     let bytes = payload.len() as u64;
@@ -987,20 +987,20 @@ fn submit(
     let latency_us = done_ns.saturating_sub(intended_ns.unwrap_or(fire_ns)) / 1000;
     let service_us = done_ns.saturating_sub(fire_ns) / 1000;
     let record = |st: &mut stats::ProfileStats| match outcome {
-        Outcome::Completed => {
+        Submitted::Completed => {
             st.counts.messages += 1;
             st.bytes += bytes;
             st.latency.record(latency_us);
             st.service.record(service_us);
         }
-        Outcome::Failed => st.counts.errors += 1,
-        Outcome::Pending => {}
+        Submitted::Failed => st.counts.errors += 1,
+        Submitted::Pending => {}
     };
     record(&mut stats.profiles[profile_ix]);
     if let Some(ph) = phase {
         record(&mut stats.phases[ph][profile_ix]);
     }
-    if outcome == Outcome::Completed {
+    if outcome == Submitted::Completed {
         stats::record(interval_latency, latency_us);
     }
     done_ns

@@ -3,7 +3,7 @@
 //! Each shard fills its own buffer and writes whole lines with one `write_all` under the stdout
 //! lock, so lines from different shards never interleave.
 
-use super::{Message, Outcome};
+use super::{Message, Submitted};
 use std::io::{self, Write};
 
 const FLUSH_AT: usize = 64 * 1024;
@@ -18,9 +18,9 @@ impl ConsoleSink {
         ConsoleSink { buf: Vec::with_capacity(FLUSH_AT + 4096), failed: false }
     }
 
-    pub fn submit(&mut self, msg: &Message<'_>) -> Outcome {
+    pub fn submit(&mut self, msg: &Message<'_>) -> Submitted {
         if self.failed {
-            return Outcome::Failed;
+            return Submitted::Failed;
         }
         self.buf.push(b'[');
         self.buf.extend_from_slice(msg.topic);
@@ -28,9 +28,9 @@ impl ConsoleSink {
         self.buf.extend_from_slice(msg.payload);
         self.buf.push(b'\n');
         if self.buf.len() >= FLUSH_AT && self.flush().is_err() {
-            return Outcome::Failed;
+            return Submitted::Failed;
         }
-        Outcome::Completed
+        Submitted::Completed
     }
 
     pub fn flush(&mut self) -> io::Result<()> {

@@ -13,7 +13,7 @@
 //! the shard, which moves them from messages to errors (kind `write`). After a failure the sink
 //! stops writing and every further message is an error.
 
-use super::{Message, Outcome};
+use super::{Message, Submitted};
 use crate::sim::payload::write_json_str;
 use std::fs::File;
 use std::io::{self, Write};
@@ -93,9 +93,9 @@ impl FileSink {
         })
     }
 
-    pub fn submit(&mut self, msg: &Message<'_>) -> Outcome {
+    pub fn submit(&mut self, msg: &Message<'_>) -> Submitted {
         if self.failed {
-            return Outcome::Failed;
+            return Submitted::Failed;
         }
         self.line.clear();
         self.line.extend_from_slice(b"{\"topic\":");
@@ -109,7 +109,7 @@ impl FileSink {
             // A failure here is accounted through `take_lost` like any other.
             let _ = self.flush();
         }
-        Outcome::Completed
+        Submitted::Completed
     }
 
     /// Writes the buffer out. On failure, the messages that did not reach the file are counted
@@ -211,12 +211,12 @@ mod tests {
     fn failed_writes_count_every_buffered_message_as_lost() {
         let mut s = FileSink::open(Path::new("/dev/full"), 2).unwrap();
         for i in 0..200 {
-            assert!(matches!(s.submit(&message(i % 2)), Outcome::Completed));
+            assert!(matches!(s.submit(&message(i % 2)), Submitted::Completed));
         }
         assert!(s.flush().is_err());
         assert_eq!(s.take_lost(), vec![(0, 100), (1, 100)]);
         assert!(s.take_lost().is_empty());
-        assert!(matches!(s.submit(&message(0)), Outcome::Failed));
+        assert!(matches!(s.submit(&message(0)), Submitted::Failed));
     }
 
     #[test]

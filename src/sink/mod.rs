@@ -47,7 +47,7 @@ pub struct Message<'a> {
 
 /// What became of a submitted message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Submitted {
     /// Delivered (for this sink's definition of delivered).
     Completed,
     /// Not delivered; counted as an error.
@@ -163,11 +163,11 @@ impl Sink {
     }
 
     /// Hands a message over. Never blocks.
-    pub fn submit(&mut self, msg: &Message<'_>) -> Outcome {
+    pub fn submit(&mut self, msg: &Message<'_>) -> Submitted {
         match self {
             Sink::Console(c) => c.submit(msg),
             Sink::File(f) => f.submit(msg),
-            Sink::Null => Outcome::Completed,
+            Sink::Null => Submitted::Completed,
             Sink::Net(n) => {
                 let m = Queued {
                     topic: String::from_utf8_lossy(msg.topic).into_owned(),
@@ -182,7 +182,7 @@ impl Sink {
                     Some(d) if d.handles(msg.profile) => d.submit(m, msg.device_id, msg.labels),
                     _ => n.shared.enqueue(m),
                 }
-                Outcome::Pending
+                Submitted::Pending
             }
         }
     }

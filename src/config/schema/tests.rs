@@ -8,8 +8,8 @@
 //! as the walker refuses any key read but not in that list).
 
 use super::super::keys::{self, Key, Spec, Ty};
-use super::super::walk::{Problem, join};
 use super::{File, render};
+use crate::walk::{Problem, join};
 use std::path::{Path, PathBuf};
 use toml::Value;
 

@@ -20,7 +20,7 @@ use crate::limits;
 use crate::measure::board::{BUCKETS_US, Buckets, ShardFigures};
 use crate::measure::counters::Counters;
 use crate::measure::stats::ProfileStats;
-use crate::scenario::threshold::{Metric, Threshold, Verdict};
+use crate::threshold::{Metric, Threshold, Verdict};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -592,13 +592,8 @@ mod tests {
     fn whole_run_thresholds_are_judged_so_far_and_final_verdicts_win() {
         let parse = |text: &str| {
             let doc: toml::Table = text.parse().unwrap();
-            let mut p = crate::config::walk::Problems::default();
-            let t = crate::scenario::threshold::parse_list(
-                &doc["threshold"],
-                "threshold",
-                None,
-                &mut p,
-            );
+            let mut p = crate::walk::Problems::default();
+            let t = crate::threshold::parse_list(&doc["threshold"], "threshold", None, &mut p);
             assert!(p.is_empty(), "{p}");
             t
         };

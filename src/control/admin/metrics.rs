@@ -10,7 +10,7 @@
 use crate::control::plane::{BATCH_BUCKETS, ControlPlane};
 use crate::measure::board::{BUCKETS_US, Buckets, ProfileFigures, ShardFigures};
 use crate::measure::counters::Counters;
-use crate::run::RunIdentity;
+use crate::measure::run_identity::RunIdentity;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;

@@ -14,7 +14,7 @@ pub mod routes;
 pub mod server;
 
 use crate::control::plane::ControlPlane;
-use crate::run::RunIdentity;
+use crate::measure::run_identity::RunIdentity;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

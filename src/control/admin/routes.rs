@@ -6,7 +6,7 @@ use super::dashboard;
 use super::metrics::{self, Metrics};
 use super::server::Deadline;
 use crate::control::plane::ControlPlane;
-use crate::run::RunIdentity;
+use crate::measure::run_identity::RunIdentity;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;

@@ -31,7 +31,7 @@
 use super::session::{ConnectParams, Outcome, Session, Version, Will};
 use crate::config::MqttSettings;
 use crate::config::mqtt_sessions::{Password, PerDeviceSettings};
-use crate::measure::clock::mono_ns;
+use crate::measure::clock::{mono_ns, wall_us};
 use crate::sim::profile::{Backpressure, Fleet};
 use crate::sink::net::{ConnEvent, NetShared, Queued, Retry};
 use std::cell::{Cell, RefCell};
@@ -798,13 +798,6 @@ impl Command {
         };
         Command { id, sent_at_us }
     }
-}
-
-/// Wall-clock time in µs since the Unix epoch (a command's `sent_at` is wall-clock time).
-fn wall_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

@@ -6,16 +6,18 @@
 //! The runtimes keep their own statistics, so a remote run judges only what `GetRuntimeStatus`
 //! reports: `error_rate` and `messages_per_second` over the whole run.
 
-use super::threshold::{Bound, Metric, Threshold, Verdict};
-use super::{Action, Op, Scenario, Target};
 use crate::config::Config;
 use crate::control::client::{Pool, owner};
 use crate::control::client::{pb_duration, table_to_pb};
 use crate::control::proto;
 use crate::report::{LogLine, Percentiles};
+use crate::scenario::Scenario;
+use crate::shard::command::{Action, Selection};
+use crate::shard::timeline::Cue;
 use crate::sim::fault::FaultKind;
 use crate::sim::profile::Profile;
 use crate::sim::time::rfc3339_ms;
+use crate::threshold::{Bound, Metric, Threshold, Verdict};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -58,20 +60,20 @@ pub fn unsupported(thresholds: &[Threshold]) -> Vec<String> {
         .collect()
 }
 
-fn selector(target: &Target) -> Option<proto::DeviceSelector> {
+fn selector(target: &Selection) -> Option<proto::DeviceSelector> {
     use proto::device_selector::Selector;
     match target {
-        Target::All => None,
-        Target::Ids(ids) => Some(proto::DeviceSelector {
+        Selection::All => None,
+        Selection::Ids(ids) => Some(proto::DeviceSelector {
             selector: Some(Selector::DeviceIds(proto::DeviceIdList { ids: ids.clone() })),
         }),
-        Target::Labels(l) => {
+        Selection::Labels(l) => {
             Some(proto::DeviceSelector { selector: Some(Selector::LabelSelector(l.to_string())) })
         }
     }
 }
 
-pub(super) fn fault_params(
+pub(crate) fn fault_params(
     spec: &crate::sim::fault::FaultSpec,
     reason: &Option<String>,
 ) -> prost_types::Struct {
@@ -202,10 +204,10 @@ async fn run_async(
         tokio::time::sleep_until(due.into()).await;
         let late = Instant::now().saturating_duration_since(due);
         crate::measure::stats::record(&mut lateness, late.as_micros() as u64);
-        apply(&pool, sc, &ta.action, &mut report).await.map_err(|e| {
+        apply(&pool, sc, &ta.cue, &mut report).await.map_err(|e| {
             format!("step[{}] at {}: {e}", ta.step, crate::sim::time::format_duration_ms(ta.at_ms))
         })?;
-        if let Action::Log(m) = &ta.action {
+        if let Cue::Log(m) = &ta.cue {
             if !quiet {
                 eprintln!("scenario log: {m}");
             }
@@ -268,28 +270,28 @@ async fn run_async(
 async fn apply(
     pool: &Pool,
     sc: &Scenario,
-    action: &Action,
+    cue: &Cue,
     report: &mut RemoteReport,
 ) -> Result<(), String> {
-    let (target, op) = match action {
-        Action::Spawn { profile, labels, ids } => {
+    let (target, op) = match cue {
+        Cue::Spawn { profile, labels, ids } => {
             let source = sc.profile_sources.get(&profile.name).map(|a| &**a);
             let r = pool.spawn(specs(profile, source, labels, ids)?).await?;
             report.devices_spawned += r.spawned as u64;
             report.spawn_failures += r.failed_device_ids.len() as u64;
             return Ok(());
         }
-        Action::Log(_) | Action::Phase(_) => return Ok(()),
-        Action::Apply { target, op } => (target, op),
+        Cue::Log(_) | Cue::Phase(_) => return Ok(()),
+        Cue::Apply { selection, op } => (selection, op),
     };
-    if let Op::Update(u) = op
-        && (u.change.interval_ms.is_some() || !u.change.labels.is_empty())
+    if let Action::Behaviour(u) = &op.action
+        && (u.interval_ms.is_some() || !u.labels.is_empty())
     {
         return Err("an update of interval or labels is not in simulator.v1 (UpdateDeviceBehavior changes fields and behaviour only); a remote run can update fields, report, events, availability and sleep".into());
     }
     // Id selections go to the runtimes that own the ids; the others to every runtime.
-    let parts: Vec<(usize, Target)> = match target {
-        Target::Ids(ids) => {
+    let parts: Vec<(usize, Selection)> = match target {
+        Selection::Ids(ids) => {
             let mut per: Vec<Vec<String>> = vec![vec![]; pool.addrs.len()];
             for id in ids {
                 per[owner(&pool.addrs, id)].push(id.clone());
@@ -297,15 +299,15 @@ async fn apply(
             per.into_iter()
                 .enumerate()
                 .filter(|(_, v)| !v.is_empty())
-                .map(|(i, v)| (i, Target::Ids(v)))
+                .map(|(i, v)| (i, Selection::Ids(v)))
                 .collect()
         }
         other => (0..pool.addrs.len()).map(|i| (i, other.clone())).collect(),
     };
     for (i, target) in parts {
         let sel = selector(&target);
-        match op {
-            Op::Stop => {
+        match &op.action {
+            Action::Stop => {
                 let req = proto::StopDevicesRequest { selector: sel, graceful: true };
                 pool.call(i, |mut c| {
                     let req = req.clone();
@@ -314,8 +316,8 @@ async fn apply(
                 .await
                 .map(drop)?
             }
-            Op::Pause | Op::Resume => {
-                let resume = matches!(op, Op::Resume);
+            Action::Pause(pause) => {
+                let resume = !*pause;
                 pool.call(i, |mut c| {
                     let sel = sel.clone();
                     async move {
@@ -329,12 +331,12 @@ async fn apply(
                 .await
                 .map(drop)?
             }
-            Op::Fault { spec, reason } => {
+            Action::Fault(spec) => {
                 let req = proto::InjectFaultRequest {
                     selector: sel,
                     fault_type: spec.kind.type_number(),
                     duration: Some(pb_duration(spec.duration_ms)),
-                    parameters: Some(fault_params(spec, reason)),
+                    parameters: Some(fault_params(spec, &op.reason)),
                 };
                 pool.call(i, |mut c| {
                     let req = req.clone();
@@ -343,7 +345,7 @@ async fn apply(
                 .await
                 .map(drop)?
             }
-            Op::Clear(kind) => {
+            Action::ClearFaults(kind) => {
                 let req =
                     proto::ClearFaultsRequest { selector: sel, fault_type: kind.unwrap_or(0) };
                 pool.call(i, |mut c| {
@@ -353,8 +355,8 @@ async fn apply(
                 .await
                 .map(drop)?
             }
-            Op::Update(u) => {
-                let Some(params) = &u.params else { continue };
+            Action::Behaviour(_) => {
+                let Some(params) = &op.params else { continue };
                 let req = proto::UpdateDeviceBehaviorRequest {
                     selector: sel,
                     behavior_params: Some(table_to_pb(params)),
@@ -366,6 +368,8 @@ async fn apply(
                 .await
                 .map(drop)?
             }
+            // A scenario's steps never query devices.
+            Action::Status { .. } | Action::List { .. } | Action::CountBy(_) => {}
         }
     }
     Ok(())
@@ -396,7 +400,7 @@ pub fn render(r: &RemoteReport) -> String {
     for line in &r.log {
         out.push_str(&format!("  log {} step[{}]: {}\n", line.sim_time, line.step, line.message));
     }
-    out.push_str(&super::threshold::render(&r.thresholds));
+    out.push_str(&crate::threshold::render(&r.thresholds));
     let _ = rfc3339_ms;
     out
 }

@@ -1,24 +1,89 @@
-//! The shard's side of a scenario: a cursor over the shared, compiled timeline. Before the
-//! shard ticks the devices due at sim time `t` it applies every action with `at <= t` to its
-//! own devices, through the same spawn and selection code as the control plane's commands
-//! (`inbox.rs`). Spawned ids come from the timeline; each shard spawns the ones it owns
-//! (`seed::shard_of`), so the fleet is the same for any number of shards.
+//! The timeline a shard runs: a scenario compiled into [`TimedCue`]s at sim-time offsets
+//! (built by `crate::scenario`, which the shard never sees), and the shard's cursor over it.
+//!
+//! Before the shard ticks the devices due at sim time `t` it applies every cue with `at <= t`
+//! to its own devices, through the same spawn and selection code as the control plane's
+//! commands (`inbox.rs`): a cue's selection and action are the command's own
+//! [`Selection`] and [`Action`]. Spawned ids come from the timeline; each shard spawns the ones
+//! it owns (`seed::shard_of`), so the fleet is the same for any number of shards.
 
 use super::Shard;
 use super::command::{Action, Selection, SpawnSpec};
 use super::event::EventKind;
 use super::inbox::ScenarioCommand;
 use crate::measure::stats;
-use crate::scenario::{self, Scenario, Target};
+use crate::sim::profile::Profile;
 use crate::sim::seed;
 use crate::sim::time::SimMs;
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// What a step does to the devices it selects: the shard's [`Action`], and what only a remote
+/// run sends beside it.
+#[derive(Clone, Debug)]
+pub(crate) struct Op {
+    pub action: Action,
+    /// A fault step's `params.reason`.
+    pub reason: Option<String>,
+    /// An update step's `fields`, `report`, `events`, `availability` and `sleep` as written (a
+    /// remote run sends them as UpdateDeviceBehavior's params).
+    pub params: Option<Arc<toml::Table>>,
+}
+
+impl Op {
+    /// An action with nothing beside it.
+    pub fn of(action: Action) -> Op {
+        Op { action, reason: None, params: None }
+    }
+}
+
+/// One thing that happens at one sim time.
+#[derive(Clone, Debug)]
+pub(crate) enum Cue {
+    /// Spawns these ids (each shard spawns the ones it owns).
+    Spawn { profile: Arc<Profile>, labels: BTreeMap<String, String>, ids: Vec<String> },
+    /// Applies `op` to the devices `selection` picks (of ids, each shard takes those it owns).
+    Apply { selection: Selection, op: Op },
+    /// A message for the report and the event stream.
+    Log(String),
+    /// A named phase starts (index into [`Script::phases`]).
+    Phase(usize),
+}
+
+/// A cue and when it happens.
+#[derive(Clone, Debug)]
+pub(crate) struct TimedCue {
+    /// Sim-time offset from the run start, ms.
+    pub at_ms: u64,
+    /// The step of the file it comes from (0-based).
+    pub step: usize,
+    pub cue: Cue,
+}
+
+/// The compiled scenario: cues sorted by time (ties in file order).
+pub(crate) type Timeline = Vec<TimedCue>;
+
+/// A named phase: from its step's time to the next phase's (or the end).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Phase {
+    pub name: String,
+    /// Sim-time offsets from the run start, ms.
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// What every shard of a scenario run gets: the scenario's name, its timeline and phases.
+#[derive(Clone, Debug)]
+pub(crate) struct Script {
+    pub name: String,
+    pub timeline: Arc<Timeline>,
+    pub phases: Vec<Phase>,
+}
+
 /// Where a shard is in its scenario.
 pub(crate) struct ScenarioCursor {
-    pub scenario: Arc<Scenario>,
+    pub scenario: Arc<Script>,
     /// Index of the next action to apply.
     next: usize,
     /// Absolute sim time of each phase's start and end, for per-phase statistics.
@@ -29,7 +94,7 @@ pub(crate) struct ScenarioCursor {
 }
 
 impl ScenarioCursor {
-    pub fn new(scenario: Arc<Scenario>, start_ms: SimMs) -> ScenarioCursor {
+    pub fn new(scenario: Arc<Script>, start_ms: SimMs) -> ScenarioCursor {
         let phase_bounds =
             scenario.phases.iter().map(|p| (start_ms + p.start_ms, start_ms + p.end_ms)).collect();
         ScenarioCursor { scenario, next: 0, phase_bounds, lateness: stats::histogram(), applied: 0 }
@@ -65,24 +130,23 @@ impl Shard {
                     crate::measure::stats::record(&mut c.lateness, late_us);
                 }
             }
-            self.apply_action(&sc, ix, at);
+            self.apply_cue(&sc, ix, at);
         }
     }
 
-    fn apply_action(&mut self, sc: &Arc<Scenario>, ix: usize, at: SimMs) {
-        let (step, action) = (sc.timeline[ix].step, &sc.timeline[ix].action);
+    fn apply_cue(&mut self, sc: &Arc<Script>, ix: usize, at: SimMs) {
+        let (step, cue) = (sc.timeline[ix].step, &sc.timeline[ix].cue);
         let (index, shards) = (self.plan.index, self.plan.shards);
         let mine = |id: &String| shards <= 1 || seed::shard_of(id, shards) == index;
-        match action {
-            scenario::Action::Spawn { ids, .. } => {
+        match cue {
+            Cue::Spawn { ids, .. } => {
                 if !ids.iter().any(mine) {
                     return;
                 }
                 // The specs are made as the inbox takes them, under the tick budget.
                 let sc = sc.clone();
                 let specs = (0..ids.len()).filter_map(move |k| {
-                    let scenario::Action::Spawn { profile, labels, ids } = &sc.timeline[ix].action
-                    else {
+                    let Cue::Spawn { profile, labels, ids } = &sc.timeline[ix].cue else {
                         return None;
                     };
                     let id = &ids[k];
@@ -94,29 +158,20 @@ impl Shard {
                 });
                 self.scenario_command(ScenarioCommand::Spawn(Box::new(specs)), at);
             }
-            scenario::Action::Apply { target, op } => {
-                let selection = match target {
-                    Target::All => Selection::All,
-                    Target::Labels(l) => Selection::Labels(l.clone()),
-                    Target::Ids(ids) => {
+            Cue::Apply { selection, op } => {
+                let selection = match selection {
+                    Selection::Ids(ids) => {
                         let own: Vec<String> = ids.iter().filter(|id| mine(id)).cloned().collect();
                         if own.is_empty() {
                             return;
                         }
                         Selection::Ids(own)
                     }
+                    other => other.clone(),
                 };
-                let action = match op {
-                    scenario::Op::Stop => Action::Stop,
-                    scenario::Op::Fault { spec, .. } => Action::Fault(spec.clone()),
-                    scenario::Op::Clear(kind) => Action::ClearFaults(*kind),
-                    scenario::Op::Pause => Action::Pause(true),
-                    scenario::Op::Resume => Action::Pause(false),
-                    scenario::Op::Update(u) => Action::Behaviour(u.change.clone()),
-                };
-                self.scenario_command(ScenarioCommand::Scan(selection, action), at);
+                self.scenario_command(ScenarioCommand::Scan(selection, op.action.clone()), at);
             }
-            scenario::Action::Log(message) => {
+            Cue::Log(message) => {
                 // One event per step, from shard 0.
                 if index == 0 {
                     self.ctl.emit(
@@ -129,7 +184,7 @@ impl Shard {
                     );
                 }
             }
-            scenario::Action::Phase(_) => {}
+            Cue::Phase(_) => {}
         }
     }
 }

@@ -5,9 +5,9 @@
 //! and optionally a phase, a sink and a device type that narrow what it looks at. `abort = true`
 //! makes a realtime run check it at every progress interval and stop early when it fails.
 
-use crate::config::walk::{Problems, Table, show, type_name};
 use crate::measure::stats::{ProfileStats, histogram};
 use crate::sim::profile::{Fleet, Protocol};
+use crate::walk::{Problems, Table, show, type_name};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use toml::Value;
@@ -473,11 +473,6 @@ impl Threshold {
             note,
         }
     }
-}
-
-/// An empty span (nothing measured), for thresholds of a phase that never started.
-pub fn empty_lateness() -> Histogram<u64> {
-    histogram()
 }
 
 /// One line per verdict, for the terminal report.
