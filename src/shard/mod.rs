@@ -8,7 +8,10 @@
 pub(crate) mod command;
 pub(crate) mod event;
 mod faults;
+mod figures;
 mod inbox;
+mod scan;
+mod spawning;
 pub(crate) mod streams;
 pub(crate) mod tap;
 pub(crate) mod timeline;

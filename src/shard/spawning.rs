@@ -1,0 +1,334 @@
+//! Spawning at runtime: the id index (built in steps so a million ids do not stall the ticks),
+//! one device per spec, runtime profiles and groups interned and freed when their last device
+//! goes, and id slots of stopped devices reused.
+
+use super::Shard;
+use super::command::{SpawnReply, SpawnSpec};
+use super::event::EventKind;
+use super::inbox::*;
+use crate::measure::clock::mono_ns;
+use crate::measure::stats::{ProfileStats, Retired};
+use crate::sim::device::{DeviceTable, device_seed};
+use crate::sim::profile::{self, Group, Profile};
+use crate::sim::seed;
+use crate::sink::Sink;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+impl Shard {
+    pub(super) fn id_of(&self, key: u32, out: &mut String) -> bool {
+        let fleet = &*self.plan.fleet;
+        match self.table.get(key) {
+            Some(d) => {
+                let g = &fleet.groups[d.group as usize];
+                g.device_id(&fleet.profiles[g.profile], d.index as u64, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Builds the id index a step at a time; true once it is complete. Stops, spawns and
+    /// behaviour changes keep a partial index right (they insert and remove their own keys).
+    pub(super) fn id_index_step(&mut self, deadline: u64) -> bool {
+        if self.ctl.ids_ready {
+            return true;
+        }
+        let mut map = self.ctl.ids.take().unwrap_or_default();
+        let mut id = String::new();
+        let end = self.table.key_capacity();
+        let mut n = 0usize;
+        while self.ctl.ids_cursor < end {
+            let k = self.ctl.ids_cursor as u32;
+            self.ctl.ids_cursor += 1;
+            if self.id_of(k, &mut id) {
+                if map.capacity() == map.len() {
+                    // Grow once to the full size rather than by doubling (each doubling
+                    // rehashes everything so far in one go).
+                    // A quarter of headroom: spawns that follow then do not rehash a full map.
+                    map.reserve((self.table.len() + self.table.len() / 4).max(1024));
+                }
+                map.insert(id.clone(), k);
+            }
+            n += 1;
+            if n.is_multiple_of(CHUNK) && mono_ns() >= deadline {
+                break;
+            }
+        }
+        self.ctl.ids = Some(map);
+        self.ctl.ids_ready = self.ctl.ids_cursor >= end;
+        self.ctl.ids_ready
+    }
+
+    pub(super) fn spawn_one(&mut self, spec: SpawnSpec, acc: &mut SpawnReply) {
+        // The caller completed the id index first (`id_index_step`).
+        if self.ctl.ids.as_ref().is_some_and(|m| m.contains_key(&spec.id)) {
+            let reason = format!("device {:?} already exists", spec.id);
+            acc.failed.push((spec.id, reason));
+            return;
+        }
+        // The profile first, so that a sink opened now knows it (HTTP endpoints, per-profile
+        // statistics of network sinks).
+        let profile_ix = self.intern_profile(&spec.profile);
+        let proto_ix = spec.profile.protocol.index();
+        if self.sinks[proto_ix].is_none() {
+            let opened = Sink::open(
+                spec.profile.protocol,
+                &self.plan.sinks,
+                self.plan.index,
+                self.plan.shards,
+                &self.plan.fleet,
+            );
+            // A sink opened now must also be started (its connection tasks spawned on this
+            // shard's LocalSet), or its messages would only queue.
+            let started = opened.map_err(|e| e.to_string()).and_then(|mut s| s.start().map(|()| s));
+            match started {
+                Ok(s) => self.sinks[proto_ix] = Some(s),
+                Err(e) => {
+                    let reason = format!("cannot open the {} sink: {e}", spec.profile.protocol);
+                    acc.failed.push((spec.id, reason));
+                    return;
+                }
+            }
+        }
+        if let Some(asked) = &spec.profile.requested_protocol {
+            *self.ctl.fallback_devices.entry(asked.clone()).or_default() += 1;
+            self.publish_fallback();
+        }
+        // A group index is reused only when no other command is under way: a scan caches
+        // whether each group matches its selector.
+        let reuse = self.ctl.work.is_empty();
+        let gi = self.intern_group(profile_ix, spec.labels, reuse);
+        let free = self.ctl.free_ids.get_mut(&(gi as u32)).and_then(Vec::pop);
+        let fleet = Arc::make_mut(&mut self.plan.fleet);
+        let group = &mut fleet.groups[gi];
+        let index = match free {
+            Some(i) => {
+                group.ids[i as usize] = spec.id.clone();
+                i
+            }
+            None => {
+                group.ids.push(spec.id.clone());
+                group.ids.len() as u32 - 1
+            }
+        };
+        group.count += 1;
+        let ds = device_seed(self.plan.seed, &spec.id);
+        let key = self.table.insert(fleet, gi as u32, index, ds);
+        let now = self.control_now();
+        let interval = spec.profile.interval_ms;
+        self.wheel.insert(key, now + seed::phase_ms(ds, interval).max(1));
+        self.ctl.emit(
+            &spec.id,
+            &self.plan.fleet.groups[gi].labels,
+            EventKind::Spawned,
+            "device started".into(),
+            now,
+            vec![("device_type", spec.profile.device_type.clone())],
+        );
+        if let Some(tap) = &self.plan.excuses {
+            let g = &self.plan.fleet.groups[gi];
+            tap.spawned(crate::shard::tap::SpawnNote {
+                id: spec.id.clone(),
+                profile: spec.profile.clone(),
+                labels: g.labels.clone(),
+                labels_json: g.labels_json.clone(),
+                at_ms: now,
+            });
+        }
+        if let Some(ids) = &mut self.ctl.ids {
+            ids.insert(spec.id, key);
+        }
+        acc.spawned += 1;
+    }
+
+    pub(super) fn intern_profile(&mut self, p: &Arc<Profile>) -> usize {
+        let addr = Arc::as_ptr(p) as usize;
+        if let Some(&ix) = self.ctl.profiles.get(&addr) {
+            return ix;
+        }
+        let fleet = Arc::make_mut(&mut self.plan.fleet);
+        // A freed index has empty statistics here and in every sink (`retire_profile`).
+        let ix = match self.ctl.free_profiles.pop() {
+            Some(ix) => {
+                fleet.profiles[ix] = (**p).clone();
+                ix
+            }
+            None => {
+                fleet.profiles.push((**p).clone());
+                self.stats.profiles.push(ProfileStats::new());
+                for ph in &mut self.stats.phases {
+                    ph.push(ProfileStats::new());
+                }
+                fleet.profiles.len() - 1
+            }
+        };
+        // Network sinks record per profile too: make room for the new one.
+        for sink in self.sinks.iter().flatten() {
+            if let Some(net) = sink.net_shared() {
+                let mut st = net.stats.borrow_mut();
+                if st.len() <= ix {
+                    st.resize_with(ix + 1, ProfileStats::new);
+                }
+            }
+        }
+        self.ctl.profiles.insert(addr, ix);
+        self.ctl.kept.insert(ix, p.clone());
+        ix
+    }
+
+    /// Frees the runtime profiles that no device uses any more and of which no network sink
+    /// still holds a message (`NetShared::pending`); one that still has messages out is looked
+    /// at again on the next turn. Only between commands: a command in progress may hold
+    /// profile and group indices (a scan's `remap`, its group matches).
+    pub(super) fn retire_profiles(&mut self) {
+        if self.ctl.retire.is_empty() || !self.ctl.work.is_empty() {
+            return;
+        }
+        // A failed file write is counted against its profile before the index can change.
+        self.account_lost();
+        let mut freed = false;
+        for ix in std::mem::take(&mut self.ctl.retire) {
+            if !self.ctl.kept.contains_key(&ix)
+                || self.table.live_by_profile().get(ix).is_some_and(|&n| n > 0)
+            {
+                // A fleet-file profile, one already freed, or one with devices (it is
+                // looked at again when one of them stops).
+                continue;
+            }
+            let held =
+                self.sinks.iter().flatten().filter_map(Sink::net_shared).any(|n| n.pending(ix) > 0);
+            if held {
+                self.ctl.retire.insert(ix);
+            } else {
+                self.retire_profile(ix);
+                freed = true;
+            }
+        }
+        if freed && self.table.is_empty() {
+            // As in `release_memory`: the stop that emptied the shard trimmed before this.
+            // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+
+    /// Folds profile `ix`'s statistics (the shard's, every network sink's, per phase too) and
+    /// its groups' device counts into the retired entry of its report row
+    /// (`ShardStats::retired`), then frees the profile (a husk keeps its slot until a new
+    /// profile takes it) and its groups (reused by the next new group).
+    pub(super) fn retire_profile(&mut self, ix: usize) {
+        let Some(arc) = self.ctl.kept.remove(&ix) else { return };
+        self.ctl.profiles.remove(&(Arc::as_ptr(&arc) as usize));
+        drop(arc);
+        let fleet = Arc::make_mut(&mut self.plan.fleet);
+        let p = &fleet.profiles[ix];
+        let names: Vec<&str> = p.behaviour.events.iter().map(|e| e.name.as_str()).collect();
+        let key = (p.protocol.name(), p.device_type.as_str(), p.requested_protocol.as_deref());
+        let take = |st: &mut ProfileStats| std::mem::take(st);
+        let mut folded = Retired::default();
+        folded.total.fold(&take(&mut self.stats.profiles[ix]), &names);
+        let nets: Vec<_> = self.sinks.iter().flatten().filter_map(Sink::net_shared).collect();
+        for net in &nets {
+            if let Some(st) = net.stats.borrow_mut().get_mut(ix) {
+                folded.total.fold(&take(st), &names);
+            }
+        }
+        let phases = nets.iter().map(|n| n.phase_stats.borrow().len()).max().unwrap_or(0);
+        folded.phases.resize_with(self.stats.phases.len().max(phases), Default::default);
+        for (ph, f) in folded.phases.iter_mut().enumerate() {
+            if let Some(st) = self.stats.phases.get_mut(ph).and_then(|v| v.get_mut(ix)) {
+                f.fold(&take(st), &names);
+            }
+            for net in &nets {
+                let mut per = net.phase_stats.borrow_mut();
+                if let Some(st) = per.get_mut(ph).and_then(|v| v.get_mut(ix)) {
+                    f.fold(&take(st), &names);
+                }
+            }
+        }
+        // The report counts every device a row ever had (a stopped one too).
+        for gi in 0..fleet.groups.len() {
+            if fleet.groups[gi].profile != ix || self.ctl.free_groups.contains(&gi) {
+                continue;
+            }
+            let g = &mut fleet.groups[gi];
+            folded.devices += g.count;
+            self.ctl.groups.remove(&(ix, std::mem::take(&mut g.labels)));
+            g.count = 0;
+            g.ids = vec![];
+            g.labels_json = profile::labels_json(&g.labels);
+            self.ctl.free_ids.remove(&(gi as u32));
+            self.ctl.free_groups.insert(gi);
+        }
+        self.stats.retired_mut(key).merge(&folded);
+        let husk = Profile::husk(p.protocol, &p.device_type, p.requested_protocol.clone(), &[]);
+        fleet.profiles[ix] = husk;
+        self.ctl.free_profiles.push(ix);
+    }
+
+    /// Gives memory back once the last device of the shard has stopped: the device table and
+    /// the id index start over, the freed id slots are released, and the allocator returns
+    /// what it holds free to the system (glibc keeps freed memory otherwise: 30 "spawn 50,000,
+    /// stop all" cycles left a runtime at 6x its idle size).
+    pub(super) fn release_memory(&mut self) {
+        self.reclaim_ids();
+        self.table = DeviceTable::default();
+        self.ctl.ids = None;
+        self.ctl.ids_cursor = 0;
+        self.ctl.ids_ready = false;
+        // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+        unsafe { libc::malloc_trim(0) };
+    }
+
+    /// Frees the id text of stopped spawned devices and keeps their slots for the next spawn
+    /// into the same group: `Group::ids` grew by every device ever spawned (measured: ~2 MiB
+    /// per "spawn 50,000, stop all" cycle, never returned). Done between commands, when no
+    /// clone of the fleet is held, so `Arc::make_mut` does not copy it.
+    pub(super) fn reclaim_ids(&mut self) {
+        if self.ctl.released.is_empty() {
+            return;
+        }
+        let fleet = Arc::make_mut(&mut self.plan.fleet);
+        for (gi, index) in self.ctl.released.drain(..) {
+            // Fleet-file groups derive their ids and have no slots.
+            if let Some(slot) = fleet.groups[gi as usize].ids.get_mut(index as usize) {
+                *slot = String::new();
+                self.ctl.free_ids.entry(gi).or_default().push(index);
+            }
+        }
+    }
+
+    pub(super) fn intern_group(
+        &mut self,
+        profile_ix: usize,
+        labels: BTreeMap<String, String>,
+        reuse: bool,
+    ) -> usize {
+        if let Some(&gi) = self.ctl.groups.get(&(profile_ix, labels.clone())) {
+            return gi;
+        }
+        let fleet = Arc::make_mut(&mut self.plan.fleet);
+        let group = Group {
+            profile: profile_ix,
+            count: 0,
+            first_ordinal: 0,
+            labels_json: profile::labels_json(&labels),
+            labels: labels.clone(),
+            ids: vec![],
+        };
+        let free = if reuse { self.ctl.free_groups.pop_first() } else { None };
+        let gi = match free {
+            Some(gi) => {
+                fleet.groups[gi] = group;
+                self.ctl.streams.forget_group(gi);
+                gi
+            }
+            None => {
+                fleet.groups.push(group);
+                fleet.groups.len() - 1
+            }
+        };
+        self.ctl.groups.insert((profile_ix, labels), gi);
+        gi
+    }
+}
