@@ -9,11 +9,15 @@ pub(crate) mod command;
 pub(crate) mod event;
 mod faults;
 mod figures;
+#[cfg(test)]
+mod harness;
 mod inbox;
 mod scan;
 mod spawning;
 pub(crate) mod streams;
 pub(crate) mod tap;
+#[cfg(test)]
+mod tests;
 pub(crate) mod timeline;
 
 use crate::config::{ClockMode, SinkSettings};
