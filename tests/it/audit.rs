@@ -94,8 +94,9 @@ fn a_clean_amqp_run_has_nothing_lost_or_duplicated() {
     assert!(a["source"].as_str().unwrap().starts_with("amqp"), "{a}");
 }
 
-/// Runs the fleet through a private broker that hangs 2.5 s in (SIGSTOP: the sink's writes
-/// pile up in its socket), is killed 1 s later and restarted at once.
+/// Runs the fleet through a private broker that hangs once a second of the run went through it
+/// (SIGSTOP: the sink's writes pile up in its socket), is killed 1 s later and restarted at
+/// once.
 fn restart_run(qos: u8) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -109,9 +110,17 @@ fn restart_run(qos: u8) -> Value {
     let toml = fleet("mqtt", &sink, &root, "5s", &format!("qos = {qos}\ngrace = \"5s\""));
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, toml).unwrap();
+    let sub = common::mqtt::Subscriber::start(port, &format!("{root}/#"));
     let child = spawn_run(dir.path(), &cfg, &["--cores", "2"]);
-    std::thread::sleep(Duration::from_millis(2500));
+    // The run is publishing through the broker: a second's worth (800) arrived.
+    assert!(
+        sub.wait_count(800, Duration::from_secs(30)),
+        "only {} messages through the broker before the hang",
+        sub.count()
+    );
     broker.signal(libc::SIGSTOP);
+    // The hang itself: its length is the point (the sink keeps writing into a socket nobody
+    // reads, which a QoS 0 publisher then forgets).
     std::thread::sleep(Duration::from_millis(1000));
     broker.kill();
     broker.up();
@@ -180,15 +189,40 @@ fn envelope(id: &str, seq: u64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Starts `iot-sim audit` (stdout piped, stderr to `dir/audit.stderr`, read by
+/// [`audit_consuming`] while it runs and by [`audit_output`] after).
 fn audit_cmd(dir: &Path, cfg: &Path, extra: &[&str]) -> std::process::Child {
     let rd = dir.join("audit");
+    let err = std::fs::File::create(dir.join("audit.stderr")).unwrap();
     bin()
         .args(["audit", "--config", cfg.to_str().unwrap(), "--report-dir", rd.to_str().unwrap()])
         .args(extra)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(err)
         .spawn()
         .unwrap()
+}
+
+/// Waits (up to 30 s) until the auditor started by [`audit_cmd`] printed "audit: consuming
+/// from" (it prints that once its consumer is subscribed, or after warning that it is not yet).
+fn audit_consuming(dir: &Path) {
+    let path = dir.join("audit.stderr");
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains("audit: consuming from") {
+            return;
+        }
+        assert!(std::time::Instant::now() < end, "the auditor did not start within 30 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`output_within`] for an auditor of [`audit_cmd`], its stderr read back from the file.
+fn audit_output(child: std::process::Child, dir: &Path, secs: u64) -> std::process::Output {
+    let mut out = output_within(child, secs);
+    out.stderr = std::fs::read(dir.join("audit.stderr")).unwrap_or_default();
+    out
 }
 
 fn audit_json(dir: &Path) -> Value {
@@ -207,14 +241,16 @@ fn reordering_through_two_connections_and_bad_input_are_classified() {
     .unwrap();
     let child =
         audit_cmd(dir.path(), &cfg, &["--mqtt", "mqtt://127.0.0.1:1883", "--duration", "4s"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    audit_consuming(dir.path());
     let topic = format!("{root}/probe-0000/telemetry");
+    let watch = common::mqtt::Subscriber::start(1883, &topic);
     let (a, _ha) = publisher(1883);
     let (b, _hb) = publisher(1883);
     for seq in [0, 1, 2, 4, 4] {
         a.publish(&topic, QoS::AtLeastOnce, false, envelope("probe-0000", seq)).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The broker routed all five (to the auditor as to this watcher) before anything of `b`.
+    assert!(watch.wait_count(5, Duration::from_secs(30)), "{} of 5 routed", watch.count());
     // Seq 3 comes late through the second connection.
     b.publish(&topic, QoS::AtLeastOnce, false, envelope("probe-0000", 3)).unwrap();
     b.publish(&topic, QoS::AtLeastOnce, false, b"{not json".to_vec()).unwrap();
@@ -222,7 +258,7 @@ fn reordering_through_two_connections_and_bad_input_are_classified() {
         .unwrap();
     b.publish(format!("{root}/elsewhere"), QoS::AtLeastOnce, false, envelope("probe-0001", 0))
         .unwrap();
-    let out = output_within(child, 30);
+    let out = audit_output(child, dir.path(), 30);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let j = audit_json(dir.path());
     let au = &j["audit"];
@@ -251,10 +287,10 @@ fn a_stand_alone_audit_checks_a_run_in_another_process() {
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let child = audit_cmd(dir.path(), &cfg, &["--duration", "6s"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    audit_consuming(dir.path());
     let run = run_within(dir.path(), &toml, &["--cores", "2"], 60);
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
-    let out = output_within(child, 30);
+    let out = audit_output(child, dir.path(), 30);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let j = audit_json(dir.path());
     let a = &j["audit"];
@@ -325,8 +361,23 @@ fn metrics_show_the_audit_counts_and_an_interrupted_run_loses_nothing() {
         .args(["--report-dir", rd.to_str().unwrap()]);
     let mut run = Running::start(&mut cmd);
     let admin = run.admin_addr();
-    std::thread::sleep(Duration::from_millis(2000));
-    let (code, metrics) = http_get(&admin, "/metrics");
+    let in_order_of = |metrics: &str| -> Option<f64> {
+        let l = metrics
+            .lines()
+            .find(|l| l.starts_with("iot_sim_audit_messages_total{kind=\"in_order\"}"))?;
+        l.rsplit(' ').next()?.parse().ok()
+    };
+    // Polls /metrics until the audit counted more than the report check below needs (about
+    // 1.3 s of the run's 800 msg/s), for at most 30 s.
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let (code, metrics) = loop {
+        let (code, metrics) = http_get(&admin, "/metrics");
+        let enough = in_order_of(&metrics).is_some_and(|v| v > 1000.0);
+        if code != 200 || enough || std::time::Instant::now() > end {
+            break (code, metrics);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(code, 200);
     let in_order = metrics
         .lines()
@@ -375,7 +426,7 @@ fn a_missing_queue_is_counted_and_the_auditor_keeps_going() {
         &cfg,
         &["--amqp", "amqp://127.0.0.1:5672/%2f", "--queue", &queue, "--duration", "3s"],
     );
-    let out = output_within(child, 30);
+    let out = audit_output(child, dir.path(), 30);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let j = audit_json(dir.path());
     // Refused at once, retried every second until the end.
@@ -398,13 +449,13 @@ fn a_shared_subscription_feeds_the_auditor() {
         &cfg,
         &["--mqtt", "mqtt://127.0.0.1:1883", "--filter", &filter, "--duration", "3s"],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    audit_consuming(dir.path());
     let (a, _h) = publisher(1883);
     for seq in 0..3 {
         let topic = format!("{root}/probe-0007/telemetry");
         a.publish(topic, QoS::AtLeastOnce, false, envelope("probe-0007", seq)).unwrap();
     }
-    let out = output_within(child, 30);
+    let out = audit_output(child, dir.path(), 30);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let au = &audit_json(dir.path())["audit"];
     assert_eq!((n(au, "received"), n(au, "lost"), n(au, "foreign_topic")), (3, 0, 0), "{au}");
@@ -543,7 +594,7 @@ fn verify_values_counts_crafted_wrong_values_by_kind() {
     std::fs::write(&cfg, toml).unwrap();
     let child =
         audit_cmd(dir.path(), &cfg, &["--mqtt", "mqtt://127.0.0.1:1883", "--duration", "4s"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    audit_consuming(dir.path());
     let topic = format!("{root}/probe-0000/telemetry");
     let (a, _ha) = publisher(1883);
     let msg = |seq: u64, fields: &str| {
@@ -562,7 +613,7 @@ fn verify_values_counts_crafted_wrong_values_by_kind() {
     ] {
         a.publish(&topic, QoS::AtLeastOnce, false, msg(seq, fields)).unwrap();
     }
-    let out = output_within(child, 30);
+    let out = audit_output(child, dir.path(), 30);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let au = &audit_json(dir.path())["audit"];
     let v = &au["values"];

@@ -43,6 +43,14 @@ fn connections(broker: &Broker, id: &str) -> usize {
     broker.log().matches(&format!(" as {id} ")).count()
 }
 
+/// Whether the broker logged a PUBLISH from client `id` after its latest connection (a session
+/// publishes only once it has its CONNACK).
+fn published_since_connect(broker: &Broker, id: &str) -> bool {
+    let log = broker.log();
+    log.rfind(&format!(" as {id} "))
+        .is_some_and(|at| log[at..].contains(&format!("Received PUBLISH from {id} ")))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abrupt_fires_the_will_graceful_does_not_and_a_storm_drops_all_then_all_return() {
     let (dir, port, broker, root) = private_broker("faults");
@@ -113,7 +121,11 @@ stddev = 1
             && connections(&broker, ids[2]) == 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Each device took its CONNACK (it counts the reconnect then) and publishes again.
+    wait_until(30, "every session publishing after the storm", || {
+        ids.iter().all(|id| published_since_connect(&broker, id))
+    })
+    .await;
     assert!(rt.terminate().success());
     let got = wills.wait_for(4);
     let mut fired: Vec<String> =

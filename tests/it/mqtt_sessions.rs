@@ -57,6 +57,20 @@ fn connected_clients(log: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Waits (up to 20 s) until the broker logged the end of client `id`'s connection, graceful
+/// ("Client ID disconnected.") or not ("Client ID closed its connection.", "Socket error on
+/// client ID, ..."); true if it did.
+fn session_ended(broker: &Broker, id: &str) -> bool {
+    let (graceful, other) = (format!("Client {id} "), format!("client {id},"));
+    for _ in 0..400 {
+        if broker.log().lines().any(|l| l.contains(&graceful) || l.contains(&other)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 #[test]
 fn each_device_connects_as_its_own_client_and_every_qos1_message_arrives() {
     let dir = readable_dir();
@@ -150,8 +164,12 @@ fn slow_down_doubles_a_backed_up_devices_interval_until_its_queue_drains() {
     std::fs::write(&cfg, &toml).unwrap();
     let child = spawn_run(dir.path(), &cfg, &["--cores", "1"]);
     assert!(broker.wait_log("New client connected from", 2), "{}", broker.log());
+    // Both sessions are up (CONNACK taken) and publishing.
+    for id in ["probe-0000", "probe-0001"] {
+        assert!(broker.wait_log(&format!("Received PUBLISH from {id} "), 1), "{}", broker.log());
+    }
     // The broker stops answering for 2.5 s: each device's window (2) and then its queue fill.
-    std::thread::sleep(Duration::from_millis(300));
+    // The length of the hang is the point (the queues fill and the devices slow down).
     broker.signal(libc::SIGSTOP);
     std::thread::sleep(Duration::from_millis(2500));
     broker.signal(libc::SIGCONT);
@@ -322,8 +340,14 @@ fn sessions_come_back_after_a_broker_restart_and_nothing_is_lost_at_qos1() {
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, &toml).unwrap();
     let child = spawn_run(dir.path(), &cfg, &["--cores", "2"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Every session is up (CONNACK taken) and publishing.
+    for i in 0..10 {
+        let marker = format!("Received PUBLISH from probe-{i:04} ");
+        assert!(broker.wait_log(&marker, 1), "{}", broker.log());
+    }
     broker.kill();
+    // The outage itself: a broker that stays away a while (its length is the scenario; what
+    // the devices produce meanwhile queues).
     std::thread::sleep(Duration::from_millis(1500));
     broker.up();
     let out = output_within(child, 120);
@@ -484,6 +508,14 @@ fn a_message_over_the_brokers_maximum_packet_size_is_counted_too_large_and_the_s
     assert_eq!(ev["mqtt.session_connected"], 4, "{ev}");
     for e in ["mqtt.session_lost", "mqtt.session_reconnected", "mqtt.session_connect_error"] {
         assert!(ev.get(e).is_none(), "{e}: {ev}");
+    }
+    // Every device's session ended at the broker (a will is published as it ends), so
+    // `wait_for`'s flush comes after any will there was.
+    for i in 0..2 {
+        for kind in ["small", "big"] {
+            let id = format!("{kind}-{i:04}");
+            assert!(session_ended(&broker, &id), "{id}: {}", broker.log());
+        }
     }
     assert!(wills.wait_for(0).is_empty());
     // Each device connected once (the other client is the will subscriber).

@@ -92,8 +92,8 @@ fn qos0_messages_arrive() {
     qos_run(0, 4);
 }
 
-/// Runs a 6 s realtime fleet against our own broker, killing it at 1.5 s and restarting it at
-/// 3 s. Returns the report.
+/// Runs a 6 s realtime fleet (200 msg/s) against our own broker, killing it once a second of
+/// the run's messages went through it and restarting it 1.5 s later. Returns the report.
 fn restart_run(extra_sink: &str, extra_profile: &str) -> serde_json::Value {
     let port = free_port();
     let mut broker = Broker::start(port);
@@ -103,9 +103,17 @@ fn restart_run(extra_sink: &str, extra_profile: &str) -> serde_json::Value {
         .replace("seq = true", &format!("seq = true\n{extra_profile}"));
     std::fs::write(dir.path().join("fleet.toml"), &toml).unwrap();
     let cfg = dir.path().join("fleet.toml");
+    let sub = Subscriber::start(port, &format!("{root}/#"));
     let child = spawn_run(dir.path(), &cfg, &["--cores", "2"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The run is publishing through the broker: a second's worth (200) arrived.
+    assert!(
+        sub.wait_count(200, Duration::from_secs(30)),
+        "only {} messages through the broker before the outage",
+        sub.count()
+    );
     broker.kill();
+    // The outage itself: its length is the point (messages wait more than 1 s, and a 1.5 s
+    // outage at 200 msg/s overflows the small queues of the drop and slow-down tests).
     std::thread::sleep(Duration::from_millis(1500));
     broker.up();
     let out = output_within(child, 120);
@@ -238,11 +246,19 @@ fn wait_for_sinks_waits_for_a_broker_that_starts_late() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("fleet.toml");
     std::fs::write(&cfg, fleet(port, "late", "qos = 1", 5, "100ms", "1s")).unwrap();
-    let child = spawn_run(dir.path(), &cfg, &["--wait-for-sinks", "30s"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    let rd = dir.path().join("report");
+    let mut run =
+        Running::start(bin().args(["--config", cfg.to_str().unwrap(), "--quiet"]).args([
+            "--report-dir",
+            rd.to_str().unwrap(),
+            "--wait-for-sinks",
+            "30s",
+        ]));
+    // The run found no broker and is waiting for it.
+    run.wait_line("waiting for the server");
     let _broker = Broker::start(port);
-    let out = output_within(child, 120);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let status = run.wait_exit_within(120);
+    assert!(status.success(), "{:?}", run.lines());
     assert_eq!(report(dir.path())["runs"][0]["messages"], 50);
 }
 
@@ -291,13 +307,27 @@ fn a_virtual_run_waiting_on_a_dead_broker_still_stops_on_sigterm() {
         .replace("clock = \"realtime\"", "clock = \"virtual\"")
         .replace("duration = \"1h\"\n", "");
     std::fs::write(&cfg, toml).unwrap();
-    let child = spawn_run(dir.path(), &cfg, &[]);
-    std::thread::sleep(Duration::from_millis(800));
+    let sub = Subscriber::start(port, "dead/#");
+    let rd = dir.path().join("report");
+    let mut run = Running::start(bin().args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "--quiet",
+        "--report-dir",
+        rd.to_str().unwrap(),
+    ]));
+    // Messages went through the broker (and were acknowledged) before it goes away.
+    assert!(
+        sub.wait_count(100, Duration::from_secs(30)),
+        "only {} messages through the broker: {:?}",
+        sub.count(),
+        run.lines()
+    );
     broker.kill();
-    std::thread::sleep(Duration::from_millis(800));
-    sigterm(&child);
-    let out = output_within(child, 120);
-    assert!(out.status.success(), "{}", stderr(&out));
+    // The sink saw the broker go: the run now waits on it.
+    run.wait_line("connection lost; reconnecting with backoff");
+    let status = run.terminate();
+    assert!(status.success(), "{:?}", run.lines());
     let r = report(dir.path());
     let row = &r["runs"][0];
     assert_eq!(r["interrupted"], true);

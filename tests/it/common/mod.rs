@@ -324,6 +324,23 @@ impl Running {
         }
     }
 
+    /// Waits up to `secs` for the exit (on its own, no signal; SIGKILL and a failed test after
+    /// that) and for the last stderr lines.
+    pub fn wait_exit_within(&mut self, secs: u64) -> std::process::ExitStatus {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                self.wait_reader();
+                return s;
+            }
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                panic!("no exit within {secs} s: {:?}", self.lines());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// [`Running::terminate`], consuming the harness.
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.terminate()

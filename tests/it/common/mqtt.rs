@@ -9,9 +9,17 @@ use std::time::Duration;
 /// (topic, payload) pairs a subscriber received.
 type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 
+/// Payloads that start with this are [`Subscriber`]'s own flush markers, never collected.
+const FLUSH_MARK: &[u8] = b"iot-sim-test-flush:";
+
 /// Subscribes to `filter` and collects (topic, payload) until dropped.
 pub struct Subscriber {
     got: Received,
+    /// The flush markers that came back (see [`Subscriber::wait_for`]).
+    flushed: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// False once the connection to the broker ended (nothing more can arrive).
+    alive: Arc<std::sync::atomic::AtomicBool>,
+    filter: String,
     client: Client,
 }
 
@@ -23,38 +31,91 @@ impl Subscriber {
         let (client, mut conn) = Client::new(opts, 1000);
         client.subscribe(filter, QoS::ExactlyOnce).unwrap();
         let got = Arc::new(Mutex::new(vec![]));
+        let flushed = Arc::new(Mutex::new(vec![]));
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (tx, rx) = std::sync::mpsc::channel();
-        let sink = got.clone();
+        let (sink, marks, up) = (got.clone(), flushed.clone(), alive.clone());
         std::thread::spawn(move || {
             for ev in conn.iter() {
                 match ev {
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = tx.send(());
                     }
+                    Ok(Event::Incoming(Packet::Publish(p)))
+                        if p.payload.starts_with(FLUSH_MARK) =>
+                    {
+                        marks.lock().unwrap().push(p.payload.to_vec());
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         sink.lock().unwrap().push((p.topic.clone(), p.payload.to_vec()));
                     }
                     Ok(_) => {}
-                    Err(_) => return,
+                    Err(_) => break,
                 }
             }
+            up.store(false, std::sync::atomic::Ordering::SeqCst);
         });
         rx.recv_timeout(Duration::from_secs(10)).expect("no SUBACK from the broker");
-        Subscriber { got, client }
+        Subscriber { got, flushed, alive, filter: filter.to_string(), client }
     }
 
-    /// Waits until `n` messages arrived (or a generous while passed), then returns them.
-    pub fn wait_for(&self, n: usize) -> Vec<(String, Vec<u8>)> {
-        for _ in 0..200 {
-            if self.got.lock().unwrap().len() >= n {
-                break;
+    /// How many messages arrived so far.
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// Waits (up to `timeout`) until at least `n` messages arrived; true if they did.
+    pub fn wait_count(&self, n: usize, timeout: Duration) -> bool {
+        let end = std::time::Instant::now() + timeout;
+        while self.count() < n {
+            if std::time::Instant::now() > end {
+                return false;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        // A little longer, to catch duplicates or extras.
-        std::thread::sleep(Duration::from_millis(200));
+        true
+    }
+
+    /// Waits until `n` messages arrived (or a generous while passed), then until everything
+    /// the broker routed to this subscriber so far has arrived too (duplicates or extras
+    /// included), and returns them.
+    ///
+    /// That second wait is a flush: the subscriber publishes a marker of its own on a topic
+    /// its filter matches and waits for it to come back. The broker queues what it routes to
+    /// one subscriber in order (the marker at QoS 1 goes behind every QoS 1/2 message routed
+    /// before it; QoS 0 is never held back), so once the marker is back nothing routed earlier
+    /// is still on its way.
+    pub fn wait_for(&self, n: usize) -> Vec<(String, Vec<u8>)> {
+        self.wait_count(n, Duration::from_secs(10));
+        self.flush();
         let _ = self.client.disconnect();
         self.got.lock().unwrap().clone()
+    }
+
+    /// Publishes a flush marker on a topic the filter matches and waits (up to 10 s) until it
+    /// came back; panics if it did not. Nothing to wait for once the connection ended.
+    fn flush(&self) {
+        let alive = || self.alive.load(std::sync::atomic::Ordering::SeqCst);
+        if !alive() {
+            return;
+        }
+        // Each wildcard level becomes a concrete one ("root/+/status" -> "root/flush/status").
+        let topic: Vec<&str> = self
+            .filter
+            .split('/')
+            .map(|level| if level == "+" || level == "#" { "flush" } else { level })
+            .collect();
+        let mut mark = FLUSH_MARK.to_vec();
+        mark.extend_from_slice(unique("flush").as_bytes());
+        self.client.publish(topic.join("/"), QoS::AtLeastOnce, false, mark.clone()).unwrap();
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while alive() && !self.flushed.lock().unwrap().contains(&mark) {
+            assert!(
+                std::time::Instant::now() < end,
+                "the broker did not deliver the subscriber's flush marker within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
