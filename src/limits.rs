@@ -1,7 +1,7 @@
 //! Every bound iot-sim puts on what a fleet file or a gRPC client may ask for, in one place.
 //!
 //! A runtime is often shared by a team and driven by scripts, so no single request may crash,
-//! starve or bloat it. Each constant here is listed in the README's "Limits" section with how
+//! starve or bloat it. Each constant here is listed in the user guide's "Limits" chapter (docs/src/limits.md) with how
 //! to change it (they are compile-time constants: edit this file and rebuild). The checks that
 //! apply to both the fleet file and gRPC requests live here too, so both front ends refuse the
 //! same input with the same reason.

@@ -219,7 +219,7 @@ pub fn compile(
     {
         p.add(
             t.path_of("url"),
-            "must not contain a password: set it in the environment instead (see the README)",
+            "must not contain a password: set it in the environment instead (see the user guide, docs/src/network-sinks.md, Secrets)",
         );
     }
     let queue = t.str("queue", p).map(String::from);

@@ -217,7 +217,7 @@ fn url_key(
     match split_url(&url) {
         Ok(parts) if schemes.contains(&parts.scheme.as_str()) => {
             if parts.password {
-                p.add(t.path_of("url"), "must not contain a password: set it in the environment instead (see the README)");
+                p.add(t.path_of("url"), "must not contain a password: set it in the environment instead (see the user guide, docs/src/network-sinks.md, Secrets)");
                 return None;
             }
             Some((url, parts))

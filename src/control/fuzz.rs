@@ -1,5 +1,5 @@
 //! Property-based fuzz of gRPC request validation: whatever a client sends, validation answers
-//! (never panics), and what it accepts is within the limits (README "Limits").
+//! (never panics), and what it accepts is within the limits (the user guide's "Limits" chapter, docs/src/limits.md).
 //!
 //! Bounded in CI (256 cases per property); run longer on demand with
 //! `PROPTEST_CASES=20000 cargo test --release --lib control::fuzz`.

@@ -22,7 +22,7 @@
 //!
 //! A selector that uses the extended grammar (`!=`, `in`, `notin`, `k`, `!k`, a comma before
 //! another requirement, spaces around keys and values) is read as Kubernetes reads it, which
-//! the original would read differently; README "Compatibility" lists each case.
+//! the original would read differently; the user guide's "Compatibility" chapter (docs/src/compatibility.md) lists each case.
 //!
 //! As in the original, `key=` (an empty value) also matches a device without that label.
 //! The empty selector matches every device. A syntax error names its byte position.
@@ -445,7 +445,7 @@ mod tests {
         }
     }
 
-    /// The README's list of selectors the original reads differently (it splits at the first
+    /// The user guide's list (docs/src/compatibility.md) of selectors the original reads differently (it splits at the first
     /// `=` and compares the rest literally, and selects nothing without an `=`): each row is
     /// read here as the Kubernetes grammar reads it. (selector, labels, match)
     #[test]
