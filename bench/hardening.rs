@@ -193,6 +193,13 @@ async fn streams(addr: &str, n: usize, seconds: u64) -> serde_json::Value {
         "status_latency_us_idle": { "p50": p50_idle, "p99": p99_idle },
         "status_latency_us_with_streams": { "p50": p50, "p99": p99 },
         "points_dropped_total": dropped.telemetry_points_dropped_total,
+        // Unread streams may hold at most the points budget; 128 MiB over it is the allowance
+        // for the runtime's own buffers (h2 windows, batches in flight). Unbounded, 1,000 such
+        // streams reached 6.9 GB in 10 s.
+        "stream_budget_bytes": iot_sim::limits::STREAM_BUDGET_BYTES,
+        "rss_growth_bytes": with as i64 - idle as i64,
+        "rss_growth_within_budget": (with as i64 - idle as i64)
+            < iot_sim::limits::STREAM_BUDGET_BYTES as i64 + (128 << 20),
     })
 }
 

@@ -126,13 +126,15 @@ async fn streams_beyond_the_maximum_count_are_resource_exhausted_and_freed_when_
     .await;
 }
 
+/// What unread streams cost in memory (RSS against the points budget) is measured by
+/// `bench/hardening.sh` (streams case, `rss_growth_within_budget`), not here: a memory bound in
+/// a test that shares the machine with the rest of the suite measured the load, not the budget.
+/// The budget's accounting is unit-tested in `src/shard/streams.rs`.
 #[tokio::test]
-async fn unread_streams_stay_within_the_memory_budget_and_sigterm_ends_the_process() {
+async fn unread_streams_have_their_points_dropped_and_sigterm_ends_the_process() {
     bounded(async {
         let mut rt = serve(&["--config", "tests/abuse_fleet.toml"]);
         let mut c = client(&rt).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let idle = c.get_runtime_status(()).await.unwrap().into_inner().memory_bytes;
         let mut conns = vec![];
         let mut open = vec![];
         for i in 0..200 {
@@ -142,12 +144,15 @@ async fn unread_streams_stay_within_the_memory_budget_and_sigterm_ends_the_proce
             let cc = conns.last_mut().unwrap();
             open.push(cc.stream_telemetry(stream_req(0, None)).await.unwrap());
         }
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        let s = c.get_runtime_status(()).await.unwrap().into_inner();
-        let grown = s.memory_bytes - idle;
-        // Unbounded, 1,000 such streams reached 6.9 GB in 10 s.
-        let bound = limits::STREAM_BUDGET_BYTES as i64 + (128 << 20);
-        assert!(grown < bound, "grew by {grown} bytes with 200 unread streams (bound {bound})");
+        // Unread: once the streams' batches fill, points are dropped and counted.
+        let mut s = c.get_runtime_status(()).await.unwrap().into_inner();
+        for _ in 0..600 {
+            if s.telemetry_points_dropped_total > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            s = c.get_runtime_status(()).await.unwrap().into_inner();
+        }
         assert!(s.telemetry_points_dropped_total > 0, "{s:?}");
         // SIGTERM with the streams still open ends the process (within the helper's 60 s bound;
         // it used to take longer than 6 s, or forever).
