@@ -6,6 +6,9 @@
 #   BENCH_REPEATS=3                  runs per case (the median is reported)
 #   BENCH_DEVICES=21500              fleet size
 #   BENCH_CASES="s1 s10 s30 low"     a subset of the cases
+#   BENCH_BASE_BIN=path              also run this binary (a build of the baseline), interleaved
+#                                    with the current one in each repeat: the figures come out
+#                                    under "base" and "current", with the ratios of each
 #
 # Cases (21,500 devices of the 3-field profile of bench/million.toml, null sink, realtime, default
 # settings otherwise, every core):
@@ -27,6 +30,13 @@ OUT=target/bench/speed
 mkdir -p "$OUT"
 cargo build --release --quiet
 BIN=target/release/iot-sim
+BASE=${BENCH_BASE_BIN:-}
+LABELS=current
+if [[ -n $BASE ]]; then
+  cp "$BASE" "$OUT/iot-sim-base"
+  LABELS="base current"
+fi
+bin_of() { if [[ $1 == base ]]; then echo "$OUT/iot-sim-base"; else echo "$BIN"; fi; }
 
 case_args() { # $1 = case -> "interval speed"
   case $1 in
@@ -43,10 +53,11 @@ for rep in $(seq 1 "$REPEATS"); do
     read -r interval speed <<<"$(case_args "$c")"
     sed -e "s/^count = .*/count = $N/" -e "s/^interval = .*/interval = \"$interval\"/" \
       bench/million.toml > "$OUT/$c.toml"
-    dir="$OUT/$c-$rep"
+    for label in $LABELS; do
+    dir="$OUT/$label-$c-$rep"
     rm -rf "$dir"
     # The wrapper reads the child's rusage (voluntary context switches) after it exits.
-    python3 - "$BIN" "$dir" --config "$OUT/$c.toml" --quiet --report-dir "$dir" \
+    python3 - "$(bin_of "$label")" "$dir" --config "$OUT/$c.toml" --quiet --report-dir "$dir" \
       --clock realtime --speed "$speed" --duration "$((WALL * speed))s" <<'PY'
 import json, os, resource, subprocess, sys
 binary, d, args = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -57,17 +68,21 @@ after = resource.getrusage(resource.RUSAGE_CHILDREN)
 json.dump({"nvcsw": after.ru_nvcsw - before.ru_nvcsw,
            "nivcsw": after.ru_nivcsw - before.ru_nivcsw}, open(os.path.join(d, "csw.json"), "w"))
 PY
+    done
   done
 done
 
-python3 - "$OUT" "$REPEATS" "$CASES" "$WALL" <<'PY'
+python3 - "$OUT" "$REPEATS" "$CASES" "$WALL" "$LABELS" <<'PY'
 import json, os, statistics, sys
 out, repeats, cases, wall = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), int(sys.argv[4])
-res = {"machine": {"nproc": os.cpu_count()}, "wall_seconds": wall, "repeats": repeats, "cases": {}}
-for c in cases:
+labels = sys.argv[5].split()
+res = {"machine": {"nproc": os.cpu_count()}, "wall_seconds": wall, "repeats": repeats}
+def figures(label):
+  res = {"cases": {}}
+  for c in cases:
     runs = []
     for rep in range(1, repeats + 1):
-        d = os.path.join(out, f"{c}-{rep}")
+        d = os.path.join(out, f"{label}-{c}-{rep}")
         r = json.load(open(os.path.join(d, "report.json")))
         csw = json.load(open(os.path.join(d, "csw.json")))
         lat = r["tick_lateness_us"]
@@ -82,16 +97,19 @@ for c in cases:
     med = {k: round(statistics.median(x[k] for x in runs), 2) for k in runs[0]}
     med["runs_cpu_us_per_message"] = [round(x["cpu_us_per_message"], 2) for x in runs]
     res["cases"][c] = med
-cs = res["cases"]
-def ratio(a, b):
+  cs = res["cases"]
+  def ratio(a, b):
     if a in cs and b in cs:
         return round(cs[a]["cpu_us_per_message"] / cs[b]["cpu_us_per_message"], 2)
-res["ratios_cpu_per_message"] = {
+  res["ratios_cpu_per_message"] = {
     "s10/s1": ratio("s10", "s1"),
     "s30/s1": ratio("s30", "s1"),
     "s30/s10": ratio("s30", "s10"),
     "low/s1": ratio("low", "s1"),
-    "targets": "speed rows within 1.3x; low/s1 <= 3 with p99 lateness <= 2 ms",
-}
+  }
+  return res
+for label in labels:
+    res[label] = figures(label)
+res["targets"] = "speed rows within 1.3x; low/s1 <= 3 with p99 lateness <= 2 ms"
 print(json.dumps(res, indent=2))
 PY
