@@ -155,7 +155,7 @@ mod tests {
         // timer_slack is the shortest sleep: it wins when it reaches further.
         assert_eq!(busy.deadline(next, O, turn, 5_000_000), turn + 5_000_000);
         assert_eq!(light.deadline(next, O, turn, 1_500_000), O + 12 * GRID_NS);
-        // A slot already due wakes at once on the grid point it is on.
-        assert_eq!(busy.deadline(O + 10 * GRID_NS, O, turn, 0), O + 10 * GRID_NS);
+        // A slot already due when the turn began: at once (the turn's start is past).
+        assert_eq!(busy.deadline(O + 10 * GRID_NS, O, turn, 0), turn);
     }
 }

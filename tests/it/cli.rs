@@ -436,7 +436,8 @@ fn an_accelerated_realtime_run_sends_each_slot_at_its_intended_time_in_order() {
     let mut last = String::new();
     let mut per_device: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let v = &line["payload"];
         let ts = v["timestamp"].as_str().unwrap().to_string();
         assert!(ts >= last, "deadline order: {ts} after {last}");
         last.clone_from(&ts);
