@@ -59,9 +59,9 @@ pub struct RunSettings {
     pub duration_ms: Option<u64>,
     pub report_dir: PathBuf,
     pub progress_interval_ms: u64,
-    /// `[run] timer_slack`: a realtime shard sleeps at least this long between wake-ups (0 =
-    /// wake at every due millisecond). Messages keep their intended times; what waits is
-    /// measured as latency and tick lateness.
+    /// `[run] timer_slack`: a realtime shard sleeps at least this long between wake-ups, on top
+    /// of its default wake-up grid and light-load budget (`shard/pace.rs`; 0 = those alone).
+    /// Messages keep their intended times; what waits is measured as latency and tick lateness.
     pub timer_slack_ms: u64,
     /// `[run] pin`: pin each shard's thread to its core (default). `false` leaves the threads
     /// to the scheduler: better when a broker or other busy processes share the cores.

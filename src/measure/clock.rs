@@ -88,7 +88,12 @@ impl PreciseTimer {
                 if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
             });
             match res {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(())) => {
+                    // The expiry is consumed: the descriptor stays unreadable until the next
+                    // one, so the next sleep waits for epoll instead of reading in vain first.
+                    guard.clear_ready();
+                    return Ok(());
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,

@@ -3,7 +3,7 @@
 //!
 //! The loop: take every device due by the current sim time off the wheel, tick it (generate,
 //! encode, hand to the sink, record), re-arm it at `due + interval`, then sleep until the next
-//! deadline (realtime) or jump straight to it (virtual).
+//! deadline (realtime: on the wake-up grid of `pace.rs`) or jump straight to it (virtual).
 
 pub(crate) mod command;
 pub(crate) mod event;
@@ -12,6 +12,7 @@ mod figures;
 #[cfg(test)]
 mod harness;
 mod inbox;
+mod pace;
 mod scan;
 mod spawning;
 pub(crate) mod streams;
@@ -89,9 +90,10 @@ pub struct ShardPlan {
     /// running totals and the latency window waits for the next snapshot).
     pub sample_every_ms: u64,
     /// Realtime clock: the shortest sleep between two wake-ups, in ns (`[run] timer_slack`;
-    /// 0 = wake at each due millisecond). A wake-up costs a timer, an epoll round trip and two
-    /// context switches, however few messages it sends; with slack the shard sends the slots
-    /// that fell due meanwhile together, each message still carrying its intended time.
+    /// 0 = only the default wake-up grid and light-load budget of `pace.rs`). A wake-up costs a
+    /// timer, an epoll round trip and two context switches, however few messages it sends;
+    /// with slack the shard sends the slots that fell due meanwhile together, each message
+    /// still carrying its intended time.
     pub timer_slack_ns: u64,
 }
 
@@ -445,6 +447,7 @@ impl Shard {
         self.publish_figures();
         let mut last_snapshot = mono_ns();
         let mut last_flush = last_snapshot;
+        let mut pace = pace::Pace::new();
         loop {
             if self.plan.stop.load(Ordering::Relaxed) {
                 return Ok(self.sim_at(mono_ns()).min(end));
@@ -468,6 +471,7 @@ impl Shard {
                     tokio::task::yield_now().await;
                 }
             }
+            pace.note(turn_ns, due.len());
             due.clear();
             self.due = due;
             if sim_now >= end && self.wheel.next_expiration().is_none_or(|t| t >= end) {
@@ -496,10 +500,13 @@ impl Shard {
                 Some(t) => self.wall_at(t.min(end)),
                 None => self.wall_at(end),
             };
+            // Whole wall milliseconds only, one more while the shard is lightly loaded, never
+            // sooner than `timer_slack` after this turn began (`pace.rs`).
             let deadline = if self.ctl.busy() {
                 now_ns
             } else {
-                next_ns.max(turn_ns + self.plan.timer_slack_ns).min(now_ns + MAX_SLEEP_NS)
+                pace.deadline(next_ns, self.plan.wall_origin_ns, turn_ns, self.plan.timer_slack_ns)
+                    .min(now_ns + MAX_SLEEP_NS)
             };
             if deadline.saturating_sub(mono_ns()) < MIN_SLEEP_NS {
                 // Closer than a timer wake-up's own cost: stay awake, but let other tasks run.

@@ -414,6 +414,46 @@ fn timer_slack_batches_a_realtime_shards_wake_ups_and_the_wait_shows_as_lateness
 }
 
 #[test]
+fn an_accelerated_realtime_run_sends_each_slot_at_its_intended_time_in_order() {
+    // At --speed 30 one wall millisecond covers 30 sim slots, taken off the wheel in one
+    // wake-up: every intended message is still sent, stamped with its intended time (each
+    // device's on its own whole-second grid), and the shard's output is in deadline order.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let r = run_one_core(
+        dir.path(),
+        "speed30",
+        &format!(
+            "[run]\nseed = 4\nclock = \"realtime\"\nspeed = 30.0\n\
+             start_time = \"2026-03-14T00:00:00Z\"\nduration = \"60s\"\n\n\
+             [sink.file]\npath = {out:?}\n\n\
+             [[fleet]]\nprofile = \"p\"\ncount = 50\n\n[profiles.p]\nprotocol = \"file\"\n\
+             interval = \"1s\"\n[profiles.p.fields.x]\ntype = \"static\"\nvalue = 1\n"
+        ),
+    );
+    assert_eq!(r["messages"].as_u64(), Some(3000), "50 devices x 60 sim seconds");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut last = String::new();
+    let mut per_device: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in text.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let v = &line["payload"];
+        let ts = v["timestamp"].as_str().unwrap().to_string();
+        assert!(ts >= last, "deadline order: {ts} after {last}");
+        last.clone_from(&ts);
+        per_device.entry(v["device_id"].as_str().unwrap().to_string()).or_default().push(ts);
+    }
+    assert_eq!(per_device.len(), 50);
+    for (id, ts) in per_device {
+        assert_eq!(ts.len(), 60, "{id}");
+        // Same millisecond of the second each time: whole intervals from the first.
+        let phase = &ts[0][19..];
+        assert!(ts.iter().all(|t| &t[19..] == phase), "{id}: {ts:?}");
+        assert!(ts.windows(2).all(|w| w[0] < w[1]), "{id}: {ts:?}");
+    }
+}
+
+#[test]
 fn pin_false_leaves_the_shard_threads_to_the_scheduler() {
     let dir = tempfile::tempdir().unwrap();
     let mut pinned = vec![];
