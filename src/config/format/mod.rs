@@ -253,3 +253,6 @@ pub fn check_sample(profile: &mut Profile, labels: &BTreeMap<String, String>, p:
         f.wire = Wire { body: Body::Text, content_type: "text/plain", coap: 0 };
     }
 }
+
+#[cfg(test)]
+mod tests;
