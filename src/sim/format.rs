@@ -451,7 +451,7 @@ fn base_name(out: &mut Vec<u8>, id: &str, json: bool) {
 
 /// The SenML base time: seconds, an integer when whole.
 fn base_time_json(out: &mut Vec<u8>, t: SimMs) {
-    if t % 1000 == 0 {
+    if t.is_multiple_of(1000) {
         write_u64(out, t / 1000);
     } else {
         write_f64(out, t as f64 / 1000.0);
@@ -539,7 +539,7 @@ fn encode_senml_cbor(out: &mut Vec<u8>, f: &PayloadFormat, m: &Msg<'_>) {
             cbor::int(out, label::BN);
             base_name(out, m.device_id, false);
             cbor::int(out, label::BT);
-            if m.timestamp % 1000 == 0 {
+            if m.timestamp.is_multiple_of(1000) {
                 cbor::uint(out, m.timestamp / 1000);
             } else {
                 cbor::float(out, m.timestamp as f64 / 1000.0);
