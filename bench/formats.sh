@@ -5,6 +5,7 @@
 #   bench/formats.sh                  100K devices, 6 fields, 10 s interval, 1 core, null sink
 #   BENCH_DEVICES=100000              devices; BENCH_LONG=120s / BENCH_SHORT=10s the two runs
 #   BENCH_ROUNDS=3                    rounds (the median of each figure is kept)
+#   BENCH_FORMATS="envelope template" the formats (the envelope first: it is the baseline)
 #   BIN=target/debug/iot-sim          another build (default: the release build)
 #
 # Method: each format runs the same fleet (virtual clock, null sink, --cores 1) twice, for a
@@ -27,7 +28,7 @@ if [[ -z ${BIN:-} ]]; then
 fi
 
 TEMPLATE='{"ts": {{ timestamp_ms }}, "values": {"temperature": {{ fields.temperature }}, "humidity": {{ fields.humidity }}, "pressure": {{ fields.pressure }}, "co2": {{ fields.co2 }}, "door": {{ fields.door|tojson }}, "fw": {{ fields.fw|tojson }}}}'
-FORMATS="envelope flat cbor senml senml_cbor template"
+FORMATS=${BENCH_FORMATS:-"envelope flat cbor senml senml_cbor template"}
 
 write_fleet() { # format duration file
   local extra=""

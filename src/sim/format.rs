@@ -97,16 +97,23 @@ impl Template {
         env.set_debug(false);
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         env.set_formatter(|out, state, value| {
-            let non_finite =
-                value.is_number() && f64::try_from(value.clone()).is_ok_and(|f| !f.is_finite());
-            if value.is_none() || non_finite {
-                return out.write_str("null").map_err(|_| {
-                    minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed")
-                });
+            let fail =
+                |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "write failed");
+            if value.is_none() {
+                return out.write_str("null").map_err(fail);
+            }
+            // Floats as the envelope writes them (`ryu`, shortest round trip); not finite: null.
+            if value.is_number()
+                && !value.is_integer()
+                && let Ok(f) = f64::try_from(value.clone())
+            {
+                if !f.is_finite() {
+                    return out.write_str("null").map_err(fail);
+                }
+                return out.write_str(ryu::Buffer::new().format_finite(f)).map_err(fail);
             }
             minijinja::escape_formatter(out, state, value)
         });
-        // Seconds and milliseconds as text (`{{ timestamp_ms }}` is already one).
         env.add_filter("json", |v: minijinja::Value| -> Result<String, minijinja::Error> {
             let mut out = vec![];
             match v.as_str() {
@@ -123,24 +130,104 @@ impl Template {
     pub fn render(&self, out: &mut Vec<u8>, m: &Msg<'_>) -> Result<(), String> {
         out.clear();
         let t = self.env.get_template(TEMPLATE_NAME).map_err(|e| describe(&e, &self.source))?;
-        let mut fields = BTreeMap::new();
-        for (f, s) in m.fields.iter().zip(m.samples) {
-            fields.insert(f.name.clone(), value_of(f, *s).to_jinja());
-        }
-        let ctx = minijinja::context! {
-            device_id => m.device_id,
-            device_type => m.device_type,
-            labels => minijinja::Value::from(m.labels.clone()),
-            fields => minijinja::Value::from(fields),
-            timestamp => super::time::rfc3339_ms(m.timestamp),
-            timestamp_ms => m.timestamp,
-            timestamp_s => m.timestamp / 1000,
-            seq => m.seq,
-            event => m.event_name,
-        };
+        // Short names and values are minijinja's inline strings: a map here costs two
+        // allocations (its vector and its `Arc`), not one per entry.
+        let fields = Pairs(
+            m.fields
+                .iter()
+                .zip(m.samples)
+                .map(|(f, s)| (Value::from(f.name.as_str()), value_of(f, *s).to_jinja()))
+                .collect(),
+        );
+        let labels = Pairs(
+            m.labels
+                .iter()
+                .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+                .collect(),
+        );
+        let ctx = Value::from_object(Ctx {
+            device_id: Value::from(m.device_id),
+            device_type: Value::from(m.device_type),
+            labels: Value::from_object(labels),
+            fields: Value::from_object(fields),
+            timestamp: m.timestamp,
+            seq: Value::from(m.seq),
+            event: Value::from(m.event_name),
+        });
         let s = t.render(ctx).map_err(|e| describe(&e, &self.source))?;
         out.extend_from_slice(s.as_bytes());
         Ok(())
+    }
+}
+
+use minijinja::Value;
+use minijinja::value::{Enumerator, Object, ObjectRepr};
+
+/// A small map for a template's context (`fields`, `labels`): pairs in name order, looked up
+/// by a linear scan.
+#[derive(Debug)]
+struct Pairs(Vec<(Value, Value)>);
+
+impl Object for Pairs {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let k = key.as_str()?;
+        self.0.iter().find(|(n, _)| n.as_str() == Some(k)).map(|(_, v)| v.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.0.iter().map(|(k, _)| k.clone()).collect())
+    }
+}
+
+/// A template's variables for one message; the RFC 3339 `timestamp` is only written out when
+/// the template reads it.
+#[derive(Debug)]
+struct Ctx {
+    device_id: Value,
+    device_type: Value,
+    labels: Value,
+    fields: Value,
+    timestamp: SimMs,
+    seq: Value,
+    event: Value,
+}
+
+impl Object for Ctx {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        Some(match key.as_str()? {
+            "device_id" => self.device_id.clone(),
+            "device_type" => self.device_type.clone(),
+            "labels" => self.labels.clone(),
+            "fields" => self.fields.clone(),
+            "timestamp" => Value::from(super::time::rfc3339_ms(self.timestamp)),
+            "timestamp_ms" => Value::from(self.timestamp),
+            "timestamp_s" => Value::from(self.timestamp / 1000),
+            "seq" => self.seq.clone(),
+            "event" => self.event.clone(),
+            _ => return None,
+        })
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(&[
+            "device_id",
+            "device_type",
+            "labels",
+            "fields",
+            "timestamp",
+            "timestamp_ms",
+            "timestamp_s",
+            "seq",
+            "event",
+        ])
     }
 }
 
