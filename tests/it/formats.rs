@@ -368,3 +368,71 @@ fn bad_format_keys_are_listed_with_paths_and_exit_2() {
         "{e}"
     );
 }
+
+/// gRPC SpawnDevices takes the format keys in `behavior_params`; a bad template is refused
+/// with its problem, and the server keeps serving.
+#[tokio::test(flavor = "current_thread")]
+async fn grpc_spawns_take_the_format_keys() {
+    use crate::common::Running;
+    use crate::grpc_common::{obj, spec, text};
+    use iot_sim::control::proto::{
+        self, device_runtime_service_client::DeviceRuntimeServiceClient,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(&cfg, format!("[sink.file]\npath = \"{}\"\n", out.display())).unwrap();
+    let mut server = Running::with_config("serve", &cfg, None, &["--speed", "600", "--cores", "1"]);
+    let mut c = DeviceRuntimeServiceClient::connect(server.url()).await.unwrap();
+    let with = |id: &str, keys: Vec<(&str, prost_types::Value)>| {
+        let mut s = spec(id, "meter", &[("site", "x")], 1000, "file");
+        let fields = s.behavior_params.take().unwrap().fields["fields"].clone();
+        let mut all = vec![("fields", fields)];
+        all.extend(keys);
+        s.behavior_params = Some(obj(all));
+        s
+    };
+    let specs = vec![
+        with(
+            "flat-1",
+            vec![("format", text("flat")), ("id_key", text("id")), ("timestamp", text("ms"))],
+        ),
+        with("cbor-1", vec![("format", text("cbor"))]),
+        with(
+            "tpl-1",
+            vec![
+                ("format", text("template")),
+                (
+                    "template",
+                    text("{\"site\": {{ labels.site|tojson }}, \"t\": {{ fields.temperature }}}"),
+                ),
+            ],
+        ),
+    ];
+    let r = c
+        .spawn_devices(proto::SpawnDevicesRequest { specs, scenario_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.spawned, 3, "{r:?}");
+    let bad =
+        with("bad-1", vec![("format", text("template")), ("template", text("{{ fields.nope }}"))]);
+    let r = c
+        .spawn_devices(proto::SpawnDevicesRequest { specs: vec![bad], scenario_id: String::new() })
+        .await;
+    let text = match r {
+        Err(e) => e.message().to_string(),
+        Ok(r) => format!("{:?}", r.into_inner()),
+    };
+    assert!(text.contains("undefined") && text.contains("template"), "{text}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    server.terminate();
+    let lines = std::fs::read_to_string(&out).unwrap();
+    let first = |id: &str| lines.lines().find(|l| l.contains(id)).map(str::to_string);
+    let flat = first("\"id\":\"flat-1\"").unwrap_or_else(|| panic!("no flat line in {lines}"));
+    assert!(flat.contains("\"payload\":{\"id\":\"flat-1\",\"timestamp\":"), "{flat}");
+    assert!(lines.lines().any(|l| l.contains("\"encoding\":\"base64\"")), "no CBOR line");
+    let tpl = first("\"site\": \"x\"").unwrap_or_else(|| panic!("no template line in {lines}"));
+    assert!(tpl.contains("\"t\": "), "{tpl}");
+}
