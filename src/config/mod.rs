@@ -432,6 +432,23 @@ fn compile(
     }
 
     for prof in &profiles {
+        // The HTTP sink reads `{device_id}` for its endpoint from the payload's first key.
+        let endpoint =
+            prof.delivery.endpoint.as_deref().or(sinks.http.as_ref().map(|h| h.endpoint.as_str()));
+        if prof.protocol == Protocol::Http
+            && endpoint.is_some_and(|e| e.contains("{device_id}"))
+            && !prof.format.leads_with_device_id()
+        {
+            p.add(
+                format!("profiles.{}.format", prof.name),
+                format!(
+                    "the HTTP endpoint {:?} uses {{device_id}}, which the sink reads from an \
+                     envelope or flat payload (id_key = \"device_id\") only, not from format {:?}",
+                    endpoint.unwrap_or_default(),
+                    prof.format.name()
+                ),
+            );
+        }
         let used = groups.iter().any(|g| profiles[g.profile].name == prof.name);
         let missing = match prof.protocol {
             Protocol::Mqtt => sinks.mqtt.is_none(),

@@ -300,6 +300,16 @@ impl PayloadFormat {
         matches!(self.kind, Kind::Envelope)
     }
 
+    /// Whether a payload starts with `{"device_id":"...` (the envelope, or flat with that
+    /// id key), where the HTTP sink finds the id for an endpoint's `{device_id}`.
+    pub fn leads_with_device_id(&self) -> bool {
+        match &self.kind {
+            Kind::Envelope => true,
+            Kind::Flat(f) => f.id_key_json == "\"device_id\":",
+            _ => false,
+        }
+    }
+
     /// The default content type and CoAP Content-Format of a format name.
     pub fn default_wire(name: &str) -> Wire {
         match name {

@@ -295,6 +295,23 @@ fn an_audit_refuses_a_format_it_cannot_decode() {
 }
 
 #[test]
+fn an_http_endpoint_with_the_device_id_needs_it_first_in_the_payload() {
+    let http = |format: &str| {
+        fleet(format)
+            .replace("[sink.null]", "[sink.null]\n[sink.http]\nendpoint = \"http://h/{device_id}\"")
+            .replace("protocol = \"null\"", "protocol = \"http\"")
+    };
+    let refused = |text: &str| match parse_str(text, Path::new(".")) {
+        Err(ParseError::Invalid(p)) => p.0.iter().any(|q| q.path == "profiles.p.format"),
+        _ => false,
+    };
+    assert!(!refused(&http("")));
+    assert!(!refused(&http("format = \"flat\"")));
+    assert!(refused(&http("format = \"flat\"\nid_key = \"id\"")));
+    assert!(refused(&http("format = \"senml\"")));
+}
+
+#[test]
 fn template_files_are_relative_to_the_fleet_file() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("t")).unwrap();
