@@ -6,6 +6,7 @@
 #   coap-server (libcoap)       tests/it/sink_coap.rs starts its own on a free port
 #   python3 + venv              tests/it/grpc_python.rs builds a grpcio client under target/
 #   python3-jsonschema          src/config/schema/tests.rs checks the shipped files against `iot-sim schema`
+#   python3-cbor2               tests/it/formats.rs decodes CBOR and SenML-CBOR payloads independently
 #   prometheus, promtool        tests/it/prometheus.rs starts its own server on a free port
 #   chromium, chromedriver      tests/it/browser.rs drives headless Chromium over WebDriver
 #   podman, runc, debootstrap   tests/it/container.rs builds and runs the image (base made locally)
@@ -55,6 +56,7 @@ fi
 command -v python3 >/dev/null || apt_install python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 python3 -c 'import jsonschema' 2>/dev/null || apt_install python3-jsonschema
+python3 -c 'import cbor2' 2>/dev/null || apt_install python3-cbor2
 
 # Prometheus and promtool: tests/it/prometheus.rs starts its own server on a free port.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus

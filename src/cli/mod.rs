@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 mod audit;
 pub mod client;
+pub mod preview;
 pub mod probe;
 pub mod remote;
 pub mod report;
@@ -72,6 +73,10 @@ pub enum Command {
     /// Print the JSON Schema of fleet files (--scenario: scenario files; --profile: profile
     /// files), for editors: `iot-sim schema > fleet.schema.json`.
     Schema(schema::SchemaArgs),
+    /// Payload tools: `iot-sim payload preview --config F [--profile X] [--count N]` prints
+    /// the first messages of a profile without running the fleet.
+    #[command(subcommand)]
+    Payload(preview::PayloadCommand),
 }
 
 /// The exit codes, for --help.
@@ -260,6 +265,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Audit(a)) => audit::main(&a),
         Some(Command::Report(c)) => report::main(&c),
         Some(Command::Schema(a)) => schema::main(&a),
+        Some(Command::Payload(c)) => preview::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     };

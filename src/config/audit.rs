@@ -141,6 +141,7 @@ pub fn compile(
     p: &mut Problems,
 ) -> Option<AuditSettings> {
     let before = p.0.len();
+    refuse_other_formats(fleet, p);
     let protocols = fleet.protocols();
     let default_source =
         if protocols.contains(&Protocol::Amqp) && !protocols.contains(&Protocol::Mqtt) {
@@ -339,6 +340,25 @@ pub fn compile(
 }
 
 /// The settings of `--audit` without an `[audit]` table: every default.
+/// The audit decodes the envelope: a profile in another format would be mis-audited (every
+/// message counted missing), so it is refused, naming the profile and its format. (Decoding
+/// CBOR, SenML and flat, and JSON pointers for templates, are to come.)
+fn refuse_other_formats(fleet: &Fleet, p: &mut Problems) {
+    for prof in &fleet.profiles {
+        if !prof.format.is_envelope() {
+            p.add(
+                format!("profiles.{}.format", prof.name),
+                format!(
+                    "profile {:?} publishes format {:?}, and the delivery audit reads the \
+                     envelope only; use format = \"envelope\" or run without [audit]",
+                    prof.name,
+                    prof.format.name()
+                ),
+            );
+        }
+    }
+}
+
 pub fn defaults(fleet: &Fleet, sinks: &super::SinkSettings) -> Result<AuditSettings, Problems> {
     let empty = toml::Table::new();
     let mut p = Problems::default();

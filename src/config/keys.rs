@@ -413,6 +413,37 @@ pub const PROFILE: Spec = Spec {
         ),
         k("availability", Ty::Table(&AVAILABILITY), "Devices drop off and come back."),
         k("sleep", Ty::Table(&SLEEP), "Devices sleep and wake on a cycle."),
+        k(
+            "format",
+            Ty::Enum(&["envelope", "flat", "template", "cbor", "senml", "senml_cbor"]),
+            "Payload format: the JSON envelope, flat JSON, a template, CBOR or SenML (RFC 8428).",
+        )
+        .def("\"envelope\""),
+        k("id_key", Ty::Str, "format = flat: the key of the device id (\"\": left out).")
+            .def("\"device_id\""),
+        k("timestamp_key", Ty::Str, "format = flat: the key of the timestamp (\"\": left out).")
+            .def("\"timestamp\""),
+        k(
+            "timestamp",
+            Ty::Enum(&["rfc3339", "ms", "s"]),
+            "format = flat: the timestamp as RFC 3339 text, epoch milliseconds or seconds.",
+        )
+        .def("\"rfc3339\""),
+        k(
+            "template",
+            Ty::Str,
+            "format = template: the payload as a Jinja template (device_id, fields.X, ...).",
+        ),
+        k(
+            "template_file",
+            Ty::Str,
+            "format = template: a file holding the template, relative to the fleet file.",
+        ),
+        k(
+            "content_type",
+            Ty::Str,
+            "HTTP Content-Type and AMQP content_type (default: from the format).",
+        ),
     ],
 };
 
@@ -464,6 +495,7 @@ pub const FIELD_EXTRA: &[Key] = &[
     k("battery", Ty::Bool, "A battery level (drains faster under a battery_drain fault).")
         .def("false"),
     k("deadband", NON_NEG, "report = on_change: the change that counts as a change."),
+    k("unit", Ty::Str, "The field's unit, written as SenML \"u\" (format = senml, senml_cbor)."),
 ];
 
 /// The plain generators: a field's, an event field's or a composite part's `type`.

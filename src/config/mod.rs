@@ -8,6 +8,7 @@
 pub mod audit;
 mod behaviour;
 pub mod env;
+pub mod format;
 pub mod keys;
 pub mod mqtt_sessions;
 pub mod schema;
@@ -276,7 +277,7 @@ fn compile_file_doc(
     fleet_optional: bool,
 ) -> Result<Config, Problems> {
     let mut p = Problems::default();
-    let config = compile(doc, base, fleet_optional, &mut p);
+    let config = format::with_base(base, || compile(doc, base, fleet_optional, &mut p));
     match config {
         Some(c) if p.is_empty() => Ok(c),
         _ => Err(p),
@@ -410,6 +411,7 @@ fn compile(
                             ),
                         );
                     }
+                    format::check_sample(&mut profiles[ix], &merged, p);
                     let first = next_ordinal.entry(ix).or_insert(0);
                     groups.push(Group {
                         profile: ix,
@@ -430,6 +432,23 @@ fn compile(
     }
 
     for prof in &profiles {
+        // The HTTP sink reads `{device_id}` for its endpoint from the payload's first key.
+        let endpoint =
+            prof.delivery.endpoint.as_deref().or(sinks.http.as_ref().map(|h| h.endpoint.as_str()));
+        if prof.protocol == Protocol::Http
+            && endpoint.is_some_and(|e| e.contains("{device_id}"))
+            && !prof.format.leads_with_device_id()
+        {
+            p.add(
+                format!("profiles.{}.format", prof.name),
+                format!(
+                    "the HTTP endpoint {:?} uses {{device_id}}, which the sink reads from an \
+                     envelope or flat payload (id_key = \"device_id\") only, not from format {:?}",
+                    endpoint.unwrap_or_default(),
+                    prof.format.name()
+                ),
+            );
+        }
         let used = groups.iter().any(|g| profiles[g.profile].name == prof.name);
         let missing = match prof.protocol {
             Protocol::Mqtt => sinks.mqtt.is_none(),
@@ -799,6 +818,7 @@ pub fn compile_profile_with(
     }
     let labels = labels(&mut t, p);
     let mut fields = vec![];
+    let mut units = vec![];
     let (mut groups, mut derived) = (vec![], vec![]);
     let mut fields_path = t.path_of("fields");
     match t.table("fields", p) {
@@ -866,8 +886,11 @@ pub fn compile_profile_with(
                     }
                     let deadband = behaviour::deadband(&mut f, p);
                     let battery = f.bool("battery", p).unwrap_or(false) || fname == "battery";
+                    if let Some(u) = f.str("unit", p) {
+                        units.push((fname.clone(), u.to_string()));
+                    }
                     if let Some(generator) =
-                        compile_generator(f, &["decimals", "battery", "deadband"], p)
+                        compile_generator(f, &["decimals", "battery", "deadband", "unit"], p)
                     {
                         if battery && !generator.is_numeric() {
                             p.add(join(&ft.path, fname), "a battery field must be numeric");
@@ -908,6 +931,7 @@ pub fn compile_profile_with(
         }
     }
     let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
+    let format = format::compile(&mut t, units, p);
     t.finish_with(&keys::PROFILE.names(), p);
     if p.0.len() > before {
         return None;
@@ -928,8 +952,18 @@ pub fn compile_profile_with(
         derived: derived_order,
         behaviour,
         slots: 0,
+        format: std::sync::Arc::new(format),
     };
     profile.lay_out();
+    if allow_no_fields {
+        // A spawn request: its labels are the profile's.
+        let mut labels = profile.labels.clone();
+        labels.insert("device_type".into(), profile.device_type.clone());
+        format::check_sample(&mut profile, &labels, p);
+        if p.0.len() > before {
+            return None;
+        }
+    }
     Some(profile)
 }
 

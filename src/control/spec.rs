@@ -220,6 +220,12 @@ pub(crate) fn compile_update(
 /// behaviour beyond its fields (the fleet file's profile keys of the same names).
 pub(crate) const BEHAVIOUR_KEYS: [&str; 4] = ["report", "events", "availability", "sleep"];
 
+/// Payload format keys a spawn's `behavior_params` may carry (the fleet file's profile keys of
+/// the same names; an extension of the original's contract). `template_file` is left out: a
+/// remote request does not name files on the runtime's machine.
+pub(crate) const FORMAT_KEYS: [&str; 6] =
+    ["format", "id_key", "timestamp_key", "timestamp", "template", "content_type"];
+
 pub(crate) fn problems_text(p: &Problems) -> String {
     p.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
@@ -264,9 +270,9 @@ pub(crate) fn compile_spec(
     // Realistic-fleet keys (`report`, `events`, `availability`, `sleep`) as in a fleet file.
     if let Some(params) = &spec.behavior_params {
         let top = struct_to_toml(params);
-        for k in BEHAVIOUR_KEYS {
-            if let Some(v) = top.get(k) {
-                t.insert(k.into(), v.clone());
+        for k in BEHAVIOUR_KEYS.iter().chain(&FORMAT_KEYS) {
+            if let Some(v) = top.get(*k) {
+                t.insert((*k).into(), v.clone());
             }
         }
     }

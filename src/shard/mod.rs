@@ -671,8 +671,8 @@ impl Shard {
             profile,
             fx.timestamp,
             &self.samples,
-            &group.labels_json,
-            profile.seq.then_some(seq),
+            (&group.labels, &group.labels_json),
+            seq,
         );
         if let Some(word) = fx.corrupt_bytes {
             crate::sim::fault::corrupt_bytes(&mut self.payload, word);
@@ -749,7 +749,7 @@ impl Shard {
                 spec,
                 at,
                 &samples,
-                &group.labels_json,
+                (&group.labels, &group.labels_json),
             );
             self.topic.clear();
             spec.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
@@ -991,6 +991,7 @@ fn submit(
             labels,
             intended_ns: intended_ns.unwrap_or(fire_ns),
             phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
+            wire: profile.format.wire,
         }),
         None => Submitted::Failed,
     };

@@ -2,10 +2,12 @@
 //! encoding. Nothing in here reads a clock, a global RNG or does I/O.
 
 pub mod behaviour;
+pub mod cbor;
 pub mod correlated;
 pub mod device;
 pub mod expr;
 pub mod fault;
+pub mod format;
 pub mod generator;
 pub mod mem;
 pub mod payload;

@@ -1,4 +1,5 @@
-//! JSON payload encoding into reused buffers.
+//! JSON payload encoding into reused buffers (the envelope; the other formats are in
+//! `format.rs`).
 //!
 //! The envelope keeps the original runtime's field order:
 //! `{"device_id","device_type","timestamp","fields":{sorted},"labels":{sorted}}`, then `"seq"`
@@ -7,9 +8,11 @@
 //! non-finite number (a corruption fault, or a derived field's expression) is written as
 //! `null`, so the payload stays JSON.
 
+use super::format;
 use super::generator::Sample;
 use super::profile::{FieldSpec, Profile};
 use super::time::{SimMs, write_rfc3339_ms};
+use std::collections::BTreeMap;
 
 /// Appends `s` as a JSON string literal.
 pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
@@ -66,31 +69,48 @@ pub fn write_sample(out: &mut Vec<u8>, field: &FieldSpec, sample: Sample) {
     }
 }
 
-/// Encodes one message: `payload` is cleared first.
+/// Encodes one message in the profile's format: `payload` is cleared first. `seq` is the
+/// device's sequence number: the envelope writes it when the profile asks for it (`seq = true`),
+/// a template always sees it.
 pub fn encode(
     payload: &mut Vec<u8>,
     device_id: &str,
     profile: &Profile,
     timestamp: SimMs,
     samples: &[Sample],
-    labels_json: &str,
-    seq: Option<u64>,
+    (labels, labels_json): (&BTreeMap<String, String>, &str),
+    seq: u64,
 ) {
-    encode_with(
-        payload,
+    if profile.format.is_envelope() {
+        return encode_with(
+            payload,
+            device_id,
+            profile,
+            "",
+            &profile.fields,
+            timestamp,
+            samples,
+            labels_json,
+            profile.seq.then_some(seq),
+        );
+    }
+    let m = format::Msg {
         device_id,
-        profile,
-        "",
-        &profile.fields,
-        timestamp,
+        device_type: &profile.device_type,
+        event_json: "",
+        event_name: None,
+        fields: &profile.fields,
         samples,
-        labels_json,
-        seq,
-    )
+        timestamp,
+        labels,
+        seq: Some(seq),
+        write_seq: profile.seq,
+    };
+    format::encode(payload, &profile.format, &m);
 }
 
 /// Encodes one event message: the envelope with `"event":"NAME"` after the timestamp and the
-/// event's own fields.
+/// event's own fields (other formats: see `format.rs`).
 pub fn encode_event(
     payload: &mut Vec<u8>,
     device_id: &str,
@@ -98,19 +118,34 @@ pub fn encode_event(
     event: &super::behaviour::EventSpec,
     timestamp: SimMs,
     samples: &[Sample],
-    labels_json: &str,
+    (labels, labels_json): (&BTreeMap<String, String>, &str),
 ) {
-    encode_with(
-        payload,
+    if profile.format.is_envelope() {
+        return encode_with(
+            payload,
+            device_id,
+            profile,
+            &event.event_json,
+            &event.fields,
+            timestamp,
+            samples,
+            labels_json,
+            None,
+        );
+    }
+    let m = format::Msg {
         device_id,
-        profile,
-        &event.event_json,
-        &event.fields,
-        timestamp,
+        device_type: &profile.device_type,
+        event_json: &event.event_json,
+        event_name: Some(&event.name),
+        fields: &event.fields,
         samples,
-        labels_json,
-        None,
-    )
+        timestamp,
+        labels,
+        seq: None,
+        write_seq: false,
+    };
+    format::encode(payload, &profile.format, &m);
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -233,6 +233,8 @@ pub struct Profile {
     pub derived: Vec<usize>,
     /// Report mode, events, availability, sleep (the default: periodic, always on).
     pub behaviour: super::behaviour::Behaviour,
+    /// The payload format (the default: the envelope).
+    pub format: std::sync::Arc<super::format::PayloadFormat>,
 }
 
 impl Profile {
@@ -453,6 +455,7 @@ impl Profile {
             correlated: vec![],
             derived: vec![],
             behaviour: super::behaviour::Behaviour { events, ..Default::default() },
+            format: Default::default(),
         }
     }
 
@@ -475,6 +478,7 @@ impl Profile {
             correlated: vec![],
             derived: vec![],
             behaviour: Default::default(),
+            format: Default::default(),
         }
     }
 }

@@ -106,7 +106,7 @@ async fn run(s: AmqpSettings, shared: Rc<NetShared>) {
             let key = routing_key(&m.topic, &s.routing_separator);
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
-                .with_content_type("application/json".into());
+                .with_content_type(m.wire.content_type.into());
             shared.sent(0);
             match channel
                 .basic_publish(

@@ -22,7 +22,7 @@ use super::net::{NetShared, Queued};
 use crate::config::CoapSettings;
 use crate::measure::clock::mono_ns;
 use crate::sim::profile::Fleet;
-use coap_lite::{CoapOption, ContentFormat, MessageClass, MessageType, Packet, RequestType};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -295,6 +295,7 @@ fn empty(t: MessageType, mid: u16) -> Vec<u8> {
 pub fn encode_post(
     topic: &str,
     payload: &[u8],
+    content_format: u16,
     confirmable: bool,
     mid: u16,
     token: u32,
@@ -315,7 +316,16 @@ pub fn encode_post(
         }
         p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
     }
-    p.set_content_format(ContentFormat::ApplicationJSON);
+    // RFC 7252 section 5.10.3: a uint option, in its shortest form.
+    let cf = content_format.to_be_bytes();
+    let cf = if content_format == 0 {
+        vec![]
+    } else if content_format < 256 {
+        vec![cf[1]]
+    } else {
+        cf.to_vec()
+    };
+    p.add_option(CoapOption::ContentFormat, cf);
     p.payload = payload.to_vec();
     p.to_bytes_with_limit(MAX_DATAGRAM).map_err(|_| "coap_too_large".to_string())
 }
@@ -386,7 +396,7 @@ async fn run(
             // Profiles spawned at run time (gRPC) take the sink's setting.
             let con = confirmable.get(m.profile as usize).copied().unwrap_or(default_confirmable);
             let (mid, token) = ex.next_ids();
-            let datagram = match encode_post(&m.topic, &m.payload, con, mid, token) {
+            let datagram = match encode_post(&m.topic, &m.payload, m.wire.coap, con, mid, token) {
                 Ok(d) => d,
                 Err(kind) => {
                     shared.fail(&m, &kind);
@@ -473,12 +483,13 @@ mod tests {
             sent_ns: 0,
             device_hash: 0,
             phase: crate::sink::net::NO_PHASE,
+            wire: Default::default(),
         }
     }
 
     fn start_one(ex: &mut Exchanges, jitter: f64) -> (u16, u32) {
         let (mid, token) = ex.next_ids();
-        let d = encode_post("a/b", b"{}", true, mid, token).unwrap();
+        let d = encode_post("a/b", b"{}", 50, true, mid, token).unwrap();
         ex.insert(msg(1), d, mid, token, 0, jitter);
         (mid, token)
     }
@@ -496,8 +507,18 @@ mod tests {
     }
 
     #[test]
+    fn posts_carry_the_format_s_content_format() {
+        for (cf, want) in [(60u16, vec![60u8]), (112, vec![112]), (0, vec![]), (300, vec![1, 44])] {
+            let d = encode_post("a", b"x", cf, false, 1, 2).unwrap();
+            let p = Packet::from_bytes(&d).unwrap();
+            let got = p.get_option(CoapOption::ContentFormat).unwrap().front().unwrap().clone();
+            assert_eq!(got, want, "{cf}");
+        }
+    }
+
+    #[test]
     fn posts_carry_the_topic_as_uri_path_and_json_content_format() {
-        let d = encode_post("/devices/d-1//telemetry", b"{\"a\":1}", true, 7, 9).unwrap();
+        let d = encode_post("/devices/d-1//telemetry", b"{\"a\":1}", 50, true, 7, 9).unwrap();
         let p = Packet::from_bytes(&d).unwrap();
         assert_eq!(p.header.get_type(), MessageType::Confirmable);
         assert_eq!(p.header.code, MessageClass::Request(RequestType::Post));
@@ -506,7 +527,7 @@ mod tests {
         let path: Vec<&[u8]> =
             p.get_option(CoapOption::UriPath).unwrap().iter().map(|v| &v[..]).collect();
         assert_eq!(path, vec![&b"devices"[..], b"d-1", b"telemetry"]);
-        assert_eq!(p.get_content_format(), Some(ContentFormat::ApplicationJSON));
+        assert_eq!(p.get_content_format(), Some(coap_lite::ContentFormat::ApplicationJSON));
         assert_eq!(p.payload, b"{\"a\":1}");
     }
 

@@ -1,9 +1,12 @@
-//! The console sink: `[topic] payload` lines on stdout.
+//! The console sink: `[topic] payload` lines on stdout; a binary payload (CBOR) is printed as
+//! `[topic] hex:<hex> cbor:<diagnostic notation>`.
 //!
 //! Each shard fills its own buffer and writes whole lines with one `write_all` under the stdout
 //! lock, so lines from different shards never interleave.
 
 use super::{Message, Submitted};
+use crate::sim::cbor::diagnostic;
+use crate::sim::format::{Body, write_hex};
 use std::io::{self, Write};
 
 const FLUSH_AT: usize = 64 * 1024;
@@ -25,7 +28,15 @@ impl ConsoleSink {
         self.buf.push(b'[');
         self.buf.extend_from_slice(msg.topic);
         self.buf.extend_from_slice(b"] ");
-        self.buf.extend_from_slice(msg.payload);
+        if msg.wire.body == Body::Binary {
+            // Binary: hex, then the decoded view.
+            self.buf.extend_from_slice(b"hex:");
+            write_hex(&mut self.buf, msg.payload);
+            self.buf.extend_from_slice(b" cbor:");
+            self.buf.extend_from_slice(diagnostic(msg.payload).as_bytes());
+        } else {
+            self.buf.extend_from_slice(msg.payload);
+        }
         self.buf.push(b'\n');
         if self.buf.len() >= FLUSH_AT && self.flush().is_err() {
             return Submitted::Failed;

@@ -1,5 +1,9 @@
 //! The file sink: JSON Lines, one `{"topic":...,"payload":{...}}` object per message.
 //!
+//! A payload that is not JSON stays on one line: a binary one (CBOR) is written as base64,
+//! `{"topic":...,"payload":"<base64>","encoding":"base64"}`, a text one (a CSV or
+//! line-protocol template) as a JSON string with `"encoding":"text"`.
+//!
 //! With more than one shard, each shard writes its own file named `<stem>.shard-<k>.<ext>` in
 //! the folder of the configured path, so no lock is shared; with one shard the configured path
 //! is used as is. A path that names a directory gets `telemetry.jsonl` (or
@@ -14,7 +18,10 @@
 //! stops writing and every further message is an error.
 
 use super::{Message, Submitted};
+use crate::sim::format::Body;
 use crate::sim::payload::write_json_str;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -101,8 +108,24 @@ impl FileSink {
         self.line.extend_from_slice(b"{\"topic\":");
         write_json_str(&mut self.line, std::str::from_utf8(msg.topic).unwrap_or(""));
         self.line.extend_from_slice(b",\"payload\":");
-        self.line.extend_from_slice(msg.payload);
-        self.line.extend_from_slice(b"}\n");
+        match msg.wire.body {
+            Body::Json => {
+                self.line.extend_from_slice(msg.payload);
+                self.line.extend_from_slice(b"}\n");
+            }
+            Body::Text => {
+                write_json_str(&mut self.line, &String::from_utf8_lossy(msg.payload));
+                self.line.extend_from_slice(b",\"encoding\":\"text\"}\n");
+            }
+            Body::Binary => {
+                self.line.push(b'"');
+                let start = self.line.len();
+                let n = base64::encoded_len(msg.payload.len(), true).unwrap_or(0);
+                self.line.resize(start + n, 0);
+                let _ = STANDARD.encode_slice(msg.payload, &mut self.line[start..]);
+                self.line.extend_from_slice(b"\",\"encoding\":\"base64\"}\n");
+            }
+        }
         self.buf.extend_from_slice(&self.line);
         self.ends.push((self.buf.len() as u32, msg.profile as u16));
         if self.buf.len() >= BUFFER_BYTES {
@@ -204,6 +227,7 @@ mod tests {
             device_id: "d",
             labels: &EMPTY,
             phase: crate::sink::net::NO_PHASE,
+            wire: Default::default(),
         }
     }
 
@@ -217,6 +241,25 @@ mod tests {
         assert_eq!(s.take_lost(), vec![(0, 100), (1, 100)]);
         assert!(s.take_lost().is_empty());
         assert!(matches!(s.submit(&message(0)), Submitted::Failed));
+    }
+
+    #[test]
+    fn binary_and_text_payloads_stay_one_json_line() {
+        use crate::sim::format::Wire;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.jsonl");
+        let mut s = FileSink::open(&path, 1).unwrap();
+        let bin = Wire { body: Body::Binary, content_type: "application/cbor", coap: 60 };
+        s.submit(&Message { payload: &[0xa1, 0x61, b'a', 0x01], wire: bin, ..message(0) });
+        let text = Wire { body: Body::Text, content_type: "text/plain", coap: 0 };
+        s.submit(&Message { payload: b"m,a=1 x=2\n", wire: text, ..message(0) });
+        s.submit(&message(0));
+        s.flush().unwrap();
+        let out = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], r#"{"topic":"t","payload":"oWFhAQ==","encoding":"base64"}"#);
+        assert_eq!(lines[1], r#"{"topic":"t","payload":"m,a=1 x=2\n","encoding":"text"}"#);
+        assert_eq!(lines[2], r#"{"topic":"t","payload":{}}"#);
     }
 
     #[test]

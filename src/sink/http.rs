@@ -132,6 +132,12 @@ pub fn device_id_of(payload: &[u8]) -> Option<String> {
     None
 }
 
+/// Whether a message may join a batch (a JSON array): JSON payloads only; a CBOR or text
+/// payload is always a request of its own.
+fn batched(m: &Queued) -> bool {
+    m.wire.body == crate::sim::format::Body::Json
+}
+
 /// The body of a batch: a JSON array of the payloads.
 pub fn batch_body(items: &[Queued]) -> Bytes {
     let mut body = Vec::with_capacity(2 + items.iter().map(|m| m.payload.len() + 1).sum::<usize>());
@@ -219,7 +225,6 @@ pub fn start(s: &HttpSettings, fleet: &Fleet, shared: Rc<NetShared>) -> Result<(
     let fixed = endpoints.iter().map(|e| e.is_fixed().then(|| e.render("", None))).collect();
     let default = Endpoint::parse(&s.endpoint).map_err(|e| format!("sink.http.endpoint: {e}"))?;
     let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(token) = &s.token {
         let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| "IOT_SIM_HTTP_TOKEN: not a valid header value".to_string())?;
@@ -285,7 +290,7 @@ async fn pump(ctx: Rc<Ctx>) {
         while let Some(m) = q.pop() {
             shared.sent(0);
             let url = ctx.url_of(&m);
-            if ctx.batch_size == 1 {
+            if ctx.batch_size == 1 || !batched(&m) {
                 dispatch(&ctx, url, vec![m]).await;
                 continue;
             }
@@ -341,10 +346,15 @@ async fn request(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let shared = &ctx.shared;
-    let body = if ctx.batch_size == 1 && items.len() == 1 {
-        items[0].payload.clone()
+    let single = ctx.batch_size == 1 && items.len() == 1 || items.len() == 1 && !batched(&items[0]);
+    let (body, content_type) = if single {
+        (
+            items[0].payload.clone(),
+            HeaderValue::from_str(items[0].wire.content_type)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        )
     } else {
-        batch_body(&items)
+        (batch_body(&items), HeaderValue::from_static("application/json"))
     };
     let topic = match &items[..] {
         [first, rest @ ..] if rest.iter().all(|m| m.topic == first.topic) => {
@@ -358,7 +368,11 @@ async fn request(
     }
     let mut attempt = 0u32;
     let outcome = loop {
-        let mut req = ctx.client.post(url.as_str()).body(body.clone());
+        let mut req = ctx
+            .client
+            .post(url.as_str())
+            .header(CONTENT_TYPE, content_type.clone())
+            .body(body.clone());
         if let (Some(name), Some(v)) = (&ctx.topic_header, &topic) {
             req = req.header(name.clone(), v.clone());
         }
@@ -433,6 +447,7 @@ mod tests {
             sent_ns: 0,
             device_hash: 0,
             phase: crate::sink::net::NO_PHASE,
+            wire: Default::default(),
         };
         assert_eq!(&batch_body(&[m("{\"a\":1}"), m("{\"b\":2}")])[..], b"[{\"a\":1},{\"b\":2}]");
         assert_eq!(&batch_body(&[m("1")])[..], b"[1]");

@@ -43,6 +43,8 @@ pub struct Message<'a> {
     pub intended_ns: u64,
     /// The scenario phase of the message's intended sim time (`net::NO_PHASE`: none).
     pub phase: u16,
+    /// The payload's kind and content type (its profile's format).
+    pub wire: crate::sim::format::Wire,
 }
 
 /// What became of a submitted message.
@@ -177,6 +179,7 @@ impl Sink {
                     sent_ns: 0,
                     device_hash: msg.device_hash,
                     phase: msg.phase,
+                    wire: msg.wire,
                 };
                 match &n.devices {
                     Some(d) if d.handles(msg.profile) => d.submit(m, msg.device_id, msg.labels),

@@ -29,6 +29,8 @@ pub struct Queued {
     pub device_hash: u64,
     /// The scenario phase the message's intended time falls in ([`NO_PHASE`]: none).
     pub phase: u16,
+    /// The payload's kind and content type.
+    pub wire: crate::sim::format::Wire,
 }
 
 /// `Queued::phase` of a message outside every scenario phase.
@@ -535,6 +537,7 @@ mod tests {
             sent_ns: 0,
             device_hash: 7,
             phase: NO_PHASE,
+            wire: Default::default(),
         }
     }
 

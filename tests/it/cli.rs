@@ -214,7 +214,12 @@ fn a_bad_config_lists_every_problem_and_exits_non_zero() {
 
 #[test]
 fn validate_accepts_the_shipped_configs() {
-    for f in ["configs/fleet.toml", "bench/million.toml"] {
+    for f in [
+        "configs/fleet.toml",
+        "configs/thingsboard.toml",
+        "configs/influx.toml",
+        "bench/million.toml",
+    ] {
         let out = bin().args(["validate", "--config", f]).output().unwrap();
         assert!(out.status.success(), "{f}: {}", stderr(&out));
         assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));

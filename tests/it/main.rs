@@ -15,6 +15,7 @@ mod dashboard_http;
 mod deploy_config;
 mod deploy_files;
 mod docs;
+mod formats;
 mod grpc_compat;
 mod grpc_control;
 mod grpc_faults;

@@ -113,6 +113,37 @@ fn the_bound_queue_receives_exactly_what_was_confirmed() {
 }
 
 #[test]
+fn a_cbor_profile_s_messages_carry_its_content_type() {
+    let rt = rt();
+    let exchange = unique("iot.test");
+    let queue = unique("iotsim-q");
+    let conn = rt.block_on(bind(&exchange, &queue));
+    let dir = tempfile::tempdir().unwrap();
+    let toml = fleet(&exchange, 5, "virtual", "10s", "1s")
+        .replace("[profiles.meter]\n", "[profiles.meter]\nformat = \"cbor\"\n");
+    assert!(toml.contains("format = \"cbor\""), "{toml}");
+    let r = run_ok(dir.path(), &toml, &["--cores", "1"]);
+    assert_eq!(r["runs"][0]["messages"], 50);
+    let got = rt.block_on(async {
+        let ch = conn.create_channel().await.unwrap();
+        let mut out = vec![];
+        while let Some(m) =
+            ch.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
+        {
+            let ct = m.delivery.properties.content_type().as_ref().map(|c| c.to_string());
+            out.push((ct, m.delivery.data.clone()));
+        }
+        ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+        out
+    });
+    assert_eq!(got.len(), 50);
+    for (ct, body) in &got {
+        assert_eq!(ct.as_deref(), Some("application/cbor"));
+        assert_eq!(body[0] & 0xe0, 0xa0, "a CBOR map");
+    }
+}
+
+#[test]
 fn realtime_publishing_is_confirmed_with_measured_latency() {
     let rt = rt();
     let exchange = unique("iot.test.rt");

@@ -18,6 +18,7 @@ struct Seen {
     path: String,
     topic: Option<String>,
     auth: Option<String>,
+    content_type: Option<String>,
     body: Vec<u8>,
     status: u16,
 }
@@ -81,6 +82,7 @@ async fn serve(
         assert_eq!(method, "POST");
         let path = path.to_string();
         let (mut len, mut topic, mut auth, mut close) = (0usize, None, None, false);
+        let mut content_type = None;
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).await.unwrap_or(0) == 0 {
@@ -96,6 +98,7 @@ async fn serve(
                 "content-length" => len = v.parse().unwrap_or(0),
                 "x-topic" => topic = Some(v),
                 "authorization" => auth = Some(v),
+                "content-type" => content_type = Some(v),
                 "connection" => close = v.eq_ignore_ascii_case("close"),
                 "transfer-encoding" => panic!("chunked bodies are not expected"),
                 _ => {}
@@ -116,7 +119,7 @@ async fn serve(
                 }
             }
         };
-        log.lock().unwrap().push(Seen { path, topic, auth, body, status });
+        log.lock().unwrap().push(Seen { path, topic, auth, content_type, body, status });
         let reason = if status == 200 { "OK" } else { "Service Unavailable" };
         let resp = format!(
             "HTTP/1.1 {status} {reason}\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok"
@@ -231,6 +234,34 @@ fn every_message_arrives_once_with_its_body_topic_header_url_and_token() {
         assert_eq!(s.auth.as_deref(), Some("Bearer s3cret"));
         assert_eq!(s.status, 200);
     }
+}
+
+#[test]
+fn a_cbor_profile_posts_one_message_per_request_with_its_content_type() {
+    let server = Server::start(Mode::Accept);
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("endpoint = \"http://127.0.0.1:{}/in\"\nbatch_size = 50", server.port);
+    let toml = fleet(dir.path(), "http", 5, &http)
+        .replace("[profiles.meter]\n", "[profiles.meter]\nformat = \"cbor\"\n");
+    assert!(toml.contains("format = \"cbor\""), "{toml}");
+    let r = run(dir.path(), &toml, "1");
+    assert_eq!(count(&http_row(&r), "messages"), 50);
+    let seen = server.seen();
+    // CBOR is never batched into a JSON array: 50 requests, each one CBOR map.
+    assert_eq!(seen.len(), 50);
+    for s in &seen {
+        assert_eq!(s.content_type.as_deref(), Some("application/cbor"));
+        assert_eq!(s.body[0] & 0xe0, 0xa0, "a CBOR map: {:02x?}", &s.body[..4]);
+    }
+    // A JSON profile's content type stays application/json.
+    let server = Server::start(Mode::Accept);
+    let http = format!("endpoint = \"http://127.0.0.1:{}/in\"", server.port);
+    let toml = fleet(dir.path(), "http", 1, &http)
+        .replace("[profiles.meter]\n", "[profiles.meter]\nformat = \"senml\"\n");
+    run(dir.path(), &toml, "1");
+    let seen = server.seen();
+    assert_eq!(seen.len(), 10);
+    assert!(seen.iter().all(|s| s.content_type.as_deref() == Some("application/senml+json")));
 }
 
 #[test]

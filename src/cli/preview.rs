@@ -1,0 +1,124 @@
+//! `iot-sim payload preview --config F [--profile X] [--count N]`: the first messages of a
+//! profile (topic, content type, payload; a binary payload as hex and decoded as CBOR
+//! diagnostic notation), without running the fleet: what a user checks before pointing the
+//! simulator at a backend.
+//!
+//! The devices are the profile's first fleet entry's, seeded as a run with the file's seed
+//! (or 1) would seed them; message `k` is device `k mod D`'s at tick `k / D` (D: the entry's
+//! devices, at most `count`), from the file's `start_time` (or the epoch).
+
+use super::exit;
+use crate::config::Overrides;
+use crate::sim::device::{DeviceTable, device_seed};
+use crate::sim::format::{Body, write_hex};
+use crate::sim::payload;
+use clap::{Args, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Subcommand, Debug)]
+pub enum PayloadCommand {
+    /// Print the first messages of a profile without running the fleet.
+    Preview(PreviewArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PreviewArgs {
+    /// The fleet file (TOML).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The profile (default: the first fleet entry's).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// How many messages.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub count: u32,
+}
+
+pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
+    let PayloadCommand::Preview(a) = cmd;
+    let config = match super::load(&a.config, &Overrides::default()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let fleet = &config.fleet;
+    let group_ix = match &a.profile {
+        Some(name) => {
+            let Some(pi) = fleet.profiles.iter().position(|p| &p.name == name) else {
+                let known: Vec<&str> = fleet.profiles.iter().map(|p| p.name.as_str()).collect();
+                eprintln!("error: --profile: no profile {name:?}; profiles: {}", known.join(", "));
+                return Ok(exit::BAD_CONFIG);
+            };
+            match fleet.groups.iter().position(|g| g.profile == pi) {
+                Some(g) => g,
+                None => {
+                    eprintln!("error: --profile: no [[fleet]] entry uses profile {name:?}");
+                    return Ok(exit::BAD_CONFIG);
+                }
+            }
+        }
+        None if fleet.groups.is_empty() => {
+            eprintln!("error: the file has no [[fleet]] entry");
+            return Ok(exit::BAD_CONFIG);
+        }
+        None => 0,
+    };
+    let group = &fleet.groups[group_ix];
+    let profile = &fleet.profiles[group.profile];
+    let seed = config.run.seed.unwrap_or(1);
+    let start = config.run.start_ms.unwrap_or(0);
+    let devices = group.count.min(a.count as u64);
+    let mut table = DeviceTable::default();
+    let mut ids = vec![];
+    let mut keys = vec![];
+    for i in 0..devices {
+        let mut id = String::new();
+        group.device_id(profile, i, &mut id);
+        keys.push(table.insert(fleet, group_ix as u32, i as u32, device_seed(seed, &id)));
+        ids.push(id);
+    }
+    let f = &profile.format;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# profile {:?}: format {}, content type {}, CoAP Content-Format {}; seed {seed}",
+        profile.name,
+        f.name(),
+        f.wire.content_type,
+        f.wire.coap
+    )?;
+    let (mut samples, mut buf, mut topic) = (vec![], vec![], vec![]);
+    for k in 0..a.count as u64 {
+        let d = (k % devices) as usize;
+        let t = start + (k / devices) * profile.interval_ms;
+        let (seq, _) = table.generate(fleet, keys[d], t, &mut samples);
+        payload::encode(
+            &mut buf,
+            &ids[d],
+            profile,
+            t,
+            &samples,
+            (&group.labels, &group.labels_json),
+            seq,
+        );
+        topic.clear();
+        profile.topic.render(&mut topic, &ids[d], &profile.device_type, &group.labels);
+        writeln!(out, "topic: {}", String::from_utf8_lossy(&topic))?;
+        match f.wire.body {
+            Body::Binary => {
+                let mut hex = vec![];
+                write_hex(&mut hex, &buf);
+                writeln!(
+                    out,
+                    "payload ({} bytes, hex): {}",
+                    buf.len(),
+                    String::from_utf8_lossy(&hex)
+                )?;
+                writeln!(out, "decoded (CBOR): {}", crate::sim::cbor::diagnostic(&buf))?;
+            }
+            _ => writeln!(out, "payload ({} bytes): {}", buf.len(), String::from_utf8_lossy(&buf))?,
+        }
+    }
+    out.flush()?;
+    Ok(exit::OK)
+}
