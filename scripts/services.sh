@@ -55,8 +55,11 @@ fi
 
 command -v python3 >/dev/null || apt_install python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
-python3 -c 'import jsonschema' 2>/dev/null || apt_install python3-jsonschema
-python3 -c 'import cbor2' 2>/dev/null || apt_install python3-cbor2
+# The tests use /usr/bin/python3 when it has the module (Debian's packages install there), else
+# the first python3 on the PATH.
+has_py_module() { /usr/bin/python3 -c "import $1" 2>/dev/null || python3 -c "import $1" 2>/dev/null; }
+has_py_module jsonschema || apt_install python3-jsonschema
+has_py_module cbor2 || apt_install python3-cbor2
 
 # Prometheus and promtool: tests/it/prometheus.rs starts its own server on a free port.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus

@@ -414,11 +414,25 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A Python with `jsonschema`: Debian's python3-jsonschema installs for /usr/bin/python3, which
+/// another `python3` first on the PATH (pyenv, a venv) may not see.
+fn python() -> &'static str {
+    ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| {
+            std::process::Command::new(p)
+                .args(["-c", "import jsonschema"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .unwrap_or("python3")
+}
+
 /// Runs the validator on `files`: each file's verdict line and error lines.
 fn validate(dir: &Path, file: File, files: &[PathBuf]) -> Vec<(String, bool, String)> {
     let schema = dir.join(format!("{file:?}.schema.json"));
     std::fs::write(&schema, render(file)).unwrap();
-    let out = std::process::Command::new("python3")
+    let out = std::process::Command::new(python())
         .arg("-c")
         .arg(VALIDATE_PY)
         .arg(&schema)
