@@ -426,7 +426,13 @@ async fn grpc_spawns_take_the_format_keys() {
         Ok(r) => format!("{:?}", r.into_inner()),
     };
     assert!(text.contains("undefined") && text.contains("template"), "{text}");
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Every device has published once 30 messages are out (each ticks once a sim second, at
+    // a phase inside its first second); the file sink writes them out at the end.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while c.get_runtime_status(()).await.unwrap().into_inner().messages_sent_total < 30 {
+        assert!(std::time::Instant::now() < end, "30 messages were not sent within 60 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     server.terminate();
     let lines = std::fs::read_to_string(&out).unwrap();
     let first = |id: &str| lines.lines().find(|l| l.contains(id)).map(str::to_string);
