@@ -643,7 +643,8 @@ pub(crate) fn read_profile_doc(full: &Path) -> Result<toml::Table, String> {
     })
 }
 
-/// Reads a profile file: a regular file of at most [`limits::MAX_PROFILE_FILE_BYTES`]. A device
+/// Reads a profile (or template) file: a regular file of at most
+/// [`limits::MAX_PROFILE_FILE_BYTES`]. A device
 /// (`/dev/zero`) would be read until memory runs out and a FIFO would block `validate` forever,
 /// so both are refused; the size is capped while reading too, in case the file grows.
 fn read_profile_file(path: &Path) -> Result<String, String> {

@@ -154,7 +154,8 @@ fn template_source(t: &mut Table<'_>, p: &mut Problems) -> Option<String> {
         (Some(s), None) => Some(s.to_string()),
         (None, Some(f)) => {
             let path = BASE.with(|b| b.borrow().join(f));
-            match std::fs::read_to_string(&path) {
+            // The same bounds as a profile file: a regular file of at most 1 MiB.
+            match super::read_profile_file(&path) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     p.add(

@@ -324,3 +324,12 @@ fn template_files_are_relative_to_the_fleet_file() {
     payload::encode(&mut out, "x", p, 0, &SAMPLES, (&BTreeMap::new(), ""), 0);
     assert_eq!(out, b"{\"v\": 21.5}");
 }
+
+#[test]
+fn a_template_file_must_be_a_regular_file_of_at_most_a_mebibyte() {
+    let p = problems("format = \"template\"\ntemplate_file = \"/dev/zero\"");
+    assert!(
+        p.iter().any(|m| m.contains("template_file") && m.contains("not a regular file")),
+        "{p:?}"
+    );
+}
