@@ -5,7 +5,7 @@
 #   BENCH_WALL_SECONDS=15            wall seconds per run
 #   BENCH_REPEATS=3                  runs per case (the median is reported)
 #   BENCH_DEVICES=21500              fleet size
-#   BENCH_CASES="s1 s10 s30 low"     a subset of the cases
+#   BENCH_CASES="s1 s10 s30 low idle"  a subset of the cases
 #   BENCH_BASE_BIN=path              also run this binary (a build of the baseline), interleaved
 #                                    with the current one in each repeat: the figures come out
 #                                    under "base" and "current", with the ratios of each
@@ -16,6 +16,7 @@
 #   s10  interval 3 s at --speed 10     (71,667 msg/s)
 #   s30  interval 9 s at --speed 30     (71,667 msg/s)
 #   low  interval 10.75 s at --speed 1  (2,000 msg/s)
+#   idle interval 24 h at --speed 1     (the fleet sends nothing: the process's own CPU floor)
 # Per case: msg/s, process CPU seconds (report.json `cpu_seconds`: user + system over the whole
 # process), CPU per message, tick lateness p50/p99 (wall time), and the process's voluntary
 # context switches per wall second (each shard wake-up that sleeps is one). The ratios compare
@@ -25,7 +26,7 @@ cd "$(dirname "$0")/.."
 WALL=${BENCH_WALL_SECONDS:-15}
 REPEATS=${BENCH_REPEATS:-3}
 N=${BENCH_DEVICES:-21500}
-CASES=${BENCH_CASES:-"s1 s10 s30 low"}
+CASES=${BENCH_CASES:-"s1 s10 s30 low idle"}
 OUT=target/bench/speed
 mkdir -p "$OUT"
 cargo build --release --quiet
@@ -44,6 +45,7 @@ case_args() { # $1 = case -> "interval speed"
     s10) echo "3s 10" ;;
     s30) echo "9s 30" ;;
     low) echo "10750ms 1" ;;
+    idle) echo "24h 1" ;;
     *) echo "unknown case $1" >&2; exit 2 ;;
   esac
 }
