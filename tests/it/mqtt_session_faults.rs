@@ -51,14 +51,19 @@ fn published_since_connect(broker: &Broker, id: &str) -> bool {
         .is_some_and(|at| log[at..].contains(&format!("Received PUBLISH from {id} ")))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abrupt_fires_the_will_graceful_does_not_and_a_storm_drops_all_then_all_return() {
-    let (dir, port, broker, root) = private_broker("faults");
-    let cfg = dir.path().join("fleet.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
+/// A realtime fleet of `count` per-device MQTT sessions (profile `probe`, topic
+/// `ROOT/{device_id}/telemetry`, one field `t`) on the broker at `port`: `per_device` is the
+/// body of `[sink.mqtt.per_device]`, `field` the body of the field's table.
+fn session_fleet(
+    port: u16,
+    root: &str,
+    per_device: &str,
+    count: u32,
+    interval: &str,
+    field: &str,
+) -> String {
+    format!(
+        r#"
 [run]
 seed = 9
 clock = "realtime"
@@ -71,27 +76,32 @@ backoff_initial = "50ms"
 backoff_max = "200ms"
 
 [sink.mqtt.per_device]
-will_topic = "{root}/{{device_id}}/status"
-will_payload = "{{device_id}} lost"
-will_qos = 1
+{per_device}
 
 [[fleet]]
 profile = "probe"
-count = 3
+count = {count}
 
 [profiles.probe]
 protocol = "mqtt"
 connection = "per_device"
 topic = "{root}/{{device_id}}/telemetry"
-interval = "200ms"
+interval = "{interval}"
 [profiles.probe.fields.t]
-type = "gaussian"
-mean = 20
-stddev = 1
+{field}
 "#
-        ),
     )
-    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abrupt_fires_the_will_graceful_does_not_and_a_storm_drops_all_then_all_return() {
+    let (dir, port, broker, root) = private_broker("faults");
+    let cfg = dir.path().join("fleet.toml");
+    let per_device = format!(
+        "will_topic = \"{root}/{{device_id}}/status\"\nwill_payload = \"{{device_id}} lost\"\nwill_qos = 1"
+    );
+    let field = "type = \"gaussian\"\nmean = 20\nstddev = 1";
+    std::fs::write(&cfg, session_fleet(port, &root, &per_device, 3, "200ms", field)).unwrap();
     let wills = Subscriber::start(port, &format!("{root}/+/status"));
     let report_dir = dir.path().join("report");
     let mut rt = Running::with_config("run", &cfg, Some(&report_dir), &[]);
@@ -283,42 +293,11 @@ async fn a_session_held_down_by_disconnect_comes_back_when_the_fault_ends_not_at
     let (dir, port, broker, root) = private_broker("fault-end");
     let cfg = dir.path().join("fleet.toml");
     // A device that publishes once a day: its next tick is far away.
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[run]
-seed = 9
-clock = "realtime"
-start_time = "2026-03-14T00:00:00Z"
-
-[sink.mqtt]
-url = "mqtt://127.0.0.1:{port}"
-qos = 1
-backoff_initial = "50ms"
-backoff_max = "200ms"
-
-[sink.mqtt.per_device]
-subscribe = "{root}/{{device_id}}/cmd"
-subscribe_qos = 1
-respond = "{root}/{{device_id}}/cmd/ack"
-
-[[fleet]]
-profile = "probe"
-count = 1
-
-[profiles.probe]
-protocol = "mqtt"
-connection = "per_device"
-topic = "{root}/{{device_id}}/telemetry"
-interval = "24h"
-[profiles.probe.fields.t]
-type = "static"
-value = 1
-"#
-        ),
-    )
-    .unwrap();
+    let per_device = format!(
+        "subscribe = \"{root}/{{device_id}}/cmd\"\nsubscribe_qos = 1\nrespond = \"{root}/{{device_id}}/cmd/ack\""
+    );
+    let field = "type = \"static\"\nvalue = 1";
+    std::fs::write(&cfg, session_fleet(port, &root, &per_device, 1, "24h", field)).unwrap();
     let acks = Subscriber::start(port, &format!("{root}/+/cmd/ack"));
     let mut rt = Running::with_config("run", &cfg, None, &[]);
     let id = "probe-0000";
