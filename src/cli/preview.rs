@@ -1,6 +1,6 @@
 //! `iot-sim payload preview --config F [--profile X] [--count N]`: the first messages of a
-//! profile (topic, content type, payload; a binary payload as hex and decoded as CBOR
-//! diagnostic notation), without running the fleet: what a user checks before pointing the
+//! profile (topic, content type, payload; a binary payload as hex and decoded: CBOR in
+//! diagnostic notation, protobuf in the text format of its message), without running the fleet: what a user checks before pointing the
 //! simulator at a backend.
 //!
 //! The devices are the profile's first fleet entry's, seeded as a run with the file's seed
@@ -10,7 +10,7 @@
 use super::exit;
 use crate::config::Overrides;
 use crate::sim::device::{DeviceTable, device_seed};
-use crate::sim::format::{Body, write_hex};
+use crate::sim::format::{Body, Kind, write_hex};
 use crate::sim::payload;
 use clap::{Args, Subcommand};
 use std::io::Write;
@@ -114,7 +114,16 @@ pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
                     buf.len(),
                     String::from_utf8_lossy(&hex)
                 )?;
-                writeln!(out, "decoded (CBOR): {}", crate::sim::cbor::diagnostic(&buf))?;
+                match &f.kind {
+                    Kind::Protobuf(p) => {
+                        let view = p.view.as_ref().map_or_else(
+                            || crate::sim::proto::raw_view(&buf).unwrap_or_default(),
+                            |v| v(&buf),
+                        );
+                        writeln!(out, "decoded ({}): {view}", p.message)?
+                    }
+                    _ => writeln!(out, "decoded (CBOR): {}", crate::sim::cbor::diagnostic(&buf))?,
+                }
             }
             _ => writeln!(out, "payload ({} bytes): {}", buf.len(), String::from_utf8_lossy(&buf))?,
         }

@@ -415,18 +415,26 @@ pub const PROFILE: Spec = Spec {
         k("sleep", Ty::Table(&SLEEP), "Devices sleep and wake on a cycle."),
         k(
             "format",
-            Ty::Enum(&["envelope", "flat", "template", "cbor", "senml", "senml_cbor"]),
-            "Payload format: the JSON envelope, flat JSON, a template, CBOR or SenML (RFC 8428).",
+            Ty::Enum(&["envelope", "flat", "template", "cbor", "senml", "senml_cbor", "protobuf"]),
+            "Payload format: the JSON envelope, flat JSON, a template, CBOR, SenML (RFC 8428) or protobuf.",
         )
         .def("\"envelope\""),
-        k("id_key", Ty::Str, "format = flat: the key of the device id (\"\": left out).")
-            .def("\"device_id\""),
-        k("timestamp_key", Ty::Str, "format = flat: the key of the timestamp (\"\": left out).")
-            .def("\"timestamp\""),
+        k(
+            "id_key",
+            Ty::Str,
+            "format = flat / protobuf: the key (proto field) of the device id (\"\": left out).",
+        )
+        .def("\"device_id\""),
+        k(
+            "timestamp_key",
+            Ty::Str,
+            "format = flat / protobuf: the key (proto field) of the timestamp (\"\": left out).",
+        )
+        .def("\"timestamp\""),
         k(
             "timestamp",
             Ty::Enum(&["rfc3339", "ms", "s"]),
-            "format = flat: the timestamp as RFC 3339 text, epoch milliseconds or seconds.",
+            "format = flat / protobuf: the timestamp as RFC 3339 text, epoch milliseconds or seconds.",
         )
         .def("\"rfc3339\""),
         k(
@@ -438,6 +446,16 @@ pub const PROFILE: Spec = Spec {
             "template_file",
             Ty::Str,
             "format = template: a file holding the template, relative to the fleet file.",
+        ),
+        k(
+            "proto_file",
+            Ty::Str,
+            "format = protobuf: the .proto file, relative to the fleet file (compiled at load).",
+        ),
+        k(
+            "message",
+            Ty::Str,
+            "format = protobuf: the message to send (full name, or its name when unique).",
         ),
         k(
             "content_type",

@@ -932,7 +932,7 @@ pub fn compile_profile_with(
         }
     }
     let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
-    let format = format::compile(&mut t, units, p);
+    let format = format::compile(&mut t, units, (&fields, &behaviour.events), p);
     t.finish_with(&keys::PROFILE.names(), p);
     if p.0.len() > before {
         return None;

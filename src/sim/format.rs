@@ -1,5 +1,5 @@
-//! Payload formats other than the envelope: `flat`, `template`, `cbor`, `senml` and
-//! `senml_cbor` (issue 22), each a per-profile choice (`format = "..."`).
+//! Payload formats other than the envelope: `flat`, `template`, `cbor`, `senml`,
+//! `senml_cbor` and `protobuf` (issue 22; the protobuf writer is `proto.rs`), each a per-profile choice (`format = "..."`).
 //!
 //! Every encoder writes into the shard's reused buffer and is a function of the message alone
 //! (device, time, values, labels, seq), so a seed gives the same bytes on any number of cores.
@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The names `format` accepts.
-pub const FORMATS: &[&str] = &["envelope", "flat", "template", "cbor", "senml", "senml_cbor"];
+pub const FORMATS: &[&str] =
+    &["envelope", "flat", "template", "cbor", "senml", "senml_cbor", "protobuf"];
 
 /// What a payload is, for sinks that write text (file, console).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub enum Body {
     Json,
     /// Text that is not JSON (a CSV or line-protocol template).
     Text,
-    /// Binary (CBOR): base64 in the file sink, hex on the console.
+    /// Binary (CBOR, protobuf): base64 in the file sink, hex on the console.
     Binary,
 }
 
@@ -256,6 +257,7 @@ pub enum Kind {
     Cbor,
     Senml,
     SenmlCbor,
+    Protobuf(Arc<super::proto::Proto>),
 }
 
 /// A profile's payload format, what travels with it and the fields' units.
@@ -293,6 +295,7 @@ impl PayloadFormat {
             Kind::Cbor => "cbor",
             Kind::Senml => "senml",
             Kind::SenmlCbor => "senml_cbor",
+            Kind::Protobuf(_) => "protobuf",
         }
     }
 
@@ -317,6 +320,10 @@ impl PayloadFormat {
             "senml" => Wire { body: Body::Json, content_type: "application/senml+json", coap: 110 },
             "senml_cbor" => {
                 Wire { body: Body::Binary, content_type: "application/senml+cbor", coap: 112 }
+            }
+            // RFC 7252's registry has no protobuf entry: 42 (application/octet-stream).
+            "protobuf" => {
+                Wire { body: Body::Binary, content_type: "application/x-protobuf", coap: 42 }
             }
             _ => Wire::default(),
         }
@@ -425,6 +432,7 @@ pub fn encode(out: &mut Vec<u8>, f: &PayloadFormat, m: &Msg<'_>) {
         Kind::Cbor => encode_cbor(out, m),
         Kind::Senml => encode_senml(out, f, m),
         Kind::SenmlCbor => encode_senml_cbor(out, f, m),
+        Kind::Protobuf(p) => super::proto::encode(out, p, m),
     }
 }
 

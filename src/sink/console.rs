@@ -32,8 +32,19 @@ impl ConsoleSink {
             // Binary: hex, then the decoded view.
             self.buf.extend_from_slice(b"hex:");
             write_hex(&mut self.buf, msg.payload);
-            self.buf.extend_from_slice(b" cbor:");
-            self.buf.extend_from_slice(diagnostic(msg.payload).as_bytes());
+            // Protobuf without its descriptor at hand: field numbers and values, as
+            // `protoc --decode_raw` shows them; CBOR in diagnostic notation.
+            match crate::sim::proto::raw_view(msg.payload) {
+                Some(v) if msg.wire.content_type == "application/x-protobuf" => {
+                    self.buf.extend_from_slice(b" protobuf:{ ");
+                    self.buf.extend_from_slice(v.as_bytes());
+                    self.buf.extend_from_slice(b" }");
+                }
+                _ => {
+                    self.buf.extend_from_slice(b" cbor:");
+                    self.buf.extend_from_slice(diagnostic(msg.payload).as_bytes());
+                }
+            }
         } else {
             self.buf.extend_from_slice(msg.payload);
         }

@@ -1,10 +1,12 @@
 //! A profile's payload format keys: `format`, `id_key`, `timestamp_key`, `timestamp`,
-//! `template`, `template_file` and `content_type`, and a field's `unit` (issue 22).
+//! `template`, `template_file`, `proto_file`, `message` and `content_type`, and a field's
+//! `unit` (issue 22). The protobuf plan is made in `proto.rs`.
 //!
 //! A template is compiled here, once per profile; [`check_sample`] renders one message per
 //! fleet entry (and per event) at load, so an undefined variable, or output that is not JSON
 //! while the content type says JSON, is a problem of the file and not of the run.
 
+use crate::sim::behaviour::EventSpec;
 use crate::sim::format::{self, Body, Flat, Kind, PayloadFormat, TsMode, Wire};
 use crate::sim::generator::{GenSpec, Sample};
 use crate::sim::payload;
@@ -49,7 +51,12 @@ pub fn is_json(content_type: &str) -> bool {
 
 /// Reads the format keys of a profile table. `fields` gives the units (`unit` of each field,
 /// already read by the field compiler).
-pub fn compile(t: &mut Table<'_>, units: Vec<(String, String)>, p: &mut Problems) -> PayloadFormat {
+pub fn compile(
+    t: &mut Table<'_>,
+    units: Vec<(String, String)>,
+    (fields, events): (&[FieldSpec], &[EventSpec]),
+    p: &mut Problems,
+) -> PayloadFormat {
     let name = t.str("format", p).unwrap_or("envelope");
     if !format::FORMATS.contains(&name) {
         p.add(
@@ -63,7 +70,13 @@ pub fn compile(t: &mut Table<'_>, units: Vec<(String, String)>, p: &mut Problems
         }
     };
     for k in ["id_key", "timestamp_key", "timestamp"] {
-        only(t, k, "flat", p);
+        if name != "protobuf" {
+            only(t, k, "flat", p);
+        }
+        t.allow(k);
+    }
+    for k in ["proto_file", "message"] {
+        only(t, k, "protobuf", p);
         t.allow(k);
     }
     for k in ["template", "template_file"] {
@@ -108,6 +121,13 @@ pub fn compile(t: &mut Table<'_>, units: Vec<(String, String)>, p: &mut Problems
         "cbor" => Kind::Cbor,
         "senml" => Kind::Senml,
         "senml_cbor" => Kind::SenmlCbor,
+        "protobuf" => {
+            let base = BASE.with(|b| b.borrow().clone());
+            match proto::compile(t, &base, fields, events, p) {
+                Some(plan) => Kind::Protobuf(Arc::new(plan)),
+                None => Kind::Envelope,
+            }
+        }
         _ => Kind::Envelope,
     };
     if let Some(ct) = t.str("content_type", p) {
@@ -254,6 +274,8 @@ pub fn check_sample(profile: &mut Profile, labels: &BTreeMap<String, String>, p:
         f.wire = Wire { body: Body::Text, content_type: "text/plain", coap: 0 };
     }
 }
+
+mod proto;
 
 #[cfg(test)]
 mod tests;

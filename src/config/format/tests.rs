@@ -333,3 +333,130 @@ fn a_template_file_must_be_a_regular_file_of_at_most_a_mebibyte() {
         "{p:?}"
     );
 }
+
+/// A `.proto` for the test profile (`t`, `door`, `fw`, `on`), in a folder of its own.
+const PROTO: &str = r#"
+syntax = "proto3";
+package acme.v1;
+import "google/protobuf/timestamp.proto";
+enum Door { DOOR_UNSPECIFIED = 0; closed = 1; open = 2; }
+message Fields { double t = 1; Door door = 2; string fw = 3; bool on = 4; }
+message Reading {
+  string device_id = 1;
+  google.protobuf.Timestamp timestamp = 2;
+  uint64 seq = 3;
+  map<string, string> labels = 4;
+  double t = 5;
+  Door door = 6;
+  string fw = 7;
+  bool on = 8;
+  int64 at_ms = 9;
+  int32 small = 10;
+  repeated double many = 11;
+}
+message Nested { string device_id = 1; Fields fields = 2; }
+message Narrow { string device_id = 1; float t = 2; string door = 3; }
+"#;
+
+fn with_proto(extra: &str) -> Result<super::super::Config, Vec<String>> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reading.proto"), PROTO).unwrap();
+    let text = fleet(&format!("format = \"protobuf\"\nproto_file = \"reading.proto\"\n{extra}"));
+    match parse_str(&text, dir.path()) {
+        Ok(c) => Ok(c),
+        Err(ParseError::Invalid(p)) => Err(p.0.iter().map(|p| p.to_string()).collect()),
+        Err(ParseError::Syntax(s)) => Err(vec![format!("syntax: {s}")]),
+    }
+}
+
+fn encode_first(c: &super::super::Config) -> Vec<u8> {
+    let (prof, labels) = (&c.fleet.profiles[0], &c.fleet.groups[0].labels);
+    let samples = [Sample::State(1), Sample::Static, Sample::Static, Sample::Number(21.5)];
+    let mut out = vec![];
+    payload::encode(&mut out, "dev-1", prof, 1_700_000_000_250, &samples, (labels, ""), 7);
+    out
+}
+
+#[test]
+fn protobuf_writes_each_part_to_the_field_of_its_name() {
+    let c = with_proto("message = \"acme.v1.Reading\"").unwrap();
+    let p = &c.fleet.profiles[0];
+    assert_eq!(p.format.name(), "protobuf");
+    assert_eq!(
+        (p.format.wire.body, p.format.wire.content_type, p.format.wire.coap),
+        (Body::Binary, "application/x-protobuf", 42)
+    );
+    let out = encode_first(&c);
+    let view = crate::sim::proto::raw_view(&out).unwrap();
+    // id, Timestamp {seconds, nanos}, door = open (2), fw, on, t, seq, then the label entries
+    // (the envelope's labels: the group's and device_type).
+    assert_eq!(
+        view,
+        "1: \"dev-1\" 2 { 1: 1700000000 2: 250000000 } 6: 2 7: \"1.2.0\" 8: 1 5: 21.5 3: 7 \
+         4 { 1: \"device_type\" 2: \"p\" } 4 { 1: \"site\" 2: \"berlin\" }"
+    );
+    // The message by its short name, and the text-format view of `payload preview`.
+    let c = with_proto("message = \"Reading\"").unwrap();
+    let crate::sim::format::Kind::Protobuf(plan) = &c.fleet.profiles[0].format.kind else {
+        panic!("not protobuf")
+    };
+    let text = (plan.view.as_ref().unwrap())(&encode_first(&c));
+    assert!(text.contains("device_id:\"dev-1\"") && text.contains("door:open"), "{text}");
+}
+
+#[test]
+fn protobuf_timestamps_as_integers_and_nested_fields() {
+    let c = with_proto("message = \"acme.v1.Reading\"\ntimestamp_key = \"at_ms\"").unwrap();
+    let view = crate::sim::proto::raw_view(&encode_first(&c)).unwrap();
+    assert!(view.starts_with("1: \"dev-1\" 9: 1700000000250 "), "{view}");
+    let c =
+        with_proto("message = \"acme.v1.Reading\"\ntimestamp_key = \"small\"\ntimestamp = \"s\"")
+            .unwrap();
+    let view = crate::sim::proto::raw_view(&encode_first(&c)).unwrap();
+    assert!(view.starts_with("1: \"dev-1\" 10: 1700000000 "), "{view}");
+    let c = with_proto("message = \"acme.v1.Nested\"").unwrap();
+    let view = crate::sim::proto::raw_view(&encode_first(&c)).unwrap();
+    assert_eq!(view, "1: \"dev-1\" 2 { 2: 2 3: \"1.2.0\" 4: 1 1: 21.5 }");
+}
+
+#[test]
+fn protobuf_problems_name_the_field_and_the_message() {
+    let e = with_proto("message = \"acme.v1.Narrow\"").unwrap_err();
+    let all = e.join("\n");
+    // `fw` and `on` have no counterpart; `door` (text) fits a string; `t` fits a float.
+    assert!(
+        all.contains(
+            "profiles.p.fields.fw: field \"fw\" has no counterpart in message acme.v1.Narrow"
+        ),
+        "{all}"
+    );
+    assert!(all.contains("profiles.p.fields.on:"), "{all}");
+    assert_eq!(e.len(), 2, "{all}");
+    let e = with_proto("message = \"acme.v1.Reading\"\ntimestamp_key = \"small\"").unwrap_err();
+    assert!(e[0].contains("profiles.p.timestamp_key") && e[0].contains("int32"), "{e:?}");
+    let e = with_proto("message = \"acme.v1.Reading\"\nid_key = \"many\"").unwrap_err();
+    assert!(e[0].contains("acme.v1.Reading.many is repeated double"), "{e:?}");
+    let e = with_proto("message = \"acme.v1.Nope\"").unwrap_err();
+    assert!(e[0].starts_with("profiles.p.message:") && e[0].contains("acme.v1.Reading"), "{e:?}");
+    let e = with_proto("message = \"X\"\nproto_file = \"missing.proto\"").unwrap_err();
+    assert!(e.iter().any(|x| x.contains("missing.proto")), "{e:?}");
+    let e = with_proto("").unwrap_err();
+    assert!(e[0].starts_with("profiles.p.message: missing"), "{e:?}");
+    // A file that does not compile: the compiler's message, with the file.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.proto"),
+        "syntax = \"proto3\";\nmessage M { int32 = 1; }\n",
+    )
+    .unwrap();
+    let text = fleet("format = \"protobuf\"\nproto_file = \"bad.proto\"\nmessage = \"M\"");
+    let Err(ParseError::Invalid(p)) = parse_str(&text, dir.path()) else { panic!("accepted") };
+    let s = p.to_string();
+    assert!(s.contains("profiles.p.proto_file") && s.contains("bad.proto does not compile"), "{s}");
+    // Keys of another format.
+    let e = with_proto("message = \"Reading\"\ntemplate = \"x\"").unwrap_err();
+    assert!(
+        e[0].contains("only applies to format = \\\"template\\\"") || e[0].contains("template"),
+        "{e:?}"
+    );
+}
