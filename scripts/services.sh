@@ -7,6 +7,8 @@
 #   python3 + venv              tests/it/grpc_python.rs builds a grpcio client under target/
 #   python3-jsonschema          src/config/schema/tests.rs checks the shipped files against `iot-sim schema`
 #   python3-cbor2               tests/it/formats.rs decodes CBOR and SenML-CBOR payloads independently
+#   python3-protobuf, protoc    tests/it/formats.rs decodes protobuf payloads with code protoc generates
+#     (protobuf-compiler; libprotobuf-dev has google/protobuf/*.proto)
 #   prometheus, promtool        tests/it/prometheus.rs starts its own server on a free port
 #   chromium, chromedriver      tests/it/browser.rs drives headless Chromium over WebDriver
 #   podman, runc, debootstrap   tests/it/container.rs builds and runs the image (base made locally)
@@ -60,6 +62,9 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 has_py_module() { /usr/bin/python3 -c "import $1" 2>/dev/null || python3 -c "import $1" 2>/dev/null; }
 has_py_module jsonschema || apt_install python3-jsonschema
 has_py_module cbor2 || apt_install python3-cbor2
+has_py_module google.protobuf || apt_install python3-protobuf
+command -v protoc >/dev/null || apt_install protobuf-compiler
+[ -f /usr/include/google/protobuf/timestamp.proto ] || apt_install libprotobuf-dev
 
 # Prometheus and promtool: tests/it/prometheus.rs starts its own server on a free port.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus

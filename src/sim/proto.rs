@@ -264,7 +264,8 @@ pub fn encode(out: &mut Vec<u8>, p: &Proto, m: &Msg<'_>) {
         }
         None => fields(out, p, m),
     }
-    if let (Some(s), Some(seq)) = (&p.seq, m.seq) {
+    // As in the envelope: when the profile asks for it (`seq = true`).
+    if let (Some(s), Some(seq), true) = (&p.seq, m.seq, m.write_seq) {
         int(out, s.number, s.ty, seq.min(i64::MAX as u64) as i64);
     }
     if let Some(n) = p.labels {

@@ -1,6 +1,7 @@
 //! Payload formats (issue 22) through the built binary: the same bytes for every format across
 //! runs and `--cores` 1, 2, 3; CBOR and SenML-CBOR decoded by an independent decoder (Python's
-//! `cbor2`); `iot-sim payload preview`; bad format keys listed with their paths (exit 2).
+//! `cbor2`), protobuf by Python's `protobuf` runtime from code `protoc` generated from the same
+//! `.proto`; `iot-sim payload preview`; bad format keys listed with their paths (exit 2).
 
 use crate::common::{bin, stderr};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,9 @@ use std::process::Command;
 /// 30 thermostats (numbers, a Markov state, a static string and boolean, an event) and 10
 /// meters, over 20 minutes.
 fn fleet(dir: &Path, format: &str, extra: &str) -> PathBuf {
+    if format == "protobuf" {
+        write_proto(dir);
+    }
     let text = format!(
         r#"
 [run]
@@ -92,7 +96,20 @@ const FORMATS: &[(&str, &str)] = &[
     ("cbor", ""),
     ("senml", ""),
     ("senml_cbor", ""),
+    ("protobuf", PROTOBUF),
 ];
+
+/// The protobuf keys: the message of `configs/telemetry.proto`, copied next to the fleet file.
+const PROTOBUF: &str =
+    "proto_file = \"telemetry.proto\"\nmessage = \"iotsim.example.v1.Telemetry\"";
+
+/// The shipped example `.proto` (its Telemetry message has every field of [`fleet`]).
+fn write_proto(dir: &Path) -> PathBuf {
+    let path = dir.join("telemetry.proto");
+    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/telemetry.proto"), &path)
+        .unwrap();
+    path
+}
 
 /// Runs the fleet with `cores` shards: every output file's bytes (in file-name order) and all
 /// lines, sorted.
@@ -134,7 +151,7 @@ fn every_format_gives_the_same_bytes_across_runs_and_core_counts() {
         for line in &one_lines {
             let v: serde_json::Value = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("{format}: not a JSON line ({e}): {line}"));
-            let binary = matches!(*format, "cbor" | "senml_cbor");
+            let binary = matches!(*format, "cbor" | "senml_cbor" | "protobuf");
             assert_eq!(v["encoding"].as_str() == Some("base64"), binary, "{format}: {line}");
         }
         for cores in [2, 3] {
@@ -257,6 +274,124 @@ fn senml_cbor_payloads_decode_with_python_cbor2_and_follow_rfc_8428() {
     assert_eq!(s["units"], serde_json::json!({"temperature": "Cel", "power": "W"}), "{s}");
     assert!(s["events"].as_u64().unwrap() > 0, "{s}");
     assert!(s["seq_max"].as_i64().unwrap() >= 170, "{s}");
+}
+
+/// A Python with the `protobuf` runtime, and `protoc` (Debian: python3-protobuf,
+/// protobuf-compiler and libprotobuf-dev for the well-known types, installed by
+/// scripts/services.sh).
+fn python_protobuf() -> Command {
+    let protoc = Command::new("protoc").arg("--version").output();
+    assert!(
+        protoc.is_ok_and(|o| o.status.success()),
+        "protoc is needed: apt-get install protobuf-compiler (scripts/services.sh)"
+    );
+    for p in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(p)
+            .args(["-c", "import google.protobuf"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Command::new(p);
+        }
+    }
+    panic!(
+        "python3 with protobuf is needed: apt-get install python3-protobuf (scripts/services.sh)"
+    );
+}
+
+/// Decodes every protobuf payload (base64 in the file sink) with the generated Python class
+/// and compares it, message by message, with the envelope run of the same seed: the same
+/// devices, topics, times, seqs, labels, events and values.
+const PROTO_CHECK: &str = r#"
+import base64, json, math, struct, sys
+sys.path.insert(0, sys.argv[1])
+import telemetry_pb2 as pb
+env_lines = open(sys.argv[2]).read().splitlines()
+pb_lines = open(sys.argv[3]).read().splitlines()
+assert len(env_lines) == len(pb_lines) > 0, (len(env_lines), len(pb_lines))
+out = {"messages": 0, "events": 0, "doors": {}, "seq_max": -1}
+def ms(rfc):
+    # 2026-03-14T22:30:07.000Z -> epoch ms
+    import datetime
+    d = datetime.datetime.strptime(rfc, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    return int(round(d.timestamp() * 1000))
+for a, b in zip(env_lines, pb_lines):
+    ea, rb = json.loads(a), json.loads(b)
+    assert rb["encoding"] == "base64" and ea["topic"] == rb["topic"], (ea, rb)
+    env = ea["payload"]
+    m = pb.Telemetry()
+    m.ParseFromString(base64.b64decode(rb["payload"]))
+    out["messages"] += 1
+    assert m.device_id == env["device_id"] and m.device_type == env["device_type"], (m, env)
+    assert m.timestamp.ToMilliseconds() == ms(env["timestamp"]), (m.timestamp, env["timestamp"])
+    assert dict(m.labels) == env.get("labels", {}), (m.labels, env)
+    if "event" in env:
+        out["events"] += 1
+        assert m.event == env["event"] and m.seq == 0, m
+        continue
+    assert m.event == "" and m.seq == env.get("seq", 0), (m, env)
+    out["seq_max"] = max(out["seq_max"], m.seq)
+    f = env["fields"]
+    if env["device_type"] == "thermo":
+        assert m.temperature == f["temperature"], (m.temperature, f)
+        assert pb.DoorState.Name(m.door) == f["door"], (m.door, f)
+        out["doors"][f["door"]] = out["doors"].get(f["door"], 0) + 1
+        assert m.fw == f["fw"] and m.online == f["online"], (m, f)
+    else:
+        # float: the value rounded to single precision.
+        assert m.power == struct.unpack("<f", struct.pack("<f", f["power"]))[0], (m.power, f)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn protobuf_payloads_decode_with_python_protobuf_and_match_the_envelope() {
+    let dir = tempfile::tempdir().unwrap();
+    let proto = write_proto(dir.path());
+    let generated = dir.path().join("gen");
+    std::fs::create_dir(&generated).unwrap();
+    let out = Command::new("protoc")
+        .arg(format!("-I{}", dir.path().display()))
+        // The well-known types' .proto files (Debian: libprotobuf-dev).
+        .arg("-I/usr/include")
+        .arg(format!("--python_out={}", generated.display()))
+        .arg(&proto)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "protoc: {}", stderr(&out));
+    let envelope = dir.path().join("envelope");
+    std::fs::create_dir(&envelope).unwrap();
+    run_once(&fleet(&envelope, "envelope", ""));
+    let protobuf = dir.path().join("protobuf");
+    std::fs::create_dir(&protobuf).unwrap();
+    run_once(&fleet(&protobuf, "protobuf", PROTOBUF));
+    let out = python_protobuf()
+        .args([
+            "-c",
+            PROTO_CHECK,
+            generated.to_str().unwrap(),
+            envelope.join("out.jsonl").to_str().unwrap(),
+            protobuf.join("out.jsonl").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the Python protobuf runtime disagrees:\n{}", stderr(&out));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(s["messages"].as_u64().unwrap() > 5000, "{s}");
+    assert!(s["events"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["seq_max"].as_i64().unwrap() >= 170, "{s}");
+    assert!(s["doors"]["open"].as_u64().unwrap() > 0 && s["doors"]["closed"].as_u64().unwrap() > 0);
+    // `payload preview` decodes with the message's descriptor (protobuf text format).
+    let cfg = protobuf.join("fleet.toml");
+    let out = bin()
+        .args(["payload", "preview", "--config", cfg.to_str().unwrap(), "--count", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("format protobuf, content type application/x-protobuf"), "{text}");
+    assert!(
+        text.contains(r#"decoded (iotsim.example.v1.Telemetry): device_id:"thermo-0000",device_type:"thermo",timestamp{seconds:1773527400}"#),
+        "{text}"
+    );
 }
 
 #[test]
