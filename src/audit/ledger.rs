@@ -3,6 +3,7 @@
 //! messages of every device (from the schedule where the profile is periodic) against what
 //! arrived. Free of I/O: the consumers hand it (topic, payload, arrival time).
 
+use super::decode::{Decoder, Ts};
 use super::roster::{Roster, first_tick, scheduled};
 use super::track::{Arrival, Track};
 use super::values::{ValueCounts, Values};
@@ -13,10 +14,8 @@ use crate::sim::behaviour::ReportMode;
 use crate::sim::device::device_seed;
 use crate::sim::profile::{Fleet, Group, Profile};
 use crate::sim::seed::phase_ms;
-use crate::sim::time::parse_rfc3339;
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// How intended send times map to wall time, for end-to-end latency.
@@ -158,20 +157,6 @@ pub struct AuditReport {
     pub notes: Vec<String>,
 }
 
-#[derive(serde::Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    device_id: Cow<'a, str>,
-    #[serde(borrow)]
-    device_type: Cow<'a, str>,
-    #[serde(borrow)]
-    timestamp: Cow<'a, str>,
-    #[serde(default)]
-    seq: Option<u64>,
-    #[serde(default)]
-    event: Option<serde::de::IgnoredAny>,
-}
-
 /// The books.
 pub struct Ledger {
     fleet: Arc<Fleet>,
@@ -200,6 +185,8 @@ pub struct Ledger {
     spawned_at: Vec<Option<u64>>,
     /// Profiles of spawned devices already added, by the address of their shared `Arc`.
     spawned_profiles: Vec<(Arc<Profile>, usize)>,
+    /// A reader per payload format the profiles use (`decode.rs`).
+    decoders: Arc<Vec<Decoder>>,
 }
 
 impl Ledger {
@@ -213,7 +200,9 @@ impl Ledger {
         let roster = Roster::new(&fleet);
         let n = roster.len() as usize;
         let groups = fleet.groups.len();
+        let decoders = Arc::new(Decoder::all(fleet.profiles.iter().map(|p| &*p.format)));
         Ledger {
+            decoders,
             latency: (0..fleet.profiles.len()).map(|_| histogram()).collect(),
             fleet,
             roster,
@@ -255,6 +244,11 @@ impl Ledger {
                 Some(&(_, pi)) => pi,
                 None => {
                     fleet.profiles.push((*n.profile).clone());
+                    if let Some(d) = Decoder::of(&n.profile.format)
+                        && !self.decoders.iter().any(|x| x.fits(&n.profile.format))
+                    {
+                        Arc::make_mut(&mut self.decoders).push(d);
+                    }
                     self.latency.push(histogram());
                     let pi = fleet.profiles.len() - 1;
                     self.spawned_profiles.push((n.profile.clone(), pi));
@@ -314,23 +308,37 @@ impl Ledger {
             self.counts.unparsable += 1;
             return;
         }
-        let Ok(env) = serde_json::from_slice::<Envelope<'_>>(payload) else {
-            self.counts.unparsable += 1;
-            return;
-        };
-        let found = match self.roster.find(&env.device_id) {
-            None if self.learn_spawns() => self.roster.find(&env.device_id),
-            found => found,
-        };
-        let Some((dense, gi)) = found else {
-            self.counts.unknown_device += 1;
+        // The first reading whose device publishes that format (one format: the only one).
+        let decoders = self.decoders.clone();
+        let (mut parsed, mut hit) = (false, None);
+        for d in decoders.iter() {
+            let Some(meta) = d.read(payload) else { continue };
+            parsed = true;
+            let found = match self.roster.find(&meta.device_id) {
+                None if self.learn_spawns() => self.roster.find(&meta.device_id),
+                found => found,
+            };
+            if let Some((dense, gi)) = found
+                && (decoders.len() == 1
+                    || d.fits(&self.fleet.profiles[self.fleet.groups[gi].profile].format))
+            {
+                hit = Some((meta, dense, gi));
+                break;
+            }
+        }
+        let Some((env, dense, gi)) = hit else {
+            if parsed {
+                self.counts.unknown_device += 1;
+            } else {
+                self.counts.unparsable += 1;
+            }
             return;
         };
         let fleet = self.fleet.clone();
         let group = &fleet.groups[gi];
         let pi = group.profile;
         let profile = &fleet.profiles[pi];
-        if let (None, Some(topic)) = (&env.event, topic) {
+        if let (false, Some(topic)) = (env.event, topic) {
             self.topic.clear();
             profile.topic.render(
                 &mut self.topic,
@@ -349,18 +357,23 @@ impl Ledger {
                 return;
             }
         }
-        let ts = match parse_rfc3339(&env.timestamp) {
-            Ok(t) if env.device_type == profile.device_type => t,
-            _ => {
-                self.counts.corrupted += 1;
-                return;
-            }
+        // A type or a time that is not the device's: corrupted on the way. A format without a
+        // timestamp (a template) is not checked against the grid, nor timed.
+        let ts = match env.ts {
+            Ts::Bad => None,
+            _ if env.device_type.as_ref().is_some_and(|t| *t != profile.device_type) => None,
+            Ts::Ms(t) => Some(Some(t)),
+            Ts::Absent => Some(None),
+        };
+        let Some(ts) = ts else {
+            self.counts.corrupted += 1;
+            return;
         };
         let Some(seq) = env.seq else {
             self.counts.no_seq += 1;
             return;
         };
-        if let (Some(start), true) = (self.start_ms, profile.behaviour.is_plain()) {
+        if let (Some(start), true, Some(ts)) = (self.start_ms, profile.behaviour.is_plain(), ts) {
             let first = self.first_of(self.seed, start, gi, &env.device_id, profile);
             let iv = profile.interval_ms.max(1);
             if ts < first || !(ts - first).is_multiple_of(iv) {
@@ -383,7 +396,7 @@ impl Ledger {
             }
         }
         if let (Some(v), Some(c)) = (&mut self.values, &mut self.counts.values) {
-            match v.check(&self.fleet, dense, seq, ts, payload) {
+            match v.check(&self.fleet, dense, seq, ts.unwrap_or(0), payload) {
                 None => c.unverified += 1,
                 Some(f) => {
                     c.verified += !f.any() as u64;
@@ -394,7 +407,7 @@ impl Ledger {
                 }
             }
         }
-        if let LatencyClock::Wall { wall0_us, start_ms, speed } = self.clock {
+        if let (LatencyClock::Wall { wall0_us, start_ms, speed }, Some(ts)) = (self.clock, ts) {
             let since_us = ts.saturating_sub(start_ms) as f64 * 1000.0 / speed;
             let intended = wall0_us.saturating_add(since_us as u64);
             record(&mut self.latency[pi], arrival_us.saturating_sub(intended));

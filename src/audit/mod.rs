@@ -7,6 +7,7 @@
 //! - `roster.rs`: device id -> dense index by the fleet's own profile/group/ordinal
 //!   arithmetic (no map, nothing allocated per message); a device's schedule (first tick +
 //!   interval grid).
+//! - `decode.rs`: the device id, seq, type and time out of a payload in each built-in format.
 //! - `ledger.rs`: the books: parse, classify, count bad input by kind, end-to-end latency per
 //!   device type; at the end, expected messages against what arrived, faults' gaps apart.
 //! - `consume.rs`: the MQTT and AMQP consumers (on one thread of their own).
@@ -19,6 +20,7 @@
 //! its `--duration`.
 
 mod consume;
+mod decode;
 mod ledger;
 mod roster;
 mod track;

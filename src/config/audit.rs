@@ -141,7 +141,6 @@ pub fn compile(
     p: &mut Problems,
 ) -> Option<AuditSettings> {
     let before = p.0.len();
-    refuse_other_formats(fleet, p);
     let protocols = fleet.protocols();
     let default_source =
         if protocols.contains(&Protocol::Amqp) && !protocols.contains(&Protocol::Mqtt) {
@@ -182,6 +181,7 @@ pub fn compile(
             false
         }
     };
+    check_formats(fleet, values.then(|| t.path_of("verify")), p);
     let filters: Vec<String> = match t.get("filter") {
         None => derived_filters(fleet, Protocol::Mqtt),
         Some(toml::Value::String(s)) => vec![s.clone()],
@@ -339,20 +339,56 @@ pub fn compile(
     })
 }
 
-/// The settings of `--audit` without an `[audit]` table: every default.
-/// The audit decodes the envelope: a profile in another format would be mis-audited (every
-/// message counted missing), so it is refused, naming the profile and its format. (Decoding
-/// CBOR, SenML and flat, and JSON pointers for templates, are to come.)
-fn refuse_other_formats(fleet: &Fleet, p: &mut Problems) {
+/// The audit decodes every built-in format (`audit/decode.rs`), given what it needs: a
+/// device id (flat: an `id_key`; protobuf: an id field), and for a template JSON output and
+/// `audit = { device_id, seq }` pointers. `verify = "values"` compares the envelope's field
+/// text, so it takes envelope profiles only (`values`: the path of `verify` when it is on).
+fn check_formats(fleet: &Fleet, values: Option<String>, p: &mut Problems) {
+    use crate::sim::format::{Body, Kind};
     for prof in &fleet.profiles {
-        if !prof.format.is_envelope() {
-            p.add(
-                format!("profiles.{}.format", prof.name),
+        let f = &prof.format;
+        let at = format!("profiles.{}.format", prof.name);
+        let refuse = |p: &mut Problems, why: String| {
+            p.add(at.clone(), format!("profile {:?} (format {:?}): {why}", prof.name, f.name()))
+        };
+        match &f.kind {
+            Kind::Template(_) if f.wire.body != Body::Json => refuse(
+                p,
+                "the delivery audit reads JSON, and this template's output is not JSON; run \
+                 without [audit]"
+                    .into(),
+            ),
+            Kind::Template(_) if f.audit.is_none() => refuse(
+                p,
+                "the delivery audit needs to know where the id and seq are: add audit = \
+                 { device_id = \"/id\", seq = \"/seq\" } (JSON pointers into the output)"
+                    .into(),
+            ),
+            Kind::Flat(fl) if fl.id_key_json.is_empty() => refuse(
+                p,
+                "id_key = \"\" leaves the device id out, and the delivery audit needs it".into(),
+            ),
+            Kind::Protobuf(pl) if pl.device_id.is_none() || pl.seq.is_none() => refuse(
+                p,
                 format!(
-                    "profile {:?} publishes format {:?}, and the delivery audit reads the \
-                     envelope only; use format = \"envelope\" or run without [audit]",
+                    "the delivery audit needs the device id and the seq, and message {} has no \
+                     {} field",
+                    pl.message,
+                    if pl.device_id.is_none() { "device id" } else { "integer seq" }
+                ),
+            ),
+            _ => {}
+        }
+        if let Some(v) = &values
+            && !f.is_envelope()
+        {
+            p.add(
+                v.clone(),
+                format!(
+                    "\"values\" compares the envelope's fields, and profile {:?} publishes \
+                     format {:?}; use verify = \"envelope\" (id, seq, type and time checks)",
                     prof.name,
-                    prof.format.name()
+                    f.name()
                 ),
             );
         }

@@ -462,6 +462,20 @@ pub const PROFILE: Spec = Spec {
             Ty::Str,
             "HTTP Content-Type and AMQP content_type (default: from the format).",
         ),
+        k(
+            "audit",
+            Ty::Table(&PROFILE_AUDIT),
+            "format = template: where the delivery audit finds the id and seq (JSON pointers).",
+        ),
+    ],
+};
+
+pub const PROFILE_AUDIT: Spec = Spec {
+    path: "profiles.NAME.audit",
+    doc: "Where the delivery audit reads a JSON template's device id and seq.",
+    keys: &[
+        k("device_id", Ty::Str, "JSON pointer to the device id (\"/id\").").req(),
+        k("seq", Ty::Str, "JSON pointer to the sequence number (\"/seq\").").req(),
     ],
 };
 
@@ -886,6 +900,7 @@ pub const SPECS: &[&Spec] = &[
     &EVENT,
     &AVAILABILITY,
     &SLEEP,
+    &PROFILE_AUDIT,
     &THRESHOLD,
     &AUDIT,
     &SCENARIO_FILE,

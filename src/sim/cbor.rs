@@ -230,6 +230,91 @@ fn float_text(f: f64) -> String {
     }
 }
 
+/// Reads a CBOR item as JSON (for the delivery audit): maps keyed by text or integers (an
+/// integer key becomes its decimal text, `-2`), numbers, text, booleans and null; a
+/// non-finite float is null. `None` when `bytes` is not one well-formed item of those kinds.
+pub fn to_json(bytes: &[u8]) -> Option<serde_json::Value> {
+    let mut pos = 0;
+    let v = json_item(bytes, &mut pos, 0)?;
+    (pos == bytes.len()).then_some(v)
+}
+
+fn json_item(b: &[u8], pos: &mut usize, depth: usize) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    if depth > 64 {
+        return None;
+    }
+    let first = *b.get(*pos)?;
+    *pos += 1;
+    let (major, info) = (first >> 5, first & 0x1f);
+    let mut arg = || -> Option<u64> {
+        let n = match info {
+            0..=23 => return Some(info as u64),
+            24 => 1,
+            25 => 2,
+            26 => 4,
+            27 => 8,
+            _ => return None,
+        };
+        let s = b.get(*pos..*pos + n)?;
+        *pos += n;
+        Some(s.iter().fold(0u64, |a, &x| a << 8 | x as u64))
+    };
+    Some(match major {
+        0 => Value::from(arg()?),
+        1 => Value::from(-1 - i64::try_from(arg()?).ok()?),
+        3 => {
+            let n = arg()? as usize;
+            let s = b.get(*pos..pos.checked_add(n)?)?;
+            *pos += n;
+            Value::from(std::str::from_utf8(s).ok()?)
+        }
+        4 => {
+            let n = arg()?;
+            let mut a = Vec::with_capacity(n.min(64) as usize);
+            for _ in 0..n {
+                a.push(json_item(b, pos, depth + 1)?);
+            }
+            Value::Array(a)
+        }
+        5 => {
+            let n = arg()?;
+            let mut m = serde_json::Map::new();
+            for _ in 0..n {
+                let k = match json_item(b, pos, depth + 1)? {
+                    Value::String(s) => s,
+                    Value::Number(x) => x.to_string(),
+                    _ => return None,
+                };
+                m.insert(k, json_item(b, pos, depth + 1)?);
+            }
+            Value::Object(m)
+        }
+        7 => match info {
+            20 => Value::from(false),
+            21 => Value::from(true),
+            22 | 23 => Value::Null,
+            25 => {
+                let h = u16::from_be_bytes(b.get(*pos..*pos + 2)?.try_into().ok()?);
+                *pos += 2;
+                serde_json::Number::from_f64(half(h)).map_or(Value::Null, Value::Number)
+            }
+            26 => {
+                let f = f32::from_be_bytes(b.get(*pos..*pos + 4)?.try_into().ok()?);
+                *pos += 4;
+                serde_json::Number::from_f64(f as f64).map_or(Value::Null, Value::Number)
+            }
+            27 => {
+                let f = f64::from_be_bytes(b.get(*pos..*pos + 8)?.try_into().ok()?);
+                *pos += 8;
+                serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+            }
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

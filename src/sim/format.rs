@@ -272,6 +272,8 @@ pub struct PayloadFormat {
     pub typed: bool,
     /// Where the template was given (`profiles.NAME.template`), for problems found later.
     pub path: String,
+    /// A JSON template's `audit = { device_id, seq }`: JSON pointers to the id and the seq.
+    pub audit: Option<(String, String)>,
 }
 
 impl Default for PayloadFormat {
@@ -282,6 +284,7 @@ impl Default for PayloadFormat {
             units: vec![],
             typed: false,
             path: String::new(),
+            audit: None,
         }
     }
 }

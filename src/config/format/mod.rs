@@ -147,7 +147,42 @@ pub fn compile(
     }
     let typed = t.has("content_type");
     let path = t.path_of(if t.has("template_file") { "template_file" } else { "template" });
-    PayloadFormat { kind, wire, units, typed, path }
+    let audit = audit_pointers(t, name, p);
+    PayloadFormat { kind, wire, units, typed, path, audit }
+}
+
+/// `audit = { device_id = "/id", seq = "/seq" }`: where the delivery audit finds a JSON
+/// template's id and seq (RFC 6901 JSON pointers).
+fn audit_pointers(t: &mut Table<'_>, name: &str, p: &mut Problems) -> Option<(String, String)> {
+    if !t.has("audit") {
+        return None;
+    }
+    if name != "template" {
+        p.add(
+            t.path_of("audit"),
+            format!(
+                "only applies to format = \"template\"; the audit reads format {name:?} itself"
+            ),
+        );
+        t.allow("audit");
+        return None;
+    }
+    let mut a = t.table("audit", p)?;
+    let mut pointer = |key: &str, p: &mut Problems| match a.str(key, p) {
+        Some(s) if s.starts_with('/') => Some(s.to_string()),
+        Some(s) => {
+            p.add(a.path_of(key), format!("not a JSON pointer (\"/key/0\"): {s:?}"));
+            None
+        }
+        None => {
+            p.add(a.path_of(key), "missing: a JSON pointer (\"/seq\")");
+            None
+        }
+    };
+    let id = pointer("device_id", p);
+    let seq = pointer("seq", p);
+    a.finish_with(&crate::config::keys::PROFILE_AUDIT.names(), p);
+    Some((id?, seq?))
 }
 
 /// The CoAP Content-Format of a content type (RFC 7252 section 12.3 and RFC 8428): 0 for

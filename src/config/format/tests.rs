@@ -278,20 +278,52 @@ fn bad_format_keys_are_listed_with_their_paths() {
 }
 
 #[test]
-fn an_audit_refuses_a_format_it_cannot_decode() {
-    let text = fleet("format = \"cbor\"").replace(
-        "[sink.null]",
-        "[sink.null]\n[sink.mqtt]\nurl = \"mqtt://localhost:1883\"\n[audit]",
-    );
-    let text = text.replace("protocol = \"null\"", "protocol = \"mqtt\"");
-    let Err(ParseError::Invalid(p)) = parse_str(&text, Path::new(".")) else { panic!("accepted") };
-    let p: Vec<String> = p.0.iter().map(ToString::to_string).collect();
+fn an_audit_takes_every_format_it_can_decode() {
+    let audited = |extra: &str, audit: &str| {
+        let text = fleet(extra).replace(
+            "[sink.null]",
+            &format!("[sink.null]\n[sink.mqtt]\nurl = \"mqtt://localhost:1883\"\n[audit]\n{audit}"),
+        );
+        let text = text.replace("protocol = \"null\"", "protocol = \"mqtt\"");
+        match parse_str(&text, Path::new(".")) {
+            Ok(_) => vec![],
+            Err(ParseError::Invalid(p)) => p.0.iter().map(ToString::to_string).collect(),
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    for f in ["cbor", "senml", "senml_cbor", "flat"] {
+        assert_eq!(audited(&format!("format = \"{f}\""), ""), Vec::<String>::new(), "{f}");
+    }
+    // `values` compares the envelope's fields only.
+    let p = audited("format = \"cbor\"", "verify = \"values\"");
     assert!(
-        p.iter().any(|p| p.contains("profiles.p.format")
-            && p.contains("\"cbor\"")
-            && p.contains("audit")),
+        p.len() == 1 && p[0].starts_with("audit.verify:") && p[0].contains("\"cbor\""),
         "{p:?}"
     );
+    // A flat payload without the id, a template without pointers or that is not JSON.
+    let p = audited("format = \"flat\"\nid_key = \"\"", "");
+    assert!(p.len() == 1 && p[0].starts_with("profiles.p.format:"), "{p:?}");
+    let json =
+        "format = \"template\"\ntemplate = '{\"i\": {{ device_id|tojson }}, \"s\": {{ seq }}}'";
+    let p = audited(json, "");
+    assert!(p.len() == 1 && p[0].contains("audit = { device_id"), "{p:?}");
+    assert_eq!(
+        audited(&format!("{json}\naudit = {{ device_id = \"/i\", seq = \"/s\" }}"), ""),
+        Vec::<String>::new()
+    );
+    let p = audited(&format!("{json}\naudit = {{ device_id = \"i\" }}"), "");
+    assert!(
+        p.iter()
+            .any(|x| x.contains("profiles.p.audit.device_id") && x.contains("not a JSON pointer")),
+        "{p:?}"
+    );
+    assert!(p.iter().any(|x| x.contains("profiles.p.audit.seq: missing")), "{p:?}");
+    let csv = "format = \"template\"\ntemplate = '{{ device_id }},{{ seq }}'\naudit = { device_id = \"/i\", seq = \"/s\" }";
+    let p = audited(csv, "");
+    assert!(p.len() == 1 && p[0].contains("not JSON"), "{p:?}");
+    // Pointers belong to templates.
+    let p = audited("format = \"cbor\"\naudit = { device_id = \"/i\", seq = \"/s\" }", "");
+    assert!(p.iter().any(|x| x.starts_with("profiles.p.audit:")), "{p:?}");
 }
 
 #[test]
