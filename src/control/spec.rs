@@ -10,7 +10,7 @@ use crate::shard::command::{BehaviourUpdate, Selection, SpawnSpec};
 use crate::sim::fault::{CorruptionMode, DisconnectMode, FaultKind, FaultSpec};
 use crate::sim::profile::Profile;
 use crate::sim::selector::LabelSelector;
-use crate::walk::{Problems, Table};
+use crate::walk::{Problems, Table, join};
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -166,8 +166,8 @@ pub(crate) fn behaviour_update(
 ) -> Result<BehaviourUpdate, Status> {
     let fields = behaviour_fields(params).map_err(Status::invalid_argument)?;
     let top = params.map(struct_to_toml).unwrap_or_default();
-    let keeps_fields =
-        !top.contains_key("fields") && BEHAVIOUR_KEYS.iter().any(|k| top.contains_key(*k));
+    let keeps_fields = !top.contains_key("fields")
+        && BEHAVIOUR_KEYS.iter().chain(&FORMAT_KEYS).any(|k| top.contains_key(*k));
     let mut p = Problems::default();
     compile_update("", (!keeps_fields).then_some(fields), &top, &mut p).ok_or_else(|| {
         Status::invalid_argument(format!("invalid behavior_params: {}", problems_text(&p)))
@@ -200,6 +200,16 @@ pub(crate) fn compile_update(
             None => {}
         }
     }
+    // Format keys: a new payload format for the devices (checked against the update's fields).
+    for k in FORMAT_KEYS {
+        if let Some(v) = top.get(k) {
+            t.insert(k.into(), v.clone());
+        }
+    }
+    if let Some(why) = remote_path(top) {
+        p.add(join(base, "proto_file"), why);
+        return None;
+    }
     let profile = crate::config::compile_profile_with("update", Table::new(base, &t), p, true)
         .filter(|_| p.0.len() == before)?;
     let given = |k: &str| top.contains_key(k);
@@ -212,7 +222,24 @@ pub(crate) fn compile_update(
         events: given("events").then_some(b.events),
         availability: given("availability").then_some(b.availability),
         sleep: given("sleep").then_some(b.sleep),
+        format: FORMAT_KEYS.iter().any(|k| given(k)).then_some(profile.format),
         ..BehaviourUpdate::default()
+    })
+}
+
+/// A `proto_file` from a request or a scenario step: relative to the runtime's working
+/// directory, and inside it (no absolute path, no `..`), so a remote client cannot have the
+/// runtime read files elsewhere. The reason it is refused, if it is.
+fn remote_path(top: &toml::Table) -> Option<String> {
+    let f = top.get("proto_file")?.as_str()?;
+    let path = std::path::Path::new(f);
+    let outside = path.is_absolute()
+        || path.components().any(|c| matches!(c, std::path::Component::ParentDir));
+    outside.then(|| {
+        format!(
+            "{f:?}: a proto_file in a request is relative to the runtime's working directory \
+             and stays inside it (no absolute path, no \"..\")"
+        )
     })
 }
 
@@ -220,11 +247,22 @@ pub(crate) fn compile_update(
 /// behaviour beyond its fields (the fleet file's profile keys of the same names).
 pub(crate) const BEHAVIOUR_KEYS: [&str; 4] = ["report", "events", "availability", "sleep"];
 
-/// Payload format keys a spawn's `behavior_params` may carry (the fleet file's profile keys of
-/// the same names; an extension of the original's contract). `template_file` is left out: a
-/// remote request does not name files on the runtime's machine.
-pub(crate) const FORMAT_KEYS: [&str; 6] =
-    ["format", "id_key", "timestamp_key", "timestamp", "template", "content_type"];
+/// Payload format keys a spawn's or an update's `behavior_params` (and a scenario's `update`)
+/// may carry (the fleet file's profile keys of the same names; an extension of the
+/// original's contract). `template_file` is left out: a remote request does not name files on
+/// the runtime's machine; `proto_file` is taken relative to the runtime's working directory
+/// and must stay inside it ([`remote_path`]).
+pub(crate) const FORMAT_KEYS: [&str; 9] = [
+    "format",
+    "id_key",
+    "timestamp_key",
+    "timestamp",
+    "template",
+    "content_type",
+    "proto_file",
+    "message",
+    "audit",
+];
 
 pub(crate) fn problems_text(p: &Problems) -> String {
     p.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
@@ -275,6 +313,9 @@ pub(crate) fn compile_spec(
                 t.insert((*k).into(), v.clone());
             }
         }
+    }
+    if let Some(why) = spec.behavior_params.as_ref().and_then(|b| remote_path(&struct_to_toml(b))) {
+        return Err(format!("invalid spec: proto_file: {why}"));
     }
     let mut p = Problems::default();
     let profile =

@@ -638,6 +638,7 @@ fn action(
                 _ => {
                     accepted.extend(["interval", "labels", "fields"]);
                     accepted.extend(crate::control::spec::BEHAVIOUR_KEYS);
+                    accepted.extend(crate::control::spec::FORMAT_KEYS);
                     update(&mut t, p)
                 }
             };
@@ -724,7 +725,7 @@ fn fault(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
 }
 
 fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
-    use crate::control::spec::{BEHAVIOUR_KEYS, compile_update};
+    use crate::control::spec::{BEHAVIOUR_KEYS, FORMAT_KEYS, compile_update};
     let mut u = BehaviourUpdate { merge: true, keep_fields: true, ..BehaviourUpdate::default() };
     let before = p.0.len();
     if t.has("interval") {
@@ -744,9 +745,9 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
     if let Some(f) = &fields {
         params.insert("fields".into(), Value::Table(f.clone()));
     }
-    for k in BEHAVIOUR_KEYS {
+    for k in BEHAVIOUR_KEYS.iter().chain(&FORMAT_KEYS) {
         if let Some(v) = t.get(k) {
-            params.insert(k.into(), v.clone());
+            params.insert((*k).into(), v.clone());
         }
     }
     if !params.is_empty()
@@ -757,8 +758,8 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
     if u.interval_ms.is_none() && u.labels.is_empty() && params.is_empty() && p.0.len() == before {
         p.add(
             t.path.clone(),
-            "nothing to change: give interval, labels, fields, report, events, availability \
-             and/or sleep",
+            "nothing to change: give interval, labels, fields, report, events, availability, \
+             sleep and/or format keys",
         );
     }
     let params = (!params.is_empty()).then(|| Arc::new(params));

@@ -203,6 +203,8 @@ pub struct BehaviourUpdate {
     pub events: Option<Vec<super::behaviour::EventSpec>>,
     pub availability: Option<Option<super::behaviour::Availability>>,
     pub sleep: Option<Option<super::behaviour::Sleep>>,
+    /// A new payload format (`format` and its keys in the update).
+    pub format: Option<std::sync::Arc<super::format::PayloadFormat>>,
 }
 
 /// A validated device profile.
@@ -308,6 +310,9 @@ impl Profile {
         }
         if let Some(s) = u.sleep {
             b.sleep = s;
+        }
+        if let Some(f) = &u.format {
+            p.format = f.clone();
         }
         p.lay_out();
         (p, broken)

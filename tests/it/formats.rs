@@ -544,13 +544,49 @@ async fn grpc_spawns_take_the_format_keys() {
                 ),
             ],
         ),
+        // proto_file: relative to the runtime's working directory (the tests run in the
+        // package's root, as the server they start).
+        with(
+            "pb-1",
+            vec![
+                ("format", text("protobuf")),
+                ("proto_file", text("configs/telemetry.proto")),
+                ("message", text("Telemetry")),
+            ],
+        ),
     ];
     let r = c
         .spawn_devices(proto::SpawnDevicesRequest { specs, scenario_id: String::new() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.spawned, 3, "{r:?}");
+    assert_eq!(r.spawned, 4, "{r:?}");
+    // Protobuf problems are INVALID_ARGUMENT with the reason: a path outside the working
+    // directory, a message that lacks a field.
+    for (keys, want) in [
+        (
+            vec![("proto_file", text("../telemetry.proto")), ("message", text("Telemetry"))],
+            "stays inside",
+        ),
+        (
+            vec![("proto_file", text("configs/telemetry.proto")), ("message", text("Nope"))],
+            "Nope\\\" in configs/telemetry.proto",
+        ),
+    ] {
+        let mut all = vec![("format", text("protobuf"))];
+        all.extend(keys);
+        let r = c
+            .spawn_devices(proto::SpawnDevicesRequest {
+                specs: vec![with("pb-bad", all)],
+                scenario_id: String::new(),
+            })
+            .await;
+        let text = match r {
+            Err(e) => e.message().to_string(),
+            Ok(r) => format!("{:?}", r.into_inner()),
+        };
+        assert!(text.contains(want), "{text}");
+    }
     let bad =
         with("bad-1", vec![("format", text("template")), ("template", text("{{ fields.nope }}"))]);
     let r = c
@@ -576,4 +612,6 @@ async fn grpc_spawns_take_the_format_keys() {
     assert!(lines.lines().any(|l| l.contains("\"encoding\":\"base64\"")), "no CBOR line");
     let tpl = first("\"site\": \"x\"").unwrap_or_else(|| panic!("no template line in {lines}"));
     assert!(tpl.contains("\"t\": "), "{tpl}");
+    // The protobuf device's payload: `device_id = "pb-1"` (field 1) in base64.
+    assert!(lines.lines().any(|l| l.contains("\"payload\":\"CgRwYi0x")), "no protobuf line");
 }

@@ -777,3 +777,53 @@ fields.t = {{ type = "gaussian", mean = 20, stddev = 1 }}
     assert_eq!(plain.status.code(), Some(2), "{}", stderr(&plain));
     assert!(stderr(&plain).contains("fleet: missing"), "{}", stderr(&plain));
 }
+
+/// A scenario `update` with format keys switches the devices' payload format at its sim time.
+#[test]
+fn an_update_step_switches_the_payload_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = r#"
+duration = "20m"
+
+[[step]]
+at = "10m"
+update = { all = true, format = "flat", id_key = "id", timestamp = "ms" }
+"#;
+    let out = scenario_run(dir.path(), scenario, &["--cores", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let start = 1_767_225_600_000u64; // 2026-01-01T00:00:00Z
+    let (mut envelope, mut flat) = (0, 0);
+    for f in std::fs::read_dir(dir.path().join("out")).unwrap() {
+        for l in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+            let p = serde_json::from_str::<Value>(l).unwrap()["payload"].clone();
+            if let Some(ms) = p["timestamp"].as_u64() {
+                assert!(p["id"].is_string() && ms >= start + 10 * M, "{l}");
+                flat += 1;
+            } else {
+                assert!(
+                    p["device_id"].is_string()
+                        && p["timestamp"].as_str() < Some("2026-01-01T00:10:01"),
+                    "{l}"
+                );
+                envelope += 1;
+            }
+        }
+    }
+    // 4 devices every 10 s: 60 messages each side of the update.
+    assert_eq!((envelope, flat), (4 * 60, 4 * 60));
+    // A bad format key in an update is a problem with its path, before anything runs.
+    let bad = r#"
+duration = "20m"
+
+[[step]]
+at = "10m"
+update = { all = true, format = "protobuf", proto_file = "/etc/passwd", message = "M" }
+"#;
+    let out = scenario_run(dir.path(), bad, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("step[0].update.proto_file: \"/etc/passwd\""),
+        "{}",
+        stderr(&out)
+    );
+}
