@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Payload formats (issue 22): CPU per message, msg/s and bytes per message of every format,
+# Payload formats (issue 22): CPU per message, msg/s and bytes per message of every format
+# (protobuf: the message in $OUT/sensor.proto, written below),
 # against the envelope, in one run of this script. Prints one JSON object.
 #
 #   bench/formats.sh                  100K devices, 6 fields, 10 s interval, 1 core, null sink
@@ -28,11 +29,33 @@ if [[ -z ${BIN:-} ]]; then
 fi
 
 TEMPLATE='{"ts": {{ timestamp_ms }}, "values": {"temperature": {{ fields.temperature }}, "humidity": {{ fields.humidity }}, "pressure": {{ fields.pressure }}, "co2": {{ fields.co2 }}, "door": {{ fields.door|tojson }}, "fw": {{ fields.fw|tojson }}}}'
-FORMATS=${BENCH_FORMATS:-"envelope flat cbor senml senml_cbor template"}
+FORMATS=${BENCH_FORMATS:-"envelope flat cbor senml senml_cbor protobuf template"}
+
+# The protobuf message of the sensor profile: id, Timestamp, seq, labels and the 6 fields.
+cat > "$OUT/sensor.proto" <<'PROTO'
+syntax = "proto3";
+package bench.v1;
+import "google/protobuf/timestamp.proto";
+enum Door { DOOR_UNSPECIFIED = 0; closed = 1; open = 2; }
+message Sensor {
+  string device_id = 1;
+  string device_type = 2;
+  google.protobuf.Timestamp timestamp = 3;
+  uint64 seq = 4;
+  map<string, string> labels = 5;
+  double temperature = 10;
+  double humidity = 11;
+  double pressure = 12;
+  double co2 = 13;
+  Door door = 14;
+  string fw = 15;
+}
+PROTO
 
 write_fleet() { # format duration file
   local extra=""
   if [[ $1 == template ]]; then extra="template = '$TEMPLATE'"; fi
+  if [[ $1 == protobuf ]]; then extra=$'proto_file = "sensor.proto"\nmessage = "bench.v1.Sensor"'; fi
   cat > "$3" <<TOML
 [run]
 seed = 1
