@@ -615,3 +615,35 @@ async fn grpc_spawns_take_the_format_keys() {
     // The protobuf device's payload: `device_id = "pb-1"` (field 1) in base64.
     assert!(lines.lines().any(|l| l.contains("\"payload\":\"CgRwYi0x")), "no protobuf line");
 }
+
+/// The console prints a protobuf payload as hex and its fields by number (no descriptor at
+/// hand there), a CBOR one as hex and diagnostic notation.
+#[test]
+fn the_console_prints_binary_payloads_as_hex_and_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    write_proto(dir.path());
+    let cfg = dir.path().join("console.toml");
+    for (format, extra, decoded) in [
+        (
+            "protobuf",
+            PROTOBUF,
+            " protobuf:{ 1: \"c-0000\" 2: \"c\" 3 { 1: 1773446400 2: 401000000 } 10: 21.5 4: 0 6 { 1: \"device_type\" 2: \"c\" } }",
+        ),
+        ("cbor", "", " cbor:{\"device_id\": \"c-0000\", \"device_type\": \"c\", "),
+    ] {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[run]\nseed = 1\nclock = \"virtual\"\nstart_time = \"2026-03-14T00:00:00Z\"\nduration = \"2s\"\nreport_dir = \"{}/r\"\n\n[[fleet]]\nprofile = \"c\"\ncount = 1\n\n[profiles.c]\nprotocol = \"console\"\ninterval = \"1s\"\nseq = true\nformat = \"{format}\"\n{extra}\n[profiles.c.fields.temperature]\ntype = \"static\"\nvalue = 21.5\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let out = bin().args(["--config", cfg.to_str().unwrap(), "--quiet"]).output().unwrap();
+        assert!(out.status.success(), "{format}: {}", stderr(&out));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let first = text.lines().next().unwrap_or_default();
+        assert!(first.starts_with("[devices/c-0000/telemetry] hex:"), "{format}: {text}");
+        assert!(first.contains(decoded), "{format}: {first}");
+    }
+}
