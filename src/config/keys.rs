@@ -826,6 +826,27 @@ pub const UPDATE: Spec = Spec {
         k("events", Ty::Map(&Ty::Table(&EVENT)), "New events."),
         k("availability", Ty::Table(&AVAILABILITY), "New availability ({} turns it off)."),
         k("sleep", Ty::Table(&SLEEP), "New sleep cycle ({} turns it off)."),
+        k(
+            "format",
+            Ty::Enum(&["envelope", "flat", "template", "cbor", "senml", "senml_cbor", "protobuf"]),
+            "New payload format (with its keys, as a profile's).",
+        ),
+        k("id_key", Ty::Str, "format = flat / protobuf: as a profile's."),
+        k("timestamp_key", Ty::Str, "format = flat / protobuf: as a profile's."),
+        k(
+            "timestamp",
+            Ty::Enum(&["rfc3339", "ms", "s"]),
+            "format = flat / protobuf: as a profile's.",
+        ),
+        k("template", Ty::Str, "format = template: as a profile's."),
+        k("content_type", Ty::Str, "As a profile's."),
+        k(
+            "proto_file",
+            Ty::Str,
+            "format = protobuf: relative to the working directory, inside it.",
+        ),
+        k("message", Ty::Str, "format = protobuf: as a profile's."),
+        k("audit", Ty::Table(&PROFILE_AUDIT), "format = template: as a profile's."),
     ],
 };
 
