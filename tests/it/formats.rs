@@ -477,13 +477,30 @@ fn bad_format_keys_are_listed_with_paths_and_exit_2() {
             assert!(e.contains(want), "{args:?}: missing {want:?} in:\n{e}");
         }
     }
-    let cfg = fleet(dir.path(), "protobuf", "timestamp = \"ns\"");
+    let cfg = fleet(dir.path(), "xml", "timestamp = \"ns\"");
     let out = bin().args(["validate", "--config", cfg.to_str().unwrap()]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let e = stderr(&out);
-    assert!(e.contains("profiles.thermo.format: unknown format \"protobuf\""), "{e}");
-    assert!(e.contains("profiles.meter.format: unknown format \"protobuf\""), "{e}");
+    assert!(e.contains("profiles.thermo.format: unknown format \"xml\""), "{e}");
+    assert!(e.contains("profiles.meter.format: unknown format \"xml\""), "{e}");
     assert!(e.contains("profiles.thermo.timestamp: only applies to format = \"flat\""), "{e}");
+    // Protobuf without its file and message, and with a message that lacks a field.
+    let cfg = fleet(dir.path(), "protobuf", "");
+    let e = stderr(&bin().args(["validate", "--config", cfg.to_str().unwrap()]).output().unwrap());
+    assert!(e.contains("profiles.thermo.proto_file: missing"), "{e}");
+    assert!(e.contains("profiles.meter.message: missing"), "{e}");
+    let proto = std::fs::read_to_string(write_proto(dir.path())).unwrap();
+    // `fleet` writes the shipped .proto; this one lacks `online`.
+    let cfg = fleet(dir.path(), "protobuf", PROTOBUF);
+    std::fs::write(dir.path().join("telemetry.proto"), proto.replace("bool online = 13;", ""))
+        .unwrap();
+    let out = bin().args(["validate", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let e = stderr(&out);
+    assert!(
+        e.contains("profiles.thermo.fields.online: field \"online\" has no counterpart in message iotsim.example.v1.Telemetry"),
+        "{e}"
+    );
     let cfg = fleet(dir.path(), "flat", "timestamp = \"ns\"");
     let e = stderr(&bin().args(["validate", "--config", cfg.to_str().unwrap()]).output().unwrap());
     assert!(
