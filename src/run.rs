@@ -55,8 +55,12 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let prep = prepare(&config, opts);
     let (auditor, end_ms) = open_outputs(&config, opts, &prep)?;
     let control = start_control(&config, opts, &prep, auditor.as_ref())?;
-    let Control { waiter, plane: _plane, links, mut server, admin: _admin, dashboard } = control;
+    let Control { waiter, plane, links, mut server, admin: _admin, dashboard } = control;
     let shards = start_shards(&config, &prep, end_ms, links, auditor.as_ref())?;
+    let journal = plane.as_ref().and_then(|p| p.options.journal.clone());
+    if let Some(j) = &journal {
+        j.set_origin(shards.origin_ns);
+    }
     // Every shard holds its descriptors now: clients may connect.
     if let Some(s) = &mut server {
         s.open();
@@ -82,6 +86,9 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         },
         &aborts,
     )?;
+    if let Some(j) = &journal {
+        j.end();
+    }
     let ended = Ended { interrupted, aborted_by, timeline };
     finish(&config, opts, &prep, shards, ended, auditor, &dashboard)
 }
@@ -270,9 +277,38 @@ fn start_control(
     // Live control: bound before the shards start, so a bad address fails the run at once.
     let (plane, links) = match opts.grpc.or(opts.admin) {
         Some(_) => {
+            // The session journal (`[run] journal_max_bytes = 0`: none).
+            let journal = match run.journal_max_bytes {
+                0 => None,
+                max => {
+                    let mut header = serde_json::Map::new();
+                    header.insert("run_id".into(), opts.run_id.clone().into());
+                    header.insert("seed".into(), seed.to_string().into());
+                    header.insert(
+                        "clock".into(),
+                        match run.clock {
+                            ClockMode::Virtual => "virtual",
+                            ClockMode::Realtime => "realtime",
+                        }
+                        .into(),
+                    );
+                    let j = crate::control::journal::Journal::open(
+                        &run.report_dir,
+                        max,
+                        prep.start_ms,
+                        run.speed,
+                        header,
+                    )
+                    .with_context(|| {
+                        format!("cannot open the journal in {}", run.report_dir.display())
+                    })?;
+                    Some(Arc::new(j))
+                }
+            };
             let options = crate::control::plane::PlaneOptions {
                 sinks: Arc::new(config.sinks.clone()),
                 strict_protocols: opts.strict_protocols,
+                journal,
             };
             let (p, l) = crate::control::plane::ControlPlane::new(cores, options);
             (Some(p), l)
