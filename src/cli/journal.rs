@@ -139,6 +139,14 @@ pub(crate) fn to_scenario(r: impl BufRead, path: &Path, name: &str) -> Result<St
             "stop" | "pause" | "resume" | "fault" | "clear" | "update" => {
                 vec![(action.to_string(), selected(action, &o).map_err(&bad)?)]
             }
+            "log" | "phase" => {
+                let k = if action == "log" { "message" } else { "name" };
+                let s = str_of(&o, k).map_err(&bad)?;
+                if s.trim().is_empty() {
+                    return Err(bad(format!("{k}: empty")));
+                }
+                vec![(action.to_string(), toml::Value::String(s.to_string()))]
+            }
             other => return Err(bad(format!("unknown action {other:?}"))),
         };
         if let Some(last) = entries.last()

@@ -11,6 +11,7 @@
 //! replaced by a `journal_full` line and nothing more is written (a warning in the log).
 
 use crate::shard::command::{Action, Selection, SpawnSpec};
+use crate::shard::timeline::{Cue, Phase};
 use crate::sim::fault::{CorruptionMode, FaultKind, FaultSpec};
 use serde_json::{Map, Value, json};
 use std::io::Write;
@@ -126,11 +127,17 @@ impl Journal {
         self.write(Value::Object(line), false);
     }
 
-    /// The run's end (sim time of now): the exported scenario's duration.
-    pub(crate) fn end(&self) {
+    /// The wall time of now with a known sim time (a scenario step's).
+    pub(crate) fn stamp_at(&self, sim_ms: u64) -> Stamp {
+        Stamp { wall_ms: crate::measure::clock::now_ms(), sim_ms }
+    }
+
+    /// The run's end (at `sim_ms`, else the sim time of now): the exported scenario's
+    /// duration.
+    pub(crate) fn end(&self, sim_ms: Option<u64>) {
         let mut m = Map::new();
         m.insert("action".into(), "end".into());
-        self.record(self.stamp(), m);
+        self.record(sim_ms.map_or_else(|| self.stamp(), |t| self.stamp_at(t)), m);
     }
 
     fn write(&self, mut v: Value, header: bool) {
@@ -326,6 +333,55 @@ pub(crate) fn spawn_entry(specs: &[Journaled], failed: &[(String, String)]) -> M
     m.insert("spawned".into(), devices.len().into());
     m.insert("devices".into(), Value::Array(devices));
     m
+}
+
+/// The journal entry of a scenario step (`"source": "scenario"`): a spawn with its profile's
+/// table as written (`sources`, by profile name; `None` when it is not known), a selection
+/// command, a log line or a phase.
+pub(crate) fn cue_entry(
+    cue: &Cue,
+    phases: &[Phase],
+    sources: &std::collections::BTreeMap<String, std::sync::Arc<toml::Table>>,
+) -> Option<Map<String, Value>> {
+    let mut m = match cue {
+        Cue::Spawn { profile, labels, ids } => {
+            let source = sources.get(&profile.name)?.clone();
+            let specs: Vec<Journaled> = ids
+                .iter()
+                .map(|id| Journaled {
+                    id: id.clone(),
+                    device_type: profile.device_type.clone(),
+                    labels: labels.clone(),
+                    source: source.clone(),
+                })
+                .collect();
+            spawn_entry(&specs, &[])
+        }
+        Cue::Apply { selection, op } => {
+            let mut m = scan_entry(selection, &op.action, 0, &[])?;
+            m.remove("affected");
+            if let (Some(r), Some(Value::Object(f))) = (&op.reason, m.get_mut("fault")) {
+                if let Some(Value::Object(p)) = f.get_mut("params") {
+                    p.insert("reason".into(), r.clone().into());
+                }
+            }
+            m
+        }
+        Cue::Log(text) => {
+            let mut m = Map::new();
+            m.insert("action".into(), "log".into());
+            m.insert("message".into(), text.clone().into());
+            m
+        }
+        Cue::Phase(i) => {
+            let mut m = Map::new();
+            m.insert("action".into(), "phase".into());
+            m.insert("name".into(), phases.get(*i)?.name.clone().into());
+            m
+        }
+    };
+    m.insert("source".into(), "scenario".into());
+    Some(m)
 }
 
 /// What the journal keeps of a spawn spec (the spec itself moves into a shard).

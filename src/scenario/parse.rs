@@ -767,6 +767,7 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
         );
     }
     let params = (!params.is_empty()).then(|| Arc::new(params));
+    u.source = params.clone();
     (p.0.len() == before).then(|| Op {
         action: Action::Behaviour(Arc::new(u)),
         reason: None,

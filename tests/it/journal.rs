@@ -373,3 +373,115 @@ fn a_corrupt_journal_line_is_named_and_nothing_is_written() {
     assert_eq!(command_within(cmd, 60).status.code(), Some(2));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "kept");
 }
+
+/// A scenario that uses every kind of step (repeat, over, batches, phases, a log line).
+const MIXED: &str = r#"name = "mixed"
+duration = "3s"
+
+[profiles.sensor]
+protocol = "file"
+interval = "100ms"
+labels = { kind = "s" }
+[profiles.sensor.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 2
+[profiles.sensor.fields.mode]
+type = "markov"
+states = ["idle", "busy"]
+transition_matrix = [[0.9, 0.1], [0.3, 0.7]]
+
+[[step]]
+at = "0s"
+phase = "ramp"
+
+[[step]]
+at = "200ms"
+spawn = { profile = "sensor", count = 4, labels = { wave = "w{i}" }, over = "400ms" }
+repeat = { times = 2, every = "500ms" }
+
+[[step]]
+at = "1200ms"
+fault = { selector = "wave=w0", type = "data_corruption", duration = "500ms", params = { corruption_rate = 1.0, mode = "zero", reason = "test" } }
+
+[[step]]
+at = "1500ms"
+update = { selector = "wave=w1", interval = "150ms", labels = { fw = "2" }, fields = { t = { type = "gaussian", mean = 50, stddev = 1 } } }
+
+[[step]]
+at = "1800ms"
+log = "halfway"
+
+[[step]]
+at = "2000ms"
+stop = {}
+batches = { selector = "kind=s", size = 3, every = "200ms" }
+
+[[step]]
+at = "2500ms"
+phase = "tail"
+"#;
+
+#[test]
+fn a_scenario_run_live_is_journaled_and_exports_to_the_same_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let scenario = d.join("mixed.toml");
+    std::fs::write(&scenario, MIXED).unwrap();
+    // Live: realtime at 4x, with the admin API on (so the run keeps a journal).
+    let out = d.join("live.jsonl");
+    let cfg = fleet(d, "live.toml", "realtime", &out);
+    let rd = d.join("live-report");
+    let mut cmd = bin();
+    cmd.args(["scenario", "run", scenario.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .args(["--speed", "4", "--admin", "127.0.0.1:0", "--quiet", "--cores", "2"])
+        .args(["--report-dir", rd.to_str().unwrap()]);
+    let o = command_within(cmd, 120);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let journal = read_journal(&rd.join("journal.jsonl"));
+    let steps: Vec<(u64, &str)> = journal[1..]
+        .iter()
+        .map(|e| (e["offset_ms"].as_u64().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    // Each step at its exact sim time; the batches of 3 of the 8 sensors; the end at 3 s.
+    assert_eq!(
+        steps,
+        [
+            (0, "phase"),
+            (200, "spawn"),
+            (300, "spawn"),
+            (400, "spawn"),
+            (500, "spawn"),
+            (700, "spawn"),
+            (800, "spawn"),
+            (900, "spawn"),
+            (1000, "spawn"),
+            (1200, "fault"),
+            (1500, "update"),
+            (1800, "log"),
+            (2000, "stop"),
+            (2200, "stop"),
+            (2400, "stop"),
+            (2500, "phase"),
+            (3000, "end"),
+        ],
+        "{journal:?}"
+    );
+    assert!(journal[1..16].iter().all(|e| e["source"] == "scenario"), "{journal:?}");
+
+    let exported = d.join("session.toml");
+    let mut cmd = bin();
+    cmd.args(["journal", "export"])
+        .arg(rd.join("journal.jsonl"))
+        .args(["--out", exported.to_str().unwrap()]);
+    let o = command_within(cmd, 60);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let from_journal = replay(d, "exported", &exported);
+    let original = replay(d, "original", &scenario);
+    assert!(
+        from_journal == original,
+        "the exported scenario publishes other bytes than the original:\n{}",
+        std::fs::read_to_string(&exported).unwrap()
+    );
+    assert_eq!(devices_in(&d.join("exported.jsonl")).len(), 10);
+}
