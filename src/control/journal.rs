@@ -360,10 +360,10 @@ pub(crate) fn cue_entry(
         Cue::Apply { selection, op } => {
             let mut m = scan_entry(selection, &op.action, 0, &[])?;
             m.remove("affected");
-            if let (Some(r), Some(Value::Object(f))) = (&op.reason, m.get_mut("fault")) {
-                if let Some(Value::Object(p)) = f.get_mut("params") {
-                    p.insert("reason".into(), r.clone().into());
-                }
+            if let (Some(r), Some(Value::Object(f))) = (&op.reason, m.get_mut("fault"))
+                && let Some(Value::Object(p)) = f.get_mut("params")
+            {
+                p.insert("reason".into(), r.clone().into());
             }
             m
         }
@@ -401,5 +401,49 @@ impl Journaled {
             labels: s.labels.clone(),
             source: s.source.clone()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stop_all() -> Map<String, Value> {
+        scan_entry(&Selection::All, &Action::Stop, 3, &[]).unwrap()
+    }
+
+    #[test]
+    fn lines_carry_seq_times_and_the_action_and_the_bound_ends_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), 800, 1_000, 1.0, Map::new()).unwrap();
+        j.record(j.stamp_at(1_250), stop_all());
+        let text = std::fs::read_to_string(j.path()).unwrap();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["journal"], 1);
+        assert_eq!(lines[0]["start"], "1970-01-01T00:00:01.000Z");
+        assert_eq!(lines[1]["seq"], 1);
+        assert_eq!(lines[1]["offset_ms"], 250);
+        assert_eq!(lines[1]["action"], "stop");
+        assert_eq!(lines[1]["selection"], json!({"all": true}));
+        assert_eq!(lines[1]["affected"], 3);
+        for _ in 0..20 {
+            j.record(j.stamp_at(2_000), stop_all());
+        }
+        let text = std::fs::read_to_string(j.path()).unwrap();
+        assert!(text.len() <= 800, "{} bytes", text.len());
+        let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last["action"], "journal_full", "{text}");
+        // Nothing after it.
+        j.end(None);
+        assert_eq!(std::fs::read_to_string(j.path()).unwrap(), text);
+    }
+
+    #[test]
+    fn reads_change_nothing_and_are_not_journaled() {
+        assert!(scan_entry(&Selection::All, &Action::Status { list: true }, 3, &[]).is_none());
+        let sel = Selection::Ids(vec!["a".into(), "b".into()]);
+        let e = scan_entry(&sel, &Action::Pause(false), 1, &["b".into()]).unwrap();
+        assert_eq!(e["action"], "resume");
+        assert_eq!(e["selection"], json!({"ids": ["a"]}));
     }
 }
