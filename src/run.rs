@@ -353,17 +353,25 @@ fn start_control(
                         }
                         .into(),
                     );
-                    let j = crate::control::journal::Journal::open(
+                    // A report directory that cannot be written does not stop a runtime from
+                    // serving (the report at the end says so again).
+                    match crate::control::journal::Journal::open(
                         &run.report_dir,
                         max,
                         prep.start_ms,
                         run.speed,
                         header,
-                    )
-                    .with_context(|| {
-                        format!("cannot open the journal in {}", run.report_dir.display())
-                    })?;
-                    Some(Arc::new(j))
+                    ) {
+                        Ok(j) => Some(Arc::new(j)),
+                        Err(e) => {
+                            tracing::warn!(
+                                dir = %run.report_dir.display(),
+                                "no session journal: cannot create {}: {e}",
+                                run.report_dir.join(crate::control::journal::FILE_NAME).display()
+                            );
+                            None
+                        }
+                    }
                 }
             };
             let options = crate::control::plane::PlaneOptions {
