@@ -212,10 +212,9 @@ impl ControlPlane {
 
     /// Spawns devices, each on the shard that owns its id; returns what the shards did.
     pub(crate) async fn spawn(&self, specs: Vec<SpawnSpec>) -> Result<SpawnReply, PlaneError> {
-        let journal =
-            self.options.journal.as_ref().map(|j| {
-                (j, j.stamp(), specs.iter().filter_map(Journaled::of).collect::<Vec<_>>())
-            });
+        let journal = self.options.journal.as_ref().map(|j| {
+            (j.clone(), j.stamp(), specs.iter().filter_map(Journaled::of).collect::<Vec<_>>())
+        });
         let n = self.shards();
         let mut per: Vec<Vec<SpawnSpec>> = (0..n).map(|_| vec![]).collect();
         for spec in specs {
@@ -248,7 +247,13 @@ impl ControlPlane {
         if let Some((j, at, specs)) = journal
             && acc.spawned > 0
         {
-            j.record(at, journal::spawn_entry(&specs, &acc.failed));
+            // Built and written off the runtime's workers (a large spawn is a large line); the
+            // reply waits for it, so an answered spawn is in the journal.
+            let failed = acc.failed.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                j.record(at, journal::spawn_entry(&specs, &failed))
+            })
+            .await;
         }
         Ok(acc)
     }
@@ -266,7 +271,7 @@ impl ControlPlane {
             (_, Action::Status { .. } | Action::List { .. } | Action::CountBy(_)) | (None, _) => {
                 None
             }
-            (Some(j), _) => Some((j, j.stamp(), selection.clone())),
+            (Some(j), _) => Some((j.clone(), j.stamp(), selection.clone())),
         };
         let n = self.shards();
         let mut parts: Vec<(usize, Arc<Selection>)> = vec![];
@@ -311,9 +316,15 @@ impl ControlPlane {
         };
         if let Some((j, at, sel)) = journal
             && acc.affected > 0
-            && let Some(entry) = journal::scan_entry(&sel, &action, acc.affected, &acc.not_found)
         {
-            j.record(at, entry);
+            let (action, affected, not_found) =
+                (action.clone(), acc.affected, acc.not_found.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(entry) = journal::scan_entry(&sel, &action, affected, &not_found) {
+                    j.record(at, entry);
+                }
+            })
+            .await;
         }
         if let Some(what) = what {
             tracing::info!(
