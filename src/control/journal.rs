@@ -1,12 +1,13 @@
 //! The session journal: every control action that changes the runtime (spawn, stop, fault,
 //! clear, pause, resume, update), appended to `REPORT_DIR/journal.jsonl` as one JSON line when
 //! the shards have answered, whichever front end sent it (gRPC, the admin API, the dashboard):
-//! they all go through [`super::plane::ControlPlane`], which writes here. `iot-sim journal
-//! export` (`cli/journal.rs`) turns the file into a scenario.
+//! they all go through [`super::plane::ControlPlane`], which writes here. A scenario's steps
+//! are journaled by `run.rs` ([`cue_entry`]) at their sim time. `iot-sim journal export`
+//! (`cli/journal.rs`) turns the file into a scenario.
 //!
-//! Each line is written with one `write` on a file opened for appending (no user-space buffer),
-//! so an accepted action is on disk once its line is written, and a crash loses at most the
-//! line being written. Writing takes a mutex for the time of that one `write` only.
+//! Each line is one `write` (no user-space buffer), done on tokio's blocking pool before the
+//! front end answers: an answered action is in the file, and a crash loses at most the line
+//! being written. Writing takes a mutex for the time of that one `write` only.
 //! The file is bounded (`[run] journal_max_bytes`): the line that would pass the bound is
 //! replaced by a `journal_full` line and nothing more is written (a warning in the log).
 
@@ -69,12 +70,8 @@ impl Journal {
     ) -> std::io::Result<Journal> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .append(false)
-            .open(&path)?;
+        let file =
+            std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
         let j = Journal {
             path,
             start_ms,
