@@ -436,6 +436,28 @@ mod tests {
     }
 
     #[test]
+    fn a_selector_is_journaled_as_text_that_parses_back_to_it() {
+        use crate::sim::selector::LabelSelector;
+        for text in [
+            "site=berlin",
+            "device_type=a,b",
+            "a=b=c",
+            "device_type=Acme Thermo/v2",
+            "device_type==x",
+            "site in (a, b),zone notin (c),!gone,here",
+            "c,a=b",
+            "a in (b),c",
+            "k!=v,x=y",
+            "key=",
+        ] {
+            let sel = LabelSelector::parse(text).unwrap();
+            let e = scan_entry(&Selection::Labels(sel.clone()), &Action::Stop, 1, &[]).unwrap();
+            let back = e["selection"]["selector"].as_str().unwrap();
+            assert_eq!(LabelSelector::parse(back).unwrap(), sel, "{text:?} journaled as {back:?}");
+        }
+    }
+
+    #[test]
     fn reads_change_nothing_and_are_not_journaled() {
         assert!(scan_entry(&Selection::All, &Action::Status { list: true }, 3, &[]).is_none());
         let sel = Selection::Ids(vec!["a".into(), "b".into()]);
