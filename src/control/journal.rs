@@ -28,6 +28,12 @@ pub const FILE_NAME: &str = "journal.jsonl";
 pub const FAULT_TYPES: [&str; 5] =
     ["disconnect", "latency_spike", "data_corruption", "battery_drain", "clock_drift"];
 
+tokio::task_local! {
+    /// The front end a control-plane call comes from (`"grpc"`, `"admin"`), set around the
+    /// request by the gRPC service and the admin API's mutating routes; the journal's `source`.
+    pub(crate) static FRONT_END: &'static str;
+}
+
 /// When an action arrived: wall time (ms since the epoch) and sim time (ms since the epoch).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Stamp {
@@ -330,6 +336,14 @@ pub(crate) fn spawn_entry(specs: &[Journaled], failed: &[(String, String)]) -> M
     m.insert("spawned".into(), devices.len().into());
     m.insert("devices".into(), Value::Array(devices));
     m
+}
+
+/// `entry` with `"source": via` when the front end is known.
+pub(crate) fn with_source(mut entry: Map<String, Value>, via: Option<&str>) -> Map<String, Value> {
+    if let Some(v) = via {
+        entry.insert("source".into(), v.into());
+    }
+    entry
 }
 
 /// The journal entry of a scenario step (`"source": "scenario"`): a spawn with its profile's

@@ -213,7 +213,8 @@ impl ControlPlane {
     /// Spawns devices, each on the shard that owns its id; returns what the shards did.
     pub(crate) async fn spawn(&self, specs: Vec<SpawnSpec>) -> Result<SpawnReply, PlaneError> {
         let journal = self.options.journal.as_ref().map(|j| {
-            (j.clone(), j.stamp(), specs.iter().filter_map(Journaled::of).collect::<Vec<_>>())
+            let specs = specs.iter().filter_map(Journaled::of).collect::<Vec<_>>();
+            (j.clone(), j.stamp(), specs, journal::FRONT_END.try_with(|f| *f).ok())
         });
         let n = self.shards();
         let mut per: Vec<Vec<SpawnSpec>> = (0..n).map(|_| vec![]).collect();
@@ -244,14 +245,14 @@ impl ControlPlane {
             per_shard = per_shard.join(","),
             "devices spawned"
         );
-        if let Some((j, at, specs)) = journal
+        if let Some((j, at, specs, via)) = journal
             && acc.spawned > 0
         {
             // Built and written off the runtime's workers (a large spawn is a large line); the
             // reply waits for it, so an answered spawn is in the journal.
             let failed = acc.failed.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                j.record(at, journal::spawn_entry(&specs, &failed))
+                j.record(at, journal::with_source(journal::spawn_entry(&specs, &failed), via))
             })
             .await;
         }
@@ -271,7 +272,12 @@ impl ControlPlane {
             (_, Action::Status { .. } | Action::List { .. } | Action::CountBy(_)) | (None, _) => {
                 None
             }
-            (Some(j), _) => Some((j.clone(), j.stamp(), selection.clone())),
+            (Some(j), _) => Some((
+                j.clone(),
+                j.stamp(),
+                selection.clone(),
+                journal::FRONT_END.try_with(|f| *f).ok(),
+            )),
         };
         let n = self.shards();
         let mut parts: Vec<(usize, Arc<Selection>)> = vec![];
@@ -314,14 +320,14 @@ impl ControlPlane {
             Action::Behaviour(_) => Some("behaviour updated".to_string()),
             Action::Status { .. } | Action::List { .. } | Action::CountBy(_) => None,
         };
-        if let Some((j, at, sel)) = journal
+        if let Some((j, at, sel, via)) = journal
             && acc.affected > 0
         {
             let (action, affected, not_found) =
                 (action.clone(), acc.affected, acc.not_found.clone());
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(entry) = journal::scan_entry(&sel, &action, affected, &not_found) {
-                    j.record(at, entry);
+                    j.record(at, journal::with_source(entry, via));
                 }
             })
             .await;

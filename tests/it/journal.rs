@@ -308,6 +308,13 @@ async fn a_live_session_exported_replays_as_the_hand_written_scenario() {
         ["spawn", "spawn", "fault", "fault", "fault", "update", "clear", "stop", "stop", "end"],
         "{journal:?}"
     );
+    let sources: Vec<&str> =
+        journal[1..10].iter().map(|e| e["source"].as_str().unwrap_or("?")).collect();
+    assert_eq!(
+        sources,
+        ["grpc", "admin", "grpc", "admin", "admin", "grpc", "admin", "grpc", "admin"],
+        "{journal:?}"
+    );
     let offsets: Vec<u64> = journal[1..].iter().map(|e| e["offset_ms"].as_u64().unwrap()).collect();
     assert!(offsets.windows(2).all(|w| w[0] <= w[1]), "{offsets:?}");
     assert_eq!(journal[2]["spawned"], 1, "{}", journal[2]);
