@@ -205,6 +205,9 @@ pub struct BehaviourUpdate {
     pub sleep: Option<Option<super::behaviour::Sleep>>,
     /// A new payload format (`format` and its keys in the update).
     pub format: Option<std::sync::Arc<super::format::PayloadFormat>>,
+    /// What the update was compiled from (`fields` with defaults applied, `report`, `events`,
+    /// `availability`, `sleep`, format keys): what the session journal records.
+    pub source: Option<std::sync::Arc<toml::Table>>,
 }
 
 /// A validated device profile.
