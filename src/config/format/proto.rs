@@ -126,18 +126,35 @@ fn fits(field: &FieldSpec, ty: Scalar, f: &FieldDescriptor) -> Result<(), String
     }
 }
 
+/// `line L, column C: ` of a compile error in the main file (`text`), from its label.
+fn locate(e: &protox::Error, text: &str, name: &str) -> String {
+    use miette::Diagnostic;
+    if e.file().is_some_and(|f| f != name) {
+        return String::new();
+    }
+    let Some(label) = e.labels().and_then(|mut l| l.next()) else { return String::new() };
+    let off = label.offset().min(text.len());
+    let before = &text[..off];
+    let line = before.matches('\n').count() + 1;
+    let col = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
+    format!("line {line}, column {col}: ")
+}
+
 /// Loads `file` (relative to `base`) and finds `message` in it: by full name, or by its
 /// short name when one message has it.
 fn load(base: &Path, file: &str, message: &str) -> Result<MessageDescriptor, (bool, String)> {
     let path = base.join(file);
-    super::super::read_profile_file(&path)
+    let text = super::super::read_profile_file(&path)
         .map_err(|e| (true, format!("cannot read {}: {e}", path.display())))?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
     let mut c =
         protox::Compiler::new([&dir]).map_err(|e| (true, format!("{}: {e}", path.display())))?;
     c.include_imports(true);
-    c.open_file(&name).map_err(|e| (true, format!("{} does not compile: {e}", path.display())))?;
+    c.open_file(&name).map_err(|e| {
+        let at = locate(&e, &text, &name.to_string_lossy());
+        (true, format!("{} does not compile: {at}{e}", path.display()))
+    })?;
     let pool: DescriptorPool = c.descriptor_pool();
     if let Some(m) = pool.get_message_by_name(message.trim_start_matches('.')) {
         return Ok(m);

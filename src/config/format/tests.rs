@@ -485,6 +485,7 @@ fn protobuf_problems_name_the_field_and_the_message() {
     let Err(ParseError::Invalid(p)) = parse_str(&text, dir.path()) else { panic!("accepted") };
     let s = p.to_string();
     assert!(s.contains("profiles.p.proto_file") && s.contains("bad.proto does not compile"), "{s}");
+    assert!(s.contains("does not compile: line 2, column 19: "), "{s}");
     // Keys of another format.
     let e = with_proto("message = \"Reading\"\ntemplate = \"x\"").unwrap_err();
     assert!(
