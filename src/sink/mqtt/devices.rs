@@ -78,7 +78,13 @@ struct Device {
     held_until: Cell<Option<u64>>,
     /// In slow-down (`backpressure = "slow_down"`): its interval is doubled.
     slowed: Cell<bool>,
+    /// Its queue's bound: `queue_size`, times `SPARKPLUG_QUEUE_FACTOR` for an edge node (the
+    /// session of many devices: its NBIRTH and their DBIRTHs queue before its CONNACK).
+    cap: usize,
 }
+
+/// An edge node's queue holds this many times `queue_size`.
+const SPARKPLUG_QUEUE_FACTOR: usize = 100;
 
 /// Every per-device session of one shard's MQTT sink.
 pub struct Devices {
@@ -102,6 +108,19 @@ pub struct Devices {
     /// Sessions connected now.
     connected: Cell<u64>,
     shared: Rc<NetShared>,
+    /// Sparkplug commands received by edge nodes, for the shard (`take_sparkplug`): the
+    /// node's session key and what came.
+    sparkplug: RefCell<Vec<(u64, SparkplugIn)>>,
+}
+
+/// What an edge node's session tells its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SparkplugIn {
+    /// An NCMD asking for a rebirth.
+    Rebirth,
+    /// The session connected again after a loss (a new `bdSeq` in its will): the node must
+    /// be born again with it.
+    Reconnected,
 }
 
 /// Hashes a device hash (FNV-1a of its id) once more with `mix64`, so the map's buckets see
@@ -168,7 +187,16 @@ impl Devices {
             next_source: Cell::new(shared.shard()),
             connected: Cell::new(0),
             shared,
+            sparkplug: RefCell::new(vec![]),
         }))
+    }
+
+    /// What edge nodes received since the last call (see [`SparkplugIn`]).
+    pub fn take_sparkplug(&self) -> Vec<(u64, SparkplugIn)> {
+        if self.sparkplug.borrow().is_empty() {
+            return vec![];
+        }
+        std::mem::take(&mut *self.sparkplug.borrow_mut())
     }
 
     /// Whether messages of this profile go through per-device sessions.
@@ -204,7 +232,7 @@ impl Devices {
     pub fn submit(self: &Rc<Self>, m: Queued, device_id: &str, labels: &BTreeMap<String, String>) {
         let profile = m.profile as usize;
         let dev = self.device(m.device_hash, profile, device_id, labels);
-        let cap = self.settings.queue_size;
+        let cap = dev.cap;
         let slow_down = self.shared.policy(profile) == Backpressure::SlowDown;
         {
             let mut q = dev.queue.borrow_mut();
@@ -252,6 +280,7 @@ impl Devices {
         if let Some(d) = self.by_hash.borrow().get(&hash) {
             return d.clone();
         }
+        let spec = self.fleet.profiles.get(profile).and_then(|p| p.format.sparkplug().cloned());
         let dev = Rc::new(Device {
             queue: RefCell::new(VecDeque::new()),
             wake: Notify::new(),
@@ -259,6 +288,8 @@ impl Devices {
             held: Cell::new(false),
             held_until: Cell::new(None),
             slowed: Cell::new(false),
+            cap: self.settings.queue_size
+                * if spec.is_some() { SPARKPLUG_QUEUE_FACTOR } else { 1 },
         });
         self.by_hash.borrow_mut().insert(hash, dev.clone());
         let device_type =
@@ -275,7 +306,7 @@ impl Devices {
             Password::Fixed(p) => Some(p.clone()),
             Password::Hmac(secret) => Some(hmac_password(secret, &client_id)),
         };
-        let params = ConnectParams {
+        let mut params = ConnectParams {
             client_id,
             clean_session: s.clean_session,
             session_expiry_s: s.session_expiry_s,
@@ -288,12 +319,30 @@ impl Devices {
                 retain: w.retain,
             }),
         };
-        let topics = Topics {
+        let mut topics = Topics {
             subscribe: s.subscribe.as_ref().map(render),
             respond: s.respond.as_ref().map(render),
             device_id: device_id.to_string(),
             profile,
+            sparkplug: None,
         };
+        if let Some(spec) = &spec {
+            // An edge node: its own client id, its NDEATH as will, NCMD and DCMD subscribed.
+            let node = render(&spec.edge_node);
+            let g = &spec.group_id;
+            params.client_id = format!("spb-{g}-{node}");
+            params.will = Some(sparkplug_will(g, &node, 0));
+            topics.subscribe = Some(format!("spBv1.0/{g}/NCMD/{node}"));
+            topics.respond = None;
+            topics.device_id = node.clone();
+            topics.sparkplug = Some(Sparkplug {
+                hash,
+                dcmd: format!("spBv1.0/{g}/DCMD/{node}/+"),
+                group: g.clone(),
+                node,
+                bd_seq: 0,
+            });
+        }
         // Spread first pings over the keep-alive interval by device.
         let phase_ms = if s.keep_alive_ms > 0 {
             (crate::sim::seed::mix64(hash) % s.keep_alive_ms) as u32
@@ -394,6 +443,34 @@ struct Topics {
     respond: Option<String>,
     device_id: String,
     profile: usize,
+    /// An edge node's session (`format = "sparkplug_b"`).
+    sparkplug: Option<Sparkplug>,
+}
+
+/// An edge node's session state.
+struct Sparkplug {
+    /// Its session key (what the shard knows the node by).
+    hash: u64,
+    /// The DCMD filter, subscribed after the NCMD one.
+    dcmd: String,
+    group: String,
+    node: String,
+    /// The `bdSeq` of its will: one more on each reconnect.
+    bd_seq: u64,
+}
+
+/// An edge node's will: its NDEATH with `bdSeq`, QoS 1, not retained (Sparkplug 3.0).
+fn sparkplug_will(group: &str, node: &str, bd_seq: u64) -> Will {
+    let mut topic = vec![];
+    crate::sim::sparkplug::write_topic(&mut topic, group, "NDEATH", node, None);
+    let mut payload = vec![];
+    crate::sim::sparkplug::encode_ndeath(&mut payload, wall_us() / 1000, bd_seq);
+    Will {
+        topic: String::from_utf8_lossy(&topic).into_owned(),
+        payload: payload.into(),
+        qos: 1,
+        retain: false,
+    }
 }
 
 /// Why one connection ended.
@@ -420,8 +497,8 @@ fn refused_event(reason: &str) -> &'static str {
 async fn run(
     ctx: Rc<Devices>,
     dev: Rc<Device>,
-    params: ConnectParams,
-    topics: Topics,
+    mut params: ConnectParams,
+    mut topics: Topics,
     phase_ms: u32,
 ) {
     let s = &ctx.settings;
@@ -470,6 +547,12 @@ async fn run(
             ctx.shared.event("session_connect_attempt");
             (permit, ctx.open().await)
         };
+        if ever_connected && let Some(sp) = &mut topics.sparkplug {
+            // A new MQTT session of the edge node: a new bdSeq in its will; the shard gives
+            // the NBIRTH the same one (`SparkplugIn::Reconnected`) once connected.
+            sp.bd_seq = (sp.bd_seq + 1) % 256;
+            params.will = Some(sparkplug_will(&sp.group, &sp.node, sp.bd_seq));
+        }
         let (mut permit, opened) = tokio::select! {
             r = open => r,
             _ = ctx.shared.close.notified() => {
@@ -580,6 +663,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
     let mut buf = [0u8; 512];
     let mut up = false;
+    let mut dcmd_subscribed = false;
     // The session's timer (CONNACK timeout, keep-alive) as one sleep for the whole connection,
     // armed for `armed_ns`. Every write moves the keep-alive deadline later; re-arming the
     // sleep on each turn put a timer entry in and out of the runtime's wheel per message. It
@@ -600,7 +684,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 let Some(mut m) = q.pop_front() else { break };
-                if q.len() * 2 < ctx.settings.queue_size {
+                if q.len() * 2 < dev.cap {
                     dev.slowed.set(false);
                 }
                 m.sent_ns = now;
@@ -627,6 +711,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     ctx.shared.event("session_connected");
                     if std::mem::replace(ever_connected, true) {
                         ctx.shared.event("session_reconnected");
+                        if let Some(sp) = &topics.sparkplug {
+                            ctx.sparkplug.borrow_mut().push((sp.hash, SparkplugIn::Reconnected));
+                        }
                     }
                     ctx.shared.conn_event(ConnEvent::Session {
                         device_id: topics.device_id.clone(),
@@ -650,7 +737,28 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Outcome::Subscribed { granted_qos: None } => {
                     ctx.shared.event("session_subscribe_refused");
                 }
-                Outcome::Subscribed { .. } => {}
+                Outcome::Subscribed { .. } => {
+                    // An edge node subscribes DCMD once NCMD is granted (one at a time).
+                    if let Some(sp) = &topics.sparkplug
+                        && !std::mem::replace(&mut dcmd_subscribed, true)
+                    {
+                        session.subscribe(&sp.dcmd, ctx.settings.subscribe_qos, mono_ns());
+                    }
+                }
+                Outcome::Command { topic, payload, .. } if topics.sparkplug.is_some() => {
+                    let Some(sp) = &topics.sparkplug else { continue };
+                    let ncmd = topic.windows(6).any(|w| w == b"/NCMD/");
+                    ctx.shared.event(if ncmd { "sparkplug_ncmd" } else { "sparkplug_dcmd" });
+                    ctx.command_stats(topics.profile, |st| st.commands += 1);
+                    if ncmd && crate::sim::sparkplug::is_rebirth(&payload) {
+                        ctx.shared.event("sparkplug_rebirth");
+                        ctx.sparkplug.borrow_mut().push((sp.hash, SparkplugIn::Rebirth));
+                    } else if !ncmd {
+                        for _ in 0..crate::sim::sparkplug::count_metrics(&payload) {
+                            ctx.shared.event("sparkplug_dcmd_write");
+                        }
+                    }
+                }
                 Outcome::Command { topic, payload, qos: command_qos } => {
                     ctx.shared.event("command_received");
                     let cmd = Command::parse(&payload);
