@@ -11,8 +11,8 @@ use super::exit;
 use crate::config::Overrides;
 use crate::sim::device::{DeviceTable, device_seed};
 use crate::sim::format::{Body, write_hex};
-use crate::sim::sparkplug;
 use crate::sim::payload;
+use crate::sim::sparkplug;
 use clap::{Args, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -127,7 +127,14 @@ pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
                 show(&mut out, &topic, &buf)?;
             }
             let kind = if plan.birth {
-                sparkplug::encode_dbirth(&mut buf, t, plan.seq, plan.ordinal, &profile.fields, &samples);
+                sparkplug::encode_dbirth(
+                    &mut buf,
+                    t,
+                    plan.seq,
+                    plan.ordinal,
+                    &profile.fields,
+                    &samples,
+                );
                 "DBIRTH"
             } else {
                 sparkplug::encode_ddata(

@@ -416,7 +416,15 @@ pub const PROFILE: Spec = Spec {
         k("sleep", Ty::Table(&SLEEP), "Devices sleep and wake on a cycle."),
         k(
             "format",
-            Ty::Enum(&["envelope", "flat", "template", "cbor", "senml", "senml_cbor", "sparkplug_b"]),
+            Ty::Enum(&[
+                "envelope",
+                "flat",
+                "template",
+                "cbor",
+                "senml",
+                "senml_cbor",
+                "sparkplug_b",
+            ]),
             "Payload format: the JSON envelope, flat JSON, a template, CBOR, SenML (RFC 8428) \
              or Sparkplug B edge nodes (mqtt only).",
         )

@@ -945,9 +945,10 @@ pub fn compile_profile_with(
         }
     }
     let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
+    let sparkplug = t.get("format").and_then(|v| v.as_str()) == Some("sparkplug_b");
     let format = format::compile(&mut t, units, p);
     let mut delivery = delivery;
-    if format.sparkplug().is_some() {
+    if sparkplug {
         if protocol.is_some_and(|pr| pr != Protocol::Mqtt) {
             p.add(
                 t.path_of("format"),

@@ -220,7 +220,8 @@ impl Shard {
             let profile = &fleet.profiles[g.profile];
             for i in 0..g.count {
                 g.device_id(profile, i, &mut id);
-                if plan.shards > 1 && owner_shard(profile, &id, &g.labels, plan.shards) != plan.index
+                if plan.shards > 1
+                    && owner_shard(profile, &id, &g.labels, plan.shards) != plan.index
                 {
                     continue;
                 }
@@ -681,7 +682,12 @@ impl Shard {
             && let Some(block) = self.table.block_mut(fleet, key)
         {
             // Sparkplug DDATA on change carries only the metrics that moved.
-            behaviour.changed_fields(block, &self.samples, &mut self.sparkplug.changed);
+            behaviour.changed_fields(
+                &profile.fields,
+                block,
+                &self.samples,
+                &mut self.sparkplug.changed,
+            );
         }
         if !plain
             && behaviour.report != ReportMode::Periodic

@@ -13,7 +13,7 @@ pub mod mem;
 pub mod payload;
 pub mod profile;
 pub mod seed;
-pub mod sparkplug;
 pub(crate) mod selector;
+pub mod sparkplug;
 pub mod time;
 pub mod wheel;

@@ -1,6 +1,7 @@
 //! Sparkplug B 3.0 edge nodes (`format = "sparkplug_b"`, issue 22): the topics, the protobuf
-//! payloads of Eclipse Tahu's `sparkplug_b.proto` (vendored under `proto/sparkplug_b/`, encoded
-//! here by hand: a handful of fields, written straight into the shard's reused buffer), and
+//! payloads of Eclipse Tahu's `sparkplug_b.proto` (encoded here by hand, by its field numbers:
+//! a handful of fields, written straight into the shard's reused buffer; tests/it/sparkplug.rs
+//! decodes them with pysparkplug, which compiles Tahu's file), and
 //! the per-edge-node state that decides which message a device's sample becomes.
 //!
 //! The devices of a profile are grouped under edge nodes by the `edge_node` template. A node's
@@ -15,8 +16,8 @@
 //! next sample. A rebirth (NCMD `Node Control/Rebirth`) is a new NBIRTH at once with `seq` 0;
 //! each device then sends its DBIRTH with its next sample.
 
-use super::generator::Sample;
 use super::format::{Val, value_of};
+use super::generator::Sample;
 use super::profile::{FieldSpec, TopicTemplate};
 use super::time::SimMs;
 use std::collections::BTreeMap;

@@ -35,3 +35,4 @@ mod sink_amqp;
 mod sink_coap;
 mod sink_http;
 mod sink_mqtt;
+mod sparkplug;

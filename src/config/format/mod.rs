@@ -217,7 +217,10 @@ pub fn check_sparkplug(
     if let Some(why) = sparkplug::id_problem(first_id) {
         p.add(
             labels_path,
-            format!("device id {first_id:?} of profile {:?}: a Sparkplug device id {why}", profile.name),
+            format!(
+                "device id {first_id:?} of profile {:?}: a Sparkplug device id {why}",
+                profile.name
+            ),
         );
     }
 }

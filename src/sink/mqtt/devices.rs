@@ -288,8 +288,7 @@ impl Devices {
             held: Cell::new(false),
             held_until: Cell::new(None),
             slowed: Cell::new(false),
-            cap: self.settings.queue_size
-                * if spec.is_some() { SPARKPLUG_QUEUE_FACTOR } else { 1 },
+            cap: self.settings.queue_size * if spec.is_some() { SPARKPLUG_QUEUE_FACTOR } else { 1 },
         });
         self.by_hash.borrow_mut().insert(hash, dev.clone());
         let device_type =
