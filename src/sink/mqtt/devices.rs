@@ -812,6 +812,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             break e;
         }
         if ctx.shared.closing.get() {
+            // An edge node that leaves on purpose says so first: its NDEATH (the broker
+            // discards the will on DISCONNECT).
+            if let (Some(_), Some(w)) = (&topics.sparkplug, &params.will) {
+                let now = mono_ns();
+                if session
+                    .publish(&w.topic, w.payload.clone(), 0, false, Token::Response, now)
+                    .is_ok()
+                {
+                    ctx.shared.event("sparkplug_ndeath");
+                }
+            }
             // `drain` waited for what was queued and in flight; what is left is counted.
             session.disconnect();
             let _ = stream.write_all(&session.take_output()).await;
