@@ -777,10 +777,13 @@ impl Shard {
         for (hash, what) in
             self.sinks[profile.protocol.index()].as_ref().map_or(vec![], |s| s.take_sparkplug())
         {
+            use crate::sink::mqtt::devices::SparkplugIn;
             let reborn = match what {
-                crate::sink::mqtt::devices::SparkplugIn::Rebirth => self.sparkplug.rebirth(hash),
-                crate::sink::mqtt::devices::SparkplugIn::Reconnected => {
-                    self.sparkplug.reconnected(hash)
+                SparkplugIn::Rebirth => self.sparkplug.rebirth(hash),
+                SparkplugIn::Reconnected => self.sparkplug.reconnected(hash),
+                SparkplugIn::Dcmd { device, payload } => {
+                    self.sparkplug.write(hash, &device, sp::writes(&payload));
+                    None
                 }
             };
             if let Some((node, bd_seq)) = reborn {
@@ -821,6 +824,17 @@ impl Shard {
                 done_ns,
             );
         }
+        // DCMD writes show in this sample (and are marked changed for on_change DDATA).
+        if profile.behaviour.report == ReportMode::Periodic {
+            self.sparkplug.changed.clear();
+        }
+        self.sparkplug.apply_writes(
+            hash,
+            &self.id,
+            plan.ordinal,
+            &profile.fields,
+            &mut self.samples,
+        );
         let kind = if plan.birth {
             sp::encode_dbirth(
                 &mut self.payload,

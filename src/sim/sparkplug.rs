@@ -296,6 +296,8 @@ pub struct EdgeNodes {
     pub name: Vec<u8>,
     /// Report on change: which fields of the sample being handled moved (reused).
     pub changed: Vec<bool>,
+    /// DCMD writes not yet reflected: (node hash, device id, writes).
+    pending: Vec<(u64, String, Vec<Write>)>,
 }
 
 /// The session key of an edge node: FNV-1a of `group/node`.
@@ -370,6 +372,64 @@ impl EdgeNodes {
         Some(node.take_seq())
     }
 
+    /// A DCMD to `device` of node `hash`: its writes show in the device's next DDATA.
+    pub fn write(&mut self, hash: u64, device: &str, w: Vec<Write>) {
+        if !w.is_empty() {
+            self.pending.push((hash, device.to_string(), w));
+        }
+    }
+
+    /// Applies the DCMD writes pending for `device` of node `hash` (ordinal `ordinal`) to its
+    /// sample: a number to a numeric field, a state name to a Markov field (other writes are
+    /// left out); marks them changed. Returns how many were applied.
+    pub fn apply_writes(
+        &mut self,
+        hash: u64,
+        device: &str,
+        ordinal: u32,
+        fields: &[FieldSpec],
+        samples: &mut [Sample],
+    ) -> usize {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let mut applied = 0;
+        let mut i = 0;
+        while i < self.pending.len() {
+            if self.pending[i].0 != hash || self.pending[i].1 != device {
+                i += 1;
+                continue;
+            }
+            let (_, _, writes) = self.pending.remove(i);
+            for w in writes {
+                let by_alias = w.alias.and_then(|a| {
+                    (a >> 16 == ordinal as u64 && a & 0xffff > 0).then(|| (a & 0xffff) as usize - 1)
+                });
+                let field = by_alias.or_else(|| {
+                    w.name.as_deref().and_then(|n| fields.iter().position(|f| f.name == n))
+                });
+                let Some(fi) = field.filter(|fi| *fi < fields.len().min(samples.len())) else {
+                    continue;
+                };
+                let new = match (&w.value, &fields[fi].generator, samples[fi]) {
+                    (Written::Num(v), _, Sample::Number(_)) => Some(Sample::Number(*v)),
+                    (Written::Text(t), super::generator::GenSpec::Markov(m), _) => {
+                        m.states.iter().position(|s| s == t).map(Sample::State)
+                    }
+                    _ => None,
+                };
+                if let Some(new) = new {
+                    samples[fi] = new;
+                    if let Some(c) = self.changed.get_mut(fi) {
+                        *c = true;
+                    }
+                    applied += 1;
+                }
+            }
+        }
+        applied
+    }
+
     /// The node's session connected again (with the next `bdSeq` in its will): a rebirth
     /// with that `bdSeq`.
     pub fn reconnected(&mut self, hash: u64) -> Option<(String, u64)> {
@@ -420,6 +480,72 @@ pub fn is_rebirth(payload: &[u8]) -> bool {
         }
     }
     false
+}
+
+/// A value a DCMD writes to a metric.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Written {
+    Num(f64),
+    Bool(bool),
+    Text(String),
+}
+
+/// One write of a DCMD: the metric by name or alias, and its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write {
+    pub name: Option<String>,
+    pub alias: Option<u64>,
+    pub value: Written,
+}
+
+/// The writes of a DCMD payload (metrics without a value are left out).
+pub fn writes(payload: &[u8]) -> Vec<Write> {
+    let mut r = Reader(payload);
+    let mut out = vec![];
+    while let Some((field, wt)) = r.key() {
+        if field == 2 && wt == 2 {
+            let Some(m) = r.bytes() else { break };
+            let mut m = Reader(m);
+            let (mut name, mut alias, mut value) = (None, None, None);
+            while let Some((f, wt)) = m.key() {
+                match (f, wt) {
+                    (1, 2) => name = m.bytes().map(|b| String::from_utf8_lossy(b).into_owned()),
+                    (2, 0) => alias = m.varint(),
+                    // Int types travel as two's complement in uint32 / uint64.
+                    (10, 0) => value = m.varint().map(|v| Written::Num(v as u32 as i32 as f64)),
+                    (11, 0) => value = m.varint().map(|v| Written::Num(v as i64 as f64)),
+                    (12, 5) if m.0.len() >= 4 => {
+                        let b = [m.0[0], m.0[1], m.0[2], m.0[3]];
+                        m.0 = &m.0[4..];
+                        value = Some(Written::Num(f32::from_le_bytes(b) as f64));
+                    }
+                    (13, 1) if m.0.len() >= 8 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&m.0[..8]);
+                        m.0 = &m.0[8..];
+                        value = Some(Written::Num(f64::from_le_bytes(b)));
+                    }
+                    (14, 0) => value = m.varint().map(|v| Written::Bool(v != 0)),
+                    (15, 2) => {
+                        value = m
+                            .bytes()
+                            .map(|b| Written::Text(String::from_utf8_lossy(b).into_owned()))
+                    }
+                    _ => {
+                        if !m.skip(wt) {
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Some(value) = value {
+                out.push(Write { name, alias, value });
+            }
+        } else if !r.skip(wt) {
+            break;
+        }
+    }
+    out
 }
 
 /// Counts the metrics of a DCMD payload (the writes it asks for).

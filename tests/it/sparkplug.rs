@@ -2,7 +2,7 @@
 //! `sparkplug_host.py` (pysparkplug over paho-mqtt, installed by scripts/services.sh)
 //! subscribed to `spBv1.0/GROUP/#` on the Mosquitto at 127.0.0.1:1883. Births before data,
 //! aliases resolving through DBIRTH, `seq` continuous per edge node, a rebirth on NCMD, NDEATH
-//! with the NBIRTH's `bdSeq` when the process is killed; the same bytes per edge node on 1 and
+//! with the NBIRTH's `bdSeq` when the process is killed, a DCMD write in the next DDATA; the same bytes per edge node on 1 and
 //! 3 cores; DDEATH and DBIRTH again around outages; bad Sparkplug input refused (exit 2).
 
 use crate::common::mqtt::{Broker, Subscriber};
@@ -98,7 +98,7 @@ fn summary(line: &str) -> serde_json::Value {
 }
 
 #[test]
-fn an_independent_host_sees_births_data_seq_a_rebirth_and_ndeath_on_kill() {
+fn an_independent_host_sees_births_data_seq_rebirth_dcmd_and_ndeath_on_kill() {
     let dir = tempfile::tempdir().unwrap();
     let group = unique("spb");
     let (nodes, per_node) = (3, 4);
@@ -131,6 +131,7 @@ fn an_independent_host_sees_births_data_seq_a_rebirth_and_ndeath_on_kill() {
     assert_eq!(s["devices_with_data"], nodes * per_node, "{s}");
     assert_eq!(s["rebirth"]["nbirth"], true, "{s}");
     assert_eq!(s["rebirth"]["dbirths"], per_node, "{s}");
+    assert_eq!(s["dcmd_reflected"], true, "a DCMD write shows in the next DDATA: {s}");
     assert_eq!(s["nodes"].as_object().unwrap().len(), nodes, "{s}");
     for (name, n) in s["nodes"].as_object().unwrap() {
         assert_eq!(n["ndeath_bd_seq"], n["bd_seq"], "{name}: {s}");

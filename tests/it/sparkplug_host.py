@@ -38,6 +38,8 @@ devices = {}  # (node, device) -> DBirth payload (None after DDEATH)
 counts = {"NBIRTH": 0, "DBIRTH": 0, "DDATA": 0, "DDEATH": 0, "NDEATH": 0, "metrics": 0}
 data_seen = set()
 rebirth = {"sent": False, "nbirth": False, "dbirths": set(), "data_after": 0}
+dcmd = {"device": None, "reflected": False}
+DCMD_VALUE = 999.5
 done = threading.Event()
 phase = {"killed": False}
 
@@ -112,6 +114,10 @@ def handle(client, m):
             if x.name is None:
                 bad(f"DDATA {node}/{dev}: alias {x.alias} does not resolve to a name")
         data_seen.add((node, dev))
+        if dcmd["device"] == (node, dev) and any(
+            x.name == "temperature" and x.value == DCMD_VALUE for x in p.metrics
+        ):
+            dcmd["reflected"] = True
         if rebirth["nbirth"] and node == rebirth_node:
             rebirth["data_after"] += 1
     elif kind == "DDEATH":
@@ -142,6 +148,7 @@ def summary():
         },
         "devices_with_data": len(data_seen),
         "rebirth": {"sent": rebirth["sent"], "nbirth": rebirth["nbirth"], "dbirths": len(rebirth["dbirths"])},
+        "dcmd_reflected": dcmd["reflected"],
     }
 
 
@@ -204,6 +211,22 @@ if rebirth_node is not None and ok:
         60,
     ):
         bad(f"no rebirth of {rebirth_node} after NCMD: {rebirth}")
+if rebirth_node is not None and ok:
+    # A DCMD write, by name: the device's next DDATA carries the written value.
+    with lock:
+        target = sorted(d for (n, d) in data_seen if n == rebirth_node)[0]
+        dcmd["device"] = (rebirth_node, target)
+    cmd = sp.DCmd(
+        timestamp=sp.get_current_timestamp(),
+        metrics=(
+            sp.Metric(timestamp=None, name="temperature", datatype=sp.DataType.DOUBLE, value=DCMD_VALUE),
+        ),
+    )
+    client.publish(
+        f"spBv1.0/{group}/DCMD/{rebirth_node}/{target}", cmd.encode(include_dtypes=True), qos=1
+    )
+    if not wait_for(lambda: dcmd["reflected"], 60):
+        bad(f"the DCMD write to {target} did not show in its DDATA")
 with lock:
     phase["killed"] = True
 print("kill", flush=True)

@@ -121,6 +121,8 @@ pub enum SparkplugIn {
     /// The session connected again after a loss (a new `bdSeq` in its will): the node must
     /// be born again with it.
     Reconnected,
+    /// A DCMD to one of the node's devices: its payload.
+    Dcmd { device: String, payload: Vec<u8> },
 }
 
 /// Hashes a device hash (FNV-1a of its id) once more with `mix64`, so the map's buckets see
@@ -756,6 +758,15 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                         for _ in 0..crate::sim::sparkplug::count_metrics(&payload) {
                             ctx.shared.event("sparkplug_dcmd_write");
                         }
+                        // spBv1.0/GROUP/DCMD/NODE/DEVICE: the device is the last level.
+                        let device = topic.rsplit(|b| *b == b'/').next().unwrap_or_default();
+                        ctx.sparkplug.borrow_mut().push((
+                            sp.hash,
+                            SparkplugIn::Dcmd {
+                                device: String::from_utf8_lossy(device).into_owned(),
+                                payload: payload.to_vec(),
+                            },
+                        ));
                     }
                 }
                 Outcome::Command { topic, payload, qos: command_qos } => {
