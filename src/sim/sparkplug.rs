@@ -548,6 +548,20 @@ pub fn writes(payload: &[u8]) -> Vec<Write> {
     out
 }
 
+/// The `seq` of a payload, if it has one.
+pub fn read_seq(payload: &[u8]) -> Option<u64> {
+    let mut r = Reader(payload);
+    while let Some((field, wt)) = r.key() {
+        if field == 3 && wt == 0 {
+            return r.varint();
+        }
+        if !r.skip(wt) {
+            return None;
+        }
+    }
+    None
+}
+
 /// Counts the metrics of a DCMD payload (the writes it asks for).
 pub fn count_metrics(payload: &[u8]) -> u64 {
     let mut r = Reader(payload);

@@ -267,3 +267,37 @@ fn bad_sparkplug_input_is_refused_with_path_and_value() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn the_delivery_audit_follows_seq_per_edge_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("spbaudit");
+    let cfg = fleet(
+        dir.path(),
+        &group,
+        3,
+        4,
+        "seed = 3\nstart_time = \"2026-03-14T00:00:00Z\"\nduration = \"3s\"\n\n[audit]\nqos = 1",
+        "qos = 1",
+    );
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--quiet", "--cores", "2", "--report-dir"])
+        .arg(dir.path().join("report"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report/report.json")).unwrap(),
+    )
+    .unwrap();
+    let a = &r["audit"]["sparkplug"];
+    assert_eq!(a["nodes"].as_array().map(Vec::len), Some(3), "{}", r["audit"]);
+    assert_eq!((a["missing"].as_u64(), a["out_of_order"].as_u64()), (Some(0), Some(0)), "{a}");
+    // Every message the run sent, and each node's NDEATH at the end.
+    assert!(a["messages"].as_u64().unwrap() >= r["messages"].as_u64().unwrap(), "{a}");
+    for n in a["nodes"].as_array().unwrap() {
+        assert_eq!(n["births"], 1, "{n}");
+        assert!(n["messages"].as_u64().unwrap() > 12, "{n}");
+    }
+    assert_eq!(r["audit"]["lost"], 0, "{}", r["audit"]);
+}
