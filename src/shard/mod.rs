@@ -806,11 +806,12 @@ impl Shard {
         }
         let hash = self.sparkplug.locate(spec, &self.id, &profile.device_type, &group.labels);
         let plan = self.sparkplug.sample(hash, &self.id);
-        let node = String::from_utf8_lossy(&self.sparkplug.name).into_owned();
+        // The node's name stays in `self.sparkplug.name` (rendered by `locate`, UTF-8).
         if let Some(bd_seq) = plan.nbirth {
             sp::encode_nbirth(&mut self.payload, ts, bd_seq);
             self.topic.clear();
-            sp::write_topic(&mut self.topic, &spec.group_id, "NBIRTH", &node, None);
+            let name = std::str::from_utf8(&self.sparkplug.name).unwrap_or_default();
+            sp::write_topic(&mut self.topic, &spec.group_id, "NBIRTH", name, None);
             self.stats.profiles[profile_ix].published += 1;
             done_ns = submit(
                 &mut self.sinks,
@@ -863,7 +864,8 @@ impl Shard {
             crate::sim::fault::corrupt_bytes(&mut self.payload, word);
         }
         self.topic.clear();
-        sp::write_topic(&mut self.topic, &spec.group_id, kind, &node, Some(&self.id));
+        let name = std::str::from_utf8(&self.sparkplug.name).unwrap_or_default();
+        sp::write_topic(&mut self.topic, &spec.group_id, kind, name, Some(&self.id));
         self.stats.profiles[profile_ix].published += 1;
         submit(
             &mut self.sinks,
