@@ -301,3 +301,47 @@ fn the_delivery_audit_follows_seq_per_edge_node() {
     }
     assert_eq!(r["audit"]["lost"], 0, "{}", r["audit"]);
 }
+
+#[test]
+fn a_stopped_device_sends_its_ddeath_and_nothing_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("spbstop");
+    let port = free_port();
+    let _broker =
+        Broker::with_conf(port, dir.path(), "allow_anonymous true\nmax_queued_messages 0");
+    let run =
+        "seed = 2\nclock = \"virtual\"\nstart_time = \"2026-03-14T00:00:00Z\"\nduration = \"10s\"";
+    let cfg = fleet_on(port, dir.path(), &group, (2, 3), run, "qos = 1");
+    let scenario = dir.path().join("s.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"stop\"\nduration = \"10s\"\n\n[[step]]\nat = \"5s\"\nstop = { selector = \"line=line0\" }\n",
+    )
+    .unwrap();
+    let sub = Subscriber::start(port, &format!("spBv1.0/{group}/#"));
+    let out = bin()
+        .args(["scenario", "run", scenario.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .args(["--quiet", "--report-dir"])
+        .arg(dir.path().join("report"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("report/report.json")).unwrap(),
+    )
+    .unwrap();
+    let got = sub.wait_for(r["messages"].as_u64().unwrap() as usize);
+    let topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    let deaths: Vec<&&str> = topics.iter().filter(|t| t.contains("/DDEATH/line0/")).collect();
+    assert_eq!(deaths.len(), 3, "{topics:?}");
+    for d in deaths {
+        let device = d.rsplit('/').next().unwrap();
+        let at = topics.iter().position(|t| t == d).unwrap();
+        assert!(
+            !topics[at + 1..].iter().any(|t| t.ends_with(&format!("/{device}"))),
+            "{device} sent after its DDEATH: {topics:?}"
+        );
+    }
+    assert!(topics.iter().any(|t| t.contains("/DDATA/line1/")), "{topics:?}");
+    assert!(!topics.iter().any(|t| t.contains("/DDEATH/line1/")), "{topics:?}");
+}
