@@ -763,6 +763,31 @@ mod tests {
     }
 
     #[test]
+    fn dcmd_writes_and_seq_are_read_back() {
+        // temperature = -2 as Int32 by name; state = "idle" by alias (ordinal 1, field 1).
+        let mut cmd = vec![];
+        header(&mut cmd, 5);
+        metric(&mut cmd, |out| {
+            string(out, tag::NAME, "temperature");
+            out.push(10 << 3);
+            varint(out, (-2i32) as u32 as u64);
+        });
+        metric(&mut cmd, |out| {
+            out.push(tag::ALIAS);
+            varint(out, alias(1, 1));
+            string(out, tag::STRING, "idle");
+        });
+        let w = writes(&cmd);
+        assert_eq!(w.len(), 2);
+        assert_eq!((w[0].name.as_deref(), &w[0].value), (Some("temperature"), &Written::Num(-2.0)));
+        assert_eq!((w[1].alias, &w[1].value), (Some(alias(1, 1)), &Written::Text("idle".into())));
+        assert_eq!(read_seq(&cmd), None);
+        let mut d = vec![];
+        encode_ddeath(&mut d, 5, 200);
+        assert_eq!(read_seq(&d), Some(200));
+    }
+
+    #[test]
     fn ids_with_topic_characters_are_refused() {
         assert!(id_problem("line/1").is_some());
         assert!(id_problem("a+").is_some());
