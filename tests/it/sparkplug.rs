@@ -303,7 +303,7 @@ fn the_delivery_audit_follows_seq_per_edge_node() {
 }
 
 #[test]
-fn a_stopped_device_sends_its_ddeath_and_nothing_after() {
+fn stopped_and_disconnected_devices_send_ddeath_and_disconnected_ones_are_born_again() {
     let dir = tempfile::tempdir().unwrap();
     let group = unique("spbstop");
     let port = free_port();
@@ -315,7 +315,9 @@ fn a_stopped_device_sends_its_ddeath_and_nothing_after() {
     let scenario = dir.path().join("s.toml");
     std::fs::write(
         &scenario,
-        "name = \"stop\"\nduration = \"10s\"\n\n[[step]]\nat = \"5s\"\nstop = { selector = \"line=line0\" }\n",
+        "name = \"stop\"\nduration = \"10s\"\n\n[[step]]\nat = \"5s\"\nstop = { selector = \"line=line0\" }\n\n\
+         [[step]]\nat = \"2s\"\n\
+         fault = { selector = \"line=line1\", type = \"disconnect\", duration = \"3s\" }\n",
     )
     .unwrap();
     let sub = Subscriber::start(port, &format!("spBv1.0/{group}/#"));
@@ -342,6 +344,13 @@ fn a_stopped_device_sends_its_ddeath_and_nothing_after() {
             "{device} sent after its DDEATH: {topics:?}"
         );
     }
-    assert!(topics.iter().any(|t| t.contains("/DDATA/line1/")), "{topics:?}");
-    assert!(!topics.iter().any(|t| t.contains("/DDEATH/line1/")), "{topics:?}");
+    // A DISCONNECT fault on line1's devices: each one's DDEATH, then its DBIRTH once it ended
+    // (the node's session stays up: no NDEATH, one NBIRTH).
+    for (i, t) in topics.iter().enumerate().filter(|(_, t)| t.contains("/DDEATH/line1/")) {
+        let device = t.rsplit('/').next().unwrap();
+        let reborn = format!("spBv1.0/{group}/DBIRTH/line1/{device}");
+        assert!(topics[i + 1..].contains(&reborn.as_str()), "{device} not born again: {topics:?}");
+    }
+    assert_eq!(topics.iter().filter(|t| t.contains("/DDEATH/line1/")).count(), 3, "{topics:?}");
+    assert_eq!(topics.iter().filter(|t| t.contains("/NBIRTH/line1")).count(), 1, "{topics:?}");
 }
