@@ -342,6 +342,7 @@ impl Devices {
                 group: g.clone(),
                 node,
                 bd_seq: 0,
+                used: Cell::new(false),
             });
         }
         // Spread first pings over the keep-alive interval by device.
@@ -458,6 +459,8 @@ struct Sparkplug {
     node: String,
     /// The `bdSeq` of its will: one more on each reconnect.
     bd_seq: u64,
+    /// Whether a connection was made with the current will.
+    used: Cell<bool>,
 }
 
 /// An edge node's will: its NDEATH with `bdSeq`, QoS 1, not retained (Sparkplug 3.0).
@@ -548,9 +551,12 @@ async fn run(
             ctx.shared.event("session_connect_attempt");
             (permit, ctx.open().await)
         };
-        if ever_connected && let Some(sp) = &mut topics.sparkplug {
-            // A new MQTT session of the edge node: a new bdSeq in its will; the shard gives
-            // the NBIRTH the same one (`SparkplugIn::Reconnected`) once connected.
+        if let Some(sp) = &mut topics.sparkplug
+            && sp.used.replace(false)
+        {
+            // A new MQTT session of the edge node (its last will was used by a connection): a
+            // new bdSeq in its will; the shard gives the NBIRTH the same one
+            // (`SparkplugIn::Reconnected`) once connected. Failed attempts keep it.
             sp.bd_seq = (sp.bd_seq + 1) % 256;
             params.will = Some(sparkplug_will(&sp.group, &sp.node, sp.bd_seq));
         }
@@ -674,8 +680,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::pin!(timer);
     let mut armed_ns: Option<u64> = None;
     let end = loop {
-        // Move queued messages into the session while the window has room.
-        if session.is_connected() {
+        // Move queued messages into the session while the window has room (an edge node's
+        // once its CONNACK was handled: a reconnect drops what is stale first).
+        if session.is_connected() && (up || topics.sparkplug.is_none()) {
             let now = mono_ns();
             let mut q = dev.queue.borrow_mut();
             while let Some(m) = q.front() {
@@ -710,9 +717,20 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     *connecting = None;
                     ctx.connected.set(ctx.connected.get() + 1);
                     ctx.shared.event("session_connected");
-                    if std::mem::replace(ever_connected, true) {
+                    let again = std::mem::replace(ever_connected, true);
+                    if again {
                         ctx.shared.event("session_reconnected");
-                        if let Some(sp) = &topics.sparkplug {
+                    }
+                    if let Some(sp) = &topics.sparkplug {
+                        sp.used.set(true);
+                        if again {
+                            // What waited for this connection continues the last session's
+                            // seq: stale for a host that saw the NDEATH. The shard sends a new
+                            // NBIRTH (and DBIRTHs) with its next sample.
+                            for m in dev.queue.borrow_mut().drain(..) {
+                                ctx.shared.fail(&m, "sparkplug_stale");
+                                ctx.shared.extra_settled();
+                            }
                             ctx.sparkplug.borrow_mut().push((sp.hash, SparkplugIn::Reconnected));
                         }
                     }
