@@ -564,9 +564,7 @@ impl Shard {
         let Some((due, intended_ns)) = self.control_gate(key, due, intended_ns) else {
             return fire_ns;
         };
-        // Owned for the tick: a Sparkplug sample or death needs the whole shard meanwhile.
-        let fleet_arc = Arc::clone(&self.plan.fleet);
-        let fleet = &*fleet_arc;
+        let fleet = &*self.plan.fleet;
         let Some(dev) = self.table.get(key) else { return fire_ns };
         let (group_ix, index) = (dev.group as usize, dev.index as u64);
         let group = &fleet.groups[group_ix];
@@ -605,6 +603,12 @@ impl Shard {
                 return mono_ns();
             }
         }
+        // Borrowed again: a Sparkplug DDEATH above needed the whole shard (no `Arc` clone per
+        // tick: the fleet's count is shared by every shard's core).
+        let fleet = &*self.plan.fleet;
+        let group = &fleet.groups[group_ix];
+        let profile = &fleet.profiles[profile_ix];
+        let behaviour = &profile.behaviour;
         let (seq, nonfinite) = self.table.generate(fleet, key, due, &mut self.samples);
         {
             let st = &mut self.stats.profiles[profile_ix];
@@ -673,7 +677,7 @@ impl Shard {
             done_ns = self.send_events(key, group_ix, intended_ns, fire_ns);
         }
         // Borrowed again: sending events needed the whole shard.
-        let fleet = &*fleet_arc;
+        let fleet = &*self.plan.fleet;
         let group = &fleet.groups[group_ix];
         let profile = &fleet.profiles[profile_ix];
         let behaviour = &profile.behaviour;
@@ -702,15 +706,15 @@ impl Shard {
         if !self.ctl.streams.is_empty() {
             self.ctl.streams.feed(&self.id, group_ix, group, profile, &self.samples, fx.timestamp);
         }
-        if let Some(spec) = profile.format.sparkplug() {
+        if sparkplug {
             let done_ns = self.sparkplug_sample(
-                spec,
                 group_ix,
                 fx.timestamp,
                 fx.corrupt_bytes,
                 (intended_ns, due),
                 done_ns,
             );
+            let profile = &self.plan.fleet.profiles[profile_ix];
             let interval =
                 self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
             self.rearm_after_sample(key, profile_ix, due + interval);
@@ -761,7 +765,6 @@ impl Shard {
     /// message was handed over.
     fn sparkplug_sample(
         &mut self,
-        spec: &crate::sim::sparkplug::Spec,
         group_ix: usize,
         ts: SimMs,
         corrupt: Option<u64>,
@@ -773,6 +776,7 @@ impl Shard {
         let group = &fleet.groups[group_ix];
         let profile_ix = group.profile;
         let profile = &fleet.profiles[profile_ix];
+        let Some(spec) = profile.format.sparkplug() else { return done_ns };
         let phase = self.scn.as_ref().and_then(|c| c.phase_of(due));
         for (hash, what) in
             self.sinks[profile.protocol.index()].as_ref().map_or(vec![], |s| s.take_sparkplug())
