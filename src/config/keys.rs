@@ -412,6 +412,7 @@ pub const PROFILE: Spec = Spec {
         )
         .def("\"pooled\""),
         k("report", Ty::Table(&REPORT), "When devices publish: periodic or on_change."),
+        k("sparkplug", Ty::Table(&SPARKPLUG), "format = sparkplug_b: group and edge nodes."),
         k(
             "events",
             Ty::Map(&Ty::Table(&EVENT)),
@@ -421,8 +422,17 @@ pub const PROFILE: Spec = Spec {
         k("sleep", Ty::Table(&SLEEP), "Devices sleep and wake on a cycle."),
         k(
             "format",
-            Ty::Enum(&["envelope", "flat", "template", "cbor", "senml", "senml_cbor"]),
-            "Payload format: the JSON envelope, flat JSON, a template, CBOR or SenML (RFC 8428).",
+            Ty::Enum(&[
+                "envelope",
+                "flat",
+                "template",
+                "cbor",
+                "senml",
+                "senml_cbor",
+                "sparkplug_b",
+            ]),
+            "Payload format: the JSON envelope, flat JSON, a template, CBOR, SenML (RFC 8428) \
+             or Sparkplug B edge nodes (mqtt only).",
         )
         .def("\"envelope\""),
         k("id_key", Ty::Str, "format = flat: the key of the device id (\"\": left out).")
@@ -450,6 +460,21 @@ pub const PROFILE: Spec = Spec {
             Ty::Str,
             "HTTP Content-Type and AMQP content_type (default: from the format).",
         ),
+    ],
+};
+
+pub const SPARKPLUG: Spec = Spec {
+    path: "profiles.NAME.sparkplug",
+    doc: "format = sparkplug_b: how devices are grouped under Sparkplug B edge nodes.",
+    keys: &[
+        k("group_id", Ty::Str, "The Sparkplug group id (no '/', '+' or '#').").req(),
+        k(
+            "edge_node",
+            TEMPLATE,
+            "The edge node id of a device: a template over {device_id}, {device_type}, \
+             {labels.KEY}; each edge node is one MQTT session.",
+        )
+        .req(),
     ],
 };
 
