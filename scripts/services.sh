@@ -9,6 +9,8 @@
 #   python3-cbor2               tests/it/formats.rs decodes CBOR and SenML-CBOR payloads independently
 #   python3-protobuf, protoc    tests/it/formats.rs decodes protobuf payloads with code protoc generates
 #     (protobuf-compiler; libprotobuf-dev has google/protobuf/*.proto)
+#   pysparkplug (PyPI), python3-paho-mqtt
+#                               tests/it/sparkplug.rs: an independent Sparkplug B host
 #   prometheus, promtool        tests/it/prometheus.rs starts its own server on a free port
 #   chromium, chromedriver      tests/it/browser.rs drives headless Chromium over WebDriver
 #   podman, runc, debootstrap   tests/it/container.rs builds and runs the image (base made locally)
@@ -65,6 +67,13 @@ has_py_module cbor2 || apt_install python3-cbor2
 has_py_module google.protobuf || apt_install python3-protobuf
 command -v protoc >/dev/null || apt_install protobuf-compiler
 [ -f /usr/include/google/protobuf/timestamp.proto ] || apt_install libprotobuf-dev
+has_py_module paho.mqtt.client || apt_install python3-paho-mqtt
+# pysparkplug is not packaged by Debian: pip for /usr/bin/python3 (brings its protobuf runtime).
+if ! has_py_module pysparkplug; then
+    /usr/bin/python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    echo "installing pysparkplug (pip)"
+    /usr/bin/python3 -m pip install --quiet --break-system-packages pysparkplug
+fi
 
 # Prometheus and promtool: tests/it/prometheus.rs starts its own server on a free port.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus

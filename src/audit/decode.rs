@@ -88,6 +88,8 @@ impl Decoder {
                 Decoder::Template { id, seq }
             }
             Kind::Protobuf(p) => Decoder::Protobuf(p.clone()),
+            // Audited by `seq` per edge node (`audit/sparkplug.rs`).
+            Kind::Sparkplug(_) => return None,
         })
     }
 

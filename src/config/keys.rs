@@ -412,6 +412,7 @@ pub const PROFILE: Spec = Spec {
         )
         .def("\"pooled\""),
         k("report", Ty::Table(&REPORT), "When devices publish: periodic or on_change."),
+        k("sparkplug", Ty::Table(&SPARKPLUG), "format = sparkplug_b: group and edge nodes."),
         k(
             "events",
             Ty::Map(&Ty::Table(&EVENT)),
@@ -421,8 +422,18 @@ pub const PROFILE: Spec = Spec {
         k("sleep", Ty::Table(&SLEEP), "Devices sleep and wake on a cycle."),
         k(
             "format",
-            Ty::Enum(&["envelope", "flat", "template", "cbor", "senml", "senml_cbor", "protobuf"]),
-            "Payload format: the JSON envelope, flat JSON, a template, CBOR, SenML (RFC 8428) or protobuf.",
+            Ty::Enum(&[
+                "envelope",
+                "flat",
+                "template",
+                "cbor",
+                "senml",
+                "senml_cbor",
+                "sparkplug_b",
+                "protobuf",
+            ]),
+            "Payload format: the JSON envelope, flat JSON, a template, CBOR, SenML (RFC 8428), \
+             Sparkplug B edge nodes (mqtt only) or protobuf.",
         )
         .def("\"envelope\""),
         k(
@@ -482,6 +493,21 @@ pub const PROFILE_AUDIT: Spec = Spec {
     keys: &[
         k("device_id", Ty::Str, "JSON pointer to the device id (\"/id\").").req(),
         k("seq", Ty::Str, "JSON pointer to the sequence number (\"/seq\").").req(),
+    ],
+};
+
+pub const SPARKPLUG: Spec = Spec {
+    path: "profiles.NAME.sparkplug",
+    doc: "format = sparkplug_b: how devices are grouped under Sparkplug B edge nodes.",
+    keys: &[
+        k("group_id", Ty::Str, "The Sparkplug group id (no '/', '+' or '#').").req(),
+        k(
+            "edge_node",
+            TEMPLATE,
+            "The edge node id of a device: a template over {device_id}, {device_type}, \
+             {labels.KEY}; each edge node is one MQTT session.",
+        )
+        .req(),
     ],
 };
 

@@ -408,7 +408,7 @@ fn compile(
                     }
                     if let Some(missing) = missing_topic_label(&prof.topic, &merged) {
                         p.add(
-                            labels_path,
+                            labels_path.clone(),
                             format!(
                                 "the topic {:?} of profile {:?} uses {{labels.{missing}}}, which \
                                  these devices do not have (their labels: {})",
@@ -419,6 +419,19 @@ fn compile(
                         );
                     }
                     format::check_sample(&mut profiles[ix], &merged, p);
+                    if profiles[ix].format.sparkplug().is_some() {
+                        let g = Group {
+                            profile: ix,
+                            count,
+                            first_ordinal: *next_ordinal.get(&ix).unwrap_or(&0),
+                            labels_json: String::new(),
+                            labels: merged.clone(),
+                            ids: vec![],
+                        };
+                        let mut id = String::new();
+                        g.device_id(&profiles[ix], 0, &mut id);
+                        format::check_sparkplug(&profiles[ix], &merged, &labels_path, &id, p);
+                    }
                     let first = next_ordinal.entry(ix).or_insert(0);
                     groups.push(Group {
                         profile: ix,
@@ -948,7 +961,22 @@ pub fn compile_profile_with(
         }
     }
     let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
+    let sparkplug = t.get("format").and_then(|v| v.as_str()) == Some("sparkplug_b");
     let format = format::compile(&mut t, units, (&fields, &behaviour.events), p);
+    let mut delivery = delivery;
+    if sparkplug {
+        if protocol.is_some_and(|pr| pr != Protocol::Mqtt) {
+            p.add(
+                t.path_of("format"),
+                format!(
+                    "\"sparkplug_b\" needs protocol = \"mqtt\" (Sparkplug B is MQTT), not {:?}",
+                    protocol.map_or("", |pr| pr.name())
+                ),
+            );
+        }
+        // Each edge node is one MQTT session: the per-device machinery, keyed by node.
+        delivery.per_device = true;
+    }
     t.finish_with(&keys::PROFILE.names(), p);
     if p.0.len() > before {
         return None;

@@ -15,5 +15,6 @@ pub mod profile;
 pub mod proto;
 pub mod seed;
 pub(crate) mod selector;
+pub mod sparkplug;
 pub mod time;
 pub mod wheel;

@@ -36,3 +36,4 @@ mod sink_amqp;
 mod sink_coap;
 mod sink_http;
 mod sink_mqtt;
+mod sparkplug;
