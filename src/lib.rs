@@ -26,4 +26,5 @@ pub(crate) mod shard;
 pub mod sim;
 pub(crate) mod sink;
 pub(crate) mod threshold;
+pub(crate) mod trace;
 pub(crate) mod walk;
