@@ -9,6 +9,7 @@ pub(crate) mod audit;
 pub mod cli;
 pub(crate) mod config;
 pub mod control;
+pub(crate) mod fit;
 #[cfg(test)]
 mod layers;
 pub mod limits;

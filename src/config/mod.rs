@@ -1012,7 +1012,10 @@ pub(crate) fn compile_profile_in(
         }
         for key in ["report", "events", "availability", "sleep"] {
             if t.has(key) {
-                p.add(t.path_of(key), "not with replay: a replay device publishes each recorded row");
+                p.add(
+                    t.path_of(key),
+                    "not with replay: a replay device publishes each recorded row",
+                );
             }
         }
         if let Some((_, f)) = &replay {

@@ -73,14 +73,14 @@ pub(crate) fn compile(
     let trace_problem = |p: &mut Problems, e: crate::trace::TraceError| {
         p.add(file_path.clone(), format!("{}: {e}", full.display()));
     };
-    let (layout, published) = match crate::trace::open_layout(&full, time, device, fields.as_deref())
-    {
-        Ok(x) => x,
-        Err(e) => {
-            trace_problem(p, e);
-            return None;
-        }
-    };
+    let (layout, published) =
+        match crate::trace::open_layout(&full, time, device, fields.as_deref()) {
+            Ok(x) => x,
+            Err(e) => {
+                trace_problem(p, e);
+                return None;
+            }
+        };
     let mut names: Vec<&str> = published.iter().map(|f| f.0.as_str()).collect();
     names.sort();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
@@ -138,7 +138,10 @@ pub(crate) fn compile(
         if f.text.is_some() && (scale.contains_key(&f.name) || offset.contains_key(&f.name)) {
             p.add(
                 join(&t_path, if scale.contains_key(&f.name) { "scale" } else { "offset" }),
-                format!("field {:?} holds text in the trace; only numbers take a scale or offset", f.name),
+                format!(
+                    "field {:?} holds text in the trace; only numbers take a scale or offset",
+                    f.name
+                ),
             );
         }
     }
@@ -167,11 +170,9 @@ pub(crate) fn compile(
             generator: match &f.text {
                 // Never run: a replay device's values come from the trace. Text values are
                 // the states of a chain that stays put, so every format writes them by index.
-                Some(states) => GenSpec::Markov(Markov::new(
-                    states.clone(),
-                    &vec![vec![1.0]; states.len()],
-                    0,
-                )),
+                Some(states) => {
+                    GenSpec::Markov(Markov::new(states.clone(), &vec![vec![1.0]; states.len()], 0))
+                }
                 None => GenSpec::Static { json: "0.0".into(), number: Some(0.0) },
             },
             decimals: None,

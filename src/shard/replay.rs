@@ -133,19 +133,15 @@ impl Replays {
 
 impl Reader {
     fn new(spec: Arc<ReplaySpec>, start: SimMs) -> Reader {
-        let pos = Pos {
-            offset: spec.layout.data_offset,
-            line: spec.layout.data_line,
-            row: 0,
-            lap: 0,
-        };
+        let pos =
+            Pos { offset: spec.layout.data_offset, line: spec.layout.data_line, row: 0, lap: 0 };
         let texts = spec
             .fields
             .iter()
             .map(|f| {
-                f.text.as_ref().map(|v| {
-                    v.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect()
-                })
+                f.text
+                    .as_ref()
+                    .map(|v| v.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect())
             })
             .collect();
         let mut reader = Reader {
@@ -229,10 +225,9 @@ impl Reader {
         for (i, f) in spec.fields.iter().enumerate() {
             let cell = &src.cells[first + i];
             let v = match &texts[i] {
-                Some(map) => *map
-                    .get(cell.as_str())
-                    .ok_or_else(|| format!("line {}: a text value the trace did not hold", src.line))?
-                    as f64,
+                Some(map) => *map.get(cell.as_str()).ok_or_else(|| {
+                    format!("line {}: a text value the trace did not hold", src.line)
+                })? as f64,
                 None => parse_number(cell).map(|v| v * f.scale + f.offset)?,
             };
             values.push(v);
@@ -340,7 +335,8 @@ impl Reader {
             }
             let row = at.row;
             let decoded = Reader::decode(&self.spec, &self.texts, &src, &mut values);
-            at = Pos { offset: src.next_offset(), line: src.next_line(), row: row + 1, lap: at.lap };
+            at =
+                Pos { offset: src.next_offset(), line: src.next_line(), row: row + 1, lap: at.lap };
             let (t, series) = match decoded {
                 Ok(x) => x,
                 Err(e) => return self.fail(&e),

@@ -78,14 +78,18 @@ pub(crate) fn open_layout(
         }
     }
     let format = detect(file, &first);
-    let line = std::str::from_utf8(trim_eol(&first))
-        .map_err(|_| err(line_no, None, "not UTF-8 text"))?;
+    let line =
+        std::str::from_utf8(trim_eol(&first)).map_err(|_| err(line_no, None, "not UTF-8 text"))?;
     let (names, data_offset, data_line) = match format {
         TraceFormat::Csv => {
             let mut cells = vec![];
             split_csv(line, &mut cells).map_err(|e| err(line_no, None, e))?;
             let offset = r.stream_position().unwrap_or(0);
-            (cells.into_iter().map(|c| c.trim().to_string()).collect::<Vec<_>>(), offset, line_no + 1)
+            (
+                cells.into_iter().map(|c| c.trim().to_string()).collect::<Vec<_>>(),
+                offset,
+                line_no + 1,
+            )
         }
         TraceFormat::JsonLines => {
             let v: serde_json::Value = serde_json::from_str(line)
@@ -117,7 +121,9 @@ pub(crate) fn open_layout(
             ),
         )
     };
-    for c in std::iter::once(time).chain(device).chain(fields.unwrap_or(&[]).iter().map(String::as_str)) {
+    for c in
+        std::iter::once(time).chain(device).chain(fields.unwrap_or(&[]).iter().map(String::as_str))
+    {
         if !has(c) {
             return Err(missing(c));
         }
@@ -128,8 +134,8 @@ pub(crate) fn open_layout(
             .map(|c| (c.strip_prefix("fields.").unwrap_or(c).to_string(), c.clone()))
             .collect(),
         None => {
-            let envelope = format == TraceFormat::JsonLines
-                && names.iter().any(|n| n.starts_with("fields."));
+            let envelope =
+                format == TraceFormat::JsonLines && names.iter().any(|n| n.starts_with("fields."));
             names
                 .iter()
                 .filter(|n| n.as_str() != time && Some(n.as_str()) != device)
@@ -146,10 +152,9 @@ pub(crate) fn open_layout(
     columns.extend(device.map(str::to_string));
     columns.extend(published.iter().map(|p| p.1.clone()));
     let indices = match format {
-        TraceFormat::Csv => columns
-            .iter()
-            .map(|c| names.iter().position(|n| n == c).unwrap_or(0))
-            .collect(),
+        TraceFormat::Csv => {
+            columns.iter().map(|c| names.iter().position(|n| n == c).unwrap_or(0)).collect()
+        }
         TraceFormat::JsonLines => vec![],
     };
     Ok((
@@ -166,7 +171,11 @@ pub(crate) fn open_layout(
     ))
 }
 
-fn flatten_names(prefix: &str, o: &serde_json::Map<String, serde_json::Value>, out: &mut Vec<String>) {
+fn flatten_names(
+    prefix: &str,
+    o: &serde_json::Map<String, serde_json::Value>,
+    out: &mut Vec<String>,
+) {
     for (k, v) in o {
         let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
         match v {
@@ -178,7 +187,8 @@ fn flatten_names(prefix: &str, o: &serde_json::Map<String, serde_json::Value>, o
 
 /// Reads one line (with its end) into `buf`, refusing one longer than [`MAX_LINE`].
 fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> Result<usize, String> {
-    let n = r.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', buf).map_err(|e| e.to_string())?;
+    let n =
+        r.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', buf).map_err(|e| e.to_string())?;
     if n > MAX_LINE {
         return Err(format!("a line longer than {MAX_LINE} bytes"));
     }
@@ -253,7 +263,11 @@ impl RowReader {
     }
 
     /// A reader positioned at `offset`, the start of line `line`.
-    pub(crate) fn open_at(layout: &TraceLayout, offset: u64, line: u64) -> Result<RowReader, TraceError> {
+    pub(crate) fn open_at(
+        layout: &TraceLayout,
+        offset: u64,
+        line: u64,
+    ) -> Result<RowReader, TraceError> {
         let mut f = File::open(&layout.file)
             .map_err(|e| err(0, None, format!("cannot open {}: {e}", layout.file.display())))?;
         f.seek(SeekFrom::Start(offset)).map_err(|e| err(line, None, e.to_string()))?;
@@ -291,7 +305,8 @@ impl RowReader {
     pub(crate) fn next_row(&mut self) -> Result<bool, TraceError> {
         loop {
             self.buf.clear();
-            let n = read_line(&mut self.inner, &mut self.buf).map_err(|e| err(self.next_line, None, e))?;
+            let n = read_line(&mut self.inner, &mut self.buf)
+                .map_err(|e| err(self.next_line, None, e))?;
             if n == 0 {
                 return Ok(false);
             }
@@ -337,7 +352,11 @@ impl RowReader {
         }
         split_csv(line, &mut self.all).map_err(|e| err(self.line, None, e))?;
         if self.all.len() < self.width {
-            return Err(err(self.line, None, format!("{} cells, the header has more", self.all.len())));
+            return Err(err(
+                self.line,
+                None,
+                format!("{} cells, the header has more", self.all.len()),
+            ));
         }
         for (i, cell) in self.all.iter().enumerate().take(self.width) {
             let slot = self.pick[i];
@@ -360,7 +379,9 @@ impl RowReader {
             match found {
                 Some(serde_json::Value::String(s)) => cell.push_str(s),
                 Some(serde_json::Value::Number(n)) => cell.push_str(&n.to_string()),
-                Some(serde_json::Value::Bool(b)) => cell.push_str(if *b { "true" } else { "false" }),
+                Some(serde_json::Value::Bool(b)) => {
+                    cell.push_str(if *b { "true" } else { "false" })
+                }
                 Some(serde_json::Value::Null) => {
                     return Err(err(self.line, Some(col), "null, not a value"));
                 }
@@ -400,7 +421,8 @@ pub(crate) fn parse_time(cell: &str) -> Result<u64, String> {
         }
         return Ok(ms.round() as u64);
     }
-    crate::sim::time::parse_rfc3339(cell).map_err(|e| format!("not a time (RFC 3339, epoch s or ms): {e}"))
+    crate::sim::time::parse_rfc3339(cell)
+        .map_err(|e| format!("not a time (RFC 3339, epoch s or ms): {e}"))
 }
 
 /// A numeric cell.
@@ -514,7 +536,13 @@ mod tests {
     fn fields(published: &[(String, String)]) -> Vec<ReplayField> {
         published
             .iter()
-            .map(|(n, c)| ReplayField { name: n.clone(), column: c.clone(), text: None, scale: 1.0, offset: 0.0 })
+            .map(|(n, c)| ReplayField {
+                name: n.clone(),
+                column: c.clone(),
+                text: None,
+                scale: 1.0,
+                offset: 0.0,
+            })
             .collect()
     }
 
@@ -538,7 +566,10 @@ mod tests {
             "ts,sensor,temp,state\n0,a,1.5,on\n1,b,2,off\n\n1,a,3,on\n3,b,4.25,on\n",
         );
         let (layout, published) = open_layout(&p, "ts", Some("sensor"), None).unwrap();
-        assert_eq!(published, vec![("temp".into(), "temp".into()), ("state".into(), "state".into())]);
+        assert_eq!(
+            published,
+            vec![("temp".into(), "temp".into()), ("state".into(), "state".into())]
+        );
         let mut f = fields(&published);
         let s = scan(&layout, &mut f).unwrap();
         assert_eq!(s.rows, 4);
@@ -559,7 +590,10 @@ mod tests {
         let p = write("val.csv", "ts,v\n10,1\n12,x\n");
         let (layout, pubs) = open_layout(&p, "ts", None, None).unwrap();
         let e = scan(&layout, &mut fields(&pubs)).unwrap_err();
-        assert_eq!(e.to_string(), "line 3, column \"v\": \"x\" is not a number (the column's first value was)");
+        assert_eq!(
+            e.to_string(),
+            "line 3, column \"v\": \"x\" is not a number (the column's first value was)"
+        );
 
         let p = write("time.csv", "ts,v\n10,1\nnoon,2\n");
         let (layout, pubs) = open_layout(&p, "ts", None, None).unwrap();
@@ -574,7 +608,9 @@ mod tests {
         assert!(open_layout(&p, "ts", None, None).unwrap_err().to_string().contains("empty"));
         let p = write("header.csv", "ts,v\n");
         let (layout, pubs) = open_layout(&p, "ts", None, None).unwrap();
-        assert!(scan(&layout, &mut fields(&pubs)).unwrap_err().to_string().contains("no data rows"));
+        assert!(
+            scan(&layout, &mut fields(&pubs)).unwrap_err().to_string().contains("no data rows")
+        );
     }
 
     #[test]

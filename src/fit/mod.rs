@@ -1,0 +1,1 @@
+//! `iot-sim fit`: generator parameters estimated from a recorded series.

@@ -1,0 +1,369 @@
+//! Trace replay (`[profiles.X.replay]`): values and offsets as recorded, beside a synthetic
+//! fleet byte-identical across runs and `--cores`, the file sink's own output replayed, and
+//! bad traces refused with their line and column.
+
+use crate::common::{bin, stderr};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const START: &str = "2026-01-01T00:00:00Z";
+const START_MS: u64 = 1_767_225_600_000;
+const T0_MS: u64 = 1_700_000_000_000;
+
+/// A recorded trace: four sensors in turn with irregular steps (two rows of one sensor at the
+/// same time), a text column, and a `rare` sensor whose three rows are far apart in the file
+/// (its rows reach it through its own reader: more than 8 rows of others lie between).
+/// Returns the CSV and each sensor's rows as (recorded offset ms, temperature, state).
+fn trace() -> (String, BTreeMap<String, Vec<(u64, f64, String)>>) {
+    let mut csv = String::from("when,sensor,temperature,state,ignored\n");
+    let mut rows: BTreeMap<String, Vec<(u64, f64, String)>> = BTreeMap::new();
+    let mut t = T0_MS;
+    for i in 0..400u64 {
+        t += 700 + (i % 5) * 311;
+        let mut put = |name: &str, t: u64, v: f64, s: &str| {
+            csv.push_str(&format!("{},{name},{v},{s},x\n", t as f64 / 1000.0));
+            rows.entry(name.to_string()).or_default().push((t - T0_MS, v, s.to_string()));
+        };
+        if i % 150 == 0 {
+            put("rare", t, -40.125 + i as f64, "alarm");
+        }
+        let name = ["a", "b", "c", "d"][(i % 4) as usize];
+        let v = ((i * 37 % 1000) as f64) / 8.0 - 20.0;
+        put(name, t, v, if i % 3 == 0 { "open" } else { "closed" });
+        if i == 17 {
+            put(name, t, 99.5, "open");
+        }
+    }
+    (csv, rows)
+}
+
+fn replay_fleet(dir: &Path, extra: &str) -> PathBuf {
+    let (csv, _) = trace();
+    std::fs::write(dir.join("trace.csv"), csv).unwrap();
+    let toml = format!(
+        r#"
+[run]
+seed = 7
+clock = "virtual"
+start_time = "{START}"
+duration = "2h"
+[sink.file]
+path = "{out}"
+[profiles.rec]
+protocol = "file"
+topic = "rec/{{device_id}}"
+[profiles.rec.replay]
+file = "trace.csv"
+time = "when"
+device = "sensor"
+fields = ["temperature", "state"]
+speed = 2.0
+[[fleet]]
+profile = "rec"
+{extra}
+"#,
+        out = dir.join("out.jsonl").display()
+    );
+    let cfg = dir.join("fleet.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    cfg
+}
+
+fn run(cfg: &Path, cores: u16) -> std::process::Output {
+    let out = bin()
+        .args(["--config", cfg.to_str().unwrap(), "--cores", &cores.to_string(), "--quiet"])
+        .args(["--report-dir", cfg.with_file_name("report").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+    out
+}
+
+/// Every shard file's lines (then removed), sorted, and the raw bytes of each file.
+fn outputs(dir: &Path) -> (Vec<String>, Vec<Vec<u8>>) {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "jsonl") && p.to_str().unwrap().contains("out")
+        })
+        .collect();
+    names.sort();
+    let (mut lines, mut raw) = (vec![], vec![]);
+    for n in names {
+        let bytes = std::fs::read(&n).unwrap();
+        lines.extend(String::from_utf8(bytes.clone()).unwrap().lines().map(String::from));
+        raw.push(bytes);
+        std::fs::remove_file(n).unwrap();
+    }
+    lines.sort();
+    (lines, raw)
+}
+
+fn rfc3339_ms(s: &str) -> u64 {
+    // 2026-01-01T00:MM:SS.mmmZ within the first day.
+    let h: u64 = s[11..13].parse().unwrap();
+    let m: u64 = s[14..16].parse().unwrap();
+    let sec: u64 = s[17..19].parse().unwrap();
+    let ms: u64 = s[20..23].parse().unwrap();
+    assert!(s.starts_with("2026-01-01T"), "{s}");
+    START_MS + ((h * 60 + m) * 60 + sec) * 1000 + ms
+}
+
+#[test]
+fn values_and_offsets_are_as_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replay_fleet(dir.path(), "");
+    run(&cfg, 1);
+    let (lines, _) = outputs(dir.path());
+    let (_, want) = trace();
+    // Devices in order of first appearance: rare (row 0, before a), a, b, c, d.
+    let order = ["rare", "a", "b", "c", "d"];
+    let mut got: BTreeMap<String, Vec<(u64, f64, String)>> = BTreeMap::new();
+    let mut seen_times: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for l in &lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let p = &v["payload"];
+        let id = p["device_id"].as_str().unwrap();
+        let k: usize = id.strip_prefix("rec-").unwrap().parse().unwrap();
+        let at = rfc3339_ms(p["timestamp"].as_str().unwrap()) - START_MS;
+        let f = &p["fields"];
+        got.entry(order[k].to_string()).or_default().push((
+            at,
+            f["temperature"].as_f64().unwrap(),
+            f["state"].as_str().unwrap().to_string(),
+        ));
+        seen_times.entry(id.to_string()).or_default().push(at);
+        assert!(f.get("ignored").is_none(), "only the listed fields are published: {l}");
+        assert_eq!(v["topic"], format!("rec/{id}"));
+    }
+    for (name, rows) in &want {
+        // Recorded offsets from the first row (700 ms after T0), halved (speed 2), to the
+        // millisecond.
+        let mut expect: Vec<(u64, f64, String)> = rows
+            .iter()
+            .map(|(off, v, s)| ((((off - 700) as f64) / 2.0).round() as u64, *v, s.clone()))
+            .collect();
+        let mut mine = got.remove(name).unwrap_or_default();
+        // Lines were sorted as text; put each device's back in time order (stable for the
+        // two rows at one time: compare as sets then).
+        mine.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        expect.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(mine, expect, "sensor {name}");
+    }
+    assert!(got.is_empty(), "devices nobody recorded: {:?}", got.keys());
+}
+
+#[test]
+fn beside_a_synthetic_fleet_any_core_count_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let synthetic = r#"
+[profiles.thermo]
+protocol = "file"
+interval = "7s"
+[profiles.thermo.fields.t]
+type = "brownian"
+start = 20.0
+mean = 20.0
+volatility = 0.3
+mean_reversion = 0.05
+[[fleet]]
+profile = "thermo"
+count = 40
+[profiles.dealt]
+protocol = "file"
+[profiles.dealt.replay]
+file = "trace.csv"
+time = "when"
+devices = 7
+loop = true
+speed = 4.0
+offset = { temperature = 0.5 }
+[[fleet]]
+profile = "dealt"
+"#;
+    let cfg = replay_fleet(dir.path(), synthetic);
+    run(&cfg, 1);
+    let (one, one_raw) = outputs(dir.path());
+    run(&cfg, 1);
+    let (again, again_raw) = outputs(dir.path());
+    assert_eq!(one_raw, again_raw, "two runs with one core differ byte for byte");
+    assert_eq!(one, again);
+    let count = |k: &str| one.iter().filter(|l| l.contains(k)).count();
+    assert!(count("\"device_type\":\"thermo\"") > 40 * 1000);
+    assert_eq!(count("\"device_type\":\"rec\""), 404);
+    // Looped at 4x for 2 h: many laps of the 404 rows, dealt to 7 devices.
+    assert!(count("\"device_type\":\"dealt\"") > 404 * 10);
+    for k in 0..7 {
+        assert!(count(&format!("\"dealt-000{k}\"")) > 0, "dealt-000{k} got no row");
+    }
+    for cores in [2, 3] {
+        run(&cfg, cores);
+        let (n, n_raw) = outputs(dir.path());
+        assert_eq!(n_raw.len(), cores as usize);
+        assert!(n == one, "{cores} cores: the sorted lines differ from one core's");
+        run(&cfg, cores);
+        let (n2, n2_raw) = outputs(dir.path());
+        assert_eq!(n_raw, n2_raw, "{cores} cores: per-shard files differ between runs");
+        assert_eq!(n, n2);
+    }
+}
+
+#[test]
+fn the_file_sinks_output_replays_to_the_same_payload_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = format!(
+        r#"
+[run]
+seed = 3
+clock = "virtual"
+start_time = "{START}"
+duration = "20m"
+[sink.file]
+path = "{out}"
+[profiles.src]
+protocol = "file"
+interval = "9s"
+[profiles.src.fields.temp]
+type = "gaussian"
+mean = 21.5
+stddev = 2.0
+decimals = 3
+[profiles.src.fields.door]
+type = "markov"
+states = ["closed", "open"]
+transition_matrix = [[0.8, 0.2], [0.4, 0.6]]
+[[fleet]]
+profile = "src"
+count = 6
+"#,
+        out = dir.path().join("recorded.jsonl").display()
+    );
+    let cfg = dir.path().join("first.toml");
+    std::fs::write(&cfg, first).unwrap();
+    run(&cfg, 1);
+    let recorded = dir.path().join("recorded.jsonl");
+    let text = std::fs::read_to_string(&recorded).unwrap();
+    let lines: Vec<serde_json::Value> =
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.len() > 6 * 100);
+    let first_ts = lines[0]["payload"]["timestamp"].as_str().unwrap().to_string();
+    // The recorded devices in order of first appearance, and each one's payloads.
+    let mut ids: Vec<String> = vec![];
+    let mut want: BTreeMap<String, Vec<(String, serde_json::Value)>> = BTreeMap::new();
+    for v in &lines {
+        let p = &v["payload"];
+        let id = p["device_id"].as_str().unwrap().to_string();
+        if !ids.contains(&id) {
+            ids.push(id.clone());
+        }
+        want.entry(id)
+            .or_default()
+            .push((p["timestamp"].as_str().unwrap().into(), p["fields"].clone()));
+    }
+    let second = format!(
+        r#"
+[run]
+seed = 99
+clock = "virtual"
+start_time = "{first_ts}"
+duration = "30m"
+[sink.file]
+path = "{out}"
+[profiles.again]
+protocol = "file"
+[profiles.again.replay]
+file = "recorded.jsonl"
+time = "timestamp"
+device = "device_id"
+[[fleet]]
+profile = "again"
+"#,
+        out = dir.path().join("out.jsonl").display()
+    );
+    let cfg = dir.path().join("second.toml");
+    std::fs::write(&cfg, second).unwrap();
+    run(&cfg, 2);
+    let (out, _) = outputs(dir.path());
+    let mut got: BTreeMap<String, Vec<(String, serde_json::Value)>> = BTreeMap::new();
+    for l in &out {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let p = &v["payload"];
+        let k: usize =
+            p["device_id"].as_str().unwrap().strip_prefix("again-").unwrap().parse().unwrap();
+        got.entry(ids[k].clone())
+            .or_default()
+            .push((p["timestamp"].as_str().unwrap().into(), p["fields"].clone()));
+    }
+    for rows in got.values_mut() {
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    assert_eq!(got, want, "the replayed payloads (by recorded device) differ from the recording");
+}
+
+/// Validates a fleet replaying `trace` (written as `trace.csv` unless empty text is wanted),
+/// returns stderr; the exit code must be 2.
+fn refused(trace: &str, replay_extra: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("trace.csv"), trace).unwrap();
+    let toml = format!(
+        r#"
+[sink.null]
+[profiles.rec]
+protocol = "null"
+[profiles.rec.replay]
+file = "trace.csv"
+time = "ts"
+{replay_extra}
+[[fleet]]
+profile = "rec"
+"#
+    );
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let out = bin().args(["validate", "--config", cfg.to_str().unwrap()]).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "not refused with exit 2: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn bad_traces_and_settings_are_refused_with_line_column_and_value() {
+    let ok = "ts,v\n1,1.5\n2,2.5\n";
+    let e = refused("time,v\n1,2\n", "");
+    assert!(
+        e.contains("profiles.rec.replay.file")
+            && e.contains("line 1, column \"ts\": no such column; the header has: time, v"),
+        "{e}"
+    );
+    let e = refused("ts,v\n1,2\n2,2\n", "fields = [\"v\", \"w\"]");
+    assert!(e.contains("column \"w\": no such column"), "{e}");
+    let e = refused("ts,v\n1,2\nlater,3\n", "");
+    assert!(e.contains("line 3, column \"ts\": not a time"), "{e}");
+    let e = refused("ts,v\n1,2\n2,2\n3,n/a\n", "");
+    assert!(e.contains("line 4, column \"v\": \"n/a\" is not a number"), "{e}");
+    let e = refused("ts,v\n5,2\n6,2\n4,2\n", "");
+    assert!(
+        e.contains("line 4, column \"ts\": time goes backwards") && e.contains("line 3"),
+        "{e}"
+    );
+    let e = refused("", "");
+    assert!(e.contains("the trace is empty"), "{e}");
+    let e = refused("ts,v\n", "");
+    assert!(e.contains("no data rows"), "{e}");
+    // Settings: every problem at once, each with its path and value.
+    let e = refused(ok, "devices = 0\nspeed = -1.5");
+    assert!(
+        e.contains("profiles.rec.replay.devices: must be between 1") && e.contains("got 0"),
+        "{e}"
+    );
+    assert!(
+        e.contains("profiles.rec.replay.speed: must be greater than 0") && e.contains("-1.5"),
+        "{e}"
+    );
+    let e = refused(ok, "speed = 0");
+    assert!(e.contains("profiles.rec.replay.speed") && e.contains("got 0"), "{e}");
+    let e = refused(ok, "scale = { nope = 2 }");
+    assert!(e.contains("profiles.rec.replay.scale.nope: not a published field"), "{e}");
+}
