@@ -342,7 +342,7 @@ impl Reader {
                 Err(e) => return self.fail(&e),
             };
             let (first, step) = self.spec.targets(series, row);
-            let mine = ordinal >= first && (ordinal - first) % step == 0;
+            let mine = ordinal >= first && (ordinal - first).is_multiple_of(step);
             if mine {
                 let sched = self.spec.schedule(self.start, t, at.lap) as f64;
                 let dev = &mut self.devs[d];

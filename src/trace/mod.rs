@@ -98,7 +98,7 @@ pub(crate) fn open_layout(
                 return Err(err(line_no, None, "not a JSON object"));
             };
             let mut names = vec![];
-            flatten_names("", &o, &mut names);
+            flatten_names("", o, &mut names);
             // The first data row is this line.
             let offset = r.stream_position().unwrap_or(0) - first.len() as u64;
             (names, offset, line_no)

@@ -14,9 +14,12 @@ const T0_MS: u64 = 1_700_000_000_000;
 /// same time), a text column, and a `rare` sensor whose three rows are far apart in the file
 /// (its rows reach it through its own reader: more than 8 rows of others lie between).
 /// Returns the CSV and each sensor's rows as (recorded offset ms, temperature, state).
-fn trace() -> (String, BTreeMap<String, Vec<(u64, f64, String)>>) {
+/// Each sensor's rows as (recorded offset ms, temperature, state).
+type Rows = BTreeMap<String, Vec<(u64, f64, String)>>;
+
+fn trace() -> (String, Rows) {
     let mut csv = String::from("when,sensor,temperature,state,ignored\n");
-    let mut rows: BTreeMap<String, Vec<(u64, f64, String)>> = BTreeMap::new();
+    let mut rows: Rows = BTreeMap::new();
     let mut t = T0_MS;
     for i in 0..400u64 {
         t += 700 + (i % 5) * 311;
@@ -119,7 +122,7 @@ fn values_and_offsets_are_as_recorded() {
     let (_, want) = trace();
     // Devices in order of first appearance: rare (row 0, before a), a, b, c, d.
     let order = ["rare", "a", "b", "c", "d"];
-    let mut got: BTreeMap<String, Vec<(u64, f64, String)>> = BTreeMap::new();
+    let mut got: Rows = BTreeMap::new();
     let mut seen_times: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for l in &lines {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
