@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 mod audit;
 pub mod client;
+mod fit;
 pub mod preview;
 pub mod probe;
 pub mod remote;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Work on finished runs' reports (`report compare OLD NEW`).
     #[command(subcommand)]
     Report(report::ReportCmd),
+    /// Fit generator models to a recorded series (gaussian, OU, diurnal, markov; AIC, KS) and
+    /// write a fleet file with the best profile.
+    Fit(fit::FitArgs),
     /// Print the JSON Schema of fleet files (--scenario: scenario files; --profile: profile
     /// files), for editors: `iot-sim schema > fleet.schema.json`.
     Schema(schema::SchemaArgs),
@@ -265,6 +269,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Audit(a)) => audit::main(&a),
         Some(Command::Report(c)) => report::main(&c),
         Some(Command::Schema(a)) => schema::main(&a),
+        Some(Command::Fit(a)) => fit::main(&a),
         Some(Command::Payload(c)) => preview::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),

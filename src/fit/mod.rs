@@ -69,7 +69,8 @@ pub(crate) fn normal_cdf(x: f64) -> f64 {
                         + t * (-0.186_288_06
                             + t * (0.278_868_07
                                 + t * (-1.135_203_98
-                                    + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
             .exp();
     if x >= 0.0 { 1.0 - 0.5 * erfc } else { 0.5 * erfc }
 }
@@ -142,7 +143,8 @@ fn intervals(ll: impl Fn(&[f64]) -> f64, p: &[f64], names: &[&'static str]) -> V
             let v = if i == j {
                 (at(&[(i, h[i])]) - 2.0 * f0 + at(&[(i, -h[i])])) / (h[i] * h[i])
             } else {
-                (at(&[(i, h[i]), (j, h[j])]) - at(&[(i, h[i]), (j, -h[j])])
+                (at(&[(i, h[i]), (j, h[j])])
+                    - at(&[(i, h[i]), (j, -h[j])])
                     - at(&[(i, -h[i]), (j, h[j])])
                     + at(&[(i, -h[i]), (j, -h[j])]))
                     / (4.0 * h[i] * h[j])
@@ -170,7 +172,14 @@ fn candidate(
     toml: String,
 ) -> Candidate {
     let k = params.len() as f64;
-    Candidate { model, aic: 2.0 * k - 2.0 * loglik, loglik, ks: residuals.map(ks_normal), params, toml }
+    Candidate {
+        model,
+        aic: 2.0 * k - 2.0 * loglik,
+        loglik,
+        ks: residuals.map(ks_normal),
+        params,
+        toml,
+    }
 }
 
 fn num(v: f64) -> String {
@@ -208,7 +217,14 @@ pub(crate) fn gaussian(x: &[f64]) -> Candidate {
 /// The OU log-likelihood of `x` at times `t` (seconds): the first value from the stationary
 /// law, each next one from the exact transition over its own step. Standardised residuals
 /// into `z` when given.
-fn ou_ll(x: &[f64], t: &[f64], m: f64, theta: f64, sigma: f64, mut z: Option<&mut Vec<f64>>) -> f64 {
+fn ou_ll(
+    x: &[f64],
+    t: &[f64],
+    m: f64,
+    theta: f64,
+    sigma: f64,
+    mut z: Option<&mut Vec<f64>>,
+) -> f64 {
     if theta <= 0.0 || sigma <= 0.0 || !theta.is_finite() {
         return f64::NEG_INFINITY;
     }
@@ -382,7 +398,8 @@ pub(crate) fn diurnal_ou(x: &[f64], t: &[f64], hours: &[f64]) -> Result<Candidat
     // The residuals' mean goes into the baseline: the brownian part reverts to 0.
     let b = b + m;
     let joint = |p: &[f64], z: Option<&mut Vec<f64>>| {
-        let r: Vec<f64> = x.iter().zip(hours).map(|(v, h)| v - p[0] - wave(*h, p[1], p[2])).collect();
+        let r: Vec<f64> =
+            x.iter().zip(hours).map(|(v, h)| v - p[0] - wave(*h, p[1], p[2])).collect();
         ou_ll(&r, t, 0.0, p[3], p[4], z)
     };
     let p = [b, a, peak, theta, sigma];
@@ -493,7 +510,10 @@ pub(crate) fn markov(values: &[String]) -> Result<Candidate, String> {
         return Err(format!("constant data (every value is {:?}): nothing to fit", values[0]));
     }
     if states.len() > 64 {
-        return Err(format!("{} distinct text values, a Markov chain of at most 64 states is fitted", states.len()));
+        return Err(format!(
+            "{} distinct text values, a Markov chain of at most 64 states is fitted",
+            states.len()
+        ));
     }
     let n = states.len();
     let mut counts = vec![vec![0u64; n]; n];

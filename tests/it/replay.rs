@@ -370,3 +370,106 @@ fn bad_traces_and_settings_are_refused_with_line_column_and_value() {
     let e = refused(ok, "scale = { nope = 2 }");
     assert!(e.contains("profiles.rec.replay.scale.nope: not a published field"), "{e}");
 }
+
+/// `iot-sim fit` on a series iot-sim itself recorded (its file sink's output): the diurnal
+/// model is chosen, its parameters recovered, and the written fleet file validates.
+#[test]
+fn fit_recovers_a_recorded_diurnal_series_and_writes_a_valid_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = format!(
+        r#"
+[run]
+seed = 11
+clock = "virtual"
+start_time = "{START}"
+duration = "7d"
+[sink.file]
+path = "{out}"
+[profiles.room]
+protocol = "file"
+interval = "1m"
+[profiles.room.fields.temp]
+type = "diurnal"
+baseline = 20.0
+amplitude = 5.0
+peak_hour = 14.0
+noise_stddev = 0.5
+[profiles.room.fields.mode]
+type = "markov"
+states = ["eco", "comfort"]
+transition_matrix = [[0.95, 0.05], [0.2, 0.8]]
+[[fleet]]
+profile = "room"
+count = 1
+"#,
+        out = dir.path().join("rec.jsonl").display()
+    );
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, fleet).unwrap();
+    run(&cfg, 1);
+    let out_toml = dir.path().join("fitted.toml");
+    let o = bin()
+        .args(["fit", dir.path().join("rec.jsonl").to_str().unwrap(), "--time", "timestamp"])
+        .args(["--device", "device_id", "--out", out_toml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "fit failed: {}\n{stdout}", stderr(&o));
+    assert!(stdout.contains("10080 samples"), "{stdout}");
+    for want in ["gaussian", "brownian", "diurnal", "markov", "AIC", "95% CI", "KS D="] {
+        assert!(stdout.contains(want), "{want} missing:\n{stdout}");
+    }
+    assert!(stdout.contains("chosen: diurnal (lowest AIC)"), "{stdout}");
+    let doc: toml::Table = std::fs::read_to_string(&out_toml).unwrap().parse().unwrap();
+    let temp = &doc["profiles"]["fitted"]["fields"]["temp"];
+    assert_eq!(temp["type"].as_str(), Some("diurnal"));
+    let near = |k: &str, want: f64, tol: f64| {
+        let got = temp[k].as_float().unwrap();
+        assert!((got - want).abs() <= tol, "{k}: {got} vs {want}");
+    };
+    near("baseline", 20.0, 0.1);
+    near("amplitude", 5.0, 0.1);
+    near("peak_hour", 14.0, 0.1);
+    near("noise_stddev", 0.5, 0.02);
+    let mode = &doc["profiles"]["fitted"]["fields"]["mode"];
+    assert_eq!(mode["type"].as_str(), Some("markov"));
+    let v = bin().args(["validate", "--config", out_toml.to_str().unwrap()]).output().unwrap();
+    assert!(v.status.success(), "the fitted file does not validate: {}", stderr(&v));
+}
+
+#[test]
+fn fit_refuses_what_it_cannot_fit_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fit = |csv: &str, extra: &[&str]| {
+        let trace = dir.path().join("t.csv");
+        std::fs::write(&trace, csv).unwrap();
+        let out = dir.path().join("never.toml");
+        let o = bin()
+            .args(["fit", trace.to_str().unwrap(), "--time", "ts", "--out", out.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "not refused: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(!out.exists(), "something was written");
+        stderr(&o)
+    };
+    let rows = |f: &dyn Fn(usize) -> String| -> String {
+        let mut s = String::from("ts,v\n");
+        for i in 0..40 {
+            s.push_str(&format!("{},{}\n", 1000 + i, f(i)));
+        }
+        s
+    };
+    let e = fit(&rows(&|_| "7.5".into()), &[]);
+    assert!(e.contains("field \"v\": constant data"), "{e}");
+    let e = fit("ts,v\n1,2\n2,3\n3,1\n", &[]);
+    assert!(e.contains("3 samples: at least 10"), "{e}");
+    let mut dup = rows(&|i| i.to_string());
+    dup = dup.replace("\n1005,5\n", "\n1004,5\n");
+    let e = fit(&dup, &[]);
+    assert!(e.contains("duplicate time"), "{e}");
+    let e = fit(&rows(&|i| i.to_string()), &["--field", "nope"]);
+    assert!(e.contains("column \"nope\": no such column"), "{e}");
+    let e = fit("ts,v\n5,1\n4,2\n", &[]);
+    assert!(e.contains("line 3") && e.contains("time goes backwards"), "{e}");
+}
