@@ -1,7 +1,7 @@
 //! `iot-sim fit FILE --time COL [--device COL] [--field F ...] --out fleet.toml`: reads one
 //! recorded series with the replay's trace reader, fits every model of `crate::fit` to each
-//! field, prints each candidate's parameters (95% CI), log-likelihood, AIC and KS test, and
-//! writes a fleet file whose profile has the lowest-AIC generator per field. Bad input (the
+//! field, prints each candidate's parameters (95% CI), log-likelihood, AIC, BIC and KS test,
+//! and writes a fleet file whose profile has the lowest-BIC generator per field. Bad input (the
 //! trace's problems, a field that cannot be fitted) exits 2 and writes nothing.
 
 use crate::fit::{self, Candidate};
@@ -140,7 +140,7 @@ pub fn main(a: &FitArgs) -> anyhow::Result<i32> {
                         }
                     }
                     if let Some(Ok(c)) = f.candidates.get(f.best) {
-                        println!("  chosen: {} (lowest AIC)", c.model);
+                        println!("  chosen: {} (lowest BIC)", c.model);
                         chosen.push((name.clone(), c.clone()));
                     }
                 }
@@ -180,10 +180,11 @@ fn print_candidate(c: &Candidate, best: bool) {
     let ks =
         c.ks.map_or("KS n/a (categorical)".to_string(), |(d, p)| format!("KS D={d:.4} p={p:.3}"));
     println!(
-        "  {} {:<18} AIC {:<14.2} loglik {:<14.2} {ks}",
+        "  {} {:<18} AIC {:<13.2} BIC {:<13.2} loglik {:<13.2} {ks}",
         if best { "*" } else { " " },
         c.model,
         c.aic,
+        c.bic,
         c.loglik
     );
     if c.model == "markov" {
@@ -212,7 +213,10 @@ fn fleet_text(
         a.name
     );
     for (name, c) in chosen {
-        s.push_str(&format!("# {} (AIC {:.2})\n{name:?} = {}\n", c.model, c.aic, c.toml));
+        s.push_str(&format!(
+            "# {} (AIC {:.2}, BIC {:.2})\n{name:?} = {}\n",
+            c.model, c.aic, c.bic, c.toml
+        ));
     }
     s.push_str(&format!("\n[[fleet]]\nprofile = \"{}\"\ncount = 1\n", a.name));
     s

@@ -416,10 +416,10 @@ count = 1
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "fit failed: {}\n{stdout}", stderr(&o));
     assert!(stdout.contains("10080 samples"), "{stdout}");
-    for want in ["gaussian", "brownian", "diurnal", "markov", "AIC", "95% CI", "KS D="] {
+    for want in ["gaussian", "brownian", "diurnal", "markov", "AIC", "BIC", "95% CI", "KS D="] {
         assert!(stdout.contains(want), "{want} missing:\n{stdout}");
     }
-    assert!(stdout.contains("chosen: diurnal (lowest AIC)"), "{stdout}");
+    assert!(stdout.contains("chosen: diurnal (lowest BIC)"), "{stdout}");
     let doc: toml::Table = std::fs::read_to_string(&out_toml).unwrap().parse().unwrap();
     let temp = &doc["profiles"]["fitted"]["fields"]["temp"];
     assert_eq!(temp["type"].as_str(), Some("diurnal"));
