@@ -473,3 +473,74 @@ fn fit_refuses_what_it_cannot_fit_and_writes_nothing() {
     let e = fit("ts,v\n5,1\n4,2\n", &[]);
     assert!(e.contains("line 3") && e.contains("time goes backwards"), "{e}");
 }
+
+/// Replay devices take a scenario's pause, fault and stop like any device: the rows due while
+/// paused are skipped (not sent in a burst at resume), a DISCONNECT's rows are not published,
+/// and nothing follows the stop.
+#[test]
+fn a_scenario_pauses_faults_and_stops_replay_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("ts,v\n");
+    for i in 0..100 {
+        csv.push_str(&format!("{},{i}\n", 1_000 + i));
+    }
+    std::fs::write(dir.path().join("t.csv"), csv).unwrap();
+    let fleet = format!(
+        r#"
+[run]
+seed = 1
+clock = "virtual"
+start_time = "{START}"
+[sink.file]
+path = "{out}"
+[profiles.rec]
+protocol = "file"
+[profiles.rec.replay]
+file = "t.csv"
+time = "ts"
+[[fleet]]
+profile = "rec"
+"#,
+        out = dir.path().join("out.jsonl").display()
+    );
+    std::fs::write(dir.path().join("fleet.toml"), fleet).unwrap();
+    let scenario = r#"
+name = "replay_control"
+duration = "2m"
+[[step]]
+at = "20s"
+pause = { ids = ["rec-0000"] }
+[[step]]
+at = "30s"
+resume = { ids = ["rec-0000"] }
+[[step]]
+at = "50s"
+fault = { ids = ["rec-0000"], type = "disconnect", duration = "10s" }
+[[step]]
+at = "80s"
+stop = { ids = ["rec-0000"] }
+"#;
+    std::fs::write(dir.path().join("s.toml"), scenario).unwrap();
+    let o = bin()
+        .current_dir(dir.path())
+        .args(["scenario", "run", "s.toml", "--config", "fleet.toml", "--cores", "1", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "scenario failed: {}", stderr(&o));
+    let (lines, _) = outputs(dir.path());
+    let mut got: Vec<(u64, i64)> = lines
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let p = &v["payload"];
+            let at = (rfc3339_ms(p["timestamp"].as_str().unwrap()) - START_MS) / 1000;
+            (at, p["fields"]["v"].as_f64().unwrap() as i64)
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(u64, i64)> = (0..100)
+        .filter(|i| *i < 20 || (30..50).contains(i) || (60..80).contains(i))
+        .map(|i| (i as u64, i))
+        .collect();
+    assert_eq!(got, want);
+}
