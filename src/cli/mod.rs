@@ -9,6 +9,7 @@ use std::path::PathBuf;
 mod audit;
 pub mod client;
 mod fit;
+pub mod journal;
 pub mod preview;
 pub mod probe;
 pub mod remote;
@@ -74,6 +75,10 @@ pub enum Command {
     /// Fit generator models to a recorded series (gaussian, OU, diurnal, markov; AIC, KS) and
     /// write a fleet file with the best profile.
     Fit(fit::FitArgs),
+    /// Session journals (`journal export JOURNAL --out SCENARIO`): a live session's control
+    /// actions, from REPORT_DIR/journal.jsonl, as a scenario.
+    #[command(subcommand)]
+    Journal(journal::JournalCmd),
     /// Print the JSON Schema of fleet files (--scenario: scenario files; --profile: profile
     /// files), for editors: `iot-sim schema > fleet.schema.json`.
     Schema(schema::SchemaArgs),
@@ -268,6 +273,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Scenario(c)) => scenario::main(&c),
         Some(Command::Audit(a)) => audit::main(&a),
         Some(Command::Report(c)) => report::main(&c),
+        Some(Command::Journal(c)) => journal::main(&c),
         Some(Command::Schema(a)) => schema::main(&a),
         Some(Command::Fit(a)) => fit::main(&a),
         Some(Command::Payload(c)) => preview::main(&c),

@@ -186,6 +186,12 @@ pub const RUN: Spec = Spec {
             Ty::Str,
             "A scenario file to run on this fleet (relative to the fleet file's folder).",
         ),
+        k(
+            "journal_max_bytes",
+            Ty::Int(0, 1 << 40),
+            "Bound of the session journal (REPORT_DIR/journal.jsonl, gRPC or admin on); 0: none.",
+        )
+        .def("67108864"),
     ],
 };
 
@@ -768,10 +774,11 @@ pub const SPAWN: Spec = Spec {
     doc: "Start devices.",
     keys: &[
         k("profile", Ty::Str, "A profile name, or a profile file (*.toml).").req(),
+        k("count", Ty::Int(1, 100_000_000), "Number of devices (or ids)."),
         k(
-            "count",
-            Ty::Int(1, 100_000_000),
-            "Number of devices (required, except for a replay profile: its trace's number).",
+            "ids",
+            STRINGS,
+            "Instead of count: these device ids, with exactly labels (as SpawnDevices).",
         ),
         k("labels", Ty::Labels, "Labels added to the profile's."),
         k("over", Ty::Duration, "Spread the spawns evenly over this long.").def("\"0s\""),
@@ -819,6 +826,12 @@ pub const UPDATE: Spec = Spec {
         k("interval", Ty::Duration, "New interval (1ms to 30d)."),
         k("labels", Ty::Labels, "Labels to set."),
         k("fields", Ty::Map(&Ty::Def("field")), "New fields (replace the devices' fields)."),
+        k(
+            "replace_fields",
+            Ty::Bool,
+            "true: fields replace every field (as UpdateDeviceBehavior), not those of their names.",
+        )
+        .def("false"),
         k("report", Ty::Table(&REPORT), "New report mode."),
         k("events", Ty::Map(&Ty::Table(&EVENT)), "New events."),
         k("availability", Ty::Table(&AVAILABILITY), "New availability ({} turns it off)."),

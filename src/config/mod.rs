@@ -71,7 +71,13 @@ pub struct RunSettings {
     /// `[run] scenario = "path"`: a scenario file to run on this fleet (relative to the fleet
     /// file's folder).
     pub scenario: Option<PathBuf>,
+    /// `[run] journal_max_bytes`: the bound of the session journal (`REPORT_DIR/journal.jsonl`,
+    /// written while gRPC or the admin API is on); 0 = no journal.
+    pub journal_max_bytes: u64,
 }
+
+/// The default bound of the session journal (64 MiB).
+pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 64 << 20;
 
 impl Default for RunSettings {
     fn default() -> Self {
@@ -87,6 +93,7 @@ impl Default for RunSettings {
             timer_slack_ms: 0,
             pin: true,
             scenario: None,
+            journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
         }
     }
 }
@@ -568,6 +575,7 @@ pub const RUN_KEYS: &[&str] = &[
     "timer_slack",
     "pin",
     "scenario",
+    "journal_max_bytes",
 ];
 
 fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
@@ -666,6 +674,14 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
         } else {
             run.timer_slack_ms = d;
         }
+    }
+    match t.get("journal_max_bytes") {
+        None => {}
+        Some(Value::Integer(n)) if (0..=1 << 40).contains(n) => run.journal_max_bytes = *n as u64,
+        Some(v) => p.add(
+            t.path_of("journal_max_bytes"),
+            format!("must be a whole number of bytes between 0 and 2^40, got {v}"),
+        ),
     }
     t.finish_with(RUN_KEYS, p);
     run
