@@ -11,6 +11,7 @@ pub mod env;
 pub mod format;
 pub mod keys;
 pub mod mqtt_sessions;
+mod mqtt5;
 pub mod schema;
 pub mod sinks;
 
@@ -933,6 +934,9 @@ pub fn compile_profile_with(
     }
     let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
     let format = format::compile(&mut t, units, p);
+    let mut delivery = delivery;
+    delivery.mqtt5 = mqtt5::compile(&mut t, protocol, p);
+    mqtt5::check_format(&t, delivery.mqtt5.as_deref(), format.wire.body, p);
     t.finish_with(&keys::PROFILE.names(), p);
     if p.0.len() > before {
         return None;

@@ -25,6 +25,7 @@ mod grpc_realistic;
 mod grpc_scale;
 mod grpc_sink_events;
 mod grpc_two_runtimes;
+mod mqtt5_props;
 mod mqtt_session_faults;
 mod mqtt_sessions;
 mod observability;
