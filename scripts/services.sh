@@ -7,6 +7,7 @@
 #   python3 + venv              tests/it/grpc_python.rs builds a grpcio client under target/
 #   python3-jsonschema          src/config/schema/tests.rs checks the shipped files against `iot-sim schema`
 #   python3-cbor2               tests/it/formats.rs decodes CBOR and SenML-CBOR payloads independently
+#   python3-paho-mqtt           tests/it/mqtt5_props.rs reads MQTT 5 properties with a paho v5 subscriber
 #   prometheus, promtool        tests/it/prometheus.rs starts its own server on a free port
 #   chromium, chromedriver      tests/it/browser.rs drives headless Chromium over WebDriver
 #   podman, runc, debootstrap   tests/it/container.rs builds and runs the image (base made locally)
@@ -60,6 +61,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 has_py_module() { /usr/bin/python3 -c "import $1" 2>/dev/null || python3 -c "import $1" 2>/dev/null; }
 has_py_module jsonschema || apt_install python3-jsonschema
 has_py_module cbor2 || apt_install python3-cbor2
+has_py_module paho.mqtt.client || apt_install python3-paho-mqtt
 
 # Prometheus and promtool: tests/it/prometheus.rs starts its own server on a free port.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus

@@ -444,7 +444,11 @@ pub const PROFILE: Spec = Spec {
             Ty::Str,
             "HTTP Content-Type, AMQP content_type, MQTT 5 Content Type (default: from the format).",
         ),
-        k("mqtt5", Ty::Table(&MQTT5), "mqtt: MQTT 5 properties of the messages (ignored by 3.1.1)."),
+        k(
+            "mqtt5",
+            Ty::Table(&MQTT5),
+            "mqtt: MQTT 5 properties of the messages (ignored by 3.1.1).",
+        ),
     ],
 };
 

@@ -10,8 +10,8 @@ mod behaviour;
 pub mod env;
 pub mod format;
 pub mod keys;
-pub mod mqtt_sessions;
 mod mqtt5;
+pub mod mqtt_sessions;
 pub mod schema;
 pub mod sinks;
 

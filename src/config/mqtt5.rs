@@ -25,7 +25,10 @@ pub fn compile(
         if ut.table.len() > MAX_USER_PROPERTIES {
             p.add(
                 ut.path.clone(),
-                format!("{} user properties, more than the {MAX_USER_PROPERTIES} allowed", ut.table.len()),
+                format!(
+                    "{} user properties, more than the {MAX_USER_PROPERTIES} allowed",
+                    ut.table.len()
+                ),
             );
         }
         for (k, v) in ut.table {
@@ -76,5 +79,90 @@ pub fn check_format(
             join(&t.path_of("mqtt5"), "payload_format_indicator"),
             "only applies to text formats (the payload of this format is binary)",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ParseError, parse_str};
+    use std::path::Path;
+
+    fn fleet(protocol: &str, block: &str) -> String {
+        format!(
+            r#"
+[sink.mqtt]
+url = "mqtt://127.0.0.1:1883"
+version = 5
+[sink.null]
+[[fleet]]
+profile = "p"
+count = 1
+labels = {{ site = "berlin" }}
+[profiles.p]
+protocol = "{protocol}"
+interval = "1s"
+[profiles.p.mqtt5]
+{block}
+[profiles.p.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 1
+"#
+        )
+    }
+
+    fn problems(protocol: &str, block: &str) -> Vec<String> {
+        match parse_str(&fleet(protocol, block), Path::new(".")) {
+            Ok(_) => vec![],
+            Err(ParseError::Invalid(p)) => p.0.iter().map(|p| p.to_string()).collect(),
+            Err(ParseError::Syntax(s)) => vec![format!("syntax: {s}")],
+        }
+    }
+
+    #[test]
+    fn a_valid_block_compiles_with_templates_seconds_and_flags() {
+        let block = r#"user_properties = { site = "{labels.site}", fw = "1.4.2" }
+message_expiry = "10m"
+topic_alias = true
+payload_format_indicator = true"#;
+        let c = parse_str(&fleet("mqtt", block), Path::new(".")).unwrap();
+        let m = c.fleet.profiles[0].delivery.mqtt5.clone().expect("the block");
+        assert_eq!(m.message_expiry_s, Some(600));
+        assert!(m.topic_alias && m.payload_format_indicator && m.per_device());
+        let names: Vec<&str> = m.user_properties.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["fw", "site"]);
+    }
+
+    #[test]
+    fn every_bad_key_is_listed_with_its_path_and_value() {
+        let block = r#"user_properties = { site = "{labels.site", n = 3, ok = "{nope}" }
+message_expiry = "1500ms"
+topic_alias = "yes"
+colour = "red""#;
+        let got = problems("mqtt", block).join("\n");
+        for want in [
+            "profiles.p.mqtt5.user_properties.site: unclosed '{' in user property \"{labels.site\"",
+            "profiles.p.mqtt5.user_properties.n: expected a string (a template), got an integer 3",
+            "profiles.p.mqtt5.user_properties.ok: unknown placeholder {nope}",
+            "profiles.p.mqtt5.message_expiry: must be whole seconds (MQTT 5 counts seconds), got 1500ms",
+            "profiles.p.mqtt5.topic_alias: expected true or false, got a string \"yes\"",
+            "profiles.p.mqtt5.colour: unknown key (value \"red\")",
+        ] {
+            assert!(got.contains(want), "missing {want:?} in:\n{got}");
+        }
+        for (expiry, want) in
+            [("0s", "must be at least 1s, got \"0s\""), ("soon", "profiles.p.mqtt5.message_expiry")]
+        {
+            let got = problems("mqtt", &format!("message_expiry = \"{expiry}\"")).join("\n");
+            assert!(got.contains(want), "{expiry}: {got}");
+        }
+        let got = problems("null", "topic_alias = true").join("\n");
+        assert!(got.contains("profiles.p.mqtt5: only applies to protocol \"mqtt\""), "{got}");
+        let cbor = fleet("mqtt", "payload_format_indicator = true")
+            .replace("interval = \"1s\"", "interval = \"1s\"\nformat = \"cbor\"");
+        let Err(ParseError::Invalid(p)) = parse_str(&cbor, Path::new(".")) else {
+            panic!("a binary format with payload_format_indicator was accepted")
+        };
+        assert!(p.0.iter().any(|q| q.path == "profiles.p.mqtt5.payload_format_indicator"), "{p:?}");
     }
 }

@@ -63,7 +63,9 @@ fn python() -> Command {
             return Command::new(p);
         }
     }
-    panic!("python3 with paho-mqtt is needed: apt-get install python3-paho-mqtt (scripts/services.sh)");
+    panic!(
+        "python3 with paho-mqtt is needed: apt-get install python3-paho-mqtt (scripts/services.sh)"
+    );
 }
 
 struct Sub {
@@ -211,7 +213,11 @@ fn a_paho_v5_subscriber_sees_the_properties_and_every_aliased_topic_resolved() {
             assert_eq!(topic, format!("{root}/{site}/{id}"), "{m}");
             assert_eq!(
                 user,
-                vec![pair("dev", &format!("thermo:{id}")), pair("fw", "1.4.2"), pair("site", &site)],
+                vec![
+                    pair("dev", &format!("thermo:{id}")),
+                    pair("fw", "1.4.2"),
+                    pair("site", &site)
+                ],
                 "{m}"
             );
             assert_eq!(m["content_type"], "application/json", "{m}");
@@ -249,5 +255,28 @@ fn on_mqtt_311_the_mqtt5_block_is_ignored_with_a_warning() {
     for m in &got {
         assert!(m["user"].is_null() && m["content_type"].is_null(), "{m}");
         assert!(m["expiry"].is_null(), "{m}");
+    }
+}
+
+#[test]
+fn bad_mqtt5_keys_are_listed_with_paths_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet(dir.path(), "iotsim-bad", 5);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "message_expiry = \"10m\"\ntopic_alias = true",
+        "message_expiry = \"0s\"\ntopic_alias = 1",
+    );
+    let text = text.replace("message_expiry = \"1h\"", "message_expiry = \"an hour\"");
+    std::fs::write(&cfg, text).unwrap();
+    let out = bin().args(["--config", cfg.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for want in [
+        "profiles.thermo.mqtt5.message_expiry: must be at least 1s, got \"0s\"",
+        "profiles.thermo.mqtt5.topic_alias: expected true or false, got an integer 1",
+        "profiles.meter.mqtt5.message_expiry",
+        "an hour",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
     }
 }

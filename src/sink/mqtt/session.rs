@@ -1709,8 +1709,10 @@ mod tests {
         s.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(true), 0, false, 2, 0).unwrap();
         let max = v5::ConnAckProperties { topic_alias_max: Some(5), ..no_props() };
         let mut s2 = connected5(0, 4, max);
-        s2.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(false), 0, false, 1, 0).unwrap();
-        s2.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(false), 0, false, 2, 0).unwrap();
+        s2.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(false), 0, false, 1, 0)
+            .unwrap();
+        s2.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(false), 0, false, 2, 0)
+            .unwrap();
         for s in [&mut s, &mut s2] {
             let got: Vec<_> = published5(s).into_iter().map(|p| (p.0, p.1)).collect();
             assert_eq!(got, vec![("t/a".into(), None), ("t/a".into(), None)]);
@@ -1729,10 +1731,7 @@ mod tests {
         s.publish_props(Bytes::from("t/a"), payload.clone(), props.clone(), 0, false, 1, 0)
             .unwrap();
         s.publish_bytes(Bytes::from("t/a"), payload.clone(), 0, false, 2, 0).unwrap();
-        assert_eq!(
-            outcomes(&mut s),
-            vec![Outcome::Rejected(1, TOO_LARGE), Outcome::Delivered(2)]
-        );
+        assert_eq!(outcomes(&mut s), vec![Outcome::Rejected(1, TOO_LARGE), Outcome::Delivered(2)]);
         // MQTT 3.1.1 has no properties: the plain PUBLISH, topic and all.
         let mut s = connected(0, 4);
         s.publish_props(Bytes::from("t/a"), payload.clone(), props.clone(), 1, false, 1, 0)
