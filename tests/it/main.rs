@@ -10,6 +10,7 @@ mod admin_http;
 mod audit;
 mod browser;
 mod cli;
+mod coap_formats;
 mod container;
 mod dashboard_http;
 mod deploy_config;
