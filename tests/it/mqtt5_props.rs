@@ -280,3 +280,23 @@ fn bad_mqtt5_keys_are_listed_with_paths_and_exit_2() {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
 }
+
+#[test]
+fn payload_preview_shows_the_mqtt5_properties_of_each_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleet(dir.path(), "iotsim-preview", 5);
+    let out = bin()
+        .args(["payload", "preview", "--config", cfg.to_str().unwrap(), "--profile", "thermo"])
+        .args(["--count", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("mqtt5: ")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains("content_type=\"application/json\", message_expiry=600s, topic_alias")
+    );
+    assert!(lines[0].contains("user_property \"dev\"=\"thermo:thermo-0000\""), "{text}");
+    assert!(lines[1].contains("user_property \"site\"=\"north\""), "{text}");
+}
