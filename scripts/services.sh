@@ -7,7 +7,9 @@
 #   python3 + venv              tests/it/grpc_python.rs builds a grpcio client under target/
 #   python3-jsonschema          src/config/schema/tests.rs checks the shipped files against `iot-sim schema`
 #   python3-cbor2               tests/it/formats.rs decodes CBOR and SenML-CBOR payloads independently
-#   python3-paho-mqtt           tests/it/mqtt5_props.rs reads MQTT 5 properties with a paho v5 subscriber
+#   pysparkplug (PyPI), python3-paho-mqtt
+#                               tests/it/sparkplug.rs: an independent Sparkplug B host
+#                               tests/it/mqtt5_props.rs: a paho-mqtt v5 subscriber reads MQTT 5 properties
 #   prometheus, promtool        tests/it/prometheus.rs starts its own server on a free port
 #   chromium, chromedriver      tests/it/browser.rs drives headless Chromium over WebDriver
 #   podman, runc, debootstrap   tests/it/container.rs builds and runs the image (base made locally)
@@ -62,6 +64,12 @@ has_py_module() { /usr/bin/python3 -c "import $1" 2>/dev/null || python3 -c "imp
 has_py_module jsonschema || apt_install python3-jsonschema
 has_py_module cbor2 || apt_install python3-cbor2
 has_py_module paho.mqtt.client || apt_install python3-paho-mqtt
+# pysparkplug is not packaged by Debian: pip for /usr/bin/python3 (brings its protobuf runtime).
+if ! has_py_module pysparkplug; then
+    /usr/bin/python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+    echo "installing pysparkplug (pip)"
+    /usr/bin/python3 -m pip install --quiet --break-system-packages pysparkplug
+fi
 
 # Prometheus and promtool: tests/it/prometheus.rs starts its own server on a free port.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus

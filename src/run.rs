@@ -55,8 +55,18 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
     let prep = prepare(&config, opts);
     let (auditor, end_ms) = open_outputs(&config, opts, &prep)?;
     let control = start_control(&config, opts, &prep, auditor.as_ref())?;
-    let Control { waiter, plane: _plane, links, mut server, admin: _admin, dashboard } = control;
+    let Control { waiter, plane, links, mut server, admin: _admin, dashboard } = control;
     let shards = start_shards(&config, &prep, end_ms, links, auditor.as_ref())?;
+    let journal = plane.as_ref().and_then(|p| p.options.journal.clone());
+    if let Some(j) = &journal {
+        j.set_origin(shards.origin_ns);
+    }
+    let scenario_journal = match (&journal, &opts.scenario) {
+        (Some(j), Some(sc)) => {
+            Some(journal_scenario(j.clone(), sc.clone(), &config, &prep, end_ms, shards.origin_ns)?)
+        }
+        _ => None,
+    };
     // Every shard holds its descriptors now: clients may connect.
     if let Some(s) = &mut server {
         s.open();
@@ -82,8 +92,66 @@ pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
         },
         &aborts,
     )?;
+    if let Some((done, h)) = scenario_journal {
+        done.store(true, Ordering::Release);
+        let _ = h.join();
+    }
+    if let Some(j) = &journal {
+        // A run that reached its duration ended exactly there; a stopped one now.
+        let reached = end_ms.filter(|&e| !interrupted && aborted_by.is_none() && e < LAST_SIM_MS);
+        j.end(reached);
+    }
     let ended = Ended { interrupted, aborted_by, timeline };
     finish(&config, opts, &prep, shards, ended, auditor, &dashboard)
+}
+
+/// Journals a scenario's steps beside the control plane's actions (a session that mixes a
+/// scenario and live steering exports as one scenario): in realtime each step when its wall
+/// time comes, under the virtual clock every step up to the end at once; each at its exact sim
+/// time. The thread stops when `done` is set (the run ended).
+fn journal_scenario(
+    journal: Arc<crate::control::journal::Journal>,
+    sc: Arc<Scenario>,
+    config: &Config,
+    prep: &Prepared,
+    end_ms: Option<u64>,
+    origin_ns: u64,
+) -> anyhow::Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
+    let done = Arc::new(AtomicBool::new(false));
+    let (start_ms, speed, clock) = (prep.start_ms, config.run.speed, config.run.clock);
+    let stop = done.clone();
+    let h = std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || {
+            for tc in sc.timeline.iter() {
+                let sim = start_ms + tc.at_ms;
+                if end_ms.is_some_and(|e| sim > e) {
+                    return;
+                }
+                if clock == ClockMode::Realtime {
+                    let target = origin_ns + (tc.at_ms as f64 * 1e6 / speed) as u64;
+                    loop {
+                        if stop.load(Ordering::Acquire) {
+                            return;
+                        }
+                        let now = mono_ns();
+                        if now >= target {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_nanos((target - now).min(50_000_000)));
+                    }
+                }
+                match crate::control::journal::cue_entry(&tc.cue, &sc.phases, &sc.profile_sources) {
+                    Some(entry) => journal.record(journal.stamp_at(sim), entry),
+                    None => tracing::warn!(
+                        step = tc.step,
+                        "scenario step not journaled: its profile's table is not known"
+                    ),
+                }
+            }
+        })
+        .context("cannot start the journal thread")?;
+    Ok((done, h))
 }
 
 /// What a run settles before it starts anything: the seed, the start and the shards, and what
@@ -280,9 +348,46 @@ fn start_control(
     // Live control: bound before the shards start, so a bad address fails the run at once.
     let (plane, links) = match opts.grpc.or(opts.admin) {
         Some(_) => {
+            // The session journal (`[run] journal_max_bytes = 0`: none).
+            let journal = match run.journal_max_bytes {
+                0 => None,
+                max => {
+                    let mut header = serde_json::Map::new();
+                    header.insert("run_id".into(), opts.run_id.clone().into());
+                    header.insert("seed".into(), seed.to_string().into());
+                    header.insert(
+                        "clock".into(),
+                        match run.clock {
+                            ClockMode::Virtual => "virtual",
+                            ClockMode::Realtime => "realtime",
+                        }
+                        .into(),
+                    );
+                    // A report directory that cannot be written does not stop a runtime from
+                    // serving (the report at the end says so again).
+                    match crate::control::journal::Journal::open(
+                        &run.report_dir,
+                        max,
+                        prep.start_ms,
+                        run.speed,
+                        header,
+                    ) {
+                        Ok(j) => Some(Arc::new(j)),
+                        Err(e) => {
+                            tracing::warn!(
+                                dir = %run.report_dir.display(),
+                                "no session journal: cannot create {}: {e}",
+                                run.report_dir.join(crate::control::journal::FILE_NAME).display()
+                            );
+                            None
+                        }
+                    }
+                }
+            };
             let options = crate::control::plane::PlaneOptions {
                 sinks: Arc::new(config.sinks.clone()),
                 strict_protocols: opts.strict_protocols,
+                journal,
             };
             let (p, l) = crate::control::plane::ControlPlane::new(cores, options);
             (Some(p), l)

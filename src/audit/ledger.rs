@@ -156,6 +156,9 @@ pub struct AuditReport {
     pub worst: Vec<WorstDevice>,
     /// What the figures mean here (clock mapping, profiles audited by seq only, ...).
     pub notes: Vec<String>,
+    /// Sparkplug B profiles: `seq` continuity per edge node (`sparkplug.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparkplug: Option<super::sparkplug::SparkplugAudit>,
 }
 
 #[derive(serde::Deserialize)]
@@ -200,6 +203,8 @@ pub struct Ledger {
     spawned_at: Vec<Option<u64>>,
     /// Profiles of spawned devices already added, by the address of their shared `Arc`.
     spawned_profiles: Vec<(Arc<Profile>, usize)>,
+    /// Sparkplug B edge nodes (`spBv1.0/` topics).
+    sparkplug: super::sparkplug::SeqAudit,
 }
 
 impl Ledger {
@@ -232,6 +237,7 @@ impl Ledger {
             spawns: None,
             spawned_at: vec![None; groups],
             spawned_profiles: vec![],
+            sparkplug: Default::default(),
         }
     }
 
@@ -312,6 +318,12 @@ impl Ledger {
         self.last_us = arrival_us;
         if payload.len() > MAX_AUDIT_MESSAGE_BYTES {
             self.counts.unparsable += 1;
+            return;
+        }
+        if let Some(t) = topic
+            && super::sparkplug::SeqAudit::is_sparkplug(t)
+        {
+            self.sparkplug.observe(t, payload);
             return;
         }
         let Ok(env) = serde_json::from_slice::<Envelope<'_>>(payload) else {
@@ -433,6 +445,10 @@ impl Ledger {
         let mut seq_only = false;
         for (gi, g) in fleet.groups.iter().enumerate() {
             let profile = &fleet.profiles[g.profile];
+            // Sparkplug devices are audited per edge node (`sparkplug.rs`), not per device.
+            if profile.format.sparkplug().is_some() {
+                continue;
+            }
             let periodic = profile.behaviour.is_plain();
             let judged = profile.behaviour.report == ReportMode::Periodic && profile.seq;
             on_change |= profile.behaviour.report != ReportMode::Periodic;
@@ -545,6 +561,10 @@ impl Ledger {
             let _ = all.add(&*h);
         }
         let sum = |f: fn(&TypeRow) -> u64| types.iter().map(|(r, _)| f(r)).sum::<u64>();
+        let sparkplug = fleet.profiles.iter().any(|p| p.format.sparkplug().is_some()).then(|| {
+            notes.push("Sparkplug B profiles are audited by seq continuity per edge node (audit.sparkplug); their missing messages count as lost".into());
+            self.sparkplug.report()
+        });
         let report = AuditReport {
             source: String::new(),
             mode: if end.schedule_end_ms.is_some() { "in-run" } else { "stand-alone" },
@@ -552,7 +572,7 @@ impl Ledger {
             silent_devices: silent,
             expected: sum(|r| r.expected),
             received: sum(|r| r.received),
-            lost: sum(|r| r.lost),
+            lost: sum(|r| r.lost) + sparkplug.as_ref().map_or(0, |s| s.missing),
             excused_disconnect: exc_d,
             excused_corrupted: exc_c,
             values_corrupted: self.values.as_ref().map(|_| bad_v),
@@ -566,6 +586,7 @@ impl Ledger {
             by_device_type: types.iter().map(|(r, _)| r.clone()).collect(),
             worst,
             notes,
+            sparkplug,
         };
         (report, types.into_iter().map(|(r, h)| (r.device_type, h)).collect())
     }

@@ -21,6 +21,7 @@
 mod consume;
 mod ledger;
 mod roster;
+mod sparkplug;
 mod track;
 mod values;
 
@@ -248,6 +249,17 @@ pub fn render(a: &AuditReport) -> String {
         c.reorder_max,
         c.stale
     );
+    if let Some(sp) = &a.sparkplug {
+        let _ = writeln!(
+            out,
+            "  sparkplug: edge_nodes={} messages={} missing={} out_of_order={} unparsable={}",
+            sp.nodes.len(),
+            sp.messages,
+            sp.missing,
+            sp.out_of_order,
+            sp.unparsable
+        );
+    }
     let _ = writeln!(
         out,
         "  excused: disconnect={} corrupted={}   bad input: unparsable={} unknown_device={} foreign_topic={} corrupted={} off_grid={} no_seq={}   consumer_errors={}",

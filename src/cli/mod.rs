@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 mod audit;
 pub mod client;
+pub mod journal;
 pub mod preview;
 pub mod probe;
 pub mod remote;
@@ -70,6 +71,10 @@ pub enum Command {
     /// Work on finished runs' reports (`report compare OLD NEW`).
     #[command(subcommand)]
     Report(report::ReportCmd),
+    /// Session journals (`journal export JOURNAL --out SCENARIO`): a live session's control
+    /// actions, from REPORT_DIR/journal.jsonl, as a scenario.
+    #[command(subcommand)]
+    Journal(journal::JournalCmd),
     /// Print the JSON Schema of fleet files (--scenario: scenario files; --profile: profile
     /// files), for editors: `iot-sim schema > fleet.schema.json`.
     Schema(schema::SchemaArgs),
@@ -264,6 +269,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Scenario(c)) => scenario::main(&c),
         Some(Command::Audit(a)) => audit::main(&a),
         Some(Command::Report(c)) => report::main(&c),
+        Some(Command::Journal(c)) => journal::main(&c),
         Some(Command::Schema(a)) => schema::main(&a),
         Some(Command::Payload(c)) => preview::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),

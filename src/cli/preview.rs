@@ -12,6 +12,7 @@ use crate::config::Overrides;
 use crate::sim::device::{DeviceTable, device_seed};
 use crate::sim::format::{Body, write_hex};
 use crate::sim::payload;
+use crate::sim::sparkplug;
 use clap::{Args, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -88,10 +89,70 @@ pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
         f.wire.coap
     )?;
     let (mut samples, mut buf, mut topic) = (vec![], vec![], vec![]);
+    let show = |out: &mut std::io::StdoutLock<'_>, topic: &[u8], buf: &[u8]| {
+        writeln!(out, "topic: {}", String::from_utf8_lossy(topic))?;
+        match f.wire.body {
+            Body::Binary => {
+                let mut hex = vec![];
+                write_hex(&mut hex, buf);
+                writeln!(
+                    out,
+                    "payload ({} bytes, hex): {}",
+                    buf.len(),
+                    String::from_utf8_lossy(&hex)
+                )?;
+                if f.sparkplug().is_some() {
+                    writeln!(out, "decoded (Sparkplug B): {}", sparkplug::describe(buf))
+                } else {
+                    writeln!(out, "decoded (CBOR): {}", crate::sim::cbor::diagnostic(buf))
+                }
+            }
+            _ => writeln!(out, "payload ({} bytes): {}", buf.len(), String::from_utf8_lossy(buf)),
+        }
+    };
+    // Sparkplug: the edge nodes' births, then data, as the shard sends them.
+    let mut nodes = sparkplug::EdgeNodes::default();
     for k in 0..a.count as u64 {
         let d = (k % devices) as usize;
         let t = start + (k / devices) * profile.interval_ms;
         let (seq, _) = table.generate(fleet, keys[d], t, &mut samples);
+        if let Some(spec) = f.sparkplug() {
+            let hash = nodes.locate(spec, &ids[d], &profile.device_type, &group.labels);
+            let plan = nodes.sample(hash, &ids[d]);
+            let node = String::from_utf8_lossy(&nodes.name).into_owned();
+            if let Some(bd) = plan.nbirth {
+                sparkplug::encode_nbirth(&mut buf, t, bd);
+                topic.clear();
+                sparkplug::write_topic(&mut topic, &spec.group_id, "NBIRTH", &node, None);
+                show(&mut out, &topic, &buf)?;
+            }
+            let kind = if plan.birth {
+                sparkplug::encode_dbirth(
+                    &mut buf,
+                    t,
+                    plan.seq,
+                    plan.ordinal,
+                    &profile.fields,
+                    &samples,
+                );
+                "DBIRTH"
+            } else {
+                sparkplug::encode_ddata(
+                    &mut buf,
+                    t,
+                    plan.seq,
+                    plan.ordinal,
+                    &profile.fields,
+                    &samples,
+                    None,
+                );
+                "DDATA"
+            };
+            topic.clear();
+            sparkplug::write_topic(&mut topic, &spec.group_id, kind, &node, Some(&ids[d]));
+            show(&mut out, &topic, &buf)?;
+            continue;
+        }
         payload::encode(
             &mut buf,
             &ids[d],
@@ -103,7 +164,6 @@ pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
         );
         topic.clear();
         profile.topic.render(&mut topic, &ids[d], &profile.device_type, &group.labels);
-        writeln!(out, "topic: {}", String::from_utf8_lossy(&topic))?;
         if let Some(m) = &profile.delivery.mqtt5 {
             writeln!(
                 out,
@@ -111,20 +171,7 @@ pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
                 mqtt5_line(m, f.wire.content_type, &ids[d], profile, group)
             )?;
         }
-        match f.wire.body {
-            Body::Binary => {
-                let mut hex = vec![];
-                write_hex(&mut hex, &buf);
-                writeln!(
-                    out,
-                    "payload ({} bytes, hex): {}",
-                    buf.len(),
-                    String::from_utf8_lossy(&hex)
-                )?;
-                writeln!(out, "decoded (CBOR): {}", crate::sim::cbor::diagnostic(&buf))?;
-            }
-            _ => writeln!(out, "payload ({} bytes): {}", buf.len(), String::from_utf8_lossy(&buf))?,
-        }
+        show(&mut out, &topic, &buf)?;
     }
     out.flush()?;
     Ok(exit::OK)

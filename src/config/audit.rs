@@ -72,6 +72,14 @@ pub struct AuditSettings {
 pub fn derived_filters(fleet: &Fleet, protocol: Protocol) -> Vec<String> {
     let mut out: Vec<String> = vec![];
     for p in fleet.profiles.iter().filter(|p| p.protocol == protocol) {
+        // A Sparkplug profile publishes under its group, not its topic template.
+        if let Some(sp) = p.format.sparkplug() {
+            let f = format!("spBv1.0/{}/#", sp.group_id);
+            if !out.contains(&f) {
+                out.push(f);
+            }
+            continue;
+        }
         // Levels of the rendered template: a level with any placeholder becomes `+`.
         let mut levels: Vec<(String, bool)> = vec![(String::new(), false)];
         for part in &p.topic.parts {
@@ -345,7 +353,8 @@ pub fn compile(
 /// CBOR, SenML and flat, and JSON pointers for templates, are to come.)
 fn refuse_other_formats(fleet: &Fleet, p: &mut Problems) {
     for prof in &fleet.profiles {
-        if !prof.format.is_envelope() {
+        // Sparkplug is audited by `seq` per edge node (`audit/sparkplug.rs`).
+        if !prof.format.is_envelope() && prof.format.sparkplug().is_none() {
             p.add(
                 format!("profiles.{}.format", prof.name),
                 format!(

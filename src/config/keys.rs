@@ -186,6 +186,12 @@ pub const RUN: Spec = Spec {
             Ty::Str,
             "A scenario file to run on this fleet (relative to the fleet file's folder).",
         ),
+        k(
+            "journal_max_bytes",
+            Ty::Int(0, 1 << 40),
+            "Bound of the session journal (REPORT_DIR/journal.jsonl, gRPC or admin on); 0: none.",
+        )
+        .def("67108864"),
     ],
 };
 
@@ -406,6 +412,7 @@ pub const PROFILE: Spec = Spec {
         )
         .def("\"pooled\""),
         k("report", Ty::Table(&REPORT), "When devices publish: periodic or on_change."),
+        k("sparkplug", Ty::Table(&SPARKPLUG), "format = sparkplug_b: group and edge nodes."),
         k(
             "events",
             Ty::Map(&Ty::Table(&EVENT)),
@@ -415,8 +422,17 @@ pub const PROFILE: Spec = Spec {
         k("sleep", Ty::Table(&SLEEP), "Devices sleep and wake on a cycle."),
         k(
             "format",
-            Ty::Enum(&["envelope", "flat", "template", "cbor", "senml", "senml_cbor"]),
-            "Payload format: the JSON envelope, flat JSON, a template, CBOR or SenML (RFC 8428).",
+            Ty::Enum(&[
+                "envelope",
+                "flat",
+                "template",
+                "cbor",
+                "senml",
+                "senml_cbor",
+                "sparkplug_b",
+            ]),
+            "Payload format: the JSON envelope, flat JSON, a template, CBOR, SenML (RFC 8428) \
+             or Sparkplug B edge nodes (mqtt only).",
         )
         .def("\"envelope\""),
         k("id_key", Ty::Str, "format = flat: the key of the device id (\"\": left out).")
@@ -470,6 +486,21 @@ pub const MQTT5: Spec = Spec {
             "Payload Format Indicator 1 (UTF-8 text); text formats only.",
         )
         .def("false"),
+    ],
+};
+
+pub const SPARKPLUG: Spec = Spec {
+    path: "profiles.NAME.sparkplug",
+    doc: "format = sparkplug_b: how devices are grouped under Sparkplug B edge nodes.",
+    keys: &[
+        k("group_id", Ty::Str, "The Sparkplug group id (no '/', '+' or '#').").req(),
+        k(
+            "edge_node",
+            TEMPLATE,
+            "The edge node id of a device: a template over {device_id}, {device_type}, \
+             {labels.KEY}; each edge node is one MQTT session.",
+        )
+        .req(),
     ],
 };
 
@@ -769,7 +800,12 @@ pub const SPAWN: Spec = Spec {
     doc: "Start devices.",
     keys: &[
         k("profile", Ty::Str, "A profile name, or a profile file (*.toml).").req(),
-        k("count", Ty::Int(1, 100_000_000), "Number of devices.").req(),
+        k("count", Ty::Int(1, 100_000_000), "Number of devices (or ids)."),
+        k(
+            "ids",
+            STRINGS,
+            "Instead of count: these device ids, with exactly labels (as SpawnDevices).",
+        ),
         k("labels", Ty::Labels, "Labels added to the profile's."),
         k("over", Ty::Duration, "Spread the spawns evenly over this long.").def("\"0s\""),
     ],
@@ -816,6 +852,12 @@ pub const UPDATE: Spec = Spec {
         k("interval", Ty::Duration, "New interval (1ms to 30d)."),
         k("labels", Ty::Labels, "Labels to set."),
         k("fields", Ty::Map(&Ty::Def("field")), "New fields (replace the devices' fields)."),
+        k(
+            "replace_fields",
+            Ty::Bool,
+            "true: fields replace every field (as UpdateDeviceBehavior), not those of their names.",
+        )
+        .def("false"),
         k("report", Ty::Table(&REPORT), "New report mode."),
         k("events", Ty::Map(&Ty::Table(&EVENT)), "New events."),
         k("availability", Ty::Table(&AVAILABILITY), "New availability ({} turns it off)."),

@@ -71,7 +71,13 @@ pub struct RunSettings {
     /// `[run] scenario = "path"`: a scenario file to run on this fleet (relative to the fleet
     /// file's folder).
     pub scenario: Option<PathBuf>,
+    /// `[run] journal_max_bytes`: the bound of the session journal (`REPORT_DIR/journal.jsonl`,
+    /// written while gRPC or the admin API is on); 0 = no journal.
+    pub journal_max_bytes: u64,
 }
+
+/// The default bound of the session journal (64 MiB).
+pub const DEFAULT_JOURNAL_MAX_BYTES: u64 = 64 << 20;
 
 impl Default for RunSettings {
     fn default() -> Self {
@@ -87,6 +93,7 @@ impl Default for RunSettings {
             timer_slack_ms: 0,
             pin: true,
             scenario: None,
+            journal_max_bytes: DEFAULT_JOURNAL_MAX_BYTES,
         }
     }
 }
@@ -402,7 +409,7 @@ fn compile(
                     }
                     if let Some(missing) = missing_topic_label(&prof.topic, &merged) {
                         p.add(
-                            labels_path,
+                            labels_path.clone(),
                             format!(
                                 "the topic {:?} of profile {:?} uses {{labels.{missing}}}, which \
                                  these devices do not have (their labels: {})",
@@ -413,6 +420,19 @@ fn compile(
                         );
                     }
                     format::check_sample(&mut profiles[ix], &merged, p);
+                    if profiles[ix].format.sparkplug().is_some() {
+                        let g = Group {
+                            profile: ix,
+                            count,
+                            first_ordinal: *next_ordinal.get(&ix).unwrap_or(&0),
+                            labels_json: String::new(),
+                            labels: merged.clone(),
+                            ids: vec![],
+                        };
+                        let mut id = String::new();
+                        g.device_id(&profiles[ix], 0, &mut id);
+                        format::check_sparkplug(&profiles[ix], &merged, &labels_path, &id, p);
+                    }
                     let first = next_ordinal.entry(ix).or_insert(0);
                     groups.push(Group {
                         profile: ix,
@@ -532,6 +552,7 @@ pub const RUN_KEYS: &[&str] = &[
     "timer_slack",
     "pin",
     "scenario",
+    "journal_max_bytes",
 ];
 
 fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
@@ -630,6 +651,14 @@ fn compile_run(mut t: Table<'_>, p: &mut Problems) -> RunSettings {
         } else {
             run.timer_slack_ms = d;
         }
+    }
+    match t.get("journal_max_bytes") {
+        None => {}
+        Some(Value::Integer(n)) if (0..=1 << 40).contains(n) => run.journal_max_bytes = *n as u64,
+        Some(v) => p.add(
+            t.path_of("journal_max_bytes"),
+            format!("must be a whole number of bytes between 0 and 2^40, got {v}"),
+        ),
     }
     t.finish_with(RUN_KEYS, p);
     run
@@ -933,10 +962,24 @@ pub fn compile_profile_with(
         }
     }
     let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
+    let sparkplug = t.get("format").and_then(|v| v.as_str()) == Some("sparkplug_b");
     let format = format::compile(&mut t, units, p);
     let mut delivery = delivery;
     delivery.mqtt5 = mqtt5::compile(&mut t, protocol, p);
     mqtt5::check_format(&t, delivery.mqtt5.as_deref(), format.wire.body, p);
+    if sparkplug {
+        if protocol.is_some_and(|pr| pr != Protocol::Mqtt) {
+            p.add(
+                t.path_of("format"),
+                format!(
+                    "\"sparkplug_b\" needs protocol = \"mqtt\" (Sparkplug B is MQTT), not {:?}",
+                    protocol.map_or("", |pr| pr.name())
+                ),
+            );
+        }
+        // Each edge node is one MQTT session: the per-device machinery, keyed by node.
+        delivery.per_device = true;
+    }
     t.finish_with(&keys::PROFILE.names(), p);
     if p.0.len() > before {
         return None;

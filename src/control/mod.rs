@@ -9,6 +9,7 @@ pub mod client;
 #[cfg(test)]
 mod fuzz;
 pub(crate) mod incoming;
+pub mod journal;
 pub(crate) mod plane;
 pub mod proto;
 pub(crate) mod service;

@@ -4,6 +4,7 @@
 //! it, a label or "all" selection to every shard, which work on their own devices in parallel)
 //! and merges their replies. It never touches a shard's devices.
 
+use super::journal::{self, Journaled};
 use crate::config::SinkSettings;
 use crate::limits;
 use crate::shard::command::{
@@ -49,6 +50,8 @@ pub(crate) struct PlaneOptions {
     /// Refuse a spawn whose protocol has no sink here, instead of publishing it to the
     /// fallback sink (`serve --strict-protocols`).
     pub strict_protocols: bool,
+    /// The session journal every action that changes the runtime is appended to.
+    pub journal: Option<Arc<super::journal::Journal>>,
 }
 
 /// The runtime's figures, per shard where they are counted per shard.
@@ -209,6 +212,10 @@ impl ControlPlane {
 
     /// Spawns devices, each on the shard that owns its id; returns what the shards did.
     pub(crate) async fn spawn(&self, specs: Vec<SpawnSpec>) -> Result<SpawnReply, PlaneError> {
+        let journal = self.options.journal.as_ref().map(|j| {
+            let specs = specs.iter().filter_map(Journaled::of).collect::<Vec<_>>();
+            (j.clone(), j.stamp(), specs, journal::FRONT_END.try_with(|f| *f).ok())
+        });
         let n = self.shards();
         let mut per: Vec<Vec<SpawnSpec>> = (0..n).map(|_| vec![]).collect();
         for spec in specs {
@@ -238,6 +245,17 @@ impl ControlPlane {
             per_shard = per_shard.join(","),
             "devices spawned"
         );
+        if let Some((j, at, specs, via)) = journal
+            && acc.spawned > 0
+        {
+            // Built and written off the runtime's workers (a large spawn is a large line); the
+            // reply waits for it, so an answered spawn is in the journal.
+            let failed = acc.failed.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                j.record(at, journal::with_source(journal::spawn_entry(&specs, &failed), via))
+            })
+            .await;
+        }
         Ok(acc)
     }
 
@@ -248,6 +266,19 @@ impl ControlPlane {
         selection: Selection,
         action: Action,
     ) -> Result<ScanReply, PlaneError> {
+        // Stamped on arrival; written once the shards answered (an action that changed no
+        // device changed nothing, and is left out).
+        let journal = match (&self.options.journal, &action) {
+            (_, Action::Status { .. } | Action::List { .. } | Action::CountBy(_)) | (None, _) => {
+                None
+            }
+            (Some(j), _) => Some((
+                j.clone(),
+                j.stamp(),
+                selection.clone(),
+                journal::FRONT_END.try_with(|f| *f).ok(),
+            )),
+        };
         let n = self.shards();
         let mut parts: Vec<(usize, Arc<Selection>)> = vec![];
         match selection {
@@ -289,6 +320,18 @@ impl ControlPlane {
             Action::Behaviour(_) => Some("behaviour updated".to_string()),
             Action::Status { .. } | Action::List { .. } | Action::CountBy(_) => None,
         };
+        if let Some((j, at, sel, via)) = journal
+            && acc.affected > 0
+        {
+            let (action, affected, not_found) =
+                (action.clone(), acc.affected, acc.not_found.clone());
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(entry) = journal::scan_entry(&sel, &action, affected, &not_found) {
+                    j.record(at, journal::with_source(entry, via));
+                }
+            })
+            .await;
+        }
         if let Some(what) = what {
             tracing::info!(
                 devices = acc.affected,

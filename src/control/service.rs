@@ -56,6 +56,11 @@ impl Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// A plane call made for a gRPC request: the journal records it with `"source": "grpc"`.
+fn via_grpc<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+    super::journal::FRONT_END.scope("grpc", f)
+}
+
 #[tonic::async_trait]
 impl server::DeviceRuntimeService for Service {
     async fn spawn_devices(
@@ -68,7 +73,7 @@ impl server::DeviceRuntimeService for Service {
             out.failure_reasons.insert(id.clone(), reason);
             out.failed_device_ids.push(id);
         }
-        let r = self.plane.spawn(specs).await?;
+        let r = via_grpc(self.plane.spawn(specs)).await?;
         out.spawned = r.spawned as i32;
         for (id, reason) in r.failed {
             out.failure_reasons.insert(id.clone(), reason);
@@ -83,7 +88,7 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::StopDevicesRequest>,
     ) -> Result<Response<proto::StopDevicesResponse>, Status> {
         let sel = selection(req.into_inner().selector, false)?;
-        let r = self.plane.scan(sel, Action::Stop).await?;
+        let r = via_grpc(self.plane.scan(sel, Action::Stop)).await?;
         Ok(Response::new(proto::StopDevicesResponse {
             stopped: r.affected as i32,
             failed_device_ids: r.not_found,
@@ -97,7 +102,7 @@ impl server::DeviceRuntimeService for Service {
         let req = req.into_inner();
         let sel = selection(req.selector, true)?;
         let list = !req.counts_only;
-        let mut r = self.plane.scan(sel, Action::Status { list }).await?;
+        let mut r = via_grpc(self.plane.scan(sel, Action::Status { list })).await?;
         r.devices.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(Response::new(proto::FleetStatus {
             total_devices: r.affected as i32,
@@ -118,7 +123,7 @@ impl server::DeviceRuntimeService for Service {
         let req = req.into_inner();
         let spec = spec::fault_spec(&req)?;
         let sel = selection(req.selector, false)?;
-        self.plane.scan(sel, Action::Fault(spec)).await?;
+        via_grpc(self.plane.scan(sel, Action::Fault(spec))).await?;
         Ok(Response::new(()))
     }
 
@@ -129,7 +134,7 @@ impl server::DeviceRuntimeService for Service {
         let req = req.into_inner();
         let update = Arc::new(spec::behaviour_update(req.behavior_params.as_ref())?);
         let sel = selection(req.selector, false)?;
-        self.plane.scan(sel, Action::Behaviour(update)).await?;
+        via_grpc(self.plane.scan(sel, Action::Behaviour(update))).await?;
         Ok(Response::new(()))
     }
 
@@ -313,7 +318,7 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::PauseDevicesRequest>,
     ) -> Result<Response<proto::PauseDevicesResponse>, Status> {
         let sel = selection(req.into_inner().selector, false)?;
-        let r = self.plane.scan(sel, Action::Pause(true)).await?;
+        let r = via_grpc(self.plane.scan(sel, Action::Pause(true))).await?;
         Ok(Response::new(proto::PauseDevicesResponse {
             affected: r.affected as i32,
             failed_device_ids: r.not_found,
@@ -325,7 +330,7 @@ impl server::DeviceRuntimeService for Service {
         req: Request<proto::ResumeDevicesRequest>,
     ) -> Result<Response<proto::PauseDevicesResponse>, Status> {
         let sel = selection(req.into_inner().selector, false)?;
-        let r = self.plane.scan(sel, Action::Pause(false)).await?;
+        let r = via_grpc(self.plane.scan(sel, Action::Pause(false))).await?;
         Ok(Response::new(proto::PauseDevicesResponse {
             affected: r.affected as i32,
             failed_device_ids: r.not_found,
@@ -339,7 +344,7 @@ impl server::DeviceRuntimeService for Service {
         let req = req.into_inner();
         let kind = spec::clear_kind(req.fault_type)?;
         let sel = selection(req.selector, false)?;
-        let r = self.plane.scan(sel, Action::ClearFaults(kind)).await?;
+        let r = via_grpc(self.plane.scan(sel, Action::ClearFaults(kind))).await?;
         Ok(Response::new(proto::ClearFaultsResponse { cleared: r.affected as i32 }))
     }
 }

@@ -169,9 +169,21 @@ pub(crate) fn behaviour_update(
     let keeps_fields =
         !top.contains_key("fields") && BEHAVIOUR_KEYS.iter().any(|k| top.contains_key(*k));
     let mut p = Problems::default();
-    compile_update("", (!keeps_fields).then_some(fields), &top, &mut p).ok_or_else(|| {
-        Status::invalid_argument(format!("invalid behavior_params: {}", problems_text(&p)))
-    })
+    // What the journal records: the fields as compiled (defaults applied) and the behaviour keys.
+    let mut source = toml::Table::new();
+    if !keeps_fields {
+        source.insert("fields".into(), toml::Value::Table(fields.clone()));
+    }
+    for k in BEHAVIOUR_KEYS {
+        if let Some(v) = top.get(k) {
+            source.insert(k.into(), v.clone());
+        }
+    }
+    let u =
+        compile_update("", (!keeps_fields).then_some(fields), &top, &mut p).ok_or_else(|| {
+            Status::invalid_argument(format!("invalid behavior_params: {}", problems_text(&p)))
+        })?;
+    Ok(BehaviourUpdate { source: Some(Arc::new(source)), ..u })
 }
 
 /// Compiles an update's fields (`None`: keep the device's) and its behaviour keys (`report`,
@@ -240,12 +252,13 @@ pub(crate) fn check_identity(id: &str, labels: &BTreeMap<String, String>) -> Res
     Ok(())
 }
 
-/// Validates one spec (everything but its id and labels) into a profile. A protocol this
-/// runtime has no sink for goes to the fallback sink (see [`ControlPlane::sink_for`]).
+/// Validates one spec (everything but its id and labels) into a profile, and the profile table
+/// it was compiled from. A protocol this runtime has no sink for goes to the fallback sink (see
+/// [`ControlPlane::sink_for`]).
 pub(crate) fn compile_spec(
     spec: &proto::DeviceSpec,
     plane: &ControlPlane,
-) -> Result<Profile, String> {
+) -> Result<(Profile, toml::Table), String> {
     // The type names the device's report row, metric labels and profile: it may not be empty
     // (`limits::check_name`, 1-128 bytes, checked with the profile below).
     if spec.device_type.is_empty() {
@@ -280,7 +293,7 @@ pub(crate) fn compile_spec(
     let profile =
         crate::config::compile_profile_with(&spec.device_type, Table::new("", &t), &mut p, true);
     match profile {
-        Some(prof) if p.is_empty() => Ok(Profile { requested_protocol, ..prof }),
+        Some(prof) if p.is_empty() => Ok((Profile { requested_protocol, ..prof }, t)),
         _ => Err(format!("invalid spec: {}", problems_text(&p))),
     }
 }
@@ -301,7 +314,8 @@ pub(crate) fn compile_specs(
     let mut failed = vec![];
     // Specs that differ only in id and labels share one compiled profile, within this
     // request and with earlier ones (see `ControlPlane::shared_profile`).
-    let mut cache: HashMap<Vec<u8>, Result<Arc<Profile>, String>> = HashMap::new();
+    type Compiled = Result<(Arc<Profile>, Arc<toml::Table>), String>;
+    let mut cache: HashMap<Vec<u8>, Compiled> = HashMap::new();
     for mut spec in specs {
         let id = std::mem::take(&mut spec.device_id);
         let labels: BTreeMap<String, String> =
@@ -311,21 +325,24 @@ pub(crate) fn compile_specs(
             Ok(()) => cache
                 .entry(spec.encode_to_vec())
                 .or_insert_with_key(|key| {
-                    compile_spec(&spec, plane).map(|p| plane.shared_profile(key, p))
+                    compile_spec(&spec, plane)
+                        .map(|(p, t)| (plane.shared_profile(key, p), Arc::new(t)))
                 })
                 .clone(),
         };
-        let compiled = compiled.and_then(|profile| {
+        let compiled = compiled.and_then(|(profile, source)| {
             match crate::config::missing_topic_label(&profile.topic, &labels) {
                 Some(k) => Err(format!(
                     "the topic {:?} uses {{labels.{k}}}, which this device does not have",
                     profile.topic.source
                 )),
-                None => Ok(profile),
+                None => Ok((profile, source)),
             }
         });
         match compiled {
-            Ok(profile) => ok.push(SpawnSpec { id, profile, labels }),
+            Ok((profile, source)) => {
+                ok.push(SpawnSpec { id, profile, labels, source: Some(source) })
+            }
             Err(reason) => {
                 // An id too long to echo is answered by its beginning.
                 let id = if id.len() > limits::MAX_ID_BYTES { limits::shorten(&id) } else { id };

@@ -636,7 +636,7 @@ fn action(
                     }
                 }
                 _ => {
-                    accepted.extend(["interval", "labels", "fields"]);
+                    accepted.extend(["interval", "labels", "fields", "replace_fields"]);
                     accepted.extend(crate::control::spec::BEHAVIOUR_KEYS);
                     update(&mut t, p)
                 }
@@ -749,10 +749,15 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
             params.insert(k.into(), v.clone());
         }
     }
+    // `replace_fields = true`: the fields replace every field, as UpdateDeviceBehavior's do.
+    let replace = t.bool("replace_fields", p).unwrap_or(false);
+    if replace && fields.is_none() {
+        p.add(t.path_of("replace_fields"), "replaces the fields with `fields`, which is missing");
+    }
     if !params.is_empty()
         && let Some(c) = compile_update(&t.path, fields, &params, p)
     {
-        u = BehaviourUpdate { merge: true, interval_ms: u.interval_ms, labels: u.labels, ..c };
+        u = BehaviourUpdate { merge: !replace, interval_ms: u.interval_ms, labels: u.labels, ..c };
     }
     if u.interval_ms.is_none() && u.labels.is_empty() && params.is_empty() && p.0.len() == before {
         p.add(
@@ -762,6 +767,7 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
         );
     }
     let params = (!params.is_empty()).then(|| Arc::new(params));
+    u.source = params.clone();
     (p.0.len() == before).then(|| Op {
         action: Action::Behaviour(Arc::new(u)),
         reason: None,
@@ -771,9 +777,17 @@ fn update(t: &mut Table<'_>, p: &mut Problems) -> Option<Op> {
 
 fn spawn(mut t: Table<'_>, ctx: &mut Ctx<'_>, p: &mut Problems) -> Vec<(u64, Item, u64)> {
     let profile = t.req_str("profile", p).and_then(|name| lookup_profile(&t, name, ctx, p));
+    // `ids = [...]` instead of `count`: exactly these devices, with exactly `labels` (as
+    // SpawnDevices does; what `iot-sim journal export` writes).
+    let given = if t.has("ids") { explicit_ids(&mut t, p) } else { None };
     let count = match t.get("count") {
+        None if t.has("ids") => None,
+        Some(_) if t.has("ids") => {
+            p.add(t.path_of("count"), "give count or ids, not both");
+            None
+        }
         None => {
-            p.add(t.path_of("count"), "missing: the number of devices to spawn");
+            p.add(t.path_of("count"), "missing: the number of devices to spawn (or ids)");
             None
         }
         Some(Value::Integer(n)) if (1..=MAX_COUNT).contains(n) => Some(*n as u64),
@@ -787,7 +801,10 @@ fn spawn(mut t: Table<'_>, ctx: &mut Ctx<'_>, p: &mut Problems) -> Vec<(u64, Ite
     };
     let extra = labels(&mut t, p);
     let over = t.duration_ms("over", p).unwrap_or(0);
-    t.finish_with(&["profile", "count", "labels", "over"], p);
+    t.finish_with(&["profile", "count", "ids", "labels", "over"], p);
+    if let (Some(profile), Some(ids)) = (&profile, given) {
+        return spread(profile, &extra, ids, over);
+    }
     let (Some(profile), Some(count)) = (profile, count) else { return vec![] };
     let mut labels = profile.labels.clone();
     labels.extend(extra);
@@ -803,22 +820,59 @@ fn spawn(mut t: Table<'_>, ctx: &mut Ctx<'_>, p: &mut Problems) -> Vec<(u64, Ite
         labels_json: String::new(),
         ids: vec![],
     };
-    // `over` spreads the spawns evenly: device k at k * over / count; devices that fall on
-    // the same millisecond are spawned together.
+    let ids = (0..count)
+        .map(|k| {
+            let mut id = String::new();
+            group.device_id(&profile, k, &mut id);
+            id
+        })
+        .collect();
+    spread(&profile, &labels, ids, over)
+}
+
+/// A spawn step's `ids`: non-empty strings, at least one.
+fn explicit_ids(t: &mut Table<'_>, p: &mut Problems) -> Option<Vec<String>> {
+    let a = t.array("ids", p)?;
+    let mut ids = vec![];
+    for (i, v) in a.iter().enumerate() {
+        match v.as_str() {
+            Some(s) => match crate::limits::check_device_id(s) {
+                Ok(()) => ids.push(s.to_string()),
+                Err(e) => p.add(format!("{}[{i}]", t.path_of("ids")), e),
+            },
+            None => p.add(
+                format!("{}[{i}]", t.path_of("ids")),
+                format!("expected a device id (a string), got {}", show(v)),
+            ),
+        }
+    }
+    if a.is_empty() {
+        p.add(t.path_of("ids"), "must list at least one device id");
+    }
+    (ids.len() == a.len() && !ids.is_empty()).then_some(ids)
+}
+
+/// Spawn items for `ids`: `over` spreads them evenly, device k at k * over / count; devices
+/// that fall on the same millisecond are spawned together.
+fn spread(
+    profile: &Arc<Profile>,
+    labels: &BTreeMap<String, String>,
+    all: Vec<String>,
+    over: u64,
+) -> Vec<(u64, Item, u64)> {
+    let count = all.len() as u64;
     let mut out: Vec<(u64, Item, u64)> = vec![];
     let mut ids: Vec<String> = vec![];
     let mut cur = 0u64;
-    for k in 0..count {
+    for (k, id) in all.into_iter().enumerate() {
         let off = (k as u128 * over as u128 / count as u128) as u64;
         if off != cur && !ids.is_empty() {
-            out.push((cur, spawn_item(&profile, &labels, std::mem::take(&mut ids)), 0));
+            out.push((cur, spawn_item(profile, labels, std::mem::take(&mut ids)), 0));
         }
         cur = off;
-        let mut id = String::new();
-        group.device_id(&profile, k, &mut id);
         ids.push(id);
     }
-    out.push((cur, spawn_item(&profile, &labels, ids), over.saturating_sub(cur)));
+    out.push((cur, spawn_item(profile, labels, ids), over.saturating_sub(cur)));
     out
 }
 

@@ -553,3 +553,63 @@ fn a_disconnect_step_takes_a_mode_and_a_remote_run_forwards_it() {
     .unwrap_err();
     assert!(e.contains("params.mode: unknown mode \"politely\""), "{e}");
 }
+
+#[test]
+fn a_spawn_with_ids_spawns_exactly_those_ids_with_exactly_its_labels() {
+    let (_, s) = load_str(
+        r#"
+        [[step]]
+        at = "1s"
+        spawn = { profile = "thermo", ids = ["x-1", "x-2"], labels = { site = "b" } }
+        "#,
+    )
+    .unwrap();
+    let Cue::Spawn { ids, labels, .. } = &s.timeline[0].cue else { panic!() };
+    assert_eq!(ids, &["x-1", "x-2"]);
+    // No profile labels and no device_type label: as SpawnDevices.
+    assert_eq!(labels.iter().collect::<Vec<_>>(), [(&"site".to_string(), &"b".to_string())]);
+    let e = load_str(
+        r#"
+        [[step]]
+        at = "1s"
+        spawn = { profile = "thermo", ids = ["x-1", ""], count = 2 }
+        [[step]]
+        at = "2s"
+        spawn = { profile = "thermo", ids = [] }
+        "#,
+    )
+    .unwrap_err();
+    assert!(e.contains("step[0].spawn.count: give count or ids, not both"), "{e}");
+    assert!(e.contains("step[0].spawn.ids[1]"), "{e}");
+    assert!(e.contains("step[1].spawn.ids: must list at least one device id"), "{e}");
+}
+
+#[test]
+fn replace_fields_makes_an_update_replace_every_field() {
+    let (_, s) = load_str(
+        r#"
+        [[step]]
+        at = "1s"
+        update = { all = true, replace_fields = true, fields = { u = { type = "static", value = 1 } } }
+        [[step]]
+        at = "2s"
+        update = { all = true, fields = { u = { type = "static", value = 1 } } }
+        "#,
+    )
+    .unwrap();
+    let merge = |i: usize| match &s.timeline[i].cue {
+        Cue::Apply { op: Op { action: Action::Behaviour(u), .. }, .. } => u.merge,
+        other => panic!("{other:?}"),
+    };
+    assert!(!merge(0));
+    assert!(merge(1));
+    let e = load_str(
+        r#"
+        [[step]]
+        at = "1s"
+        update = { all = true, replace_fields = true, interval = "2s" }
+        "#,
+    )
+    .unwrap_err();
+    assert!(e.contains("step[0].update.replace_fields: replaces the fields with `fields`"), "{e}");
+}

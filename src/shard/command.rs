@@ -38,6 +38,9 @@ pub(crate) struct SpawnSpec {
     pub profile: Arc<Profile>,
     /// The spec's labels (a `device_type` label is not added: the runtime never did).
     pub labels: BTreeMap<String, String>,
+    /// The profile table the spec was compiled from (gRPC and admin spawns), shared like
+    /// `profile`: what the session journal records. `None` for a scenario's spawns.
+    pub source: Option<Arc<toml::Table>>,
 }
 
 /// What a spawn did.

@@ -132,6 +132,7 @@ impl TestShard {
             id: id.to_string(),
             profile: Arc::new(profile.clone()),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            source: None,
         }
     }
 

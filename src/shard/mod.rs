@@ -175,6 +175,8 @@ pub struct Shard {
     /// What the last behaviour step found (events due, outages), reused.
     step_log: StepLog,
     event_samples: Vec<Sample>,
+    /// Sparkplug B edge nodes owned by this shard (`sim::sparkplug`).
+    sparkplug: crate::sim::sparkplug::EdgeNodes,
     /// Live control: inbox, faults, pauses, streams (`inbox.rs`).
     ctl: inbox::Control,
     /// Where this shard is in the scenario, if one drives the run (`timeline.rs`).
@@ -218,7 +220,9 @@ impl Shard {
             let profile = &fleet.profiles[g.profile];
             for i in 0..g.count {
                 g.device_id(profile, i, &mut id);
-                if plan.shards > 1 && seed::shard_of(&id, plan.shards) != plan.index {
+                if plan.shards > 1
+                    && owner_shard(profile, &id, &g.labels, plan.shards) != plan.index
+                {
                     continue;
                 }
                 let ds = device_seed(plan.seed, &id);
@@ -251,11 +255,17 @@ impl Shard {
             }
             for i in 0..g.count {
                 g.device_id(profile, i, &mut id);
-                if self.plan.shards > 1 && seed::shard_of(&id, self.plan.shards) != self.plan.index
+                if self.plan.shards > 1
+                    && owner_shard(profile, &id, &g.labels, self.plan.shards) != self.plan.index
                 {
                     continue;
                 }
-                sink.start_session(g.profile, device_hash(profile, &id), &id, &g.labels);
+                let hash = match profile.format.sparkplug() {
+                    // One session per edge node, keyed by the node.
+                    Some(spec) => self.sparkplug.locate(spec, &id, &profile.device_type, &g.labels),
+                    None => device_hash(profile, &id),
+                };
+                sink.start_session(g.profile, hash, &id, &g.labels);
             }
         }
     }
@@ -289,6 +299,7 @@ impl Shard {
             due: Vec::with_capacity(1024),
             step_log: StepLog::default(),
             event_samples: Vec::with_capacity(8),
+            sparkplug: Default::default(),
             plan,
         }
     }
@@ -576,7 +587,13 @@ impl Shard {
             if !self.step_log.went_down.is_empty() || !self.step_log.came_up.is_empty() {
                 group.device_id(profile, index, &mut self.id);
                 self.emit_availability(group, profile);
-                self.availability_session(profile, due);
+                if let Some(&(down, _)) = self.step_log.went_down.first()
+                    && profile.format.sparkplug().is_some()
+                {
+                    self.sparkplug_death(group_ix, down, intended_ns, fire_ns);
+                } else {
+                    self.availability_session(profile, due);
+                }
             }
             if let Presence::Away { until, on_grid } = presence {
                 let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
@@ -586,6 +603,12 @@ impl Shard {
                 return mono_ns();
             }
         }
+        // Borrowed again: a Sparkplug DDEATH above needed the whole shard (no `Arc` clone per
+        // tick: the fleet's count is shared by every shard's core).
+        let fleet = &*self.plan.fleet;
+        let group = &fleet.groups[group_ix];
+        let profile = &fleet.profiles[profile_ix];
+        let behaviour = &profile.behaviour;
         let (seq, nonfinite) = self.table.generate(fleet, key, due, &mut self.samples);
         {
             let st = &mut self.stats.profiles[profile_ix];
@@ -620,7 +643,10 @@ impl Shard {
         // DISCONNECT stops a device's publishing, except for a per-device MQTT session: its
         // connection is really down, so what it produces meanwhile queues in the session
         // (bounded, drop-oldest) and goes out after the reconnect.
+        // Not an edge node: a device's fault is its DDEATH, not its node's session's drop.
+        let sparkplug = profile.format.sparkplug().is_some();
         let per_device = !fx.publish
+            && !sparkplug
             && self.sinks[profile.protocol.index()]
                 .as_ref()
                 .is_some_and(|s| s.per_device(profile_ix));
@@ -637,6 +663,9 @@ impl Shard {
             }
         }
         if !fx.publish && !per_device {
+            if sparkplug {
+                self.sparkplug_death(group_ix, fx.timestamp, intended_ns, fire_ns);
+            }
             let next = due + self.table.get(key).map_or(1, |d| d.interval_ms as u64);
             self.rearm_after_sample(key, profile_ix, next);
             return mono_ns();
@@ -644,7 +673,7 @@ impl Shard {
         let mut done_ns = fire_ns;
         // The log is this device's: `step` refilled it above (a profile without presence
         // never reads it).
-        if !plain && behaviour.has_presence() && !self.step_log.events.is_empty() {
+        if !plain && !sparkplug && behaviour.has_presence() && !self.step_log.events.is_empty() {
             done_ns = self.send_events(key, group_ix, intended_ns, fire_ns);
         }
         // Borrowed again: sending events needed the whole shard.
@@ -652,6 +681,18 @@ impl Shard {
         let group = &fleet.groups[group_ix];
         let profile = &fleet.profiles[profile_ix];
         let behaviour = &profile.behaviour;
+        if sparkplug
+            && behaviour.report != ReportMode::Periodic
+            && let Some(block) = self.table.block_mut(fleet, key)
+        {
+            // Sparkplug DDATA on change carries only the metrics that moved.
+            behaviour.changed_fields(
+                &profile.fields,
+                block,
+                &self.samples,
+                &mut self.sparkplug.changed,
+            );
+        }
         if !plain
             && behaviour.report != ReportMode::Periodic
             && let Some(block) = self.table.block_mut(fleet, key)
@@ -664,6 +705,20 @@ impl Shard {
         }
         if !self.ctl.streams.is_empty() {
             self.ctl.streams.feed(&self.id, group_ix, group, profile, &self.samples, fx.timestamp);
+        }
+        if sparkplug {
+            let done_ns = self.sparkplug_sample(
+                group_ix,
+                fx.timestamp,
+                fx.corrupt_bytes,
+                (intended_ns, due),
+                done_ns,
+            );
+            let profile = &self.plan.fleet.profiles[profile_ix];
+            let interval =
+                self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
+            self.rearm_after_sample(key, profile_ix, due + interval);
+            return done_ns;
         }
         payload::encode(
             &mut self.payload,
@@ -702,6 +757,167 @@ impl Shard {
         }
         self.rearm_after_sample(key, profile_ix, due + interval);
         done_ns
+    }
+
+    /// A sample of a Sparkplug device (id in `self.id`, values in `self.samples`): first what
+    /// its edge node's session received (rebirths, reconnects), then its node's NBIRTH if the
+    /// node was not born yet, then its DBIRTH (not born yet) or DDATA. Returns when the last
+    /// message was handed over.
+    fn sparkplug_sample(
+        &mut self,
+        group_ix: usize,
+        ts: SimMs,
+        corrupt: Option<u64>,
+        (intended_ns, due): (Option<u64>, SimMs),
+        mut done_ns: u64,
+    ) -> u64 {
+        use crate::sim::sparkplug as sp;
+        let fleet = self.plan.fleet.clone();
+        let group = &fleet.groups[group_ix];
+        let profile_ix = group.profile;
+        let profile = &fleet.profiles[profile_ix];
+        let Some(spec) = profile.format.sparkplug() else { return done_ns };
+        let phase = self.scn.as_ref().and_then(|c| c.phase_of(due));
+        for (hash, what) in
+            self.sinks[profile.protocol.index()].as_ref().map_or(vec![], |s| s.take_sparkplug())
+        {
+            use crate::sink::mqtt::devices::SparkplugIn;
+            let reborn = match what {
+                SparkplugIn::Rebirth => self.sparkplug.rebirth(hash),
+                SparkplugIn::Reconnected => self.sparkplug.reconnected(hash),
+                SparkplugIn::Dcmd { device, payload } => {
+                    self.sparkplug.write(hash, &device, sp::writes(&payload));
+                    None
+                }
+            };
+            if let Some((node, bd_seq)) = reborn {
+                sp::encode_nbirth(&mut self.payload, ts, bd_seq);
+                self.topic.clear();
+                sp::write_topic(&mut self.topic, &spec.group_id, "NBIRTH", &node, None);
+                self.stats.profiles[profile_ix].published += 1;
+                done_ns = submit(
+                    &mut self.sinks,
+                    &mut self.stats,
+                    &mut self.interval_latency,
+                    profile,
+                    profile_ix,
+                    (&self.topic, &self.payload),
+                    (hash, &self.id, &group.labels),
+                    (intended_ns, phase),
+                    done_ns,
+                );
+            }
+        }
+        let hash = self.sparkplug.locate(spec, &self.id, &profile.device_type, &group.labels);
+        let plan = self.sparkplug.sample(hash, &self.id);
+        // The node's name stays in `self.sparkplug.name` (rendered by `locate`, UTF-8).
+        if let Some(bd_seq) = plan.nbirth {
+            sp::encode_nbirth(&mut self.payload, ts, bd_seq);
+            self.topic.clear();
+            let name = std::str::from_utf8(&self.sparkplug.name).unwrap_or_default();
+            sp::write_topic(&mut self.topic, &spec.group_id, "NBIRTH", name, None);
+            self.stats.profiles[profile_ix].published += 1;
+            done_ns = submit(
+                &mut self.sinks,
+                &mut self.stats,
+                &mut self.interval_latency,
+                profile,
+                profile_ix,
+                (&self.topic, &self.payload),
+                (hash, &self.id, &group.labels),
+                (intended_ns, phase),
+                done_ns,
+            );
+        }
+        // DCMD writes show in this sample (and are marked changed for on_change DDATA).
+        if profile.behaviour.report == ReportMode::Periodic {
+            self.sparkplug.changed.clear();
+        }
+        self.sparkplug.apply_writes(
+            hash,
+            &self.id,
+            plan.ordinal,
+            &profile.fields,
+            &mut self.samples,
+        );
+        let kind = if plan.birth {
+            sp::encode_dbirth(
+                &mut self.payload,
+                ts,
+                plan.seq,
+                plan.ordinal,
+                &profile.fields,
+                &self.samples,
+            );
+            "DBIRTH"
+        } else {
+            let which = (profile.behaviour.report != ReportMode::Periodic)
+                .then_some(self.sparkplug.changed.as_slice());
+            sp::encode_ddata(
+                &mut self.payload,
+                ts,
+                plan.seq,
+                plan.ordinal,
+                &profile.fields,
+                &self.samples,
+                which,
+            );
+            "DDATA"
+        };
+        if let Some(word) = corrupt {
+            crate::sim::fault::corrupt_bytes(&mut self.payload, word);
+        }
+        self.topic.clear();
+        let name = std::str::from_utf8(&self.sparkplug.name).unwrap_or_default();
+        sp::write_topic(&mut self.topic, &spec.group_id, kind, name, Some(&self.id));
+        self.stats.profiles[profile_ix].published += 1;
+        submit(
+            &mut self.sinks,
+            &mut self.stats,
+            &mut self.interval_latency,
+            profile,
+            profile_ix,
+            (&self.topic, &self.payload),
+            (hash, &self.id, &group.labels),
+            (intended_ns, phase),
+            done_ns,
+        )
+    }
+
+    /// A Sparkplug device (id in `self.id`) stops, goes offline or is disconnected by a fault
+    /// at `ts`: its DDEATH, once (until it is born again). Returns when it was handed over.
+    pub(crate) fn sparkplug_death(
+        &mut self,
+        group_ix: usize,
+        ts: SimMs,
+        intended_ns: Option<u64>,
+        fire_ns: u64,
+    ) -> u64 {
+        use crate::sim::sparkplug as sp;
+        let fleet = self.plan.fleet.clone();
+        let group = &fleet.groups[group_ix];
+        let profile_ix = group.profile;
+        let profile = &fleet.profiles[profile_ix];
+        let Some(spec) = profile.format.sparkplug() else { return fire_ns };
+        let hash = self.sparkplug.locate(spec, &self.id, &profile.device_type, &group.labels);
+        let Some(seq) = self.sparkplug.death(hash, &self.id) else { return fire_ns };
+        let node = String::from_utf8_lossy(&self.sparkplug.name).into_owned();
+        sp::encode_ddeath(&mut self.payload, ts, seq);
+        self.topic.clear();
+        sp::write_topic(&mut self.topic, &spec.group_id, "DDEATH", &node, Some(&self.id));
+        self.stats.profiles[profile_ix].published += 1;
+        let phase = self.scn.as_ref().and_then(|c| c.phase_of(ts));
+        submit(
+            &mut self.sinks,
+            &mut self.stats,
+            &mut self.interval_latency,
+            profile,
+            profile_ix,
+            (&self.topic, &self.payload),
+            (hash, &self.id, &group.labels),
+            (intended_ns, phase),
+            fire_ns,
+        )
     }
 
     /// Re-arms a device that took a sample at its grid's `next` tick, or (a sleeper whose
@@ -957,6 +1173,25 @@ impl Shard {
         if let Some(sink) = &self.sinks[profile.protocol.index()] {
             sink.release_sessions(&[device_hash(profile, id)]);
         }
+    }
+}
+
+/// The shard of a device: its id's, or for a Sparkplug profile its edge node's (every device
+/// of a node on the shard that holds the node's state and session, whatever `--cores` is).
+fn owner_shard(
+    profile: &Profile,
+    id: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+    shards: usize,
+) -> usize {
+    match profile.format.sparkplug() {
+        Some(spec) => {
+            let mut node = spec.group_id.clone().into_bytes();
+            node.push(b'/');
+            spec.edge_node.render(&mut node, id, &profile.device_type, labels);
+            seed::shard_of(&String::from_utf8_lossy(&node), shards)
+        }
+        None => seed::shard_of(id, shards),
     }
 }
 

@@ -101,7 +101,8 @@ impl Shard {
         let mut id = String::new();
         let fleet = self.plan.fleet.clone();
         let Some(d) = self.table.get(key) else { return };
-        let group = &fleet.groups[d.group as usize];
+        let gi = d.group as usize;
+        let group = &fleet.groups[gi];
         let profile = &fleet.profiles[group.profile];
         let needs_id = !matches!(scan.action, Action::Status { list: false } | Action::CountBy(_));
         if needs_id {
@@ -153,6 +154,11 @@ impl Shard {
                 }
             }
             Action::Stop => {
+                // A Sparkplug device's DDEATH (when it was born).
+                if profile.format.sparkplug().is_some() {
+                    self.id.clone_from(&id);
+                    self.sparkplug_death(gi, now, None, mono_ns());
+                }
                 self.wheel.remove(key);
                 self.ctl.states.forget(key);
                 if let Some(asked) = &profile.requested_protocol

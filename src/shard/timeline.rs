@@ -154,6 +154,7 @@ impl Shard {
                         id: id.clone(),
                         profile: profile.clone(),
                         labels: labels.clone(),
+                        source: None,
                     })
                 });
                 self.scenario_command(ScenarioCommand::Spawn(Box::new(specs)), at);

@@ -343,6 +343,40 @@ impl Behaviour {
         }
     }
 
+    /// Report-on-change, before [`Behaviour::publishes`] remembers the sample: which fields
+    /// moved since the last published sample (`out[i]` for field `i`), for formats that send
+    /// only those (Sparkplug DDATA). A watched field (deadband, Markov) when it moved; a
+    /// constant never; any other field (a number without deadband, a derived one) always.
+    /// All of them when nothing was published yet or none moved (a `max_silence` heartbeat).
+    pub fn changed_fields(
+        &self,
+        fields: &[FieldSpec],
+        block: &[SlotState],
+        samples: &[Sample],
+        out: &mut Vec<bool>,
+    ) {
+        use super::generator::GenSpec;
+        out.clear();
+        out.extend(fields.iter().map(|f| !matches!(f.generator, GenSpec::Static { .. })));
+        out.resize(samples.len(), true);
+        let first = block.get(self.watch_at).is_none_or(|s| s.x.is_nan());
+        if matches!(self.report, ReportMode::OnChange { .. }) && !first {
+            let w = &block[self.watch_at + 1..self.watch_at + 1 + self.watch.len()];
+            for ((field, how), slot) in self.watch.iter().zip(w) {
+                let v = value(samples[*field]);
+                out[*field] = match how {
+                    Watch::Deadband(d) => (v - slot.x).abs() > *d,
+                    Watch::Differs => v.to_bits() != slot.x.to_bits(),
+                };
+            }
+        } else {
+            out.iter_mut().for_each(|c| *c = true);
+        }
+        if !out.iter().any(|c| *c) {
+            out.iter_mut().for_each(|c| *c = true);
+        }
+    }
+
     /// Report-on-change: true when the sample `samples` taken at `t` is published; then the
     /// watched fields' values and the publish time are remembered.
     #[inline]

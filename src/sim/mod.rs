@@ -15,5 +15,6 @@ pub mod payload;
 pub mod profile;
 pub mod seed;
 pub(crate) mod selector;
+pub mod sparkplug;
 pub mod time;
 pub mod wheel;

@@ -228,6 +228,9 @@ pub struct BehaviourUpdate {
     pub events: Option<Vec<super::behaviour::EventSpec>>,
     pub availability: Option<Option<super::behaviour::Availability>>,
     pub sleep: Option<Option<super::behaviour::Sleep>>,
+    /// What the update was compiled from (`fields` with defaults applied, `report`, `events`,
+    /// `availability`, `sleep`): what the session journal records.
+    pub source: Option<std::sync::Arc<toml::Table>>,
 }
 
 /// A validated device profile.

@@ -270,6 +270,15 @@ impl Sink {
         }
     }
 
+    /// What Sparkplug edge-node sessions received (rebirth commands, reconnects) since the
+    /// last call.
+    pub fn take_sparkplug(&self) -> Vec<(u64, mqtt::devices::SparkplugIn)> {
+        match self {
+            Sink::Net(NetSink { devices: Some(d), .. }) => d.take_sparkplug(),
+            _ => vec![],
+        }
+    }
+
     /// Whether this sink sends the profile's messages through per-device sessions.
     pub fn per_device(&self, profile: usize) -> bool {
         matches!(self, Sink::Net(NetSink { devices: Some(d), .. }) if d.handles(profile))

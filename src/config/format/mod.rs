@@ -8,7 +8,8 @@
 use crate::sim::format::{self, Body, Flat, Kind, PayloadFormat, TsMode, Wire};
 use crate::sim::generator::{GenSpec, Sample};
 use crate::sim::payload;
-use crate::sim::profile::{FieldSpec, Profile};
+use crate::sim::profile::{FieldSpec, Profile, TopicPart, TopicTemplate};
+use crate::sim::sparkplug;
 use crate::walk::{Problems, Table};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -70,6 +71,8 @@ pub fn compile(t: &mut Table<'_>, units: Vec<(String, String)>, p: &mut Problems
         only(t, k, "template", p);
         t.allow(k);
     }
+    only(t, "sparkplug", "sparkplug_b", p);
+    t.allow("sparkplug");
     let mut wire = PayloadFormat::default_wire(name);
     let kind = match name {
         "flat" => {
@@ -108,6 +111,10 @@ pub fn compile(t: &mut Table<'_>, units: Vec<(String, String)>, p: &mut Problems
         "cbor" => Kind::Cbor,
         "senml" => Kind::Senml,
         "senml_cbor" => Kind::SenmlCbor,
+        "sparkplug_b" => match sparkplug_spec(t, p) {
+            Some(s) => Kind::Sparkplug(Arc::new(s)),
+            None => Kind::Envelope,
+        },
         _ => Kind::Envelope,
     };
     if let Some(ct) = t.str("content_type", p) {
@@ -128,6 +135,94 @@ pub fn compile(t: &mut Table<'_>, units: Vec<(String, String)>, p: &mut Problems
     let typed = t.has("content_type");
     let path = t.path_of(if t.has("template_file") { "template_file" } else { "template" });
     PayloadFormat { kind, wire, units, typed, path }
+}
+
+/// `[profiles.NAME.sparkplug]`: `group_id` (a Sparkplug id) and `edge_node` (a template over
+/// the device's id, type and labels; its literal text must be a valid id too).
+fn sparkplug_spec(t: &mut Table<'_>, p: &mut Problems) -> Option<sparkplug::Spec> {
+    let Some(mut sp) = t.table("sparkplug", p) else {
+        p.add(
+            t.path_of("sparkplug"),
+            "missing: format = \"sparkplug_b\" needs [profiles.NAME.sparkplug] with group_id \
+             and edge_node",
+        );
+        return None;
+    };
+    let group = sp.req_str("group_id", p);
+    if let Some(g) = group
+        && let Some(why) = sparkplug::id_problem(g)
+    {
+        p.add(sp.path_of("group_id"), format!("{g:?}: a Sparkplug id {why}"));
+    }
+    let node = sp.req_str("edge_node", p).and_then(|n| {
+        let parsed = TopicTemplate::parse(n).map_err(|e| p.add(sp.path_of("edge_node"), e)).ok()?;
+        let literal: String = parsed
+            .parts
+            .iter()
+            .filter_map(|x| match x {
+                TopicPart::Literal(l) => Some(l.as_str()),
+                _ => None,
+            })
+            .collect();
+        if literal.contains(['/', '+', '#']) || parsed.parts.is_empty() {
+            p.add(
+                sp.path_of("edge_node"),
+                format!("{n:?}: a Sparkplug id must not be empty or contain '/', '+' or '#'"),
+            );
+            return None;
+        }
+        Some(parsed)
+    });
+    sp.finish_with(&super::keys::SPARKPLUG.names(), p);
+    Some(sparkplug::Spec { group_id: group?.to_string(), edge_node: node? })
+}
+
+/// A Sparkplug profile's edge node and device ids for one fleet entry (`labels`, the path of
+/// its labels; `first_id`, its first device id): each must be a valid Sparkplug id.
+pub fn check_sparkplug(
+    profile: &Profile,
+    labels: &BTreeMap<String, String>,
+    labels_path: &str,
+    first_id: &str,
+    p: &mut Problems,
+) {
+    let Some(spec) = profile.format.sparkplug() else { return };
+    for part in &spec.edge_node.parts {
+        if let TopicPart::Label(k) = part
+            && !labels.contains_key(k)
+        {
+            p.add(
+                labels_path,
+                format!(
+                    "the Sparkplug edge_node {:?} of profile {:?} uses {{labels.{k}}}, which \
+                     these devices do not have",
+                    spec.edge_node.source, profile.name
+                ),
+            );
+            return;
+        }
+    }
+    let mut node = vec![];
+    spec.edge_node.render(&mut node, first_id, &profile.device_type, labels);
+    let node = String::from_utf8_lossy(&node);
+    if let Some(why) = sparkplug::id_problem(&node) {
+        p.add(
+            labels_path,
+            format!(
+                "the Sparkplug edge_node {:?} of profile {:?} is {node:?} here: a Sparkplug id {why}",
+                spec.edge_node.source, profile.name
+            ),
+        );
+    }
+    if let Some(why) = sparkplug::id_problem(first_id) {
+        p.add(
+            labels_path,
+            format!(
+                "device id {first_id:?} of profile {:?}: a Sparkplug device id {why}",
+                profile.name
+            ),
+        );
+    }
 }
 
 /// The CoAP Content-Format of a content type (RFC 7252 section 12.3 and RFC 8428): 0 for

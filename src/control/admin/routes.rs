@@ -166,7 +166,8 @@ async fn auth(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Res
             .into_response();
         }
     }
-    next.run(req).await
+    // The journal records what this request changes with `"source": "admin"`.
+    crate::control::journal::FRONT_END.scope("admin", next.run(req)).await
 }
 
 /// Compares without stopping at the first difference (no timing hint about the token).

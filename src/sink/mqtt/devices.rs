@@ -78,7 +78,13 @@ struct Device {
     held_until: Cell<Option<u64>>,
     /// In slow-down (`backpressure = "slow_down"`): its interval is doubled.
     slowed: Cell<bool>,
+    /// Its queue's bound: `queue_size`, times `SPARKPLUG_QUEUE_FACTOR` for an edge node (the
+    /// session of many devices: its NBIRTH and their DBIRTHs queue before its CONNACK).
+    cap: usize,
 }
+
+/// An edge node's queue holds this many times `queue_size`.
+const SPARKPLUG_QUEUE_FACTOR: usize = 100;
 
 /// Every per-device session of one shard's MQTT sink.
 pub struct Devices {
@@ -102,6 +108,21 @@ pub struct Devices {
     /// Sessions connected now.
     connected: Cell<u64>,
     shared: Rc<NetShared>,
+    /// Sparkplug commands received by edge nodes, for the shard (`take_sparkplug`): the
+    /// node's session key and what came.
+    sparkplug: RefCell<Vec<(u64, SparkplugIn)>>,
+}
+
+/// What an edge node's session tells its shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SparkplugIn {
+    /// An NCMD asking for a rebirth.
+    Rebirth,
+    /// The session connected again after a loss (a new `bdSeq` in its will): the node must
+    /// be born again with it.
+    Reconnected,
+    /// A DCMD to one of the node's devices: its payload.
+    Dcmd { device: String, payload: Vec<u8> },
 }
 
 /// Hashes a device hash (FNV-1a of its id) once more with `mix64`, so the map's buckets see
@@ -168,7 +189,16 @@ impl Devices {
             next_source: Cell::new(shared.shard()),
             connected: Cell::new(0),
             shared,
+            sparkplug: RefCell::new(vec![]),
         }))
+    }
+
+    /// What edge nodes received since the last call (see [`SparkplugIn`]).
+    pub fn take_sparkplug(&self) -> Vec<(u64, SparkplugIn)> {
+        if self.sparkplug.borrow().is_empty() {
+            return vec![];
+        }
+        std::mem::take(&mut *self.sparkplug.borrow_mut())
     }
 
     /// Whether messages of this profile go through per-device sessions.
@@ -204,7 +234,7 @@ impl Devices {
     pub fn submit(self: &Rc<Self>, m: Queued, device_id: &str, labels: &BTreeMap<String, String>) {
         let profile = m.profile as usize;
         let dev = self.device(m.device_hash, profile, device_id, labels);
-        let cap = self.settings.queue_size;
+        let cap = dev.cap;
         let slow_down = self.shared.policy(profile) == Backpressure::SlowDown;
         {
             let mut q = dev.queue.borrow_mut();
@@ -252,6 +282,7 @@ impl Devices {
         if let Some(d) = self.by_hash.borrow().get(&hash) {
             return d.clone();
         }
+        let spec = self.fleet.profiles.get(profile).and_then(|p| p.format.sparkplug().cloned());
         let dev = Rc::new(Device {
             queue: RefCell::new(VecDeque::new()),
             wake: Notify::new(),
@@ -259,6 +290,7 @@ impl Devices {
             held: Cell::new(false),
             held_until: Cell::new(None),
             slowed: Cell::new(false),
+            cap: self.settings.queue_size * if spec.is_some() { SPARKPLUG_QUEUE_FACTOR } else { 1 },
         });
         self.by_hash.borrow_mut().insert(hash, dev.clone());
         let device_type =
@@ -275,7 +307,7 @@ impl Devices {
             Password::Fixed(p) => Some(p.clone()),
             Password::Hmac(secret) => Some(hmac_password(secret, &client_id)),
         };
-        let params = ConnectParams {
+        let mut params = ConnectParams {
             client_id,
             clean_session: s.clean_session,
             session_expiry_s: s.session_expiry_s,
@@ -288,12 +320,31 @@ impl Devices {
                 retain: w.retain,
             }),
         };
-        let topics = Topics {
+        let mut topics = Topics {
             subscribe: s.subscribe.as_ref().map(render),
             respond: s.respond.as_ref().map(render),
             device_id: device_id.to_string(),
             profile,
+            sparkplug: None,
         };
+        if let Some(spec) = &spec {
+            // An edge node: its own client id, its NDEATH as will, NCMD and DCMD subscribed.
+            let node = render(&spec.edge_node);
+            let g = &spec.group_id;
+            params.client_id = format!("spb-{g}-{node}");
+            params.will = Some(sparkplug_will(g, &node, 0));
+            topics.subscribe = Some(format!("spBv1.0/{g}/NCMD/{node}"));
+            topics.respond = None;
+            topics.device_id = node.clone();
+            topics.sparkplug = Some(Sparkplug {
+                hash,
+                dcmd: format!("spBv1.0/{g}/DCMD/{node}/+"),
+                group: g.clone(),
+                node,
+                bd_seq: 0,
+                used: Cell::new(false),
+            });
+        }
         // Spread first pings over the keep-alive interval by device.
         let phase_ms = if s.keep_alive_ms > 0 {
             (crate::sim::seed::mix64(hash) % s.keep_alive_ms) as u32
@@ -394,6 +445,36 @@ struct Topics {
     respond: Option<String>,
     device_id: String,
     profile: usize,
+    /// An edge node's session (`format = "sparkplug_b"`).
+    sparkplug: Option<Sparkplug>,
+}
+
+/// An edge node's session state.
+struct Sparkplug {
+    /// Its session key (what the shard knows the node by).
+    hash: u64,
+    /// The DCMD filter, subscribed after the NCMD one.
+    dcmd: String,
+    group: String,
+    node: String,
+    /// The `bdSeq` of its will: one more on each reconnect.
+    bd_seq: u64,
+    /// Whether a connection was made with the current will.
+    used: Cell<bool>,
+}
+
+/// An edge node's will: its NDEATH with `bdSeq`, QoS 1, not retained (Sparkplug 3.0).
+fn sparkplug_will(group: &str, node: &str, bd_seq: u64) -> Will {
+    let mut topic = vec![];
+    crate::sim::sparkplug::write_topic(&mut topic, group, "NDEATH", node, None);
+    let mut payload = vec![];
+    crate::sim::sparkplug::encode_ndeath(&mut payload, wall_us() / 1000, bd_seq);
+    Will {
+        topic: String::from_utf8_lossy(&topic).into_owned(),
+        payload: payload.into(),
+        qos: 1,
+        retain: false,
+    }
 }
 
 /// Why one connection ended.
@@ -420,8 +501,8 @@ fn refused_event(reason: &str) -> &'static str {
 async fn run(
     ctx: Rc<Devices>,
     dev: Rc<Device>,
-    params: ConnectParams,
-    topics: Topics,
+    mut params: ConnectParams,
+    mut topics: Topics,
     phase_ms: u32,
 ) {
     let s = &ctx.settings;
@@ -470,6 +551,15 @@ async fn run(
             ctx.shared.event("session_connect_attempt");
             (permit, ctx.open().await)
         };
+        if let Some(sp) = &mut topics.sparkplug
+            && sp.used.replace(false)
+        {
+            // A new MQTT session of the edge node (its last will was used by a connection): a
+            // new bdSeq in its will; the shard gives the NBIRTH the same one
+            // (`SparkplugIn::Reconnected`) once connected. Failed attempts keep it.
+            sp.bd_seq = (sp.bd_seq + 1) % 256;
+            params.will = Some(sparkplug_will(&sp.group, &sp.node, sp.bd_seq));
+        }
         let (mut permit, opened) = tokio::select! {
             r = open => r,
             _ = ctx.shared.close.notified() => {
@@ -580,6 +670,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
     let mut buf = [0u8; 512];
     let mut up = false;
+    let mut dcmd_subscribed = false;
     // The session's timer (CONNACK timeout, keep-alive) as one sleep for the whole connection,
     // armed for `armed_ns`. Every write moves the keep-alive deadline later; re-arming the
     // sleep on each turn put a timer entry in and out of the runtime's wheel per message. It
@@ -589,8 +680,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::pin!(timer);
     let mut armed_ns: Option<u64> = None;
     let end = loop {
-        // Move queued messages into the session while the window has room.
-        if session.is_connected() {
+        // Move queued messages into the session while the window has room (an edge node's
+        // once its CONNACK was handled: a reconnect drops what is stale first).
+        if session.is_connected() && (up || topics.sparkplug.is_none()) {
             let now = mono_ns();
             let mut q = dev.queue.borrow_mut();
             while let Some(m) = q.front() {
@@ -600,7 +692,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     break;
                 }
                 let Some(mut m) = q.pop_front() else { break };
-                if q.len() * 2 < ctx.settings.queue_size {
+                if q.len() * 2 < dev.cap {
                     dev.slowed.set(false);
                 }
                 m.sent_ns = now;
@@ -626,8 +718,22 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     *connecting = None;
                     ctx.connected.set(ctx.connected.get() + 1);
                     ctx.shared.event("session_connected");
-                    if std::mem::replace(ever_connected, true) {
+                    let again = std::mem::replace(ever_connected, true);
+                    if again {
                         ctx.shared.event("session_reconnected");
+                    }
+                    if let Some(sp) = &topics.sparkplug {
+                        sp.used.set(true);
+                        if again {
+                            // What waited for this connection continues the last session's
+                            // seq: stale for a host that saw the NDEATH. The shard sends a new
+                            // NBIRTH (and DBIRTHs) with its next sample.
+                            for m in dev.queue.borrow_mut().drain(..) {
+                                ctx.shared.fail(&m, "sparkplug_stale");
+                                ctx.shared.extra_settled();
+                            }
+                            ctx.sparkplug.borrow_mut().push((sp.hash, SparkplugIn::Reconnected));
+                        }
                     }
                     ctx.shared.conn_event(ConnEvent::Session {
                         device_id: topics.device_id.clone(),
@@ -651,7 +757,37 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Outcome::Subscribed { granted_qos: None } => {
                     ctx.shared.event("session_subscribe_refused");
                 }
-                Outcome::Subscribed { .. } => {}
+                Outcome::Subscribed { .. } => {
+                    // An edge node subscribes DCMD once NCMD is granted (one at a time).
+                    if let Some(sp) = &topics.sparkplug
+                        && !std::mem::replace(&mut dcmd_subscribed, true)
+                    {
+                        session.subscribe(&sp.dcmd, ctx.settings.subscribe_qos, mono_ns());
+                    }
+                }
+                Outcome::Command { topic, payload, .. } if topics.sparkplug.is_some() => {
+                    let Some(sp) = &topics.sparkplug else { continue };
+                    let ncmd = topic.windows(6).any(|w| w == b"/NCMD/");
+                    ctx.shared.event(if ncmd { "sparkplug_ncmd" } else { "sparkplug_dcmd" });
+                    ctx.command_stats(topics.profile, |st| st.commands += 1);
+                    if ncmd && crate::sim::sparkplug::is_rebirth(&payload) {
+                        ctx.shared.event("sparkplug_rebirth");
+                        ctx.sparkplug.borrow_mut().push((sp.hash, SparkplugIn::Rebirth));
+                    } else if !ncmd {
+                        for _ in 0..crate::sim::sparkplug::count_metrics(&payload) {
+                            ctx.shared.event("sparkplug_dcmd_write");
+                        }
+                        // spBv1.0/GROUP/DCMD/NODE/DEVICE: the device is the last level.
+                        let device = topic.rsplit(|b| *b == b'/').next().unwrap_or_default();
+                        ctx.sparkplug.borrow_mut().push((
+                            sp.hash,
+                            SparkplugIn::Dcmd {
+                                device: String::from_utf8_lossy(device).into_owned(),
+                                payload: payload.to_vec(),
+                            },
+                        ));
+                    }
+                }
                 Outcome::Command { topic, payload, qos: command_qos } => {
                     ctx.shared.event("command_received");
                     let cmd = Command::parse(&payload);
@@ -706,6 +842,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             break e;
         }
         if ctx.shared.closing.get() {
+            // An edge node that leaves on purpose says so first: its NDEATH (the broker
+            // discards the will on DISCONNECT).
+            if let (Some(_), Some(w)) = (&topics.sparkplug, &params.will) {
+                let now = mono_ns();
+                if session
+                    .publish(&w.topic, w.payload.clone(), 0, false, Token::Response, now)
+                    .is_ok()
+                {
+                    ctx.shared.event("sparkplug_ndeath");
+                }
+            }
             // `drain` waited for what was queued and in flight; what is left is counted.
             session.disconnect();
             let _ = stream.write_all(&session.take_output()).await;
