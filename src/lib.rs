@@ -9,6 +9,7 @@ pub(crate) mod audit;
 pub mod cli;
 pub(crate) mod config;
 pub mod control;
+pub(crate) mod fit;
 #[cfg(test)]
 mod layers;
 pub mod limits;
@@ -26,4 +27,5 @@ pub(crate) mod shard;
 pub mod sim;
 pub(crate) mod sink;
 pub(crate) mod threshold;
+pub(crate) mod trace;
 pub(crate) mod walk;

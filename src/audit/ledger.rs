@@ -372,7 +372,9 @@ impl Ledger {
             self.counts.no_seq += 1;
             return;
         };
-        if let (Some(start), true) = (self.start_ms, profile.behaviour.is_plain()) {
+        if let (Some(start), true) =
+            (self.start_ms, profile.behaviour.is_plain() && profile.replay.is_none())
+        {
             let first = self.first_of(self.seed, start, gi, &env.device_id, profile);
             let iv = profile.interval_ms.max(1);
             if ts < first || !(ts - first).is_multiple_of(iv) {
@@ -449,7 +451,7 @@ impl Ledger {
             if profile.format.sparkplug().is_some() {
                 continue;
             }
-            let periodic = profile.behaviour.is_plain();
+            let periodic = profile.behaviour.is_plain() && profile.replay.is_none();
             let judged = profile.behaviour.report == ReportMode::Periodic && profile.seq;
             on_change |= profile.behaviour.report != ReportMode::Periodic;
             seq_only |= !periodic && judged;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 mod audit;
 pub mod client;
+mod fit;
 pub mod journal;
 pub mod preview;
 pub mod probe;
@@ -71,6 +72,9 @@ pub enum Command {
     /// Work on finished runs' reports (`report compare OLD NEW`).
     #[command(subcommand)]
     Report(report::ReportCmd),
+    /// Fit generator models to a recorded series (gaussian, OU, diurnal, markov; AIC, KS) and
+    /// write a fleet file with the best profile.
+    Fit(fit::FitArgs),
     /// Session journals (`journal export JOURNAL --out SCENARIO`): a live session's control
     /// actions, from REPORT_DIR/journal.jsonl, as a scenario.
     #[command(subcommand)]
@@ -271,6 +275,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Report(c)) => report::main(&c),
         Some(Command::Journal(c)) => journal::main(&c),
         Some(Command::Schema(a)) => schema::main(&a),
+        Some(Command::Fit(a)) => fit::main(&a),
         Some(Command::Payload(c)) => preview::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),

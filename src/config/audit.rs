@@ -179,7 +179,19 @@ pub fn compile(
     };
     let values = match t.str("verify", p) {
         None | Some("envelope") => false,
-        Some("values") => true,
+        Some("values") => {
+            if let Some(r) = fleet.profiles.iter().find(|x| x.replay.is_some()) {
+                p.add(
+                    t.path_of("verify"),
+                    format!(
+                        "\"values\" recomputes values from the seed, and profile {:?} replays a \
+                         trace; use \"envelope\"",
+                        r.name
+                    ),
+                );
+            }
+            true
+        }
         Some(v) => {
             p.add(
                 t.path_of("verify"),

@@ -370,8 +370,30 @@ pub const FLEET_ENTRY: Spec = Spec {
             "A profile name of [profiles], or a profile file (*.toml, relative to this file).",
         )
         .req(),
-        k("count", Ty::Int(1, 100_000_000), "Number of devices.").req(),
+        k(
+            "count",
+            Ty::Int(1, 100_000_000),
+            "Number of devices (required, except for a replay profile: its trace's number).",
+        ),
         k("labels", Ty::Labels, "Labels of these devices (added to the profile's)."),
+    ],
+};
+
+/// `[profiles.NAME.replay]`: a recorded trace replayed by the profile's devices.
+pub const REPLAY: Spec = Spec {
+    path: "profiles.NAME.replay",
+    doc: "Replay a recorded trace (CSV with a header, or JSON Lines) instead of generating.",
+    keys: &[
+        k("file", Ty::Str, "The trace, relative to the fleet file.").req(),
+        k("time", Ty::Str, "The time column: RFC 3339, epoch seconds or milliseconds.").req(),
+        k("device", Ty::Str, "The column naming the recorded device (one device each)."),
+        k("devices", Ty::Int(1, 100_000_000), "Deal the recorded rows or series out to N devices."),
+        k("fields", STRINGS, "The columns to publish (default: all others)."),
+        k("speed", Ty::Range(f64::MIN_POSITIVE, 1e9), "Recorded time is divided by this.")
+            .def("1.0"),
+        k("loop", Ty::Bool, "Start over after the last row.").def("false"),
+        k("scale", Ty::Map(&Ty::Num), "Per field: published = recorded * scale + offset."),
+        k("offset", Ty::Map(&Ty::Num), "Per field: added after the scale."),
     ],
 };
 
@@ -383,8 +405,11 @@ pub const PROFILE: Spec = Spec {
         k("protocol", Ty::Protocol, "Where its devices publish: a [sink.NAME] of this file.").req(),
         k("topic", TEMPLATE, "Topic template: {device_id}, {device_type}, {labels.KEY}.")
             .def("\"devices/{device_id}/telemetry\""),
-        k("interval", Ty::Duration, "How often each device sends, such as \"5s\" (at most 30d).")
-            .req(),
+        k(
+            "interval",
+            Ty::Duration,
+            "How often each device sends, such as \"5s\" (at most 30d; a replay: how often a paused device looks again, default 1s).",
+        ),
         k("seq", Ty::Bool, "Add a per-device sequence number \"seq\" to each message.")
             .def("false"),
         k("device_type", Ty::Str, "The device_type label and payload value (default: the name)."),
@@ -392,9 +417,9 @@ pub const PROFILE: Spec = Spec {
         k(
             "fields",
             Ty::Map(&Ty::Def("field")),
-            "The telemetry fields by name, each with its generator.",
-        )
-        .req(),
+            "The telemetry fields by name, each with its generator (not with replay).",
+        ),
+        k("replay", Ty::Table(&REPLAY), "Replay a recorded trace instead of generating fields."),
         k("qos", QOS, "mqtt: QoS of this profile's messages (overrides [sink.mqtt] qos)."),
         k("retain", Ty::Bool, "mqtt: retain flag of this profile's messages."),
         k(
@@ -933,6 +958,7 @@ pub const SPECS: &[&Spec] = &[
     &FLEET_ENTRY,
     &PROFILE,
     &MQTT5,
+    &REPLAY,
     &REPORT,
     &EVENT,
     &AVAILABILITY,

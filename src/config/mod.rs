@@ -12,6 +12,7 @@ pub mod format;
 pub mod keys;
 mod mqtt5;
 pub mod mqtt_sessions;
+mod replay;
 pub mod schema;
 pub mod sinks;
 
@@ -318,7 +319,7 @@ fn compile(
                 continue;
             }
             if let Some(t) = Table::from_value(path, &pt.table[name.as_str()], p)
-                && let Some(prof) = compile_profile(name, t, p)
+                && let Some(prof) = compile_profile_in(name, t, p, false, Some(base))
             {
                 by_name.insert(name.clone(), profiles.len());
                 profiles.push(prof);
@@ -372,7 +373,43 @@ fn compile(
                     },
                     None => None,
                 };
+                let replay =
+                    profile_ix.and_then(|ix| profiles[ix].replay.as_ref().map(|r| (ix, r)));
+                if let Some((ix, _)) = replay
+                    && next_ordinal.contains_key(&ix)
+                {
+                    p.add(
+                        t.path_of("profile"),
+                        format!(
+                            "replay profile {:?} is in an earlier fleet entry: its devices are one \
+                             entry",
+                            profiles[ix].name
+                        ),
+                    );
+                }
                 let count = match t.get("count") {
+                    None if replay.is_some() => replay.map(|r| r.1.device_count()),
+                    Some(Value::Integer(n))
+                        if replay.is_some_and(|(_, r)| *n as u64 != r.device_count()) =>
+                    {
+                        let r = replay.map(|x| x.1).expect("checked by the guard");
+                        p.add(
+                            t.path_of("count"),
+                            format!(
+                                "the replay has {} devices ({}), got {n}; leave count out",
+                                r.device_count(),
+                                match (r.layout.has_device, r.devices) {
+                                    (_, Some(_)) => "replay.devices".to_string(),
+                                    (true, None) => format!(
+                                        "one per value of column {:?}",
+                                        r.layout.columns[1]
+                                    ),
+                                    (false, None) => "no device column: one".to_string(),
+                                }
+                            ),
+                        );
+                        None
+                    }
                     None => {
                         p.add(t.path_of("count"), "missing: the number of devices is required");
                         None
@@ -724,7 +761,14 @@ fn load_profile_file(
         }
     };
     let name = full.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let prof = compile_profile(&name, Table::new(format!("{}:", full.display()), &doc), p)?;
+    let dir = full.parent().unwrap_or(base).to_path_buf();
+    let prof = compile_profile_in(
+        &name,
+        Table::new(format!("{}:", full.display()), &doc),
+        p,
+        false,
+        Some(&dir),
+    )?;
     if let Some(existing) = profiles.iter().position(|q| q.name == prof.name) {
         p.add(
             path,
@@ -802,11 +846,38 @@ pub fn compile_profile(name: &str, t: Table<'_>, p: &mut Problems) -> Option<Pro
 /// have none, as the original accepts: its devices publish an envelope with empty `fields`).
 pub fn compile_profile_with(
     name: &str,
-    mut t: Table<'_>,
+    t: Table<'_>,
     p: &mut Problems,
     allow_no_fields: bool,
 ) -> Option<Profile> {
+    compile_profile_in(name, t, p, allow_no_fields, None)
+}
+
+/// [`compile_profile_with`] for a profile of a fleet file in directory `base` (or a profile
+/// file there), where a `replay` table may name a trace relative to it.
+pub(crate) fn compile_profile_in(
+    name: &str,
+    mut t: Table<'_>,
+    p: &mut Problems,
+    allow_no_fields: bool,
+    base: Option<&Path>,
+) -> Option<Profile> {
     let before = p.0.len();
+    let replay_path = t.path_of("replay");
+    let replay = match (t.table("replay", p), base) {
+        (Some(rt), Some(base)) => replay::compile(rt, base, p),
+        (Some(_), None) => {
+            p.add(
+                replay_path,
+                "a replay profile belongs in a fleet file (or a profile file it names), not in \
+                 a spawn or update",
+            );
+            None
+        }
+        (None, _) => None,
+    };
+    let is_replay = t.has("replay");
+    let allow_no_fields = allow_no_fields || is_replay;
     let protocol = match t.req_str("protocol", p) {
         Some(s) => match Protocol::parse(s) {
             Some(proto) => Some(proto),
@@ -827,6 +898,7 @@ pub fn compile_profile_with(
         None => TopicTemplate::parse("devices/{device_id}/telemetry").ok(),
     };
     let interval_ms = match (t.has("interval"), t.duration_ms("interval", p)) {
+        (false, _) if is_replay => Some(1000),
         (false, _) => {
             p.add(t.path_of("interval"), "missing: how often each device sends, such as \"5s\"");
             None
@@ -961,6 +1033,25 @@ pub fn compile_profile_with(
             f.deadband = db;
         }
     }
+    if is_replay {
+        if t.has("fields") {
+            p.add(
+                t.path_of("fields"),
+                "a replay profile publishes the trace's columns (replay.fields), not generated fields",
+            );
+        }
+        for key in ["report", "events", "availability", "sleep"] {
+            if t.has(key) {
+                p.add(
+                    t.path_of(key),
+                    "not with replay: a replay device publishes each recorded row",
+                );
+            }
+        }
+        if let Some((_, f)) = &replay {
+            fields = f.clone();
+        }
+    }
     let behaviour = behaviour::compile(&mut t, interval_ms, topic.as_ref(), &fields, p);
     let sparkplug = t.get("format").and_then(|v| v.as_str()) == Some("sparkplug_b");
     let format = format::compile(&mut t, units, p);
@@ -1001,6 +1092,7 @@ pub fn compile_profile_with(
         behaviour,
         slots: 0,
         format: std::sync::Arc::new(format),
+        replay: replay.map(|r| std::sync::Arc::new(r.0)),
     };
     profile.lay_out();
     if allow_no_fields {

@@ -911,6 +911,16 @@ fn lookup_profile(
         pr
     } else {
         match ctx.fleet.profiles.iter().position(|x| x.name == name) {
+            Some(ix) if ctx.fleet.profiles[ix].replay.is_some() => {
+                p.add(
+                    path,
+                    format!(
+                        "profile {name:?} replays a trace: its devices are the trace's, in the \
+                         fleet, and cannot be spawned"
+                    ),
+                );
+                return None;
+            }
             Some(ix) => ctx
                 .shared
                 .entry(ix)

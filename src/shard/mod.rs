@@ -13,6 +13,7 @@ mod figures;
 mod harness;
 mod inbox;
 mod pace;
+mod replay;
 mod scan;
 mod spawning;
 pub(crate) mod streams;
@@ -181,6 +182,8 @@ pub struct Shard {
     ctl: inbox::Control,
     /// Where this shard is in the scenario, if one drives the run (`timeline.rs`).
     scn: Option<timeline::ScenarioCursor>,
+    /// Replay devices' rows (`replay.rs`).
+    replay: replay::Replays,
 }
 
 /// A shard's devices, wheel and sinks, built before its time starts.
@@ -188,6 +191,7 @@ pub struct Parts {
     table: DeviceTable,
     wheel: Wheel,
     sinks: Vec<Option<Sink>>,
+    replay: replay::Replays,
 }
 
 impl Shard {
@@ -216,6 +220,7 @@ impl Shard {
         table.reserve(expect + expect / 16, slots / plan.shards + slots / plan.shards / 16 + 64);
         wheel.reserve_keys(expect);
         let mut id = String::with_capacity(64);
+        let mut replay = replay::Replays::default();
         for (gi, g) in fleet.groups.iter().enumerate() {
             let profile = &fleet.profiles[g.profile];
             for i in 0..g.count {
@@ -227,6 +232,14 @@ impl Shard {
                 }
                 let ds = device_seed(plan.seed, &id);
                 let key = table.insert(&fleet, gi as u32, i as u32, ds);
+                if let Some(spec) = &profile.replay {
+                    // A replay device is due at its first recorded row (if it has one).
+                    let ordinal = g.first_ordinal + i;
+                    if let Some(t) = replay.add(g.profile, spec, plan.start_ms, key, ordinal) {
+                        wheel.insert(key, t);
+                    }
+                    continue;
+                }
                 wheel.insert(key, plan.start_ms + seed::phase_ms(ds, profile.interval_ms));
             }
         }
@@ -236,7 +249,7 @@ impl Shard {
                 .map_err(|e| format!("shard {}: cannot open the {proto} sink: {e}", plan.index))?;
             sinks[proto.index()] = Some(sink);
         }
-        Ok(Parts { table, wheel, sinks })
+        Ok(Parts { table, wheel, sinks, replay })
     }
 
     /// Per-device MQTT sessions start with the process, in `connect_rate` turns (device
@@ -271,7 +284,7 @@ impl Shard {
     }
 
     fn assemble(mut plan: ShardPlan, parts: Parts) -> Shard {
-        let Parts { table, wheel, sinks } = parts;
+        let Parts { table, wheel, sinks, replay } = parts;
         let ctl = inbox::Control::new(plan.control.take());
         let scn = plan.scenario.take().map(|s| timeline::ScenarioCursor::new(s, plan.start_ms));
         let mut stats = ShardStats::new(plan.fleet.profiles.len());
@@ -300,6 +313,7 @@ impl Shard {
             step_log: StepLog::default(),
             event_samples: Vec::with_capacity(8),
             sparkplug: Default::default(),
+            replay,
             plan,
         }
     }
@@ -609,7 +623,23 @@ impl Shard {
         let group = &fleet.groups[group_ix];
         let profile = &fleet.profiles[profile_ix];
         let behaviour = &profile.behaviour;
-        let (seq, nonfinite) = self.table.generate(fleet, key, due, &mut self.samples);
+        // A replay device publishes its row scheduled at `due` and is re-armed at its next.
+        let mut replay_next = None;
+        let (seq, nonfinite) = match &profile.replay {
+            Some(spec) => {
+                let (took, next) = self.replay.take(key, due);
+                if !took {
+                    if let Some(t) = next {
+                        self.wheel.insert(key, t);
+                    }
+                    return mono_ns();
+                }
+                replay_next = Some(next);
+                replay_samples(profile, spec, &self.replay.out, &mut self.samples);
+                (self.table.next_seq(key), 0)
+            }
+            None => self.table.generate(fleet, key, due, &mut self.samples),
+        };
         {
             let st = &mut self.stats.profiles[profile_ix];
             st.samples += 1;
@@ -665,6 +695,12 @@ impl Shard {
         if !fx.publish && !per_device {
             if sparkplug {
                 self.sparkplug_death(group_ix, fx.timestamp, intended_ns, fire_ns);
+            }
+            if let Some(next) = replay_next {
+                if let Some(t) = next {
+                    self.wheel.insert(key, t);
+                }
+                return mono_ns();
             }
             let next = due + self.table.get(key).map_or(1, |d| d.interval_ms as u64);
             self.rearm_after_sample(key, profile_ix, next);
@@ -750,6 +786,12 @@ impl Shard {
             // After events, the sample's handling starts when the last event's ended.
             done_ns,
         );
+        if let Some(next) = replay_next {
+            if let Some(t) = next {
+                self.wheel.insert(key, t);
+            }
+            return done_ns;
+        }
         let mut interval =
             self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
         if let Some(sink) = &self.sinks[profile.protocol.index()] {
@@ -1192,6 +1234,31 @@ fn owner_shard(
             seed::shard_of(&String::from_utf8_lossy(&node), shards)
         }
         None => seed::shard_of(id, shards),
+    }
+}
+
+/// A replay row's values (`values`, in the spec's field order) as the profile's samples: by
+/// name, so a profile whose fields an update changed keeps replaying the ones it still has
+/// (the others publish `null`).
+fn replay_samples(
+    profile: &Profile,
+    spec: &crate::sim::replay::ReplaySpec,
+    values: &[f64],
+    out: &mut Vec<Sample>,
+) {
+    out.clear();
+    let mut j = 0;
+    for f in &profile.fields {
+        while j < spec.fields.len() && spec.fields[j].name < f.name {
+            j += 1;
+        }
+        out.push(match (spec.fields.get(j), values.get(j)) {
+            (Some(r), Some(&v)) if r.name == f.name => match r.text {
+                Some(_) => Sample::State(v as usize),
+                None => Sample::Number(v),
+            },
+            _ => Sample::Number(f64::NAN),
+        });
     }
 }
 

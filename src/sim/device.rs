@@ -188,6 +188,15 @@ impl DeviceTable {
         (seq, nonfinite)
     }
 
+    /// Advances device `key`'s sequence number without generating (a replay device's
+    /// values come from its trace); returns the number of this message.
+    pub fn next_seq(&mut self, key: u32) -> u64 {
+        let d = &mut self.devices[key as usize];
+        let seq = d.seq;
+        d.seq += 1;
+        seq
+    }
+
     /// The values of event `event`'s fields at sim time `t` into `out`.
     pub fn generate_event(
         &mut self,

@@ -13,6 +13,7 @@ pub mod generator;
 pub mod mem;
 pub mod payload;
 pub mod profile;
+pub mod replay;
 pub mod seed;
 pub(crate) mod selector;
 pub mod sparkplug;

@@ -263,6 +263,8 @@ pub struct Profile {
     pub behaviour: super::behaviour::Behaviour,
     /// The payload format (the default: the envelope).
     pub format: std::sync::Arc<super::format::PayloadFormat>,
+    /// A replay profile's trace: its devices publish the recorded rows instead of generating.
+    pub replay: Option<std::sync::Arc<super::replay::ReplaySpec>>,
 }
 
 impl Profile {
@@ -484,6 +486,7 @@ impl Profile {
             derived: vec![],
             behaviour: super::behaviour::Behaviour { events, ..Default::default() },
             format: Default::default(),
+            replay: None,
         }
     }
 
@@ -507,6 +510,7 @@ impl Profile {
             derived: vec![],
             behaviour: Default::default(),
             format: Default::default(),
+            replay: None,
         }
     }
 }

@@ -33,6 +33,7 @@ mod mqtt_sessions;
 mod observability;
 mod prometheus;
 mod realistic;
+mod replay;
 mod scenario;
 mod sink_amqp;
 mod sink_coap;
