@@ -3,7 +3,7 @@
 # and apt; does nothing for what is already there and running. Called by scripts/test.sh.
 #   Mosquitto   127.0.0.1:1883  tests/it/sink_mqtt.rs, tests/it/grpc_compat.rs (restart tests start their own)
 #   RabbitMQ    127.0.0.1:5672  tests/it/sink_amqp.rs (guest/guest)
-#   coap-server (libcoap)       tests/it/sink_coap.rs starts its own on a free port
+#   coap-server (libcoap)       tests/it/sink_coap.rs, tests/it/coap_formats.rs start their own on a free port
 #   python3 + venv              tests/it/grpc_python.rs builds a grpcio client under target/
 #   python3-jsonschema          src/config/schema/tests.rs checks the shipped files against `iot-sim schema`
 #   python3-cbor2               tests/it/formats.rs decodes CBOR and SenML-CBOR payloads independently
@@ -11,6 +11,7 @@
 #     (protobuf-compiler; libprotobuf-dev has google/protobuf/*.proto)
 #   pysparkplug (PyPI), python3-paho-mqtt
 #                               tests/it/sparkplug.rs: an independent Sparkplug B host
+#                               tests/it/mqtt5_props.rs: a paho-mqtt v5 subscriber reads MQTT 5 properties
 #   prometheus, promtool        tests/it/prometheus.rs starts its own server on a free port
 #   chromium, chromedriver      tests/it/browser.rs drives headless Chromium over WebDriver
 #   podman, runc, debootstrap   tests/it/container.rs builds and runs the image (base made locally)

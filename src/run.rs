@@ -227,6 +227,16 @@ fn prepare(config: &Config, opts: &RunOptions) -> Prepared {
             }
         }
     }
+    // `[mqtt5]` properties need an MQTT 5 sink: on 3.1.1 they are left out, with a warning.
+    if config.sinks.mqtt.as_ref().is_some_and(|m| m.version != 5) {
+        for p in reachable.profiles.iter().filter(|p| p.delivery.mqtt5.is_some()) {
+            tracing::warn!(
+                profile = %p.name,
+                "[profiles.{}.mqtt5] is ignored: [sink.mqtt] speaks MQTT 3.1.1 (set version = 5 for MQTT 5 properties)",
+                p.name
+            );
+        }
+    }
     let thresholds = config
         .thresholds
         .iter()

@@ -170,8 +170,41 @@ pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
         );
         topic.clear();
         profile.topic.render(&mut topic, &ids[d], &profile.device_type, &group.labels);
+        if let Some(m) = &profile.delivery.mqtt5 {
+            writeln!(
+                out,
+                "mqtt5: {}",
+                mqtt5_line(m, f.wire.content_type, &ids[d], profile, group)
+            )?;
+        }
         show(&mut out, &topic, &buf)?;
     }
     out.flush()?;
     Ok(exit::OK)
+}
+
+/// A profile's MQTT 5 properties for one device, as `[mqtt5]` sends them (MQTT 5 sinks only).
+fn mqtt5_line(
+    m: &crate::sim::profile::Mqtt5,
+    content_type: &str,
+    id: &str,
+    profile: &crate::sim::profile::Profile,
+    group: &crate::sim::profile::Group,
+) -> String {
+    let mut parts = vec![format!("content_type={content_type:?}")];
+    if let Some(s) = m.message_expiry_s {
+        parts.push(format!("message_expiry={s}s"));
+    }
+    if m.payload_format_indicator {
+        parts.push("payload_format_indicator=1".into());
+    }
+    if m.topic_alias {
+        parts.push("topic_alias".into());
+    }
+    for (k, t) in &m.user_properties {
+        let mut v = vec![];
+        t.render(&mut v, id, &profile.device_type, &group.labels);
+        parts.push(format!("user_property {k:?}={:?}", String::from_utf8_lossy(&v)));
+    }
+    parts.join(", ")
 }

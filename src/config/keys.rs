@@ -502,12 +502,17 @@ pub const PROFILE: Spec = Spec {
         k(
             "content_type",
             Ty::Str,
-            "HTTP Content-Type and AMQP content_type (default: from the format).",
+            "HTTP Content-Type, AMQP content_type, MQTT 5 Content Type (default: from the format).",
         ),
         k(
             "audit",
             Ty::Table(&PROFILE_AUDIT),
             "format = template: where the delivery audit finds the id and seq (JSON pointers).",
+        ),
+        k(
+            "mqtt5",
+            Ty::Table(&MQTT5),
+            "mqtt: MQTT 5 properties of the messages (ignored by 3.1.1).",
         ),
     ],
 };
@@ -518,6 +523,27 @@ pub const PROFILE_AUDIT: Spec = Spec {
     keys: &[
         k("device_id", Ty::Str, "JSON pointer to the device id (\"/id\").").req(),
         k("seq", Ty::Str, "JSON pointer to the sequence number (\"/seq\").").req(),
+    ],
+};
+
+pub const MQTT5: Spec = Spec {
+    path: "profiles.NAME.mqtt5",
+    doc: "MQTT 5 PUBLISH properties (ignored, with a warning, on MQTT 3.1.1).",
+    keys: &[
+        k(
+            "user_properties",
+            Ty::Map(&TEMPLATE),
+            "User Property pairs; values are templates ({device_id}, {labels.KEY}) per device.",
+        ),
+        k("message_expiry", Ty::Duration, "Message Expiry Interval (whole seconds, at least 1s)."),
+        k("topic_alias", Ty::Bool, "Send topic aliases up to the broker's Topic Alias Maximum.")
+            .def("false"),
+        k(
+            "payload_format_indicator",
+            Ty::Bool,
+            "Payload Format Indicator 1 (UTF-8 text); text formats only.",
+        )
+        .def("false"),
     ],
 };
 
@@ -985,6 +1011,7 @@ pub const SPECS: &[&Spec] = &[
     &SINK_COAP,
     &FLEET_ENTRY,
     &PROFILE,
+    &MQTT5,
     &REPLAY,
     &REPORT,
     &EVENT,

@@ -10,6 +10,7 @@ mod behaviour;
 pub mod env;
 pub mod format;
 pub mod keys;
+mod mqtt5;
 pub mod mqtt_sessions;
 mod replay;
 pub mod schema;
@@ -1055,6 +1056,8 @@ pub(crate) fn compile_profile_in(
     let sparkplug = t.get("format").and_then(|v| v.as_str()) == Some("sparkplug_b");
     let format = format::compile(&mut t, units, (&fields, &behaviour.events), p);
     let mut delivery = delivery;
+    delivery.mqtt5 = mqtt5::compile(&mut t, protocol, p);
+    mqtt5::check_format(&t, delivery.mqtt5.as_deref(), format.wire.body, p);
     if sparkplug {
         if protocol.is_some_and(|pr| pr != Protocol::Mqtt) {
             p.add(

@@ -1294,6 +1294,8 @@ fn submit(
             intended_ns: intended_ns.unwrap_or(fire_ns),
             phase: phase.map_or(crate::sink::net::NO_PHASE, |p| p as u16),
             wire: profile.format.wire,
+            device_type: &profile.device_type,
+            mqtt5: profile.delivery.mqtt5.as_deref(),
         }),
         None => Submitted::Failed,
     };

@@ -80,6 +80,8 @@ pub struct Flat {
 pub struct Template {
     env: minijinja::Environment<'static>,
     pub source: String,
+    /// The fast path of a simple template (`super::fast_template`), minijinja's otherwise.
+    fast: Option<super::fast_template::Fast>,
 }
 
 impl std::fmt::Debug for Template {
@@ -124,12 +126,24 @@ impl Template {
             Ok(String::from_utf8(out).unwrap_or_default())
         });
         env.add_template_owned(TEMPLATE_NAME, source.clone()).map_err(|e| describe(&e, &source))?;
-        Ok(Template { env, source })
+        let fast = super::fast_template::Fast::compile(&source);
+        Ok(Template { env, source, fast })
     }
 
     /// Renders one message into `out` (cleared first).
     pub fn render(&self, out: &mut Vec<u8>, m: &Msg<'_>) -> Result<(), String> {
         out.clear();
+        if let Some(f) = &self.fast {
+            if f.render(out, m) {
+                return Ok(());
+            }
+            out.clear();
+        }
+        self.render_minijinja(out, m)
+    }
+
+    /// [`Template::render`] by minijinja's interpreter (the reference of the fast path).
+    pub(crate) fn render_minijinja(&self, out: &mut Vec<u8>, m: &Msg<'_>) -> Result<(), String> {
         let t = self.env.get_template(TEMPLATE_NAME).map_err(|e| describe(&e, &self.source))?;
         // Short names and values are minijinja's inline strings: a map here costs two
         // allocations (its vector and its `Arc`), not one per entry.

@@ -6,6 +6,7 @@ pub mod cbor;
 pub mod correlated;
 pub mod device;
 pub mod expr;
+mod fast_template;
 pub mod fault;
 pub mod format;
 pub mod generator;

@@ -82,6 +82,31 @@ pub struct Delivery {
     /// MQTT: each device is its own client with its own connection (`connection =
     /// "per_device"`), instead of sharing the shard's pool.
     pub per_device: bool,
+    /// MQTT 5 PUBLISH properties (`[profiles.X.mqtt5]`); ignored by MQTT 3.1.1.
+    pub mqtt5: Option<std::sync::Arc<Mqtt5>>,
+}
+
+/// A profile's `[mqtt5]` block: the MQTT 5 properties of its PUBLISH packets.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mqtt5 {
+    /// User Property pairs, in the file's key order; values are templates over the device id,
+    /// type and labels, rendered once per device.
+    pub user_properties: Vec<(String, TopicTemplate)>,
+    /// Message Expiry Interval, seconds.
+    pub message_expiry_s: Option<u32>,
+    /// Send topic aliases, up to the broker's Topic Alias Maximum.
+    pub topic_alias: bool,
+    /// Payload Format Indicator 1 (UTF-8 text).
+    pub payload_format_indicator: bool,
+}
+
+impl Mqtt5 {
+    /// Whether a user property depends on the device (not the same for every device).
+    pub fn per_device(&self) -> bool {
+        self.user_properties
+            .iter()
+            .any(|(_, t)| t.parts.iter().any(|p| !matches!(p, TopicPart::Literal(_))))
+    }
 }
 
 impl fmt::Display for Protocol {

@@ -484,6 +484,7 @@ mod tests {
             device_hash: 0,
             phase: crate::sink::net::NO_PHASE,
             wire: Default::default(),
+            mqtt5: Default::default(),
         }
     }
 

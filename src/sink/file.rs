@@ -228,6 +228,8 @@ mod tests {
             labels: &EMPTY,
             phase: crate::sink::net::NO_PHASE,
             wire: Default::default(),
+            device_type: "t",
+            mqtt5: None,
         }
     }
 

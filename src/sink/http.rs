@@ -448,6 +448,7 @@ mod tests {
             device_hash: 0,
             phase: crate::sink::net::NO_PHASE,
             wire: Default::default(),
+            mqtt5: Default::default(),
         };
         assert_eq!(&batch_body(&[m("{\"a\":1}"), m("{\"b\":2}")])[..], b"[{\"a\":1},{\"b\":2}]");
         assert_eq!(&batch_body(&[m("1")])[..], b"[1]");

@@ -45,6 +45,10 @@ pub struct Message<'a> {
     pub phase: u16,
     /// The payload's kind and content type (its profile's format).
     pub wire: crate::sim::format::Wire,
+    /// The profile's device type (MQTT 5 user property templates may name it).
+    pub device_type: &'a str,
+    /// The profile's `[mqtt5]` block, if it has one.
+    pub mqtt5: Option<&'a crate::sim::profile::Mqtt5>,
 }
 
 /// What became of a submitted message.
@@ -67,6 +71,8 @@ pub struct NetSink {
     starter: Option<Starter>,
     /// MQTT: the per-device sessions of profiles with `connection = "per_device"`.
     devices: Option<Rc<mqtt::devices::Devices>>,
+    /// MQTT 5: the property blocks of `[mqtt5]` profiles (none on other sinks and 3.1.1).
+    mqtt5: Option<mqtt::props::PropsCache>,
 }
 
 /// A shard's sink for one protocol.
@@ -99,6 +105,7 @@ impl Sink {
             }
             Protocol::Mqtt => {
                 let s = settings.mqtt.clone().ok_or_else(|| missing("mqtt"))?;
+                let version5 = s.version == 5;
                 let shared =
                     NetShared::new("mqtt", shard, fleet, s.pool_size, s.queue_size, s.backoff);
                 let devices = if fleet.profiles.iter().any(|p| p.delivery.per_device) {
@@ -120,9 +127,11 @@ impl Sink {
                 } else {
                     Box::new(|_| Ok(()))
                 };
+                let mqtt5 = (version5).then(mqtt::props::PropsCache::default);
                 let mut sink = Sink::net(protocol, shared, start);
                 if let Sink::Net(n) = &mut sink {
                     n.devices = devices;
+                    n.mqtt5 = mqtt5;
                 }
                 sink
             }
@@ -151,7 +160,7 @@ impl Sink {
     }
 
     fn net(protocol: Protocol, shared: Rc<NetShared>, starter: Starter) -> Sink {
-        Sink::Net(NetSink { protocol, shared, starter: Some(starter), devices: None })
+        Sink::Net(NetSink { protocol, shared, starter: Some(starter), devices: None, mqtt5: None })
     }
 
     /// Starts a network sink's connection tasks (inside the shard's `LocalSet`).
@@ -180,6 +189,20 @@ impl Sink {
                     device_hash: msg.device_hash,
                     phase: msg.phase,
                     wire: msg.wire,
+                    mqtt5: match (&n.mqtt5, msg.mqtt5) {
+                        (Some(cache), Some(m)) => cache.get(
+                            m,
+                            msg.wire.content_type,
+                            &mqtt::props::Device {
+                                profile: msg.profile as u16,
+                                hash: msg.device_hash,
+                                id: msg.device_id,
+                                device_type: msg.device_type,
+                                labels: msg.labels,
+                            },
+                        ),
+                        _ => Default::default(),
+                    },
                 };
                 match &n.devices {
                     Some(d) if d.handles(msg.profile) => d.submit(m, msg.device_id, msg.labels),

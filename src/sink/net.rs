@@ -31,6 +31,8 @@ pub struct Queued {
     pub phase: u16,
     /// The payload's kind and content type.
     pub wire: crate::sim::format::Wire,
+    /// MQTT 5 PUBLISH properties (`[profiles.X.mqtt5]` on an MQTT 5 sink; else empty).
+    pub mqtt5: crate::sink::mqtt::session::Props,
 }
 
 /// `Queued::phase` of a message outside every scenario phase.
@@ -538,6 +540,7 @@ mod tests {
             device_hash: 7,
             phase: NO_PHASE,
             wire: Default::default(),
+            mqtt5: Default::default(),
         }
     }
 

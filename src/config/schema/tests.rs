@@ -212,6 +212,7 @@ fn every_fleet_table_accepts_exactly_the_catalogue_keys() {
     table_probe(Fleet, &["profiles", "p"], &keys::PROFILE);
     table_probe(Fleet, &["profiles", "p", "replay"], &keys::REPLAY);
     table_probe(Fleet, &["profiles", "p", "report"], &keys::REPORT);
+    table_probe(Fleet, &["profiles", "p", "mqtt5"], &keys::MQTT5);
     table_probe(Fleet, &["profiles", "p", "events", "e"], &keys::EVENT);
     table_probe(Fleet, &["profiles", "p", "availability"], &keys::AVAILABILITY);
     table_probe(Fleet, &["profiles", "p", "sleep"], &keys::SLEEP);

@@ -698,8 +698,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 m.sent_ns = now;
                 let topic = bytes::Bytes::from(std::mem::take(&mut m.topic));
                 let payload = m.payload.clone();
+                let props = std::mem::take(&mut m.mqtt5);
                 if let Err(Token::Msg(m)) =
-                    session.publish_bytes(topic, payload, qos, retain, Token::Msg(m), now)
+                    session.publish_props(topic, payload, props, qos, retain, Token::Msg(m), now)
                 {
                     // Not reached (the window was checked above); counted, never lost silently.
                     ctx.shared.fail(&m, "window_full");

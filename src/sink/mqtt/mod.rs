@@ -11,6 +11,7 @@
 
 pub mod devices;
 pub mod pooled;
+pub mod props;
 pub mod session;
 pub mod transport;
 

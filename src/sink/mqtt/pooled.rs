@@ -286,8 +286,9 @@ async fn drive_open<S: AsyncRead + AsyncWrite + Unpin>(
                 m.sent_ns = now;
                 let topic = Bytes::from(std::mem::take(&mut m.topic));
                 let payload = m.payload.clone();
+                let props = std::mem::take(&mut m.mqtt5);
                 shared.sent(conn);
-                if let Err(m) = session.publish_bytes(topic, payload, qos, retain, m, now) {
+                if let Err(m) = session.publish_props(topic, payload, props, qos, retain, m, now) {
                     // Not reached (the window was checked above); counted, never lost silently.
                     shared.fail(&m, "window_full");
                     shared.settled(conn);

@@ -25,11 +25,17 @@
 //!   Size ([MQTT-3.2.2-15]) refuses a PUBLISH that would not fit (reported as
 //!   [`Outcome::Rejected`] with `too_large`, never written, never retried), Server Keep Alive
 //!   ([MQTT-3.2.2-21]) replaces the keep-alive asked for, for that connection.
+//! - MQTT 5 PUBLISH properties ([`Session::publish_props`]): a pre-encoded property block per
+//!   message (content type, expiry, user properties: the driver's, per device), and topic
+//!   aliases up to the CONNACK's Topic Alias Maximum: a topic gets the next alias on its first
+//!   PUBLISH (topic and alias), later ones carry the alias and an empty topic; the aliases
+//!   belong to the connection and start over after every CONNECT (a resend after a reconnect
+//!   sets them up again).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// The MQTT protocol version a session speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +128,9 @@ enum Stage {
 struct Flight<T> {
     topic: Bytes,
     payload: Bytes,
+    /// MQTT 5 properties (without the topic alias), and whether it may take an alias.
+    props: Bytes,
+    alias: bool,
     qos: u8,
     retain: bool,
     stage: Stage,
@@ -146,6 +155,10 @@ pub struct Session<T> {
     keep_alive_now_ms: u32,
     /// An MQTT 5 broker's Maximum Packet Size from CONNACK (`None`: no limit but the protocol's).
     max_packet_size: Option<u32>,
+    /// An MQTT 5 broker's Topic Alias Maximum from CONNACK (0: no aliases).
+    alias_max: u16,
+    /// The topic aliases of this connection (alias `n` is the `n`-th topic given one).
+    aliases: HashMap<Bytes, u16>,
     connect_timeout_ms: u32,
     /// Moves the first PINGREQ after a CONNACK this much earlier (spreads a fleet's pings).
     ping_phase_ms: u32,
@@ -183,6 +196,8 @@ impl<T> Session<T> {
             keep_alive_ms: keep_alive_ms.min(u16::MAX as u32 * 1000),
             keep_alive_now_ms: keep_alive_ms.min(u16::MAX as u32 * 1000),
             max_packet_size: None,
+            alias_max: 0,
+            aliases: HashMap::new(),
             connect_timeout_ms: 10_000,
             ping_phase_ms: 0,
             inflight_max: inflight.clamp(1, u16::MAX - 1),
@@ -254,6 +269,8 @@ impl<T> Session<T> {
         self.incoming_qos2.clear();
         self.keep_alive_now_ms = self.keep_alive_ms;
         self.max_packet_size = None;
+        self.alias_max = 0;
+        self.aliases.clear();
         let keep_alive = (self.keep_alive_ms / 1000) as u16;
         match self.version {
             Version::V311 => {
@@ -334,21 +351,38 @@ impl<T> Session<T> {
         token: T,
         now_ns: u64,
     ) -> Result<(), T> {
+        self.publish_props(topic, payload, Props::default(), qos, retain, token, now_ns)
+    }
+
+    /// [`Session::publish_bytes`] with MQTT 5 PUBLISH properties (ignored by 3.1.1): `props.
+    /// block` goes out as it is, and with `props.alias` the topic takes an alias when the broker
+    /// allows them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_props(
+        &mut self,
+        topic: Bytes,
+        payload: Bytes,
+        props: Props,
+        qos: u8,
+        retain: bool,
+        token: T,
+        now_ns: u64,
+    ) -> Result<(), T> {
         if !self.can_publish(qos) {
             return Err(token);
         }
-        if !self.fits(&topic, &payload, qos) {
+        if !self.fits(&topic, &payload, &props, qos) {
             // [MQTT-3.2.2-15]: never sent; a broker would drop the connection for it, and the
             // resend after the reconnect would do it again.
             self.outcomes.push_back(Outcome::Rejected(token, TOO_LARGE));
             return Ok(());
         }
         if qos == 0 {
-            self.write_publish(&topic, &payload, 0, retain, 0, false);
+            self.write_publish(&topic, &payload, &props, 0, retain, 0, false);
             self.outcomes.push_back(Outcome::Delivered(token));
         } else {
             let pkid = self.next_pkid();
-            self.write_publish(&topic, &payload, qos.min(2), retain, pkid, false);
+            self.write_publish(&topic, &payload, &props, qos.min(2), retain, pkid, false);
             let order = self.next_order;
             self.next_order += 1;
             let slot = pkid as usize - 1;
@@ -358,6 +392,8 @@ impl<T> Session<T> {
             self.flights[slot] = Some(Flight {
                 topic,
                 payload,
+                props: props.block,
+                alias: props.alias,
                 qos: qos.min(2),
                 retain,
                 stage: Stage::Published,
@@ -371,9 +407,17 @@ impl<T> Session<T> {
     }
 
     /// Whether a PUBLISH of this topic, payload and QoS fits the broker's Maximum Packet Size.
-    fn fits(&self, topic: &[u8], payload: &[u8], qos: u8) -> bool {
+    /// (With properties: their block and a topic alias, whether or not one is used.)
+    fn fits(&self, topic: &[u8], payload: &[u8], props: &Props, qos: u8) -> bool {
         self.max_packet_size.is_none_or(|max| {
-            publish_len(self.version, topic.len(), payload.len(), qos) <= max as usize
+            let extra = match self.version {
+                Version::V5 if !props.block.is_empty() || props.alias => {
+                    let n = props.block.len() + if props.alias { 3 } else { 0 };
+                    n + varint_len(n) - 1
+                }
+                _ => 0,
+            };
+            publish_len(self.version, topic.len(), payload.len() + extra, qos) <= max as usize
         })
     }
 
@@ -547,6 +591,7 @@ impl<T> Session<T> {
                 };
                 // [MQTT-3.2.2-15]: nothing larger than the broker's Maximum Packet Size.
                 self.max_packet_size = ack.max_packet_size.filter(|m| *m > 0);
+                self.alias_max = ack.topic_alias_max.unwrap_or(0);
                 // [MQTT-3.2.2-21]: the broker's Server Keep Alive replaces the one asked for.
                 if let Some(k) = ack.server_keep_alive {
                     self.keep_alive_now_ms = k as u32 * 1000;
@@ -677,15 +722,16 @@ impl<T> Session<T> {
         order.sort_unstable();
         for (_, pkid) in order {
             let Some(f) = self.flights[pkid as usize - 1].take() else { continue };
+            let props = Props { block: f.props.clone(), alias: f.alias };
             match f.stage {
                 // This broker takes smaller packets than the one it was sent to: it cannot go.
-                Stage::Published if !self.fits(&f.topic, &f.payload, f.qos) => {
+                Stage::Published if !self.fits(&f.topic, &f.payload, &props, f.qos) => {
                     self.inflight -= 1;
                     self.outcomes.push_back(Outcome::Rejected(f.token, TOO_LARGE));
                     continue;
                 }
                 Stage::Published => {
-                    self.write_publish(&f.topic, &f.payload, f.qos, f.retain, pkid, true)
+                    self.write_publish(&f.topic, &f.payload, &props, f.qos, f.retain, pkid, true)
                 }
                 Stage::Released => self.write_pubrel(pkid),
             }
@@ -694,16 +740,37 @@ impl<T> Session<T> {
         self.last_write_ns = now_ns;
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write_publish(
         &mut self,
         topic: &Bytes,
         payload: &Bytes,
+        props: &Props,
         qos: u8,
         retain: bool,
         pkid: u16,
         dup: bool,
     ) {
-        encode_publish(&mut self.out, self.version, topic, payload, qos, retain, pkid, dup);
+        if self.version == Version::V311 {
+            encode_publish(&mut self.out, self.version, topic, payload, qos, retain, pkid, dup);
+            return;
+        }
+        let alias = if props.alias && self.alias_max > 0 && !topic.is_empty() {
+            match self.aliases.get(topic) {
+                Some(&a) => Some((a, false)),
+                None if self.aliases.len() < self.alias_max as usize => {
+                    let a = self.aliases.len() as u16 + 1;
+                    self.aliases.insert(topic.clone(), a);
+                    Some((a, true))
+                }
+                // Every alias is taken: the full topic, no alias.
+                None => None,
+            }
+        } else {
+            None
+        };
+        let p = Publish { topic, payload, props: &props.block, alias, qos, retain, pkid, dup };
+        encode_publish5(&mut self.out, &p);
     }
 
     fn write_pubrel(&mut self, pkid: u16) {
@@ -758,6 +825,7 @@ struct ConnAckOk {
     receive_max: Option<u16>,
     max_packet_size: Option<u32>,
     server_keep_alive: Option<u16>,
+    topic_alias_max: Option<u16>,
 }
 
 /// An incoming packet, the same for both versions.
@@ -843,6 +911,7 @@ impl In {
                         receive_max: p.and_then(|p| p.receive_max),
                         max_packet_size: p.and_then(|p| p.max_packet_size),
                         server_keep_alive: p.and_then(|p| p.server_keep_alive),
+                        topic_alias_max: p.and_then(|p| p.topic_alias_max),
                     })
                 }
                 C::RefusedProtocolVersion | C::UnsupportedProtocolVersion => {
@@ -962,6 +1031,123 @@ fn encode_publish(
         out.put_u8(0);
     }
     out.put_slice(payload);
+}
+
+/// A message's MQTT 5 PUBLISH properties, as the session takes them.
+#[derive(Clone, Debug, Default)]
+pub struct Props {
+    /// Encoded properties (identifier, value; no length), sent as they are: see [`props`].
+    pub block: Bytes,
+    /// Give the topic an alias (Topic Alias Maximum permitting).
+    pub alias: bool,
+}
+
+/// Encodes MQTT 5 PUBLISH properties into a [`Props::block`].
+pub mod props {
+    use bytes::{BufMut, BytesMut};
+
+    /// Payload Format Indicator (byte).
+    pub fn payload_format_indicator(out: &mut BytesMut, v: u8) {
+        out.put_u8(0x01);
+        out.put_u8(v);
+    }
+
+    /// Message Expiry Interval, seconds.
+    pub fn message_expiry(out: &mut BytesMut, s: u32) {
+        out.put_u8(0x02);
+        out.put_u32(s);
+    }
+
+    /// Content Type (UTF-8 string).
+    pub fn content_type(out: &mut BytesMut, ct: &str) {
+        out.put_u8(0x03);
+        string(out, ct);
+    }
+
+    /// One User Property (a UTF-8 string pair).
+    pub fn user_property(out: &mut BytesMut, k: &str, v: &str) {
+        out.put_u8(0x26);
+        string(out, k);
+        string(out, v);
+    }
+
+    /// A UTF-8 string, cut at 65535 bytes (on a char boundary).
+    fn string(out: &mut BytesMut, s: &str) {
+        let mut n = s.len().min(u16::MAX as usize);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        out.put_u16(n as u16);
+        out.put_slice(&s.as_bytes()[..n]);
+    }
+}
+
+/// The bytes of an MQTT variable byte integer.
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+fn put_varint(out: &mut BytesMut, mut len: usize) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.put_u8(byte);
+        if len == 0 {
+            break;
+        }
+    }
+}
+
+/// One MQTT 5 PUBLISH with properties, for [`encode_publish5`].
+struct Publish<'a> {
+    topic: &'a [u8],
+    payload: &'a [u8],
+    props: &'a [u8],
+    /// The topic alias, and whether the topic goes too (the alias's first use).
+    alias: Option<(u16, bool)>,
+    qos: u8,
+    retain: bool,
+    pkid: u16,
+    dup: bool,
+}
+
+/// Encodes an MQTT 5 PUBLISH with its properties straight into `out` (as [`encode_publish`]).
+fn encode_publish5(out: &mut BytesMut, p: &Publish<'_>) {
+    let qos = p.qos.min(2);
+    let topic: &[u8] = match p.alias {
+        Some((_, false)) => &[],
+        _ => p.topic,
+    };
+    let props_len = p.props.len() + if p.alias.is_some() { 3 } else { 0 };
+    let remaining = 2
+        + topic.len()
+        + if qos > 0 { 2 } else { 0 }
+        + varint_len(props_len)
+        + props_len
+        + p.payload.len();
+    out.reserve(1 + 4 + remaining);
+    out.put_u8(0x30 | (p.dup as u8) << 3 | qos << 1 | p.retain as u8);
+    put_varint(out, remaining);
+    out.put_u16(topic.len() as u16);
+    out.put_slice(topic);
+    if qos > 0 {
+        out.put_u16(p.pkid);
+    }
+    put_varint(out, props_len);
+    if let Some((a, _)) = p.alias {
+        out.put_u8(0x23);
+        out.put_u16(a);
+    }
+    out.put_slice(p.props);
+    out.put_slice(p.payload);
 }
 
 fn qos4(q: u8) -> rumqttc::mqttbytes::QoS {
@@ -1438,6 +1624,128 @@ mod tests {
                 assert!(p.properties.is_none());
             }
         }
+    }
+
+    fn ct_props(alias: bool) -> Props {
+        let mut b = BytesMut::new();
+        props::content_type(&mut b, "application/json");
+        props::user_property(&mut b, "site", "north");
+        props::message_expiry(&mut b, 600);
+        Props { block: b.freeze(), alias }
+    }
+
+    /// (topic, alias, content type, dup) of each PUBLISH written.
+    fn published5(s: &mut Session<u32>) -> Vec<(String, Option<u16>, Option<String>, bool)> {
+        written5(s)
+            .into_iter()
+            .filter_map(|p| match p {
+                v5::Packet::Publish(p) => {
+                    let pp = p.properties.expect("properties");
+                    assert_eq!(pp.user_properties, vec![("site".into(), "north".into())]);
+                    assert_eq!(pp.message_expiry_interval, Some(600));
+                    Some((
+                        String::from_utf8(p.topic.to_vec()).unwrap(),
+                        pp.topic_alias,
+                        pp.content_type,
+                        p.dup,
+                    ))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn topic_aliases_follow_the_brokers_maximum_and_start_over_after_a_reconnect() {
+        let max = v5::ConnAckProperties { topic_alias_max: Some(2), ..no_props() };
+        let mut s = connected5(0, 4, max);
+        outcomes(&mut s);
+        let ct = Some("application/json".to_string());
+        for (i, t) in ["t/a", "t/b", "t/a", "t/c", "t/b"].into_iter().enumerate() {
+            let b = Bytes::from_static(b"{}");
+            s.publish_props(Bytes::from(t), b, ct_props(true), 0, false, i as u32, 0).unwrap();
+        }
+        // A QoS 1 message stays unacknowledged across the reconnect.
+        s.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(true), 1, false, 9, 0).unwrap();
+        assert_eq!(
+            published5(&mut s),
+            vec![
+                ("t/a".into(), Some(1), ct.clone(), false),
+                ("t/b".into(), Some(2), ct.clone(), false),
+                ("".into(), Some(1), ct.clone(), false),
+                // Every alias taken: the full topic.
+                ("t/c".into(), None, ct.clone(), false),
+                ("".into(), Some(2), ct.clone(), false),
+                ("".into(), Some(1), ct.clone(), false),
+            ]
+        );
+        // Aliases are the connection's: after the reconnect they start over, also for the
+        // resent message, and this broker allows only one.
+        s.connection_lost();
+        s.connect(&ConnectParams { client_id: "d".into(), ..Default::default() }, S);
+        s.take_output();
+        let one = v5::ConnAckProperties { topic_alias_max: Some(1), ..no_props() };
+        s.read(
+            &bytes5(v5::Packet::ConnAck(v5::ConnAck {
+                session_present: true,
+                code: v5::ConnectReturnCode::Success,
+                properties: Some(one),
+            })),
+            S,
+        );
+        s.publish_props(Bytes::from("t/b"), Bytes::new(), ct_props(true), 0, false, 10, S).unwrap();
+        s.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(true), 0, false, 11, S).unwrap();
+        assert_eq!(
+            published5(&mut s),
+            vec![
+                ("t/a".into(), Some(1), ct.clone(), true),
+                ("t/b".into(), None, ct.clone(), false),
+                ("".into(), Some(1), ct.clone(), false),
+            ]
+        );
+        // Without the broker's Topic Alias Maximum, or without asking, no aliases.
+        let mut s = connected5(0, 4, no_props());
+        s.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(true), 0, false, 1, 0).unwrap();
+        s.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(true), 0, false, 2, 0).unwrap();
+        let max = v5::ConnAckProperties { topic_alias_max: Some(5), ..no_props() };
+        let mut s2 = connected5(0, 4, max);
+        s2.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(false), 0, false, 1, 0)
+            .unwrap();
+        s2.publish_props(Bytes::from("t/a"), Bytes::new(), ct_props(false), 0, false, 2, 0)
+            .unwrap();
+        for s in [&mut s, &mut s2] {
+            let got: Vec<_> = published5(s).into_iter().map(|p| (p.0, p.1)).collect();
+            assert_eq!(got, vec![("t/a".into(), None), ("t/a".into(), None)]);
+        }
+    }
+
+    #[test]
+    fn mqtt5_properties_count_toward_the_maximum_packet_size_and_311_leaves_them_out() {
+        let props = ct_props(true);
+        // Fits without its properties, not with them.
+        let plain = publish_len(Version::V5, 3, 10, 0) as u32;
+        let max = v5::ConnAckProperties { max_packet_size: Some(plain), ..no_props() };
+        let mut s = connected5(0, 4, max);
+        outcomes(&mut s);
+        let payload = Bytes::from(vec![b'x'; 10]);
+        s.publish_props(Bytes::from("t/a"), payload.clone(), props.clone(), 0, false, 1, 0)
+            .unwrap();
+        s.publish_bytes(Bytes::from("t/a"), payload.clone(), 0, false, 2, 0).unwrap();
+        assert_eq!(outcomes(&mut s), vec![Outcome::Rejected(1, TOO_LARGE), Outcome::Delivered(2)]);
+        // MQTT 3.1.1 has no properties: the plain PUBLISH, topic and all.
+        let mut s = connected(0, 4);
+        s.publish_props(Bytes::from("t/a"), payload.clone(), props.clone(), 1, false, 1, 0)
+            .unwrap();
+        s.publish_props(Bytes::from("t/a"), payload, props, 1, false, 2, 0).unwrap();
+        let w = written4(&mut s);
+        let topics: Vec<&str> = w
+            .iter()
+            .filter_map(|p| match p {
+                v4::Packet::Publish(p) => Some(p.topic.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(topics, vec!["t/a", "t/a"]);
     }
 
     #[test]
