@@ -19,6 +19,9 @@ use std::sync::Arc;
 const RING: usize = 8;
 const NONE: u32 = u32::MAX;
 
+/// A text field's value -> index (None: a numeric field).
+type TextIndex = Option<BTreeMap<String, u32>>;
+
 /// Where a reader is: the next row's byte offset and line, its row number and lap.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Pos {
@@ -48,7 +51,7 @@ struct Reader {
     devs: Vec<Dev>,
     stride: usize,
     /// Text fields' value -> index.
-    texts: Vec<Option<BTreeMap<String, u32>>>,
+    texts: Vec<TextIndex>,
     /// The spec's series (device column value -> index) for lookups by hash, row by row
     /// (only looked up, never iterated: no order dependence).
     series: HashMap<String, u32>,
@@ -209,7 +212,7 @@ impl Reader {
     /// `row_values`); None for a row the trace no longer holds as checked.
     fn decode(
         spec: &ReplaySpec,
-        (texts, series_ix): (&[Option<BTreeMap<String, u32>>], &HashMap<String, u32>),
+        (texts, series_ix): (&[TextIndex], &HashMap<String, u32>),
         src: &RowReader,
         values: &mut Vec<f64>,
     ) -> Result<(u64, u32), String> {

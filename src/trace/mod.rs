@@ -4,7 +4,7 @@
 //! ([`ReplaySpec`](crate::sim::replay::ReplaySpec)); the shards stream rows with [`RowReader`]
 //! (`shard/replay.rs`), and `iot-sim fit` reads its series with the same reader.
 
-use crate::sim::replay::{ReplayField, TraceFormat, TraceLayout};
+use crate::sim::replay::{ReplayField, ReplaySpec, TraceFormat, TraceLayout};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
@@ -524,6 +524,43 @@ pub(crate) fn parse_number(cell: &str) -> Result<f64, String> {
         Ok(v) if v.is_finite() => Ok(v),
         _ => Err(format!("{cell:?} is not a number (the column's first value was)")),
     }
+}
+
+/// A trace's first row as a replay publishes it: recorded time (ms), series index, row number
+/// and the values in the spec's field order (a text value as its index, a number scaled).
+pub(crate) type FirstRow = (u64, u32, u64, Vec<f64>);
+
+/// The first `max` data rows of a checked replay (`iot-sim payload preview`): reads no more
+/// of the file than those rows.
+pub(crate) fn first_rows(spec: &ReplaySpec, max: usize) -> Result<Vec<FirstRow>, TraceError> {
+    let mut r = RowReader::open(&spec.layout)?;
+    let first = 1 + spec.layout.has_device as usize;
+    let mut out = vec![];
+    while out.len() < max && r.next_row()? {
+        let line = r.line;
+        let t = parse_time(&r.cells[0]).map_err(|e| err(line, Some(&spec.layout.columns[0]), e))?;
+        let series = match spec.layout.has_device {
+            true => *spec
+                .series
+                .get(r.cells[1].as_str())
+                .ok_or_else(|| err(line, None, "a device the trace did not hold when checked"))?,
+            false => 0,
+        };
+        let mut values = Vec::with_capacity(spec.fields.len());
+        for (i, f) in spec.fields.iter().enumerate() {
+            let cell = &r.cells[first + i];
+            values.push(match &f.text {
+                Some(texts) => texts.iter().position(|x| x == cell).ok_or_else(|| {
+                    err(line, Some(&f.column), "a text value the trace did not hold when checked")
+                })? as f64,
+                None => {
+                    spec.adjust(i, parse_number(cell).map_err(|e| err(line, Some(&f.column), e))?)
+                }
+            });
+        }
+        out.push((t, series, out.len() as u64, values));
+    }
+    Ok(out)
 }
 
 /// What a replay's pre-pass found.

@@ -622,3 +622,41 @@ profile = "rec"
         assert!(log.contains(&format!(" as rec-{k:04} ")), "client rec-{k:04}:\n{log}");
     }
 }
+
+#[test]
+fn payload_preview_shows_the_traces_first_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replay_fleet(dir.path(), "");
+    let out = bin()
+        .args(["payload", "preview", "--config", cfg.to_str().unwrap(), "--count", "6"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    // The trace's first six rows, in file order: (time s, sensor, temperature, state).
+    let (csv, _) = trace();
+    let rows: Vec<Vec<&str>> =
+        csv.lines().skip(1).take(6).map(|l| l.split(',').collect()).collect();
+    let first_ms = (rows[0][0].parse::<f64>().unwrap() * 1000.0).round() as u64;
+    let order = ["rare", "a", "b", "c", "d"];
+    let topics: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("topic: ")).collect();
+    let payloads: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.split_once("): ").filter(|_| l.starts_with("payload")))
+        .map(|(_, p)| serde_json::from_str(p).unwrap())
+        .collect();
+    assert_eq!((topics.len(), payloads.len()), (6, 6), "{text}");
+    for (k, row) in rows.iter().enumerate() {
+        let p = &payloads[k];
+        let ordinal = order.iter().position(|s| *s == row[1]).unwrap();
+        let id = format!("rec-{ordinal:04}");
+        assert_eq!(p["device_id"], id.as_str(), "{text}");
+        assert_eq!(topics[k], format!("rec/{id}"));
+        assert_eq!(p["fields"]["temperature"].as_f64().unwrap(), row[2].parse::<f64>().unwrap());
+        assert_eq!(p["fields"]["state"], row[3]);
+        // The recorded offset, halved (speed 2), from the run's start.
+        let t = (row[0].parse::<f64>().unwrap() * 1000.0).round() as u64;
+        let at = rfc3339_ms(p["timestamp"].as_str().unwrap()) - START_MS;
+        assert_eq!(at, (((t - first_ms) as f64) / 2.0).round() as u64, "{text}");
+    }
+}
