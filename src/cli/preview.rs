@@ -5,7 +5,9 @@
 //!
 //! The devices are the profile's first fleet entry's, seeded as a run with the file's seed
 //! (or 1) would seed them; message `k` is device `k mod D`'s at tick `k / D` (D: the entry's
-//! devices, at most `count`), from the file's `start_time` (or the epoch).
+//! devices, at most `count`), from the file's `start_time` (or the epoch). A replay profile's
+//! messages are its trace's first `count` rows, each from the first device it is dealt to, at
+//! its recorded offset and with its recorded values (only those rows are read).
 
 use super::exit;
 use crate::config::Overrides;
@@ -68,15 +70,48 @@ pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
     let profile = &fleet.profiles[group.profile];
     let seed = config.run.seed.unwrap_or(1);
     let start = config.run.start_ms.unwrap_or(0);
-    let devices = group.count.min(a.count as u64);
     let mut table = DeviceTable::default();
     let mut ids = vec![];
     let mut keys = vec![];
-    for i in 0..devices {
+    let mut add = |ordinal: u64, ids: &mut Vec<String>, keys: &mut Vec<u32>| {
         let mut id = String::new();
-        group.device_id(profile, i, &mut id);
-        keys.push(table.insert(fleet, group_ix as u32, i as u32, device_seed(seed, &id)));
+        group.device_id(profile, ordinal, &mut id);
+        keys.push(table.insert(fleet, group_ix as u32, ordinal as u32, device_seed(seed, &id)));
         ids.push(id);
+    };
+    // Message k: (device, sim time, a replay row's values).
+    let mut plan: Vec<(usize, u64, Option<Vec<f64>>)> = vec![];
+    match &profile.replay {
+        // A replay: the trace's first rows, each to the (first) device it is dealt to, at its
+        // recorded offset.
+        Some(spec) => {
+            let rows = match crate::trace::first_rows(spec, a.count as usize) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", spec.layout.file.display());
+                    return Ok(exit::BAD_CONFIG);
+                }
+            };
+            let mut local = std::collections::BTreeMap::new();
+            for (t, series, row, values) in rows {
+                let ordinal = spec.targets(series, row).0;
+                let d = *local.entry(ordinal).or_insert_with(|| {
+                    add(ordinal, &mut ids, &mut keys);
+                    ids.len() - 1
+                });
+                plan.push((d, spec.schedule(start, t, 0), Some(values)));
+            }
+        }
+        None => {
+            let devices = group.count.min(a.count as u64);
+            for i in 0..devices {
+                add(i, &mut ids, &mut keys);
+            }
+            for k in 0..a.count as u64 {
+                let t = start + (k / devices) * profile.interval_ms;
+                plan.push(((k % devices) as usize, t, None));
+            }
+        }
     }
     let f = &profile.format;
     let mut out = std::io::stdout().lock();
@@ -118,10 +153,14 @@ pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
     };
     // Sparkplug: the edge nodes' births, then data, as the shard sends them.
     let mut nodes = sparkplug::EdgeNodes::default();
-    for k in 0..a.count as u64 {
-        let d = (k % devices) as usize;
-        let t = start + (k / devices) * profile.interval_ms;
-        let (seq, _) = table.generate(fleet, keys[d], t, &mut samples);
+    for (d, t, values) in plan {
+        let seq = match (&profile.replay, values) {
+            (Some(spec), Some(values)) => {
+                spec.samples(profile, &values, &mut samples);
+                table.next_seq(keys[d])
+            }
+            _ => table.generate(fleet, keys[d], t, &mut samples).0,
+        };
         if let Some(spec) = f.sparkplug() {
             let hash = nodes.locate(spec, &ids[d], &profile.device_type, &group.labels);
             let plan = nodes.sample(hash, &ids[d]);

@@ -635,7 +635,7 @@ impl Shard {
                     return mono_ns();
                 }
                 replay_next = Some(next);
-                replay_samples(profile, spec, &self.replay.out, &mut self.samples);
+                spec.samples(profile, &self.replay.out, &mut self.samples);
                 (self.table.next_seq(key), 0)
             }
             None => self.table.generate(fleet, key, due, &mut self.samples),
@@ -1234,31 +1234,6 @@ fn owner_shard(
             seed::shard_of(&String::from_utf8_lossy(&node), shards)
         }
         None => seed::shard_of(id, shards),
-    }
-}
-
-/// A replay row's values (`values`, in the spec's field order) as the profile's samples: by
-/// name, so a profile whose fields an update changed keeps replaying the ones it still has
-/// (the others publish `null`).
-fn replay_samples(
-    profile: &Profile,
-    spec: &crate::sim::replay::ReplaySpec,
-    values: &[f64],
-    out: &mut Vec<Sample>,
-) {
-    out.clear();
-    let mut j = 0;
-    for f in &profile.fields {
-        while j < spec.fields.len() && spec.fields[j].name < f.name {
-            j += 1;
-        }
-        out.push(match (spec.fields.get(j), values.get(j)) {
-            (Some(r), Some(&v)) if r.name == f.name => match r.text {
-                Some(_) => Sample::State(v as usize),
-                None => Sample::Number(v),
-            },
-            _ => Sample::Number(f64::NAN),
-        });
     }
 }
 

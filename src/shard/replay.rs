@@ -12,12 +12,15 @@
 use crate::sim::replay::ReplaySpec;
 use crate::sim::time::SimMs;
 use crate::trace::{RowReader, parse_number, parse_time};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 /// Rows a device holds ahead.
 const RING: usize = 8;
 const NONE: u32 = u32::MAX;
+
+/// A text field's value -> index (None: a numeric field).
+type TextIndex = Option<BTreeMap<String, u32>>;
 
 /// Where a reader is: the next row's byte offset and line, its row number and lap.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -48,7 +51,10 @@ struct Reader {
     devs: Vec<Dev>,
     stride: usize,
     /// Text fields' value -> index.
-    texts: Vec<Option<BTreeMap<String, u32>>>,
+    texts: Vec<TextIndex>,
+    /// The spec's series (device column value -> index) for lookups by hash, row by row
+    /// (only looked up, never iterated: no order dependence).
+    series: HashMap<String, u32>,
     row_values: Vec<f64>,
     warned: bool,
 }
@@ -144,7 +150,9 @@ impl Reader {
                     .map(|v| v.iter().enumerate().map(|(i, s)| (s.clone(), i as u32)).collect())
             })
             .collect();
+        let series = spec.series.iter().map(|(k, &v)| (k.clone(), v)).collect();
         let mut reader = Reader {
+            series,
             stride: 1 + spec.fields.len(),
             src: None,
             pos,
@@ -204,7 +212,7 @@ impl Reader {
     /// `row_values`); None for a row the trace no longer holds as checked.
     fn decode(
         spec: &ReplaySpec,
-        texts: &[Option<BTreeMap<String, u32>>],
+        (texts, series_ix): (&[TextIndex], &HashMap<String, u32>),
         src: &RowReader,
         values: &mut Vec<f64>,
     ) -> Result<(u64, u32), String> {
@@ -213,8 +221,7 @@ impl Reader {
             return Err(format!("line {}: a time before the first row's", src.line));
         }
         let series = if spec.layout.has_device {
-            *spec
-                .series
+            *series_ix
                 .get(src.cells[1].as_str())
                 .ok_or_else(|| format!("line {}: a device the trace did not hold", src.line))?
         } else {
@@ -263,7 +270,8 @@ impl Reader {
             Err(e) => return self.fail(&e.to_string()),
         }
         let here = Pos { offset: src.offset, line: src.line, ..self.pos };
-        let decoded = Reader::decode(&self.spec, &self.texts, src, &mut self.row_values);
+        let decoded =
+            Reader::decode(&self.spec, (&self.texts, &self.series), src, &mut self.row_values);
         self.pos = Pos {
             offset: src.next_offset(),
             line: src.next_line(),
@@ -334,7 +342,8 @@ impl Reader {
                 Err(e) => return self.fail(&e.to_string()),
             }
             let row = at.row;
-            let decoded = Reader::decode(&self.spec, &self.texts, &src, &mut values);
+            let decoded =
+                Reader::decode(&self.spec, (&self.texts, &self.series), &src, &mut values);
             at =
                 Pos { offset: src.next_offset(), line: src.next_line(), row: row + 1, lap: at.lap };
             let (t, series) = match decoded {

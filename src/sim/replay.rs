@@ -3,6 +3,8 @@
 //! row goes to and at which sim time. The file itself is read by `trace` (the pre-pass) and
 //! streamed by the shards (`shard/replay.rs`); nothing here does I/O.
 
+use super::generator::Sample;
+use super::profile::Profile;
 use super::time::SimMs;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -110,6 +112,26 @@ impl ReplaySpec {
     pub fn schedule(&self, start: SimMs, t_ms: u64, lap: u64) -> SimMs {
         let offset = (t_ms - self.first_ms) as f64 + lap as f64 * self.lap_ms as f64;
         start.saturating_add((offset / self.speed).round() as u64)
+    }
+
+    /// A row's values (`values`, in the spec's field order) as `profile`'s samples: by name,
+    /// so a profile whose fields an update changed keeps replaying the ones it still has (the
+    /// others publish `null`).
+    pub fn samples(&self, profile: &Profile, values: &[f64], out: &mut Vec<Sample>) {
+        out.clear();
+        let mut j = 0;
+        for f in &profile.fields {
+            while j < self.fields.len() && self.fields[j].name < f.name {
+                j += 1;
+            }
+            out.push(match (self.fields.get(j), values.get(j)) {
+                (Some(r), Some(&v)) if r.name == f.name => match r.text {
+                    Some(_) => Sample::State(v as usize),
+                    None => Sample::Number(v),
+                },
+                _ => Sample::Number(f64::NAN),
+            });
+        }
     }
 
     /// The published value of field `i` for the cell's parsed value.

@@ -4,7 +4,7 @@
 //! ([`ReplaySpec`](crate::sim::replay::ReplaySpec)); the shards stream rows with [`RowReader`]
 //! (`shard/replay.rs`), and `iot-sim fit` reads its series with the same reader.
 
-use crate::sim::replay::{ReplayField, TraceFormat, TraceLayout};
+use crate::sim::replay::{ReplayField, ReplaySpec, TraceFormat, TraceLayout};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
@@ -237,6 +237,9 @@ fn split_csv(line: &str, out: &mut Vec<String>) -> Result<(), String> {
     Ok(())
 }
 
+/// The read buffer of a [`RowReader`] (one per replay profile per shard).
+pub(crate) const READ_BUFFER: usize = 128 * 1024;
+
 /// Streams the rows of a trace from a byte offset, picking out the layout's columns.
 pub(crate) struct RowReader {
     inner: BufReader<File>,
@@ -277,7 +280,7 @@ impl RowReader {
             pick[i] = slot;
         }
         Ok(RowReader {
-            inner: BufReader::with_capacity(64 * 1024, f),
+            inner: BufReader::with_capacity(READ_BUFFER, f),
             format: layout.format,
             columns: layout.columns.clone(),
             pick,
@@ -302,79 +305,121 @@ impl RowReader {
     }
 
     /// Reads the next row into `cells`; false at the end of the file. Blank lines are skipped.
+    /// A line that lies whole in the read buffer is split where it lies (no copy); one that
+    /// straddles the buffer's end is gathered into a line buffer first.
     pub(crate) fn next_row(&mut self) -> Result<bool, TraceError> {
         loop {
-            self.buf.clear();
-            let n = read_line(&mut self.inner, &mut self.buf)
-                .map_err(|e| err(self.next_line, None, e))?;
-            if n == 0 {
-                return Ok(false);
-            }
+            let avail =
+                self.inner.fill_buf().map_err(|e| err(self.next_line, None, e.to_string()))?;
+            let (n, in_place) = match memchr::memchr(b'\n', avail) {
+                Some(i) if i < MAX_LINE => (i + 1, true),
+                _ => {
+                    self.buf.clear();
+                    let n = read_line(&mut self.inner, &mut self.buf)
+                        .map_err(|e| err(self.next_line, None, e))?;
+                    if n == 0 {
+                        return Ok(false);
+                    }
+                    (n, false)
+                }
+            };
             self.line = self.next_line;
             self.offset = self.next_offset;
             self.next_line += 1;
             self.next_offset += n as u64;
             let buf = std::mem::take(&mut self.buf);
-            let raw = trim_eol(&buf);
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                self.buf = buf;
-                continue;
-            }
-            let r = match std::str::from_utf8(raw) {
-                Err(_) => Err(err(self.line, None, "not UTF-8 text")),
-                Ok(line) => match self.format {
-                    TraceFormat::Csv => self.csv(line),
-                    TraceFormat::JsonLines => self.json(line),
-                },
+            let raw = if in_place { &self.inner.buffer()[..n] } else { &buf[..] };
+            let raw = trim_eol(raw);
+            let r = if raw.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                Some(match std::str::from_utf8(raw) {
+                    Err(_) => Err(err(self.line, None, "not UTF-8 text")),
+                    Ok(line) => match self.format {
+                        TraceFormat::Csv => Self::csv(
+                            line,
+                            self.line,
+                            &self.pick,
+                            self.width,
+                            &mut self.all,
+                            &mut self.cells,
+                        ),
+                        TraceFormat::JsonLines => {
+                            Self::json(line, self.line, &self.columns, &mut self.cells)
+                        }
+                    },
+                })
             };
+            if in_place {
+                self.inner.consume(n);
+            }
             self.buf = buf;
-            return r.map(|()| true);
+            match r {
+                None => continue,
+                Some(r) => return r.map(|()| true),
+            }
         }
     }
 
-    fn csv(&mut self, line: &str) -> Result<(), TraceError> {
-        if !line.contains('"') {
+    fn csv(
+        line: &str,
+        line_no: u64,
+        pick: &[usize],
+        width: usize,
+        all: &mut Vec<String>,
+        cells: &mut [String],
+    ) -> Result<(), TraceError> {
+        let bytes = line.as_bytes();
+        if memchr::memchr(b'"', bytes).is_none() {
+            // Only the first `width` cells are read; the rest of the line is not split.
+            let mut start = 0;
             let mut n = 0;
-            for (i, cell) in line.split(',').enumerate() {
-                n = i + 1;
-                if let Some(&slot) = self.pick.get(i)
-                    && slot != usize::MAX
-                {
-                    let c = &mut self.cells[slot];
+            while n < width {
+                let end = memchr::memchr(b',', &bytes[start..]).map_or(bytes.len(), |i| start + i);
+                let slot = pick[n];
+                if slot != usize::MAX {
+                    let c = &mut cells[slot];
                     c.clear();
-                    c.push_str(cell.trim());
+                    // Splitting at an ASCII comma keeps UTF-8 boundaries.
+                    c.push_str(line[start..end].trim());
                 }
+                n += 1;
+                if end == bytes.len() {
+                    break;
+                }
+                start = end + 1;
             }
-            if n < self.width {
-                return Err(err(self.line, None, format!("{n} cells, the header has more")));
+            if n < width {
+                return Err(err(line_no, None, format!("{n} cells, the header has more")));
             }
             return Ok(());
         }
-        split_csv(line, &mut self.all).map_err(|e| err(self.line, None, e))?;
-        if self.all.len() < self.width {
-            return Err(err(
-                self.line,
-                None,
-                format!("{} cells, the header has more", self.all.len()),
-            ));
+        split_csv(line, all).map_err(|e| err(line_no, None, e))?;
+        if all.len() < width {
+            return Err(err(line_no, None, format!("{} cells, the header has more", all.len())));
         }
-        for (i, cell) in self.all.iter().enumerate().take(self.width) {
-            let slot = self.pick[i];
+        for (i, cell) in all.iter().enumerate().take(width) {
+            let slot = pick[i];
             if slot != usize::MAX {
-                self.cells[slot].clear();
-                self.cells[slot].push_str(cell.trim());
+                cells[slot].clear();
+                cells[slot].push_str(cell.trim());
             }
         }
         Ok(())
     }
 
-    fn json(&mut self, line: &str) -> Result<(), TraceError> {
+    fn json(
+        line: &str,
+        line_no: u64,
+        columns: &[String],
+        cells: &mut [String],
+    ) -> Result<(), TraceError> {
         let v: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| err(self.line, None, format!("not a JSON object: {e}")))?;
+            .map_err(|e| err(line_no, None, format!("not a JSON object: {e}")))?;
         let v = unwrap_sink_line(&v);
-        for (slot, col) in self.columns.iter().enumerate() {
+        for (slot, col) in columns.iter().enumerate() {
             let found = lookup(v, col).or_else(|| lookup(v, &format!("fields.{col}")));
-            let cell = &mut self.cells[slot];
+            let cell = &mut cells[slot];
             cell.clear();
             match found {
                 Some(serde_json::Value::String(s)) => cell.push_str(s),
@@ -383,9 +428,9 @@ impl RowReader {
                     cell.push_str(if *b { "true" } else { "false" })
                 }
                 Some(serde_json::Value::Null) => {
-                    return Err(err(self.line, Some(col), "null, not a value"));
+                    return Err(err(line_no, Some(col), "null, not a value"));
                 }
-                _ => return Err(err(self.line, Some(col), "missing on this line")),
+                _ => return Err(err(line_no, Some(col), "missing on this line")),
             }
         }
         Ok(())
@@ -411,6 +456,16 @@ fn lookup<'v>(v: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Va
 /// A time cell: RFC 3339, or epoch seconds (a number below 10^11, fractions allowed) or
 /// milliseconds (10^11 and above); in ms since the epoch.
 pub(crate) fn parse_time(cell: &str) -> Result<u64, String> {
+    // Whole epoch seconds or milliseconds (the common case): exact as integers, the same
+    // result as through f64 below 2^53.
+    let b = cell.as_bytes();
+    if !b.is_empty() && b.len() <= 15 && b.iter().all(u8::is_ascii_digit) {
+        let v = b.iter().fold(0u64, |a, &d| a * 10 + (d - b'0') as u64);
+        let ms = if v >= 100_000_000_000 { v } else { v * 1000 };
+        if ms <= crate::sim::time::LAST_SIM_MS {
+            return Ok(ms);
+        }
+    }
     if let Ok(v) = cell.parse::<f64>() {
         if !v.is_finite() || v < 0.0 {
             return Err(format!("{cell:?} is not a time (a negative or non-finite number)"));
@@ -425,12 +480,87 @@ pub(crate) fn parse_time(cell: &str) -> Result<u64, String> {
         .map_err(|e| format!("not a time (RFC 3339, epoch s or ms): {e}"))
 }
 
+/// A plain decimal (`-12.375`: sign, at most 15 digits, one optional point, no exponent) as
+/// f64, or None for anything else. Exact: the digits as an integer below 2^53 and a power of
+/// ten up to 10^15 are both exact in f64, so their one quotient is rounded once, correctly:
+/// the same value `str::parse` gives (Clinger's fast path).
+fn parse_plain_decimal(cell: &str) -> Option<f64> {
+    const POW10: [f64; 16] =
+        [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+    let b = cell.as_bytes();
+    let (neg, digits) = match b.first()? {
+        b'-' => (true, &b[1..]),
+        b'+' => (false, &b[1..]),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let (mut m, mut n, mut frac, mut point) = (0u64, 0usize, 0usize, false);
+    for &d in digits {
+        match d {
+            b'0'..=b'9' => {
+                m = m * 10 + (d - b'0') as u64;
+                n += 1;
+                frac += point as usize;
+            }
+            b'.' if !point => point = true,
+            _ => return None,
+        }
+    }
+    if n == 0 || n > 15 {
+        return None;
+    }
+    let v = m as f64 / POW10[frac];
+    Some(if neg { -v } else { v })
+}
+
 /// A numeric cell.
 pub(crate) fn parse_number(cell: &str) -> Result<f64, String> {
+    if let Some(v) = parse_plain_decimal(cell) {
+        return Ok(v);
+    }
     match cell.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
         _ => Err(format!("{cell:?} is not a number (the column's first value was)")),
     }
+}
+
+/// A trace's first row as a replay publishes it: recorded time (ms), series index, row number
+/// and the values in the spec's field order (a text value as its index, a number scaled).
+pub(crate) type FirstRow = (u64, u32, u64, Vec<f64>);
+
+/// The first `max` data rows of a checked replay (`iot-sim payload preview`): reads no more
+/// of the file than those rows.
+pub(crate) fn first_rows(spec: &ReplaySpec, max: usize) -> Result<Vec<FirstRow>, TraceError> {
+    let mut r = RowReader::open(&spec.layout)?;
+    let first = 1 + spec.layout.has_device as usize;
+    let mut out = vec![];
+    while out.len() < max && r.next_row()? {
+        let line = r.line;
+        let t = parse_time(&r.cells[0]).map_err(|e| err(line, Some(&spec.layout.columns[0]), e))?;
+        let series = match spec.layout.has_device {
+            true => *spec
+                .series
+                .get(r.cells[1].as_str())
+                .ok_or_else(|| err(line, None, "a device the trace did not hold when checked"))?,
+            false => 0,
+        };
+        let mut values = Vec::with_capacity(spec.fields.len());
+        for (i, f) in spec.fields.iter().enumerate() {
+            let cell = &r.cells[first + i];
+            values.push(match &f.text {
+                Some(texts) => texts.iter().position(|x| x == cell).ok_or_else(|| {
+                    err(line, Some(&f.column), "a text value the trace did not hold when checked")
+                })? as f64,
+                None => {
+                    spec.adjust(i, parse_number(cell).map_err(|e| err(line, Some(&f.column), e))?)
+                }
+            });
+        }
+        out.push((t, series, out.len() as u64, values));
+    }
+    Ok(out)
 }
 
 /// What a replay's pre-pass found.
@@ -557,6 +687,84 @@ mod tests {
         assert_eq!(parse_time("1767225601500").unwrap(), 1_767_225_601_500);
         assert!(parse_time("yesterday").is_err());
         assert!(parse_time("-5").is_err());
+    }
+
+    #[test]
+    fn the_fast_number_paths_agree_with_str_parse() {
+        let cells = [
+            "0",
+            "-0",
+            "-0.0",
+            "+5",
+            "1.",
+            ".5",
+            "20.97",
+            "1.389",
+            "-12.375",
+            "0.1",
+            "0.3",
+            "123456789012345",
+            "12345678901234.5",
+            "9007199254740993",
+            "1e3",
+            "inf",
+            "NaN",
+            "1.2.3",
+            "-",
+            ".",
+            "",
+            "1,5",
+            "0.000000000000001",
+            "99999999999999.9",
+        ];
+        for c in cells {
+            let fast = parse_plain_decimal(c);
+            let std = c.parse::<f64>().ok();
+            if let Some(v) = fast {
+                assert_eq!(Some(v.to_bits()), std.map(f64::to_bits), "{c:?}");
+            }
+            assert_eq!(
+                parse_number(c).ok().map(f64::to_bits),
+                std.filter(|v| v.is_finite()).map(f64::to_bits),
+                "{c:?}"
+            );
+        }
+        // Every two-decimal value of a range, as the bench's trace writes them.
+        for i in 0..200_000i64 {
+            let c = format!("{}.{:02}", i / 100 - 1000, i % 100);
+            assert_eq!(parse_number(&c).unwrap().to_bits(), c.parse::<f64>().unwrap().to_bits());
+        }
+        assert_eq!(parse_time("1700000000000").unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_time("1700000000").unwrap(), 1_700_000_000_000);
+        assert_eq!(parse_time("0").unwrap(), 0);
+        assert!(parse_time("999999999999999").unwrap_err().contains("4100"));
+    }
+
+    #[test]
+    fn rows_straddling_the_read_buffer_read_whole() {
+        // Lines of varying length across several buffer fills, the last without a newline.
+        let mut text = String::from("ts,name,v\n");
+        let mut want = vec![];
+        for i in 0..20_000u64 {
+            let name = "x".repeat((i % 13) as usize + 1);
+            text.push_str(&format!("{i},{name},{}.5\n", i % 97));
+            want.push(vec![i.to_string(), name, format!("{}.5", i % 97)]);
+        }
+        text.push_str("20000,last,1");
+        want.push(vec!["20000".into(), "last".into(), "1".into()]);
+        assert!(text.len() > 2 * READ_BUFFER);
+        let p = write("straddle.csv", &text);
+        let (layout, _) = open_layout(&p, "ts", Some("name"), None).unwrap();
+        let mut r = RowReader::open(&layout).unwrap();
+        let mut got = vec![];
+        let mut offset = layout.data_offset;
+        while r.next_row().unwrap() {
+            assert_eq!(r.offset, offset);
+            offset = r.next_offset();
+            got.push(r.cells.clone());
+        }
+        assert_eq!(got, want);
+        assert_eq!(offset, text.len() as u64);
     }
 
     #[test]

@@ -544,3 +544,119 @@ stop = { ids = ["rec-0000"] }
         .collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn replay_devices_publish_their_recorded_rows_over_their_own_mqtt_sessions() {
+    use crate::common::mqtt::{Broker, Subscriber};
+    use crate::common::{free_port, run_ok, unique};
+    use std::os::unix::fs::PermissionsExt;
+    // A broker of the test's own (its log names each client that connected).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let broker = Broker::with_conf(port, dir.path(), "allow_anonymous true");
+    let root = unique("replay");
+    // Three sensors in turn, 10 rows each over 1.45 s recorded, replayed at speed 2.
+    let mut csv = String::from("ts,sensor,temperature,state\n");
+    let mut want: BTreeMap<String, Vec<(u64, f64, String)>> = BTreeMap::new();
+    for i in 0..30u64 {
+        let t = T0_MS + i * 50;
+        let name = ["north", "south", "east"][(i % 3) as usize];
+        let v = (i * 7 % 31) as f64 / 4.0 - 3.0;
+        let s = if i % 4 == 0 { "on" } else { "off" };
+        csv.push_str(&format!("{t},{name},{v},{s}\n"));
+        want.entry(name.to_string()).or_default().push((i * 25, v, s.to_string()));
+    }
+    std::fs::write(dir.path().join("trace.csv"), csv).unwrap();
+    let toml = format!(
+        r#"
+[run]
+seed = 3
+clock = "realtime"
+start_time = "{START}"
+duration = "2s"
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+qos = 1
+[profiles.rec]
+protocol = "mqtt"
+connection = "per_device"
+topic = "{root}/{{device_id}}/telemetry"
+[profiles.rec.replay]
+file = "trace.csv"
+time = "ts"
+device = "sensor"
+speed = 2.0
+[[fleet]]
+profile = "rec"
+"#
+    );
+    let sub = Subscriber::start(port, &format!("{root}/+/telemetry"));
+    let r = run_ok(dir.path(), &toml, &["--cores", "2"]);
+    assert_eq!(r["runs"][0]["messages"], 30, "{r}");
+    assert_eq!(r["runs"][0]["errors"], 0, "{r}");
+    assert_eq!(r["sink_events"]["mqtt.session_connected"], 3, "{r}");
+    let got = sub.wait_for(30);
+    // Devices in order of first appearance: rec-0000 north, rec-0001 south, rec-0002 east.
+    let order = ["north", "south", "east"];
+    let mut by_device: BTreeMap<String, Vec<(u64, f64, String)>> = BTreeMap::new();
+    for (topic, payload) in &got {
+        let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        let id = v["device_id"].as_str().unwrap();
+        assert_eq!(topic, &format!("{root}/{id}/telemetry"), "each device on its own topic");
+        let k: usize = id.strip_prefix("rec-").unwrap().parse().unwrap();
+        let at = rfc3339_ms(v["timestamp"].as_str().unwrap()) - START_MS;
+        let f = &v["fields"];
+        by_device.entry(order[k].to_string()).or_default().push((
+            at,
+            f["temperature"].as_f64().unwrap(),
+            f["state"].as_str().unwrap().to_string(),
+        ));
+    }
+    // Each device's rows arrive once, in order, with the recorded values at the recorded
+    // offsets (halved: speed 2).
+    assert_eq!(by_device, want);
+    // One MQTT client per replay device.
+    let log = broker.log();
+    for k in 0..3 {
+        assert!(log.contains(&format!(" as rec-{k:04} ")), "client rec-{k:04}:\n{log}");
+    }
+}
+
+#[test]
+fn payload_preview_shows_the_traces_first_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = replay_fleet(dir.path(), "");
+    let out = bin()
+        .args(["payload", "preview", "--config", cfg.to_str().unwrap(), "--count", "6"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    // The trace's first six rows, in file order: (time s, sensor, temperature, state).
+    let (csv, _) = trace();
+    let rows: Vec<Vec<&str>> =
+        csv.lines().skip(1).take(6).map(|l| l.split(',').collect()).collect();
+    let first_ms = (rows[0][0].parse::<f64>().unwrap() * 1000.0).round() as u64;
+    let order = ["rare", "a", "b", "c", "d"];
+    let topics: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("topic: ")).collect();
+    let payloads: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| l.split_once("): ").filter(|_| l.starts_with("payload")))
+        .map(|(_, p)| serde_json::from_str(p).unwrap())
+        .collect();
+    assert_eq!((topics.len(), payloads.len()), (6, 6), "{text}");
+    for (k, row) in rows.iter().enumerate() {
+        let p = &payloads[k];
+        let ordinal = order.iter().position(|s| *s == row[1]).unwrap();
+        let id = format!("rec-{ordinal:04}");
+        assert_eq!(p["device_id"], id.as_str(), "{text}");
+        assert_eq!(topics[k], format!("rec/{id}"));
+        assert_eq!(p["fields"]["temperature"].as_f64().unwrap(), row[2].parse::<f64>().unwrap());
+        assert_eq!(p["fields"]["state"], row[3]);
+        // The recorded offset, halved (speed 2), from the run's start.
+        let t = (row[0].parse::<f64>().unwrap() * 1000.0).round() as u64;
+        let at = rfc3339_ms(p["timestamp"].as_str().unwrap()) - START_MS;
+        assert_eq!(at, (((t - first_ms) as f64) / 2.0).round() as u64, "{text}");
+    }
+}
