@@ -388,6 +388,7 @@ fn start_control(
                 sinks: Arc::new(config.sinks.clone()),
                 strict_protocols: opts.strict_protocols,
                 journal,
+                sparkplug: fleet.profiles.iter().any(|p| p.format.sparkplug().is_some()),
             };
             let (p, l) = crate::control::plane::ControlPlane::new(cores, options);
             (Some(p), l)

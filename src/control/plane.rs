@@ -52,6 +52,9 @@ pub(crate) struct PlaneOptions {
     pub strict_protocols: bool,
     /// The session journal every action that changes the runtime is appended to.
     pub journal: Option<Arc<super::journal::Journal>>,
+    /// The fleet has Sparkplug profiles: their devices live on their edge node's shard, not
+    /// their id's, so commands by id go to every shard ([`ControlPlane::scan`]).
+    pub sparkplug: bool,
 }
 
 /// The runtime's figures, per shard where they are counted per shard.
@@ -144,6 +147,10 @@ pub struct ControlPlane {
     profiles: Mutex<BTreeMap<Vec<u8>, Weak<Profile>>>,
     /// Protocols already warned about falling back (once per protocol).
     warned: Mutex<BTreeSet<String>>,
+    /// Some device may live on a shard other than its id's (a Sparkplug device is on its
+    /// edge node's, `shard::owner_shard`): an id selection goes to every shard, each acts on
+    /// the ids it has, and an id is not found only when no shard has it.
+    ids_everywhere: AtomicBool,
 }
 
 impl ControlPlane {
@@ -175,6 +182,7 @@ impl ControlPlane {
             dropped_points: Arc::new(AtomicU64::new(0)),
             batch_sizes: BatchSizes::default(),
             threads: shards + 3,
+            ids_everywhere: AtomicBool::new(options.sparkplug),
             options,
             warned: Mutex::new(BTreeSet::new()),
             profiles: Mutex::new(BTreeMap::new()),
@@ -184,6 +192,11 @@ impl ControlPlane {
 
     pub(crate) fn shards(&self) -> usize {
         self.inboxes.len()
+    }
+
+    /// Whether an id selection goes to every shard (see `ids_everywhere`).
+    fn ids_everywhere(&self) -> bool {
+        self.ids_everywhere.load(Ordering::Relaxed)
     }
 
     /// Largest tick lateness (µs) any shard saw since the last call; resets it.
@@ -219,7 +232,11 @@ impl ControlPlane {
         let n = self.shards();
         let mut per: Vec<Vec<SpawnSpec>> = (0..n).map(|_| vec![]).collect();
         for spec in specs {
-            per[seed::shard_of(&spec.id, n)].push(spec);
+            if spec.profile.format.sparkplug().is_some() {
+                // Set before the device exists: a command by id racing the spawn finds it.
+                self.ids_everywhere.store(true, Ordering::Relaxed);
+            }
+            per[crate::shard::owner_shard(&spec.profile, &spec.id, &spec.labels, n)].push(spec);
         }
         let mut waits = vec![];
         for (i, specs) in per.into_iter().enumerate() {
@@ -281,7 +298,12 @@ impl ControlPlane {
         };
         let n = self.shards();
         let mut parts: Vec<(usize, Arc<Selection>)> = vec![];
+        let everywhere = n > 1 && self.ids_everywhere();
         match selection {
+            Selection::Ids(ids) if everywhere => {
+                let sel = Arc::new(Selection::Ids(ids));
+                parts.extend((0..n).map(|i| (i, sel.clone())));
+            }
             Selection::Ids(ids) => {
                 let mut per: Vec<Vec<String>> = vec![vec![]; n];
                 for id in ids {
@@ -306,10 +328,22 @@ impl ControlPlane {
         }
         let mut acc = ScanReply::default();
         let mut per_shard = vec![];
+        let mut missing: BTreeMap<String, usize> = BTreeMap::new();
         for (shard, rx) in waits {
-            let r = rx.await.map_err(|_| PlaneError::NoReply)?;
+            let mut r = rx.await.map_err(|_| PlaneError::NoReply)?;
             per_shard.push(format!("{shard}:{}", r.affected));
+            if everywhere {
+                // Each shard reports the ids it does not have: not found = reported by all.
+                let mine: BTreeSet<String> = std::mem::take(&mut r.not_found).into_iter().collect();
+                for id in mine {
+                    *missing.entry(id).or_default() += 1;
+                }
+            }
             acc.merge(r);
+        }
+        if everywhere {
+            acc.not_found =
+                missing.into_iter().filter(|(_, k)| *k == n).map(|(id, _)| id).collect();
         }
         let what = match &action {
             Action::Stop => Some("devices stopped".to_string()),
@@ -361,8 +395,10 @@ impl ControlPlane {
         let congested = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel::<PointBatch>(STREAM_BUFFER);
         let n = self.shards();
+        let everywhere = self.ids_everywhere();
         for shard in 0..n {
             let selection = match &*sel {
+                Selection::Ids(_) if everywhere => sel.clone(),
                 Selection::Ids(ids) => Arc::new(Selection::Ids(
                     ids.iter().filter(|i| seed::shard_of(i, n) == shard).cloned().collect(),
                 )),

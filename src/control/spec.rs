@@ -199,8 +199,22 @@ pub(crate) fn compile_update(
     p: &mut Problems,
 ) -> Option<BehaviourUpdate> {
     let before = p.0.len();
+    let mut refused = false;
+    if top.contains_key("sparkplug")
+        || top.get("format").and_then(|v| v.as_str()) == Some("sparkplug_b")
+    {
+        let k = if top.contains_key("sparkplug") { "sparkplug" } else { "format" };
+        p.add(
+            join(base, k),
+            "an update cannot make devices Sparkplug B edge-node devices; spawn them with \
+             format = \"sparkplug_b\"",
+        );
+        refused = true;
+    }
     let mut t = toml::Table::new();
-    t.insert("protocol".into(), "null".into());
+    // `[mqtt5]` is checked against protocol "mqtt" (it applies to MQTT devices only).
+    let protocol = if top.contains_key("mqtt5") { "mqtt" } else { "null" };
+    t.insert("protocol".into(), protocol.into());
     t.insert("interval".into(), "1ms".into());
     t.insert("fields".into(), toml::Value::Table(fields.clone().unwrap_or_default()));
     for k in BEHAVIOUR_KEYS {
@@ -223,6 +237,9 @@ pub(crate) fn compile_update(
         p.add(join(base, "proto_file"), why);
         return None;
     }
+    if refused {
+        return None;
+    }
     let profile = crate::config::compile_profile_with("update", Table::new(base, &t), p, true)
         .filter(|_| p.0.len() == before)?;
     let given = |k: &str| top.contains_key(k);
@@ -235,7 +252,8 @@ pub(crate) fn compile_update(
         events: given("events").then_some(b.events),
         availability: given("availability").then_some(b.availability),
         sleep: given("sleep").then_some(b.sleep),
-        format: FORMAT_KEYS.iter().any(|k| given(k)).then_some(profile.format),
+        format: FORMAT_KEYS.iter().any(|k| *k != "mqtt5" && given(k)).then_some(profile.format),
+        mqtt5: given("mqtt5").then_some(profile.delivery.mqtt5),
         ..BehaviourUpdate::default()
     })
 }
@@ -265,7 +283,9 @@ pub(crate) const BEHAVIOUR_KEYS: [&str; 4] = ["report", "events", "availability"
 /// original's contract). `template_file` is left out: a remote request does not name files on
 /// the runtime's machine; `proto_file` is taken relative to the runtime's working directory
 /// and must stay inside it ([`remote_path`]).
-pub(crate) const FORMAT_KEYS: [&str; 9] = [
+/// `sparkplug` only in a spawn (an update cannot move devices onto edge nodes); `mqtt5` (the
+/// `[profiles.X.mqtt5]` block) in both.
+pub(crate) const FORMAT_KEYS: [&str; 11] = [
     "format",
     "id_key",
     "timestamp_key",
@@ -275,6 +295,8 @@ pub(crate) const FORMAT_KEYS: [&str; 9] = [
     "proto_file",
     "message",
     "audit",
+    "sparkplug",
+    "mqtt5",
 ];
 
 pub(crate) fn problems_text(p: &Problems) -> String {

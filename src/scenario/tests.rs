@@ -613,3 +613,29 @@ fn replace_fields_makes_an_update_replace_every_field() {
     .unwrap_err();
     assert!(e.contains("step[0].update.replace_fields: replaces the fields with `fields`"), "{e}");
 }
+
+#[test]
+fn update_takes_the_mqtt5_block_and_refuses_sparkplug() {
+    let (_, s) = load_str(
+        r#"
+        [[step]]
+        at = "10s"
+        update = { all = true, mqtt5 = { user_properties = { fw = "3.0" }, message_expiry = "30s" } }
+        "#,
+    )
+    .unwrap();
+    let u = only_update(&s);
+    let m = u.mqtt5.clone().expect("an mqtt5 update").expect("a block");
+    assert_eq!(m.message_expiry_s, Some(30));
+    assert_eq!(m.user_properties.len(), 1);
+    // The format stays the devices' own (only `mqtt5` was given).
+    assert!(u.format.is_none());
+    let err = load_str(
+        "[[step]]\nat = \"1s\"\nupdate = { all = true, mqtt5 = { message_expiry = \"1500ms\" } }\n\
+         [[step]]\nat = \"2s\"\nupdate = { all = true, format = \"sparkplug_b\" }\n",
+    )
+    .unwrap_err();
+    assert!(err.contains("step[0].update.mqtt5.message_expiry"), "{err}");
+    assert!(err.contains("step[1].update.format"), "{err}");
+    assert!(err.contains("cannot make devices Sparkplug"), "{err}");
+}

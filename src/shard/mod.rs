@@ -1220,7 +1220,7 @@ impl Shard {
 
 /// The shard of a device: its id's, or for a Sparkplug profile its edge node's (every device
 /// of a node on the shard that holds the node's state and session, whatever `--cores` is).
-fn owner_shard(
+pub(crate) fn owner_shard(
     profile: &Profile,
     id: &str,
     labels: &std::collections::BTreeMap<String, String>,

@@ -69,8 +69,23 @@ impl Shard {
         }
         // The profile first, so that a sink opened now knows it (HTTP endpoints, per-profile
         // statistics of network sinks).
+        let known = self.ctl.profiles.len();
         let profile_ix = self.intern_profile(&spec.profile);
         let proto_ix = spec.profile.protocol.index();
+        // A new per-device (Sparkplug) profile on an open MQTT sink: its sessions take it.
+        if spec.profile.delivery.per_device
+            && self.ctl.profiles.len() > known
+            && let Some(sink) = &self.sinks[proto_ix]
+            && !sink.add_per_device_profile(&self.plan.fleet)
+        {
+            let reason = "this runtime's MQTT sink has no per-device sessions (its fleet has no \
+                          per-device or Sparkplug profile): spawn such a profile into a runtime \
+                          whose fleet file has one"
+                .to_string();
+            self.ctl.retire.insert(profile_ix);
+            acc.failed.push((spec.id, reason));
+            return;
+        }
         if self.sinks[proto_ix].is_none() {
             let opened = Sink::open(
                 spec.profile.protocol,
@@ -165,6 +180,7 @@ impl Shard {
         };
         // Network sinks record per profile too: make room for the new one.
         for sink in self.sinks.iter().flatten() {
+            sink.forget_profile(ix);
             if let Some(net) = sink.net_shared() {
                 let mut st = net.stats.borrow_mut();
                 if st.len() <= ix {

@@ -139,7 +139,10 @@ impl Shard {
         let (index, shards) = (self.plan.index, self.plan.shards);
         let mine = |id: &String| shards <= 1 || seed::shard_of(id, shards) == index;
         match cue {
-            Cue::Spawn { ids, .. } => {
+            Cue::Spawn { ids, profile, labels } => {
+                let mine = |id: &String| {
+                    shards <= 1 || super::owner_shard(profile, id, labels, shards) == index
+                };
                 if !ids.iter().any(mine) {
                     return;
                 }
@@ -150,17 +153,31 @@ impl Shard {
                         return None;
                     };
                     let id = &ids[k];
-                    (shards <= 1 || seed::shard_of(id, shards) == index).then(|| SpawnSpec {
-                        id: id.clone(),
-                        profile: profile.clone(),
-                        labels: labels.clone(),
-                        source: None,
-                    })
+                    (shards <= 1 || super::owner_shard(profile, id, labels, shards) == index).then(
+                        || SpawnSpec {
+                            id: id.clone(),
+                            profile: profile.clone(),
+                            labels: labels.clone(),
+                            source: None,
+                        },
+                    )
                 });
                 self.scenario_command(ScenarioCommand::Spawn(Box::new(specs)), at);
             }
             Cue::Apply { selection, op } => {
                 let selection = match selection {
+                    // A Sparkplug device lives on its edge node's shard (`owner_shard`), not
+                    // its id's: each shard looks for every id (those it lacks are ignored).
+                    Selection::Ids(ids)
+                        if self
+                            .plan
+                            .fleet
+                            .profiles
+                            .iter()
+                            .any(|p| p.format.sparkplug().is_some()) =>
+                    {
+                        Selection::Ids(ids.clone())
+                    }
                     Selection::Ids(ids) => {
                         let own: Vec<String> = ids.iter().filter(|id| mine(id)).cloned().collect();
                         if own.is_empty() {

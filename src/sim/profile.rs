@@ -230,6 +230,8 @@ pub struct BehaviourUpdate {
     pub sleep: Option<Option<super::behaviour::Sleep>>,
     /// A new payload format (`format` and its keys in the update).
     pub format: Option<std::sync::Arc<super::format::PayloadFormat>>,
+    /// New MQTT 5 properties (`mqtt5` in the update): replace the profile's block.
+    pub mqtt5: Option<Option<std::sync::Arc<Mqtt5>>>,
     /// What the update was compiled from (`fields` with defaults applied, `report`, `events`,
     /// `availability`, `sleep`, format keys): what the session journal records.
     pub source: Option<std::sync::Arc<toml::Table>>,
@@ -343,6 +345,9 @@ impl Profile {
         }
         if let Some(f) = &u.format {
             p.format = f.clone();
+        }
+        if let Some(m) = &u.mqtt5 {
+            p.delivery.mqtt5 = m.clone();
         }
         p.lay_out();
         (p, broken)

@@ -280,6 +280,27 @@ impl Sink {
     }
 
     /// Whether this sink sends the profile's messages through per-device sessions.
+    /// A runtime spawn added a per-device (or Sparkplug) profile to `fleet`: the per-device
+    /// sessions take it. `false` when this MQTT sink has no per-device sessions (it opened for
+    /// a fleet without such profiles), so the profile cannot be served here.
+    pub fn add_per_device_profile(&self, fleet: &Arc<Fleet>) -> bool {
+        match self {
+            Sink::Net(NetSink { devices: Some(d), .. }) => {
+                d.refresh(fleet);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Profile index `ix` now holds a new runtime profile: what was cached for the old one
+    /// (MQTT 5 property blocks) goes.
+    pub fn forget_profile(&self, ix: usize) {
+        if let Sink::Net(NetSink { mqtt5: Some(c), .. }) = self {
+            c.forget(ix);
+        }
+    }
+
     pub fn per_device(&self, profile: usize) -> bool {
         matches!(self, Sink::Net(NetSink { devices: Some(d), .. }) if d.handles(profile))
     }

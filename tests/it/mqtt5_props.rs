@@ -300,3 +300,113 @@ fn payload_preview_shows_the_mqtt5_properties_of_each_device() {
     assert!(lines[0].contains("user_property \"dev\"=\"thermo:thermo-0000\""), "{text}");
     assert!(lines[1].contains("user_property \"site\"=\"north\""), "{text}");
 }
+
+/// `mqtt5` in gRPC `behavior_params`: a spawned device's PUBLISH packets carry the
+/// properties as paho sees them, an UpdateDeviceBehavior replaces them, and bad values are
+/// INVALID_ARGUMENT with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_spawns_and_updates_take_the_mqtt5_keys() {
+    use crate::common::Running;
+    use crate::grpc_common::{obj, objv, spec, text};
+    use iot_sim::control::proto::{
+        self, device_runtime_service_client::DeviceRuntimeServiceClient, device_selector::Selector,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("m5grpc");
+    let cfg = dir.path().join("serve.toml");
+    std::fs::write(
+        &cfg,
+        format!("[sink.mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nversion = 5\nqos = 1\nclient_id_prefix = \"{root}\"\n"),
+    )
+    .unwrap();
+    let sub = Sub::start(&root);
+    let mut server = Running::with_config("serve", &cfg, None, &["--cores", "2"]);
+    let mut c = DeviceRuntimeServiceClient::connect(server.url()).await.unwrap();
+    let with = |id: &str, mqtt5: prost_types::Value| {
+        let mut s = spec(id, "meter", &[("site", "x")], 500, "mqtt");
+        s.topic_template = format!("{root}/{{device_id}}");
+        let fields = s.behavior_params.take().unwrap().fields["fields"].clone();
+        s.behavior_params = Some(obj(vec![("fields", fields), ("mqtt5", mqtt5)]));
+        s
+    };
+    let props = || {
+        objv(vec![
+            ("user_properties", objv(vec![("site", text("{labels.site}")), ("fw", text("2.0"))])),
+            ("message_expiry", text("10m")),
+            (
+                "topic_alias",
+                prost_types::Value { kind: Some(prost_types::value::Kind::BoolValue(true)) },
+            ),
+            (
+                "payload_format_indicator",
+                prost_types::Value { kind: Some(prost_types::value::Kind::BoolValue(true)) },
+            ),
+        ])
+    };
+    let r = c
+        .spawn_devices(proto::SpawnDevicesRequest {
+            specs: vec![with("p-1", props()), with("p-2", props())],
+            scenario_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.spawned, 2, "{r:?}");
+    let only_p2 = Some(proto::DeviceSelector {
+        selector: Some(Selector::DeviceIds(proto::DeviceIdList { ids: vec!["p-2".into()] })),
+    });
+    let new = objv(vec![
+        ("user_properties", objv(vec![("fw", text("3.0"))])),
+        ("message_expiry", text("30s")),
+    ]);
+    c.update_device_behavior(proto::UpdateDeviceBehaviorRequest {
+        selector: only_p2.clone(),
+        behavior_params: Some(obj(vec![("mqtt5", new)])),
+    })
+    .await
+    .unwrap();
+    // Bad values: INVALID_ARGUMENT with the reason, on a spawn and on an update.
+    let bad = || objv(vec![("message_expiry", text("1500ms"))]);
+    let e = c
+        .spawn_devices(proto::SpawnDevicesRequest {
+            specs: vec![with("p-bad", bad())],
+            scenario_id: String::new(),
+        })
+        .await;
+    let got = match e {
+        Err(e) => e.message().to_string(),
+        Ok(r) => format!("{:?}", r.into_inner()),
+    };
+    assert!(got.contains("mqtt5.message_expiry") && got.contains("whole seconds"), "{got}");
+    let e = c
+        .update_device_behavior(proto::UpdateDeviceBehaviorRequest {
+            selector: only_p2,
+            behavior_params: Some(obj(vec![("mqtt5", bad())])),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("whole seconds"), "{}", e.message());
+    let got = tokio::task::spawn_blocking(move || sub.collect(12)).await.unwrap();
+    server.terminate();
+    let user = |m: &serde_json::Value| -> Vec<(String, String)> {
+        serde_json::from_value(m["user"].clone()).expect("user properties")
+    };
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let of = |id: &str| -> Vec<&serde_json::Value> {
+        got.iter().filter(|m| m["topic"] == format!("{root}/{id}")).collect()
+    };
+    let (one, two) = (of("p-1"), of("p-2"));
+    assert!(!one.is_empty() && !two.is_empty(), "{got:?}");
+    for m in &one {
+        assert_eq!(user(m), vec![pair("fw", "2.0"), pair("site", "x")], "{m}");
+        let expiry = m["expiry"].as_u64().expect("message expiry");
+        assert!(expiry > 30 && expiry <= 600, "{m}");
+        assert_eq!(m["pfi"], 1, "{m}");
+    }
+    // p-2's last message is well after the update.
+    let last = two.last().unwrap();
+    assert_eq!(user(last), vec![pair("fw", "3.0")], "{last}");
+    let expiry = last["expiry"].as_u64().expect("message expiry");
+    assert!(expiry <= 30, "{last}");
+}

@@ -405,3 +405,115 @@ fn after_a_broker_restart_each_node_is_born_again_with_the_next_bd_seq() {
         assert_eq!(s["nodes"][node]["ndeath_bd_seq"], 1, "{s}");
     }
 }
+
+/// Under gRPC control with `--cores 3`, a Sparkplug device lives on its edge node's shard:
+/// a stop by id finds every device once (its DDEATH, counted once; an unknown id is reported
+/// once), a SpawnDevices with `format = "sparkplug_b"` in `behavior_params` births the device
+/// under its node (a known one and a new one), and bad Sparkplug keys are INVALID_ARGUMENT.
+#[tokio::test(flavor = "current_thread")]
+async fn grpc_stops_and_spawns_sparkplug_devices_on_their_edge_nodes_shard() {
+    use crate::common::Running;
+    use crate::grpc_common::{obj, objv, spec, text};
+    use iot_sim::control::proto::{
+        self, device_runtime_service_client::DeviceRuntimeServiceClient, device_selector::Selector,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let group = unique("spbgrpc");
+    let cfg = fleet(dir.path(), &group, 2, 4, "seed = 3", "");
+    let sub = Subscriber::start(1883, &format!("spBv1.0/{group}/#"));
+    let mut server = Running::with_config("serve", &cfg, None, &["--cores", "3"]);
+    let mut c = DeviceRuntimeServiceClient::connect(server.url()).await.unwrap();
+    // Every device of line0 born: their ids from the DBIRTH topics.
+    let births = format!("spBv1.0/{group}/DBIRTH/line0/");
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ids = loop {
+        let ids: Vec<String> = sub
+            .topics()
+            .iter()
+            .filter_map(|t| t.strip_prefix(&births).map(str::to_string))
+            .collect();
+        if ids.len() == 4 {
+            break ids;
+        }
+        assert!(std::time::Instant::now() < end, "line0 not born: {:?}", sub.topics());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let by_ids = |ids: Vec<String>| {
+        Some(proto::DeviceSelector {
+            selector: Some(Selector::DeviceIds(proto::DeviceIdList { ids })),
+        })
+    };
+    let mut asked = ids.clone();
+    asked.push("nobody".into());
+    let r = c
+        .stop_devices(proto::StopDevicesRequest { selector: by_ids(asked), graceful: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.stopped, 4, "{r:?}");
+    assert_eq!(r.failed_device_ids, ["nobody"], "{r:?}");
+    for id in &ids {
+        let death = format!("spBv1.0/{group}/DDEATH/line0/{id}");
+        sub.wait_topic(&death, 30).unwrap_or_else(|t| panic!("no {death}: {t:?}"));
+    }
+    // Spawned Sparkplug devices: under a fleet node (line1) and under a new one (line9).
+    let spb = |id: &str, line: &str, sparkplug: prost_types::Value| {
+        let mut s = spec(id, "press", &[("line", line)], 200, "mqtt");
+        let fields = s.behavior_params.take().unwrap().fields["fields"].clone();
+        s.behavior_params = Some(obj(vec![
+            ("fields", fields),
+            ("format", text("sparkplug_b")),
+            ("sparkplug", sparkplug),
+        ]));
+        s
+    };
+    let keys = || objv(vec![("group_id", text(&group)), ("edge_node", text("{labels.line}"))]);
+    let r = c
+        .spawn_devices(proto::SpawnDevicesRequest {
+            specs: vec![spb("extra-1", "line1", keys()), spb("extra-9", "line9", keys())],
+            scenario_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.spawned, 2, "{r:?}");
+    for topic in [
+        format!("spBv1.0/{group}/DBIRTH/line1/extra-1"),
+        format!("spBv1.0/{group}/NBIRTH/line9"),
+        format!("spBv1.0/{group}/DBIRTH/line9/extra-9"),
+    ] {
+        sub.wait_topic(&topic, 30).unwrap_or_else(|t| panic!("no {topic}: {t:?}"));
+    }
+    let topics = sub.topics();
+    let at = |t: String| topics.iter().position(|x| *x == t).unwrap();
+    assert!(
+        at(format!("spBv1.0/{group}/NBIRTH/line9"))
+            < at(format!("spBv1.0/{group}/DBIRTH/line9/extra-9")),
+        "{topics:?}"
+    );
+    let r = c
+        .stop_devices(proto::StopDevicesRequest {
+            selector: by_ids(vec!["extra-1".into(), "extra-9".into()]),
+            graceful: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.stopped, r.failed_device_ids.len()), (2, 0), "{r:?}");
+    let death = format!("spBv1.0/{group}/DDEATH/line1/extra-1");
+    sub.wait_topic(&death, 30).unwrap_or_else(|t| panic!("no {death}: {t:?}"));
+    // Bad Sparkplug keys: INVALID_ARGUMENT with the reason.
+    let bad = objv(vec![("group_id", text("a/b")), ("edge_node", text("{labels.line}"))]);
+    let e = c
+        .spawn_devices(proto::SpawnDevicesRequest {
+            specs: vec![spb("bad-1", "line1", bad)],
+            scenario_id: String::new(),
+        })
+        .await;
+    let text = match e {
+        Err(e) => format!("{:?} {}", e.code(), e.message()),
+        Ok(r) => format!("{:?}", r.into_inner()),
+    };
+    assert!(text.contains("group_id") && text.contains("a/b"), "{text}");
+    server.terminate();
+}

@@ -86,15 +86,33 @@ struct Device {
 /// An edge node's queue holds this many times `queue_size`.
 const SPARKPLUG_QUEUE_FACTOR: usize = 100;
 
+/// Per profile of `fleet`: (qos, retain, per_device), `defaults` where the profile sets none.
+fn delivery_of(fleet: &Fleet, defaults: (u8, bool)) -> Vec<(u8, bool, bool)> {
+    fleet
+        .profiles
+        .iter()
+        .map(|p| {
+            (
+                p.delivery.qos.unwrap_or(defaults.0),
+                p.delivery.retain.unwrap_or(defaults.1),
+                p.delivery.per_device,
+            )
+        })
+        .collect()
+}
+
 /// Every per-device session of one shard's MQTT sink.
 pub struct Devices {
     settings: Rc<PerDeviceSettings>,
     version: Version,
     addr: (String, u16),
     tls: Option<super::transport::Tls>,
-    fleet: Arc<Fleet>,
+    /// The fleet as of the last spawned per-device profile ([`Devices::refresh`]).
+    fleet: RefCell<Arc<Fleet>>,
     /// Per-profile (qos, retain, per_device).
-    delivery: Vec<(u8, bool, bool)>,
+    delivery: RefCell<Vec<(u8, bool, bool)>>,
+    /// The sink's QoS and retain, for profiles that set none.
+    defaults: (u8, bool),
     /// Looked up for every message (`submit`); never iterated, so its order does not matter.
     by_hash: RefCell<HashMap<u64, Rc<Device>, BuildHasherDefault<HashMixer>>>,
     /// Connect pacing: the earliest time the next attempt may start, and the spacing.
@@ -168,18 +186,9 @@ impl Devices {
             version: if s.version == 5 { Version::V5 } else { Version::V311 },
             addr: (s.host.clone(), s.port),
             tls,
-            fleet: fleet.clone(),
-            delivery: fleet
-                .profiles
-                .iter()
-                .map(|p| {
-                    (
-                        p.delivery.qos.unwrap_or(s.qos),
-                        p.delivery.retain.unwrap_or(s.retain),
-                        p.delivery.per_device,
-                    )
-                })
-                .collect(),
+            fleet: RefCell::new(fleet.clone()),
+            delivery: RefCell::new(delivery_of(fleet, (s.qos, s.retain))),
+            defaults: (s.qos, s.retain),
             by_hash: RefCell::new(HashMap::default()),
             next_connect_ns: Cell::new(0),
             connect_spacing_ns: 1_000_000_000 * shards.max(1) as u64 / pd.connect_rate.max(1),
@@ -203,7 +212,14 @@ impl Devices {
 
     /// Whether messages of this profile go through per-device sessions.
     pub fn handles(&self, profile: usize) -> bool {
-        self.delivery.get(profile).is_some_and(|d| d.2)
+        self.delivery.borrow().get(profile).is_some_and(|d| d.2)
+    }
+
+    /// Takes the shard's fleet after a runtime spawn added a profile (a spawned per-device or
+    /// Sparkplug profile gets its sessions like a fleet file's).
+    pub fn refresh(&self, fleet: &Arc<Fleet>) {
+        *self.delivery.borrow_mut() = delivery_of(fleet, self.defaults);
+        *self.fleet.borrow_mut() = fleet.clone();
     }
 
     /// Sessions connected now.
@@ -282,7 +298,8 @@ impl Devices {
         if let Some(d) = self.by_hash.borrow().get(&hash) {
             return d.clone();
         }
-        let spec = self.fleet.profiles.get(profile).and_then(|p| p.format.sparkplug().cloned());
+        let fleet = self.fleet.borrow().clone();
+        let spec = fleet.profiles.get(profile).and_then(|p| p.format.sparkplug().cloned());
         let dev = Rc::new(Device {
             queue: RefCell::new(VecDeque::new()),
             wake: Notify::new(),
@@ -294,7 +311,7 @@ impl Devices {
         });
         self.by_hash.borrow_mut().insert(hash, dev.clone());
         let device_type =
-            self.fleet.profiles.get(profile).map_or("", |p| p.device_type.as_str()).to_string();
+            fleet.profiles.get(profile).map_or("", |p| p.device_type.as_str()).to_string();
         let render = |t: &crate::sim::profile::TopicTemplate| {
             let mut out = vec![];
             t.render(&mut out, device_id, &device_type, labels);
@@ -686,8 +703,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             let now = mono_ns();
             let mut q = dev.queue.borrow_mut();
             while let Some(m) = q.front() {
-                let (qos, retain, _) =
-                    ctx.delivery.get(m.profile as usize).copied().unwrap_or((0, false, true));
+                let (qos, retain, _) = ctx
+                    .delivery
+                    .borrow()
+                    .get(m.profile as usize)
+                    .copied()
+                    .unwrap_or((0, false, true));
                 if !session.can_publish(qos) {
                     break;
                 }

@@ -27,6 +27,11 @@ pub struct Device<'a> {
 }
 
 impl PropsCache {
+    /// Forgets the blocks of profile index `profile` (taken by a new runtime profile).
+    pub fn forget(&self, profile: usize) {
+        self.blocks.borrow_mut().retain(|k, _| k.0 as usize != profile);
+    }
+
     /// The properties of a message of `d` under `m`, with its format's content type.
     pub fn get(&self, m: &Mqtt5, content_type: &str, d: &Device<'_>) -> Props {
         let key = (d.profile, if m.per_device() { d.hash } else { 0 });

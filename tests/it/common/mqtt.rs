@@ -59,6 +59,26 @@ impl Subscriber {
         Subscriber { got, flushed, alive, filter: filter.to_string(), client }
     }
 
+    /// The topics of the messages that arrived so far, in order.
+    pub fn topics(&self) -> Vec<String> {
+        self.got.lock().unwrap().iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    /// Waits (up to `secs`) until a message arrived on `topic`; the topics so far if not.
+    pub fn wait_topic(&self, topic: &str, secs: u64) -> Result<(), Vec<String>> {
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let topics = self.topics();
+            if topics.iter().any(|t| t == topic) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > end {
+                return Err(topics);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// How many messages arrived so far.
     pub fn count(&self) -> usize {
         self.got.lock().unwrap().len()
