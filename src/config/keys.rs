@@ -941,6 +941,13 @@ pub const UPDATE: Spec = Spec {
         ),
         k("message", Ty::Str, "format = protobuf: as a profile's."),
         k("audit", Ty::Table(&PROFILE_AUDIT), "format = template: as a profile's."),
+        k(
+            "sparkplug",
+            Ty::Table(&SPARKPLUG),
+            "Refused in an update: an update cannot move devices onto Sparkplug edge nodes \
+             (spawn them with format = \"sparkplug_b\").",
+        ),
+        k("mqtt5", Ty::Table(&MQTT5), "New MQTT 5 properties block (as a profile's [mqtt5])."),
     ],
 };
 
