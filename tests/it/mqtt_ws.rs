@@ -158,7 +158,10 @@ fn a_refused_handshake_is_a_counted_connection_error_and_nothing_is_sent() {
         assert!(!e.contains("panicked"), "{e}");
         let r = report(dir.path());
         assert!(r["sink_events"][event].as_u64().unwrap_or(0) > 0, "{connection}: {r}");
-        assert_eq!(r["runs"][0]["published"], 0, "{r}");
+        let row = &r["runs"][0];
+        assert_eq!(row["messages"], 0, "nothing was sent: {r}");
+        assert!(row["published"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(row["errors"], row["published"], "every message counted: {r}");
     }
 }
 
