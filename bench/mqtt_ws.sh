@@ -64,9 +64,9 @@ TOML
 one() { # $1 = name, $2 = url: prints "cpu_s messages"
   fleet "$2" > "$OUT/$1.toml"
   rm -rf "$OUT/$1-report"
-  python3 - "$BIN" run --config "$OUT/$1.toml" --cores 2 --quiet --report-dir "$OUT/$1-report" <<'PY'
+  LOG="$OUT/$1.log" python3 - "$BIN" run --config "$OUT/$1.toml" --cores 2 --quiet --report-dir "$OUT/$1-report" <<'PY'
 import json, os, subprocess, sys
-p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=open(os.environ["LOG"], "w"))
 _, status, ru = os.wait4(p.pid, 0)
 if status != 0:
     sys.exit(f"iot-sim exited with {status}")
