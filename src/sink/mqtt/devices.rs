@@ -691,7 +691,7 @@ async fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
         None => drive(ctx, dev, session, link, stream, ever_connected).await,
         Some(target) => {
             let timeout = Duration::from_millis(ctx.settings.connect_timeout_ms);
-            match super::ws::connect(stream, target, timeout).await {
+            match Box::pin(super::ws::connect(stream, target, timeout)).await {
                 // Boxed like TLS: a plain session's task carries no room for it.
                 Ok(ws) => Box::pin(drive(ctx, dev, session, link, ws, ever_connected)).await,
                 Err(e) => End::Lost(format!("websocket: {e}")),

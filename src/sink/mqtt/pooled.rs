@@ -252,7 +252,7 @@ async fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> End {
     match &pool.settings.ws {
         None => drive(pool, conn, session, params, stream, buf, link).await,
-        Some(target) => match super::ws::connect(stream, target, CONNECT_TIMEOUT).await {
+        Some(target) => match Box::pin(super::ws::connect(stream, target, CONNECT_TIMEOUT)).await {
             Ok(ws) => Box::pin(drive(pool, conn, session, params, ws, buf, link)).await,
             Err(e) => End::Lost(format!("websocket: {e}")),
         },
