@@ -234,8 +234,12 @@ pub const SINK_MQTT: Spec = Spec {
     path: "sink.mqtt",
     doc: "An MQTT broker. Credentials come from IOT_SIM_MQTT_USERNAME / IOT_SIM_MQTT_PASSWORD.",
     keys: &[
-        k("url", Ty::Str, "Broker URL: mqtt://, tcp://, mqtts:// or ssl:// (no password).")
-            .def("\"mqtt://127.0.0.1:1883\""),
+        k(
+            "url",
+            Ty::Str,
+            "Broker URL: mqtt://, tcp://, mqtts://, ssl://, ws:// or wss:// (no password).",
+        )
+        .def("\"mqtt://127.0.0.1:1883\""),
         k("version", Ty::IntEnum(&[3, 4, 5]), "Protocol version: 4 (3.1.1; 3 is read as 4) or 5.")
             .def("4"),
         k("qos", QOS, "QoS of the pooled connections (a profile's qos overrides it).").def("1"),
@@ -249,9 +253,9 @@ pub const SINK_MQTT: Spec = Spec {
         QUEUE_SIZE,
         BACKOFF_INITIAL,
         BACKOFF_MAX,
-        k("ca_file", Ty::Str, "mqtts: CA certificate file (PEM)."),
-        k("client_cert", Ty::Str, "mqtts: client certificate file (PEM), with client_key."),
-        k("client_key", Ty::Str, "mqtts: client key file (PEM), with client_cert."),
+        k("ca_file", Ty::Str, "mqtts, wss: CA certificate file (PEM)."),
+        k("client_cert", Ty::Str, "mqtts, wss: client certificate file (PEM), with client_key."),
+        k("client_key", Ty::Str, "mqtts, wss: client key file (PEM), with client_cert."),
         k(
             "per_device",
             Ty::Table(&MQTT_PER_DEVICE),

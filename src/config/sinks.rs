@@ -39,6 +39,14 @@ pub struct TlsFiles {
     pub client_key: Option<PathBuf>,
 }
 
+/// Where a `ws://`/`wss://` URL upgrades: the request target (the URL's path, `/mqtt` when it
+/// has none) and the `Host` header.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WsTarget {
+    pub path: String,
+    pub host: String,
+}
+
 /// `[sink.mqtt]`.
 #[derive(Clone, Debug)]
 pub struct MqttSettings {
@@ -46,6 +54,8 @@ pub struct MqttSettings {
     pub host: String,
     pub port: u16,
     pub tls: Option<TlsFiles>,
+    /// `ws://`, `wss://`: MQTT over WebSocket (over TLS with `wss://`).
+    pub ws: Option<WsTarget>,
     /// 4 = MQTT 3.1.1, 5 = MQTT 5.
     pub version: u8,
     pub qos: u8,
@@ -316,7 +326,8 @@ pub const MQTT_KEYS: &[&str] = &[
 
 fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
     let before = p.0.len();
-    let parsed = url_key(&mut t, "mqtt://127.0.0.1:1883", &["mqtt", "tcp", "mqtts", "ssl"], p);
+    let parsed =
+        url_key(&mut t, "mqtt://127.0.0.1:1883", &["mqtt", "tcp", "mqtts", "ssl", "ws", "wss"], p);
     let version = match t.int("version", p) {
         None | Some(4) => 4,
         Some(5) => 5,
@@ -354,15 +365,24 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
     let keys: Vec<&str> = MQTT_KEYS.iter().copied().chain(["per_device"]).collect();
     t.finish_with(&keys, p);
     let (url, parts) = parsed?;
-    let tls = matches!(parts.scheme.as_str(), "mqtts" | "ssl");
+    let tls = matches!(parts.scheme.as_str(), "mqtts" | "ssl" | "wss");
     if !tls && tls_keys.iter().any(|k| *k) {
-        p.add(t_path(&url), "TLS files are set but the URL is not mqtts://");
+        p.add(t_path(&url), "TLS files are set but the URL is not mqtts:// or wss://");
     }
     if p.0.len() > before {
         return None;
     }
+    let is_ws = matches!(parts.scheme.as_str(), "ws" | "wss");
+    let port = parts.port.unwrap_or(match (is_ws, tls) {
+        (false, false) => 1883,
+        (false, true) => 8883,
+        (true, false) => 80,
+        (true, true) => 443,
+    });
+    let ws = is_ws.then(|| ws_target(&parts, port));
     Some(MqttSettings {
-        port: parts.port.unwrap_or(if tls { 8883 } else { 1883 }),
+        port,
+        ws,
         host: parts.host,
         tls: tls.then_some(tls_files),
         url,
@@ -379,6 +399,17 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
         password: env("IOT_SIM_MQTT_PASSWORD"),
         per_device,
     })
+}
+
+/// The upgrade target of a `ws://`/`wss://` URL: its path (`/mqtt` when it has none) and the
+/// `Host` header (with the port when the URL names one).
+pub fn ws_target(parts: &UrlParts, port: u16) -> WsTarget {
+    let host =
+        if parts.host.contains(':') { format!("[{}]", parts.host) } else { parts.host.clone() };
+    WsTarget {
+        path: if parts.rest.is_empty() { "/mqtt".to_string() } else { parts.rest.clone() },
+        host: if parts.port.is_some() { format!("{host}:{port}") } else { host },
+    }
 }
 
 fn t_path(_url: &str) -> String {
@@ -559,6 +590,20 @@ mod tests {
         assert!(split_url("broker:1883").is_err());
         assert!(split_url("mqtt://h:99999").is_err());
         assert_eq!(split_url("coap://[::1]:5683").unwrap().host, "::1");
+    }
+
+    #[test]
+    fn ws_urls_default_to_the_mqtt_path() {
+        let u = split_url("wss://broker.example").unwrap();
+        assert_eq!(
+            ws_target(&u, 443),
+            WsTarget { path: "/mqtt".into(), host: "broker.example".into() }
+        );
+        let u = split_url("ws://[::1]:8080/ws?x=1").unwrap();
+        assert_eq!(
+            ws_target(&u, 8080),
+            WsTarget { path: "/ws?x=1".into(), host: "[::1]:8080".into() }
+        );
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct Devices {
     version: Version,
     addr: (String, u16),
     tls: Option<super::transport::Tls>,
+    /// `ws://`/`wss://`: where the WebSocket upgrades.
+    ws: Option<super::ws::WsTarget>,
     /// The fleet as of the last spawned per-device profile ([`Devices::refresh`]).
     fleet: RefCell<Arc<Fleet>>,
     /// Per-profile (qos, retain, per_device).
@@ -186,6 +188,7 @@ impl Devices {
             version: if s.version == 5 { Version::V5 } else { Version::V311 },
             addr: (s.host.clone(), s.port),
             tls,
+            ws: s.ws.clone(),
             fleet: RefCell::new(fleet.clone()),
             delivery: RefCell::new(delivery_of(fleet, (s.qos, s.retain))),
             defaults: (s.qos, s.retain),
@@ -594,7 +597,7 @@ async fn run(
                         connecting: &mut permit,
                         retry: &mut retry,
                     };
-                    drive(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
+                    over_ws(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
                 }
                 Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
                     // Boxed: the TLS stream is large, and a plain session should not carry
@@ -606,7 +609,7 @@ async fn run(
                             connecting: &mut permit,
                             retry: &mut retry,
                         };
-                        Box::pin(drive(&ctx, &dev, &mut session, link, tls, &mut ever_connected))
+                        Box::pin(over_ws(&ctx, &dev, &mut session, link, tls, &mut ever_connected))
                             .await
                     }
                     Err(e) => End::Lost(format!("tls: {e}")),
@@ -672,6 +675,29 @@ struct Link<'a, 'p> {
     connecting: &'a mut Option<tokio::sync::SemaphorePermit<'p>>,
     /// The reconnect backoff: told when the connection comes up.
     retry: &'a mut Retry,
+}
+
+/// [`drive`] over `stream`, or over a WebSocket on it for `ws://`/`wss://` (a refused
+/// handshake is a failed attempt, counted as `session_connect_error`).
+async fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Devices,
+    dev: &Device,
+    session: &mut Session<Token>,
+    link: Link<'_, '_>,
+    stream: S,
+    ever_connected: &mut bool,
+) -> End {
+    match &ctx.ws {
+        None => drive(ctx, dev, session, link, stream, ever_connected).await,
+        Some(target) => {
+            let timeout = Duration::from_millis(ctx.settings.connect_timeout_ms);
+            match Box::pin(super::ws::connect(stream, target, timeout)).await {
+                // Boxed like TLS: a plain session's task carries no room for it.
+                Ok(ws) => Box::pin(drive(ctx, dev, session, link, ws, ever_connected)).await,
+                Err(e) => End::Lost(format!("websocket: {e}")),
+            }
+        }
+    }
 }
 
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(

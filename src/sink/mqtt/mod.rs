@@ -7,13 +7,15 @@
 //! - [`devices`] (`connection = "per_device"`): every device its own MQTT client, with its own
 //!   client id, credentials, keep-alive, last will and command subscription.
 //!
-//! [`transport`] opens their TCP (and TLS) connections.
+//! [`transport`] opens their TCP (and TLS) connections; [`ws`] carries the session's bytes in
+//! WebSocket frames for `ws://` and `wss://` URLs.
 
 pub mod devices;
 pub mod pooled;
 pub mod props;
 pub mod session;
 pub mod transport;
+pub mod ws;
 
 use super::net::NetShared;
 use crate::config::MqttSettings;

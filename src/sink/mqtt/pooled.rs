@@ -128,10 +128,10 @@ async fn run(pool: Rc<Pool>, conn: usize, params: ConnectParams) {
         let end = match opened {
             Err(e) => End::Lost(format!("connect: {e}")),
             Ok(tcp) => match &pool.tls {
-                None => drive(&pool, conn, &mut session, &params, tcp, &mut buf, &mut link).await,
+                None => over_ws(&pool, conn, &mut session, &params, tcp, &mut buf, &mut link).await,
                 Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
                     Ok(tls) => {
-                        Box::pin(drive(
+                        Box::pin(over_ws(
                             &pool,
                             conn,
                             &mut session,
@@ -237,6 +237,26 @@ fn settle(pool: &Pool, conn: usize, session: &mut Session<Queued>, link: &mut Li
         }
     }
     end
+}
+
+/// [`drive`] over `stream`, or over a WebSocket on it for `ws://`/`wss://` (a refused
+/// handshake is a lost connection, counted as `connect_error`, its reason in the event).
+async fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
+    pool: &Pool,
+    conn: usize,
+    session: &mut Session<Queued>,
+    params: &ConnectParams,
+    stream: S,
+    buf: &mut [u8],
+    link: &mut Link,
+) -> End {
+    match &pool.settings.ws {
+        None => drive(pool, conn, session, params, stream, buf, link).await,
+        Some(target) => match Box::pin(super::ws::connect(stream, target, CONNECT_TIMEOUT)).await {
+            Ok(ws) => Box::pin(drive(pool, conn, session, params, ws, buf, link)).await,
+            Err(e) => End::Lost(format!("websocket: {e}")),
+        },
+    }
 }
 
 async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
