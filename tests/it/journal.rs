@@ -98,6 +98,8 @@ async fn live_session(dir: &Path) -> (PathBuf, BTreeSet<String>) {
     ]));
     let admin = run.admin_addr();
     let mut c = DeviceRuntimeServiceClient::connect(run.url()).await.unwrap();
+    // The gaps between actions are what the test is about: the journal records each action's
+    // sim offset and the export must reproduce them, so the steps are spread out on purpose.
     let pause = || tokio::time::sleep(Duration::from_millis(300));
     pause().await;
     // gRPC: three thermometers on two sites.
