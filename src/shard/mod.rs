@@ -814,7 +814,9 @@ impl Shard {
         mut done_ns: u64,
     ) -> u64 {
         use crate::sim::sparkplug as sp;
-        let fleet = self.plan.fleet.clone();
+        // Borrowed, not an `Arc` clone per message (the count is shared by every shard's core):
+        // everything below borrows other fields of `self`.
+        let fleet = &*self.plan.fleet;
         let group = &fleet.groups[group_ix];
         let profile_ix = group.profile;
         let profile = &fleet.profiles[profile_ix];
