@@ -179,6 +179,7 @@ pub fn main(cmd: &PayloadCommand) -> anyhow::Result<i32> {
                     plan.ordinal,
                     &profile.fields,
                     &samples,
+                    &profile.behaviour.events,
                 );
                 "DBIRTH"
             } else {

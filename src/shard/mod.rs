@@ -709,9 +709,13 @@ impl Shard {
         let mut done_ns = fire_ns;
         // The log is this device's: `step` refilled it above (a profile without presence
         // never reads it).
-        if !plain && !sparkplug && behaviour.has_presence() && !self.step_log.events.is_empty() {
+        let events_due = !plain && behaviour.has_presence() && !self.step_log.events.is_empty();
+        if events_due && !sparkplug {
             done_ns = self.send_events(key, group_ix, intended_ns, fire_ns);
         }
+        // A Sparkplug device's events are DDATA of its own and follow its DBIRTH: one not born
+        // yet publishes this sample (its DBIRTH) whatever its deadbands say.
+        let unborn_events = sparkplug && events_due && !self.sparkplug_born(group_ix);
         // Borrowed again: sending events needed the whole shard.
         let fleet = &*self.plan.fleet;
         let group = &fleet.groups[group_ix];
@@ -733,7 +737,11 @@ impl Shard {
             && behaviour.report != ReportMode::Periodic
             && let Some(block) = self.table.block_mut(fleet, key)
             && !behaviour.publishes(block, &self.samples, due)
+            && !unborn_events
         {
+            if sparkplug && events_due {
+                self.sparkplug_events(key, group_ix, intended_ns, done_ns);
+            }
             self.stats.profiles[profile_ix].suppressed += 1;
             let interval = self.table.get(key).map_or(1, |d| d.interval_ms.max(1) as u64);
             self.rearm_after_sample(key, profile_ix, due + interval);
@@ -750,6 +758,11 @@ impl Shard {
                 (intended_ns, due),
                 done_ns,
             );
+            let done_ns = if events_due {
+                self.sparkplug_events(key, group_ix, intended_ns, done_ns)
+            } else {
+                done_ns
+            };
             let profile = &self.plan.fleet.profiles[profile_ix];
             let interval =
                 self.table.get(key).map_or(profile.interval_ms, |d| d.interval_ms as u64);
@@ -834,19 +847,53 @@ impl Shard {
                     None
                 }
             };
-            if let Some((node, bd_seq)) = reborn {
-                sp::encode_nbirth(&mut self.payload, ts, bd_seq);
+            let Some(r) = reborn else { continue };
+            sp::encode_nbirth(&mut self.payload, ts, r.bd_seq);
+            self.topic.clear();
+            sp::write_topic(&mut self.topic, &spec.group_id, "NBIRTH", &r.node, None);
+            self.stats.profiles[profile_ix].published += 1;
+            done_ns = submit(
+                &mut self.sinks,
+                &mut self.stats,
+                &mut self.interval_latency,
+                profile,
+                profile_ix,
+                (&self.topic, &self.payload),
+                (hash, &self.id, &group.labels),
+                (intended_ns, phase),
+                done_ns,
+            );
+            // Then at once every born device's DBIRTH, with the values it last sent (counted
+            // by the device's own profile; handed to the node's session like any of its
+            // messages).
+            for b in &r.births {
+                let Some(bp) = fleet.profiles.get(b.profile) else { continue };
+                sp::encode_dbirth(
+                    &mut self.payload,
+                    ts,
+                    b.seq,
+                    b.ordinal,
+                    &bp.fields,
+                    &b.samples,
+                    &bp.behaviour.events,
+                );
                 self.topic.clear();
-                sp::write_topic(&mut self.topic, &spec.group_id, "NBIRTH", &node, None);
-                self.stats.profiles[profile_ix].published += 1;
+                sp::write_topic(
+                    &mut self.topic,
+                    &spec.group_id,
+                    "DBIRTH",
+                    &r.node,
+                    Some(&b.device),
+                );
+                self.stats.profiles[b.profile].published += 1;
                 done_ns = submit(
                     &mut self.sinks,
                     &mut self.stats,
                     &mut self.interval_latency,
-                    profile,
-                    profile_ix,
+                    bp,
+                    b.profile,
                     (&self.topic, &self.payload),
-                    (hash, &self.id, &group.labels),
+                    (hash, &b.device, &group.labels),
                     (intended_ns, phase),
                     done_ns,
                 );
@@ -892,6 +939,7 @@ impl Shard {
                 plan.ordinal,
                 &profile.fields,
                 &self.samples,
+                &profile.behaviour.events,
             );
             "DBIRTH"
         } else {
@@ -908,6 +956,7 @@ impl Shard {
             );
             "DDATA"
         };
+        self.sparkplug.remember(hash, &self.id, profile_ix, &self.samples);
         if let Some(word) = corrupt {
             crate::sim::fault::corrupt_bytes(&mut self.payload, word);
         }
@@ -926,6 +975,82 @@ impl Shard {
             (intended_ns, phase),
             done_ns,
         )
+    }
+
+    /// Whether the Sparkplug device in `self.id` (of group `group_ix`) is born.
+    fn sparkplug_born(&mut self, group_ix: usize) -> bool {
+        let fleet = &*self.plan.fleet;
+        let group = &fleet.groups[group_ix];
+        let profile = &fleet.profiles[group.profile];
+        let Some(spec) = profile.format.sparkplug() else { return false };
+        let hash = self.sparkplug.locate(spec, &self.id, &profile.device_type, &group.labels);
+        self.sparkplug.born(hash, &self.id).is_some()
+    }
+
+    /// The events in `step_log` of the Sparkplug device in `self.id`, after its sample: each a
+    /// DDATA at the event's time with the `event` metric and the event's fields (declared by
+    /// its DBIRTH), in its node's `seq`. A device not born (dead) sends none. Returns when the
+    /// last was handed over.
+    fn sparkplug_events(
+        &mut self,
+        key: u32,
+        group_ix: usize,
+        intended_ns: Option<u64>,
+        mut done_ns: u64,
+    ) -> u64 {
+        use crate::sim::sparkplug as sp;
+        // Events are rare: the `Arc` clone lets the loop borrow the whole shard.
+        let fleet = self.plan.fleet.clone();
+        let group = &fleet.groups[group_ix];
+        let profile_ix = group.profile;
+        let profile = &fleet.profiles[profile_ix];
+        let Some(spec) = profile.format.sparkplug() else { return done_ns };
+        let hash = self.sparkplug.locate(spec, &self.id, &profile.device_type, &group.labels);
+        let Some(ordinal) = self.sparkplug.born(hash, &self.id) else { return done_ns };
+        let node = String::from_utf8_lossy(&self.sparkplug.name).into_owned();
+        let log = std::mem::take(&mut self.step_log);
+        let mut samples = std::mem::take(&mut self.event_samples);
+        let events = &profile.behaviour.events;
+        for &(ei, at) in &log.events {
+            let ei = ei as usize;
+            if ei >= events.len() {
+                continue;
+            }
+            self.table.generate_event(&fleet, key, ei, at, &mut samples);
+            let seq = self.sparkplug.next_seq(hash);
+            sp::encode_event(
+                &mut self.payload,
+                at,
+                seq,
+                ordinal,
+                profile.fields.len(),
+                events,
+                ei,
+                &samples,
+            );
+            self.topic.clear();
+            sp::write_topic(&mut self.topic, &spec.group_id, "DDATA", &node, Some(&self.id));
+            let st = &mut self.stats.profiles[profile_ix];
+            if st.events.len() <= ei {
+                st.events.resize(ei + 1, 0);
+            }
+            st.events[ei] += 1;
+            let phase = self.scn.as_ref().and_then(|c| c.phase_of(at));
+            done_ns = submit(
+                &mut self.sinks,
+                &mut self.stats,
+                &mut self.interval_latency,
+                profile,
+                profile_ix,
+                (&self.topic, &self.payload),
+                (hash, &self.id, &group.labels),
+                (intended_ns, phase),
+                done_ns,
+            );
+        }
+        self.step_log = log;
+        self.event_samples = samples;
+        done_ns
     }
 
     /// A Sparkplug device (id in `self.id`) stops, goes offline or is disconnected by a fault

@@ -16,6 +16,7 @@
 //! next sample. A rebirth (NCMD `Node Control/Rebirth`) is a new NBIRTH at once with `seq` 0;
 //! each device then sends its DBIRTH with its next sample.
 
+use super::behaviour::EventSpec;
 use super::format::{Val, value_of};
 use super::generator::Sample;
 use super::profile::{FieldSpec, TopicTemplate};
@@ -203,7 +204,25 @@ pub fn alias(ordinal: u32, field: usize) -> u64 {
     ((ordinal as u64) << 16) | (field as u64 + 1)
 }
 
-/// DBIRTH: every metric with name, alias, datatype and value.
+/// The Sparkplug data type of a field whatever its value (an event's field is declared in
+/// DBIRTH before it has one).
+pub fn field_datatype(f: &FieldSpec) -> u32 {
+    use super::generator::GenSpec;
+    let probe = match &f.generator {
+        GenSpec::Markov(_) => Sample::State(0),
+        GenSpec::Static { .. } => Sample::Static,
+        _ => Sample::Number(0.0),
+    };
+    datatype_of(&value_of(f, probe))
+}
+
+/// The metric of a device's events: its value is the name of the event that happened.
+pub const EVENT: &str = "event";
+
+/// DBIRTH: every metric with name, alias, datatype and value; then, when the device has
+/// events, the `event` metric (String) and each event's fields as `EVENT/FIELD`, declared
+/// with no value (`is_null`) until an event happens (see [`encode_event`]).
+#[allow(clippy::too_many_arguments)]
 pub fn encode_dbirth(
     out: &mut Vec<u8>,
     ts: SimMs,
@@ -211,6 +230,7 @@ pub fn encode_dbirth(
     ordinal: u32,
     fields: &[FieldSpec],
     samples: &[Sample],
+    events: &[EventSpec],
 ) {
     header(out, ts);
     for (i, (f, smp)) in fields.iter().zip(samples).enumerate() {
@@ -221,6 +241,66 @@ pub fn encode_dbirth(
             varint(out, alias(ordinal, i));
             out.push(tag::DATATYPE);
             varint(out, datatype_of(&v) as u64);
+            value(out, &v);
+        });
+    }
+    if !events.is_empty() {
+        let declare = |out: &mut Vec<u8>, name: &str, a: u64, dt: u32| {
+            metric(out, |out| {
+                string(out, tag::NAME, name);
+                out.push(tag::ALIAS);
+                varint(out, a);
+                out.push(tag::DATATYPE);
+                varint(out, dt as u64);
+                out.push(tag::IS_NULL);
+                out.push(1);
+            });
+        };
+        declare(out, EVENT, alias(ordinal, fields.len()), datatype::STRING);
+        let mut at = fields.len() + 1;
+        let mut name = String::new();
+        for e in events {
+            for f in &e.fields {
+                name.clear();
+                name.push_str(&e.name);
+                name.push('/');
+                name.push_str(&f.name);
+                declare(out, &name, alias(ordinal, at), field_datatype(f));
+                at += 1;
+            }
+        }
+    }
+    seq(out, s);
+}
+
+/// An event of a device, as a DDATA at the event's time: the `event` metric (the event's
+/// name) and the event's fields, by the aliases its DBIRTH declared (`profile_fields` is the
+/// number of the profile's own fields; `events` every event of the profile, `which` this one).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_event(
+    out: &mut Vec<u8>,
+    ts: SimMs,
+    s: u8,
+    ordinal: u32,
+    profile_fields: usize,
+    events: &[EventSpec],
+    which: usize,
+    samples: &[Sample],
+) {
+    header(out, ts);
+    let e = &events[which];
+    metric(out, |out| {
+        out.push(tag::ALIAS);
+        varint(out, alias(ordinal, profile_fields));
+        string(out, tag::STRING, &e.name);
+    });
+    let first: usize =
+        profile_fields + 1 + events[..which].iter().map(|e| e.fields.len()).sum::<usize>();
+    for (j, (f, smp)) in e.fields.iter().zip(samples).enumerate() {
+        let v = value_of(f, *smp);
+        metric(out, |out| {
+            out.push(tag::ALIAS);
+            varint(out, alias(ordinal, first + j));
             value(out, &v);
         });
     }
@@ -264,8 +344,20 @@ pub struct Node {
     pub bd_seq: u64,
     /// Whether the NBIRTH went out (or must go out again: a rebirth).
     born: bool,
-    /// Device id -> (ordinal, born).
-    devices: BTreeMap<String, (u32, bool)>,
+    /// Device id -> its state on the node.
+    devices: BTreeMap<String, Device>,
+}
+
+/// A device of an edge node.
+#[derive(Debug)]
+struct Device {
+    /// From 1, in the order of first birth: the high half of the device's aliases.
+    ordinal: u32,
+    born: bool,
+    /// The profile and values of its last DBIRTH or DDATA: a rebirth sends its DBIRTH again
+    /// at once with these.
+    profile: usize,
+    last: Vec<Sample>,
 }
 
 impl Node {
@@ -350,13 +442,35 @@ impl EdgeNodes {
         });
         let next_ord = node.devices.len() as u32 + 1;
         let (ordinal, born) = match node.devices.get_mut(device_id) {
-            Some(d) => (d.0, std::mem::replace(&mut d.1, true)),
+            Some(d) => (d.ordinal, std::mem::replace(&mut d.born, true)),
             None => {
-                node.devices.insert(device_id.to_string(), (next_ord, true));
+                let d = Device { ordinal: next_ord, born: true, profile: 0, last: vec![] };
+                node.devices.insert(device_id.to_string(), d);
                 (next_ord, false)
             }
         };
         Plan { nbirth, birth: !born, seq: node.take_seq(), ordinal }
+    }
+
+    /// Keeps what `device_id` (of node `hash`) just sent, for a rebirth's DBIRTH.
+    pub fn remember(&mut self, hash: u64, device_id: &str, profile: usize, samples: &[Sample]) {
+        if let Some(d) = self.nodes.get_mut(&hash).and_then(|n| n.devices.get_mut(device_id)) {
+            d.profile = profile;
+            d.last.clear();
+            d.last.extend_from_slice(samples);
+        }
+    }
+
+    /// Whether `device_id` of node `hash` is born (its DBIRTH went out since its last DDEATH
+    /// or its node's last NBIRTH), with its ordinal.
+    pub fn born(&self, hash: u64, device_id: &str) -> Option<u32> {
+        let node = self.nodes.get(&hash).filter(|n| n.born)?;
+        node.devices.get(device_id).filter(|d| d.born).map(|d| d.ordinal)
+    }
+
+    /// The next `seq` of a born device's message other than its sample (an event).
+    pub fn next_seq(&mut self, hash: u64) -> u8 {
+        self.nodes.get_mut(&hash).map_or(0, Node::take_seq)
     }
 
     /// A device stops, goes offline or is disconnected: its DDEATH's `seq`, when it was born.
@@ -366,7 +480,7 @@ impl EdgeNodes {
             return None;
         }
         let d = node.devices.get_mut(device_id)?;
-        if !std::mem::replace(&mut d.1, false) {
+        if !std::mem::replace(&mut d.born, false) {
             return None;
         }
         Some(node.take_seq())
@@ -432,23 +546,56 @@ impl EdgeNodes {
 
     /// The node's session connected again (with the next `bdSeq` in its will): a rebirth
     /// with that `bdSeq`.
-    pub fn reconnected(&mut self, hash: u64) -> Option<(String, u64)> {
+    pub fn reconnected(&mut self, hash: u64) -> Option<Rebirth> {
         let node = self.nodes.get_mut(&hash)?;
         node.bd_seq = (node.bd_seq + 1) % 256;
         self.rebirth(hash)
     }
 
-    /// A rebirth (NCMD `Node Control/Rebirth`): the NBIRTH's `bdSeq` (its `seq` is 0); every
-    /// device is born again at its next sample.
-    pub fn rebirth(&mut self, hash: u64) -> Option<(String, u64)> {
+    /// A rebirth (NCMD `Node Control/Rebirth`): the NBIRTH's `bdSeq` (its `seq` is 0), then at
+    /// once a DBIRTH for every device that was born (with the values it last sent), each with
+    /// its `seq`; a device that was dead (DDEATH) is born again at its next sample.
+    pub fn rebirth(&mut self, hash: u64) -> Option<Rebirth> {
         let node = self.nodes.get_mut(&hash)?;
         node.born = true;
         node.next_seq = 1;
-        for d in node.devices.values_mut() {
-            d.1 = false;
+        let mut births = vec![];
+        for (id, d) in node.devices.iter_mut() {
+            if d.born && !d.last.is_empty() {
+                births.push(Reborn {
+                    device: id.clone(),
+                    ordinal: d.ordinal,
+                    profile: d.profile,
+                    samples: d.last.clone(),
+                    seq: 0,
+                });
+            } else {
+                d.born = false;
+            }
         }
-        Some((node.name.clone(), node.bd_seq))
+        for b in &mut births {
+            b.seq = node.take_seq();
+        }
+        Some(Rebirth { node: node.name.clone(), bd_seq: node.bd_seq, births })
     }
+}
+
+/// What a rebirth sends: the node's NBIRTH, then its devices' DBIRTHs.
+#[derive(Debug)]
+pub struct Rebirth {
+    pub node: String,
+    pub bd_seq: u64,
+    pub births: Vec<Reborn>,
+}
+
+/// A device's DBIRTH in a rebirth.
+#[derive(Debug)]
+pub struct Reborn {
+    pub device: String,
+    pub ordinal: u32,
+    pub profile: usize,
+    pub samples: Vec<Sample>,
+    pub seq: u8,
 }
 
 /// Whether an NCMD payload asks for a rebirth: a metric named `Node Control/Rebirth` (or with
@@ -718,10 +865,23 @@ mod tests {
         assert!(n.death(h, "d2").is_some());
         assert!(n.death(h, "d2").is_none(), "a dead device dies once");
         assert!(n.sample(h, "d2").birth);
-        let (name, bd) = n.rebirth(h).unwrap();
-        assert_eq!((name.as_str(), bd), ("line1", 0));
+        // d1 sent values (remembered); d2 dies before the rebirth.
+        n.remember(h, "d1", 0, &[Sample::Number(1.5)]);
+        n.remember(h, "d2", 0, &[Sample::Number(2.5)]);
+        assert!(n.death(h, "d2").is_some());
+        let r = n.rebirth(h).unwrap();
+        assert_eq!((r.node.as_str(), r.bd_seq), ("line1", 0));
+        // d1's DBIRTH goes out at once after the NBIRTH (seq 1), with what it last sent; the
+        // dead d2 is born at its next sample.
+        assert_eq!(r.births.len(), 1);
+        let b = &r.births[0];
+        assert_eq!((b.device.as_str(), b.ordinal, b.seq), ("d1", 1, 1));
+        assert_eq!(b.samples, vec![Sample::Number(1.5)]);
         let p = n.sample(h, "d1");
-        assert_eq!((p.nbirth, p.birth, p.seq), (None, true, 1));
+        assert_eq!((p.nbirth, p.birth, p.seq), (None, false, 2));
+        let p = n.sample(h, "d2");
+        assert_eq!((p.nbirth, p.birth, p.seq), (None, true, 3));
+        assert_eq!(n.born(h, "d2"), Some(2));
     }
 
     #[test]

@@ -102,10 +102,21 @@ fn an_independent_host_sees_births_data_seq_rebirth_dcmd_and_ndeath_on_kill() {
     let dir = tempfile::tempdir().unwrap();
     let group = unique("spb");
     let (nodes, per_node) = (3, 4);
+    // Events (one a second per device, with a field of each kind) go out as DDATA of their own.
+    let events = "\n[profiles.press.events.jam]\nrate_per_hour = 3600\n\
+                  fields = { force = { type = \"gaussian\", mean = 5.0, stddev = 1.0 }, \
+                  level = { type = \"static\", value = \"high\" } }\n";
     let cfg = fleet(dir.path(), &group, nodes, per_node, "duration = \"5m\"", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "\n[[fleet]]",
+        &format!("{events}\n[[fleet]]"),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
     let mut host = python()
         .args([HOST, "127.0.0.1", "1883", &group, &nodes.to_string(), &per_node.to_string()])
         .arg("line1")
+        .env("SPB_WANT_EVENTS", "3")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -131,6 +142,9 @@ fn an_independent_host_sees_births_data_seq_rebirth_dcmd_and_ndeath_on_kill() {
     assert_eq!(s["devices_with_data"], nodes * per_node, "{s}");
     assert_eq!(s["rebirth"]["nbirth"], true, "{s}");
     assert_eq!(s["rebirth"]["dbirths"], per_node, "{s}");
+    // The rebirth's DBIRTHs follow its NBIRTH at once, before any other message of the node.
+    assert_eq!(s["rebirth"]["first"], serde_json::json!(vec!["DBIRTH"; per_node]), "{s}");
+    assert!(s["counts"]["events"].as_u64().unwrap() >= 3, "events as DDATA: {s}");
     assert_eq!(s["dcmd_reflected"], true, "a DCMD write shows in the next DDATA: {s}");
     assert_eq!(s["nodes"].as_object().unwrap().len(), nodes, "{s}");
     for (name, n) in s["nodes"].as_object().unwrap() {
@@ -195,9 +209,11 @@ fn edge_nodes_send_the_same_bytes_on_any_core_count_and_die_and_rebirth_devices(
     let run =
         "seed = 5\nclock = \"virtual\"\nstart_time = \"2026-03-14T00:00:00Z\"\nduration = \"30s\"";
     // Devices drop off and come back (DDEATH, then DBIRTH); on_change DDATA carries only
-    // what moved.
+    // what moved; events are DDATA of their own.
     let extra = "qos = 1\nreport = { mode = \"on_change\", max_silence = \"5s\" }\n\
-                 availability = { mtbf = \"10s\", mttr = \"2s\" }";
+                 availability = { mtbf = \"10s\", mttr = \"2s\" }\n\
+                 events = { jam = { rate_per_hour = 720, fields = { force = { type = \
+                 \"gaussian\", mean = 5.0, stddev = 1.0 } } } }";
     let port = free_port();
     let _broker = Broker::with_conf(
         port,
@@ -217,6 +233,7 @@ fn edge_nodes_send_the_same_bytes_on_any_core_count_and_die_and_rebirth_devices(
     let s = summary(String::from_utf8_lossy(&out.stdout).trim());
     assert_eq!(s["violations"], serde_json::json!([]), "{s}");
     assert!(s["counts"]["DDEATH"].as_u64().unwrap() > 0, "no DDEATH: {s}");
+    assert!(s["counts"]["events"].as_u64().unwrap() > 0, "no event DDATA: {s}");
     assert_eq!(s["counts"]["NDEATH"], 4, "every node's NDEATH at the end: {s}");
     assert!(
         s["counts"]["DBIRTH"].as_u64().unwrap() > 20,

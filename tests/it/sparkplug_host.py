@@ -16,6 +16,7 @@ to the node's NBIRTH `bdSeq`).
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -35,9 +36,12 @@ lock = threading.Lock()
 violations = []
 nodes = {}  # node -> {"bd_seq", "next_seq", "births", "ndeath_bd_seq"}
 devices = {}  # (node, device) -> DBirth payload (None after DDEATH)
-counts = {"NBIRTH": 0, "DBIRTH": 0, "DDATA": 0, "DDEATH": 0, "NDEATH": 0, "metrics": 0}
+counts = {"NBIRTH": 0, "DBIRTH": 0, "DDATA": 0, "DDEATH": 0, "NDEATH": 0, "metrics": 0, "events": 0}
+# Events the test expects (SPB_WANT_EVENTS): DDATA whose `event` metric names the event, with
+# its fields `EVENT/FIELD` declared by the device's DBIRTH.
+want_events = int(os.environ.get("SPB_WANT_EVENTS", "0"))
 data_seen = set()
-rebirth = {"sent": False, "nbirth": False, "dbirths": set(), "data_after": 0}
+rebirth = {"sent": False, "nbirth": False, "dbirths": set(), "data_after": 0, "first": []}
 dcmd = {"device": None, "reflected": False}
 DCMD_VALUE = 999.5
 done = threading.Event()
@@ -74,6 +78,9 @@ def handle(client, m):
     if kind in ("NCMD", "DCMD", "STATE"):
         return
     counts[kind] = counts.get(kind, 0) + 1
+    # What the rebirth's node sends right after its new NBIRTH: every device's DBIRTH first.
+    if rebirth["nbirth"] and node == rebirth_node and kind != "NBIRTH" and len(rebirth["first"]) < per_node:
+        rebirth["first"].append(kind)
     if kind == "NBIRTH":
         p = sp.Message.from_mqtt_message(m).payload
         names = {x.name: x for x in p.metrics}
@@ -88,7 +95,7 @@ def handle(client, m):
         for key in list(devices):
             if key[0] == node:
                 devices[key] = None
-        if rebirth["sent"] and node == rebirth_node:
+        if rebirth["sent"] and node == rebirth_node and not rebirth["nbirth"]:
             rebirth["nbirth"] = True
     elif kind == "DBIRTH":
         p = sp.Message.from_mqtt_message(m).payload
@@ -113,6 +120,14 @@ def handle(client, m):
                 bad(f"DDATA {node}/{dev}: alias {x.alias} not in its DBIRTH")
             if x.name is None:
                 bad(f"DDATA {node}/{dev}: alias {x.alias} does not resolve to a name")
+        names = {x.name: x.value for x in p.metrics}
+        if "event" in names:
+            counts["events"] += 1
+            ev = names["event"]
+            if not isinstance(ev, str) or not ev:
+                bad(f"DDATA {node}/{dev}: event metric without a name: {ev!r}")
+            elif not any(n.startswith(ev + "/") for n in names):
+                bad(f"DDATA {node}/{dev}: event {ev} without its fields: {sorted(names)}")
         data_seen.add((node, dev))
         if dcmd["device"] == (node, dev) and any(
             x.name == "temperature" and x.value == DCMD_VALUE for x in p.metrics
@@ -147,7 +162,12 @@ def summary():
             for n, s in nodes.items()
         },
         "devices_with_data": len(data_seen),
-        "rebirth": {"sent": rebirth["sent"], "nbirth": rebirth["nbirth"], "dbirths": len(rebirth["dbirths"])},
+        "rebirth": {
+            "sent": rebirth["sent"],
+            "nbirth": rebirth["nbirth"],
+            "dbirths": len(rebirth["dbirths"]),
+            "first": rebirth["first"],
+        },
         "dcmd_reflected": dcmd["reflected"],
     }
 
@@ -186,7 +206,10 @@ def wait_for(cond, limit):
 
 
 everyone = n_nodes * per_node
-ok = wait_for(lambda: len(nodes) >= n_nodes and len(data_seen) >= everyone, 60)
+ok = wait_for(
+    lambda: len(nodes) >= n_nodes and len(data_seen) >= everyone and counts["events"] >= want_events,
+    60,
+)
 if not ok:
     bad(f"not every device sent data: {len(nodes)} nodes, {len(data_seen)} devices")
 if rebirth_node is not None and ok:
