@@ -12,7 +12,8 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust first (rust
 
 # Modules of tests/it/ that run only the built binary on files (no broker, browser, container,
 # Prometheus or Python): each is a test-name filter, `module::`.
-QUICK=(cli:: abuse_config:: deploy_config:: docs::)
+QUICK=(cli:: abuse_config:: deploy_config:: docs:: presets::config_show_ presets::azure_fills_
+    presets::preset_problems_ presets::the_shipped_preset_examples)
 
 case "${1:-}" in
 --quick)

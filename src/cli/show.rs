@@ -3,7 +3,7 @@
 //! Secrets (passwords, tokens, credentials in URLs) are masked.
 
 use super::{RunArgs, exit};
-use crate::config::{self, RunSettings, env};
+use crate::config::{self, RunSettings, env, preset};
 use clap::{Args, Subcommand};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -31,6 +31,8 @@ enum Source {
     File,
     Env(String),
     Flag(&'static str),
+    /// Filled by `[sink.mqtt] preset` (`config::preset`).
+    Preset(&'static str),
 }
 
 impl std::fmt::Display for Source {
@@ -40,6 +42,7 @@ impl std::fmt::Display for Source {
             Source::File => f.write_str("file"),
             Source::Env(v) => write!(f, "env {v}"),
             Source::Flag(v) => write!(f, "flag {v}"),
+            Source::Preset(v) => write!(f, "preset {v}"),
         }
     }
 }
@@ -146,6 +149,8 @@ fn sink_value(s: &config::SinkSettings, sink: &str, key: &str) -> Option<String>
                 "ca_file" => path(&tls.ca_file),
                 "client_cert" => path(&tls.client_cert),
                 "client_key" => path(&tls.client_key),
+                "preset" => m.preset.as_deref().map_or("(none)".into(), q),
+                "hub" => m.hub.as_deref().map_or("(none)".into(), q),
                 _ => return None,
             }
         }
@@ -222,6 +227,8 @@ fn render(
 ) -> String {
     let mut layered = file.clone();
     let applied = env::overlay(&mut layered, vars);
+    // The preset's keys, as the loader fills them (its problems were reported by the load).
+    let expansion = preset::expand(&mut layered, &mut crate::walk::Problems::default());
     let from_env = |path: &str| {
         applied
             .iter()
@@ -262,15 +269,37 @@ fn render(
         let _ = writeln!(out, "\n[sink.{sink}]");
         for key in *keys {
             let path = format!("sink.{sink}.{key}");
-            let source = match table.get(*key) {
-                Some(_) => from_env(&path).unwrap_or(Source::File),
-                None => Source::Default,
+            let source = match (table.get(*key), expansion.source_of(&path)) {
+                (Some(_), Some(preset)) => Source::Preset(preset),
+                (Some(_), None) => from_env(&path).unwrap_or(Source::File),
+                (None, _) => Source::Default,
             };
             // The compiled value (defaults filled in); the raw one if the sink did not compile.
             let value = sink_value(sinks_now, sink, key)
                 .or_else(|| table.get(*key).map(|v| masked(key, v)))
                 .unwrap_or_else(|| "(default)".into());
             line(&mut out, key, &value, &source);
+        }
+    }
+    // What the preset filled beyond the [sink.*] keys above: per-device sessions, profiles,
+    // and keys of features this build does not have.
+    let shown = |f: &preset::Filled| {
+        f.applied && f.path.len() == 3 && f.path[0] == "sink" && f.path[1] == "mqtt"
+    };
+    let rest: Vec<&preset::Filled> = expansion.filled.iter().filter(|f| !shown(f)).collect();
+    if let (Some(name), false) = (expansion.preset, rest.is_empty()) {
+        let _ = writeln!(out, "\n# filled by preset {name} (the keys the file leaves out)");
+        for f in rest {
+            let key = f.dotted();
+            let value = masked(f.path.last().map_or("", String::as_str), &f.value);
+            if f.applied {
+                line(&mut out, &key, &value, &Source::Preset(name));
+            } else {
+                let _ = writeln!(
+                    out,
+                    "# {key} = {value}  (preset {name}; not applied: this build has no such key)"
+                );
+            }
         }
     }
     for other in ["console", "null"] {

@@ -257,6 +257,17 @@ pub const SINK_MQTT: Spec = Spec {
         k("client_cert", Ty::Str, "mqtts, wss: client certificate file (PEM), with client_key."),
         k("client_key", Ty::Str, "mqtts, wss: client key file (PEM), with client_cert."),
         k(
+            "preset",
+            Ty::Enum(&["aws_iot", "azure_iot_hub", "thingsboard"]),
+            "A platform's defaults (client id, username, topics, ALPN, port, TLS, format); \
+             explicit keys win.",
+        ),
+        k(
+            "hub",
+            Ty::Str,
+            "preset = \"azure_iot_hub\": the IoT hub's NAME (NAME.azure-devices.net).",
+        ),
+        k(
             "per_device",
             Ty::Table(&MQTT_PER_DEVICE),
             "Sessions of profiles with connection = \"per_device\" (one per device).",

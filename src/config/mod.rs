@@ -12,6 +12,7 @@ pub mod format;
 pub mod keys;
 mod mqtt5;
 pub mod mqtt_sessions;
+pub mod preset;
 mod replay;
 pub mod schema;
 pub mod sinks;
@@ -271,13 +272,22 @@ pub fn compile_with_env(
 ) -> Result<Config, Problems> {
     let mut layered = doc.clone();
     let applied = env::overlay(&mut layered, vars);
-    if applied.is_empty() {
-        return compile_file_doc(doc, base, fleet_optional);
-    }
-    compile_file_doc(&layered, base, fleet_optional).map_err(|mut p| {
+    // A preset fills what the file and the environment leave out (explicit keys win).
+    let mut problems = Problems::default();
+    preset::expand(&mut layered, &mut problems);
+    let compiled = compile_file_doc(&layered, base, fleet_optional);
+    let mut p = match compiled {
+        Ok(c) if problems.is_empty() => return Ok(c),
+        Ok(_) => problems,
+        Err(p) => {
+            problems.0.extend(p.0);
+            problems
+        }
+    };
+    if !applied.is_empty() {
         env::name_vars(&mut p, &applied);
-        p
-    })
+    }
+    Err(p)
 }
 
 fn compile_file_doc(

@@ -70,6 +70,9 @@ pub struct MqttSettings {
     pub password: Option<String>,
     /// `[sink.mqtt.per_device]`: used by profiles with `connection = "per_device"`.
     pub per_device: super::mqtt_sessions::PerDeviceSettings,
+    /// `preset` (already expanded into the other keys by `config::preset`) and Azure's `hub`.
+    pub preset: Option<String>,
+    pub hub: Option<String>,
 }
 
 /// `[sink.amqp]`.
@@ -322,6 +325,8 @@ pub const MQTT_KEYS: &[&str] = &[
     "ca_file",
     "client_cert",
     "client_key",
+    "preset",
+    "hub",
 ];
 
 fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
@@ -348,6 +353,9 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
     let inflight = usize_in(&mut t, "inflight", 1, 65_535, 100, p) as u16;
     let queue_size = usize_in(&mut t, "queue_size", 1, 10_000_000, 10_000, p);
     let backoff = backoff(&mut t, p);
+    // Expanded before the loader runs (`config::preset`), which also checked the names.
+    let preset = t.str("preset", p).map(String::from);
+    let hub = t.str("hub", p).map(String::from);
     let per_device = match t.table("per_device", p) {
         Some(pd) => super::mqtt_sessions::compile(pd, p),
         None => Default::default(),
@@ -398,6 +406,8 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
         username: env("IOT_SIM_MQTT_USERNAME").or(parts.user),
         password: env("IOT_SIM_MQTT_PASSWORD"),
         per_device,
+        preset,
+        hub,
     })
 }
 

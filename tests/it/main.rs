@@ -32,6 +32,7 @@ mod mqtt_session_faults;
 mod mqtt_sessions;
 mod mqtt_ws;
 mod observability;
+mod presets;
 mod prometheus;
 mod realistic;
 mod replay;

@@ -124,15 +124,40 @@ fn pooled_and_per_device_over_wss_with_a_private_ca_deliver_every_message() {
     delivers_everything(&url, plain, "per_device", &ca, d);
 }
 
-/// A server that answers every connection's upgrade request with `response` and closes it.
-fn fake_http(response: &'static str) -> u16 {
+/// A tiny HTTP server that refuses every upgrade: it answers each request with `status` (a
+/// full status line such as "401 Unauthorized"), or with "101" carrying a correct
+/// `Sec-WebSocket-Accept` but no `mqtt` subprotocol, and closes the connection.
+fn refusing_http(status: &'static str) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
         for s in listener.incoming() {
             let Ok(mut s) = s else { continue };
             let mut buf = [0u8; 2048];
-            let _ = s.read(&mut buf);
+            let n = s.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let response = if status == "101" {
+                let key = request
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key:"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let digest = ring::digest::digest(
+                    &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                    format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+                );
+                let accept = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    digest.as_ref(),
+                );
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: \
+                     Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+            } else {
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n")
+            };
             let _ = s.write_all(response.as_bytes());
         }
     });
@@ -140,24 +165,27 @@ fn fake_http(response: &'static str) -> u16 {
 }
 
 #[test]
-fn a_refused_handshake_is_a_counted_connection_error_and_nothing_is_sent() {
+fn a_refused_handshake_is_counted_by_reason_and_nothing_is_sent() {
     let dir = tempfile::tempdir().unwrap();
-    for (response, connection, event) in [
-        ("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "pooled", "mqtt.connect_error"),
-        (
-            // 101 but without the mqtt subprotocol.
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-            "per_device",
-            "mqtt.session_connect_error",
-        ),
+    for (status, connection, event, reason) in [
+        ("401 Unauthorized", "pooled", "mqtt.connect_error", "mqtt.ws_refused_unauthorized"),
+        ("403 Forbidden", "per_device", "mqtt.session_connect_error", "mqtt.ws_refused_forbidden"),
+        ("404 Not Found", "pooled", "mqtt.connect_error", "mqtt.ws_refused_not_found"),
+        ("101", "per_device", "mqtt.session_connect_error", "mqtt.ws_refused_subprotocol"),
     ] {
-        let port = fake_http(response);
+        let port = refusing_http(status);
         let toml = fleet(&format!("ws://127.0.0.1:{port}/mqtt"), "x", connection, "", 2);
         let out = run(dir.path(), &toml, &["--cores", "1"]);
         let e = stderr(&out);
         assert!(!e.contains("panicked"), "{e}");
         let r = report(dir.path());
-        assert!(r["sink_events"][event].as_u64().unwrap_or(0) > 0, "{connection}: {r}");
+        let ev = &r["sink_events"];
+        let attempts = ev[event].as_u64().unwrap_or(0);
+        assert!(attempts > 0, "{status} {connection}: {r}");
+        // Every attempt was this refusal, and no other reason was counted.
+        assert_eq!(ev[reason].as_u64(), Some(attempts), "{status} {connection}: {ev}");
+        let reasons = ev.as_object().unwrap().keys().filter(|k| k.contains("ws_refused")).count();
+        assert_eq!(reasons, 1, "{status}: {ev}");
         let row = &r["runs"][0];
         assert_eq!(row["messages"], 0, "nothing was sent: {r}");
         assert!(row["published"].as_u64().unwrap() > 0, "{r}");

@@ -678,7 +678,8 @@ struct Link<'a, 'p> {
 }
 
 /// [`drive`] over `stream`, or over a WebSocket on it for `ws://`/`wss://` (a refused
-/// handshake is a failed attempt, counted as `session_connect_error`).
+/// handshake is a failed attempt, counted as `session_connect_error` and
+/// `ws_refused_<reason>`).
 async fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Devices,
     dev: &Device,
@@ -694,7 +695,12 @@ async fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
             match Box::pin(super::ws::connect(stream, target, timeout)).await {
                 // Boxed like TLS: a plain session's task carries no room for it.
                 Ok(ws) => Box::pin(drive(ctx, dev, session, link, ws, ever_connected)).await,
-                Err(e) => End::Lost(format!("websocket: {e}")),
+                Err(e) => {
+                    if let Some(r) = super::ws::refusal(&e) {
+                        ctx.shared.event(r.event());
+                    }
+                    End::Lost(format!("websocket: {e}"))
+                }
             }
         }
     }

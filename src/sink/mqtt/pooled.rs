@@ -240,7 +240,7 @@ fn settle(pool: &Pool, conn: usize, session: &mut Session<Queued>, link: &mut Li
 }
 
 /// [`drive`] over `stream`, or over a WebSocket on it for `ws://`/`wss://` (a refused
-/// handshake is a lost connection, counted as `connect_error`, its reason in the event).
+/// handshake is a lost connection, counted as `connect_error` and `ws_refused_<reason>`).
 async fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
     pool: &Pool,
     conn: usize,
@@ -254,7 +254,12 @@ async fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
         None => drive(pool, conn, session, params, stream, buf, link).await,
         Some(target) => match Box::pin(super::ws::connect(stream, target, CONNECT_TIMEOUT)).await {
             Ok(ws) => Box::pin(drive(pool, conn, session, params, ws, buf, link)).await,
-            Err(e) => End::Lost(format!("websocket: {e}")),
+            Err(e) => {
+                if let Some(r) = super::ws::refusal(&e) {
+                    pool.shared.event(r.event());
+                }
+                End::Lost(format!("websocket: {e}"))
+            }
         },
     }
 }

@@ -74,14 +74,53 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         wbuf: Vec::new(),
         wpos: 0,
         rng: seed,
+        close: Close::Open,
     })
 }
 
+/// Why a server refused the upgrade; carried inside the handshake's `io::Error`.
+#[derive(Debug)]
+pub struct Refusal {
+    /// The counted reason: `unauthorized` (401), `forbidden` (403), `not_found` (404),
+    /// `status` (any other status but 101), `subprotocol` (101 without `mqtt`), `handshake`
+    /// (a wrong accept key or Upgrade header, a head too long, closed mid-handshake).
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "websocket handshake refused: {}", self.detail)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl Refusal {
+    /// The sink event a refusal is counted as (`mqtt.ws_refused_<reason>` in the report).
+    pub fn event(&self) -> &'static str {
+        match self.reason {
+            "unauthorized" => "ws_refused_unauthorized",
+            "forbidden" => "ws_refused_forbidden",
+            "not_found" => "ws_refused_not_found",
+            "status" => "ws_refused_status",
+            "subprotocol" => "ws_refused_subprotocol",
+            _ => "ws_refused_handshake",
+        }
+    }
+}
+
+/// The refusal inside a handshake error, if it was one (not a timeout or a socket error).
+pub fn refusal(e: &io::Error) -> Option<&Refusal> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<Refusal>())
+}
+
+fn refused_as(reason: &'static str, why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionRefused, Refusal { reason, detail: why.into() })
+}
+
 fn refused(why: impl Into<String>) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionRefused,
-        format!("websocket handshake refused: {}", why.into()),
-    )
+    refused_as("handshake", why)
 }
 
 fn fill_random(out: &mut [u8]) {
@@ -114,7 +153,13 @@ pub fn check_response(head: &[u8], key: &str) -> io::Result<()> {
     let status = lines.next().unwrap_or("");
     let code = status.split_whitespace().nth(1).unwrap_or("");
     if code != "101" {
-        return Err(refused(format!("status {:?}", status.trim())));
+        let reason = match code {
+            "401" => "unauthorized",
+            "403" => "forbidden",
+            "404" => "not_found",
+            _ => "status",
+        };
+        return Err(refused_as(reason, format!("status {:?}", status.trim())));
     }
     let (mut accept, mut protocol, mut upgrade) = (None, None, None);
     for line in lines {
@@ -135,7 +180,9 @@ pub fn check_response(head: &[u8], key: &str) -> io::Result<()> {
     }
     match protocol {
         Some(p) if p.eq_ignore_ascii_case("mqtt") => Ok(()),
-        other => Err(refused(format!("subprotocol {other:?}, expected \"mqtt\""))),
+        other => {
+            Err(refused_as("subprotocol", format!("subprotocol {other:?}, expected \"mqtt\"")))
+        }
     }
 }
 
@@ -152,7 +199,21 @@ pub struct WsStream<S> {
     wpos: usize,
     /// xorshift64 state for the masking keys.
     rng: u64,
+    close: Close,
 }
+
+/// The closing handshake (RFC 6455 5.5.1): who sent a close frame.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Close {
+    Open,
+    /// Ours is queued or sent (orderly shutdown).
+    Sent,
+    /// The broker's arrived; ours, echoing its code, was queued in answer.
+    Answered,
+}
+
+/// Close code 1000: normal closure.
+const NORMAL_CLOSURE: [u8; 2] = 1000u16.to_be_bytes();
 
 /// Appends one frame (FIN set) with `opcode`, masked with `mask`.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
@@ -293,6 +354,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
                                 0x8 => {
                                     let code = (body.len() >= 2)
                                         .then(|| u16::from_be_bytes([body[0], body[1]]));
+                                    // Answered with a close frame echoing its code (unless
+                                    // ours went first), sent before the connection is lost.
+                                    if this.close == Close::Open {
+                                        this.close = Close::Answered;
+                                        let echo = code.map_or(NORMAL_CLOSURE, u16::to_be_bytes);
+                                        this.queue_frame(0x8, &echo);
+                                        let _ = this.poll_drain(cx);
+                                    }
                                     return Poll::Ready(Err(io::Error::new(
                                         io::ErrorKind::ConnectionAborted,
                                         format!("websocket closed by the broker (code {code:?})"),
@@ -372,9 +441,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
+    /// An orderly end: what is buffered, then a close frame (1000), then the inner stream's
+    /// shutdown (the TCP FIN, or TLS close_notify first).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         std::task::ready!(this.poll_drain(cx))?;
+        if this.close == Close::Open {
+            this.close = Close::Sent;
+            this.queue_frame(0x8, &NORMAL_CLOSURE);
+            std::task::ready!(this.poll_drain(cx))?;
+        }
         Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
@@ -442,6 +518,7 @@ mod tests {
             wbuf: Vec::new(),
             wpos: 0,
             rng: 1,
+            close: Close::Open,
         };
         // binary "ab" (not FIN), ping "p", continuation "c", close 1000.
         server
@@ -464,5 +541,55 @@ mod tests {
         assert_eq!(pong[0], 0x8A);
         assert_eq!(pong[1], 0x81);
         assert_eq!(pong[6] ^ pong[2], b'p');
+        // The broker's close is answered with a close frame echoing its code.
+        let mut close = [0u8; 8];
+        server.read_exact(&mut close).await.unwrap();
+        assert_eq!(close[..2], [0x88, 0x82]);
+        assert_eq!([close[6] ^ close[2], close[7] ^ close[3]], [0x03, 0xe8]);
+    }
+
+    /// An orderly shutdown sends a close frame (1000) before the stream ends, once.
+    #[tokio::test]
+    async fn shutdown_sends_a_close_frame() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut ws = WsStream {
+            inner: client,
+            rbuf: Vec::new(),
+            rpos: 0,
+            payload_left: 0,
+            wbuf: Vec::new(),
+            wpos: 0,
+            rng: 7,
+            close: Close::Open,
+        };
+        ws.write_all(b"xy").await.unwrap();
+        ws.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        // binary "xy" (2 + 4 + 2 bytes), then close 1000 (2 + 4 + 2 bytes), then the end.
+        assert_eq!(got.len(), 16, "{got:?}");
+        assert_eq!(got[0], 0x82);
+        assert_eq!(got[8..10], [0x88, 0x82]);
+        let mask = &got[10..14];
+        assert_eq!([got[14] ^ mask[0], got[15] ^ mask[1]], [0x03, 0xe8]);
+    }
+
+    #[test]
+    fn refusals_are_classified_by_reason() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let reason = |head: &str| {
+            let e = check_response(head.as_bytes(), key).unwrap_err();
+            refusal(&e).map(|r| r.event())
+        };
+        assert_eq!(reason("HTTP/1.1 401 Unauthorized\r\n\r\n"), Some("ws_refused_unauthorized"));
+        assert_eq!(reason("HTTP/1.1 403 Forbidden\r\n\r\n"), Some("ws_refused_forbidden"));
+        assert_eq!(reason("HTTP/1.1 404 Not Found\r\n\r\n"), Some("ws_refused_not_found"));
+        assert_eq!(reason("HTTP/1.1 500 Oops\r\n\r\n"), Some("ws_refused_status"));
+        let no_proto = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                        Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        assert_eq!(reason(no_proto), Some("ws_refused_subprotocol"));
+        assert_eq!(reason("HTTP/1.1 101 OK\r\n\r\n"), Some("ws_refused_handshake"));
+        let timeout = io::Error::new(io::ErrorKind::TimedOut, "t");
+        assert!(refusal(&timeout).is_none());
     }
 }
