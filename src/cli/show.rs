@@ -117,6 +117,7 @@ fn run_value(run: &RunSettings, key: &str) -> String {
         "scenario" => {
             run.scenario.as_ref().map_or("(none)".into(), |s| q(&s.display().to_string()))
         }
+        "journal_max_bytes" => run.journal_max_bytes.to_string(),
         _ => "?".into(),
     }
 }
@@ -374,5 +375,13 @@ mod tests {
             }
         }
         assert_eq!(sink_value(&c.sinks, "mqtt", "keep_alive").unwrap(), "\"30s\"");
+    }
+
+    #[test]
+    fn every_run_key_has_its_effective_value() {
+        let run = config::RunSettings::default();
+        for key in config::RUN_KEYS {
+            assert_ne!(run_value(&run, key), "?", "[run] {key}");
+        }
     }
 }
