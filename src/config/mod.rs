@@ -15,6 +15,7 @@ pub mod mqtt_sessions;
 mod replay;
 pub mod schema;
 pub mod sinks;
+pub mod token;
 
 use crate::limits;
 use crate::sim::generator::{Brownian, GenSpec, Markov};

@@ -25,7 +25,15 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(port: u16, filter: &str) -> Subscriber {
+        Subscriber::start_login(port, filter, None)
+    }
+
+    /// [`Subscriber::start`] with a user name and password.
+    pub fn start_login(port: u16, filter: &str, login: Option<(&str, &str)>) -> Subscriber {
         let mut opts = MqttOptions::new(unique("sub"), "127.0.0.1", port);
+        if let Some((user, pass)) = login {
+            opts.set_credentials(user, pass);
+        }
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut conn) = Client::new(opts, 1000);
