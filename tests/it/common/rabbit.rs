@@ -173,8 +173,9 @@ pub struct Login {
 pub struct SasVerifier {
     pub port: u16,
     logins: Mutex<Vec<Login>>,
-    /// Once set, every SAS login is refused from the next one (`refuse_after`).
-    budget: Mutex<Option<usize>>,
+    /// While set ([`SasVerifier::refuse_renewals`]): each user's first token seen since, which
+    /// is allowed; any other token of that user is refused.
+    first_tokens: Mutex<Option<std::collections::HashMap<String, String>>>,
 }
 
 impl SasVerifier {
@@ -186,7 +187,7 @@ impl SasVerifier {
         let v = Arc::new(SasVerifier {
             port: listener.local_addr().unwrap().port(),
             logins: Mutex::new(vec![]),
-            budget: Mutex::new(None),
+            first_tokens: Mutex::new(None),
         });
         let me = Arc::downgrade(&v);
         std::thread::spawn(move || {
@@ -205,14 +206,14 @@ impl SasVerifier {
         self.logins.lock().unwrap().clone()
     }
 
-    /// Allows `n` more SAS logins, then refuses every one (a renewal the platform refuses).
-    pub fn refuse_after(&self, n: usize) {
-        *self.budget.lock().unwrap() = Some(n);
+    /// From now on each user logs in with its first token only: a renewed one is refused.
+    pub fn refuse_renewals(&self) {
+        *self.first_tokens.lock().unwrap() = Some(Default::default());
     }
 
     /// Allows every valid SAS login again.
     pub fn allow_all(&self) {
-        *self.budget.lock().unwrap() = None;
+        *self.first_tokens.lock().unwrap() = None;
     }
 
     fn answer(&self, c: std::net::TcpStream) -> std::io::Result<()> {
@@ -245,12 +246,12 @@ impl SasVerifier {
                 "deny".to_string()
             } else {
                 let mut reason = check_sas(user, pass, Self::KEY_B64);
-                if reason.is_empty() {
-                    let mut budget = self.budget.lock().unwrap();
-                    match budget.as_mut() {
-                        Some(0) => reason = "refused by the test (renewal refused)".into(),
-                        Some(n) => *n -= 1,
-                        None => {}
+                if reason.is_empty()
+                    && let Some(first) = self.first_tokens.lock().unwrap().as_mut()
+                {
+                    let token = first.entry(user.to_string()).or_insert_with(|| pass.to_string());
+                    if token != pass {
+                        reason = "refused by the test (renewal refused)".into();
                     }
                 }
                 let allowed = reason.is_empty();
