@@ -131,6 +131,18 @@ auth_oauth2.signing_keys.test = {pubkey}
         self.dir.path().join("signing.pem")
     }
 
+    /// Waits (up to 10 s) until the node's log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+
     /// What the node logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
