@@ -738,15 +738,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     ever_connected: &mut bool,
 ) -> End {
     let Link { params, topics, connecting, retry, renew_at_ns, renewing } = link;
-    let renew = async {
-        match renew_at_ns {
-            Some(at) => {
-                tokio::time::sleep(Duration::from_nanos(at.saturating_sub(mono_ns()))).await
-            }
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(renew);
+    // Boxed, and only with a token: a session without one carries 8 bytes for it, not a
+    // timer entry.
+    let mut renew = renew_at_ns
+        .map(|at| Box::pin(tokio::time::sleep(Duration::from_nanos(at.saturating_sub(mono_ns())))));
     let mut renew_due = false;
     session.connect(params, mono_ns());
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
@@ -989,7 +984,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 armed_ns = None;
                 session.handle_timeout(mono_ns());
             }
-            _ = &mut renew, if !renew_due => renew_due = true,
+            _ = async {
+                match renew.as_mut() {
+                    Some(sleep) => sleep.await,
+                    None => std::future::pending().await,
+                }
+            }, if !renew_due => renew_due = true,
             _ = ctx.shared.abandon.notified() => {}
             _ = ctx.shared.close.notified() => {}
         }
