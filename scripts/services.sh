@@ -3,6 +3,10 @@
 # and apt; does nothing for what is already there and running. Called by scripts/test.sh.
 #   Mosquitto   127.0.0.1:1883  tests/it/sink_mqtt.rs, tests/it/grpc_compat.rs (restart tests start their own)
 #   RabbitMQ    127.0.0.1:5672  tests/it/sink_amqp.rs (guest/guest)
+#     its bundled plugins rabbitmq_mqtt, rabbitmq_web_mqtt, rabbitmq_auth_backend_oauth2 and
+#     rabbitmq_auth_backend_http: tests/it/mqtt_tokens.rs starts a private node with them on free
+#     ports (common/rabbit.rs); the shared node is not reconfigured
+#   openssl                     test certificates and signing keys (common/tls.rs, common/rabbit.rs)
 #   coap-server (libcoap)       tests/it/sink_coap.rs, tests/it/coap_formats.rs start their own on a free port
 #   python3 + venv              tests/it/grpc_python.rs builds a grpcio client under target/
 #   python3-jsonschema          src/config/schema/tests.rs checks the shipped files against `iot-sim schema`
@@ -47,6 +51,7 @@ if ! port_open 1883; then
 fi
 
 command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+command -v openssl >/dev/null || apt_install openssl
 if ! port_open 5672; then
     echo "starting rabbitmq"
     rabbitmq-server -detached

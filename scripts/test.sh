@@ -11,9 +11,10 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust first (rustup)" >&2; exit 1; }
 
 # Modules of tests/it/ that run only the built binary on files (no broker, browser, container,
-# Prometheus or Python): each is a test-name filter, `module::`.
-QUICK=(cli:: abuse_config:: deploy_config:: docs:: presets::config_show_ presets::azure_fills_
-    presets::preset_problems_ presets::the_shipped_preset_examples)
+# Prometheus or Python; openssl makes keys): each is a test-name filter, `module::` or a test.
+QUICK=(cli:: abuse_config:: deploy_config:: docs:: mqtt_tokens::bad_token_settings
+    presets::config_show_ presets::azure_fills_ presets::preset_problems_
+    presets::the_shipped_preset_examples)
 
 case "${1:-}" in
 --quick)

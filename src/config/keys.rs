@@ -311,6 +311,36 @@ pub const MQTT_PER_DEVICE: Spec = Spec {
             QOS,
             "QoS of command answers (needs respond); default: the command's own QoS.",
         ),
+        k(
+            "token",
+            Ty::Table(&MQTT_TOKEN),
+            "A password that expires: a JWT or SAS token per device.",
+        ),
+    ],
+};
+
+pub const MQTT_TOKEN: Spec = Spec {
+    path: "sink.mqtt.per_device.token",
+    doc: "Expiring tokens as passwords, renewed before they expire (replaces password_env).",
+    keys: &[
+        k(
+            "kind",
+            Ty::Enum(&["jwt", "sas"]),
+            "jwt (a signed JSON Web Token) or sas (Azure IoT Hub).",
+        )
+        .req(),
+        k(
+            "alg",
+            Ty::Enum(&["HS256", "RS256", "ES256"]),
+            "jwt: signature algorithm; default: the key's.",
+        ),
+        k("key_file", Ty::Str, "jwt: PEM private key (RSA for RS256, ECDSA P-256 for ES256)."),
+        k("secret_env", Ty::Str, "Variable holding the HS256 secret, or the base64 SAS key."),
+        k("claims", Ty::Map(&Ty::Any), "jwt: claims (string values are templates)."),
+        k("resource", TEMPLATE, "sas: the resource URI (sr) template."),
+        k("policy", Ty::Str, "sas: shared access policy name (skn)."),
+        k("ttl", Ty::Duration, "Token lifetime, at least 1m.").def("\"1h\""),
+        k("renew_before", Ty::Duration, "Renew this long before expiry; default: ttl / 10."),
     ],
 };
 
@@ -1028,6 +1058,7 @@ pub const SPECS: &[&Spec] = &[
     &SINK_FILE,
     &SINK_MQTT,
     &MQTT_PER_DEVICE,
+    &MQTT_TOKEN,
     &SINK_AMQP,
     &SINK_HTTP,
     &SINK_COAP,

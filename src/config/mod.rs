@@ -16,6 +16,7 @@ pub mod preset;
 mod replay;
 pub mod schema;
 pub mod sinks;
+pub mod token;
 
 use crate::limits;
 use crate::sim::generator::{Brownian, GenSpec, Markov};

@@ -61,6 +61,9 @@ pub struct PerDeviceSettings {
     pub respond: Option<TopicTemplate>,
     /// The QoS of a command's answer (`respond`); `None`: the QoS the command arrived at.
     pub answer_qos: Option<u8>,
+    /// `[sink.mqtt.per_device.token]`: an expiring token as the password (then `password`
+    /// is `None`).
+    pub token: Option<std::sync::Arc<super::token::TokenSettings>>,
 }
 
 impl Default for PerDeviceSettings {
@@ -83,6 +86,7 @@ impl Default for PerDeviceSettings {
             subscribe_qos: 1,
             respond: None,
             answer_qos: None,
+            token: None,
         }
     }
 }
@@ -291,6 +295,22 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
             p.add(
                 t.path_of("respond"),
                 format!("not a valid MQTT topic name (no wildcards), got {:?}", r.source),
+            );
+        }
+    }
+    if let Some(tok) = t.table("token", p) {
+        // One source of passwords: a token replaces the fixed and HMAC ones.
+        for key in ["password_env", "password_hmac_secret_env"] {
+            if t.has(key) {
+                p.add(t.path_of(key), format!("{key} and token exclude each other"));
+            }
+        }
+        s.token = super::token::compile(tok, p).map(std::sync::Arc::new);
+        // MQTT 3.1.1 sends a password only with a user name.
+        if s.username.is_none() {
+            p.add(
+                t.path_of("token"),
+                "a token is sent as the password, which needs username (a template, e.g. \"{device_id}\")",
             );
         }
     }

@@ -30,6 +30,7 @@ mod journal;
 mod mqtt5_props;
 mod mqtt_session_faults;
 mod mqtt_sessions;
+mod mqtt_tokens;
 mod mqtt_ws;
 mod observability;
 mod presets;

@@ -205,6 +205,7 @@ fn every_fleet_table_accepts_exactly_the_catalogue_keys() {
     table_probe(Fleet, &["sink", "file"], &keys::SINK_FILE);
     table_probe(Fleet, &["sink", "mqtt"], &keys::SINK_MQTT);
     table_probe(Fleet, &["sink", "mqtt", "per_device"], &keys::MQTT_PER_DEVICE);
+    table_probe(Fleet, &["sink", "mqtt", "per_device", "token"], &keys::MQTT_TOKEN);
     table_probe(Fleet, &["sink", "amqp"], &keys::SINK_AMQP);
     table_probe(Fleet, &["sink", "http"], &keys::SINK_HTTP);
     table_probe(Fleet, &["sink", "coap"], &keys::SINK_COAP);

@@ -365,13 +365,16 @@ impl Devices {
                 used: Cell::new(false),
             });
         }
+        // An expiring token replaces the password: made afresh at every connect attempt.
+        let token =
+            s.token.as_ref().map(|t| super::token::DeviceToken::new(t, hash, &|tpl| render(tpl)));
         // Spread first pings over the keep-alive interval by device.
         let phase_ms = if s.keep_alive_ms > 0 {
             (crate::sim::seed::mix64(hash) % s.keep_alive_ms) as u32
         } else {
             0
         };
-        tokio::task::spawn_local(run(self.clone(), dev.clone(), params, topics, phase_ms));
+        tokio::task::spawn_local(run(self.clone(), dev.clone(), params, topics, phase_ms, token));
         dev
     }
 
@@ -502,6 +505,8 @@ enum End {
     Refused(&'static str),
     Lost(String),
     Dropped,
+    /// Closed (with DISCONNECT) to reconnect with a fresh token before this one expires.
+    Renew,
     Closing,
 }
 
@@ -524,6 +529,7 @@ async fn run(
     mut params: ConnectParams,
     mut topics: Topics,
     phase_ms: u32,
+    mut token: Option<super::token::DeviceToken>,
 ) {
     let s = &ctx.settings;
     let mut session: Session<Token> = Session::new(ctx.version, s.keep_alive_ms as u32, s.inflight);
@@ -531,6 +537,8 @@ async fn run(
     session.set_ping_phase_ms(phase_ms);
     let mut retry = Retry::default();
     let mut ever_connected = false;
+    // Reconnecting to renew the token: counted `session_token_renewed` once accepted.
+    let mut renewing = false;
     loop {
         if ctx.shared.closing.get() {
             finish(&ctx, &dev, &mut session);
@@ -587,6 +595,12 @@ async fn run(
                 return;
             }
         };
+        // A fresh token for every attempt (first, renewal, after a loss, a fault, an outage),
+        // taken once the socket is open so its life starts with the CONNECT.
+        let renew_at_ns = token.as_mut().map(|t| {
+            params.password = Some(t.issue(wall_us() / 1_000_000));
+            mono_ns() + t.renew_after_ms() * 1_000_000
+        });
         let end = match opened {
             Err(e) => End::Lost(format!("connect: {e}")),
             Ok(tcp) => match &ctx.tls {
@@ -596,6 +610,8 @@ async fn run(
                         topics: &topics,
                         connecting: &mut permit,
                         retry: &mut retry,
+                        renew_at_ns,
+                        renewing: &mut renewing,
                     };
                     over_ws(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
                 }
@@ -608,6 +624,8 @@ async fn run(
                             topics: &topics,
                             connecting: &mut permit,
                             retry: &mut retry,
+                            renew_at_ns,
+                            renewing: &mut renewing,
                         };
                         Box::pin(over_ws(&ctx, &dev, &mut session, link, tls, &mut ever_connected))
                             .await
@@ -627,6 +645,13 @@ async fn run(
             }
             End::Dropped => {
                 // Closed on purpose, not by a failure.
+                renewing = false;
+                retry.reset();
+                continue;
+            }
+            End::Renew => {
+                // At once (in the next connect slot), with a fresh token.
+                renewing = true;
                 retry.reset();
                 continue;
             }
@@ -675,6 +700,10 @@ struct Link<'a, 'p> {
     connecting: &'a mut Option<tokio::sync::SemaphorePermit<'p>>,
     /// The reconnect backoff: told when the connection comes up.
     retry: &'a mut Retry,
+    /// When to reconnect with a fresh token (monotonic ns), with `token`.
+    renew_at_ns: Option<u64>,
+    /// Set when this connection renews a token: cleared (and counted) on its CONNACK.
+    renewing: &'a mut bool,
 }
 
 /// [`drive`] over `stream`, or over a WebSocket on it for `ws://`/`wss://` (a refused
@@ -714,7 +743,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     ever_connected: &mut bool,
 ) -> End {
-    let Link { params, topics, connecting, retry } = link;
+    let Link { params, topics, connecting, retry, renew_at_ns, renewing } = link;
+    // Boxed, and only with a token: a session without one carries 8 bytes for it, not a
+    // timer entry.
+    let mut renew = renew_at_ns
+        .map(|at| Box::pin(tokio::time::sleep(Duration::from_nanos(at.saturating_sub(mono_ns())))));
+    let mut renew_due = false;
     session.connect(params, mono_ns());
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
     let mut buf = [0u8; 512];
@@ -774,6 +808,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     let again = std::mem::replace(ever_connected, true);
                     if again {
                         ctx.shared.event("session_reconnected");
+                    }
+                    if std::mem::take(renewing) {
+                        ctx.shared.event("session_token_renewed");
                     }
                     if let Some(sp) = &topics.sparkplug {
                         sp.used.set(true);
@@ -927,6 +964,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             });
             break End::Dropped;
         }
+        if renew_due {
+            // The token expires soon: leave cleanly (the broker discards the will) and
+            // connect again with a fresh one.
+            session.disconnect();
+            let _ = stream.write_all(&session.take_output()).await;
+            let _ = stream.shutdown().await;
+            break End::Renew;
+        }
         if let Some(due) = session.next_timeout_ns()
             && armed_ns.is_none_or(|a| due < a)
         {
@@ -945,6 +990,12 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 armed_ns = None;
                 session.handle_timeout(mono_ns());
             }
+            _ = async {
+                match renew.as_mut() {
+                    Some(sleep) => sleep.await,
+                    None => std::future::pending().await,
+                }
+            }, if !renew_due => renew_due = true,
             _ = ctx.shared.abandon.notified() => {}
             _ = ctx.shared.close.notified() => {}
         }
@@ -952,7 +1003,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get().saturating_sub(1));
     if up {
         ctx.connected.set(ctx.connected.get().saturating_sub(1));
-        if !matches!(end, End::Closing) {
+        if !matches!(end, End::Closing | End::Renew) {
             ctx.shared.event("session_lost");
             ctx.shared.conn_event(ConnEvent::Session {
                 device_id: topics.device_id.clone(),

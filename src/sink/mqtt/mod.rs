@@ -14,6 +14,7 @@ pub mod devices;
 pub mod pooled;
 pub mod props;
 pub mod session;
+pub mod token;
 pub mod transport;
 pub mod ws;
 

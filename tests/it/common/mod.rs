@@ -4,6 +4,7 @@
 
 pub mod fleet;
 pub mod mqtt;
+pub mod rabbit;
 pub mod tls;
 
 use std::path::Path;

@@ -25,18 +25,19 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub fn start(port: u16, filter: &str) -> Subscriber {
-        Self::start_with(port, filter, None)
+        Subscriber::start_login(port, filter, None)
     }
 
     /// [`Subscriber::start`] with a username and password (a broker without anonymous access).
     pub fn start_as(port: u16, filter: &str, user: &str, password: &str) -> Subscriber {
-        Self::start_with(port, filter, Some((user, password)))
+        Subscriber::start_login(port, filter, Some((user, password)))
     }
 
-    fn start_with(port: u16, filter: &str, login: Option<(&str, &str)>) -> Subscriber {
+    /// [`Subscriber::start`] with a user name and password.
+    pub fn start_login(port: u16, filter: &str, login: Option<(&str, &str)>) -> Subscriber {
         let mut opts = MqttOptions::new(unique("sub"), "127.0.0.1", port);
-        if let Some((user, password)) = login {
-            opts.set_credentials(user, password);
+        if let Some((user, pass)) = login {
+            opts.set_credentials(user, pass);
         }
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(1 << 20, 1 << 20);
