@@ -87,12 +87,14 @@ pub enum Sample {
 }
 
 impl GenSpec {
-    /// Number of random streams (arena slots) the generator needs.
+    /// Number of random streams (arena slots) the generator needs. Asked for every field of
+    /// every sample: inlined, with a composite's sum out of line.
+    #[inline]
     pub fn slots(&self) -> usize {
         match self {
             GenSpec::Static { .. } | GenSpec::Correlated { .. } => 0,
             GenSpec::Derived(e) => e.uses_noise as usize,
-            GenSpec::Composite(parts) => parts.iter().map(GenSpec::slots).sum(),
+            GenSpec::Composite(parts) => composite_slots(parts),
             _ => 1,
         }
     }
@@ -183,6 +185,11 @@ impl GenSpec {
             }
         }
     }
+}
+
+#[inline(never)]
+fn composite_slots(parts: &[GenSpec]) -> usize {
+    parts.iter().map(GenSpec::slots).sum()
 }
 
 fn normal(slot: &mut SlotState) -> f64 {
