@@ -471,12 +471,12 @@ impl Devices {
     }
 
     /// The TCP connect of an attempt, within `connect_timeout`, in tries of at most
-    /// [`SYN_TRY`]: a SYN that got no answer by then is not sent again by the kernel (after
-    /// 3 s, then 7 s, while the attempt holds its `max_connecting` permit) but on a new socket,
-    /// with a new source port. A reconnect storm after a broker restart meets 4-tuples the
-    /// killed broker left in TIME_WAIT: such a SYN is answered by an ACK, not a SYN-ACK, and
-    /// waits for the kernel's retransmit; enough of them held every permit of a shard and let
-    /// its sessions back at ~50 a second (the storm tail, bench/README.md).
+    /// [`SYN_TRY`]: a SYN that got no SYN-ACK by then is not left to the kernel's later
+    /// retransmits (3 s, then 7 s, while the attempt holds its `max_connecting` permit) but
+    /// sent again on a new socket, with a new source port. While a killed broker is down, a
+    /// SYN that meets a 4-tuple it left in TIME_WAIT is answered by an ACK, not a refusal, and
+    /// sits in SYN-SENT; sockets in SYN-SENT holding the permits are the suspected cause of the
+    /// storm tail in bench/README.md (sessions back at ~50 a second), not a proven one.
     async fn open(&self) -> std::io::Result<tokio::net::TcpStream> {
         let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
         let start = tokio::time::Instant::now();
