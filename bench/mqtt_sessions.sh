@@ -7,6 +7,9 @@
 #   BENCH_CONNECT_RATE=5000  (per-device `connect_rate`)
 #   BENCH_CASES="null pooled sessions storm"  (a subset reruns those cases; the summary reads the
 #   other cases' last results from target/bench/mqtt_sessions/)
+#   BENCH_STORM_RUNS=1  (the storm case this many times in a row; their figures in storm-runs.json)
+#   BENCH_BIN=path  (the iot-sim binary; default target/release/iot-sim, built unless
+#   BENCH_NO_BUILD is set)
 #
 # Against a private mosquitto (free port, max_connections -1, set_tcp_nodelay true; never the
 # shared one on 1883), BENCH_SESSIONS devices each publishing every second at QoS 1.
@@ -41,8 +44,8 @@ RATE=${BENCH_CONNECT_RATE:-5000}
 CORES=${BENCH_CORES:-2}
 OUT=target/bench/mqtt_sessions
 mkdir -p "$OUT"
-[[ -n ${BENCH_NO_BUILD:-} ]] || cargo build --release --quiet --bin iot-sim
-BIN=target/release/iot-sim
+[[ -n ${BENCH_NO_BUILD:-} || -n ${BENCH_BIN:-} ]] || cargo build --release --quiet --bin iot-sim
+BIN=${BENCH_BIN:-target/release/iot-sim}
 ulimit -n "$(ulimit -Hn)"
 # shellcheck source=bench/lib/mosquitto.sh
 source bench/lib/mosquitto.sh
@@ -119,6 +122,12 @@ listen_drops() {
   awk '/^TcpExt:/ { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 }
     else for (i = 2; i <= NF; i++) if (n[i] == "ListenOverflows" || n[i] == "ListenDrops") printf "%s ", $i }' /proc/net/netstat
 }
+# TCP counters of the whole network stack that tell where connects wait (SYNs sent again,
+# TIME_WAIT sockets met by a new SYN, cookies): "name=value" pairs of /proc/net/netstat.
+tcp_counters() {
+  awk '/^TcpExt:/ { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 }
+    else for (i = 2; i <= NF; i++) if (n[i] ~ /^(TCPSynRetrans|TW|TWRecycled|TWKilled|PAWSEstab|PAWSTimewait|SyncookiesSent|TCPReqQFullDoCookies|TCPACKSkippedTimeWait|TCPChallengeACK|ListenOverflows|ListenDrops)$/) printf "%s=%s ", n[i], $i }' /proc/net/netstat
+}
 # Busy and total ticks of the whole machine (/proc/stat: all but idle and iowait are busy).
 machine_ticks() { awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t-$5-$6, t}' /proc/stat; }
 TCK=$(getconf CLK_TCK)
@@ -158,15 +167,26 @@ run_case() { # $1 = case; prints a JSON object on stdout
     sleep 2
     kill $BROKER; wait $BROKER 2>/dev/null || true
     sleep 2
-    local down
+    local down down_ns e syn at10="null" max_syn=0 tcp0
     down=$(date +%s.%N)
+    down_ns=$(date +%s%N)
+    tcp0=$(tcp_counters)
     broker_up
-    while (( $(established) < N )); do
+    # Until every session is back: sessions up 10 s after the restart (the target: all), and
+    # the most sockets seen at once in SYN-SENT towards the broker.
+    while :; do
+      e=$(established)
+      (( e >= N )) && break
       kill -0 $RUN 2>/dev/null || break
+      syn=$(ss -Htn state syn-sent "( dport = :$PORT )" | wc -l)
+      (( syn > max_syn )) && max_syn=$syn
+      [[ $at10 == null ]] && (( $(date +%s%N) - down_ns >= 10000000000 )) && at10=$e
       sleep 0.1
     done
     now=$(date +%s.%N)
     (( $(established) >= N )) && storm_s=$(python3 -c "print(round($now - $down, 2))")
+    [[ $at10 == null && $storm_s != null ]] && at10=$N
+    echo "{\"up_10s_after_restart\": $at10, \"max_syn_sent\": $max_syn, \"tcp_before\": \"$tcp0\", \"tcp_after\": \"$(tcp_counters)\"}" > "$OUT/$c.storm-extra.json"
     cpu1=0; cpu2=0
   else
     # Steady window: from 1 s into the steady phase to 2 s before the end (sim time 0 is a
@@ -236,6 +256,15 @@ if connect_s != "null":
     out["source_addresses_seen"] = json.loads(sys.argv[9])
 if storm_s != "null":
     out["storm_back_all_s"] = float(storm_s)
+extra = os.path.join(os.path.dirname(sys.argv[11]), "storm.storm-extra.json")
+if c == "storm" and os.path.exists(extra):
+    x = json.load(open(extra))
+    out["storm_up_10s_after_restart"] = x["up_10s_after_restart"]
+    out["storm_max_syn_sent"] = x["max_syn_sent"]
+    a = dict(kv.split("=") for kv in x["tcp_before"].split())
+    b = dict(kv.split("=") for kv in x["tcp_after"].split())
+    # Whole machine, from the restart until every session was back (or the run ended).
+    out["storm_tcp_counters"] = {k: int(b[k]) - int(a[k]) for k in a if k in b}
 if int(sys.argv[10]) > 0:
     out["rss_bytes_all_connected"] = int(sys.argv[10])
 # Scenario phases (exact HDR percentiles over every message whose intended time is in the phase).
@@ -255,6 +284,33 @@ EOF
 }
 
 for c in ${BENCH_CASES:-null pooled sessions idle storm}; do
+  if [[ $c == storm ]] && (( ${BENCH_STORM_RUNS:-1} > 1 )); then
+    # BENCH_STORM_RUNS=N: the storm case N times (a fresh broker each time); storm.json is the
+    # last, storm-runs.json lists every run's time back and sessions up 10 s after the restart.
+    for i in $(seq 1 "$BENCH_STORM_RUNS"); do
+      broker_down; broker_up
+      rm -f "$OUT/storm.storm-extra.json"
+      run_case storm > "$OUT/storm-$i.json"
+      cp "$OUT/storm-$i.json" "$OUT/storm.json"
+      echo "  storm run $i: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ("storm_back_all_s", "storm_up_10s_after_restart", "lost", "storm_max_syn_sent")})' "$OUT/storm-$i.json")" >&2
+    done
+    python3 - "$OUT" "$BENCH_STORM_RUNS" "$N" <<'EOF' | tee "$OUT/storm-runs.json"
+import json, sys
+out, k, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+runs = [json.load(open(f"{out}/storm-{i}.json")) for i in range(1, k + 1)]
+back = [r.get("storm_back_all_s") for r in runs]
+print(json.dumps({
+    "storm_runs": k, "sessions": n,
+    "back_all_s": back,
+    "up_10s_after_restart": [r.get("storm_up_10s_after_restart") for r in runs],
+    "all_back_within_10s": sum(1 for b in back if b is not None and b <= 10),
+    "lost": [r["lost"] for r in runs], "errors": [r["errors"] for r in runs], "dropped": [r["dropped"] for r in runs],
+    "max_syn_sent": [r.get("storm_max_syn_sent") for r in runs],
+    "tcp_counters": [r.get("storm_tcp_counters") for r in runs],
+}))
+EOF
+    continue
+  fi
   run_case "$c" > "$OUT/$c.json"
 done
 missing=""

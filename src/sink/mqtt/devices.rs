@@ -7,7 +7,7 @@
 //! turn it moves what the device queued into the session (up to the in-flight window), writes
 //! every packet the turn produced in one write, then waits for bytes, a wake-up (new messages,
 //! a fault, shutdown) or the session's next timer. Per device this keeps a small queue, the
-//! session, the connect parameters and a 512-byte read buffer: no per-device thread, no big
+//! session, the connect parameters and no read buffer (one per shard): no per-device thread, no big
 //! buffers (see `bench/mqtt_sessions.sh` for the measured memory per session).
 //!
 //! Connections are paced by `connect_rate` (per runtime, split evenly across shards) and bounded
@@ -41,7 +41,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 /// What a fault asks of a device's connection.
@@ -82,6 +82,14 @@ struct Device {
     /// session of many devices: its NBIRTH and their DBIRTHs queue before its CONNACK).
     cap: usize,
 }
+
+/// The shard's read buffer for its sessions: PUBACKs, downlink commands, a burst after a
+/// reconnect.
+const READ_BUF_BYTES: usize = 16 * 1024;
+
+/// The longest one TCP connect try of a session waits for its SYN-ACK ([`Devices::open`]):
+/// past the kernel's first SYN retransmit (1 s), short of its second (3 s).
+const SYN_TRY: Duration = Duration::from_millis(1500);
 
 /// An edge node's queue holds this many times `queue_size`.
 const SPARKPLUG_QUEUE_FACTOR: usize = 100;
@@ -127,6 +135,9 @@ pub struct Devices {
     next_source: Cell<usize>,
     /// Sessions connected now.
     connected: Cell<u64>,
+    /// The read buffer of every session of the shard: a session reads into it and hands the
+    /// bytes to its protocol state before it yields, so no session keeps one of its own.
+    read_buf: RefCell<Box<[u8]>>,
     shared: Rc<NetShared>,
     /// Sparkplug commands received by edge nodes, for the shard (`take_sparkplug`): the
     /// node's session key and what came.
@@ -200,6 +211,7 @@ impl Devices {
             ),
             next_source: Cell::new(shared.shard()),
             connected: Cell::new(0),
+            read_buf: RefCell::new(vec![0u8; READ_BUF_BYTES].into_boxed_slice()),
             shared,
             sparkplug: RefCell::new(vec![]),
         }))
@@ -450,9 +462,39 @@ impl Devices {
         Some(list[i % list.len()])
     }
 
+    /// Reads what `stream` has into the shard's read buffer ([`Devices::read_buf`]); the
+    /// count, for the caller to take the bytes from there before it yields.
+    async fn read<S: AsyncRead + Unpin>(&self, stream: &mut S) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            let mut b = self.read_buf.borrow_mut();
+            let mut rb = tokio::io::ReadBuf::new(&mut b[..]);
+            std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb).map_ok(|()| rb.filled().len())
+        })
+        .await
+    }
+
+    /// The TCP connect of an attempt, within `connect_timeout`, in tries of at most
+    /// [`SYN_TRY`]: a SYN that got no SYN-ACK by then is not left to the kernel's later
+    /// retransmits (3 s, then 7 s, while the attempt holds its `max_connecting` permit) but
+    /// sent again on a new socket, with a new source port. While a killed broker is down, a
+    /// SYN that meets a 4-tuple it left in TIME_WAIT is answered by an ACK, not a refusal, and
+    /// sits in SYN-SENT; sockets in SYN-SENT holding the permits are the suspected cause of the
+    /// storm tail in bench/README.md (sessions back at ~50 a second), not a proven one.
     async fn open(&self) -> std::io::Result<tokio::net::TcpStream> {
         let timeout = Duration::from_millis(self.settings.connect_timeout_ms);
-        super::transport::open_tcp(&self.addr.0, self.addr.1, self.source(), timeout).await
+        let start = tokio::time::Instant::now();
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            let source = self.source();
+            match super::transport::open_tcp(&self.addr.0, self.addr.1, source, left.min(SYN_TRY))
+                .await
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut && start.elapsed() < timeout => {
+                    self.shared.event("session_connect_retry");
+                }
+                r => return r,
+            }
+        }
     }
 }
 
@@ -751,7 +793,6 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut renew_due = false;
     session.connect(params, mono_ns());
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
-    let mut buf = [0u8; 512];
     let mut up = false;
     let mut dcmd_subscribed = false;
     // The session's timer (CONNACK timeout, keep-alive) as one sleep for the whole connection,
@@ -762,6 +803,14 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut armed_ns: Option<u64> = None;
+    // The wake-ups live across turns for the same reason: three `Notified` made and dropped
+    // per turn put a waiter in and out of each list (two of them shared by every session of
+    // the shard) for every message and every PUBACK. One is renewed only once it fired (one
+    // made before a `notify_waiters` still sees it).
+    let wake = dev.wake.notified();
+    let close = ctx.shared.close.notified();
+    let abandon = ctx.shared.abandon.notified();
+    tokio::pin!(wake, close, abandon);
     let end = loop {
         // Move queued messages into the session while the window has room (an edge node's
         // once its CONNACK was handled: a reconnect drops what is stale first).
@@ -923,10 +972,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if session.has_output() {
-            let out = session.take_output();
-            if let Err(e) = stream.write_all(&out).await {
+            if let Err(e) = stream.write_all(session.output()).await {
                 break End::Lost(format!("write: {e}"));
             }
+            session.clear_output();
         }
         if let Some(e) = end {
             break e;
@@ -979,13 +1028,16 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             timer.as_mut().reset(tokio::time::Instant::now() + wait);
             armed_ns = Some(due);
         }
+        // A waiting session keeps no buffer memory: most of a fleet waits most of the time.
+        session.release_buffers();
         tokio::select! {
-            r = stream.read(&mut buf) => match r {
+            r = ctx.read(&mut stream) => match r {
                 Ok(0) => break End::Lost("closed by the broker".into()),
-                Ok(n) => session.read(&buf[..n], mono_ns()),
+                // The bytes are in the shard's read buffer: nothing else ran since the read.
+                Ok(n) => session.read(&ctx.read_buf.borrow()[..n], mono_ns()),
                 Err(e) => break End::Lost(format!("read: {e}")),
             },
-            _ = dev.wake.notified() => {}
+            _ = &mut wake => wake.set(dev.wake.notified()),
             _ = &mut timer, if armed_ns.is_some() => {
                 armed_ns = None;
                 session.handle_timeout(mono_ns());
@@ -996,8 +1048,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     None => std::future::pending().await,
                 }
             }, if !renew_due => renew_due = true,
-            _ = ctx.shared.abandon.notified() => {}
-            _ = ctx.shared.close.notified() => {}
+            _ = &mut abandon => abandon.set(ctx.shared.abandon.notified()),
+            _ = &mut close => close.set(ctx.shared.close.notified()),
         }
     };
     ctx.shared.open_sessions.set(ctx.shared.open_sessions.get().saturating_sub(1));

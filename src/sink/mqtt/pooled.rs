@@ -293,6 +293,20 @@ async fn drive_open<S: AsyncRead + AsyncWrite + Unpin>(
     let shared = &pool.shared;
     let q = &shared.conns[conn];
     session.connect(params, mono_ns());
+    // The session's timer (CONNACK timeout, keep-alive) as one sleep for the whole connection,
+    // armed for `armed_ns`, and the three wake-ups as futures that live across turns: a new
+    // sleep and three new `Notified` per turn put a timer entry in and out of the runtime's
+    // wheel and three waiters in and out of their lists for every PUBACK read at QoS 1. The
+    // sleep is re-armed only when the deadline comes earlier than the armed one (a later one is
+    // taken up when the armed one fires: `handle_timeout` does nothing before it is due); a
+    // `Notified` is renewed only once it fired (one made before a `notify_waiters` still sees it).
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut armed_ns: Option<u64> = None;
+    let wake = q.wake.notified();
+    let close = shared.close.notified();
+    let abandon = shared.abandon.notified();
+    tokio::pin!(wake, close, abandon);
     loop {
         // 1. Queued messages into the session.
         let mut more = false;
@@ -355,8 +369,13 @@ async fn drive_open<S: AsyncRead + AsyncWrite + Unpin>(
             // Stopped for the byte bound: read what is ready, let the shard run, go on.
             tokio::task::yield_now().await;
         }
-        let now = mono_ns();
-        let wait = session.next_timeout_ns().map(|t| Duration::from_nanos(t.saturating_sub(now)));
+        if let Some(due) = session.next_timeout_ns()
+            && armed_ns.is_none_or(|a| due < a)
+        {
+            let wait = Duration::from_nanos(due.saturating_sub(mono_ns()));
+            timer.as_mut().reset(tokio::time::Instant::now() + wait);
+            armed_ns = Some(due);
+        }
         tokio::select! {
             biased;
             r = stream.read(buf) => match r {
@@ -365,12 +384,13 @@ async fn drive_open<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(e) => return End::Lost(format!("read: {e}")),
             },
             _ = std::future::ready(()), if more => {}
-            _ = q.wake.notified() => {}
-            _ = tokio::time::sleep(wait.unwrap_or_default()), if wait.is_some() => {
+            _ = &mut wake => wake.set(q.wake.notified()),
+            _ = &mut timer, if armed_ns.is_some() => {
+                armed_ns = None;
                 session.handle_timeout(mono_ns());
             }
-            _ = shared.close.notified() => {}
-            _ = shared.abandon.notified() => {}
+            _ = &mut close => close.set(shared.close.notified()),
+            _ = &mut abandon => abandon.set(shared.abandon.notified()),
         }
     }
 }

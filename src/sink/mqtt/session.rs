@@ -498,6 +498,26 @@ impl<T> Session<T> {
         self.out.len()
     }
 
+    /// Frees the memory of buffers with nothing in them (output, input, outcomes, and the
+    /// in-flight slots when nothing is in flight), for a session about to wait: an idle
+    /// session then holds only its fixed state. Each comes back on its next use.
+    pub fn release_buffers(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
+            self.inbuf = BytesMut::new();
+        }
+        if self.outcomes.is_empty() && self.outcomes.capacity() > 0 {
+            self.outcomes = VecDeque::new();
+        }
+        if self.inflight == 0 && self.flights.capacity() > 0 {
+            // Every id is free: numbering starts over with the smallest slot.
+            self.flights = Vec::new();
+            self.last_pkid = 0;
+        }
+    }
+
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
     }
@@ -1379,6 +1399,37 @@ mod tests {
         assert_eq!(outcomes(&mut s), vec![Outcome::Delivered(4), Outcome::Delivered(2)]);
         assert!(s.can_publish(1));
         assert_eq!(s.inflight(), 1);
+    }
+
+    #[test]
+    fn released_buffers_keep_what_is_in_flight_and_come_back_on_use() {
+        let mut s = connected(0, 3);
+        s.publish("t", Bytes::new(), 1, false, 1, 0).unwrap();
+        s.publish("t", Bytes::new(), 1, false, 2, 0).unwrap();
+        written4(&mut s);
+        // Something in flight: its slots stay, numbering goes on.
+        s.release_buffers();
+        assert_eq!((s.out.capacity(), s.inbuf.capacity(), s.outcomes.capacity()), (0, 0, 0));
+        assert_eq!(s.inflight(), 2);
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(1))), 0);
+        s.publish("t", Bytes::new(), 1, false, 3, 0).unwrap();
+        let ids: Vec<u16> = publish_ids(&written4(&mut s)).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![3]);
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(2))), 0);
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(3))), 0);
+        assert_eq!(
+            outcomes(&mut s),
+            vec![Outcome::Delivered(1), Outcome::Delivered(2), Outcome::Delivered(3)]
+        );
+        // Nothing in flight: every buffer is freed, and ids start over at 1.
+        s.release_buffers();
+        assert_eq!(s.flights.capacity(), 0);
+        s.publish("t", Bytes::new(), 1, false, 4, 0).unwrap();
+        let ids: Vec<u16> = publish_ids(&written4(&mut s)).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![1]);
+        s.read(&bytes4(v4::Packet::PubAck(v4::PubAck::new(1))), 0);
+        assert_eq!(outcomes(&mut s), vec![Outcome::Delivered(4)]);
+        assert_eq!(s.inflight(), 0);
     }
 
     #[test]
