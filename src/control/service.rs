@@ -416,7 +416,6 @@ pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<Cont
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("control")
-        .on_thread_start(super::yield_to_shards)
         .enable_all()
         .build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;
@@ -424,7 +423,6 @@ pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<Cont
     let (tx, rx) = oneshot::channel::<()>();
     let (open_tx, open_rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("control".into()).spawn(move || {
-        super::yield_to_shards();
         rt.block_on(async move {
             let (reporter, health) = tonic_health::server::health_reporter();
             reporter.set_serving::<server::DeviceRuntimeServiceServer<Service>>().await;

@@ -463,3 +463,54 @@ impl Shard {
         gi
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two ids whose 32-bit index hashes are the same (found by trying).
+    fn colliding() -> (String, String) {
+        let mut seen: HashMap<u32, String> = HashMap::new();
+        for i in 0.. {
+            let id = format!("device-{i}");
+            if let Some(other) = seen.insert(IdIndex::hash(&id), id.clone()) {
+                return (other, id);
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn ids_with_the_same_hash_are_told_apart_by_their_key() {
+        let (a, b) = colliding();
+        assert_ne!(a, b);
+        // Key -> id, as the shard's table answers it.
+        let mut table: HashMap<u32, String> = HashMap::new();
+        let mut ix = IdIndex::default();
+        for (key, id) in [(1, &a), (2, &b), (3, &"plain".to_string())] {
+            table.insert(key, id.clone());
+            ix.insert(id, key);
+            ix.insert(id, key);
+        }
+        assert_eq!(ix.len(), 3);
+        let get = |ix: &IdIndex, t: &HashMap<u32, String>, id: &str| {
+            ix.get(id, |k| t.get(&k).is_some_and(|s| s == id))
+        };
+        assert_eq!(get(&ix, &table, &a), Some(1));
+        assert_eq!(get(&ix, &table, &b), Some(2));
+        assert_eq!(get(&ix, &table, "plain"), Some(3));
+        assert_eq!(get(&ix, &table, "absent"), None);
+        // The first of the two leaves: the second is still found, then moves.
+        ix.remove(&a, 1);
+        table.remove(&1);
+        assert_eq!(get(&ix, &table, &a), None);
+        assert_eq!(get(&ix, &table, &b), Some(2));
+        ix.rekey(&b, 2, 7);
+        table.insert(7, table[&2].clone());
+        table.remove(&2);
+        assert_eq!(get(&ix, &table, &b), Some(7));
+        ix.remove(&b, 7);
+        ix.remove("plain", 3);
+        assert_eq!(ix.len(), 0);
+    }
+}

@@ -118,12 +118,15 @@ struct SubState {
     pending_charge: Charge,
 }
 
+/// Labels shared by the points of a group.
+type Labels = Arc<BTreeMap<String, String>>;
+
 /// The shard's telemetry subscriptions.
 #[derive(Default)]
 pub(crate) struct Streams {
     subs: Vec<SubState>,
     /// Per group index: its labels, shared by every point of its devices.
-    labels: Vec<Option<Arc<BTreeMap<String, String>>>>,
+    labels: Vec<Option<Labels>>,
     /// Per profile index: its field names, shared by every point of the field.
     metrics: Vec<Arc<[Arc<str>]>>,
 }
@@ -164,7 +167,7 @@ impl Streams {
     }
 
     /// The shared labels of group `gi` (made again if the group's labels changed).
-    fn shared_labels(&mut self, gi: usize, group: &Group) -> Arc<BTreeMap<String, String>> {
+    fn shared_labels(&mut self, gi: usize, group: &Group) -> Labels {
         if self.labels.len() <= gi {
             self.labels.resize(gi + 1, None);
         }
@@ -204,7 +207,7 @@ impl Streams {
         t: SimMs,
     ) {
         // Made once per message, for the first subscription that takes it.
-        let mut shared: Option<(Arc<str>, Arc<BTreeMap<String, String>>, Arc<[Arc<str>]>)> = None;
+        let mut shared: Option<(Arc<str>, Labels, Arc<[Arc<str>]>)> = None;
         let mut bytes = None;
         for si in 0..self.subs.len() {
             let s = &mut self.subs[si];

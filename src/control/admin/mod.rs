@@ -72,7 +72,6 @@ pub fn start(
     });
     let router = routes::router(state.clone());
     std::thread::Builder::new().name("admin".into()).spawn(move || {
-        super::yield_to_shards();
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
