@@ -15,4 +15,3 @@ pub mod proto;
 pub(crate) mod service;
 pub(crate) mod spec;
 mod wire;
-
