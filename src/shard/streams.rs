@@ -120,6 +120,8 @@ struct SubState {
 
 /// Labels shared by the points of a group.
 type Labels = Arc<BTreeMap<String, String>>;
+/// Field names shared by the points of a profile.
+type Metrics = Arc<[Arc<str>]>;
 
 /// The shard's telemetry subscriptions.
 #[derive(Default)]
@@ -128,7 +130,7 @@ pub(crate) struct Streams {
     /// Per group index: its labels, shared by every point of its devices.
     labels: Vec<Option<Labels>>,
     /// Per profile index: its field names, shared by every point of the field.
-    metrics: Vec<Arc<[Arc<str>]>>,
+    metrics: Vec<Metrics>,
 }
 
 impl Streams {
@@ -182,7 +184,7 @@ impl Streams {
     }
 
     /// The shared field names of profile `pi` (made again if its fields changed).
-    fn shared_metrics(&mut self, pi: usize, profile: &Profile) -> Arc<[Arc<str>]> {
+    fn shared_metrics(&mut self, pi: usize, profile: &Profile) -> Metrics {
         if self.metrics.len() <= pi {
             self.metrics.resize(pi + 1, Arc::from([]));
         }
@@ -207,7 +209,7 @@ impl Streams {
         t: SimMs,
     ) {
         // Made once per message, for the first subscription that takes it.
-        let mut shared: Option<(Arc<str>, Labels, Arc<[Arc<str>]>)> = None;
+        let mut shared: Option<(Arc<str>, Labels, Metrics)> = None;
         let mut bytes = None;
         for si in 0..self.subs.len() {
             let s = &mut self.subs[si];
