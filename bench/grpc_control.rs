@@ -9,7 +9,9 @@
 //!
 //! each with the call's wall time and the largest tick lateness of any shard during it
 //! (`RuntimeStatus.tick_lateness_us_max`, reset by each status read), next to the lateness of
-//! an equally long idle window before it (`idle_lateness_us_max`).
+//! an equally long idle window before it (`idle_lateness_us_max`); and the runtime's RSS with
+//! the fleet alone (`rss_fleet_bytes`, before the first call) and 2 s after the last call
+//! (`rss_bytes`), with their ratio (`rss_after_cycle_over_fleet`).
 //!
 //! Usage: grpc_bench HOST:PORT FLEET_DEVICES SPAWN_COUNT SELECTOR
 
@@ -92,6 +94,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let fleet_rss = c.get_runtime_status(()).await.expect("status").into_inner().memory_bytes;
 
     let behaviour = prost_types::Struct {
         fields: [(
@@ -181,12 +184,17 @@ async fn main() {
     .await;
     status["devices"] = r.into_inner().total_devices.into();
 
+    // What the runtime holds once the cycle is over (memory handed back after a call is handed
+    // back on a blocking thread, just after its reply).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let rs = c.get_runtime_status(()).await.expect("status").into_inner();
     let out = serde_json::json!({
         "fleet_devices": fleet,
         "shards": rs.shards,
         "messages_per_second": rs.messages_per_second.round(),
+        "rss_fleet_bytes": fleet_rss,
         "rss_bytes": rs.memory_bytes,
+        "rss_after_cycle_over_fleet": (rs.memory_bytes as f64 / fleet_rss as f64 * 100.0).round() / 100.0,
         "spawn": spawn,
         "stop": stop,
         "fault": fault,

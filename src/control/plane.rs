@@ -113,9 +113,33 @@ impl Drop for StreamSlot {
         // The last stream gone: hand what the allocator holds free back to the system (glibc
         // keeps it otherwise, and unread streams may have used the whole budget).
         if self.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
-            unsafe { libc::malloc_trim(0) };
+            give_back_memory();
         }
+    }
+}
+
+/// A command that spawned or touched at least this many devices hands the memory it freed
+/// back to the system once it is done.
+const TRIM_AFTER_DEVICES: u32 = 10_000;
+
+/// Hands the memory glibc's malloc holds free (in every arena) back to the system, on a
+/// blocking thread, at most one at a time. A large command frees a lot on threads other than
+/// the shards' (a 100,000-spec SpawnDevices decodes to ~250 MB of request structs on the gRPC
+/// workers); glibc keeps what a thread's arena freed for that arena, so without this a runtime
+/// stayed at 4x the fleet's own size after a spawn-stop-fault-clear cycle (issue 25).
+pub(crate) fn give_back_memory() {
+    static TRIMMING: AtomicBool = AtomicBool::new(false);
+    if TRIMMING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let trim = || {
+        // SAFETY: malloc_trim only releases free heap memory; no pointer is invalidated.
+        unsafe { libc::malloc_trim(0) };
+        TRIMMING.store(false, Ordering::Release);
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) => drop(h.spawn_blocking(trim)),
+        Err(_) => trim(),
     }
 }
 
@@ -255,6 +279,9 @@ impl ControlPlane {
             acc.spawned += r.spawned;
             acc.failed.extend(r.failed);
         }
+        if acc.spawned + acc.failed.len() as u32 >= TRIM_AFTER_DEVICES {
+            give_back_memory();
+        }
         // One line per command, whatever its size (per device: debug, in the shards).
         tracing::info!(
             spawned = acc.spawned,
@@ -365,6 +392,9 @@ impl ControlPlane {
                 }
             })
             .await;
+        }
+        if what.is_some() && acc.affected >= TRIM_AFTER_DEVICES {
+            give_back_memory();
         }
         if let Some(what) = what {
             tracing::info!(

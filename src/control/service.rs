@@ -8,6 +8,7 @@ use super::proto::{self, device_runtime_service_server as server};
 use super::spec::{self, selection};
 use super::wire;
 use crate::shard::command::{Action, Selection};
+use crate::shard::event::Point;
 use crate::shard::streams::Charge;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -37,10 +38,25 @@ impl From<PlaneError> for Status {
 }
 
 /// A batch on its way to a stream's client, still charged to the stream budget until the
-/// client's connection takes it.
+/// client's connection takes it. It waits as the shards' compact points and becomes the wire
+/// form only when the connection takes it (each wire point has its own tags map: queued that
+/// way, a point cost several times what it was charged).
 struct ChargedBatch {
-    batch: proto::TelemetryBatch,
+    points: Vec<Point>,
+    sequence_number: i64,
+    dropped_points: i64,
     _charge: Charge,
+}
+
+impl ChargedBatch {
+    /// The wire form; the charge is given back once it is made.
+    fn into_wire(self) -> proto::TelemetryBatch {
+        proto::TelemetryBatch {
+            points: self.points.into_iter().map(wire::point).collect(),
+            sequence_number: self.sequence_number,
+            dropped_points: self.dropped_points,
+        }
+    }
 }
 
 /// The gRPC service.
@@ -155,7 +171,7 @@ impl server::DeviceRuntimeService for Service {
         let plane = self.plane.clone();
         tokio::spawn(async move {
             let mut seq = 0i64;
-            let mut batch: Vec<proto::TelemetryPoint> = Vec::with_capacity(batch_size.min(1024));
+            let mut batch: Vec<Point> = Vec::with_capacity(batch_size.min(1024));
             // What the points in `batch` and not yet converted are charged, and how many.
             let mut charge = Charge::default();
             let mut held = 0usize;
@@ -169,29 +185,33 @@ impl server::DeviceRuntimeService for Service {
             let dropped = feed.dropped.clone();
             // Hands the batch to the client's queue, or drops and counts it; false once the
             // client is gone.
-            let mut emit =
-                |batch: &mut Vec<proto::TelemetryPoint>, charge: &mut Charge, held: &mut usize| {
-                    let points = std::mem::take(batch);
-                    let n = points.len();
-                    let part = charge.split(charge.bytes() * n / (*held).max(1));
-                    *held = held.saturating_sub(n);
-                    seq += 1;
-                    plane.batch_sizes.record(n);
-                    let b = proto::TelemetryBatch {
-                        points,
-                        sequence_number: seq,
-                        dropped_points: dropped.load(Ordering::Relaxed) as i64,
-                    };
-                    match out_tx.try_send(ChargedBatch { batch: b, _charge: part }) {
-                        Ok(()) => true,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            dropped.fetch_add(n as u64, Ordering::Relaxed);
-                            congested.store(true, Ordering::Relaxed);
-                            true
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => false,
-                    }
+            let mut emit = |batch: &mut Vec<Point>, charge: &mut Charge, held: &mut usize| {
+                let mut points = std::mem::take(batch);
+                let n = points.len();
+                // Each point is charged the room of two (`streams::POINT_BYTES`).
+                if points.capacity() > 2 * n {
+                    points.shrink_to_fit();
+                }
+                let part = charge.split(charge.bytes() * n / (*held).max(1));
+                *held = held.saturating_sub(n);
+                seq += 1;
+                plane.batch_sizes.record(n);
+                let b = ChargedBatch {
+                    points,
+                    sequence_number: seq,
+                    dropped_points: dropped.load(Ordering::Relaxed) as i64,
+                    _charge: part,
                 };
+                match out_tx.try_send(b) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        dropped.fetch_add(n as u64, Ordering::Relaxed);
+                        congested.store(true, Ordering::Relaxed);
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            };
             'outer: loop {
                 tokio::select! {
                     biased;
@@ -202,7 +222,7 @@ impl server::DeviceRuntimeService for Service {
                         held += pb.points.len();
                         charge.absorb(pb.charge);
                         for p in pb.points {
-                            batch.push(wire::point(p));
+                            batch.push(p);
                             if batch.len() >= batch_size && !emit(&mut batch, &mut charge, &mut held) {
                                 break 'outer;
                             }
@@ -231,7 +251,7 @@ impl server::DeviceRuntimeService for Service {
         });
         let stream = tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(out_rx),
-            |c: ChargedBatch| Ok(c.batch),
+            |c: ChargedBatch| Ok(c.into_wire()),
         );
         Ok(Response::new(Box::pin(stream)))
     }

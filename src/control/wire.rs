@@ -42,15 +42,15 @@ pub(crate) fn event(e: &DeviceEvent) -> proto::DeviceEvent {
 pub(crate) fn point(p: Point) -> proto::TelemetryPoint {
     use proto::telemetry_point::Value;
     proto::TelemetryPoint {
-        device_id: p.device_id,
-        metric_name: p.metric,
+        device_id: p.device_id.to_string(),
+        metric_name: p.metric.to_string(),
         value: p.value.map(|v| match v {
             PointValue::Number(x) => Value::DoubleValue(x),
             PointValue::Text(s) => Value::StringValue(s),
             PointValue::Bool(b) => Value::BoolValue(b),
         }),
         timestamp: Some(timestamp(p.at_ms)),
-        tags: p.labels.into_iter().collect(),
+        tags: p.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 

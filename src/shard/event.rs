@@ -46,14 +46,18 @@ pub(crate) struct DeviceEvent {
 /// Events are shared by every subscriber.
 pub(crate) type Event = Arc<DeviceEvent>;
 
-/// One field of one published message, for a telemetry stream.
+/// One field of one published message, for a telemetry stream. The text it names is shared:
+/// the id by the points of one message, the metric name by every point of the field, the
+/// labels by every point of the device's group (`shard::streams` keeps them), so that what an
+/// unread stream holds is mostly the points themselves (issue 25: a point with its own copy of
+/// the labels map cost ~3x what the stream budget was charged).
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Point {
-    pub device_id: String,
-    pub metric: String,
+    pub device_id: Arc<str>,
+    pub metric: Arc<str>,
     pub value: Option<PointValue>,
     pub at_ms: SimMs,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
 }
 
 /// A point's value (the original's oneof rules: numbers, Markov states and string or boolean

@@ -130,6 +130,22 @@ impl DeviceStates {
         {
             *w &= !(1 << (key % 64));
         }
+        self.release_empty();
+    }
+
+    /// Gives back the room of a map that emptied: a fault on a million devices sizes the fault
+    /// map for all of them at once (~32 MiB a shard), which stayed after ClearFaults (issue 25).
+    fn release_empty(&mut self) {
+        const KEEP: usize = 1024;
+        if self.faults.is_empty() && self.faults.capacity() > KEEP {
+            self.faults = HashMap::new();
+        }
+        if self.paused.is_empty() && self.paused.capacity() > KEEP {
+            self.paused = HashSet::new();
+        }
+        if self.deferred.is_empty() && self.deferred.capacity() > KEEP {
+            self.deferred = HashMap::new();
+        }
     }
 
     /// Before a tick of device `key` due at `due` (its interval `interval_ms`): a paused device
@@ -369,6 +385,27 @@ mod tests {
         assert!(!st.is_marked(3) && st.is_marked(300));
         st.forget(300);
         assert!(!st.is_marked(300));
+    }
+
+    #[test]
+    fn maps_sized_for_a_whole_fleet_give_their_room_back_once_empty() {
+        let mut st = DeviceStates::default();
+        let n = 100_000u32;
+        for k in 0..n {
+            st.inject(k, &spec(FaultKind::Disconnect, 0), 0, n as usize);
+            st.set_paused(k, true, n as usize);
+        }
+        assert!(st.faults.capacity() >= n as usize && st.paused.capacity() >= n as usize);
+        for k in 0..n - 1 {
+            st.clear(k, None);
+            st.set_paused(k, false, n as usize);
+        }
+        // One device left: the room stays (the fault may be cleared next; a removal leaves a
+        // tombstone, which `capacity` does not count).
+        assert!(st.faults.capacity() > 1024 && st.paused.capacity() > 1024);
+        st.forget(n - 1);
+        assert_eq!((st.faults.capacity(), st.paused.capacity()), (0, 0));
+        assert!(st.is_quiet());
     }
 
     #[test]

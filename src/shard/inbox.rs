@@ -94,7 +94,7 @@ pub(crate) struct Control {
     pub(super) next_seq: u64,
     /// Device id -> key; built on the first command that needs it, in steps (keys below
     /// `ids_cursor` are indexed) so that a million ids do not stall the ticks.
-    pub(super) ids: Option<HashMap<String, u32>>,
+    pub(super) ids: Option<super::spawning::IdIndex>,
     pub(super) ids_cursor: usize,
     pub(super) ids_ready: bool,
     /// Faults, pauses and deferrals of this shard's devices.

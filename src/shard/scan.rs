@@ -64,7 +64,7 @@ impl Shard {
                 while scan.cursor < ids.len() {
                     let id = &ids[scan.cursor];
                     scan.cursor += 1;
-                    match self.ctl.ids.as_ref().and_then(|m| m.get(id)).copied() {
+                    match self.key_of(id) {
                         Some(key) => self.apply(scan, key),
                         None => scan.acc.not_found.push(id.clone()),
                     }
@@ -168,7 +168,7 @@ impl Shard {
                     self.publish_fallback();
                 }
                 if let Some(ids) = &mut self.ctl.ids {
-                    ids.remove(&id);
+                    ids.remove(&id, key);
                 }
                 if let Some(d) = self.table.remove(&fleet, key) {
                     self.ctl.released.push((d.group, d.index));
@@ -341,7 +341,7 @@ impl Shard {
         if new_key != key {
             self.ctl.states.rekey(key, new_key);
             if let Some(ids) = &mut self.ctl.ids {
-                ids.insert(id.to_string(), new_key);
+                ids.rekey(id, key, new_key);
             }
         }
         let now = self.control_now();

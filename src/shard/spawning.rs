@@ -1,6 +1,6 @@
-//! Spawning at runtime: the id index (built in steps so a million ids do not stall the ticks),
-//! one device per spec, runtime profiles and groups interned and freed when their last device
-//! goes, and id slots of stopped devices reused.
+//! Spawning at runtime: the id index (compact, built in steps so a million ids do not stall the
+//! ticks), one device per spec, runtime profiles and groups interned and freed when their last
+//! device goes, and id slots of stopped devices reused.
 
 use super::Shard;
 use super::command::{SpawnReply, SpawnSpec};
@@ -12,10 +12,125 @@ use crate::sim::device::{DeviceTable, device_seed};
 use crate::sim::profile::{self, Group, Profile};
 use crate::sim::seed;
 use crate::sink::Sink;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+/// A hasher for keys that are hashes already (the id index's).
+#[derive(Default)]
+pub(super) struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | *b as u64;
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        // Spread over the 64 bits: the map takes its bucket from the low bits and a tag from
+        // the high ones.
+        self.0 = crate::sim::seed::mix64(n as u64);
+    }
+}
+
+/// Device id -> key, compact: a 32-bit hash of the id -> key (8 bytes and a control byte per
+/// device, against ~100 for a map of id strings: a million-device fleet's index took ~100 MB
+/// and kept it, issue 25). Ids whose hashes collide go to a small side map. A hit is confirmed
+/// by the id its key has now (`confirm`), so the index never answers for another device.
+#[derive(Default)]
+pub(crate) struct IdIndex {
+    first: HashMap<u32, u32, BuildHasherDefault<Prehashed>>,
+    more: HashMap<u32, Vec<u32>>,
+}
+
+impl IdIndex {
+    fn hash(id: &str) -> u32 {
+        let h = crate::sim::seed::fnv1a64(id.as_bytes());
+        (h ^ (h >> 32)) as u32
+    }
+
+    pub fn len(&self) -> usize {
+        self.first.len() + self.more.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// Makes room for `n` more ids at once (growing by doubling rehashes everything so far in
+    /// one go).
+    pub fn reserve(&mut self, n: usize) {
+        self.first.reserve(n);
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.first.capacity()
+    }
+
+    /// The key of `id`; `confirm(key)` says whether a key has that id.
+    pub fn get(&self, id: &str, mut confirm: impl FnMut(u32) -> bool) -> Option<u32> {
+        let h = Self::hash(id);
+        let k = *self.first.get(&h)?;
+        if confirm(k) {
+            return Some(k);
+        }
+        self.more.get(&h)?.iter().copied().find(|&k| confirm(k))
+    }
+
+    /// Adds `id` at `key` (again: nothing changes).
+    pub fn insert(&mut self, id: &str, key: u32) {
+        let h = Self::hash(id);
+        match self.first.get(&h) {
+            None => {
+                self.first.insert(h, key);
+            }
+            Some(&k) if k == key => {}
+            Some(_) => {
+                let v = self.more.entry(h).or_default();
+                if !v.contains(&key) {
+                    v.push(key);
+                }
+            }
+        }
+    }
+
+    /// Removes `id`, which is at `key`.
+    pub fn remove(&mut self, id: &str, key: u32) {
+        let h = Self::hash(id);
+        if self.first.get(&h) == Some(&key) {
+            match self.more.get_mut(&h).and_then(Vec::pop) {
+                Some(k) => {
+                    self.first.insert(h, k);
+                }
+                None => {
+                    self.first.remove(&h);
+                }
+            }
+        } else if let Some(v) = self.more.get_mut(&h) {
+            v.retain(|&k| k != key);
+        }
+        if self.more.get(&h).is_some_and(Vec::is_empty) {
+            self.more.remove(&h);
+        }
+    }
+
+    /// `id` moved from key `old` to key `new`.
+    pub fn rekey(&mut self, id: &str, old: u32, new: u32) {
+        self.remove(id, old);
+        self.insert(id, new);
+    }
+}
+
 impl Shard {
+    /// The key of device `id`, from the id index (complete or not).
+    pub(super) fn key_of(&self, id: &str) -> Option<u32> {
+        let ids = self.ctl.ids.as_ref()?;
+        let mut buf = String::new();
+        ids.get(id, |k| {
+            buf.clear();
+            self.id_of(k, &mut buf) && buf == id
+        })
+    }
+
     pub(super) fn id_of(&self, key: u32, out: &mut String) -> bool {
         let fleet = &*self.plan.fleet;
         match self.table.get(key) {
@@ -42,13 +157,13 @@ impl Shard {
             let k = self.ctl.ids_cursor as u32;
             self.ctl.ids_cursor += 1;
             if self.id_of(k, &mut id) {
-                if map.capacity() == map.len() {
+                if map.len() >= map.capacity() {
                     // Grow once to the full size rather than by doubling (each doubling
                     // rehashes everything so far in one go).
                     // A quarter of headroom: spawns that follow then do not rehash a full map.
                     map.reserve((self.table.len() + self.table.len() / 4).max(1024));
                 }
-                map.insert(id.clone(), k);
+                map.insert(&id, k);
             }
             n += 1;
             if n.is_multiple_of(CHUNK) && mono_ns() >= deadline {
@@ -62,7 +177,7 @@ impl Shard {
 
     pub(super) fn spawn_one(&mut self, spec: SpawnSpec, acc: &mut SpawnReply) {
         // The caller completed the id index first (`id_index_step`).
-        if self.ctl.ids.as_ref().is_some_and(|m| m.contains_key(&spec.id)) {
+        if self.key_of(&spec.id).is_some() {
             let reason = format!("device {:?} already exists", spec.id);
             acc.failed.push((spec.id, reason));
             return;
@@ -152,7 +267,7 @@ impl Shard {
             });
         }
         if let Some(ids) = &mut self.ctl.ids {
-            ids.insert(spec.id, key);
+            ids.insert(&spec.id, key);
         }
         acc.spawned += 1;
     }
@@ -346,5 +461,56 @@ impl Shard {
         };
         self.ctl.groups.insert((profile_ix, labels), gi);
         gi
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two ids whose 32-bit index hashes are the same (found by trying).
+    fn colliding() -> (String, String) {
+        let mut seen: HashMap<u32, String> = HashMap::new();
+        for i in 0.. {
+            let id = format!("device-{i}");
+            if let Some(other) = seen.insert(IdIndex::hash(&id), id.clone()) {
+                return (other, id);
+            }
+        }
+        unreachable!()
+    }
+
+    #[test]
+    fn ids_with_the_same_hash_are_told_apart_by_their_key() {
+        let (a, b) = colliding();
+        assert_ne!(a, b);
+        // Key -> id, as the shard's table answers it.
+        let mut table: HashMap<u32, String> = HashMap::new();
+        let mut ix = IdIndex::default();
+        for (key, id) in [(1, &a), (2, &b), (3, &"plain".to_string())] {
+            table.insert(key, id.clone());
+            ix.insert(id, key);
+            ix.insert(id, key);
+        }
+        assert_eq!(ix.len(), 3);
+        let get = |ix: &IdIndex, t: &HashMap<u32, String>, id: &str| {
+            ix.get(id, |k| t.get(&k).is_some_and(|s| s == id))
+        };
+        assert_eq!(get(&ix, &table, &a), Some(1));
+        assert_eq!(get(&ix, &table, &b), Some(2));
+        assert_eq!(get(&ix, &table, "plain"), Some(3));
+        assert_eq!(get(&ix, &table, "absent"), None);
+        // The first of the two leaves: the second is still found, then moves.
+        ix.remove(&a, 1);
+        table.remove(&1);
+        assert_eq!(get(&ix, &table, &a), None);
+        assert_eq!(get(&ix, &table, &b), Some(2));
+        ix.rekey(&b, 2, 7);
+        table.insert(7, table[&2].clone());
+        table.remove(&2);
+        assert_eq!(get(&ix, &table, &b), Some(7));
+        ix.remove(&b, 7);
+        ix.remove("plain", 3);
+        assert_eq!(ix.len(), 0);
     }
 }

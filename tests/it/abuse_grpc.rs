@@ -126,15 +126,20 @@ async fn streams_beyond_the_maximum_count_are_resource_exhausted_and_freed_when_
     .await;
 }
 
-/// What unread streams cost in memory (RSS against the points budget) is measured by
-/// `bench/hardening.sh` (streams case, `rss_growth_within_budget`), not here: a memory bound in
-/// a test that shares the machine with the rest of the suite measured the load, not the budget.
-/// The budget's accounting is unit-tested in `src/shard/streams.rs`.
+/// Unread streams hold at most the points budget: the runtime's RSS grows by less than the
+/// budget and an allowance for its own buffers (h2 windows, the batch being encoded). On a busy
+/// machine the streams' tasks fall behind the shards and the whole budget fills, so this is
+/// where a point costing more than it is charged shows: in a loaded run the runtime grew by
+/// 739 MB against the 384 MB bound while each queued point, with its own labels map and then
+/// its wire form's tags map, cost ~3x its charge (issue 25). The charge is checked against what
+/// the points hold in `src/shard/streams.rs`; `bench/hardening.sh` (streams case) measures the
+/// same with 2,000 asked streams.
 #[tokio::test]
-async fn unread_streams_have_their_points_dropped_and_sigterm_ends_the_process() {
+async fn unread_streams_stay_within_the_memory_budget_and_sigterm_ends_the_process() {
     bounded(async {
         let mut rt = serve(&["--config", "tests/abuse_fleet.toml"]);
         let mut c = client(&rt).await;
+        let idle = c.get_runtime_status(()).await.unwrap().into_inner().memory_bytes;
         let mut conns = vec![];
         let mut open = vec![];
         for i in 0..200 {
@@ -154,6 +159,15 @@ async fn unread_streams_have_their_points_dropped_and_sigterm_ends_the_process()
             s = c.get_runtime_status(()).await.unwrap().into_inner();
         }
         assert!(s.telemetry_points_dropped_total > 0, "{s:?}");
+        // The largest RSS over the next 4 s of unread streams (10 looks).
+        let bound = limits::STREAM_BUDGET_BYTES as i64 + (128 << 20);
+        let mut most = s.memory_bytes;
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            most = most.max(c.get_runtime_status(()).await.unwrap().into_inner().memory_bytes);
+        }
+        let grown = most - idle;
+        assert!(grown < bound, "grew by {grown} bytes with 200 unread streams (bound {bound})");
         // SIGTERM with the streams still open ends the process (within the helper's 60 s bound;
         // it used to take longer than 6 s, or forever).
         let status = rt.terminate();

@@ -535,8 +535,8 @@ fn point_json(p: crate::shard::event::Point) -> Value {
         None => Value::Null,
     };
     json!({
-        "device_id": p.device_id,
-        "metric": p.metric,
+        "device_id": &*p.device_id,
+        "metric": &*p.metric,
         "value": value,
         "at": crate::sim::time::rfc3339_ms(p.at_ms),
     })
