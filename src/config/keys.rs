@@ -257,6 +257,13 @@ pub const SINK_MQTT: Spec = Spec {
         k("client_cert", Ty::Str, "mqtts, wss: client certificate file (PEM), with client_key."),
         k("client_key", Ty::Str, "mqtts, wss: client key file (PEM), with client_cert."),
         k(
+            "server_name",
+            Ty::Str,
+            "mqtts, wss: the TLS server name (SNI, and the name the broker's certificate must \
+             have); default: the URL's host.",
+        ),
+        k("alpn", STRINGS, "mqtts, wss: ALPN protocols offered, e.g. [\"x-amzn-mqtt-ca\"]."),
+        k(
             "per_device",
             Ty::Table(&MQTT_PER_DEVICE),
             "Sessions of profiles with connection = \"per_device\" (one per device).",
@@ -300,6 +307,36 @@ pub const MQTT_PER_DEVICE: Spec = Spec {
             QOS,
             "QoS of command answers (needs respond); default: the command's own QoS.",
         ),
+        k(
+            "identity",
+            Ty::Table(&MQTT_IDENTITY),
+            "A TLS client certificate per device (mqtts:// or wss://).",
+        ),
+    ],
+};
+
+pub const MQTT_IDENTITY: Spec = Spec {
+    path: "sink.mqtt.per_device.identity",
+    doc: "A TLS client certificate per device: generated (ca_cert, ca_key) or pre-provisioned \
+          (cert_file, key_file).",
+    keys: &[
+        k("ca_cert", Ty::Str, "The CA certificate (PEM) that signs generated device certificates."),
+        k("ca_key", Ty::Str, "The CA's private key (PEM: ECDSA P-256 or RSA)."),
+        k("subject_cn", TEMPLATE, "Subject common name template; must contain {device_id}.")
+            .def("\"{device_id}\""),
+        k("sans", Ty::Array(&TEMPLATE), "Subject alternative names (DNS name, IP address or URI)."),
+        k("key", Ty::Enum(&["ecdsa_p256", "rsa_2048"]), "Device key type.").def("\"ecdsa_p256\""),
+        k("validity", Ty::Duration, "How long a generated certificate is valid.").def("\"30d\""),
+        k(
+            "not_before",
+            Ty::DateTime,
+            "Start of validity; default: today 00:00 UTC (set it for identical certificates on \
+             other days).",
+        ),
+        k("cert_file", TEMPLATE, "Pre-provisioned certificate file template (PEM), with key_file."),
+        k("key_file", TEMPLATE, "Pre-provisioned key file template (PEM), with cert_file."),
+        k("workers", Ty::Int(1, 64), "Threads that generate keys or read key files, per run.")
+            .def("2"),
     ],
 };
 
@@ -1017,6 +1054,7 @@ pub const SPECS: &[&Spec] = &[
     &SINK_FILE,
     &SINK_MQTT,
     &MQTT_PER_DEVICE,
+    &MQTT_IDENTITY,
     &SINK_AMQP,
     &SINK_HTTP,
     &SINK_COAP,

@@ -61,6 +61,8 @@ pub struct PerDeviceSettings {
     pub respond: Option<TopicTemplate>,
     /// The QoS of a command's answer (`respond`); `None`: the QoS the command arrived at.
     pub answer_qos: Option<u8>,
+    /// `[sink.mqtt.per_device.identity]`: a TLS client certificate per device.
+    pub identity: Option<std::sync::Arc<super::identity::IdentitySettings>>,
 }
 
 impl Default for PerDeviceSettings {
@@ -83,6 +85,7 @@ impl Default for PerDeviceSettings {
             subscribe_qos: 1,
             respond: None,
             answer_qos: None,
+            identity: None,
         }
     }
 }
@@ -293,6 +296,9 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
                 format!("not a valid MQTT topic name (no wildcards), got {:?}", r.source),
             );
         }
+    }
+    if let Some(it) = t.table("identity", p) {
+        s.identity = super::identity::compile(it, p).map(std::sync::Arc::new);
     }
     t.finish_with(&super::keys::MQTT_PER_DEVICE.names(), p);
     s
