@@ -75,8 +75,7 @@ inflight = 4"
   local gen="[sink.mqtt.per_device.identity]
 ca_cert = \"$OUT/pki/ca.pem\"
 ca_key = \"$OUT/pki/ca.key\"
-key = \"$KEY\"
-not_before = 2026-01-01T00:00:00Z"
+key = \"$KEY\""
   case $c in
     null) sink='[sink.null]'; proto=null; extra="" ;;
     tcp) sink="[sink.mqtt]

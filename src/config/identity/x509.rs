@@ -465,9 +465,8 @@ fn device_key(kind: KeyKind, master: &[u8; 32]) -> Result<(Vec<u8>, String, Vec<
                 if let Ok(k) = p256::SecretKey::from_slice(&candidate) {
                     break k;
                 }
-                candidate.copy_from_slice(
-                    ring::digest::digest(&ring::digest::SHA256, &candidate).as_ref(),
-                );
+                let next = ring::digest::digest(&ring::digest::SHA256, &candidate);
+                candidate.copy_from_slice(next.as_ref());
             };
             let der = key.to_pkcs8_der().map_err(|e| format!("device key: {e}"))?;
             let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| format!("device key: {e}"))?;
