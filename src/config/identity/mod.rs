@@ -304,6 +304,18 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> Option<IdentitySettings> {
                     None
                 }
             },
+            (Some(c), None) => {
+                // The key could not be read: the certificate is still checked on its own.
+                for (which, msg) in Ca::from_pem(&c, "").err().unwrap_or_default() {
+                    if which == "ca_cert" {
+                        p.add(
+                            t.path_of(which),
+                            format!("{:?}: {msg}", ca_cert.unwrap_or_default()),
+                        );
+                    }
+                }
+                None
+            }
             _ => None,
         };
         let subject_cn = subject_cn
