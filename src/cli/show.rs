@@ -146,6 +146,14 @@ fn sink_value(s: &config::SinkSettings, sink: &str, key: &str) -> Option<String>
                 "ca_file" => path(&tls.ca_file),
                 "client_cert" => path(&tls.client_cert),
                 "client_key" => path(&tls.client_key),
+                "server_name" => m.server_name.as_deref().map_or("(the URL's host)".to_string(), q),
+                "alpn" => format!(
+                    "{:?}",
+                    m.alpn
+                        .iter()
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                ),
                 _ => return None,
             }
         }
