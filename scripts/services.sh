@@ -44,6 +44,8 @@ wait_port() { # $1 = port, $2 = name, $3 = seconds
 }
 
 command -v mosquitto >/dev/null || apt_install mosquitto mosquitto-clients
+# Test CAs and `certs issue` output are made and checked with the openssl CLI.
+command -v openssl >/dev/null || apt_install openssl
 if ! port_open 1883; then
     echo "starting mosquitto"
     mosquitto -d -c /etc/mosquitto/mosquitto.conf 2>/dev/null || mosquitto -d -p 1883

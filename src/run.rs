@@ -464,7 +464,7 @@ fn start_shards(
 ) -> anyhow::Result<Shards> {
     let run = &config.run;
     let cores = prep.cores;
-    let sinks = Arc::new(config.sinks.clone());
+    let sinks = Arc::new(config.sinks.clone().seeded(prep.seed));
     // A virtual run sampled by sim time sends a snapshot per step: room for a few polls' worth.
     let per_shard = if run.clock == ClockMode::Virtual { 256 } else { 16 };
     let (progress_tx, progress_rx) = crossbeam_channel::bounded::<Snapshot>(cores * per_shard);

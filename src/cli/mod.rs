@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 mod audit;
+mod certs;
 pub mod client;
 mod fit;
 pub mod journal;
@@ -86,6 +87,11 @@ pub enum Command {
     /// the first messages of a profile without running the fleet.
     #[command(subcommand)]
     Payload(preview::PayloadCommand),
+    /// Per-device certificates (`certs issue --config F --out DIR [--seed N]`): every
+    /// per-device session's certificate and key as a run with that seed makes them, and a
+    /// CSV manifest, for bulk registration ahead of a test.
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
 }
 
 /// The exit codes, for --help.
@@ -277,6 +283,7 @@ pub fn main(cli: Cli) -> anyhow::Result<i32> {
         Some(Command::Schema(a)) => schema::main(&a),
         Some(Command::Fit(a)) => fit::main(&a),
         Some(Command::Payload(c)) => preview::main(&c),
+        Some(Command::Certs(c)) => certs::main(&c),
         Some(Command::Run(r)) => run_cmd(&r),
         None => run_cmd(&cli.run),
     };

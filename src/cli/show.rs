@@ -152,6 +152,14 @@ fn sink_value(s: &config::SinkSettings, sink: &str, key: &str) -> Option<String>
                 "client_key" => path(&tls.client_key),
                 "preset" => m.preset.as_deref().map_or("(none)".into(), q),
                 "hub" => m.hub.as_deref().map_or("(none)".into(), q),
+                "server_name" => m.server_name.as_deref().map_or("(the URL's host)".to_string(), q),
+                "alpn" => format!(
+                    "{:?}",
+                    m.alpn
+                        .iter()
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect::<Vec<_>>()
+                ),
                 _ => return None,
             }
         }

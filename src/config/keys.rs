@@ -268,6 +268,13 @@ pub const SINK_MQTT: Spec = Spec {
             "preset = \"azure_iot_hub\": the IoT hub's NAME (NAME.azure-devices.net).",
         ),
         k(
+            "server_name",
+            Ty::Str,
+            "mqtts, wss: the TLS server name (SNI, and the name the broker's certificate must \
+             have); default: the URL's host.",
+        ),
+        k("alpn", STRINGS, "mqtts, wss: ALPN protocols offered, e.g. [\"x-amzn-mqtt-ca\"]."),
+        k(
             "per_device",
             Ty::Table(&MQTT_PER_DEVICE),
             "Sessions of profiles with connection = \"per_device\" (one per device).",
@@ -316,6 +323,11 @@ pub const MQTT_PER_DEVICE: Spec = Spec {
             Ty::Table(&MQTT_TOKEN),
             "A password that expires: a JWT or SAS token per device.",
         ),
+        k(
+            "identity",
+            Ty::Table(&MQTT_IDENTITY),
+            "A TLS client certificate per device (mqtts:// or wss://).",
+        ),
     ],
 };
 
@@ -341,6 +353,31 @@ pub const MQTT_TOKEN: Spec = Spec {
         k("policy", Ty::Str, "sas: shared access policy name (skn)."),
         k("ttl", Ty::Duration, "Token lifetime, at least 1m.").def("\"1h\""),
         k("renew_before", Ty::Duration, "Renew this long before expiry; default: ttl / 10."),
+    ],
+};
+
+pub const MQTT_IDENTITY: Spec = Spec {
+    path: "sink.mqtt.per_device.identity",
+    doc: "A TLS client certificate per device: generated (ca_cert, ca_key) or pre-provisioned \
+          (cert_file, key_file).",
+    keys: &[
+        k("ca_cert", Ty::Str, "The CA certificate (PEM) that signs generated device certificates."),
+        k("ca_key", Ty::Str, "The CA's private key (PEM: ECDSA P-256 or RSA)."),
+        k("subject_cn", TEMPLATE, "Subject common name template; must contain {device_id}.")
+            .def("\"{device_id}\""),
+        k("sans", Ty::Array(&TEMPLATE), "Subject alternative names (DNS name, IP address or URI)."),
+        k("key", Ty::Enum(&["ecdsa_p256", "rsa_2048"]), "Device key type.").def("\"ecdsa_p256\""),
+        k("validity", Ty::Duration, "How long a generated certificate is valid.").def("\"30d\""),
+        k(
+            "not_before",
+            Ty::DateTime,
+            "Start of validity; default: today 00:00 UTC (set it for identical certificates on \
+             other days).",
+        ),
+        k("cert_file", TEMPLATE, "Pre-provisioned certificate file template (PEM), with key_file."),
+        k("key_file", TEMPLATE, "Pre-provisioned key file template (PEM), with cert_file."),
+        k("workers", Ty::Int(1, 64), "Threads that generate keys or read key files, per run.")
+            .def("2"),
     ],
 };
 
@@ -1059,6 +1096,7 @@ pub const SPECS: &[&Spec] = &[
     &SINK_MQTT,
     &MQTT_PER_DEVICE,
     &MQTT_TOKEN,
+    &MQTT_IDENTITY,
     &SINK_AMQP,
     &SINK_HTTP,
     &SINK_COAP,

@@ -9,6 +9,7 @@ pub mod audit;
 mod behaviour;
 pub mod env;
 pub mod format;
+pub mod identity;
 pub mod keys;
 mod mqtt5;
 pub mod mqtt_sessions;

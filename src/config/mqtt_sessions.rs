@@ -64,6 +64,8 @@ pub struct PerDeviceSettings {
     /// `[sink.mqtt.per_device.token]`: an expiring token as the password (then `password`
     /// is `None`).
     pub token: Option<std::sync::Arc<super::token::TokenSettings>>,
+    /// `[sink.mqtt.per_device.identity]`: a TLS client certificate per device.
+    pub identity: Option<std::sync::Arc<super::identity::IdentitySettings>>,
 }
 
 impl Default for PerDeviceSettings {
@@ -87,6 +89,7 @@ impl Default for PerDeviceSettings {
             respond: None,
             answer_qos: None,
             token: None,
+            identity: None,
         }
     }
 }
@@ -313,6 +316,9 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
                 "a token is sent as the password, which needs username (a template, e.g. \"{device_id}\")",
             );
         }
+    }
+    if let Some(it) = t.table("identity", p) {
+        s.identity = super::identity::compile(it, p).map(std::sync::Arc::new);
     }
     t.finish_with(&super::keys::MQTT_PER_DEVICE.names(), p);
     s

@@ -68,6 +68,10 @@ pub struct MqttSettings {
     pub backoff: Backoff,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS server name (SNI and the name verified); `None`: the URL's host.
+    pub server_name: Option<String>,
+    /// ALPN protocols offered in the TLS handshake.
+    pub alpn: Vec<Vec<u8>>,
     /// `[sink.mqtt.per_device]`: used by profiles with `connection = "per_device"`.
     pub per_device: super::mqtt_sessions::PerDeviceSettings,
     /// `preset` (already expanded into the other keys by `config::preset`) and Azure's `hub`.
@@ -327,6 +331,8 @@ pub const MQTT_KEYS: &[&str] = &[
     "client_key",
     "preset",
     "hub",
+    "server_name",
+    "alpn",
 ];
 
 fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
@@ -360,7 +366,36 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
         Some(pd) => super::mqtt_sessions::compile(pd, p),
         None => Default::default(),
     };
-    let tls_keys = [t.has("ca_file"), t.has("client_cert"), t.has("client_key")];
+    let server_name = t.str("server_name", p).map(str::to_string);
+    if let Some(n) = &server_name
+        && rustls::pki_types::ServerName::try_from(n.as_str()).is_err()
+    {
+        p.add(t.path_of("server_name"), format!("not a DNS name or IP address, got {n:?}"));
+    }
+    let mut alpn = vec![];
+    if let Some(list) = t.array("alpn", p) {
+        let path = t.path_of("alpn");
+        for (i, v) in list.iter().enumerate() {
+            match v.as_str() {
+                Some(s) if !s.is_empty() && s.len() < 256 => alpn.push(s.as_bytes().to_vec()),
+                _ => p.add(
+                    format!("{path}[{i}]"),
+                    format!(
+                        "expected a protocol name (1 to 255 bytes), got {}",
+                        crate::walk::show(v)
+                    ),
+                ),
+            }
+        }
+    }
+    let tls_keys = [
+        t.has("ca_file"),
+        t.has("client_cert"),
+        t.has("client_key"),
+        t.has("server_name"),
+        t.has("alpn"),
+        per_device.identity.is_some(),
+    ];
     let tls_files = TlsFiles {
         ca_file: existing_file(&mut t, "ca_file", p),
         client_cert: existing_file(&mut t, "client_cert", p),
@@ -375,7 +410,13 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
     let (url, parts) = parsed?;
     let tls = matches!(parts.scheme.as_str(), "mqtts" | "ssl" | "wss");
     if !tls && tls_keys.iter().any(|k| *k) {
-        p.add(t_path(&url), "TLS files are set but the URL is not mqtts:// or wss://");
+        p.add(
+            t_path(&url),
+            format!(
+                "TLS settings (ca_file, client_cert, client_key, server_name, alpn or \
+                 per_device.identity) are set but the URL is not mqtts:// or wss://, got {url:?}"
+            ),
+        );
     }
     if p.0.len() > before {
         return None;
@@ -405,6 +446,8 @@ fn compile_mqtt(mut t: Table<'_>, p: &mut Problems) -> Option<MqttSettings> {
         backoff,
         username: env("IOT_SIM_MQTT_USERNAME").or(parts.user),
         password: env("IOT_SIM_MQTT_PASSWORD"),
+        server_name,
+        alpn,
         per_device,
         preset,
         hub,

@@ -28,6 +28,7 @@ mod grpc_sink_events;
 mod grpc_two_runtimes;
 mod journal;
 mod mqtt5_props;
+mod mqtt_identity;
 mod mqtt_session_faults;
 mod mqtt_sessions;
 mod mqtt_tokens;

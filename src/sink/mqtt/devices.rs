@@ -115,6 +115,8 @@ pub struct Devices {
     version: Version,
     addr: (String, u16),
     tls: Option<super::transport::Tls>,
+    /// `[sink.mqtt.per_device.identity]`: a client certificate per device, made by workers.
+    identities: Option<super::identity::Identities>,
     /// `ws://`/`wss://`: where the WebSocket upgrades.
     ws: Option<super::ws::WsTarget>,
     /// The fleet as of the last spawned per-device profile ([`Devices::refresh`]).
@@ -194,7 +196,15 @@ impl Devices {
     ) -> Result<Rc<Devices>, String> {
         let tls = super::transport::tls(s)?;
         let pd = &s.per_device;
+        let identities = match &pd.identity {
+            Some(id) if tls.is_some() => {
+                Some(super::identity::Identities::new(s, id.clone(), shards)?)
+            }
+            Some(_) => return Err("sink.mqtt.per_device.identity needs mqtts:// or wss://".into()),
+            None => None,
+        };
         Ok(Rc::new(Devices {
+            identities,
             settings: Rc::new(pd.clone()),
             version: if s.version == 5 { Version::V5 } else { Version::V311 },
             addr: (s.host.clone(), s.port),
@@ -380,13 +390,22 @@ impl Devices {
         // An expiring token replaces the password: made afresh at every connect attempt.
         let token =
             s.token.as_ref().map(|t| super::token::DeviceToken::new(t, hash, &|tpl| render(tpl)));
+        let identity = self.identities.as_ref().map(|i| i.settings().for_device(device_id, render));
         // Spread first pings over the keep-alive interval by device.
         let phase_ms = if s.keep_alive_ms > 0 {
             (crate::sim::seed::mix64(hash) % s.keep_alive_ms) as u32
         } else {
             0
         };
-        tokio::task::spawn_local(run(self.clone(), dev.clone(), params, topics, phase_ms, token));
+        tokio::task::spawn_local(run(
+            self.clone(),
+            dev.clone(),
+            params,
+            topics,
+            phase_ms,
+            token,
+            identity,
+        ));
         dev
     }
 
@@ -572,6 +591,7 @@ async fn run(
     mut topics: Topics,
     phase_ms: u32,
     mut token: Option<super::token::DeviceToken>,
+    identity: Option<crate::config::identity::DeviceIdentity>,
 ) {
     let s = &ctx.settings;
     let mut session: Session<Token> = Session::new(ctx.version, s.keep_alive_ms as u32, s.inflight);
@@ -581,6 +601,8 @@ async fn run(
     let mut ever_connected = false;
     // Reconnecting to renew the token: counted `session_token_renewed` once accepted.
     let mut renewing = false;
+    // The device's own TLS identity, made at its first connect and kept for every reconnect.
+    let mut own_tls: Option<super::transport::Tls> = None;
     loop {
         if ctx.shared.closing.get() {
             finish(&ctx, &dev, &mut session);
@@ -611,6 +633,38 @@ async fn run(
                 _ = ctx.shared.close.notified() => {}
             }
             continue;
+        }
+        if own_tls.is_none()
+            && let (Some(ids), Some(wanted), Some((_, name))) =
+                (&ctx.identities, &identity, &ctx.tls)
+        {
+            let made = tokio::select! {
+                r = ids.client_config(wanted.clone()) => r,
+                _ = ctx.shared.close.notified() => {
+                    finish(&ctx, &dev, &mut session);
+                    return;
+                }
+            };
+            match made {
+                Ok(cfg) => {
+                    ctx.shared.event(if ids.generated() {
+                        "session_identity_issued"
+                    } else {
+                        "session_identity_loaded"
+                    });
+                    own_tls = Some((rumqttc::tokio_rustls::TlsConnector::from(cfg), name.clone()));
+                }
+                Err(error) => {
+                    ctx.shared.event("session_identity_error");
+                    tracing::warn!(sink = "mqtt", device = %topics.device_id, %error, "no identity");
+                    let attempt = retry.lost(&ctx.shared.backoff, mono_ns());
+                    tokio::select! {
+                        _ = ctx.shared.backoff_sleep(attempt) => {}
+                        _ = ctx.shared.close.notified() => {}
+                    }
+                    continue;
+                }
+            }
         }
         // Waiting for a connect slot or a TCP connect gives way to shutdown at once, so the
         // task gets to count what its device still holds.
@@ -645,7 +699,7 @@ async fn run(
         });
         let end = match opened {
             Err(e) => End::Lost(format!("connect: {e}")),
-            Ok(tcp) => match &ctx.tls {
+            Ok(tcp) => match own_tls.as_ref().or(ctx.tls.as_ref()) {
                 None => {
                     let link = Link {
                         params: &params,
@@ -705,10 +759,21 @@ async fn run(
                     detail: format!("refused: {reason}"),
                 });
             }
-            End::Lost(error) => {
-                ctx.shared.event("session_connect_error");
-                tracing::debug!(sink = "mqtt", device = %topics.device_id, %error, "session lost");
-            }
+            End::Lost(error) => match super::identity::tls_refusal(&error) {
+                // The broker refused the TLS handshake (a certificate it does not accept).
+                Some(event) => {
+                    ctx.shared.event(event);
+                    ctx.shared.conn_event(ConnEvent::Session {
+                        device_id: topics.device_id.clone(),
+                        connected: false,
+                        detail: format!("refused: {error}"),
+                    });
+                }
+                None => {
+                    ctx.shared.event("session_connect_error");
+                    tracing::debug!(sink = "mqtt", device = %topics.device_id, %error, "session lost");
+                }
+            },
         }
         let attempt = retry.lost(&ctx.shared.backoff, mono_ns());
         if !ctx.shared.closing.get() {

@@ -11,6 +11,7 @@
 //! WebSocket frames for `ws://` and `wss://` URLs.
 
 pub mod devices;
+pub mod identity;
 pub mod pooled;
 pub mod props;
 pub mod session;
@@ -24,10 +25,10 @@ use crate::sim::profile::Fleet;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// Builds the rustls client configuration for `mqtts://`.
-pub fn tls_config(s: &MqttSettings) -> Result<Arc<rustls::ClientConfig>, String> {
+/// The trust anchors of `ca_file` (none without one).
+pub fn roots(s: &MqttSettings) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let tls = s.tls.clone().unwrap_or_default();
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = &tls.ca_file {
@@ -38,6 +39,15 @@ pub fn tls_config(s: &MqttSettings) -> Result<Arc<rustls::ClientConfig>, String>
             roots.add(cert).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
         }
     }
+    Ok(roots)
+}
+
+/// Builds the rustls client configuration for `mqtts://`.
+pub fn tls_config(s: &MqttSettings) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = s.tls.clone().unwrap_or_default();
+    let roots = roots(s)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -57,6 +67,8 @@ pub fn tls_config(s: &MqttSettings) -> Result<Arc<rustls::ClientConfig>, String>
         }
         _ => builder.with_no_client_auth(),
     };
+    let mut config = config;
+    config.alpn_protocols = s.alpn.clone();
     Ok(Arc::new(config))
 }
 

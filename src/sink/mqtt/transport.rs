@@ -14,12 +14,18 @@ pub fn tls(s: &MqttSettings) -> Result<Option<Tls>, String> {
     match &s.tls {
         Some(_) => {
             let cfg: Arc<rustls::ClientConfig> = super::tls_config(s)?;
-            let name = rustls::pki_types::ServerName::try_from(s.host.clone())
-                .map_err(|e| format!("sink.mqtt.url: host {:?}: {e}", s.host))?;
+            let name = server_name(s)?;
             Ok(Some((rumqttc::tokio_rustls::TlsConnector::from(cfg), name)))
         }
         None => Ok(None),
     }
+}
+
+/// The TLS server name: `server_name`, or the URL's host.
+pub fn server_name(s: &MqttSettings) -> Result<rustls::pki_types::ServerName<'static>, String> {
+    let name = s.server_name.clone().unwrap_or_else(|| s.host.clone());
+    rustls::pki_types::ServerName::try_from(name.clone())
+        .map_err(|e| format!("sink.mqtt: server name {name:?}: {e}"))
 }
 
 /// Connects to `host:port` (each resolved address in turn), from `source` when given, with
