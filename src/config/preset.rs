@@ -357,13 +357,17 @@ fn azure_iot_hub(
             &["sink", "mqtt", "per_device", "username"],
             s(&format!("{host}/{{device_id}}/?api-version={AZURE_API_VERSION}")),
         );
-        fill(doc, out, &["sink", "mqtt", "per_device", "token", "kind"], s("sas"));
-        fill(
-            doc,
-            out,
-            &["sink", "mqtt", "per_device", "token", "resource"],
-            s(&format!("{host}/devices/{{device_id}}")),
-        );
+        // The SAS token's kind and resource complete the user's `token` table (its key is the
+        // user's); another login (a password, a certificate) leaves it out.
+        if at(doc, &["sink", "mqtt", "per_device", "token"]).is_some() {
+            fill(doc, out, &["sink", "mqtt", "per_device", "token", "kind"], s("sas"));
+            fill(
+                doc,
+                out,
+                &["sink", "mqtt", "per_device", "token", "resource"],
+                s(&format!("{host}/devices/{{device_id}}")),
+            );
+        }
     }
     for name in profiles {
         fill(doc, out, &["profiles", name, "topic"], s("devices/{device_id}/messages/events/"));
@@ -619,7 +623,7 @@ mod tests {
     fn azure_fills_url_username_token_and_topic() {
         let text = format!(
             "[sink.mqtt]\npreset = \"azure_iot_hub\"\nhub = \"my-hub\"\nca_file = \"c\"\n\
-             [sink.mqtt.per_device]\npassword_env = \"X\"\n{PROFILE}"
+             [sink.mqtt.per_device.token]\nsecret_env = \"X\"\n{PROFILE}"
         );
         let (doc, e, p) = expand_text(&text);
         assert!(p.is_empty(), "{p}");
@@ -634,6 +638,12 @@ mod tests {
             e.filled.iter().filter(|f| f.path.iter().any(|s| s == "token")).collect();
         assert_eq!(token.len(), 2);
         assert_eq!(token[1].value, s("my-hub.azure-devices.net/devices/{device_id}"));
+        // Another login leaves the token out.
+        let text = text.replace("per_device.token]\nsecret_env", "per_device]\npassword_env");
+        let (doc, e, p) = expand_text(&text);
+        assert!(p.is_empty(), "{p}");
+        assert!(e.filled.iter().all(|f| !f.path.iter().any(|s| s == "token")));
+        assert!(at(&doc, &["sink", "mqtt", "per_device", "token"]).is_none());
         // Written exactly when this build's catalogue has the token table.
         for f in &e.filled {
             assert_eq!(f.applied, known(&f.path), "{}", f.dotted());
