@@ -177,6 +177,8 @@ run_case() { # $1 = case; prints a JSON object
   fi
   sleep 1
   rss=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/$RUN/status" 2>/dev/null || echo 0)
+  # A run that already ended (a zombie until `wait`) has no VmRSS line.
+  rss=${rss:-0}
   if [[ $c == steady ]]; then
     wait $RUN || { cat "$OUT/$c.log" >&2; exit 1; }
   else
