@@ -112,6 +112,14 @@ pub struct ProfileStats {
 }
 
 impl ProfileStats {
+    /// One more event of the profile's event `ei` (by its index in the profile's events).
+    pub fn count_event(&mut self, ei: usize) {
+        if self.events.len() <= ei {
+            self.events.resize(ei + 1, 0);
+        }
+        self.events[ei] += 1;
+    }
+
     pub fn new() -> ProfileStats {
         ProfileStats {
             counts: Counters::default(),

@@ -1030,11 +1030,7 @@ impl Shard {
             );
             self.topic.clear();
             sp::write_topic(&mut self.topic, &spec.group_id, "DDATA", &node, Some(&self.id));
-            let st = &mut self.stats.profiles[profile_ix];
-            if st.events.len() <= ei {
-                st.events.resize(ei + 1, 0);
-            }
-            st.events[ei] += 1;
+            self.stats.profiles[profile_ix].count_event(ei);
             let phase = self.scn.as_ref().and_then(|c| c.phase_of(at));
             done_ns = submit(
                 &mut self.sinks,
@@ -1138,11 +1134,7 @@ impl Shard {
             );
             self.topic.clear();
             spec.topic.render(&mut self.topic, &self.id, &profile.device_type, &group.labels);
-            let st = &mut self.stats.profiles[profile_ix];
-            if st.events.len() <= ei as usize {
-                st.events.resize(ei as usize + 1, 0);
-            }
-            st.events[ei as usize] += 1;
+            self.stats.profiles[profile_ix].count_event(ei as usize);
             let phase = self.scn.as_ref().and_then(|c| c.phase_of(at));
             done_ns = submit(
                 &mut self.sinks,
