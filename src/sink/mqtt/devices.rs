@@ -635,7 +635,7 @@ async fn run(
             continue;
         }
         if own_tls.is_none()
-            && let (Some(ids), Some(wanted), Some((_, name))) =
+            && let (Some(ids), Some(wanted), Some(super::transport::Tls { name, .. })) =
                 (&ctx.identities, &identity, &ctx.tls)
         {
             let made = tokio::select! {
@@ -652,7 +652,7 @@ async fn run(
                     } else {
                         "session_identity_loaded"
                     });
-                    own_tls = Some((rumqttc::tokio_rustls::TlsConnector::from(cfg), name.clone()));
+                    own_tls = Some(super::transport::Tls { config: cfg, name: name.clone() });
                 }
                 Err(error) => {
                     ctx.shared.event("session_identity_error");
@@ -711,10 +711,18 @@ async fn run(
                     };
                     over_ws(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
                 }
-                Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
+                Some(tls) => match tls
+                    .connect(tcp, Duration::from_millis(s.connect_timeout_ms))
+                    .await
+                {
                     // Boxed: the TLS stream is large, and a plain session should not carry
                     // room for it in its task.
                     Ok(tls) => {
+                        // A reconnect that resumed the device's previous TLS session (no
+                        // certificate exchange, no signature): counted.
+                        if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                            ctx.shared.event("session_tls_resumed");
+                        }
                         let link = Link {
                             params: &params,
                             topics: &topics,

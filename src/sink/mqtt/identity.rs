@@ -59,9 +59,77 @@ impl Base {
             .with_client_auth_cert(chain, key)
             .map_err(|e| format!("client certificate: {e}"))?;
         config.alpn_protocols = self.alpn.clone();
-        // One device's tickets only: a small cache of its own.
-        config.resumption = rustls::client::Resumption::in_memory_sessions(1);
+        // One device's tickets only: a store of its own that keeps one.
+        config.resumption = one_server_resumption();
         Ok(Arc::new(config))
+    }
+}
+
+/// Resumption for one device's sessions to one server: see [`OneServer`].
+pub fn one_server_resumption() -> rustls::client::Resumption {
+    rustls::client::Resumption::store(Arc::new(OneServer::default()))
+}
+
+/// One device's TLS resumption state: the newest TLS 1.3 ticket (or TLS 1.2 session) and the
+/// key-exchange group the server chose. A device talks to one server, and a reconnect needs
+/// one ticket. rustls' in-memory cache, even sized for one server, keeps a map sized for
+/// several and every ticket a server sends (OpenSSL sends two per connection), each with its
+/// own copy of the server's certificate chain: about 3.5 KiB per device that this store does
+/// not hold (`bench/mqtt_identity.sh`, RSS per TLS session).
+#[derive(Debug, Default)]
+struct OneServer(std::sync::Mutex<Resume>);
+
+#[derive(Debug, Default)]
+struct Resume {
+    kx_hint: Option<rustls::NamedGroup>,
+    tls12: Option<rustls::client::Tls12ClientSessionValue>,
+    tls13: Option<rustls::client::Tls13ClientSessionValue>,
+}
+
+impl OneServer {
+    fn with<T>(&self, f: impl FnOnce(&mut Resume) -> T) -> T {
+        // A poisoned lock only means another thread panicked holding it: the state is whole.
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+type Name<'a> = rustls::pki_types::ServerName<'a>;
+
+impl rustls::client::ClientSessionStore for OneServer {
+    fn set_kx_hint(&self, _: Name<'static>, group: rustls::NamedGroup) {
+        self.with(|r| r.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, _: &Name<'_>) -> Option<rustls::NamedGroup> {
+        self.with(|r| r.kx_hint)
+    }
+
+    fn set_tls12_session(&self, _: Name<'static>, value: rustls::client::Tls12ClientSessionValue) {
+        self.with(|r| r.tls12 = Some(value));
+    }
+
+    fn tls12_session(&self, _: &Name<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.with(|r| r.tls12.clone())
+    }
+
+    fn remove_tls12_session(&self, _: &Name<'static>) {
+        self.with(|r| r.tls12 = None);
+    }
+
+    /// Keeps the newest: it lives longest.
+    fn insert_tls13_ticket(
+        &self,
+        _: Name<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.with(|r| r.tls13 = Some(value));
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        _: &Name<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.with(|r| r.tls13.take())
     }
 }
 

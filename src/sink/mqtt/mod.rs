@@ -15,6 +15,7 @@ pub mod identity;
 pub mod pooled;
 pub mod props;
 pub mod session;
+pub mod tls;
 pub mod token;
 pub mod transport;
 pub mod ws;

@@ -129,7 +129,7 @@ async fn run(pool: Rc<Pool>, conn: usize, params: ConnectParams) {
             Err(e) => End::Lost(format!("connect: {e}")),
             Ok(tcp) => match &pool.tls {
                 None => over_ws(&pool, conn, &mut session, &params, tcp, &mut buf, &mut link).await,
-                Some((connector, name)) => match connector.connect(name.clone(), tcp).await {
+                Some(tls) => match tls.connect(tcp, CONNECT_TIMEOUT).await {
                     Ok(tls) => {
                         Box::pin(over_ws(
                             &pool,

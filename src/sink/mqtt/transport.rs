@@ -6,17 +6,37 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The TLS connector and server name of `mqtts://`, built once per shard.
-pub type Tls = (rumqttc::tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>);
+/// The TLS configuration and server name of `mqtts://` and `wss://`, built once per shard (or
+/// per device, with its own identity).
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
 
-/// Builds the TLS connector for `mqtts://` URLs (`None` for `mqtt://`).
+impl Tls {
+    /// The TLS handshake over `tcp`, within `timeout`. Both the handshake and the stream are
+    /// boxed: the caller's future (a per-device session's task, for its whole life) carries
+    /// pointers, not the handshake's state or a stream that its callees' futures would each
+    /// keep a copy of room for (an async fn stores its arguments: a stream passed down two
+    /// calls took three times its size).
+    pub async fn connect(
+        &self,
+        tcp: tokio::net::TcpStream,
+        timeout: Duration,
+    ) -> std::io::Result<Box<super::tls::TlsStream>> {
+        let handshake = Box::pin(super::tls::connect(self.config.clone(), self.name.clone(), tcp));
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(r) => r.map(Box::new),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timeout")),
+        }
+    }
+}
+
+/// Builds the TLS configuration for `mqtts://` URLs (`None` for `mqtt://`).
 pub fn tls(s: &MqttSettings) -> Result<Option<Tls>, String> {
     match &s.tls {
-        Some(_) => {
-            let cfg: Arc<rustls::ClientConfig> = super::tls_config(s)?;
-            let name = server_name(s)?;
-            Ok(Some((rumqttc::tokio_rustls::TlsConnector::from(cfg), name)))
-        }
+        Some(_) => Ok(Some(Tls { config: super::tls_config(s)?, name: server_name(s)? })),
         None => Ok(None),
     }
 }
