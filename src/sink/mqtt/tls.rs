@@ -199,10 +199,16 @@ impl TlsStream {
         send(&mut self.io, &mut self.unsent, cx, bytes)
     }
 
-    /// Processes the records in `buf[..used]` (read into the scratch buffer): decrypted
-    /// application data goes to `plain`, what the connection must send (a key update's
-    /// answer, an alert) is sent. Returns the bytes of an incomplete record left at the end.
-    fn process(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    /// Processes the records in `buf` (read into the scratch buffer): decrypted application
+    /// data goes to `out` while it has room, the rest to `plain`; what the connection must send
+    /// (a key update's answer, an alert) is sent. Returns the bytes of an incomplete record
+    /// left at the end.
+    fn process(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        out: &mut ReadBuf<'_>,
+    ) -> io::Result<usize> {
         let mut start = 0;
         loop {
             let UnbufferedStatus { mut discard, state } =
@@ -213,21 +219,23 @@ impl TlsStream {
                     while let Some(r) = s.next_record() {
                         let r = r.map_err(tls_error)?;
                         discard += r.discard;
-                        self.plain.extend_from_slice(r.payload);
+                        let now = out.remaining().min(r.payload.len());
+                        out.put_slice(&r.payload[..now]);
+                        self.plain.extend_from_slice(&r.payload[now..]);
                     }
                 }
                 ConnectionState::EncodeTlsData(mut s) => {
-                    let mut out = vec![0u8; 1024];
-                    let n = match s.encode(&mut out) {
+                    let mut bytes = vec![0u8; 1024];
+                    let n = match s.encode(&mut bytes) {
                         Ok(n) => n,
                         Err(EncodeError::InsufficientSize(e)) => {
-                            out.resize(e.required_size, 0);
-                            s.encode(&mut out).map_err(io::Error::other)?
+                            bytes.resize(e.required_size, 0);
+                            s.encode(&mut bytes).map_err(io::Error::other)?
                         }
                         Err(e) => return Err(io::Error::other(e)),
                     };
-                    out.truncate(n);
-                    send = Some(out);
+                    bytes.truncate(n);
+                    send = Some(bytes);
                 }
                 ConnectionState::TransmitTlsData(s) => s.done(),
                 ConnectionState::PeerClosed | ConnectionState::Closed => {
@@ -273,12 +281,13 @@ impl AsyncRead for TlsStream {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = self.get_mut();
+        let start = out.filled().len();
         loop {
             if me.plain_at < me.plain.len() {
                 me.take_plain(out);
                 return Poll::Ready(Ok(()));
             }
-            if me.eof {
+            if me.eof || out.filled().len() > start {
                 return Poll::Ready(Ok(()));
             }
             // Read after the start of a split record, into the scratch buffer.
@@ -299,7 +308,7 @@ impl AsyncRead for TlsStream {
                         Ok(())
                     });
                 }
-                let left = me.process(cx, &mut scratch[..keep + n])?;
+                let left = me.process(cx, &mut scratch[..keep + n], out)?;
                 let end = keep + n;
                 me.partial = scratch[end - left..end].to_vec();
                 Poll::Ready(Ok(()))
