@@ -25,13 +25,18 @@ fn pki_dir() -> tempfile::TempDir {
 
 /// A broker with a plain listener (returned first: the subscriber's, anonymous) and a TLS
 /// listener that requires a client certificate signed by `ca.pem` and takes its CN as the
-/// username; devices may write only under `devices/<their CN>/`.
+/// username; devices may write only under `devices/<their CN>/`, Sparkplug edge nodes only on
+/// their own node's topics (`spBv1.0/GROUP/TYPE/<their CN>/...`). The anonymous subscriber may
+/// read both.
 fn identity_broker(d: &Path) -> (u16, u16, Broker) {
     let acl = d.join("acl");
     std::fs::write(
         &acl,
-        "# anonymous (the test's subscriber on the plain listener)\ntopic readwrite devices/#\n\
-         # every client with a name: its own subtree only\npattern write devices/%u/#\n",
+        "# anonymous (the test's subscribers on the plain listener)\ntopic readwrite devices/#\n\
+         topic readwrite spBv1.0/#\n\
+         # every client with a name: its own subtree only (a Sparkplug edge node: its own\n\
+         # node's topics, spBv1.0/GROUP/TYPE/NODE[/DEVICE])\npattern write devices/%u/#\n\
+         pattern readwrite spBv1.0/+/+/%u/#\n",
     )
     .unwrap();
     std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -342,4 +347,129 @@ fn bad_identity_settings_are_each_listed_with_their_path_and_exit_2() {
     .replace("mqtts://", "mqtt://");
     let err = stderr(&validate_within(d, &toml, 30));
     assert!(err.contains("sink.mqtt.url: TLS settings"), "{err}");
+}
+
+/// A Sparkplug edge node is one MQTT session for its devices: `{device_id}` in its login names
+/// the node, so its certificate's CN is the node's id; the ACL lets it write only on its own
+/// node's topics, and every birth and data message arrives. Over the plain listener (no
+/// certificate) the username template renders the node's id the same way.
+#[test]
+fn a_sparkplug_edge_node_logs_in_as_itself_with_its_own_certificate() {
+    let dir = pki_dir();
+    let d = dir.path();
+    let (plain, tls, broker) = identity_broker(d);
+    let group = "plant";
+    let sub = Subscriber::start(plain, &format!("spBv1.0/{group}/#"));
+    let spb = |url: &str, group: &str, sink_extra: &str| {
+        let mut text = format!(
+            r#"
+[run]
+seed = 7
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+duration = "3s"
+
+[sink.mqtt]
+url = "{url}"
+version = 5
+qos = 1
+backoff_initial = "50ms"
+backoff_max = "400ms"
+{sink_extra}
+
+[profiles.press]
+protocol = "mqtt"
+topic = "unused/{{device_id}}"
+interval = "200ms"
+format = "sparkplug_b"
+
+[profiles.press.sparkplug]
+group_id = "{group}"
+edge_node = "{{labels.line}}"
+
+[profiles.press.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 1
+"#
+        );
+        for line in ["line0", "line1"] {
+            text.push_str(&format!(
+                "\n[[fleet]]\nprofile = \"press\"\ncount = 2\nlabels = {{ line = \"{line}\" }}\n"
+            ));
+        }
+        text
+    };
+    let identity = format!(
+        "ca_file = \"{0}/ca.pem\"\n[sink.mqtt.per_device.identity]\nca_cert = \"{0}/ca.pem\"\n\
+         ca_key = \"{0}/ca.key\"\nsubject_cn = \"{{device_id}}\"",
+        d.display()
+    );
+    let r = run_ok(d, &spb(&format!("mqtts://127.0.0.1:{tls}"), group, &identity), &[]);
+    // One certificate per edge node, not per device.
+    assert_eq!(event(&r, "session_identity_issued"), 2, "{r}");
+    assert_eq!(event(&r, "session_connected"), 2, "{r}");
+    let row = &r["runs"][0];
+    assert_eq!(row["errors"], 0, "{r}");
+    let sent = row["published"].as_u64().unwrap() as usize;
+    let got = sub.wait_for(sent);
+    let topics: std::collections::BTreeSet<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    for want in [
+        "spBv1.0/plant/NBIRTH/line0",
+        "spBv1.0/plant/NBIRTH/line1",
+        "spBv1.0/plant/DBIRTH/line0/press-0000",
+        "spBv1.0/plant/DDATA/line0/press-0001",
+        "spBv1.0/plant/DBIRTH/line1/press-0002",
+        "spBv1.0/plant/DDATA/line1/press-0003",
+    ] {
+        assert!(topics.contains(want), "{want} missing from {topics:?}");
+    }
+    // The broker saw each node under its certificate's CN: the node's id.
+    let log = broker.log();
+    for node in ["line0", "line1"] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!(" as spb-plant-{node} "))
+                && l.contains(&format!("u'{node}'"))),
+            "{node} not seen by name:\n{log}"
+        );
+    }
+    assert!(!log.contains("u'press-"), "a node logged in as one of its devices:\n{log}");
+    assert!(!log.contains("Denied PUBLISH"), "{log}");
+    // `certs issue` writes the nodes' identities, as the run made them.
+    let cfg = d.join("spb.toml");
+    std::fs::write(&cfg, spb(&format!("mqtts://127.0.0.1:{tls}"), group, &identity)).unwrap();
+    let o = bin()
+        .args(["certs", "issue", "--config", cfg.to_str().unwrap(), "--out"])
+        .arg(d.join("nodes"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "certs issue: {}", stderr(&o));
+    let manifest = std::fs::read_to_string(d.join("nodes").join("manifest.csv")).unwrap();
+    let rows: Vec<Vec<&str>> =
+        manifest.lines().skip(1).map(|l| l.split(',').take(3).collect()).collect();
+    assert_eq!(
+        rows,
+        [["line0", "spb-plant-line0", "CN=line0"], ["line1", "spb-plant-line1", "CN=line1"]],
+        "{manifest}"
+    );
+    // No certificate: the username template names the node too.
+    let r = run_ok(
+        d,
+        &spb(
+            &format!("mqtt://127.0.0.1:{plain}"),
+            "plain",
+            "[sink.mqtt.per_device]\nusername = \"{device_id}\"",
+        ),
+        &[],
+    );
+    assert_eq!(event(&r, "session_connected"), 2, "{r}");
+    assert_eq!(r["runs"][0]["errors"], 0, "{r}");
+    let log = broker.log();
+    for node in ["line0", "line1"] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!(" as spb-plain-{node} "))
+                && l.contains(&format!("u'{node}'"))),
+            "{node} not seen by name:\n{log}"
+        );
+    }
 }
