@@ -346,6 +346,77 @@ ttl = "1h""#
     assert_complete(&got, ids.len(), sent);
 }
 
+/// A Sparkplug edge node's token names the node: the SAS `resource` and the username render
+/// `{device_id}` as the node's id, and the verifier (which checks that both name one device)
+/// accepts each node's login.
+#[test]
+fn a_sparkplug_edge_node_logs_in_with_a_sas_token_of_its_own() {
+    let rabbit = Rabbit::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("iotsim-sasspb");
+    let hub = root.replace('-', "");
+    let mut toml = format!(
+        r#"
+[run]
+seed = 11
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+duration = "2s"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+qos = 1
+
+[sink.mqtt.per_device]
+username = "{hub}.azure-devices.net/{{device_id}}/?api-version=2021-04-12"
+[sink.mqtt.per_device.token]
+kind = "sas"
+secret_env = "IOTSIM_TEST_SAS_KEY"
+resource = "{hub}.azure-devices.net/devices/{{device_id}}"
+ttl = "1h"
+
+[profiles.press]
+protocol = "mqtt"
+topic = "unused/{{device_id}}"
+interval = "200ms"
+format = "sparkplug_b"
+
+[profiles.press.sparkplug]
+group_id = "{hub}"
+edge_node = "{{labels.line}}"
+
+[profiles.press.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 1
+"#,
+        port = rabbit.mqtt
+    );
+    for line in ["line0", "line1"] {
+        toml.push_str(&format!(
+            "\n[[fleet]]\nprofile = \"press\"\ncount = 2\nlabels = {{ line = \"{line}\" }}\n"
+        ));
+    }
+    let env = [("IOTSIM_TEST_SAS_KEY", SasVerifier::KEY_B64)];
+    let out = run_env(dir.path(), &toml, &[], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = report(dir.path());
+    let ev = &r["sink_events"];
+    assert_eq!(ev["mqtt.session_connected"], 2, "{ev}");
+    assert_eq!(r["runs"][0]["errors"], 0, "{r}");
+    let mut users: Vec<(String, bool)> = rabbit
+        .sas
+        .logins()
+        .into_iter()
+        .filter(|l| l.username.starts_with(&format!("{hub}.")))
+        .map(|l| (l.username, l.allowed))
+        .collect();
+    users.sort();
+    let user =
+        |node: &str| (format!("{hub}.azure-devices.net/{node}/?api-version=2021-04-12"), true);
+    assert_eq!(users, [user("line0"), user("line1")]);
+}
+
 /// `rabbitmq_web_mqtt`: pooled connections and per-device sessions over `ws://…/ws` deliver
 /// every message (a subscriber on the node's plain MQTT listener counts them).
 #[test]
