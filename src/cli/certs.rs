@@ -1,6 +1,7 @@
 //! `iot-sim certs issue --config F --out DIR [--seed N]`: every per-device session's
 //! certificate and key, as a run with that seed would make them (`[sink.mqtt.per_device.identity]`
-//! with `ca_cert` and `ca_key`), written as PEM files with a CSV manifest, so the same
+//! with `ca_cert` and `ca_key`; a Sparkplug edge node's session is the node's: one per node, named
+//! by the node's id), written as PEM files with a CSV manifest, so the same
 //! identities can be registered in a platform ahead of a test (bulk registration).
 //!
 //! DIR gets `ca.pem` (the CA certificate), `DEVICE.pem` and `DEVICE.key` per device (the id
@@ -87,22 +88,37 @@ pub fn main(cmd: &CertsCmd) -> anyhow::Result<i32> {
     let fleet = &config.fleet;
     let mut devices = vec![];
     let mut id = String::new();
+    // A Sparkplug profile's sessions are its edge nodes': one identity per node (as a run
+    // makes them), named by the node's id.
+    let mut nodes = std::collections::HashSet::new();
     for g in &fleet.groups {
         let profile = &fleet.profiles[g.profile];
         if !profile.delivery.per_device {
             continue;
         }
+        let render_as = |id: &str, t: &crate::sim::profile::TopicTemplate| {
+            let mut out = vec![];
+            t.render(&mut out, id, &profile.device_type, &g.labels);
+            String::from_utf8_lossy(&out).into_owned()
+        };
         for i in 0..g.count {
             g.device_id(profile, i, &mut id);
-            let render = |t: &crate::sim::profile::TopicTemplate| {
-                let mut out = vec![];
-                t.render(&mut out, &id, &profile.device_type, &g.labels);
-                String::from_utf8_lossy(&out).into_owned()
+            let client_id = match profile.format.sparkplug() {
+                Some(spec) => {
+                    let node = render_as(&id, &spec.edge_node);
+                    let client_id = format!("spb-{}-{node}", spec.group_id);
+                    if !nodes.insert(client_id.clone()) {
+                        continue;
+                    }
+                    id = node;
+                    client_id
+                }
+                None => render_as(&id, &mqtt.per_device.client_id),
             };
             devices.push(Device {
                 id: id.clone(),
-                client_id: render(&mqtt.per_device.client_id),
-                identity: identity.for_device(&id, render),
+                client_id,
+                identity: identity.for_device(&id, |t| render_as(&id, t)),
             });
         }
     }

@@ -7,10 +7,12 @@
 
 use crate::common;
 use crate::common::fleet::Fleet;
+use crate::grpc_common::{disconnect, wait_until};
 
 use common::mqtt::{Broker, Subscriber};
 use common::tls::openssl;
 use common::*;
+use iot_sim::control::proto::device_runtime_service_client::DeviceRuntimeServiceClient;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -25,13 +27,18 @@ fn pki_dir() -> tempfile::TempDir {
 
 /// A broker with a plain listener (returned first: the subscriber's, anonymous) and a TLS
 /// listener that requires a client certificate signed by `ca.pem` and takes its CN as the
-/// username; devices may write only under `devices/<their CN>/`.
+/// username; devices may write only under `devices/<their CN>/`, Sparkplug edge nodes only on
+/// their own node's topics (`spBv1.0/GROUP/TYPE/<their CN>/...`). The anonymous subscriber may
+/// read both.
 fn identity_broker(d: &Path) -> (u16, u16, Broker) {
     let acl = d.join("acl");
     std::fs::write(
         &acl,
-        "# anonymous (the test's subscriber on the plain listener)\ntopic readwrite devices/#\n\
-         # every client with a name: its own subtree only\npattern write devices/%u/#\n",
+        "# anonymous (the test's subscribers on the plain listener)\ntopic readwrite devices/#\n\
+         topic readwrite spBv1.0/#\n\
+         # every client with a name: its own subtree only (a Sparkplug edge node: its own\n\
+         # node's topics, spBv1.0/GROUP/TYPE/NODE[/DEVICE])\npattern write devices/%u/#\n\
+         pattern readwrite spBv1.0/+/+/%u/#\n",
     )
     .unwrap();
     std::fs::set_permissions(&acl, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -342,4 +349,277 @@ fn bad_identity_settings_are_each_listed_with_their_path_and_exit_2() {
     .replace("mqtts://", "mqtt://");
     let err = stderr(&validate_within(d, &toml, 30));
     assert!(err.contains("sink.mqtt.url: TLS settings"), "{err}");
+}
+
+/// How many times the broker logged a connection of client `id` with username `id` (the CN of
+/// the certificate it presented).
+fn connections_as(broker: &Broker, id: &str) -> usize {
+    broker
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!(" as {id} ")) && l.contains(&format!("u'{id}'")))
+        .count()
+}
+
+/// Whether the broker logged a PUBLISH from client `id` on its own topic after its latest
+/// connection.
+fn published_own_since_connect(broker: &Broker, id: &str) -> bool {
+    let log = broker.log();
+    log.rfind(&format!(" as {id} ")).is_some_and(|at| {
+        log[at..].lines().any(|l| {
+            l.contains(&format!("Received PUBLISH from {id} "))
+                && l.contains(&format!("'devices/{id}/telemetry'"))
+        })
+    })
+}
+
+/// A DISCONNECT fault drops two sessions; each reconnects presenting the certificate it was
+/// issued at its first connect (made once: `session_identity_issued` stays at one per device
+/// while `session_connected` counts the reconnects), is seen by the broker under its CN again,
+/// and publishes on its own topic again; what it produced while down arrives too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_reconnect_presents_the_same_certificate_and_publishes_on_its_own_topic() {
+    let dir = pki_dir();
+    let d = dir.path();
+    let (plain, tls, broker) = identity_broker(d);
+    let sub = Subscriber::start(plain, "devices/#");
+    let identity = format!(
+        "ca_cert = \"{0}/ca.pem\"\nca_key = \"{0}/ca.key\"\nsubject_cn = \"{{device_id}}\"",
+        d.display()
+    );
+    // Until terminated (the 5 minutes only bound a test gone wrong).
+    let toml = fleet(tls, d, &identity, &[("meter", 3, "devices/{device_id}/telemetry")])
+        .replace("duration = \"2s\"", "duration = \"5m\"");
+    let cfg = d.join("fleet.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let report_dir = d.join("report");
+    let mut rt = Running::with_config("run", &cfg, Some(&report_dir), &[]);
+    let ids = ["meter-0000", "meter-0001", "meter-0002"];
+    // Publishing: the session has its CONNACK (a drop before it would not be a reconnect).
+    wait_until(60, "every session connected under its CN and publishing", || {
+        ids.iter()
+            .all(|id| connections_as(&broker, id) == 1 && published_own_since_connect(&broker, id))
+    })
+    .await;
+    let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
+    c.inject_fault(disconnect(&ids[..2], "abrupt", 2)).await.unwrap();
+    wait_until(60, "both faulted sessions back under their CN", || {
+        connections_as(&broker, ids[0]) == 2 && connections_as(&broker, ids[1]) == 2
+    })
+    .await;
+    wait_until(30, "both publishing on their own topics after the reconnect", || {
+        published_own_since_connect(&broker, ids[0]) && published_own_since_connect(&broker, ids[1])
+    })
+    .await;
+    assert_eq!(connections_as(&broker, ids[2]), 1, "an untouched device kept its session");
+    assert!(rt.terminate().success(), "{:?}", rt.lines());
+    let log = broker.log();
+    assert!(!log.contains("Denied PUBLISH"), "a publish outside its own subtree:\n{log}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    // Made once per device, presented on every connect.
+    assert_eq!(event(&r, "session_identity_issued"), 3, "{r}");
+    assert_eq!(event(&r, "session_connected"), 5, "{r}");
+    assert_eq!(event(&r, "session_reconnected"), 2, "{r}");
+    assert_eq!(event(&r, "session_dropped_abrupt"), 2, "{r}");
+    // What the devices produced while down was queued and delivered on their own topics.
+    let row = &r["runs"][0];
+    assert_eq!(row["errors"], 0, "{row}");
+    assert_eq!(row["dropped"], 0, "{row}");
+    let sent = row["messages"].as_u64().unwrap() as usize;
+    let got = sub.wait_for(sent);
+    assert_eq!(own_topics(&got).len(), 3);
+    // At least once: what was in flight at the drop may come twice; every seq comes.
+    let mut seqs = std::collections::BTreeSet::new();
+    for (_, payload) in &got {
+        let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+        seqs.insert((v["device_id"].as_str().unwrap().to_string(), v["seq"].as_u64().unwrap()));
+    }
+    assert_eq!(seqs.len(), sent, "{row}");
+}
+
+/// `key = "rsa_2048"`: each device's generated certificate has an RSA-2048 key (the same one
+/// `certs issue` writes for the seed: generation is deterministic), the broker accepts it and
+/// sees the device under its CN, and every message arrives on the device's own topic.
+#[test]
+fn rsa_2048_device_certificates_are_accepted_and_each_device_publishes_on_its_own_topic() {
+    let dir = pki_dir();
+    let d = dir.path();
+    let (plain, tls, broker) = identity_broker(d);
+    let sub = Subscriber::start(plain, "devices/#");
+    let identity = format!(
+        "ca_cert = \"{0}/ca.pem\"\nca_key = \"{0}/ca.key\"\nkey = \"rsa_2048\"\n\
+         not_before = 2026-01-01T00:00:00Z\nvalidity = \"3650d\"",
+        d.display()
+    );
+    let toml = fleet(tls, d, &identity, &[("meter", 2, "devices/{device_id}/telemetry")]);
+    let t0 = std::time::Instant::now();
+    let r = run_ok(d, &toml, &["--cores", "1"]);
+    let run_s = t0.elapsed().as_secs_f64();
+    assert_eq!(event(&r, "session_identity_issued"), 2, "{r}");
+    assert_eq!(event(&r, "session_connected"), 2, "{r}");
+    let row = &r["runs"][0];
+    assert_eq!(row["errors"], 0, "{r}");
+    let sent = row["messages"].as_u64().unwrap() as usize;
+    assert!(sent >= 20, "{r}");
+    let got = sub.wait_for(sent);
+    assert_eq!(got.len(), sent);
+    let seen = own_topics(&got);
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["meter-0000", "meter-0001"]);
+    let log = broker.log();
+    for id in ["meter-0000", "meter-0001"] {
+        assert!(log.contains(&format!("u'{id}'")), "{id} not seen by name:\n{log}");
+    }
+    // The certificates presented (same config, same seed) carry RSA-2048 keys.
+    let cfg = d.join("rsa.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let t0 = std::time::Instant::now();
+    let o = bin()
+        .args(["certs", "issue", "--config", cfg.to_str().unwrap(), "--out"])
+        .arg(d.join("rsa"))
+        .output()
+        .unwrap();
+    let issue_s = t0.elapsed().as_secs_f64();
+    assert!(o.status.success(), "certs issue: {}", stderr(&o));
+    for id in ["meter-0000", "meter-0001"] {
+        let pem = d.join("rsa").join(format!("{id}.pem"));
+        let out = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(&pem)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.contains("rsaEncryption"), "{text}");
+        assert!(text.contains("Public-Key: (2048 bit)"), "{text}");
+        assert!(text.contains(&format!("Subject: CN = {id}")), "{text}");
+    }
+    // The debug build's cost of RSA key generation (deps are built at opt-level 2).
+    eprintln!(
+        "rsa_2048: run of 2 s with 2 devices took {run_s:.1} s; certs issue for 2: {issue_s:.1} s"
+    );
+}
+
+/// A Sparkplug edge node is one MQTT session for its devices: `{device_id}` in its login names
+/// the node, so its certificate's CN is the node's id; the ACL lets it write only on its own
+/// node's topics, and every birth and data message arrives. Over the plain listener (no
+/// certificate) the username template renders the node's id the same way.
+#[test]
+fn a_sparkplug_edge_node_logs_in_as_itself_with_its_own_certificate() {
+    let dir = pki_dir();
+    let d = dir.path();
+    let (plain, tls, broker) = identity_broker(d);
+    let group = "plant";
+    let sub = Subscriber::start(plain, &format!("spBv1.0/{group}/#"));
+    let spb = |url: &str, group: &str, sink_extra: &str| {
+        let mut text = format!(
+            r#"
+[run]
+seed = 7
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+duration = "3s"
+
+[sink.mqtt]
+url = "{url}"
+version = 5
+qos = 1
+backoff_initial = "50ms"
+backoff_max = "400ms"
+{sink_extra}
+
+[profiles.press]
+protocol = "mqtt"
+topic = "unused/{{device_id}}"
+interval = "200ms"
+format = "sparkplug_b"
+
+[profiles.press.sparkplug]
+group_id = "{group}"
+edge_node = "{{labels.line}}"
+
+[profiles.press.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 1
+"#
+        );
+        for line in ["line0", "line1"] {
+            text.push_str(&format!(
+                "\n[[fleet]]\nprofile = \"press\"\ncount = 2\nlabels = {{ line = \"{line}\" }}\n"
+            ));
+        }
+        text
+    };
+    let identity = format!(
+        "ca_file = \"{0}/ca.pem\"\n[sink.mqtt.per_device.identity]\nca_cert = \"{0}/ca.pem\"\n\
+         ca_key = \"{0}/ca.key\"\nsubject_cn = \"{{device_id}}\"",
+        d.display()
+    );
+    let r = run_ok(d, &spb(&format!("mqtts://127.0.0.1:{tls}"), group, &identity), &[]);
+    // One certificate per edge node, not per device.
+    assert_eq!(event(&r, "session_identity_issued"), 2, "{r}");
+    assert_eq!(event(&r, "session_connected"), 2, "{r}");
+    let row = &r["runs"][0];
+    assert_eq!(row["errors"], 0, "{r}");
+    let sent = row["published"].as_u64().unwrap() as usize;
+    let got = sub.wait_for(sent);
+    let topics: std::collections::BTreeSet<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    for want in [
+        "spBv1.0/plant/NBIRTH/line0",
+        "spBv1.0/plant/NBIRTH/line1",
+        "spBv1.0/plant/DBIRTH/line0/press-0000",
+        "spBv1.0/plant/DDATA/line0/press-0001",
+        "spBv1.0/plant/DBIRTH/line1/press-0002",
+        "spBv1.0/plant/DDATA/line1/press-0003",
+    ] {
+        assert!(topics.contains(want), "{want} missing from {topics:?}");
+    }
+    // The broker saw each node under its certificate's CN: the node's id.
+    let log = broker.log();
+    for node in ["line0", "line1"] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!(" as spb-plant-{node} "))
+                && l.contains(&format!("u'{node}'"))),
+            "{node} not seen by name:\n{log}"
+        );
+    }
+    assert!(!log.contains("u'press-"), "a node logged in as one of its devices:\n{log}");
+    assert!(!log.contains("Denied PUBLISH"), "{log}");
+    // `certs issue` writes the nodes' identities, as the run made them.
+    let cfg = d.join("spb.toml");
+    std::fs::write(&cfg, spb(&format!("mqtts://127.0.0.1:{tls}"), group, &identity)).unwrap();
+    let o = bin()
+        .args(["certs", "issue", "--config", cfg.to_str().unwrap(), "--out"])
+        .arg(d.join("nodes"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "certs issue: {}", stderr(&o));
+    let manifest = std::fs::read_to_string(d.join("nodes").join("manifest.csv")).unwrap();
+    let rows: Vec<Vec<&str>> =
+        manifest.lines().skip(1).map(|l| l.split(',').take(3).collect()).collect();
+    assert_eq!(
+        rows,
+        [["line0", "spb-plant-line0", "CN=line0"], ["line1", "spb-plant-line1", "CN=line1"]],
+        "{manifest}"
+    );
+    // No certificate: the username template names the node too.
+    let r = run_ok(
+        d,
+        &spb(
+            &format!("mqtt://127.0.0.1:{plain}"),
+            "plain",
+            "[sink.mqtt.per_device]\nusername = \"{device_id}\"",
+        ),
+        &[],
+    );
+    assert_eq!(event(&r, "session_connected"), 2, "{r}");
+    assert_eq!(r["runs"][0]["errors"], 0, "{r}");
+    let log = broker.log();
+    for node in ["line0", "line1"] {
+        assert!(
+            log.lines().any(|l| l.contains(&format!(" as spb-plain-{node} "))
+                && l.contains(&format!("u'{node}'"))),
+            "{node} not seen by name:\n{log}"
+        );
+    }
 }

@@ -11,22 +11,8 @@ use common::mqtt::{Broker, Subscriber};
 use common::{free_port, unique};
 use grpc_common::*;
 use iot_sim::control::proto::{self, device_runtime_service_client::DeviceRuntimeServiceClient};
-use proto::device_selector::Selector;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
-
-fn disconnect(ids: &[&str], mode: &str, seconds: i64) -> proto::InjectFaultRequest {
-    proto::InjectFaultRequest {
-        selector: Some(proto::DeviceSelector {
-            selector: Some(Selector::DeviceIds(proto::DeviceIdList {
-                ids: ids.iter().map(|s| s.to_string()).collect(),
-            })),
-        }),
-        fault_type: proto::FaultType::Disconnect as i32,
-        duration: Some(prost_types::Duration { seconds, nanos: 0 }),
-        parameters: Some(obj(vec![("mode", text(mode))])),
-    }
-}
 
 /// A private anonymous Mosquitto on a free port, in its own (broker-readable) folder, and a
 /// unique topic root.

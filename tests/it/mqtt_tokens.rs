@@ -7,9 +7,11 @@
 
 use crate::common;
 use crate::common::fleet::Fleet;
+use crate::grpc_common::{disconnect, wait_until};
 use common::mqtt::Subscriber;
 use common::rabbit::{Rabbit, SasVerifier};
 use common::*;
+use iot_sim::control::proto::device_runtime_service_client::DeviceRuntimeServiceClient;
 
 const GUEST: Option<(&str, &str)> = Some(("guest", "guest"));
 
@@ -235,7 +237,7 @@ renew_before = "55s""#;
     // The platform refuses renewals: each device's first token passes, every later one is
     // refused.
     let dir = tempfile::tempdir().unwrap();
-    rabbit.sas.refuse_renewals();
+    rabbit.sas.refuse_renewals("testhub.");
     let out =
         run_env(dir.path(), &fleet(&url, &unique("iotsim-sas"), devices, "22s", extra), &[], &env);
     rabbit.sas.allow_all();
@@ -249,6 +251,170 @@ renew_before = "55s""#;
     let denied =
         rabbit.sas.logins().iter().filter(|l| l.reason.contains("renewal refused")).count();
     assert!(denied >= devices as usize, "{:?}", rabbit.sas.logins());
+}
+
+/// The expiry (`se`, seconds since the epoch) of a SAS token.
+fn sas_expiry(token: &str) -> u64 {
+    token
+        .split(['&', ' '])
+        .find_map(|kv| kv.strip_prefix("se="))
+        .and_then(|se| se.parse().ok())
+        .unwrap_or_else(|| panic!("no se in {token:?}"))
+}
+
+/// A DISCONNECT fault on per-device SAS sessions: each faulted device logs in again with a
+/// fresh token (a later `se`), which the verifier accepts; a reconnect is not a renewal (the
+/// ttl is an hour: nothing is renewed in the test), and the untouched device keeps its login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_reconnect_logs_in_with_a_fresh_sas_token_and_is_not_a_renewal() {
+    let rabbit = Rabbit::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("iotsim-sasfault");
+    // A hub of this test's own: the verifier's log is shared by the tests of the node.
+    let hub = root.replace('-', "");
+    let sub = Subscriber::start_login(rabbit.mqtt, &format!("{root}/#"), GUEST);
+    let extra = format!(
+        r#"[sink.mqtt.per_device]
+client_id = "{root}-{{device_id}}"
+username = "{hub}.azure-devices.net/{{device_id}}/?api-version=2021-04-12"
+[sink.mqtt.per_device.token]
+kind = "sas"
+secret_env = "IOTSIM_TEST_SAS_KEY"
+resource = "{hub}.azure-devices.net/devices/{{device_id}}"
+ttl = "1h""#
+    );
+    let url = format!("mqtt://127.0.0.1:{}", rabbit.mqtt);
+    // Until terminated (the 5 minutes only bound a test gone wrong).
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(&cfg, fleet(&url, &root, 3, "5m", &extra)).unwrap();
+    let report_dir = dir.path().join("report");
+    let (cfg_s, report_s) = (cfg.to_str().unwrap(), report_dir.to_str().unwrap());
+    let mut rt = Running::grpc_env(
+        &["run", "--config", cfg_s, "--grpc", "127.0.0.1:0", "--quiet", "--report-dir", report_s],
+        &[("IOTSIM_TEST_SAS_KEY", SasVerifier::KEY_B64)],
+    );
+    let ids = ["probe-0000", "probe-0001", "probe-0002"];
+    let logins = |id: &str| -> Vec<common::rabbit::Login> {
+        let user = format!("{hub}.azure-devices.net/{id}/?api-version=2021-04-12");
+        rabbit.sas.logins().into_iter().filter(|l| l.username == user).collect()
+    };
+    // Publishing: the session has its CONNACK (a drop before it would not be a reconnect).
+    wait_until(60, "every device logged in and publishing", || {
+        let topics = sub.topics();
+        ids.iter()
+            .all(|id| logins(id).len() == 1 && topics.contains(&format!("{root}/{id}/telemetry")))
+    })
+    .await;
+    // `se` has a resolution of a second: the fault's 2 s put the new one at least 2 s later.
+    let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
+    c.inject_fault(disconnect(&ids[..2], "abrupt", 2)).await.unwrap();
+    wait_until(60, "both faulted devices logged in again", || {
+        logins(ids[0]).len() == 2 && logins(ids[1]).len() == 2
+    })
+    .await;
+    // A few more messages (3 devices at 2 msg/s) before the end; what the faulted devices
+    // produced while down goes out after their reconnect (the sequences checked below).
+    let before = sub.count();
+    assert!(sub.wait_count(before + 6, std::time::Duration::from_secs(30)), "no traffic after");
+    assert!(rt.terminate().success(), "{:?}", rt.lines());
+    for id in &ids[..2] {
+        let l = logins(id);
+        assert_eq!(l.len(), 2, "{id}: {l:?}");
+        assert!(l.iter().all(|l| l.allowed), "{id}: {l:?}");
+        assert_ne!(l[0].password, l[1].password, "{id}: the reconnect reused its token");
+        let (first, again) = (sas_expiry(&l[0].password), sas_expiry(&l[1].password));
+        assert!(again >= first + 2, "{id}: se {first} then {again}");
+    }
+    let l = logins(ids[2]);
+    assert_eq!(l.len(), 1, "the untouched device logged in once: {l:?}");
+    assert!(l[0].allowed, "{l:?}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    let ev = &r["sink_events"];
+    assert_eq!(ev["mqtt.session_dropped_abrupt"], 2, "{ev}");
+    assert_eq!(ev["mqtt.session_reconnected"], 2, "{ev}");
+    assert_eq!(ev["mqtt.session_connected"], 5, "{ev}");
+    // A reconnect after a fault is not a renewal.
+    assert!(ev.get("mqtt.session_token_renewed").is_none(), "{ev}");
+    assert!(ev.get("mqtt.session_refused_bad_credentials").is_none(), "{ev}");
+    assert!(ev.get("mqtt.session_refused_not_authorized").is_none(), "{ev}");
+    // Nothing lost across the reconnect: every device's sequence is complete.
+    let row = &r["runs"][0];
+    assert_eq!(row["errors"], 0, "{row}");
+    let sent = row["messages"].as_u64().unwrap() as usize;
+    let got = sub.wait_for(sent);
+    assert_complete(&got, ids.len(), sent);
+}
+
+/// A Sparkplug edge node's token names the node: the SAS `resource` and the username render
+/// `{device_id}` as the node's id, and the verifier (which checks that both name one device)
+/// accepts each node's login.
+#[test]
+fn a_sparkplug_edge_node_logs_in_with_a_sas_token_of_its_own() {
+    let rabbit = Rabbit::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let root = unique("iotsim-sasspb");
+    let hub = root.replace('-', "");
+    let mut toml = format!(
+        r#"
+[run]
+seed = 11
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+duration = "2s"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:{port}"
+qos = 1
+
+[sink.mqtt.per_device]
+username = "{hub}.azure-devices.net/{{device_id}}/?api-version=2021-04-12"
+[sink.mqtt.per_device.token]
+kind = "sas"
+secret_env = "IOTSIM_TEST_SAS_KEY"
+resource = "{hub}.azure-devices.net/devices/{{device_id}}"
+ttl = "1h"
+
+[profiles.press]
+protocol = "mqtt"
+topic = "unused/{{device_id}}"
+interval = "200ms"
+format = "sparkplug_b"
+
+[profiles.press.sparkplug]
+group_id = "{hub}"
+edge_node = "{{labels.line}}"
+
+[profiles.press.fields.t]
+type = "gaussian"
+mean = 20
+stddev = 1
+"#,
+        port = rabbit.mqtt
+    );
+    for line in ["line0", "line1"] {
+        toml.push_str(&format!(
+            "\n[[fleet]]\nprofile = \"press\"\ncount = 2\nlabels = {{ line = \"{line}\" }}\n"
+        ));
+    }
+    let env = [("IOTSIM_TEST_SAS_KEY", SasVerifier::KEY_B64)];
+    let out = run_env(dir.path(), &toml, &[], &env);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = report(dir.path());
+    let ev = &r["sink_events"];
+    assert_eq!(ev["mqtt.session_connected"], 2, "{ev}");
+    assert_eq!(r["runs"][0]["errors"], 0, "{r}");
+    let mut users: Vec<(String, bool)> = rabbit
+        .sas
+        .logins()
+        .into_iter()
+        .filter(|l| l.username.starts_with(&format!("{hub}.")))
+        .map(|l| (l.username, l.allowed))
+        .collect();
+    users.sort();
+    let user =
+        |node: &str| (format!("{hub}.azure-devices.net/{node}/?api-version=2021-04-12"), true);
+    assert_eq!(users, [user("line0"), user("line1")]);
 }
 
 /// `rabbitmq_web_mqtt`: pooled connections and per-device sessions over `ws://…/ws` deliver

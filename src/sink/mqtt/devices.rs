@@ -337,13 +337,21 @@ impl Devices {
         self.by_hash.borrow_mut().insert(hash, dev.clone());
         let device_type =
             fleet.profiles.get(profile).map_or("", |p| p.device_type.as_str()).to_string();
-        let render = |t: &crate::sim::profile::TopicTemplate| {
+        let render_as = |id: &str, t: &crate::sim::profile::TopicTemplate| {
             let mut out = vec![];
-            t.render(&mut out, device_id, &device_type, labels);
+            t.render(&mut out, id, &device_type, labels);
             String::from_utf8_lossy(&out).into_owned()
         };
+        // An edge node's session is the node's, not its first device's: `{device_id}` in the
+        // login (username, token, certificate) names the node.
+        let node = spec.as_ref().map(|spec| render_as(device_id, &spec.edge_node));
+        let session_id = node.as_deref().unwrap_or(device_id);
+        let render = |t: &crate::sim::profile::TopicTemplate| render_as(session_id, t);
         let s = &self.settings;
-        let client_id = render(&s.client_id);
+        let client_id = match (&spec, &node) {
+            (Some(spec), Some(node)) => format!("spb-{}-{node}", spec.group_id),
+            _ => render(&s.client_id),
+        };
         let password = match &s.password {
             Password::None => None,
             Password::Fixed(p) => Some(p.clone()),
@@ -369,12 +377,11 @@ impl Devices {
             profile,
             sparkplug: None,
         };
-        if let Some(spec) = &spec {
-            // An edge node: its own client id, its NDEATH as will, NCMD and DCMD subscribed.
-            let node = render(&spec.edge_node);
+        if let (Some(spec), Some(node)) = (&spec, &node) {
+            // An edge node: its own client id (above), its NDEATH as will, NCMD and DCMD
+            // subscribed.
             let g = &spec.group_id;
-            params.client_id = format!("spb-{g}-{node}");
-            params.will = Some(sparkplug_will(g, &node, 0));
+            params.will = Some(sparkplug_will(g, node, 0));
             topics.subscribe = Some(format!("spBv1.0/{g}/NCMD/{node}"));
             topics.respond = None;
             topics.device_id = node.clone();
@@ -382,7 +389,7 @@ impl Devices {
                 hash,
                 dcmd: format!("spBv1.0/{g}/DCMD/{node}/+"),
                 group: g.clone(),
-                node,
+                node: node.clone(),
                 bd_seq: 0,
                 used: Cell::new(false),
             });
@@ -390,7 +397,8 @@ impl Devices {
         // An expiring token replaces the password: made afresh at every connect attempt.
         let token =
             s.token.as_ref().map(|t| super::token::DeviceToken::new(t, hash, &|tpl| render(tpl)));
-        let identity = self.identities.as_ref().map(|i| i.settings().for_device(device_id, render));
+        let identity =
+            self.identities.as_ref().map(|i| i.settings().for_device(session_id, render));
         // Spread first pings over the keep-alive interval by device.
         let phase_ms = if s.keep_alive_ms > 0 {
             (crate::sim::seed::mix64(hash) % s.keep_alive_ms) as u32

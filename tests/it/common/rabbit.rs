@@ -171,6 +171,8 @@ fn port_open(port: u16) -> bool {
 #[derive(Clone, Debug)]
 pub struct Login {
     pub username: String,
+    /// The password it came with (a SAS token: `se` is its expiry).
+    pub password: String,
     pub allowed: bool,
     /// Why refused ("" if allowed).
     pub reason: String,
@@ -185,9 +187,10 @@ pub struct Login {
 pub struct SasVerifier {
     pub port: u16,
     logins: Mutex<Vec<Login>>,
-    /// While set ([`SasVerifier::refuse_renewals`]): each user's first token seen since, which
+    /// While set ([`SasVerifier::refuse_renewals`]): the user name prefix it applies to (other
+    /// tests of the node log in meanwhile), and each such user's first token seen since, which
     /// is allowed; any other token of that user is refused.
-    first_tokens: Mutex<Option<std::collections::HashMap<String, String>>>,
+    first_tokens: Mutex<Option<(String, std::collections::HashMap<String, String>)>>,
 }
 
 impl SasVerifier {
@@ -218,9 +221,10 @@ impl SasVerifier {
         self.logins.lock().unwrap().clone()
     }
 
-    /// From now on each user logs in with its first token only: a renewed one is refused.
-    pub fn refuse_renewals(&self) {
-        *self.first_tokens.lock().unwrap() = Some(Default::default());
+    /// From now on each user whose name starts with `prefix` logs in with its first token
+    /// only: a renewed one is refused.
+    pub fn refuse_renewals(&self, prefix: &str) {
+        *self.first_tokens.lock().unwrap() = Some((prefix.to_string(), Default::default()));
     }
 
     /// Allows every valid SAS login again.
@@ -259,7 +263,8 @@ impl SasVerifier {
             } else {
                 let mut reason = check_sas(user, pass, Self::KEY_B64);
                 if reason.is_empty()
-                    && let Some(first) = self.first_tokens.lock().unwrap().as_mut()
+                    && let Some((prefix, first)) = self.first_tokens.lock().unwrap().as_mut()
+                    && user.starts_with(prefix.as_str())
                 {
                     let token = first.entry(user.to_string()).or_insert_with(|| pass.to_string());
                     if token != pass {
@@ -269,6 +274,7 @@ impl SasVerifier {
                 let allowed = reason.is_empty();
                 self.logins.lock().unwrap().push(Login {
                     username: user.to_string(),
+                    password: pass.to_string(),
                     allowed,
                     reason,
                 });

@@ -65,3 +65,18 @@ pub async fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A DISCONNECT fault on the devices `ids` for `seconds`, in `mode` (`abrupt`, `graceful`,
+/// `storm`).
+pub fn disconnect(ids: &[&str], mode: &str, seconds: i64) -> proto::InjectFaultRequest {
+    proto::InjectFaultRequest {
+        selector: Some(proto::DeviceSelector {
+            selector: Some(Selector::DeviceIds(proto::DeviceIdList {
+                ids: ids.iter().map(|s| s.to_string()).collect(),
+            })),
+        }),
+        fault_type: proto::FaultType::Disconnect as i32,
+        duration: Some(prost_types::Duration { seconds, nanos: 0 }),
+        parameters: Some(obj(vec![("mode", text(mode))])),
+    }
+}
