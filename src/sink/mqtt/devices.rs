@@ -592,7 +592,8 @@ fn refused_event(reason: &str) -> &'static str {
 }
 
 /// One device's task: connect (paced, with backoff), drive the session, reconnect.
-async fn run(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment on the block
+fn run(
     ctx: Rc<Devices>,
     dev: Rc<Device>,
     mut params: ConnectParams,
@@ -600,137 +601,120 @@ async fn run(
     phase_ms: u32,
     mut token: Option<super::token::DeviceToken>,
     identity: Option<crate::config::identity::DeviceIdentity>,
-) {
-    let s = &ctx.settings;
-    let mut session: Session<Token> = Session::new(ctx.version, s.keep_alive_ms as u32, s.inflight);
-    session.set_connect_timeout_ms(s.connect_timeout_ms as u32);
-    session.set_ping_phase_ms(phase_ms);
-    let mut retry = Retry::default();
-    let mut ever_connected = false;
-    // Reconnecting to renew the token: counted `session_token_renewed` once accepted.
-    let mut renewing = false;
-    // The device's own TLS identity, made at its first connect and kept for every reconnect.
-    let mut own_tls: Option<super::transport::Tls> = None;
-    loop {
-        if ctx.shared.closing.get() {
-            finish(&ctx, &dev, &mut session);
-            return;
-        }
-        if dev.held.get() {
-            // Down by a fault: what the device produces meanwhile queues (bounded). A fault
-            // with an end lets the session back at that end, not at the device's next tick.
-            let until = dev.held_until.get();
-            let end = async {
-                match until {
-                    Some(at) => {
-                        tokio::time::sleep(Duration::from_nanos(at.saturating_sub(mono_ns()))).await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = dev.wake.notified() => {}
-                _ = end => {
-                    // Unless a newer fault moved the end meanwhile.
-                    if dev.held_until.get() == until {
-                        dev.held.set(false);
-                        dev.held_until.set(None);
-                    }
-                }
-                _ = ctx.shared.abandon.notified() => {}
-                _ = ctx.shared.close.notified() => {}
+) -> impl std::future::Future<Output = ()> {
+    // An async block, not an async fn: its captures are used in place (an async fn moves its
+    // arguments into locals, and the task kept room for both: ~450 bytes a session).
+    async move {
+        let s = &ctx.settings;
+        let mut session: Session<Token> =
+            Session::new(ctx.version, s.keep_alive_ms as u32, s.inflight);
+        session.set_connect_timeout_ms(s.connect_timeout_ms as u32);
+        session.set_ping_phase_ms(phase_ms);
+        let mut retry = Retry::default();
+        let mut ever_connected = false;
+        // Reconnecting to renew the token: counted `session_token_renewed` once accepted.
+        let mut renewing = false;
+        // The device's own TLS identity, made at its first connect and kept for every reconnect.
+        let mut own_tls: Option<super::transport::Tls> = None;
+        loop {
+            if ctx.shared.closing.get() {
+                finish(&ctx, &dev, &mut session);
+                return;
             }
-            continue;
-        }
-        if own_tls.is_none()
-            && let (Some(ids), Some(wanted), Some(super::transport::Tls { name, .. })) =
-                (&ctx.identities, &identity, &ctx.tls)
-        {
-            let made = tokio::select! {
-                r = ids.client_config(wanted.clone()) => r,
+            if dev.held.get() {
+                // Down by a fault: what the device produces meanwhile queues (bounded). A fault
+                // with an end lets the session back at that end, not at the device's next tick.
+                let until = dev.held_until.get();
+                let end = async {
+                    match until {
+                        Some(at) => {
+                            tokio::time::sleep(Duration::from_nanos(at.saturating_sub(mono_ns())))
+                                .await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = dev.wake.notified() => {}
+                    _ = end => {
+                        // Unless a newer fault moved the end meanwhile.
+                        if dev.held_until.get() == until {
+                            dev.held.set(false);
+                            dev.held_until.set(None);
+                        }
+                    }
+                    _ = ctx.shared.abandon.notified() => {}
+                    _ = ctx.shared.close.notified() => {}
+                }
+                continue;
+            }
+            if own_tls.is_none()
+                && let (Some(ids), Some(wanted), Some(super::transport::Tls { name, .. })) =
+                    (&ctx.identities, &identity, &ctx.tls)
+            {
+                let made = tokio::select! {
+                    r = ids.client_config(wanted.clone()) => r,
+                    _ = ctx.shared.close.notified() => {
+                        finish(&ctx, &dev, &mut session);
+                        return;
+                    }
+                };
+                match made {
+                    Ok(cfg) => {
+                        ctx.shared.event(if ids.generated() {
+                            "session_identity_issued"
+                        } else {
+                            "session_identity_loaded"
+                        });
+                        own_tls = Some(super::transport::Tls { config: cfg, name: name.clone() });
+                    }
+                    Err(error) => {
+                        ctx.shared.event("session_identity_error");
+                        tracing::warn!(sink = "mqtt", device = %topics.device_id, %error, "no identity");
+                        let attempt = retry.lost(&ctx.shared.backoff, mono_ns());
+                        tokio::select! {
+                            _ = ctx.shared.backoff_sleep(attempt) => {}
+                            _ = ctx.shared.close.notified() => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Waiting for a connect slot or a TCP connect gives way to shutdown at once, so the
+            // task gets to count what its device still holds.
+            let open = async {
+                // Never closed, so `acquire` does not fail.
+                let permit = ctx.connecting.acquire().await.ok();
+                ctx.connect_slot().await;
+                ctx.shared.event("session_connect_attempt");
+                (permit, ctx.open().await)
+            };
+            if let Some(sp) = &mut topics.sparkplug
+                && sp.used.replace(false)
+            {
+                // A new MQTT session of the edge node (its last will was used by a connection): a
+                // new bdSeq in its will; the shard gives the NBIRTH the same one
+                // (`SparkplugIn::Reconnected`) once connected. Failed attempts keep it.
+                sp.bd_seq = (sp.bd_seq + 1) % 256;
+                params.will = Some(sparkplug_will(&sp.group, &sp.node, sp.bd_seq));
+            }
+            let (mut permit, opened) = tokio::select! {
+                r = open => r,
                 _ = ctx.shared.close.notified() => {
                     finish(&ctx, &dev, &mut session);
                     return;
                 }
             };
-            match made {
-                Ok(cfg) => {
-                    ctx.shared.event(if ids.generated() {
-                        "session_identity_issued"
-                    } else {
-                        "session_identity_loaded"
-                    });
-                    own_tls = Some(super::transport::Tls { config: cfg, name: name.clone() });
-                }
-                Err(error) => {
-                    ctx.shared.event("session_identity_error");
-                    tracing::warn!(sink = "mqtt", device = %topics.device_id, %error, "no identity");
-                    let attempt = retry.lost(&ctx.shared.backoff, mono_ns());
-                    tokio::select! {
-                        _ = ctx.shared.backoff_sleep(attempt) => {}
-                        _ = ctx.shared.close.notified() => {}
-                    }
-                    continue;
-                }
-            }
-        }
-        // Waiting for a connect slot or a TCP connect gives way to shutdown at once, so the
-        // task gets to count what its device still holds.
-        let open = async {
-            // Never closed, so `acquire` does not fail.
-            let permit = ctx.connecting.acquire().await.ok();
-            ctx.connect_slot().await;
-            ctx.shared.event("session_connect_attempt");
-            (permit, ctx.open().await)
-        };
-        if let Some(sp) = &mut topics.sparkplug
-            && sp.used.replace(false)
-        {
-            // A new MQTT session of the edge node (its last will was used by a connection): a
-            // new bdSeq in its will; the shard gives the NBIRTH the same one
-            // (`SparkplugIn::Reconnected`) once connected. Failed attempts keep it.
-            sp.bd_seq = (sp.bd_seq + 1) % 256;
-            params.will = Some(sparkplug_will(&sp.group, &sp.node, sp.bd_seq));
-        }
-        let (mut permit, opened) = tokio::select! {
-            r = open => r,
-            _ = ctx.shared.close.notified() => {
-                finish(&ctx, &dev, &mut session);
-                return;
-            }
-        };
-        // A fresh token for every attempt (first, renewal, after a loss, a fault, an outage),
-        // taken once the socket is open so its life starts with the CONNECT.
-        let renew_at_ns = token.as_mut().map(|t| {
-            params.password = Some(t.issue(wall_us() / 1_000_000));
-            mono_ns() + t.renew_after_ms() * 1_000_000
-        });
-        let end = match opened {
-            Err(e) => End::Lost(format!("connect: {e}")),
-            Ok(tcp) => match own_tls.as_ref().or(ctx.tls.as_ref()) {
-                None => {
-                    let link = Link {
-                        params: &params,
-                        topics: &topics,
-                        connecting: &mut permit,
-                        retry: &mut retry,
-                        renew_at_ns,
-                        renewing: &mut renewing,
-                    };
-                    over_ws(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
-                }
-                Some(tls) => match tls
-                    .connect(tcp, Duration::from_millis(s.connect_timeout_ms))
-                    .await
-                {
-                    // Boxed: the TLS stream is large, and a plain session should not carry
-                    // room for it in its task.
-                    Ok(tls) => {
-                        // A reconnect that resumed the device's previous TLS session (no
-                        // certificate exchange, no signature): counted.
-                        if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
-                            ctx.shared.event("session_tls_resumed");
-                        }
+            // A fresh token for every attempt (first, renewal, after a loss, a fault, an outage),
+            // taken once the socket is open so its life starts with the CONNECT.
+            let renew_at_ns = token.as_mut().map(|t| {
+                params.password = Some(t.issue(wall_us() / 1_000_000));
+                mono_ns() + t.renew_after_ms() * 1_000_000
+            });
+            let end = match opened {
+                Err(e) => End::Lost(format!("connect: {e}")),
+                Ok(tcp) => match own_tls.as_ref().or(ctx.tls.as_ref()) {
+                    None => {
                         let link = Link {
                             params: &params,
                             topics: &topics,
@@ -739,63 +723,92 @@ async fn run(
                             renew_at_ns,
                             renewing: &mut renewing,
                         };
-                        Box::pin(over_ws(&ctx, &dev, &mut session, link, tls, &mut ever_connected))
-                            .await
+                        over_ws(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
                     }
-                    Err(e) => End::Lost(format!("tls: {e}")),
+                    Some(tls) => {
+                        match tls.connect(tcp, Duration::from_millis(s.connect_timeout_ms)).await {
+                            // Boxed: the TLS stream is large, and a plain session should not carry
+                            // room for it in its task.
+                            Ok(tls) => {
+                                // A reconnect that resumed the device's previous TLS session (no
+                                // certificate exchange, no signature): counted.
+                                if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                                    ctx.shared.event("session_tls_resumed");
+                                }
+                                let link = Link {
+                                    params: &params,
+                                    topics: &topics,
+                                    connecting: &mut permit,
+                                    retry: &mut retry,
+                                    renew_at_ns,
+                                    renewing: &mut renewing,
+                                };
+                                Box::pin(over_ws(
+                                    &ctx,
+                                    &dev,
+                                    &mut session,
+                                    link,
+                                    tls,
+                                    &mut ever_connected,
+                                ))
+                                .await
+                            }
+                            Err(e) => End::Lost(format!("tls: {e}")),
+                        }
+                    }
                 },
-            },
-        };
-        // The attempt is over (or was connected): the next session may connect, before this
-        // one's backoff.
-        drop(permit);
-        session.connection_lost();
-        match end {
-            End::Closing => {
-                finish(&ctx, &dev, &mut session);
-                return;
-            }
-            End::Dropped => {
-                // Closed on purpose, not by a failure.
-                renewing = false;
-                retry.reset();
-                continue;
-            }
-            End::Renew => {
-                // At once (in the next connect slot), with a fresh token.
-                renewing = true;
-                retry.reset();
-                continue;
-            }
-            End::Refused(reason) => {
-                ctx.shared.event(refused_event(reason));
-                ctx.shared.conn_event(ConnEvent::Session {
-                    device_id: topics.device_id.clone(),
-                    connected: false,
-                    detail: format!("refused: {reason}"),
-                });
-            }
-            End::Lost(error) => match super::identity::tls_refusal(&error) {
-                // The broker refused the TLS handshake (a certificate it does not accept).
-                Some(event) => {
-                    ctx.shared.event(event);
+            };
+            // The attempt is over (or was connected): the next session may connect, before this
+            // one's backoff.
+            drop(permit);
+            session.connection_lost();
+            match end {
+                End::Closing => {
+                    finish(&ctx, &dev, &mut session);
+                    return;
+                }
+                End::Dropped => {
+                    // Closed on purpose, not by a failure.
+                    renewing = false;
+                    retry.reset();
+                    continue;
+                }
+                End::Renew => {
+                    // At once (in the next connect slot), with a fresh token.
+                    renewing = true;
+                    retry.reset();
+                    continue;
+                }
+                End::Refused(reason) => {
+                    ctx.shared.event(refused_event(reason));
                     ctx.shared.conn_event(ConnEvent::Session {
                         device_id: topics.device_id.clone(),
                         connected: false,
-                        detail: format!("refused: {error}"),
+                        detail: format!("refused: {reason}"),
                     });
                 }
-                None => {
-                    ctx.shared.event("session_connect_error");
-                    tracing::debug!(sink = "mqtt", device = %topics.device_id, %error, "session lost");
+                End::Lost(error) => match super::identity::tls_refusal(&error) {
+                    // The broker refused the TLS handshake (a certificate it does not accept).
+                    Some(event) => {
+                        ctx.shared.event(event);
+                        ctx.shared.conn_event(ConnEvent::Session {
+                            device_id: topics.device_id.clone(),
+                            connected: false,
+                            detail: format!("refused: {error}"),
+                        });
+                    }
+                    None => {
+                        ctx.shared.event("session_connect_error");
+                        tracing::debug!(sink = "mqtt", device = %topics.device_id, %error, "session lost");
+                    }
+                },
+            }
+            let attempt = retry.lost(&ctx.shared.backoff, mono_ns());
+            if !ctx.shared.closing.get() {
+                tokio::select! {
+                    _ = ctx.shared.backoff_sleep(attempt) => {}
+                    _ = ctx.shared.close.notified() => {}
                 }
-            },
-        }
-        let attempt = retry.lost(&ctx.shared.backoff, mono_ns());
-        if !ctx.shared.closing.get() {
-            tokio::select! {
-                _ = ctx.shared.backoff_sleep(attempt) => {}
-                _ = ctx.shared.close.notified() => {}
             }
         }
     }
@@ -832,324 +845,342 @@ struct Link<'a, 'p> {
 /// [`drive`] over `stream`, or over a WebSocket on it for `ws://`/`wss://` (a refused
 /// handshake is a failed attempt, counted as `session_connect_error` and
 /// `ws_refused_<reason>`).
-async fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment on the block
+fn over_ws<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Devices,
     dev: &Device,
     session: &mut Session<Token>,
     link: Link<'_, '_>,
     stream: S,
     ever_connected: &mut bool,
-) -> End {
-    match &ctx.ws {
-        None => drive(ctx, dev, session, link, stream, ever_connected).await,
-        Some(target) => {
-            let timeout = Duration::from_millis(ctx.settings.connect_timeout_ms);
-            match Box::pin(super::ws::connect(stream, target, timeout)).await {
-                // Boxed like TLS: a plain session's task carries no room for it.
-                Ok(ws) => Box::pin(drive(ctx, dev, session, link, ws, ever_connected)).await,
-                Err(e) => {
-                    if let Some(r) = super::ws::refusal(&e) {
-                        ctx.shared.event(r.event());
+) -> impl std::future::Future<Output = End> {
+    // An async block: its captures are used in place (see `run`).
+    async move {
+        match &ctx.ws {
+            None => drive(ctx, dev, session, link, stream, ever_connected).await,
+            Some(target) => {
+                let timeout = Duration::from_millis(ctx.settings.connect_timeout_ms);
+                match Box::pin(super::ws::connect(stream, target, timeout)).await {
+                    // Boxed like TLS: a plain session's task carries no room for it.
+                    Ok(ws) => Box::pin(drive(ctx, dev, session, link, ws, ever_connected)).await,
+                    Err(e) => {
+                        if let Some(r) = super::ws::refusal(&e) {
+                            ctx.shared.event(r.event());
+                        }
+                        End::Lost(format!("websocket: {e}"))
                     }
-                    End::Lost(format!("websocket: {e}"))
                 }
             }
         }
     }
 }
 
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+#[allow(clippy::manual_async_fn)] // on purpose: see the comment on the block
+fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Devices,
     dev: &Device,
     session: &mut Session<Token>,
     link: Link<'_, '_>,
     mut stream: S,
     ever_connected: &mut bool,
-) -> End {
-    let Link { params, topics, connecting, retry, renew_at_ns, renewing } = link;
-    // Boxed, and only with a token: a session without one carries 8 bytes for it, not a
-    // timer entry.
-    let mut renew = renew_at_ns
-        .map(|at| Box::pin(tokio::time::sleep(Duration::from_nanos(at.saturating_sub(mono_ns())))));
-    let mut renew_due = false;
-    session.connect(params, mono_ns());
-    ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
-    let mut up = false;
-    let mut dcmd_subscribed = false;
-    // The session's timer (CONNACK timeout, keep-alive) as one sleep for the whole connection,
-    // armed for `armed_ns`. Every write moves the keep-alive deadline later; re-arming the
-    // sleep on each turn put a timer entry in and out of the runtime's wheel per message. It
-    // is re-armed only when the deadline comes earlier than the armed one; a later deadline
-    // is taken up when the armed one fires (`handle_timeout` does nothing before it is due).
-    let timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(timer);
-    let mut armed_ns: Option<u64> = None;
-    // The wake-ups live across turns for the same reason: three `Notified` made and dropped
-    // per turn put a waiter in and out of each list (two of them shared by every session of
-    // the shard) for every message and every PUBACK. One is renewed only once it fired (one
-    // made before a `notify_waiters` still sees it).
-    let wake = dev.wake.notified();
-    let close = ctx.shared.close.notified();
-    let abandon = ctx.shared.abandon.notified();
-    tokio::pin!(wake, close, abandon);
-    let end = loop {
-        // Move queued messages into the session while the window has room (an edge node's
-        // once its CONNACK was handled: a reconnect drops what is stale first).
-        if session.is_connected() && (up || topics.sparkplug.is_none()) {
-            let now = mono_ns();
-            let mut q = dev.queue.borrow_mut();
-            while let Some(m) = q.front() {
-                let (qos, retain, _) = ctx
-                    .delivery
-                    .borrow()
-                    .get(m.profile as usize)
-                    .copied()
-                    .unwrap_or((0, false, true));
-                if !session.can_publish(qos) {
-                    break;
-                }
-                let Some(mut m) = q.pop_front() else { break };
-                if q.len() * 2 < dev.cap {
-                    dev.slowed.set(false);
-                }
-                m.sent_ns = now;
-                let topic = bytes::Bytes::from(std::mem::take(&mut m.topic));
-                let payload = m.payload.clone();
-                let props = std::mem::take(&mut m.mqtt5);
-                if let Err(Token::Msg(m)) =
-                    session.publish_props(topic, payload, props, qos, retain, Token::Msg(m), now)
-                {
-                    // Not reached (the window was checked above); counted, never lost silently.
-                    ctx.shared.fail(&m, "window_full");
-                    ctx.shared.extra_settled();
-                    break;
-                }
-            }
-        }
-        let mut end = None;
-        while let Some(o) = session.poll_outcome() {
-            match o {
-                Outcome::Connected { .. } => {
-                    up = true;
-                    retry.connected(mono_ns());
-                    *connecting = None;
-                    ctx.connected.set(ctx.connected.get() + 1);
-                    ctx.shared.event("session_connected");
-                    let again = std::mem::replace(ever_connected, true);
-                    if again {
-                        ctx.shared.event("session_reconnected");
-                    }
-                    if std::mem::take(renewing) {
-                        ctx.shared.event("session_token_renewed");
-                    }
-                    if let Some(sp) = &topics.sparkplug {
-                        sp.used.set(true);
-                        if again {
-                            // What waited for this connection continues the last session's
-                            // seq: stale for a host that saw the NDEATH. The shard sends a new
-                            // NBIRTH (and DBIRTHs) with its next sample.
-                            for m in dev.queue.borrow_mut().drain(..) {
-                                ctx.shared.fail(&m, "sparkplug_stale");
-                                ctx.shared.extra_settled();
-                            }
-                            ctx.sparkplug.borrow_mut().push((sp.hash, SparkplugIn::Reconnected));
-                        }
-                    }
-                    ctx.shared.conn_event(ConnEvent::Session {
-                        device_id: topics.device_id.clone(),
-                        connected: true,
-                        detail: String::new(),
-                    });
-                    if let Some(f) = &topics.subscribe {
-                        session.subscribe(f, ctx.settings.subscribe_qos, mono_ns());
-                    }
-                }
-                Outcome::Refused { reason } => end = Some(End::Refused(reason)),
-                Outcome::Delivered(Token::Msg(m)) => {
-                    ctx.shared.complete(&m);
-                    ctx.shared.extra_settled();
-                }
-                Outcome::Rejected(Token::Msg(m), reason) => {
-                    ctx.shared.fail(&m, reason);
-                    ctx.shared.extra_settled();
-                }
-                Outcome::Delivered(Token::Response) | Outcome::Rejected(Token::Response, _) => {}
-                Outcome::Subscribed { granted_qos: None } => {
-                    ctx.shared.event("session_subscribe_refused");
-                }
-                Outcome::Subscribed { .. } => {
-                    // An edge node subscribes DCMD once NCMD is granted (one at a time).
-                    if let Some(sp) = &topics.sparkplug
-                        && !std::mem::replace(&mut dcmd_subscribed, true)
-                    {
-                        session.subscribe(&sp.dcmd, ctx.settings.subscribe_qos, mono_ns());
-                    }
-                }
-                Outcome::Command { topic, payload, .. } if topics.sparkplug.is_some() => {
-                    let Some(sp) = &topics.sparkplug else { continue };
-                    let ncmd = topic.windows(6).any(|w| w == b"/NCMD/");
-                    ctx.shared.event(if ncmd { "sparkplug_ncmd" } else { "sparkplug_dcmd" });
-                    ctx.command_stats(topics.profile, |st| st.commands += 1);
-                    if ncmd && crate::sim::sparkplug::is_rebirth(&payload) {
-                        ctx.shared.event("sparkplug_rebirth");
-                        ctx.sparkplug.borrow_mut().push((sp.hash, SparkplugIn::Rebirth));
-                    } else if !ncmd {
-                        for _ in 0..crate::sim::sparkplug::count_metrics(&payload) {
-                            ctx.shared.event("sparkplug_dcmd_write");
-                        }
-                        // spBv1.0/GROUP/DCMD/NODE/DEVICE: the device is the last level.
-                        let device = topic.rsplit(|b| *b == b'/').next().unwrap_or_default();
-                        ctx.sparkplug.borrow_mut().push((
-                            sp.hash,
-                            SparkplugIn::Dcmd {
-                                device: String::from_utf8_lossy(device).into_owned(),
-                                payload: payload.to_vec(),
-                            },
-                        ));
-                    }
-                }
-                Outcome::Command { topic, payload, qos: command_qos } => {
-                    ctx.shared.event("command_received");
-                    let cmd = Command::parse(&payload);
-                    ctx.command_stats(topics.profile, |st| {
-                        st.commands += 1;
-                        if let Some(sent_us) = cmd.sent_at_us {
-                            crate::measure::stats::record(
-                                st.command_rtt.get_mut(),
-                                wall_us().saturating_sub(sent_us),
-                            );
-                        }
-                    });
-                    ctx.shared.conn_event(ConnEvent::Command {
-                        device_id: topics.device_id.clone(),
-                        topic: String::from_utf8_lossy(&topic).into_owned(),
-                        id: cmd.id.clone().unwrap_or_default(),
-                    });
-                    if let Some(r) = &topics.respond {
-                        let body = serde_json::json!({
-                            "id": cmd.id,
-                            "device_id": topics.device_id,
-                            "status": "ok",
-                        });
-                        // `answer_qos`, or the QoS the command arrived at.
-                        let qos = ctx.settings.answer_qos.unwrap_or(command_qos);
-                        if session
-                            .publish(
-                                r,
-                                body.to_string().into(),
-                                qos,
-                                false,
-                                Token::Response,
-                                mono_ns(),
-                            )
-                            .is_ok()
-                        {
-                            ctx.shared.event("command_responded");
-                            ctx.command_stats(topics.profile, |st| st.commands_answered += 1);
-                        }
-                    }
-                }
-                Outcome::Closed(reason) => end = Some(End::Lost(reason.as_str().to_string())),
-            }
-        }
-        if session.has_output() {
-            if let Err(e) = stream.write_all(session.output()).await {
-                break End::Lost(format!("write: {e}"));
-            }
-            session.clear_output();
-        }
-        if let Some(e) = end {
-            break e;
-        }
-        if ctx.shared.closing.get() {
-            // An edge node that leaves on purpose says so first: its NDEATH (the broker
-            // discards the will on DISCONNECT).
-            if let (Some(_), Some(w)) = (&topics.sparkplug, &params.will) {
+) -> impl std::future::Future<Output = End> {
+    // An async block: its captures are used in place (see `run`).
+    async move {
+        let Link { params, topics, connecting, retry, renew_at_ns, renewing } = link;
+        // Boxed, and only with a token: a session without one carries 8 bytes for it, not a
+        // timer entry.
+        let mut renew = renew_at_ns.map(|at| {
+            Box::pin(tokio::time::sleep(Duration::from_nanos(at.saturating_sub(mono_ns()))))
+        });
+        let mut renew_due = false;
+        session.connect(params, mono_ns());
+        ctx.shared.open_sessions.set(ctx.shared.open_sessions.get() + 1);
+        let mut up = false;
+        let mut dcmd_subscribed = false;
+        // The session's timer (CONNACK timeout, keep-alive) as one sleep for the whole connection,
+        // armed for `armed_ns`. Every write moves the keep-alive deadline later; re-arming the
+        // sleep on each turn put a timer entry in and out of the runtime's wheel per message. It
+        // is re-armed only when the deadline comes earlier than the armed one; a later deadline
+        // is taken up when the armed one fires (`handle_timeout` does nothing before it is due).
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed_ns: Option<u64> = None;
+        // The wake-ups live across turns for the same reason: three `Notified` made and dropped
+        // per turn put a waiter in and out of each list (two of them shared by every session of
+        // the shard) for every message and every PUBACK. One is renewed only once it fired (one
+        // made before a `notify_waiters` still sees it).
+        let wake = dev.wake.notified();
+        let close = ctx.shared.close.notified();
+        let abandon = ctx.shared.abandon.notified();
+        tokio::pin!(wake, close, abandon);
+        let end = loop {
+            // Move queued messages into the session while the window has room (an edge node's
+            // once its CONNACK was handled: a reconnect drops what is stale first).
+            if session.is_connected() && (up || topics.sparkplug.is_none()) {
                 let now = mono_ns();
-                if session
-                    .publish(&w.topic, w.payload.clone(), 0, false, Token::Response, now)
-                    .is_ok()
-                {
-                    ctx.shared.event("sparkplug_ndeath");
+                let mut q = dev.queue.borrow_mut();
+                while let Some(m) = q.front() {
+                    let (qos, retain, _) = ctx
+                        .delivery
+                        .borrow()
+                        .get(m.profile as usize)
+                        .copied()
+                        .unwrap_or((0, false, true));
+                    if !session.can_publish(qos) {
+                        break;
+                    }
+                    let Some(mut m) = q.pop_front() else { break };
+                    if q.len() * 2 < dev.cap {
+                        dev.slowed.set(false);
+                    }
+                    m.sent_ns = now;
+                    let topic = bytes::Bytes::from(std::mem::take(&mut m.topic));
+                    let payload = m.payload.clone();
+                    let props = std::mem::take(&mut m.mqtt5);
+                    if let Err(Token::Msg(m)) = session.publish_props(
+                        topic,
+                        payload,
+                        props,
+                        qos,
+                        retain,
+                        Token::Msg(m),
+                        now,
+                    ) {
+                        // Not reached (the window was checked above); counted, never lost silently.
+                        ctx.shared.fail(&m, "window_full");
+                        ctx.shared.extra_settled();
+                        break;
+                    }
                 }
             }
-            // `drain` waited for what was queued and in flight; what is left is counted.
-            session.disconnect();
-            let _ = stream.write_all(&session.take_output()).await;
-            let _ = stream.shutdown().await;
-            break End::Closing;
-        }
-        if ctx.shared.abandoned.get() {
-            break End::Closing;
-        }
-        if let Some(how) = dev.drop.take() {
-            if how == Drop::Graceful {
+            let mut end = None;
+            while let Some(o) = session.poll_outcome() {
+                match o {
+                    Outcome::Connected { .. } => {
+                        up = true;
+                        retry.connected(mono_ns());
+                        *connecting = None;
+                        ctx.connected.set(ctx.connected.get() + 1);
+                        ctx.shared.event("session_connected");
+                        let again = std::mem::replace(ever_connected, true);
+                        if again {
+                            ctx.shared.event("session_reconnected");
+                        }
+                        if std::mem::take(renewing) {
+                            ctx.shared.event("session_token_renewed");
+                        }
+                        if let Some(sp) = &topics.sparkplug {
+                            sp.used.set(true);
+                            if again {
+                                // What waited for this connection continues the last session's
+                                // seq: stale for a host that saw the NDEATH. The shard sends a new
+                                // NBIRTH (and DBIRTHs) with its next sample.
+                                for m in dev.queue.borrow_mut().drain(..) {
+                                    ctx.shared.fail(&m, "sparkplug_stale");
+                                    ctx.shared.extra_settled();
+                                }
+                                ctx.sparkplug
+                                    .borrow_mut()
+                                    .push((sp.hash, SparkplugIn::Reconnected));
+                            }
+                        }
+                        ctx.shared.conn_event(ConnEvent::Session {
+                            device_id: topics.device_id.clone(),
+                            connected: true,
+                            detail: String::new(),
+                        });
+                        if let Some(f) = &topics.subscribe {
+                            session.subscribe(f, ctx.settings.subscribe_qos, mono_ns());
+                        }
+                    }
+                    Outcome::Refused { reason } => end = Some(End::Refused(reason)),
+                    Outcome::Delivered(Token::Msg(m)) => {
+                        ctx.shared.complete(&m);
+                        ctx.shared.extra_settled();
+                    }
+                    Outcome::Rejected(Token::Msg(m), reason) => {
+                        ctx.shared.fail(&m, reason);
+                        ctx.shared.extra_settled();
+                    }
+                    Outcome::Delivered(Token::Response) | Outcome::Rejected(Token::Response, _) => {
+                    }
+                    Outcome::Subscribed { granted_qos: None } => {
+                        ctx.shared.event("session_subscribe_refused");
+                    }
+                    Outcome::Subscribed { .. } => {
+                        // An edge node subscribes DCMD once NCMD is granted (one at a time).
+                        if let Some(sp) = &topics.sparkplug
+                            && !std::mem::replace(&mut dcmd_subscribed, true)
+                        {
+                            session.subscribe(&sp.dcmd, ctx.settings.subscribe_qos, mono_ns());
+                        }
+                    }
+                    Outcome::Command { topic, payload, .. } if topics.sparkplug.is_some() => {
+                        let Some(sp) = &topics.sparkplug else { continue };
+                        let ncmd = topic.windows(6).any(|w| w == b"/NCMD/");
+                        ctx.shared.event(if ncmd { "sparkplug_ncmd" } else { "sparkplug_dcmd" });
+                        ctx.command_stats(topics.profile, |st| st.commands += 1);
+                        if ncmd && crate::sim::sparkplug::is_rebirth(&payload) {
+                            ctx.shared.event("sparkplug_rebirth");
+                            ctx.sparkplug.borrow_mut().push((sp.hash, SparkplugIn::Rebirth));
+                        } else if !ncmd {
+                            for _ in 0..crate::sim::sparkplug::count_metrics(&payload) {
+                                ctx.shared.event("sparkplug_dcmd_write");
+                            }
+                            // spBv1.0/GROUP/DCMD/NODE/DEVICE: the device is the last level.
+                            let device = topic.rsplit(|b| *b == b'/').next().unwrap_or_default();
+                            ctx.sparkplug.borrow_mut().push((
+                                sp.hash,
+                                SparkplugIn::Dcmd {
+                                    device: String::from_utf8_lossy(device).into_owned(),
+                                    payload: payload.to_vec(),
+                                },
+                            ));
+                        }
+                    }
+                    Outcome::Command { topic, payload, qos: command_qos } => {
+                        ctx.shared.event("command_received");
+                        let cmd = Command::parse(&payload);
+                        ctx.command_stats(topics.profile, |st| {
+                            st.commands += 1;
+                            if let Some(sent_us) = cmd.sent_at_us {
+                                crate::measure::stats::record(
+                                    st.command_rtt.get_mut(),
+                                    wall_us().saturating_sub(sent_us),
+                                );
+                            }
+                        });
+                        ctx.shared.conn_event(ConnEvent::Command {
+                            device_id: topics.device_id.clone(),
+                            topic: String::from_utf8_lossy(&topic).into_owned(),
+                            id: cmd.id.clone().unwrap_or_default(),
+                        });
+                        if let Some(r) = &topics.respond {
+                            let body = serde_json::json!({
+                                "id": cmd.id,
+                                "device_id": topics.device_id,
+                                "status": "ok",
+                            });
+                            // `answer_qos`, or the QoS the command arrived at.
+                            let qos = ctx.settings.answer_qos.unwrap_or(command_qos);
+                            if session
+                                .publish(
+                                    r,
+                                    body.to_string().into(),
+                                    qos,
+                                    false,
+                                    Token::Response,
+                                    mono_ns(),
+                                )
+                                .is_ok()
+                            {
+                                ctx.shared.event("command_responded");
+                                ctx.command_stats(topics.profile, |st| st.commands_answered += 1);
+                            }
+                        }
+                    }
+                    Outcome::Closed(reason) => end = Some(End::Lost(reason.as_str().to_string())),
+                }
+            }
+            if session.has_output() {
+                if let Err(e) = stream.write_all(session.output()).await {
+                    break End::Lost(format!("write: {e}"));
+                }
+                session.clear_output();
+            }
+            if let Some(e) = end {
+                break e;
+            }
+            if ctx.shared.closing.get() {
+                // An edge node that leaves on purpose says so first: its NDEATH (the broker
+                // discards the will on DISCONNECT).
+                if let (Some(_), Some(w)) = (&topics.sparkplug, &params.will) {
+                    let now = mono_ns();
+                    if session
+                        .publish(&w.topic, w.payload.clone(), 0, false, Token::Response, now)
+                        .is_ok()
+                    {
+                        ctx.shared.event("sparkplug_ndeath");
+                    }
+                }
+                // `drain` waited for what was queued and in flight; what is left is counted.
                 session.disconnect();
                 let _ = stream.write_all(&session.take_output()).await;
                 let _ = stream.shutdown().await;
+                break End::Closing;
             }
-            ctx.shared.event(match how {
-                Drop::Graceful => "session_dropped_graceful",
-                Drop::Abrupt => "session_dropped_abrupt",
-            });
-            break End::Dropped;
-        }
-        if renew_due {
-            // The token expires soon: leave cleanly (the broker discards the will) and
-            // connect again with a fresh one.
-            session.disconnect();
-            let _ = stream.write_all(&session.take_output()).await;
-            let _ = stream.shutdown().await;
-            break End::Renew;
-        }
-        if let Some(due) = session.next_timeout_ns()
-            && armed_ns.is_none_or(|a| due < a)
-        {
-            let wait = Duration::from_nanos(due.saturating_sub(mono_ns()));
-            timer.as_mut().reset(tokio::time::Instant::now() + wait);
-            armed_ns = Some(due);
-        }
-        // A waiting session keeps no buffer memory: most of a fleet waits most of the time.
-        session.release_buffers();
-        tokio::select! {
-            r = ctx.read(&mut stream) => match r {
-                Ok(0) => break End::Lost("closed by the broker".into()),
-                // The bytes are in the shard's read buffer: nothing else ran since the read.
-                Ok(n) => session.read(&ctx.read_buf.borrow()[..n], mono_ns()),
-                Err(e) => break End::Lost(format!("read: {e}")),
-            },
-            _ = &mut wake => wake.set(dev.wake.notified()),
-            _ = &mut timer, if armed_ns.is_some() => {
-                armed_ns = None;
-                session.handle_timeout(mono_ns());
+            if ctx.shared.abandoned.get() {
+                break End::Closing;
             }
-            _ = async {
-                match renew.as_mut() {
-                    Some(sleep) => sleep.await,
-                    None => std::future::pending().await,
+            if let Some(how) = dev.drop.take() {
+                if how == Drop::Graceful {
+                    session.disconnect();
+                    let _ = stream.write_all(&session.take_output()).await;
+                    let _ = stream.shutdown().await;
                 }
-            }, if !renew_due => renew_due = true,
-            _ = &mut abandon => abandon.set(ctx.shared.abandon.notified()),
-            _ = &mut close => close.set(ctx.shared.close.notified()),
-        }
-    };
-    ctx.shared.open_sessions.set(ctx.shared.open_sessions.get().saturating_sub(1));
-    if up {
-        ctx.connected.set(ctx.connected.get().saturating_sub(1));
-        if !matches!(end, End::Closing | End::Renew) {
-            ctx.shared.event("session_lost");
-            ctx.shared.conn_event(ConnEvent::Session {
-                device_id: topics.device_id.clone(),
-                connected: false,
-                detail: match &end {
-                    End::Lost(e) => e.clone(),
-                    End::Dropped => "dropped by a fault".into(),
-                    _ => String::new(),
+                ctx.shared.event(match how {
+                    Drop::Graceful => "session_dropped_graceful",
+                    Drop::Abrupt => "session_dropped_abrupt",
+                });
+                break End::Dropped;
+            }
+            if renew_due {
+                // The token expires soon: leave cleanly (the broker discards the will) and
+                // connect again with a fresh one.
+                session.disconnect();
+                let _ = stream.write_all(&session.take_output()).await;
+                let _ = stream.shutdown().await;
+                break End::Renew;
+            }
+            if let Some(due) = session.next_timeout_ns()
+                && armed_ns.is_none_or(|a| due < a)
+            {
+                let wait = Duration::from_nanos(due.saturating_sub(mono_ns()));
+                timer.as_mut().reset(tokio::time::Instant::now() + wait);
+                armed_ns = Some(due);
+            }
+            // A waiting session keeps no buffer memory: most of a fleet waits most of the time.
+            session.release_buffers();
+            tokio::select! {
+                r = ctx.read(&mut stream) => match r {
+                    Ok(0) => break End::Lost("closed by the broker".into()),
+                    // The bytes are in the shard's read buffer: nothing else ran since the read.
+                    Ok(n) => session.read(&ctx.read_buf.borrow()[..n], mono_ns()),
+                    Err(e) => break End::Lost(format!("read: {e}")),
                 },
-            });
+                _ = &mut wake => wake.set(dev.wake.notified()),
+                _ = &mut timer, if armed_ns.is_some() => {
+                    armed_ns = None;
+                    session.handle_timeout(mono_ns());
+                }
+                _ = async {
+                    match renew.as_mut() {
+                        Some(sleep) => sleep.await,
+                        None => std::future::pending().await,
+                    }
+                }, if !renew_due => renew_due = true,
+                _ = &mut abandon => abandon.set(ctx.shared.abandon.notified()),
+                _ = &mut close => close.set(ctx.shared.close.notified()),
+            }
+        };
+        ctx.shared.open_sessions.set(ctx.shared.open_sessions.get().saturating_sub(1));
+        if up {
+            ctx.connected.set(ctx.connected.get().saturating_sub(1));
+            if !matches!(end, End::Closing | End::Renew) {
+                ctx.shared.event("session_lost");
+                ctx.shared.conn_event(ConnEvent::Session {
+                    device_id: topics.device_id.clone(),
+                    connected: false,
+                    detail: match &end {
+                        End::Lost(e) => e.clone(),
+                        End::Dropped => "dropped by a fault".into(),
+                        _ => String::new(),
+                    },
+                });
+            }
         }
+        end
     }
-    end
 }
 
 /// What the sink reads of a downlink command: a JSON object's `id` (string or number) and
