@@ -179,6 +179,16 @@ pub fn compile(mut t: Table<'_>, p: &mut Problems) -> PerDeviceSettings {
         },
         (None, None) => {}
     }
+    // MQTT 3.1.1 sends a password only with a user name: without one the broker would see an
+    // anonymous login, not the password the file asked for.
+    if s.username.is_none() && (password_env.is_some() || hmac_env.is_some()) {
+        let key = if password_env.is_some() { "password_env" } else { "password_hmac_secret_env" };
+        p.add(
+            t.path_of(key),
+            "a password needs username (a template, e.g. \"{device_id}\"): MQTT 3.1.1 sends \
+             a password only with a user name",
+        );
+    }
     if let Some(b) = t.bool("clean_session", p) {
         s.clean_session = b;
     }
@@ -374,6 +384,7 @@ mod tests {
             "sink.mqtt.per_device.password_hmac_secret_env: environment variable \"FLEET_TEST_SURELY_UNSET_SECRET\" holds no secret",
             "sink.mqtt.per_device.answer_qos: must be between 0 and 2, got 3",
             "sink.mqtt.per_device.answer_qos: answer_qos needs respond",
+            "sink.mqtt.per_device.password_hmac_secret_env: a password needs username",
         ] {
             assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
         }

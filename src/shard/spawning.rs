@@ -201,6 +201,18 @@ impl Shard {
             acc.failed.push((spec.id, reason));
             return;
         }
+        // A new pooled MQTT profile on a sink opened for per-device profiles only: the pooled
+        // connections start now (or its messages would only queue).
+        if spec.profile.protocol == profile::Protocol::Mqtt
+            && !spec.profile.delivery.per_device
+            && self.ctl.profiles.len() > known
+            && let Some(sink) = &mut self.sinks[proto_ix]
+            && let Err(e) = sink.add_pooled_profile(&self.plan.fleet)
+        {
+            self.ctl.retire.insert(profile_ix);
+            acc.failed.push((spec.id, format!("cannot start the MQTT connections: {e}")));
+            return;
+        }
         if self.sinks[proto_ix].is_none() {
             let opened = Sink::open(
                 spec.profile.protocol,

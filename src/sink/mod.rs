@@ -73,7 +73,12 @@ pub struct NetSink {
     devices: Option<Rc<mqtt::devices::Devices>>,
     /// MQTT 5: the property blocks of `[mqtt5]` profiles (none on other sinks and 3.1.1).
     mqtt5: Option<mqtt::props::PropsCache>,
+    /// MQTT: the pooled connections, not started while the fleet has only per-device
+    /// profiles; started by the first pooled profile spawned at run time.
+    pool_later: Option<PoolStarter>,
 }
+
+type PoolStarter = Box<dyn FnOnce(&Fleet, Rc<NetShared>) -> Result<(), String>>;
 
 /// A shard's sink for one protocol.
 pub enum Sink {
@@ -122,9 +127,11 @@ impl Sink {
                     .iter()
                     .any(|p| p.protocol == Protocol::Mqtt && !p.delivery.per_device);
                 let fleet = fleet.clone();
+                let mut pool_later: Option<PoolStarter> = None;
                 let start: Starter = if pooled || devices.is_none() {
                     Box::new(move |sh| mqtt::start(&s, &fleet, sh))
                 } else {
+                    pool_later = Some(Box::new(move |fleet, sh| mqtt::start(&s, fleet, sh)));
                     Box::new(|_| Ok(()))
                 };
                 let mqtt5 = (version5).then(mqtt::props::PropsCache::default);
@@ -132,6 +139,7 @@ impl Sink {
                 if let Sink::Net(n) = &mut sink {
                     n.devices = devices;
                     n.mqtt5 = mqtt5;
+                    n.pool_later = pool_later;
                 }
                 sink
             }
@@ -160,7 +168,14 @@ impl Sink {
     }
 
     fn net(protocol: Protocol, shared: Rc<NetShared>, starter: Starter) -> Sink {
-        Sink::Net(NetSink { protocol, shared, starter: Some(starter), devices: None, mqtt5: None })
+        Sink::Net(NetSink {
+            protocol,
+            shared,
+            starter: Some(starter),
+            devices: None,
+            mqtt5: None,
+            pool_later: None,
+        })
     }
 
     /// Starts a network sink's connection tasks (inside the shard's `LocalSet`).
@@ -291,6 +306,17 @@ impl Sink {
             }
             _ => false,
         }
+    }
+
+    /// A runtime spawn added a pooled MQTT profile to `fleet`: the pooled connections start
+    /// now if the sink opened for a fleet of per-device profiles only (they were not needed).
+    pub fn add_pooled_profile(&mut self, fleet: &Fleet) -> Result<(), String> {
+        if let Sink::Net(n) = self
+            && let Some(start) = n.pool_later.take()
+        {
+            start(fleet, n.shared.clone())?;
+        }
+        Ok(())
     }
 
     /// Profile index `ix` now holds a new runtime profile: what was cached for the old one

@@ -260,3 +260,65 @@ async fn profiles_of_stopped_devices_are_freed_and_their_messages_stay_in_the_re
     // The report's latency histogram of a freed profile's row is the one it recorded.
     assert_eq!(kept["latency_us"]["count"].as_u64().unwrap(), kept["messages"].as_u64().unwrap());
 }
+
+/// A pooled MQTT device spawned into a run whose fleet has only per-device sessions (so its
+/// MQTT sink opened without pooled connections): the pooled connections start with it and its
+/// messages arrive; the per-device device runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_mqtt_device_spawned_beside_per_device_sessions_is_delivered() {
+    use crate::common::mqtt::Subscriber;
+    let dir = tempfile::tempdir().unwrap();
+    let root = crate::common::unique("pool-later");
+    let cfg = dir.path().join("fleet.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"[run]
+seed = 5
+clock = "realtime"
+start_time = "2026-03-14T00:00:00Z"
+duration = "5m"
+
+[sink.mqtt]
+url = "mqtt://127.0.0.1:1883"
+qos = 1
+client_id_prefix = "{root}"
+
+[sink.mqtt.per_device]
+client_id = "{root}-{{device_id}}"
+
+[[fleet]]
+profile = "session"
+count = 1
+
+[profiles.session]
+protocol = "mqtt"
+connection = "per_device"
+topic = "{root}/{{device_id}}"
+interval = "200ms"
+fields.t = {{ type = "gaussian", mean = 20, stddev = 1 }}
+"#
+        ),
+    )
+    .unwrap();
+    let sub = Subscriber::start(1883, &format!("{root}/#"));
+    let mut rt = Running::with_config("run", &cfg, None, &["--cores", "2"]);
+    let mut c = DeviceRuntimeServiceClient::connect(rt.url()).await.unwrap();
+    let mut s = spec("pooled-1", "meter", &[], 200, "mqtt");
+    s.topic_template = format!("{root}/{{device_id}}");
+    let r = c
+        .spawn_devices(proto::SpawnDevicesRequest { specs: vec![s], scenario_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.spawned, 1, "{r:?}");
+    let pooled =
+        |sub: &Subscriber| sub.topics().iter().filter(|t| t.ends_with("/pooled-1")).count();
+    wait_until(30, "10 messages of the spawned pooled device", || pooled(&sub) >= 10).await;
+    let sessions_before = sub.topics().iter().filter(|t| t.ends_with("/session-0000")).count();
+    wait_until(30, "the per-device session publishing on", || {
+        sub.topics().iter().filter(|t| t.ends_with("/session-0000")).count() > sessions_before
+    })
+    .await;
+    assert!(rt.terminate().success());
+}
