@@ -142,8 +142,6 @@ stddev = 1
 EOF
 }
 
-established() { ss -Htn state established "( dport = :$1 )" | wc -l; }
-
 run_case() { # $1 = case; prints a JSON object
   local c=$1 n=$N port=$TLS_PORT connect_s=null cpu_s=null rss=0 bcpu_s=null
   [[ $c == tcp ]] && port=$PORT

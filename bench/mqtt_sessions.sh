@@ -115,7 +115,6 @@ stddev = 1
 EOF
 }
 
-established() { ss -Htn state established "( dport = :$PORT )" | wc -l; }
 # The kernel's counts of SYNs dropped at a full listen queue (ListenOverflows, ListenDrops): on
 # this machine's whole network stack, so other users' load counts too.
 listen_drops() {

@@ -5,6 +5,7 @@
 #                             unlimited queues, no persistence, plus the given lines
 #   broker_up / broker_down   start it (BROKER = its pid, log in $OUT/mosquitto.log) / stop it
 #   cpu_ticks PID             utime + stime of a process, in clock ticks
+#   established [PORT]        TCP connections established to PORT (default: the broker's)
 # The EXIT trap kills RUN (the script's iot-sim, if it sets it) and BROKER.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 BROKER=""
@@ -41,3 +42,5 @@ broker_down() {
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+established() { ss -Htn state established "( dport = :${1:-$PORT} )" | wc -l; }

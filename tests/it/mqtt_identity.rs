@@ -25,6 +25,12 @@ fn pki_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The `[sink.mqtt.per_device.identity]` body of certificates generated from the test CA in `d`,
+/// with `extra` lines.
+fn generated_identity(d: &Path, extra: &str) -> String {
+    format!("ca_cert = \"{0}/ca.pem\"\nca_key = \"{0}/ca.key\"\n{extra}", d.display())
+}
+
 /// A broker with a plain listener (returned first: the subscriber's, anonymous) and a TLS
 /// listener that requires a client certificate signed by `ca.pem` and takes its CN as the
 /// username; devices may write only under `devices/<their CN>/`, Sparkplug edge nodes only on
@@ -105,10 +111,7 @@ fn generated_certificates_put_each_device_on_its_own_topic_and_a_foreign_topic_i
     let d = dir.path();
     let (plain, tls, broker) = identity_broker(d);
     let sub = Subscriber::start(plain, "devices/#");
-    let identity = format!(
-        "ca_cert = \"{0}/ca.pem\"\nca_key = \"{0}/ca.key\"\nsubject_cn = \"{{device_id}}\"",
-        d.display()
-    );
+    let identity = generated_identity(d, "subject_cn = \"{device_id}\"");
     let toml = fleet(
         tls,
         d,
@@ -150,10 +153,10 @@ fn certs_issue_output_verifies_and_a_device_with_a_foreign_ca_is_refused_while_t
     let d = dir.path();
     let (plain, tls, _broker) = identity_broker(d);
     // `certs issue` for the fleet, with the generated identity's settings.
-    let generated = format!(
-        "ca_cert = \"{0}/ca.pem\"\nca_key = \"{0}/ca.key\"\nnot_before = 2026-01-01T00:00:00Z\n\
-         validity = \"3650d\"\nsans = [\"{{device_id}}.devices.example\"]",
-        d.display()
+    let generated = generated_identity(
+        d,
+        "not_before = 2026-01-01T00:00:00Z\nvalidity = \"3650d\"\n\
+         sans = [\"{device_id}.devices.example\"]",
     );
     let profiles = [("meter", 5, "devices/{device_id}/telemetry")];
     let cfg = d.join("issue.toml");
@@ -343,7 +346,7 @@ fn bad_identity_settings_are_each_listed_with_their_path_and_exit_2() {
     let toml = fleet(
         8883,
         d,
-        &format!("ca_cert = \"{0}/ca.pem\"\nca_key = \"{0}/ca.key\"", d.display()),
+        &generated_identity(d, ""),
         &[("meter", 2, "devices/{device_id}/telemetry")],
     )
     .replace("mqtts://", "mqtt://");
@@ -383,10 +386,7 @@ async fn a_fault_reconnect_presents_the_same_certificate_and_publishes_on_its_ow
     let d = dir.path();
     let (plain, tls, broker) = identity_broker(d);
     let sub = Subscriber::start(plain, "devices/#");
-    let identity = format!(
-        "ca_cert = \"{0}/ca.pem\"\nca_key = \"{0}/ca.key\"\nsubject_cn = \"{{device_id}}\"",
-        d.display()
-    );
+    let identity = generated_identity(d, "subject_cn = \"{device_id}\"");
     // Until terminated (the 5 minutes only bound a test gone wrong).
     let toml = fleet(tls, d, &identity, &[("meter", 3, "devices/{device_id}/telemetry")])
         .replace("duration = \"2s\"", "duration = \"5m\"");
@@ -450,10 +450,9 @@ fn rsa_2048_device_certificates_are_accepted_and_each_device_publishes_on_its_ow
     let d = dir.path();
     let (plain, tls, broker) = identity_broker(d);
     let sub = Subscriber::start(plain, "devices/#");
-    let identity = format!(
-        "ca_cert = \"{0}/ca.pem\"\nca_key = \"{0}/ca.key\"\nkey = \"rsa_2048\"\n\
-         not_before = 2026-01-01T00:00:00Z\nvalidity = \"3650d\"",
-        d.display()
+    let identity = generated_identity(
+        d,
+        "key = \"rsa_2048\"\nnot_before = 2026-01-01T00:00:00Z\nvalidity = \"3650d\"",
     );
     let toml = fleet(tls, d, &identity, &[("meter", 2, "devices/{device_id}/telemetry")]);
     let t0 = std::time::Instant::now();

@@ -9,6 +9,11 @@
 //! reader's buffer; a session keeps bytes of its own only while a record is split across reads
 //! (`partial`), the reader took less than a record held (`plain`), or the socket took less than
 //! was written (`unsent`), and gives them back once they are used.
+//!
+//! Bounds: `partial` holds less than one record (rustls refuses a longer one), `plain` less
+//! than one read of the scratch buffer (two records), `unsent` one write (a write takes at most
+//! 64 KiB of plaintext, and none while bytes are unsent); the handshake buffers at most 128 KiB
+//! of what the server sends ([`MAX_HANDSHAKE_BUFFER`]).
 
 use rustls::client::UnbufferedClientConnection;
 use rustls::pki_types::ServerName;
@@ -23,6 +28,9 @@ use tokio::net::TcpStream;
 
 /// The largest TLS record on the wire (16 KiB of plaintext, 256 bytes of expansion, the header).
 const MAX_RECORD: usize = 16 * 1024 + 256 + 5;
+
+/// The most the handshake buffers of what the server sends (doubling from 4 KiB).
+const MAX_HANDSHAKE_BUFFER: usize = 128 * 1024;
 
 thread_local! {
     /// Where this thread's TLS streams read and decrypt records, and encrypt what they write.
@@ -60,6 +68,25 @@ fn send(
     if at < bytes.len() {
         unsent.extend_from_slice(&bytes[at..]);
     }
+    Ok(())
+}
+
+/// Appends the handshake or alert record the connection has to send to `out`.
+fn encode_into(
+    s: &mut rustls::unbuffered::EncodeTlsData<'_, rustls::client::ClientConnectionData>,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let at = out.len();
+    out.resize(at + 1024, 0);
+    let n = match s.encode(&mut out[at..]) {
+        Ok(n) => n,
+        Err(EncodeError::InsufficientSize(e)) => {
+            out.resize(at + e.required_size, 0);
+            s.encode(&mut out[at..]).map_err(io::Error::other)?
+        }
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    out.truncate(at + n);
     Ok(())
 }
 
@@ -104,19 +131,7 @@ pub async fn connect(
             conn.process_tls_records(&mut incoming[..used]);
         let mut done = false;
         match state.map_err(tls_error)? {
-            ConnectionState::EncodeTlsData(mut s) => {
-                let at = outgoing.len();
-                outgoing.resize(at + 1024, 0);
-                let n = match s.encode(&mut outgoing[at..]) {
-                    Ok(n) => n,
-                    Err(EncodeError::InsufficientSize(e)) => {
-                        outgoing.resize(at + e.required_size, 0);
-                        s.encode(&mut outgoing[at..]).map_err(io::Error::other)?
-                    }
-                    Err(e) => return Err(io::Error::other(e)),
-                };
-                outgoing.truncate(at + n);
-            }
+            ConnectionState::EncodeTlsData(mut s) => encode_into(&mut s, &mut outgoing)?,
             ConnectionState::TransmitTlsData(s) => {
                 io.write_all(&outgoing).await?;
                 outgoing.clear();
@@ -124,6 +139,14 @@ pub async fn connect(
             }
             ConnectionState::BlockedHandshake => {
                 if used == incoming.len() {
+                    // rustls refuses a handshake message over 64 KiB; a flight that fills
+                    // this much without completing one is not a TLS server's.
+                    if incoming.len() >= MAX_HANDSHAKE_BUFFER {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "tls handshake: the server sent over 128 KiB without a complete message",
+                        ));
+                    }
                     incoming.resize(incoming.len() * 2, 0);
                 }
                 let n = io.read(&mut incoming[used..]).await?;
@@ -225,16 +248,8 @@ impl TlsStream {
                     }
                 }
                 ConnectionState::EncodeTlsData(mut s) => {
-                    let mut bytes = vec![0u8; 1024];
-                    let n = match s.encode(&mut bytes) {
-                        Ok(n) => n,
-                        Err(EncodeError::InsufficientSize(e)) => {
-                            bytes.resize(e.required_size, 0);
-                            s.encode(&mut bytes).map_err(io::Error::other)?
-                        }
-                        Err(e) => return Err(io::Error::other(e)),
-                    };
-                    bytes.truncate(n);
+                    let mut bytes = vec![];
+                    encode_into(&mut s, &mut bytes)?;
                     send = Some(bytes);
                 }
                 ConnectionState::TransmitTlsData(s) => s.done(),
@@ -350,18 +365,7 @@ impl AsyncWrite for TlsStream {
                     sent?;
                     return Poll::Ready(Ok(data.len()));
                 }
-                ConnectionState::EncodeTlsData(mut s) => {
-                    let mut out = vec![0u8; 1024];
-                    let n = match s.encode(&mut out) {
-                        Ok(n) => n,
-                        Err(EncodeError::InsufficientSize(e)) => {
-                            out.resize(e.required_size, 0);
-                            s.encode(&mut out).map_err(io::Error::other)?
-                        }
-                        Err(e) => return Poll::Ready(Err(io::Error::other(e))),
-                    };
-                    me.unsent.extend_from_slice(&out[..n]);
-                }
+                ConnectionState::EncodeTlsData(mut s) => encode_into(&mut s, &mut me.unsent)?,
                 ConnectionState::TransmitTlsData(s) => {
                     s.done();
                     ready!(me.poll_unsent(cx))?;
