@@ -187,9 +187,9 @@ impl Behaviour {
     /// Appends the features' initial slots for a device with seed `device_seed`.
     pub fn init_slots(&self, device_seed: u64, out: &mut Vec<SlotState>) {
         use super::seed;
-        use rand_xoshiro::Xoshiro256PlusPlus;
+        use rand_xoshiro::Xoroshiro128PlusPlus;
         use rand_xoshiro::rand_core::SeedableRng;
-        let fresh = |s: u64, x: f64| SlotState { rng: Xoshiro256PlusPlus::seed_from_u64(s), x };
+        let fresh = |s: u64, x: f64| SlotState { rng: Xoroshiro128PlusPlus::seed_from_u64(s), x };
         let mut name = String::new();
         for e in &self.events {
             name.clear();

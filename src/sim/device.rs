@@ -313,6 +313,6 @@ mod tests {
     #[test]
     fn a_device_is_small() {
         assert!(std::mem::size_of::<super::Device>() <= 24);
-        assert_eq!(std::mem::size_of::<super::SlotState>(), 40);
+        assert_eq!(std::mem::size_of::<super::SlotState>(), 24);
     }
 }

@@ -1,20 +1,21 @@
 //! Value generators: the per-field models that turn (state, sim time) into the next value.
 //!
 //! A generator's parameters live in a [`GenSpec`] shared by every device of a profile; its state
-//! lives in [`SlotState`]s (one Xoshiro256++ stream plus one `f64`) in the shard's field arena.
+//! lives in [`SlotState`]s (one Xoroshiro128++ stream plus one `f64`:
+//! 24 bytes) in the shard's field arena.
 //! Nothing here reads a clock: the tick's scheduled sim time and interval are passed in.
 
 use super::seed;
 use super::time::{SimMs, hour_of_day};
 use rand::RngExt;
 use rand_distr::{Distribution, StandardNormal};
-use rand_xoshiro::Xoshiro256PlusPlus;
+use rand_xoshiro::Xoroshiro128PlusPlus;
 use rand_xoshiro::rand_core::SeedableRng;
 
 /// The state of one random stream of a field.
 #[derive(Clone, Debug)]
 pub struct SlotState {
-    pub rng: Xoshiro256PlusPlus,
+    pub rng: Xoroshiro128PlusPlus,
     /// Generator memory: the current level (brownian) or state index (markov).
     pub x: f64,
 }
@@ -123,7 +124,7 @@ impl GenSpec {
     pub fn init_slots(&self, field_seed: u64, first_part: usize, out: &mut Vec<SlotState>) {
         let mut push = |x: f64, part: usize| {
             out.push(SlotState {
-                rng: Xoshiro256PlusPlus::seed_from_u64(seed::part_seed(field_seed, part)),
+                rng: Xoroshiro128PlusPlus::seed_from_u64(seed::part_seed(field_seed, part)),
                 x,
             })
         };

@@ -1,7 +1,7 @@
 //! The seed chain: master seed -> device seed -> field seed.
 //!
 //! `device_seed = master XOR fnv1a64(device_id)`, `field_seed = device_seed XOR fnv1a64(field)`,
-//! as in the original runtime, but each field then gets its own Xoshiro256++ stream instead of
+//! as in the original runtime, but each field then gets its own Xoroshiro128++ stream instead of
 //! Go's legacy source. Every random number in the core comes from one of these streams.
 
 /// FNV-1a, 64 bit.

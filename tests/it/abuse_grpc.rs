@@ -456,7 +456,7 @@ async fn a_spawn_beyond_the_memory_limit_is_resource_exhausted() {
     bounded(async {
         let rt = Running::grpc_env(
             &["serve", "--cores", "2", "--grpc", "127.0.0.1:0", "--quiet"],
-            &[("IOT_SIM_MEMORY_LIMIT", "48MiB")],
+            &[("IOT_SIM_MEMORY_LIMIT", "40MiB")],
         );
         let mut c = client(&rt).await;
         let specs: Vec<proto::DeviceSpec> = (0..200_000)
