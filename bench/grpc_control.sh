@@ -21,7 +21,7 @@ if [[ -z ${BIN:-} ]]; then
   BIN=target/release/iot-sim
 fi
 EX=${EX:-target/release/examples/grpc_bench}
-"$BIN" serve --config bench/grpc_million.toml --cores "$CORES" --grpc 127.0.0.1:0 --quiet \
+IOT_SIM_LOG=${IOT_SIM_LOG:-info} "$BIN" serve --config bench/grpc_million.toml --cores "$CORES" --grpc 127.0.0.1:0 --quiet \
   2> "$OUT/serve.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT

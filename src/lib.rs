@@ -15,7 +15,7 @@ mod layers;
 pub mod limits;
 pub mod logs;
 pub(crate) mod measure;
-pub(crate) mod memcheck;
+pub mod memcheck;
 pub(crate) mod report;
 pub(crate) mod run;
 pub(crate) mod scenario;

@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() {
+    iot_sim::memcheck::tune_allocator();
     let mut cli = iot_sim::cli::Cli::parse();
     // The run id is fixed before the first log line, so that every line carries it.
     let (json, run_id) = cli.prepare_logging();

@@ -31,6 +31,31 @@ pub const SHARD_BYTES: u64 = 4 << 20;
 /// Per profile and shard: statistics (two lazily sized histograms) and the compiled profile.
 pub const PROFILE_BYTES: u64 = 64 << 10;
 
+/// Allocations from this size up get their own mapping (glibc `M_MMAP_THRESHOLD`).
+pub const MMAP_THRESHOLD: usize = 4 << 20;
+
+/// How much more than asked a heap grows by (glibc `M_TOP_PAD`; default 128 KiB).
+pub const TOP_PAD: usize = 1 << 20;
+
+/// Sets glibc malloc up for a process whose large arrays grow while it runs: a shard's device
+/// table, generator states and wheel nodes (tens of MB at a million devices) grow when devices
+/// are spawned. By default glibc raises its mmap threshold as large blocks are freed (up to
+/// 32 MiB), after which such an array lives in a heap, and growing it copies it whole on the
+/// shard thread and faults the new copy in: 5-15 ms stalls of the ticks during a 100,000-device
+/// spawn (issue 25). From [`MMAP_THRESHOLD`] up, a block is a mapping of its own: growing it is
+/// an `mremap` (no copy), and freeing it gives it back to the system at once. A thread's heap
+/// grows by an `mprotect` that took 1-4 ms on this VM while other threads faulted pages in
+/// (strace of a spawn): by [`TOP_PAD`] at a time it grows 8 times less often. Called first
+/// thing in `main`; no-op off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes malloc's parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int);
+        libc::mallopt(libc::M_TOP_PAD, TOP_PAD as libc::c_int);
+    }
+}
+
 /// Bytes `count` devices of a profile with `slots` random streams need.
 pub fn devices_bytes(count: u64, slots: usize) -> u64 {
     let each = DEVICE_BYTES + SLOT_BYTES * slots as u64;

@@ -52,6 +52,7 @@ pub fn random_seed() -> u64 {
 /// over one [`Prepared`] context: [`prepare`], [`open_outputs`], [`start_control`],
 /// [`start_shards`], [`wait`] and [`finish`].
 pub fn run(config: Config, opts: &RunOptions) -> anyhow::Result<Report> {
+    crate::sim::mem::set_huge_pages(config.run.clock == ClockMode::Virtual);
     let prep = prepare(&config, opts);
     let (auditor, end_ms) = open_outputs(&config, opts, &prep)?;
     let control = start_control(&config, opts, &prep, auditor.as_ref())?;

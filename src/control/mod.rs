@@ -13,5 +13,6 @@ pub mod journal;
 pub(crate) mod plane;
 pub mod proto;
 pub(crate) mod service;
+mod spawn_wire;
 pub(crate) mod spec;
 mod wire;

@@ -4,7 +4,7 @@
 //! it, a label or "all" selection to every shard, which work on their own devices in parallel)
 //! and merges their replies. It never touches a shard's devices.
 
-use super::journal::{self, Journaled};
+use super::journal;
 use crate::config::SinkSettings;
 use crate::limits;
 use crate::shard::command::{
@@ -121,6 +121,8 @@ impl Drop for StreamSlot {
 /// A command that spawned or touched at least this many devices hands the memory it freed
 /// back to the system once it is done.
 const TRIM_AFTER_DEVICES: u32 = 10_000;
+/// How long after such a command the trim starts (see [`give_back_memory`]).
+const TRIM_DELAY: Duration = Duration::from_millis(100);
 
 /// Hands the memory glibc's malloc holds free (in every arena) back to the system, on a
 /// blocking thread, at most one at a time. A large command frees a lot on threads other than
@@ -138,7 +140,13 @@ pub(crate) fn give_back_memory() {
         TRIMMING.store(false, Ordering::Release);
     };
     match tokio::runtime::Handle::try_current() {
-        Ok(h) => drop(h.spawn_blocking(trim)),
+        // A little later: the trim holds each arena's lock in turn while it walks it, and the
+        // call's own reply (freeing on a worker's arena) would wait for it (~0.3 s after a
+        // 100,000-device spawn).
+        Ok(h) => drop(h.spawn_blocking(move || {
+            std::thread::sleep(TRIM_DELAY);
+            trim()
+        })),
         Err(_) => trim(),
     }
 }
@@ -250,8 +258,8 @@ impl ControlPlane {
     /// Spawns devices, each on the shard that owns its id; returns what the shards did.
     pub(crate) async fn spawn(&self, specs: Vec<SpawnSpec>) -> Result<SpawnReply, PlaneError> {
         let journal = self.options.journal.as_ref().map(|j| {
-            let specs = specs.iter().filter_map(Journaled::of).collect::<Vec<_>>();
-            (j.clone(), j.stamp(), specs, journal::FRONT_END.try_with(|f| *f).ok())
+            let text = journal::SpawnText::of(&specs);
+            (j.clone(), j.stamp(), text, journal::FRONT_END.try_with(|f| *f).ok())
         });
         let n = self.shards();
         let mut per: Vec<Vec<SpawnSpec>> = (0..n).map(|_| vec![]).collect();
@@ -289,14 +297,16 @@ impl ControlPlane {
             per_shard = per_shard.join(","),
             "devices spawned"
         );
-        if let Some((j, at, specs, via)) = journal
+        if let Some((j, at, text, via)) = journal
             && acc.spawned > 0
+            && !text.is_empty()
         {
-            // Built and written off the runtime's workers (a large spawn is a large line); the
-            // reply waits for it, so an answered spawn is in the journal.
+            // Written off the runtime's workers (a large spawn is a large line); the reply
+            // waits for it, so an answered spawn is in the journal.
             let failed = acc.failed.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                j.record(at, journal::with_source(journal::spawn_entry(&specs, &failed), via))
+                let (entry, devices) = text.entry(&failed);
+                j.record_with(at, journal::with_source(entry, via), Some(("devices", &devices)))
             })
             .await;
         }

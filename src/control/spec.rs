@@ -374,26 +374,92 @@ pub(crate) fn compile_specs(
     if specs.is_empty() {
         return Err(Status::invalid_argument("specs must not be empty"));
     }
-    let mut ok = Vec::with_capacity(specs.len());
-    let mut failed = vec![];
-    // Specs that differ only in id and labels share one compiled profile, within this
-    // request and with earlier ones (see `ControlPlane::shared_profile`).
-    type Compiled = Result<(Arc<Profile>, Arc<toml::Table>), String>;
-    let mut cache: HashMap<Vec<u8>, Compiled> = HashMap::new();
+    let mut c = Compiler::new(plane, specs.len());
     for mut spec in specs {
         let id = std::mem::take(&mut spec.device_id);
         let labels: BTreeMap<String, String> =
             std::mem::take(&mut spec.labels).into_iter().collect();
         let compiled = match check_identity(&id, &labels) {
             Err(reason) => Err(reason),
-            Ok(()) => cache
-                .entry(spec.encode_to_vec())
-                .or_insert_with_key(|key| {
-                    compile_spec(&spec, plane)
-                        .map(|(p, t)| (plane.shared_profile(key, p), Arc::new(t)))
-                })
-                .clone(),
+            Ok(()) => c.compile(&spec),
         };
+        c.push(id, labels, compiled);
+    }
+    c.finish()
+}
+
+/// Validates the specs of a spawn request from its encoded body (`SpawnDevicesRequest`), one
+/// spec at a time: a spec whose bytes (besides id and labels) were seen before takes their
+/// compiled profile without being decoded at all, so a 100,000-spec request never exists as
+/// 100,000 decoded `Struct`s (~250 MB for `bench/grpc_control.sh`'s, issue 25). Malformed
+/// bytes are an `INVALID_ARGUMENT` naming the spec.
+pub(crate) fn compile_encoded_specs(
+    body: &[u8],
+    plane: &ControlPlane,
+) -> Result<CompiledSpecs, Status> {
+    let specs = super::spawn_wire::request_specs(body)?;
+    if specs.is_empty() {
+        return Err(Status::invalid_argument("specs must not be empty"));
+    }
+    let mut c = Compiler::new(plane, specs.len());
+    let mut key = Vec::with_capacity(256);
+    let mut seen: HashMap<Vec<u8>, Compiled> = HashMap::new();
+    for (i, bytes) in specs.into_iter().enumerate() {
+        let bad =
+            |e: String| Status::invalid_argument(format!("specs[{i}]: malformed DeviceSpec: {e}"));
+        let (id, labels) = super::spawn_wire::id_labels_rest(bytes, &mut key).map_err(bad)?;
+        let compiled = match check_identity(&id, &labels) {
+            Err(reason) => Err(reason),
+            Ok(()) => match seen.get(key.as_slice()) {
+                Some(done) => done.clone(),
+                None => {
+                    let mut spec =
+                        proto::DeviceSpec::decode(bytes).map_err(|e| bad(e.to_string()))?;
+                    spec.device_id.clear();
+                    spec.labels.clear();
+                    let done = c.compile(&spec);
+                    seen.insert(key.clone(), done.clone());
+                    done
+                }
+            },
+        };
+        c.push(id, labels, compiled);
+    }
+    c.finish()
+}
+
+/// A spec compiled (or refused): its shared profile and the profile table it came from.
+type Compiled = Result<(Arc<Profile>, Arc<toml::Table>), String>;
+
+/// What `compile_specs` and `compile_encoded_specs` share: the compile cache of one request,
+/// the per-device checks, the memory pre-check.
+struct Compiler<'p> {
+    plane: &'p ControlPlane,
+    ok: Vec<SpawnSpec>,
+    failed: Vec<(String, String)>,
+    /// Compiled profiles by the canonical encoding of the spec without id and labels (prost
+    /// writes `Struct` fields in key order), within this request; across requests see
+    /// `ControlPlane::shared_profile`.
+    cache: HashMap<Vec<u8>, Compiled>,
+}
+
+impl<'p> Compiler<'p> {
+    fn new(plane: &'p ControlPlane, n: usize) -> Self {
+        Compiler { plane, ok: Vec::with_capacity(n), failed: vec![], cache: HashMap::new() }
+    }
+
+    /// Compiles `spec`, whose id and labels are empty.
+    fn compile(&mut self, spec: &proto::DeviceSpec) -> Compiled {
+        let plane = self.plane;
+        self.cache
+            .entry(spec.encode_to_vec())
+            .or_insert_with_key(|key| {
+                compile_spec(spec, plane).map(|(p, t)| (plane.shared_profile(key, p), Arc::new(t)))
+            })
+            .clone()
+    }
+
+    fn push(&mut self, id: String, labels: BTreeMap<String, String>, compiled: Compiled) {
         let compiled = compiled.and_then(|(profile, source)| {
             match crate::config::missing_topic_label(&profile.topic, &labels) {
                 Some(k) => Err(format!(
@@ -405,27 +471,31 @@ pub(crate) fn compile_specs(
         });
         match compiled {
             Ok((profile, source)) => {
-                ok.push(SpawnSpec { id, profile, labels, source: Some(source) })
+                self.ok.push(SpawnSpec { id, profile, labels, source: Some(source) })
             }
             Err(reason) => {
                 // An id too long to echo is answered by its beginning.
                 let id = if id.len() > limits::MAX_ID_BYTES { limits::shorten(&id) } else { id };
-                failed.push((id, reason));
+                self.failed.push((id, reason));
             }
         }
     }
-    // The memory pre-check, before the shards allocate anything.
-    let mut profiles: Vec<&Arc<Profile>> = ok.iter().map(|s| &s.profile).collect();
-    profiles.sort_by_key(|p| Arc::as_ptr(p));
-    profiles.dedup_by_key(|p| Arc::as_ptr(p));
-    let need = ok
-        .iter()
-        .map(|s| memcheck::devices_bytes(1, s.profile.slots))
-        .chain(profiles.iter().map(|_| memcheck::PROFILE_BYTES * plane.shards() as u64))
-        .fold(0u64, u64::saturating_add);
-    let what = format!("spawning {} devices", ok.len());
-    memcheck::check(need, &what).map_err(Status::resource_exhausted)?;
-    Ok((ok, failed))
+
+    /// The memory pre-check, before the shards allocate anything.
+    fn finish(self) -> Result<CompiledSpecs, Status> {
+        let ok = self.ok;
+        let mut profiles: Vec<&Arc<Profile>> = ok.iter().map(|s| &s.profile).collect();
+        profiles.sort_by_key(|p| Arc::as_ptr(p));
+        profiles.dedup_by_key(|p| Arc::as_ptr(p));
+        let need = ok
+            .iter()
+            .map(|s| memcheck::devices_bytes(1, s.profile.slots))
+            .chain(profiles.iter().map(|_| memcheck::PROFILE_BYTES * self.plane.shards() as u64))
+            .fold(0u64, u64::saturating_add);
+        let what = format!("spawning {} devices", ok.len());
+        memcheck::check(need, &what).map_err(Status::resource_exhausted)?;
+        Ok((ok, self.failed))
+    }
 }
 
 /// The fault type a ClearFaults request names: `None` = every type.
