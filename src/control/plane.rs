@@ -121,8 +121,6 @@ impl Drop for StreamSlot {
 /// A command that spawned or touched at least this many devices hands the memory it freed
 /// back to the system once it is done.
 const TRIM_AFTER_DEVICES: u32 = 10_000;
-/// How long after such a command the trim starts (see [`give_back_memory`]).
-const TRIM_DELAY: Duration = Duration::from_millis(100);
 
 /// Hands the memory glibc's malloc holds free (in every arena) back to the system, on a
 /// blocking thread, at most one at a time. A large command frees a lot on threads other than
@@ -140,13 +138,7 @@ pub(crate) fn give_back_memory() {
         TRIMMING.store(false, Ordering::Release);
     };
     match tokio::runtime::Handle::try_current() {
-        // A little later: the trim holds each arena's lock in turn while it walks it, and the
-        // call's own reply (freeing on a worker's arena) would wait for it (~0.3 s after a
-        // 100,000-device spawn).
-        Ok(h) => drop(h.spawn_blocking(move || {
-            std::thread::sleep(TRIM_DELAY);
-            trim()
-        })),
+        Ok(h) => drop(h.spawn_blocking(trim)),
         Err(_) => trim(),
     }
 }
