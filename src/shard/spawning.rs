@@ -242,20 +242,19 @@ impl Shard {
         let reuse = self.ctl.work.is_empty();
         let gi = self.intern_group(profile_ix, spec.labels, reuse);
         let free = self.ctl.free_ids.get_mut(&(gi as u32)).and_then(Vec::pop);
+        let ds = device_seed(self.plan.seed, &spec.id);
         let fleet = Arc::make_mut(&mut self.plan.fleet);
         let group = &mut fleet.groups[gi];
+        // The id itself moves into the group at the end: the shard allocates nothing for it
+        // (a clone per device grew the shard's heap during a large spawn, issue 25).
         let index = match free {
-            Some(i) => {
-                group.ids[i as usize] = spec.id.clone();
-                i
-            }
+            Some(i) => i,
             None => {
-                group.ids.push(spec.id.clone());
+                group.ids.push(String::new());
                 group.ids.len() as u32 - 1
             }
         };
         group.count += 1;
-        let ds = device_seed(self.plan.seed, &spec.id);
         let key = self.table.insert(fleet, gi as u32, index, ds);
         let now = self.control_now();
         let interval = spec.profile.interval_ms;
@@ -281,6 +280,7 @@ impl Shard {
         if let Some(ids) = &mut self.ctl.ids {
             ids.insert(&spec.id, key);
         }
+        Arc::make_mut(&mut self.plan.fleet).groups[gi].ids[index as usize] = spec.id;
         acc.spawned += 1;
     }
 
