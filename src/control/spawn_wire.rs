@@ -269,6 +269,25 @@ mod tests {
             }
         }
         assert!(request_specs(&[0x0a, 0xff, 0xff, 0xff, 0x0f]).is_err());
+        // Where the reader accepts bytes, prost accepts them too and reads the same id and labels.
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            let mut b = body.clone();
+            for _ in 0..3 {
+                rng = crate::sim::seed::mix64(rng);
+                let at = (rng % b.len() as u64) as usize;
+                b[at] = (rng >> 32) as u8;
+            }
+            let Ok(specs) = request_specs(&b) else { continue };
+            for s in specs {
+                if let Ok((id, labels)) = id_labels_rest(s, &mut vec![])
+                    && let Ok(spec) = proto::DeviceSpec::decode(s)
+                {
+                    assert_eq!(id, spec.device_id);
+                    assert_eq!(labels, spec.labels.into_iter().collect::<BTreeMap<_, _>>());
+                }
+            }
+        }
         // An id that is not UTF-8.
         let bad = [0x0a, 0x02, 0xc3, 0x28];
         assert!(id_labels_rest(&bad, &mut vec![]).unwrap_err().contains("UTF-8"));
