@@ -56,30 +56,20 @@ pub fn tune_allocator() {
     }
 }
 
-/// How much of its heap a shard thread makes writable up front ([`reserve_thread_heap`]).
+/// How much of its heap a shard thread makes writable up front ([`reserve_heap`]).
 pub const THREAD_HEAP_RESERVE: usize = 32 << 20;
-
-/// Makes the calling thread's malloc heap writable up to [`THREAD_HEAP_RESERVE`] at once. A
-/// thread's glibc heap grows one `mprotect` per new 4 KiB of high-water mark (`M_TOP_PAD` only
-/// pads the main heap), and each `mprotect` waits for the process's mmap lock: `strace` of a
-/// 100,000-device spawn counted ~60,000 of them in the process, 1-2.5 ms each on the shard
-/// threads now and then, in the middle of their ticks (issue 25). Allocating and freeing blocks
-/// under the mmap threshold raises the mark in a few calls; the pages are not touched (freed,
-/// the heap is trimmed back), so the resident size does not change. Once per shard thread.
-pub fn reserve_thread_heap() {
-    reserve_heap(THREAD_HEAP_RESERVE);
-}
-
-/// [`reserve_thread_heap`] for a thread that may hold more at once (a control thread compiling
-/// a large SpawnDevices: ~60 MB of specs for 100,000 devices); a glibc heap holds at most 64 MiB.
-pub fn reserve_control_heap() {
-    reserve_heap(CONTROL_HEAP_RESERVE);
-}
-
-/// How much of its heap a control thread makes writable up front.
+/// The same for a control thread, which may hold more at once (a large SpawnDevices: ~60 MB of
+/// specs for 100,000 devices); a glibc heap holds at most 64 MiB.
 pub const CONTROL_HEAP_RESERVE: usize = 48 << 20;
 
-fn reserve_heap(bytes: usize) {
+/// Makes the calling thread's malloc heap writable up to `bytes` at once. A thread's glibc heap
+/// grows one `mprotect` per new 4 KiB of high-water mark (`M_TOP_PAD` only pads the main heap),
+/// and each `mprotect` waits for the process's mmap lock: `strace` of a 100,000-device spawn
+/// counted ~60,000 of them in the process, 1-2.5 ms each on the shard threads now and then, in
+/// the middle of their ticks (issue 25). Allocating and freeing blocks under the mmap threshold
+/// raises the mark in a few calls; the pages are not touched (freed, the heap is trimmed back),
+/// so the resident size does not change. Once per thread, when it starts.
+pub fn reserve_heap(bytes: usize) {
     const BLOCK: usize = MMAP_THRESHOLD / 2;
     let blocks: Vec<Vec<u8>> = (0..bytes / BLOCK).map(|_| Vec::with_capacity(BLOCK)).collect();
     drop(std::hint::black_box(blocks));

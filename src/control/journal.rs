@@ -341,11 +341,7 @@ pub(crate) fn spawn_entry(specs: &[Journaled], failed: &[(String, String)]) -> M
             Some((_, k)) => k.clone(),
             None => {
                 let k = format!("p{}", keys.len() + 1);
-                let mut t = serde_json::to_value(&*s.source).unwrap_or(Value::Null);
-                if let Value::Object(o) = &mut t {
-                    o.insert("device_type".into(), s.device_type.clone().into());
-                }
-                profiles.insert(k.clone(), t);
+                profiles.insert(k.clone(), profile_value(&s.source, &s.device_type));
                 keys.push((ptr, k.clone()));
                 k
             }
@@ -365,50 +361,39 @@ pub(crate) fn spawn_entry(specs: &[Journaled], failed: &[(String, String)]) -> M
 /// the shards, and no `Value` per device is built (for 100,000 specs the `Value`s took ~0.3 s
 /// that the reply waited for, issue 25).
 pub(crate) struct SpawnText {
-    profiles: Map<String, Value>,
-    /// `{"id":..,"profile":"pN","labels":{..}}` per device, comma-separated.
+    /// The profile tables, `p1`, `p2`, ... in order.
+    profiles: Vec<Value>,
+    /// `{"id":..,"profile":"pN","labels":{..}}` per device, one after the other.
     devices: Vec<u8>,
-    /// Per device: the end of its object in `devices`, where its escaped id lies, and which
-    /// of `profiles` it uses (by the order they were added).
-    marks: Vec<(usize, std::ops::Range<usize>, usize)>,
+    /// Per device: where its object and its escaped id lie in `devices`, and the index of its
+    /// profile.
+    marks: Vec<(std::ops::Range<usize>, std::ops::Range<usize>, usize)>,
 }
 
 impl SpawnText {
     /// The specs that carry a profile table (all but a scenario's).
     pub(crate) fn of(specs: &[SpawnSpec]) -> SpawnText {
-        let mut profiles = Map::new();
-        let mut keys: Vec<(*const toml::Table, String)> = vec![];
+        let mut profiles = vec![];
+        let mut keys: Vec<*const toml::Table> = vec![];
         let mut devices = Vec::with_capacity(specs.len() * 64);
         let mut marks = Vec::with_capacity(specs.len());
         for s in specs {
             let Some(source) = &s.source else { continue };
             let ptr = std::sync::Arc::as_ptr(source);
-            let (key, key_ix) = match keys.iter().position(|(p, _)| *p == ptr) {
-                Some(ix) => (keys[ix].1.as_str(), ix),
-                None => {
-                    let k = format!("p{}", keys.len() + 1);
-                    let mut t = serde_json::to_value(&**source).unwrap_or(Value::Null);
-                    if let Value::Object(o) = &mut t {
-                        o.insert("device_type".into(), s.profile.device_type.clone().into());
-                    }
-                    profiles.insert(k.clone(), t);
-                    keys.push((ptr, k));
-                    (keys.last().map_or("", |(_, k)| k.as_str()), keys.len() - 1)
-                }
-            };
-            if !marks.is_empty() {
-                devices.push(b',');
-            }
+            let ix = keys.iter().position(|p| *p == ptr).unwrap_or_else(|| {
+                keys.push(ptr);
+                profiles.push(profile_value(source, &s.profile.device_type));
+                keys.len() - 1
+            });
+            let at = devices.len();
             devices.extend_from_slice(b"{\"id\":");
             let id_at = devices.len();
             let _ = serde_json::to_writer(&mut devices, &s.id);
             let id = id_at..devices.len();
-            devices.extend_from_slice(b",\"profile\":\"");
-            devices.extend_from_slice(key.as_bytes());
-            devices.extend_from_slice(b"\",\"labels\":");
+            let _ = write!(devices, ",\"profile\":\"p{}\",\"labels\":", ix + 1);
             let _ = serde_json::to_writer(&mut devices, &s.labels);
             devices.push(b'}');
-            marks.push((devices.len(), id, key_ix));
+            marks.push((at..devices.len(), id, ix));
         }
         SpawnText { profiles, devices, marks }
     }
@@ -416,43 +401,42 @@ impl SpawnText {
     /// The entry (`action`, `profiles`, `spawned`) and its `devices` array as text, less the
     /// ids in `failed` (and the profiles only they used).
     pub(crate) fn entry(self, failed: &[(String, String)]) -> (Map<String, Value>, String) {
-        let mut used = vec![false; self.profiles.len()];
         let refused: std::collections::BTreeSet<String> =
             failed.iter().map(|(id, _)| Value::from(id.as_str()).to_string()).collect();
-        let mut text = String::with_capacity(self.devices.len() + 2);
-        text.push('[');
-        let mut spawned = 0usize;
-        let mut start = 0;
-        for (end, id, key_ix) in &self.marks {
-            let at = if start == 0 { 0 } else { start + 1 };
-            let kept = refused.is_empty()
-                || !refused.contains(std::str::from_utf8(&self.devices[id.clone()]).unwrap_or(""));
-            if kept {
-                if spawned > 0 {
-                    text.push(',');
-                }
-                // Written by serde_json and from `str`s: UTF-8.
-                text.push_str(std::str::from_utf8(&self.devices[at..*end]).unwrap_or("{}"));
-                spawned += 1;
-                used[*key_ix] = true;
+        // Written by serde_json and from `str`s: UTF-8.
+        let text_of = |r: &std::ops::Range<usize>| std::str::from_utf8(&self.devices[r.clone()]);
+        let mut used = vec![false; self.profiles.len()];
+        let mut kept = vec![];
+        for (object, id, ix) in &self.marks {
+            if refused.is_empty() || !refused.contains(text_of(id).unwrap_or("")) {
+                kept.push(text_of(object).unwrap_or("{}"));
+                used[*ix] = true;
             }
-            start = *end;
         }
-        text.push(']');
+        let text = format!("[{}]", kept.join(","));
+        let profiles = self.profiles.into_iter().enumerate().filter(|(ix, _)| used[*ix]);
         let mut m = Map::new();
         m.insert("action".into(), "spawn".into());
-        // Profile `key_ix` is `p{key_ix + 1}`.
-        let profiles = self.profiles.into_iter().filter(|(k, _)| {
-            k[1..].parse::<usize>().is_ok_and(|n| n >= 1 && used.get(n - 1) == Some(&true))
-        });
-        m.insert("profiles".into(), Value::Object(profiles.collect()));
-        m.insert("spawned".into(), spawned.into());
+        m.insert(
+            "profiles".into(),
+            Value::Object(profiles.map(|(ix, p)| (format!("p{}", ix + 1), p)).collect()),
+        );
+        m.insert("spawned".into(), kept.len().into());
         (m, text)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.marks.is_empty()
     }
+}
+
+/// A spawned profile as the journal writes it: its table, with its `device_type`.
+fn profile_value(source: &toml::Table, device_type: &str) -> Value {
+    let mut t = serde_json::to_value(source).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut t {
+        o.insert("device_type".into(), device_type.into());
+    }
+    t
 }
 
 /// `entry` with `"source": via` when the front end is known.

@@ -437,7 +437,7 @@ pub fn start(addr: SocketAddr, plane: Arc<ControlPlane>) -> std::io::Result<Cont
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("control")
-        .on_thread_start(crate::memcheck::reserve_control_heap)
+        .on_thread_start(|| crate::memcheck::reserve_heap(crate::memcheck::CONTROL_HEAP_RESERVE))
         .enable_all()
         .build()?;
     let listener = rt.block_on(tokio::net::TcpListener::bind(addr))?;

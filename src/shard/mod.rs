@@ -118,7 +118,7 @@ pub fn spawn(
 ) -> std::io::Result<std::thread::JoinHandle<Result<ShardOutcome, String>>> {
     std::thread::Builder::new().name(format!("shard-{}", plan.index)).spawn(move || {
         let pinned = plan.core.is_some_and(core_affinity::set_for_current);
-        crate::memcheck::reserve_thread_heap();
+        crate::memcheck::reserve_heap(crate::memcheck::THREAD_HEAP_RESERVE);
         let index = plan.index;
         let stop = plan.stop.clone();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();

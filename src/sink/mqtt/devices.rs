@@ -711,18 +711,24 @@ fn run(
                 params.password = Some(t.issue(wall_us() / 1_000_000));
                 mono_ns() + t.renew_after_ms() * 1_000_000
             });
+            // This attempt's borrows of the session loop's state, for either transport.
+            macro_rules! link {
+                () => {
+                    Link {
+                        params: &params,
+                        topics: &topics,
+                        connecting: &mut permit,
+                        retry: &mut retry,
+                        renew_at_ns,
+                        renewing: &mut renewing,
+                    }
+                };
+            }
             let end = match opened {
                 Err(e) => End::Lost(format!("connect: {e}")),
                 Ok(tcp) => match own_tls.as_ref().or(ctx.tls.as_ref()) {
                     None => {
-                        let link = Link {
-                            params: &params,
-                            topics: &topics,
-                            connecting: &mut permit,
-                            retry: &mut retry,
-                            renew_at_ns,
-                            renewing: &mut renewing,
-                        };
+                        let link = link!();
                         over_ws(&ctx, &dev, &mut session, link, tcp, &mut ever_connected).await
                     }
                     Some(tls) => {
@@ -735,14 +741,7 @@ fn run(
                                 if tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                                     ctx.shared.event("session_tls_resumed");
                                 }
-                                let link = Link {
-                                    params: &params,
-                                    topics: &topics,
-                                    connecting: &mut permit,
-                                    retry: &mut retry,
-                                    renew_at_ns,
-                                    renewing: &mut renewing,
-                                };
+                                let link = link!();
                                 Box::pin(over_ws(
                                     &ctx,
                                     &dev,
