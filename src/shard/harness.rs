@@ -146,6 +146,11 @@ impl TestShard {
         self.shard.table.len()
     }
 
+    /// Keys the shard's device table spans (live and free).
+    pub fn key_capacity(&self) -> usize {
+        self.shard.table.key_capacity()
+    }
+
     /// Messages completed by the sinks so far (every profile).
     pub fn messages(&self) -> u64 {
         self.shard.stats.counts().messages

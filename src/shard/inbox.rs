@@ -393,8 +393,8 @@ impl Shard {
                 if !self.scan_step(&mut scan, deadline) {
                     return Some(Work::Scan(scan));
                 }
-                if matches!(scan.action, Action::Stop) && self.table.is_empty() {
-                    self.release_memory();
+                if matches!(scan.action, Action::Stop) {
+                    self.after_stop();
                 }
                 self.publish_counters();
                 let _ = scan.reply.send(scan.acc);

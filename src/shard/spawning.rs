@@ -409,6 +409,18 @@ impl Shard {
         self.ctl.free_profiles.push(ix);
     }
 
+    /// After a stop: the memory of what it stopped goes back, all of it when the shard is
+    /// empty ([`Self::release_memory`]), else the freed tail of the device, generator-state and
+    /// wheel arrays when it is large (`DeviceTable::trim_tail`).
+    pub(super) fn after_stop(&mut self) {
+        if self.table.is_empty() {
+            self.release_memory();
+        } else if let Some(keys) = self.table.trim_tail() {
+            self.wheel.truncate_keys(keys);
+            self.ctl.ids_cursor = self.ctl.ids_cursor.min(keys);
+        }
+    }
+
     /// Gives memory back once the last device of the shard has stopped: the device table and
     /// the id index start over, the freed id slots are released, and the allocator returns
     /// what it holds free to the system (glibc keeps freed memory otherwise: 30 "spawn 50,000,

@@ -149,3 +149,30 @@ fn published_figures_and_counters_match_the_shards_statistics() {
     assert_eq!(s.counters.devices.load(Relaxed), 10);
     assert_eq!(s.stats().counts().messages, 70);
 }
+
+#[test]
+fn stopping_what_a_spawn_added_gives_its_keys_back_and_the_fleet_ticks_on() {
+    let mut s = TestShard::new(FLEET);
+    let n = crate::sim::device::TRIM_MIN_KEYS + 500;
+    let spawn = |s: &mut TestShard| {
+        let specs =
+            (0..n).map(|i| s.spec(&format!("extra-{i}"), "sensor", &[("kind", "extra")])).collect();
+        let r = s.spawn(specs);
+        assert_eq!(r.spawned as usize, n, "{:?}", r.failed.first());
+    };
+    spawn(&mut s);
+    assert_eq!(s.key_capacity(), 10 + n);
+    s.run_until(3_000);
+    let before = s.messages();
+    assert_eq!(before, 3 * (10 + n as u64));
+    assert_eq!(s.scan(labels("kind=extra"), Action::Stop).affected as usize, n);
+    assert_eq!((s.devices(), s.key_capacity()), (10, 10));
+    // The fleet's own devices tick on, once a second each; the stopped ones never again.
+    s.run_until(8_000);
+    assert_eq!(s.messages(), before + 50);
+    // The same ids spawn again into the grown table.
+    spawn(&mut s);
+    s.run_until(10_000);
+    assert_eq!(s.devices(), 10 + n);
+    assert!(s.messages() > before + 50 + 10, "{}", s.messages());
+}

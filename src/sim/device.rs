@@ -280,6 +280,61 @@ impl DeviceTable {
     pub fn get_mut(&mut self, key: u32) -> Option<&mut Device> {
         self.devices.get_mut(key as usize).filter(|d| d.group != FREE)
     }
+
+    /// After a stop: drops the free keys at the end of the table and the free slot blocks at
+    /// the end of the arena, and gives their memory back, when at least [`TRIM_MIN_KEYS`] keys
+    /// at the end are free (a spawn appends its devices, so stopping what it spawned frees the
+    /// tail: without this, the 100,000 devices of a spawn-and-stop stayed resident, ~110 B
+    /// each, issue 25). Smaller tails are left for the next spawn to reuse. Returns the new
+    /// key count when the table shrank (the wheel drops its nodes past it).
+    pub fn trim_tail(&mut self) -> Option<usize> {
+        let mut keys = self.devices.len();
+        while keys > 0 && self.devices[keys - 1].group == FREE {
+            keys -= 1;
+        }
+        if self.devices.len() - keys < TRIM_MIN_KEYS {
+            return None;
+        }
+        self.devices.truncate(keys);
+        self.free.retain(|&k| (k as usize) < keys);
+        shrink(&mut self.devices);
+        shrink(&mut self.free);
+        // The free slot units, as a bitmap: the arena's free tail is the run of set bits at
+        // its end (a live block's units are clear, so the run ends on a block boundary).
+        let len = self.slots.len();
+        let mut bits = vec![0u64; len.div_ceil(64)];
+        for (&size, starts) in &self.free_blocks {
+            for &at in starts {
+                for u in at as usize..(at as usize + size).min(len) {
+                    bits[u / 64] |= 1 << (u % 64);
+                }
+            }
+        }
+        let mut units = len;
+        while units > 0 && bits[(units - 1) / 64] & (1 << ((units - 1) % 64)) != 0 {
+            units -= 1;
+        }
+        if units < len {
+            self.slots.truncate(units);
+            for starts in self.free_blocks.values_mut() {
+                starts.retain(|&at| (at as usize) < units);
+            }
+            self.free_blocks.retain(|_, starts| !starts.is_empty());
+            shrink(&mut self.slots);
+        }
+        Some(keys)
+    }
+}
+
+/// Fewest free keys at the end of a table that [`DeviceTable::trim_tail`] gives back.
+pub const TRIM_MIN_KEYS: usize = 4096;
+
+/// Gives a vector's spare capacity back when it is at least 1 MiB: a large block is a mapping
+/// of its own (`memcheck::tune_allocator`), which glibc shrinks in place (`mremap`).
+pub fn shrink<T>(v: &mut Vec<T>) {
+    if (v.capacity() - v.len()) * std::mem::size_of::<T>() >= 1 << 20 {
+        v.shrink_to_fit();
+    }
 }
 
 /// The seed of a device.
@@ -310,6 +365,108 @@ fn init_fields(fleet: &Fleet, profile: usize, device_seed: u64, out: &mut Vec<Sl
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Two profiles of different slot counts (1 and 3 fields), one group each.
+    fn fleet() -> Fleet {
+        let toml = r#"
+[[fleet]]
+profile = "one"
+count = 1
+[[fleet]]
+profile = "three"
+count = 1
+[profiles.one]
+protocol = "null"
+interval = "1s"
+fields.a = { type = "gaussian", mean = 1, stddev = 1 }
+[profiles.three]
+protocol = "null"
+interval = "1s"
+fields.a = { type = "gaussian", mean = 1, stddev = 1 }
+fields.b = { type = "brownian", start = 5, volatility = 1, mean_reversion = 0.1 }
+fields.c = { type = "gaussian", mean = 9, stddev = 2 }
+"#;
+        crate::config::parse_str(toml, std::path::Path::new(".")).unwrap().fleet
+    }
+
+    /// Every live device's next samples, by key.
+    fn next_values(t: &mut DeviceTable, fleet: &Fleet) -> Vec<(u32, Vec<f64>)> {
+        let keys: Vec<u32> = t.iter().map(|(k, _)| k).collect();
+        let mut out = vec![];
+        keys.into_iter()
+            .map(|k| {
+                t.generate(fleet, k, 1000, &mut out);
+                let v = out.iter().map(|s| if let Sample::Number(x) = s { *x } else { 0.0 });
+                (k, v.collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_freed_tail_is_dropped_and_the_rest_keeps_its_state() {
+        let f = fleet();
+        let (mut trimmed, mut kept) = (DeviceTable::default(), DeviceTable::default());
+        let n = 3 * TRIM_MIN_KEYS as u32;
+        for t in [&mut trimmed, &mut kept] {
+            for i in 0..n {
+                t.insert(&f, i % 2, i, 1000 + i as u64);
+            }
+            // Holes in the middle stay free for reuse; the last two thirds go.
+            for k in (0..n / 3 - 1).step_by(7).chain(n / 3..n) {
+                t.remove(&f, k);
+            }
+        }
+        let slots_before = trimmed.slots.len();
+        assert_eq!(trimmed.trim_tail(), Some(n as usize / 3));
+        assert_eq!(trimmed.key_capacity(), n as usize / 3);
+        assert!(trimmed.slots.len() < slots_before / 2, "{}", trimmed.slots.len());
+        assert!(trimmed.free.iter().all(|&k| k < n / 3));
+        assert!(
+            trimmed.free_blocks.values().flatten().all(|&at| (at as usize) < trimmed.slots.len())
+        );
+        assert_eq!(trimmed.len(), kept.len());
+        assert_eq!(next_values(&mut trimmed, &f), next_values(&mut kept, &f));
+        // The next devices reuse the holes first, then grow the table again, alike in both.
+        for t in [&mut trimmed, &mut kept] {
+            for i in 0..2 * TRIM_MIN_KEYS as u32 {
+                t.insert(&f, i % 2, n + i, 7 + i as u64);
+            }
+        }
+        let (a, b) = (next_values(&mut trimmed, &f), next_values(&mut kept, &f));
+        assert_eq!(a.len(), b.len());
+        let sorted = |mut v: Vec<(u32, Vec<f64>)>| {
+            v.iter_mut().for_each(|e| e.0 = 0);
+            v.sort_by(|x, y| x.1.partial_cmp(&y.1).unwrap());
+            v
+        };
+        assert_eq!(sorted(a), sorted(b), "the same devices, the same values (keys may differ)");
+    }
+
+    #[test]
+    fn a_small_or_busy_tail_is_left_alone() {
+        let f = fleet();
+        let mut t = DeviceTable::default();
+        let n = 2 * TRIM_MIN_KEYS as u32;
+        for i in 0..n {
+            t.insert(&f, 1, i, i as u64);
+        }
+        // Fewer than TRIM_MIN_KEYS free at the end.
+        for k in n - 10..n {
+            t.remove(&f, k);
+        }
+        assert_eq!(t.trim_tail(), None);
+        // Many free, but the last key lives.
+        for k in TRIM_MIN_KEYS as u32..n - 11 {
+            t.remove(&f, k);
+        }
+        assert_eq!(t.trim_tail(), None);
+        assert_eq!(t.key_capacity(), n as usize);
+        t.remove(&f, n - 11);
+        assert_eq!(t.trim_tail(), Some(TRIM_MIN_KEYS));
+        assert_eq!(t.slots.len(), 3 * TRIM_MIN_KEYS);
+    }
+
     #[test]
     fn a_device_is_small() {
         assert!(std::mem::size_of::<super::Device>() <= 24);

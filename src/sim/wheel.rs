@@ -145,6 +145,21 @@ impl Wheel {
         }
     }
 
+    /// Drops the nodes of keys from `n` on (their devices were stopped and the table gave
+    /// their keys back, `DeviceTable::trim_tail`), keeping any that is still armed, and gives
+    /// the memory back. Level-0 buckets may still name a dropped key (removal is lazy): a
+    /// drain skips it.
+    pub fn truncate_keys(&mut self, n: usize) {
+        let keep = self.nodes[n.min(self.nodes.len())..]
+            .iter()
+            .rposition(|node| node.tag() != TAG_IDLE)
+            .map_or(n, |i| n + i + 1);
+        if keep < self.nodes.len() {
+            self.nodes.truncate(keep);
+            super::device::shrink(&mut self.nodes);
+        }
+    }
+
     /// Hints the CPU to load a key's node, which will be needed soon.
     #[inline]
     pub fn prefetch(&self, key: u32) {
@@ -364,7 +379,9 @@ impl Wheel {
                         if let Some(&ahead) = bucket.get(i + BUCKET_PREFETCH) {
                             self.prefetch(ahead);
                         }
-                        let node = self.nodes[key as usize];
+                        // A key past the nodes was dropped by `truncate_keys` after it was
+                        // removed here.
+                        let Some(&node) = self.nodes.get(key as usize) else { continue };
                         // Skip keys removed or moved since they were put here.
                         if node.tag() == slot as u32 && node.when() == deadline {
                             self.nodes[key as usize] = Node::IDLE;
@@ -449,6 +466,31 @@ mod tests {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
 
+    #[test]
+    fn dropped_keys_left_in_a_bucket_are_skipped() {
+        let mut w = Wheel::new(0);
+        for k in 0..100u32 {
+            w.insert(k, 50 + (k as u64 % 3));
+        }
+        // Keys 60.. removed (lazily: still in their buckets), then dropped.
+        for k in 60..100 {
+            w.remove(k);
+        }
+        w.insert(200, 10);
+        w.remove(200);
+        w.truncate_keys(60);
+        assert_eq!(w.nodes.len(), 60);
+        // An armed key past the cut keeps its node.
+        w.insert(80, 70);
+        w.truncate_keys(60);
+        assert_eq!(w.nodes.len(), 81);
+        let mut out = vec![];
+        w.poll(100, &mut out);
+        let mut keys: Vec<u32> = out.iter().map(|e| e.0).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, (0..60).chain([80]).collect::<Vec<_>>());
+        assert!(w.is_empty());
+    }
     #[test]
     fn an_entry_fires_once_at_its_deadline() {
         let mut w = Wheel::new(1000);
