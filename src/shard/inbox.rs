@@ -109,8 +109,9 @@ pub(crate) struct Control {
     /// Indices of freed runtime profiles and groups, reused by the next ones.
     pub(super) free_profiles: Vec<usize>,
     pub(super) free_groups: BTreeSet<usize>,
-    /// (profile index, labels) -> group index of spawned devices.
-    pub(super) groups: HashMap<(usize, BTreeMap<String, String>), usize>,
+    /// Profile index -> labels -> group index of spawned devices (by profile first, so that a
+    /// spawn looks its labels up without a copy of them).
+    pub(super) groups: HashMap<usize, HashMap<BTreeMap<String, String>, usize>>,
     /// Devices on a fallback sink, by the protocol they asked for.
     pub(super) fallback_devices: BTreeMap<String, u64>,
     /// (group, index) of spawned devices stopped or moved since the last turn: their id

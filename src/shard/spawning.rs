@@ -396,7 +396,12 @@ impl Shard {
             }
             let g = &mut fleet.groups[gi];
             folded.devices += g.count;
-            self.ctl.groups.remove(&(ix, std::mem::take(&mut g.labels)));
+            if let Some(by_labels) = self.ctl.groups.get_mut(&ix) {
+                by_labels.remove(&std::mem::take(&mut g.labels));
+                if by_labels.is_empty() {
+                    self.ctl.groups.remove(&ix);
+                }
+            }
             g.count = 0;
             g.ids = vec![];
             g.labels_json = profile::labels_json(&g.labels);
@@ -459,7 +464,7 @@ impl Shard {
         labels: BTreeMap<String, String>,
         reuse: bool,
     ) -> usize {
-        if let Some(&gi) = self.ctl.groups.get(&(profile_ix, labels.clone())) {
+        if let Some(&gi) = self.ctl.groups.get(&profile_ix).and_then(|by| by.get(&labels)) {
             return gi;
         }
         let fleet = Arc::make_mut(&mut self.plan.fleet);
@@ -483,7 +488,7 @@ impl Shard {
                 fleet.groups.len() - 1
             }
         };
-        self.ctl.groups.insert((profile_ix, labels), gi);
+        self.ctl.groups.entry(profile_ix).or_default().insert(labels, gi);
         gi
     }
 }
