@@ -444,6 +444,9 @@ impl Shard {
             }
             Work::Scan(mut scan) => {
                 self.scan_step(&mut scan, u64::MAX);
+                if matches!(scan.action, Action::Stop) {
+                    self.after_stop();
+                }
             }
         }
         self.ctl.now_override = None;

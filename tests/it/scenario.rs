@@ -827,3 +827,60 @@ update = { all = true, format = "protobuf", proto_file = "/etc/passwd", message 
         stderr(&out)
     );
 }
+
+/// 10,000 devices spawned, stopped (a shard then gives the end of its device table back) and
+/// 10,000 more spawned after them, on 1 and 2 cores.
+const SPAWN_STOP_SPAWN: &str = r#"
+name = "spawn_stop_spawn"
+duration = "3m"
+
+[[step]]
+at = "30s"
+spawn = { profile = "thermo", count = 10000, labels = { wave = "1" } }
+
+[[step]]
+at = "60s"
+stop = { selector = "wave=1" }
+
+[[step]]
+at = "90s"
+spawn = { profile = "thermo", count = 10000, labels = { wave = "2" } }
+"#;
+
+#[test]
+fn a_spawn_after_a_large_stop_is_byte_identical_and_the_same_for_any_core_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sorted = vec![];
+    for cores in ["1", "2"] {
+        let mut runs = vec![];
+        for _ in 0..2 {
+            let out = scenario_run(dir.path(), SPAWN_STOP_SPAWN, &["--cores", cores]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("out"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            runs.push(files.iter().map(|p| std::fs::read(p).unwrap()).collect::<Vec<_>>());
+        }
+        assert!(runs[0] == runs[1], "{cores} cores: per-shard files differ between runs");
+        let (mut raw, lines) = read_lines(dir.path());
+        let ordinal = |id: &str| id.trim_start_matches("thermo-").parse::<u64>().unwrap();
+        for (id, ms, _) in &lines {
+            match ordinal(id) {
+                0..=3 => {}
+                4..=10_003 => assert!((30_000..60_000).contains(ms), "{cores}: {id} at {ms}"),
+                10_004..=20_003 => assert!((90_000..180_000).contains(ms), "{cores}: {id} at {ms}"),
+                _ => panic!("{cores} cores: unexpected device {id}"),
+            }
+        }
+        // Each wave's devices all published: 3 intervals for the first, 9 for the second.
+        let wave =
+            |lo: u64, hi: u64| lines.iter().filter(|l| (lo..=hi).contains(&ordinal(&l.0))).count();
+        assert_eq!(wave(4, 10_003), 30_000, "{cores} cores");
+        assert_eq!(wave(10_004, 20_003), 90_000, "{cores} cores");
+        raw.sort();
+        sorted.push((cores, raw));
+    }
+    assert!(sorted[1].1 == sorted[0].1, "2 cores: sorted lines differ from 1 core");
+}
