@@ -33,6 +33,30 @@ pub fn wall_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// Blocks the calling thread until the monotonic clock reads `deadline_ns`: one
+/// `clock_nanosleep` (an absolute deadline, so an interrupted sleep resumes to the same time).
+/// For a thread with nothing else to wait for; [`PreciseTimer`] when a runtime's tasks share it.
+pub fn sleep_until(deadline_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (deadline_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (deadline_ns % 1_000_000_000) as libc::c_long,
+    };
+    loop {
+        // SAFETY: `ts` is a valid timespec; no remainder is asked for with TIMER_ABSTIME.
+        let rc = unsafe {
+            libc::clock_nanosleep(
+                libc::CLOCK_MONOTONIC,
+                libc::TIMER_ABSTIME,
+                &ts,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc != libc::EINTR {
+            return;
+        }
+    }
+}
+
 /// A one-shot timer on CLOCK_MONOTONIC with sub-millisecond wake-ups.
 pub struct PreciseTimer {
     fd: AsyncFd<OwnedFd>,
@@ -119,5 +143,17 @@ mod tests {
             // A deadline in the past returns at once.
             t.sleep_until(0).await.unwrap();
         });
+    }
+
+    #[test]
+    fn a_plain_sleep_never_wakes_early() {
+        for _ in 0..20 {
+            let deadline = mono_ns() + 300_000;
+            sleep_until(deadline);
+            assert!(mono_ns() >= deadline);
+        }
+        let before = mono_ns();
+        sleep_until(0);
+        assert!(mono_ns() - before < 1_000_000_000, "a past deadline returns at once");
     }
 }

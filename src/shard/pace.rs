@@ -14,7 +14,9 @@
 //!   within a millisecond of the next one go out together: at most 1 ms more lateness, about
 //!   half the wake-ups of a fleet whose every millisecond has a message or two.
 //!
-//! `[run] timer_slack` (the shortest sleep between wake-ups) applies on top of both.
+//! `[run] timer_slack` (the shortest sleep between wake-ups) applies on top of both. A shard
+//! without a network sink sleeps with one `clock_nanosleep` (`measure::clock::sleep_until`),
+//! not the runtime's timer: nothing else on its thread waits for anything.
 
 /// The wake-up grid, in wall ns.
 pub(crate) const GRID_NS: u64 = 1_000_000;
