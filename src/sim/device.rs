@@ -1,6 +1,6 @@
 //! Devices as plain structs in a slab, with their generator state in a flat arena.
 //!
-//! A device costs `size_of::<Device>()` (24 B) + 40 B per slot of its profile (random streams,
+//! A device costs `size_of::<Device>()` (24 B) + 24 B per slot of its profile (random streams,
 //! and the state of on_change, events, availability and sleep where the profile uses them) + the
 //! wheel's 16 B; its id is not stored but rebuilt from (group, ordinal) when needed.
 
@@ -297,8 +297,8 @@ impl DeviceTable {
         }
         self.devices.truncate(keys);
         self.free.retain(|&k| (k as usize) < keys);
-        shrink(&mut self.devices);
-        shrink(&mut self.free);
+        super::mem::shrink(&mut self.devices);
+        super::mem::shrink(&mut self.free);
         // The free slot units, as a bitmap: the arena's free tail is the run of set bits at
         // its end (a live block's units are clear, so the run ends on a block boundary).
         let len = self.slots.len();
@@ -320,7 +320,7 @@ impl DeviceTable {
                 starts.retain(|&at| (at as usize) < units);
             }
             self.free_blocks.retain(|_, starts| !starts.is_empty());
-            shrink(&mut self.slots);
+            super::mem::shrink(&mut self.slots);
         }
         Some(keys)
     }
@@ -328,14 +328,6 @@ impl DeviceTable {
 
 /// Fewest free keys at the end of a table that [`DeviceTable::trim_tail`] gives back.
 pub const TRIM_MIN_KEYS: usize = 4096;
-
-/// Gives a vector's spare capacity back when it is at least 1 MiB: a large block is a mapping
-/// of its own (`memcheck::tune_allocator`), which glibc shrinks in place (`mremap`).
-pub fn shrink<T>(v: &mut Vec<T>) {
-    if (v.capacity() - v.len()) * std::mem::size_of::<T>() >= 1 << 20 {
-        v.shrink_to_fit();
-    }
-}
 
 /// The seed of a device.
 pub fn device_seed(master: u64, device_id: &str) -> u64 {

@@ -1,4 +1,5 @@
-//! Memory hints for the big per-shard arrays. A hint changes no result, only speed.
+//! Memory hints and give-backs for the big per-shard arrays. Neither changes a result, only
+//! speed and resident size.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -43,5 +44,13 @@ pub fn advise_huge_pages<T>(v: &Vec<T>) {
         // SAFETY: the range lies inside the vector's own allocation; MADV_HUGEPAGE only sets a
         // preference on it and never changes its contents.
         unsafe { libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE) };
+    }
+}
+
+/// Gives a vector's spare capacity back when it is at least 1 MiB: a large block is a mapping
+/// of its own (`memcheck::tune_allocator`), which glibc shrinks in place (`mremap`).
+pub fn shrink<T>(v: &mut Vec<T>) {
+    if (v.capacity() - v.len()) * std::mem::size_of::<T>() >= 1 << 20 {
+        v.shrink_to_fit();
     }
 }

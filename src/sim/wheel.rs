@@ -156,7 +156,7 @@ impl Wheel {
             .map_or(n, |i| n + i + 1);
         if keep < self.nodes.len() {
             self.nodes.truncate(keep);
-            super::device::shrink(&mut self.nodes);
+            super::mem::shrink(&mut self.nodes);
         }
     }
 
