@@ -12,7 +12,7 @@
 //! arrived after a later one) cannot be checked: it is `unverified`.
 //!
 //! Values are compared as text, written as the payload writes them: the generated value
-//! rounded to the field's decimals (`generate` does it), in `ryu`'s shortest form (`null` when
+//! rounded to the field's decimals (`generate` does it), in the shortest round-trip form (`null` when
 //! not finite), Markov states and constants as the shard writes them (`payload::write_sample`),
 //! against the received value's JSON text. Same text: same value (a publisher that writes
 //! `22.50` for `22.5` is counted as a mismatch).

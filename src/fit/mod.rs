@@ -191,8 +191,7 @@ fn candidate(
 }
 
 fn num(v: f64) -> String {
-    let mut b = ryu::Buffer::new();
-    if v.is_finite() { b.format_finite(v).to_string() } else { "0.0".into() }
+    if v.is_finite() { crate::sim::payload::finite_text(v) } else { "0.0".into() }
 }
 
 // ---------------------------------------------------------------------------------------------

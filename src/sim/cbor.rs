@@ -225,8 +225,7 @@ fn float_text(f: f64) -> String {
     } else if f.is_infinite() {
         if f > 0.0 { "Infinity".into() } else { "-Infinity".into() }
     } else {
-        let mut b = ryu::Buffer::new();
-        b.format_finite(f).to_string()
+        super::payload::finite_text(f)
     }
 }
 

@@ -266,9 +266,7 @@ fn write(out: &mut Vec<u8>, v: V<'_>) {
         // As minijinja prints a bool (Python's spelling).
         V::Bool(b) => out.extend_from_slice(if b { b"True" } else { b"False" }),
         V::None => out.extend_from_slice(b"null"),
-        V::F64(x) if x.is_finite() => {
-            out.extend_from_slice(ryu::Buffer::new().format_finite(x).as_bytes())
-        }
+        V::F64(x) if x.is_finite() => super::payload::write_finite(out, x),
         V::F64(_) => out.extend_from_slice(b"null"),
     }
 }

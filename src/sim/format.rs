@@ -105,7 +105,7 @@ impl Template {
             if value.is_none() {
                 return out.write_str("null").map_err(fail);
             }
-            // Floats as the envelope writes them (`ryu`, shortest round trip); not finite: null.
+            // Floats as the envelope writes them (shortest round trip); not finite: null.
             if value.is_number()
                 && !value.is_integer()
                 && let Ok(f) = f64::try_from(value.clone())
@@ -113,7 +113,7 @@ impl Template {
                 if !f.is_finite() {
                     return out.write_str("null").map_err(fail);
                 }
-                return out.write_str(ryu::Buffer::new().format_finite(f)).map_err(fail);
+                return out.write_str(&super::payload::finite_text(f)).map_err(fail);
             }
             minijinja::escape_formatter(out, state, value)
         });
