@@ -1,6 +1,7 @@
 //! Compiled (validated) device profiles and fleet groups: what the shards run.
 
 use super::generator::GenSpec;
+use super::payload::put;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -177,11 +178,11 @@ impl TopicTemplate {
     ) {
         for p in &self.parts {
             match p {
-                TopicPart::Literal(s) => out.extend_from_slice(s.as_bytes()),
-                TopicPart::DeviceId => out.extend_from_slice(device_id.as_bytes()),
-                TopicPart::DeviceType => out.extend_from_slice(device_type.as_bytes()),
+                TopicPart::Literal(s) => put(out, s.as_bytes()),
+                TopicPart::DeviceId => put(out, device_id.as_bytes()),
+                TopicPart::DeviceType => put(out, device_type.as_bytes()),
                 TopicPart::Label(k) => {
-                    out.extend_from_slice(labels.get(k).map_or("", String::as_str).as_bytes())
+                    put(out, labels.get(k).map_or("", String::as_str).as_bytes())
                 }
             }
         }
@@ -545,19 +546,21 @@ impl Group {
     /// The id of the group's `i`-th device.
     pub fn device_id(&self, profile: &Profile, i: u64, out: &mut String) {
         out.clear();
+        // SAFETY: only whole UTF-8 strings (an id, a name, ASCII digits and '-') are appended.
+        let v = unsafe { out.as_mut_vec() };
         if let Some(id) = self.ids.get(i as usize) {
-            out.push_str(id);
+            put(v, id.as_bytes());
             return;
         }
-        out.push_str(&profile.name);
-        out.push('-');
+        put(v, profile.name.as_bytes());
+        v.push(b'-');
         let ordinal = self.first_ordinal + i;
         let mut buf = itoa::Buffer::new();
         let digits = buf.format(ordinal);
         for _ in digits.len()..4 {
-            out.push('0');
+            v.push(b'0');
         }
-        out.push_str(digits);
+        put(v, digits.as_bytes());
     }
 }
 
