@@ -141,6 +141,12 @@ impl TestShard {
         &self.shard.stats
     }
 
+    /// The shard's statistics as they leave it (the virtual clock's service times settled).
+    pub fn settled_stats(&mut self) -> &ShardStats {
+        self.shard.settle_service(None);
+        &self.shard.stats
+    }
+
     /// Devices the shard holds now.
     pub fn devices(&self) -> usize {
         self.shard.table.len()

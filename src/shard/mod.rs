@@ -365,6 +365,7 @@ impl Shard {
             }
         }
         self.account_lost();
+        self.settle_service(None);
         // Network sinks: wait for what is queued or in flight, then fold their figures in.
         // A run stopped by a signal should exit within a few seconds, so it drains for less.
         let drain_ns = if self.plan.stop.load(Ordering::Relaxed) {
@@ -1392,6 +1393,26 @@ pub(crate) fn owner_shard(
     }
 }
 
+impl Shard {
+    /// On the virtual clock, `submit` records a message's service time only in the latency
+    /// histogram (they are the same there): this adds it to the service histogram of profile
+    /// `only` (else of every profile), scenario phases too, just before those statistics leave
+    /// the shard. Once per statistics: they are taken right after.
+    pub(crate) fn settle_service(&mut self, only: Option<usize>) {
+        if self.plan.clock != ClockMode::Virtual {
+            return;
+        }
+        let phases = self.stats.phases.iter_mut();
+        for per_profile in std::iter::once(&mut self.stats.profiles).chain(phases) {
+            for (i, st) in per_profile.iter_mut().enumerate() {
+                if only.is_none_or(|ix| ix == i) {
+                    st.service.add(&st.latency);
+                }
+            }
+        }
+    }
+}
+
 /// The hash network sinks pick a connection by (0 for the others, which do not use it).
 #[inline]
 fn device_hash(profile: &Profile, id: &str) -> u64 {
@@ -1440,7 +1461,12 @@ fn submit(
             st.counts.messages += 1;
             st.bytes += bytes;
             st.latency.record(latency_us);
-            st.service.record(service_us);
+            // Virtual clock (no intended time): the service time is the latency, added to the
+            // service histogram once when the statistics leave the shard
+            // (`Shard::settle_service`), not recorded twice per message.
+            if intended_ns.is_some() {
+                st.service.record(service_us);
+            }
         }
         Submitted::Failed => st.counts.errors += 1,
         Submitted::Pending => {}

@@ -361,6 +361,7 @@ impl Shard {
     /// profile takes it) and its groups (reused by the next new group).
     pub(super) fn retire_profile(&mut self, ix: usize) {
         let Some(arc) = self.ctl.kept.remove(&ix) else { return };
+        self.settle_service(Some(ix));
         self.ctl.profiles.remove(&(Arc::as_ptr(&arc) as usize));
         drop(arc);
         let fleet = Arc::make_mut(&mut self.plan.fleet);

@@ -46,6 +46,19 @@ fn every_device_ticks_once_per_interval_in_virtual_time() {
 }
 
 #[test]
+fn virtual_service_times_are_recorded_once_and_settled_as_the_latencies() {
+    let mut s = TestShard::new(FLEET);
+    s.run_until(5_000);
+    let st = &s.stats().profiles[0];
+    // One histogram record per message while the shard runs...
+    assert_eq!((st.latency.len(), st.service.len()), (50, 0));
+    // ...and the service times, the same on the virtual clock, when the figures leave it.
+    let st = &s.settled_stats().profiles[0];
+    assert_eq!(st.service.len(), 50);
+    assert!(st.latency.iter_recorded().eq(st.service.iter_recorded()));
+}
+
+#[test]
 fn a_label_scan_counts_only_the_selected_devices() {
     let mut s = TestShard::new(FLEET);
     s.run_until(3_000);
