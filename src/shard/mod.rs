@@ -1284,6 +1284,24 @@ impl Shard {
         }
     }
 
+    /// On the virtual clock, `submit` records a message's service time only in the latency
+    /// histogram (they are the same there): this adds it to the service histogram of profile
+    /// `only` (else of every profile), scenario phases too, just before those statistics leave
+    /// the shard. Once per statistics: they are taken right after.
+    pub(crate) fn settle_service(&mut self, only: Option<usize>) {
+        if self.plan.clock != ClockMode::Virtual {
+            return;
+        }
+        let phases = self.stats.phases.iter_mut();
+        for per_profile in std::iter::once(&mut self.stats.profiles).chain(phases) {
+            for (i, st) in per_profile.iter_mut().enumerate() {
+                if only.is_none_or(|ix| ix == i) {
+                    st.service.add(&st.latency);
+                }
+            }
+        }
+    }
+
     fn snapshot(&mut self, sim_now: SimMs) {
         self.account_lost();
         let net = self.net_totals();
@@ -1390,26 +1408,6 @@ pub(crate) fn owner_shard(
             seed::shard_of(&String::from_utf8_lossy(&node), shards)
         }
         None => seed::shard_of(id, shards),
-    }
-}
-
-impl Shard {
-    /// On the virtual clock, `submit` records a message's service time only in the latency
-    /// histogram (they are the same there): this adds it to the service histogram of profile
-    /// `only` (else of every profile), scenario phases too, just before those statistics leave
-    /// the shard. Once per statistics: they are taken right after.
-    pub(crate) fn settle_service(&mut self, only: Option<usize>) {
-        if self.plan.clock != ClockMode::Virtual {
-            return;
-        }
-        let phases = self.stats.phases.iter_mut();
-        for per_profile in std::iter::once(&mut self.stats.profiles).chain(phases) {
-            for (i, st) in per_profile.iter_mut().enumerate() {
-                if only.is_none_or(|ix| ix == i) {
-                    st.service.add(&st.latency);
-                }
-            }
-        }
     }
 }
 
