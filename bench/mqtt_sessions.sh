@@ -5,6 +5,7 @@
 #   BENCH_SESSIONS=19000  BENCH_SECONDS=40  BENCH_CORES=2  BENCH_STEADY_AT=15
 #   BENCH_MAX_CONNECTING=N  (per-device `max_connecting`; unset: the default, 100)
 #   BENCH_CONNECT_RATE=5000  (per-device `connect_rate`)
+#   BENCH_PIN=false  ([run] pin: shards left unpinned; default: pinned, one per core)
 #   BENCH_CASES="null pooled sessions storm"  (a subset reruns those cases; the summary reads the
 #   other cases' last results from target/bench/mqtt_sessions/)
 #   BENCH_STORM_RUNS=1  (the storm case this many times in a row; their figures in storm-runs.json)
@@ -95,6 +96,7 @@ seed = 1
 clock = "realtime"
 start_time = "2026-03-14T00:00:00Z"
 duration = "${SECS}s"
+${BENCH_PIN:+pin = $BENCH_PIN}
 $scenario
 
 $sink
@@ -130,6 +132,8 @@ tcp_counters() {
 # Busy and total ticks of the whole machine (/proc/stat: all but idle and iowait are busy).
 machine_ticks() { awk '/^cpu / {t=0; for (i=2;i<=NF;i++) t+=$i; print t-$5-$6, t}' /proc/stat; }
 TCK=$(getconf CLK_TCK)
+# Voluntary context switches of every thread of a process (each sleep that slept is one).
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches/ {s += $2} END {print s + 0}'; }
 
 scrape() { # $1 = file: the run's /metrics now (admin address from its log)
   local a
@@ -194,9 +198,9 @@ run_case() { # $1 = case; prints a JSON object on stdout
     (( win_s >= 1 )) || { echo "BENCH_SECONDS must exceed BENCH_STEADY_AT + 3" >&2; exit 2; }
     python3 -c "import time; time.sleep(max(0.0, $t0 + $STEADY_AT + 1 - time.time()))"
     scrape "$OUT/$c.m1"
-    cpu1=$(cpu_ticks $RUN); bcpu1=$(cpu_ticks $BROKER); read -r mb1 mt1 < <(machine_ticks)
+    cpu1=$(cpu_ticks $RUN); bcpu1=$(cpu_ticks $BROKER); read -r mb1 mt1 < <(machine_ticks); sw1=$(switches $RUN)
     sleep "$win_s"
-    cpu2=$(cpu_ticks $RUN); bcpu2=$(cpu_ticks $BROKER); read -r mb2 mt2 < <(machine_ticks)
+    cpu2=$(cpu_ticks $RUN); bcpu2=$(cpu_ticks $BROKER); read -r mb2 mt2 < <(machine_ticks); sw2=$(switches $RUN)
     scrape "$OUT/$c.m2"
   fi
   wait $RUN || { cat "$OUT/$c.log" >&2; exit 1; }
@@ -204,7 +208,8 @@ run_case() { # $1 = case; prints a JSON object on stdout
   local drops1
   drops1=$(listen_drops)
   python3 - "$OUT/$c-report/report.json" "$c" "$connect_s" "$storm_s" "$cpu1" "$cpu2" "$TCK" "$N" "$sources" "$idle_rss" "$OUT/$c.m1" "$OUT/$c.m2" \
-    "${win_s:-0}" "${bcpu1:-0}" "${bcpu2:-0}" "${mb1:-0} ${mt1:-0} ${mb2:-0} ${mt2:-0}" "$STEADY_AT" "$drops0" "$drops1" <<'EOF'
+    "${win_s:-0}" "${bcpu1:-0}" "${bcpu2:-0}" "${mb1:-0} ${mt1:-0} ${mb2:-0} ${mt2:-0}" "$STEADY_AT" "$drops0" "$drops1" \
+    "$(( ${sw2:-0} - ${sw1:-0} ))" <<'EOF'
 import json, os, re, sys
 r = json.load(open(sys.argv[1]))
 c, connect_s, storm_s = sys.argv[2], sys.argv[3], sys.argv[4]
@@ -241,6 +246,8 @@ if cpu2 > cpu1 > 0 and win_s > 0:
         "iot_sim_cores": round(cpu_s / win_s, 3),
         "broker_cores": round((bcpu2 - bcpu1) / tck / win_s, 3),
         "machine_busy_share": round((mb2 - mb1) / (mt2 - mt1), 3) if mt2 > mt1 else None,
+        # Sleeps that slept, every thread of iot-sim: its wake-ups per second.
+        "wakeups_per_s": round(int(sys.argv[20]) / win_s),
     }
     out["steady_cpu_us_per_msg"] = out["steady_window"]["cpu_us_per_msg"]
 d0, d1 = [int(x) for x in sys.argv[18].split()], [int(x) for x in sys.argv[19].split()]
