@@ -258,7 +258,11 @@ fn prepare(config: &Config, opts: &RunOptions) -> Prepared {
         fleet: Arc::new(config.fleet.clone()),
         thresholds,
         sample_step_ms,
-        script: opts.scenario.as_ref().map(|s| Arc::new(s.script())),
+        script: opts.scenario.as_ref().map(|s| {
+            let mut script = s.script();
+            script.order_spawns(seed);
+            Arc::new(script)
+        }),
         stop: Arc::new(AtomicBool::new(false)),
     }
 }
@@ -390,6 +394,7 @@ fn start_control(
                 strict_protocols: opts.strict_protocols,
                 journal,
                 sparkplug: fleet.profiles.iter().any(|p| p.format.sparkplug().is_some()),
+                seed,
             };
             let (p, l) = crate::control::plane::ControlPlane::new(cores, options);
             (Some(p), l)

@@ -55,6 +55,9 @@ pub(crate) struct PlaneOptions {
     /// The fleet has Sparkplug profiles: their devices live on their edge node's shard, not
     /// their id's, so commands by id go to every shard ([`ControlPlane::scan`]).
     pub sparkplug: bool,
+    /// The run's seed: a spawn's devices go to their shard in the order they first fall due
+    /// ([`crate::shard::in_due_order`]).
+    pub seed: u64,
 }
 
 /// The runtime's figures, per shard where they are counted per shard.
@@ -267,6 +270,7 @@ impl ControlPlane {
             if specs.is_empty() {
                 continue;
             }
+            let specs = crate::shard::in_due_order(self.options.seed, specs);
             let (reply, rx) = oneshot::channel::<SpawnReply>();
             self.send(i, ShardCommand::Spawn { specs, reply }).await?;
             waits.push((i, rx));

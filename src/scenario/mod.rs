@@ -50,6 +50,7 @@ impl Scenario {
             name: self.name.clone(),
             timeline: self.timeline.clone(),
             phases: self.phases.clone(),
+            spawn_order: Arc::default(),
         }
     }
 

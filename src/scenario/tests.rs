@@ -639,3 +639,38 @@ fn update_takes_the_mqtt5_block_and_refuses_sparkplug() {
     assert!(err.contains("step[1].update.format"), "{err}");
     assert!(err.contains("cannot make devices Sparkplug"), "{err}");
 }
+
+#[test]
+fn a_script_spawns_each_cue_in_the_order_its_devices_fall_due() {
+    let (_, s) = load_str(
+        r#"
+        duration = "1m"
+        [[step]]
+        at = "0s"
+        spawn = { profile = "thermo", count = 200 }
+        [[step]]
+        at = "5s"
+        log = "between"
+        [[step]]
+        at = "10s"
+        spawn = { profile = "thermo", count = 1 }
+        "#,
+    )
+    .unwrap();
+    let mut script = s.script();
+    assert!(script.spawn_order.is_empty(), "the file's order until a seed is given");
+    script.order_spawns(77);
+    assert_eq!(script.spawn_order.len(), 3);
+    let order = script.spawn_order[0].as_ref().expect("the 200-device spawn is ordered");
+    let all = ids(&s.timeline[0].cue);
+    let phase = |i: u32| {
+        let ds = crate::sim::device::device_seed(77, &all[i as usize]);
+        crate::sim::seed::phase_ms(ds, 1_000)
+    };
+    assert!(order.iter().map(|&i| phase(i)).is_sorted());
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert!(sorted.into_iter().eq(0..200));
+    // A log and a one-device spawn have nothing to order.
+    assert!(script.spawn_order[1].is_none() && script.spawn_order[2].is_none());
+}

@@ -152,6 +152,11 @@ impl TestShard {
         self.shard.table.len()
     }
 
+    /// Each key's next deadline in the wheel, in key order (`None`: a free key).
+    pub fn deadlines_by_key(&self) -> Vec<Option<u64>> {
+        (0..self.shard.table.key_capacity() as u32).map(|k| self.shard.wheel.deadline(k)).collect()
+    }
+
     /// Keys the shard's device table spans (live and free).
     pub fn key_capacity(&self) -> usize {
         self.shard.table.key_capacity()

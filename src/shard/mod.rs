@@ -22,6 +22,8 @@ pub(crate) mod tap;
 mod tests;
 pub(crate) mod timeline;
 
+pub(crate) use spawning::in_due_order;
+
 use crate::config::{ClockMode, SinkSettings};
 use crate::measure::clock::{PreciseTimer, mono_ns};
 use crate::measure::counters::Counters;

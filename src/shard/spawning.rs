@@ -16,6 +16,55 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
+/// The order in which a spawn's devices first fall due: the positions of `items` (id, interval)
+/// sorted by the offset of each device's first tick in its interval (what `spawn_one` arms),
+/// then by position. A shard takes free keys and appends ids, generator state and wheel entries
+/// in the order it spawns, so spawning in this order puts the devices due in the same
+/// millisecond side by side, as a fleet file's are (`DeviceTable::build`): a spawned fleet is
+/// ticked at the same speed as one built from a file. An id met again comes after every first
+/// one, in its own order, so the first spec of an id is still the one spawned.
+pub(crate) fn due_order<'a>(seed: u64, items: impl Iterator<Item = (&'a str, u64)>) -> Vec<u32> {
+    let mut seen = std::collections::HashSet::new();
+    let mut keyed: Vec<(u64, u32)> = items
+        .enumerate()
+        .map(|(i, (id, interval_ms))| {
+            let phase = if seen.insert(id) {
+                seed::phase_ms(device_seed(seed, id), interval_ms)
+            } else {
+                u64::MAX
+            };
+            (phase, i as u32)
+        })
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+/// `specs` in [`due_order`], each id copied anew in that order: the shard keeps a spec's id
+/// string as it is (no copy on the shard), so the copies, made one after another, lie in the
+/// order the shard reads them in each tick rather than in the request's.
+pub(crate) fn in_due_order(seed: u64, specs: Vec<SpawnSpec>) -> Vec<SpawnSpec> {
+    if specs.len() < 2 {
+        return specs;
+    }
+    let order = due_order(seed, specs.iter().map(|s| (s.id.as_str(), s.profile.interval_ms)));
+    let mut old: Vec<Option<SpawnSpec>> = specs.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(old.len());
+    let mut ids = Vec::with_capacity(old.len());
+    for &i in &order {
+        let Some(s) = old[i as usize].as_mut() else { continue };
+        // Every copy is made before any old string is freed, so none reuses a freed one.
+        ids.push(String::from(s.id.as_str()));
+    }
+    for (&i, id) in order.iter().zip(ids) {
+        if let Some(mut s) = old[i as usize].take() {
+            s.id = id;
+            out.push(s);
+        }
+    }
+    out
+}
+
 /// A hasher for keys that are hashes already (the id index's).
 #[derive(Default)]
 pub(super) struct Prehashed(u64);
@@ -508,6 +557,53 @@ mod tests {
             }
         }
         unreachable!()
+    }
+
+    #[test]
+    fn due_order_is_by_first_tick_then_position_and_an_id_met_again_comes_last() {
+        let mut ids: Vec<(String, u64)> = (0..300).map(|i| (format!("d-{i}"), 1_000)).collect();
+        // An id first met at position 10 (with another interval) and again at 201, and one met
+        // again at the end ...
+        ids.insert(10, ("d-200".into(), 7_000));
+        ids.push(("d-3".into(), 1_000));
+        let order = due_order(9, ids.iter().map(|(id, iv)| (id.as_str(), *iv)));
+        assert_eq!(order.len(), ids.len());
+        let mut seen = order.clone();
+        seen.sort_unstable();
+        assert!(seen.iter().copied().eq(0..ids.len() as u32), "a permutation");
+        // ... : the repeats come after every first one, in their own order.
+        assert_eq!(order[order.len() - 2..], [201, ids.len() as u32 - 1]);
+        let key = |i: u32| {
+            let (id, iv) = &ids[i as usize];
+            (seed::phase_ms(device_seed(9, id), *iv), i)
+        };
+        let firsts = &order[..order.len() - 2];
+        assert!(firsts.windows(2).all(|w| key(w[0]) < key(w[1])));
+        // The request's own order is not the due order (so the check above can fail).
+        assert!(!(0..200u32).map(key).is_sorted());
+    }
+
+    #[test]
+    fn in_due_order_keeps_every_spec_and_its_fields() {
+        let fleet = "[[fleet]]\nprofile = \"s\"\ncount = 1\n[profiles.s]\nprotocol = \"null\"\n\
+                     interval = \"2s\"\nfields.t = { type = \"static\", value = 1 }\n";
+        let config = crate::config::parse_str(fleet, std::path::Path::new(".")).expect("fleet");
+        let p = Arc::new(config.fleet.profiles[0].clone());
+        let spec = |id: &str, zone: &str| SpawnSpec {
+            id: id.to_string(),
+            profile: p.clone(),
+            labels: [("zone".to_string(), zone.to_string())].into(),
+            source: None,
+        };
+        let specs: Vec<SpawnSpec> =
+            (0..50).map(|i| spec(&format!("x-{i}"), &i.to_string())).collect();
+        let out = in_due_order(3, specs);
+        assert_eq!(out.len(), 50);
+        // Each id keeps its labels, and the order is the due order.
+        assert!(out.iter().all(|s| s.id[2..] == s.labels["zone"]));
+        let phases: Vec<u64> =
+            out.iter().map(|s| seed::phase_ms(device_seed(3, &s.id), 2_000)).collect();
+        assert!(phases.is_sorted());
     }
 
     #[test]

@@ -117,6 +117,25 @@ fn spawned_devices_tick_from_their_spawn_and_are_selected_like_the_others() {
 }
 
 #[test]
+fn a_spawn_in_due_order_takes_keys_in_the_order_its_devices_fall_due() {
+    let mut s = TestShard::new(FLEET);
+    let specs = |s: &TestShard| -> Vec<_> {
+        (0..400).map(|i| s.spec(&format!("new-{i}"), "sensor", &[])).collect()
+    };
+    // As the control plane hands them over (seed 42, the fleet's).
+    let r = s.spawn(super::in_due_order(42, specs(&s)));
+    assert_eq!((r.spawned, r.failed.len()), (400, 0), "{r:?}");
+    let due: Vec<u64> = s.deadlines_by_key()[10..].iter().map(|d| d.expect("a live key")).collect();
+    assert_eq!(due.len(), 400);
+    assert!(due.is_sorted(), "keys not in due order: {due:?}");
+    // In the request's order they are not (the check above can fail).
+    let mut t = TestShard::new(FLEET);
+    t.spawn(specs(&t));
+    let due: Vec<u64> = t.deadlines_by_key()[10..].iter().map(|d| d.expect("a live key")).collect();
+    assert!(!due.is_sorted());
+}
+
+#[test]
 fn a_disconnect_fault_suppresses_what_it_covers_until_it_ends() {
     let mut s = TestShard::new(FLEET);
     s.run_until(10_000);

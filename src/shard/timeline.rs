@@ -79,6 +79,31 @@ pub(crate) struct Script {
     pub name: String,
     pub timeline: Arc<Timeline>,
     pub phases: Vec<Phase>,
+    /// Per timeline entry, the order a spawn cue's ids are spawned in
+    /// ([`Script::order_spawns`]); empty, or `None` for an entry: the file's order.
+    pub spawn_order: Arc<Vec<Option<Vec<u32>>>>,
+}
+
+impl Script {
+    /// Spawn cues' ids in the order their devices first fall due for this run's seed
+    /// (`spawning::due_order`), so that a fleet a scenario spawns ticks as fast as one from a
+    /// file. Only the order of spawning changes: the ids, their shards and values do not.
+    pub fn order_spawns(&mut self, seed: u64) {
+        let order = self
+            .timeline
+            .iter()
+            .map(|c| match &c.cue {
+                Cue::Spawn { profile, ids, .. } if ids.len() > 1 => {
+                    Some(super::spawning::due_order(
+                        seed,
+                        ids.iter().map(|id| (id.as_str(), profile.interval_ms)),
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        self.spawn_order = Arc::new(order);
+    }
 }
 
 /// Where a shard is in its scenario.
@@ -146,11 +171,16 @@ impl Shard {
                 if !ids.iter().any(mine) {
                     return;
                 }
-                // The specs are made as the inbox takes them, under the tick budget.
+                // The specs are made as the inbox takes them, under the tick budget, in the
+                // order their devices first fall due (`Script::order_spawns`).
                 let sc = sc.clone();
-                let specs = (0..ids.len()).filter_map(move |k| {
+                let specs = (0..ids.len()).filter_map(move |n| {
                     let Cue::Spawn { profile, labels, ids } = &sc.timeline[ix].cue else {
                         return None;
+                    };
+                    let k = match sc.spawn_order.get(ix) {
+                        Some(Some(order)) => *order.get(n)? as usize,
+                        _ => n,
                     };
                     let id = &ids[k];
                     (shards <= 1 || super::owner_shard(profile, id, labels, shards) == index).then(
