@@ -20,40 +20,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+#[path = "lib/sys.rs"]
+mod sys;
+
 #[repr(C, packed)]
 #[derive(Clone, Copy)]
 struct EpollEvent {
     events: u32,
     data: u64,
 }
-#[repr(C)]
-struct Timeval {
-    sec: i64,
-    usec: i64,
-}
-#[repr(C)]
-struct Rusage {
-    utime: Timeval,
-    stime: Timeval,
-    rest: [i64; 14],
-}
 extern "C" {
     fn epoll_create1(flags: i32) -> i32;
     fn epoll_ctl(epfd: i32, op: i32, fd: i32, ev: *mut EpollEvent) -> i32;
     fn epoll_wait(epfd: i32, evs: *mut EpollEvent, max: i32, timeout_ms: i32) -> i32;
-    fn getrusage(who: i32, r: *mut Rusage) -> i32;
     fn getpid() -> i32;
 }
 const EPOLLIN: u32 = 1;
 const EPOLL_CTL_ADD: i32 = 1;
-
-/// The process's CPU (user + system, all threads), seconds.
-fn process_cpu() -> f64 {
-    // SAFETY: a zeroed rusage is valid and RUSAGE_SELF (0) fills it.
-    let mut r: Rusage = unsafe { std::mem::zeroed() };
-    unsafe { getrusage(0, &mut r) };
-    r.utime.sec as f64 + r.utime.usec as f64 / 1e6 + r.stime.sec as f64 + r.stime.usec as f64 / 1e6
-}
 
 /// Voluntary context switches of the whole process (each sleep that slept is one).
 fn voluntary_switches() -> u64 {
@@ -170,6 +153,16 @@ fn shard(
             Err(_) => break,
         }
     };
+    // Waits up to `timeout_ms` for PUBACKs and reads every socket that has some.
+    let drain = |timeout_ms: i32,
+                 events: &mut Vec<EpollEvent>,
+                 socks: &mut Vec<TcpStream>,
+                 buf: &mut [u8]| {
+        let n = unsafe { epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout_ms) };
+        for e in &events[..n.max(0) as usize] {
+            read_acks(e.data as usize, socks, buf);
+        }
+    };
     loop {
         let at = origin + Duration::from_millis(ms);
         if at >= until {
@@ -186,18 +179,10 @@ fn shard(
                 continue;
             }
             let wait_ms = (at - now).as_micros().div_ceil(1000) as i32;
-            let n = unsafe { epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, wait_ms) };
-            for e in &events[..n.max(0) as usize] {
-                let k = e.data as usize;
-                read_acks(k, &mut socks, &mut buf);
-            }
+            drain(wait_ms, &mut events, &mut socks, &mut buf);
         }
         if grid {
-            let n = unsafe { epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, 0) };
-            for e in &events[..n.max(0) as usize] {
-                let k = e.data as usize;
-                read_acks(k, &mut socks, &mut buf);
-            }
+            drain(0, &mut events, &mut socks, &mut buf);
         }
         for &k in &due[(ms % 1000) as usize] {
             pkid[k] = pkid[k] % 65535 + 1;
@@ -256,22 +241,20 @@ fn main() {
     *start_at.lock().unwrap() = Some((origin, origin + Duration::from_secs_f64(secs)));
     ready.wait();
     std::thread::sleep((origin + Duration::from_secs_f64(steady_from)).saturating_duration_since(Instant::now()));
-    let (c0, s0, a0, v0, w0) = (
-        process_cpu(),
-        shared.sent.load(Ordering::Relaxed),
-        shared.acked.load(Ordering::Relaxed),
-        voluntary_switches(),
-        Instant::now(),
-    );
+    // (CPU, sent, acked, wake-ups, time) at both ends of the window.
+    let sample = || {
+        (
+            sys::cpu_seconds(sys::RUSAGE_SELF),
+            shared.sent.load(Ordering::Relaxed),
+            shared.acked.load(Ordering::Relaxed),
+            voluntary_switches(),
+            Instant::now(),
+        )
+    };
+    let (c0, s0, a0, v0, w0) = sample();
     let window_end = origin + Duration::from_secs_f64(secs - 1.0);
     std::thread::sleep(window_end.saturating_duration_since(Instant::now()));
-    let (c1, s1, a1, v1, w1) = (
-        process_cpu(),
-        shared.sent.load(Ordering::Relaxed),
-        shared.acked.load(Ordering::Relaxed),
-        voluntary_switches(),
-        Instant::now(),
-    );
+    let (c1, s1, a1, v1, w1) = sample();
     for h in handles {
         h.join().expect("thread");
     }

@@ -28,7 +28,7 @@ for mode in ${BENCH_MODES:-epoll grid}; do
     "${BENCH_SECONDS:-30}" "${BENCH_STEADY_FROM:-5}" "$mode" "${BENCH_PAYLOAD:-140}")
   b1=$(cpu_ticks "$BROKER")
   broker_down
-  rows+=("${row%\}}, \"broker_cpu_s_whole_run\": $(echo "($b1 - $b0) / $(getconf CLK_TCK)" | bc -l | cut -c1-6)}")
+  rows+=("${row%\}}, \"broker_cpu_s_whole_run\": $(awk -v a="$b0" -v b="$b1" -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", (b - a) / t}')}")
   echo "${rows[-1]}" >&2
 done
 iotsim=null

@@ -4,17 +4,9 @@
 //! getrusage (user + system). Built by `bench/wake.sh` with plain `rustc -O` (no crates).
 use std::time::{Duration, Instant};
 
-#[repr(C)]
-struct Timeval {
-    sec: i64,
-    usec: i64,
-}
-#[repr(C)]
-struct Rusage {
-    utime: Timeval,
-    stime: Timeval,
-    rest: [i64; 14],
-}
+#[path = "lib/sys.rs"]
+mod sys;
+
 #[repr(C)]
 struct PollFd {
     fd: i32,
@@ -22,7 +14,6 @@ struct PollFd {
     revents: i16,
 }
 extern "C" {
-    fn getrusage(who: i32, r: *mut Rusage) -> i32;
     fn poll(fds: *mut PollFd, n: u64, timeout_ms: i32) -> i32;
     fn sched_yield() -> i32;
 }
@@ -31,11 +22,7 @@ extern "C" {
 fn cpu() -> (f64, f64) {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
     let run = s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-    // SAFETY: a zeroed rusage is valid and RUSAGE_THREAD (1) fills it.
-    let mut r: Rusage = unsafe { std::mem::zeroed() };
-    unsafe { getrusage(1, &mut r) };
-    let ru = r.utime.sec as f64 + r.utime.usec as f64 / 1e6 + r.stime.sec as f64 + r.stime.usec as f64 / 1e6;
-    (run / 1e9, ru)
+    (run / 1e9, sys::cpu_seconds(sys::RUSAGE_THREAD))
 }
 
 fn measure(name: &str, period_us: u64, wall_s: f64, mut wait: impl FnMut(Duration)) -> String {
