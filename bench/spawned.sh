@@ -49,7 +49,7 @@ print(round(r["messages"]/r["cpu_seconds"]), round(r["cpu_seconds"]*1e9/max(r["m
 
 grpc() { # $1 = label, $2 = binary: CPU ns/msg in the window, msg/s, RSS bytes, arena MiB, spawn s
   local pid addr adm t0 t1 c0 c1 m0 m1
-  "$2" serve --cores 1 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --quiet 2> "$OUT/$1.log" &
+  "$2" serve --cores 1 --grpc 127.0.0.1:0 --admin 127.0.0.1:0 --quiet > "$OUT/$1.out" 2> "$OUT/$1.log" &
   pid=$!
   for _ in $(seq 1 100); do
     addr=$(sed -n 's/^grpc: listening on //p' "$OUT/$1.log" | head -1)
@@ -94,7 +94,7 @@ for rep in $(seq 1 "$REPS"); do
     echo "${rows[-1]}" >&2
   done
 done
-(IFS=,; echo "[${rows[*]}]") | python3 -c '
+(IFS=,; echo "[${rows[*]}]") | tee "$OUT/rows.json" | python3 -c '
 import json, statistics, sys
 rows = json.load(sys.stdin)
 n, g, span = (sys.argv[i] for i in (1, 2, 3))

@@ -266,11 +266,14 @@ impl ControlPlane {
             per[crate::shard::owner_shard(&spec.profile, &spec.id, &spec.labels, n)].push(spec);
         }
         let mut waits = vec![];
+        let mut ordering = Duration::ZERO;
         for (i, specs) in per.into_iter().enumerate() {
             if specs.is_empty() {
                 continue;
             }
+            let t0 = Instant::now();
             let specs = crate::shard::in_due_order(self.options.seed, specs);
+            ordering += t0.elapsed();
             let (reply, rx) = oneshot::channel::<SpawnReply>();
             self.send(i, ShardCommand::Spawn { specs, reply }).await?;
             waits.push((i, rx));
@@ -293,6 +296,8 @@ impl ControlPlane {
             per_shard = per_shard.join(","),
             "devices spawned"
         );
+        // The due-order sort and id copies (`shard::in_due_order`), on this thread.
+        tracing::debug!(ordering_ms = ordering.as_secs_f64() * 1e3, "spawn ordered");
         if let Some((j, at, text, via)) = journal
             && acc.spawned > 0
             && !text.is_empty()

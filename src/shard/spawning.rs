@@ -52,7 +52,7 @@ pub(crate) fn in_due_order(seed: u64, specs: Vec<SpawnSpec>) -> Vec<SpawnSpec> {
     let mut out = Vec::with_capacity(old.len());
     let mut ids = Vec::with_capacity(old.len());
     for &i in &order {
-        let Some(s) = old[i as usize].as_mut() else { continue };
+        let Some(s) = old[i as usize].as_ref() else { continue };
         // Every copy is made before any old string is freed, so none reuses a freed one.
         ids.push(String::from(s.id.as_str()));
     }
