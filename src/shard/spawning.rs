@@ -48,21 +48,14 @@ pub(crate) fn in_due_order(seed: u64, specs: Vec<SpawnSpec>) -> Vec<SpawnSpec> {
         return specs;
     }
     let order = due_order(seed, specs.iter().map(|s| (s.id.as_str(), s.profile.interval_ms)));
+    // Every copy is made before any old string is freed, so none reuses a freed one.
+    let ids: Vec<String> = order.iter().map(|&i| specs[i as usize].id.clone()).collect();
     let mut old: Vec<Option<SpawnSpec>> = specs.into_iter().map(Some).collect();
-    let mut out = Vec::with_capacity(old.len());
-    let mut ids = Vec::with_capacity(old.len());
-    for &i in &order {
-        let Some(s) = old[i as usize].as_ref() else { continue };
-        // Every copy is made before any old string is freed, so none reuses a freed one.
-        ids.push(String::from(s.id.as_str()));
-    }
-    for (&i, id) in order.iter().zip(ids) {
-        if let Some(mut s) = old[i as usize].take() {
-            s.id = id;
-            out.push(s);
-        }
-    }
-    out
+    order
+        .iter()
+        .zip(ids)
+        .filter_map(|(&i, id)| old[i as usize].take().map(|s| SpawnSpec { id, ..s }))
+        .collect()
 }
 
 /// A hasher for keys that are hashes already (the id index's).
